@@ -1,0 +1,34 @@
+// Attention with log-sum-exp on CPU: the partial-attention primitive shared by the engine's
+// forward pass, the KV retrieval service (RetrievalAttention) and APE.
+//
+// A partial attention over a set of keys S is the pair
+//   o   = sum_{j in S} softmax_j(scale * q.k_j) v_j        (normalized within S)
+//   lse = log sum_{j in S} exp(scale * q.k_j)
+// Two partials over disjoint key sets merge exactly (MergePartial), which is what lets the
+// static window, the retrieved keys and parallel-encoded passages be attended separately.
+#pragma once
+
+#include <cstdint>
+
+namespace ragserve::kernels {
+
+// A group of h query heads that share one kv head, attending n keys.
+// q: [h, d], k: [n, d], v: [n, d] (row strides ldk/ldv floats, >= d) -> o: [h, d], lse: [h].
+// n == 0 writes o = 0 and lse = -inf. Plain reference version (no SIMD, no threads).
+void AttentionPartialRef(const float* q, int h, const float* k, int64_t ldk, const float* v,
+                         int64_t ldv, int64_t n, int d, float scale, float* o, float* lse);
+// Same contract, vectorized; tested against AttentionPartialRef.
+void AttentionPartial(const float* q, int h, const float* k, int64_t ldk, const float* v,
+                      int64_t ldv, int64_t n, int d, float scale, float* o, float* lse);
+
+// Same contract over the m keys k[idx[i]] / v[idx[i]] (a gathered subset, e.g. retrieved keys).
+void AttentionPartialGather(const float* q, int h, const float* k, int64_t ldk, const float* v,
+                            int64_t ldv, const int64_t* idx, int64_t m, int d, float scale,
+                            float* o, float* lse);
+
+// Merges partial b into partial a in place for h heads of dim d:
+//   lse = log(exp(lse_a) + exp(lse_b)); o = (exp(lse_a - lse) o_a + exp(lse_b - lse) o_b).
+// Either side may be empty (lse = -inf).
+void MergePartial(float* o_a, float* lse_a, const float* o_b, const float* lse_b, int h, int d);
+
+}  // namespace ragserve::kernels
