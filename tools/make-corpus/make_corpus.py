@@ -1,0 +1,232 @@
+#!/usr/bin/python3
+"""Writes the synthetic sample corpus data/corpus/{passages,questions}.jsonl.
+
+Every passage describes a fictional subject (island, person, invention, species, town, river, ship,
+mountain, festival, bridge) with one checkable fact tied to a name no other passage uses, so an
+end-to-end test can ask about that name and check which passage is retrieved. Deterministic: the
+same seed always writes byte-identical files (python3 stdlib only).
+
+Usage: /usr/bin/python3 tools/make-corpus/make_corpus.py [--out data/corpus] [--n 400] [--seed 7]
+"""
+import argparse
+import json
+import os
+import random
+
+ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "kel", "l", "m", "n", "p", "r",
+          "s", "st", "t", "th", "v", "w", "z", "sk", "tr", "ves", "mor", "qu"]
+VOWELS = ["a", "e", "i", "o", "u", "ae", "ei", "ou", "ia", "y"]
+CODAS = ["", "n", "r", "l", "th", "s", "m", "nd", "rk", "lt", "x", "v"]
+ENDINGS = {
+    "island": ["holm", "ey", "ness", "sk", "ay"],
+    "person": ["", "a", "o", "in", "ette"],
+    "surname": ["son", "wick", "berg", "ley", "mont", "ard"],
+    "place": ["ford", "by", "stead", "ton", "vale", "mere"],
+    "plain": [""],
+}
+COLOURS = ["crimson", "teal", "amber", "violet", "ochre", "cobalt blue", "emerald green",
+           "saffron yellow", "charcoal grey", "coral pink", "ivory white", "rust red", "indigo",
+           "turquoise", "lilac", "copper orange"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
+MATERIALS = ["granite", "oak", "brass", "limestone", "cedar", "iron", "sandstone", "slate"]
+TRADES = ["clockmaker", "cartographer", "glassblower", "astronomer", "botanist", "shipwright",
+          "violinist", "beekeeper", "bookbinder", "engineer"]
+DEVICES = [("loom", "weaving sailcloth"), ("pump", "draining flooded mines"),
+           ("telescope", "charting comets"), ("press", "printing river charts"),
+           ("kiln", "firing blue tiles"), ("lantern", "signalling across fog"),
+           ("mill", "grinding salt"), ("engine", "hauling ore carts"),
+           ("calculator", "predicting tides"), ("compass", "finding iron seams")]
+CREATURES = ["beetle", "moth", "lizard", "heron", "frog", "finch", "eel", "spider", "snail",
+             "crab"]
+HABITATS = ["mossy cliffs", "salt marshes", "pine forests", "volcanic caves", "river deltas",
+            "alpine meadows", "coral shallows", "misty bogs"]
+FILLER = [
+    "Visitors often arrive in the late afternoon, when the light turns soft and golden.",
+    "Local guides tell the story with obvious pride and a few embellishments.",
+    "Records from the period are incomplete, but the main details are well attested.",
+    "A small museum nearby keeps sketches, letters and a worn wooden model.",
+    "Children from the region learn about it in their first years of school.",
+    "Several travel writers have described it as quiet, windswept and strangely beautiful.",
+    "The surrounding area is known for its cold springs and long summer evenings.",
+    "Historians still argue about the exact route that the first surveyors took.",
+    "Every spring a handful of volunteers repair paths and repaint the old signs.",
+    "Photographs from that decade show the same scene almost unchanged.",
+    "Few people outside the valley had heard of it until a newspaper article appeared.",
+    "The nearest railway station is a long walk away along a gravel track.",
+]
+
+
+class Names:
+    def __init__(self, rng):
+        self.rng = rng
+        self.used = set()
+
+    def make(self, kind, syllables=2):
+        while True:
+            parts = [self.rng.choice(ONSETS) + self.rng.choice(VOWELS) for _ in range(syllables)]
+            stem = "".join(parts) + self.rng.choice(CODAS)
+            name = (stem + self.rng.choice(ENDINGS[kind])).capitalize()
+            if 4 <= len(name) <= 12 and name not in self.used:
+                self.used.add(name)
+                return name
+
+
+def fillers(rng, k):
+    return " ".join(rng.sample(FILLER, k))
+
+
+def island(rng, names):
+    n = names.make("island")
+    c = rng.choice(COLOURS)
+    year = rng.randint(1780, 1935)
+    keeper = names.make("person") + " " + names.make("surname")
+    text = (f"{n} Island lies off a rocky northern coast and is reached by a ferry that runs twice "
+            f"a week. Its lighthouse, built in {year}, is painted {c} from base to lantern, a colour "
+            f"chosen so that fishermen could tell it apart from every other light on the coast. The "
+            f"longest-serving keeper was {keeper}. {fillers(rng, 2)}")
+    q = f"What colour is the lighthouse on {n} Island?"
+    return text, {"topic": "island", "name": n}, q, c
+
+
+def person(rng, names):
+    first, last = names.make("person"), names.make("surname")
+    trade = rng.choice(TRADES)
+    year = rng.randint(1610, 1960)
+    town = names.make("place")
+    text = (f"{first} {last} was a {trade} from the town of {town}. Born in {year}, {first} "
+            f"became known for patient, careful work and for keeping detailed notebooks. Many of "
+            f"those notebooks survive and are still consulted by specialists. {fillers(rng, 2)}")
+    q = f"In what year was the {trade} {first} {last} born?"
+    return text, {"topic": "person", "name": f"{first} {last}"}, q, str(year)
+
+
+def invention(rng, names):
+    inv = names.make("plain")
+    dev, use = rng.choice(DEVICES)
+    year = rng.randint(1701, 1969)
+    maker = names.make("person") + " " + names.make("surname")
+    text = (f"The {inv} {dev} was a machine designed for {use}. It was first demonstrated in "
+            f"{year} by {maker}, who built the prototype in a rented workshop. Later versions were "
+            f"smaller and cheaper, and a few are still kept in working order. {fillers(rng, 2)}")
+    q = f"In which year was the {inv} {dev} first demonstrated?"
+    return text, {"topic": "invention", "name": f"{inv} {dev}"}, q, str(year)
+
+
+def species(rng, names):
+    sp = names.make("plain")
+    kind = rng.choice(CREATURES)
+    c = rng.choice(COLOURS)
+    hab = rng.choice(HABITATS)
+    text = (f"The {sp} {kind} is a small creature found only in the {hab} of a remote "
+            f"archipelago. Its most striking feature is a {c} stripe along its back, which makes "
+            f"it easy to recognise even from a distance. It feeds at dawn and rests during the "
+            f"heat of the day. {fillers(rng, 2)}")
+    q = f"What colour is the stripe on the back of the {sp} {kind}?"
+    return text, {"topic": "species", "name": f"{sp} {kind}"}, q, c
+
+
+def town(rng, names):
+    t = names.make("place")
+    year = rng.randint(1050, 1890)
+    mat = rng.choice(MATERIALS)
+    text = (f"{t} is a market town built around a square paved with {mat}. It was founded in "
+            f"{year} by traders who needed a safe place to store wool and grain over the winter. "
+            f"The weekly market still opens at seven in the morning. {fillers(rng, 2)}")
+    q = f"In what year was the market town of {t} founded?"
+    return text, {"topic": "town", "name": t}, q, str(year)
+
+
+def river(rng, names):
+    r = names.make("plain")
+    km = rng.randint(41, 2900)
+    text = (f"The {r} River rises in a ring of low hills and flows slowly toward the sea. It is "
+            f"{km} kilometres long, and for most of that distance it is shallow enough to wade "
+            f"across in late summer. Otters, herons and small silver fish live along its banks. "
+            f"{fillers(rng, 2)}")
+    q = f"How long is the {r} River in kilometres?"
+    return text, {"topic": "river", "name": r}, q, str(km)
+
+
+def ship(rng, names):
+    s = names.make("person")
+    masts = rng.randint(2, 7)
+    year = rng.randint(1702, 1899)
+    text = (f"The sailing ship {s} was launched in {year} from a small yard on a tidal river. "
+            f"She carried {masts} masts and was famous for crossing the northern sea faster than "
+            f"any ship of her size. Her figurehead now hangs in a harbour office. {fillers(rng, 2)}")
+    q = f"How many masts did the sailing ship {s} carry?"
+    return text, {"topic": "ship", "name": s}, q, str(masts)
+
+
+def mountain(rng, names):
+    m = names.make("plain")
+    h = rng.randint(1200, 6900)
+    text = (f"Mount {m} stands at the end of a long glacial valley. Its summit reaches {h} metres "
+            f"above sea level, and on clear days it can be seen from the coast. The first "
+            f"recorded ascent followed the eastern ridge, which is still the usual route. "
+            f"{fillers(rng, 2)}")
+    q = f"How high is Mount {m} in metres?"
+    return text, {"topic": "mountain", "name": m}, q, str(h)
+
+
+def festival(rng, names):
+    f = names.make("plain")
+    month = rng.choice(MONTHS)
+    days = rng.randint(2, 12)
+    text = (f"The {f} Festival is held every year in {month} and lasts {days} days. People gather "
+            f"to share bread, songs and stories, and the last evening ends with lanterns floated "
+            f"on a lake. Nobody is quite sure when the first festival took place. "
+            f"{fillers(rng, 2)}")
+    q = f"How many days does the {f} Festival last?"
+    return text, {"topic": "festival", "name": f}, q, str(days)
+
+
+def bridge(rng, names):
+    b = names.make("plain")
+    arches = rng.randint(3, 31)
+    mat = rng.choice(MATERIALS)
+    text = (f"The {b} Bridge crosses a wide, slow river on {arches} arches of {mat}. It was "
+            f"paid for by a group of merchants who were tired of waiting for the ferry. Carts "
+            f"were allowed across it until a newer road bridge opened downstream. "
+            f"{fillers(rng, 2)}")
+    q = f"How many arches does the {b} Bridge have?"
+    return text, {"topic": "bridge", "name": b}, q, str(arches)
+
+
+MAKERS = [island, person, invention, species, town, river, ship, mountain, festival, bridge]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "../../data/corpus"))
+    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--questions", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    names = Names(rng)
+    passages, qa = [], []
+    for i in range(args.n):
+        text, meta, q, ans = MAKERS[i % len(MAKERS)](rng, names)
+        pid = f"p{i + 1:04d}"
+        words = len(text.split())
+        assert 40 <= words <= 120, (pid, words)
+        passages.append({"id": pid, "text": text, "metadata": meta})
+        qa.append({"question": q, "answer_passage_id": pid, "answer_contains": ans})
+    # Each answer's name must occur in exactly one passage, so retrieval has one right answer.
+    for p in passages:
+        hits = [o["id"] for o in passages if p["metadata"]["name"] in o["text"]]
+        assert hits == [p["id"]], (p["metadata"]["name"], hits)
+    picked = sorted(rng.sample(range(len(qa)), args.questions))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "passages.jsonl"), "w", encoding="utf-8") as f:
+        for p in passages:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    with open(os.path.join(args.out, "questions.jsonl"), "w", encoding="utf-8") as f:
+        for i in picked:
+            f.write(json.dumps(qa[i], ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
