@@ -1,0 +1,228 @@
+// Dtype conversions and the plain reference backend (RefOps).
+#include "kernels/cpu/ops.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/cpu/attention.h"
+
+namespace ragserve::kernels {
+
+size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+std::string_view DTypeName(DType t) {
+  switch (t) {
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
+  }
+  return "?";
+}
+
+float Bf16ToF32(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t F32ToBf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);  // NaN
+  const uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>((bits + rounding) >> 16);
+}
+
+float F16ToF32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalize
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while ((mant & 0x400u) == 0);
+      bits = sign | (static_cast<uint32_t>(127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t F32ToF16(float v) {
+  uint32_t x;
+  std::memcpy(&x, &v, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // overflow (>= 65520) -> inf
+  if (ax < 0x38800000u) {                        // below the smallest normal f16
+    if (ax < 0x33000000u) return sign;           // rounds to zero
+    const uint32_t e = ax >> 23;
+    const uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+    // |v| / 2^-24 = m * 2^(e - 126): the subnormal f16 mantissa before rounding.
+    const int shift = 126 - static_cast<int>(e);
+    const uint32_t full = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1);
+    const uint32_t half = 1u << (shift - 1);
+    uint32_t r = full;
+    if (rem > half || (rem == half && (full & 1u))) ++r;
+    return sign | static_cast<uint16_t>(r);
+  }
+  // Normal: rebias exponent and round mantissa to 10 bits (nearest even).
+  uint32_t r = ax - ((127u - 15u) << 23);
+  r += 0xfffu + ((r >> 13) & 1u);
+  return sign | static_cast<uint16_t>(r >> 13);
+}
+
+void ConvertToF32(const void* src, DType t, int64_t n, float* dst) {
+  switch (t) {
+    case DType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      return;
+    case DType::kBF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t bits = static_cast<uint32_t>(s[i]) << 16;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        dst[i] = f;
+      }
+      return;
+    }
+    case DType::kF16: {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(s[i]);
+      return;
+    }
+  }
+}
+
+void ConvertFromF32(const float* src, DType t, int64_t n, void* dst) {
+  switch (t) {
+    case DType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      return;
+    case DType::kBF16: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = F32ToBf16(src[i]);
+      return;
+    }
+    case DType::kF16: {
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = 0; i < n; ++i) d[i] = F32ToF16(src[i]);
+      return;
+    }
+  }
+}
+
+namespace {
+
+// Element i of a weight view as float.
+inline float At(const WeightView& w, int64_t i) {
+  switch (w.dtype) {
+    case DType::kF32:
+      return static_cast<const float*>(w.data)[i];
+    case DType::kBF16:
+      return Bf16ToF32(static_cast<const uint16_t*>(w.data)[i]);
+    case DType::kF16:
+      return F16ToF32(static_cast<const uint16_t*>(w.data)[i]);
+  }
+  return 0.0f;
+}
+
+class RefOpsImpl final : public Ops {
+ public:
+  std::string_view name() const override { return "ref"; }
+
+  void MatMul(const float* x, int64_t m, const WeightView& w, const WeightView* bias,
+              float* y) const override {
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t r = 0; r < w.rows; ++r) {
+        double acc = 0.0;
+        for (int64_t c = 0; c < w.cols; ++c) {
+          acc += static_cast<double>(x[i * w.cols + c]) * At(w, r * w.cols + c);
+        }
+        if (bias != nullptr) acc += At(*bias, r);
+        y[i * w.rows + r] = static_cast<float>(acc);
+      }
+    }
+  }
+
+  void RmsNorm(const float* x, int64_t m, int64_t n, const WeightView& g, float eps,
+               float* y) const override {
+    for (int64_t i = 0; i < m; ++i) {
+      double ss = 0.0;
+      for (int64_t c = 0; c < n; ++c) ss += static_cast<double>(x[i * n + c]) * x[i * n + c];
+      const double inv = 1.0 / std::sqrt(ss / static_cast<double>(n) + eps);
+      for (int64_t c = 0; c < n; ++c) {
+        y[i * n + c] = static_cast<float>(x[i * n + c] * inv * At(g, c));
+      }
+    }
+  }
+
+  void Rope(float* x, int64_t m, int heads, int head_dim, const int32_t* positions,
+            const float* inv_freq) const override {
+    const int half = head_dim / 2;
+    for (int64_t i = 0; i < m; ++i) {
+      for (int h = 0; h < heads; ++h) {
+        float* v = x + (i * heads + h) * head_dim;
+        for (int j = 0; j < half; ++j) {
+          const double ang = static_cast<double>(positions[i]) * inv_freq[j];
+          const double c = std::cos(ang), s = std::sin(ang);
+          const double a = v[j], b = v[j + half];
+          v[j] = static_cast<float>(a * c - b * s);
+          v[j + half] = static_cast<float>(b * c + a * s);
+        }
+      }
+    }
+  }
+
+  void SiluMul(const float* gate, const float* up, int64_t n, float* out) const override {
+    for (int64_t i = 0; i < n; ++i) {
+      const double g = gate[i];
+      out[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
+    }
+  }
+
+  void Add(float* y, const float* x, int64_t n) const override {
+    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+  }
+
+  void Embed(const WeightView& table, const int32_t* ids, int64_t m, float* out) const override {
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t c = 0; c < table.cols; ++c) {
+        out[i * table.cols + c] = At(table, static_cast<int64_t>(ids[i]) * table.cols + c);
+      }
+    }
+  }
+
+  void Attention(const float* q, int h, const float* k, int64_t ldk, const float* v, int64_t ldv,
+                 int64_t n, int d, float scale, float* o, float* lse) const override {
+    AttentionPartialRef(q, h, k, ldk, v, ldv, n, d, scale, o, lse);
+  }
+};
+
+}  // namespace
+
+const Ops& RefOps() {
+  static const RefOpsImpl ops;
+  return ops;
+}
+
+}  // namespace ragserve::kernels

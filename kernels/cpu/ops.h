@@ -1,0 +1,88 @@
+// The op interface of the model runtime: every op the transformer forward pass uses, behind one
+// abstract class that each backend implements (RefOps: plain loops, the test oracle; FastOps:
+// OpenMP + AVX2/FMA + OpenBLAS; a CUDA backend later). Activations are always f32; weights stay in
+// their stored dtype (f32, f16 or bf16) and are converted on the fly.
+//
+// Layouts are row-major. Linear weights use the Hugging Face layout W: [out, in], so a matmul is
+// y[m, out] = x[m, in] . W^T. Ops never allocate per element and never fail: callers (the model)
+// validate shapes once at load time. All ops are thread-safe (no shared mutable state) and
+// parallelize internally where they are "fast".
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace ragserve::kernels {
+
+enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// Bytes per element: 4, 2, 2.
+size_t DTypeSize(DType t);
+// "F32", "F16", "BF16" (the safetensors spelling).
+std::string_view DTypeName(DType t);
+
+// Scalar conversions (round-to-nearest-even for the narrowing ones; NaN stays NaN).
+float Bf16ToF32(uint16_t v);
+uint16_t F32ToBf16(float v);
+float F16ToF32(uint16_t v);
+uint16_t F32ToF16(float v);
+
+// dst[i] = float(src[i]) for n elements of dtype t.
+void ConvertToF32(const void* src, DType t, int64_t n, float* dst);
+// Narrows n floats into dtype t (f32: copy).
+void ConvertFromF32(const float* src, DType t, int64_t n, void* dst);
+
+// A row-major matrix [rows, cols] in its stored dtype; not owned (typically mmapped weights).
+// A vector (norm weight, bias) is a view with rows == 1.
+struct WeightView {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  // Address of row r.
+  const void* Row(int64_t r) const {
+    return static_cast<const char*>(data) + r * cols * static_cast<int64_t>(DTypeSize(dtype));
+  }
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  // "ref", "fast", ...
+  virtual std::string_view name() const = 0;
+
+  // y[m, w.rows] = x[m, w.cols] . W^T  (+ bias[w.rows] on every row when bias != nullptr).
+  virtual void MatMul(const float* x, int64_t m, const WeightView& w, const WeightView* bias,
+                      float* y) const = 0;
+  // y[m, n] = x / sqrt(mean(x^2) + eps) * g   (per row; g: [n]). y may alias x.
+  virtual void RmsNorm(const float* x, int64_t m, int64_t n, const WeightView& g, float eps,
+                       float* y) const = 0;
+  // Rotary embedding in place, Hugging Face "rotate_half" convention: x: [m, heads, head_dim],
+  // token i at positions[i]; inv_freq: [head_dim / 2] (already scaled for linear / llama3).
+  virtual void Rope(float* x, int64_t m, int heads, int head_dim, const int32_t* positions,
+                    const float* inv_freq) const = 0;
+  // out[i] = silu(gate[i]) * up[i] for n elements. out may alias gate.
+  virtual void SiluMul(const float* gate, const float* up, int64_t n, float* out) const = 0;
+  // y[i] += x[i] for n elements.
+  virtual void Add(float* y, const float* x, int64_t n) const = 0;
+  // out[i, :] = float(table row ids[i]) for m ids; table: [vocab, cols]. ids are trusted.
+  virtual void Embed(const WeightView& table, const int32_t* ids, int64_t m, float* out) const = 0;
+  // Partial attention with log-sum-exp for one group of h query heads sharing a kv head
+  // (see kernels/cpu/attention.h for the exact contract).
+  virtual void Attention(const float* q, int h, const float* k, int64_t ldk, const float* v,
+                         int64_t ldv, int64_t n, int d, float scale, float* o,
+                         float* lse) const = 0;
+};
+
+// The plain reference backend: scalar loops, f64 accumulation where it matters. The oracle.
+const Ops& RefOps();
+// The fast CPU backend: multithreaded GEMV for small m (reads W once for all rows), cblas_sgemm
+// for large m (f16/bf16 weights converted a tile at a time), AVX2/FMA via function
+// multiversioning with a scalar fallback.
+const Ops& FastOps();
+
+// Number of activation rows up to which FastOps::MatMul uses the GEMV path instead of sgemm.
+inline constexpr int64_t kGemvMaxRows = 8;
+
+}  // namespace ragserve::kernels
