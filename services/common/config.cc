@@ -1,0 +1,93 @@
+#include "services/common/config.h"
+
+#include <cctype>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+namespace ragserve {
+
+std::string EnvNameForFlag(const std::string& long_name) {
+  std::string env = "RAGSERVE_";
+  for (char c : long_name) {
+    env += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  }
+  return env;
+}
+
+void AddServerFlags(CLI::App& app, ServerConfig* cfg) {
+  app.add_option("--host", cfg->host, "gRPC listen address")->capture_default_str();
+  app.add_option("--port", cfg->port, "gRPC listen port (0 = any free port)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  app.add_option("--metrics-port", cfg->metrics_port,
+                 "Prometheus /metrics HTTP port (0 = any free port, -1 = off)")
+      ->check(CLI::Range(-1, 65535))
+      ->capture_default_str();
+  app.add_option("--tls-cert", cfg->tls_cert, "PEM certificate chain (enables TLS with --tls-key)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", cfg->tls_key, "PEM private key (enables TLS with --tls-cert)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--auth-token", cfg->auth_token,
+                 "Bearer token required on every RPC (prefer --auth-token-file)");
+  app.add_option("--auth-token-file", cfg->auth_token_file, "File holding the bearer token")
+      ->check(CLI::ExistingFile);
+  app.add_option("--log-level", cfg->log_level, "trace, debug, info, warn, error or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
+      ->capture_default_str();
+  app.add_option("--max-message-mb", cfg->max_message_mb, "Max gRPC message size in MiB")
+      ->check(CLI::Range(1, 2047))
+      ->capture_default_str();
+  app.add_option("--executor-threads", cfg->executor_threads,
+                 "Threads for slow work (0 = number of cores)")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  app.add_option("--executor-queue", cfg->executor_queue, "Bound of the slow-work queue")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--drain-seconds", cfg->drain_seconds,
+                 "Seconds in-flight RPCs get to finish on SIGTERM")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
+  app.add_option("--ready-file", cfg->ready_file,
+                 "Write the bound ports as JSON to this file once serving");
+}
+
+std::optional<int> ParseFlags(CLI::App& app, int argc, const char* const* argv) {
+  for (CLI::Option* opt : app.get_options()) {
+    if (!opt->get_envname().empty() || opt->get_lnames().empty()) continue;
+    if (opt->get_lnames().front() == "help") continue;
+    opt->envname(EnvNameForFlag(opt->get_lnames().front()));
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);  // prints help to stdout or the error to stderr
+    return code;
+  }
+  return std::nullopt;
+}
+
+std::string FinishServerConfig(ServerConfig* cfg) {
+  if (cfg->tls_cert.empty() != cfg->tls_key.empty()) {
+    return "--tls-cert and --tls-key must be given together (TLS needs both)";
+  }
+  if (!cfg->auth_token_file.empty()) {
+    if (!cfg->auth_token.empty()) {
+      return "give either --auth-token or --auth-token-file, not both";
+    }
+    std::ifstream in(cfg->auth_token_file);
+    if (!in) return "--auth-token-file: cannot read " + cfg->auth_token_file;
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string token = ss.str();
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) {
+      token.pop_back();
+    }
+    if (token.empty()) return "--auth-token-file: " + cfg->auth_token_file + " is empty";
+    cfg->auth_token = token;
+  }
+  return "";
+}
+
+}  // namespace ragserve

@@ -1,0 +1,51 @@
+// Service configuration: command-line flags (CLI11) with RAGSERVE_* environment overrides.
+//
+// Precedence, per option: a flag on the command line beats the environment variable
+// RAGSERVE_<LONG_NAME> (upper case, '-' -> '_'), which beats the default. Every option gets its
+// environment name automatically in ParseFlags, so services only declare flags.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "CLI/CLI.hpp"
+
+namespace ragserve {
+
+// Flags every service shares (the server scaffold in server.h consumes them).
+struct ServerConfig {
+  std::string service;             // "router", "index", ... (logs, metrics, health).
+  std::string host = "127.0.0.1";  // gRPC listen address; "0.0.0.0" inside a pod.
+  int port = 0;                    // gRPC port; 0 = pick a free one (see ready_file).
+  int metrics_port = 0;            // Prometheus /metrics port; 0 = pick one, -1 = off.
+  std::string tls_cert;            // PEM certificate chain; TLS is on when cert and key are set.
+  std::string tls_key;             // PEM private key.
+  std::string auth_token;          // Bearer token required on every RPC when non-empty.
+  std::string auth_token_file;     // Alternatively read the token from this file (a Secret).
+  std::string log_level = "info";  // trace, debug, info, warn, error, off.
+  int max_message_mb = 64;         // Max gRPC message size, both directions.
+  int executor_threads = 0;        // Workers for slow work; 0 = number of cores.
+  int executor_queue = 1024;       // Bounded queue of the executor; full -> RESOURCE_EXHAUSTED.
+  double drain_seconds = 5.0;      // Graceful shutdown: in-flight RPCs get this long to finish.
+  std::string ready_file;          // When set, {"grpc_port":..,"metrics_port":..,"pid":..} is
+                                   // written here (atomically) once the server is serving.
+};
+
+// Registers the ServerConfig flags on `app` (defaults taken from `*cfg`).
+void AddServerFlags(CLI::App& app, ServerConfig* cfg);
+
+// Gives every option without an environment name the name RAGSERVE_<LONG_NAME>, then parses.
+// Returns std::nullopt when the program should go on, or the exit code to exit with right away:
+// 0 after --help, non-zero after an error (the message, naming the bad flag or value, has been
+// printed to stderr).
+std::optional<int> ParseFlags(CLI::App& app, int argc, const char* const* argv);
+
+// Post-parse checks of a ServerConfig that CLI11 validators cannot express (cert and key come
+// together, the token file is readable). Loads auth_token from auth_token_file. Returns an error
+// message, or "" when the config is usable.
+std::string FinishServerConfig(ServerConfig* cfg);
+
+// "RAGSERVE_" + upper(name) with '-' -> '_': the environment name of a long flag.
+std::string EnvNameForFlag(const std::string& long_name);
+
+}  // namespace ragserve

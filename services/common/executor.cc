@@ -1,0 +1,70 @@
+#include "services/common/executor.h"
+
+#include <chrono>
+
+namespace ragserve {
+
+BoundedExecutor::BoundedExecutor(int threads, int queue_capacity) : capacity_(queue_capacity) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  workers_.reserve(threads);
+  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+BoundedExecutor::~BoundedExecutor() {
+  Shutdown();
+  for (auto& t : workers_) t.join();
+}
+
+Status BoundedExecutor::Submit(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return Unavailable("executor is shutting down");
+    if (static_cast<int>(queue_.size()) >= capacity_) {
+      return ResourceExhausted(StrCat("work queue is full (", capacity_, " tasks waiting)"));
+    }
+    queue_.push_back(std::move(task));
+  }
+  cv_.notify_one();
+  return OkStatus();
+}
+
+void BoundedExecutor::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool BoundedExecutor::WaitIdle(double timeout_s) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return idle_cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
+                           [this] { return queue_.empty() && running_ == 0; });
+}
+
+int BoundedExecutor::queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(queue_.size());
+}
+
+void BoundedExecutor::WorkerLoop() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping and drained
+      task = std::move(queue_.front());
+      queue_.pop_front();
+      ++running_;
+    }
+    task();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --running_;
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+}  // namespace ragserve

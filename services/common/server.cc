@@ -1,0 +1,290 @@
+#include "services/common/server.h"
+
+#include <arpa/inet.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+#include <grpcpp/support/server_interceptor.h>
+#include <netdb.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "services/common/logging.h"
+
+namespace ragserve {
+namespace {
+
+StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return InvalidArgument(StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Binds host:port once ourselves to report a precise error (gRPC only says "failed").
+Status CheckPortFree(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  const std::string port_str = std::to_string(port);
+  int rc = getaddrinfo(host.c_str(), port_str.c_str(), &hints, &res);
+  if (rc != 0) {
+    return InvalidArgument(StrCat("cannot resolve listen host '", host, "': ", gai_strerror(rc)));
+  }
+  Status status = OkStatus();
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    if (fd < 0) continue;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      const int err = errno;
+      status = Unavailable(StrCat("cannot listen on ", host, ":", port, ": ", std::strerror(err),
+                                  err == EADDRINUSE ? " (port already in use)" : ""));
+    }
+    close(fd);
+    break;
+  }
+  freeaddrinfo(res);
+  return status;
+}
+
+// Per-call interceptor: counts calls and observes latency per method and status code.
+class MetricsInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit MetricsInterceptor(grpc::experimental::ServerRpcInfo* info)
+      : method_(info->method()), start_(std::chrono::steady_clock::now()) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
+      const grpc::Status st = methods->GetSendStatus();
+      const double secs =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+      const std::string code(StatusCodeName(static_cast<StatusCode>(st.error_code())));
+      auto& reg = MetricsRegistry::Default();
+      reg.GetCounter("ragserve_grpc_requests_total", "gRPC calls finished, by method and code",
+                     {{"method", method_}, {"code", code}})
+          .Inc();
+      reg.GetHistogram("ragserve_grpc_request_duration_seconds",
+                       "gRPC call duration from arrival to status, by method", LatencyBuckets(),
+                       {{"method", method_}})
+          .Observe(secs);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  std::string method_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+class MetricsInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    return new MetricsInterceptor(info);
+  }
+};
+
+Status WriteReadyFile(const std::string& path, int grpc_port, int metrics_port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (!out) return InvalidArgument(StrCat("cannot write --ready-file ", path));
+    out << "{\"grpc_port\": " << grpc_port << ", \"metrics_port\": " << metrics_port
+        << ", \"pid\": " << getpid() << "}\n";
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return InvalidArgument(StrCat("cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+ServiceServer::ServiceServer(ServerConfig cfg) : cfg_(std::move(cfg)), auth_(cfg_.auth_token) {
+  executor_ = std::make_unique<BoundedExecutor>(cfg_.executor_threads, cfg_.executor_queue);
+}
+
+ServiceServer::~ServiceServer() { Shutdown(); }
+
+void ServiceServer::AddService(grpc::Service* service, const std::string& full_name) {
+  services_.emplace_back(service, full_name);
+}
+
+std::string ServiceServer::address() const {
+  const std::string host = cfg_.host == "0.0.0.0" || cfg_.host.empty() ? "127.0.0.1" : cfg_.host;
+  return StrCat(host, ":", grpc_port_);
+}
+
+Status ServiceServer::Start() {
+  if (cfg_.port != 0) RS_RETURN_IF_ERROR(CheckPortFree(cfg_.host, cfg_.port));
+
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (!cfg_.tls_cert.empty()) {
+    RS_ASSIGN_OR_RETURN(std::string cert, ReadFile(cfg_.tls_cert));
+    RS_ASSIGN_OR_RETURN(std::string key, ReadFile(cfg_.tls_key));
+    grpc::SslServerCredentialsOptions opts;
+    opts.pem_key_cert_pairs.push_back({key, cert});
+    creds = grpc::SslServerCredentials(opts);
+  } else {
+    creds = grpc::InsecureServerCredentials();
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  // Without this, Linux lets a second server bind the same port (SO_REUSEPORT) silently.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  const std::string listen = cfg_.host.find(':') != std::string::npos
+                                 ? StrCat("[", cfg_.host, "]:", cfg_.port)
+                                 : StrCat(cfg_.host, ":", cfg_.port);
+  builder.AddListeningPort(listen, creds, &grpc_port_);
+  builder.SetMaxReceiveMessageSize(cfg_.max_message_mb * 1024 * 1024);
+  builder.SetMaxSendMessageSize(cfg_.max_message_mb * 1024 * 1024);
+  for (auto& [svc, name] : services_) builder.RegisterService(svc);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
+  factories.push_back(std::make_unique<MetricsInterceptorFactory>());
+  builder.experimental().SetInterceptorCreators(std::move(factories));
+
+  server_ = builder.BuildAndStart();
+  if (!server_ || grpc_port_ == 0) {
+    server_.reset();
+    return Unavailable(StrCat("cannot listen on ", listen, " (address in use or not available)"));
+  }
+  auto* health = server_->GetHealthCheckService();
+  health->SetServingStatus(true);
+  for (auto& [svc, name] : services_) health->SetServingStatus(name, true);
+
+  if (cfg_.metrics_port >= 0) {
+    metrics_http_ = std::make_unique<MetricsHttpServer>(&metrics());
+    auto port = metrics_http_->Start(cfg_.host, cfg_.metrics_port);
+    if (!port.ok()) {
+      server_->Shutdown();
+      server_.reset();
+      return port.status();
+    }
+    metrics_port_ = *port;
+  }
+  metrics()
+      .GetGauge("ragserve_up", "1 while the service is serving", {{"service", cfg_.service}})
+      .Set(1);
+  RS_LOG(info, "serving {} on {} (grpc port {}, metrics port {}, tls {}, auth {})", cfg_.service,
+         listen, grpc_port_, metrics_port_, cfg_.tls_cert.empty() ? "off" : "on",
+         auth_.enabled() ? "on" : "off");
+  if (!cfg_.ready_file.empty()) {
+    RS_RETURN_IF_ERROR(WriteReadyFile(cfg_.ready_file, grpc_port_, metrics_port_));
+  }
+  return OkStatus();
+}
+
+void ServiceServer::RequestStop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_requested_ = true;
+  }
+  stop_cv_.notify_all();
+}
+
+void ServiceServer::Wait() {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    stop_cv_.wait(lock, [this] { return stop_requested_; });
+  }
+  Shutdown();
+}
+
+void ServiceServer::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    stop_requested_ = true;
+  }
+  stop_cv_.notify_all();
+  if (server_) {
+    RS_LOG(info, "draining {} (up to {} s)", cfg_.service, cfg_.drain_seconds);
+    server_->GetHealthCheckService()->Shutdown();  // NOT_SERVING for every service name
+    const auto deadline =
+        std::chrono::system_clock::now() +
+        std::chrono::milliseconds(static_cast<int64_t>(cfg_.drain_seconds * 1000));
+    server_->Shutdown(deadline);
+    server_->Wait();
+  }
+  executor_->Shutdown();
+  executor_->WaitIdle(cfg_.drain_seconds);
+  if (metrics_http_) metrics_http_->Stop();
+  metrics()
+      .GetGauge("ragserve_up", "1 while the service is serving", {{"service", cfg_.service}})
+      .Set(0);
+}
+
+int RunServiceMain(const ServiceMain& m, int argc, char** argv) {
+  // Block the termination signals before any thread starts so that only the waiter below
+  // receives them (every thread inherits this mask).
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  ServerConfig cfg;
+  cfg.service = m.name;
+  cfg.port = m.default_port;
+  cfg.metrics_port = m.default_metrics_port;
+  CLI::App app(m.description, "ragserve-" + m.name);
+  AddServerFlags(app, &cfg);
+  if (m.add_flags) m.add_flags(app);
+  if (auto code = ParseFlags(app, argc, argv)) return *code;
+  if (std::string err = FinishServerConfig(&cfg); !err.empty()) {
+    std::cerr << "ragserve-" << m.name << ": " << err << "\n";
+    return 1;
+  }
+  if (Status s = InitLogging(m.name, cfg.log_level); !s.ok()) {
+    std::cerr << "ragserve-" << m.name << ": " << s.message() << "\n";
+    return 1;
+  }
+
+  ServiceServer server(cfg);
+  if (m.setup) {
+    if (Status s = m.setup(server); !s.ok()) {
+      RS_LOG(error, "setup failed: {}", s.ToString());
+      std::cerr << "ragserve-" << m.name << ": " << s.ToString() << "\n";
+      return 2;
+    }
+  }
+  if (Status s = server.Start(); !s.ok()) {
+    RS_LOG(error, "start failed: {}", s.ToString());
+    std::cerr << "ragserve-" << m.name << ": " << s.ToString() << "\n";
+    return 2;
+  }
+  std::thread([&server, sigs] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    RS_LOG(info, "received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    server.RequestStop();
+  }).detach();
+  server.Wait();
+  if (m.teardown) m.teardown();
+  RS_LOG(info, "{} stopped", m.name);
+  spdlog::default_logger()->flush();
+  return 0;
+}
+
+}  // namespace ragserve

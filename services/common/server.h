@@ -1,0 +1,98 @@
+// The server scaffold every ragserve service is built on.
+//
+// ServiceServer wires: gRPC health (grpc.health.v1) and reflection, max message sizes, optional
+// TLS, bearer-token auth (services call auth().Check(ctx) first in every handler), a bounded
+// executor for slow work, request metrics (count + latency per method and code) served with
+// everything else on a separate /metrics HTTP port, and graceful shutdown: health turns
+// NOT_SERVING, new calls are refused, in-flight calls get drain_seconds to finish.
+//
+// RunServiceMain is the whole main() of a service binary: flags (+ RAGSERVE_* env), logging,
+// start, wait for SIGTERM/SIGINT, graceful stop, exit code.
+#pragma once
+
+#include <grpcpp/server.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "services/common/auth.h"
+#include "services/common/config.h"
+#include "services/common/executor.h"
+#include "services/common/metrics.h"
+#include "services/common/status.h"
+
+namespace ragserve {
+
+class ServiceServer {
+ public:
+  explicit ServiceServer(ServerConfig cfg);
+  ~ServiceServer();  // Shutdown() if still running.
+
+  // Registers a service (not owned; must outlive the server) under its full proto name, e.g.
+  // "ragserve.v1.IndexService", which health checks also answer for. Call before Start().
+  void AddService(grpc::Service* service, const std::string& full_name);
+
+  // Binds and starts serving. A port already in use, an unreadable TLS file or a failure to
+  // bind gives Unavailable/InvalidArgument naming the address.
+  Status Start();
+
+  // Graceful stop (idempotent): NOT_SERVING, then gRPC shutdown with the drain deadline, then
+  // the executor drains, then /metrics stops.
+  void Shutdown();
+
+  // Blocks until Shutdown() was called or (in a binary, see RunServiceMain) a SIGTERM/SIGINT
+  // arrived, then performs Shutdown().
+  void Wait();
+  // Makes Wait() return (safe from any thread).
+  void RequestStop();
+
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_port_; }
+  const ServerConfig& config() const { return cfg_; }
+  const TokenAuth& auth() const { return auth_; }
+  BoundedExecutor& executor() { return *executor_; }
+  MetricsRegistry& metrics() { return MetricsRegistry::Default(); }
+  // "127.0.0.1:50051": where clients reach this server.
+  std::string address() const;
+
+ private:
+  ServerConfig cfg_;
+  TokenAuth auth_;
+  std::unique_ptr<BoundedExecutor> executor_;
+  std::vector<std::pair<grpc::Service*, std::string>> services_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
+  int grpc_port_ = 0;
+  int metrics_port_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable stop_cv_;
+  bool stop_requested_ = false;  // guarded by mu_
+  bool shut_down_ = false;       // guarded by mu_
+};
+
+// What a service binary plugs into RunServiceMain.
+struct ServiceMain {
+  std::string name;         // "index" -> binary ragserve-index, logger "index"
+  std::string description;  // One line for --help.
+  int default_port = 0;     // Default gRPC port of this service.
+  int default_metrics_port = 0;
+  // Adds service-specific flags to the app (optional).
+  std::function<void(CLI::App&)> add_flags;
+  // Called after flags are parsed and before Start(): create the service objects (kept alive
+  // by the caller), register them with server.AddService(). An error exits with code 2.
+  std::function<Status(ServiceServer&)> setup;
+  // Called after the server stopped (flush state, close databases). Optional.
+  std::function<void()> teardown;
+};
+
+// The whole main() of a service: returns the process exit code (0 after a clean SIGTERM stop,
+// 0 after --help, 1 on a bad flag, 2 when setup or start fails).
+int RunServiceMain(const ServiceMain& m, int argc, char** argv);
+
+}  // namespace ragserve
