@@ -1,0 +1,81 @@
+// HnswIndex: approximate search on an HNSW graph (hnswlib 0.6.2).
+//
+// Parameters and their effect (defaults in brackets):
+//   M [16]                graph degree; higher = better recall, more memory (~M*8 bytes/vector)
+//                         and slower build.
+//   ef_construction [200] candidate list while inserting; higher = better graph, slower build.
+//   ef_search [64]        candidate list while searching (per call via SearchParams::ef_search,
+//                         raised to k when smaller); higher = better recall, lower QPS.
+//   initial_capacity [1024] slots allocated up front; the index doubles them when full.
+// Removal marks the vector deleted (it stays a graph node and is skipped in results); adding the
+// same id again reuses its slot. Filtered search over-fetches and widens until k hits pass the
+// filter or the whole index was returned.
+// Thread safety: search() takes a shared lock; add()/remove() an exclusive one (a batch add
+// inserts with OpenMP threads inside the lock); save() a shared one.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+
+#include "index/vector_index.h"
+
+namespace hnswlib {
+template <typename T>
+class HierarchicalNSW;
+template <typename T>
+class SpaceInterface;
+}  // namespace hnswlib
+
+namespace ragserve::index {
+
+struct HnswParams {
+  int M = 16;
+  int ef_construction = 200;
+  int ef_search = 64;
+  int64_t initial_capacity = 1024;
+  uint64_t seed = 100;
+};
+
+// InvalidArgument naming the bad field (M in [2, 2048], ef_* >= 1, capacity >= 1).
+Status ValidateHnswParams(const HnswParams& p);
+
+class HnswIndex final : public VectorIndex {
+ public:
+  static StatusOr<std::unique_ptr<HnswIndex>> Create(int dim, Metric metric,
+                                                     const HnswParams& params = {});
+  // Loads a file written by save(); ef_search comes from the file.
+  static StatusOr<std::unique_ptr<HnswIndex>> Load(const std::string& path);
+  ~HnswIndex() override;
+
+  int dim() const override { return dim_; }
+  Metric metric() const override { return metric_; }
+  int64_t size() const override;
+  std::string_view kind() const override { return "hnsw"; }
+  Status add(int64_t n, const float* x, const int64_t* ids) override;
+  Status search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
+                const SearchParams& params = {}) const override;
+  StatusOr<int64_t> remove(int64_t n, const int64_t* ids) override;
+  Status save(const std::string& path) const override;
+
+  const HnswParams& params() const { return params_; }
+  // Allocated slots (live + deleted + free).
+  int64_t capacity() const;
+  size_t memory_bytes() const;
+
+ private:
+  HnswIndex(int dim, Metric metric, const HnswParams& params);
+  // Searches one query with candidate list `ef` returning up to `kk` hits best-first.
+  void SearchOne(const float* q, size_t kk, std::vector<std::pair<float, int64_t>>* out) const;
+
+  const int dim_;
+  const Metric metric_;
+  HnswParams params_;
+  mutable std::shared_mutex mu_;
+  std::unique_ptr<hnswlib::SpaceInterface<float>> space_;
+  std::unique_ptr<hnswlib::HierarchicalNSW<float>> hnsw_;  // guarded by mu_
+  int64_t live_ = 0;                                       // guarded by mu_
+};
+
+}  // namespace ragserve::index

@@ -1,0 +1,322 @@
+#include "index/ivf.h"
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_io.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+
+#include "index/internal/index_util.h"
+
+namespace ragserve::index {
+
+namespace {
+using idx_t = faiss::Index::idx_t;
+
+struct FunctionSelector final : faiss::IDSelector {
+  explicit FunctionSelector(const std::function<bool(int64_t)>* f) : fn(f) {}
+  bool is_member(idx_t id) const override { return (*fn)(id); }
+  const std::function<bool(int64_t)>* fn;
+};
+
+int AutoPqM(int dim) {
+  for (int m = std::max(1, dim / 4); m >= 1; --m) {
+    if (dim % m == 0) return m;
+  }
+  return 1;
+}
+
+faiss::MetricType FaissMetric(Metric m) {
+  return m == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
+}
+}  // namespace
+
+Status ValidateIvfParams(const IvfParams& p, int dim, bool pq) {
+  RS_CHECK_ARG(p.nlist >= 0, "ivf: nlist must be >= 0 (0 = automatic), got ", p.nlist);
+  RS_CHECK_ARG(p.nprobe >= 0, "ivf: nprobe must be >= 0 (0 = automatic), got ", p.nprobe);
+  RS_CHECK_ARG(p.kmeans_iterations >= 1, "ivf: kmeans_iterations must be >= 1, got ",
+               p.kmeans_iterations);
+  if (pq) {
+    RS_CHECK_ARG(p.pq_m >= 0, "ivf_pq: pq_m must be >= 0 (0 = automatic), got ", p.pq_m);
+    RS_CHECK_ARG(p.pq_m == 0 || dim % p.pq_m == 0, "ivf_pq: pq_m=", p.pq_m,
+                 " must divide the dimension ", dim);
+    RS_CHECK_ARG(p.pq_nbits >= 1 && p.pq_nbits <= 16, "ivf_pq: pq_nbits must be in [1, 16], got ",
+                 p.pq_nbits);
+  }
+  return OkStatus();
+}
+
+IvfIndex::IvfIndex(int dim, Metric metric, bool pq, const IvfParams& params)
+    : dim_(dim), metric_(metric), pq_(pq), params_(params) {}
+
+IvfIndex::~IvfIndex() = default;
+
+StatusOr<std::unique_ptr<IvfIndex>> IvfIndex::Create(int dim, Metric metric, bool pq,
+                                                     const IvfParams& params) {
+  RS_CHECK_ARG(dim >= 1, "ivf: dim must be >= 1, got ", dim);
+  RS_RETURN_IF_ERROR(ValidateIvfParams(params, dim, pq));
+  IvfParams p = params;
+  if (pq && p.pq_m == 0) p.pq_m = AutoPqM(dim);
+  return std::unique_ptr<IvfIndex>(new IvfIndex(dim, metric, pq, p));
+}
+
+int64_t IvfIndex::size() const {
+  std::shared_lock lock(mu_);
+  return static_cast<int64_t>(present_.size());
+}
+
+bool IvfIndex::needs_training() const {
+  std::shared_lock lock(mu_);
+  return ivf_ == nullptr;
+}
+
+IvfParams IvfIndex::params() const {
+  std::shared_lock lock(mu_);
+  IvfParams p = params_;
+  if (ivf_ != nullptr && p.nprobe == 0) p.nprobe = DefaultNprobe();
+  return p;
+}
+
+int IvfIndex::DefaultNprobe() const {
+  return std::min(params_.nlist, std::max(16, params_.nlist / 8));
+}
+
+size_t IvfIndex::memory_bytes() const {
+  std::shared_lock lock(mu_);
+  if (ivf_ == nullptr) return 0;
+  const size_t code = ivf_->code_size;
+  return ivf_->ntotal * (code + sizeof(idx_t)) + ivf_->nlist * dim_ * sizeof(float) +
+         (pq_ ? params_.pq_m * (size_t{1} << params_.pq_nbits) * (dim_ / params_.pq_m) * 4 : 0) +
+         present_.size() * 32;
+}
+
+Status IvfIndex::train(int64_t n, const float* x) {
+  RS_CHECK_ARG(n >= 1 && x != nullptr, "ivf: training set is empty (n=", n, ")");
+  RS_RETURN_IF_ERROR(internal::CheckFinite(n, dim_, x, "ivf train: vector"));
+  std::unique_lock lock(mu_);
+  if (ivf_ != nullptr) return FailedPrecondition("ivf: index is already trained");
+  const int nlist = params_.nlist > 0
+                        ? params_.nlist
+                        : static_cast<int>(std::clamp<double>(
+                              std::round(4 * std::sqrt(static_cast<double>(n))), 1, n));
+  RS_CHECK_ARG(n >= nlist, "ivf: training needs at least nlist=", nlist, " vectors, got ", n);
+  if (pq_) {
+    const int64_t need = int64_t{1} << params_.pq_nbits;
+    RS_CHECK_ARG(n >= need, "ivf_pq: training needs at least 2^pq_nbits=", need, " vectors, got ",
+                 n);
+  }
+  std::vector<float> normalized;
+  if (metric_ == Metric::kCosine) {
+    normalized = internal::NormalizedCopy(n, dim_, x);
+    x = normalized.data();
+  }
+  try {
+    auto* quantizer = new faiss::IndexFlat(dim_, FaissMetric(metric_));
+    std::unique_ptr<faiss::IndexIVF> ivf;
+    if (pq_) {
+      ivf = std::make_unique<faiss::IndexIVFPQ>(quantizer, dim_, nlist, params_.pq_m,
+                                                params_.pq_nbits, FaissMetric(metric_));
+    } else {
+      ivf = std::make_unique<faiss::IndexIVFFlat>(quantizer, dim_, nlist, FaissMetric(metric_));
+    }
+    ivf->own_fields = true;
+    ivf->cp.niter = params_.kmeans_iterations;
+    ivf->cp.seed = params_.seed;
+    ivf->train(n, x);
+    ivf_ = std::move(ivf);
+  } catch (const std::exception& e) {
+    return InvalidArgument(
+        StrCat("ivf: training on ", n, " vectors with nlist=", nlist, " failed: ", e.what()));
+  }
+  params_.nlist = nlist;
+  return OkStatus();
+}
+
+Status IvfIndex::add(int64_t n, const float* x, const int64_t* ids) {
+  RS_RETURN_IF_ERROR(internal::CheckAddArgs(n, x, ids, dim_));
+  std::vector<float> normalized;
+  if (metric_ == Metric::kCosine) {
+    normalized = internal::NormalizedCopy(n, dim_, x);
+    x = normalized.data();
+  }
+  std::unique_lock lock(mu_);
+  if (ivf_ == nullptr) {
+    return FailedPrecondition(
+        StrCat("ivf: index must be trained before add (", n, " vectors offered)"));
+  }
+  const std::vector<int64_t> order = internal::LastOccurrences(n, ids);
+  std::vector<idx_t> replace;
+  for (int64_t i : order) {
+    if (present_.count(ids[i])) replace.push_back(ids[i]);
+  }
+  std::vector<float> xs;
+  std::vector<idx_t> xids;
+  if (static_cast<int64_t>(order.size()) != n) {
+    xs.reserve(order.size() * dim_);
+    for (int64_t i : order) {
+      xs.insert(xs.end(), x + i * dim_, x + (i + 1) * dim_);
+      xids.push_back(ids[i]);
+    }
+  } else {
+    xids.assign(ids, ids + n);
+  }
+  try {
+    if (!replace.empty()) {
+      faiss::IDSelectorBatch sel(replace.size(), replace.data());
+      ivf_->remove_ids(sel);
+    }
+    ivf_->add_with_ids(static_cast<idx_t>(xids.size()), xs.empty() ? x : xs.data(), xids.data());
+  } catch (const std::exception& e) {
+    return Internal(StrCat("ivf: add failed: ", e.what()));
+  }
+  present_.insert(xids.begin(), xids.end());
+  return OkStatus();
+}
+
+Status IvfIndex::search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
+                        const SearchParams& params) const {
+  RS_RETURN_IF_ERROR(internal::CheckSearchArgs(n, q, k, distances, ids, dim_));
+  RS_CHECK_ARG(params.nprobe >= 0, "ivf: nprobe must be >= 0, got ", params.nprobe);
+  std::vector<float> normalized;
+  if (metric_ == Metric::kCosine) {
+    normalized = internal::NormalizedCopy(n, dim_, q);
+    q = normalized.data();
+  }
+  std::shared_lock lock(mu_);
+  if (ivf_ == nullptr || present_.empty()) {
+    for (int64_t i = 0; i < n; ++i) internal::PadRow(metric_, k, distances + i * k, ids + i * k);
+    return OkStatus();
+  }
+  const int nlist = params_.nlist;
+  int nprobe =
+      params.nprobe > 0 ? params.nprobe : (params_.nprobe > 0 ? params_.nprobe : DefaultNprobe());
+  nprobe = std::min(nprobe, nlist);
+  static_assert(sizeof(idx_t) == sizeof(int64_t));
+  auto* out_ids = reinterpret_cast<idx_t*>(ids);
+  try {
+    faiss::SearchParametersIVF sp;
+    sp.nprobe = nprobe;
+    std::unique_ptr<FunctionSelector> selector;
+    if (params.filter != nullptr) {
+      selector = std::make_unique<FunctionSelector>(params.filter);
+      sp.sel = selector.get();
+    }
+    ivf_->search(n, q, k, distances, out_ids, &sp);
+    if (params.filter != nullptr) {
+      // Widen rows that came back short.
+      for (int64_t i = 0; i < n; ++i) {
+        int probe = nprobe;
+        while (ids[i * k + k - 1] < 0 && probe < nlist) {
+          probe = std::min(nlist, probe * 4);
+          faiss::SearchParametersIVF wide;
+          wide.nprobe = probe;
+          wide.sel = selector.get();
+          ivf_->search(1, q + i * dim_, k, distances + i * k, out_ids + i * k, &wide);
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    return Internal(StrCat("ivf: search failed: ", e.what()));
+  }
+  const float pad = HigherIsBetter(metric_) ? -std::numeric_limits<float>::infinity()
+                                            : std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n * k; ++i) {
+    if (ids[i] < 0) {
+      ids[i] = -1;
+      distances[i] = pad;
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<int64_t> IvfIndex::remove(int64_t n, const int64_t* ids) {
+  RS_CHECK_ARG(n >= 0 && (n == 0 || ids != nullptr), "remove: bad batch (n=", n, ")");
+  std::unique_lock lock(mu_);
+  std::vector<idx_t> gone;
+  for (int64_t i = 0; i < n; ++i) {
+    if (present_.erase(ids[i])) gone.push_back(ids[i]);
+  }
+  if (gone.empty()) return int64_t{0};
+  try {
+    faiss::IDSelectorBatch sel(gone.size(), gone.data());
+    ivf_->remove_ids(sel);
+  } catch (const std::exception& e) {
+    return Internal(StrCat("ivf: remove failed: ", e.what()));
+  }
+  return static_cast<int64_t>(gone.size());
+}
+
+Status IvfIndex::save(const std::string& path) const {
+  std::string payload;
+  {
+    std::shared_lock lock(mu_);
+    internal::Put<int32_t>(&payload, params_.nlist);
+    internal::Put<int32_t>(&payload, params_.nprobe);
+    internal::Put<int32_t>(&payload, params_.pq_m);
+    internal::Put<int32_t>(&payload, params_.pq_nbits);
+    internal::Put<int32_t>(&payload, params_.kmeans_iterations);
+    internal::Put<int32_t>(&payload, params_.seed);
+    internal::Put<uint8_t>(&payload, ivf_ != nullptr ? 1 : 0);
+    if (ivf_ != nullptr) {
+      faiss::VectorIOWriter w;
+      try {
+        faiss::write_index(ivf_.get(), &w);
+      } catch (const std::exception& e) {
+        return Internal(StrCat("ivf: serializing failed: ", e.what()));
+      }
+      payload.append(reinterpret_cast<const char*>(w.data.data()), w.data.size());
+    }
+  }
+  return internal::WriteIndexFile(
+      path, {pq_ ? internal::kIvfPqCode : internal::kIvfFlatCode, metric_, dim_}, payload);
+}
+
+StatusOr<std::unique_ptr<IvfIndex>> IvfIndex::Load(const std::string& path) {
+  internal::FileHeader h;
+  std::string payload;
+  RS_RETURN_IF_ERROR(internal::ReadIndexFile(path, &h, &payload));
+  if (h.kind_code != internal::kIvfFlatCode && h.kind_code != internal::kIvfPqCode) {
+    return InvalidArgument(
+        StrCat("index file ", path, " is not an ivf index (kind code ", h.kind_code, ")"));
+  }
+  const bool pq = h.kind_code == internal::kIvfPqCode;
+  internal::Reader r(payload);
+  IvfParams p;
+  uint8_t trained = 0;
+  if (!r.Get(&p.nlist) || !r.Get(&p.nprobe) || !r.Get(&p.pq_m) || !r.Get(&p.pq_nbits) ||
+      !r.Get(&p.kmeans_iterations) || !r.Get(&p.seed) || !r.Get(&trained) ||
+      !ValidateIvfParams(p, h.dim, pq).ok()) {
+    return DataLoss(StrCat("ivf index file ", path, " has a bad parameter block"));
+  }
+  auto index = std::unique_ptr<IvfIndex>(new IvfIndex(h.dim, h.metric, pq, p));
+  if (!trained) return index;
+  faiss::VectorIOReader reader;
+  const size_t off = payload.size() - r.remaining();
+  reader.data.assign(payload.begin() + off, payload.end());
+  try {
+    std::unique_ptr<faiss::Index> raw(faiss::read_index(&reader));
+    auto* ivf = dynamic_cast<faiss::IndexIVF*>(raw.get());
+    if (ivf == nullptr || ivf->d != h.dim) {
+      return DataLoss(StrCat("ivf index file ", path, " holds no IVF index of dim ", h.dim));
+    }
+    raw.release();
+    index->ivf_.reset(ivf);
+    auto* invlists = ivf->invlists;
+    for (size_t l = 0; l < invlists->nlist; ++l) {
+      const size_t ls = invlists->list_size(l);
+      faiss::InvertedLists::ScopedIds lids(invlists, l);
+      for (size_t j = 0; j < ls; ++j) index->present_.insert(lids[j]);
+    }
+  } catch (const std::exception& e) {
+    return DataLoss(StrCat("ivf index file ", path, " could not be read: ", e.what()));
+  }
+  return index;
+}
+
+}  // namespace ragserve::index

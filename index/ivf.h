@@ -1,0 +1,83 @@
+// IvfIndex: inverted-file indexes on FAISS 1.7.3: IVF-Flat (exact distances inside the probed
+// lists) and IVF-PQ (product-quantized codes, ~pq_m bytes per vector).
+//
+// Parameters and their effect (defaults in brackets):
+//   nlist [0 = round(4*sqrt(n)) at train time]  number of k-means lists; more lists = faster
+//                 search at equal nprobe, lower recall per probe. Training needs n >= nlist
+//                 vectors (and n >= 2^pq_nbits for IVF-PQ), else InvalidArgument.
+//   nprobe [0 = max(16, nlist/8)]  lists visited per query (per call via SearchParams::nprobe);
+//                 higher = better recall, lower QPS. Clamped to nlist.
+//   pq_m [0 = the largest divisor of dim that is <= dim/4]  IVF-PQ sub-quantizers; must divide dim.
+//   pq_nbits [8]  bits per sub-quantizer code, in [1, 16].
+// The index must be trained (train()) before add(); add() before training is FailedPrecondition.
+// A filtered search that finds fewer than k hits widens nprobe (x4) until it has k or probed
+// every list.
+// Thread safety: search() takes a shared lock; add()/remove()/train() an exclusive one; save()
+// a shared one. FAISS exceptions are caught inside and returned as Status.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <unordered_set>
+
+#include "index/vector_index.h"
+
+namespace faiss {
+struct IndexIVF;
+}
+
+namespace ragserve::index {
+
+struct IvfParams {
+  int nlist = 0;
+  int nprobe = 0;
+  int pq_m = 0;
+  int pq_nbits = 8;
+  int kmeans_iterations = 20;
+  int seed = 1234;
+};
+
+// InvalidArgument naming the bad field for dimension `dim` (pq fields only when `pq`).
+Status ValidateIvfParams(const IvfParams& p, int dim, bool pq);
+
+class IvfIndex final : public VectorIndex {
+ public:
+  // `pq` selects IVF-PQ, else IVF-Flat.
+  static StatusOr<std::unique_ptr<IvfIndex>> Create(int dim, Metric metric, bool pq,
+                                                    const IvfParams& params = {});
+  static StatusOr<std::unique_ptr<IvfIndex>> Load(const std::string& path);
+  ~IvfIndex() override;
+
+  int dim() const override { return dim_; }
+  Metric metric() const override { return metric_; }
+  int64_t size() const override;
+  std::string_view kind() const override { return pq_ ? "ivf_pq" : "ivf_flat"; }
+  Status add(int64_t n, const float* x, const int64_t* ids) override;
+  Status search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
+                const SearchParams& params = {}) const override;
+  StatusOr<int64_t> remove(int64_t n, const int64_t* ids) override;
+  bool needs_training() const override;
+  // k-means (and PQ codebooks) on x[n*dim]; InvalidArgument when n < nlist (or < 2^pq_nbits).
+  Status train(int64_t n, const float* x) override;
+  Status save(const std::string& path) const override;
+
+  // Parameters with the automatic values resolved once trained (nlist, nprobe, pq_m).
+  IvfParams params() const;
+  size_t memory_bytes() const;
+
+ private:
+  IvfIndex(int dim, Metric metric, bool pq, const IvfParams& params);
+  int DefaultNprobe() const;
+
+  const int dim_;
+  const Metric metric_;
+  const bool pq_;
+  mutable std::shared_mutex mu_;
+  IvfParams params_;                      // guarded by mu_
+  std::unique_ptr<faiss::IndexIVF> ivf_;  // guarded by mu_; null until trained
+  std::unordered_set<int64_t> present_;   // guarded by mu_: live ids
+};
+
+}  // namespace ragserve::index
