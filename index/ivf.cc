@@ -12,6 +12,7 @@
 #include <cmath>
 #include <mutex>
 
+#include "index/internal/faiss_selector.h"
 #include "index/internal/index_util.h"
 
 namespace ragserve::index {
@@ -19,11 +20,7 @@ namespace ragserve::index {
 namespace {
 using idx_t = faiss::Index::idx_t;
 
-struct FunctionSelector final : faiss::IDSelector {
-  explicit FunctionSelector(const std::function<bool(int64_t)>* f) : fn(f) {}
-  bool is_member(idx_t id) const override { return (*fn)(id); }
-  const std::function<bool(int64_t)>* fn;
-};
+using internal::FunctionSelector;
 
 int AutoPqM(int dim) {
   for (int m = std::max(1, dim / 4); m >= 1; --m) {

@@ -1,0 +1,119 @@
+// AttentionAwareIndex: the RetrievalAttention key index. A graph over the keys of one kv head,
+// built from the prefill queries of that head's query-head group so that a decode query (which
+// is out of distribution to the keys) reaches its top inner-product keys while scoring 1-3% of
+// them.
+//
+// Build (RoarGraph-style projection):
+//   1. take up to max_build_queries prefill queries (uniform stride over the n_queries given);
+//   2. find each one's exact top-`build_topk` keys by inner product (blocked cblas_sgemm);
+//   3. project: the query's best key (the pivot) gets its other top keys as neighbour
+//      candidates, each of those gets the pivot back, consecutive keys in the ranking are
+//      linked; each node keeps <= max_degree neighbours chosen by an occlusion rule in L2
+//      (keep p unless a kept r is closer to p than p is to the node, scaled by prune_alpha);
+//   4. keys that no query linked (in-degree 0) are linked like decode-time insertions: a beam
+//      search of the projected graph with the key itself as the query gives its out-edges,
+//      and reverse edges (re-pruned when a list overflows) make it reachable;
+//   5. entry points: the distinct pivots of num_entry_points evenly spaced build queries.
+// Search: score all entry points, then best-first beam search with a result list of size
+// ef = max(k, ef_search); only keys popped from the frontier have their neighbours scored.
+//
+// Thread safety: search() may run concurrently with itself; add()/remove() take an exclusive
+// lock (readers-writer lock), so they are safe against concurrent searches.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "index/key_index.h"
+
+namespace ragserve::index {
+
+struct AttentionAwareParams {
+  // Exact top keys linked to each build query. Larger: more keys become reachable and each
+  // key's neighbourhood is denser -> higher recall at a given ef, slower build
+  // (the top-k heap is cheap; the sgemm cost does not depend on it). Range 1..1024.
+  int build_topk = 32;
+  // Out-degree bound M of each key. Larger: higher recall per hop, but every expanded node
+  // scores up to M keys, so keys touched grow ~linearly with it. Range 4..256.
+  int max_degree = 32;
+  // At most this many prefill queries are used (uniform stride). Build cost is
+  // O(max_build_queries * n_keys * d); fewer queries leave more keys reached only through the
+  // insertion pass (step 4), which lowers recall for decode queries unlike any build query.
+  int64_t max_build_queries = 16384;
+  // Entry points scored at the start of every search (all of them count as keys touched).
+  // More entry points: fewer searches stuck in the wrong region, +1 key touched each.
+  int num_entry_points = 32;
+  // Default beam width when SearchParams::ef_search is 0. Recall and keys touched both grow
+  // with it (keys touched ~ ef * max_degree / 2 at most).
+  int ef_search = 128;
+  // Beam width used to link keys in step 4 and in add(). Larger: better-placed new keys,
+  // slower build/add.
+  int insert_ef = 48;
+  // Reverse edges added per inserted key (step 4 and add()); at least 1 keeps it reachable.
+  int insert_reverse_links = 8;
+  // Occlusion slack (>= 1.0): 1.0 is the strict RNG rule (sparsest, most diverse lists);
+  // larger keeps more near-duplicate neighbours. Only matters when a node has > max_degree
+  // candidates.
+  float prune_alpha = 1.2f;
+};
+
+class AttentionAwareIndex final : public KeyIndex {
+ public:
+  // Builds the graph over keys[n_keys*dim] (ids key_ids[n_keys], or 0..n_keys-1 when null)
+  // from queries[n_queries*dim] (prefill queries of all query heads of the group, any order).
+  // InvalidArgument on dim < 1, n_keys < 1, n_queries < 1, NaN/Inf input, negative or
+  // duplicate ids, or parameters out of range (the message names the value).
+  static StatusOr<std::unique_ptr<AttentionAwareIndex>> Build(
+      int dim, int64_t n_keys, const float* keys, int64_t n_queries, const float* queries,
+      const AttentionAwareParams& params = {}, const int64_t* key_ids = nullptr);
+  // Loads a file written by save(); DataLoss on a malformed or truncated file.
+  static StatusOr<std::unique_ptr<AttentionAwareIndex>> Load(const std::string& path);
+
+  int dim() const override { return dim_; }
+  Metric metric() const override { return Metric::kInnerProduct; }
+  int64_t size() const override;
+  std::string_view kind() const override { return "attention_aware"; }
+  const AttentionAwareParams& params() const { return params_; }
+
+  // Inserts keys (e.g. tokens leaving the static window during decode): each is linked to the
+  // result of a beam search with itself as the query, plus reverse edges. An existing id is
+  // replaced (old node tombstoned).
+  Status add(int64_t n, const float* x, const int64_t* ids) override;
+  // Beam search per query (OpenMP over queries). keys_scored counts every q.k computed.
+  Status SearchWithStats(int64_t n, const float* q, int k, float* distances, int64_t* ids,
+                         const SearchParams& params, KeySearchStats* stats) const override;
+  // Tombstones ids: still traversed, never returned.
+  StatusOr<int64_t> remove(int64_t n, const int64_t* ids) override;
+  Status save(const std::string& path) const override;
+
+  // Mean out-degree and the number of nodes nothing points to (diagnostics for tests/bench).
+  double mean_degree() const;
+  int64_t unreachable_nodes() const;
+
+ private:
+  AttentionAwareIndex(int dim, const AttentionAwareParams& p) : dim_(dim), params_(p) {}
+
+  // Everything below requires mu_ held (shared for reads, exclusive for writes).
+  const float* row(int64_t r) const { return keys_.data() + r * dim_; }
+  void BeamSearch(const float* q, int ef, std::vector<std::pair<float, int32_t>>* out,
+                  int64_t* scored, int64_t* hops) const;
+  std::vector<int32_t> Prune(int32_t node, std::vector<int32_t> cands, int max_out) const;
+  void AddReverseEdge(int32_t from, int32_t to);
+  void LinkNewNode(int32_t node, const std::vector<std::pair<float, int32_t>>& found);
+
+  const int dim_;
+  const AttentionAwareParams params_;
+  mutable std::shared_mutex mu_;
+  std::vector<float> keys_;                   // [rows, dim]; guarded by mu_
+  std::vector<int64_t> ids_;                  // row -> id; guarded by mu_
+  std::unordered_map<int64_t, int32_t> row_;  // live id -> row; guarded by mu_
+  std::vector<std::vector<int32_t>> adj_;     // out-edges per row; guarded by mu_
+  std::vector<uint8_t> dead_;                 // tombstones per row; guarded by mu_
+  std::vector<int32_t> entry_;                // entry-point rows; guarded by mu_
+};
+
+}  // namespace ragserve::index

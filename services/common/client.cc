@@ -1,0 +1,58 @@
+#include "services/common/client.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "services/common/grpc_status.h"
+
+namespace ragserve {
+
+StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
+                                                     const ChannelOptions& opts) {
+  if (address.empty()) return InvalidArgument("empty server address");
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(opts.max_message_mb * 1024 * 1024);
+  args.SetMaxSendMessageSize(opts.max_message_mb * 1024 * 1024);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (!opts.tls_ca.empty()) {
+    std::ifstream in(opts.tls_ca);
+    if (!in) return InvalidArgument(StrCat("cannot read TLS CA file ", opts.tls_ca));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = ss.str();
+    creds = grpc::SslCredentials(ssl);
+    if (!opts.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(opts.tls_server_name);
+    }
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  return grpc::CreateCustomChannel(address, creds, args);
+}
+
+Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+                   double timeout_s) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service(service);
+  grpc::health::v1::HealthCheckResponse resp;
+  grpc::Status st = stub->Check(&ctx, req, &resp);
+  if (!st.ok()) return Annotate(FromGrpcStatus(st), "health check");
+  if (resp.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
+    return Unavailable(
+        StrCat("health check: status ",
+               grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status())));
+  }
+  return OkStatus();
+}
+
+}  // namespace ragserve

@@ -1,0 +1,44 @@
+#include "services/common/grpc_util.h"
+
+#include <limits>
+
+namespace ragserve {
+
+double SecondsLeft(const grpc::ServerContextBase& ctx) {
+  const auto deadline = ctx.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return std::numeric_limits<double>::infinity();
+  }
+  return std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+}
+
+grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& auth) {
+  if (grpc::Status st = auth.Check(*ctx); !st.ok()) return st;
+  if (SecondsLeft(*ctx) <= 0) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                        "deadline expired before the call ran");
+  }
+  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled");
+  return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                     std::function<Status()> fn) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status st = PrecheckCall(ctx, server->auth()); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  Status submitted = server->executor().Submit([ctx, reactor, fn = std::move(fn)] {
+    if (SecondsLeft(*ctx) <= 0) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                   "deadline expired while the call was queued"));
+      return;
+    }
+    reactor->Finish(ToGrpcStatus(fn()));
+  });
+  if (!submitted.ok()) reactor->Finish(ToGrpcStatus(submitted));
+  return reactor;
+}
+
+}  // namespace ragserve

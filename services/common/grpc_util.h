@@ -1,0 +1,30 @@
+// Helpers for callback-API gRPC handlers, shared by every service adapter.
+//
+// ServeUnary runs a handler off the gRPC thread on the server's bounded executor (STYLE.md #8),
+// after the checks every call needs: auth, an already-expired deadline, a cancelled call. The
+// handler returns a ragserve::Status, mapped to gRPC in one place (grpc_status.h).
+#pragma once
+
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/server_callback.h>
+
+#include <chrono>
+#include <functional>
+
+#include "services/common/grpc_status.h"
+#include "services/common/server.h"
+
+namespace ragserve {
+
+// Checks shared by all calls: auth, deadline already passed, cancelled. OK to proceed.
+grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& auth);
+
+// Seconds left before the call's deadline (+inf without one).
+double SecondsLeft(const grpc::ServerContextBase& ctx);
+
+// Runs `fn` on `server`'s executor and finishes the returned reactor with its status.
+// A full executor queue gives RESOURCE_EXHAUSTED; `fn` is not run when a precheck fails.
+grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                     std::function<Status()> fn);
+
+}  // namespace ragserve

@@ -1,0 +1,73 @@
+// The transformer forward pass (Llama / Mistral / Qwen2) on CPU in f32.
+//
+// One Forward call runs a step for a batch of sequences: all their new tokens go through the
+// matmuls together (decode of B sequences = GEMV over B rows, reading the weights once; prefill =
+// sgemm), attention goes per sequence through its KvSource (kv_source.h). Prefill() splits a long
+// prompt into chunks (chunked prefill); EncodeBlock() returns the K/V of a passage for caching.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "services/engine/kv_source.h"
+#include "services/engine/weights.h"
+
+namespace ragserve::engine {
+
+// One sequence's share of a forward step.
+struct SequenceStep {
+  std::span<const int32_t> tokens;  // >= 1 new token ids, each in [0, vocab)
+  int32_t start_pos = 0;            // rotary position of tokens[0]; token i is at start_pos + i
+  KvSource* kv = nullptr;           // receives the new K/V, serves attention
+};
+
+enum class LogitsMode {
+  kNone,  // no LM head (e.g. encoding a passage)
+  kLast,  // logits of each sequence's last new token: [batch, vocab]
+  kAll,   // logits of every new token, sequences in order: [total tokens, vocab]
+};
+
+class Model {
+ public:
+  // Loads a model directory (weights.h) and uses `ops` (not owned; FastOps by default).
+  static StatusOr<std::unique_ptr<Model>> Load(const std::string& model_dir,
+                                               const kernels::Ops* ops = &kernels::FastOps());
+  Model(std::shared_ptr<const ModelWeights> weights, const kernels::Ops* ops);
+
+  const ModelConfig& config() const { return weights_->config(); }
+  const ModelWeights& weights() const { return *weights_; }
+  const std::string& fingerprint() const { return weights_->fingerprint(); }
+  KvGeometry geometry() const;
+  // A fresh contiguous cache for this model (sliding window from the config).
+  std::unique_ptr<KvCache> NewKvCache() const;
+
+  // Runs one step for every sequence in `batch`; fills *logits per `mode` (row-major, f32).
+  // InvalidArgument for an empty batch/sequence, a token id outside [0, vocab), a negative
+  // position or a null kv. Serialized: concurrent calls on one Model run one after another.
+  Status Forward(std::span<const SequenceStep> batch, LogitsMode mode, std::vector<float>* logits);
+
+  // Chunked prefill of one sequence: Forward over consecutive chunks of <= chunk_size tokens
+  // (chunk_size <= 0: one chunk). *last_logits (may be null) gets the last token's [vocab] logits.
+  Status Prefill(std::span<const int32_t> tokens, int32_t start_pos, KvSource* kv, int chunk_size,
+                 std::vector<float>* last_logits);
+
+  // Encodes `tokens` at positions start_pos.. attending to `prefix` (may be null; its keys all
+  // precede) and to themselves causally; returns their K/V for every layer. This is the APE /
+  // context-cache primitive ("prefill this passage after this prefix and give me its KV").
+  StatusOr<KvBlock> EncodeBlock(const KvBlock* prefix, std::span<const int32_t> tokens,
+                                int32_t start_pos, int chunk_size = 256);
+
+ private:
+  std::shared_ptr<const ModelWeights> weights_;
+  const kernels::Ops* ops_;
+  std::vector<float> inv_freq_;
+  std::mutex mu_;  // guards the scratch buffers below (one Forward at a time)
+  std::vector<float> x_, h_, q_, k_, v_, att_, lse_, tmp_, gate_, up_, sel_;
+  std::vector<int32_t> ids_, pos_;
+};
+
+}  // namespace ragserve::engine

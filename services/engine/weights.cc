@@ -1,0 +1,198 @@
+#include "services/engine/weights.h"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "nlohmann/json.hpp"
+
+namespace ragserve::engine {
+namespace {
+
+struct Located {
+  const TensorInfo* info;
+  const SafetensorsFile* file;
+};
+
+std::string LayerName(int i, const char* suffix) {
+  return StrCat("model.layers.", i, ".", suffix);
+}
+
+// Tensors some checkpoints carry that the runtime recomputes (rotary caches): accepted, unused.
+bool IsIgnorable(const std::string& name) {
+  return name.ends_with("self_attn.rotary_emb.inv_freq");
+}
+
+}  // namespace
+
+std::string ComputeFingerprint(const ModelConfig& config,
+                               const std::vector<const TensorInfo*>& tensors) {
+  std::vector<const TensorInfo*> sorted = tensors;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const TensorInfo* a, const TensorInfo* b) { return a->name < b->name; });
+  std::string text = config.canonical_json;
+  text.push_back('\n');
+  for (const TensorInfo* t : sorted) {
+    text += t->name;
+    text.push_back(':');
+    text += kernels::DTypeName(t->dtype);
+    for (int64_t d : t->shape) text += StrCat(",", d);
+    text.push_back('\n');
+  }
+  const uint64_t h = XXH64(text.data(), text.size(), 0);
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+int64_t ModelWeights::BytesReadPerToken() const {
+  auto bytes = [](const WeightView& w) {
+    return w.data == nullptr ? 0 : w.rows * w.cols * static_cast<int64_t>(kernels::DTypeSize(w.dtype));
+  };
+  int64_t total = bytes(lm_head_) + bytes(final_norm_) + embed_.cols * static_cast<int64_t>(kernels::DTypeSize(embed_.dtype));
+  for (const auto& l : layers_) {
+    for (const WeightView* w : {&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.q_bias, &l.k_bias,
+                                &l.v_bias, &l.o_bias, &l.post_norm, &l.gate, &l.up, &l.down}) {
+      total += bytes(*w);
+    }
+  }
+  return total;
+}
+
+StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& model_dir) {
+  namespace fs = std::filesystem;
+  std::unique_ptr<ModelWeights> mw(new ModelWeights());
+  RS_ASSIGN_OR_RETURN(mw->config_, LoadModelConfig(model_dir));
+  const ModelConfig& c = mw->config_;
+
+  // Which files hold the tensors.
+  std::vector<std::string> shard_files;
+  std::map<std::string, std::string> index_map;  // tensor -> file (sharded layout)
+  const std::string single = model_dir + "/model.safetensors";
+  const std::string index = model_dir + "/model.safetensors.index.json";
+  std::error_code ec;
+  if (fs::exists(single, ec)) {
+    shard_files.push_back("model.safetensors");
+  } else if (fs::exists(index, ec)) {
+    std::ifstream in(index, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") ||
+        !j["weight_map"].is_object()) {
+      return InvalidArgument(StrCat(index, ": not a JSON object with a \"weight_map\" object"));
+    }
+    std::set<std::string> files;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it->is_string()) {
+        return InvalidArgument(StrCat(index, ": weight_map entry \"", it.key(), "\" is not a string"));
+      }
+      const std::string f = it->get<std::string>();
+      if (f.find('/') != std::string::npos || f.find("..") != std::string::npos) {
+        return InvalidArgument(StrCat(index, ": shard file name \"", f, "\" must be a plain name"));
+      }
+      index_map[it.key()] = f;
+      files.insert(f);
+    }
+    shard_files.assign(files.begin(), files.end());
+  } else {
+    return NotFound(StrCat("no model.safetensors or model.safetensors.index.json in ", model_dir));
+  }
+
+  std::map<std::string, Located> all;
+  mw->files_.reserve(shard_files.size());
+  for (const std::string& f : shard_files) {
+    RS_ASSIGN_OR_RETURN(SafetensorsFile sf, OpenSafetensors(model_dir + "/" + f));
+    mw->files_.push_back(std::move(sf));
+  }
+  for (size_t fi = 0; fi < mw->files_.size(); ++fi) {
+    const SafetensorsFile& sf = mw->files_[fi];
+    for (const auto& [name, info] : sf.header.tensors) {
+      if (!index_map.empty()) {
+        auto it = index_map.find(name);
+        if (it == index_map.end() || it->second != shard_files[fi]) {
+          return InvalidArgument(StrCat("tensor \"", name, "\" found in ", shard_files[fi],
+                                        " but the index maps it elsewhere"));
+        }
+      }
+      if (!all.emplace(name, Located{&info, &sf}).second) {
+        return InvalidArgument(StrCat("tensor \"", name, "\" appears in more than one shard"));
+      }
+    }
+  }
+  for (const auto& [name, file] : index_map) {
+    if (!all.count(name)) {
+      return InvalidArgument(StrCat("tensor \"", name, "\" listed in the index is missing from ", file));
+    }
+  }
+
+  std::set<std::string> used;
+  auto take = [&](const std::string& name, std::vector<int64_t> shape) -> StatusOr<WeightView> {
+    auto it = all.find(name);
+    if (it == all.end()) return InvalidArgument(StrCat("missing tensor \"", name, "\""));
+    const TensorInfo& t = *it->second.info;
+    if (t.shape != shape) {
+      std::string got, want;
+      for (int64_t d : t.shape) got += StrCat(got.empty() ? "" : ", ", d);
+      for (int64_t d : shape) want += StrCat(want.empty() ? "" : ", ", d);
+      return InvalidArgument(StrCat("tensor \"", name, "\" has shape [", got, "], config needs [",
+                                    want, "]"));
+    }
+    used.insert(name);
+    WeightView w;
+    w.data = it->second.file->Data(t);
+    w.dtype = t.dtype;
+    w.rows = shape.size() == 2 ? shape[0] : 1;
+    w.cols = shape.size() == 2 ? shape[1] : shape[0];
+    return w;
+  };
+  const int64_t H = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
+  const int64_t QD = int64_t{c.num_heads} * c.head_dim, KD = int64_t{c.num_kv_heads} * c.head_dim;
+  RS_ASSIGN_OR_RETURN(mw->embed_, take("model.embed_tokens.weight", {V, H}));
+  RS_ASSIGN_OR_RETURN(mw->final_norm_, take("model.norm.weight", {H}));
+  if (c.tie_word_embeddings && !all.count("lm_head.weight")) {
+    mw->lm_head_ = mw->embed_;
+  } else {
+    RS_ASSIGN_OR_RETURN(mw->lm_head_, take("lm_head.weight", {V, H}));
+  }
+  mw->layers_.resize(static_cast<size_t>(c.num_layers));
+  for (int i = 0; i < c.num_layers; ++i) {
+    LayerWeights& l = mw->layers_[i];
+    RS_ASSIGN_OR_RETURN(l.input_norm, take(LayerName(i, "input_layernorm.weight"), {H}));
+    RS_ASSIGN_OR_RETURN(l.post_norm, take(LayerName(i, "post_attention_layernorm.weight"), {H}));
+    RS_ASSIGN_OR_RETURN(l.q, take(LayerName(i, "self_attn.q_proj.weight"), {QD, H}));
+    RS_ASSIGN_OR_RETURN(l.k, take(LayerName(i, "self_attn.k_proj.weight"), {KD, H}));
+    RS_ASSIGN_OR_RETURN(l.v, take(LayerName(i, "self_attn.v_proj.weight"), {KD, H}));
+    RS_ASSIGN_OR_RETURN(l.o, take(LayerName(i, "self_attn.o_proj.weight"), {H, QD}));
+    if (c.qkv_bias) {
+      RS_ASSIGN_OR_RETURN(l.q_bias, take(LayerName(i, "self_attn.q_proj.bias"), {QD}));
+      RS_ASSIGN_OR_RETURN(l.k_bias, take(LayerName(i, "self_attn.k_proj.bias"), {KD}));
+      RS_ASSIGN_OR_RETURN(l.v_bias, take(LayerName(i, "self_attn.v_proj.bias"), {KD}));
+    }
+    if (c.o_bias) {
+      RS_ASSIGN_OR_RETURN(l.o_bias, take(LayerName(i, "self_attn.o_proj.bias"), {H}));
+    }
+    RS_ASSIGN_OR_RETURN(l.gate, take(LayerName(i, "mlp.gate_proj.weight"), {I, H}));
+    RS_ASSIGN_OR_RETURN(l.up, take(LayerName(i, "mlp.up_proj.weight"), {I, H}));
+    RS_ASSIGN_OR_RETURN(l.down, take(LayerName(i, "mlp.down_proj.weight"), {H, I}));
+  }
+  std::vector<const TensorInfo*> infos;
+  for (const auto& [name, loc] : all) {
+    if (!used.count(name) && !IsIgnorable(name)) {
+      return InvalidArgument(StrCat("unexpected tensor \"", name, "\" for model_type ",
+                                    c.model_type, " with ", c.num_layers, " layers"));
+    }
+    infos.push_back(loc.info);
+    mw->num_params_ += loc.info->numel();
+  }
+  mw->fingerprint_ = ComputeFingerprint(c, infos);
+  return mw;
+}
+
+}  // namespace ragserve::engine

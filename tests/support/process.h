@@ -1,0 +1,58 @@
+// Test support: start real binaries as child processes, wait for them to serve, signal them.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace ragserve::testing {
+
+// $RAGSERVE_BIN_DIR/<name> (the build's bin/ folder, set by ctest).
+std::string BinPath(const std::string& name);
+// $RAGSERVE_SOURCE_DIR (the repository root, set by ctest).
+std::string SourceDir();
+// A fresh empty directory under $TMPDIR, removed by the caller (or left for debugging).
+std::string MakeTempDir(const std::string& prefix);
+// A TCP port on 127.0.0.1 that was free a moment ago.
+int FreePort();
+
+class Process {
+ public:
+  Process() = default;
+  ~Process();  // SIGKILL + reap if still running.
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  // Starts `path` with `args`; stdout and stderr go to `log_path` (appended). Extra env entries
+  // are added to (or replace in) the current environment. Returns false if the spawn failed.
+  bool Start(const std::string& path, const std::vector<std::string>& args,
+             const std::string& log_path, const std::map<std::string, std::string>& env = {});
+  // Sends a signal.
+  void Signal(int sig);
+  // Waits up to timeout_s for exit; returns true if exited, with its exit code (or 128+signal).
+  bool Wait(double timeout_s, int* exit_code);
+  bool running();
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int status_ = 0;
+};
+
+// Waits until `path` exists and holds a complete ready-file JSON; returns its grpc_port and
+// metrics_port. False after timeout_s.
+bool WaitForReadyFile(const std::string& path, double timeout_s, int* grpc_port, int* metrics_port);
+
+// Runs a command line through /bin/sh, returning its exit code and capturing stdout+stderr.
+int RunCommand(const std::string& cmd, std::string* output);
+
+// Reads a whole file ("" if missing).
+std::string ReadFileOrEmpty(const std::string& path);
+
+// Plain HTTP GET of http://127.0.0.1:<port><path>; returns the status code (-1 if unreachable).
+int HttpGet(int port, const std::string& path, std::string* body);
+
+}  // namespace ragserve::testing
