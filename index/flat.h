@@ -4,7 +4,8 @@
 // Storage: n live vectors contiguous in RAM (n*dim floats) + ids; remove() moves the last row
 // into the hole, so memory stays dense. Cosine vectors are normalized on add and on query.
 // Thread safety: search() takes a shared lock, add()/remove()/save() an exclusive one (save a
-// shared one); any number of searches run concurrently with at most one writer waiting.
+// shared one); any number of searches run concurrently; the lock prefers writers, so a stream
+// of searches cannot starve an add().
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "index/internal/rw_mutex.h"
 #include "index/vector_index.h"
 
 namespace ragserve::index {
@@ -45,10 +47,10 @@ class FlatIndex final : public VectorIndex {
 
   const int dim_;
   const Metric metric_;
-  mutable std::shared_mutex mu_;
-  std::vector<float> data_;   // guarded by mu_: rows * dim_
-  std::vector<float> norms_;  // guarded by mu_: squared L2 norm per row (L2 only)
-  std::vector<int64_t> ids_;  // guarded by mu_: id per row
+  mutable internal::RwMutex mu_;  // writer-preferring (see internal/rw_mutex.h)
+  std::vector<float> data_;       // guarded by mu_: rows * dim_
+  std::vector<float> norms_;      // guarded by mu_: squared L2 norm per row (L2 only)
+  std::vector<int64_t> ids_;      // guarded by mu_: id per row
   std::unordered_map<int64_t, int64_t> row_of_;  // guarded by mu_: id -> row
 };
 

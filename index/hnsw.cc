@@ -261,6 +261,14 @@ StatusOr<std::unique_ptr<HnswIndex>> HnswIndex::Load(const std::string& path) {
   std::error_code ec;
   std::filesystem::remove(tmp, ec);
   RS_RETURN_IF_ERROR(st);
+  // hnswlib 0.6.2's loading constructor counts deletions into an uninitialized num_deleted_:
+  // recount them here.
+  index->hnsw_->num_deleted_ = 0;
+  for (size_t i = 0; i < index->hnsw_->cur_element_count; ++i) {
+    if (index->hnsw_->isMarkedDeleted(static_cast<hnswlib::tableint>(i))) {
+      ++index->hnsw_->num_deleted_;
+    }
+  }
   const int64_t expect = static_cast<int64_t>(index->hnsw_->cur_element_count) -
                          static_cast<int64_t>(index->hnsw_->num_deleted_);
   if (expect != live || index->hnsw_->data_size_ != h.dim * sizeof(float)) {

@@ -11,7 +11,8 @@
 // same id again reuses its slot. Filtered search over-fetches and widens until k hits pass the
 // filter or the whole index was returned.
 // Thread safety: search() takes a shared lock; add()/remove() an exclusive one (a batch add
-// inserts with OpenMP threads inside the lock); save() a shared one.
+// inserts with OpenMP threads inside the lock); save() a shared one. The lock prefers writers,
+// so a stream of searches cannot starve an add().
 #pragma once
 
 #include <cstdint>
@@ -19,6 +20,7 @@
 #include <shared_mutex>
 #include <string>
 
+#include "index/internal/rw_mutex.h"
 #include "index/vector_index.h"
 
 namespace hnswlib {
@@ -72,7 +74,7 @@ class HnswIndex final : public VectorIndex {
   const int dim_;
   const Metric metric_;
   HnswParams params_;
-  mutable std::shared_mutex mu_;
+  mutable internal::RwMutex mu_;  // writer-preferring (see internal/rw_mutex.h)
   std::unique_ptr<hnswlib::SpaceInterface<float>> space_;
   std::unique_ptr<hnswlib::HierarchicalNSW<float>> hnsw_;  // guarded by mu_
   int64_t live_ = 0;                                       // guarded by mu_

@@ -13,7 +13,8 @@
 // A filtered search that finds fewer than k hits widens nprobe (x4) until it has k or probed
 // every list.
 // Thread safety: search() takes a shared lock; add()/remove()/train() an exclusive one; save()
-// a shared one. FAISS exceptions are caught inside and returned as Status.
+// a shared one; the lock prefers writers, so a stream of searches cannot starve an add().
+// FAISS exceptions are caught inside and returned as Status.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,7 @@
 #include <string>
 #include <unordered_set>
 
+#include "index/internal/rw_mutex.h"
 #include "index/vector_index.h"
 
 namespace faiss {
@@ -74,7 +76,7 @@ class IvfIndex final : public VectorIndex {
   const int dim_;
   const Metric metric_;
   const bool pq_;
-  mutable std::shared_mutex mu_;
+  mutable internal::RwMutex mu_;          // writer-preferring (see internal/rw_mutex.h)
   IvfParams params_;                      // guarded by mu_
   std::unique_ptr<faiss::IndexIVF> ivf_;  // guarded by mu_; null until trained
   std::unordered_set<int64_t> present_;   // guarded by mu_: live ids

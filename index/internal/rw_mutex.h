@@ -1,0 +1,39 @@
+// Writer-preferring readers-writer mutex for the vector indexes.
+//
+// glibc's std::shared_mutex prefers readers: with a steady stream of searches a writer can wait
+// forever (observed: an add() stalled for minutes behind three searching threads). This wrapper
+// uses a pthread rwlock of kind PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP, so a waiting
+// writer blocks new readers and gets the lock once the current searches finish. It meets the
+// SharedMutex requirements, so std::shared_lock / std::unique_lock work with it. Not recursive:
+// a thread must not take the shared lock twice while a writer may be waiting.
+#pragma once
+
+#include <pthread.h>
+
+namespace ragserve::index::internal {
+
+class RwMutex {
+ public:
+  RwMutex() {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&rw_, &attr);
+    pthread_rwlockattr_destroy(&attr);
+  }
+  ~RwMutex() { pthread_rwlock_destroy(&rw_); }
+  RwMutex(const RwMutex&) = delete;
+  RwMutex& operator=(const RwMutex&) = delete;
+
+  void lock() { pthread_rwlock_wrlock(&rw_); }
+  bool try_lock() { return pthread_rwlock_trywrlock(&rw_) == 0; }
+  void unlock() { pthread_rwlock_unlock(&rw_); }
+  void lock_shared() { pthread_rwlock_rdlock(&rw_); }
+  bool try_lock_shared() { return pthread_rwlock_tryrdlock(&rw_) == 0; }
+  void unlock_shared() { pthread_rwlock_unlock(&rw_); }
+
+ private:
+  pthread_rwlock_t rw_;
+};
+
+}  // namespace ragserve::index::internal

@@ -1,0 +1,223 @@
+// HnswIndex against the exact FlatIndex twin and a brute-force oracle.
+#include "index/hnsw.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
+#include "index/flat.h"
+#include "tests/index/test_data.h"
+
+namespace ragserve::index {
+namespace {
+
+using testing::BruteForce;
+using testing::ClusteredData;
+using testing::Iota;
+using testing::RecallAtK;
+
+TEST(HnswTest, RecallAtTenAtDefaultParamsIsAtLeast95PercentOn50kClustered) {
+  constexpr int64_t kN = 50000, kQ = 500;
+  constexpr int kDim = 128, kK = 10;
+  const auto x = ClusteredData(kN, kDim, 100, 7);
+  const auto q = ClusteredData(kQ, kDim, 100, 8);  // noise directions for the queries
+  const auto ids = Iota(kN);
+  auto flat = FlatIndex::Create(kDim, Metric::kL2).value();
+  ASSERT_TRUE(flat->add(kN, x.data(), ids.data()).ok());
+  auto hnsw = HnswIndex::Create(kDim, Metric::kL2).value();
+  ASSERT_TRUE(hnsw->add(kN, x.data(), ids.data()).ok());
+  EXPECT_EQ(hnsw->size(), kN);
+  // Queries drawn near the data: perturbed data points.
+  std::vector<float> qs(x.begin(), x.begin() + kQ * kDim);
+  for (size_t i = 0; i < qs.size(); ++i) qs[i] += 0.3f * q[i];
+  std::vector<float> dt(kQ * kK), da(kQ * kK);
+  std::vector<int64_t> it(kQ * kK), ia(kQ * kK);
+  ASSERT_TRUE(flat->search(kQ, qs.data(), kK, dt.data(), it.data()).ok());
+  ASSERT_TRUE(hnsw->search(kQ, qs.data(), kK, da.data(), ia.data()).ok());
+  const double recall = RecallAtK(it, ia, kQ, kK, kK);
+  RecordProperty("recall_at_10", std::to_string(recall));
+  EXPECT_GE(recall, 0.95);
+  // Distances agree with the exact index for the ids both found.
+  for (int64_t i = 0; i < kQ; ++i) {
+    if (ia[i * kK] == it[i * kK]) {
+      EXPECT_NEAR(da[i * kK], dt[i * kK], 1e-2 * (1 + dt[i * kK]));
+    }
+  }
+}
+
+TEST(HnswTest, InnerProductAndCosineRankLikeBruteForce) {
+  constexpr int64_t kN = 2000, kQ = 50;
+  constexpr int kDim = 32, kK = 10;
+  auto x = ClusteredData(kN, kDim, 20, 11);
+  // Vary norms so IP and cosine rankings differ.
+  for (int64_t i = 0; i < kN; ++i)
+    for (int j = 0; j < kDim; ++j) x[i * kDim + j] *= 0.5f + (i % 7) * 0.25f;
+  const auto q = ClusteredData(kQ, kDim, 20, 12);
+  const auto ids = Iota(kN, 100);
+  for (Metric m : {Metric::kInnerProduct, Metric::kCosine}) {
+    auto hnsw = HnswIndex::Create(kDim, m, {.M = 16, .ef_construction = 200}).value();
+    ASSERT_TRUE(hnsw->add(kN, x.data(), ids.data()).ok());
+    std::vector<float> d(kQ * kK);
+    std::vector<int64_t> got(kQ * kK);
+    SearchParams sp;
+    sp.ef_search = 1000;
+    ASSERT_TRUE(hnsw->search(kQ, q.data(), kK, d.data(), got.data(), sp).ok());
+    std::vector<int64_t> truth;
+    for (int64_t i = 0; i < kQ; ++i) {
+      auto t = BruteForce(m, x, ids, kDim, q.data() + i * kDim, kK);
+      truth.insert(truth.end(), t.begin(), t.end());
+    }
+    EXPECT_GE(RecallAtK(truth, got, kQ, kK, kK), 0.99) << MetricName(m);
+    int same_order = 0;
+    for (int64_t i = 0; i < kQ; ++i) {
+      same_order +=
+          std::equal(truth.begin() + i * kK, truth.begin() + (i + 1) * kK, got.begin() + i * kK);
+      for (int j = 1; j < kK; ++j) EXPECT_GE(d[i * kK + j - 1], d[i * kK + j]);  // best first
+    }
+    EXPECT_GE(same_order, kQ * 9 / 10) << MetricName(m);
+    if (m == Metric::kCosine) {
+      EXPECT_LE(d[0], 1.0001f);
+      EXPECT_GE(d[0], -1.0001f);
+    }
+  }
+}
+
+TEST(HnswTest, RemovedIdsAreNeverReturnedAndReAddRevives) {
+  constexpr int64_t kN = 3000;
+  constexpr int kDim = 16, kK = 20;
+  const auto x = ClusteredData(kN, kDim, 10, 3);
+  const auto ids = Iota(kN);
+  auto hnsw = HnswIndex::Create(kDim, Metric::kL2, {.initial_capacity = 100}).value();
+  ASSERT_TRUE(hnsw->add(kN, x.data(), ids.data()).ok());
+  EXPECT_GE(hnsw->capacity(), kN);  // grew from 100
+  std::vector<int64_t> gone;
+  for (int64_t i = 0; i < kN; i += 2) gone.push_back(i);
+  EXPECT_EQ(hnsw->remove(gone.size(), gone.data()).value(), static_cast<int64_t>(gone.size()));
+  EXPECT_EQ(hnsw->remove(gone.size(), gone.data()).value(), 0);  // already gone
+  EXPECT_EQ(hnsw->size(), kN - static_cast<int64_t>(gone.size()));
+  std::vector<float> d(50 * kK);
+  std::vector<int64_t> got(50 * kK);
+  ASSERT_TRUE(hnsw->search(50, x.data(), kK, d.data(), got.data()).ok());
+  for (int64_t id : got) EXPECT_TRUE(id == -1 || id % 2 == 1) << id;
+  // Re-adding id 0 with a distinctive vector makes it the nearest hit for that vector.
+  std::vector<float> v(kDim, 25.0f);
+  const int64_t zero = 0;
+  ASSERT_TRUE(hnsw->add(1, v.data(), &zero).ok());
+  ASSERT_TRUE(hnsw->search(1, v.data(), 1, d.data(), got.data()).ok());
+  EXPECT_EQ(got[0], 0);
+  EXPECT_NEAR(d[0], 0.0f, 1e-4);
+}
+
+TEST(HnswTest, FilteredSearchReturnsOnlyAllowedIdsAndFillsK) {
+  constexpr int64_t kN = 5000;
+  constexpr int kDim = 16, kK = 10;
+  const auto x = ClusteredData(kN, kDim, 10, 5);
+  const auto ids = Iota(kN);
+  auto hnsw = HnswIndex::Create(kDim, Metric::kL2).value();
+  ASSERT_TRUE(hnsw->add(kN, x.data(), ids.data()).ok());
+  std::function<bool(int64_t)> only_rare = [](int64_t id) { return id % 500 == 7; };  // 10 ids
+  SearchParams sp;
+  sp.filter = &only_rare;
+  std::vector<float> d(kK);
+  std::vector<int64_t> got(kK);
+  ASSERT_TRUE(hnsw->search(1, x.data(), kK, d.data(), got.data(), sp).ok());
+  std::set<int64_t> seen(got.begin(), got.end());
+  EXPECT_EQ(seen.size(), 10u);
+  for (int64_t id : got) EXPECT_EQ(id % 500, 7);
+}
+
+TEST(HnswTest, SaveLoadRoundTripReturnsIdenticalResults) {
+  constexpr int64_t kN = 4000, kQ = 40;
+  constexpr int kDim = 24, kK = 10;
+  const auto x = ClusteredData(kN, kDim, 10, 9);
+  const auto ids = Iota(kN, 1000);
+  auto hnsw = HnswIndex::Create(kDim, Metric::kCosine, {.M = 12, .ef_search = 40}).value();
+  ASSERT_TRUE(hnsw->add(kN, x.data(), ids.data()).ok());
+  const int64_t rm[] = {1000, 1001, 1002};
+  ASSERT_TRUE(hnsw->remove(3, rm).ok());
+  const auto path = (std::filesystem::temp_directory_path() / "rs_hnsw_rt.idx").string();
+  ASSERT_TRUE(hnsw->save(path).ok());
+  auto loaded = HnswIndex::Load(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ((*loaded)->size(), hnsw->size());
+  EXPECT_EQ((*loaded)->params().ef_search, 40);
+  std::vector<float> d1(kQ * kK), d2(kQ * kK);
+  std::vector<int64_t> i1(kQ * kK), i2(kQ * kK);
+  ASSERT_TRUE(hnsw->search(kQ, x.data(), kK, d1.data(), i1.data()).ok());
+  ASSERT_TRUE((*loaded)->search(kQ, x.data(), kK, d2.data(), i2.data()).ok());
+  EXPECT_EQ(i1, i2);
+  EXPECT_EQ(d1, d2);
+  std::filesystem::remove(path);
+}
+
+TEST(HnswTest, BadArgumentsAreRejectedAndChangeNothing) {
+  EXPECT_EQ(HnswIndex::Create(8, Metric::kL2, {.M = 0}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_NE(HnswIndex::Create(8, Metric::kL2, {.M = 0}).status().message().find("M"),
+            std::string::npos);
+  auto hnsw = HnswIndex::Create(4, Metric::kL2).value();
+  std::vector<float> v = {1, 2, 3, NAN, 1, 2, 3, 4};
+  const int64_t ids[] = {1, 2};
+  auto st = hnsw->add(2, v.data(), ids);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("non-finite"), std::string::npos) << st.message();
+  EXPECT_EQ(hnsw->size(), 0);
+  EXPECT_EQ(hnsw->add(0, v.data(), ids).code(), StatusCode::kInvalidArgument);
+  const int64_t neg[] = {-5};
+  EXPECT_EQ(hnsw->add(1, v.data() + 4, neg).code(), StatusCode::kInvalidArgument);
+  float d[2];
+  int64_t got[2];
+  EXPECT_EQ(hnsw->search(1, v.data() + 4, 0, d, got).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(hnsw->search(1, v.data(), 1, d, got).code(), StatusCode::kInvalidArgument);  // NaN
+  // Empty index pads.
+  ASSERT_TRUE(hnsw->search(1, v.data() + 4, 2, d, got).ok());
+  EXPECT_EQ(got[0], -1);
+  EXPECT_EQ(got[1], -1);
+}
+
+TEST(HnswTest, ConcurrentSearchAndUpsertStayConsistent) {
+  constexpr int kDim = 16;
+  constexpr int64_t kBase = 2000;
+  const auto x = ClusteredData(kBase + 4000, kDim, 10, 21);
+  const auto ids = Iota(kBase);
+  auto hnsw = HnswIndex::Create(kDim, Metric::kL2, {.initial_capacity = 64}).value();
+  ASSERT_TRUE(hnsw->add(kBase, x.data(), ids.data()).ok());
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> bad{0}, searches{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t) {
+    readers.emplace_back([&, t] {
+      std::vector<float> d(10);
+      std::vector<int64_t> got(10);
+      int64_t i = t;
+      while (!done.load()) {
+        const float* q = x.data() + (i++ % kBase) * kDim;
+        if (!hnsw->search(1, q, 10, d.data(), got.data()).ok()) ++bad;
+        for (int64_t id : got) {
+          if (id < -1 || id >= kBase + 4000) ++bad;
+        }
+        ++searches;
+      }
+    });
+  }
+  // Writer: inserts new ids (forcing growth), replaces old ones, removes some.
+  for (int64_t b = 0; b < 40; ++b) {
+    const int64_t start = kBase + b * 100;
+    const auto nids = Iota(100, start);
+    ASSERT_TRUE(hnsw->add(100, x.data() + start * kDim, nids.data()).ok());
+    const auto rids = Iota(10, b * 10);
+    ASSERT_TRUE(hnsw->add(10, x.data() + start * kDim, rids.data()).ok());
+    const int64_t gone = start + 5;
+    ASSERT_TRUE(hnsw->remove(1, &gone).ok());
+  }
+  done = true;
+  for (auto& r : readers) r.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_GT(searches.load(), 0);
+  EXPECT_EQ(hnsw->size(), kBase + 4000 - 40);
+}
+
+}  // namespace
+}  // namespace ragserve::index
