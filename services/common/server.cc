@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -63,11 +64,17 @@ Status CheckPortFree(const std::string& host, int port) {
   return status;
 }
 
-// Per-call interceptor: counts calls and observes latency per method and status code.
+// Calls that have arrived and not yet been destroyed, across all servers in the process.
+std::atomic<int64_t> g_calls_in_flight{0};
+
+// Per-call interceptor: counts calls in flight and observes latency per method and status code.
 class MetricsInterceptor : public grpc::experimental::Interceptor {
  public:
   explicit MetricsInterceptor(grpc::experimental::ServerRpcInfo* info)
-      : method_(info->method()), start_(std::chrono::steady_clock::now()) {}
+      : method_(info->method()), start_(std::chrono::steady_clock::now()) {
+    g_calls_in_flight.fetch_add(1);
+  }
+  ~MetricsInterceptor() override { g_calls_in_flight.fetch_sub(1); }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(
@@ -220,10 +227,19 @@ void ServiceServer::Shutdown() {
   if (server_) {
     RS_LOG(info, "draining {} (up to {} s)", cfg_.service, cfg_.drain_seconds);
     server_->GetHealthCheckService()->Shutdown();  // NOT_SERVING for every service name
+    // Let calls in flight finish (up to the drain deadline), then shut down with an immediate
+    // deadline: gRPC's own deadline would also wait on idle client connections, which keep
+    // well-behaved clients (routers with long-lived channels) from ever letting it return early.
     const auto deadline =
-        std::chrono::system_clock::now() +
+        std::chrono::steady_clock::now() +
         std::chrono::milliseconds(static_cast<int64_t>(cfg_.drain_seconds * 1000));
-    server_->Shutdown(deadline);
+    while (g_calls_in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (const int64_t left = g_calls_in_flight.load(); left > 0) {
+      RS_LOG(warn, "drain deadline passed with {} calls in flight; cancelling them", left);
+    }
+    server_->Shutdown(std::chrono::system_clock::now());
     server_->Wait();
   }
   executor_->Shutdown();

@@ -66,7 +66,8 @@ Process::~Process() {
 }
 
 bool Process::Start(const std::string& path, const std::vector<std::string>& args,
-                    const std::string& log_path, const std::map<std::string, std::string>& env) {
+                    const std::string& log_path, const std::map<std::string, std::string>& env,
+                    const std::string& cwd) {
   std::vector<std::string> argv_s = {path};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -90,6 +91,7 @@ bool Process::Start(const std::string& path, const std::vector<std::string>& arg
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  if (!cwd.empty()) posix_spawn_file_actions_addchdir_np(&fa, cwd.c_str());
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   sigset_t none;

@@ -26,9 +26,11 @@ class Process {
   Process& operator=(const Process&) = delete;
 
   // Starts `path` with `args`; stdout and stderr go to `log_path` (appended). Extra env entries
-  // are added to (or replace in) the current environment. Returns false if the spawn failed.
+  // are added to (or replace in) the current environment; a non-empty `cwd` is the child's
+  // working directory. Returns false if the spawn failed.
   bool Start(const std::string& path, const std::vector<std::string>& args,
-             const std::string& log_path, const std::map<std::string, std::string>& env = {});
+             const std::string& log_path, const std::map<std::string, std::string>& env = {},
+             const std::string& cwd = "");
   // Sends a signal.
   void Signal(int sig);
   // Waits up to timeout_s for exit; returns true if exited, with its exit code (or 128+signal).
