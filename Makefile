@@ -1,0 +1,34 @@
+# The two commands of README.md. Everything else is a building block of these.
+#   make demo   install what is missing, build, start the local cluster, ask one RAG question
+#   make test   install what is missing, build, run the whole test suite (what CI runs)
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: demo test deps build unit format fuzz-smoke clean
+
+deps:
+	tools/setup-deps
+
+build: deps
+	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	tools/demo --build $(BUILD)
+
+# ctest runs every unit, service and e2e test; benchmarks are separate programs (tools/bench).
+unit: build
+	cd $(BUILD) && ctest --output-on-failure --timeout 600 -j $(JOBS)
+
+format:
+	tools/check-format
+
+fuzz-smoke: deps
+	tools/fuzz-smoke
+
+test: deps format build unit fuzz-smoke
+	@echo "make test: all green"
+
+clean:
+	rm -rf $(BUILD) build-fuzz build-fuzz.configure.log
