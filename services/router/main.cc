@@ -1,41 +1,28 @@
 // ragserve-router: the public RagService (query, ingest, collection admin)
-#include <grpcpp/grpcpp.h>
+#include <memory>
 
-#include "ragserve/v1/rag.grpc.pb.h"
-#include "services/common/grpc_util.h"
 #include "services/common/server.h"
-
-namespace {
-
-// The RagService adapter. Until its core library is wired in, only ListCollections is served.
-class Service final : public ragserve::v1::RagService::CallbackService {
- public:
-  explicit Service(ragserve::ServiceServer* server) : server_(server) {}
-
-  grpc::ServerUnaryReactor* ListCollections(grpc::CallbackServerContext* ctx,
-                                            const ragserve::v1::ListCollectionsRequest* req,
-                                            ragserve::v1::ListCollectionsResponse* resp) override {
-    return ragserve::ServeUnary(ctx, server_, [resp] {
-      (void)resp;
-      return ragserve::OkStatus();
-    });
-  }
-
- private:
-  ragserve::ServiceServer* server_;
-};
-
-}  // namespace
+#include "services/router/router_service.h"
 
 int main(int argc, char** argv) {
-  std::unique_ptr<Service> service;
+  ragserve::router::RouterOptions opts;
+  std::unique_ptr<ragserve::router::RouterService> service;
   ragserve::ServiceMain m;
   m.name = "router";
   m.description = "ragserve router: the public RagService (query, ingest, collection admin)";
   m.default_port = 50051;
-  m.default_metrics_port = 50051 - 50051 + 9091;
-  m.setup = [&service](ragserve::ServiceServer& server) {
-    service = std::make_unique<Service>(&server);
+  m.default_metrics_port = 9091;
+  m.add_flags = [&opts](CLI::App& app) {
+    app.add_option("--index-addr", opts.index_addr, "IndexService address host:port")
+        ->capture_default_str();
+    app.add_option("--downstream-token", opts.downstream_token,
+                   "Bearer token the router sends to internal services");
+    app.add_option("--downstream-tls-ca", opts.downstream_tls_ca,
+                   "PEM CA bundle: use TLS to internal services")
+        ->check(CLI::ExistingFile);
+  };
+  m.setup = [&opts, &service](ragserve::ServiceServer& server) -> ragserve::Status {
+    RS_ASSIGN_OR_RETURN(service, ragserve::router::RouterService::Create(&server, opts));
     server.AddService(service.get(), "ragserve.v1.RagService");
     return ragserve::OkStatus();
   };
