@@ -1,0 +1,190 @@
+// Every fast CPU op against the plain reference (RefOps) over a table of shapes and dtypes:
+// sizes 1, odd, and non-multiples of the SIMD width / unroll, the GEMV path (m <= 8) and the sgemm
+// path (m > 8), f32 / f16 / bf16 weights. Seeded random inputs.
+#include "kernels/cpu/ops.h"
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/attention.h"
+
+namespace ragserve::kernels {
+namespace {
+
+std::vector<float> Rand(int64_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+struct Stored {
+  std::vector<uint8_t> bytes;
+  WeightView view;
+};
+Stored Store(const std::vector<float>& f, DType t, int64_t rows, int64_t cols) {
+  Stored s;
+  s.bytes.resize(f.size() * DTypeSize(t));
+  ConvertFromF32(f.data(), t, static_cast<int64_t>(f.size()), s.bytes.data());
+  s.view = {s.bytes.data(), t, rows, cols};
+  return s;
+}
+
+float MaxRelErr(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0.0f;
+  for (size_t i = 0; i < a.size(); ++i) {
+    m = std::max(m, std::abs(a[i] - b[i]) / (1.0f + std::abs(b[i])));
+  }
+  return m;
+}
+
+const DType kDtypes[] = {DType::kF32, DType::kF16, DType::kBF16};
+
+TEST(OpsTest, MatMulFastMatchesReferenceForEveryPathShapeAndDtype) {
+  int cases = 0;
+  for (DType t : kDtypes) {
+    for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 9, 33}) {
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1},
+                                {17, 7},
+                                {33, 33},
+                                {64, 100},
+                                {300, 257},
+                                {5, 512}}) {
+        const Stored w = Store(Rand(rows * cols, 1 + cases), t, rows, cols);
+        const Stored b = Store(Rand(rows, 2 + cases), t, 1, rows);
+        const std::vector<float> x = Rand(m * cols, 3 + cases);
+        for (bool bias : {false, true}) {
+          std::vector<float> yr(m * rows), yf(m * rows, 123.0f);
+          RefOps().MatMul(x.data(), m, w.view, bias ? &b.view : nullptr, yr.data());
+          FastOps().MatMul(x.data(), m, w.view, bias ? &b.view : nullptr, yf.data());
+          EXPECT_LT(MaxRelErr(yf, yr), 2e-5f) << DTypeName(t) << " m=" << m << " rows=" << rows
+                                              << " cols=" << cols << " bias=" << bias;
+        }
+        ++cases;
+      }
+    }
+  }
+}
+
+TEST(OpsTest, RmsNormSiluMulAddEmbedFastMatchReference) {
+  for (DType t : kDtypes) {
+    for (auto [m, n] : {std::pair<int64_t, int64_t>{1, 1}, {3, 37}, {9, 256}, {70, 1024}}) {
+      const std::vector<float> x = Rand(m * n, 10, -3.0f, 3.0f);
+      const Stored g = Store(Rand(n, 11, 0.5f, 1.5f), t, 1, n);
+      std::vector<float> yr(m * n), yf(m * n);
+      RefOps().RmsNorm(x.data(), m, n, g.view, 1e-5f, yr.data());
+      FastOps().RmsNorm(x.data(), m, n, g.view, 1e-5f, yf.data());
+      EXPECT_LT(MaxRelErr(yf, yr), 1e-5f) << "rmsnorm " << m << "x" << n;
+      // In place (y aliases x) gives the same.
+      std::vector<float> xi = x;
+      FastOps().RmsNorm(xi.data(), m, n, g.view, 1e-5f, xi.data());
+      EXPECT_LT(MaxRelErr(xi, yr), 1e-5f);
+
+      const std::vector<float> up = Rand(m * n, 12, -3.0f, 3.0f);
+      RefOps().SiluMul(x.data(), up.data(), m * n, yr.data());
+      FastOps().SiluMul(x.data(), up.data(), m * n, yf.data());
+      EXPECT_LT(MaxRelErr(yf, yr), 1e-5f) << "silu_mul " << m * n;
+      // silu(g) * u at one point, by hand.
+      EXPECT_NEAR(yr[0], x[0] / (1.0f + std::exp(-x[0])) * up[0], 1e-5f);
+
+      std::vector<float> ar = x, af = x;
+      RefOps().Add(ar.data(), up.data(), m * n);
+      FastOps().Add(af.data(), up.data(), m * n);
+      EXPECT_EQ(ar, af);
+      EXPECT_FLOAT_EQ(ar[0], x[0] + up[0]);
+
+      const Stored table = Store(Rand(50 * n, 13), t, 50, n);
+      const std::vector<int32_t> ids = {0, 49, 7, 7};
+      std::vector<float> er(4 * n), ef(4 * n);
+      RefOps().Embed(table.view, ids.data(), 4, er.data());
+      FastOps().Embed(table.view, ids.data(), 4, ef.data());
+      EXPECT_EQ(er, ef);
+    }
+  }
+}
+
+TEST(OpsTest, RopeFastMatchesReferenceAndPreservesNorms) {
+  for (int hd : {2, 16, 64, 128}) {
+    const int heads = 3;
+    const int64_t m = 11;
+    std::vector<float> inv(hd / 2);
+    for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / hd);
+    std::vector<int32_t> pos(m);
+    for (int64_t i = 0; i < m; ++i) pos[i] = static_cast<int32_t>(i * 97 + 3);
+    const std::vector<float> x = Rand(m * heads * hd, 20 + hd);
+    std::vector<float> r = x, f = x;
+    RefOps().Rope(r.data(), m, heads, hd, pos.data(), inv.data());
+    FastOps().Rope(f.data(), m, heads, hd, pos.data(), inv.data());
+    EXPECT_LT(MaxRelErr(f, r), 1e-5f) << "head_dim " << hd;
+    // A rotation keeps each pair's length and moves the vector (position 3 > 0).
+    EXPECT_NEAR(r[0] * r[0] + r[hd / 2] * r[hd / 2], x[0] * x[0] + x[hd / 2] * x[hd / 2], 1e-5f);
+    EXPECT_GT(std::abs(r[0] - x[0]), 1e-4f);
+  }
+}
+
+TEST(OpsTest, AttentionFastMatchesReferenceIncludingEmptyAndStridedKeys) {
+  for (int d : {1, 8, 64, 100}) {
+    for (int64_t n : {0, 1, 5, 130}) {
+      for (int h : {1, 4}) {
+        const int64_t ld = d + 3;  // strided rows
+        const std::vector<float> q = Rand(h * d, 30), k = Rand(std::max<int64_t>(n, 1) * ld, 31),
+                                 v = Rand(std::max<int64_t>(n, 1) * ld, 32);
+        std::vector<float> orf(h * d), of(h * d), lr(h), lf(h);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+        RefOps().Attention(q.data(), h, k.data(), ld, v.data(), ld, n, d, scale, orf.data(),
+                           lr.data());
+        FastOps().Attention(q.data(), h, k.data(), ld, v.data(), ld, n, d, scale, of.data(),
+                            lf.data());
+        EXPECT_LT(MaxRelErr(of, orf), 1e-5f) << "d=" << d << " n=" << n << " h=" << h;
+        if (n == 0) {
+          EXPECT_EQ(lf[0], -std::numeric_limits<float>::infinity());
+        } else {
+          EXPECT_LT(MaxRelErr(lf, lr), 1e-5f);
+        }
+      }
+    }
+  }
+}
+
+TEST(OpsTest, MergingPartialsOverASplitEqualsAttentionOverAllKeys) {
+  const int h = 3, d = 16;
+  const int64_t n = 40;
+  const std::vector<float> q = Rand(h * d, 40, -2.0f, 2.0f), k = Rand(n * d, 41),
+                           v = Rand(n * d, 42);
+  std::vector<float> ow(h * d), lw(h), oa(h * d), la(h), ob(h * d), lb(h);
+  AttentionPartialRef(q.data(), h, k.data(), d, v.data(), d, n, d, 0.25f, ow.data(), lw.data());
+  AttentionPartial(q.data(), h, k.data(), d, v.data(), d, 13, d, 0.25f, oa.data(), la.data());
+  AttentionPartial(q.data(), h, k.data() + 13 * d, d, v.data() + 13 * d, d, n - 13, d, 0.25f,
+                   ob.data(), lb.data());
+  MergePartial(oa.data(), la.data(), ob.data(), lb.data(), h, d);
+  EXPECT_LT(MaxRelErr(oa, ow), 1e-5f);
+  EXPECT_LT(MaxRelErr(la, lw), 1e-5f);
+}
+
+TEST(OpsTest, DtypeConversionsRoundToNearestEvenAndKeepSpecials) {
+  EXPECT_EQ(F32ToBf16(1.0f), 0x3f80);
+  EXPECT_EQ(Bf16ToF32(0x3f80), 1.0f);
+  EXPECT_EQ(F32ToBf16(1.0f + 0x1.0p-8f), 0x3f80);      // tie -> even (down)
+  EXPECT_EQ(F32ToBf16(1.0f + 3 * 0x1.0p-8f), 0x3f82);  // tie -> even (up)
+  EXPECT_TRUE(std::isnan(Bf16ToF32(F32ToBf16(std::nanf("")))));
+  EXPECT_EQ(F32ToF16(1.0f), 0x3c00);
+  EXPECT_EQ(F16ToF32(0x3c00), 1.0f);
+  EXPECT_EQ(F16ToF32(0x0001), 0x1.0p-24f);  // smallest subnormal
+  EXPECT_EQ(F32ToF16(0x1.0p-24f), 0x0001);
+  EXPECT_EQ(F32ToF16(65520.0f), 0x7c00);  // overflow -> inf
+  EXPECT_EQ(F32ToF16(-2.0f), 0xc000);
+  EXPECT_TRUE(std::isnan(F16ToF32(F32ToF16(std::nanf("")))));
+  // Every f16 value survives f16 -> f32 -> f16.
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    const uint16_t h = static_cast<uint16_t>(b);
+    if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;  // NaN payloads
+    ASSERT_EQ(F32ToF16(F16ToF32(h)), h) << std::hex << b;
+  }
+}
+
+}  // namespace
+}  // namespace ragserve::kernels
