@@ -1,4 +1,5 @@
-// Stub of kernels/cuda/device.h for builds without the CUDA language (RAGSERVE_CUDA=OFF or no nvcc).
+// Stub of kernels/cuda/device.h for builds without the CUDA language (RAGSERVE_CUDA=OFF or no
+// nvcc).
 #include "kernels/cuda/device.h"
 
 namespace ragserve::kernels::cuda {

@@ -250,15 +250,41 @@ void ServiceServer::Shutdown() {
       .Set(0);
 }
 
-int RunServiceMain(const ServiceMain& m, int argc, char** argv) {
-  // Block the termination signals before any thread starts so that only the waiter below
-  // receives them (every thread inherits this mask).
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+namespace {
+
+// Self-pipe for SIGTERM/SIGINT: the handler only writes the signal number (async-signal-safe);
+// a waiter thread turns it into a graceful stop. A handler (not a blocked mask + sigwait) is
+// needed because libraries start threads before main() (OpenBLAS's pool does), and a
+// process-directed signal may land on any thread that does not block it.
+int g_signal_pipe[2] = {-1, -1};
+
+void OnTerminationSignal(int sig) {
+  const unsigned char b = static_cast<unsigned char>(sig);
+  const int saved = errno;
+  [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &b, 1);
+  errno = saved;
+}
+
+Status InstallTerminationHandlers() {
+  if (pipe(g_signal_pipe) != 0) return Internal(StrCat("pipe: ", std::strerror(errno)));
+  struct sigaction sa = {};
+  sa.sa_handler = OnTerminationSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  if (sigaction(SIGTERM, &sa, nullptr) != 0 || sigaction(SIGINT, &sa, nullptr) != 0) {
+    return Internal(StrCat("sigaction: ", std::strerror(errno)));
+  }
   signal(SIGPIPE, SIG_IGN);
+  return OkStatus();
+}
+
+}  // namespace
+
+int RunServiceMain(const ServiceMain& m, int argc, char** argv) {
+  if (Status s = InstallTerminationHandlers(); !s.ok()) {
+    std::cerr << "ragserve-" << m.name << ": " << s.ToString() << "\n";
+    return 2;
+  }
 
   ServerConfig cfg;
   cfg.service = m.name;
@@ -290,9 +316,10 @@ int RunServiceMain(const ServiceMain& m, int argc, char** argv) {
     std::cerr << "ragserve-" << m.name << ": " << s.ToString() << "\n";
     return 2;
   }
-  std::thread([&server, sigs] {
-    int sig = 0;
-    sigwait(&sigs, &sig);
+  std::thread([&server] {
+    unsigned char sig = 0;
+    while (read(g_signal_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
     RS_LOG(info, "received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     server.RequestStop();
   }).detach();

@@ -1,43 +1,48 @@
-// ragserve-decoder: the decode worker (continuous batching, hybrid attention)
-#include <grpcpp/grpcpp.h>
+// ragserve-decoder: a decode worker (model runtime, continuous batching)
+#include <memory>
 
-#include "ragserve/v1/decoder.grpc.pb.h"
-#include "services/common/grpc_util.h"
 #include "services/common/server.h"
-
-namespace {
-
-// The DecoderService adapter. Until its core library is wired in, only GetLoad is served.
-class Service final : public ragserve::v1::DecoderService::CallbackService {
- public:
-  explicit Service(ragserve::ServiceServer* server) : server_(server) {}
-
-  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* ctx,
-                                    const ragserve::v1::LoadRequest* req,
-                                    ragserve::v1::LoadReport* resp) override {
-    return ragserve::ServeUnary(ctx, server_, [resp] {
-      resp->set_device("cpu");
-      return ragserve::OkStatus();
-    });
-  }
-
- private:
-  ragserve::ServiceServer* server_;
-};
-
-}  // namespace
+#include "services/decoder/decoder_service.h"
 
 int main(int argc, char** argv) {
-  std::unique_ptr<Service> service;
+  ragserve::decoder::DecoderOptions opts;
+  int64_t kv_budget_mb = opts.generator.kv_budget_bytes >> 20;
+  std::unique_ptr<ragserve::decoder::DecoderService> service;
   ragserve::ServiceMain m;
   m.name = "decoder";
-  m.description = "ragserve decoder: the decode worker (continuous batching, hybrid attention)";
+  m.description = "ragserve decode worker: streams generated tokens with continuous batching";
   m.default_port = 50055;
-  m.default_metrics_port = 50055 - 50051 + 9091;
-  m.setup = [&service](ragserve::ServiceServer& server) {
-    service = std::make_unique<Service>(&server);
+  m.default_metrics_port = 9095;
+  m.add_flags = [&opts, &kv_budget_mb](CLI::App& app) {
+    app.add_option("--model", opts.model_dir,
+                   "HF-layout model directory (config.json, "
+                   "model.safetensors, tokenizer.json)")
+        ->check(CLI::ExistingDirectory);
+    app.add_option("--worker-id", opts.worker_id, "Name in stats and load reports (host:port)");
+    app.add_option("--max-active", opts.generator.max_active,
+                   "Sequences decoded together in one batch")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 4096));
+    app.add_option("--max-queue", opts.generator.max_queue,
+                   "Requests waiting for a batch slot before RESOURCE_EXHAUSTED")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 1 << 20));
+    app.add_option("--prefill-chunk", opts.generator.prefill_chunk,
+                   "Prompt tokens prefilled per step, interleaved with decode")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1 << 20));
+    app.add_option("--kv-budget-mb", kv_budget_mb, "KV cache memory for all active sequences")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  };
+  m.setup = [&opts, &service, &kv_budget_mb](ragserve::ServiceServer& server) -> ragserve::Status {
+    opts.generator.kv_budget_bytes = kv_budget_mb << 20;
+    RS_ASSIGN_OR_RETURN(service, ragserve::decoder::DecoderService::Create(&server, opts));
     server.AddService(service.get(), "ragserve.v1.DecoderService");
     return ragserve::OkStatus();
+  };
+  m.teardown = [&service] {
+    if (service) service->Shutdown();
   };
   return ragserve::RunServiceMain(m, argc, argv);
 }

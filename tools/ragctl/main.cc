@@ -14,6 +14,7 @@
 #include <iostream>
 #include <string>
 
+#include "ragserve/v1/decoder.grpc.pb.h"
 #include "ragserve/v1/rag.grpc.pb.h"
 #include "services/common/auth.h"
 #include "services/common/client.h"
@@ -103,6 +104,34 @@ int Query(const Common& c, const ragserve::v1::QueryRequest& req, bool show_pass
   return 0;
 }
 
+int Generate(const Common& c, const ragserve::v1::GenerateRequest& req) {
+  ragserve::ChannelOptions opts;
+  opts.tls_ca = c.tls_ca;
+  auto ch = ragserve::MakeChannel(c.addr, opts);
+  if (!ch.ok()) return Fail(ch.status(), "connect");
+  auto stub = ragserve::v1::DecoderService::NewStub(*ch);
+  grpc::ClientContext ctx;
+  Prepare(c, &ctx);
+  auto reader = stub->Generate(&ctx, req);
+  ragserve::v1::GenerateEvent ev;
+  while (reader->Read(&ev)) {
+    if (ev.has_delta()) {
+      std::fwrite(ev.delta().text().data(), 1, ev.delta().text().size(), stdout);
+      std::fflush(stdout);
+    } else if (ev.has_stats()) {
+      const auto& s = ev.stats();
+      std::printf(
+          "\nstats: prompt %d tokens, generated %d, finish %s, TTFT %.1f ms, "
+          "decode %.1f tok/s, worker %s\n",
+          s.prompt_tokens(), s.generated_tokens(), s.finish_reason().c_str(), s.timings().ttft_ms(),
+          s.timings().decode_tokens_per_s(), s.worker_id().c_str());
+    }
+  }
+  grpc::Status st = reader->Finish();
+  if (!st.ok()) return Fail(st, "generate");
+  return 0;
+}
+
 int Collections(const Common& c) {
   ragserve::ChannelOptions opts;
   opts.tls_ca = c.tls_ca;
@@ -160,6 +189,18 @@ int main(int argc, char** argv) {
 
   auto* colls = app.add_subcommand("collections", "List collections");
 
+  ragserve::v1::GenerateRequest greq;
+  std::string prompt;
+  bool raw = false;
+  int gen_max_tokens = 64;
+  auto* gen = app.add_subcommand("generate", "Generate from a decode worker directly (--addr)");
+  gen->add_option("prompt", prompt, "Question (or raw prompt with --raw)")->required();
+  gen->add_flag("--raw", raw, "Send the prompt as is, without the RAG template");
+  gen->add_option("--max-tokens", gen_max_tokens, "Tokens to generate at most")
+      ->check(CLI::PositiveNumber);
+  gen->add_option("--temperature", temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  gen->add_option("--seed", seed, "Sampling seed");
+
   CLI11_PARSE(app, argc, argv);
   if (health->parsed()) return Health(c, service);
   if (query->parsed()) {
@@ -173,5 +214,16 @@ int main(int argc, char** argv) {
     return Query(c, qreq, !no_passages);
   }
   if (colls->parsed()) return Collections(c);
+  if (gen->parsed()) {
+    if (raw) {
+      greq.set_prompt_override(prompt);
+    } else {
+      greq.set_question(prompt);
+    }
+    greq.mutable_sampling()->set_max_tokens(gen_max_tokens);
+    greq.mutable_sampling()->set_temperature(temperature);
+    greq.mutable_sampling()->set_seed(seed);
+    return Generate(c, greq);
+  }
   return 1;
 }

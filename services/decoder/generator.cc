@@ -1,0 +1,313 @@
+#include "services/decoder/generator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+#include <set>
+#include <utility>
+
+#include "services/common/logging.h"
+
+namespace ragserve::decoder {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t0, Clock::time_point t1) {
+  return std::chrono::duration<double, std::milli>(t1 - t0).count();
+}
+}  // namespace
+
+struct Generator::Seq {
+  std::unique_ptr<GenerateJob> job;
+  std::vector<int32_t> tokens;  // prompt + resume + generated
+  int64_t to_prefill = 0;       // prompt + resume
+  int64_t in_cache = 0;         // tokens already in the KV cache
+  std::unique_ptr<engine::KvCache> kv;
+  std::optional<engine::Sampler> sampler;
+  std::unique_ptr<engine::StopChecker> stop;
+  int64_t reserved_bytes = 0;
+  Clock::time_point t_submit, t_admit, t_prefilled, t_first;
+  bool got_first = false;
+  bool done = false;
+};
+
+Generator::Generator(engine::Model* model, const engine::Tokenizer* tokenizer,
+                     GeneratorOptions opts)
+    : model_(model),
+      tokenizer_(tokenizer),
+      opts_(opts),
+      kv_bytes_per_token_(int64_t{2} * model->geometry().num_layers * model->geometry().kv_row() *
+                          static_cast<int64_t>(sizeof(float))) {
+  load_.max_active = opts_.max_active;
+  load_.kv_bytes_free = opts_.kv_budget_bytes;
+  loop_ = std::thread([this] { Loop(); });
+}
+
+Generator::~Generator() { Shutdown(); }
+
+int64_t Generator::KvBytes(int64_t tokens) const { return tokens * kv_bytes_per_token_; }
+
+Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
+  RS_CHECK_ARG(job != nullptr, "null job");
+  RS_CHECK_ARG(!job->prompt.empty(), "empty prompt");
+  RS_CHECK_ARG(job->stop.max_tokens >= 1, "max_tokens must be >= 1, got ", job->stop.max_tokens);
+  const int vocab = model_->config().vocab_size;
+  for (const auto* ids : {&job->prompt, &job->resume}) {
+    for (int32_t t : *ids) {
+      RS_CHECK_ARG(t >= 0 && t < vocab, "token id ", t, " outside the vocabulary [0, ", vocab, ")");
+    }
+  }
+  const int64_t total =
+      static_cast<int64_t>(job->prompt.size() + job->resume.size()) + job->stop.max_tokens;
+  const int64_t ctx = model_->config().max_position_embeddings;
+  if (ctx > 0 && total > ctx) {
+    return InvalidArgument(StrCat("prompt (", job->prompt.size() + job->resume.size(),
+                                  " tokens) + max_tokens (", job->stop.max_tokens,
+                                  ") exceeds the model context of ", ctx, " tokens"));
+  }
+  if (KvBytes(total) > opts_.kv_budget_bytes) {
+    return ResourceExhausted(StrCat("request needs ", KvBytes(total),
+                                    " bytes of KV cache; the "
+                                    "worker's budget is ",
+                                    opts_.kv_budget_bytes));
+  }
+  RS_ASSIGN_OR_RETURN(engine::Sampler sampler, engine::Sampler::Create(job->sampling));
+
+  auto seq = std::make_unique<Seq>();
+  seq->sampler.emplace(std::move(sampler));
+  seq->stop = std::make_unique<engine::StopChecker>(job->stop, tokenizer_);
+  seq->tokens = job->prompt;
+  seq->tokens.insert(seq->tokens.end(), job->resume.begin(), job->resume.end());
+  seq->to_prefill = static_cast<int64_t>(seq->tokens.size());
+  seq->reserved_bytes = KvBytes(total);
+  seq->t_submit = Clock::now();
+  seq->job = std::move(job);
+
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return Unavailable("decoder is shutting down");
+  if (static_cast<int>(queue_.size()) >= opts_.max_queue) {
+    return ResourceExhausted(StrCat("admission queue full (", opts_.max_queue, " requests)"));
+  }
+  for (const auto& q : queue_) {
+    if (q->job->request_id == seq->job->request_id && !seq->job->request_id.empty()) {
+      return AlreadyExists(StrCat("request id '", seq->job->request_id, "' is already queued"));
+    }
+  }
+  load_.queued = static_cast<int>(queue_.size()) + 1;
+  load_.queued_tokens += seq->to_prefill;
+  queue_.push_back(std::move(seq));
+  cv_.notify_all();
+  return OkStatus();
+}
+
+bool Generator::Cancel(const std::string& request_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool known = live_ids_.count(request_id) > 0;
+  for (const auto& q : queue_) known = known || q->job->request_id == request_id;
+  if (!known) return false;
+  cancel_requests_.insert(request_id);  // the loop thread finishes it before its next step
+  cv_.notify_all();
+  return true;
+}
+
+LoadSnapshot Generator::Load() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return load_;
+}
+
+void Generator::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && !loop_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (loop_.joinable()) loop_.join();
+  std::deque<std::unique_ptr<Seq>> queued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queued.swap(queue_);
+  }
+  for (auto& s : active_) Finish(s.get(), Unavailable("decoder shut down"), "error");
+  for (auto& s : queued) Finish(s.get(), Unavailable("decoder shut down"), "error");
+  active_.clear();
+}
+
+void Generator::Finish(Seq* s, const Status& st, const std::string& reason) {
+  if (s->done) return;
+  s->done = true;
+  const auto now = Clock::now();
+  GenerateResult r;
+  r.prompt_tokens = static_cast<int>(s->to_prefill);
+  r.generated_tokens = s->stop->generated();
+  r.finish_reason = reason;
+  if (s->t_admit != Clock::time_point{}) r.queue_ms = MsSince(s->t_submit, s->t_admit);
+  if (s->t_prefilled != Clock::time_point{}) r.prefill_ms = MsSince(s->t_admit, s->t_prefilled);
+  if (s->got_first) {
+    r.ttft_ms = MsSince(s->t_submit, s->t_first);
+    r.decode_ms = MsSince(s->t_first, now);
+  }
+  r.total_ms = MsSince(s->t_submit, now);
+  if (st.ok() && reason != "stop") {
+    // Text held back (an incomplete UTF-8 sequence or a possible stop-string prefix) is final now.
+    std::string rest = s->stop->Flush();
+    if (!rest.empty() && s->job->on_delta) s->job->on_delta({}, rest);
+  }
+  if (s->job->on_done) s->job->on_done(st, r);
+}
+
+void Generator::Loop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] {
+        return stopping_ || !queue_.empty() || !active_.empty() || !cancel_requests_.empty();
+      });
+      if (stopping_) return;
+    }
+    Step();
+  }
+}
+
+bool Generator::Step() {
+  // 1. Admission and cancellation (under the lock; callbacks run after it is released).
+  std::vector<std::unique_ptr<Seq>> cancelled;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (cancel_requests_.count((*it)->job->request_id)) {
+        cancel_requests_.erase((*it)->job->request_id);
+        cancelled.push_back(std::move(*it));
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto& s : active_) {
+      if (cancel_requests_.count(s->job->request_id)) {
+        cancel_requests_.erase(s->job->request_id);
+        cancelled.push_back(std::move(s));
+      }
+    }
+    active_.erase(std::remove(active_.begin(), active_.end(), nullptr), active_.end());
+    cancel_requests_.clear();  // ids that matched nothing live are dropped
+    while (!queue_.empty() && static_cast<int>(active_.size()) < opts_.max_active &&
+           reserved_kv_bytes_ + queue_.front()->reserved_bytes <= opts_.kv_budget_bytes) {
+      auto s = std::move(queue_.front());
+      queue_.pop_front();
+      s->t_admit = Clock::now();
+      s->kv = model_->NewKvCache();
+      reserved_kv_bytes_ += s->reserved_bytes;
+      live_ids_.insert(s->job->request_id);
+      active_.push_back(std::move(s));
+    }
+  }
+  for (auto& s : cancelled) {
+    if (s->kv) reserved_kv_bytes_ -= s->reserved_bytes;
+    Finish(s.get(), Cancelled("request cancelled"), "cancelled");
+    std::lock_guard<std::mutex> lock(mu_);
+    live_ids_.erase(s->job->request_id);
+  }
+
+  // 2. One forward batch: a decode token for every generating sequence, prompt chunks for the
+  //    prefilling ones within the prefill budget.
+  std::vector<engine::SequenceStep> batch;
+  std::vector<Seq*> members;
+  std::vector<int64_t> counts;
+  int budget = std::max(1, opts_.prefill_chunk);
+  for (auto& s : active_) {
+    engine::SequenceStep step;
+    int64_t n = 0;
+    if (s->in_cache < s->to_prefill) {
+      if (budget <= 0) continue;
+      n = std::min<int64_t>(budget, s->to_prefill - s->in_cache);
+      budget -= static_cast<int>(n);
+    } else {
+      n = 1;  // the last sampled token, not in the cache yet
+    }
+    step.tokens = std::span<const int32_t>(s->tokens.data() + s->in_cache, n);
+    step.start_pos = static_cast<int32_t>(s->in_cache);
+    step.kv = s->kv.get();
+    batch.push_back(step);
+    members.push_back(s.get());
+    counts.push_back(n);
+  }
+  if (batch.empty()) {
+    UpdateLoad();
+    return false;
+  }
+  std::vector<float> logits;
+  const Status st = model_->Forward(batch, engine::LogitsMode::kLast, &logits);
+  const int vocab = model_->config().vocab_size;
+  const int64_t ctx = model_->config().max_position_embeddings;
+  for (size_t i = 0; i < members.size(); ++i) {
+    Seq* s = members[i];
+    if (!st.ok()) {
+      Finish(s, Annotate(st, "forward step"), "error");
+      continue;
+    }
+    s->in_cache += counts[i];
+    if (s->in_cache < s->to_prefill) continue;  // more prompt to prefill
+    const auto now = Clock::now();
+    if (s->t_prefilled == Clock::time_point{}) s->t_prefilled = now;
+    const std::span<const float> row(logits.data() + i * vocab, vocab);
+    const int32_t token = s->sampler->Sample(row, s->tokens);
+    s->tokens.push_back(token);
+    std::string text;
+    engine::StopReason reason = s->stop->Push(token, &text);
+    if (!s->got_first) {
+      s->got_first = true;
+      s->t_first = now;
+    }
+    if (s->job->on_delta) s->job->on_delta({token}, text);
+    if (reason == engine::StopReason::kNone && ctx > 0 &&
+        static_cast<int64_t>(s->tokens.size()) >= ctx) {
+      reason = engine::StopReason::kMaxTokens;  // the context is full
+    }
+    switch (reason) {
+      case engine::StopReason::kNone:
+        break;
+      case engine::StopReason::kEos:
+        Finish(s, OkStatus(), "eos");
+        break;
+      case engine::StopReason::kStopString:
+        Finish(s, OkStatus(), "stop");
+        break;
+      case engine::StopReason::kMaxTokens:
+        Finish(s, OkStatus(), "length");
+        break;
+    }
+  }
+  // 3. Finished sequences leave the batch.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& s : active_) {
+      if (s->done) {
+        reserved_kv_bytes_ -= s->reserved_bytes;
+        live_ids_.erase(s->job->request_id);
+        s.reset();
+      }
+    }
+    active_.erase(std::remove(active_.begin(), active_.end(), nullptr), active_.end());
+    ++steps_;
+  }
+  UpdateLoad();
+  return true;
+}
+
+void Generator::UpdateLoad() {
+  std::lock_guard<std::mutex> lock(mu_);
+  load_.active = static_cast<int>(active_.size());
+  load_.queued = static_cast<int>(queue_.size());
+  int64_t pending = 0;
+  for (const auto& s : queue_) pending += s->to_prefill;
+  for (const auto& s : active_) pending += s->to_prefill - std::min(s->in_cache, s->to_prefill);
+  load_.queued_tokens = pending;
+  int64_t used = 0;
+  for (const auto& s : active_) used += KvBytes(static_cast<int64_t>(s->in_cache));
+  load_.kv_bytes_used = used;
+  load_.kv_bytes_free = opts_.kv_budget_bytes - reserved_kv_bytes_;
+  load_.steps = steps_;
+}
+
+}  // namespace ragserve::decoder

@@ -1,0 +1,114 @@
+// Continuous-batching generation on one model (the decode worker's engine loop).
+//
+// One loop thread owns the model. Each iteration builds ONE forward batch from every active
+// sequence: a decode step (1 token) for each sequence that is generating, plus at most
+// `prefill_chunk` prompt tokens of sequences still prefilling (chunked prefill interleaved with
+// decode, so a long prompt never stalls the others). Requests join between iterations from a
+// bounded admission queue and leave as soon as they finish or are cancelled.
+//
+// Thread safety: Submit/Cancel/Load/Shutdown may be called from any thread. Callbacks run on the
+// loop thread and must not block (hand the data to another thread or a gRPC reactor).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "services/common/status.h"
+#include "services/engine/model.h"
+#include "services/engine/sampling.h"
+#include "services/engine/tokenizer.h"
+
+namespace ragserve::decoder {
+
+struct GeneratorOptions {
+  int max_active = 8;       // sequences decoded together (batch size bound), >= 1
+  int max_queue = 64;       // admitted requests waiting for a slot; beyond: ResourceExhausted
+  int prefill_chunk = 256;  // prompt tokens prefilled per iteration across all sequences
+  int64_t kv_budget_bytes = int64_t{4} << 30;  // KV memory for all active sequences
+};
+
+// Timings and counts of one finished request (milliseconds).
+struct GenerateResult {
+  int prompt_tokens = 0;
+  int generated_tokens = 0;
+  std::string finish_reason;  // "eos", "stop", "length", "cancelled", "error"
+  double queue_ms = 0, prefill_ms = 0, ttft_ms = 0, decode_ms = 0, total_ms = 0;
+};
+
+struct GenerateJob {
+  std::string request_id;       // unique among live requests (Cancel uses it)
+  std::vector<int32_t> prompt;  // prompt token ids (with BOS when the model wants it)
+  std::vector<int32_t> resume;  // already-delivered tokens: prefilled, not emitted again
+  engine::SamplingParams sampling;
+  engine::StopCriteria stop;
+  // New tokens and their final text (may be empty while a UTF-8 sequence or possible stop string
+  // is held back).
+  std::function<void(const std::vector<int32_t>& ids, const std::string& text)> on_delta;
+  // Called exactly once, last.
+  std::function<void(const Status& status, const GenerateResult& result)> on_done;
+};
+
+struct LoadSnapshot {
+  int active = 0;
+  int queued = 0;
+  int64_t queued_tokens = 0;  // prompt tokens not yet prefilled (queued + active)
+  int64_t kv_bytes_used = 0;
+  int64_t kv_bytes_free = 0;
+  int max_active = 0;
+  int64_t steps = 0;  // forward iterations so far
+};
+
+class Generator {
+ public:
+  // model and tokenizer are not owned and must outlive the generator.
+  Generator(engine::Model* model, const engine::Tokenizer* tokenizer, GeneratorOptions opts);
+  ~Generator();  // Shutdown()
+
+  // Validates and queues a job. InvalidArgument: empty prompt, a token outside the vocabulary,
+  // prompt + resume + max_tokens over the model's context, bad sampling params;
+  // ResourceExhausted: queue full or the job's KV can never fit the budget; Unavailable after
+  // Shutdown. On error no callback is called.
+  Status Submit(std::unique_ptr<GenerateJob> job);
+  // Cancels a queued or active job (its on_done gets Cancelled). False if unknown.
+  bool Cancel(const std::string& request_id);
+  LoadSnapshot Load() const;
+  // Stops the loop; unfinished jobs end with Unavailable.
+  void Shutdown();
+
+ private:
+  struct Seq;
+  void Loop();
+  // One forward iteration over the active set; returns false when there was nothing to do.
+  bool Step();
+  void Finish(Seq* s, const Status& st, const std::string& reason);
+  void UpdateLoad();
+  int64_t KvBytes(int64_t tokens) const;
+
+  engine::Model* model_;
+  const engine::Tokenizer* tokenizer_;
+  const GeneratorOptions opts_;
+  const int64_t kv_bytes_per_token_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Seq>> queue_;    // guarded by mu_
+  std::set<std::string> cancel_requests_;     // guarded by mu_
+  std::set<std::string> live_ids_;            // guarded by mu_: ids of active sequences
+  bool stopping_ = false;                     // guarded by mu_
+  LoadSnapshot load_;                         // guarded by mu_, refreshed per step
+  std::vector<std::unique_ptr<Seq>> active_;  // loop thread only
+  int64_t reserved_kv_bytes_ = 0;             // written by the loop thread only
+  int64_t steps_ = 0;                         // guarded by mu_
+  std::thread loop_;
+};
+
+}  // namespace ragserve::decoder

@@ -1,0 +1,20 @@
+// The RAG prompt: how the decode worker lays out the question and the retrieved passages.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace ragserve::decoder {
+
+struct PromptPassage {
+  std::string id;
+  std::string text;
+};
+
+// The instruction before the passages (also the APE shared prefix: it is encoded once).
+const std::string& RagInstruction();
+
+// "<instruction>\n\n[1] passage\n\n[2] passage\n\nQuestion: <q>\nAnswer:".
+std::string BuildRagPrompt(const std::string& question, const std::vector<PromptPassage>& passages);
+
+}  // namespace ragserve::decoder

@@ -1,0 +1,256 @@
+// The real ragserve-decoder binary on loopback with a tiny model made by make-tiny-model:
+// streamed generation equals an in-process greedy reference, continuous batching does not change
+// any sequence's tokens, failover resume continues exactly, cancel frees the slot, bad input and
+// overload get clear errors.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ragserve/v1/decoder.grpc.pb.h"
+#include "services/common/client.h"
+#include "services/engine/model.h"
+#include "services/engine/sampling.h"
+#include "services/engine/tokenizer.h"
+#include "tests/support/process.h"
+
+namespace ragserve {
+namespace {
+
+struct Generated {
+  grpc::Status status;
+  std::vector<int32_t> ids;
+  std::string text;
+  v1::GenerateStats stats;
+};
+
+class DecoderServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(testing::MakeTempDir("decoder-test"));
+    std::string out;
+    ASSERT_EQ(testing::RunCommand(testing::BinPath("make-tiny-model") + " --out " + *dir_ +
+                                      "/model --corpus " + testing::SourceDir() +
+                                      "/data/corpus/passages.jsonl",
+                                  &out),
+              0)
+        << out;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  void Start(const std::vector<std::string>& extra = {}) {
+    const std::string ready = *dir_ + "/ready-" + std::to_string(++starts_) + ".json";
+    std::vector<std::string> args = {"--port",       "0",   "--metrics-port", "0",
+                                     "--ready-file", ready, "--model",        *dir_ + "/model"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    ASSERT_TRUE(proc_.Start(testing::BinPath("ragserve-decoder"), args, *dir_ + "/log.txt"));
+    int port = 0, mport = 0;
+    ASSERT_TRUE(testing::WaitForReadyFile(ready, 60, &port, &mport))
+        << testing::ReadFileOrEmpty(*dir_ + "/log.txt");
+    auto ch = MakeChannel("127.0.0.1:" + std::to_string(port));
+    ASSERT_TRUE(ch.ok());
+    stub_ = v1::DecoderService::NewStub(*ch);
+  }
+
+  void TearDown() override {
+    proc_.Signal(SIGTERM);
+    int code = -1;
+    EXPECT_TRUE(proc_.Wait(10, &code));
+    EXPECT_EQ(code, 0) << testing::ReadFileOrEmpty(*dir_ + "/log.txt");
+  }
+
+  static v1::GenerateRequest Raw(const std::string& prompt, int max_tokens) {
+    v1::GenerateRequest req;
+    req.set_prompt_override(prompt);
+    req.mutable_sampling()->set_max_tokens(max_tokens);
+    req.mutable_sampling()->set_ignore_eos(true);
+    return req;
+  }
+
+  Generated Run(const v1::GenerateRequest& req, grpc::ClientContext* ctx = nullptr) {
+    grpc::ClientContext local;
+    if (ctx == nullptr) ctx = &local;
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    Generated g;
+    auto reader = stub_->Generate(ctx, req);
+    v1::GenerateEvent ev;
+    while (reader->Read(&ev)) {
+      if (ev.has_delta()) {
+        g.ids.insert(g.ids.end(), ev.delta().token_ids().begin(), ev.delta().token_ids().end());
+        g.text += ev.delta().text();
+      } else if (ev.has_stats()) {
+        g.stats = ev.stats();
+      }
+    }
+    g.status = reader->Finish();
+    return g;
+  }
+
+  // Greedy tokens from the engine directly: one sequence, plain KV cache, no batching.
+  static std::vector<int32_t> Reference(const std::string& prompt, int n) {
+    auto model = engine::Model::Load(*dir_ + "/model");
+    EXPECT_TRUE(model.ok()) << model.status().ToString();
+    auto tok = engine::Tokenizer::FromFile(*dir_ + "/model/tokenizer.json");
+    EXPECT_TRUE(tok.ok());
+    std::vector<int32_t> ids = (*tok)->Encode(prompt, /*add_bos=*/true);
+    auto kv = (*model)->NewKvCache();
+    std::vector<float> logits;
+    EXPECT_TRUE((*model)->Prefill(ids, 0, kv.get(), 0, &logits).ok());
+    std::vector<int32_t> out;
+    for (int i = 0; i < n; ++i) {
+      const int32_t t = engine::ArgMax(logits);
+      out.push_back(t);
+      const int32_t pos = static_cast<int32_t>(ids.size() + out.size() - 1);
+      EXPECT_TRUE((*model)->Prefill(std::vector<int32_t>{t}, pos, kv.get(), 0, &logits).ok());
+    }
+    return out;
+  }
+
+  static std::string* dir_;
+  static int starts_;
+  testing::Process proc_;
+  std::unique_ptr<v1::DecoderService::Stub> stub_;
+};
+
+std::string* DecoderServiceTest::dir_ = nullptr;
+int DecoderServiceTest::starts_ = 0;
+
+TEST_F(DecoderServiceTest, StreamedGreedyTokensEqualTheEngineReference) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string prompt = "The lighthouse on Varnholm Island is painted";
+  Generated g = Run(Raw(prompt, 32));
+  ASSERT_TRUE(g.status.ok()) << g.status.error_message();
+  EXPECT_EQ(g.ids, Reference(prompt, 32));
+  EXPECT_EQ(g.stats.generated_tokens(), 32);
+  EXPECT_EQ(g.stats.finish_reason(), "length");
+  EXPECT_GT(g.stats.prompt_tokens(), 3);
+  EXPECT_GT(g.stats.timings().ttft_ms(), 0);
+  // Same request again: the same tokens (greedy is deterministic).
+  EXPECT_EQ(Run(Raw(prompt, 32)).ids, g.ids);
+}
+
+TEST_F(DecoderServiceTest, ContinuousBatchingKeepsEverySequenceExact) {
+  // Small prefill chunks force prompts to be split and interleaved with other sequences' decode.
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-active", "4", "--prefill-chunk", "7"}));
+  const std::vector<std::string> prompts = {
+      "Question one about rivers and their lengths in kilometres",
+      "A short prompt",
+      "Tell me about the invention of the clockwork loom in the old city of Mereth",
+      "Who",
+      "Colours of lighthouses and the islands they stand on, listed",
+      "Numbers: 1 2 3 4 5 6 7 8 9 10 11 12",
+  };
+  std::vector<Generated> results(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = Run(Raw(prompts[i], 24)); });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << results[i].status.error_message();
+    EXPECT_EQ(results[i].ids, Reference(prompts[i], 24)) << "prompt " << i;
+  }
+}
+
+TEST_F(DecoderServiceTest, ResumeContinuesExactlyAfterTheDeliveredTokens) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const std::string prompt = "The Nawerk River flows";
+  Generated full = Run(Raw(prompt, 20));
+  ASSERT_TRUE(full.status.ok());
+  ASSERT_EQ(full.ids.size(), 20u);
+  v1::GenerateRequest req = Raw(prompt, 20);
+  for (int i = 0; i < 8; ++i) req.add_resume_token_ids(full.ids[i]);
+  Generated rest = Run(req);
+  ASSERT_TRUE(rest.status.ok()) << rest.status.error_message();
+  EXPECT_EQ(rest.ids, std::vector<int32_t>(full.ids.begin() + 8, full.ids.end()));
+}
+
+TEST_F(DecoderServiceTest, CancelEndsTheStreamAndFreesTheSlot) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-active", "1"}));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::GenerateRequest req = Raw("Count forever", 4000);
+  auto reader = stub_->Generate(&ctx, req);
+  v1::GenerateEvent ev;
+  ASSERT_TRUE(reader->Read(&ev));  // generation is running
+  ctx.TryCancel();
+  while (reader->Read(&ev)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The only slot is free again: a new request completes.
+  Generated g = Run(Raw("After the cancel", 5));
+  EXPECT_TRUE(g.status.ok()) << g.status.error_message();
+  EXPECT_EQ(g.ids.size(), 5u);
+}
+
+TEST_F(DecoderServiceTest, BadRequestsAreInvalidArgument) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  EXPECT_EQ(Run(Raw("x", 0)).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::GenerateRequest empty;
+  empty.mutable_sampling()->set_max_tokens(4);
+  EXPECT_EQ(Run(empty).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::GenerateRequest huge = Raw(std::string(200000, 'a') + " b c d e", 4);
+  Generated g = Run(huge);
+  EXPECT_EQ(g.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(g.status.error_message().find("context"), std::string::npos)
+      << g.status.error_message();
+  v1::GenerateRequest bad_resume = Raw("x", 3);
+  for (int i = 0; i < 3; ++i) bad_resume.add_resume_token_ids(5);
+  EXPECT_EQ(Run(bad_resume).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::GenerateRequest bad_id = Raw("x", 3);
+  bad_id.add_resume_token_ids(1 << 30);
+  EXPECT_EQ(Run(bad_id).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::GenerateRequest bad_temp = Raw("x", 3);
+  bad_temp.mutable_sampling()->set_temperature(-1);
+  EXPECT_EQ(Run(bad_temp).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // The worker still serves well-formed requests.
+  EXPECT_TRUE(Run(Raw("still fine", 3)).status.ok());
+}
+
+TEST_F(DecoderServiceTest, FullQueueIsResourceExhausted) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-active", "1", "--max-queue", "1"}));
+  std::vector<grpc::ClientContext> ctxs(4);
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>>> readers;
+  for (auto& c : ctxs) {
+    c.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    readers.push_back(stub_->Generate(&c, Raw("A long answer please", 4000)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // keep arrival order
+  }
+  int exhausted = 0;
+  for (size_t i = 0; i < readers.size(); ++i) {
+    v1::GenerateEvent ev;
+    if (i >= 2) {  // one running, one queued: the rest are refused
+      while (readers[i]->Read(&ev)) {
+      }
+      if (readers[i]->Finish().error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++exhausted;
+    }
+  }
+  EXPECT_EQ(exhausted, 2);
+  for (size_t i = 0; i < 2; ++i) {
+    ctxs[i].TryCancel();
+    v1::GenerateEvent ev;
+    while (readers[i]->Read(&ev)) {
+    }
+    readers[i]->Finish();
+  }
+}
+
+TEST_F(DecoderServiceTest, LoadReportsModelAndSlots) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-active", "3"}));
+  grpc::ClientContext ctx;
+  v1::LoadRequest req;
+  v1::LoadReport load;
+  ASSERT_TRUE(stub_->GetLoad(&ctx, req, &load).ok());
+  EXPECT_EQ(load.max_active_sequences(), 3);
+  EXPECT_EQ(load.active_sequences(), 0);
+  EXPECT_EQ(load.model().hex().size(), 16u);
+  EXPECT_GT(load.free_kv_bytes(), 0);
+  EXPECT_EQ(load.device(), "cpu");
+}
+
+}  // namespace
+}  // namespace ragserve
