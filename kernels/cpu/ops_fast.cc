@@ -15,6 +15,17 @@
 namespace ragserve::kernels {
 namespace {
 
+// OpenBLAS's thread count (a weak reference: absent when another BLAS is linked).
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
+void SingleThreadedBlas() {
+  static const bool once = [] {
+    if (openblas_set_num_threads != nullptr) openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)once;
+}
+
 bool HasAvx2() {
   static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                         __builtin_cpu_supports("f16c");
@@ -243,7 +254,10 @@ class FastOpsImpl final : public Ops {
     const GemvFn fn = PickGemv(w.dtype, static_cast<int>(m));
     constexpr int64_t kBlock = 16;
     const int64_t nblocks = (w.rows + kBlock - 1) / kBlock;
-    const bool parallel = w.rows * w.cols >= (1 << 15);
+    // Fork/join costs microseconds (far more when other processes hold the cores): only matrices
+    // of >= ~1 MiB of weights (or as much multiply work) are split across threads.
+    const int64_t work = w.rows * w.cols * std::max<int64_t>(m, DTypeSize(w.dtype));
+    const bool parallel = work >= (1 << 20);
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t b = 0; b < nblocks; ++b) {
       fn(x, static_cast<int>(m), w.cols, w.data, w.cols, b * kBlock,
@@ -251,24 +265,33 @@ class FastOpsImpl final : public Ops {
     }
   }
 
+  // Prefill: OpenMP splits the output columns (weight rows) into tiles; each tile is one
+  // single-threaded cblas_sgemm (narrow weights widened to f32 first, per thread). OpenBLAS's own
+  // pthreads are switched off (SingleThreadedBlas): two thread pools spinning on two cores cost
+  // 5x in prefill throughput.
   static void Gemm(const float* x, int64_t m, const WeightView& w, float* y) {
+    SingleThreadedBlas();
     const int M = static_cast<int>(m), N = static_cast<int>(w.rows), K = static_cast<int>(w.cols);
-    if (w.dtype == DType::kF32) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K,
-                  static_cast<const float*>(w.data), K, 0.0f, y, N);
-      return;
-    }
-    // Narrow weights: widen a tile of rows to f32, then sgemm into the matching output columns.
-    constexpr int64_t kTile = 256;
-    std::vector<float> tile(static_cast<size_t>(std::min<int64_t>(kTile, w.rows) * w.cols));
-    for (int64_t r0 = 0; r0 < w.rows; r0 += kTile) {
-      const int64_t nr = std::min(kTile, w.rows - r0);
-#pragma omp parallel for schedule(static)
-      for (int64_t r = 0; r < nr; ++r) {
-        ConvertToF32(w.Row(r0 + r), w.dtype, w.cols, tile.data() + r * w.cols);
+    const int64_t kTile = w.dtype == DType::kF32 ? std::max<int64_t>(64, (N + 7) / 8) : 128;
+    const int64_t ntiles = (w.rows + kTile - 1) / kTile;
+    const bool parallel = ntiles > 1 && int64_t{M} * N * K >= (int64_t{1} << 22);
+#pragma omp parallel if (parallel)
+    {
+      std::vector<float> buf;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < ntiles; ++t) {
+        const int64_t r0 = t * kTile, nr = std::min(kTile, w.rows - r0);
+        const float* b;
+        if (w.dtype == DType::kF32) {
+          b = static_cast<const float*>(w.Row(r0));
+        } else {
+          buf.resize(static_cast<size_t>(nr * w.cols));
+          ConvertToF32(w.Row(r0), w.dtype, nr * w.cols, buf.data());
+          b = buf.data();
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, static_cast<int>(nr), K, 1.0f, x, K,
+                    b, K, 0.0f, y + r0, N);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, static_cast<int>(nr), K, 1.0f, x, K,
-                  tile.data(), K, 0.0f, y + r0, N);
     }
   }
 };
