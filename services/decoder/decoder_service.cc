@@ -9,6 +9,7 @@
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
+#include "services/common/stream_outbox.h"
 #include "services/decoder/prompt.h"
 #include "services/engine/unicode.h"
 
@@ -35,76 +36,22 @@ std::string ToWireText(const std::string& text) {
   return out;
 }
 
-// Events waiting for a Generate stream, written one at a time. The generator's callbacks push
-// here from the loop thread; the reactor may be gone (client left) — then events are dropped.
-class Outbox {
- public:
-  explicit Outbox(grpc::ServerWriteReactor<v1::GenerateEvent>* r) : reactor_(r) {}
+using Outbox = StreamOutbox<v1::GenerateEvent>;
 
-  void Push(v1::GenerateEvent ev) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (reactor_ == nullptr || closed_) return;
-    // Coalesce consecutive deltas that wait behind the one being written.
-    if (ev.has_delta() && queue_.size() >= 2 && queue_.back().has_delta()) {
-      auto* d = queue_.back().mutable_delta();
-      for (int32_t id : ev.delta().token_ids()) d->add_token_ids(id);
-      d->mutable_text()->append(ev.delta().text());
-      return;
-    }
-    queue_.push_back(std::move(ev));
-    if (!writing_) StartNext();
-  }
-
-  // The last event has been pushed; finish with `st` once everything is written.
-  void Close(grpc::Status st) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (reactor_ == nullptr || closed_) return;
-    closed_ = true;
-    final_ = std::move(st);
-    if (!writing_) reactor_->Finish(*final_);
-  }
-
-  void WriteDone(bool ok) {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.pop_front();
-    writing_ = false;
-    if (reactor_ == nullptr) return;
-    if (!ok) {  // the client is gone; Finish once the generator reports (Close)
-      queue_.clear();
-      if (closed_) reactor_->Finish(*final_);
-      return;
-    }
-    if (!queue_.empty()) {
-      StartNext();
-    } else if (closed_) {
-      reactor_->Finish(*final_);
-    }
-  }
-
-  void Detach() {
-    std::lock_guard<std::mutex> lock(mu_);
-    reactor_ = nullptr;
-  }
-
- private:
-  void StartNext() {  // requires mu_; queue_ non-empty
-    writing_ = true;
-    reactor_->StartWrite(&queue_.front());  // deque keeps element addresses stable on push_back
-  }
-
-  std::mutex mu_;
-  grpc::ServerWriteReactor<v1::GenerateEvent>* reactor_;  // guarded by mu_; null after OnDone
-  std::deque<v1::GenerateEvent> queue_;                   // front is being written
-  bool writing_ = false;
-  bool closed_ = false;
-  std::optional<grpc::Status> final_;
-};
+// Folds a token delta into the delta queued before it.
+bool MergeDeltas(v1::GenerateEvent* back, const v1::GenerateEvent& next) {
+  if (!back->has_delta() || !next.has_delta()) return false;
+  auto* d = back->mutable_delta();
+  for (int32_t id : next.delta().token_ids()) d->add_token_ids(id);
+  d->mutable_text()->append(next.delta().text());
+  return true;
+}
 
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
  public:
   GenerateReactor(DecoderService* svc, const TokenAuth& auth, grpc::CallbackServerContext* ctx,
                   const v1::GenerateRequest* req)
-      : svc_(svc), outbox_(std::make_shared<Outbox>(this)) {
+      : svc_(svc), outbox_(std::make_shared<Outbox>(this, MergeDeltas)) {
     if (grpc::Status st = PrecheckCall(ctx, auth); !st.ok()) {
       outbox_->Close(st);
       return;

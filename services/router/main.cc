@@ -6,6 +6,7 @@
 
 int main(int argc, char** argv) {
   ragserve::router::RouterOptions opts;
+  opts.workers.addresses = {"127.0.0.1:50055"};
   std::unique_ptr<ragserve::router::RouterService> service;
   ragserve::ServiceMain m;
   m.name = "router";
@@ -20,6 +21,44 @@ int main(int argc, char** argv) {
     app.add_option("--downstream-tls-ca", opts.downstream_tls_ca,
                    "PEM CA bundle: use TLS to internal services")
         ->check(CLI::ExistingFile);
+    app.add_option("--decoders", opts.workers.addresses,
+                   "Decode workers host:port (comma-separated)")
+        ->delimiter(',')
+        ->capture_default_str();
+    app.add_option("--decoders-dns", opts.workers.dns,
+                   "DNS name host:port resolved to all decode workers (headless Service)");
+    app.add_option("--policy", opts.policy, "Routing: round_robin | least_load | cache_aware")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"round_robin", "least_load", "cache_aware"}));
+    app.add_option("--resolve-interval", opts.workers.resolve_interval_s,
+                   "Seconds between DNS re-resolutions")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--poll-interval", opts.workers.poll_interval_s,
+                   "Seconds between worker load/health polls")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--max-inflight-per-worker", opts.workers.max_inflight_per_worker,
+                   "Queries on one worker at once")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1 << 20));
+    app.add_option("--max-attempts", opts.max_attempts,
+                   "Workers tried per query when one fails (failover)")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 16));
+    app.add_option("--default-top-k", opts.default_top_k, "Passages retrieved when unset")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 64));
+    app.add_option("--default-max-tokens", opts.default_max_tokens, "Answer tokens when unset")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1 << 20));
+    app.add_option("--query-threads", opts.query_threads, "Queries orchestrated at once")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 4096));
+    app.add_option("--query-queue", opts.query_queue,
+                   "Queries waiting for a thread before RESOURCE_EXHAUSTED")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 1 << 20));
   };
   m.setup = [&opts, &service](ragserve::ServiceServer& server) -> ragserve::Status {
     RS_ASSIGN_OR_RETURN(service, ragserve::router::RouterService::Create(&server, opts));

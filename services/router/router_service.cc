@@ -2,12 +2,15 @@
 
 #include <grpcpp/client_context.h>
 
+#include <chrono>
 #include <utility>
 
 #include "services/common/auth.h"
 #include "services/common/client.h"
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
+#include "services/common/logging.h"
+#include "services/common/metrics.h"
 
 namespace ragserve::router {
 
@@ -19,6 +22,16 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   copts.tls_ca = svc->opts_.downstream_tls_ca;
   RS_ASSIGN_OR_RETURN(auto channel, MakeChannel(svc->opts_.index_addr, copts));
   svc->index_ = v1::IndexService::NewStub(channel);
+  RS_ASSIGN_OR_RETURN(svc->policy_, ParsePolicy(svc->opts_.policy));
+  RS_CHECK_ARG(svc->opts_.max_attempts >= 1, "--max-attempts must be >= 1");
+  RS_CHECK_ARG(svc->opts_.default_top_k >= 1 && svc->opts_.default_top_k <= 64,
+               "--default-top-k must be in 1..64");
+  WorkerPoolOptions wopts = svc->opts_.workers;
+  wopts.token = svc->opts_.downstream_token;
+  wopts.channel = copts;
+  RS_ASSIGN_OR_RETURN(svc->pool_, WorkerPool::Create(std::move(wopts)));
+  svc->query_executor_ =
+      std::make_unique<BoundedExecutor>(svc->opts_.query_threads, svc->opts_.query_queue);
   return svc;
 }
 
@@ -68,6 +81,324 @@ grpc::ServerUnaryReactor* RouterService::Stats(grpc::CallbackServerContext* ctx,
                                                const v1::StatsRequest* req,
                                                v1::StatsResponse* resp) {
   return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::Stats, "stats");
+}
+
+// ---- Query -------------------------------------------------------------------------------------
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+bool MergeAnswerDeltas(v1::QueryEvent* back, const v1::QueryEvent& next) {
+  if (!back->has_delta() || !next.has_delta()) return false;
+  auto* d = back->mutable_delta();
+  d->mutable_text()->append(next.delta().text());
+  for (int32_t id : next.delta().token_ids()) d->add_token_ids(id);
+  return true;
+}
+
+Histogram& QueryLatency(const std::string& what) {
+  return MetricsRegistry::Default().GetHistogram("ragserve_router_query_seconds",
+                                                 "Router query phases: search, ttft, total",
+                                                 LatencyBuckets(), {{"phase", what}});
+}
+
+}  // namespace
+
+class QueryReactor final : public grpc::ServerWriteReactor<v1::QueryEvent> {
+ public:
+  QueryReactor(RouterService* svc, grpc::CallbackServerContext* ctx, const v1::QueryRequest* req)
+      : out_(std::make_shared<StreamOutbox<v1::QueryEvent>>(this, MergeAnswerDeltas)) {
+    if (grpc::Status st = PrecheckCall(ctx, svc->server_->auth()); !st.ok()) {
+      out_->Close(st);
+      return;
+    }
+    auto out = out_;
+    Status submitted =
+        svc->query_executor_->Submit([svc, ctx, req, out] { svc->RunQuery(ctx, *req, out); });
+    if (!submitted.ok()) out_->Close(ToGrpcStatus(submitted));
+  }
+  void OnWriteDone(bool ok) override { out_->WriteDone(ok); }
+  void OnDone() override {
+    out_->Detach();
+    delete this;
+  }
+
+ private:
+  std::shared_ptr<StreamOutbox<v1::QueryEvent>> out_;
+};
+
+grpc::ServerWriteReactor<v1::QueryEvent>* RouterService::Query(grpc::CallbackServerContext* ctx,
+                                                               const v1::QueryRequest* req) {
+  return new QueryReactor(this, ctx, req);
+}
+
+void RouterService::RunQuery(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
+                             const std::shared_ptr<StreamOutbox<v1::QueryEvent>>& out) {
+  const Status st = DoQuery(ctx, req, out.get());
+  MetricsRegistry::Default()
+      .GetCounter("ragserve_router_queries_total", "Queries finished, by code",
+                  {{"code", std::string(StatusCodeName(st.code()))}})
+      .Inc();
+  out->Close(ToGrpcStatus(st));  // last: the call (and ctx) may end right after this
+}
+
+Status RouterService::DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
+                              StreamOutbox<v1::QueryEvent>* out) {
+  const auto t0 = Clock::now();
+  RS_CHECK_ARG(!req.collection().empty(), "collection must not be empty");
+  RS_CHECK_ARG(!req.question().empty(), "question must not be empty");
+  RS_CHECK_ARG(req.question().size() <= 65536, "question is ", req.question().size(),
+               " bytes; the limit is 64 KiB");
+  RS_CHECK_ARG(req.top_k() >= 0 && req.top_k() <= 64, "top_k must be in 0..64, got ", req.top_k());
+  RS_CHECK_ARG(req.sampling().max_tokens() >= 0, "sampling.max_tokens must be >= 0");
+  if (SecondsLeft(*ctx) <= 0) return DeadlineExceeded("deadline expired before the query ran");
+
+  // 1. Retrieve: the index embeds the question and searches.
+  v1::SearchRequest sreq;
+  sreq.set_collection(req.collection());
+  sreq.add_queries()->set_text(req.question());
+  sreq.set_k(req.top_k() > 0 ? req.top_k() : opts_.default_top_k);
+  *sreq.mutable_filter() = req.filter();
+  sreq.set_include_text(true);
+  v1::SearchResponse sresp;
+  {
+    auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
+    AttachToken(cctx.get(), opts_.downstream_token);
+    const grpc::Status gst = index_->Search(cctx.get(), sreq, &sresp);
+    if (!gst.ok()) {
+      Status s = FromGrpcStatus(gst);
+      return s.code() == StatusCode::kUnavailable
+                 ? Unavailable(
+                       StrCat("index service at ", opts_.index_addr, " unavailable: ", s.message()))
+                 : Annotate(s, "search");
+    }
+  }
+  const double search_ms = MsSince(t0);
+  QueryLatency("search").Observe(search_ms / 1000);
+
+  v1::GenerateRequest greq;
+  greq.set_request_id(StrCat(server_->address(), "/q", next_request_.fetch_add(1)));
+  greq.set_question(req.question());
+  *greq.mutable_sampling() = req.sampling();
+  if (greq.sampling().max_tokens() == 0) {
+    greq.mutable_sampling()->set_max_tokens(opts_.default_max_tokens);
+  }
+  PickHint hint;
+  hint.other_tokens = static_cast<int64_t>(req.question().size() / 4 + 32);
+  {
+    v1::QueryEvent ev;
+    auto* ps = ev.mutable_passages();
+    if (sresp.results_size() > 0) {
+      for (const auto& h : sresp.results(0).hits()) {
+        auto* p = ps->add_passages();
+        p->set_id(h.id());
+        p->set_score(h.score());
+        p->set_text(h.text());
+        p->set_metadata_json(h.metadata_json());
+        auto* cp = greq.add_passages();
+        cp->set_id(h.id());
+        cp->set_text(h.text());
+        hint.passage_tokens.push_back(static_cast<int64_t>(h.text().size() / 4 + 1));
+      }
+    }
+    out->Push(std::move(ev));
+  }
+
+  // 2. Generate on a worker; a worker lost before or during the answer hands over to another,
+  //    which re-prefills the prompt plus the tokens already sent and continues.
+  v1::GenerateStats gstats;
+  bool have_stats = false;
+  bool first = false;
+  double ttft_ms = 0;
+  int retries = 0;
+  int delivered = 0;
+  std::string last_error;
+  for (int attempt = 0; attempt < opts_.max_attempts; ++attempt) {
+    if (ctx->IsCancelled()) return Cancelled("query cancelled by the client");
+    auto lease = pool_->Pick(policy_, hint);
+    if (!lease.ok()) {
+      if (attempt == 0) return lease.status();
+      return Unavailable(StrCat("answer interrupted after ", delivered,
+                                " tokens and no other "
+                                "worker could continue: ",
+                                lease.status().message(), " (last error: ", last_error, ")"));
+    }
+    WorkerLease worker = std::move(*lease);
+    hint.exclude.insert(worker->address());
+    auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
+    AttachToken(cctx.get(), opts_.downstream_token);
+    auto reader = worker->stub()->Generate(cctx.get(), greq);
+    v1::GenerateEvent ev;
+    while (reader->Read(&ev)) {
+      if (ev.has_delta()) {
+        if (!first && !ev.delta().token_ids().empty()) {
+          first = true;
+          ttft_ms = MsSince(t0);
+          QueryLatency("ttft").Observe(ttft_ms / 1000);
+        }
+        for (int32_t id : ev.delta().token_ids()) greq.add_resume_token_ids(id);
+        delivered += ev.delta().token_ids_size();
+        v1::QueryEvent qev;
+        *qev.mutable_delta()->mutable_token_ids() = ev.delta().token_ids();
+        qev.mutable_delta()->set_text(ev.delta().text());
+        out->Push(std::move(qev));
+      } else if (ev.has_stats()) {
+        gstats = ev.stats();
+        have_stats = true;
+      }
+    }
+    const grpc::Status gst = reader->Finish();
+    pool_->Report(*worker.get(), gst);
+    if (gst.ok()) break;
+    if (ctx->IsCancelled()) return Cancelled("query cancelled by the client");
+    if (!IsServerFailure(gst.error_code()) || gst.error_code() == grpc::StatusCode::CANCELLED) {
+      return Annotate(FromGrpcStatus(gst), StrCat("decode worker ", worker->address()));
+    }
+    last_error = StrCat(worker->address(), ": ", gst.error_message());
+    RS_LOG(warn, "router: worker {} failed after {} tokens ({}); moving the request",
+           worker->address(), delivered, gst.error_message());
+    if (greq.sampling().max_tokens() <= greq.resume_token_ids_size()) break;  // answer complete
+    ++retries;
+    if (attempt + 1 == opts_.max_attempts) {
+      return Unavailable(
+          StrCat("decode failed on ", opts_.max_attempts, " workers; last: ", last_error));
+    }
+  }
+
+  // 3. Stats.
+  v1::QueryEvent ev;
+  auto* qs = ev.mutable_stats();
+  auto* t = qs->mutable_timings();
+  t->set_search_ms(search_ms);
+  if (have_stats) {
+    t->set_prefill_ms(gstats.timings().prefill_ms());
+    t->set_decode_ms(gstats.timings().decode_ms());
+    t->set_decode_tokens_per_s(gstats.timings().decode_tokens_per_s());
+    qs->set_prompt_tokens(gstats.prompt_tokens());
+    qs->set_cached_prompt_tokens(gstats.cached_prompt_tokens());
+    qs->set_finish_reason(gstats.finish_reason());
+    qs->set_worker_id(gstats.worker_id());
+  }
+  t->set_ttft_ms(ttft_ms);
+  t->set_total_ms(MsSince(t0));
+  qs->set_generated_tokens(delivered);
+  qs->set_retries(retries);
+  QueryLatency("total").Observe(t->total_ms() / 1000);
+  out->Push(std::move(ev));
+  return OkStatus();
+}
+
+// ---- Ingest ------------------------------------------------------------------------------------
+
+// Client-streamed documents forwarded to the index's Upsert stream as they arrive. Blocking index
+// calls run on the server executor, one message at a time (the next read starts after the write).
+class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
+ public:
+  IngestReactor(RouterService* svc, grpc::CallbackServerContext* ctx, v1::IngestResponse* resp)
+      : svc_(svc), ctx_(ctx), resp_(resp) {
+    if (grpc::Status st = PrecheckCall(ctx, svc->server_->auth()); !st.ok()) {
+      Finish(st);
+      return;
+    }
+    StartRead(&msg_);
+  }
+
+  void OnReadDone(bool ok) override {
+    Status submitted = svc_->server_->executor().Submit([this, ok] {
+      if (!ok) {
+        Complete();
+        return;
+      }
+      if (Status st = Forward(); !st.ok()) {
+        Abort(st);
+        return;
+      }
+      StartRead(&msg_);
+    });
+    if (!submitted.ok()) Abort(submitted);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  Status Forward() {
+    if (collection_.empty()) {
+      RS_CHECK_ARG(!msg_.collection().empty(), "the first IngestRequest must name the collection");
+      collection_ = msg_.collection();
+      if (!msg_.create_spec().name().empty()) {
+        RS_CHECK_ARG(msg_.create_spec().name() == collection_, "create_spec.name '",
+                     msg_.create_spec().name(), "' differs from collection '", collection_, "'");
+        auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx_);
+        AttachToken(cctx.get(), svc_->opts_.downstream_token);
+        v1::CreateCollectionRequest creq;
+        *creq.mutable_spec() = msg_.create_spec();
+        v1::CreateCollectionResponse cresp;
+        const grpc::Status st = svc_->index_->CreateCollection(cctx.get(), creq, &cresp);
+        if (!st.ok() && st.error_code() != grpc::StatusCode::ALREADY_EXISTS) {
+          return Annotate(FromGrpcStatus(st), "create collection");
+        }
+      }
+      upsert_ctx_ = grpc::ClientContext::FromCallbackServerContext(*ctx_);
+      AttachToken(upsert_ctx_.get(), svc_->opts_.downstream_token);
+      writer_ = svc_->index_->Upsert(upsert_ctx_.get(), &upsert_resp_);
+    } else {
+      RS_CHECK_ARG(msg_.collection().empty() || msg_.collection() == collection_,
+                   "collection changed mid-stream from '", collection_, "' to '", msg_.collection(),
+                   "'");
+    }
+    pre_encode_ = pre_encode_ || msg_.pre_encode();
+    if (msg_.documents_size() == 0) return OkStatus();
+    v1::UpsertRequest u;
+    u.set_collection(collection_);
+    *u.mutable_documents() = msg_.documents();
+    if (!writer_->Write(u)) return Annotate(FromGrpcStatus(writer_->Finish()), "index upsert");
+    return OkStatus();
+  }
+
+  void Complete() {
+    if (!writer_) {
+      Finish(ToGrpcStatus(InvalidArgument("no IngestRequest naming a collection was received")));
+      return;
+    }
+    writer_->WritesDone();
+    const grpc::Status st = writer_->Finish();
+    writer_.reset();
+    if (!st.ok()) {
+      Finish(ToGrpcStatus(Annotate(FromGrpcStatus(st), "index upsert")));
+      return;
+    }
+    resp_->set_ingested(upsert_resp_.upserted());
+    resp_->set_pre_encoded(0);  // pre-encoding needs the context-cache service (not wired yet)
+    Finish(grpc::Status::OK);
+  }
+
+  void Abort(const Status& st) {
+    if (writer_) {
+      upsert_ctx_->TryCancel();
+      writer_->Finish();
+      writer_.reset();
+    }
+    Finish(ToGrpcStatus(st));
+  }
+
+  RouterService* svc_;
+  grpc::CallbackServerContext* ctx_;
+  v1::IngestResponse* resp_;
+  v1::IngestRequest msg_;
+  std::string collection_;
+  bool pre_encode_ = false;
+  std::unique_ptr<grpc::ClientContext> upsert_ctx_;
+  v1::UpsertResponse upsert_resp_;
+  std::unique_ptr<grpc::ClientWriter<v1::UpsertRequest>> writer_;
+};
+
+grpc::ServerReadReactor<v1::IngestRequest>* RouterService::Ingest(grpc::CallbackServerContext* ctx,
+                                                                  v1::IngestResponse* resp) {
+  return new IngestReactor(this, ctx, resp);
 }
 
 }  // namespace ragserve::router

@@ -5,12 +5,17 @@
 // bounded executor and every downstream call carries the caller's deadline and cancellation.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ragserve/v1/index.grpc.pb.h"
 #include "ragserve/v1/rag.grpc.pb.h"
+#include "services/common/executor.h"
 #include "services/common/server.h"
+#include "services/common/stream_outbox.h"
+#include "services/router/worker_pool.h"
 
 namespace ragserve::router {
 
@@ -18,6 +23,13 @@ struct RouterOptions {
   std::string index_addr = "127.0.0.1:50052";  // IndexService host:port
   std::string downstream_token;                // Bearer token sent to internal services
   std::string downstream_tls_ca;               // PEM CA: TLS to internal services when set
+  WorkerPoolOptions workers;                   // decode workers (token/TLS filled from above)
+  std::string policy = "cache_aware";          // round_robin | least_load | cache_aware
+  int default_top_k = 4;                       // passages when a query says 0
+  int default_max_tokens = 128;                // answer tokens when a query says 0
+  int max_attempts = 3;                        // decode workers tried per query (failover)
+  int query_threads = 16;                      // queries orchestrated at once
+  int query_queue = 256;                       // queries waiting; beyond: RESOURCE_EXHAUSTED
 };
 
 class RouterService final : public v1::RagService::CallbackService {
@@ -36,9 +48,24 @@ class RouterService final : public v1::RagService::CallbackService {
                                             v1::ListCollectionsResponse* resp) override;
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* req,
                                   v1::StatsResponse* resp) override;
+  grpc::ServerWriteReactor<v1::QueryEvent>* Query(grpc::CallbackServerContext* ctx,
+                                                  const v1::QueryRequest* req) override;
+  grpc::ServerReadReactor<v1::IngestRequest>* Ingest(grpc::CallbackServerContext* ctx,
+                                                     v1::IngestResponse* resp) override;
+
+  WorkerPool& workers() { return *pool_; }
 
  private:
   RouterService(ServiceServer* server, RouterOptions opts);
+  friend class QueryReactor;
+  friend class IngestReactor;
+
+  // The whole query: search, stream passages, generate on a worker with failover, stats.
+  // Runs on query_executor_; the stream is finished (Close) as its very last act.
+  void RunQuery(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
+                const std::shared_ptr<StreamOutbox<v1::QueryEvent>>& out);
+  Status DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
+                 StreamOutbox<v1::QueryEvent>* out);
 
   // Runs `call` against the index service with the caller's deadline and cancellation.
   template <typename Req, typename Resp, typename Method>
@@ -48,6 +75,10 @@ class RouterService final : public v1::RagService::CallbackService {
   ServiceServer* server_;
   RouterOptions opts_;
   std::unique_ptr<v1::IndexService::Stub> index_;
+  Policy policy_ = Policy::kCacheAware;
+  std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<BoundedExecutor> query_executor_;
+  std::atomic<uint64_t> next_request_{0};
 };
 
 }  // namespace ragserve::router

@@ -1,0 +1,147 @@
+// The router's view of its decode workers: discovery, health, load, routing policy, circuit
+// breaking.
+//
+// Workers come from a static list of host:port and/or a DNS name (e.g. a headless Kubernetes
+// Service "decoder.ns.svc:50055") re-resolved every `resolve_interval_s`. A poller thread calls
+// GetLoad on every worker every `poll_interval_s`; a worker that fails it is unhealthy until it
+// answers again. Policies:
+//   round_robin  next healthy worker in turn;
+//   least_load   fewest (in flight + active + queued requests), then fewest queued tokens;
+//   cache_aware  cost = prompt tokens the worker would have to prefill (passages whose cache keys
+//                it does not report as resident) + load_weight * its load, among workers whose
+//                in-flight count is within max_imbalance of the least loaded one (so a worker
+//                holding the hot passages is preferred but never flooded, and none is starved).
+// Circuit breaker: `breaker_failures` consecutive server-side failures (UNAVAILABLE, INTERNAL,
+// UNKNOWN, DATA_LOSS; never a client's error) open it for `breaker_cooldown_s`; then one trial
+// call is let through (half-open).
+// Thread safety: all methods may be called from any thread.
+#pragma once
+
+#include <grpcpp/channel.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ragserve/v1/decoder.grpc.pb.h"
+#include "services/common/client.h"
+#include "services/common/status.h"
+
+namespace ragserve::router {
+
+enum class Policy { kRoundRobin, kLeastLoad, kCacheAware };
+StatusOr<Policy> ParsePolicy(const std::string& name);  // "round_robin" | "least_load" | ...
+
+struct WorkerPoolOptions {
+  std::vector<std::string> addresses;  // static host:port list
+  std::string dns;                     // host:port re-resolved to all its A/AAAA records
+  double resolve_interval_s = 5;
+  double poll_interval_s = 1;
+  int max_inflight_per_worker = 32;  // beyond: the worker is not picked
+  int max_imbalance = 4;             // cache_aware: in-flight spread allowed
+  double load_weight = 64;           // cache_aware: tokens of prefill one unit of load costs
+  int breaker_failures = 3;
+  double breaker_cooldown_s = 5;
+  std::string token;  // Bearer token for the workers
+  ChannelOptions channel;
+};
+
+class Worker {
+ public:
+  Worker(std::string address, std::shared_ptr<grpc::Channel> channel);
+  const std::string& address() const { return address_; }
+  v1::DecoderService::Stub* stub() { return stub_.get(); }
+  int inflight() const { return inflight_.load(); }
+
+ private:
+  friend class WorkerPool;
+  friend class WorkerLease;
+  std::string address_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::DecoderService::Stub> stub_;
+  std::atomic<int> inflight_{0};
+  // Guarded by WorkerPool::mu_:
+  bool healthy = false;
+  bool in_dns = false;
+  v1::LoadReport load;
+  std::set<std::string> cached_keys;
+  int consecutive_failures = 0;
+  std::chrono::steady_clock::time_point open_until{};
+  bool trial_in_flight = false;
+};
+
+// A picked worker; Release() (or the destructor) returns the in-flight slot.
+class WorkerLease {
+ public:
+  WorkerLease() = default;
+  WorkerLease(std::shared_ptr<Worker> w) : w_(std::move(w)) {}
+  WorkerLease(WorkerLease&& o) noexcept : w_(std::move(o.w_)) {}
+  WorkerLease& operator=(WorkerLease&& o) noexcept;
+  ~WorkerLease() { Release(); }
+  void Release();
+  Worker* operator->() const { return w_.get(); }
+  explicit operator bool() const { return w_ != nullptr; }
+  const std::shared_ptr<Worker>& get() const { return w_; }
+
+ private:
+  std::shared_ptr<Worker> w_;
+};
+
+struct PickHint {
+  std::vector<int64_t> passage_tokens;  // passages' estimated prompt tokens
+  std::vector<std::string> cache_keys;  // their context-cache keys (hex), when known
+  int64_t other_tokens = 0;             // question + template tokens (never cached)
+  std::set<std::string> exclude;        // addresses already tried for this request
+};
+
+class WorkerPool {
+ public:
+  static StatusOr<std::unique_ptr<WorkerPool>> Create(WorkerPoolOptions opts);
+  ~WorkerPool();
+
+  // A healthy worker by `policy`, its in-flight slot taken. Unavailable when no worker is known
+  // or healthy; ResourceExhausted when every healthy worker is at max_inflight_per_worker.
+  StatusOr<WorkerLease> Pick(Policy policy, const PickHint& hint);
+  // Outcome of a call on a worker (feeds the circuit breaker and health).
+  void Report(const Worker& w, const grpc::Status& st);
+  // Runs one discovery + poll round now (tests, startup).
+  void RefreshNow();
+
+  struct WorkerInfo {
+    std::string address;
+    bool healthy;
+    bool breaker_open;
+    int inflight;
+    v1::LoadReport load;
+  };
+  std::vector<WorkerInfo> Snapshot() const;
+
+  const WorkerPoolOptions& options() const { return opts_; }
+
+ private:
+  explicit WorkerPool(WorkerPoolOptions opts);
+  void PollLoop();
+  void Resolve();
+  void Poll();
+  std::shared_ptr<Worker> AddWorker(const std::string& address);  // requires mu_
+
+  WorkerPoolOptions opts_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::shared_ptr<Worker>> workers_;  // guarded by mu_
+  size_t rr_next_ = 0;                            // guarded by mu_
+  bool stopping_ = false;                         // guarded by mu_
+  std::chrono::steady_clock::time_point next_resolve_{};
+  std::thread poller_;
+};
+
+// Whether a status is the server's fault (counts for the circuit breaker and retries).
+bool IsServerFailure(grpc::StatusCode code);
+
+}  // namespace ragserve::router
