@@ -8,6 +8,11 @@
 
 namespace ragserve::kernels {
 
+void Ops::MatMulShared(const float* x, int64_t m, int count, const WeightView* const* ws,
+                       const WeightView* const* biases, float* const* ys) const {
+  for (int i = 0; i < count; ++i) MatMul(x, m, *ws[i], biases[i], ys[i]);
+}
+
 size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
 
 std::string_view DTypeName(DType t) {

@@ -55,6 +55,11 @@ class Ops {
   // y[m, w.rows] = x[m, w.cols] . W^T  (+ bias[w.rows] on every row when bias != nullptr).
   virtual void MatMul(const float* x, int64_t m, const WeightView& w, const WeightView* bias,
                       float* y) const = 0;
+  // Several matmuls of one input: ys[i][m, ws[i].rows] = x[m, cols] . ws[i]^T (+ biases[i] when
+  // biases[i] != nullptr); every ws[i].cols equal. Same result as MatMul per weight; the fast
+  // backend runs them as one parallel pass (decode reads q/k/v or gate/up with a single fork/join).
+  virtual void MatMulShared(const float* x, int64_t m, int count, const WeightView* const* ws,
+                            const WeightView* const* biases, float* const* ys) const;
   // y[m, n] = x / sqrt(mean(x^2) + eps) * g   (per row; g: [n]). y may alias x.
   virtual void RmsNorm(const float* x, int64_t m, int64_t n, const WeightView& g, float eps,
                        float* y) const = 0;

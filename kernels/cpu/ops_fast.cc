@@ -250,18 +250,53 @@ class FastOpsImpl final : public Ops {
   }
 
  private:
+  void MatMulShared(const float* x, int64_t m, int count, const WeightView* const* ws,
+                    const WeightView* const* biases, float* const* ys) const override {
+    if (m <= 0) return;
+    if (m > kGemvMaxRows) {
+      for (int i = 0; i < count; ++i) MatMul(x, m, *ws[i], biases[i], ys[i]);
+      return;
+    }
+    // One task list over the row blocks of every matrix, one parallel region.
+    struct Task {
+      int mat;
+      int64_t r0, r1;
+    };
+    std::vector<Task> tasks;
+    int64_t work = 0;
+    for (int i = 0; i < count; ++i) {
+      const WeightView& w = *ws[i];
+      for (int64_t r = 0; r < w.rows; r += kGemvBlock) {
+        tasks.push_back({i, r, std::min(w.rows, r + kGemvBlock)});
+      }
+      work += w.rows * w.cols * std::max<int64_t>(m, DTypeSize(w.dtype));
+    }
+    const int64_t ntasks = static_cast<int64_t>(tasks.size());
+#pragma omp parallel for schedule(dynamic, 2) if (work >= kParallelWork)
+    for (int64_t t = 0; t < ntasks; ++t) {
+      const WeightView& w = *ws[tasks[t].mat];
+      PickGemv(w.dtype, static_cast<int>(m))(x, static_cast<int>(m), w.cols, w.data, w.cols,
+                                             tasks[t].r0, tasks[t].r1, ys[tasks[t].mat], w.rows);
+    }
+    for (int i = 0; i < count; ++i) {
+      if (biases[i] != nullptr) AddBias(*biases[i], m, ws[i]->rows, ys[i]);
+    }
+  }
+
+  static constexpr int64_t kGemvBlock = 16;
+  // Fork/join costs microseconds (far more when other processes hold the cores): only matrices
+  // of >= ~1 MiB of weights (or as much multiply work) are split across threads.
+  static constexpr int64_t kParallelWork = int64_t{1} << 20;
+
   static void Gemv(const float* x, int64_t m, const WeightView& w, float* y) {
     const GemvFn fn = PickGemv(w.dtype, static_cast<int>(m));
-    constexpr int64_t kBlock = 16;
-    const int64_t nblocks = (w.rows + kBlock - 1) / kBlock;
-    // Fork/join costs microseconds (far more when other processes hold the cores): only matrices
-    // of >= ~1 MiB of weights (or as much multiply work) are split across threads.
+    const int64_t nblocks = (w.rows + kGemvBlock - 1) / kGemvBlock;
     const int64_t work = w.rows * w.cols * std::max<int64_t>(m, DTypeSize(w.dtype));
-    const bool parallel = work >= (1 << 20);
-#pragma omp parallel for schedule(static) if (parallel)
+    // Dynamic: a thread that loses its core to another process does not hold the others up.
+#pragma omp parallel for schedule(dynamic, 2) if (work >= kParallelWork)
     for (int64_t b = 0; b < nblocks; ++b) {
-      fn(x, static_cast<int>(m), w.cols, w.data, w.cols, b * kBlock,
-         std::min(w.rows, (b + 1) * kBlock), y, w.rows);
+      fn(x, static_cast<int>(m), w.cols, w.data, w.cols, b * kGemvBlock,
+         std::min(w.rows, (b + 1) * kGemvBlock), y, w.rows);
     }
   }
 

@@ -67,9 +67,14 @@ Status Model::Forward(std::span<const SequenceStep> batch, LogitsMode mode,
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = weights_->layers()[l];
     ops.RmsNorm(x_.data(), T, H, lw.input_norm, c.rms_norm_eps, h_.data());
-    ops.MatMul(h_.data(), T, lw.q, c.qkv_bias ? &lw.q_bias : nullptr, q_.data());
-    ops.MatMul(h_.data(), T, lw.k, c.qkv_bias ? &lw.k_bias : nullptr, k_.data());
-    ops.MatMul(h_.data(), T, lw.v, c.qkv_bias ? &lw.v_bias : nullptr, v_.data());
+    {
+      const WeightView* ws[] = {&lw.q, &lw.k, &lw.v};
+      const WeightView* bs[] = {c.qkv_bias ? &lw.q_bias : nullptr,
+                                c.qkv_bias ? &lw.k_bias : nullptr,
+                                c.qkv_bias ? &lw.v_bias : nullptr};
+      float* ys[] = {q_.data(), k_.data(), v_.data()};
+      ops.MatMulShared(h_.data(), T, 3, ws, bs, ys);
+    }
     ops.Rope(q_.data(), T, c.num_heads, c.head_dim, pos_.data(), inv_freq_.data());
     ops.Rope(k_.data(), T, c.num_kv_heads, c.head_dim, pos_.data(), inv_freq_.data());
     int64_t off = 0;
@@ -86,8 +91,12 @@ Status Model::Forward(std::span<const SequenceStep> batch, LogitsMode mode,
     ops.MatMul(att_.data(), T, lw.o, c.o_bias ? &lw.o_bias : nullptr, tmp_.data());
     ops.Add(x_.data(), tmp_.data(), T * H);
     ops.RmsNorm(x_.data(), T, H, lw.post_norm, c.rms_norm_eps, h_.data());
-    ops.MatMul(h_.data(), T, lw.gate, nullptr, gate_.data());
-    ops.MatMul(h_.data(), T, lw.up, nullptr, up_.data());
+    {
+      const WeightView* ws[] = {&lw.gate, &lw.up};
+      const WeightView* bs[] = {nullptr, nullptr};
+      float* ys[] = {gate_.data(), up_.data()};
+      ops.MatMulShared(h_.data(), T, 2, ws, bs, ys);
+    }
     ops.SiluMul(gate_.data(), up_.data(), T * I, gate_.data());
     ops.MatMul(gate_.data(), T, lw.down, nullptr, tmp_.data());
     ops.Add(x_.data(), tmp_.data(), T * H);
@@ -135,9 +144,9 @@ StatusOr<KvBlock> Model::EncodeBlock(const KvBlock* prefix, std::span<const int3
   if (prefix != nullptr) {
     RS_CHECK_ARG(prefix->fingerprint == fingerprint(), "EncodeBlock: prefix fingerprint ",
                  prefix->fingerprint, " != model fingerprint ", fingerprint());
-    RS_CHECK_ARG(prefix->geometry.num_layers == g.num_layers &&
-                     prefix->geometry.kv_row() == g.kv_row(),
-                 "EncodeBlock: prefix geometry does not match the model");
+    RS_CHECK_ARG(
+        prefix->geometry.num_layers == g.num_layers && prefix->geometry.kv_row() == g.kv_row(),
+        "EncodeBlock: prefix geometry does not match the model");
   }
   KvCache own(g, config().sliding_window, ops_);
   std::unique_ptr<BlockKvSource> pre;

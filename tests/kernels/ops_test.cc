@@ -70,6 +70,30 @@ TEST(OpsTest, MatMulFastMatchesReferenceForEveryPathShapeAndDtype) {
   }
 }
 
+TEST(OpsTest, MatMulSharedEqualsOneMatMulPerWeight) {
+  for (DType t : kDtypes) {
+    for (int64_t m : {1, 3, 8, 12}) {
+      const int64_t cols = 200;
+      const Stored a = Store(Rand(96 * cols, 50), t, 96, cols);
+      const Stored b = Store(Rand(33 * cols, 51), t, 33, cols);
+      const Stored c = Store(Rand(700 * cols, 52), t, 700, cols);
+      const Stored bias = Store(Rand(33, 53), t, 1, 33);
+      const std::vector<float> x = Rand(m * cols, 54);
+      const WeightView* ws[] = {&a.view, &b.view, &c.view};
+      const WeightView* bs[] = {nullptr, &bias.view, nullptr};
+      std::vector<float> ya(m * 96), yb(m * 33), yc(m * 700);
+      float* ys[] = {ya.data(), yb.data(), yc.data()};
+      FastOps().MatMulShared(x.data(), m, 3, ws, bs, ys);
+      for (int i = 0; i < 3; ++i) {
+        std::vector<float> want(m * ws[i]->rows);
+        RefOps().MatMul(x.data(), m, *ws[i], bs[i], want.data());
+        std::vector<float> got(ys[i], ys[i] + want.size());
+        EXPECT_LT(MaxRelErr(got, want), 2e-5f) << DTypeName(t) << " m=" << m << " matrix " << i;
+      }
+    }
+  }
+}
+
 TEST(OpsTest, RmsNormSiluMulAddEmbedFastMatchReference) {
   for (DType t : kDtypes) {
     for (auto [m, n] : {std::pair<int64_t, int64_t>{1, 1}, {3, 37}, {9, 256}, {70, 1024}}) {
