@@ -3,6 +3,8 @@
 //   ragctl health [--addr host:port] [--service NAME]      gRPC health of any ragserve service
 //   ragctl query "question" [--collection C] [--top-k K]  streamed RAG answer from the router
 //   ragctl collections                                     collections known to the router
+//   ragctl ingest PATH... [--collection C] [--create]     JSONL documents or text files
+//   ragctl generate "prompt" --addr decoder               a decode worker directly
 //
 // Every command takes --addr (RAGSERVE_ADDR), --token (RAGSERVE_AUTH_TOKEN), --tls-ca and
 // --timeout. Exit codes: 0 ok, 1 usage, 2 the call failed (the gRPC code and message are printed).
@@ -11,8 +13,13 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "ragserve/v1/decoder.grpc.pb.h"
 #include "ragserve/v1/rag.grpc.pb.h"
@@ -132,6 +139,115 @@ int Generate(const Common& c, const ragserve::v1::GenerateRequest& req) {
   return 0;
 }
 
+struct IngestOptions {
+  std::vector<std::string> paths;
+  std::string collection = "docs";
+  bool create = false;
+  int dimension = 256;
+  std::string index = "hnsw";
+  std::string metric = "cosine";
+  int batch = 64;
+  bool pre_encode = false;
+};
+
+// Documents from a JSONL file ({"id","text","metadata"} per line), a text file (id = path), or a
+// folder of .txt/.md files. Malformed JSONL names the file and line.
+bool ReadDocuments(const std::string& path, std::vector<ragserve::v1::Document>* docs) {
+  namespace fs = std::filesystem;
+  auto add_text_file = [&](const fs::path& p) {
+    std::ifstream f(p);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    ragserve::v1::Document d;
+    d.set_id(p.string());
+    d.set_text(ss.str());
+    docs->push_back(std::move(d));
+  };
+  if (fs::is_directory(path)) {
+    for (const auto& e : fs::recursive_directory_iterator(path)) {
+      const auto ext = e.path().extension();
+      if (e.is_regular_file() && (ext == ".txt" || ext == ".md")) add_text_file(e.path());
+    }
+    return true;
+  }
+  if (!fs::is_regular_file(path)) {
+    std::fprintf(stderr, "ragctl: %s: no such file or folder\n", path.c_str());
+    return false;
+  }
+  if (fs::path(path).extension() != ".jsonl") {
+    add_text_file(path);
+    return true;
+  }
+  std::ifstream f(path);
+  std::string line;
+  int n = 0;
+  while (std::getline(f, line)) {
+    ++n;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("id") || !j["id"].is_string() ||
+        !j.contains("text") || !j["text"].is_string()) {
+      std::fprintf(stderr, "ragctl: %s:%d: expected {\"id\": string, \"text\": string, ...}\n",
+                   path.c_str(), n);
+      return false;
+    }
+    ragserve::v1::Document d;
+    d.set_id(j["id"].get<std::string>());
+    d.set_text(j["text"].get<std::string>());
+    if (j.contains("metadata")) d.set_metadata_json(j["metadata"].dump());
+    docs->push_back(std::move(d));
+  }
+  return true;
+}
+
+int Ingest(const Common& c, const IngestOptions& o) {
+  std::vector<ragserve::v1::Document> docs;
+  for (const auto& p : o.paths) {
+    if (!ReadDocuments(p, &docs)) return 1;
+  }
+  ragserve::ChannelOptions opts;
+  opts.tls_ca = c.tls_ca;
+  auto ch = ragserve::MakeChannel(c.addr, opts);
+  if (!ch.ok()) return Fail(ch.status(), "connect");
+  auto stub = ragserve::v1::RagService::NewStub(*ch);
+  grpc::ClientContext ctx;
+  Prepare(c, &ctx);
+  ragserve::v1::IngestResponse resp;
+  auto writer = stub->Ingest(&ctx, &resp);
+  ragserve::v1::IngestRequest first;
+  first.set_collection(o.collection);
+  first.set_pre_encode(o.pre_encode);
+  if (o.create) {
+    auto* spec = first.mutable_create_spec();
+    spec->set_name(o.collection);
+    spec->set_dimension(o.dimension);
+    spec->set_metric(o.metric == "l2"   ? ragserve::v1::METRIC_L2
+                     : o.metric == "ip" ? ragserve::v1::METRIC_INNER_PRODUCT
+                                        : ragserve::v1::METRIC_COSINE);
+    spec->set_index_kind(o.index == "flat"       ? ragserve::v1::INDEX_KIND_FLAT
+                         : o.index == "ivf_flat" ? ragserve::v1::INDEX_KIND_IVF_FLAT
+                         : o.index == "ivf_pq"   ? ragserve::v1::INDEX_KIND_IVF_PQ
+                                                 : ragserve::v1::INDEX_KIND_HNSW);
+    spec->set_embedder("hashing");
+  }
+  bool ok = writer->Write(first);
+  for (size_t i = 0; ok && i < docs.size(); i += o.batch) {
+    ragserve::v1::IngestRequest req;
+    for (size_t j = i; j < std::min(docs.size(), i + o.batch); ++j) {
+      *req.add_documents() = docs[j];
+    }
+    ok = writer->Write(req);
+  }
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  if (!st.ok()) return Fail(st, "ingest");
+  std::printf(
+      "ingested %lld documents into '%s'%s\n", static_cast<long long>(resp.ingested()),
+      o.collection.c_str(),
+      o.pre_encode ? (" (" + std::to_string(resp.pre_encoded()) + " pre-encoded)").c_str() : "");
+  return 0;
+}
+
 int Collections(const Common& c) {
   ragserve::ChannelOptions opts;
   opts.tls_ca = c.tls_ca;
@@ -189,6 +305,26 @@ int main(int argc, char** argv) {
 
   auto* colls = app.add_subcommand("collections", "List collections");
 
+  IngestOptions io;
+  auto* ing = app.add_subcommand("ingest", "Ingest JSONL documents, text files or folders");
+  ing->add_option("paths", io.paths, "JSONL files ({id,text,metadata}), .txt/.md files, folders")
+      ->required();
+  ing->add_option("--collection", io.collection, "Collection")->capture_default_str();
+  ing->add_flag("--create", io.create, "Create the collection if it does not exist");
+  ing->add_option("--dimension", io.dimension, "Embedding dimension (with --create)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  ing->add_option("--index", io.index, "flat | hnsw | ivf_flat | ivf_pq (with --create)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"flat", "hnsw", "ivf_flat", "ivf_pq"}));
+  ing->add_option("--metric", io.metric, "cosine | ip | l2 (with --create)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cosine", "ip", "l2"}));
+  ing->add_option("--batch", io.batch, "Documents per message")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  ing->add_flag("--pre-encode", io.pre_encode, "Also pre-encode passages in the context cache");
+
   ragserve::v1::GenerateRequest greq;
   std::string prompt;
   bool raw = false;
@@ -214,6 +350,7 @@ int main(int argc, char** argv) {
     return Query(c, qreq, !no_passages);
   }
   if (colls->parsed()) return Collections(c);
+  if (ing->parsed()) return Ingest(c, io);
   if (gen->parsed()) {
     if (raw) {
       greq.set_prompt_override(prompt);
