@@ -4,6 +4,26 @@
 // matmuls together (decode of B sequences = GEMV over B rows, reading the weights once; prefill =
 // sgemm), attention goes per sequence through its KvSource (kv_source.h). Prefill() splits a long
 // prompt into chunks (chunked prefill); EncodeBlock() returns the K/V of a passage for caching.
+//
+// How to:
+// (1) Prefill tokens at positions p0..p0+L-1 after a prefix KV and get their per-layer K/V
+//     (context cache / APE):
+//       StatusOr<KvBlock> pre = model.EncodeBlock(nullptr, prefix_ids, 0);
+//       StatusOr<KvBlock> blk = model.EncodeBlock(&*pre, passage_ids, /*start_pos=*/p0);
+//     blk->k[layer], blk->v[layer] are [L, kv_heads, head_dim] f32 after RoPE at p0..; the block
+//     carries model.fingerprint() (EncodeBlock refuses a prefix with another fingerprint).
+// (2) Decode a batch of sequences one step (continuous batching): one SequenceStep per sequence,
+//     each with its own KvSource and next position (prefill chunks and decode tokens may be mixed
+//     in one call):
+//       std::vector<SequenceStep> b = {{tok_a, pos_a, kv_a}, {tok_b, pos_b, kv_b}};
+//       model.Forward(b, LogitsMode::kLast, &logits);   // logits: [b.size(), vocab]
+//     Weights are read once for the whole batch (GEMV over up to kernels::kGemvMaxRows rows).
+// (3) Plug a custom KvSource (kv_source.h): implement Append (store or forward the new K/V) and
+//     Attend (return (o, lse) per query head); combine sources with MergedKvSource, ApeKvSource
+//     or ObservedKvSource (append hook for a remote store). Generation helpers: generate.h.
+//
+// Thread-safety: Forward/Prefill/EncodeBlock lock the model (one step at a time per Model); run
+// several Models over the same shared ModelWeights for parallel steps. OpenMP parallelizes inside.
 #pragma once
 
 #include <memory>

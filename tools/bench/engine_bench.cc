@@ -6,7 +6,8 @@
 // For each model: prefill tokens/s (batch 1 and 8 sequences), decode tokens/s (batch 1 and 8),
 // the plain reference backend's decode speed (the baseline), and batch-1 decode as a percentage
 // of the roofline = measured read bandwidth / bytes of weights read per token. The bandwidth probe
-// (a vectorized multithreaded read of a 512 MiB array) runs in the same process.
+// (a vectorized multithreaded read of a 512 MiB array) runs in the same process, interleaved with
+// the batch-1 decode runs (best of 3 rounds each).
 #include <immintrin.h>
 #include <omp.h>
 #include <unistd.h>
@@ -207,11 +208,17 @@ int main(int argc, char** argv) {
     Result r;
     r.prefill1 = PrefillRate(m, 1, 128, 3);
     r.prefill8 = PrefillRate(m, 8, 128, small ? 3 : 1);
-    r.decode1 = DecodeRate(m, 1, small ? 200 : 48);
+    // The machine is shared: interleave bandwidth probes with batch-1 decode runs and keep the
+    // best of each, so the ratio compares two quiet moments rather than a quiet and a busy one.
+    double round_bw = 0.0;
+    for (int round = 0; round < 3; ++round) {
+      round_bw = std::max({round_bw, ProbeBandwidth(threads), ProbeBandwidth(1)});
+      r.decode1 = std::max(r.decode1, DecodeRate(m, 1, small ? 200 : 48));
+    }
     r.decode8 = DecodeRate(m, 8, small ? 100 : 24);
     r.ref_decode = DecodeRate(**ref, 1, small ? 8 : 2);
     const double mb = m.weights().BytesReadPerToken() / 1e6;
-    const double roof = std::max(bw, bw1) * 1e3 / mb;  // the best bandwidth measured
+    const double roof = std::max({bw, bw1, round_bw}) * 1e3 / mb;  // best bandwidth seen
     std::printf(
         "| %s | %s | %.1fM | %.1f | %.0f | %.0f | %.1f | %.1f | %.1f | %.0f%% | %.2f | %.0fx |\n",
         s.name.c_str(), std::string(kernels::DTypeName(s.o.dtype)).c_str(),
