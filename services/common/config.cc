@@ -51,6 +51,8 @@ void AddServerFlags(CLI::App& app, ServerConfig* cfg) {
       ->capture_default_str();
   app.add_option("--ready-file", cfg->ready_file,
                  "Write the bound ports as JSON to this file once serving");
+  app.add_flag("--check-flags", cfg->check_flags,
+               "Only parse and check the flags (and environment), print the result, exit");
 }
 
 std::optional<int> ParseFlags(CLI::App& app, int argc, const char* const* argv) {

@@ -29,6 +29,7 @@ struct ServerConfig {
   double drain_seconds = 5.0;      // Graceful shutdown: in-flight RPCs get this long to finish.
   std::string ready_file;          // When set, {"grpc_port":..,"metrics_port":..,"pid":..} is
                                    // written here (atomically) once the server is serving.
+  bool check_flags = false;        // Parse and check the flags, then exit (deploy manifests' test).
 };
 
 // Registers the ServerConfig flags on `app` (defaults taken from `*cfg`).

@@ -298,6 +298,11 @@ int RunServiceMain(const ServiceMain& m, int argc, char** argv) {
     std::cerr << "ragserve-" << m.name << ": " << err << "\n";
     return 1;
   }
+  if (cfg.check_flags) {
+    // Files named by flags are not opened here: they exist only where the service runs.
+    std::cout << "ragserve-" << m.name << ": flags ok\n";
+    return 0;
+  }
   if (Status s = InitLogging(m.name, cfg.log_level); !s.ok()) {
     std::cerr << "ragserve-" << m.name << ": " << s.message() << "\n";
     return 1;

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <utility>
@@ -125,6 +126,9 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
                                                                  DecoderOptions opts) {
   std::unique_ptr<DecoderService> svc(new DecoderService(server, std::move(opts)));
   if (!svc->opts_.model_dir.empty()) {
+    if (!std::filesystem::is_directory(svc->opts_.model_dir)) {
+      return InvalidArgument(StrCat("--model ", svc->opts_.model_dir, ": no such directory"));
+    }
     RS_ASSIGN_OR_RETURN(svc->model_, engine::Model::Load(svc->opts_.model_dir));
     RS_ASSIGN_OR_RETURN(svc->tokenizer_,
                         engine::Tokenizer::FromFile(svc->opts_.model_dir + "/tokenizer.json"));

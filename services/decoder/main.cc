@@ -16,8 +16,7 @@ int main(int argc, char** argv) {
   m.add_flags = [&opts, &kv_budget_mb](CLI::App& app) {
     app.add_option("--model", opts.model_dir,
                    "HF-layout model directory (config.json, "
-                   "model.safetensors, tokenizer.json)")
-        ->check(CLI::ExistingDirectory);
+                   "model.safetensors, tokenizer.json)");
     app.add_option("--worker-id", opts.worker_id, "Name in stats and load reports (host:port)");
     app.add_option("--max-active", opts.generator.max_active,
                    "Sequences decoded together in one batch")
