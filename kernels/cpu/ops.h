@@ -87,6 +87,13 @@ const Ops& RefOps();
 // multiversioning with a scalar fallback.
 const Ops& FastOps();
 
+// OpenMP threads FastOps (and the engine's KV attention) use for calls made from the calling
+// thread; n <= 0 restores OpenMP's default. Results do not depend on it: every output element is
+// computed by one thread in a fixed order. Thread-local, so two callers can choose differently.
+void SetFastOpsThreads(int n);
+// The effective count for the calling thread (>= 1).
+int FastOpsThreads();
+
 // Number of activation rows up to which FastOps::MatMul uses the GEMV path instead of sgemm.
 inline constexpr int64_t kGemvMaxRows = 8;
 

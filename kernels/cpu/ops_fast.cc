@@ -15,6 +15,8 @@
 namespace ragserve::kernels {
 namespace {
 
+thread_local int t_threads = 0;  // SetFastOpsThreads
+
 // OpenBLAS's thread count (a weak reference: absent when another BLAS is linked).
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
@@ -189,7 +191,7 @@ class FastOpsImpl final : public Ops {
                float* y) const override {
     std::vector<float> gf(static_cast<size_t>(n));
     ConvertToF32(g.data, g.dtype, n, gf.data());
-#pragma omp parallel for schedule(static) if (m * n >= (1 << 16))
+#pragma omp parallel for schedule(static) num_threads(FastOpsThreads()) if (m * n >= (1 << 16))
     for (int64_t i = 0; i < m; ++i) {
       const float* xi = x + i * n;
       float* yi = y + i * n;
@@ -205,7 +207,7 @@ class FastOpsImpl final : public Ops {
   void Rope(float* x, int64_t m, int heads, int head_dim, const int32_t* positions,
             const float* inv_freq) const override {
     const int half = head_dim / 2;
-#pragma omp parallel for schedule(static) if (m >= 16)
+#pragma omp parallel for schedule(static) num_threads(FastOpsThreads()) if (m >= 16)
     for (int64_t i = 0; i < m; ++i) {
       std::vector<float> cs(static_cast<size_t>(head_dim));
       for (int j = 0; j < half; ++j) {
@@ -226,7 +228,7 @@ class FastOpsImpl final : public Ops {
   }
 
   void SiluMul(const float* gate, const float* up, int64_t n, float* out) const override {
-#pragma omp parallel for simd schedule(static) if (n >= (1 << 16))
+#pragma omp parallel for simd schedule(static) num_threads(FastOpsThreads()) if (n >= (1 << 16))
     for (int64_t i = 0; i < n; ++i) {
       const float g = gate[i];
       out[i] = g / (1.0f + std::exp(-g)) * up[i];
@@ -272,7 +274,8 @@ class FastOpsImpl final : public Ops {
       work += w.rows * w.cols * std::max<int64_t>(m, DTypeSize(w.dtype));
     }
     const int64_t ntasks = static_cast<int64_t>(tasks.size());
-#pragma omp parallel for schedule(dynamic, 2) if (work >= kParallelWork)
+#pragma omp parallel for schedule(dynamic, 2) \
+    num_threads(FastOpsThreads()) if (work >= kParallelWork)
     for (int64_t t = 0; t < ntasks; ++t) {
       const WeightView& w = *ws[tasks[t].mat];
       PickGemv(w.dtype, static_cast<int>(m))(x, static_cast<int>(m), w.cols, w.data, w.cols,
@@ -293,7 +296,8 @@ class FastOpsImpl final : public Ops {
     const int64_t nblocks = (w.rows + kGemvBlock - 1) / kGemvBlock;
     const int64_t work = w.rows * w.cols * std::max<int64_t>(m, DTypeSize(w.dtype));
     // Dynamic: a thread that loses its core to another process does not hold the others up.
-#pragma omp parallel for schedule(dynamic, 2) if (work >= kParallelWork)
+#pragma omp parallel for schedule(dynamic, 2) \
+    num_threads(FastOpsThreads()) if (work >= kParallelWork)
     for (int64_t b = 0; b < nblocks; ++b) {
       fn(x, static_cast<int>(m), w.cols, w.data, w.cols, b * kGemvBlock,
          std::min(w.rows, (b + 1) * kGemvBlock), y, w.rows);
@@ -310,7 +314,7 @@ class FastOpsImpl final : public Ops {
     const int64_t kTile = w.dtype == DType::kF32 ? std::max<int64_t>(64, (N + 7) / 8) : 128;
     const int64_t ntiles = (w.rows + kTile - 1) / kTile;
     const bool parallel = ntiles > 1 && int64_t{M} * N * K >= (int64_t{1} << 22);
-#pragma omp parallel if (parallel)
+#pragma omp parallel num_threads(FastOpsThreads()) if (parallel)
     {
       std::vector<float> buf;
 #pragma omp for schedule(dynamic, 1)
@@ -332,6 +336,9 @@ class FastOpsImpl final : public Ops {
 };
 
 }  // namespace
+
+void SetFastOpsThreads(int n) { t_threads = n > 0 ? n : 0; }
+int FastOpsThreads() { return t_threads > 0 ? t_threads : omp_get_max_threads(); }
 
 const Ops& FastOps() {
   static const FastOpsImpl ops;

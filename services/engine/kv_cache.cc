@@ -13,8 +13,7 @@ KvCache::KvCache(const KvGeometry& g, int sliding_window, const kernels::Ops* op
   len_.assign(static_cast<size_t>(std::max(g.num_layers, 1)), 0);
 }
 
-Status KvCache::Append(int layer, const float* k, const float* v, int n,
-                       const int32_t* positions) {
+Status KvCache::Append(int layer, const float* k, const float* v, int n, const int32_t* positions) {
   RS_CHECK_ARG(layer >= 0 && layer < g_.num_layers, "KvCache::Append: layer ", layer,
                " out of range [0, ", g_.num_layers, ")");
   RS_CHECK_ARG(n >= 0, "KvCache::Append: n must be >= 0, got ", n);
@@ -52,7 +51,8 @@ Status KvCache::Attend(int layer, const float* q, int n, float scale, float* o, 
   const float* V = v_[layer].data();
   const int64_t tasks = int64_t{n} * g_.num_kv_heads;
   const int64_t work = tasks * len * hd;
-#pragma omp parallel for schedule(dynamic, 1) if (work >= (1 << 16) && tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) \
+    num_threads(kernels::FastOpsThreads()) if (work >= (1 << 16) && tasks > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t i = t / g_.num_kv_heads;
     const int kvh = static_cast<int>(t % g_.num_kv_heads);
@@ -111,7 +111,8 @@ Status BlockKvSource::Attend(int layer, const float* q, int n, float scale, floa
   const float* V = block_->v[layer].data();
   const float s = scale / temperature_;
   const int64_t tasks = int64_t{n} * g.num_kv_heads;
-#pragma omp parallel for schedule(dynamic, 1) if (tasks * block_->tokens * hd >= (1 << 16) && tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads( \
+    kernels::FastOpsThreads()) if (tasks * block_->tokens * hd >= (1 << 16) && tasks > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t i = t / g.num_kv_heads;
     const int kvh = static_cast<int>(t % g.num_kv_heads);
@@ -130,8 +131,7 @@ Status MergedKvSource::Append(int layer, const float* k, const float* v, int n,
   return own_->Append(layer, k, v, n, positions);
 }
 
-Status MergedKvSource::Attend(int layer, const float* q, int n, float scale, float* o,
-                              float* lse) {
+Status MergedKvSource::Attend(int layer, const float* q, int n, float scale, float* o, float* lse) {
   RS_RETURN_IF_ERROR(own_->Attend(layer, q, n, scale, o, lse));
   const int64_t heads = int64_t{n} * g_.num_heads;
   o2_.resize(static_cast<size_t>(heads * g_.head_dim));

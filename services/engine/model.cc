@@ -1,7 +1,11 @@
 #include "services/engine/model.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 
 namespace ragserve::engine {
 
@@ -12,7 +16,30 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
 }
 
 Model::Model(std::shared_ptr<const ModelWeights> weights, const kernels::Ops* ops)
-    : weights_(std::move(weights)), ops_(ops), inv_freq_(weights_->config().RopeInvFreq()) {}
+    : weights_(std::move(weights)), ops_(ops), inv_freq_(weights_->config().RopeInvFreq()) {
+  if (const char* env = std::getenv("RAGSERVE_ENGINE_THREADS")) decode_threads_ = std::atoi(env);
+}
+
+void Model::SetDecodeThreads(int n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  decode_threads_ = std::max(n, 0);
+}
+
+int Model::ThreadTuner::Pick() {
+  if (max_threads_ == 0) max_threads_ = std::max(1, omp_get_max_threads());
+  if (max_threads_ == 1) return 1;
+  ++steps_;
+  if (ewma_[0] == 0.0) return max_threads_;
+  if (ewma_[1] == 0.0) return 1;
+  const int best = ewma_[0] <= ewma_[1] ? 0 : 1;
+  const int pick = steps_ % kExplorePeriod == 0 ? 1 - best : best;
+  return pick == 0 ? max_threads_ : 1;
+}
+
+void Model::ThreadTuner::Record(int threads, double seconds) {
+  double& e = ewma_[threads == 1 && max_threads_ > 1 ? 1 : 0];
+  e = e == 0.0 ? seconds : 0.75 * e + 0.25 * seconds;
+}
 
 KvGeometry Model::geometry() const {
   const ModelConfig& c = config();
@@ -41,6 +68,16 @@ Status Model::Forward(std::span<const SequenceStep> batch, LogitsMode mode,
     T += static_cast<int64_t>(st.tokens.size());
   }
   std::lock_guard<std::mutex> lock(mu_);
+  // Decode-sized steps run with the tuned (or fixed) thread count; restored on every return.
+  const bool tune = T <= kernels::kGemvMaxRows && decode_threads_ == 0;
+  const int threads = T <= kernels::kGemvMaxRows ? (tune ? tuner_.Pick() : decode_threads_) : 0;
+  const int saved_threads = kernels::FastOpsThreads();
+  kernels::SetFastOpsThreads(threads);
+  const auto t_start = std::chrono::steady_clock::now();
+  struct Restore {
+    int n;
+    ~Restore() { kernels::SetFastOpsThreads(n); }
+  } restore{saved_threads};
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   const int64_t QD = int64_t{c.num_heads} * c.head_dim, KD = int64_t{c.num_kv_heads} * c.head_dim;
   x_.resize(T * H);
@@ -101,7 +138,19 @@ Status Model::Forward(std::span<const SequenceStep> batch, LogitsMode mode,
     ops.MatMul(gate_.data(), T, lw.down, nullptr, tmp_.data());
     ops.Add(x_.data(), tmp_.data(), T * H);
   }
-  if (mode == LogitsMode::kNone) return OkStatus();
+  if (mode != LogitsMode::kNone) RS_RETURN_IF_ERROR(LmHead(batch, mode, T, logits));
+  if (tune) {
+    tuner_.Record(
+        threads, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
+  }
+  return OkStatus();
+}
+
+Status Model::LmHead(std::span<const SequenceStep> batch, LogitsMode mode, int64_t T,
+                     std::vector<float>* logits) {
+  const ModelConfig& c = config();
+  const kernels::Ops& ops = *ops_;
+  const int64_t H = c.hidden_size;
   // Only the rows whose logits are wanted go through the final norm and the LM head.
   int64_t rows = T;
   const float* src = x_.data();

@@ -81,13 +81,38 @@ class Model {
   StatusOr<KvBlock> EncodeBlock(const KvBlock* prefix, std::span<const int32_t> tokens,
                                 int32_t start_pos, int chunk_size = 256);
 
+  // Threads for decode-sized steps (<= kernels::kGemvMaxRows tokens): n > 0 fixes the count;
+  // 0 (default, or env RAGSERVE_ENGINE_THREADS unset) tunes it online between 1 and OpenMP's
+  // maximum by timing steps (on a shared machine a preempted thread stalls every fork/join, and
+  // one thread can be several times faster). Results never depend on the thread count.
+  void SetDecodeThreads(int n);
+
  private:
+  // Final norm + LM head over the rows `mode` selects (Forward's tail; mu_ held).
+  Status LmHead(std::span<const SequenceStep> batch, LogitsMode mode, int64_t T,
+                std::vector<float>* logits);
+  // Chooses the thread count of decode steps from their timings (EWMA per candidate, a short
+  // exploration of the other candidate every kExplorePeriod steps).
+  class ThreadTuner {
+   public:
+    int Pick();
+    void Record(int threads, double seconds);
+
+   private:
+    static constexpr int kExplorePeriod = 32;
+    int max_threads_ = 0;
+    double ewma_[2] = {0.0, 0.0};  // seconds per step with max_threads_, with 1
+    int64_t steps_ = 0;
+  };
+
   std::shared_ptr<const ModelWeights> weights_;
   const kernels::Ops* ops_;
   std::vector<float> inv_freq_;
   std::mutex mu_;  // guards the scratch buffers below (one Forward at a time)
   std::vector<float> x_, h_, q_, k_, v_, att_, lse_, tmp_, gate_, up_, sel_;
   std::vector<int32_t> ids_, pos_;
+  int decode_threads_ = 0;  // 0: tuned by tuner_
+  ThreadTuner tuner_;
 };
 
 }  // namespace ragserve::engine

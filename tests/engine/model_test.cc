@@ -121,6 +121,31 @@ TEST(ModelTest, BatchOfSequencesEqualsEachAlone) {
   }
 }
 
+TEST(ModelTest, DecodeResultsDoNotDependOnTheThreadCount) {
+  TempDir dir;
+  TinyModelOptions o = SmallOptions();
+  o.hidden_size = 256;  // matrices large enough to be split across threads
+  o.intermediate_size = 1024;
+  o.num_heads = 8;
+  auto m = MakeModel(dir, o);
+  ASSERT_NE(m, nullptr);
+  const std::vector<int32_t> seq = RandomTokens(5, 300, 13);
+  std::vector<std::vector<float>> runs;
+  for (int threads : {1, 2, 0}) {
+    m->SetDecodeThreads(threads);
+    auto kv = m->NewKvCache();
+    std::vector<float> all;
+    for (int32_t t : seq) {
+      std::vector<float> logits;
+      ASSERT_TRUE(DecodeOne(*m, kv.get(), t, &logits).ok());
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    runs.push_back(all);
+  }
+  EXPECT_EQ(runs[0], runs[1]);  // bit-identical
+  EXPECT_EQ(runs[0], runs[2]);
+}
+
 TEST(ModelTest, AllLogitsModeMatchesLastLogitsOfEachPrefix) {
   TempDir dir;
   auto m = MakeModel(dir, SmallOptions());
