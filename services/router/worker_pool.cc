@@ -85,6 +85,8 @@ void WorkerLease::Release() {
 }
 
 StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(WorkerPoolOptions opts) {
+  opts.addresses.erase(std::remove(opts.addresses.begin(), opts.addresses.end(), std::string()),
+                      opts.addresses.end());
   RS_CHECK_ARG(!opts.addresses.empty() || !opts.dns.empty(),
                "no decode workers: give --decoders host:port,... and/or --decoders-dns host:port");
   RS_CHECK_ARG(opts.max_inflight_per_worker >= 1, "max in-flight per worker must be >= 1");
@@ -93,6 +95,7 @@ StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(WorkerPoolOptions opts)
   {
     std::lock_guard<std::mutex> lock(pool->mu_);
     for (const auto& a : pool->opts_.addresses) {
+      if (a.empty()) continue;  // "--decoders=" clears the default list
       RS_CHECK_ARG(!a.empty() && a.find(':') != std::string::npos,
                    "decoder address must be host:port, got '", a, "'");
       pool->AddWorker(a);

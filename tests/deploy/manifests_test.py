@@ -1,0 +1,188 @@
+#!/usr/bin/python3
+"""Checks deploy/k8s against the Kubernetes API schema and against the binaries themselves.
+
+For every overlay: render it (kubectl kustomize), validate every object with the kubernetes-models
+schemas (deploy/validate), lint with yamllint, then for every ragserve container:
+  - a service binary must accept its command, args and environment (--check-flags);
+  - a tool (make-tiny-model, ragserve-index-build) is run for real, with its in-pod paths mapped
+    to a temporary directory and the repository's corpus;
+  - its --port / --metrics-port match the declared container ports and the gRPC probes;
+and every Service's targetPort must name or number a port of the pods it selects.
+Usage: manifests_test.py <repo root> <build bin dir>. Exit 77 (ctest: skipped) without kubectl.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+ROOT, BIN = sys.argv[1], sys.argv[2]
+K8S = os.path.join(ROOT, "deploy", "k8s")
+VALIDATE = os.path.join(ROOT, "deploy", "validate")
+SERVICES = {"ragserve-router", "ragserve-index", "ragserve-kvr", "ragserve-ctxcache",
+            "ragserve-decoder"}
+failures = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print("FAIL:", msg, file=sys.stderr)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def flag_value(args, name):
+    for a in args:
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def pod_specs(obj):
+    kind = obj["kind"]
+    if kind in ("Deployment", "StatefulSet", "Job"):
+        return [obj["spec"]["template"]["spec"]]
+    if kind == "CronJob":
+        return [obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
+    return []
+
+
+def pod_labels(obj):
+    if obj["kind"] in ("Deployment", "StatefulSet"):
+        return obj["spec"]["template"]["metadata"].get("labels", {})
+    return None
+
+
+def container_env(c, configmaps):
+    env = {}
+    for src in c.get("envFrom", []):
+        ref = src.get("configMapRef")
+        if ref:
+            env.update(configmaps.get(ref["name"], {}))
+    for e in c.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "fieldRef" in e:
+            env[e["name"]] = "pod-0"
+        elif "secretKeyRef" in e:
+            env[e["name"]] = "secret-from-k8s"
+    return env
+
+
+def map_paths(arg, tmp):
+    arg = arg.replace("/usr/share/ragserve/corpus", os.path.join(ROOT, "data", "corpus"))
+    for prefix in ("/models", "/var/lib/ragserve"):
+        arg = arg.replace(prefix, os.path.join(tmp, prefix.strip("/").replace("/", "_")))
+    return arg
+
+
+def check_container(where, c, configmaps, tmp, ran_tools):
+    if not c.get("image", "").startswith("ragserve"):
+        return
+    cmd = c.get("command") or []
+    if not cmd:
+        fail(f"{where}: ragserve container without an explicit command")
+        return
+    binary = os.path.join(BIN, cmd[0])
+    if not os.path.exists(binary):
+        fail(f"{where}: runs {cmd[0]}, which the build does not produce")
+        return
+    args = list(cmd[1:]) + list(c.get("args", []))
+    env = dict(os.environ)
+    env = {k: v for k, v in env.items() if not k.startswith("RAGSERVE_")}
+    env.update(container_env(c, configmaps))
+    if cmd[0] in SERVICES:
+        r = run([binary] + args + ["--check-flags"], env=env)
+        if r.returncode != 0:
+            fail(f"{where}: {cmd[0]} rejects its manifest args {args}: {r.stdout}{r.stderr}")
+        ports = {p["containerPort"]: p.get("name", "") for p in c.get("ports", [])}
+        port, mport = flag_value(args, "--port"), flag_value(args, "--metrics-port")
+        if port is None or int(port) not in ports or not ports[int(port)].endswith("grpc"):
+            fail(f"{where}: --port={port} is not a declared *grpc container port {ports}")
+        if mport is None or int(mport) not in ports or "metrics" not in ports[int(mport)]:
+            fail(f"{where}: --metrics-port={mport} is not a declared metrics port {ports}")
+        for probe in ("readinessProbe", "livenessProbe"):
+            p = c.get(probe, {}).get("grpc", {}).get("port")
+            if p is None or str(p) != str(port):
+                fail(f"{where}: {probe} is not a gRPC probe on --port {port} (got {p})")
+    else:
+        key = (cmd[0], tuple(args))
+        if key in ran_tools:
+            return
+        ran_tools.add(key)
+        mapped = [map_paths(a, tmp) for a in args]
+        for a in mapped:
+            if "=" in a and a.split("=", 1)[1].startswith(tmp):
+                os.makedirs(os.path.dirname(a.split("=", 1)[1]), exist_ok=True)
+        r = run([binary] + mapped, env=env, timeout=600)
+        if r.returncode != 0:
+            fail(f"{where}: {cmd[0]} {mapped} failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+
+
+def check_overlay(overlay, tmp):
+    r = run(["kubectl", "kustomize", os.path.join(K8S, "overlays", overlay)])
+    if r.returncode != 0:
+        fail(f"{overlay}: kubectl kustomize failed: {r.stderr}")
+        return
+    rendered = os.path.join(tmp, overlay + ".yaml")
+    with open(rendered, "w") as f:
+        f.write(r.stdout)
+    v = run(["node", os.path.join(VALIDATE, "validate.js"), rendered],
+            env=dict(os.environ, NODE_PATH=os.path.join(VALIDATE, "node_modules")))
+    print(f"{overlay}: {v.stdout.strip()}")
+    if v.returncode != 0:
+        fail(f"{overlay}: schema validation failed:\n{v.stderr[-4000:]}")
+    objs = [o for o in yaml.safe_load_all(r.stdout) if o]
+    configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"}
+    ran_tools = set()
+    for o in objs:
+        for spec in pod_specs(o):
+            for c in spec.get("initContainers", []) + spec.get("containers", []):
+                check_container(f"{overlay} {o['kind']}/{o['metadata']['name']}/{c['name']}", c,
+                                configmaps, tmp, ran_tools)
+    # Services: selector matches pods, target ports exist on them.
+    workloads = [o for o in objs if pod_labels(o) is not None]
+    for svc in (o for o in objs if o["kind"] == "Service"):
+        sel = svc["spec"].get("selector", {})
+        pods = [w for w in workloads if all(pod_labels(w).get(k) == v for k, v in sel.items())]
+        if not pods:
+            fail(f"{overlay} Service/{svc['metadata']['name']}: selects no workload")
+            continue
+        for p in svc["spec"]["ports"]:
+            target = p.get("targetPort", p["port"])
+            ok = False
+            for w in pods:
+                for c in w["spec"]["template"]["spec"]["containers"]:
+                    for cp in c.get("ports", []):
+                        if target in (cp.get("name"), cp["containerPort"]) and \
+                                cp["containerPort"] == p["port"]:
+                            ok = True
+            if not ok:
+                fail(f"{overlay} Service/{svc['metadata']['name']}: port {p['port']} -> "
+                     f"{target} matches no container port of the same number")
+
+
+def main():
+    if shutil.which("kubectl") is None:
+        print("SKIPPED: kubectl is not installed (it renders the kustomize overlays)")
+        return 77
+    if not os.path.isdir(os.path.join(VALIDATE, "node_modules", "kubernetes-models")):
+        fail("deploy/validate/node_modules missing: run tools/setup-deps (npm ci)")
+        return 1
+    lint = run(["yamllint", "-c", os.path.join(ROOT, "deploy", ".yamllint"), os.path.join(ROOT, "deploy")])
+    if lint.returncode != 0:
+        fail(f"yamllint:\n{lint.stdout}{lint.stderr}")
+    tmp = tempfile.mkdtemp(prefix="manifests-")
+    for overlay in sorted(os.listdir(os.path.join(K8S, "overlays"))):
+        check_overlay(overlay, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{len(failures)} problems")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
