@@ -5,6 +5,7 @@
 //   ragctl collections                                     collections known to the router
 //   ragctl ingest PATH... [--collection C] [--create]     JSONL documents or text files
 //   ragctl generate "prompt" --addr decoder               a decode worker directly
+//   ragctl load --addr decoder                             a decode worker's load report
 //
 // Every command takes --addr (RAGSERVE_ADDR), --token (RAGSERVE_AUTH_TOKEN), --tls-ca and
 // --timeout. Exit codes: 0 ok, 1 usage, 2 the call failed (the gRPC code and message are printed).
@@ -248,6 +249,26 @@ int Ingest(const Common& c, const IngestOptions& o) {
   return 0;
 }
 
+int Load(const Common& c) {
+  ragserve::ChannelOptions opts;
+  opts.tls_ca = c.tls_ca;
+  auto ch = ragserve::MakeChannel(c.addr, opts);
+  if (!ch.ok()) return Fail(ch.status(), "connect");
+  auto stub = ragserve::v1::DecoderService::NewStub(*ch);
+  grpc::ClientContext ctx;
+  Prepare(c, &ctx);
+  ragserve::v1::LoadRequest req;
+  ragserve::v1::LoadReport r;
+  grpc::Status st = stub->GetLoad(&ctx, req, &r);
+  if (!st.ok()) return Fail(st, "load");
+  std::printf(
+      "worker %s device %s model %s: active %d/%d, queued %d (%lld tokens), free KV %lld MiB\n",
+      r.worker_id().c_str(), r.device().c_str(), r.model().hex().c_str(), r.active_sequences(),
+      r.max_active_sequences(), r.queued_requests(), static_cast<long long>(r.queued_tokens()),
+      static_cast<long long>(r.free_kv_bytes() >> 20));
+  return 0;
+}
+
 int Collections(const Common& c) {
   ragserve::ChannelOptions opts;
   opts.tls_ca = c.tls_ca;
@@ -304,6 +325,7 @@ int main(int argc, char** argv) {
   query->add_option("--context-cache", cache, "Use pre-encoded passage KV (true/false)");
 
   auto* colls = app.add_subcommand("collections", "List collections");
+  auto* load = app.add_subcommand("load", "Load report of a decode worker (--addr)");
 
   IngestOptions io;
   auto* ing = app.add_subcommand("ingest", "Ingest JSONL documents, text files or folders");
@@ -350,6 +372,7 @@ int main(int argc, char** argv) {
     return Query(c, qreq, !no_passages);
   }
   if (colls->parsed()) return Collections(c);
+  if (load->parsed()) return Load(c);
   if (ing->parsed()) return Ingest(c, io);
   if (gen->parsed()) {
     if (raw) {
