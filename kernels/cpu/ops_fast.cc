@@ -288,8 +288,8 @@ class FastOpsImpl final : public Ops {
 
   static constexpr int64_t kGemvBlock = 16;
   // Fork/join costs microseconds (far more when other processes hold the cores): only matrices
-  // of >= ~1 MiB of weights (or as much multiply work) are split across threads.
-  static constexpr int64_t kParallelWork = int64_t{1} << 20;
+  // of >= 512 KiB of weights (or as much multiply work) are split across threads.
+  static constexpr int64_t kParallelWork = int64_t{1} << 19;
 
   static void Gemv(const float* x, int64_t m, const WeightView& w, float* y) {
     const GemvFn fn = PickGemv(w.dtype, static_cast<int>(m));

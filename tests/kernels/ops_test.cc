@@ -53,7 +53,8 @@ TEST(OpsTest, MatMulFastMatchesReferenceForEveryPathShapeAndDtype) {
                                 {33, 33},
                                 {64, 100},
                                 {300, 257},
-                                {5, 512}}) {
+                                {5, 512},
+                                {9, 48}}) {
         const Stored w = Store(Rand(rows * cols, 1 + cases), t, rows, cols);
         const Stored b = Store(Rand(rows, 2 + cases), t, 1, rows);
         const std::vector<float> x = Rand(m * cols, 3 + cases);
