@@ -82,7 +82,12 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Build(
   const int64_t nq = std::min(n_queries, params.max_build_queries);
   std::vector<float> bq(static_cast<size_t>(nq * dim));
   for (int64_t i = 0; i < nq; ++i) {
-    const int64_t src = i * n_queries / nq;
+    // Evenly spaced buckets with a hashed offset inside each: a plain stride over queries laid
+    // out [token, head] would alias onto a subset of the heads.
+    const int64_t lo = i * n_queries / nq, hi = (i + 1) * n_queries / nq;
+    const int64_t src =
+        lo + static_cast<int64_t>((static_cast<uint64_t>(i) * 2654435761ULL) %
+                                  static_cast<uint64_t>(std::max<int64_t>(1, hi - lo)));
     std::copy(queries + src * dim, queries + (src + 1) * dim, bq.begin() + i * dim);
   }
   const int L = static_cast<int>(std::min<int64_t>(params.build_topk, n_keys));

@@ -4,7 +4,8 @@
 // them.
 //
 // Build (RoarGraph-style projection):
-//   1. take up to max_build_queries prefill queries (uniform stride over the n_queries given);
+//   1. take up to max_build_queries prefill queries (one from each of that many equal buckets
+//      of the n_queries given, at a hashed offset inside the bucket);
 //   2. find each one's exact top-`build_topk` keys by inner product (blocked cblas_sgemm);
 //   3. project: the query's best key (the pivot) gets its other top keys as neighbour
 //      candidates, each of those gets the pivot back, consecutive keys in the ranking are

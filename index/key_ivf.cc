@@ -15,6 +15,7 @@
 
 namespace ragserve::index {
 
+KeyIvfIndex::KeyIvfIndex(int dim, const KeyIvfParams& p) : dim_(dim), params_(p) {}
 KeyIvfIndex::~KeyIvfIndex() = default;
 
 StatusOr<std::unique_ptr<KeyIvfIndex>> KeyIvfIndex::Create(int dim, const KeyIvfParams& p) {
@@ -95,8 +96,8 @@ Status KeyIvfIndex::SearchWithStats(int64_t n, const float* q, int k, float* dis
     if (params.filter != nullptr) sp.sel = &fsel;
     faiss::IndexIVFStats st;
     std::vector<faiss::Index::idx_t> lab(static_cast<size_t>(n) * k);
-    ivf_->search_preassigned(n, q, k, assign.data(), cdis.data(), distances, lab.data(), false,
-                             &sp, &st);
+    ivf_->search_preassigned(n, q, k, assign.data(), cdis.data(), distances, lab.data(), false, &sp,
+                             &st);
     for (int64_t i = 0; i < n * k; ++i) {
       ids[i] = lab[i];
       if (lab[i] < 0) distances[i] = -std::numeric_limits<float>::infinity();

@@ -48,7 +48,7 @@ class KeyIvfIndex final : public KeyIndex {
   Status save(const std::string& path) const override;
 
  private:
-  KeyIvfIndex(int dim, const KeyIvfParams& p) : dim_(dim), params_(p) {}
+  KeyIvfIndex(int dim, const KeyIvfParams& p);  // out of line: faiss types are incomplete here
   const int dim_;
   const KeyIvfParams params_;
   mutable std::shared_mutex mu_;

@@ -51,6 +51,15 @@ struct AttendStats {
   int64_t keys_scored = 0;     // q.k products the index computed (all h queries)
 };
 
+// Per-call options of Attend().
+struct AttendOptions {
+  int top_k = 100;    // keys retrieved per query head, 1..tokens stored
+  int ef_search = 0;  // graph beam / 0 = index default (HNSW, attention-aware)
+  int nprobe = 0;     // IVF lists / 0 = index default
+  bool retrieved_only =
+      false;  // attend only the retrieved middle keys (caller owns the static set)
+};
+
 // Builds a key index of the given kind over keys[n, d] with ids[n], using prefill
 // queries[n_queries, d] when the kind needs them (attention-aware; others ignore them).
 StatusOr<std::unique_ptr<index::KeyIndex>> MakeKeyIndex(const HybridOptions& options, int d,
@@ -65,18 +74,31 @@ class HybridAttention {
   ~HybridAttention();
 
   // After prefill: builds the index over the current middle of (seq, layer, kv_head) from the
-  // prefill queries[n_queries, h, d] of the group (flattened to n_queries * h query vectors).
-  // Replaces an existing index. FailedPrecondition when the middle is empty is not an error:
-  // the index is then built lazily from later decode-time insertions (exact/hnsw only).
+  // prefill queries[n_queries, h, d] of the group (flattened to n_queries * h query vectors;
+  // n_queries may be 0 for kinds that need none). Replaces an existing index. An empty middle
+  // is not an error: the queries are kept and the index is built at the first Sync/Attend that
+  // finds tokens in the middle. The attention-aware kind without queries: InvalidArgument.
   Status BuildIndex(const std::string& seq, int layer, int kv_head, int64_t n_queries, int h,
                     const float* queries);
   // Inserts tokens that left the window since the last call into the index.
   Status Sync(const std::string& seq, int layer, int kv_head);
   // q[h, head_dim] -> o[h, head_dim], lse[h]. InvalidArgument on head_dim != the sequence's,
   // h < 1, top_k <= 0 or > tokens stored, NaN/Inf in q; NotFound / FailedPrecondition from the
-  // store; FailedPrecondition when the middle is not covered by top_k and no index was built.
-  Status Attend(const std::string& seq, int layer, int kv_head, const float* q, int h,
-                int head_dim, int top_k, float* o, float* lse, AttendStats* stats = nullptr);
+  // store; FailedPrecondition when the middle is not covered by top_k and no index exists.
+  // With retrieved_only, an empty retrieval set gives o = 0, lse = -inf.
+  Status Attend(const std::string& seq, int layer, int kv_head, const float* q, int h, int head_dim,
+                const AttendOptions& opt, float* o, float* lse, AttendStats* stats = nullptr);
+  // The retrieval step of Attend alone: for each of the h query heads, the top_k middle tokens
+  // by q.k from the index (token positions, best first, -1 padded) into ids[h * top_k]. Same
+  // errors as Attend; FailedPrecondition when no index exists. stats gets keys_scored.
+  Status Retrieve(const std::string& seq, int layer, int kv_head, const float* q, int h,
+                  int head_dim, const AttendOptions& opt, int64_t* ids,
+                  AttendStats* stats = nullptr);
+  // Full exact attention over every stored token (the reference; also used by tests/bench).
+  Status AttendFull(const std::string& seq, int layer, int kv_head, const float* q, int h,
+                    int head_dim, float* o, float* lse);
+  // True when (seq, layer, kv_head) has a key index.
+  bool HasIndex(const std::string& seq, int layer, int kv_head);
   // Forgets the indexes of a sequence (call after KvStore::Release).
   void Drop(const std::string& seq);
 
@@ -85,6 +107,11 @@ class HybridAttention {
   StatusOr<std::shared_ptr<HeadState>> State(const std::string& seq, int layer, int kv_head,
                                              bool create);
   Status SyncLocked(const std::string& seq, int layer, int kv_head, HeadState* st);
+  // Argument checks shared by Attend and Retrieve; returns the tokens stored.
+  StatusOr<int64_t> CheckAttendArgs(const std::string& seq, int layer, int kv_head, const float* q,
+                                    int h, int head_dim, int top_k) const;
+  Status SearchLocked(HeadState* st, const float* q, int h, const AttendOptions& opt, int64_t* ids,
+                      int64_t* keys_scored) const;
 
   KvStore* const store_;
   const HybridOptions options_;

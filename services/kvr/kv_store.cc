@@ -25,8 +25,7 @@ float HalfToFloat(uint16_t b) {
   return static_cast<float>(h);
 }
 
-void GatherRows(const HeadView& view, const int64_t* idx, int64_t m, float* k_out,
-                float* v_out) {
+void GatherRows(const HeadView& view, const int64_t* idx, int64_t m, float* k_out, float* v_out) {
   const int d = view.d;
   for (int64_t i = 0; i < m; ++i) {
     const int64_t r = idx[i];
@@ -145,8 +144,7 @@ Status KvStore::Append(const std::string& seq, int layer, int64_t n, const float
       if (bytes_used_ + grow > options_.memory_limit_bytes) {
         return ResourceExhausted(StrCat("KV store memory limit ", options_.memory_limit_bytes,
                                         " bytes: appending ", n, " tokens to sequence '", seq,
-                                        "' needs ", grow, " more bytes, ", bytes_used_,
-                                        " in use"));
+                                        "' needs ", grow, " more bytes, ", bytes_used_, " in use"));
       }
       bytes_used_ += grow;
     }
@@ -250,8 +248,8 @@ Status KvStore::WithHead(const std::string& seq, int layer, int kv_head,
   const SequenceSpec& sp = s->spec;
   RS_CHECK_ARG(layer >= 0 && layer < sp.num_layers, "layer ", layer, " out of range [0, ",
                sp.num_layers, ")");
-  RS_CHECK_ARG(kv_head >= 0 && kv_head < sp.num_kv_heads, "kv_head ", kv_head,
-               " out of range [0, ", sp.num_kv_heads, ")");
+  RS_CHECK_ARG(kv_head >= 0 && kv_head < sp.num_kv_heads, "kv_head ", kv_head, " out of range [0, ",
+               sp.num_kv_heads, ")");
   std::shared_lock slock(s->mu);
   if (s->released) return FailedPrecondition(StrCat("sequence '", seq, "' was released"));
   const auto& L = s->layers[layer];
@@ -267,6 +265,12 @@ Status KvStore::WithHead(const std::string& seq, int layer, int kv_head,
   s->last_access_ms = Now();
   fn(view);
   return OkStatus();
+}
+
+StatusOr<int64_t> KvStore::SequenceBytes(const std::string& seq) const {
+  RS_ASSIGN_OR_RETURN(auto s, Find(seq));
+  std::shared_lock slock(s->mu);
+  return s->bytes;
 }
 
 int64_t KvStore::bytes_used() const {

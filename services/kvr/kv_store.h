@@ -89,6 +89,8 @@ class KvStore {
   Status WithHead(const std::string& seq, int layer, int kv_head,
                   const std::function<void(const HeadView&)>& fn) const;
 
+  // Bytes charged to one sequence (allocated K/V capacity).
+  StatusOr<int64_t> SequenceBytes(const std::string& seq) const;
   int64_t bytes_used() const;
   int64_t memory_limit_bytes() const { return options_.memory_limit_bytes; }
   int64_t num_sequences() const;

@@ -73,8 +73,8 @@ void Sample(const Gaussian& g, int64_t n, int d, std::mt19937_64& rng, float* ou
   std::vector<float> z(static_cast<size_t>(n) * d);
   for (auto& x : z) x = n01(rng);
   for (int64_t i = 0; i < n; ++i) std::copy(g.mean.begin(), g.mean.end(), out + i * d);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), d, d, 1.0f, z.data(),
-              d, g.a.data(), d, 1.0f, out, d);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), d, d, 1.0f, z.data(), d,
+              g.a.data(), d, 1.0f, out, d);
 }
 
 }  // namespace

@@ -18,11 +18,11 @@
 namespace ragserve::kvr {
 
 struct SyntheticParams {
-  int64_t n_keys = 4096;     // prefill tokens (keys, values and prefill queries each)
-  int head_dim = 128;        // d, even
-  int group_size = 4;        // query heads sharing the kv head (GQA group)
-  int64_t n_decode = 16;     // decode queries, at positions n_keys, n_keys + 1, ...
-  int n_topics = 0;          // 0: max(8, n_keys / 2048)
+  int64_t n_keys = 4096;  // prefill tokens (keys, values and prefill queries each)
+  int head_dim = 128;     // d, even
+  int group_size = 4;     // query heads sharing the kv head (GQA group)
+  int64_t n_decode = 16;  // decode queries, at positions n_keys, n_keys + 1, ...
+  int n_topics = 0;       // 0: max(8, n_keys / 2048)
   double salient_fraction = 0.05;
   float key_mean_norm = 6.0f;    // |mean of keys| (before RoPE)
   float query_mean_norm = 6.0f;  // |mean of queries|, a different random direction
