@@ -195,7 +195,12 @@ StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(
 
   job->sampling.temperature = sp.temperature();
   job->sampling.top_k = sp.top_k();
-  job->sampling.top_p = (sp.top_p() <= 0 || sp.top_p() >= 1) ? 1.0f : sp.top_p();
+  RS_CHECK_ARG(sp.top_p() >= 0 && sp.top_p() <= 1, "sampling.top_p must be in [0, 1], got ",
+               sp.top_p());
+  RS_CHECK_ARG(sp.repetition_penalty() >= 0, "sampling.repetition_penalty must be >= 0, got ",
+               sp.repetition_penalty());
+  RS_CHECK_ARG(sp.top_k() >= 0, "sampling.top_k must be >= 0, got ", sp.top_k());
+  job->sampling.top_p = sp.top_p() == 0 ? 1.0f : sp.top_p();
   job->sampling.repetition_penalty = sp.repetition_penalty() <= 0 ? 1.0f : sp.repetition_penalty();
   job->sampling.seed = sp.seed();
   job->stop.max_tokens = remaining;
