@@ -18,7 +18,8 @@ StatusOr<int> GetInt(const json& j, const char* key, bool required, int def, int
     return def;
   }
   if (!it->is_number_integer()) {
-    return InvalidArgument(StrCat("config.json: \"", key, "\" must be an integer, got ", it->dump()));
+    return InvalidArgument(
+        StrCat("config.json: \"", key, "\" must be an integer, got ", it->dump()));
   }
   const int64_t v = it->get<int64_t>();
   if (v < min_value || v > (int64_t{1} << 30)) {
@@ -42,7 +43,8 @@ StatusOr<bool> GetBool(const json& j, const char* key, bool def) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return def;
   if (!it->is_boolean()) {
-    return InvalidArgument(StrCat("config.json: \"", key, "\" must be a boolean, got ", it->dump()));
+    return InvalidArgument(
+        StrCat("config.json: \"", key, "\" must be a boolean, got ", it->dump()));
   }
   return it->get<bool>();
 }
@@ -61,7 +63,8 @@ StatusOr<ModelConfig> ParseJson(const json& j) {
   }
   auto act = j.find("hidden_act");
   if (act != j.end() && !(act->is_string() && act->get<std::string>() == "silu")) {
-    return InvalidArgument(StrCat("config.json: unsupported hidden_act ", act->dump(), " (only silu)"));
+    return InvalidArgument(
+        StrCat("config.json: unsupported hidden_act ", act->dump(), " (only silu)"));
   }
   RS_ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", true, 0, 1));
   RS_ASSIGN_OR_RETURN(c.hidden_size, GetInt(j, "hidden_size", true, 0, 1));
@@ -111,7 +114,8 @@ StatusOr<ModelConfig> ParseJson(const json& j) {
     }
     RS_ASSIGN_OR_RETURN(c.rope_factor, GetNum(*rs, "factor", 1.0));
     if (c.rope_factor <= 0) {
-      return InvalidArgument(StrCat("config.json: rope_scaling.factor must be > 0, got ", c.rope_factor));
+      return InvalidArgument(
+          StrCat("config.json: rope_scaling.factor must be > 0, got ", c.rope_factor));
     }
     if (type == "linear") {
       c.rope_scaling = RopeScaling::kLinear;
@@ -142,7 +146,8 @@ StatusOr<ModelConfig> ParseJson(const json& j) {
     } else if (eos->is_array()) {
       for (const auto& e : *eos) {
         if (!e.is_number_integer()) {
-          return InvalidArgument(StrCat("config.json: eos_token_id entry ", e.dump(), " is not an integer"));
+          return InvalidArgument(
+              StrCat("config.json: eos_token_id entry ", e.dump(), " is not an integer"));
         }
         c.eos_token_ids.push_back(e.get<int32_t>());
       }

@@ -26,13 +26,13 @@ struct ModelConfig {
   float rms_norm_eps = 1e-6f;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling = RopeScaling::kNone;
-  double rope_factor = 1.0;  // linear and llama3
-  double rope_low_freq_factor = 1.0;   // llama3
-  double rope_high_freq_factor = 4.0;  // llama3
+  double rope_factor = 1.0;               // linear and llama3
+  double rope_low_freq_factor = 1.0;      // llama3
+  double rope_high_freq_factor = 4.0;     // llama3
   int rope_original_max_position = 8192;  // llama3
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;  // qwen2 always; llama/mistral when attention_bias
-  bool o_bias = false;    // llama/mistral when attention_bias
+  bool qkv_bias = false;   // qwen2 always; llama/mistral when attention_bias
+  bool o_bias = false;     // llama/mistral when attention_bias
   int sliding_window = 0;  // mistral: keys older than this many positions are not attended; 0 = off
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;

@@ -52,7 +52,8 @@ StatusOr<TensorInfo> ParseEntry(const std::string& name, const json& e, uint64_t
   int64_t numel = 1;
   for (const auto& d : *sh) {
     if (!d.is_number_integer() || d.get<int64_t>() < 0 || d.get<int64_t>() >= kLimit) {
-      return InvalidArgument(StrCat("safetensors: tensor \"", name, "\" has bad dimension ", d.dump()));
+      return InvalidArgument(
+          StrCat("safetensors: tensor \"", name, "\" has bad dimension ", d.dump()));
     }
     const int64_t v = d.get<int64_t>();
     t.shape.push_back(v);
@@ -66,7 +67,8 @@ StatusOr<TensorInfo> ParseEntry(const std::string& name, const json& e, uint64_t
       !(*off)[1].is_number_unsigned()) {
     if (off != e.end() && off->is_array() && off->size() == 2 && (*off)[0].is_number_integer() &&
         (*off)[1].is_number_integer()) {
-      return InvalidArgument(StrCat("safetensors: tensor \"", name, "\" has negative data_offsets"));
+      return InvalidArgument(
+          StrCat("safetensors: tensor \"", name, "\" has negative data_offsets"));
     }
     return InvalidArgument(StrCat("safetensors: tensor \"", name, "\" has no valid data_offsets"));
   }
@@ -102,8 +104,8 @@ StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* data, size_t s
                                   kMaxSafetensorsHeader, " bytes"));
   }
   if (n > file_size - 8 || n > size - 8) {
-    return DataLoss(StrCat("safetensors: header size ", n, " runs past the end of the ",
-                           file_size, "-byte file (truncated?)"));
+    return DataLoss(StrCat("safetensors: header size ", n, " runs past the end of the ", file_size,
+                           "-byte file (truncated?)"));
   }
   SafetensorsHeader h;
   h.data_offset = 8 + n;
@@ -117,8 +119,8 @@ StatusOr<SafetensorsHeader> ParseSafetensorsHeader(const uint8_t* data, size_t s
       if (!it->is_object()) return InvalidArgument("safetensors: __metadata__ is not an object");
       for (auto m = it->begin(); m != it->end(); ++m) {
         if (!m->is_string()) {
-          return InvalidArgument(StrCat("safetensors: __metadata__ value of \"", m.key(),
-                                        "\" is not a string"));
+          return InvalidArgument(
+              StrCat("safetensors: __metadata__ value of \"", m.key(), "\" is not a string"));
         }
         h.metadata[m.key()] = m->get<std::string>();
       }

@@ -31,7 +31,7 @@ struct TensorInfo {
 };
 
 struct SafetensorsHeader {
-  uint64_t data_offset = 0;                 // 8 + N: where the data buffer starts in the file
+  uint64_t data_offset = 0;                   // 8 + N: where the data buffer starts in the file
   std::map<std::string, TensorInfo> tensors;  // sorted by name
   std::map<std::string, std::string> metadata;
 };

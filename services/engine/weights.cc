@@ -20,9 +20,7 @@ struct Located {
   const SafetensorsFile* file;
 };
 
-std::string LayerName(int i, const char* suffix) {
-  return StrCat("model.layers.", i, ".", suffix);
-}
+std::string LayerName(int i, const char* suffix) { return StrCat("model.layers.", i, ".", suffix); }
 
 // Tensors some checkpoints carry that the runtime recomputes (rotary caches): accepted, unused.
 bool IsIgnorable(const std::string& name) {
@@ -53,9 +51,11 @@ std::string ComputeFingerprint(const ModelConfig& config,
 
 int64_t ModelWeights::BytesReadPerToken() const {
   auto bytes = [](const WeightView& w) {
-    return w.data == nullptr ? 0 : w.rows * w.cols * static_cast<int64_t>(kernels::DTypeSize(w.dtype));
+    return w.data == nullptr ? 0
+                             : w.rows * w.cols * static_cast<int64_t>(kernels::DTypeSize(w.dtype));
   };
-  int64_t total = bytes(lm_head_) + bytes(final_norm_) + embed_.cols * static_cast<int64_t>(kernels::DTypeSize(embed_.dtype));
+  int64_t total = bytes(lm_head_) + bytes(final_norm_) +
+                  embed_.cols * static_cast<int64_t>(kernels::DTypeSize(embed_.dtype));
   for (const auto& l : layers_) {
     for (const WeightView* w : {&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.q_bias, &l.k_bias,
                                 &l.v_bias, &l.o_bias, &l.post_norm, &l.gate, &l.up, &l.down}) {
@@ -91,7 +91,8 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& mo
     std::set<std::string> files;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
       if (!it->is_string()) {
-        return InvalidArgument(StrCat(index, ": weight_map entry \"", it.key(), "\" is not a string"));
+        return InvalidArgument(
+            StrCat(index, ": weight_map entry \"", it.key(), "\" is not a string"));
       }
       const std::string f = it->get<std::string>();
       if (f.find('/') != std::string::npos || f.find("..") != std::string::npos) {
@@ -128,7 +129,8 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& mo
   }
   for (const auto& [name, file] : index_map) {
     if (!all.count(name)) {
-      return InvalidArgument(StrCat("tensor \"", name, "\" listed in the index is missing from ", file));
+      return InvalidArgument(
+          StrCat("tensor \"", name, "\" listed in the index is missing from ", file));
     }
   }
 
@@ -141,8 +143,8 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& mo
       std::string got, want;
       for (int64_t d : t.shape) got += StrCat(got.empty() ? "" : ", ", d);
       for (int64_t d : shape) want += StrCat(want.empty() ? "" : ", ", d);
-      return InvalidArgument(StrCat("tensor \"", name, "\" has shape [", got, "], config needs [",
-                                    want, "]"));
+      return InvalidArgument(
+          StrCat("tensor \"", name, "\" has shape [", got, "], config needs [", want, "]"));
     }
     used.insert(name);
     WeightView w;

@@ -15,12 +15,12 @@ namespace ragserve::engine {
 using kernels::WeightView;
 
 struct LayerWeights {
-  WeightView input_norm;                 // [1, hidden]
-  WeightView q, k, v, o;                 // [heads*hd, hidden], [kv*hd, hidden] x2, [hidden, heads*hd]
-  WeightView q_bias, k_bias, v_bias;     // [1, ...] when config.qkv_bias
-  WeightView o_bias;                     // [1, hidden] when config.o_bias
-  WeightView post_norm;                  // [1, hidden]
-  WeightView gate, up, down;             // [inter, hidden] x2, [hidden, inter]
+  WeightView input_norm;              // [1, hidden]
+  WeightView q, k, v, o;              // [heads*hd, hidden], [kv*hd, hidden] x2, [hidden, heads*hd]
+  WeightView q_bias, k_bias, v_bias;  // [1, ...] when config.qkv_bias
+  WeightView o_bias;                  // [1, hidden] when config.o_bias
+  WeightView post_norm;               // [1, hidden]
+  WeightView gate, up, down;          // [inter, hidden] x2, [hidden, inter]
 };
 
 // The weights of one model: views into memory-mapped files (kept alive by this object).
@@ -33,8 +33,8 @@ class ModelWeights {
   static StatusOr<std::unique_ptr<ModelWeights>> Load(const std::string& model_dir);
 
   const ModelConfig& config() const { return config_; }
-  const WeightView& embed() const { return embed_; }        // [vocab, hidden]
-  const WeightView& lm_head() const { return lm_head_; }    // [vocab, hidden] (embed when tied)
+  const WeightView& embed() const { return embed_; }      // [vocab, hidden]
+  const WeightView& lm_head() const { return lm_head_; }  // [vocab, hidden] (embed when tied)
   const WeightView& final_norm() const { return final_norm_; }
   const std::vector<LayerWeights>& layers() const { return layers_; }
   // Dtype of the largest matrices (q_proj of layer 0).

