@@ -69,8 +69,10 @@ Status Model::Forward(std::span<const SequenceStep> batch, LogitsMode mode,
   }
   std::lock_guard<std::mutex> lock(mu_);
   // Decode-sized steps run with the tuned (or fixed) thread count; restored on every return.
-  const bool tune = T <= kernels::kGemvMaxRows && decode_threads_ == 0;
-  const int threads = T <= kernels::kGemvMaxRows ? (tune ? tuner_.Pick() : decode_threads_) : 0;
+  // Two tuners: decode-sized steps (GEMV) and prefill-sized steps (sgemm), timed per token.
+  const bool tune = decode_threads_ == 0;
+  ThreadTuner& tuner = tuners_[T <= kernels::kGemvMaxRows ? 0 : 1];
+  const int threads = tune ? tuner.Pick() : decode_threads_;
   const int saved_threads = kernels::FastOpsThreads();
   kernels::SetFastOpsThreads(threads);
   const auto t_start = std::chrono::steady_clock::now();
@@ -140,8 +142,9 @@ Status Model::Forward(std::span<const SequenceStep> batch, LogitsMode mode,
   }
   if (mode != LogitsMode::kNone) RS_RETURN_IF_ERROR(LmHead(batch, mode, T, logits));
   if (tune) {
-    tuner_.Record(
-        threads, std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count());
+    tuner.Record(threads,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() /
+                     static_cast<double>(T));
   }
   return OkStatus();
 }

@@ -81,10 +81,10 @@ class Model {
   StatusOr<KvBlock> EncodeBlock(const KvBlock* prefix, std::span<const int32_t> tokens,
                                 int32_t start_pos, int chunk_size = 256);
 
-  // Threads for decode-sized steps (<= kernels::kGemvMaxRows tokens): n > 0 fixes the count;
-  // 0 (default, or env RAGSERVE_ENGINE_THREADS unset) tunes it online between 1 and OpenMP's
-  // maximum by timing steps (on a shared machine a preempted thread stalls every fork/join, and
-  // one thread can be several times faster). Results never depend on the thread count.
+  // Threads per forward step: n > 0 fixes the count (also env RAGSERVE_ENGINE_THREADS=n); 0
+  // (default) tunes it online between 1 and OpenMP's maximum by timing steps, separately for
+  // decode-sized and prefill-sized steps (on a shared machine a preempted thread stalls every
+  // fork/join, and one thread can be several times faster). Results never depend on the count.
   void SetDecodeThreads(int n);
 
  private:
@@ -111,8 +111,8 @@ class Model {
   std::mutex mu_;  // guards the scratch buffers below (one Forward at a time)
   std::vector<float> x_, h_, q_, k_, v_, att_, lse_, tmp_, gate_, up_, sel_;
   std::vector<int32_t> ids_, pos_;
-  int decode_threads_ = 0;  // 0: tuned by tuner_
-  ThreadTuner tuner_;
+  int decode_threads_ = 0;  // 0: tuned by tuners_
+  ThreadTuner tuners_[2];   // [0]: steps of <= kGemvMaxRows tokens, [1]: larger (prefill) steps
 };
 
 }  // namespace ragserve::engine
