@@ -1,0 +1,758 @@
+#include "services/index/collection.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/write_batch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <shared_mutex>
+
+#include "services/common/logging.h"
+
+namespace ragserve::index_service {
+
+namespace fs = std::filesystem;
+using index::Metric;
+using index::VectorIndex;
+
+namespace {
+
+// Key layout (one RocksDB, byte prefixes; cid = 4-byte big-endian collection id):
+//   "G"                        -> u32 next collection id
+//   "C" name                   -> collection spec JSON (with "cid")
+//   "N" cid                    -> u64 next write sequence of the collection
+//   "D" cid doc_id             -> document record (label, vector, text, metadata)
+//   "T" cid be64(seq)          -> u64 label removed by the write with that sequence
+//   "I" cid                    -> checkpoint JSON {"seq", "file"}
+constexpr int kMaxK = 10000;
+constexpr size_t kMaxIdBytes = 512;
+
+std::string Be32(uint32_t v) {
+  std::string s(4, '\0');
+  for (int i = 0; i < 4; ++i) s[i] = static_cast<char>(v >> (24 - 8 * i));
+  return s;
+}
+std::string Be64(uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>(v >> (56 - 8 * i));
+  return s;
+}
+uint64_t ReadBe64(std::string_view s) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<unsigned char>(s[i]);
+  return v;
+}
+std::string Key(char tag, uint32_t cid, std::string_view rest = {}) {
+  std::string k(1, tag);
+  k += Be32(cid);
+  k.append(rest);
+  return k;
+}
+template <typename T>
+void PutRaw(std::string* s, const T& v) {
+  s->append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+struct DocRecord {
+  uint64_t label = 0;
+  std::vector<float> vector;
+  std::string text;
+  std::string metadata_json;
+};
+
+std::string EncodeDoc(uint64_t label, const Document& d, const std::string& meta) {
+  std::string s;
+  PutRaw<uint64_t>(&s, label);
+  PutRaw<uint32_t>(&s, static_cast<uint32_t>(d.vector.size()));
+  s.append(reinterpret_cast<const char*>(d.vector.data()), d.vector.size() * sizeof(float));
+  PutRaw<uint32_t>(&s, static_cast<uint32_t>(d.text.size()));
+  s += d.text;
+  s += meta;
+  return s;
+}
+
+Status DecodeDoc(std::string_view v, DocRecord* r) {
+  auto take = [&v](void* dst, size_t n) {
+    if (v.size() < n) return false;
+    std::memcpy(dst, v.data(), n);
+    v.remove_prefix(n);
+    return true;
+  };
+  uint32_t dim = 0, tlen = 0;
+  if (!take(&r->label, 8) || !take(&dim, 4) || v.size() < size_t{dim} * 4) {
+    return DataLoss("index store: corrupt document record");
+  }
+  r->vector.resize(dim);
+  take(r->vector.data(), size_t{dim} * 4);
+  if (!take(&tlen, 4) || v.size() < tlen) return DataLoss("index store: corrupt document record");
+  r->text.assign(v.data(), tlen);
+  v.remove_prefix(tlen);
+  r->metadata_json.assign(v.data(), v.size());
+  return OkStatus();
+}
+
+Status FromRocks(const rocksdb::Status& s, std::string_view what) {
+  if (s.ok()) return OkStatus();
+  if (s.IsNotFound()) return NotFound(StrCat(what, ": ", s.ToString()));
+  return Internal(StrCat(what, ": ", s.ToString()));
+}
+
+rocksdb::WriteOptions SyncWrite() {
+  rocksdb::WriteOptions w;
+  w.sync = true;  // an acknowledged write survives kill -9 and power loss
+  return w;
+}
+
+// Visits every key with `prefix` in order.
+template <typename Fn>
+Status ScanPrefix(rocksdb::DB* db, const std::string& prefix, Fn&& fn) {
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions()));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    RS_RETURN_IF_ERROR(fn(std::string_view(it->key().data(), it->key().size()),
+                          std::string_view(it->value().data(), it->value().size())));
+  }
+  return FromRocks(it->status(), "index store: scan");
+}
+
+bool IsIvf(const std::string& kind) { return kind == "ivf_flat" || kind == "ivf_pq"; }
+
+std::string SpecJson(uint32_t cid, const CollectionSpec& s) {
+  nlohmann::json j = {{"cid", cid},
+                      {"name", s.name},
+                      {"dim", s.dim},
+                      {"metric", std::string(index::MetricName(s.metric))},
+                      {"kind", s.index_kind},
+                      {"params", s.params_json},
+                      {"embedder", s.embedder}};
+  return j.dump();
+}
+
+Status ParseMetadata(const std::string& text, std::string_view id, nlohmann::json* out) {
+  if (text.empty()) {
+    *out = nlohmann::json::object();
+    return OkStatus();
+  }
+  try {
+    *out = nlohmann::json::parse(text);
+  } catch (const std::exception& e) {
+    return InvalidArgument(StrCat("document '", id, "': metadata is not valid JSON: ", e.what()));
+  }
+  RS_CHECK_ARG(out->is_object(), "document '", id, "': metadata must be a JSON object, got ",
+               out->type_name());
+  return OkStatus();
+}
+
+}  // namespace
+
+Status ValidateCollectionName(const std::string& name) {
+  bool ok = !name.empty() && name.size() <= 128;
+  for (char c : name) {
+    ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-');
+  }
+  RS_CHECK_ARG(ok, "collection name '", name, "' must match [A-Za-z0-9_.-]{1,128}");
+  return OkStatus();
+}
+
+int64_t IvfTrainingMinimum(const index::IndexSpec& spec) {
+  int64_t need = std::max<int64_t>(1000, spec.ivf.nlist);
+  if (spec.kind == "ivf_pq") need = std::max<int64_t>(need, int64_t{1} << spec.ivf.pq_nbits);
+  return need;
+}
+
+// ---- Collection -------------------------------------------------------------------------------
+
+Collection::Collection(CollectionStore* store, uint32_t cid, CollectionSpec spec,
+                       index::IndexSpec ispec, std::unique_ptr<Embedder> embedder)
+    : store_(store),
+      cid_(cid),
+      spec_(std::move(spec)),
+      ispec_(std::move(ispec)),
+      embedder_(std::move(embedder)) {}
+
+Collection::~Collection() = default;
+
+Status Collection::RebuildFromDbLocked(const index::IndexSpec& ispec,
+                                       std::shared_ptr<VectorIndex>* out) {
+  std::vector<float> x;
+  std::vector<int64_t> labels;
+  RS_RETURN_IF_ERROR(ScanPrefix(store_->db(), Key('D', cid_), [&](auto, std::string_view v) {
+    DocRecord r;
+    RS_RETURN_IF_ERROR(DecodeDoc(v, &r));
+    if (static_cast<int>(r.vector.size()) != spec_.dim) {
+      return DataLoss(StrCat("index store: document vector of dim ", r.vector.size()));
+    }
+    x.insert(x.end(), r.vector.begin(), r.vector.end());
+    labels.push_back(static_cast<int64_t>(r.label));
+    return OkStatus();
+  }));
+  const int64_t n = static_cast<int64_t>(labels.size());
+  index::IndexSpec use = ispec;
+  if (IsIvf(ispec.kind) && n < IvfTrainingMinimum(ispec)) use.kind = "flat";
+  RS_ASSIGN_OR_RETURN(auto built, index::BuildIndex(use, n, x.data(), labels.data()));
+  *out = std::shared_ptr<VectorIndex>(std::move(built));
+  return OkStatus();
+}
+
+Status Collection::Open() {
+  std::lock_guard w(write_mu_);
+  rocksdb::DB* db = store_->db();
+  std::string v;
+  auto s = db->Get(rocksdb::ReadOptions(), Key('N', cid_), &v);
+  if (s.ok() && v.size() == 8) next_seq_ = ReadBe64(v);
+  // Documents -> label maps.
+  std::vector<std::pair<int64_t, std::vector<float>>> recent;
+  uint64_t ckpt_seq = 0;
+  std::string ckpt_file;
+  if (db->Get(rocksdb::ReadOptions(), Key('I', cid_), &v).ok()) {
+    try {
+      auto j = nlohmann::json::parse(v);
+      ckpt_seq = j.at("seq").get<uint64_t>();
+      ckpt_file = j.at("file").get<std::string>();
+    } catch (const std::exception& e) {
+      RS_LOG(warn, "collection {}: bad checkpoint record ({}); rebuilding", spec_.name, e.what());
+    }
+  }
+  RS_RETURN_IF_ERROR(ScanPrefix(db, Key('D', cid_), [&](std::string_view k, std::string_view val) {
+    DocRecord r;
+    RS_RETURN_IF_ERROR(DecodeDoc(val, &r));
+    Entry e;
+    e.doc_id.assign(k.substr(5));
+    e.metadata = nlohmann::json::parse(r.metadata_json, nullptr, false);
+    if (e.metadata.is_discarded()) e.metadata = nlohmann::json::object();
+    const auto label = static_cast<int64_t>(r.label);
+    label_of_[e.doc_id] = label;
+    by_label_.emplace(label, std::move(e));
+    if (r.label >= ckpt_seq) recent.emplace_back(label, std::move(r.vector));
+    return OkStatus();
+  }));
+  std::shared_ptr<VectorIndex> idx;
+  if (!ckpt_file.empty()) {
+    auto loaded = index::LoadIndex(store_->IndexDir() + "/" + ckpt_file);
+    const std::string& want = ispec_.kind;
+    if (loaded.ok() && (*loaded)->dim() == spec_.dim && (*loaded)->metric() == spec_.metric &&
+        ((*loaded)->kind() == want || (IsIvf(want) && (*loaded)->kind() == "flat"))) {
+      idx = std::shared_ptr<VectorIndex>(std::move(*loaded));
+    } else {
+      RS_LOG(warn, "collection {}: index file {} unusable ({}); rebuilding from the store",
+             spec_.name, ckpt_file, loaded.ok() ? "kind/dim mismatch" : loaded.status().ToString());
+    }
+  }
+  if (idx != nullptr) {
+    // Catch up: documents written after the checkpoint, then the removals logged after it.
+    std::vector<float> x;
+    std::vector<int64_t> labels;
+    for (auto& [label, vec] : recent) {
+      x.insert(x.end(), vec.begin(), vec.end());
+      labels.push_back(label);
+    }
+    if (!labels.empty()) {
+      RS_RETURN_IF_ERROR(idx->add(static_cast<int64_t>(labels.size()), x.data(), labels.data()));
+    }
+    std::vector<int64_t> gone;
+    RS_RETURN_IF_ERROR(
+        ScanPrefix(db, Key('T', cid_), [&](std::string_view k, std::string_view val) {
+          if (ReadBe64(k.substr(5)) >= ckpt_seq && val.size() == 8) {
+            gone.push_back(static_cast<int64_t>(ReadBe64(val)));
+          }
+          return OkStatus();
+        }));
+    if (!gone.empty()) RS_RETURN_IF_ERROR(idx->remove(gone.size(), gone.data()).status());
+    if (idx->size() != static_cast<int64_t>(by_label_.size())) {
+      RS_LOG(warn, "collection {}: index holds {} vectors, store {}; rebuilding", spec_.name,
+             idx->size(), by_label_.size());
+      idx.reset();
+    } else {
+      RS_LOG(info, "collection {}: loaded {} (+{} caught up, -{} removed)", spec_.name, ckpt_file,
+             labels.size(), gone.size());
+    }
+  }
+  if (idx == nullptr) RS_RETURN_IF_ERROR(RebuildFromDbLocked(ispec_, &idx));
+  {
+    std::unique_lock st(state_mu_);
+    index_ = std::move(idx);
+  }
+  return MaybeTrainIvfLocked();
+}
+
+Status Collection::MaybeTrainIvfLocked() {
+  if (!IsIvf(ispec_.kind)) return OkStatus();
+  std::shared_ptr<VectorIndex> cur;
+  int64_t n = 0;
+  {
+    std::shared_lock st(state_mu_);
+    cur = index_;
+    n = static_cast<int64_t>(by_label_.size());
+  }
+  if (cur->kind() != "flat" || n < IvfTrainingMinimum(ispec_)) return OkStatus();
+  std::shared_ptr<VectorIndex> built;
+  RS_RETURN_IF_ERROR(RebuildFromDbLocked(ispec_, &built));
+  RS_LOG(info, "collection {}: trained {} on {} vectors", spec_.name, ispec_.kind, n);
+  std::unique_lock st(state_mu_);
+  index_ = std::move(built);
+  return OkStatus();
+}
+
+StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
+  RS_CHECK_ARG(!docs.empty(), "upsert into '", spec_.name, "': empty batch");
+  // Validate everything before touching anything.
+  std::vector<nlohmann::json> metas(docs.size());
+  std::vector<std::string> to_embed;
+  std::vector<size_t> embed_pos;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    Document& d = docs[i];
+    RS_CHECK_ARG(!d.id.empty() && d.id.size() <= kMaxIdBytes, "document ", i, ": id must be 1..",
+                 kMaxIdBytes, " bytes, got ", d.id.size());
+    RS_RETURN_IF_ERROR(ParseMetadata(d.metadata_json, d.id, &metas[i]));
+    if (d.vector.empty()) {
+      to_embed.push_back(d.text);
+      embed_pos.push_back(i);
+      continue;
+    }
+    RS_CHECK_ARG(static_cast<int>(d.vector.size()) == spec_.dim, "document '", d.id,
+                 "': vector has dimension ", d.vector.size(), ", collection '", spec_.name,
+                 "' has ", spec_.dim);
+    for (size_t j = 0; j < d.vector.size(); ++j) {
+      RS_CHECK_ARG(std::isfinite(d.vector[j]), "document '", d.id, "': vector component ", j,
+                   " is not finite (", d.vector[j], ")");
+    }
+  }
+  if (!to_embed.empty()) {
+    std::vector<float> e(to_embed.size() * spec_.dim);
+    RS_RETURN_IF_ERROR(embedder_->Embed(to_embed, e.data()));
+    for (size_t t = 0; t < embed_pos.size(); ++t) {
+      docs[embed_pos[t]].vector.assign(e.begin() + t * spec_.dim, e.begin() + (t + 1) * spec_.dim);
+    }
+  }
+  // Within a batch the last document with an id wins.
+  std::unordered_map<std::string, size_t> last;
+  for (size_t i = 0; i < docs.size(); ++i) last[docs[i].id] = i;
+
+  std::lock_guard w(write_mu_);
+  if (dropped_) return NotFound(StrCat("collection '", spec_.name, "' was dropped"));
+  rocksdb::WriteBatch batch;
+  std::vector<int64_t> labels, old_labels;
+  std::vector<float> x;
+  std::vector<size_t> order;
+  uint64_t seq = next_seq_;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    if (last[docs[i].id] != i) continue;
+    const Document& d = docs[i];
+    const uint64_t label = seq++;
+    batch.Put(Key('D', cid_, d.id), EncodeDoc(label, d, metas[i].dump()));
+    auto it = label_of_.find(d.id);
+    if (it != label_of_.end()) {
+      old_labels.push_back(it->second);
+      batch.Put(Key('T', cid_, Be64(seq++)), Be64(static_cast<uint64_t>(it->second)));
+    }
+    labels.push_back(static_cast<int64_t>(label));
+    x.insert(x.end(), d.vector.begin(), d.vector.end());
+    order.push_back(i);
+  }
+  batch.Put(Key('N', cid_), Be64(seq));
+  RS_RETURN_IF_ERROR(FromRocks(store_->db()->Write(SyncWrite(), &batch), "upsert: write"));
+  next_seq_ = seq;
+  std::shared_ptr<VectorIndex> idx;
+  {
+    std::shared_lock st(state_mu_);
+    idx = index_;
+  }
+  Status ist = idx->add(static_cast<int64_t>(labels.size()), x.data(), labels.data());
+  {
+    std::unique_lock st(state_mu_);
+    for (int64_t ol : old_labels) by_label_.erase(ol);
+    for (size_t t = 0; t < order.size(); ++t) {
+      Document& d = docs[order[t]];
+      label_of_[d.id] = labels[t];
+      by_label_[labels[t]] = Entry{d.id, std::move(metas[order[t]])};
+    }
+  }
+  if (!old_labels.empty()) {
+    auto r = idx->remove(static_cast<int64_t>(old_labels.size()), old_labels.data());
+    if (!r.ok() && ist.ok()) ist = r.status();
+  }
+  if (!ist.ok()) {
+    // The documents are durable; the derived index is repaired by rebuilding it.
+    RS_LOG(error, "collection {}: index update failed ({}); rebuilding", spec_.name,
+           ist.ToString());
+    std::shared_ptr<VectorIndex> rebuilt;
+    RS_RETURN_IF_ERROR(RebuildFromDbLocked(ispec_, &rebuilt));
+    std::unique_lock st(state_mu_);
+    index_ = std::move(rebuilt);
+  }
+  RS_RETURN_IF_ERROR(MaybeTrainIvfLocked());
+  return static_cast<int64_t>(order.size());
+}
+
+StatusOr<int64_t> Collection::Delete(const std::vector<std::string>& ids) {
+  RS_CHECK_ARG(!ids.empty(), "delete from '", spec_.name, "': empty id list");
+  std::lock_guard w(write_mu_);
+  if (dropped_) return NotFound(StrCat("collection '", spec_.name, "' was dropped"));
+  rocksdb::WriteBatch batch;
+  std::vector<int64_t> gone;
+  std::vector<std::string> gone_ids;
+  uint64_t seq = next_seq_;
+  for (const auto& id : ids) {
+    auto it = label_of_.find(id);
+    if (it == label_of_.end()) continue;
+    if (std::find(gone_ids.begin(), gone_ids.end(), id) != gone_ids.end()) continue;
+    batch.Delete(Key('D', cid_, id));
+    batch.Put(Key('T', cid_, Be64(seq++)), Be64(static_cast<uint64_t>(it->second)));
+    gone.push_back(it->second);
+    gone_ids.push_back(id);
+  }
+  if (gone.empty()) return int64_t{0};
+  batch.Put(Key('N', cid_), Be64(seq));
+  RS_RETURN_IF_ERROR(FromRocks(store_->db()->Write(SyncWrite(), &batch), "delete: write"));
+  next_seq_ = seq;
+  std::shared_ptr<VectorIndex> idx;
+  {
+    std::unique_lock st(state_mu_);
+    for (size_t i = 0; i < gone.size(); ++i) {
+      by_label_.erase(gone[i]);
+      label_of_.erase(gone_ids[i]);
+    }
+    idx = index_;
+  }
+  RS_RETURN_IF_ERROR(idx->remove(static_cast<int64_t>(gone.size()), gone.data()).status());
+  return static_cast<int64_t>(gone.size());
+}
+
+Status Collection::EmbedQueries(const std::vector<Query>& queries, std::vector<float>* out) const {
+  const int d = spec_.dim;
+  out->assign(queries.size() * d, 0.0f);
+  std::vector<std::string> texts;
+  std::vector<size_t> pos;
+  for (size_t i = 0; i < queries.size(); ++i) {
+    const Query& q = queries[i];
+    if (q.vector.empty()) {
+      RS_CHECK_ARG(!q.text.empty(), "query ", i, ": needs a vector or a text");
+      texts.push_back(q.text);
+      pos.push_back(i);
+      continue;
+    }
+    RS_CHECK_ARG(static_cast<int>(q.vector.size()) == d, "query ", i, ": vector has dimension ",
+                 q.vector.size(), ", collection '", spec_.name, "' has ", d);
+    for (int j = 0; j < d; ++j) {
+      RS_CHECK_ARG(std::isfinite(q.vector[j]), "query ", i, ": vector component ", j,
+                   " is not finite (", q.vector[j], ")");
+    }
+    std::copy(q.vector.begin(), q.vector.end(), out->begin() + i * d);
+  }
+  if (!texts.empty()) {
+    std::vector<float> e(texts.size() * d);
+    RS_RETURN_IF_ERROR(embedder_->Embed(texts, e.data()));
+    for (size_t t = 0; t < pos.size(); ++t) {
+      std::copy(e.begin() + t * d, e.begin() + (t + 1) * d, out->begin() + pos[t] * d);
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<std::vector<std::vector<Hit>>> Collection::Search(const std::vector<Query>& queries,
+                                                           const SearchOptions& options) const {
+  RS_CHECK_ARG(!queries.empty() && queries.size() <= 1024, "search '", spec_.name,
+               "': batch must hold 1..1024 queries, got ", queries.size());
+  RS_CHECK_ARG(options.k >= 1 && options.k <= kMaxK, "search '", spec_.name, "': k must be in [1, ",
+               kMaxK, "], got ", options.k);
+  RS_CHECK_ARG(options.ef_search >= 0, "search: ef_search must be >= 0, got ", options.ef_search);
+  RS_CHECK_ARG(options.nprobe >= 0, "search: nprobe must be >= 0, got ", options.nprobe);
+  std::vector<std::pair<std::string, nlohmann::json>> equals;
+  for (const auto& [field, value] : options.filter_equals) {
+    auto j = nlohmann::json::parse(value, nullptr, false);
+    RS_CHECK_ARG(!j.is_discarded(), "filter on '", field, "': value ", value,
+                 " is not JSON (write strings quoted, e.g. \"\\\"x\\\"\")");
+    equals.emplace_back(field, std::move(j));
+  }
+  std::vector<float> q;
+  RS_RETURN_IF_ERROR(EmbedQueries(queries, &q));
+  const int64_t n = static_cast<int64_t>(queries.size());
+  const int k = options.k;
+  std::vector<float> dist(n * k);
+  std::vector<int64_t> labels(n * k);
+  std::vector<std::vector<Hit>> out(n);
+  {
+    std::shared_lock st(state_mu_);
+    std::function<bool(int64_t)> filter = [&](int64_t label) {
+      auto it = by_label_.find(label);
+      if (it == by_label_.end()) return false;
+      for (const auto& [field, value] : equals) {
+        auto f = it->second.metadata.find(field);
+        if (f == it->second.metadata.end() || *f != value) return false;
+      }
+      return true;
+    };
+    index::SearchParams sp;
+    sp.ef_search = options.ef_search;
+    sp.nprobe = options.nprobe;
+    sp.filter = &filter;  // also drops labels of documents being replaced right now
+    RS_RETURN_IF_ERROR(index_->search(n, q.data(), k, dist.data(), labels.data(), sp));
+    for (int64_t i = 0; i < n; ++i) {
+      for (int j = 0; j < k; ++j) {
+        const int64_t label = labels[i * k + j];
+        if (label < 0) break;
+        auto it = by_label_.find(label);
+        if (it == by_label_.end()) continue;
+        Hit h;
+        h.id = it->second.doc_id;
+        h.score = dist[i * k + j];
+        if (options.include_text) h.metadata_json = it->second.metadata.dump();
+        out[i].push_back(std::move(h));
+      }
+    }
+  }
+  if (options.include_text) {
+    for (auto& hits : out) {
+      for (Hit& h : hits) {
+        std::string v;
+        DocRecord r;
+        if (store_->db()->Get(rocksdb::ReadOptions(), Key('D', cid_, h.id), &v).ok() &&
+            DecodeDoc(v, &r).ok()) {
+          h.text = std::move(r.text);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+Status Collection::Get(const std::vector<std::string>& ids, std::vector<Document>* found,
+                       std::vector<std::string>* missing) const {
+  found->clear();
+  missing->clear();
+  for (const auto& id : ids) {
+    std::string v;
+    auto s = store_->db()->Get(rocksdb::ReadOptions(), Key('D', cid_, id), &v);
+    if (s.IsNotFound()) {
+      missing->push_back(id);
+      continue;
+    }
+    RS_RETURN_IF_ERROR(FromRocks(s, "get"));
+    DocRecord r;
+    RS_RETURN_IF_ERROR(DecodeDoc(v, &r));
+    found->push_back(
+        Document{id, std::move(r.text), std::move(r.metadata_json), std::move(r.vector)});
+  }
+  return OkStatus();
+}
+
+CollectionInfo Collection::Info() const {
+  CollectionInfo info;
+  std::shared_ptr<VectorIndex> idx;
+  {
+    std::shared_lock st(state_mu_);
+    info.spec = spec_;
+    info.num_documents = static_cast<int64_t>(by_label_.size());
+    idx = index_;
+  }
+  info.num_vectors = idx->size();
+  info.index_bytes = static_cast<int64_t>(index::IndexMemoryBytes(*idx));
+  info.active_kind = std::string(idx->kind());
+  info.rebuilding = rebuilding_.load();
+  const std::string lo = Key('D', cid_), hi = Key('D', cid_ + 1);
+  rocksdb::Range r(lo, hi);
+  uint64_t bytes = 0;
+  store_->db()->GetApproximateSizes(rocksdb::SizeApproximationOptions{.include_memtables = true},
+                                    store_->db()->DefaultColumnFamily(), &r, 1, &bytes);
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(store_->IndexDir(), ec)) {
+    if (e.path().filename().string().starts_with(std::to_string(cid_) + "-")) {
+      bytes += e.file_size(ec);
+    }
+  }
+  info.disk_bytes = static_cast<int64_t>(bytes);
+  return info;
+}
+
+Status Collection::Rebuild(const std::string& kind, const std::string& params_json) {
+  index::IndexSpec ns;
+  {
+    std::lock_guard w(write_mu_);
+    RS_ASSIGN_OR_RETURN(ns, index::MakeIndexSpec(kind.empty() ? ispec_.kind : kind, spec_.metric,
+                                                 spec_.dim, params_json));
+  }
+  std::lock_guard w(write_mu_);
+  if (dropped_) return NotFound(StrCat("collection '", spec_.name, "' was dropped"));
+  rebuilding_ = true;
+  std::shared_ptr<VectorIndex> built;
+  Status s = RebuildFromDbLocked(ns, &built);
+  if (!s.ok()) {
+    rebuilding_ = false;
+    return s;
+  }
+  CollectionSpec nspec = spec_;
+  nspec.index_kind = ns.kind;
+  nspec.params_json = index::IndexParamsJson(ns);
+  s = FromRocks(store_->db()->Put(SyncWrite(), "C" + nspec.name, SpecJson(cid_, nspec)),
+                "rebuild: write spec");
+  if (s.ok()) {
+    std::unique_lock st(state_mu_);
+    index_ = std::move(built);
+    spec_ = nspec;
+    ispec_ = ns;
+  }
+  rebuilding_ = false;
+  return s;
+}
+
+Status Collection::Checkpoint() {
+  std::lock_guard w(write_mu_);
+  if (dropped_) return OkStatus();
+  rocksdb::DB* db = store_->db();
+  const std::string file = StrCat(cid_, "-", next_seq_, ".idx");
+  const std::string path = store_->IndexDir() + "/" + file;
+  std::string old_file;
+  std::string v;
+  if (db->Get(rocksdb::ReadOptions(), Key('I', cid_), &v).ok()) {
+    auto j = nlohmann::json::parse(v, nullptr, false);
+    if (j.is_object() && j.contains("file") && j["file"].is_string()) {
+      old_file = j["file"].get<std::string>();
+    }
+  }
+  std::error_code ec;
+  if (old_file == file && fs::exists(path, ec)) return OkStatus();  // nothing new
+  std::shared_ptr<VectorIndex> idx;
+  {
+    std::shared_lock st(state_mu_);
+    idx = index_;
+  }
+  RS_RETURN_IF_ERROR(idx->save(path));
+  rocksdb::WriteBatch batch;
+  batch.Put(Key('I', cid_), nlohmann::json{{"seq", next_seq_}, {"file", file}}.dump());
+  batch.DeleteRange(Key('T', cid_), Key('T', cid_ + 1));  // every tombstone is older than seq
+  RS_RETURN_IF_ERROR(FromRocks(db->Write(SyncWrite(), &batch), "checkpoint: write"));
+  if (!old_file.empty() && old_file != file) fs::remove(store_->IndexDir() + "/" + old_file, ec);
+  return OkStatus();
+}
+
+// ---- CollectionStore --------------------------------------------------------------------------
+
+StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::string& data_dir) {
+  RS_CHECK_ARG(!data_dir.empty(), "index store: empty data dir");
+  std::error_code ec;
+  fs::create_directories(data_dir + "/indexes", ec);
+  if (ec) return Internal(StrCat("index store: cannot create ", data_dir, ": ", ec.message()));
+  auto store = std::unique_ptr<CollectionStore>(new CollectionStore(data_dir));
+  rocksdb::Options opts;
+  opts.create_if_missing = true;
+  rocksdb::DB* db = nullptr;
+  RS_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(opts, data_dir + "/db", &db),
+                               StrCat("index store: opening ", data_dir, "/db")));
+  store->db_.reset(db);
+  std::string v;
+  if (db->Get(rocksdb::ReadOptions(), "G", &v).ok() && v.size() == 8) {
+    store->next_cid_ = static_cast<uint32_t>(ReadBe64(v));
+  }
+  std::vector<std::pair<uint32_t, CollectionSpec>> specs;
+  RS_RETURN_IF_ERROR(ScanPrefix(db, "C", [&](std::string_view, std::string_view val) {
+    auto j = nlohmann::json::parse(val, nullptr, false);
+    try {
+      CollectionSpec s;
+      s.name = j.at("name").get<std::string>();
+      s.dim = j.at("dim").get<int>();
+      RS_ASSIGN_OR_RETURN(s.metric, index::ParseMetric(j.at("metric").get<std::string>()));
+      s.index_kind = j.at("kind").get<std::string>();
+      s.params_json = j.at("params").get<std::string>();
+      s.embedder = j.at("embedder").get<std::string>();
+      specs.emplace_back(j.at("cid").get<uint32_t>(), std::move(s));
+    } catch (const std::exception& e) {
+      return DataLoss(StrCat("index store: corrupt collection record: ", e.what()));
+    }
+    return OkStatus();
+  }));
+  for (auto& [cid, spec] : specs) {
+    RS_ASSIGN_OR_RETURN(
+        auto ispec, index::MakeIndexSpec(spec.index_kind, spec.metric, spec.dim, spec.params_json));
+    RS_ASSIGN_OR_RETURN(auto emb, MakeEmbedder(spec.embedder, spec.dim));
+    auto c = std::shared_ptr<Collection>(
+        new Collection(store.get(), cid, spec, std::move(ispec), std::move(emb)));
+    RS_RETURN_IF_ERROR(Annotate(c->Open(), StrCat("opening collection ", spec.name)));
+    store->collections_[spec.name] = std::move(c);
+  }
+  return store;
+}
+
+CollectionStore::CollectionStore(std::string dir) : dir_(std::move(dir)) {}
+
+CollectionStore::~CollectionStore() {
+  Status s = CheckpointAll();
+  if (!s.ok()) RS_LOG(warn, "index store: checkpoint at close failed: {}", s.ToString());
+  collections_.clear();
+  db_.reset();
+}
+
+Status CollectionStore::CheckpointAll() {
+  Status first;
+  for (const auto& c : List()) {
+    Status s = c->Checkpoint();
+    if (!s.ok() && first.ok()) first = s;
+  }
+  return first;
+}
+
+StatusOr<std::shared_ptr<Collection>> CollectionStore::Create(const CollectionSpec& in) {
+  RS_RETURN_IF_ERROR(ValidateCollectionName(in.name));
+  CollectionSpec spec = in;
+  if (spec.index_kind.empty()) spec.index_kind = "hnsw";
+  if (spec.embedder.empty()) spec.embedder = "hashing";
+  RS_ASSIGN_OR_RETURN(
+      auto ispec, index::MakeIndexSpec(spec.index_kind, spec.metric, spec.dim, spec.params_json));
+  spec.params_json = index::IndexParamsJson(ispec);
+  RS_ASSIGN_OR_RETURN(auto emb, MakeEmbedder(spec.embedder, spec.dim));
+  std::lock_guard g(mu_);
+  if (collections_.count(spec.name)) {
+    return AlreadyExists(StrCat("collection '", spec.name, "' already exists"));
+  }
+  const uint32_t cid = next_cid_;
+  rocksdb::WriteBatch batch;
+  batch.Put("C" + spec.name, SpecJson(cid, spec));
+  batch.Put("G", Be64(cid + 1));
+  RS_RETURN_IF_ERROR(FromRocks(db_->Write(SyncWrite(), &batch), "create collection: write"));
+  next_cid_ = cid + 1;
+  auto c = std::shared_ptr<Collection>(
+      new Collection(this, cid, spec, std::move(ispec), std::move(emb)));
+  RS_RETURN_IF_ERROR(c->Open());
+  collections_[spec.name] = c;
+  return c;
+}
+
+Status CollectionStore::Drop(const std::string& name) {
+  std::lock_guard g(mu_);
+  auto it = collections_.find(name);
+  if (it == collections_.end()) return NotFound(StrCat("collection '", name, "' does not exist"));
+  std::shared_ptr<Collection> c = it->second;
+  std::lock_guard w(c->write_mu_);
+  const uint32_t cid = c->cid_;
+  rocksdb::WriteBatch batch;
+  batch.Delete("C" + name);
+  for (char tag : {'D', 'T'}) batch.DeleteRange(Key(tag, cid), Key(tag, cid + 1));
+  batch.Delete(Key('N', cid));
+  batch.Delete(Key('I', cid));
+  RS_RETURN_IF_ERROR(FromRocks(db_->Write(SyncWrite(), &batch), "drop collection: write"));
+  c->dropped_ = true;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(IndexDir(), ec)) {
+    if (e.path().filename().string().starts_with(std::to_string(cid) + "-")) {
+      fs::remove(e.path(), ec);
+    }
+  }
+  collections_.erase(it);
+  return OkStatus();
+}
+
+StatusOr<std::shared_ptr<Collection>> CollectionStore::Get(const std::string& name) const {
+  std::lock_guard g(mu_);
+  auto it = collections_.find(name);
+  if (it == collections_.end()) return NotFound(StrCat("collection '", name, "' does not exist"));
+  return it->second;
+}
+
+std::vector<std::shared_ptr<Collection>> CollectionStore::List() const {
+  std::lock_guard g(mu_);
+  std::vector<std::shared_ptr<Collection>> out;
+  for (const auto& [name, c] : collections_) out.push_back(c);
+  return out;
+}
+
+}  // namespace ragserve::index_service

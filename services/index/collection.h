@@ -1,0 +1,189 @@
+// Collections of the index service: documents (id, text, JSON metadata) and their vectors
+// stored durably in RocksDB, served through a derived ANN index (flat / hnsw / ivf_flat /
+// ivf_pq from index/). gRPC-free; services/index/service.cc maps it onto IndexService.
+//
+// Durability: every Upsert/Delete is one RocksDB write batch with sync=true, so an acknowledged
+// write survives kill -9. The ANN index is derived state: Checkpoint()/Close() save it to
+// <data_dir>/indexes/<collection id>-<seq>.idx together with the write sequence it reflects;
+// on open the file is loaded and caught up from RocksDB (documents written after it are added,
+// tombstones written after it are removed), or the index is rebuilt from RocksDB when the file
+// is missing or corrupt.
+//
+// IVF collections: an IVF index needs training data, so until a collection holds
+// IvfTrainingMinimum() vectors it is served by an exact flat index; the upsert that reaches the
+// minimum trains the IVF index on every stored vector and switches to it.
+//
+// Thread safety: all methods are thread-safe. Searches run concurrently with each other and
+// with writes; writes to one collection are serialized (write_mu_). Rebuild() builds the new
+// index to the side while searches keep using the old one, then swaps it in; writes to that
+// collection wait for the rebuild.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "index/index_factory.h"
+#include "index/internal/rw_mutex.h"
+#include "index/vector_index.h"
+#include "services/common/status.h"
+#include "services/index/embedder.h"
+
+namespace rocksdb {
+class DB;
+}
+
+namespace ragserve::index_service {
+
+struct CollectionSpec {
+  std::string name;  // [A-Za-z0-9_.-]{1,128}
+  int dim = 0;       // >= 1
+  index::Metric metric = index::Metric::kCosine;
+  std::string index_kind = "hnsw";  // flat | hnsw | ivf_flat | ivf_pq
+  std::string params_json = "{}";   // see index/index_factory.h
+  std::string embedder = "hashing";
+};
+
+struct Document {
+  std::string id;  // 1..512 bytes
+  std::string text;
+  std::string metadata_json = "{}";  // a JSON object ("" = {})
+  std::vector<float> vector;         // empty = embed `text`; else exactly dim finite floats
+};
+
+struct Query {
+  std::vector<float> vector;  // dim floats, or empty to embed `text`
+  std::string text;
+};
+
+struct SearchOptions {
+  int k = 10;  // 1..10000
+  // Equality filter: metadata[field] must equal the JSON value written as text ("\"x\"", "42").
+  std::map<std::string, std::string> filter_equals;
+  int ef_search = 0;  // 0 = index default
+  int nprobe = 0;     // 0 = index default
+  bool include_text = true;
+};
+
+struct Hit {
+  std::string id;
+  float score = 0;  // squared L2 distance (l2) or similarity (ip, cosine)
+  std::string text;
+  std::string metadata_json;
+};
+
+struct CollectionInfo {
+  CollectionSpec spec;
+  int64_t num_documents = 0;
+  int64_t num_vectors = 0;  // vectors in the ANN index
+  int64_t index_bytes = 0;
+  int64_t disk_bytes = 0;
+  bool rebuilding = false;
+  std::string active_kind;  // kind serving searches now ("flat" while an IVF awaits training)
+};
+
+// Vectors an IVF collection must hold before its IVF index is trained.
+int64_t IvfTrainingMinimum(const index::IndexSpec& spec);
+
+class CollectionStore;
+
+class Collection {
+ public:
+  ~Collection();
+  const CollectionSpec& spec() const { return spec_; }
+  int dim() const { return spec_.dim; }
+
+  // Inserts or replaces (by id) the documents, durably, then indexes them. Validates the whole
+  // batch first (empty batch, ids, dimension, NaN/Inf, metadata JSON): on error nothing changes.
+  // Returns the number written.
+  StatusOr<int64_t> Upsert(std::vector<Document> docs);
+  // Deletes the ids (unknown ids are ignored); returns the number deleted.
+  StatusOr<int64_t> Delete(const std::vector<std::string>& ids);
+  // One hit list per query, best first. InvalidArgument for an empty batch, k out of range,
+  // a wrong dimension, NaN/Inf, or a filter value that is not JSON.
+  StatusOr<std::vector<std::vector<Hit>>> Search(const std::vector<Query>& queries,
+                                                 const SearchOptions& options) const;
+  // Found documents in request order (with their stored vectors) and the missing ids.
+  Status Get(const std::vector<std::string>& ids, std::vector<Document>* found,
+             std::vector<std::string>* missing) const;
+  CollectionInfo Info() const;
+  // Rebuilds the index with a new kind/params ("" kind = keep); searches continue meanwhile.
+  Status Rebuild(const std::string& kind, const std::string& params_json);
+  // Saves the index file and prunes the tombstones it covers.
+  Status Checkpoint();
+
+ private:
+  friend class CollectionStore;
+  struct Entry {
+    std::string doc_id;
+    nlohmann::json metadata;  // parsed once: the filter runs inside the search loop
+  };
+  Collection(CollectionStore* store, uint32_t cid, CollectionSpec spec, index::IndexSpec ispec,
+             std::unique_ptr<Embedder> embedder);
+  // Loads the index file or rebuilds, then catches up from RocksDB.
+  Status Open();
+  Status RebuildFromDbLocked(const index::IndexSpec& ispec,
+                             std::shared_ptr<index::VectorIndex>* out);
+  Status MaybeTrainIvfLocked();
+  Status EmbedQueries(const std::vector<Query>& queries, std::vector<float>* out) const;
+
+  CollectionStore* const store_;
+  const uint32_t cid_;
+  CollectionSpec spec_;     // guarded by write_mu_ (index_kind/params change on Rebuild)
+  index::IndexSpec ispec_;  // guarded by write_mu_
+  std::unique_ptr<Embedder> embedder_;
+
+  std::mutex write_mu_;    // serializes writes, rebuilds and checkpoints
+  uint64_t next_seq_ = 1;  // guarded by write_mu_: labels and tombstone sequence numbers
+  bool dropped_ = false;   // guarded by write_mu_
+  // Guards the fields below; writer-preferring so searches cannot starve writes. Never held
+  // across RocksDB I/O; held (shared) across an index search because the filter reads by_label_.
+  mutable index::internal::RwMutex state_mu_;
+  std::shared_ptr<index::VectorIndex> index_;
+  std::unordered_map<int64_t, Entry> by_label_;
+  std::unordered_map<std::string, int64_t> label_of_;
+  std::atomic<bool> rebuilding_{false};
+};
+
+// All collections under one data directory (RocksDB at <dir>/db, index files in <dir>/indexes).
+class CollectionStore {
+ public:
+  // Opens (creating if needed) the store and every collection in it.
+  static StatusOr<std::unique_ptr<CollectionStore>> Open(const std::string& data_dir);
+  // Checkpoints every collection, then closes the DB.
+  ~CollectionStore();
+
+  // AlreadyExists when the name is taken; InvalidArgument for a bad name/dim/kind/params.
+  StatusOr<std::shared_ptr<Collection>> Create(const CollectionSpec& spec);
+  // NotFound when unknown. Deletes documents and index files.
+  Status Drop(const std::string& name);
+  StatusOr<std::shared_ptr<Collection>> Get(const std::string& name) const;
+  std::vector<std::shared_ptr<Collection>> List() const;
+  // Checkpoints every collection.
+  Status CheckpointAll();
+  const std::string& data_dir() const { return dir_; }
+
+ private:
+  friend class Collection;
+  explicit CollectionStore(std::string dir);
+  rocksdb::DB* db() const { return db_.get(); }
+  std::string IndexDir() const { return dir_ + "/indexes"; }
+
+  const std::string dir_;
+  std::unique_ptr<rocksdb::DB> db_;
+  mutable std::mutex mu_;  // guards collections_ and next_cid_; held across Create/Drop writes
+  std::map<std::string, std::shared_ptr<Collection>> collections_;
+  uint32_t next_cid_ = 1;
+};
+
+// Validates a collection name ([A-Za-z0-9_.-]{1,128}); InvalidArgument naming it.
+Status ValidateCollectionName(const std::string& name);
+
+}  // namespace ragserve::index_service
