@@ -11,7 +11,10 @@ namespace {
 
 using nlohmann::json;
 
-StatusOr<int> GetInt(const json& j, const char* key, bool required, int def, int min_value) {
+// Sizes are capped well above any real checkpoint so that a hostile config cannot make the
+// loader allocate per-layer or per-dimension tables of absurd size before the weights are checked.
+StatusOr<int> GetInt(const json& j, const char* key, bool required, int def, int min_value,
+                     int64_t max_value = int64_t{1} << 30) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) {
     if (required) return InvalidArgument(StrCat("config.json: missing \"", key, "\""));
@@ -22,7 +25,7 @@ StatusOr<int> GetInt(const json& j, const char* key, bool required, int def, int
         StrCat("config.json: \"", key, "\" must be an integer, got ", it->dump()));
   }
   const int64_t v = it->get<int64_t>();
-  if (v < min_value || v > (int64_t{1} << 30)) {
+  if (v < min_value || v > max_value) {
     return InvalidArgument(StrCat("config.json: \"", key, "\" out of range: ", v));
   }
   return static_cast<int>(v);
@@ -66,18 +69,19 @@ StatusOr<ModelConfig> ParseJson(const json& j) {
     return InvalidArgument(
         StrCat("config.json: unsupported hidden_act ", act->dump(), " (only silu)"));
   }
-  RS_ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", true, 0, 1));
-  RS_ASSIGN_OR_RETURN(c.hidden_size, GetInt(j, "hidden_size", true, 0, 1));
-  RS_ASSIGN_OR_RETURN(c.intermediate_size, GetInt(j, "intermediate_size", true, 0, 1));
-  RS_ASSIGN_OR_RETURN(c.num_layers, GetInt(j, "num_hidden_layers", true, 0, 1));
-  RS_ASSIGN_OR_RETURN(c.num_heads, GetInt(j, "num_attention_heads", true, 0, 1));
-  RS_ASSIGN_OR_RETURN(c.num_kv_heads, GetInt(j, "num_key_value_heads", false, c.num_heads, 1));
+  RS_ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", true, 0, 1, 1 << 24));
+  RS_ASSIGN_OR_RETURN(c.hidden_size, GetInt(j, "hidden_size", true, 0, 1, 1 << 20));
+  RS_ASSIGN_OR_RETURN(c.intermediate_size, GetInt(j, "intermediate_size", true, 0, 1, 1 << 22));
+  RS_ASSIGN_OR_RETURN(c.num_layers, GetInt(j, "num_hidden_layers", true, 0, 1, 4096));
+  RS_ASSIGN_OR_RETURN(c.num_heads, GetInt(j, "num_attention_heads", true, 0, 1, 4096));
+  RS_ASSIGN_OR_RETURN(c.num_kv_heads,
+                      GetInt(j, "num_key_value_heads", false, c.num_heads, 1, 4096));
   if (c.num_heads % c.num_kv_heads != 0) {
     return InvalidArgument(StrCat("config.json: num_attention_heads ", c.num_heads,
                                   " is not a multiple of num_key_value_heads ", c.num_kv_heads));
   }
   const int default_hd = c.hidden_size / c.num_heads;
-  RS_ASSIGN_OR_RETURN(c.head_dim, GetInt(j, "head_dim", false, default_hd, 2));
+  RS_ASSIGN_OR_RETURN(c.head_dim, GetInt(j, "head_dim", false, default_hd, 2, 4096));
   if (c.head_dim < 2 || c.head_dim % 2 != 0) {
     return InvalidArgument(StrCat("config.json: head_dim must be even and >= 2, got ", c.head_dim,
                                   " (hidden_size ", c.hidden_size, " / heads ", c.num_heads, ")"));
