@@ -1,43 +1,34 @@
-// ragserve-index: vector collections (HNSW, IVF, flat) with documents in RocksDB
-#include <grpcpp/grpcpp.h>
-
-#include "ragserve/v1/index.grpc.pb.h"
-#include "services/common/grpc_util.h"
+// ragserve-index: vector collections (HNSW, IVF, flat) with documents in RocksDB.
+#include "services/common/logging.h"
 #include "services/common/server.h"
-
-namespace {
-
-// The IndexService adapter. Until its core library is wired in, only ListCollections is served.
-class Service final : public ragserve::v1::IndexService::CallbackService {
- public:
-  explicit Service(ragserve::ServiceServer* server) : server_(server) {}
-
-  grpc::ServerUnaryReactor* ListCollections(grpc::CallbackServerContext* ctx,
-                                            const ragserve::v1::ListCollectionsRequest* req,
-                                            ragserve::v1::ListCollectionsResponse* resp) override {
-    return ragserve::ServeUnary(ctx, server_, [resp] {
-      (void)resp;
-      return ragserve::OkStatus();
-    });
-  }
-
- private:
-  ragserve::ServiceServer* server_;
-};
-
-}  // namespace
+#include "services/index/collection.h"
+#include "services/index/service.h"
 
 int main(int argc, char** argv) {
-  std::unique_ptr<Service> service;
+  std::string data_dir = "index-data";
+  std::unique_ptr<ragserve::index_service::CollectionStore> store;
+  std::unique_ptr<ragserve::index_service::IndexGrpcService> service;
   ragserve::ServiceMain m;
   m.name = "index";
   m.description = "ragserve index: vector collections (HNSW, IVF, flat) with documents in RocksDB";
   m.default_port = 50052;
   m.default_metrics_port = 50052 - 50051 + 9091;
-  m.setup = [&service](ragserve::ServiceServer& server) {
-    service = std::make_unique<Service>(&server);
+  m.add_flags = [&data_dir](CLI::App& app) {
+    app.add_option("--data-dir", data_dir,
+                   "Collections folder (RocksDB + index files); created if missing, relative "
+                   "paths are relative to the working directory");
+  };
+  m.setup = [&](ragserve::ServiceServer& server) -> ragserve::Status {
+    RS_ASSIGN_OR_RETURN(store, ragserve::index_service::CollectionStore::Open(data_dir));
+    RS_LOG(info, "index: serving {} collections from {}", store->List().size(), data_dir);
+    service = std::make_unique<ragserve::index_service::IndexGrpcService>(&server, store.get());
     server.AddService(service.get(), "ragserve.v1.IndexService");
     return ragserve::OkStatus();
+  };
+  // After the server stopped: save the index files (the documents are already durable).
+  m.teardown = [&] {
+    service.reset();
+    store.reset();
   };
   return ragserve::RunServiceMain(m, argc, argv);
 }

@@ -112,7 +112,8 @@ TEST(IvfTest, IvfPqSaveLoadRoundTripAndRemoveAndReplace) {
   constexpr int kDim = 32, kK = 10;
   const auto x = ClusteredData(kN, kDim, 20, 41);
   const auto ids = Iota(kN);
-  auto ivf = IvfIndex::Create(kDim, Metric::kL2, true, {.nlist = 16, .pq_m = 8, .pq_nbits = 6}).value();
+  auto ivf =
+      IvfIndex::Create(kDim, Metric::kL2, true, {.nlist = 16, .pq_m = 8, .pq_nbits = 6}).value();
   ASSERT_TRUE(ivf->train(kN, x.data()).ok());
   ASSERT_TRUE(ivf->add(kN, x.data(), ids.data()).ok());
   const int64_t rm[] = {0, 1, 2, 99999};

@@ -1,0 +1,307 @@
+#include "services/index/service.h"
+
+#include <nlohmann/json.hpp>
+
+#include "services/common/grpc_status.h"
+#include "services/common/grpc_util.h"
+
+namespace ragserve::index_service {
+
+namespace {
+
+StatusOr<std::string> KindName(v1::IndexKind k) {
+  switch (k) {
+    case v1::INDEX_KIND_UNSPECIFIED:
+    case v1::INDEX_KIND_HNSW:
+      return std::string("hnsw");
+    case v1::INDEX_KIND_FLAT:
+      return std::string("flat");
+    case v1::INDEX_KIND_IVF_FLAT:
+      return std::string("ivf_flat");
+    case v1::INDEX_KIND_IVF_PQ:
+      return std::string("ivf_pq");
+    default:
+      return InvalidArgument(StrCat("unknown index kind ", static_cast<int>(k)));
+  }
+}
+
+v1::IndexKind KindProto(const std::string& k) {
+  if (k == "flat") return v1::INDEX_KIND_FLAT;
+  if (k == "ivf_flat") return v1::INDEX_KIND_IVF_FLAT;
+  if (k == "ivf_pq") return v1::INDEX_KIND_IVF_PQ;
+  return v1::INDEX_KIND_HNSW;
+}
+
+v1::Metric MetricProto(index::Metric m) {
+  switch (m) {
+    case index::Metric::kL2:
+      return v1::METRIC_L2;
+    case index::Metric::kInnerProduct:
+      return v1::METRIC_INNER_PRODUCT;
+    default:
+      return v1::METRIC_COSINE;
+  }
+}
+
+StatusOr<std::shared_ptr<Collection>> Find(CollectionStore* store, const std::string& name) {
+  RS_CHECK_ARG(!name.empty(), "collection name is empty");
+  return store->Get(name);
+}
+
+// Reads documents of an UpsertRequest into library documents.
+std::vector<Document> DocsFromProto(const google::protobuf::RepeatedPtrField<v1::Document>& in) {
+  std::vector<Document> out;
+  out.reserve(in.size());
+  for (const auto& d : in) {
+    out.push_back(Document{d.id(), d.text(), d.metadata_json().empty() ? "{}" : d.metadata_json(),
+                           std::vector<float>(d.vector().begin(), d.vector().end())});
+  }
+  return out;
+}
+
+// Client-streamed upserts: each message's documents are written (durably) on the executor
+// before the next read starts; the response is sent after the last one is durable.
+class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
+ public:
+  UpsertReactor(IndexGrpcService* svc, grpc::CallbackServerContext* ctx, v1::UpsertResponse* resp)
+      : svc_(svc), resp_(resp) {
+    if (grpc::Status st = PrecheckCall(ctx, svc->server()->auth()); !st.ok()) {
+      Finish(st);
+      return;
+    }
+    StartRead(&msg_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      if (collection_ == nullptr) {
+        Finish(ToGrpcStatus(InvalidArgument("no UpsertRequest naming a collection was received")));
+      } else {
+        resp_->set_upserted(upserted_);
+        Finish(grpc::Status::OK);
+      }
+      return;
+    }
+    Status submitted = svc_->server()->executor().Submit([this] {
+      if (Status st = Apply(); !st.ok()) {
+        Finish(ToGrpcStatus(st));
+        return;
+      }
+      StartRead(&msg_);
+    });
+    if (!submitted.ok()) Finish(ToGrpcStatus(submitted));
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  Status Apply() {
+    if (collection_ == nullptr) {
+      RS_CHECK_ARG(!msg_.collection().empty(), "the first UpsertRequest must name the collection");
+      RS_ASSIGN_OR_RETURN(collection_, svc_->store()->Get(msg_.collection()));
+    } else {
+      RS_CHECK_ARG(msg_.collection().empty() || msg_.collection() == collection_->spec().name,
+                   "collection changed mid-stream from '", collection_->spec().name, "' to '",
+                   msg_.collection(), "'");
+    }
+    if (msg_.documents_size() == 0) return OkStatus();
+    RS_ASSIGN_OR_RETURN(int64_t n, collection_->Upsert(DocsFromProto(msg_.documents())));
+    upserted_ += n;
+    return OkStatus();
+  }
+
+  IndexGrpcService* svc_;
+  v1::UpsertResponse* resp_;
+  v1::UpsertRequest msg_;
+  std::shared_ptr<Collection> collection_;
+  int64_t upserted_ = 0;
+};
+
+}  // namespace
+
+std::string ParamsJsonFromProto(const v1::IndexParams& p) {
+  nlohmann::json j = nlohmann::json::object();
+  if (p.hnsw_m()) j["M"] = p.hnsw_m();
+  if (p.hnsw_ef_construction()) j["ef_construction"] = p.hnsw_ef_construction();
+  if (p.hnsw_ef_search()) j["ef_search"] = p.hnsw_ef_search();
+  if (p.ivf_nlist()) j["nlist"] = p.ivf_nlist();
+  if (p.ivf_nprobe()) j["nprobe"] = p.ivf_nprobe();
+  if (p.pq_m()) j["pq_m"] = p.pq_m();
+  if (p.pq_nbits()) j["pq_nbits"] = p.pq_nbits();
+  return j.dump();
+}
+
+StatusOr<CollectionSpec> SpecFromProto(const v1::CollectionSpec& p) {
+  CollectionSpec s;
+  s.name = p.name();
+  s.dim = p.dimension();
+  switch (p.metric()) {
+    case v1::METRIC_L2:
+      s.metric = index::Metric::kL2;
+      break;
+    case v1::METRIC_INNER_PRODUCT:
+      s.metric = index::Metric::kInnerProduct;
+      break;
+    case v1::METRIC_UNSPECIFIED:
+    case v1::METRIC_COSINE:
+      s.metric = index::Metric::kCosine;
+      break;
+    default:
+      return InvalidArgument(StrCat("unknown metric ", static_cast<int>(p.metric())));
+  }
+  RS_ASSIGN_OR_RETURN(s.index_kind, KindName(p.index_kind()));
+  s.params_json = ParamsJsonFromProto(p.params());
+  s.embedder = p.embedder().empty() ? "hashing" : p.embedder();
+  return s;
+}
+
+void InfoToProto(const CollectionInfo& info, v1::CollectionInfo* out) {
+  v1::CollectionSpec* s = out->mutable_spec();
+  s->set_name(info.spec.name);
+  s->set_dimension(info.spec.dim);
+  s->set_metric(MetricProto(info.spec.metric));
+  s->set_index_kind(KindProto(info.spec.index_kind));
+  s->set_embedder(info.spec.embedder);
+  auto j = nlohmann::json::parse(info.spec.params_json, nullptr, false);
+  if (j.is_object()) {
+    auto get = [&j](const char* key) { return j.contains(key) ? j[key].get<int>() : 0; };
+    v1::IndexParams* p = s->mutable_params();
+    p->set_hnsw_m(get("M"));
+    p->set_hnsw_ef_construction(get("ef_construction"));
+    p->set_hnsw_ef_search(get("ef_search"));
+    p->set_ivf_nlist(get("nlist"));
+    p->set_ivf_nprobe(get("nprobe"));
+    p->set_pq_m(get("pq_m"));
+    p->set_pq_nbits(get("pq_nbits"));
+  }
+  out->set_num_documents(info.num_documents);
+  out->set_num_vectors(info.num_vectors);
+  out->set_index_bytes(info.index_bytes);
+  out->set_disk_bytes(info.disk_bytes);
+  out->set_rebuilding(info.rebuilding);
+}
+
+grpc::ServerUnaryReactor* IndexGrpcService::CreateCollection(grpc::CallbackServerContext* ctx,
+                                                             const v1::CreateCollectionRequest* req,
+                                                             v1::CreateCollectionResponse* resp) {
+  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+    RS_ASSIGN_OR_RETURN(auto spec, SpecFromProto(req->spec()));
+    RS_ASSIGN_OR_RETURN(auto c, store_->Create(spec));
+    InfoToProto(c->Info(), resp->mutable_info());
+    return OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* IndexGrpcService::DropCollection(grpc::CallbackServerContext* ctx,
+                                                           const v1::DropCollectionRequest* req,
+                                                           v1::DropCollectionResponse* resp) {
+  return ServeUnary(ctx, server_, [this, req]() -> Status {
+    RS_CHECK_ARG(!req->name().empty(), "collection name is empty");
+    return store_->Drop(req->name());
+  });
+}
+
+grpc::ServerUnaryReactor* IndexGrpcService::ListCollections(grpc::CallbackServerContext* ctx,
+                                                            const v1::ListCollectionsRequest* req,
+                                                            v1::ListCollectionsResponse* resp) {
+  return ServeUnary(ctx, server_, [this, resp]() -> Status {
+    for (const auto& c : store_->List()) InfoToProto(c->Info(), resp->add_collections());
+    return OkStatus();
+  });
+}
+
+grpc::ServerReadReactor<v1::UpsertRequest>* IndexGrpcService::Upsert(
+    grpc::CallbackServerContext* ctx, v1::UpsertResponse* resp) {
+  return new UpsertReactor(this, ctx, resp);
+}
+
+grpc::ServerUnaryReactor* IndexGrpcService::Delete(grpc::CallbackServerContext* ctx,
+                                                   const v1::DeleteRequest* req,
+                                                   v1::DeleteResponse* resp) {
+  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+    RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
+    RS_ASSIGN_OR_RETURN(int64_t n, c->Delete({req->ids().begin(), req->ids().end()}));
+    resp->set_deleted(n);
+    return OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* IndexGrpcService::Search(grpc::CallbackServerContext* ctx,
+                                                   const v1::SearchRequest* req,
+                                                   v1::SearchResponse* resp) {
+  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+    RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
+    std::vector<Query> queries;
+    queries.reserve(req->queries_size());
+    for (const auto& q : req->queries()) {
+      queries.push_back(Query{std::vector<float>(q.vector().begin(), q.vector().end()), q.text()});
+    }
+    SearchOptions o;
+    o.k = req->k();
+    o.ef_search = req->ef_search();
+    o.nprobe = req->nprobe();
+    o.include_text = req->include_text();
+    for (const auto& [field, value] : req->filter().equals()) o.filter_equals[field] = value;
+    RS_ASSIGN_OR_RETURN(auto results, c->Search(queries, o));
+    for (auto& hits : results) {
+      v1::HitList* list = resp->add_results();
+      for (auto& h : hits) {
+        v1::Hit* out = list->add_hits();
+        out->set_id(std::move(h.id));
+        out->set_score(h.score);
+        if (req->include_text()) {
+          out->set_text(std::move(h.text));
+          out->set_metadata_json(std::move(h.metadata_json));
+        }
+      }
+    }
+    return OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* IndexGrpcService::GetDocuments(grpc::CallbackServerContext* ctx,
+                                                         const v1::GetDocumentsRequest* req,
+                                                         v1::GetDocumentsResponse* resp) {
+  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+    RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
+    std::vector<Document> found;
+    std::vector<std::string> missing;
+    RS_RETURN_IF_ERROR(c->Get({req->ids().begin(), req->ids().end()}, &found, &missing));
+    for (auto& d : found) {
+      v1::Document* out = resp->add_documents();
+      out->set_id(std::move(d.id));
+      out->set_text(std::move(d.text));
+      out->set_metadata_json(std::move(d.metadata_json));
+      out->mutable_vector()->Add(d.vector.begin(), d.vector.end());
+    }
+    for (auto& id : missing) resp->add_missing_ids(std::move(id));
+    return OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* IndexGrpcService::Stats(grpc::CallbackServerContext* ctx,
+                                                  const v1::StatsRequest* req,
+                                                  v1::StatsResponse* resp) {
+  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+    RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
+    InfoToProto(c->Info(), resp->mutable_info());
+    return OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* IndexGrpcService::Rebuild(grpc::CallbackServerContext* ctx,
+                                                    const v1::RebuildRequest* req,
+                                                    v1::RebuildResponse* resp) {
+  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+    RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
+    std::string kind;
+    if (req->index_kind() != v1::INDEX_KIND_UNSPECIFIED) {
+      RS_ASSIGN_OR_RETURN(kind, KindName(req->index_kind()));
+    }
+    RS_RETURN_IF_ERROR(c->Rebuild(kind, ParamsJsonFromProto(req->params())));
+    InfoToProto(c->Info(), resp->mutable_info());
+    return OkStatus();
+  });
+}
+
+}  // namespace ragserve::index_service
