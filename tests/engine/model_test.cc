@@ -146,6 +146,26 @@ TEST(ModelTest, DecodeResultsDoNotDependOnTheThreadCount) {
   EXPECT_EQ(runs[0], runs[2]);
 }
 
+TEST(ModelTest, TruncatedCacheDecodesLikeAFreshOne) {
+  TempDir dir;
+  auto m = MakeModel(dir, SmallOptions());
+  ASSERT_NE(m, nullptr);
+  const std::vector<int32_t> prompt = RandomTokens(6, 300, 14);
+  auto kv = m->NewKvCache();
+  PrefillLogits(*m, prompt, 0, kv.get());
+  std::vector<float> a, b;
+  ASSERT_TRUE(DecodeOne(*m, kv.get(), 11, &a).ok());
+  ASSERT_TRUE(DecodeOne(*m, kv.get(), 12, &a).ok());
+  kv->Truncate(6);  // roll back both steps
+  EXPECT_EQ(kv->length(), 6);
+  EXPECT_EQ(kv->positions().size(), 6u);
+  ASSERT_TRUE(DecodeOne(*m, kv.get(), 13, &a).ok());
+  std::vector<int32_t> fresh = prompt;
+  fresh.push_back(13);
+  b = PrefillLogits(*m, fresh, 0);
+  EXPECT_LT(MaxAbsDiff(a, b), 1e-4f);
+}
+
 TEST(ModelTest, AllLogitsModeMatchesLastLogitsOfEachPrefix) {
   TempDir dir;
   auto m = MakeModel(dir, SmallOptions());
