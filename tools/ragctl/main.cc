@@ -144,7 +144,7 @@ struct IngestOptions {
   std::vector<std::string> paths;
   std::string collection = "docs";
   bool create = false;
-  int dimension = 256;
+  int dimension = 1024;
   std::string index = "hnsw";
   std::string metric = "cosine";
   int batch = 64;

@@ -1,0 +1,109 @@
+// A whole ragserve cluster of real binaries on loopback for end-to-end tests: index, N decode
+// workers and the router (plus the tiny model they load), each on ephemeral ports.
+#pragma once
+
+#include <signal.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "services/common/client.h"
+#include "tests/support/process.h"
+
+namespace ragserve::testing {
+
+struct ClusterService {
+  std::string name;
+  std::string bin;
+  std::vector<std::string> args;
+  std::unique_ptr<Process> proc = std::make_unique<Process>();
+  int port = 0;
+  std::string log;
+  std::string addr() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
+class Cluster {
+ public:
+  // Makes the tiny model once per directory (make-tiny-model) and returns its path.
+  static std::string MakeModel(const std::string& dir) {
+    const std::string model = dir + "/model";
+    std::string out;
+    if (ReadFileOrEmpty(model + "/config.json").empty()) {
+      const int rc = RunCommand(BinPath("make-tiny-model") + " --out " + model + " --corpus " +
+                                    SourceDir() + "/data/corpus/passages.jsonl",
+                                &out);
+      if (rc != 0) return "";
+    }
+    return model;
+  }
+
+  explicit Cluster(std::string dir) : dir_(std::move(dir)) {}
+  ~Cluster() {
+    for (auto& s : services_) {
+      s.proc->Signal(SIGTERM);
+      int code;
+      s.proc->Wait(10, &code);
+    }
+  }
+
+  // Starts ragserve-<bin> with args + ephemeral ports; false (with the log) if it never serves.
+  bool Start(const std::string& bin, const std::string& name, std::vector<std::string> args,
+             std::string* error) {
+    ClusterService s;
+    s.name = name;
+    s.bin = bin;
+    s.args = args;
+    s.log = dir_ + "/" + name + ".log";
+    const std::string ready = dir_ + "/" + name + ".ready";
+    std::vector<std::string> all = {"--port", "0", "--metrics-port", "0", "--ready-file", ready};
+    all.insert(all.end(), args.begin(), args.end());
+    if (!s.proc->Start(BinPath("ragserve-" + bin), all, s.log, {}, dir_)) {
+      *error = "spawn failed: ragserve-" + bin;
+      return false;
+    }
+    int mport = 0;
+    if (!WaitForReadyFile(ready, 60, &s.port, &mport)) {
+      *error = name + " did not start:\n" + ReadFileOrEmpty(s.log);
+      return false;
+    }
+    services_.push_back(std::move(s));
+    return true;
+  }
+
+  // Starts a stopped (killed) service again with its args, on the same port.
+  bool Restart(const std::string& name, std::string* error) {
+    ClusterService* s = Get(name);
+    if (s == nullptr) return false;
+    int code = 0;
+    s->proc->Wait(10, &code);
+    s->proc = std::make_unique<Process>();
+    const std::string ready = dir_ + "/" + name + ".ready";
+    std::remove(ready.c_str());
+    std::vector<std::string> all = {"--port", std::to_string(s->port), "--metrics-port",
+                                    "0",      "--ready-file",          ready};
+    all.insert(all.end(), s->args.begin(), s->args.end());
+    if (!s->proc->Start(BinPath("ragserve-" + s->bin), all, s->log, {}, dir_)) return false;
+    int port = 0, mport = 0;
+    if (!WaitForReadyFile(ready, 60, &port, &mport)) {
+      *error = name + " did not restart:\n" + ReadFileOrEmpty(s->log);
+      return false;
+    }
+    return true;
+  }
+
+  ClusterService* Get(const std::string& name) {
+    for (auto& s : services_) {
+      if (s.name == name) return &s;
+    }
+    return nullptr;
+  }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+  std::vector<ClusterService> services_;
+};
+
+}  // namespace ragserve::testing
