@@ -1,0 +1,314 @@
+#include "services/ctxcache/kv_cache.h"
+
+#include <exception>
+
+#include "services/common/logging.h"
+
+namespace ragserve::ctxcache {
+
+KvCache::KvCache(const KvCacheOptions& options, std::unique_ptr<DiskStore> disk)
+    : options_(options), disk_(std::move(disk)) {
+  MetricsRegistry& r = options_.metrics != nullptr ? *options_.metrics : MetricsRegistry::Default();
+  auto counter = [&r](const char* name, const char* help, const char* tier) {
+    return &r.GetCounter(name, help, tier != nullptr ? Labels{{"tier", tier}} : Labels{});
+  };
+  const char* kHits = "ragserve_ctxcache_hits_total";
+  const char* kHitsHelp = "Cache lookups served without computing, by tier";
+  const char* kMiss = "ragserve_ctxcache_misses_total";
+  const char* kMissHelp = "Cache lookups that found nothing in the tier";
+  const char* kEvict = "ragserve_ctxcache_evictions_total";
+  const char* kEvictHelp = "Entries removed from the tier (LRU, explicit evictions, corruption)";
+  m_.hits_ram = counter(kHits, kHitsHelp, "ram");
+  m_.hits_disk = counter(kHits, kHitsHelp, "disk");
+  m_.hits_inflight = counter(kHits, kHitsHelp, "inflight");
+  m_.misses_ram = counter(kMiss, kMissHelp, "ram");
+  m_.misses_disk = counter(kMiss, kMissHelp, "disk");
+  m_.evict_ram = counter(kEvict, kEvictHelp, "ram");
+  m_.evict_disk = counter(kEvict, kEvictHelp, "disk");
+  m_.corrupt =
+      counter("ragserve_ctxcache_corrupt_total",
+              "Disk entries rejected (checksum, key tag, fingerprint) and recomputed", nullptr);
+  m_.computes = counter("ragserve_ctxcache_computes_total", "Entries computed on a miss", nullptr);
+  m_.disk_errors = counter("ragserve_ctxcache_disk_errors_total",
+                           "Disk tier reads or writes that failed (not corruption)", nullptr);
+  m_.ram_bytes =
+      &r.GetGauge("ragserve_ctxcache_bytes", "Bytes held by the tier", {{"tier", "ram"}});
+  m_.ram_entries =
+      &r.GetGauge("ragserve_ctxcache_entries", "Entries held by the tier", {{"tier", "ram"}});
+}
+
+KvCache::~KvCache() = default;
+
+StatusOr<std::unique_ptr<KvCache>> KvCache::Open(const KvCacheOptions& options,
+                                                 std::unique_ptr<DiskStore> disk) {
+  RS_CHECK_ARG(options.ram_limit_bytes >= 0, "ctxcache ram_limit_bytes ", options.ram_limit_bytes,
+               " is negative");
+  if (disk == nullptr && !options.disk_dir.empty()) {
+    RS_ASSIGN_OR_RETURN(disk, RocksDiskStore::Open(options.disk_dir));
+  }
+  std::unique_ptr<KvCache> cache(new KvCache(options, std::move(disk)));
+  std::lock_guard<std::mutex> lock(cache->mu_);
+  cache->UpdateGauges();
+  return cache;
+}
+
+void KvCache::UpdateGauges() {
+  m_.ram_bytes->Set(static_cast<double>(ram_bytes_));
+  m_.ram_entries->Set(static_cast<double>(ram_.size()));
+}
+
+void KvCache::EvictOverBudget() {
+  while (ram_bytes_ > options_.ram_limit_bytes && !lru_.empty()) {
+    ram_bytes_ -= lru_.back().bytes;
+    ram_.erase(lru_.back().id);
+    lru_.pop_back();
+    ++evictions_;
+    m_.evict_ram->Inc();
+  }
+}
+
+void KvCache::InsertRam(const KeyId& id, std::shared_ptr<const KvBlock> block) {
+  const int64_t bytes = block->ByteSize();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = ram_.find(id); it != ram_.end()) {
+    ram_bytes_ -= it->second->bytes;
+    lru_.erase(it->second);
+    ram_.erase(it);
+  }
+  if (bytes <= options_.ram_limit_bytes) {
+    lru_.push_front(Entry{id, std::move(block), bytes});
+    ram_[id] = lru_.begin();
+    ram_bytes_ += bytes;
+    EvictOverBudget();
+  }
+  UpdateGauges();
+}
+
+std::shared_ptr<const KvBlock> KvCache::ReadDisk(const KeyId& id, std::string_view fingerprint) {
+  if (disk_ == nullptr) return nullptr;
+  StatusOr<std::optional<std::string>> raw = disk_->Get(id.view());
+  Status bad;
+  if (!raw.ok()) {
+    if (raw.status().code() != StatusCode::kDataLoss) {
+      ++disk_errors_;
+      m_.disk_errors->Inc();
+      RS_LOG(warn, "ctxcache: disk read of {} failed: {}", id.Hex(), raw.status().ToString());
+      return nullptr;
+    }
+    bad = raw.status();
+  } else if (!raw->has_value()) {
+    return nullptr;
+  } else {
+    StatusOr<KvBlock> blk = DeserializeKvBlock(**raw, id.view());
+    if (blk.ok()) {
+      if (Status v = blk->Validate(); !v.ok()) {
+        bad = DataLoss(v.message());
+      } else if (!fingerprint.empty() && blk->fingerprint != fingerprint) {
+        bad = DataLoss(StrCat("fingerprint '", blk->fingerprint, "' != '", fingerprint, "'"));
+      } else {
+        return std::make_shared<const KvBlock>(std::move(blk).value());
+      }
+    } else {
+      bad = blk.status();
+    }
+  }
+  ++corrupt_;
+  m_.corrupt->Inc();
+  m_.evict_disk->Inc();
+  RS_LOG(warn, "ctxcache: dropping corrupt disk entry {}: {}", id.Hex(), bad.ToString());
+  if (Status d = disk_->Delete(id.view()); !d.ok()) {
+    ++disk_errors_;
+    m_.disk_errors->Inc();
+  }
+  return nullptr;
+}
+
+KvCache::Result KvCache::Fill(const CacheKey& key, const KeyId& id, const ComputeFn& compute,
+                              CacheSource* source) {
+  if (disk_ != nullptr) {
+    if (std::shared_ptr<const KvBlock> b = ReadDisk(id, key.fingerprint)) {
+      ++hits_disk_;
+      m_.hits_disk->Inc();
+      InsertRam(id, b);
+      if (source != nullptr) *source = CacheSource::kDisk;
+      return b;
+    }
+    m_.misses_disk->Inc();
+  }
+  ++misses_;
+  m_.computes->Inc();
+  StatusOr<KvBlock> computed = [&]() -> StatusOr<KvBlock> {
+    try {
+      return compute();
+    } catch (const std::exception& e) {
+      return Internal(StrCat("compute threw: ", e.what()));
+    } catch (...) {
+      return Internal("compute threw a non-standard exception");
+    }
+  }();
+  const std::string what = StrCat("ctxcache entry ", id.Hex());
+  if (!computed.ok()) return Annotate(computed.status(), what);
+  RS_RETURN_IF_ERROR(Annotate(computed->Validate(), what));
+  if (computed->fingerprint != key.fingerprint) {
+    return FailedPrecondition(StrCat(what, ": computed with model fingerprint '",
+                                     computed->fingerprint, "' but the key is for '",
+                                     key.fingerprint, "'"));
+  }
+  KvBlock stored = computed->dtype == options_.store_dtype
+                       ? std::move(computed).value()
+                       : computed->ConvertTo(options_.store_dtype);
+  auto block = std::make_shared<const KvBlock>(std::move(stored));
+  InsertRam(id, block);
+  if (disk_ != nullptr) {
+    if (Status s = disk_->Put(id.view(), SerializeKvBlock(*block, id.view())); !s.ok()) {
+      ++disk_errors_;
+      m_.disk_errors->Inc();
+      RS_LOG(warn, "ctxcache: disk write of {} failed: {}", id.Hex(), s.ToString());
+    }
+  }
+  if (source != nullptr) *source = CacheSource::kComputed;
+  return block;
+}
+
+StatusOr<std::shared_ptr<const KvBlock>> KvCache::GetOrCompute(const CacheKey& key,
+                                                               ComputeFn compute,
+                                                               CacheSource* source) {
+  RS_CHECK_ARG(!key.fingerprint.empty(), "ctxcache: the key's model fingerprint is empty");
+  RS_CHECK_ARG(compute != nullptr, "ctxcache: no compute function");
+  const KeyId id = key.id();
+  std::promise<Result> promise;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (auto it = ram_.find(id); it != ram_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second);
+      ++hits_ram_;
+      m_.hits_ram->Inc();
+      if (source != nullptr) *source = CacheSource::kRam;
+      return it->second->block;
+    }
+    if (auto f = inflight_.find(id); f != inflight_.end()) {
+      std::shared_future<Result> fut = f->second;
+      lock.unlock();
+      ++hits_inflight_;
+      m_.hits_inflight->Inc();
+      if (source != nullptr) *source = CacheSource::kInflight;
+      return fut.get();
+    }
+    inflight_.emplace(id, promise.get_future().share());
+    m_.misses_ram->Inc();
+  }
+  Result r = Fill(key, id, compute, source);
+  promise.set_value(r);
+  std::lock_guard<std::mutex> lock(mu_);
+  inflight_.erase(id);  // after Fill put the block in RAM, so no caller computes it again
+  return r;
+}
+
+StatusOr<std::shared_ptr<const KvBlock>> KvCache::Get(const KeyId& id) {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (auto it = ram_.find(id); it != ram_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second);
+      ++hits_ram_;
+      m_.hits_ram->Inc();
+      return it->second->block;
+    }
+    if (auto f = inflight_.find(id); f != inflight_.end()) {
+      std::shared_future<Result> fut = f->second;
+      lock.unlock();
+      ++hits_inflight_;
+      m_.hits_inflight->Inc();
+      return fut.get();
+    }
+  }
+  m_.misses_ram->Inc();
+  if (std::shared_ptr<const KvBlock> b = ReadDisk(id, {})) {
+    ++hits_disk_;
+    m_.hits_disk->Inc();
+    InsertRam(id, b);
+    return b;
+  }
+  if (disk_ != nullptr) m_.misses_disk->Inc();
+  return NotFound(StrCat("ctxcache: key ", id.Hex(), " is not cached"));
+}
+
+bool KvCache::Has(const KeyId& id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ram_.count(id) != 0) return true;
+  }
+  return ReadDisk(id, {}) != nullptr;
+}
+
+int KvCache::Evict(const KeyId& id, bool include_disk) {
+  int held = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = ram_.find(id); it != ram_.end()) {
+      ram_bytes_ -= it->second->bytes;
+      lru_.erase(it->second);
+      ram_.erase(it);
+      m_.evict_ram->Inc();
+      UpdateGauges();
+      ++held;
+    }
+  }
+  if (include_disk && disk_ != nullptr) {
+    StatusOr<std::optional<std::string>> raw = disk_->Get(id.view());
+    const bool on_disk = !raw.ok() || raw->has_value();  // a corrupt entry is deleted too
+    if (on_disk && disk_->Delete(id.view()).ok()) {
+      m_.evict_disk->Inc();
+      ++held;
+    }
+  }
+  return held;
+}
+
+int64_t KvCache::EvictAll(bool include_disk) {
+  int64_t n = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    n = static_cast<int64_t>(ram_.size());
+    m_.evict_ram->Inc(static_cast<double>(n));
+    ram_.clear();
+    lru_.clear();
+    ram_bytes_ = 0;
+    UpdateGauges();
+  }
+  if (include_disk && disk_ != nullptr) {
+    StatusOr<int64_t> d = disk_->DeleteAll();
+    if (d.ok()) {
+      n += *d;
+      m_.evict_disk->Inc(static_cast<double>(*d));
+    } else {
+      ++disk_errors_;
+      m_.disk_errors->Inc();
+      RS_LOG(warn, "ctxcache: clearing the disk tier failed: {}", d.status().ToString());
+    }
+  }
+  return n;
+}
+
+KvCacheStats KvCache::Stats() const {
+  KvCacheStats s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s.ram_entries = static_cast<int64_t>(ram_.size());
+    s.ram_bytes = ram_bytes_;
+  }
+  s.ram_limit_bytes = options_.ram_limit_bytes;
+  if (disk_ != nullptr) {
+    s.disk_entries = disk_->ApproxEntries();
+    s.disk_bytes = disk_->ApproxBytes();
+  }
+  s.hits_ram = hits_ram_;
+  s.hits_disk = hits_disk_;
+  s.hits_inflight = hits_inflight_;
+  s.misses = misses_;
+  s.evictions = evictions_;
+  s.corrupt = corrupt_;
+  s.disk_errors = disk_errors_;
+  return s;
+}
+
+}  // namespace ragserve::ctxcache
