@@ -1,5 +1,7 @@
 #include "index/attention_aware.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -131,11 +133,62 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Build(
     std::vector<int32_t>().swap(c);
   }
 
-  // 5. Entry points (chosen before step 4 so that insertion searches can use them).
-  for (int e = 0; e < params.num_entry_points; ++e) {
-    const int64_t qi = static_cast<int64_t>(e) * nq / params.num_entry_points;
-    const int32_t p = static_cast<int32_t>(top[qi * L]);
-    if (std::find(x.entry_.begin(), x.entry_.end(), p) == x.entry_.end()) x.entry_.push_back(p);
+  x.RecountInDegrees();
+
+  // 5. Entry points (chosen before step 4 so that insertion searches can use them): the top key
+  // of each k-means centroid of the build queries, so that every mode of the query
+  // distribution has an entry near the keys it attends to. A decode query attends to keys that
+  // other queries of its kind attended to, but the key graph has few edges between such groups
+  // (no query links them), so a search must start inside the right group.
+  {
+    const int64_t E = std::min<int64_t>(params.num_entry_points, nq);
+    std::vector<float> cent(static_cast<size_t>(E * dim));
+    for (int64_t e = 0; e < E; ++e) {
+      std::copy(bq.begin() + (e * nq / E) * dim, bq.begin() + (e * nq / E + 1) * dim,
+                cent.begin() + e * dim);
+    }
+    std::vector<float> dots(static_cast<size_t>(nq * E));
+    std::vector<int32_t> assign(static_cast<size_t>(nq));
+    for (int it = 0; it < 8; ++it) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq),
+                  static_cast<int>(E), dim, 1.0f, bq.data(), dim, cent.data(), dim, 0.0f,
+                  dots.data(), static_cast<int>(E));
+      std::vector<float> norm2(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e)
+        norm2[e] = Dot(cent.data() + e * dim, cent.data() + e * dim, dim);
+      for (int64_t i = 0; i < nq; ++i) {
+        float best = std::numeric_limits<float>::infinity();
+        for (int64_t e = 0; e < E; ++e) {
+          const float dist = norm2[e] - 2.0f * dots[i * E + e];  // |q - c|^2 - |q|^2
+          if (dist < best) {
+            best = dist;
+            assign[i] = static_cast<int32_t>(e);
+          }
+        }
+      }
+      std::vector<double> sum(static_cast<size_t>(E * dim), 0.0);
+      std::vector<int64_t> cnt(static_cast<size_t>(E), 0);
+      for (int64_t i = 0; i < nq; ++i) {
+        ++cnt[assign[i]];
+        for (int j = 0; j < dim; ++j) sum[assign[i] * dim + j] += bq[i * dim + j];
+      }
+      for (int64_t e = 0; e < E; ++e) {
+        if (cnt[e] == 0) continue;  // an empty cluster keeps its centroid
+        for (int j = 0; j < dim; ++j)
+          cent[e * dim + j] = static_cast<float>(sum[e * dim + j] / cnt[e]);
+      }
+    }
+    x.centroids_ = cent;
+    std::vector<int64_t> top1(static_cast<size_t>(E));
+    std::vector<float> top1_s(static_cast<size_t>(E));
+    key_internal::ExactTopK(E, cent.data(), n_keys, x.keys_.data(), dim, 1, top1.data(),
+                            top1_s.data());
+    for (int64_t e = 0; e < E; ++e) {
+      const int32_t p = static_cast<int32_t>(top1[e]);
+      if (p >= 0 && std::find(x.entry_.begin(), x.entry_.end(), p) == x.entry_.end()) {
+        x.entry_.push_back(p);
+      }
+    }
   }
 
   // 4. Link keys nothing points to: parallel searches on the projected graph, serial linking.
@@ -148,13 +201,19 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Build(
   for (int64_t r = 0; r < n_keys; ++r) {
     if (!reached[r]) todo.push_back(static_cast<int32_t>(r));
   }
-  std::vector<std::vector<Scored>> found(todo.size());
+  // In batches, so that later keys find (and link to) earlier inserted ones instead of all
+  // landing on the few projected keys near the entry points.
+  constexpr size_t kBatch = 2048;
+  for (size_t b0 = 0; b0 < todo.size(); b0 += kBatch) {
+    const size_t bn = std::min(kBatch, todo.size() - b0);
+    std::vector<std::vector<Scored>> found(bn);
 #pragma omp parallel for schedule(dynamic, 64)
-  for (int64_t i = 0; i < static_cast<int64_t>(todo.size()); ++i) {
-    int64_t s = 0, h = 0;
-    x.BeamSearch(x.row(todo[i]), params.insert_ef, &found[i], &s, &h);
+    for (int64_t i = 0; i < static_cast<int64_t>(bn); ++i) {
+      int64_t s = 0, h = 0;
+      x.BeamSearch(x.row(todo[b0 + i]), params.insert_ef, &found[i], &s, &h);
+    }
+    for (size_t i = 0; i < bn; ++i) x.LinkNewNode(todo[b0 + i], found[i]);
   }
-  for (size_t i = 0; i < todo.size(); ++i) x.LinkNewNode(todo[i], found[i]);
   RS_LOG(debug, "attention-aware index: {} keys, {} build queries, {} linked by insertion", n_keys,
          nq, todo.size());
   return idx;
@@ -250,18 +309,20 @@ std::vector<int32_t> AttentionAwareIndex::Prune(int32_t node, std::vector<int32_
   return kept;
 }
 
-void AttentionAwareIndex::AddReverseEdge(int32_t from, int32_t to) {
-  auto& l = adj_[from];
-  if (std::find(l.begin(), l.end(), to) != l.end()) return;
-  l.push_back(to);
-  // Slack of max_degree/2 before re-pruning amortizes the O(M^2) occlusion pass.
-  if (static_cast<int>(l.size()) > params_.max_degree + params_.max_degree / 2) {
-    // The new edge must survive: it may be the only way into `to`.
-    std::vector<int32_t> others(l.begin(), l.end() - 1);
-    auto pruned = Prune(from, std::move(others), params_.max_degree - 1);
-    pruned.push_back(to);
-    l = std::move(pruned);
+void AttentionAwareIndex::RecountInDegrees() {
+  indeg_.assign(adj_.size(), 0);
+  for (const auto& l : adj_) {
+    for (int32_t v : l) ++indeg_[v];
   }
+}
+
+bool AttentionAwareIndex::AddReverseEdge(int32_t from, int32_t to, int cap) {
+  auto& l = adj_[from];
+  if (std::find(l.begin(), l.end(), to) != l.end()) return true;
+  if (static_cast<int>(l.size()) >= cap) return false;
+  l.push_back(to);
+  ++indeg_[to];
+  return true;
 }
 
 void AttentionAwareIndex::LinkNewNode(int32_t node, const std::vector<Scored>& found) {
@@ -269,10 +330,38 @@ void AttentionAwareIndex::LinkNewNode(int32_t node, const std::vector<Scored>& f
   for (const auto& f : found) {
     if (f.second != node) c.push_back(f.second);
   }
-  auto out = Prune(node, c, params_.max_degree);
-  adj_[node] = out;
-  const int links = std::min<int>(params_.insert_reverse_links, static_cast<int>(c.size()));
-  for (int i = 0; i < links; ++i) AddReverseEdge(c[i], node);
+  adj_[node] = Prune(node, c, params_.max_degree);
+  for (int32_t v : adj_[node]) ++indeg_[v];
+  // Reverse edges only fill free slots (max_degree plus half of it as slack): they never
+  // displace query-projected edges, which carry the attention structure (re-pruning or
+  // replacing them on insertion cost most of the recall in experiments).
+  const int slack_cap = params_.max_degree + params_.max_degree / 2;
+  int placed = 0;
+  for (size_t i = 0; i < c.size() && placed < params_.insert_reverse_links; ++i) {
+    placed += AddReverseEdge(c[i], node, slack_cap) ? 1 : 0;
+  }
+  if (placed > 0 || c.empty()) return;
+  // All candidates are full: one edge into the first list under twice the bound, else over it
+  // (the node must stay reachable).
+  for (int32_t from : c) {
+    if (AddReverseEdge(from, node, 2 * params_.max_degree)) return;
+  }
+  adj_[c[0]].push_back(node);
+  ++indeg_[node];
+}
+
+const float* AttentionAwareIndex::InsertionQuery(const float* key) const {
+  const int64_t e_count = static_cast<int64_t>(centroids_.size()) / dim_;
+  const float* best = key;
+  float best_s = -std::numeric_limits<float>::infinity();
+  for (int64_t e = 0; e < e_count; ++e) {
+    const float s = Dot(key, centroids_.data() + e * dim_, dim_);
+    if (s > best_s) {
+      best_s = s;
+      best = centroids_.data() + e * dim_;
+    }
+  }
+  return best;
 }
 
 int64_t AttentionAwareIndex::size() const {
@@ -316,11 +405,14 @@ Status AttentionAwareIndex::add(int64_t n, const float* x, const int64_t* ids) {
     const int32_t r = static_cast<int32_t>(ids_.size());
     std::vector<Scored> found;
     int64_t s = 0, h = 0;
-    // Search before the node exists so it cannot find itself.
-    BeamSearch(x + i * dim_, params_.insert_ef, &found, &s, &h);
+    // Search before the node exists so it cannot find itself. The search runs with the query
+    // centroid that scores the new key highest: the key is linked where the queries that
+    // would attend to it search, which a key-to-key search does not find for OOD queries.
+    BeamSearch(InsertionQuery(x + i * dim_), params_.insert_ef, &found, &s, &h);
     keys_.insert(keys_.end(), x + i * dim_, x + (i + 1) * dim_);
     ids_.push_back(ids[i]);
     adj_.emplace_back();
+    indeg_.push_back(0);
     dead_.push_back(0);
     row_[ids[i]] = r;
     if (found.empty()) {
@@ -340,7 +432,9 @@ Status AttentionAwareIndex::SearchWithStats(int64_t n, const float* q, int k, fl
   const int ef = std::max(k, params.ef_search > 0 ? params.ef_search : params_.ef_search);
   int64_t scored = 0, hops = 0;
   const bool any_dead = row_.size() != ids_.size();
-#pragma omp parallel for reduction(+ : scored, hops) schedule(static, 1) if (n > 1)
+  // Threads only for large batches: a decode step's few heads are faster on one core than the
+  // cost of waking an OpenMP team on a shared machine.
+#pragma omp parallel for reduction(+ : scored, hops) schedule(dynamic, 4) if (n >= 64)
   for (int64_t i = 0; i < n; ++i) {
     std::vector<Scored> found;
     BeamSearch(q + i * dim_, ef, &found, &scored, &hops);
@@ -417,6 +511,7 @@ Status AttentionAwareIndex::save(const std::string& path) const {
     PutVec(f, ids_);
     PutVec(f, dead_);
     PutVec(f, entry_);
+    PutVec(f, centroids_);
     for (const auto& l : adj_) PutVec(f, l);
     if (!f) return Internal(StrCat("write to '", tmp, "' failed"));
   }
@@ -446,7 +541,8 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Load(const s
   const int64_t rows = static_cast<int64_t>(idx->keys_.size()) / dim;
   if (!GetVec(f, &idx->ids_, kMax) || static_cast<int64_t>(idx->ids_.size()) != rows ||
       !GetVec(f, &idx->dead_, kMax) || static_cast<int64_t>(idx->dead_.size()) != rows ||
-      !GetVec(f, &idx->entry_, 4096 + rows)) {
+      !GetVec(f, &idx->entry_, 4096 + rows) || !GetVec(f, &idx->centroids_, 4096 * dim) ||
+      idx->centroids_.size() % dim != 0) {
     return bad();
   }
   for (int32_t e : idx->entry_) {
@@ -454,11 +550,12 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Load(const s
   }
   idx->adj_.resize(static_cast<size_t>(rows));
   for (auto& l : idx->adj_) {
-    if (!GetVec(f, &l, 4 * 256)) return bad();
+    if (!GetVec(f, &l, rows)) return bad();
     for (int32_t v : l) {
       if (v < 0 || v >= rows) return bad();
     }
   }
+  idx->RecountInDegrees();
   for (int64_t r = 0; r < rows; ++r) {
     if (idx->dead_[r]) continue;
     if (idx->ids_[r] < 0 || !idx->row_.emplace(idx->ids_[r], static_cast<int32_t>(r)).second) {

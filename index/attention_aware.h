@@ -11,10 +11,12 @@
 //      candidates, each of those gets the pivot back, consecutive keys in the ranking are
 //      linked; each node keeps <= max_degree neighbours chosen by an occlusion rule in L2
 //      (keep p unless a kept r is closer to p than p is to the node, scaled by prune_alpha);
-//   4. keys that no query linked (in-degree 0) are linked like decode-time insertions: a beam
-//      search of the projected graph with the key itself as the query gives its out-edges,
-//      and reverse edges (re-pruned when a list overflows) make it reachable;
-//   5. entry points: the distinct pivots of num_entry_points evenly spaced build queries.
+//   4. keys that no query linked (in-degree 0) get out-edges from a beam search of the
+//      projected graph with the key itself as the query (no query attended to them, so their
+//      placement matters little) and reverse edges into free slots of the found keys' lists
+//      (never displacing projected edges), so every key is reachable;
+//   5. entry points: the top key of each of num_entry_points k-means centroids of the build
+//      queries (8 Lloyd iterations), so every mode of the query distribution has an entry.
 // Search: score all entry points, then best-first beam search with a result list of size
 // ef = max(k, ef_search); only keys popped from the frontier have their neighbours scored.
 //
@@ -34,27 +36,32 @@
 namespace ragserve::index {
 
 struct AttentionAwareParams {
-  // Exact top keys linked to each build query. Larger: more keys become reachable and each
-  // key's neighbourhood is denser -> higher recall at a given ef, slower build
-  // (the top-k heap is cheap; the sgemm cost does not depend on it). Range 1..1024.
-  int build_topk = 32;
+  // Exact top keys linked to each build query. Keep it >= the top_k searched: a key that is
+  // rank 60 for every query is only linked when build_topk >= 60 (with 32 instead of 100,
+  // recall@100 fell from 1.0 to ~0.5 on the synthetic workload). Larger: denser
+  // neighbourhoods, bigger candidate lists at build; the sgemm cost does not depend on it.
+  // Range 1..1024.
+  int build_topk = 100;
   // Out-degree bound M of each key. Larger: higher recall per hop, but every expanded node
-  // scores up to M keys, so keys touched grow ~linearly with it. Range 4..256.
-  int max_degree = 32;
-  // At most this many prefill queries are used (uniform stride). Build cost is
+  // scores up to M keys, so keys touched grow ~linearly with it (16 -> 32 doubled keys touched
+  // at the same recall on the synthetic workload). Range 4..256.
+  int max_degree = 16;
+  // At most this many prefill queries are used (evenly spread). Build cost is
   // O(max_build_queries * n_keys * d); fewer queries leave more keys reached only through the
   // insertion pass (step 4), which lowers recall for decode queries unlike any build query.
   int64_t max_build_queries = 16384;
-  // Entry points scored at the start of every search (all of them count as keys touched).
-  // More entry points: fewer searches stuck in the wrong region, +1 key touched each.
-  int num_entry_points = 32;
+  // k-means centroids of the build queries whose top keys become entry points, all scored at
+  // the start of every search (distinct ones count as keys touched). Too few for the number
+  // of query modes leaves searches stuck in a region the query does not attend to.
+  int num_entry_points = 64;
   // Default beam width when SearchParams::ef_search is 0. Recall and keys touched both grow
   // with it (keys touched ~ ef * max_degree / 2 at most).
-  int ef_search = 128;
+  int ef_search = 100;
   // Beam width used to link keys in step 4 and in add(). Larger: better-placed new keys,
   // slower build/add.
-  int insert_ef = 48;
-  // Reverse edges added per inserted key (step 4 and add()); at least 1 keeps it reachable.
+  int insert_ef = 32;
+  // Reverse edges added per inserted key (step 4 and add()), only into lists with free slots
+  // (max_degree * 1.5); at least 1 keeps it reachable.
   int insert_reverse_links = 8;
   // Occlusion slack (>= 1.0): 1.0 is the strict RNG rule (sparsest, most diverse lists);
   // larger keeps more near-duplicate neighbours. Only matters when a node has > max_degree
@@ -81,8 +88,9 @@ class AttentionAwareIndex final : public KeyIndex {
   const AttentionAwareParams& params() const { return params_; }
 
   // Inserts keys (e.g. tokens leaving the static window during decode): each is linked to the
-  // result of a beam search with itself as the query, plus reverse edges. An existing id is
-  // replaced (old node tombstoned).
+  // result of a beam search (insert_ef) with the build-query centroid that scores it highest
+  // as the query, i.e. next to the keys that the queries likely to attend to it reach, plus
+  // reverse edges into free slots. An existing id is replaced (old node tombstoned).
   Status add(int64_t n, const float* x, const int64_t* ids) override;
   // Beam search per query (OpenMP over queries). keys_scored counts every q.k computed.
   Status SearchWithStats(int64_t n, const float* q, int k, float* distances, int64_t* ids,
@@ -103,7 +111,11 @@ class AttentionAwareIndex final : public KeyIndex {
   void BeamSearch(const float* q, int ef, std::vector<std::pair<float, int32_t>>* out,
                   int64_t* scored, int64_t* hops) const;
   std::vector<int32_t> Prune(int32_t node, std::vector<int32_t> cands, int max_out) const;
-  void AddReverseEdge(int32_t from, int32_t to);
+  void RecountInDegrees();
+  // Appends from->to when from's list is shorter than cap; false when it is not.
+  bool AddReverseEdge(int32_t from, int32_t to, int cap);
+  // The build-query centroid with the largest inner product with key (key itself if none).
+  const float* InsertionQuery(const float* key) const;
   void LinkNewNode(int32_t node, const std::vector<std::pair<float, int32_t>>& found);
 
   const int dim_;
@@ -114,7 +126,9 @@ class AttentionAwareIndex final : public KeyIndex {
   std::unordered_map<int64_t, int32_t> row_;  // live id -> row; guarded by mu_
   std::vector<std::vector<int32_t>> adj_;     // out-edges per row; guarded by mu_
   std::vector<uint8_t> dead_;                 // tombstones per row; guarded by mu_
+  std::vector<int32_t> indeg_;                // in-degree per row; guarded by mu_
   std::vector<int32_t> entry_;                // entry-point rows; guarded by mu_
+  std::vector<float> centroids_;              // [E, dim] build-query centroids; guarded by mu_
 };
 
 }  // namespace ragserve::index

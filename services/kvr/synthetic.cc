@@ -129,15 +129,19 @@ StatusOr<SyntheticWorkload> GenerateWorkload(const SyntheticParams& p) {
   w.prefill_queries.resize(static_cast<size_t>(p.n_keys) * h * d);
   w.decode_queries.resize(static_cast<size_t>(p.n_decode) * h * d);
 
+  auto in_topic_subspace = [&](int i) { return (i >= d / 2 - f && i < d / 2) || i >= d - f; };
   Sample(kdist, p.n_keys, d, rng, w.keys.data());
   std::uniform_int_distribution<int> pick_topic(0, topics - 1);
   std::uniform_real_distribution<double> u01(0.0, 1.0);
   std::normal_distribution<float> n01;
   for (int64_t t = 0; t < p.n_keys; ++t) {
     float* k = w.keys.data() + t * d;
+    for (int i = 0; i < d; ++i) {
+      if (in_topic_subspace(i)) k[i] *= p.topic_subspace_noise;
+    }
     if (u01(rng) < p.salient_fraction) {
       const auto& u = topic[pick_topic(rng)];
-      const float a = p.topic_strength * (0.75f + 0.25f * std::fabs(n01(rng)));
+      const float a = p.key_topic_strength * (0.75f + 0.25f * std::fabs(n01(rng)));
       for (int i = 0; i < d; ++i) k[i] += a * u[i];
     }
     ApplyRope(k, d, t, p.rope_theta);
@@ -152,8 +156,11 @@ StatusOr<SyntheticWorkload> GenerateWorkload(const SyntheticParams& p) {
       for (int64_t t = 0; t < n; ++t) {
         float* q = out + (t * h + j) * d;
         std::copy(tmp.begin() + t * d, tmp.begin() + (t + 1) * d, q);
+        for (int i = 0; i < d; ++i) {
+          q[i] *= in_topic_subspace(i) ? p.topic_subspace_noise : p.query_noise_scale;
+        }
         const auto& u = topic[pick_topic(rng)];
-        for (int i = 0; i < d; ++i) q[i] += p.topic_strength * u[i];
+        for (int i = 0; i < d; ++i) q[i] += p.query_topic_strength * u[i];
         ApplyRope(q, d, pos0 + t, p.rope_theta);
       }
     }

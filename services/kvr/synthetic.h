@@ -3,10 +3,12 @@
 //   - queries and keys are out of distribution to each other: different means and different
 //     anisotropic covariances (random rotations of exponentially decaying spectra);
 //   - both are RoPE-rotated by position (HF rotate-half convention, pairs (i, i + d/2));
-//   - attention is concentrated: each key and query has a "topic"; a salient_fraction of keys
-//     carry a strong component along their topic direction and every query carries one along
-//     its own, so a query's top keys are the few salient keys of its topic. Topic directions
-//     live in the lowest-frequency RoPE dims so position rotates them only slightly.
+//   - attention is concentrated: each query has a "topic" and a salient_fraction of keys carry a
+//     component along one topic direction; a query's top keys are the salient keys of its topic.
+//     Topic directions live in the lowest-frequency RoPE dims so position rotates them only
+//     slightly. Keys see the topic only weakly (their variance is elsewhere) while queries see
+//     it strongly: key-space clusters and key-key neighbourhoods do not follow what a query
+//     attends to, which is what defeats IVF/HNSW built over keys alone (the paper's OOD finding).
 // Fully determined by the seed.
 #pragma once
 
@@ -26,7 +28,16 @@ struct SyntheticParams {
   double salient_fraction = 0.05;
   float key_mean_norm = 6.0f;    // |mean of keys| (before RoPE)
   float query_mean_norm = 6.0f;  // |mean of queries|, a different random direction
-  float topic_strength = 9.5f;   // salient key and query component along the topic direction
+  // Salient keys carry key_topic_strength * (0.75 + 0.25|N(0,1)|) along their topic direction,
+  // small next to the key noise (norm ~ sqrt(d)), so clustering keys does not separate topics;
+  // queries carry query_topic_strength along theirs, so q.k of a query with the salient keys
+  // of its topic is ~ key * query strength above the rest: the attention-concentration knob.
+  float key_topic_strength = 3.0f;
+  float query_topic_strength = 50.0f;
+  // Scale of key and query noise inside the topic subspace (the 2*max(1, d/16) lowest-frequency
+  // RoPE dims): small, so the large query component there adds little noise to q.k.
+  float topic_subspace_noise = 0.1f;
+  float query_noise_scale = 0.3f;  // query covariance scale outside the topic subspace
   float rope_theta = 500000.0f;
   uint64_t seed = 1;
 };

@@ -100,6 +100,14 @@ int main(int argc, char** argv) {
   app.add_option("--hnsw-ef", hnsw_ef, "hnswlib ef_search sweep")->delimiter(',');
   app.add_option("--ivf-nprobe", ivf_nprobe, "IVF nprobe sweep")->delimiter(',');
   app.add_option("--csv", csv, "also write the table as CSV");
+  ragserve::index::AttentionAwareParams aa;
+  app.add_option("--aa-build-topk", aa.build_topk,
+                 "attention-aware: exact top keys per build query");
+  app.add_option("--aa-degree", aa.max_degree, "attention-aware: max out-degree");
+  app.add_option("--aa-entry", aa.num_entry_points, "attention-aware: entry points");
+  app.add_option("--aa-build-queries", aa.max_build_queries, "attention-aware: build queries");
+  std::string kinds = "exact,attention_aware,hnsw,ivf";
+  app.add_option("--kinds", kinds, "index kinds to run (exact is always run first)");
   CLI11_PARSE(app, argc, argv);
 
   utsname un{};
@@ -167,6 +175,11 @@ int main(int argc, char** argv) {
     for (const Sweep& sw : sweeps) {
       kvr::HybridOptions ho;
       ho.index_kind = sw.kind;
+      ho.attention_aware = aa;
+      if (sw.kind != kvr::KeyIndexKind::kExact &&
+          kinds.find(std::string(kvr::KeyIndexKindName(sw.kind))) == std::string::npos) {
+        continue;
+      }
       kvr::HybridAttention ha(&store, ho);
       const auto b0 = Clock::now();
       auto st = ha.BuildIndex(seq, 0, 0, n, group, wl->prefill_queries.data());
