@@ -47,7 +47,7 @@ in_ns() { local h="$1"; shift; ip netns exec "$TAG-$h" "$@"; }
 start() {  # start <host> <binary> <port> <metrics port> args...
   local h="$1" bin="$2" port="$3" mport="$4"
   shift 4
-  in_ns "$h" "$BIN/$bin" --host "${ADDR[$h]}" --port "$port" --metrics-port "$mport" \
+  ip netns exec "$TAG-$h" "$BIN/$bin" --host "${ADDR[$h]}" --port "$port" --metrics-port "$mport" \
     --ready-file "$TMP/$h.ready" "$@" >"$TMP/$h.log" 2>&1 &
   PIDS+=($!)
   eval "PID_$h=$!"
@@ -69,14 +69,14 @@ start router ragserve-router 50051 9091 --index-addr "${ADDR[idx]}:50052" \
 RAGCTL=(in_ns client "$BIN/ragctl" --addr "${ADDR[router]}:50051")
 "${RAGCTL[@]}" ingest "$ROOT/data/corpus/passages.jsonl" --collection docs --create
 OUT=$("${RAGCTL[@]}" query "How long is the Nawerk River in kilometres?" --collection docs \
-  --max-tokens 32)
+  --max-tokens 32 --ignore-eos)
 echo "$OUT" | head -8
 echo "$OUT" | grep -q "\[p0006\]" || { echo "FAIL: passage p0006 not retrieved across hosts"; exit 1; }
 echo "$OUT" | grep -q "generated 32" || { echo "FAIL: answer not complete"; exit 1; }
 
 # Failover across hosts: kill -9 the decoder that is answering.
 "${RAGCTL[@]}" query "Tell me about the Nawerk River" --collection docs --max-tokens 1500 \
-  --no-passages >"$TMP/long.out" 2>&1 &
+  --ignore-eos --no-passages >"$TMP/long.out" 2>&1 &
 QPID=$!
 killed=""
 for _ in $(seq 1 200); do

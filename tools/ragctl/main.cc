@@ -322,6 +322,8 @@ int main(int argc, char** argv) {
   query->add_option("--temperature", temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
   query->add_option("--seed", seed, "Sampling seed");
   query->add_flag("--no-passages", no_passages, "Do not print the retrieved passages");
+  bool ignore_eos = false;
+  query->add_flag("--ignore-eos", ignore_eos, "Generate max-tokens tokens even past EOS");
   query->add_option("--context-cache", cache, "Use pre-encoded passage KV (true/false)");
 
   auto* colls = app.add_subcommand("collections", "List collections");
@@ -369,6 +371,7 @@ int main(int argc, char** argv) {
     qreq.mutable_sampling()->set_max_tokens(max_tokens);
     qreq.mutable_sampling()->set_temperature(temperature);
     qreq.mutable_sampling()->set_seed(seed);
+    qreq.mutable_sampling()->set_ignore_eos(ignore_eos);
     return Query(c, qreq, !no_passages);
   }
   if (colls->parsed()) return Collections(c);
