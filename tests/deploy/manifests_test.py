@@ -139,11 +139,13 @@ def check_overlay(overlay, tmp):
     objs = [o for o in yaml.safe_load_all(r.stdout) if o]
     configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"}
     ran_tools = set()
+    work = os.path.join(tmp, overlay + "-volumes")  # fresh volumes per overlay
+    os.makedirs(work)
     for o in objs:
         for spec in pod_specs(o):
             for c in spec.get("initContainers", []) + spec.get("containers", []):
                 check_container(f"{overlay} {o['kind']}/{o['metadata']['name']}/{c['name']}", c,
-                                configmaps, tmp, ran_tools)
+                                configmaps, work, ran_tools)
     # Services: selector matches pods, target ports exist on them.
     workloads = [o for o in objs if pod_labels(o) is not None]
     for svc in (o for o in objs if o["kind"] == "Service"):
