@@ -1,0 +1,345 @@
+// index_bench: ragserve's HNSW and IVF-Flat indexes against the raw libraries (hnswlib, FAISS)
+// called directly on the same seeded clustered data in the same run, plus the ragserve-index
+// gRPC service on loopback (in-process server, one query per RPC).
+//
+// Columns per (index, parameter): recall@1 and recall@10 against exact search (FlatIndex),
+// QPS with 1 thread (one query per call) and with all threads (one batch call), and the ratio
+// ragserve / raw. Build time and memory per index. Prints a Markdown table and writes CSV.
+//
+// hnswlib 0.6.2 defines non-inline globals in its headers, so including it here and in
+// index/hnsw.cc needs -Wl,--allow-multiple-definition (identical definitions; see
+// tools/bench/CMakeLists.txt).
+//
+//   index_bench [--n 50000] [--dim 128] [--queries 500] [--reps 5] [--csv F] [--no-grpc]
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIVFFlat.h>
+#include <hnswlib/hnswlib.h>
+#include <omp.h>
+#include <sys/utsname.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "index/flat.h"
+#include "index/hnsw.h"
+#include "index/ivf.h"
+#include "ragserve/v1/index.grpc.pb.h"
+#include "services/common/client.h"
+#include "services/common/server.h"
+#include "services/index/collection.h"
+#include "services/index/service.h"
+
+namespace {
+
+using namespace ragserve;  // NOLINT: a benchmark's main file
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::vector<float> Clustered(int64_t n, int dim, int clusters, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> centers(static_cast<size_t>(clusters) * dim);
+  for (auto& c : centers) c = g(rng);
+  std::uniform_int_distribution<int> pick(0, clusters - 1);
+  std::vector<float> x(static_cast<size_t>(n) * dim);
+  for (int64_t i = 0; i < n; ++i) {
+    const int c = pick(rng);
+    for (int j = 0; j < dim; ++j) x[i * dim + j] = centers[c * dim + j] + 0.6f * g(rng);
+  }
+  return x;
+}
+
+double Recall(const std::vector<int64_t>& truth, const std::vector<int64_t>& got, int64_t nq,
+              int tk, int gk, int k) {
+  double hits = 0;
+  for (int64_t i = 0; i < nq; ++i) {
+    std::set<int64_t> t(truth.begin() + i * tk, truth.begin() + i * tk + k);
+    for (int j = 0; j < k; ++j) hits += t.count(got[i * gk + j]);
+  }
+  return hits / (double(nq) * k);
+}
+
+struct Row {
+  std::string index, param, impl;
+  double r1 = 0, r10 = 0, qps1 = 0, qpsn = 0, base_qps1 = 0, base_qpsn = 0;
+};
+
+std::string Machine() {
+  utsname u{};
+  uname(&u);
+  std::string cpu = "unknown cpu";
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      cpu = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  return cpu + ", " + std::to_string(std::thread::hardware_concurrency()) + " threads, " +
+         u.sysname + " " + u.release;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"index_bench: ragserve indexes vs raw hnswlib / FAISS"};
+  int64_t n = 50000;
+  int dim = 128, nq = 500;
+  std::string csv = "index_bench.csv";
+  bool no_grpc = false;
+  int reps = 5;
+  app.add_option("--n", n, "Base vectors");
+  app.add_option("--dim", dim, "Dimension");
+  app.add_option("--queries", nq, "Queries");
+  app.add_option("--csv", csv, "CSV output path");
+  app.add_flag("--no-grpc", no_grpc, "Skip the gRPC loopback column");
+  app.add_option("--reps", reps, "Timed repetitions per cell (the best is reported)");
+  CLI11_PARSE(app, argc, argv);
+  const int threads = omp_get_max_threads();
+  // Best of `reps` runs of a timed block -> queries per second (robust to a noisy machine).
+  auto Best = [&](auto&& fn) {
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      const auto t0 = Clock::now();
+      fn();
+      best = std::min(best, Since(t0));
+    }
+    return nq / best;
+  };
+  constexpr int kK = 10;
+  const auto x = Clustered(n, dim, 100, 7);
+  std::vector<float> q(x.begin(), x.begin() + int64_t{nq} * dim);
+  const auto noise = Clustered(nq, dim, 1, 8);
+  for (size_t i = 0; i < q.size(); ++i) q[i] += 0.3f * noise[i];
+  std::vector<int64_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = i;
+
+  // Exact ground truth.
+  auto flat = index::FlatIndex::Create(dim, index::Metric::kL2).value();
+  (void)flat->add(n, x.data(), ids.data());
+  std::vector<float> td(nq * kK);
+  std::vector<int64_t> truth(nq * kK);
+  (void)flat->search(nq, q.data(), kK, td.data(), truth.data());
+
+  std::vector<Row> rows;
+  std::vector<std::string> builds;
+  std::vector<float> d(nq * kK);
+  std::vector<int64_t> got(nq * kK), raw_got(nq * kK);
+
+  // ---- HNSW ----
+  auto t = Clock::now();
+  auto hnsw = index::HnswIndex::Create(dim, index::Metric::kL2,
+                                       {.M = 16, .ef_construction = 200, .initial_capacity = n})
+                  .value();
+  (void)hnsw->add(n, x.data(), ids.data());
+  const double hb = Since(t);
+  hnswlib::L2Space space(dim);
+  t = Clock::now();
+  hnswlib::HierarchicalNSW<float> raw(&space, n, 16, 200, 100);
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t i = 0; i < n; ++i) raw.addPoint(x.data() + i * dim, static_cast<size_t>(i));
+  const double rb = Since(t);
+  builds.push_back(
+      StrCat("| hnsw M=16 efC=200 | ", hb, " s | ", rb, " s | ", hnsw->memory_bytes() / 1048576.0,
+             " MiB | ", (n * (raw.size_data_per_element_ + sizeof(void*))) / 1048576.0, " MiB |"));
+  for (int ef : {16, 32, 64, 128, 256}) {
+    Row r{"hnsw", "ef=" + std::to_string(ef), "ragserve"};
+    Row b{"hnsw", "ef=" + std::to_string(ef), "hnswlib"};
+    index::SearchParams sp;
+    sp.ef_search = ef;
+    raw.setEf(ef);
+    omp_set_num_threads(1);
+    r.qps1 = Best([&] {
+      for (int i = 0; i < nq; ++i) {
+        (void)hnsw->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK, sp);
+      }
+    });
+    b.qps1 = Best([&] {
+      for (int i = 0; i < nq; ++i) {
+        auto res = raw.searchKnn(q.data() + i * dim, kK);
+        for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
+          raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
+        }
+      }
+    });
+    omp_set_num_threads(threads);
+    r.qpsn = Best([&] { (void)hnsw->search(nq, q.data(), kK, d.data(), got.data(), sp); });
+    b.qpsn = Best([&] {
+#pragma omp parallel for schedule(dynamic, 4)
+      for (int i = 0; i < nq; ++i) {
+        auto res = raw.searchKnn(q.data() + i * dim, kK);
+        for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
+          raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
+        }
+      }
+    });
+    r.r1 = Recall(truth, got, nq, kK, kK, 1);
+    r.r10 = Recall(truth, got, nq, kK, kK, 10);
+    b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
+    b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
+    r.base_qps1 = b.qps1;
+    r.base_qpsn = b.qpsn;
+    rows.push_back(b);
+    rows.push_back(r);
+  }
+
+  // ---- IVF-Flat ----
+  const int nlist = static_cast<int>(std::round(4 * std::sqrt(double(n))));
+  t = Clock::now();
+  auto ivf = index::IvfIndex::Create(dim, index::Metric::kL2, false, {.nlist = nlist}).value();
+  (void)ivf->train(n, x.data());
+  (void)ivf->add(n, x.data(), ids.data());
+  const double ib = Since(t);
+  t = Clock::now();
+  faiss::IndexFlatL2 quantizer(dim);
+  faiss::IndexIVFFlat fivf(&quantizer, dim, nlist);
+  fivf.cp.niter = 20;
+  fivf.cp.seed = 1234;
+  fivf.train(n, x.data());
+  fivf.add_with_ids(n, x.data(), ids.data());
+  const double fb = Since(t);
+  builds.push_back(StrCat("| ivf_flat nlist=", nlist, " | ", ib, " s | ", fb, " s | ",
+                          ivf->memory_bytes() / 1048576.0, " MiB | ",
+                          (n * (dim * 4 + 8) + nlist * dim * 4) / 1048576.0, " MiB |"));
+  for (int nprobe : {1, 4, 16, 32, 64}) {
+    Row r{"ivf_flat", "nprobe=" + std::to_string(nprobe), "ragserve"};
+    Row b{"ivf_flat", "nprobe=" + std::to_string(nprobe), "faiss"};
+    index::SearchParams sp;
+    sp.nprobe = nprobe;
+    fivf.nprobe = nprobe;
+    omp_set_num_threads(1);
+    r.qps1 = Best([&] {
+      for (int i = 0; i < nq; ++i) {
+        (void)ivf->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK, sp);
+      }
+    });
+    b.qps1 = Best([&] {
+      for (int i = 0; i < nq; ++i) {
+        fivf.search(1, q.data() + i * dim, kK, d.data() + i * kK, raw_got.data() + i * kK);
+      }
+    });
+    omp_set_num_threads(threads);
+    r.qpsn = Best([&] { (void)ivf->search(nq, q.data(), kK, d.data(), got.data(), sp); });
+    b.qpsn = Best([&] { fivf.search(nq, q.data(), kK, d.data(), raw_got.data()); });
+    r.r1 = Recall(truth, got, nq, kK, kK, 1);
+    r.r10 = Recall(truth, got, nq, kK, kK, 10);
+    b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
+    b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
+    r.base_qps1 = b.qps1;
+    r.base_qpsn = b.qpsn;
+    rows.push_back(b);
+    rows.push_back(r);
+  }
+
+  // ---- gRPC loopback: ragserve-index service in-process, one query per RPC ----
+  std::vector<Row> grpc_rows;
+  if (!no_grpc) {
+    const std::string dir =
+        (std::filesystem::temp_directory_path() / ("index_bench_" + std::to_string(getpid())))
+            .string();
+    {
+      auto store = index_service::CollectionStore::Open(dir).value();
+      ServerConfig cfg;
+      cfg.service = "index";
+      cfg.metrics_port = -1;
+      cfg.log_level = "warn";
+      ServiceServer server(cfg);
+      index_service::IndexGrpcService svc(&server, store.get());
+      server.AddService(&svc, "ragserve.v1.IndexService");
+      if (Status st = server.Start(); !st.ok()) {
+        std::fprintf(stderr, "grpc server: %s\n", st.ToString().c_str());
+        return 1;
+      }
+      auto c =
+          store
+              ->Create(
+                  {.name = "bench", .dim = dim, .metric = index::Metric::kL2, .index_kind = "flat"})
+              .value();
+      std::vector<index_service::Document> docs(n);
+      for (int64_t i = 0; i < n; ++i) {
+        docs[i].id = std::to_string(i);
+        docs[i].vector.assign(x.begin() + i * dim, x.begin() + (i + 1) * dim);
+      }
+      (void)c->Upsert(std::move(docs));
+      (void)c->Rebuild("hnsw", R"({"M": 16, "ef_construction": 200})");
+      auto stub = v1::IndexService::NewStub(MakeChannel(server.address()).value());
+      for (int ef : {16, 32, 64, 128, 256}) {
+        Row r{"hnsw", "ef=" + std::to_string(ef), "ragserve gRPC"};
+        auto one = [&](int i) {
+          v1::SearchRequest req;
+          req.set_collection("bench");
+          req.set_k(kK);
+          req.set_ef_search(ef);
+          req.add_queries()->mutable_vector()->Add(q.begin() + i * dim, q.begin() + (i + 1) * dim);
+          v1::SearchResponse resp;
+          grpc::ClientContext ctx;
+          if (stub->Search(&ctx, req, &resp).ok() && resp.results_size() == 1) {
+            for (int j = 0; j < resp.results(0).hits_size() && j < kK; ++j) {
+              got[i * kK + j] = std::stoll(resp.results(0).hits(j).id());
+            }
+          }
+        };
+        std::fill(got.begin(), got.end(), -1);
+        r.qps1 = Best([&] {
+          for (int i = 0; i < nq; ++i) one(i);
+        });
+        r.qpsn = Best([&] {
+          std::vector<std::thread> ts;
+          for (int w = 0; w < threads; ++w) {
+            ts.emplace_back([&, w] {
+              for (int i = w; i < nq; i += threads) one(i);
+            });
+          }
+          for (auto& th : ts) th.join();
+        });
+        r.r1 = Recall(truth, got, nq, kK, kK, 1);
+        r.r10 = Recall(truth, got, nq, kK, kK, 10);
+        for (const Row& b : rows) {
+          if (b.impl == "hnswlib" && b.param == r.param) {
+            r.base_qps1 = b.qps1;
+            r.base_qpsn = b.qpsn;
+          }
+        }
+        grpc_rows.push_back(r);
+      }
+      server.Shutdown();
+    }
+    std::filesystem::remove_all(dir);
+  }
+  rows.insert(rows.end(), grpc_rows.begin(), grpc_rows.end());
+
+  std::printf("## index_bench\n\nmachine: %s\ncommand:", Machine().c_str());
+  for (int i = 0; i < argc; ++i) std::printf(" %s", argv[i]);
+  std::printf(
+      "\ndata: %lld clustered vectors (100 clusters), dim %d, %d queries, k=%d, %d "
+      "threads\n\n",
+      static_cast<long long>(n), dim, nq, kK, threads);
+  std::printf("| index | build ragserve | build raw | memory ragserve | memory raw (est.) |\n");
+  std::printf("|---|---|---|---|---|\n");
+  for (const auto& b : builds) std::printf("%s\n", b.c_str());
+  std::printf(
+      "\n| index | param | impl | recall@1 | recall@10 | QPS 1 thread | QPS %d threads | "
+      "ratio 1t vs raw | ratio %dt vs raw |\n|---|---|---|---|---|---|---|---|---|\n",
+      threads, threads);
+  std::ofstream out(csv);
+  out << "index,param,impl,recall1,recall10,qps1,qpsn,ratio1,ration\n";
+  for (const Row& r : rows) {
+    const bool base = r.impl == "hnswlib" || r.impl == "faiss";
+    const double r1 = base ? 1.0 : r.qps1 / r.base_qps1;
+    const double rn = base ? 1.0 : r.qpsn / r.base_qpsn;
+    std::printf("| %s | %s | %s | %.4f | %.4f | %.0f | %.0f | %.3f | %.3f |\n", r.index.c_str(),
+                r.param.c_str(), r.impl.c_str(), r.r1, r.r10, r.qps1, r.qpsn, r1, rn);
+    out << r.index << "," << r.param << "," << r.impl << "," << r.r1 << "," << r.r10 << ","
+        << r.qps1 << "," << r.qpsn << "," << r1 << "," << rn << "\n";
+  }
+  return 0;
+}
