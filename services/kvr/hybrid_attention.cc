@@ -113,9 +113,9 @@ StatusOr<std::unique_ptr<index::KeyIndex>> MakeKeyIndex(const HybridOptions& opt
     case KeyIndexKind::kIvf: {
       index::KeyIvfParams p = options.ivf;
       if (p.nlist == 0) {
-        // 4 sqrt(n) lists, but never more lists than training keys.
+        // 4 sqrt(n) lists, at most n / 39 (FAISS k-means wants >= 39 points per centroid).
         p.nlist = static_cast<int>(std::clamp<double>(4.0 * std::sqrt(static_cast<double>(n)), 1.0,
-                                                      static_cast<double>(n)));
+                                                      std::max(1.0, n / 39.0)));
       }
       p.nlist = static_cast<int>(std::min<int64_t>(p.nlist, n));
       RS_ASSIGN_OR_RETURN(auto idx, index::KeyIvfIndex::Create(d, p));
