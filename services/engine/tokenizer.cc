@@ -23,6 +23,7 @@ namespace {
 constexpr int32_t kMaxVocab = 1 << 21;        // Gemma's 256k fits; a hostile id cannot OOM us
 constexpr size_t kMaxCachedPieceBytes = 128;  // longer pieces are rare and not worth caching
 constexpr size_t kMaxCacheEntries = 1 << 17;
+constexpr int kShortPiece = 12;  // symbols; longer pieces use the heap + linked-list merge loop
 constexpr std::string_view kSpaceMark = "\xE2\x96\x81";  // U+2581 "▁"
 
 enum class Prepend { kAlways, kFirst, kNever };
@@ -47,6 +48,12 @@ struct AddedToken {
   int32_t id;
   std::string content;
   bool special, lstrip, rstrip;
+};
+
+// Transparent hash so the word cache is probed with a string_view (no allocation on a hit).
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
 };
 
 uint64_t PairKey(int32_t a, int32_t b) {
@@ -155,7 +162,7 @@ struct TokenizerImpl {
   std::optional<int32_t> bos, eos;
 
   mutable std::mutex cache_mu;  // guards cache
-  mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache;
 
   Status ParseModel(const json& model);
   Status ParseAddedTokens(const json& added_tokens);
@@ -526,6 +533,26 @@ std::vector<int32_t> TokenizerImpl::Bpe(std::string_view piece) const {
   }
   const int n = static_cast<int>(sym.size());
   if (n < 2 || merges.empty()) return sym;
+  if (n <= kShortPiece) {
+    // Short pieces (most words): rescanning the pairs beats a heap (same result: lowest rank,
+    // leftmost among equal ranks).
+    while (sym.size() > 1) {
+      size_t best = 0;
+      int32_t best_rank = -1, merged = -1;
+      for (size_t i = 0; i + 1 < sym.size(); ++i) {
+        auto it = merges.find(PairKey(sym[i], sym[i + 1]));
+        if (it != merges.end() && (best_rank < 0 || it->second.first < best_rank)) {
+          best = i;
+          best_rank = it->second.first;
+          merged = it->second.second;
+        }
+      }
+      if (best_rank < 0) break;
+      sym[best] = merged;
+      sym.erase(sym.begin() + static_cast<std::ptrdiff_t>(best) + 1);
+    }
+    return sym;
+  }
 
   // Lowest rank first, leftmost first among equal ranks; a linked list over `sym` so a merge is
   // O(log n). Stale heap entries are recognised by the ids they recorded.
@@ -568,7 +595,7 @@ void TokenizerImpl::EncodePiece(std::string_view piece, std::vector<int32_t>* ou
   const bool cacheable = piece.size() <= kMaxCachedPieceBytes;
   if (cacheable) {
     std::lock_guard<std::mutex> lock(cache_mu);
-    auto it = cache.find(std::string(piece));
+    auto it = cache.find(piece);
     if (it != cache.end()) {
       out->insert(out->end(), it->second.begin(), it->second.end());
       return;

@@ -1,6 +1,6 @@
 // ragserve-tokenize: command-line access to the engine's tokenizers.
 //
-//   ragserve-tokenize train --corpus data/corpus/passages.jsonl --vocab-size 2048 \
+//   ragserve-tokenize train --corpus data/corpus/passages.jsonl --vocab-size 2048
 //       --special '<|begin_of_text|>' --special '<|end_of_text|>' --out tokenizer.json
 //   echo 'Hello world' | ragserve-tokenize encode --tokenizer tokenizer.json     -> [9906, 1917]
 //   echo '[9906, 1917]' | ragserve-tokenize decode --tokenizer tokenizer.json    -> Hello world
