@@ -11,7 +11,11 @@
 //
 // IVF collections: an IVF index needs training data, so until a collection holds
 // IvfTrainingMinimum() vectors it is served by an exact flat index; the upsert that reaches the
-// minimum trains the IVF index on every stored vector and switches to it.
+// minimum trains the IVF index on every stored vector and switches to it. Its automatic nlist
+// (4*sqrt(n)) is fixed at that moment; Rebuild() re-trains on the collection as it is now.
+// Labels: every upsert gives the document a fresh int64 label (the write sequence number), so a
+// replacement is "remove old label + add new label"; HNSW keeps removed labels as deleted graph
+// nodes until the next Rebuild(), so heavy replace churn grows HNSW memory.
 //
 // Thread safety: all methods are thread-safe. Searches run concurrently with each other and
 // with writes; writes to one collection are serialized (write_mu_). Rebuild() builds the new
