@@ -13,6 +13,7 @@
 //   index_bench [--n 50000] [--dim 128] [--queries 500] [--reps 5] [--csv F] [--no-grpc]
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
 #include <hnswlib/hnswlib.h>
 #include <omp.h>
 #include <sys/utsname.h>
@@ -230,6 +231,56 @@ int main(int argc, char** argv) {
     omp_set_num_threads(threads);
     r.qpsn = Best([&] { (void)ivf->search(nq, q.data(), kK, d.data(), got.data(), sp); });
     b.qpsn = Best([&] { fivf.search(nq, q.data(), kK, d.data(), raw_got.data()); });
+    r.r1 = Recall(truth, got, nq, kK, kK, 1);
+    r.r10 = Recall(truth, got, nq, kK, kK, 10);
+    b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
+    b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
+    r.base_qps1 = b.qps1;
+    r.base_qpsn = b.qpsn;
+    rows.push_back(b);
+    rows.push_back(r);
+  }
+
+  // ---- IVF-PQ (pq_m = dim/8 sub-quantizers of 8 bits) ----
+  const int pq_m = dim % 8 == 0 ? dim / 8 : 1;
+  t = Clock::now();
+  auto pq = index::IvfIndex::Create(dim, index::Metric::kL2, true,
+                                    {.nlist = nlist, .pq_m = pq_m, .pq_nbits = 8})
+                .value();
+  (void)pq->train(n, x.data());
+  (void)pq->add(n, x.data(), ids.data());
+  const double pb = Since(t);
+  t = Clock::now();
+  faiss::IndexFlatL2 pq_quantizer(dim);
+  faiss::IndexIVFPQ fpq(&pq_quantizer, dim, nlist, pq_m, 8);
+  fpq.cp.niter = 20;
+  fpq.cp.seed = 1234;
+  fpq.train(n, x.data());
+  fpq.add_with_ids(n, x.data(), ids.data());
+  const double fpb = Since(t);
+  builds.push_back(StrCat("| ivf_pq nlist=", nlist, " m=", pq_m, " | ", pb, " s | ", fpb, " s | ",
+                          pq->memory_bytes() / 1048576.0, " MiB | ",
+                          (n * (pq_m + 8) + nlist * dim * 4) / 1048576.0, " MiB |"));
+  for (int nprobe : {4, 16, 64}) {
+    Row r{"ivf_pq", "nprobe=" + std::to_string(nprobe), "ragserve"};
+    Row b{"ivf_pq", "nprobe=" + std::to_string(nprobe), "faiss"};
+    index::SearchParams sp;
+    sp.nprobe = nprobe;
+    fpq.nprobe = nprobe;
+    omp_set_num_threads(1);
+    r.qps1 = Best([&] {
+      for (int i = 0; i < nq; ++i) {
+        (void)pq->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK, sp);
+      }
+    });
+    b.qps1 = Best([&] {
+      for (int i = 0; i < nq; ++i) {
+        fpq.search(1, q.data() + i * dim, kK, d.data() + i * kK, raw_got.data() + i * kK);
+      }
+    });
+    omp_set_num_threads(threads);
+    r.qpsn = Best([&] { (void)pq->search(nq, q.data(), kK, d.data(), got.data(), sp); });
+    b.qpsn = Best([&] { fpq.search(nq, q.data(), kK, d.data(), raw_got.data()); });
     r.r1 = Recall(truth, got, nq, kK, kK, 1);
     r.r10 = Recall(truth, got, nq, kK, kK, 10);
     b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
