@@ -159,6 +159,7 @@ struct TokenizerImpl {
   std::vector<AddedToken> added;                   // longest content first
   std::array<std::vector<int32_t>, 256> added_at;  // first byte -> indexes into `added`
   bool strip_leading_space = false;                // decoder strips one leading ' ' of the output
+  bool views_only = false;  // no step rewrites text: pre-tokenize on views of the input
   std::optional<int32_t> bos, eos;
 
   mutable std::mutex cache_mu;  // guards cache
@@ -613,6 +614,19 @@ void TokenizerImpl::EncodePiece(std::string_view piece, std::vector<int32_t>* ou
 void TokenizerImpl::EncodeSegment(std::string_view text, bool is_first,
                                   std::vector<int32_t>* out) const {
   if (text.empty()) return;
+  if (views_only) {  // GPT-2 / Llama-3 / Qwen2: regex splits only, no copies of the text
+    std::vector<std::string_view> pieces{text}, next;
+    for (const PreStep& p : pre_tokenizers) {
+      if (p.re == nullptr) continue;
+      next.clear();
+      for (std::string_view s : pieces) {
+        for (std::string_view v : p.re->Split(s, p.behavior, p.invert)) next.push_back(v);
+      }
+      pieces.swap(next);
+    }
+    for (std::string_view piece : pieces) EncodePiece(piece, out);
+    return;
+  }
   std::string normalized(text);
   for (const NormStep& n : normalizers) {
     if (n.kind == NormStep::kPrepend) {
@@ -688,6 +702,12 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view text) 
     const json* d = Field(doc, "decoder");
     RS_RETURN_IF_ERROR(impl->ParseDecoder(d != nullptr ? *d : json()));
     impl->FindBosEos(Field(doc, "post_processor"));
+    impl->views_only =
+        impl->normalizers.empty() &&
+        std::all_of(impl->pre_tokenizers.begin(), impl->pre_tokenizers.end(), [](const PreStep& p) {
+          return p.kind != PreStep::kMetaspace &&
+                 !(p.kind == PreStep::kByteLevel && p.add_prefix_space);
+        });
     for (int b = 0; b < 256; ++b) {
       const std::string spelling =
           impl->byte_level ? unicode::BytesToVocabString(std::string(1, static_cast<char>(b)))
