@@ -45,8 +45,11 @@ StatusOr<std::unique_ptr<RocksDiskStore>> RocksDiskStore::Open(const std::string
 }
 
 Status RocksDiskStore::Put(std::string_view key, std::string_view value) {
-  return FromRocks(db_->Put(rocksdb::WriteOptions(), ToSlice(key), ToSlice(value)),
-                   "ctxcache disk put");
+  // No WAL: entries are written once and large; a crash loses the unflushed ones (recomputed on
+  // demand), a clean Close flushes them (avoid_flush_during_shutdown is false).
+  rocksdb::WriteOptions w;
+  w.disableWAL = true;
+  return FromRocks(db_->Put(w, ToSlice(key), ToSlice(value)), "ctxcache disk put");
 }
 
 StatusOr<std::optional<std::string>> RocksDiskStore::Get(std::string_view key) {
