@@ -14,6 +14,8 @@ struct ChannelOptions {
   std::string tls_ca;           // PEM CA bundle file; TLS is used when set.
   std::string tls_server_name;  // Override of the name checked in the server certificate.
   int max_message_mb = 64;
+  int min_reconnect_backoff_ms = 100;   // first retry after a failed connection
+  int max_reconnect_backoff_ms = 2000;  // backoff cap (gRPC's default is 120 s)
 };
 
 // A channel to "host:port" (insecure or TLS); message size limits as configured.

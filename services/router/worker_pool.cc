@@ -86,7 +86,7 @@ void WorkerLease::Release() {
 
 StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(WorkerPoolOptions opts) {
   opts.addresses.erase(std::remove(opts.addresses.begin(), opts.addresses.end(), std::string()),
-                      opts.addresses.end());
+                       opts.addresses.end());
   RS_CHECK_ARG(!opts.addresses.empty() || !opts.dns.empty(),
                "no decode workers: give --decoders host:port,... and/or --decoders-dns host:port");
   RS_CHECK_ARG(opts.max_inflight_per_worker >= 1, "max in-flight per worker must be >= 1");
@@ -205,6 +205,14 @@ void WorkerPool::PollLoop() {
 }
 
 StatusOr<WorkerLease> WorkerPool::Pick(Policy policy, const PickHint& hint) {
+  auto lease = PickOnce(policy, hint);
+  if (lease.ok() || lease.status().code() != StatusCode::kUnavailable) return lease;
+  // No healthy worker by the last poll: workers may have just (re)started. Poll now, once.
+  Poll();
+  return PickOnce(policy, hint);
+}
+
+StatusOr<WorkerLease> WorkerPool::PickOnce(Policy policy, const PickHint& hint) {
   std::lock_guard<std::mutex> lock(mu_);
   if (workers_.empty()) return Unavailable("no decode workers known");
   const auto now = Clock::now();

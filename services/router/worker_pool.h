@@ -126,6 +126,7 @@ class WorkerPool {
 
  private:
   explicit WorkerPool(WorkerPoolOptions opts);
+  StatusOr<WorkerLease> PickOnce(Policy policy, const PickHint& hint);
   void PollLoop();
   void Resolve();
   void Poll();

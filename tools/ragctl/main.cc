@@ -51,6 +51,22 @@ int Fail(const ragserve::Status& st, const std::string& what) {
   return 2;
 }
 
+// Model output for a terminal: control characters (a random model emits NUL, ESC, ...) other
+// than newline and tab become U+FFFD.
+std::string Printable(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char ch : text) {
+    const auto u = static_cast<unsigned char>(ch);
+    if ((u < 0x20 && ch != '\n' && ch != '\t') || u == 0x7f) {
+      out += "\xEF\xBF\xBD";
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
 void Prepare(const Common& c, grpc::ClientContext* ctx) {
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(c.timeout_s * 1000)));
@@ -91,17 +107,18 @@ int Query(const Common& c, const ragserve::v1::QueryRequest& req, bool show_pass
     } else if (ev.has_delta()) {
       if (!answering) std::printf("answer: ");
       answering = true;
-      std::fwrite(ev.delta().text().data(), 1, ev.delta().text().size(), stdout);
+      const std::string shown = Printable(ev.delta().text());
+      std::fwrite(shown.data(), 1, shown.size(), stdout);
       std::fflush(stdout);
     } else if (ev.has_stats()) {
       const auto& s = ev.stats();
       const auto& t = s.timings();
       if (answering) std::printf("\n");
       std::printf(
-          "stats: embed %.1f ms, search %.1f ms, context %.1f ms, prefill %.1f ms, "
+          "stats: search %.1f ms (embedding included), context %.1f ms, prefill %.1f ms, "
           "TTFT %.1f ms, decode %.1f tok/s, total %.1f ms\n"
           "       prompt %d tokens (%d cached), generated %d, finish %s, worker %s, retries %d\n",
-          t.embed_ms(), t.search_ms(), t.context_ms(), t.prefill_ms(), t.ttft_ms(),
+          t.embed_ms() + t.search_ms(), t.context_ms(), t.prefill_ms(), t.ttft_ms(),
           t.decode_tokens_per_s(), t.total_ms(), s.prompt_tokens(), s.cached_prompt_tokens(),
           s.generated_tokens(), s.finish_reason().c_str(), s.worker_id().c_str(), s.retries());
     }
@@ -124,7 +141,8 @@ int Generate(const Common& c, const ragserve::v1::GenerateRequest& req) {
   ragserve::v1::GenerateEvent ev;
   while (reader->Read(&ev)) {
     if (ev.has_delta()) {
-      std::fwrite(ev.delta().text().data(), 1, ev.delta().text().size(), stdout);
+      const std::string shown = Printable(ev.delta().text());
+      std::fwrite(shown.data(), 1, shown.size(), stdout);
       std::fflush(stdout);
     } else if (ev.has_stats()) {
       const auto& s = ev.stats();
