@@ -152,8 +152,11 @@ TEST_P(ServiceBinaryTest, PortAlreadyInUseIsAClearError) {
   int port = 0, mport = 0;
   ASSERT_NO_FATAL_FAILURE(Start(&first, {}, &port, &mport));
   std::string out;
+  // Its own working directory, so only the port clashes (not e.g. a default data directory).
+  const std::string other = testing::MakeTempDir("svc-second");
   const int rc = testing::RunCommand(
-      "cd " + dir_ + " && " + bin_ + " --port " + std::to_string(port) + " --metrics-port 0", &out);
+      "cd " + other + " && " + bin_ + " --port " + std::to_string(port) + " --metrics-port 0",
+      &out);
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find("already in use"), std::string::npos) << out;
   EXPECT_NE(out.find(std::to_string(port)), std::string::npos) << out;
