@@ -37,7 +37,69 @@ KvCache::KvCache(const KvCacheOptions& options, std::unique_ptr<DiskStore> disk)
       &r.GetGauge("ragserve_ctxcache_entries", "Entries held by the tier", {{"tier", "ram"}});
 }
 
-KvCache::~KvCache() = default;
+KvCache::~KvCache() {
+  {
+    std::lock_guard<std::mutex> lock(wmu_);
+    stop_ = true;
+  }
+  wcv_.notify_all();
+  if (writer_.joinable()) writer_.join();  // drains the queue first
+}
+
+void KvCache::WriteDisk(const KeyId& id, const KvBlock& block) {
+  if (Status s = disk_->Put(id.view(), SerializeKvBlock(block, id.view())); !s.ok()) {
+    ++disk_errors_;
+    m_.disk_errors->Inc();
+    RS_LOG(warn, "ctxcache: disk write of {} failed: {}", id.Hex(), s.ToString());
+  }
+}
+
+void KvCache::QueueWrite(const KeyId& id, std::shared_ptr<const KvBlock> block) {
+  const int64_t bytes = block->ByteSize();
+  {
+    std::lock_guard<std::mutex> lock(wmu_);
+    if (writer_.joinable() && pending_bytes_ + bytes <= options_.max_pending_write_bytes) {
+      auto [it, fresh] = pending_.try_emplace(id, block);
+      if (!fresh) {
+        pending_bytes_ -= it->second->ByteSize();
+        it->second = block;
+      }
+      pending_bytes_ += bytes;
+      queue_.push_back(id);
+      wcv_.notify_one();
+      return;
+    }
+  }
+  WriteDisk(id, *block);  // synchronous mode, or the queue is full: the caller pays
+}
+
+void KvCache::WriterLoop() {
+  std::unique_lock<std::mutex> lock(wmu_);
+  while (true) {
+    wcv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stop_ and drained
+    const KeyId id = queue_.front();
+    queue_.pop_front();
+    auto it = pending_.find(id);
+    if (it == pending_.end()) continue;  // evicted, or an older duplicate already written
+    std::shared_ptr<const KvBlock> block = it->second;
+    ++writing_;
+    lock.unlock();
+    WriteDisk(id, *block);
+    lock.lock();
+    --writing_;
+    if (auto p = pending_.find(id); p != pending_.end() && p->second == block) {
+      pending_bytes_ -= block->ByteSize();
+      pending_.erase(p);
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+void KvCache::Flush() {
+  std::unique_lock<std::mutex> lock(wmu_);
+  idle_cv_.wait(lock, [&] { return queue_.empty() && writing_ == 0; });
+}
 
 StatusOr<std::unique_ptr<KvCache>> KvCache::Open(const KvCacheOptions& options,
                                                  std::unique_ptr<DiskStore> disk) {
@@ -47,6 +109,9 @@ StatusOr<std::unique_ptr<KvCache>> KvCache::Open(const KvCacheOptions& options,
     RS_ASSIGN_OR_RETURN(disk, RocksDiskStore::Open(options.disk_dir));
   }
   std::unique_ptr<KvCache> cache(new KvCache(options, std::move(disk)));
+  if (cache->disk_ != nullptr && options.async_disk_writes) {
+    cache->writer_ = std::thread([c = cache.get()] { c->WriterLoop(); });
+  }
   std::lock_guard<std::mutex> lock(cache->mu_);
   cache->UpdateGauges();
   return cache;
@@ -86,6 +151,12 @@ void KvCache::InsertRam(const KeyId& id, std::shared_ptr<const KvBlock> block) {
 
 std::shared_ptr<const KvBlock> KvCache::ReadDisk(const KeyId& id, std::string_view fingerprint) {
   if (disk_ == nullptr) return nullptr;
+  {
+    std::lock_guard<std::mutex> lock(wmu_);
+    if (auto it = pending_.find(id); it != pending_.end()) {
+      if (fingerprint.empty() || it->second->fingerprint == fingerprint) return it->second;
+    }
+  }
   StatusOr<std::optional<std::string>> raw = disk_->Get(id.view());
   Status bad;
   if (!raw.ok()) {
@@ -159,13 +230,7 @@ KvCache::Result KvCache::Fill(const CacheKey& key, const KeyId& id, const Comput
                        : computed->ConvertTo(options_.store_dtype);
   auto block = std::make_shared<const KvBlock>(std::move(stored));
   InsertRam(id, block);
-  if (disk_ != nullptr) {
-    if (Status s = disk_->Put(id.view(), SerializeKvBlock(*block, id.view())); !s.ok()) {
-      ++disk_errors_;
-      m_.disk_errors->Inc();
-      RS_LOG(warn, "ctxcache: disk write of {} failed: {}", id.Hex(), s.ToString());
-    }
-  }
+  if (disk_ != nullptr) QueueWrite(id, block);
   if (source != nullptr) *source = CacheSource::kComputed;
   return block;
 }
@@ -254,9 +319,18 @@ int KvCache::Evict(const KeyId& id, bool include_disk) {
     }
   }
   if (include_disk && disk_ != nullptr) {
+    bool was_pending = false;
+    {
+      std::lock_guard<std::mutex> lock(wmu_);
+      if (auto it = pending_.find(id); it != pending_.end()) {
+        pending_bytes_ -= it->second->ByteSize();
+        pending_.erase(it);
+        was_pending = true;
+      }
+    }
     StatusOr<std::optional<std::string>> raw = disk_->Get(id.view());
     const bool on_disk = !raw.ok() || raw->has_value();  // a corrupt entry is deleted too
-    if (on_disk && disk_->Delete(id.view()).ok()) {
+    if ((on_disk || was_pending) && disk_->Delete(id.view()).ok()) {
       m_.evict_disk->Inc();
       ++held;
     }
@@ -276,6 +350,12 @@ int64_t KvCache::EvictAll(bool include_disk) {
     UpdateGauges();
   }
   if (include_disk && disk_ != nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(wmu_);
+      pending_.clear();
+      pending_bytes_ = 0;
+    }
+    Flush();  // a write in progress lands before the clear, not after it
     StatusOr<int64_t> d = disk_->DeleteAll();
     if (d.ok()) {
       n += *d;
@@ -308,6 +388,10 @@ KvCacheStats KvCache::Stats() const {
   s.evictions = evictions_;
   s.corrupt = corrupt_;
   s.disk_errors = disk_errors_;
+  {
+    std::lock_guard<std::mutex> lock(wmu_);
+    s.pending_writes = static_cast<int64_t>(pending_.size());
+  }
   return s;
 }
 

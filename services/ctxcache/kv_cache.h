@@ -6,6 +6,10 @@
 //   disk tier  a DiskStore (RocksDB by default) that survives restarts; every entry is the
 //              checksummed SerializeKvBlock form tagged with its key id. A read that fails the
 //              checksum, the tag or the fingerprint is deleted and recomputed, never served.
+//   writes     computed blocks are written to disk by a background thread (serialize + put off
+//              the request path); until written they are served from the pending set, and the
+//              destructor (or Flush) waits for them. When more than max_pending_write_bytes are
+//              waiting, the caller writes its block itself (backpressure).
 //   compute    GetOrCompute runs the caller's function on a miss. Single-flight: concurrent calls
 //              for one key run it once; the others wait and share the block or the error. An error
 //              is not cached (the next call computes again).
@@ -22,13 +26,16 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <future>
 #include <list>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 
 #include "services/common/metrics.h"
@@ -47,6 +54,8 @@ struct KvCacheOptions {
   std::string disk_dir;                        // RocksDB directory; empty = no disk tier
   DType store_dtype = DType::kF32;             // storage dtype of computed blocks
   MetricsRegistry* metrics = nullptr;          // nullptr = MetricsRegistry::Default()
+  bool async_disk_writes = true;               // false: GetOrCompute writes before returning
+  int64_t max_pending_write_bytes = int64_t{256} << 20;
 };
 
 struct KvCacheStats {
@@ -57,6 +66,7 @@ struct KvCacheStats {
   int64_t evictions = 0;  // RAM LRU evictions
   int64_t corrupt = 0;    // disk entries rejected (checksum, tag, fingerprint, store corruption)
   int64_t disk_errors = 0;
+  int64_t pending_writes = 0;  // computed blocks not yet written to disk
 };
 
 class KvCache {
@@ -85,6 +95,8 @@ class KvCache {
   int Evict(const KeyId& id, bool include_disk);
   // Drops every entry from RAM (and disk); returns the number of entries dropped.
   int64_t EvictAll(bool include_disk);
+  // Waits until every pending disk write has been attempted.
+  void Flush();
   KvCacheStats Stats() const;
   const KvCacheOptions& options() const { return options_; }
 
@@ -108,6 +120,9 @@ class KvCache {
   void EvictOverBudget();                                                 // requires mu_
   void UpdateGauges();                                                    // requires mu_
   Result Fill(const CacheKey& key, const KeyId& id, const ComputeFn& compute, CacheSource* source);
+  void WriteDisk(const KeyId& id, const KvBlock& block);  // serialize + put; counts failures
+  void QueueWrite(const KeyId& id, std::shared_ptr<const KvBlock> block);
+  void WriterLoop();
 
   const KvCacheOptions options_;
   const std::unique_ptr<DiskStore> disk_;  // nullptr: RAM only
@@ -118,6 +133,17 @@ class KvCache {
   std::unordered_map<KeyId, std::list<Entry>::iterator, KeyIdHash> ram_;       // guarded by mu_
   std::unordered_map<KeyId, std::shared_future<Result>, KeyIdHash> inflight_;  // guarded by mu_
   int64_t ram_bytes_ = 0;                                                      // guarded by mu_
+
+  // Background disk writes. Lock order: never hold mu_ and wmu_ together.
+  mutable std::mutex wmu_;
+  std::condition_variable wcv_;      // signals the writer: work queued or stop
+  std::condition_variable idle_cv_;  // signals Flush: a write finished
+  std::deque<KeyId> queue_;          // guarded by wmu_; ids to write, oldest first
+  std::unordered_map<KeyId, std::shared_ptr<const KvBlock>, KeyIdHash> pending_;  // guarded by wmu_
+  int64_t pending_bytes_ = 0;                                                     // guarded by wmu_
+  int writing_ = 0;    // guarded by wmu_; writes in progress
+  bool stop_ = false;  // guarded by wmu_
+  std::thread writer_;
 
   std::atomic<int64_t> hits_ram_{0}, hits_disk_{0}, hits_inflight_{0}, misses_{0}, evictions_{0},
       corrupt_{0}, disk_errors_{0};

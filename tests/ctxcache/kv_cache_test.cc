@@ -379,9 +379,27 @@ class FaultyStore final : public DiskStore {
  public:
   bool fail_puts = false, corrupt_gets = false;
   std::map<std::string, std::string> data;
+  std::map<std::string, std::string>* sink = nullptr;  // outlives the store: sees every Put
+  // While `hold` is set, Put blocks (a slow disk) until Release().
+  std::mutex mu;
+  std::condition_variable cv;
+  bool hold = false;
+  int puts_started = 0;
+  void Release() {
+    std::lock_guard<std::mutex> l(mu);
+    hold = false;
+    cv.notify_all();
+  }
   Status Put(std::string_view k, std::string_view v) override {
+    {
+      std::unique_lock<std::mutex> l(mu);
+      ++puts_started;
+      cv.notify_all();
+      cv.wait(l, [&] { return !hold; });
+    }
     if (fail_puts) return Internal("disk full");
     data[std::string(k)] = std::string(v);
+    if (sink != nullptr) (*sink)[std::string(k)] = std::string(v);
     return OkStatus();
   }
   StatusOr<std::optional<std::string>> Get(std::string_view k) override {
@@ -415,10 +433,12 @@ TEST(KvCacheTest, DiskFaultsDegradeToRecomputingNeverToWrongData) {
   fs->fail_puts = true;
   auto a = (*cache)->GetOrCompute(Key("a"), Counting("a", &calls));
   ASSERT_TRUE(a.ok());  // a failed disk write still serves the block
+  (*cache)->Flush();
   EXPECT_EQ((*cache)->Stats().disk_errors, 1);
   EXPECT_TRUE(fs->data.empty());
   fs->fail_puts = false;
   ASSERT_TRUE((*cache)->GetOrCompute(Key("b"), Counting("b", &calls)).ok());
+  (*cache)->Flush();
   EXPECT_EQ(fs->data.size(), 1u);
   (*cache)->EvictAll(false);
   fs->corrupt_gets = true;  // the store itself reports corruption: recompute
@@ -428,6 +448,59 @@ TEST(KvCacheTest, DiskFaultsDegradeToRecomputingNeverToWrongData) {
   EXPECT_EQ(src, CacheSource::kComputed);
   EXPECT_EQ((*cache)->Stats().corrupt, 1);
   EXPECT_EQ(calls.load(), 3);
+}
+
+TEST(KvCacheTest, BlocksWaitingForASlowDiskAreServedAndWrittenBeforeShutdown) {
+  MetricsRegistry reg;
+  auto store = std::make_unique<FaultyStore>();
+  FaultyStore* fs = store.get();
+  std::map<std::string, std::string> written;
+  fs->sink = &written;
+  fs->hold = true;
+  KvCacheOptions o;
+  o.metrics = &reg;
+  o.ram_limit_bytes = 0;  // nothing stays in RAM: a lookup must find the pending write
+  auto cache = KvCache::Open(o, std::move(store));
+  ASSERT_TRUE(cache.ok());
+  std::atomic<int> calls{0};
+  ASSERT_TRUE((*cache)->GetOrCompute(Key("a"), Counting("a", &calls)).ok());
+  ASSERT_TRUE((*cache)->GetOrCompute(Key("b"), Counting("b", &calls)).ok());
+  {
+    std::unique_lock<std::mutex> l(fs->mu);  // the writer is stuck in the first Put
+    fs->cv.wait(l, [&] { return fs->puts_started >= 1; });
+  }
+  EXPECT_EQ((*cache)->Stats().pending_writes, 2);
+  CacheSource src;
+  auto b = (*cache)->GetOrCompute(Key("b"), MustNotRun(), &src);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(src, CacheSource::kDisk);
+  ExpectBlocksEqual(**b, FakeEncode("b"));
+  EXPECT_TRUE((*cache)->Get(Key("a").id()).ok());
+  EXPECT_EQ(calls.load(), 2);
+  fs->Release();
+  cache->reset();  // the destructor drains the queue
+  EXPECT_EQ(written.size(), 2u);
+}
+
+TEST(KvCacheTest, FlushWritesEveryPendingBlock) {
+  MetricsRegistry reg;
+  auto store = std::make_unique<FaultyStore>();
+  FaultyStore* fs = store.get();
+  KvCacheOptions o;
+  o.metrics = &reg;
+  auto cache = KvCache::Open(o, std::move(store));
+  ASSERT_TRUE(cache.ok());
+  std::atomic<int> calls{0};
+  for (const char* t : {"a", "b", "c", "d"}) {
+    ASSERT_TRUE((*cache)->GetOrCompute(Key(t), Counting(t, &calls)).ok());
+  }
+  (*cache)->Flush();
+  EXPECT_EQ((*cache)->Stats().pending_writes, 0);
+  ASSERT_EQ(fs->data.size(), 4u);
+  auto stored =
+      DeserializeKvBlock(fs->data.at(std::string(Key("c").id().view())), Key("c").id().view());
+  ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+  ExpectBlocksEqual(*stored, FakeEncode("c"));
 }
 
 TEST(KvCacheTest, MetricsCountHitsMissesAndEvictionsByTier) {

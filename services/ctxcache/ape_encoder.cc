@@ -1,0 +1,106 @@
+#include "services/ctxcache/ape_encoder.h"
+
+#include <utility>
+
+namespace ragserve::ctxcache {
+
+StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype) {
+  RS_ASSIGN_OR_RETURN(KvBlock out, MakeKvBlock(b.geometry.num_kv_heads, b.geometry.head_dim,
+                                               b.tokens, b.k, b.v, b.fingerprint, dtype,
+                                               b.positions));
+  return out;
+}
+
+std::shared_ptr<const engine::KvBlock> ToEngineBlock(const KvBlock& b,
+                                                     const engine::KvGeometry& g) {
+  auto out = std::make_shared<engine::KvBlock>();
+  out->geometry = g;
+  out->tokens = b.tokens;
+  out->positions = b.positions;
+  out->fingerprint = b.fingerprint;
+  out->k.resize(static_cast<size_t>(b.layers));
+  out->v.resize(static_cast<size_t>(b.layers));
+  for (int l = 0; l < b.layers; ++l) {
+    out->k[l].resize(static_cast<size_t>(b.LayerElements()));
+    out->v[l].resize(static_cast<size_t>(b.LayerElements()));
+    b.LayerToF32(l, /*is_value=*/false, out->k[l].data());
+    b.LayerToF32(l, /*is_value=*/true, out->v[l].data());
+  }
+  return out;
+}
+
+ApeEncoder::ApeEncoder(engine::Model* model, const engine::Tokenizer* tokenizer, KvCache* cache,
+                       ApeSettings settings)
+    : model_(model), tokenizer_(tokenizer), cache_(cache), settings_(std::move(settings)) {}
+
+StatusOr<std::unique_ptr<ApeEncoder>> ApeEncoder::Create(engine::Model* model,
+                                                         const engine::Tokenizer* tokenizer,
+                                                         KvCache* cache, ApeSettings settings) {
+  RS_CHECK_ARG(model != nullptr && tokenizer != nullptr && cache != nullptr,
+               "APE encoder needs a model, a tokenizer and a cache");
+  RS_CHECK_ARG(settings.temperature > 0 && settings.temperature <= 4,
+               "APE temperature must be in (0, 4], got ", settings.temperature);
+  RS_CHECK_ARG(settings.scaling > 0 && settings.scaling <= 4,
+               "APE scaling must be in (0, 4], got ", settings.scaling);
+  RS_CHECK_ARG(settings.max_passage_tokens >= 1, "max passage tokens must be >= 1");
+  std::unique_ptr<ApeEncoder> enc(new ApeEncoder(model, tokenizer, cache, std::move(settings)));
+  // The prefix starts the sequence: BOS (when the model has one) + the prefix text.
+  const auto& cfg = model->config();
+  enc->prefix_tokens_ = tokenizer->Encode(enc->settings_.prefix, /*add_bos=*/true);
+  if (!tokenizer->bos_id() && cfg.bos_token_id) {
+    enc->prefix_tokens_.insert(enc->prefix_tokens_.begin(), *cfg.bos_token_id);
+  }
+  RS_CHECK_ARG(!enc->prefix_tokens_.empty(),
+               "the APE prefix is empty and the model has no BOS token to start from");
+  RS_ASSIGN_OR_RETURN(engine::KvBlock pre,
+                      model->EncodeBlock(nullptr, enc->prefix_tokens_, /*start_pos=*/0));
+  enc->prefix_kv_ = std::make_shared<const engine::KvBlock>(std::move(pre));
+  return enc;
+}
+
+std::string ApeEncoder::PassageText(const std::string& passage) { return passage + "\n\n"; }
+
+std::string ApeEncoder::SettingsText() const {
+  // Only what changes the stored KV (see the header).
+  return StrCat("ape-v1;template=1;dtype=", DTypeName(settings_.store_dtype),
+                ";max_tokens=", settings_.max_passage_tokens);
+}
+
+StatusOr<KeyId> ApeEncoder::KeyFor(const std::string& passage) const {
+  RS_ASSIGN_OR_RETURN(CacheKey key, CacheKey::Make(model_->fingerprint(), settings_.prefix,
+                                                   passage, SettingsText()));
+  return key.id();
+}
+
+StatusOr<EncodedPassage> ApeEncoder::Encode(const std::string& passage) {
+  RS_CHECK_ARG(!passage.empty(), "empty passage");
+  RS_ASSIGN_OR_RETURN(CacheKey key, CacheKey::Make(model_->fingerprint(), settings_.prefix,
+                                                   passage, SettingsText()));
+  EncodedPassage out;
+  out.key = key.id();
+  auto compute = [this, &passage]() -> StatusOr<KvBlock> {
+    const std::vector<int32_t> tokens = tokenizer_->Encode(PassageText(passage));
+    RS_CHECK_ARG(!tokens.empty(), "passage encodes to no tokens");
+    RS_CHECK_ARG(static_cast<int>(tokens.size()) <= settings_.max_passage_tokens, "passage has ",
+                 tokens.size(), " tokens; the limit is ", settings_.max_passage_tokens);
+    const int64_t ctx = model_->config().max_position_embeddings;
+    RS_CHECK_ARG(ctx <= 0 || passage_start() + static_cast<int64_t>(tokens.size()) < ctx,
+                 "prefix + passage (", passage_start() + tokens.size(),
+                 " tokens) exceed the model context of ", ctx);
+    RS_ASSIGN_OR_RETURN(engine::KvBlock b,
+                        model_->EncodeBlock(prefix_kv_.get(), tokens, passage_start()));
+    return ToCacheBlock(b, settings_.store_dtype);
+  };
+  RS_ASSIGN_OR_RETURN(auto block, cache_->GetOrCompute(key, compute, &out.source));
+  out.kv = ToEngineBlock(*block, model_->geometry());
+  return out;
+}
+
+StatusOr<std::shared_ptr<const engine::KvBlock>> ApeEncoder::Lookup(const KeyId& key) {
+  RS_ASSIGN_OR_RETURN(auto block, cache_->Get(key));
+  RS_CHECK_ARG(block->fingerprint == model_->fingerprint(), "cached block ", key.Hex(),
+               " was made by model ", block->fingerprint, ", not ", model_->fingerprint());
+  return ToEngineBlock(*block, model_->geometry());
+}
+
+}  // namespace ragserve::ctxcache

@@ -1,0 +1,93 @@
+// APE parallel encoding of passages on top of the context cache (paper facts:
+// ../shared/papers/ape.md).
+//
+// A shared prefix (the RAG instruction) is encoded once, causally, at positions 0..P-1. Each
+// passage is encoded on its own after that prefix, always at positions P..P+L-1, so its KV does
+// not depend on the other passages it is served with and is cached under
+// (model fingerprint, prefix, passage text, encoding settings). At question time the prefix KV and
+// the chosen passages' KVs are joined in an engine::ApeKvSource: question and answer tokens
+// (positions from P + max L on) attend to the passages with temperature T and scaling S.
+//
+// What goes into the cache key's settings: only what changes the stored KV (the passage template
+// version and the storage dtype). T and S act at attention time, so one cached encoding serves
+// every T/S setting (and APE off).
+//
+// Thread safety: all methods may be called from any thread (the model serializes its forward
+// passes; the cache is thread-safe and single-flight).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "services/ctxcache/cache_key.h"
+#include "services/ctxcache/kv_cache.h"
+#include "services/engine/kv_source.h"
+#include "services/engine/model.h"
+#include "services/engine/tokenizer.h"
+
+namespace ragserve::ctxcache {
+
+struct ApeSettings {
+  std::string prefix;          // shared prefix text, encoded once before every passage
+  float temperature = 0.9f;    // T on scores to passage tokens (APE default)
+  float scaling = 0.9f;        // S on the passages' LSE (APE default)
+  bool enabled = true;         // false: plain parallel encoding (T = S = 1)
+  DType store_dtype = DType::kF32;
+  int max_passage_tokens = 2048;
+  float effective_temperature() const { return enabled ? temperature : 1.0f; }
+  float effective_scaling() const { return enabled ? scaling : 1.0f; }
+};
+
+// One encoded passage: its cache key and f32 KV ready for attention.
+struct EncodedPassage {
+  KeyId key;
+  std::shared_ptr<const engine::KvBlock> kv;
+  CacheSource source = CacheSource::kComputed;
+};
+
+class ApeEncoder {
+ public:
+  // model, tokenizer and cache are not owned and must outlive the encoder. Encodes the prefix.
+  static StatusOr<std::unique_ptr<ApeEncoder>> Create(engine::Model* model,
+                                                      const engine::Tokenizer* tokenizer,
+                                                      KvCache* cache, ApeSettings settings);
+
+  // The text a passage is encoded as (template version 1: the passage, then a blank line).
+  static std::string PassageText(const std::string& passage);
+
+  // The cache key of a passage under these settings (no computation).
+  StatusOr<KeyId> KeyFor(const std::string& passage) const;
+  // Encodes (or fetches from the cache) one passage. InvalidArgument for an empty passage or one
+  // over max_passage_tokens.
+  StatusOr<EncodedPassage> Encode(const std::string& passage);
+  // A cached passage by key (NotFound when neither tier has it).
+  StatusOr<std::shared_ptr<const engine::KvBlock>> Lookup(const KeyId& key);
+
+  // Token ids of the prefix (BOS + prefix text) and their KV.
+  const std::vector<int32_t>& prefix_tokens() const { return prefix_tokens_; }
+  const std::shared_ptr<const engine::KvBlock>& prefix_kv() const { return prefix_kv_; }
+  int32_t passage_start() const { return static_cast<int32_t>(prefix_tokens_.size()); }
+  const ApeSettings& settings() const { return settings_; }
+  KvCache* cache() { return cache_; }
+  engine::Model* model() { return model_; }
+
+ private:
+  ApeEncoder(engine::Model* model, const engine::Tokenizer* tokenizer, KvCache* cache,
+             ApeSettings settings);
+  std::string SettingsText() const;
+
+  engine::Model* model_;
+  const engine::Tokenizer* tokenizer_;
+  KvCache* cache_;
+  ApeSettings settings_;
+  std::vector<int32_t> prefix_tokens_;
+  std::shared_ptr<const engine::KvBlock> prefix_kv_;
+};
+
+// engine::KvBlock (f32) <-> cache KvBlock (stored dtype).
+StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype);
+std::shared_ptr<const engine::KvBlock> ToEngineBlock(const KvBlock& b,
+                                                     const engine::KvGeometry& g);
+
+}  // namespace ragserve::ctxcache
