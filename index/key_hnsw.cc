@@ -1,6 +1,36 @@
 #include "index/key_hnsw.h"
 
-#include <hnswlib/hnswlib.h>
+// hnswlib 0.6.2 defines non-inline globals in its headers (cpuid(), the SIMD dispatch
+// pointers), so a second translation unit including it (index/hnsw.cc does) makes any binary
+// linking both fail with multiple definitions. Its standard headers come first (include guards
+// keep them out of the namespace below), then hnswlib itself inside a private namespace.
+#include <assert.h>
+#include <cpuid.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <x86intrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cassert>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <list>
+#include <mutex>
+#include <queue>
+#include <random>
+#include <stdexcept>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+namespace ragserve_key_hnswlib {
+#include <hnswlib/hnswlib.h>  // NOLINT(build/include_order)
+}  // namespace ragserve_key_hnswlib
+namespace hnswlib = ragserve_key_hnswlib::hnswlib;
 
 #include <atomic>
 #include <filesystem>

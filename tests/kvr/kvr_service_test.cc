@@ -24,7 +24,7 @@ namespace ragserve::kvr {
 namespace {
 
 constexpr int kLayers = 2, kKvHeads = 2, kGroup = 4, kQHeads = kKvHeads * kGroup, kDim = 64;
-constexpr int64_t kTokens = 3000, kDecode = 40, kSinks = 16, kWindow = 64;
+constexpr int64_t kTokens = 2000, kDecode = 40, kSinks = 16, kWindow = 64;
 constexpr char kToken[] = "kvr-test-token";
 
 // K/V [tokens, Hkv, d], prefill queries [tokens, Hq, d] and decode queries [kDecode, Hq, d] of one
