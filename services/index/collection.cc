@@ -486,7 +486,8 @@ StatusOr<std::vector<std::vector<Hit>>> Collection::Search(const std::vector<Que
     index::SearchParams sp;
     sp.ef_search = options.ef_search;
     sp.nprobe = options.nprobe;
-    sp.filter = &filter;  // also drops labels of documents being replaced right now
+    // Without an equality filter, labels that are not (or no longer) mapped are dropped below.
+    if (!equals.empty()) sp.filter = &filter;
     RS_RETURN_IF_ERROR(index_->search(n, q.data(), k, dist.data(), labels.data(), sp));
     for (int64_t i = 0; i < n; ++i) {
       for (int j = 0; j < k; ++j) {
