@@ -1,9 +1,11 @@
 #include "services/kvr/service.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
+#include "services/common/metrics.h"
 
 namespace ragserve::kvr {
 
@@ -235,7 +237,14 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Attend(grpc::CallbackServerCon
     opt.ef_search = req->ef_search();
     opt.retrieved_only = req->retrieved_only();
     RS_CHECK_ARG(req->ef_search() >= 0, "ef_search must be >= 0, got ", req->ef_search());
+    auto& reg = MetricsRegistry::Default();
+    static Histogram& latency =
+        reg.GetHistogram("ragserve_kvr_attend_layer_seconds",
+                         "Attend time per layer item (all kv heads)", LatencyBuckets());
+    static Counter& scored =
+        reg.GetCounter("ragserve_kvr_keys_scored_total", "Keys whose q.k a key index computed");
     for (const auto& item : req->items()) {
+      const auto t0 = std::chrono::steady_clock::now();
       RS_ASSIGN_OR_RETURN(auto q, TensorToFloats(item.queries(), {hq, d}, false, "queries"));
       RS_ASSIGN_OR_RETURN(auto r, kvr_->Attend(req->sequence_id(), item.layer(), q.data(),
                                                static_cast<int64_t>(q.size()), opt));
@@ -244,6 +253,8 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Attend(grpc::CallbackServerCon
       FloatsToTensor(r.o.data(), {hq, d}, out->mutable_o());
       FloatsToTensor(r.lse.data(), {hq}, out->mutable_lse());
       out->set_keys_scored(r.keys_scored);
+      scored.Inc(static_cast<double>(r.keys_scored));
+      latency.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     return OkStatus();
   });
@@ -265,6 +276,9 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Stats(grpc::CallbackServerCont
   return ServeUnary(ctx, server_, [this, resp]() -> Status {
     kvr_->ExpireIdle();
     const KvRetrievalStats st = kvr_->Stats();
+    MetricsRegistry::Default()
+        .GetGauge("ragserve_kvr_bytes_used", "K/V bytes held by live sequences")
+        .Set(static_cast<double>(st.bytes_used));
     resp->set_sequences(st.sequences);
     resp->set_bytes_used(st.bytes_used);
     resp->set_bytes_limit(st.bytes_limit);
