@@ -107,6 +107,8 @@ int main(int argc, char** argv) {
   app.add_option("--aa-entry", aa.num_entry_points, "attention-aware: entry points");
   app.add_option("--aa-build-queries", aa.max_build_queries, "attention-aware: build queries");
   std::string kinds = "exact,attention_aware,hnsw,ivf";
+  bool verbose = false;
+  app.add_flag("--verbose", verbose, "print every query head whose recall is below 0.5");
   app.add_option("--kinds", kinds, "index kinds to run (exact is always run first)");
   CLI11_PARSE(app, argc, argv);
 
@@ -211,6 +213,12 @@ int main(int argc, char** argv) {
             int hit = 0;
             for (int i = 0; i < top_k; ++i) hit += t.count(ids[j * top_k + i]) ? 1 : 0;
             recall += static_cast<double>(hit) / top_k;
+            if (verbose && hit < top_k / 2) {
+              std::fprintf(stderr, "  low recall: N=%lld %s step %lld head %d: %d/%d\n",
+                           static_cast<long long>(n),
+                           std::string(kvr::KeyIndexKindName(sw.kind)).c_str(),
+                           static_cast<long long>(s), j, hit, top_k);
+            }
           }
           std::vector<float> o(static_cast<size_t>(group) * d), lse(group);
           kvr::AttendStats as;
