@@ -5,9 +5,9 @@
 namespace ragserve::ctxcache {
 
 StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype) {
-  RS_ASSIGN_OR_RETURN(KvBlock out, MakeKvBlock(b.geometry.num_kv_heads, b.geometry.head_dim,
-                                               b.tokens, b.k, b.v, b.fingerprint, dtype,
-                                               b.positions));
+  RS_ASSIGN_OR_RETURN(KvBlock out,
+                      MakeKvBlock(b.geometry.num_kv_heads, b.geometry.head_dim, b.tokens, b.k, b.v,
+                                  b.fingerprint, dtype, b.positions));
   return out;
 }
 
@@ -40,8 +40,8 @@ StatusOr<std::unique_ptr<ApeEncoder>> ApeEncoder::Create(engine::Model* model,
                "APE encoder needs a model, a tokenizer and a cache");
   RS_CHECK_ARG(settings.temperature > 0 && settings.temperature <= 4,
                "APE temperature must be in (0, 4], got ", settings.temperature);
-  RS_CHECK_ARG(settings.scaling > 0 && settings.scaling <= 4,
-               "APE scaling must be in (0, 4], got ", settings.scaling);
+  RS_CHECK_ARG(settings.scaling > 0 && settings.scaling <= 4, "APE scaling must be in (0, 4], got ",
+               settings.scaling);
   RS_CHECK_ARG(settings.max_passage_tokens >= 1, "max passage tokens must be >= 1");
   std::unique_ptr<ApeEncoder> enc(new ApeEncoder(model, tokenizer, cache, std::move(settings)));
   // The prefix starts the sequence: BOS (when the model has one) + the prefix text.
@@ -67,15 +67,15 @@ std::string ApeEncoder::SettingsText() const {
 }
 
 StatusOr<KeyId> ApeEncoder::KeyFor(const std::string& passage) const {
-  RS_ASSIGN_OR_RETURN(CacheKey key, CacheKey::Make(model_->fingerprint(), settings_.prefix,
-                                                   passage, SettingsText()));
+  RS_ASSIGN_OR_RETURN(CacheKey key, CacheKey::Make(model_->fingerprint(), settings_.prefix, passage,
+                                                   SettingsText()));
   return key.id();
 }
 
 StatusOr<EncodedPassage> ApeEncoder::Encode(const std::string& passage) {
   RS_CHECK_ARG(!passage.empty(), "empty passage");
-  RS_ASSIGN_OR_RETURN(CacheKey key, CacheKey::Make(model_->fingerprint(), settings_.prefix,
-                                                   passage, SettingsText()));
+  RS_ASSIGN_OR_RETURN(CacheKey key, CacheKey::Make(model_->fingerprint(), settings_.prefix, passage,
+                                                   SettingsText()));
   EncodedPassage out;
   out.key = key.id();
   auto compute = [this, &passage]() -> StatusOr<KvBlock> {

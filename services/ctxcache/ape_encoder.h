@@ -29,10 +29,10 @@
 namespace ragserve::ctxcache {
 
 struct ApeSettings {
-  std::string prefix;          // shared prefix text, encoded once before every passage
-  float temperature = 0.9f;    // T on scores to passage tokens (APE default)
-  float scaling = 0.9f;        // S on the passages' LSE (APE default)
-  bool enabled = true;         // false: plain parallel encoding (T = S = 1)
+  std::string prefix;        // shared prefix text, encoded once before every passage
+  float temperature = 0.9f;  // T on scores to passage tokens (APE default)
+  float scaling = 0.9f;      // S on the passages' LSE (APE default)
+  bool enabled = true;       // false: plain parallel encoding (T = S = 1)
   DType store_dtype = DType::kF32;
   int max_passage_tokens = 2048;
   float effective_temperature() const { return enabled ? temperature : 1.0f; }
@@ -87,7 +87,6 @@ class ApeEncoder {
 
 // engine::KvBlock (f32) <-> cache KvBlock (stored dtype).
 StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype);
-std::shared_ptr<const engine::KvBlock> ToEngineBlock(const KvBlock& b,
-                                                     const engine::KvGeometry& g);
+std::shared_ptr<const engine::KvBlock> ToEngineBlock(const KvBlock& b, const engine::KvGeometry& g);
 
 }  // namespace ragserve::ctxcache

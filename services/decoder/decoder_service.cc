@@ -1,6 +1,7 @@
 #include "services/decoder/decoder_service.h"
 
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <filesystem>
 #include <mutex>
@@ -52,40 +53,51 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
  public:
   GenerateReactor(DecoderService* svc, const TokenAuth& auth, grpc::CallbackServerContext* ctx,
                   const v1::GenerateRequest* req)
-      : svc_(svc), outbox_(std::make_shared<Outbox>(this, MergeDeltas)) {
+      : svc_(svc), ctx_(ctx), outbox_(std::make_shared<Outbox>(this, MergeDeltas)) {
     if (grpc::Status st = PrecheckCall(ctx, auth); !st.ok()) {
       outbox_->Close(st);
       return;
     }
-    auto job = svc->MakeJob(*req);
+    // Preparing the job may encode passages (a prefill): off the gRPC thread. The reactor (and
+    // ctx, req) live until the outbox finishes the call, which only this task or the generator's
+    // on_done does.
+    Status submitted = svc->server()->executor().Submit([this, req] { Start(*req); });
+    if (!submitted.ok()) outbox_->Close(ToGrpcStatus(submitted));
+  }
+
+  void Start(const v1::GenerateRequest& req) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto job = svc_->MakeJob(req);
     if (!job.ok()) {
       outbox_->Close(ToGrpcStatus(job.status()));
       return;
     }
-    request_id_ = (*job)->request_id;
-    const std::string worker = svc->worker_id();
-    const int cached = 0;
+    const double context_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const std::string id = (*job)->request_id;
+    const std::string worker = svc_->worker_id();
     std::shared_ptr<Outbox> box = outbox_;
     (*job)->on_delta = [box](const std::vector<int32_t>& ids, const std::string& text) {
       v1::GenerateEvent ev;
-      for (int32_t id : ids) ev.mutable_delta()->add_token_ids(id);
+      for (int32_t t : ids) ev.mutable_delta()->add_token_ids(t);
       ev.mutable_delta()->set_text(ToWireText(text));
       box->Push(std::move(ev));
     };
-    (*job)->on_done = [box, worker, cached](const Status& st, const GenerateResult& r) {
+    (*job)->on_done = [box, worker, context_ms](const Status& st, const GenerateResult& r) {
       if (st.ok()) {
         v1::GenerateEvent ev;
         auto* s = ev.mutable_stats();
         s->set_prompt_tokens(r.prompt_tokens);
-        s->set_cached_prompt_tokens(cached);
+        s->set_cached_prompt_tokens(r.cached_prompt_tokens);
         s->set_generated_tokens(r.generated_tokens);
         s->set_finish_reason(r.finish_reason);
         s->set_worker_id(worker);
         auto* t = s->mutable_timings();
+        t->set_context_ms(context_ms);
         t->set_prefill_ms(r.prefill_ms);
-        t->set_ttft_ms(r.ttft_ms);
+        t->set_ttft_ms(r.ttft_ms + context_ms);
         t->set_decode_ms(r.decode_ms);
-        t->set_total_ms(r.total_ms);
+        t->set_total_ms(r.total_ms + context_ms);
         if (r.decode_ms > 0 && r.generated_tokens > 1) {
           t->set_decode_tokens_per_s((r.generated_tokens - 1) / (r.decode_ms / 1000.0));
         }
@@ -93,14 +105,25 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
       }
       box->Close(ToGrpcStatus(st));
     };
-    if (Status st = svc->generator()->Submit(std::move(*job)); !st.ok()) {
-      outbox_->Close(ToGrpcStatus(st));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      request_id_ = id;
     }
+    if (Status st = svc_->generator()->Submit(std::move(*job)); !st.ok()) {
+      outbox_->Close(ToGrpcStatus(st));
+      return;
+    }
+    if (ctx_->IsCancelled()) svc_->generator()->Cancel(id);  // the client left meanwhile
   }
 
   void OnWriteDone(bool ok) override { outbox_->WriteDone(ok); }
   void OnCancel() override {
-    if (!request_id_.empty()) svc_->generator()->Cancel(request_id_);
+    std::string id;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      id = request_id_;
+    }
+    if (!id.empty()) svc_->generator()->Cancel(id);
   }
   void OnDone() override {
     outbox_->Detach();
@@ -109,8 +132,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
 
  private:
   DecoderService* svc_;
+  grpc::CallbackServerContext* ctx_;
   std::shared_ptr<Outbox> outbox_;
-  std::string request_id_;
+  std::mutex mu_;
+  std::string request_id_;  // guarded by mu_; set once the job is submitted
 };
 
 // A reactor that only reports an error (no model loaded).
@@ -137,6 +162,29 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
     RS_CHECK_ARG(svc->opts_.generator.prefill_chunk >= 1, "--prefill-chunk must be >= 1");
     svc->generator_ =
         std::make_unique<Generator>(svc->model_.get(), svc->tokenizer_.get(), svc->opts_.generator);
+    const std::string& mode = svc->opts_.context_mode;
+    RS_CHECK_ARG(mode == "ape" || mode == "sequential",
+                 "--context-mode must be ape or sequential, got '", mode, "'");
+    if (mode == "ape") {
+      ctxcache::KvCacheOptions copts;
+      copts.ram_limit_bytes = svc->opts_.passage_cache_bytes;
+      copts.disk_dir = svc->opts_.passage_cache_dir;
+      const std::string& dt = svc->opts_.passage_dtype;
+      RS_CHECK_ARG(dt == "f32" || dt == "f16" || dt == "bf16",
+                   "--passage-dtype must be f32, f16 or bf16, got '", dt, "'");
+      copts.store_dtype = dt == "f16"    ? kernels::DType::kF16
+                          : dt == "bf16" ? kernels::DType::kBF16
+                                         : kernels::DType::kF32;
+      RS_ASSIGN_OR_RETURN(svc->passage_cache_, ctxcache::KvCache::Open(copts));
+      ctxcache::ApeSettings as;
+      as.prefix = RagInstruction() + "\n\n";
+      as.temperature = svc->opts_.ape_temperature;
+      as.scaling = svc->opts_.ape_scaling;
+      as.store_dtype = copts.store_dtype;
+      RS_ASSIGN_OR_RETURN(svc->ape_,
+                          ctxcache::ApeEncoder::Create(svc->model_.get(), svc->tokenizer_.get(),
+                                                       svc->passage_cache_.get(), as));
+    }
     RS_LOG(info, "decoder: model {} ({} layers, vocab {}), fingerprint {}", svc->opts_.model_dir,
            svc->model_->config().num_layers, svc->model_->config().vocab_size,
            svc->model_->fingerprint());
@@ -151,6 +199,18 @@ DecoderService::DecoderService(ServiceServer* server, DecoderOptions opts)
 
 DecoderService::~DecoderService() { Shutdown(); }
 
+void DecoderService::NoteRecent(const std::string& passage) {
+  constexpr size_t kMaxRecent = 4096;
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx",
+                static_cast<unsigned long long>(ctxcache::HashBytes(passage)));
+  std::lock_guard<std::mutex> lock(recent_mu_);
+  auto it = std::find(recent_passages_.begin(), recent_passages_.end(), hex);
+  if (it != recent_passages_.end()) recent_passages_.erase(it);
+  recent_passages_.push_back(hex);
+  if (recent_passages_.size() > kMaxRecent) recent_passages_.pop_front();
+}
+
 std::string DecoderService::worker_id() const {
   return opts_.worker_id.empty() ? server_->address() : opts_.worker_id;
 }
@@ -159,8 +219,7 @@ void DecoderService::Shutdown() {
   if (generator_) generator_->Shutdown();
 }
 
-StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(
-    const v1::GenerateRequest& req) const {
+StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(const v1::GenerateRequest& req) {
   if (!model_) return FailedPrecondition("this decode worker has no model loaded (--model)");
   const auto& sp = req.sampling();
   RS_CHECK_ARG(sp.max_tokens() > 0, "sampling.max_tokens must be > 0, got ", sp.max_tokens());
@@ -175,7 +234,42 @@ StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(
                         ? StrCat(worker_id(), "/", g_request_counter.fetch_add(1))
                         : req.request_id();
   std::string prompt = req.prompt_override();
-  if (prompt.empty()) {
+  const bool use_ape =
+      ape_ && prompt.empty() && req.passages_size() > 0 && !req.sequential_context();
+  if (use_ape) {
+    // APE: the passages' KV comes parallel-encoded from this worker's cache; only the question
+    // part is prefilled, after the longest passage.
+    const auto& enc = req.encoding();
+    RS_CHECK_ARG(enc.prefix().empty() || enc.prefix() == ape_->settings().prefix,
+                 "encoding.prefix differs from this worker's APE prefix");
+    RS_CHECK_ARG(enc.temperature() >= 0 && enc.temperature() <= 4,
+                 "encoding.temperature must be in [0, 4], got ", enc.temperature());
+    RS_CHECK_ARG(enc.scale() >= 0 && enc.scale() <= 4, "encoding.scale must be in [0, 4], got ",
+                 enc.scale());
+    ApeContext ape;
+    ape.prefix = ape_->prefix_kv();
+    ape.context_tokens = static_cast<int>(ape_->prefix_tokens().size());
+    ape.cached_tokens = ape.context_tokens;
+    int64_t longest = 0;
+    for (const auto& p : req.passages()) {
+      RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' has no text");
+      RS_ASSIGN_OR_RETURN(ctxcache::EncodedPassage e, ape_->Encode(p.text()));
+      NoteRecent(p.text());
+      longest = std::max(longest, e.kv->tokens);
+      ape.context_tokens += static_cast<int>(e.kv->tokens);
+      if (e.source != ctxcache::CacheSource::kComputed) {
+        ape.cached_tokens += static_cast<int>(e.kv->tokens);
+      }
+      ape.passages.push_back(std::move(e.kv));
+    }
+    const bool off = enc.disable_ape();
+    ape.temperature =
+        off ? 1.0f : (enc.temperature() > 0 ? enc.temperature() : ape_->settings().temperature);
+    ape.scaling = off ? 1.0f : (enc.scale() > 0 ? enc.scale() : ape_->settings().scaling);
+    ape.start_pos = ape_->passage_start() + static_cast<int32_t>(longest);
+    job->prompt = tokenizer_->Encode(RagQuestion(req.question()), /*add_bos=*/false);
+    job->ape = std::move(ape);
+  } else if (prompt.empty()) {
     std::vector<PromptPassage> passages;
     for (const auto& p : req.passages()) {
       RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' has no text");
@@ -183,10 +277,12 @@ StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(
     }
     prompt = BuildRagPrompt(req.question(), passages);
   }
-  const bool add_bos = model_->config().bos_token_id.has_value() || tokenizer_->bos_id();
-  job->prompt = tokenizer_->Encode(prompt, add_bos);
-  if (add_bos && !tokenizer_->bos_id() && model_->config().bos_token_id) {
-    job->prompt.insert(job->prompt.begin(), *model_->config().bos_token_id);
+  if (!use_ape) {
+    const bool add_bos = model_->config().bos_token_id.has_value() || tokenizer_->bos_id();
+    job->prompt = tokenizer_->Encode(prompt, add_bos);
+    if (add_bos && !tokenizer_->bos_id() && model_->config().bos_token_id) {
+      job->prompt.insert(job->prompt.begin(), *model_->config().bos_token_id);
+    }
   }
   job->resume.assign(req.resume_token_ids().begin(), req.resume_token_ids().end());
   const int remaining = sp.max_tokens() - static_cast<int>(job->resume.size());
@@ -246,6 +342,8 @@ grpc::ServerUnaryReactor* DecoderService::GetLoad(grpc::CallbackServerContext* c
     resp->set_free_kv_bytes(l.kv_bytes_free);
     resp->set_max_active_sequences(l.max_active);
     resp->mutable_model()->set_hex(model_->fingerprint());
+    std::lock_guard<std::mutex> lock(recent_mu_);
+    for (const auto& h : recent_passages_) resp->add_cached_passage_keys(h);
     return OkStatus();
   });
 }

@@ -3,11 +3,14 @@
 // the token deltas as they come (coalescing deltas that pile up behind a slow client).
 #pragma once
 
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "ragserve/v1/decoder.grpc.pb.h"
 #include "services/common/server.h"
+#include "services/ctxcache/ape_encoder.h"
 #include "services/decoder/generator.h"
 #include "services/engine/model.h"
 #include "services/engine/tokenizer.h"
@@ -18,6 +21,14 @@ struct DecoderOptions {
   std::string model_dir;  // HF-layout model directory; empty: no model (Generate fails clearly)
   std::string worker_id;  // reported in stats and load; default host:port
   GeneratorOptions generator;
+  // Passages: "ape" joins parallel-encoded, cached passage KV (APE); "sequential" prefills the
+  // whole prompt. A request may ask for sequential (GenerateRequest.sequential_context).
+  std::string context_mode = "ape";
+  float ape_temperature = 0.9f;  // APE defaults (paper's public release)
+  float ape_scaling = 0.9f;
+  int64_t passage_cache_bytes = int64_t{1} << 30;  // RAM tier of this worker's passage cache
+  std::string passage_cache_dir;                   // RocksDB tier (optional)
+  std::string passage_dtype = "f32";               // stored dtype: f32 | f16 | bf16
 };
 
 class DecoderService final : public v1::DecoderService::CallbackService {
@@ -39,9 +50,10 @@ class DecoderService final : public v1::DecoderService::CallbackService {
 
   // Turns a request into a generation job (prompt template, tokenization, sampling, stops).
   // Exposed for tests. Callbacks are left empty.
-  StatusOr<std::unique_ptr<GenerateJob>> MakeJob(const v1::GenerateRequest& req) const;
+  StatusOr<std::unique_ptr<GenerateJob>> MakeJob(const v1::GenerateRequest& req);
 
   Generator* generator() { return generator_.get(); }
+  ServiceServer* server() { return server_; }
   // --worker-id, or the server's bound host:port.
   std::string worker_id() const;
 
@@ -53,6 +65,14 @@ class DecoderService final : public v1::DecoderService::CallbackService {
   std::unique_ptr<engine::Model> model_;
   std::unique_ptr<engine::Tokenizer> tokenizer_;
   std::unique_ptr<Generator> generator_;
+  std::unique_ptr<ctxcache::KvCache> passage_cache_;
+  std::unique_ptr<ctxcache::ApeEncoder> ape_;
+  // Content hashes (hex) of passages recently encoded or served here, most recent last; a
+  // routing hint for cache_aware routers (LoadReport.cached_passage_keys).
+  std::mutex recent_mu_;
+  std::deque<std::string> recent_passages_;
+  void NoteRecent(const std::string& passage);
+  friend class GenerateReactorAccess;
 };
 
 }  // namespace ragserve::decoder

@@ -22,7 +22,9 @@ struct Generator::Seq {
   std::vector<int32_t> tokens;  // prompt + resume + generated
   int64_t to_prefill = 0;       // prompt + resume
   int64_t in_cache = 0;         // tokens already in the KV cache
+  int32_t pos0 = 0;             // rotary position of tokens[0] (after APE context blocks)
   std::unique_ptr<engine::KvCache> kv;
+  std::unique_ptr<engine::KvSource> ape;  // wraps kv when the job has an APE context
   std::optional<engine::Sampler> sampler;
   std::unique_ptr<engine::StopChecker> stop;
   int64_t reserved_bytes = 0;
@@ -60,10 +62,17 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
   const int64_t total =
       static_cast<int64_t>(job->prompt.size() + job->resume.size()) + job->stop.max_tokens;
   const int64_t ctx = model_->config().max_position_embeddings;
-  if (ctx > 0 && total > ctx) {
-    return InvalidArgument(StrCat("prompt (", job->prompt.size() + job->resume.size(),
+  const int64_t start = job->ape ? job->ape->start_pos : 0;
+  if (ctx > 0 && start + total > ctx) {
+    return InvalidArgument(StrCat("prompt (", start + job->prompt.size() + job->resume.size(),
                                   " tokens) + max_tokens (", job->stop.max_tokens,
                                   ") exceeds the model context of ", ctx, " tokens"));
+  }
+  if (job->ape) {
+    for (const auto& b : job->ape->passages) {
+      RS_CHECK_ARG(b && b->fingerprint == model_->fingerprint(),
+                   "a context block was made by another model");
+    }
   }
   if (KvBytes(total) > opts_.kv_budget_bytes) {
     return ResourceExhausted(StrCat("request needs ", KvBytes(total),
@@ -79,6 +88,7 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
   seq->tokens = job->prompt;
   seq->tokens.insert(seq->tokens.end(), job->resume.begin(), job->resume.end());
   seq->to_prefill = static_cast<int64_t>(seq->tokens.size());
+  seq->pos0 = static_cast<int32_t>(start);
   seq->reserved_bytes = KvBytes(total);
   seq->t_submit = Clock::now();
   seq->job = std::move(job);
@@ -139,6 +149,10 @@ void Generator::Finish(Seq* s, const Status& st, const std::string& reason) {
   const auto now = Clock::now();
   GenerateResult r;
   r.prompt_tokens = static_cast<int>(s->to_prefill);
+  if (s->job->ape) {
+    r.prompt_tokens += s->job->ape->context_tokens;
+    r.cached_prompt_tokens = s->job->ape->cached_tokens;
+  }
   r.generated_tokens = s->stop->generated();
   r.finish_reason = reason;
   if (s->t_admit != Clock::time_point{}) r.queue_ms = MsSince(s->t_submit, s->t_admit);
@@ -197,6 +211,13 @@ bool Generator::Step() {
       queue_.pop_front();
       s->t_admit = Clock::now();
       s->kv = model_->NewKvCache();
+      if (s->job->ape) {
+        std::vector<const engine::KvBlock*> blocks;
+        for (const auto& b : s->job->ape->passages) blocks.push_back(b.get());
+        s->ape = std::make_unique<engine::ApeKvSource>(s->job->ape->prefix.get(), std::move(blocks),
+                                                       s->kv.get(), s->job->ape->temperature,
+                                                       s->job->ape->scaling);
+      }
       reserved_kv_bytes_ += s->reserved_bytes;
       live_ids_.insert(s->job->request_id);
       active_.push_back(std::move(s));
@@ -226,8 +247,8 @@ bool Generator::Step() {
       n = 1;  // the last sampled token, not in the cache yet
     }
     step.tokens = std::span<const int32_t>(s->tokens.data() + s->in_cache, n);
-    step.start_pos = static_cast<int32_t>(s->in_cache);
-    step.kv = s->kv.get();
+    step.start_pos = s->pos0 + static_cast<int32_t>(s->in_cache);
+    step.kv = s->ape ? s->ape.get() : static_cast<engine::KvSource*>(s->kv.get());
     batch.push_back(step);
     members.push_back(s.get());
     counts.push_back(n);
@@ -261,7 +282,7 @@ bool Generator::Step() {
     }
     if (s->job->on_delta) s->job->on_delta({token}, text);
     if (reason == engine::StopReason::kNone && ctx > 0 &&
-        static_cast<int64_t>(s->tokens.size()) >= ctx) {
+        s->pos0 + static_cast<int64_t>(s->tokens.size()) >= ctx) {
       reason = engine::StopReason::kMaxTokens;  // the context is full
     }
     switch (reason) {

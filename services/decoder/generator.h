@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -39,9 +40,22 @@ struct GeneratorOptions {
 // Timings and counts of one finished request (milliseconds).
 struct GenerateResult {
   int prompt_tokens = 0;
+  int cached_prompt_tokens = 0;
   int generated_tokens = 0;
   std::string finish_reason;  // "eos", "stop", "length", "cancelled", "error"
   double queue_ms = 0, prefill_ms = 0, ttft_ms = 0, decode_ms = 0, total_ms = 0;
+};
+
+// Parallel-encoded context (APE): a prefix block and passage blocks made by the same model, all
+// preceding the prompt; the prompt's first token sits at `start_pos`.
+struct ApeContext {
+  std::shared_ptr<const engine::KvBlock> prefix;
+  std::vector<std::shared_ptr<const engine::KvBlock>> passages;
+  float temperature = 1.0f;
+  float scaling = 1.0f;
+  int32_t start_pos = 0;
+  int context_tokens = 0;  // prefix + passage tokens (counted as prompt tokens)
+  int cached_tokens = 0;   // of those, tokens whose KV came from the cache
 };
 
 struct GenerateJob {
@@ -50,6 +64,7 @@ struct GenerateJob {
   std::vector<int32_t> resume;  // already-delivered tokens: prefilled, not emitted again
   engine::SamplingParams sampling;
   engine::StopCriteria stop;
+  std::optional<ApeContext> ape;  // when set, `prompt` follows these blocks
   // New tokens and their final text (may be empty while a UTF-8 sequence or possible stop string
   // is held back).
   std::function<void(const std::vector<int32_t>& ids, const std::string& text)> on_delta;

@@ -7,13 +7,14 @@
 int main(int argc, char** argv) {
   ragserve::decoder::DecoderOptions opts;
   int64_t kv_budget_mb = opts.generator.kv_budget_bytes >> 20;
+  int64_t passage_cache_mb = opts.passage_cache_bytes >> 20;
   std::unique_ptr<ragserve::decoder::DecoderService> service;
   ragserve::ServiceMain m;
   m.name = "decoder";
   m.description = "ragserve decode worker: streams generated tokens with continuous batching";
   m.default_port = 50055;
   m.default_metrics_port = 9095;
-  m.add_flags = [&opts, &kv_budget_mb](CLI::App& app) {
+  m.add_flags = [&opts, &kv_budget_mb, &passage_cache_mb](CLI::App& app) {
     app.add_option("--model", opts.model_dir,
                    "HF-layout model directory (config.json, "
                    "model.safetensors, tokenizer.json)");
@@ -30,12 +31,33 @@ int main(int argc, char** argv) {
                    "Prompt tokens prefilled per step, interleaved with decode")
         ->capture_default_str()
         ->check(CLI::Range(1, 1 << 20));
+    app.add_option("--context-mode", opts.context_mode,
+                   "Passages: ape (parallel-encoded, cached KV) | sequential (prefill all)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"ape", "sequential"}));
+    app.add_option("--ape-temperature", opts.ape_temperature,
+                   "APE attention temperature T on passage tokens")
+        ->capture_default_str()
+        ->check(CLI::Range(0.05, 4.0));
+    app.add_option("--ape-scaling", opts.ape_scaling, "APE scaling factor S on passage attention")
+        ->capture_default_str()
+        ->check(CLI::Range(0.05, 4.0));
+    app.add_option("--passage-cache-mb", passage_cache_mb, "RAM for cached passage KV")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+    app.add_option("--passage-cache-dir", opts.passage_cache_dir,
+                   "RocksDB directory for passage KV that survives restarts (optional)");
+    app.add_option("--passage-dtype", opts.passage_dtype, "Stored passage KV: f32 | f16 | bf16")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"f32", "f16", "bf16"}));
     app.add_option("--kv-budget-mb", kv_budget_mb, "KV cache memory for all active sequences")
         ->capture_default_str()
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   };
-  m.setup = [&opts, &service, &kv_budget_mb](ragserve::ServiceServer& server) -> ragserve::Status {
+  m.setup = [&opts, &service, &kv_budget_mb,
+             &passage_cache_mb](ragserve::ServiceServer& server) -> ragserve::Status {
     opts.generator.kv_budget_bytes = kv_budget_mb << 20;
+    opts.passage_cache_bytes = passage_cache_mb << 20;
     RS_ASSIGN_OR_RETURN(service, ragserve::decoder::DecoderService::Create(&server, opts));
     server.AddService(service.get(), "ragserve.v1.DecoderService");
     return ragserve::OkStatus();

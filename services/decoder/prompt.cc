@@ -15,8 +15,12 @@ std::string BuildRagPrompt(const std::string& question,
   for (size_t i = 0; i < passages.size(); ++i) {
     out += "[" + std::to_string(i + 1) + "] " + passages[i].text + "\n\n";
   }
-  out += "Question: " + question + "\nAnswer:";
+  out += RagQuestion(question);
   return out;
+}
+
+std::string RagQuestion(const std::string& question) {
+  return "Question: " + question + "\nAnswer:";
 }
 
 }  // namespace ragserve::decoder

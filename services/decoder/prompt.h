@@ -17,4 +17,7 @@ const std::string& RagInstruction();
 // "<instruction>\n\n[1] passage\n\n[2] passage\n\nQuestion: <q>\nAnswer:".
 std::string BuildRagPrompt(const std::string& question, const std::vector<PromptPassage>& passages);
 
+// The part after the passages: "Question: <q>\nAnswer:" (with APE, passages are encoded apart).
+std::string RagQuestion(const std::string& question);
+
 }  // namespace ragserve::decoder
