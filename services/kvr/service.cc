@@ -132,7 +132,7 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
  public:
   CreateReactor(KvRetrievalGrpcService* svc, grpc::CallbackServerContext* ctx,
                 v1::CreateSequenceResponse* resp)
-      : svc_(svc), resp_(resp) {
+      : svc_(svc), ctx_(ctx), resp_(resp) {
     if (grpc::Status st = PrecheckCall(ctx, svc->server()->auth()); !st.ok()) {
       Finish(st);
       return;
@@ -183,6 +183,8 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
 
   Status Complete() {
     if (!created_) return InvalidArgument("no CreateSequenceRequest with a spec was received");
+    // A stream that ended because the client cancelled carries partial K/V: not a sequence.
+    if (ctx_->IsCancelled()) return Cancelled(StrCat("CreateSequence '", id_, "' was cancelled"));
     RS_ASSIGN_OR_RETURN(const double build_ms, svc_->kvr()->FinishPrefill(id_));
     RS_ASSIGN_OR_RETURN(const int64_t tokens, svc_->kvr()->NumTokens(id_, 0));
     RS_ASSIGN_OR_RETURN(const int64_t bytes, svc_->kvr()->SequenceBytes(id_));
@@ -193,6 +195,7 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
   }
 
   KvRetrievalGrpcService* svc_;
+  grpc::CallbackServerContext* ctx_;
   v1::CreateSequenceResponse* resp_;
   v1::CreateSequenceRequest msg_;
   bool created_ = false;
