@@ -17,9 +17,9 @@
 namespace ragserve::index {
 
 struct KeyHnswParams {
-  int m = 16;                  // links per node; more: better recall, more keys scored per hop
-  int ef_construction = 100;   // build beam; more: better graph, slower add
-  int ef_search = 128;         // default search beam (SearchParams::ef_search overrides)
+  int m = 16;                       // links per node; more: better recall, more keys scored per hop
+  int ef_construction = 100;        // build beam; more: better graph, slower add
+  int ef_search = 128;              // default search beam (SearchParams::ef_search overrides)
   int64_t initial_capacity = 1024;  // grows by doubling
   uint64_t seed = 100;
 };
@@ -48,8 +48,8 @@ class KeyHnswIndex final : public KeyIndex {
   KeyHnswIndex(int dim, const KeyHnswParams& p);
   const int dim_;
   const KeyHnswParams params_;
-  mutable std::shared_mutex mu_;      // add/remove exclusive, search shared
-  mutable std::mutex search_mu_;      // hnswlib's ef is index-global
+  mutable std::shared_mutex mu_;  // add/remove exclusive, search shared
+  mutable std::mutex search_mu_;  // hnswlib's ef is index-global
   std::unique_ptr<Impl> impl_;
 };
 
