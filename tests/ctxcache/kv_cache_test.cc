@@ -27,7 +27,9 @@ constexpr char kFp[] = "00c0ffee00c0ffee";
 class TempDir {
  public:
   TempDir() {
-    std::string t = (std::filesystem::temp_directory_path() / "ctxcache_test_XXXXXX").string();
+    std::string t =
+        (std::filesystem::temp_directory_path() / ("ctxcache_test_" + std::string(6, 'X')))
+            .string();  // mkdtemp template
     path_ = ::mkdtemp(t.data()) != nullptr ? t : std::string();
   }
   ~TempDir() {

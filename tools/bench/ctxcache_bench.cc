@@ -69,7 +69,8 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--tokens")) tokens = std::max(1, std::atoi(argv[i + 1]));
     if (!std::strcmp(argv[i], "--reps")) reps = std::max(1, std::atoi(argv[i + 1]));
   }
-  std::string tmpl = (std::filesystem::temp_directory_path() / "ctxcache_bench_XXXXXX").string();
+  std::string tmpl =
+      (std::filesystem::temp_directory_path() / ("ctxcache_bench_" + std::string(6, 'X'))).string();
   if (::mkdtemp(tmpl.data()) == nullptr) return 1;
   const std::string dir = tmpl;
 
