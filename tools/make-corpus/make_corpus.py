@@ -11,6 +11,7 @@ Usage: /usr/bin/python3 tools/make-corpus/make_corpus.py [--out data/corpus] [--
 import argparse
 import json
 import os
+import sys
 import random
 
 ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "kel", "l", "m", "n", "p", "r",
@@ -203,6 +204,8 @@ def main():
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--questions", type=int, default=30)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--check", action="store_true",
+                    help="regenerate in memory and fail unless the files in --out are identical")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     names = Names(rng)
@@ -219,13 +222,25 @@ def main():
         hits = [o["id"] for o in passages if p["metadata"]["name"] in o["text"]]
         assert hits == [p["id"]], (p["metadata"]["name"], hits)
     picked = sorted(rng.sample(range(len(qa)), args.questions))
+    for i in picked:
+        assert qa[i]["answer_contains"] in passages[i]["text"], qa[i]
+    files = {
+        "passages.jsonl": "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in passages),
+        "questions.jsonl": "".join(json.dumps(qa[i], ensure_ascii=False) + "\n" for i in picked),
+    }
+    if args.check:
+        for name, text in files.items():
+            with open(os.path.join(args.out, name), encoding="utf-8") as f:
+                if f.read() != text:
+                    sys.exit("%s differs from what make_corpus.py generates (edited by hand, or "
+                             "the generator changed without regenerating)" % name)
+        print("corpus: %d passages, %d questions, identical to the generator's output"
+              % (len(passages), len(picked)))
+        return
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "passages.jsonl"), "w", encoding="utf-8") as f:
-        for p in passages:
-            f.write(json.dumps(p, ensure_ascii=False) + "\n")
-    with open(os.path.join(args.out, "questions.jsonl"), "w", encoding="utf-8") as f:
-        for i in picked:
-            f.write(json.dumps(qa[i], ensure_ascii=False) + "\n")
+    for name, text in files.items():
+        with open(os.path.join(args.out, name), "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 if __name__ == "__main__":
