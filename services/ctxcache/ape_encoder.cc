@@ -1,8 +1,15 @@
 #include "services/ctxcache/ape_encoder.h"
 
+#include <cstdio>
 #include <utility>
 
 namespace ragserve::ctxcache {
+
+std::string PassageHashHex(std::string_view passage) {
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(HashBytes(passage)));
+  return hex;
+}
 
 StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype) {
   RS_ASSIGN_OR_RETURN(KvBlock out,

@@ -85,6 +85,10 @@ class ApeEncoder {
   std::shared_ptr<const engine::KvBlock> prefix_kv_;
 };
 
+// 16 hex digits of HashBytes(passage text): how decoders report resident passages
+// (LoadReport.cached_passage_keys) and how cache-aware routers look them up.
+std::string PassageHashHex(std::string_view passage);
+
 // engine::KvBlock (f32) <-> cache KvBlock (stored dtype).
 StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype);
 std::shared_ptr<const engine::KvBlock> ToEngineBlock(const KvBlock& b, const engine::KvGeometry& g);

@@ -201,9 +201,7 @@ DecoderService::~DecoderService() { Shutdown(); }
 
 void DecoderService::NoteRecent(const std::string& passage) {
   constexpr size_t kMaxRecent = 4096;
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx",
-                static_cast<unsigned long long>(ctxcache::HashBytes(passage)));
+  const std::string hex = ctxcache::PassageHashHex(passage);
   std::lock_guard<std::mutex> lock(recent_mu_);
   auto it = std::find(recent_passages_.begin(), recent_passages_.end(), hex);
   if (it != recent_passages_.end()) recent_passages_.erase(it);

@@ -3,6 +3,7 @@
 #include <grpcpp/client_context.h>
 
 #include <chrono>
+#include <cstdio>
 #include <utility>
 
 #include "services/common/auth.h"
@@ -11,6 +12,7 @@
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
 #include "services/common/metrics.h"
+#include "services/ctxcache/ape_encoder.h"
 
 namespace ragserve::router {
 
@@ -183,6 +185,7 @@ Status RouterService::DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryR
   v1::GenerateRequest greq;
   greq.set_request_id(StrCat(server_->address(), "/q", next_request_.fetch_add(1)));
   greq.set_question(req.question());
+  greq.set_sequential_context(!req.use_context_cache());
   *greq.mutable_sampling() = req.sampling();
   if (greq.sampling().max_tokens() == 0) {
     greq.mutable_sampling()->set_max_tokens(opts_.default_max_tokens);
@@ -203,6 +206,10 @@ Status RouterService::DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryR
         cp->set_id(h.id());
         cp->set_text(h.text());
         hint.passage_tokens.push_back(static_cast<int64_t>(h.text().size() / 4 + 1));
+        if (req.use_context_cache()) {
+          // Workers report the content hashes of passages resident in their KV cache.
+          hint.cache_keys.push_back(ctxcache::PassageHashHex(h.text()));
+        }
       }
     }
     out->Push(std::move(ev));

@@ -195,6 +195,7 @@ TEST_F(RagE2eTest, RoutedAnswerEqualsTheWorkerCalledDirectly) {
   }
   g.mutable_sampling()->set_max_tokens(24);
   g.mutable_sampling()->set_ignore_eos(true);
+  g.set_sequential_context(true);  // as the router sends it without use_context_cache
   for (const char* d : {"decoder0", "decoder1"}) {
     auto ctx = Ctx();
     auto reader = Decoder(d)->Generate(ctx.get(), g);
@@ -208,6 +209,24 @@ TEST_F(RagE2eTest, RoutedAnswerEqualsTheWorkerCalledDirectly) {
     ASSERT_TRUE(reader->Finish().ok());
     EXPECT_EQ(ids, a.ids) << d;
   }
+}
+
+TEST_F(RagE2eTest, ContextCacheServesRepeatedPassagesWithApe) {
+  // A question no other test asks, so its passages start uncached.
+  v1::QueryRequest req = Question("Which year was the clock tower of Ostmere finished?", 8);
+  req.set_use_context_cache(true);
+  Answer first = Ask(req);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  Answer second = Ask(req);
+  ASSERT_TRUE(second.status.ok()) << second.status.error_message();
+  EXPECT_EQ(second.ids.size(), 8u);
+  // The second time every passage's KV comes from a worker's cache (the router sends the query
+  // where the passages are resident), so only the question part is prefilled.
+  EXPECT_GT(second.stats.cached_prompt_tokens(), first.stats.cached_prompt_tokens());
+  EXPECT_GT(second.stats.cached_prompt_tokens(), second.stats.prompt_tokens() / 2);
+  EXPECT_EQ(second.stats.worker_id(), first.stats.worker_id());
+  // Same passages, same worker, same greedy tokens.
+  EXPECT_EQ(second.ids, first.ids);
 }
 
 TEST_F(RagE2eTest, BadQueriesGetClearErrorsAndDoNotTripTheBreaker) {
