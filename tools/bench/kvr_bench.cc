@@ -12,6 +12,7 @@
 #include <omp.h>
 #include <sys/utsname.h>
 
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
@@ -19,12 +20,16 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <random>
 #include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "services/engine/model.h"
+#include "services/engine/sampling.h"
+#include "services/engine/tiny_model.h"
 #include "services/kvr/hybrid_attention.h"
 #include "services/kvr/kv_store.h"
 #include "services/kvr/synthetic.h"
@@ -76,6 +81,84 @@ struct Sweep {
   std::vector<int> values;  // ef_search (graphs) or nprobe (IVF); one 0 entry for exact
 };
 
+// Forwards to a KvCache and records layer `layer`'s K/V (after RoPE) and queries.
+class RecordingKv final : public engine::KvSource {
+ public:
+  RecordingKv(engine::KvSource* inner, int layer) : inner_(inner), layer_(layer) {}
+  Status Append(int layer, const float* k, const float* v, int n,
+                const int32_t* positions) override {
+    if (layer == layer_) {
+      const int64_t row = static_cast<int64_t>(n) * kv_row;
+      k_.insert(k_.end(), k, k + row);
+      v_.insert(v_.end(), v, v + row);
+    }
+    return inner_->Append(layer, k, v, n, positions);
+  }
+  Status Attend(int layer, const float* q, int n, float scale, float* o, float* lse) override {
+    if (layer == layer_) q_.insert(q_.end(), q, q + static_cast<int64_t>(n) * q_row);
+    return inner_->Attend(layer, q, n, scale, o, lse);
+  }
+  int64_t kv_row = 0, q_row = 0;
+  std::vector<float> k_, v_, q_;
+
+ private:
+  engine::KvSource* inner_;
+  int layer_;
+};
+
+// Real Q/K/V from the engine: a seeded random-weight Llama (WriteTinyModel: 2 layers, 8 query /
+// 2 kv heads of dim d) prefills n random token ids, then decodes n_decode greedy tokens; the
+// workload is kv head 0 of layer `layer` and its group of query heads.
+StatusOr<kvr::SyntheticWorkload> RecordWorkload(int64_t n, int d, int64_t n_decode, int layer,
+                                                uint64_t seed, const std::string& dir) {
+  engine::TinyModelOptions mo;
+  mo.num_layers = 2;
+  mo.hidden_size = 256;
+  mo.num_heads = 8;
+  mo.num_kv_heads = 2;
+  mo.head_dim = d;
+  mo.max_position_embeddings = static_cast<int>(n + n_decode + 1);
+  mo.seed = seed;
+  RS_RETURN_IF_ERROR(engine::WriteTinyModel(mo, {}, dir));
+  RS_ASSIGN_OR_RETURN(auto model, engine::Model::Load(dir));
+  const engine::KvGeometry g = model->geometry();
+  RS_CHECK_ARG(layer >= 0 && layer < g.num_layers, "--record-layer ", layer, " out of range");
+  auto cache = model->NewKvCache();
+  RecordingKv rec(cache.get(), layer);
+  rec.kv_row = g.kv_row();
+  rec.q_row = static_cast<int64_t>(g.num_heads) * g.head_dim;
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> tok(2, mo.vocab_size - 1);
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (auto& t : ids) t = tok(rng);
+  std::vector<float> logits;
+  RS_RETURN_IF_ERROR(model->Prefill(ids, 0, &rec, 512, &logits));
+  for (int64_t s = 0; s < n_decode; ++s) {
+    const int32_t next = engine::ArgMax(logits);
+    RS_RETURN_IF_ERROR(
+        model->Prefill(std::vector<int32_t>{next}, static_cast<int32_t>(n + s), &rec, 0, &logits));
+  }
+  const int group = g.num_heads / g.num_kv_heads;
+  kvr::SyntheticWorkload w;
+  w.n_keys = n;
+  w.head_dim = g.head_dim;
+  w.group_size = group;
+  w.n_decode = n_decode;
+  auto take = [&](const std::vector<float>& src, int64_t t, int64_t row, int64_t off, int cnt,
+                  std::vector<float>* out) {
+    const float* p = src.data() + t * row + off * g.head_dim;
+    out->insert(out->end(), p, p + static_cast<int64_t>(cnt) * g.head_dim);
+  };
+  for (int64_t t = 0; t < n; ++t) {
+    take(rec.k_, t, rec.kv_row, 0, 1, &w.keys);
+    take(rec.v_, t, rec.kv_row, 0, 1, &w.values);
+    take(rec.q_, t, rec.q_row, 0, group, &w.prefill_queries);
+  }
+  for (int64_t t = n; t < n + n_decode; ++t)
+    take(rec.q_, t, rec.q_row, 0, group, &w.decode_queries);
+  return w;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,6 +191,12 @@ int main(int argc, char** argv) {
   app.add_option("--aa-build-queries", aa.max_build_queries, "attention-aware: build queries");
   std::string kinds = "exact,attention_aware,hnsw,ivf";
   bool verbose = false;
+  bool record = false;
+  int record_layer = 1;
+  app.add_flag("--record", record,
+               "use Q/K/V recorded from the engine (random-weight tiny Llama, random prompt) "
+               "instead of the synthetic generator");
+  app.add_option("--record-layer", record_layer, "layer recorded with --record (0 or 1)");
   app.add_flag("--verbose", verbose, "print every query head whose recall is below 0.5");
   app.add_option("--kinds", kinds, "index kinds to run (exact is always run first)");
   CLI11_PARSE(app, argc, argv);
@@ -134,13 +223,15 @@ int main(int argc, char** argv) {
     sp.n_decode = n_decode;
     sp.seed = seed;
     auto t0 = Clock::now();
-    auto wl = kvr::GenerateWorkload(sp);
+    auto wl = record ? RecordWorkload(n, d, n_decode, record_layer, seed,
+                                      "/tmp/kvr_bench_model_" + std::to_string(::getpid()))
+                     : kvr::GenerateWorkload(sp);
     if (!wl.ok()) {
       std::fprintf(stderr, "workload: %s\n", wl.status().ToString().c_str());
       return 1;
     }
-    std::printf("# N=%lld: workload generated in %.1f s\n", static_cast<long long>(n),
-                Ms(t0, Clock::now()) / 1000);
+    std::printf("# N=%lld: %s workload made in %.1f s\n", static_cast<long long>(n),
+                record ? "recorded (engine)" : "synthetic", Ms(t0, Clock::now()) / 1000);
     kvr::KvStoreOptions so;
     so.memory_limit_bytes = int64_t{16} << 30;
     kvr::KvStore store(so);
