@@ -16,6 +16,9 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
 
 rocksdb::Slice ToSlice(std::string_view s) { return rocksdb::Slice(s.data(), s.size()); }
 
+std::string ValueKey(std::string_view key) { return StrCat("v", key); }
+std::string MarkerKey(std::string_view key) { return StrCat("m", key); }
+
 }  // namespace
 
 RocksDiskStore::RocksDiskStore(std::unique_ptr<rocksdb::DB> db, std::string dir)
@@ -49,21 +52,35 @@ Status RocksDiskStore::Put(std::string_view key, std::string_view value) {
   // demand), a clean Close flushes them (avoid_flush_during_shutdown is false).
   rocksdb::WriteOptions w;
   w.disableWAL = true;
-  return FromRocks(db_->Put(w, ToSlice(key), ToSlice(value)), "ctxcache disk put");
+  rocksdb::WriteBatch batch;
+  batch.Put(ValueKey(key), ToSlice(value));
+  batch.Put(MarkerKey(key), rocksdb::Slice());
+  return FromRocks(db_->Write(w, &batch), "ctxcache disk put");
 }
 
 StatusOr<std::optional<std::string>> RocksDiskStore::Get(std::string_view key) {
   std::string value;
   rocksdb::ReadOptions ro;
   ro.verify_checksums = true;
-  rocksdb::Status s = db_->Get(ro, ToSlice(key), &value);
+  rocksdb::Status s = db_->Get(ro, ValueKey(key), &value);
   if (s.IsNotFound()) return std::optional<std::string>();
   RS_RETURN_IF_ERROR(FromRocks(s, "ctxcache disk get"));
   return std::optional<std::string>(std::move(value));
 }
 
+StatusOr<bool> RocksDiskStore::Contains(std::string_view key) {
+  std::string unused;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), MarkerKey(key), &unused);
+  if (s.IsNotFound()) return false;
+  RS_RETURN_IF_ERROR(FromRocks(s, "ctxcache disk lookup"));
+  return true;
+}
+
 Status RocksDiskStore::Delete(std::string_view key) {
-  return FromRocks(db_->Delete(rocksdb::WriteOptions(), ToSlice(key)), "ctxcache disk delete");
+  rocksdb::WriteBatch batch;
+  batch.Delete(ValueKey(key));
+  batch.Delete(MarkerKey(key));
+  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "ctxcache disk delete");
 }
 
 StatusOr<int64_t> RocksDiskStore::DeleteAll() {
@@ -72,7 +89,7 @@ StatusOr<int64_t> RocksDiskStore::DeleteAll() {
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     batch.Delete(it->key());
-    ++n;
+    if (it->key().starts_with("m")) ++n;
   }
   RS_RETURN_IF_ERROR(FromRocks(it->status(), "ctxcache disk scan"));
   RS_RETURN_IF_ERROR(FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "ctxcache disk clear"));
@@ -82,7 +99,7 @@ StatusOr<int64_t> RocksDiskStore::DeleteAll() {
 int64_t RocksDiskStore::ApproxEntries() const {
   uint64_t n = 0;
   db_->GetIntProperty("rocksdb.estimate-num-keys", &n);
-  return static_cast<int64_t>(n);
+  return static_cast<int64_t>(n / 2);  // a value and a marker per entry
 }
 
 int64_t RocksDiskStore::ApproxBytes() const {

@@ -1,6 +1,7 @@
 // The disk tier's storage, behind a small interface so tests can inject faults (corrupt values,
 // failing writes). RocksDiskStore keeps entries in a RocksDB database with large values in blob
-// files; writes are not synced (a cache: a lost entry is recomputed).
+// files; writes are not synced (a cache: a lost entry is recomputed). Layout: "v" + key -> value,
+// "m" + key -> "" (a presence marker, so Contains does not read the value).
 // Thread-safety: implementations are safe to call from any thread.
 #pragma once
 
@@ -25,6 +26,11 @@ class DiskStore {
   // The value under `key`, nullopt when absent; DataLoss when the store itself detected
   // corruption of that entry (e.g. a block checksum), Internal for other I/O errors.
   virtual StatusOr<std::optional<std::string>> Get(std::string_view key) = 0;
+  // Whether `key` has a value, without reading (or verifying) it. The default reads it.
+  virtual StatusOr<bool> Contains(std::string_view key) {
+    RS_ASSIGN_OR_RETURN(std::optional<std::string> v, Get(key));
+    return v.has_value();
+  }
   // Removes `key` (absent keys are fine).
   virtual Status Delete(std::string_view key) = 0;
   // Removes every entry; returns how many there were.
@@ -43,6 +49,8 @@ class RocksDiskStore final : public DiskStore {
 
   Status Put(std::string_view key, std::string_view value) override;
   StatusOr<std::optional<std::string>> Get(std::string_view key) override;
+  // Reads a small marker written with every value (values are MBs, in blob files).
+  StatusOr<bool> Contains(std::string_view key) override;
   Status Delete(std::string_view key) override;
   StatusOr<int64_t> DeleteAll() override;
   int64_t ApproxEntries() const override;

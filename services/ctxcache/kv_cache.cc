@@ -302,7 +302,13 @@ bool KvCache::Has(const KeyId& id) {
     std::lock_guard<std::mutex> lock(mu_);
     if (ram_.count(id) != 0) return true;
   }
-  return ReadDisk(id, {}) != nullptr;
+  if (disk_ == nullptr) return false;
+  {
+    std::lock_guard<std::mutex> lock(wmu_);
+    if (pending_.count(id) != 0) return true;
+  }
+  StatusOr<bool> on_disk = disk_->Contains(id.view());
+  return on_disk.ok() && *on_disk;
 }
 
 int KvCache::Evict(const KeyId& id, bool include_disk) {
@@ -328,8 +334,8 @@ int KvCache::Evict(const KeyId& id, bool include_disk) {
         was_pending = true;
       }
     }
-    StatusOr<std::optional<std::string>> raw = disk_->Get(id.view());
-    const bool on_disk = !raw.ok() || raw->has_value();  // a corrupt entry is deleted too
+    StatusOr<bool> contains = disk_->Contains(id.view());
+    const bool on_disk = !contains.ok() || *contains;  // when unsure, delete anyway
     if ((on_disk || was_pending) && disk_->Delete(id.view()).ok()) {
       m_.evict_disk->Inc();
       ++held;

@@ -89,7 +89,8 @@ class KvCache {
   // The block for an id without computing: RAM, else disk (verified); NotFound naming the id when
   // it is in neither (or was corrupt on disk and has just been dropped).
   StatusOr<std::shared_ptr<const KvBlock>> Get(const KeyId& id);
-  // Whether Get(id) would find the entry (a disk entry is read and verified).
+  // Whether the entry is in RAM, waiting to be written, or on disk. A disk entry is not read here
+  // (blocks are MBs): if it turns out corrupt, Get drops it and returns NotFound.
   bool Has(const KeyId& id);
   // Drops the entry from RAM (and from disk when include_disk); returns how many tiers held it.
   int Evict(const KeyId& id, bool include_disk);
