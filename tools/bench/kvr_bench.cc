@@ -110,7 +110,8 @@ class RecordingKv final : public engine::KvSource {
 // 2 kv heads of dim d) prefills n random token ids, then decodes n_decode greedy tokens; the
 // workload is kv head 0 of layer `layer` and its group of query heads.
 StatusOr<kvr::SyntheticWorkload> RecordWorkload(int64_t n, int d, int64_t n_decode, int layer,
-                                                uint64_t seed, const std::string& dir) {
+                                                uint64_t seed, const std::string& dir,
+                                                const std::string& model_dir) {
   engine::TinyModelOptions mo;
   mo.num_layers = 2;
   mo.hidden_size = 256;
@@ -119,8 +120,8 @@ StatusOr<kvr::SyntheticWorkload> RecordWorkload(int64_t n, int d, int64_t n_deco
   mo.head_dim = d;
   mo.max_position_embeddings = static_cast<int>(n + n_decode + 1);
   mo.seed = seed;
-  RS_RETURN_IF_ERROR(engine::WriteTinyModel(mo, {}, dir));
-  RS_ASSIGN_OR_RETURN(auto model, engine::Model::Load(dir));
+  if (model_dir.empty()) RS_RETURN_IF_ERROR(engine::WriteTinyModel(mo, {}, dir));
+  RS_ASSIGN_OR_RETURN(auto model, engine::Model::Load(model_dir.empty() ? dir : model_dir));
   const engine::KvGeometry g = model->geometry();
   RS_CHECK_ARG(layer >= 0 && layer < g.num_layers, "--record-layer ", layer, " out of range");
   auto cache = model->NewKvCache();
@@ -128,7 +129,7 @@ StatusOr<kvr::SyntheticWorkload> RecordWorkload(int64_t n, int d, int64_t n_deco
   rec.kv_row = g.kv_row();
   rec.q_row = static_cast<int64_t>(g.num_heads) * g.head_dim;
   std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> tok(2, mo.vocab_size - 1);
+  std::uniform_int_distribution<int32_t> tok(2, model->config().vocab_size - 1);
   std::vector<int32_t> ids(static_cast<size_t>(n));
   for (auto& t : ids) t = tok(rng);
   std::vector<float> logits;
@@ -196,7 +197,11 @@ int main(int argc, char** argv) {
   app.add_flag("--record", record,
                "use Q/K/V recorded from the engine (random-weight tiny Llama, random prompt) "
                "instead of the synthetic generator");
-  app.add_option("--record-layer", record_layer, "layer recorded with --record (0 or 1)");
+  app.add_option("--record-layer", record_layer, "layer recorded with --record");
+  std::string model_dir;
+  app.add_option("--model", model_dir,
+                 "with --record: an HF-layout model directory to record from instead of the "
+                 "random-weight tiny model (prompt: random token ids)");
   app.add_flag("--verbose", verbose, "print every query head whose recall is below 0.5");
   app.add_option("--kinds", kinds, "index kinds to run (exact is always run first)");
   CLI11_PARSE(app, argc, argv);
@@ -223,15 +228,18 @@ int main(int argc, char** argv) {
     sp.n_decode = n_decode;
     sp.seed = seed;
     auto t0 = Clock::now();
-    auto wl = record ? RecordWorkload(n, d, n_decode, record_layer, seed,
-                                      "/tmp/kvr_bench_model_" + std::to_string(::getpid()))
-                     : kvr::GenerateWorkload(sp);
+    auto wl = record
+                  ? RecordWorkload(n, d, n_decode, record_layer, seed,
+                                   "/tmp/kvr_bench_model_" + std::to_string(::getpid()), model_dir)
+                  : kvr::GenerateWorkload(sp);
     if (!wl.ok()) {
       std::fprintf(stderr, "workload: %s\n", wl.status().ToString().c_str());
       return 1;
     }
     std::printf("# N=%lld: %s workload made in %.1f s\n", static_cast<long long>(n),
                 record ? "recorded (engine)" : "synthetic", Ms(t0, Clock::now()) / 1000);
+    d = wl->head_dim;  // a recorded model decides these
+    group = wl->group_size;
     kvr::KvStoreOptions so;
     so.memory_limit_bytes = int64_t{16} << 30;
     kvr::KvStore store(so);
