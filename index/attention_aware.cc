@@ -492,6 +492,13 @@ template <typename T>
 bool GetVec(std::ifstream& f, std::vector<T>* v, int64_t max_elems) {
   int64_t n = 0;
   if (!Get(f, &n) || n < 0 || n > max_elems) return false;
+  // Never allocate more than the rest of the file can fill (a corrupt length must give DataLoss,
+  // not an out-of-memory abort).
+  const std::streampos here = f.tellg();
+  f.seekg(0, std::ios::end);
+  const std::streamoff left = f.tellg() - here;
+  f.seekg(here);
+  if (here < 0 || static_cast<uint64_t>(n) * sizeof(T) > static_cast<uint64_t>(left)) return false;
   v->resize(static_cast<size_t>(n));
   return static_cast<bool>(
       f.read(reinterpret_cast<char*>(v->data()), static_cast<std::streamsize>(n * sizeof(T))));
