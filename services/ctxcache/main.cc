@@ -1,43 +1,37 @@
-// ragserve-ctxcache: APE parallel encoding and the passage KV cache
-#include <grpcpp/grpcpp.h>
+// ragserve-ctxcache: APE parallel encoding and the passage KV cache (RAM + RocksDB)
+#include <memory>
 
-#include "ragserve/v1/ctxcache.grpc.pb.h"
-#include "services/common/grpc_util.h"
 #include "services/common/server.h"
-
-namespace {
-
-// The ContextCacheService adapter. Until its core library is wired in, only Stats is served.
-class Service final : public ragserve::v1::ContextCacheService::CallbackService {
- public:
-  explicit Service(ragserve::ServiceServer* server) : server_(server) {}
-
-  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx,
-                                  const ragserve::v1::CtxStatsRequest* req,
-                                  ragserve::v1::CtxStatsResponse* resp) override {
-    return ragserve::ServeUnary(ctx, server_, [resp] {
-      resp->set_ram_entries(0);
-      return ragserve::OkStatus();
-    });
-  }
-
- private:
-  ragserve::ServiceServer* server_;
-};
-
-}  // namespace
+#include "services/ctxcache/service.h"
 
 int main(int argc, char** argv) {
-  std::unique_ptr<Service> service;
+  ragserve::ctxcache::ContextCacheOptions opts;
+  int64_t ram_mb = opts.ram_bytes >> 20;
+  std::unique_ptr<ragserve::ctxcache::ContextCacheService> service;
   ragserve::ServiceMain m;
   m.name = "ctxcache";
-  m.description = "ragserve ctxcache: APE parallel encoding and the passage KV cache";
+  m.description = "ragserve context cache: APE parallel encoding, passage KV in RAM and RocksDB";
   m.default_port = 50054;
-  m.default_metrics_port = 50054 - 50051 + 9091;
-  m.setup = [&service](ragserve::ServiceServer& server) {
-    service = std::make_unique<Service>(&server);
+  m.default_metrics_port = 9094;
+  m.add_flags = [&opts, &ram_mb](CLI::App& app) {
+    app.add_option("--model", opts.model_dir, "HF-layout model directory (needed for Encode)");
+    app.add_option("--data-dir", opts.data_dir, "RocksDB directory of the disk tier")
+        ->capture_default_str();
+    app.add_option("--ram-mb", ram_mb, "RAM tier budget")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+    app.add_option("--dtype", opts.dtype, "Stored KV dtype: f32 | f16 | bf16")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  };
+  m.setup = [&opts, &service, &ram_mb](ragserve::ServiceServer& server) -> ragserve::Status {
+    opts.ram_bytes = ram_mb << 20;
+    RS_ASSIGN_OR_RETURN(service, ragserve::ctxcache::ContextCacheService::Create(&server, opts));
     server.AddService(service.get(), "ragserve.v1.ContextCacheService");
     return ragserve::OkStatus();
+  };
+  m.teardown = [&service] {
+    if (service) service->Flush();
   };
   return ragserve::RunServiceMain(m, argc, argv);
 }

@@ -1,0 +1,169 @@
+// The real ragserve-ctxcache binary with the tiny model: Encode -> keys, Get streams KV equal to
+// the in-process encoding, Has/Evict, the disk tier survives a restart, bad input.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <cstring>
+
+#include "ragserve/v1/ctxcache.grpc.pb.h"
+#include "services/common/client.h"
+#include "services/ctxcache/ape_encoder.h"
+#include "tests/support/process.h"
+
+namespace ragserve {
+namespace {
+
+class CtxServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::MakeTempDir("ctxsvc");
+    std::string out;
+    ASSERT_EQ(testing::RunCommand(testing::BinPath("make-tiny-model") + " --out " + dir_ +
+                                      "/model --corpus " + testing::SourceDir() +
+                                      "/data/corpus/passages.jsonl",
+                                  &out),
+              0)
+        << out;
+    Start();
+  }
+  void TearDown() override { Stop(); }
+
+  void Start() {
+    proc_ = std::make_unique<testing::Process>();
+    const std::string ready = dir_ + "/ready.json";
+    std::remove(ready.c_str());
+    ASSERT_TRUE(proc_->Start(testing::BinPath("ragserve-ctxcache"),
+                             {"--port", "0", "--metrics-port", "0", "--ready-file", ready,
+                              "--model", dir_ + "/model", "--data-dir", dir_ + "/data"},
+                             dir_ + "/log.txt"));
+    int port = 0, mport = 0;
+    ASSERT_TRUE(testing::WaitForReadyFile(ready, 60, &port, &mport))
+        << testing::ReadFileOrEmpty(dir_ + "/log.txt");
+    stub_ = v1::ContextCacheService::NewStub(*MakeChannel("127.0.0.1:" + std::to_string(port)));
+  }
+  void Stop() {
+    proc_->Signal(SIGTERM);
+    int code = -1;
+    EXPECT_TRUE(proc_->Wait(10, &code));
+    EXPECT_EQ(code, 0);
+  }
+
+  grpc::Status Encode(const std::vector<std::string>& texts, v1::EncodeResponse* resp) {
+    grpc::ClientContext ctx;
+    v1::EncodeRequest req;
+    for (size_t i = 0; i < texts.size(); ++i) {
+      auto* p = req.add_passages();
+      p->set_id("p" + std::to_string(i));
+      p->set_text(texts[i]);
+    }
+    return stub_->Encode(&ctx, req, resp);
+  }
+
+  // Reassembles K of layer 0 from the Get stream.
+  grpc::Status GetLayer0K(const std::string& hex, std::vector<float>* k, int* tokens) {
+    grpc::ClientContext ctx;
+    v1::GetRequest req;
+    req.mutable_key()->set_hex(hex);
+    auto reader = stub_->Get(&ctx, req);
+    v1::GetResponse m;
+    std::string bytes;
+    int messages = 0;
+    while (reader->Read(&m)) {
+      if (messages++ == 0) *tokens = m.tokens();
+      if (m.layer() == 0 && !m.is_value()) {
+        EXPECT_EQ(m.chunk().offset(), bytes.size());
+        bytes += m.chunk().data();
+      }
+    }
+    k->resize(bytes.size() / 4);
+    std::memcpy(k->data(), bytes.data(), bytes.size());
+    return reader->Finish();
+  }
+
+  std::string dir_;
+  std::unique_ptr<testing::Process> proc_;
+  std::unique_ptr<v1::ContextCacheService::Stub> stub_;
+};
+
+const char kText[] =
+    "The lighthouse on Varnholm Island is painted a deep teal and was built in 1871.";
+
+TEST_F(CtxServiceTest, EncodeThenGetReturnsTheSameKvAsInProcessAndSurvivesRestart) {
+  v1::EncodeResponse r1;
+  ASSERT_TRUE(Encode({kText, "Another passage about rivers."}, &r1).ok());
+  ASSERT_EQ(r1.results_size(), 2);
+  EXPECT_FALSE(r1.results(0).was_cached());
+  EXPECT_EQ(r1.results(0).key().hex().size(), 32u);
+  v1::EncodeResponse r2;
+  ASSERT_TRUE(Encode({kText}, &r2).ok());
+  EXPECT_TRUE(r2.results(0).was_cached());
+  EXPECT_EQ(r2.results(0).key().hex(), r1.results(0).key().hex());
+
+  std::vector<float> k;
+  int tokens = 0;
+  ASSERT_TRUE(GetLayer0K(r1.results(0).key().hex(), &k, &tokens).ok());
+  // In-process encoding with the same model, prefix and settings gives the same bits.
+  auto model = engine::Model::Load(dir_ + "/model");
+  auto tok = engine::Tokenizer::FromFile(dir_ + "/model/tokenizer.json");
+  ASSERT_TRUE(model.ok() && tok.ok());
+  auto cache = ctxcache::KvCache::Open({});
+  ctxcache::ApeSettings as;
+  as.prefix = "Answer the question using only the numbered context passages.\n\n";
+  auto enc = ctxcache::ApeEncoder::Create(model->get(), tok->get(), cache->get(), as);
+  ASSERT_TRUE(enc.ok());
+  auto e = (*enc)->Encode(kText);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e->key.Hex(), r1.results(0).key().hex());
+  EXPECT_EQ(tokens, e->kv->tokens);
+  EXPECT_EQ(k, e->kv->k[0]);
+
+  // Restart: the disk tier still has the entry.
+  Stop();
+  Start();
+  grpc::ClientContext ctx;
+  v1::HasRequest has;
+  has.add_keys()->set_hex(r1.results(0).key().hex());
+  has.add_keys()->set_hex(std::string(32, '0'));
+  v1::HasResponse hr;
+  ASSERT_TRUE(stub_->Has(&ctx, has, &hr).ok());
+  ASSERT_EQ(hr.present_size(), 2);
+  EXPECT_TRUE(hr.present(0));
+  EXPECT_FALSE(hr.present(1));
+  std::vector<float> k2;
+  ASSERT_TRUE(GetLayer0K(r1.results(0).key().hex(), &k2, &tokens).ok());
+  EXPECT_EQ(k2, k);
+}
+
+TEST_F(CtxServiceTest, EvictAndBadInputGetClearErrors) {
+  v1::EncodeResponse r;
+  ASSERT_TRUE(Encode({kText}, &r).ok());
+  {
+    grpc::ClientContext ctx;
+    v1::EvictRequest ev;
+    ev.add_keys()->set_hex(r.results(0).key().hex());
+    ev.set_include_disk(true);
+    v1::EvictResponse er;
+    ASSERT_TRUE(stub_->Evict(&ctx, ev, &er).ok());
+    EXPECT_EQ(er.evicted(), 1);
+  }
+  std::vector<float> k;
+  int tokens = 0;
+  EXPECT_EQ(GetLayer0K(r.results(0).key().hex(), &k, &tokens).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(GetLayer0K("not-hex", &k, &tokens).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::EncodeResponse bad;
+  EXPECT_EQ(Encode({""}, &bad).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Encode({}, &bad).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Encode({std::string(100000, 'x') + " y z"}, &bad).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::ClientContext ctx;
+  v1::EncodeRequest wrong_model;
+  wrong_model.mutable_model()->set_hex("0123456789abcdef");
+  wrong_model.add_passages()->set_text(kText);
+  v1::EncodeResponse wr;
+  EXPECT_EQ(stub_->Encode(&ctx, wrong_model, &wr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+}  // namespace
+}  // namespace ragserve
