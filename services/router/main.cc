@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   m.add_flags = [&opts](CLI::App& app) {
     app.add_option("--index-addr", opts.index_addr, "IndexService address host:port")
         ->capture_default_str();
+    app.add_option("--ctxcache-addr", opts.ctxcache_addr,
+                   "ContextCacheService host:port (Ingest pre_encode)");
     app.add_option("--downstream-token", opts.downstream_token,
                    "Bearer token the router sends to internal services");
     app.add_option("--downstream-tls-ca", opts.downstream_tls_ca,

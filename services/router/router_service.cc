@@ -24,6 +24,10 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   copts.tls_ca = svc->opts_.downstream_tls_ca;
   RS_ASSIGN_OR_RETURN(auto channel, MakeChannel(svc->opts_.index_addr, copts));
   svc->index_ = v1::IndexService::NewStub(channel);
+  if (!svc->opts_.ctxcache_addr.empty()) {
+    RS_ASSIGN_OR_RETURN(auto cc, MakeChannel(svc->opts_.ctxcache_addr, copts));
+    svc->ctxcache_ = v1::ContextCacheService::NewStub(cc);
+  }
   RS_ASSIGN_OR_RETURN(svc->policy_, ParsePolicy(svc->opts_.policy));
   RS_CHECK_ARG(svc->opts_.max_attempts >= 1, "--max-attempts must be >= 1");
   RS_CHECK_ARG(svc->opts_.default_top_k >= 1 && svc->opts_.default_top_k <= 64,
@@ -358,11 +362,36 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
                    "'");
     }
     pre_encode_ = pre_encode_ || msg_.pre_encode();
+    if (pre_encode_ && !svc_->ctxcache_) {
+      return FailedPrecondition("pre_encode needs a context cache (router --ctxcache-addr)");
+    }
     if (msg_.documents_size() == 0) return OkStatus();
     v1::UpsertRequest u;
     u.set_collection(collection_);
     *u.mutable_documents() = msg_.documents();
     if (!writer_->Write(u)) return Annotate(FromGrpcStatus(writer_->Finish()), "index upsert");
+    if (pre_encode_) RS_RETURN_IF_ERROR(PreEncode(msg_.documents()));
+    return OkStatus();
+  }
+
+  // Encodes the documents' passages in the context cache (APE), up to 256 per call.
+  Status PreEncode(const google::protobuf::RepeatedPtrField<v1::Document>& docs) {
+    for (int i = 0; i < docs.size(); i += 256) {
+      v1::EncodeRequest req;
+      for (int j = i; j < std::min(docs.size(), i + 256); ++j) {
+        if (docs[j].text().empty()) continue;
+        auto* p = req.add_passages();
+        p->set_id(docs[j].id());
+        p->set_text(docs[j].text());
+      }
+      if (req.passages_size() == 0) continue;
+      auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx_);
+      AttachToken(cctx.get(), svc_->opts_.downstream_token);
+      v1::EncodeResponse resp;
+      const grpc::Status st = svc_->ctxcache_->Encode(cctx.get(), req, &resp);
+      if (!st.ok()) return Annotate(FromGrpcStatus(st), "pre-encode in the context cache");
+      pre_encoded_ += resp.results_size();
+    }
     return OkStatus();
   }
 
@@ -379,7 +408,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
       return;
     }
     resp_->set_ingested(upsert_resp_.upserted());
-    resp_->set_pre_encoded(0);  // pre-encoding needs the context-cache service (not wired yet)
+    resp_->set_pre_encoded(pre_encoded_);
     Finish(grpc::Status::OK);
   }
 
@@ -398,6 +427,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
   v1::IngestRequest msg_;
   std::string collection_;
   bool pre_encode_ = false;
+  int64_t pre_encoded_ = 0;
   std::unique_ptr<grpc::ClientContext> upsert_ctx_;
   v1::UpsertResponse upsert_resp_;
   std::unique_ptr<grpc::ClientWriter<v1::UpsertRequest>> writer_;

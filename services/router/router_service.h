@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "ragserve/v1/ctxcache.grpc.pb.h"
 #include "ragserve/v1/index.grpc.pb.h"
 #include "ragserve/v1/rag.grpc.pb.h"
 #include "services/common/executor.h"
@@ -21,6 +22,7 @@ namespace ragserve::router {
 
 struct RouterOptions {
   std::string index_addr = "127.0.0.1:50052";  // IndexService host:port
+  std::string ctxcache_addr;                   // ContextCacheService host:port (pre-encoding)
   std::string downstream_token;                // Bearer token sent to internal services
   std::string downstream_tls_ca;               // PEM CA: TLS to internal services when set
   WorkerPoolOptions workers;                   // decode workers (token/TLS filled from above)
@@ -75,6 +77,7 @@ class RouterService final : public v1::RagService::CallbackService {
   ServiceServer* server_;
   RouterOptions opts_;
   std::unique_ptr<v1::IndexService::Stub> index_;
+  std::unique_ptr<v1::ContextCacheService::Stub> ctxcache_;  // null without --ctxcache-addr
   Policy policy_ = Policy::kCacheAware;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<BoundedExecutor> query_executor_;

@@ -6,6 +6,7 @@
 //   ragctl ingest PATH... [--collection C] [--create]     JSONL documents or text files
 //   ragctl generate "prompt" --addr decoder               a decode worker directly
 //   ragctl load --addr decoder                             a decode worker's load report
+//   ragctl stats [--collection C]                          a collection's statistics
 //
 // Every command takes --addr (RAGSERVE_ADDR), --token (RAGSERVE_AUTH_TOKEN), --tls-ca and
 // --timeout. Exit codes: 0 ok, 1 usage, 2 the call failed (the gRPC code and message are printed).
@@ -267,6 +268,29 @@ int Ingest(const Common& c, const IngestOptions& o) {
   return 0;
 }
 
+int Stats(const Common& c, const std::string& collection) {
+  ragserve::ChannelOptions opts;
+  opts.tls_ca = c.tls_ca;
+  auto ch = ragserve::MakeChannel(c.addr, opts);
+  if (!ch.ok()) return Fail(ch.status(), "connect");
+  auto stub = ragserve::v1::RagService::NewStub(*ch);
+  grpc::ClientContext ctx;
+  Prepare(c, &ctx);
+  ragserve::v1::StatsRequest req;
+  req.set_collection(collection);
+  ragserve::v1::StatsResponse r;
+  grpc::Status st = stub->Stats(&ctx, req, &r);
+  if (!st.ok()) return Fail(st, "stats");
+  const auto& i = r.info();
+  std::printf(
+      "collection %s: dimension %d, %lld documents, %lld vectors, index %lld KiB, "
+      "disk %lld KiB%s\n",
+      i.spec().name().c_str(), i.spec().dimension(), static_cast<long long>(i.num_documents()),
+      static_cast<long long>(i.num_vectors()), static_cast<long long>(i.index_bytes() >> 10),
+      static_cast<long long>(i.disk_bytes() >> 10), i.rebuilding() ? ", rebuilding" : "");
+  return 0;
+}
+
 int Load(const Common& c) {
   ragserve::ChannelOptions opts;
   opts.tls_ca = c.tls_ca;
@@ -346,6 +370,9 @@ int main(int argc, char** argv) {
 
   auto* colls = app.add_subcommand("collections", "List collections");
   auto* load = app.add_subcommand("load", "Load report of a decode worker (--addr)");
+  std::string stats_collection = "docs";
+  auto* stats = app.add_subcommand("stats", "Statistics of a collection");
+  stats->add_option("--collection", stats_collection, "Collection")->capture_default_str();
 
   IngestOptions io;
   auto* ing = app.add_subcommand("ingest", "Ingest JSONL documents, text files or folders");
@@ -394,6 +421,7 @@ int main(int argc, char** argv) {
   }
   if (colls->parsed()) return Collections(c);
   if (load->parsed()) return Load(c);
+  if (stats->parsed()) return Stats(c, stats_collection);
   if (ing->parsed()) return Ingest(c, io);
   if (gen->parsed()) {
     if (raw) {
