@@ -18,13 +18,8 @@ class CtxServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = testing::MakeTempDir("ctxsvc");
-    std::string out;
-    ASSERT_EQ(testing::RunCommand(testing::BinPath("make-tiny-model") + " --out " + dir_ +
-                                      "/model --corpus " + testing::SourceDir() +
-                                      "/data/corpus/passages.jsonl",
-                                  &out),
-              0)
-        << out;
+    std::string error;
+    ASSERT_FALSE(testing::MakeTinyModel(dir_, &error).empty()) << error;
     Start();
   }
   void TearDown() override { Stop(); }

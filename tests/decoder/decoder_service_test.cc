@@ -32,13 +32,8 @@ class DecoderServiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new std::string(testing::MakeTempDir("decoder-test"));
-    std::string out;
-    ASSERT_EQ(testing::RunCommand(testing::BinPath("make-tiny-model") + " --out " + *dir_ +
-                                      "/model --corpus " + testing::SourceDir() +
-                                      "/data/corpus/passages.jsonl",
-                                  &out),
-              0)
-        << out;
+    std::string error;
+    ASSERT_FALSE(testing::MakeTinyModel(*dir_, &error).empty()) << error;
   }
   static void TearDownTestSuite() { delete dir_; }
 

@@ -26,17 +26,10 @@ struct ClusterService {
 
 class Cluster {
  public:
-  // Makes the tiny model once per directory (make-tiny-model) and returns its path.
+  // Makes the tiny model once per directory and returns its path ("" on failure).
   static std::string MakeModel(const std::string& dir) {
-    const std::string model = dir + "/model";
-    std::string out;
-    if (ReadFileOrEmpty(model + "/config.json").empty()) {
-      const int rc = RunCommand(BinPath("make-tiny-model") + " --out " + model + " --corpus " +
-                                    SourceDir() + "/data/corpus/passages.jsonl",
-                                &out);
-      if (rc != 0) return "";
-    }
-    return model;
+    std::string error;
+    return MakeTinyModel(dir, &error);
   }
 
   explicit Cluster(std::string dir) : dir_(std::move(dir)) {}

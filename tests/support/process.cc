@@ -177,4 +177,18 @@ int HttpGet(int port, const std::string& path, std::string* body) {
   return res->status;
 }
 
+std::string MakeTinyModel(const std::string& dir, std::string* error) {
+  const std::string model = dir + "/model";
+  if (!ReadFileOrEmpty(model + "/config.json").empty()) return model;
+  std::string out;
+  const int rc = RunCommand(BinPath("make-tiny-model") + " --out " + model + " --corpus " +
+                                SourceDir() + "/data/corpus/passages.jsonl",
+                            &out);
+  if (rc != 0) {
+    *error = "make-tiny-model failed: " + out;
+    return "";
+  }
+  return model;
+}
+
 }  // namespace ragserve::testing

@@ -51,6 +51,10 @@ bool WaitForReadyFile(const std::string& path, double timeout_s, int* grpc_port,
 // Runs a command line through /bin/sh, returning its exit code and capturing stdout+stderr.
 int RunCommand(const std::string& cmd, std::string* output);
 
+// Writes the tiny model (make-tiny-model, tokenizer trained on the sample corpus) into
+// <dir>/model unless it is already there; returns that path, or "" with *error set.
+std::string MakeTinyModel(const std::string& dir, std::string* error);
+
 // Reads a whole file ("" if missing).
 std::string ReadFileOrEmpty(const std::string& path);
 

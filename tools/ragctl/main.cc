@@ -68,6 +68,12 @@ std::string Printable(const std::string& text) {
   return out;
 }
 
+ragserve::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const Common& c) {
+  ragserve::ChannelOptions opts;
+  opts.tls_ca = c.tls_ca;
+  return ragserve::MakeChannel(c.addr, opts);
+}
+
 void Prepare(const Common& c, grpc::ClientContext* ctx) {
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(c.timeout_s * 1000)));
@@ -75,9 +81,7 @@ void Prepare(const Common& c, grpc::ClientContext* ctx) {
 }
 
 int Health(const Common& c, const std::string& service) {
-  ragserve::ChannelOptions opts;
-  opts.tls_ca = c.tls_ca;
-  auto ch = ragserve::MakeChannel(c.addr, opts);
+  auto ch = Connect(c);
   if (!ch.ok()) return Fail(ch.status(), "connect");
   ragserve::Status st = ragserve::CheckHealth(*ch, service, c.timeout_s);
   if (!st.ok()) return Fail(st, "health of " + c.addr);
@@ -86,9 +90,7 @@ int Health(const Common& c, const std::string& service) {
 }
 
 int Query(const Common& c, const ragserve::v1::QueryRequest& req, bool show_passages) {
-  ragserve::ChannelOptions opts;
-  opts.tls_ca = c.tls_ca;
-  auto ch = ragserve::MakeChannel(c.addr, opts);
+  auto ch = Connect(c);
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::RagService::NewStub(*ch);
   grpc::ClientContext ctx;
@@ -131,9 +133,7 @@ int Query(const Common& c, const ragserve::v1::QueryRequest& req, bool show_pass
 }
 
 int Generate(const Common& c, const ragserve::v1::GenerateRequest& req) {
-  ragserve::ChannelOptions opts;
-  opts.tls_ca = c.tls_ca;
-  auto ch = ragserve::MakeChannel(c.addr, opts);
+  auto ch = Connect(c);
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::DecoderService::NewStub(*ch);
   grpc::ClientContext ctx;
@@ -225,9 +225,7 @@ int Ingest(const Common& c, const IngestOptions& o) {
   for (const auto& p : o.paths) {
     if (!ReadDocuments(p, &docs)) return 1;
   }
-  ragserve::ChannelOptions opts;
-  opts.tls_ca = c.tls_ca;
-  auto ch = ragserve::MakeChannel(c.addr, opts);
+  auto ch = Connect(c);
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::RagService::NewStub(*ch);
   grpc::ClientContext ctx;
@@ -269,9 +267,7 @@ int Ingest(const Common& c, const IngestOptions& o) {
 }
 
 int Stats(const Common& c, const std::string& collection) {
-  ragserve::ChannelOptions opts;
-  opts.tls_ca = c.tls_ca;
-  auto ch = ragserve::MakeChannel(c.addr, opts);
+  auto ch = Connect(c);
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::RagService::NewStub(*ch);
   grpc::ClientContext ctx;
@@ -292,9 +288,7 @@ int Stats(const Common& c, const std::string& collection) {
 }
 
 int Load(const Common& c) {
-  ragserve::ChannelOptions opts;
-  opts.tls_ca = c.tls_ca;
-  auto ch = ragserve::MakeChannel(c.addr, opts);
+  auto ch = Connect(c);
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::DecoderService::NewStub(*ch);
   grpc::ClientContext ctx;
@@ -312,9 +306,7 @@ int Load(const Common& c) {
 }
 
 int Collections(const Common& c) {
-  ragserve::ChannelOptions opts;
-  opts.tls_ca = c.tls_ca;
-  auto ch = ragserve::MakeChannel(c.addr, opts);
+  auto ch = Connect(c);
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::RagService::NewStub(*ch);
   grpc::ClientContext ctx;
