@@ -15,6 +15,7 @@ namespace ragserve::router {
 
 namespace {
 using Clock = std::chrono::steady_clock;
+constexpr auto kRoutedGrace = std::chrono::seconds(5);
 
 Clock::duration Seconds(double s) {
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
@@ -177,6 +178,17 @@ void WorkerPool::Poll() {
       w->load = load;
       w->cached_keys = std::set<std::string>(load.cached_passage_keys().begin(),
                                              load.cached_passage_keys().end());
+      // Passages routed here recently may not be in the report yet (still being encoded when
+      // the worker answered): keep them for a short grace period.
+      const auto now = Clock::now();
+      for (auto it = w->routed_keys.begin(); it != w->routed_keys.end();) {
+        if (now - it->second > kRoutedGrace) {
+          it = w->routed_keys.erase(it);
+        } else {
+          w->cached_keys.insert(it->first);
+          ++it;
+        }
+      }
     }
     if (was != w->healthy) {
       RS_LOG(info, "router: worker {} is {}{}", w->address(), w->healthy ? "healthy" : "down",
@@ -271,6 +283,12 @@ StatusOr<WorkerLease> WorkerPool::PickOnce(Policy policy, const PickHint& hint) 
     }
   }
   if (best->consecutive_failures >= opts_.breaker_failures) best->trial_in_flight = true;
+  // The worker will hold these passages once it has served the request: count them resident
+  // now, so a repeat that arrives before the next load poll goes to the same worker.
+  for (const auto& k : hint.cache_keys) {
+    best->cached_keys.insert(k);
+    best->routed_keys[k] = now;
+  }
   best->inflight_.fetch_add(1);
   return WorkerLease(best);
 }

@@ -22,6 +22,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -71,6 +72,7 @@ class Worker {
   bool in_dns = false;
   v1::LoadReport load;
   std::set<std::string> cached_keys;
+  std::map<std::string, std::chrono::steady_clock::time_point> routed_keys;  // key -> routed at
   int consecutive_failures = 0;
   std::chrono::steady_clock::time_point open_until{};
   bool trial_in_flight = false;
