@@ -1,19 +1,21 @@
 // ragserve-router: the public RagService (query, ingest, collection admin)
+#include <algorithm>
 #include <memory>
+#include <string>
 
 #include "services/common/server.h"
 #include "services/router/router_service.h"
 
 int main(int argc, char** argv) {
   ragserve::router::RouterOptions opts;
-  opts.workers.addresses = {"127.0.0.1:50055"};
+  std::string decoders;  // default: 127.0.0.1:50055 unless --decoders-dns is given
   std::unique_ptr<ragserve::router::RouterService> service;
   ragserve::ServiceMain m;
   m.name = "router";
   m.description = "ragserve router: the public RagService (query, ingest, collection admin)";
   m.default_port = 50051;
   m.default_metrics_port = 9091;
-  m.add_flags = [&opts](CLI::App& app) {
+  m.add_flags = [&opts, &decoders](CLI::App& app) {
     app.add_option("--index-addr", opts.index_addr, "IndexService address host:port")
         ->capture_default_str();
     app.add_option("--ctxcache-addr", opts.ctxcache_addr,
@@ -23,10 +25,9 @@ int main(int argc, char** argv) {
     app.add_option("--downstream-tls-ca", opts.downstream_tls_ca,
                    "PEM CA bundle: use TLS to internal services")
         ->check(CLI::ExistingFile);
-    app.add_option("--decoders", opts.workers.addresses,
-                   "Decode workers host:port (comma-separated)")
-        ->delimiter(',')
-        ->capture_default_str();
+    app.add_option("--decoders", decoders,
+                   "Decode workers host:port, comma-separated (default 127.0.0.1:50055 when "
+                   "--decoders-dns is not given)");
     app.add_option("--decoders-dns", opts.workers.dns,
                    "DNS name host:port resolved to all decode workers (headless Service)");
     app.add_option("--policy", opts.policy, "Routing: round_robin | least_load | cache_aware")
@@ -62,7 +63,14 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(0, 1 << 20));
   };
-  m.setup = [&opts, &service](ragserve::ServiceServer& server) -> ragserve::Status {
+  m.setup = [&opts, &service, &decoders](ragserve::ServiceServer& server) -> ragserve::Status {
+    opts.workers.addresses.clear();
+    if (decoders.empty() && opts.workers.dns.empty()) decoders = "127.0.0.1:50055";
+    for (size_t start = 0; start <= decoders.size();) {
+      const size_t comma = std::min(decoders.find(',', start), decoders.size());
+      if (comma > start) opts.workers.addresses.push_back(decoders.substr(start, comma - start));
+      start = comma + 1;
+    }
     RS_ASSIGN_OR_RETURN(service, ragserve::router::RouterService::Create(&server, opts));
     server.AddService(service.get(), "ragserve.v1.RagService");
     return ragserve::OkStatus();

@@ -97,7 +97,7 @@ StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(WorkerPoolOptions opts)
     std::lock_guard<std::mutex> lock(pool->mu_);
     for (const auto& a : pool->opts_.addresses) {
       if (a.empty()) continue;  // "--decoders=" clears the default list
-      RS_CHECK_ARG(!a.empty() && a.find(':') != std::string::npos,
+      RS_CHECK_ARG(a.find(':') != std::string::npos && a[0] != '-',
                    "decoder address must be host:port, got '", a, "'");
       pool->AddWorker(a);
     }
