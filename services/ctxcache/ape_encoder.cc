@@ -1,9 +1,33 @@
 #include "services/ctxcache/ape_encoder.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <utility>
 
 namespace ragserve::ctxcache {
+
+const std::string& DefaultApePrefix() {
+  static const std::string kPrefix =
+      "Answer the question using only the numbered context passages.\n\n";
+  return kPrefix;
+}
+
+StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag) {
+  if (name == "f32") return DType::kF32;
+  if (name == "f16") return DType::kF16;
+  if (name == "bf16") return DType::kBF16;
+  return InvalidArgument(StrCat(flag, " must be f32, f16 or bf16, got '", name, "'"));
+}
+
+StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag) {
+  if (!std::filesystem::is_directory(dir)) {
+    return InvalidArgument(StrCat(flag, " ", dir, ": no such directory"));
+  }
+  ModelAndTokenizer out;
+  RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir));
+  RS_ASSIGN_OR_RETURN(out.tokenizer, engine::Tokenizer::FromFile(dir + "/tokenizer.json"));
+  return out;
+}
 
 std::string PassageHashHex(std::string_view passage) {
   char hex[17];

@@ -28,6 +28,21 @@
 
 namespace ragserve::ctxcache {
 
+// The RAG instruction that starts every prompt ("...passages.\n\n"): the default APE prefix of
+// decoders and the context-cache service alike, so their cache keys agree.
+const std::string& DefaultApePrefix();
+
+// "f32" | "f16" | "bf16" -> DType; InvalidArgument naming `flag` otherwise.
+StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag);
+
+// A model directory's weights and tokenizer.json; InvalidArgument naming `flag` when the
+// directory is missing, the loaders' errors otherwise.
+struct ModelAndTokenizer {
+  std::unique_ptr<engine::Model> model;
+  std::unique_ptr<engine::Tokenizer> tokenizer;
+};
+StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag);
+
 struct ApeSettings {
   std::string prefix;        // shared prefix text, encoded once before every passage
   float temperature = 0.9f;  // T on scores to passage tokens (APE default)

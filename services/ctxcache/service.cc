@@ -12,7 +12,6 @@ namespace ragserve::ctxcache {
 
 namespace {
 constexpr int kMaxPassagesPerEncode = 256;
-const char kDefaultPrefix[] = "Answer the question using only the numbered context passages.\n\n";
 
 v1::DType ToProto(DType t) {
   switch (t) {
@@ -28,13 +27,9 @@ v1::DType ToProto(DType t) {
 
 StatusOr<std::unique_ptr<ContextCacheService>> ContextCacheService::Create(
     ServiceServer* server, ContextCacheOptions opts) {
-  RS_CHECK_ARG(opts.dtype == "f32" || opts.dtype == "f16" || opts.dtype == "bf16",
-               "--dtype must be f32, f16 or bf16, got '", opts.dtype, "'");
+  RS_ASSIGN_OR_RETURN(const DType dtype, ParseStoreDType(opts.dtype, "--dtype"));
   RS_CHECK_ARG(opts.chunk_bytes >= 1024, "chunk size must be >= 1 KiB");
   std::unique_ptr<ContextCacheService> svc(new ContextCacheService(server, std::move(opts)));
-  const DType dtype = svc->opts_.dtype == "f16"    ? DType::kF16
-                      : svc->opts_.dtype == "bf16" ? DType::kBF16
-                                                   : DType::kF32;
   KvCacheOptions copts;
   copts.ram_limit_bytes = svc->opts_.ram_bytes;
   copts.disk_dir = svc->opts_.data_dir;
@@ -46,14 +41,11 @@ StatusOr<std::unique_ptr<ContextCacheService>> ContextCacheService::Create(
   }
   RS_ASSIGN_OR_RETURN(svc->cache_, KvCache::Open(copts));
   if (!svc->opts_.model_dir.empty()) {
-    if (!std::filesystem::is_directory(svc->opts_.model_dir)) {
-      return InvalidArgument(StrCat("--model ", svc->opts_.model_dir, ": no such directory"));
-    }
-    RS_ASSIGN_OR_RETURN(svc->model_, engine::Model::Load(svc->opts_.model_dir));
-    RS_ASSIGN_OR_RETURN(svc->tokenizer_,
-                        engine::Tokenizer::FromFile(svc->opts_.model_dir + "/tokenizer.json"));
+    RS_ASSIGN_OR_RETURN(ModelAndTokenizer mt, LoadModelDir(svc->opts_.model_dir, "--model"));
+    svc->model_ = std::move(mt.model);
+    svc->tokenizer_ = std::move(mt.tokenizer);
     ApeSettings as;
-    as.prefix = svc->opts_.prefix.empty() ? kDefaultPrefix : svc->opts_.prefix;
+    as.prefix = svc->opts_.prefix.empty() ? DefaultApePrefix() : svc->opts_.prefix;
     as.store_dtype = dtype;
     RS_ASSIGN_OR_RETURN(svc->ape_, ApeEncoder::Create(svc->model_.get(), svc->tokenizer_.get(),
                                                       svc->cache_.get(), as));

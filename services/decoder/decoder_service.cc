@@ -3,7 +3,6 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
-#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <utility>
@@ -151,12 +150,10 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
                                                                  DecoderOptions opts) {
   std::unique_ptr<DecoderService> svc(new DecoderService(server, std::move(opts)));
   if (!svc->opts_.model_dir.empty()) {
-    if (!std::filesystem::is_directory(svc->opts_.model_dir)) {
-      return InvalidArgument(StrCat("--model ", svc->opts_.model_dir, ": no such directory"));
-    }
-    RS_ASSIGN_OR_RETURN(svc->model_, engine::Model::Load(svc->opts_.model_dir));
-    RS_ASSIGN_OR_RETURN(svc->tokenizer_,
-                        engine::Tokenizer::FromFile(svc->opts_.model_dir + "/tokenizer.json"));
+    RS_ASSIGN_OR_RETURN(ctxcache::ModelAndTokenizer mt,
+                        ctxcache::LoadModelDir(svc->opts_.model_dir, "--model"));
+    svc->model_ = std::move(mt.model);
+    svc->tokenizer_ = std::move(mt.tokenizer);
     RS_CHECK_ARG(svc->opts_.generator.max_active >= 1, "--max-active must be >= 1");
     RS_CHECK_ARG(svc->opts_.generator.max_queue >= 0, "--max-queue must be >= 0");
     RS_CHECK_ARG(svc->opts_.generator.prefill_chunk >= 1, "--prefill-chunk must be >= 1");
@@ -169,15 +166,11 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
       ctxcache::KvCacheOptions copts;
       copts.ram_limit_bytes = svc->opts_.passage_cache_bytes;
       copts.disk_dir = svc->opts_.passage_cache_dir;
-      const std::string& dt = svc->opts_.passage_dtype;
-      RS_CHECK_ARG(dt == "f32" || dt == "f16" || dt == "bf16",
-                   "--passage-dtype must be f32, f16 or bf16, got '", dt, "'");
-      copts.store_dtype = dt == "f16"    ? kernels::DType::kF16
-                          : dt == "bf16" ? kernels::DType::kBF16
-                                         : kernels::DType::kF32;
+      RS_ASSIGN_OR_RETURN(copts.store_dtype,
+                          ctxcache::ParseStoreDType(svc->opts_.passage_dtype, "--passage-dtype"));
       RS_ASSIGN_OR_RETURN(svc->passage_cache_, ctxcache::KvCache::Open(copts));
       ctxcache::ApeSettings as;
-      as.prefix = RagInstruction() + "\n\n";
+      as.prefix = ctxcache::DefaultApePrefix();
       as.temperature = svc->opts_.ape_temperature;
       as.scaling = svc->opts_.ape_scaling;
       as.store_dtype = copts.store_dtype;

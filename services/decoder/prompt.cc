@@ -1,17 +1,12 @@
 #include "services/decoder/prompt.h"
 
-namespace ragserve::decoder {
+#include "services/ctxcache/ape_encoder.h"
 
-const std::string& RagInstruction() {
-  static const std::string kInstruction =
-      "Answer the question using only the numbered context passages.";
-  return kInstruction;
-}
+namespace ragserve::decoder {
 
 std::string BuildRagPrompt(const std::string& question,
                            const std::vector<PromptPassage>& passages) {
-  std::string out = RagInstruction();
-  out += "\n\n";
+  std::string out = ctxcache::DefaultApePrefix();
   for (size_t i = 0; i < passages.size(); ++i) {
     out += "[" + std::to_string(i + 1) + "] " + passages[i].text + "\n\n";
   }

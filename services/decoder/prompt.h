@@ -11,10 +11,7 @@ struct PromptPassage {
   std::string text;
 };
 
-// The instruction before the passages (also the APE shared prefix: it is encoded once).
-const std::string& RagInstruction();
-
-// "<instruction>\n\n[1] passage\n\n[2] passage\n\nQuestion: <q>\nAnswer:".
+// "<ctxcache::DefaultApePrefix()>[1] passage\n\n[2] passage\n\nQuestion: <q>\nAnswer:".
 std::string BuildRagPrompt(const std::string& question, const std::vector<PromptPassage>& passages);
 
 // The part after the passages: "Question: <q>\nAnswer:" (with APE, passages are encoded apart).
