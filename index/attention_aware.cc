@@ -364,6 +364,16 @@ const float* AttentionAwareIndex::InsertionQuery(const float* key) const {
   return best;
 }
 
+int64_t AttentionAwareIndex::memory_bytes() const {
+  std::shared_lock lock(mu_);
+  size_t bytes = keys_.capacity() * sizeof(float) + ids_.capacity() * sizeof(int64_t) +
+                 row_.size() * 32 + adj_.capacity() * sizeof(std::vector<int32_t>) +
+                 dead_.capacity() + indeg_.capacity() * sizeof(int32_t) +
+                 entry_.capacity() * sizeof(int32_t) + centroids_.capacity() * sizeof(float);
+  for (const auto& a : adj_) bytes += a.capacity() * sizeof(int32_t);
+  return static_cast<int64_t>(bytes);
+}
+
 int64_t AttentionAwareIndex::size() const {
   std::shared_lock lock(mu_);
   return static_cast<int64_t>(row_.size());

@@ -84,6 +84,7 @@ class AttentionAwareIndex final : public KeyIndex {
   int dim() const override { return dim_; }
   Metric metric() const override { return Metric::kInnerProduct; }
   int64_t size() const override;
+  int64_t memory_bytes() const override;
   std::string_view kind() const override { return "attention_aware"; }
   const AttentionAwareParams& params() const { return params_; }
 

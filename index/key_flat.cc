@@ -18,6 +18,11 @@ StatusOr<std::unique_ptr<KeyFlatIndex>> KeyFlatIndex::Create(int dim) {
   return std::unique_ptr<KeyFlatIndex>(new KeyFlatIndex(dim));
 }
 
+int64_t KeyFlatIndex::memory_bytes() const {
+  std::shared_lock lock(mu_);
+  return static_cast<int64_t>(data_.capacity() * sizeof(float) + ids_.capacity() * sizeof(int64_t));
+}
+
 int64_t KeyFlatIndex::size() const {
   std::shared_lock lock(mu_);
   return static_cast<int64_t>(ids_.size());

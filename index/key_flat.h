@@ -26,6 +26,7 @@ class KeyFlatIndex final : public KeyIndex {
   int dim() const override { return dim_; }
   Metric metric() const override { return Metric::kInnerProduct; }
   int64_t size() const override;
+  int64_t memory_bytes() const override;
   std::string_view kind() const override { return "key_flat"; }
 
   Status add(int64_t n, const float* x, const int64_t* ids) override;

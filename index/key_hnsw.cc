@@ -87,6 +87,18 @@ StatusOr<std::unique_ptr<KeyHnswIndex>> KeyHnswIndex::Create(int dim, const KeyH
   return std::unique_ptr<KeyHnswIndex>(new KeyHnswIndex(dim, p));
 }
 
+int64_t KeyHnswIndex::memory_bytes() const {
+  std::shared_lock lock(mu_);
+  const auto& h = *impl_->hnsw;
+  // Level-0 block (vector + links + label per element), per-element pointers, upper levels,
+  // and the live-id set (~32 bytes per entry).
+  size_t bytes = h.max_elements_ * (h.size_data_per_element_ + sizeof(void*));
+  for (size_t i = 0; i < h.cur_element_count; ++i) {
+    bytes += h.element_levels_[i] * h.size_links_per_element_;
+  }
+  return static_cast<int64_t>(bytes + impl_->live.size() * 32);
+}
+
 int64_t KeyHnswIndex::size() const {
   std::shared_lock lock(mu_);
   return static_cast<int64_t>(impl_->live.size());

@@ -33,6 +33,7 @@ class KeyHnswIndex final : public KeyIndex {
   int dim() const override { return dim_; }
   Metric metric() const override { return Metric::kInnerProduct; }
   int64_t size() const override;
+  int64_t memory_bytes() const override;
   std::string_view kind() const override { return "key_hnsw"; }
 
   // Parallel insertion (OpenMP); an existing id's vector is replaced.

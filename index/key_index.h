@@ -25,6 +25,10 @@ class KeyIndex : public VectorIndex {
   // search() of VectorIndex that also accumulates its cost into *stats (may be null).
   virtual Status SearchWithStats(int64_t n, const float* q, int k, float* distances, int64_t* ids,
                                  const SearchParams& params, KeySearchStats* stats) const = 0;
+  // Bytes of memory the index holds (its copy of the keys, ids, graph or lists; allocated
+  // capacity, approximate for library-owned structures). Used for the KV retrieval service's
+  // byte accounting.
+  virtual int64_t memory_bytes() const = 0;
 
   Status search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
                 const SearchParams& params = {}) const override {

@@ -25,6 +25,14 @@ StatusOr<std::unique_ptr<KeyIvfIndex>> KeyIvfIndex::Create(int dim, const KeyIvf
   return std::unique_ptr<KeyIvfIndex>(new KeyIvfIndex(dim, p));
 }
 
+int64_t KeyIvfIndex::memory_bytes() const {
+  std::shared_lock lock(mu_);
+  if (ivf_ == nullptr) return 0;
+  // Inverted lists (code + id per vector) and the coarse centroids.
+  return static_cast<int64_t>(ivf_->ntotal * (ivf_->code_size + sizeof(faiss::Index::idx_t)) +
+                              ivf_->nlist * dim_ * sizeof(float));
+}
+
 int64_t KeyIvfIndex::size() const {
   std::shared_lock lock(mu_);
   return ivf_ ? static_cast<int64_t>(ivf_->ntotal) : 0;

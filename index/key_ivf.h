@@ -34,6 +34,7 @@ class KeyIvfIndex final : public KeyIndex {
   int dim() const override { return dim_; }
   Metric metric() const override { return Metric::kInnerProduct; }
   int64_t size() const override;
+  int64_t memory_bytes() const override;
   std::string_view kind() const override { return "key_ivf_flat"; }
 
   bool needs_training() const override;

@@ -141,6 +141,7 @@ struct HybridAttention::HeadState {
   int64_t indexed_end = -1;    // tokens [mid_begin, indexed_end) are in the index; -1: none
   std::vector<float> queries;  // prefill queries kept until the middle is non-empty
   int64_t n_query_vectors = 0;
+  int64_t charged = 0;  // index bytes charged to the sequence in the store
 };
 
 HybridAttention::HybridAttention(KvStore* store, HybridOptions options)
@@ -199,6 +200,10 @@ Status HybridAttention::BuildIndex(const std::string& seq, int layer, int kv_hea
   RS_ASSIGN_OR_RETURN(auto st, State(seq, layer, kv_head, true));
   std::lock_guard lock(st->mu);
   st->index.reset();
+  if (st->charged != 0) {
+    RS_RETURN_IF_ERROR(store_->Charge(seq, -st->charged));
+    st->charged = 0;
+  }
   st->indexed_end = -1;
   st->queries = std::move(sub);
   st->n_query_vectors = static_cast<int64_t>(st->queries.size()) / d;
@@ -232,12 +237,22 @@ Status HybridAttention::SyncLocked(const std::string& seq, int layer, int kv_hea
     if (options_.index_kind == KeyIndexKind::kAttentionAware && st->n_query_vectors == 0) {
       return OkStatus();  // no queries yet: Attend reports FailedPrecondition when it needs one
     }
-    RS_ASSIGN_OR_RETURN(st->index, MakeKeyIndex(options_, d, b - a, keys.data(), ids.data(),
-                                                st->n_query_vectors, st->queries.data()));
+    RS_ASSIGN_OR_RETURN(auto index, MakeKeyIndex(options_, d, b - a, keys.data(), ids.data(),
+                                                 st->n_query_vectors, st->queries.data()));
+    // The index counts against the store's memory limit; over it, nothing changes (the
+    // queries stay for a later build).
+    const int64_t bytes = index->memory_bytes();
+    RS_RETURN_IF_ERROR(store_->Charge(seq, bytes));
+    st->charged = bytes;
+    st->index = std::move(index);
     std::vector<float>().swap(st->queries);
     st->n_query_vectors = 0;
   } else {
     RS_RETURN_IF_ERROR(st->index->add(b - a, keys.data(), ids.data()));
+    // Already allocated: counted even over the limit (the next Append then fails).
+    const int64_t bytes = st->index->memory_bytes();
+    RS_RETURN_IF_ERROR(store_->Charge(seq, bytes - st->charged, /*force=*/true));
+    st->charged = bytes;
   }
   st->indexed_end = b;
   return OkStatus();

@@ -8,7 +8,9 @@
 // merges the static and retrieved partials exactly from their (o, lse). When top_k covers the
 // whole middle, the middle is attended exactly (so the result equals full attention).
 // Tokens that leave the window as decoding appends are inserted into the index on the next
-// Attend/Sync. Scale = 1/sqrt(head_dim).
+// Attend/Sync. Scale = 1/sqrt(head_dim). Each index's memory (KeyIndex::memory_bytes) is charged
+// to its sequence in the store (KvStore::Charge): a build over the limit fails with
+// ResourceExhausted and leaves no index; growth by insertion is always counted.
 //
 // Thread safety: all methods are thread-safe; calls on the same (seq, layer, kv_head) are
 // serialized, different heads run concurrently.

@@ -25,7 +25,7 @@
 namespace ragserve::kvr {
 
 struct KvRetrievalOptions {
-  int64_t memory_limit_bytes = int64_t{8} << 30;  // K/V bytes of all sequences (not indexes)
+  int64_t memory_limit_bytes = int64_t{8} << 30;  // K/V + key index bytes of all sequences
   int64_t default_ttl_ms = 0;  // idle release when a sequence gives none; 0 = never
   HybridOptions defaults;      // index parameters; sinks/window/kind defaults
   // Monotonic clock in milliseconds for TTLs; empty = steady_clock (tests inject one).

@@ -183,6 +183,25 @@ Status KvStore::Append(const std::string& seq, int layer, int64_t n, const float
   return OkStatus();
 }
 
+Status KvStore::Charge(const std::string& seq, int64_t delta, bool force) {
+  RS_ASSIGN_OR_RETURN(auto s, Find(seq));
+  std::unique_lock slock(s->mu);
+  if (s->released) return FailedPrecondition(StrCat("sequence '", seq, "' was released"));
+  RS_CHECK_ARG(s->bytes + delta >= 0, "sequence '", seq, "': refund of ", -delta,
+               " bytes exceeds its charge of ", s->bytes);
+  {
+    std::lock_guard lock(mu_);
+    if (delta > 0 && !force && bytes_used_ + delta > options_.memory_limit_bytes) {
+      return ResourceExhausted(StrCat("KV store memory limit ", options_.memory_limit_bytes,
+                                      " bytes: the key index of sequence '", seq, "' needs ", delta,
+                                      " more bytes, ", bytes_used_, " in use"));
+    }
+    bytes_used_ += delta;
+  }
+  s->bytes += delta;
+  return OkStatus();
+}
+
 Status KvStore::Release(const std::string& seq) {
   std::shared_ptr<Sequence> s;
   {

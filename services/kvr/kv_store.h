@@ -3,7 +3,8 @@
 // converted to f32 on read), growing in chunks of chunk_tokens tokens.
 //
 // Byte accounting: a sequence is charged for its allocated capacity (K and V, all layers and
-// heads); bytes_used() is the sum over live sequences. An Append that would push bytes_used()
+// heads) plus what Charge() adds for it (its key indexes); bytes_used() is the sum over live
+// sequences. An Append that would push bytes_used()
 // over memory_limit_bytes fails with RESOURCE_EXHAUSTED and changes nothing. Released
 // sequences (Release, or idle longer than ttl_ms when ExpireIdle runs) free their memory;
 // a later Append/read of a released id is FAILED_PRECONDITION, of an unknown id NOT_FOUND.
@@ -76,6 +77,12 @@ class KvStore {
   // KV-block layout), stored as the sequence's dtype. NaN/Inf -> InvalidArgument; over the
   // memory limit -> ResourceExhausted; in every error case nothing is stored.
   Status Append(const std::string& seq, int layer, int64_t n, const float* k, const float* v);
+  // Charges delta bytes (negative: refunds) of memory held for the sequence outside the store
+  // (its key indexes) to the sequence and to bytes_used(); Release frees them with the rest.
+  // A positive delta that would push bytes_used() over the limit fails with ResourceExhausted
+  // and changes nothing, unless `force` (memory already allocated: it is counted, and the next
+  // Append over the limit fails instead).
+  Status Charge(const std::string& seq, int64_t delta, bool force = false);
   // Frees the sequence now. NotFound for an unknown id; FailedPrecondition if already released.
   Status Release(const std::string& seq);
   // Releases every sequence idle for more than ttl_ms; returns how many (0 when ttl_ms == 0).
@@ -89,7 +96,7 @@ class KvStore {
   Status WithHead(const std::string& seq, int layer, int kv_head,
                   const std::function<void(const HeadView&)>& fn) const;
 
-  // Bytes charged to one sequence (allocated K/V capacity).
+  // Bytes charged to one sequence (allocated K/V capacity + Charge()).
   StatusOr<int64_t> SequenceBytes(const std::string& seq) const;
   int64_t bytes_used() const;
   int64_t memory_limit_bytes() const { return options_.memory_limit_bytes; }

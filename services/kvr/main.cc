@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
   m.default_metrics_port = 50053 - 50051 + 9091;
   m.add_flags = [&](CLI::App& app) {
     app.add_option("--memory-limit-gib", memory_limit_gib,
-                   "K/V memory of all sequences; appends beyond it fail with RESOURCE_EXHAUSTED")
+                   "K/V + key index memory of all sequences; appends and index builds beyond it "
+                   "fail with RESOURCE_EXHAUSTED")
         ->check(CLI::PositiveNumber);
     app.add_option("--default-ttl-s", default_ttl_s,
                    "Release a sequence idle this long when it names no ttl (0 = never)")

@@ -280,7 +280,7 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Stats(grpc::CallbackServerCont
     kvr_->ExpireIdle();
     const KvRetrievalStats st = kvr_->Stats();
     MetricsRegistry::Default()
-        .GetGauge("ragserve_kvr_bytes_used", "K/V bytes held by live sequences")
+        .GetGauge("ragserve_kvr_bytes_used", "K/V and key index bytes held by live sequences")
         .Set(static_cast<double>(st.bytes_used));
     resp->set_sequences(st.sequences);
     resp->set_bytes_used(st.bytes_used);

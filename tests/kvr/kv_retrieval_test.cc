@@ -1,5 +1,6 @@
 // KvRetrieval (the library behind ragserve-kvr): GQA head mapping, streamed prefill-query
-// subsampling independent of chunking, TTL release, config validation.
+// subsampling independent of chunking, TTL release, config validation, key index memory in the
+// byte accounting and the memory limit.
 #include "services/kvr/kv_retrieval.h"
 
 #include <gtest/gtest.h>
@@ -118,6 +119,60 @@ TEST(KvRetrievalTest, BadConfigNamesTheField) {
   EXPECT_EQ(kvr.Create("s", c).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(kvr.Stats().sequences, 0);
   EXPECT_EQ(kvr.Release("s").status().code(), StatusCode::kNotFound);
+}
+
+// kN tokens of K/V and prefill queries in sequence "s" (no FinishPrefill).
+void FillNoBuild(KvRetrieval* kvr, KeyIndexKind kind) {
+  ASSERT_TRUE(kvr->Create("s", Config(kind)).ok());
+  auto k = RandomVec(kN * kKv * kD, 1), v = RandomVec(kN * kKv * kD, 2);
+  auto q = RandomVec(kN * kHq * kD, 3);
+  ASSERT_TRUE(kvr->AppendKv("s", 0, kN, k.data(), v.data()).ok());
+  ASSERT_TRUE(kvr->AddPrefillQueries("s", 0, kN, q.data()).ok());
+}
+
+TEST(KvRetrievalTest, KeyIndexMemoryIsChargedAndFreedWithTheSequence) {
+  // K/V charge of t tokens: capacity in chunks of 256 tokens * 2 heads * 16 dims * 4 B * (K + V).
+  auto kv_bytes = [](int64_t t) { return (t + 255) / 256 * 256 * kKv * kD * 4 * 2; };
+  for (KeyIndexKind kind : {KeyIndexKind::kExact, KeyIndexKind::kHnsw, KeyIndexKind::kIvf,
+                            KeyIndexKind::kAttentionAware}) {
+    SCOPED_TRACE(KeyIndexKindName(kind));
+    KvRetrieval kvr;
+    ASSERT_NO_FATAL_FAILURE(FillNoBuild(&kvr, kind));
+    ASSERT_EQ(kvr.SequenceBytes("s").value(), kv_bytes(kN));
+    ASSERT_TRUE(kvr.FinishPrefill("s").ok());
+    const int64_t index_bytes = kvr.SequenceBytes("s").value() - kv_bytes(kN);
+    // Every kind holds at least its own copy of the middle keys (f32, both kv heads).
+    EXPECT_GE(index_bytes, (kN - 8 - 32) * kD * 4 * kKv);
+    EXPECT_EQ(kvr.Stats().bytes_used, kv_bytes(kN) + index_bytes);
+    // Decoding pushes tokens out of the window into the index: its charge grows with it.
+    const int64_t more = 1024;
+    auto k = RandomVec(more * kKv * kD, 4), v = RandomVec(more * kKv * kD, 5);
+    ASSERT_TRUE(kvr.AppendKv("s", 0, more, k.data(), v.data()).ok());
+    auto q = RandomVec(kHq * kD, 6);
+    ASSERT_TRUE(kvr.Attend("s", 0, q.data(), q.size(), {.top_k = 10}).ok());
+    const int64_t total = kvr.SequenceBytes("s").value();
+    EXPECT_GT(total - kv_bytes(kN + more), index_bytes);
+    EXPECT_EQ(kvr.Release("s").value(), total);
+    EXPECT_EQ(kvr.Stats().bytes_used, 0);
+  }
+}
+
+TEST(KvRetrievalTest, AnIndexBuildOverTheMemoryLimitFailsAndChangesNothing) {
+  // K/V: 1280 tokens of capacity * 2 heads * 16 dims * 4 bytes * (K + V) = 327680 bytes; the
+  // exact index's copy of the 1160 middle keys alone needs 148480 more.
+  KvRetrievalOptions o;
+  o.memory_limit_bytes = 400000;
+  KvRetrieval kvr(o);
+  ASSERT_NO_FATAL_FAILURE(FillNoBuild(&kvr, KeyIndexKind::kExact));
+  const int64_t kv_bytes = kvr.Stats().bytes_used;
+  EXPECT_EQ(kv_bytes, 327680);
+  auto built = kvr.FinishPrefill("s");
+  EXPECT_EQ(built.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(built.status().message().find("key index"), std::string::npos)
+      << built.status().message();
+  EXPECT_EQ(kvr.Stats().bytes_used, kv_bytes);
+  EXPECT_EQ(kvr.Release("s").value(), kv_bytes);
+  EXPECT_EQ(kvr.Stats().bytes_used, 0);
 }
 
 }  // namespace
