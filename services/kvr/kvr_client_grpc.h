@@ -1,0 +1,49 @@
+// RemoteKvrClient: a KvrClient (retrieval_kv_source.h) that keeps sequences in a remote
+// ragserve-kvr (proto/ragserve/v1/kvr.proto), so a decode worker's RetrievalKvSource can hold a
+// long prompt's KV cache in another process / machine.
+//
+// Per sequence: CreateSequence is one client stream that stays open for the whole prefill (one
+// message per layer and prefill chunk: K/V + that chunk's queries) and is closed by
+// FinishPrefill, which the server answers after building the key indexes; then one Append per
+// decode step (all layers in one request), one Attend per layer and step (the queries of all
+// heads, and of every new token of the step, in one request), and Release. Every call has a
+// deadline (call_timeout_ms; the stream prefill_timeout_ms); errors come back as the server's
+// status, annotated with the call. Release of a sequence whose stream is still open cancels the
+// stream (the server then drops the partial sequence).
+//
+// Thread-safety: the client may be shared; each sequence is used by one thread at a time.
+#pragma once
+
+#include <grpcpp/channel.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "ragserve/v1/kvr.grpc.pb.h"
+#include "services/kvr/retrieval_kv_source.h"
+
+namespace ragserve::kvr {
+
+struct RemoteKvrOptions {
+  int64_t call_timeout_ms = 10000;      // deadline of each Append / Attend / Release
+  int64_t prefill_timeout_ms = 600000;  // deadline of a CreateSequence stream (the prefill)
+  std::string token;                    // bearer token when the server has auth on
+};
+
+class RemoteKvrClient final : public KvrClient {
+ public:
+  RemoteKvrClient(std::shared_ptr<grpc::Channel> channel, RemoteKvrOptions options);
+  // Sinks/window/ttl of -1 (or 0: proto3 has no presence) mean the server's defaults; the
+  // index kind -1 likewise.
+  StatusOr<std::unique_ptr<KvrSequence>> Create(const std::string& id,
+                                                const SequenceConfig& config) override;
+  // The server's Stats (tests, tools).
+  StatusOr<v1::KvrStatsResponse> Stats() const;
+
+ private:
+  std::unique_ptr<v1::KvRetrievalService::Stub> stub_;
+  const RemoteKvrOptions options_;
+};
+
+}  // namespace ragserve::kvr

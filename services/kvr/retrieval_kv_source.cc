@@ -1,0 +1,253 @@
+#include "services/kvr/retrieval_kv_source.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+#include "kernels/cpu/attention.h"
+
+namespace ragserve::kvr {
+namespace {
+
+class LocalKvrSequence final : public KvrSequence {
+ public:
+  LocalKvrSequence(KvRetrieval* kvr, std::string id, int hq, int d)
+      : kvr_(kvr), id_(std::move(id)), hq_(hq), d_(d) {}
+
+  Status AddPrefill(int layer, int64_t n, const float* k, const float* v, const float* q) override {
+    RS_RETURN_IF_ERROR(kvr_->AppendKv(id_, layer, n, k, v));
+    return kvr_->AddPrefillQueries(id_, layer, n, q);
+  }
+  StatusOr<double> FinishPrefill() override { return kvr_->FinishPrefill(id_); }
+  Status Append(int64_t n, const std::vector<const float*>& k,
+                const std::vector<const float*>& v) override {
+    for (size_t l = 0; l < k.size(); ++l) {
+      RS_RETURN_IF_ERROR(kvr_->AppendKv(id_, static_cast<int>(l), n, k[l], v[l]));
+    }
+    return OkStatus();
+  }
+  Status Attend(int layer, int64_t n, const float* q, const AttendOptions& opt, float* o,
+                float* lse, int64_t* keys_scored) override {
+    const int64_t row = int64_t{hq_} * d_;
+    for (int64_t i = 0; i < n; ++i) {
+      RS_ASSIGN_OR_RETURN(AttendLayerResult r, kvr_->Attend(id_, layer, q + i * row, row, opt));
+      std::copy(r.o.begin(), r.o.end(), o + i * row);
+      std::copy(r.lse.begin(), r.lse.end(), lse + i * hq_);
+      if (keys_scored != nullptr) *keys_scored += r.keys_scored;
+    }
+    return OkStatus();
+  }
+  Status Release() override { return kvr_->Release(id_).status(); }
+
+ private:
+  KvRetrieval* kvr_;
+  const std::string id_;
+  const int hq_, d_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<KvrSequence>> LocalKvrClient::Create(const std::string& id,
+                                                              const SequenceConfig& config) {
+  RS_RETURN_IF_ERROR(kvr_->Create(id, config));
+  RS_ASSIGN_OR_RETURN(const SequenceConfig resolved, kvr_->Describe(id));
+  return std::unique_ptr<KvrSequence>(
+      std::make_unique<LocalKvrSequence>(kvr_, id, resolved.num_q_heads, resolved.kv.head_dim));
+}
+
+StatusOr<std::unique_ptr<RetrievalKvSource>> RetrievalKvSource::Create(
+    KvrClient* client, const std::string& id, const engine::KvGeometry& g,
+    const RetrievalSourceOptions& options, const kernels::Ops* ops) {
+  RS_CHECK_ARG(client != nullptr, "null KV retrieval client");
+  RS_CHECK_ARG(g.num_layers >= 1 && g.num_kv_heads >= 1 && g.head_dim >= 1 &&
+                   g.num_heads >= g.num_kv_heads && g.num_heads % g.num_kv_heads == 0,
+               "bad KV geometry: layers ", g.num_layers, ", heads ", g.num_heads, ", kv heads ",
+               g.num_kv_heads, ", head_dim ", g.head_dim);
+  RS_CHECK_ARG(options.prefill_tokens >= 1, "prefill_tokens must be >= 1, got ",
+               options.prefill_tokens);
+  RS_CHECK_ARG(options.attend.top_k >= 1, "top_k must be >= 1, got ", options.attend.top_k);
+  RS_CHECK_ARG(options.attend.ef_search >= 0, "ef_search must be >= 0, got ",
+               options.attend.ef_search);
+  RS_CHECK_ARG(!options.attend.retrieved_only,
+               "retrieved_only is not supported (the source attends the static set through the "
+               "store)");
+  SequenceConfig cfg;
+  cfg.kv.num_layers = g.num_layers;
+  cfg.kv.num_kv_heads = g.num_kv_heads;
+  cfg.kv.head_dim = g.head_dim;
+  cfg.kv.dtype = options.dtype;
+  cfg.num_q_heads = g.num_heads;
+  cfg.sink_tokens = options.sink_tokens;
+  cfg.window_tokens = options.window_tokens;
+  cfg.index_kind = options.index_kind;
+  cfg.ttl_ms = options.ttl_ms;
+  RS_ASSIGN_OR_RETURN(auto seq, client->Create(id, cfg));
+  return std::unique_ptr<RetrievalKvSource>(
+      new RetrievalKvSource(id, g, options, std::move(seq), ops));
+}
+
+RetrievalKvSource::RetrievalKvSource(std::string id, const engine::KvGeometry& g,
+                                     RetrievalSourceOptions options,
+                                     std::unique_ptr<KvrSequence> seq, const kernels::Ops* ops)
+    : id_(std::move(id)),
+      g_(g),
+      options_(std::move(options)),
+      ops_(ops),
+      seq_(std::move(seq)),
+      prefill_cache_(std::make_unique<engine::KvCache>(g, 0, ops)),
+      pending_k_(static_cast<size_t>(g.num_layers)),
+      pending_v_(static_cast<size_t>(g.num_layers)),
+      pending_n_(static_cast<size_t>(g.num_layers), 0) {}
+
+RetrievalKvSource::~RetrievalKvSource() { (void)Release(); }
+
+Status RetrievalKvSource::Release() {
+  prefill_cache_.reset();
+  if (seq_ == nullptr) return OkStatus();
+  std::unique_ptr<KvrSequence> seq = std::move(seq_);
+  return Annotate(seq->Release(), StrCat("kv retrieval: release of sequence '", id_, "'"));
+}
+
+void RetrievalKvSource::Fail(const Status& st) {
+  if (status_.ok()) status_ = Annotate(st, StrCat("kv retrieval (sequence '", id_, "')"));
+}
+
+Status RetrievalKvSource::Append(int layer, const float* k, const float* v, int n,
+                                 const int32_t* positions) {
+  if (!status_.ok()) return OkStatus();
+  if (layer < 0 || layer >= g_.num_layers || n < 1 || k == nullptr || v == nullptr) {
+    Fail(InvalidArgument(StrCat("Append: bad layer ", layer, " or token count ", n)));
+    return OkStatus();
+  }
+  if (seq_ == nullptr) {
+    Fail(FailedPrecondition("Append after Release"));
+    return OkStatus();
+  }
+  const int64_t row = g_.kv_row();
+  if (!decoding_) {
+    Status st = prefill_cache_->Append(layer, k, v, n, positions);
+    if (!st.ok()) {
+      Fail(st);
+      return OkStatus();
+    }
+    // Sent to the store with this layer's queries in Attend.
+    pending_k_[layer].assign(k, k + n * row);
+    pending_v_[layer].assign(v, v + n * row);
+    pending_n_[layer] = n;
+    return OkStatus();
+  }
+  if (layer == 0) {
+    // The previous step's tokens (every layer) go to the store before this step attends.
+    Status st = FlushPending();
+    if (!st.ok()) {
+      Fail(st);
+      return OkStatus();
+    }
+  }
+  pending_k_[layer].insert(pending_k_[layer].end(), k, k + n * row);
+  pending_v_[layer].insert(pending_v_[layer].end(), v, v + n * row);
+  pending_n_[layer] += n;
+  return OkStatus();
+}
+
+Status RetrievalKvSource::FlushPending() {
+  const int64_t n = pending_n_[0];
+  if (n == 0) return OkStatus();
+  std::vector<const float*> ks, vs;
+  for (int l = 0; l < g_.num_layers; ++l) {
+    if (pending_n_[l] != n) {
+      return Internal(StrCat("layer ", l, " holds ", pending_n_[l], " pending tokens, layer 0 ", n,
+                             " (an incomplete forward step)"));
+    }
+    ks.push_back(pending_k_[l].data());
+    vs.push_back(pending_v_[l].data());
+  }
+  RS_RETURN_IF_ERROR(seq_->Append(n, ks, vs));
+  ++stats_.appends;
+  stored_ += n;
+  for (int l = 0; l < g_.num_layers; ++l) {
+    pending_k_[l].clear();
+    pending_v_[l].clear();
+    pending_n_[l] = 0;
+  }
+  return OkStatus();
+}
+
+Status RetrievalKvSource::Attend(int layer, const float* q, int n, float scale, float* o,
+                                 float* lse) {
+  const int64_t qd = int64_t{g_.num_heads} * g_.head_dim;
+  Status st;
+  if (!status_.ok()) {
+    st = status_;
+  } else if (layer < 0 || layer >= g_.num_layers || n < 1 || q == nullptr) {
+    st = InvalidArgument(StrCat("Attend: bad layer ", layer, " or token count ", n));
+  } else if (seq_ == nullptr) {
+    st = FailedPrecondition("Attend after Release");
+  } else if (n != pending_n_[layer] && !decoding_) {
+    st = InvalidArgument(StrCat("Attend of ", n, " queries after an Append of ", pending_n_[layer],
+                                " tokens in layer ", layer));
+  } else {
+    st = decoding_ ? DecodeAttend(layer, q, n, scale, o, lse)
+                   : PrefillAttend(layer, q, n, scale, o, lse);
+  }
+  if (!st.ok()) {
+    Fail(st);
+    std::fill(o, o + n * qd, 0.0f);
+    std::fill(lse, lse + int64_t{n} * g_.num_heads, -std::numeric_limits<float>::infinity());
+  }
+  return OkStatus();
+}
+
+Status RetrievalKvSource::PrefillAttend(int layer, const float* q, int n, float scale, float* o,
+                                        float* lse) {
+  RS_RETURN_IF_ERROR(prefill_cache_->Attend(layer, q, n, scale, o, lse));
+  // Queries go raw: the index ranks keys by q.k, which a positive scale does not change.
+  RS_RETURN_IF_ERROR(
+      seq_->AddPrefill(layer, n, pending_k_[layer].data(), pending_v_[layer].data(), q));
+  pending_k_[layer].clear();
+  pending_v_[layer].clear();
+  pending_n_[layer] = 0;
+  if (layer == g_.num_layers - 1 && prefill_cache_->length(layer) >= options_.prefill_tokens) {
+    stored_ = prefill_cache_->length(layer);
+    RS_ASSIGN_OR_RETURN(stats_.build_ms, seq_->FinishPrefill());
+    prefill_cache_.reset();  // the store holds the prompt from here on
+    decoding_ = true;
+  }
+  return OkStatus();
+}
+
+Status RetrievalKvSource::DecodeAttend(int layer, const float* q, int n, float scale, float* o,
+                                       float* lse) {
+  const int h = g_.num_heads, hkv = g_.num_kv_heads, d = g_.head_dim, group = h / hkv;
+  const int64_t qd = int64_t{h} * d, m = pending_n_[layer];
+  if (m < n) {
+    return InvalidArgument(
+        StrCat("Attend of ", n, " queries after an Append of ", m, " tokens in layer ", layer));
+  }
+  // The store scores with 1/sqrt(d); scaling q makes its scores scale * q.k.
+  const float qscale = scale * std::sqrt(static_cast<float>(d));
+  qs_.resize(static_cast<size_t>(n * qd));
+  for (int64_t i = 0; i < n * qd; ++i) qs_[i] = q[i] * qscale;
+  AttendOptions opt = options_.attend;
+  opt.top_k = static_cast<int>(std::min<int64_t>(opt.top_k, stored_));
+  RS_RETURN_IF_ERROR(seq_->Attend(layer, n, qs_.data(), opt, o, lse, &stats_.keys_scored));
+  stats_.decode_attends += n;
+  // Merge in the pending tokens (causal: query i sees pending tokens [0, m - n + i]).
+  o2_.resize(static_cast<size_t>(qd));
+  lse2_.resize(static_cast<size_t>(h));
+  const int64_t ld = int64_t{hkv} * d;
+  for (int i = 0; i < n; ++i) {
+    const int64_t visible = m - n + i + 1;
+    for (int kvh = 0; kvh < hkv; ++kvh) {
+      const int64_t qoff = int64_t{kvh} * group;
+      kernels::AttentionPartial(q + i * qd + qoff * d, group, pending_k_[layer].data() + kvh * d,
+                                ld, pending_v_[layer].data() + kvh * d, ld, visible, d, scale,
+                                o2_.data() + qoff * d, lse2_.data() + qoff);
+    }
+    kernels::MergePartial(o + i * qd, lse + int64_t{i} * h, o2_.data(), lse2_.data(), h, d);
+  }
+  return OkStatus();
+}
+
+}  // namespace ragserve::kvr

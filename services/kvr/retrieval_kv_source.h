@@ -1,0 +1,150 @@
+// RetrievalKvSource: the engine's KvSource (services/engine/kv_source.h) backed by KV retrieval
+// (RetrievalAttention), so a decode worker keeps a long prompt's KV cache in a KV retrieval store
+// and attends, at each decode step, the sinks + window exactly and the top-k retrieved keys of
+// the rest (merged by LSE).
+//
+// Life cycle of one sequence (the forward calls Append then Attend per layer and step):
+//   prefill  (the first `prefill_tokens` tokens, any chunking): K/V go to a local causal KvCache
+//            that serves the exact causal attention of the prompt, and K/V + the queries go to
+//            the store (the queries build the attention-aware key index). After the step whose
+//            last layer completes the prompt, the store's key indexes are built (FinishPrefill)
+//            and the local cache is freed.
+//   decode   the new tokens' K/V are held locally ("pending") for the step: each query attends
+//            the stored tokens through the store's hybrid attention (sinks + window exact,
+//            top_k retrieved from the middle, merged by LSE) and the pending tokens exactly
+//            (causal), the two partials merged exactly. The pending K/V of every layer reach the
+//            store in one Append at the next step's first Append. So the store's window is the
+//            W tokens before the current one; the current token is always attended exactly.
+//   release  Release() (idempotent; also run by the destructor) frees the store's sequence.
+// With top_k >= the middle of the store (or an exact index and top_k covering every key), decode
+// equals full attention up to float rounding.
+//
+// Failures do not fail the forward batch: the first error of the store (or of a bad call) is
+// kept in status(), later calls return zeros (o = 0, lse = -inf) without touching the store and
+// Append/Attend still return OK, so the other sequences of the batch go on; the caller checks
+// status() after each forward step and ends this sequence with it.
+//
+// Thread-safety: like every KvSource, one sequence's calls must not overlap.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "services/engine/kv_source.h"
+#include "services/kvr/kv_retrieval.h"
+
+namespace ragserve::kvr {
+
+// One sequence in a KV retrieval store (in-process KvRetrieval, or a remote ragserve-kvr).
+// Shapes: k, v: [n, Hkv, d]; q, o: [n, Hq, d]; lse: [n, Hq]; f32.
+class KvrSequence {
+ public:
+  virtual ~KvrSequence() = default;
+  // Prefill K/V and queries of one layer, tokens in order (a layer's calls continue its
+  // positions).
+  virtual Status AddPrefill(int layer, int64_t n, const float* k, const float* v,
+                            const float* q) = 0;
+  // Builds the key indexes from the prefill queries (returns the build time in ms); afterwards
+  // only Append/Attend.
+  virtual StatusOr<double> FinishPrefill() = 0;
+  // Decode-time K/V of n new tokens for every layer: k[layer], v[layer].
+  virtual Status Append(int64_t n, const std::vector<const float*>& k,
+                        const std::vector<const float*>& v) = 0;
+  // Hybrid attention of n queries of one layer, each over every stored token (scale
+  // 1/sqrt(head_dim)); keys_scored (may be null) gets the index cost.
+  virtual Status Attend(int layer, int64_t n, const float* q, const AttendOptions& opt, float* o,
+                        float* lse, int64_t* keys_scored) = 0;
+  // Frees the sequence in the store. Called at most once.
+  virtual Status Release() = 0;
+};
+
+// Opens sequences in a store.
+class KvrClient {
+ public:
+  virtual ~KvrClient() = default;
+  // `config` as KvRetrieval::Create (sinks/window/index kind -1 = the store's defaults).
+  virtual StatusOr<std::unique_ptr<KvrSequence>> Create(const std::string& id,
+                                                        const SequenceConfig& config) = 0;
+};
+
+// The in-process store. `kvr` is borrowed and must outlive the client and its sequences.
+class LocalKvrClient final : public KvrClient {
+ public:
+  explicit LocalKvrClient(KvRetrieval* kvr) : kvr_(kvr) {}
+  StatusOr<std::unique_ptr<KvrSequence>> Create(const std::string& id,
+                                                const SequenceConfig& config) override;
+
+ private:
+  KvRetrieval* kvr_;
+};
+
+struct RetrievalSourceOptions {
+  int64_t prefill_tokens = 0;  // prompt tokens attended exactly before retrieval starts, >= 1
+  AttendOptions attend;        // top_k (clamped to the tokens stored), ef_search
+  int sink_tokens = -1;        // -1: the store's default (also for the two below)
+  int window_tokens = -1;
+  int index_kind = -1;            // a KeyIndexKind value
+  int64_t ttl_ms = -1;            // idle release in the store (a safety net for a lost worker)
+  KvDtype dtype = KvDtype::kF32;  // storage of K/V in the store
+};
+
+// Counters of one source (for tests, logs and benchmarks).
+struct RetrievalSourceStats {
+  int64_t decode_attends = 0;  // store Attend calls (one per layer and decode token)
+  int64_t keys_scored = 0;     // q.k products the key indexes computed
+  int64_t appends = 0;         // decode-time store Appends (one per step, all layers)
+  double build_ms = 0;         // FinishPrefill wall time
+};
+
+class RetrievalKvSource final : public engine::KvSource {
+ public:
+  // Opens sequence `id` in the store through `client` (borrowed; must outlive the source).
+  // InvalidArgument for a bad geometry or options; the client's errors as they are.
+  static StatusOr<std::unique_ptr<RetrievalKvSource>> Create(
+      KvrClient* client, const std::string& id, const engine::KvGeometry& geometry,
+      const RetrievalSourceOptions& options, const kernels::Ops* ops = &kernels::FastOps());
+  ~RetrievalKvSource() override;  // Release()
+
+  Status Append(int layer, const float* k, const float* v, int n,
+                const int32_t* positions) override;
+  Status Attend(int layer, const float* q, int n, float scale, float* o, float* lse) override;
+
+  // The first error this source hit (OK while healthy); see the header comment.
+  const Status& status() const { return status_; }
+  // True once the prompt is prefilled and the store's indexes are built.
+  bool decoding() const { return decoding_; }
+  // Frees the store's sequence (and the local prefill cache); idempotent. An error here is
+  // returned (and logged by callers) but does not change status().
+  Status Release();
+  const std::string& id() const { return id_; }
+  const RetrievalSourceStats& stats() const { return stats_; }
+
+ private:
+  RetrievalKvSource(std::string id, const engine::KvGeometry& g, RetrievalSourceOptions options,
+                    std::unique_ptr<KvrSequence> seq, const kernels::Ops* ops);
+  Status PrefillAttend(int layer, const float* q, int n, float scale, float* o, float* lse);
+  Status DecodeAttend(int layer, const float* q, int n, float scale, float* o, float* lse);
+  // Sends the pending K/V of every layer to the store.
+  Status FlushPending();
+  void Fail(const Status& st);
+
+  const std::string id_;
+  const engine::KvGeometry g_;
+  const RetrievalSourceOptions options_;
+  const kernels::Ops* ops_;
+  std::unique_ptr<KvrSequence> seq_;  // null once released
+  Status status_;
+  bool decoding_ = false;
+  int64_t stored_ = 0;  // tokens per layer in the store (after the last flush)
+  std::unique_ptr<engine::KvCache> prefill_cache_;  // exact causal attention of the prompt
+  // Prefill: the K/V of the layer appended but not yet attended; decode: tokens not yet in the
+  // store, per layer [pending_n_[layer], Hkv, d].
+  std::vector<std::vector<float>> pending_k_, pending_v_;
+  std::vector<int64_t> pending_n_;
+  std::vector<float> qs_, o2_, lse2_;  // scratch
+  RetrievalSourceStats stats_;
+};
+
+}  // namespace ragserve::kvr
