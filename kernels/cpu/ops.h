@@ -1,7 +1,7 @@
 // The op interface of the model runtime: every op the transformer forward pass uses, behind one
 // abstract class that each backend implements (RefOps: plain loops, the test oracle; FastOps:
-// OpenMP + AVX2/FMA + OpenBLAS; a CUDA backend later). Activations are always f32; weights stay in
-// their stored dtype (f32, f16 or bf16) and are converted on the fly.
+// a thread pool + AVX-512/AVX2 + OpenBLAS; a CUDA backend later). Activations are always f32;
+// weights stay in their stored dtype (f32, f16 or bf16) and are converted on the fly.
 //
 // Layouts are row-major. Linear weights use the Hugging Face layout W: [out, in], so a matmul is
 // y[m, out] = x[m, in] . W^T. Ops never allocate per element and never fail: callers (the model)
@@ -83,16 +83,37 @@ class Ops {
 // The plain reference backend: scalar loops, f64 accumulation where it matters. The oracle.
 const Ops& RefOps();
 // The fast CPU backend: multithreaded GEMV for small m (reads W once for all rows), cblas_sgemm
-// for large m (f16/bf16 weights converted a tile at a time), AVX2/FMA via function
-// multiversioning with a scalar fallback.
+// for large m (f16/bf16 weights converted a tile at a time); AVX-512 or AVX2/FMA/F16C chosen at
+// run time (SimdLevel below) with a scalar fallback.
 const Ops& FastOps();
 
-// OpenMP threads FastOps (and the engine's KV attention) use for calls made from the calling
-// thread; n <= 0 restores OpenMP's default. Results do not depend on it: every output element is
+// Threads FastOps (and the engine's KV attention) use for calls made from the calling thread
+// (the caller plus workers of kernels/cpu/spin_pool.h); n <= 0 restores the default,
+// omp_get_max_threads() (OMP_NUM_THREADS). Results do not depend on it: every output element is
 // computed by one thread in a fixed order. Thread-local, so two callers can choose differently.
 void SetFastOpsThreads(int n);
 // The effective count for the calling thread (>= 1).
 int FastOpsThreads();
+
+// The instruction set of FastOps' GEMV kernels (decode): chosen at run time from the CPU (the build
+// needs no -march), capped process-wide by SetFastOpsMaxSimd so tests and benches can run every
+// level the CPU has. Results agree across levels within float reordering (f32 accumulation in a
+// different order), not bit for bit.
+enum class SimdLevel : uint8_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// The best level this CPU supports (AVX2 needs FMA and F16C; AVX-512 needs F, BW, VL and DQ).
+SimdLevel CpuSimdLevel();
+// The level in use: min(CpuSimdLevel(), the cap).
+SimdLevel FastOpsSimdLevel();
+// Caps the level (kAvx512, the default, means no cap). Not for use while other threads run ops.
+void SetFastOpsMaxSimd(SimdLevel level);
+// "scalar", "avx2", "avx512".
+std::string_view SimdLevelName(SimdLevel level);
+
+// Decode GEMVs (m <= kGemvMaxRows) run on kernels/cpu/spin_pool.h's pool by default (workers
+// spin briefly between the forks of a decode step, then sleep); true runs them as OpenMP parallel
+// loops instead (the baseline the engine bench compares against). Process-wide.
+void SetFastOpsGemvOpenMp(bool on);
+bool GemvUsesOpenMp();
 
 // Number of activation rows up to which FastOps::MatMul uses the GEMV path instead of sgemm.
 inline constexpr int64_t kGemvMaxRows = 8;

@@ -1,16 +1,20 @@
-// The fast CPU backend (FastOps): OpenMP over output rows, AVX2/FMA/F16C GEMV selected at run time
-// (function multiversioning: the CI build has no -march=native), OpenBLAS sgemm for prefill.
+// The fast CPU backend (FastOps): OpenMP over output rows, GEMV kernels for AVX-512 and
+// AVX2/FMA/F16C chosen at run time (per-function target attributes: the CI build has no
+// -march=native; the kernels live in gemv_simd.inc, compiled once per instruction set), a scalar
+// fallback, OpenBLAS sgemm for prefill.
 #include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/spin_pool.h"
 
 namespace ragserve::kernels {
 namespace {
@@ -28,15 +32,27 @@ void SingleThreadedBlas() {
   (void)once;
 }
 
-bool HasAvx2() {
-  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                        __builtin_cpu_supports("f16c");
-  return v;
+SimdLevel DetectSimd() {
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    return SimdLevel::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c")) {
+    return SimdLevel::kAvx2;
+  }
+  return SimdLevel::kScalar;
 }
 
-// y[i * ldy + r] = x[i, :] . W[r, :] for rows r in [r0, r1) and i < m; W stored as T.
-using GemvFn = void (*)(const float* x, int m, int64_t ldx, const void* w, int64_t cols, int64_t r0,
-                        int64_t r1, float* y, int64_t ldy);
+std::atomic<bool> g_gemv_openmp{false};  // SetFastOpsGemvOpenMp
+
+std::atomic<int> g_max_simd{static_cast<int>(SimdLevel::kAvx512)};  // SetFastOpsMaxSimd
+
+// y[i * ldy + r] = x[i, :] . W[r, :] for rows r in [r0, r1) and i < m; W stored as T. xs is x in
+// the kernel's column order (see gemv_simd.inc; == x except for bf16 on the SIMD paths).
+using GemvFn = void (*)(const float* xs, int64_t ldxs, const float* x, int64_t ldx, const void* w,
+                        int64_t cols, int64_t r0, int64_t r1, float* y, int64_t ldy);
 
 template <DType T>
 inline float Elem(const void* base, int64_t i) {
@@ -49,117 +65,195 @@ inline float Elem(const void* base, int64_t i) {
   }
 }
 
-template <DType T>
-void GemvScalar(const float* x, int m, int64_t ldx, const void* w, int64_t cols, int64_t r0,
-                int64_t r1, float* y, int64_t ldy) {
-  constexpr int64_t kEsize = T == DType::kF32 ? 4 : 2;
-  std::vector<float> row(static_cast<size_t>(cols));
-  for (int64_t r = r0; r < r1; ++r) {
-    const char* wr = static_cast<const char*>(w) + r * cols * kEsize;
-    if constexpr (T == DType::kF32) {
-      std::memcpy(row.data(), wr, static_cast<size_t>(cols) * 4);
-    } else {
-      for (int64_t c = 0; c < cols; ++c) row[c] = Elem<T>(wr, c);
-    }
-    for (int i = 0; i < m; ++i) {
-      const float* xi = x + i * ldx;
-      float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t c = 0; c < cols; ++c) s += row[c] * xi[c];
-      y[i * ldy + r] = s;
-    }
-  }
-}
-
-template <DType T>
-__attribute__((target("avx2,fma,f16c"))) inline __m256 Load8(const char* wr, int64_t c) {
-  if constexpr (T == DType::kF32) {
-    return _mm256_loadu_ps(reinterpret_cast<const float*>(wr) + c);
-  } else if constexpr (T == DType::kBF16) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + 2 * c));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  } else {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + 2 * c));
-    return _mm256_cvtph_ps(h);
-  }
-}
-
-__attribute__((target("avx2,fma,f16c"))) inline float HSum(__m256 v) {
-  const __m128 lo = _mm256_castps256_ps128(v);
-  const __m128 hi = _mm256_extractf128_ps(v, 1);
-  __m128 s = _mm_add_ps(lo, hi);
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// One pass over each weight row serves all M activation rows: the weights are read once per call
-// whatever the batch, which is what makes batched decode cheap.
 template <DType T, int M>
-__attribute__((target("avx2,fma,f16c"))) void GemvAvx2(const float* x, int m, int64_t ldx,
-                                                       const void* w, int64_t cols, int64_t r0,
-                                                       int64_t r1, float* y, int64_t ldy) {
-  constexpr int U = M == 1 ? 4 : (M < 4 ? 2 : 1);
+void GemvScalar(const float* /*xs*/, int64_t /*ldxs*/, const float* x, int64_t ldx, const void* w,
+                int64_t cols, int64_t r0, int64_t r1, float* y, int64_t ldy) {
   constexpr int64_t kEsize = T == DType::kF32 ? 4 : 2;
-  constexpr int64_t kStep = 8 * U;
-  const int64_t cmain = cols / kStep * kStep;
+  constexpr int64_t kChunk = 256;
+  float row[kChunk];
   for (int64_t r = r0; r < r1; ++r) {
     const char* wr = static_cast<const char*>(w) + r * cols * kEsize;
-    __m256 acc[M][U];
-    for (int i = 0; i < M; ++i) {
-      for (int u = 0; u < U; ++u) acc[i][u] = _mm256_setzero_ps();
-    }
-    for (int64_t c = 0; c < cmain; c += kStep) {
-      for (int u = 0; u < U; ++u) {
-        const __m256 wv = Load8<T>(wr, c + 8 * u);
-        for (int i = 0; i < M; ++i) {
-          acc[i][u] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i * ldx + c + 8 * u), acc[i][u]);
-        }
+    float s[M] = {};
+    for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+      const int64_t n = std::min(kChunk, cols - c0);
+      for (int64_t c = 0; c < n; ++c) row[c] = Elem<T>(wr, c0 + c);
+      for (int i = 0; i < M; ++i) {
+        const float* xi = x + i * ldx + c0;
+        float t = 0.0f;
+#pragma omp simd reduction(+ : t)
+        for (int64_t c = 0; c < n; ++c) t += row[c] * xi[c];
+        s[i] += t;
       }
     }
-    for (int i = 0; i < M; ++i) {
-      __m256 t = acc[i][0];
-      for (int u = 1; u < U; ++u) t = _mm256_add_ps(t, acc[i][u]);
-      float s = HSum(t);
-      for (int64_t c = cmain; c < cols; ++c) s += Elem<T>(wr, c) * x[i * ldx + c];
-      y[i * ldy + r] = s;
-    }
+    for (int i = 0; i < M; ++i) y[i * ldy + r] = s[i];
   }
 }
 
 template <DType T>
-GemvFn PickAvx2(int m) {
+GemvFn PickScalar(int m) {
   switch (m) {
     case 1:
-      return &GemvAvx2<T, 1>;
+      return &GemvScalar<T, 1>;
     case 2:
-      return &GemvAvx2<T, 2>;
+      return &GemvScalar<T, 2>;
     case 3:
-      return &GemvAvx2<T, 3>;
+      return &GemvScalar<T, 3>;
     case 4:
-      return &GemvAvx2<T, 4>;
+      return &GemvScalar<T, 4>;
     case 5:
-      return &GemvAvx2<T, 5>;
+      return &GemvScalar<T, 5>;
     case 6:
-      return &GemvAvx2<T, 6>;
+      return &GemvScalar<T, 6>;
     case 7:
-      return &GemvAvx2<T, 7>;
+      return &GemvScalar<T, 7>;
     default:
-      return &GemvAvx2<T, 8>;
+      return &GemvScalar<T, 8>;
   }
 }
 
-GemvFn PickGemv(DType t, int m) {
-  const bool avx2 = HasAvx2();
+#define RS_AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
+#define RS_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+struct Avx2Vec {
+  using F = __m256;
+  static constexpr int kW = 8;
+  static constexpr int kRegs = 16;
+  RS_AVX2_TARGET static F Zero() { return _mm256_setzero_ps(); }
+  RS_AVX2_TARGET static F Load(const float* p) { return _mm256_loadu_ps(p); }
+  RS_AVX2_TARGET static F Fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  RS_AVX2_TARGET static float Sum(F v) {
+    const __m128 lo = _mm256_castps256_ps128(v);
+    const __m128 hi = _mm256_extractf128_ps(v, 1);
+    __m128 s = _mm_add_ps(lo, hi);
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  // Weights [c, c + 2 * kW) of a row as two vectors: f32/f16 in order, bf16 even | odd columns.
+  template <DType T>
+  RS_AVX2_TARGET static void LoadW(const char* wr, int64_t c, F& a, F& b) {
+    if constexpr (T == DType::kF32) {
+      a = _mm256_loadu_ps(reinterpret_cast<const float*>(wr) + c);
+      b = _mm256_loadu_ps(reinterpret_cast<const float*>(wr) + c + kW);
+    } else if constexpr (T == DType::kF16) {
+      a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + 2 * c)));
+      b = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + 2 * c + 16)));
+    } else {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 2 * c));
+      a = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      b = _mm256_castsi256_ps(
+          _mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+    }
+  }
+};
+
+// GCC 12's AVX-512 intrinsics self-initialize their "undefined" operands (`__m512 __Y = __Y;`),
+// which -Wuninitialized reports at every use: a known false positive.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+struct Avx512Vec {
+  using F = __m512;
+  static constexpr int kW = 16;
+  static constexpr int kRegs = 32;
+  RS_AVX512_TARGET static F Zero() { return _mm512_setzero_ps(); }
+  RS_AVX512_TARGET static F Load(const float* p) { return _mm512_loadu_ps(p); }
+  RS_AVX512_TARGET static F Fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  RS_AVX512_TARGET static float Sum(F v) {
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    const __m128 lo = _mm256_castps256_ps128(h);
+    __m128 s = _mm_add_ps(lo, _mm256_extractf128_ps(h, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  template <DType T>
+  RS_AVX512_TARGET static void LoadW(const char* wr, int64_t c, F& a, F& b) {
+    if constexpr (T == DType::kF32) {
+      a = _mm512_loadu_ps(reinterpret_cast<const float*>(wr) + c);
+      b = _mm512_loadu_ps(reinterpret_cast<const float*>(wr) + c + kW);
+    } else if constexpr (T == DType::kF16) {
+      a = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 2 * c)));
+      b = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + 2 * c + 32)));
+    } else {
+      const __m512i v = _mm512_loadu_si512(wr + 2 * c);
+      a = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      b = _mm512_castsi512_ps(
+          _mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+    }
+  }
+};
+
+namespace avx2 {
+using Vec = Avx2Vec;
+#define RS_TGT RS_AVX2_TARGET
+#include "kernels/cpu/gemv_simd.inc"
+#undef RS_TGT
+}  // namespace avx2
+
+namespace avx512 {
+using Vec = Avx512Vec;
+#define RS_TGT RS_AVX512_TARGET
+#include "kernels/cpu/gemv_simd.inc"
+#undef RS_TGT
+}  // namespace avx512
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+// The GEMV kernel for one call: which function, and how it wants the activations laid out.
+struct GemvKernel {
+  GemvFn fn;
+  int bf16_block;  // > 0: bf16 weights on a SIMD path; x permuted per block of this many columns
+};
+
+GemvKernel PickGemv(DType t, int m) {
+  switch (FastOpsSimdLevel()) {
+    case SimdLevel::kAvx512:
+      return {avx512::PickGemv(t, m), t == DType::kBF16 ? 2 * Avx512Vec::kW : 0};
+    case SimdLevel::kAvx2:
+      return {avx2::PickGemv(t, m), t == DType::kBF16 ? 2 * Avx2Vec::kW : 0};
+    case SimdLevel::kScalar:
+      break;
+  }
   switch (t) {
     case DType::kF32:
-      return avx2 ? PickAvx2<DType::kF32>(m) : &GemvScalar<DType::kF32>;
+      return {PickScalar<DType::kF32>(m), 0};
     case DType::kBF16:
-      return avx2 ? PickAvx2<DType::kBF16>(m) : &GemvScalar<DType::kBF16>;
+      return {PickScalar<DType::kBF16>(m), 0};
     case DType::kF16:
-      return avx2 ? PickAvx2<DType::kF16>(m) : &GemvScalar<DType::kF16>;
+      return {PickScalar<DType::kF16>(m), 0};
   }
-  return &GemvScalar<DType::kF32>;
+  return {PickScalar<DType::kF32>(m), 0};
+}
+
+// The activations in the kernel's column order: x itself, or (bf16 on a SIMD path) per block of
+// `block` columns the even columns then the odd ones, into the calling thread's scratch buffer.
+// Only the columns of full blocks are permuted (the kernels' scalar tail reads x).
+const float* PermuteForBf16(const float* x, int64_t m, int64_t cols, int block, int64_t* ldxs) {
+  if (block == 0) {
+    *ldxs = cols;
+    return x;
+  }
+  thread_local std::vector<float> buf;
+  const int64_t cmain = cols / block * block, half = block / 2;
+  buf.resize(static_cast<size_t>(std::max<int64_t>(1, m * cmain)));
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xi = x + i * cols;
+    float* bi = buf.data() + i * cmain;
+    for (int64_t c = 0; c < cmain; c += block) {
+      for (int64_t t = 0; t < half; ++t) {
+        bi[c + t] = xi[c + 2 * t];
+        bi[c + half + t] = xi[c + 2 * t + 1];
+      }
+    }
+  }
+  *ldxs = cmain;
+  return buf.data();
 }
 
 void AddBias(const WeightView& bias, int64_t m, int64_t n, float* y) {
@@ -187,12 +281,15 @@ class FastOpsImpl final : public Ops {
     if (bias != nullptr) AddBias(*bias, m, w.rows, y);
   }
 
+  // The ops below split across threads only for prefill-sized inputs, on the same pool as the
+  // GEMVs (no OpenMP region, whose threads would go on spinning through the next decode step).
   void RmsNorm(const float* x, int64_t m, int64_t n, const WeightView& g, float eps,
                float* y) const override {
-    std::vector<float> gf(static_cast<size_t>(n));
-    ConvertToF32(g.data, g.dtype, n, gf.data());
-#pragma omp parallel for schedule(static) num_threads(FastOpsThreads()) if (m * n >= (1 << 16))
-    for (int64_t i = 0; i < m; ++i) {
+    thread_local std::vector<float> gbuf;
+    gbuf.resize(static_cast<size_t>(n));
+    ConvertToF32(g.data, g.dtype, n, gbuf.data());
+    const float* gf = gbuf.data();
+    ParallelFor(m * n >= (1 << 16) ? FastOpsThreads() : 1, m, [&](int64_t i) {
       const float* xi = x + i * n;
       float* yi = y + i * n;
       float ss = 0.0f;
@@ -201,15 +298,15 @@ class FastOpsImpl final : public Ops {
       const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
 #pragma omp simd
       for (int64_t c = 0; c < n; ++c) yi[c] = xi[c] * inv * gf[c];
-    }
+    });
   }
 
   void Rope(float* x, int64_t m, int heads, int head_dim, const int32_t* positions,
             const float* inv_freq) const override {
     const int half = head_dim / 2;
-#pragma omp parallel for schedule(static) num_threads(FastOpsThreads()) if (m >= 16)
-    for (int64_t i = 0; i < m; ++i) {
-      std::vector<float> cs(static_cast<size_t>(head_dim));
+    ParallelFor(m >= 16 ? FastOpsThreads() : 1, m, [&](int64_t i) {
+      thread_local std::vector<float> cs;
+      cs.resize(static_cast<size_t>(head_dim));
       for (int j = 0; j < half; ++j) {
         const double ang = static_cast<double>(positions[i]) * inv_freq[j];
         cs[j] = static_cast<float>(std::cos(ang));
@@ -224,15 +321,19 @@ class FastOpsImpl final : public Ops {
           v[j + half] = b * c + a * s;
         }
       }
-    }
+    });
   }
 
   void SiluMul(const float* gate, const float* up, int64_t n, float* out) const override {
-#pragma omp parallel for simd schedule(static) num_threads(FastOpsThreads()) if (n >= (1 << 16))
-    for (int64_t i = 0; i < n; ++i) {
-      const float g = gate[i];
-      out[i] = g / (1.0f + std::exp(-g)) * up[i];
-    }
+    constexpr int64_t kChunk = 1 << 14;
+    ParallelFor(n >= (1 << 16) ? FastOpsThreads() : 1, (n + kChunk - 1) / kChunk, [&](int64_t t) {
+      const int64_t e = std::min(n, (t + 1) * kChunk);
+#pragma omp simd
+      for (int64_t i = t * kChunk; i < e; ++i) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + std::exp(-g)) * up[i];
+      }
+    });
   }
 
   void Add(float* y, const float* x, int64_t n) const override {
@@ -255,87 +356,142 @@ class FastOpsImpl final : public Ops {
   void MatMulShared(const float* x, int64_t m, int count, const WeightView* const* ws,
                     const WeightView* const* biases, float* const* ys) const override {
     if (m <= 0) return;
-    if (m > kGemvMaxRows) {
+    if (m > kGemvMaxRows || count > kMaxShared) {
       for (int i = 0; i < count; ++i) MatMul(x, m, *ws[i], biases[i], ys[i]);
       return;
     }
-    // One task list over the row blocks of every matrix, one parallel region.
-    struct Task {
-      int mat;
-      int64_t r0, r1;
-    };
-    std::vector<Task> tasks;
-    int64_t work = 0;
-    for (int i = 0; i < count; ++i) {
-      const WeightView& w = *ws[i];
-      for (int64_t r = 0; r < w.rows; r += kGemvBlock) {
-        tasks.push_back({i, r, std::min(w.rows, r + kGemvBlock)});
-      }
-      work += w.rows * w.cols * std::max<int64_t>(m, DTypeSize(w.dtype));
-    }
-    const int64_t ntasks = static_cast<int64_t>(tasks.size());
-#pragma omp parallel for schedule(dynamic, 2) \
-    num_threads(FastOpsThreads()) if (work >= kParallelWork)
-    for (int64_t t = 0; t < ntasks; ++t) {
-      const WeightView& w = *ws[tasks[t].mat];
-      PickGemv(w.dtype, static_cast<int>(m))(x, static_cast<int>(m), w.cols, w.data, w.cols,
-                                             tasks[t].r0, tasks[t].r1, ys[tasks[t].mat], w.rows);
-    }
+    GemvMany(x, m, count, ws, ys);
     for (int i = 0; i < count; ++i) {
       if (biases[i] != nullptr) AddBias(*biases[i], m, ws[i]->rows, ys[i]);
     }
   }
 
   static constexpr int64_t kGemvBlock = 16;
+  static constexpr int64_t kTaskBytes = 96 << 10;
   // Fork/join costs microseconds (far more when other processes hold the cores): only matrices
   // of >= 512 KiB of weights (or as much multiply work) are split across threads.
   static constexpr int64_t kParallelWork = int64_t{1} << 19;
 
   static void Gemv(const float* x, int64_t m, const WeightView& w, float* y) {
-    const GemvFn fn = PickGemv(w.dtype, static_cast<int>(m));
-    const int64_t nblocks = (w.rows + kGemvBlock - 1) / kGemvBlock;
-    const int64_t work = w.rows * w.cols * std::max<int64_t>(m, DTypeSize(w.dtype));
-    // Dynamic: a thread that loses its core to another process does not hold the others up.
-#pragma omp parallel for schedule(dynamic, 2) \
-    num_threads(FastOpsThreads()) if (work >= kParallelWork)
-    for (int64_t b = 0; b < nblocks; ++b) {
-      fn(x, static_cast<int>(m), w.cols, w.data, w.cols, b * kGemvBlock,
-         std::min(w.rows, (b + 1) * kGemvBlock), y, w.rows);
-    }
+    const WeightView* ws[] = {&w};
+    float* ys[] = {y};
+    GemvMany(x, m, 1, ws, ys);
   }
 
-  // Prefill: OpenMP splits the output columns (weight rows) into tiles; each tile is one
-  // single-threaded cblas_sgemm (narrow weights widened to f32 first, per thread). OpenBLAS's own
-  // pthreads are switched off (SingleThreadedBlas): two thread pools spinning on two cores cost
-  // 5x in prefill throughput.
+  // ys[i] = x . ws[i]^T for m <= kGemvMaxRows rows, every ws[i].cols equal: one task list over
+  // the row blocks of every matrix, one parallel region.
+  static void GemvMany(const float* x, int64_t m, int count, const WeightView* const* ws,
+                       float* const* ys) {
+    struct Task {
+      int mat;
+      int64_t r0, r1;
+    };
+    thread_local std::vector<Task> tasks;
+    tasks.clear();
+    GemvKernel kern[kMaxShared];
+    int64_t work = 0;
+    int bf16_block = 0;
+    const int64_t cols = ws[0]->cols;
+    for (int i = 0; i < count; ++i) {
+      const WeightView& w = *ws[i];
+      kern[i] = PickGemv(w.dtype, static_cast<int>(m));
+      bf16_block = std::max(bf16_block, kern[i].bf16_block);
+      // Tasks of ~kTaskBytes of weights (a multiple of kGemvBlock rows): large enough that
+      // claiming one (an atomic on a shared cache line) is noise, small enough to balance.
+      const int64_t row_bytes = std::max<int64_t>(1, w.cols * DTypeSize(w.dtype));
+      const int64_t block = std::max<int64_t>(1, kTaskBytes / row_bytes / kGemvBlock) * kGemvBlock;
+      for (int64_t r = 0; r < w.rows; r += block) {
+        tasks.push_back({i, r, std::min(w.rows, r + block)});
+      }
+      work += w.rows * w.cols * std::max<int64_t>(m, DTypeSize(w.dtype));
+    }
+    int64_t ldxs = cols;
+    const float* xs = PermuteForBf16(x, m, cols, bf16_block, &ldxs);
+    struct Job {
+      const Task* tasks;
+      const WeightView* const* ws;
+      float* const* ys;
+      const GemvKernel* kern;
+      const float *x, *xs;
+      int64_t cols, ldxs;
+      static void Run(void* ctx, int64_t t) {
+        const Job& j = *static_cast<const Job*>(ctx);
+        const Task& tk = j.tasks[t];
+        const WeightView& w = *j.ws[tk.mat];
+        const GemvKernel& k = j.kern[tk.mat];
+        k.fn(k.bf16_block > 0 ? j.xs : j.x, k.bf16_block > 0 ? j.ldxs : j.cols, j.x, j.cols, w.data,
+             j.cols, tk.r0, tk.r1, j.ys[tk.mat], w.rows);
+      }
+    } job{tasks.data(), ws, ys, kern, x, xs, cols, ldxs};
+    const int64_t ntasks = static_cast<int64_t>(tasks.size());
+    const int threads = work >= kParallelWork ? FastOpsThreads() : 1;
+    if (!GemvUsesOpenMp()) {
+      SpinPool::Get().Run(threads, ntasks, &Job::Run, &job);
+      return;
+    }
+    // Dynamic: a thread that loses its core to another process does not hold the others up.
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+    for (int64_t t = 0; t < ntasks; ++t) Job::Run(&job, t);
+  }
+  static constexpr int kMaxShared = 8;
+
+  // Prefill: the output columns (weight rows) are split into tiles, one pool task each; a tile
+  // is one single-threaded cblas_sgemm (narrow weights widened to f32 first, per thread).
+  // OpenBLAS's own pthreads are switched off (SingleThreadedBlas): two thread pools spinning on
+  // two cores cost 5x in prefill throughput.
   static void Gemm(const float* x, int64_t m, const WeightView& w, float* y) {
     SingleThreadedBlas();
     const int M = static_cast<int>(m), N = static_cast<int>(w.rows), K = static_cast<int>(w.cols);
     const int64_t kTile = w.dtype == DType::kF32 ? std::max<int64_t>(64, (N + 7) / 8) : 128;
     const int64_t ntiles = (w.rows + kTile - 1) / kTile;
     const bool parallel = ntiles > 1 && int64_t{M} * N * K >= (int64_t{1} << 22);
-#pragma omp parallel num_threads(FastOpsThreads()) if (parallel)
-    {
-      std::vector<float> buf;
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < ntiles; ++t) {
-        const int64_t r0 = t * kTile, nr = std::min(kTile, w.rows - r0);
-        const float* b;
-        if (w.dtype == DType::kF32) {
-          b = static_cast<const float*>(w.Row(r0));
-        } else {
-          buf.resize(static_cast<size_t>(nr * w.cols));
-          ConvertToF32(w.Row(r0), w.dtype, nr * w.cols, buf.data());
-          b = buf.data();
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, static_cast<int>(nr), K, 1.0f, x, K,
-                    b, K, 0.0f, y + r0, N);
+    ParallelFor(parallel ? FastOpsThreads() : 1, ntiles, [&](int64_t t) {
+      thread_local std::vector<float> buf;
+      const int64_t r0 = t * kTile, nr = std::min(kTile, w.rows - r0);
+      const float* b;
+      if (w.dtype == DType::kF32) {
+        b = static_cast<const float*>(w.Row(r0));
+      } else {
+        buf.resize(static_cast<size_t>(nr * w.cols));
+        ConvertToF32(w.Row(r0), w.dtype, nr * w.cols, buf.data());
+        b = buf.data();
       }
-    }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, static_cast<int>(nr), K, 1.0f, x, K,
+                  b, K, 0.0f, y + r0, N);
+    });
   }
 };
 
 }  // namespace
+
+SimdLevel CpuSimdLevel() {
+  static const SimdLevel v = DetectSimd();
+  return v;
+}
+
+SimdLevel FastOpsSimdLevel() {
+  return static_cast<SimdLevel>(
+      std::min(static_cast<int>(CpuSimdLevel()), g_max_simd.load(std::memory_order_relaxed)));
+}
+
+void SetFastOpsMaxSimd(SimdLevel level) {
+  g_max_simd.store(static_cast<int>(level), std::memory_order_relaxed);
+}
+
+std::string_view SimdLevelName(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kScalar:
+      return "scalar";
+    case SimdLevel::kAvx2:
+      return "avx2";
+    case SimdLevel::kAvx512:
+      return "avx512";
+  }
+  return "?";
+}
+
+void SetFastOpsGemvOpenMp(bool on) { g_gemv_openmp.store(on, std::memory_order_relaxed); }
+bool GemvUsesOpenMp() { return g_gemv_openmp.load(std::memory_order_relaxed); }
 
 void SetFastOpsThreads(int n) { t_threads = n > 0 ? n : 0; }
 int FastOpsThreads() { return t_threads > 0 ? t_threads : omp_get_max_threads(); }

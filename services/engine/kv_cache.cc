@@ -2,6 +2,7 @@
 #include <limits>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/spin_pool.h"
 #include "services/engine/kv_source.h"
 
 namespace ragserve::engine {
@@ -51,9 +52,7 @@ Status KvCache::Attend(int layer, const float* q, int n, float scale, float* o, 
   const float* V = v_[layer].data();
   const int64_t tasks = int64_t{n} * g_.num_kv_heads;
   const int64_t work = tasks * len * hd;
-#pragma omp parallel for schedule(dynamic, 1) \
-    num_threads(kernels::FastOpsThreads()) if (work >= (1 << 16) && tasks > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
+  kernels::ParallelFor(work >= (1 << 16) ? kernels::FastOpsThreads() : 1, tasks, [&](int64_t t) {
     const int64_t i = t / g_.num_kv_heads;
     const int kvh = static_cast<int>(t % g_.num_kv_heads);
     const int64_t end = base + i + 1;
@@ -62,7 +61,7 @@ Status KvCache::Attend(int layer, const float* q, int n, float scale, float* o, 
     ops_->Attention(q + head0 * hd, group, K + start * row + int64_t{kvh} * hd, row,
                     V + start * row + int64_t{kvh} * hd, row, end - start, hd, scale,
                     o + head0 * hd, lse + head0);
-  }
+  });
   return OkStatus();
 }
 
@@ -111,15 +110,14 @@ Status BlockKvSource::Attend(int layer, const float* q, int n, float scale, floa
   const float* V = block_->v[layer].data();
   const float s = scale / temperature_;
   const int64_t tasks = int64_t{n} * g.num_kv_heads;
-#pragma omp parallel for schedule(dynamic, 1) num_threads( \
-    kernels::FastOpsThreads()) if (tasks * block_->tokens * hd >= (1 << 16) && tasks > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
+  const int threads = tasks * block_->tokens * hd >= (1 << 16) ? kernels::FastOpsThreads() : 1;
+  kernels::ParallelFor(threads, tasks, [&](int64_t t) {
     const int64_t i = t / g.num_kv_heads;
     const int kvh = static_cast<int>(t % g.num_kv_heads);
     const int64_t head0 = i * g.num_heads + int64_t{kvh} * group;
     ops_->Attention(q + head0 * hd, group, K + int64_t{kvh} * hd, row, V + int64_t{kvh} * hd, row,
                     block_->tokens, hd, s, o + head0 * hd, lse + head0);
-  }
+  });
   return OkStatus();
 }
 

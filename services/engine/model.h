@@ -23,7 +23,8 @@
 //     or ObservedKvSource (append hook for a remote store). Generation helpers: generate.h.
 //
 // Thread-safety: Forward/Prefill/EncodeBlock lock the model (one step at a time per Model); run
-// several Models over the same shared ModelWeights for parallel steps. OpenMP parallelizes inside.
+// several Models over the same shared ModelWeights for parallel steps. The ops parallelize inside
+// (kernels/cpu/spin_pool.h; one job at a time, a second concurrent caller runs its ops inline).
 #pragma once
 
 #include <memory>

@@ -4,8 +4,10 @@
 #include "kernels/cpu/ops.h"
 
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -66,6 +68,85 @@ TEST(OpsTest, MatMulFastMatchesReferenceForEveryPathShapeAndDtype) {
                                               << " cols=" << cols << " bias=" << bias;
         }
         ++cases;
+      }
+    }
+  }
+}
+
+// Every SIMD level the CPU has (scalar, AVX2, AVX-512: SetFastOpsMaxSimd caps the run-time
+// choice), every batch size of the GEMV path, and shapes that hit each part of the kernels: column
+// counts below one SIMD block, exact multiples of the AVX2 (16) and AVX-512 (32) blocks, multiples
+// of 16 but not 32 (the AVX-512 bf16 tail), odd counts; row counts that leave a remainder after
+// the 2- and 4-row passes; and matrices large enough (>= 512 KiB) to be split across threads.
+class SimdCap {
+ public:
+  explicit SimdCap(SimdLevel l) { SetFastOpsMaxSimd(l); }
+  ~SimdCap() { SetFastOpsMaxSimd(SimdLevel::kAvx512); }
+};
+
+TEST(OpsTest, GemvEverySimdLevelMatchesReference) {
+  const SimdLevel best = CpuSimdLevel();
+  std::vector<SimdLevel> levels = {SimdLevel::kScalar};
+  if (best >= SimdLevel::kAvx2) levels.push_back(SimdLevel::kAvx2);
+  if (best >= SimdLevel::kAvx512) levels.push_back(SimdLevel::kAvx512);
+  if (best < SimdLevel::kAvx512) {
+    std::printf("note: this CPU has no AVX-512 (best %s); that level is not covered here\n",
+                std::string(SimdLevelName(best)).c_str());
+  }
+  int cases = 0;
+  for (SimdLevel level : levels) {
+    SimdCap cap(level);
+    ASSERT_EQ(FastOpsSimdLevel(), level);
+    for (DType t : kDtypes) {
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 5},
+                                {3, 15},
+                                {5, 16},
+                                {7, 31},
+                                {9, 32},
+                                {17, 48},
+                                {6, 64},
+                                {13, 97},
+                                {33, 257},
+                                {11, 2055},
+                                {301, 1000}}) {
+        const Stored w = Store(Rand(rows * cols, 100 + cases), t, rows, cols);
+        for (int64_t m = 1; m <= kGemvMaxRows; ++m) {
+          const std::vector<float> x = Rand(m * cols, 200 + cases);
+          std::vector<float> yr(m * rows), yf(m * rows, 123.0f);
+          RefOps().MatMul(x.data(), m, w.view, nullptr, yr.data());
+          FastOps().MatMul(x.data(), m, w.view, nullptr, yf.data());
+          ASSERT_LT(MaxRelErr(yf, yr), 2e-5f) << SimdLevelName(level) << " " << DTypeName(t)
+                                              << " m=" << m << " rows=" << rows << " cols=" << cols;
+          ++cases;
+        }
+      }
+    }
+  }
+}
+
+// One shared call over matrices of different dtypes (bf16 wants the activations permuted, f32
+// and f16 do not) equals one reference matmul per matrix, at every SIMD level.
+TEST(OpsTest, MatMulSharedMixedDtypesEveryLevel) {
+  const int64_t cols = 200;
+  const Stored a = Store(Rand(40 * cols, 60), DType::kBF16, 40, cols);
+  const Stored b = Store(Rand(24 * cols, 61), DType::kF32, 24, cols);
+  const Stored c = Store(Rand(9 * cols, 62), DType::kF16, 9, cols);
+  for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
+    if (level > CpuSimdLevel()) continue;
+    SimdCap cap(level);
+    for (int64_t m : {1, 4, 8}) {
+      const std::vector<float> x = Rand(m * cols, 63);
+      const WeightView* ws[] = {&a.view, &b.view, &c.view};
+      const WeightView* bs[] = {nullptr, nullptr, nullptr};
+      std::vector<float> ya(m * 40), yb(m * 24), yc(m * 9);
+      float* ys[] = {ya.data(), yb.data(), yc.data()};
+      FastOps().MatMulShared(x.data(), m, 3, ws, bs, ys);
+      for (int i = 0; i < 3; ++i) {
+        std::vector<float> want(m * ws[i]->rows);
+        RefOps().MatMul(x.data(), m, *ws[i], nullptr, want.data());
+        std::vector<float> got(ys[i], ys[i] + want.size());
+        EXPECT_LT(MaxRelErr(got, want), 2e-5f)
+            << SimdLevelName(level) << " m=" << m << " matrix " << i;
       }
     }
   }

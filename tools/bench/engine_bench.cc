@@ -1,14 +1,23 @@
 // engine_bench: CPU engine throughput against the memory-bandwidth roofline, measured in one run.
 //
-//   engine_bench            tiny model + ~100M-parameter model (f32 and bf16)
-//   engine_bench --quick    tiny model only
+//   engine_bench                 tiny model + ~100M-parameter model (f32 and bf16)
+//   engine_bench --quick         tiny model only
+//   engine_bench --rounds N      batch-1 decode rounds per thread count (default 7)
+//   engine_bench --only 100M/BF16   one model (name/dtype)
+//   engine_bench --decode-only   only the batch-1 roofline rows (e.g. under perf)
 //
 // For each model: prefill tokens/s (batch 1 and 8 sequences), decode tokens/s (batch 1 and 8),
 // the plain reference backend's decode speed (the baseline), and batch-1 decode as a percentage
-// of the roofline = measured read bandwidth / bytes of weights read per token. The bandwidth probe
-// (a vectorized multithreaded read of a 512 MiB array) runs in the same process, interleaved with
-// the batch-1 decode runs (best of 3 rounds each). "GEMV vs read" isolates the kernel: batch-1
-// GEMV over all the model's matrices against a plain read of the same bytes (100% = as fast).
+// of the roofline = read bandwidth / bytes of weights read per token.
+//
+// Roofline: batch-1 decode runs with a fixed thread count (all OpenMP threads, then 1), and each
+// of `rounds` rounds is a bandwidth probe with that same thread count (a vectorized read of a
+// 512 MiB array, best of 3 passes) immediately followed by a timed decode run; the table gives the
+// medians over the rounds of the decode rate, of the bandwidth and of the per-round ratio (with
+// its min and max), so one quiet or busy moment of a shared machine moves neither side alone.
+// "GEMV vs read" isolates the kernel: batch-1 GEMV over all the model's matrices against a plain
+// read of the same bytes (100% = as fast), per SIMD level the CPU has (the baseline for the
+// AVX-512 kernels is the AVX2 build of the same kernels, and the scalar loop).
 #include <immintrin.h>
 #include <omp.h>
 #include <unistd.h>
@@ -22,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/spin_pool.h"
 #include "services/engine/model.h"
 #include "services/engine/tiny_model.h"
 
@@ -59,26 +69,40 @@ float SumScalar(const float* p, int64_t n) {
   return s;
 }
 
-// Best-of-5 read bandwidth in GB/s with `threads` threads.
-double ProbeBandwidth(int threads) {
-  const int64_t n = (512ll << 20) / 4;
-  std::vector<float> buf(static_cast<size_t>(n), 1.0f);
+// Sum of n floats read in chunks of `chunk` on `threads` threads of the ops' pool (the decode
+// GEMVs' threads, claiming work the same way).
+float PoolRead(const float* p, int64_t n, int64_t chunk, int threads) {
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const int64_t tasks = (n + chunk - 1) / chunk;
+  std::vector<float> part(static_cast<size_t>(tasks));
+  kernels::ParallelFor(threads, tasks, [&](int64_t t) {
+    const int64_t b = t * chunk, e = std::min(n, b + chunk);
+    part[t] = avx2 ? SumAvx2(p + b, e - b) : SumScalar(p + b, e - b);
+  });
+  float total = 0.0f;
+  for (float v : part) total += v;
+  return total;
+}
+
+// Best-of-`passes` read bandwidth in GB/s with `threads` threads over a 512 MiB array (allocated
+// and touched once per process), read in 96 KiB chunks like the GEMV tasks.
+double ProbeBandwidth(int threads, int passes = 3) {
+  static const int64_t n = (512ll << 20) / 4;
+  static std::vector<float> buf(static_cast<size_t>(n), 1.0f);
   double best = 0.0;
   volatile float sink = 0.0f;
-  for (int rep = 0; rep < 5; ++rep) {
+  for (int rep = 0; rep < passes; ++rep) {
     const auto t0 = Clock::now();
-    float total = 0.0f;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-      const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t per = (n + nt - 1) / nt, b = std::min(n, id * per), e = std::min(n, b + per);
-      total += avx2 ? SumAvx2(buf.data() + b, e - b) : SumScalar(buf.data() + b, e - b);
-    }
-    sink = sink + total;
+    sink = sink + PoolRead(buf.data(), n, (96 << 10) / 4, threads);
     best = std::max(best, n * 4.0 / Seconds(t0, Clock::now()) / 1e9);
   }
   return best;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 // Kernel efficiency without the rest of the forward pass: batch-1 GEMV over every weight matrix
@@ -95,7 +119,6 @@ double GemvVsRead(const Model& m, int threads) {
   std::vector<float> x(static_cast<size_t>(m.config().intermediate_size + m.config().hidden_size),
                        0.5f);
   std::vector<float> y(static_cast<size_t>(m.config().vocab_size + m.config().intermediate_size));
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   double best_gemv = 1e30, best_read = 1e30;
   volatile float sink = 0.0f;
   for (int rep = 0; rep < 5; ++rep) {
@@ -107,14 +130,7 @@ double GemvVsRead(const Model& m, int threads) {
     for (const kernels::WeightView* w : ws) {
       const float* p = static_cast<const float*>(w->data);
       const int64_t n = w->rows * w->cols * static_cast<int64_t>(kernels::DTypeSize(w->dtype)) / 4;
-      float total = 0.0f;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-      {
-        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const int64_t per = (n + nt - 1) / nt, b = std::min(n, id * per), e = std::min(n, b + per);
-        total += avx2 ? SumAvx2(p + b, e - b) : SumScalar(p + b, e - b);
-      }
-      sink = sink + total;
+      sink = sink + PoolRead(p, n, (96 << 10) / 4, threads);
     }
     best_read = std::min(best_read, Seconds(t0, Clock::now()));
   }
@@ -129,6 +145,12 @@ std::vector<int32_t> Tokens(int n, int vocab, int salt) {
 
 struct Result {
   double prefill1 = 0, prefill8 = 0, decode1 = 0, decode8 = 0, ref_decode = 0;
+};
+
+// Batch-1 decode against the roofline with a fixed thread count (see the header comment).
+struct Roofline {
+  int threads = 0;
+  double decode = 0, bw = 0, ratio = 0, ratio_min = 0, ratio_max = 0;
 };
 
 // Decode tokens/s over `steps` steps for `batch` sequences after a 16-token prompt each.
@@ -201,12 +223,40 @@ std::string LoadAvg() {
 
 int main(int argc, char** argv) {
   bool quick = false;
-  for (int i = 1; i < argc; ++i) quick |= std::string(argv[i]) == "--quick";
+  int rounds = 7;
+  std::string only;
+  bool decode_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") {
+      quick = true;
+    } else if (a == "--decode-only") {
+      decode_only = true;
+    } else if (a == "--only" && i + 1 < argc) {
+      only = argv[++i];
+    } else if (a == "--rounds" && i + 1 < argc) {
+      rounds = std::max(1, std::atoi(argv[++i]));
+    } else {
+      std::fprintf(
+          stderr,
+          "usage: engine_bench [--quick] [--rounds N] [--only NAME/DTYPE] [--decode-only]\n");
+      return 2;
+    }
+  }
   const int threads = omp_get_max_threads();
-  std::printf("engine_bench: %s, %ld online CPUs, %d OpenMP threads, load average %s\n",
-              CpuName().c_str(), sysconf(_SC_NPROCESSORS_ONLN), threads, LoadAvg().c_str());
-  const double bw1 = ProbeBandwidth(1), bw = ProbeBandwidth(threads);
-  std::printf("read bandwidth: %.1f GB/s (1 thread), %.1f GB/s (%d threads)\n\n", bw1, bw, threads);
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  std::printf(
+      "engine_bench: %s, %ld online CPUs, %d OpenMP threads (OMP_WAIT_POLICY=%s), GEMV SIMD "
+      "level %s, load average at start %s\n",
+      CpuName().c_str(), sysconf(_SC_NPROCESSORS_ONLN), threads,
+      wait_policy != nullptr ? wait_policy : "unset",
+      std::string(kernels::SimdLevelName(kernels::FastOpsSimdLevel())).c_str(), LoadAvg().c_str());
+  std::vector<int> thread_counts = {threads};
+  if (threads > 1) thread_counts.push_back(1);
+  for (int t : thread_counts) {
+    std::printf("read bandwidth, %d thread(s): %.1f GB/s\n", t, ProbeBandwidth(t));
+  }
+  std::printf("\n");
 
   struct Spec {
     std::string name;
@@ -227,15 +277,33 @@ int main(int argc, char** argv) {
     big.dtype = kernels::DType::kBF16;
     specs.push_back({"100M", big});
   }
+  std::vector<kernels::SimdLevel> levels;
+  for (int l = static_cast<int>(kernels::CpuSimdLevel()); l >= 0; --l) {
+    levels.push_back(static_cast<kernels::SimdLevel>(l));
+  }
   const std::string dir =
       (std::filesystem::temp_directory_path() / ("engine_bench_" + std::to_string(getpid())))
           .string();
+  std::string roof_table =
+      "| model | dtype | threads | GEMV fork/join | MB read/token | probe GB/s (median) | decode "
+      "b1 "
+      "tok/s (median) | roofline tok/s | b1 % of roofline: median [min, max] of rounds |\n"
+      "|---|---|---|---|---|---|---|---|---|\n";
+  std::string gemv_cols, gemv_sep;
+  for (kernels::SimdLevel l : levels) {
+    gemv_cols += " GEMV vs read " + std::string(kernels::SimdLevelName(l)) + " |";
+    gemv_sep += "---|";
+  }
   std::printf(
       "| model | dtype | params | MB read/token | prefill b1 tok/s | prefill b8 tok/s | decode b1 "
-      "tok/s | decode b8 tok/s | roofline b1 tok/s | b1 %% of roofline | GEMV vs read | ref decode "
-      "tok/s | fast/ref decode |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "tok/s | decode b8 tok/s | ref decode tok/s | fast/ref decode |%s\n"
+      "|---|---|---|---|---|---|---|---|---|---|%s\n",
+      gemv_cols.c_str(), gemv_sep.c_str());
   for (size_t i = 0; i < specs.size(); ++i) {
     const Spec& s = specs[i];
+    if (!only.empty() && only != s.name + "/" + std::string(kernels::DTypeName(s.o.dtype))) {
+      continue;
+    }
     const std::string d = dir + "/" + std::to_string(i);
     if (Status st = WriteTinyModel(s.o, {}, d); !st.ok()) {
       std::fprintf(stderr, "%s\n", st.ToString().c_str());
@@ -246,33 +314,76 @@ int main(int argc, char** argv) {
     if (!fast.ok() || !ref.ok()) return 1;
     Model& m = **fast;
     const bool small = s.name == "tiny";
+    const double mb = m.weights().BytesReadPerToken() / 1e6;
+    const std::string dtype(kernels::DTypeName(s.o.dtype));
     Result r;
-    r.prefill1 = PrefillRate(m, 1, 128, 3);
-    r.prefill8 = PrefillRate(m, 8, 128, small ? 3 : 1);
-    // The machine is shared: interleave bandwidth probes with batch-1 decode runs and keep the
-    // best of each, so the ratio compares two quiet moments rather than a quiet and a busy one.
-    double round_bw = 0.0;
-    for (int round = 0; round < 3; ++round) {
-      round_bw = std::max({round_bw, ProbeBandwidth(threads), ProbeBandwidth(1)});
-      r.decode1 = std::max(r.decode1, DecodeRate(m, 1, small ? 200 : 48));
+    if (!decode_only) {
+      r.prefill1 = PrefillRate(m, 1, 128, 3);
+      r.prefill8 = PrefillRate(m, 8, 128, small ? 3 : 1);
     }
+    // (threads, GEMV on OpenMP instead of the spin pool): the pool at every thread count, and
+    // OpenMP fork/joins at all threads as the baseline.
+    std::vector<std::pair<int, bool>> configs;
+    for (int t : thread_counts) configs.push_back({t, false});
+    if (threads > 1 && !decode_only) configs.push_back({threads, true});
+    for (auto [t, openmp] : configs) {
+      m.SetDecodeThreads(t);
+      kernels::SetFastOpsGemvOpenMp(openmp);
+      std::vector<double> rates, bws, ratios;
+      for (int round = 0; round < rounds; ++round) {
+        const double bw = ProbeBandwidth(t);
+        const double rate = DecodeRate(m, 1, small ? 200 : 32);
+        rates.push_back(rate);
+        bws.push_back(bw);
+        ratios.push_back(rate / (bw * 1e3 / mb));
+      }
+      kernels::SetFastOpsGemvOpenMp(false);
+      Roofline rf;
+      rf.threads = t;
+      rf.decode = Median(rates);
+      rf.bw = Median(bws);
+      rf.ratio = Median(ratios);
+      rf.ratio_min = *std::min_element(ratios.begin(), ratios.end());
+      rf.ratio_max = *std::max_element(ratios.begin(), ratios.end());
+      if (t == threads && !openmp) r.decode1 = rf.decode;
+      char line[512];
+      std::snprintf(line, sizeof(line),
+                    "| %s | %s | %d | %s | %.1f | %.1f | %.1f | %.1f | %.0f%% [%.0f%%, %.0f%%] |\n",
+                    s.name.c_str(), dtype.c_str(), t,
+                    t == 1   ? "-"
+                    : openmp ? "OpenMP"
+                             : "pool",
+                    mb, rf.bw, rf.decode, rf.bw * 1e3 / mb, 100.0 * rf.ratio, 100.0 * rf.ratio_min,
+                    100.0 * rf.ratio_max);
+      roof_table += line;
+    }
+    m.SetDecodeThreads(0);  // the online tuner, as a server runs it
+    if (decode_only) continue;
     r.decode8 = DecodeRate(m, 8, small ? 100 : 24);
     r.ref_decode = DecodeRate(**ref, 1, small ? 8 : 2);
-    const double mb = m.weights().BytesReadPerToken() / 1e6;
-    const double gemv_vs_read = GemvVsRead(m, threads);
-    const double roof = std::max({bw, bw1, round_bw}) * 1e3 / mb;  // best bandwidth seen
-    std::printf(
-        "| %s | %s | %.1fM | %.1f | %.0f | %.0f | %.1f | %.1f | %.1f | %.0f%% | %.0f%% | %.2f | "
-        "%.0fx |\n",
-        s.name.c_str(), std::string(kernels::DTypeName(s.o.dtype)).c_str(),
-        m.weights().num_params() / 1e6, mb, r.prefill1, r.prefill8, r.decode1, r.decode8, roof,
-        100.0 * r.decode1 / roof, 100.0 * gemv_vs_read, r.ref_decode, r.decode1 / r.ref_decode);
+    std::string gemv;
+    for (kernels::SimdLevel l : levels) {
+      kernels::SetFastOpsMaxSimd(l);
+      char cell[32];
+      std::snprintf(cell, sizeof(cell), " %.0f%% |", 100.0 * GemvVsRead(m, threads));
+      gemv += cell;
+    }
+    kernels::SetFastOpsMaxSimd(kernels::SimdLevel::kAvx512);
+    std::printf("| %s | %s | %.1fM | %.1f | %.0f | %.0f | %.1f | %.1f | %.2f | %.0fx |%s\n",
+                s.name.c_str(), dtype.c_str(), m.weights().num_params() / 1e6, mb, r.prefill1,
+                r.prefill8, r.decode1, r.decode8, r.ref_decode, r.decode1 / r.ref_decode,
+                gemv.c_str());
     std::fflush(stdout);
     std::error_code ec;
     std::filesystem::remove_all(d, ec);
   }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
+  std::printf(
+      "\nBatch-1 decode vs the roofline (%d rounds per row; each round = a bandwidth probe with "
+      "the "
+      "row's thread count, then a decode run):\n\n%s",
+      rounds, roof_table.c_str());
   std::printf("\nload average at the end: %s\n", LoadAvg().c_str());
   return 0;
 }
