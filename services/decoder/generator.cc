@@ -24,7 +24,8 @@ struct Generator::Seq {
   int64_t in_cache = 0;         // tokens already in the KV cache
   int32_t pos0 = 0;             // rotary position of tokens[0] (after APE context blocks)
   std::unique_ptr<engine::KvCache> kv;
-  std::unique_ptr<engine::KvSource> ape;  // wraps kv when the job has an APE context
+  std::unique_ptr<engine::KvSource> ape;              // wraps kv when the job has an APE context
+  std::unique_ptr<kvr::RetrievalKvSource> retrieval;  // replaces kv (KV retrieval)
   std::optional<engine::Sampler> sampler;
   std::unique_ptr<engine::StopChecker> stop;
   int64_t reserved_bytes = 0;
@@ -42,6 +43,11 @@ Generator::Generator(engine::Model* model, const engine::Tokenizer* tokenizer,
                           static_cast<int64_t>(sizeof(float))) {
   load_.max_active = opts_.max_active;
   load_.kv_bytes_free = opts_.kv_budget_bytes;
+  if (opts_.kv_retrieval && model_->config().sliding_window > 0) {
+    RS_LOG(warn, "decoder: KV retrieval is off for a sliding-window model (window {})",
+           model_->config().sliding_window);
+    opts_.kv_retrieval = nullptr;
+  }
   loop_ = std::thread([this] { Loop(); });
 }
 
@@ -155,6 +161,12 @@ void Generator::Finish(Seq* s, const Status& st, const std::string& reason) {
   }
   r.generated_tokens = s->stop->generated();
   r.finish_reason = reason;
+  if (s->retrieval) {
+    // Free the store's sequence before the caller hears the request is over.
+    if (Status rel = s->retrieval->Release(); !rel.ok()) {
+      RS_LOG(warn, "decoder: request '{}': {}", s->job->request_id, rel.ToString());
+    }
+  }
   if (s->t_admit != Clock::time_point{}) r.queue_ms = MsSince(s->t_submit, s->t_admit);
   if (s->t_prefilled != Clock::time_point{}) r.prefill_ms = MsSince(s->t_admit, s->t_prefilled);
   if (s->got_first) {
@@ -186,6 +198,7 @@ void Generator::Loop() {
 bool Generator::Step() {
   // 1. Admission and cancellation (under the lock; callbacks run after it is released).
   std::vector<std::unique_ptr<Seq>> cancelled;
+  std::vector<Seq*> admitted;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = queue_.begin(); it != queue_.end();) {
@@ -220,6 +233,7 @@ bool Generator::Step() {
       }
       reserved_kv_bytes_ += s->reserved_bytes;
       live_ids_.insert(s->job->request_id);
+      admitted.push_back(s.get());
       active_.push_back(std::move(s));
     }
   }
@@ -229,6 +243,16 @@ bool Generator::Step() {
     std::lock_guard<std::mutex> lock(mu_);
     live_ids_.erase(s->job->request_id);
   }
+  // KV retrieval sources are made here, outside the lock (a remote store is an RPC away).
+  for (Seq* s : admitted) {
+    if (!opts_.kv_retrieval || s->job->ape) continue;
+    auto src = opts_.kv_retrieval(model_->geometry(), s->job->request_id, s->to_prefill);
+    if (!src.ok()) {
+      Finish(s, Annotate(src.status(), "kv retrieval"), "error");
+    } else {
+      s->retrieval = std::move(src).value();
+    }
+  }
 
   // 2. One forward batch: a decode token for every generating sequence, prompt chunks for the
   //    prefilling ones within the prefill budget.
@@ -237,6 +261,7 @@ bool Generator::Step() {
   std::vector<int64_t> counts;
   int budget = std::max(1, opts_.prefill_chunk);
   for (auto& s : active_) {
+    if (s->done) continue;  // failed at admission; leaves below
     engine::SequenceStep step;
     int64_t n = 0;
     if (s->in_cache < s->to_prefill) {
@@ -248,23 +273,35 @@ bool Generator::Step() {
     }
     step.tokens = std::span<const int32_t>(s->tokens.data() + s->in_cache, n);
     step.start_pos = s->pos0 + static_cast<int32_t>(s->in_cache);
-    step.kv = s->ape ? s->ape.get() : static_cast<engine::KvSource*>(s->kv.get());
+    step.kv = s->retrieval ? s->retrieval.get()
+              : s->ape     ? s->ape.get()
+                           : static_cast<engine::KvSource*>(s->kv.get());
     batch.push_back(step);
     members.push_back(s.get());
     counts.push_back(n);
   }
   if (batch.empty()) {
-    UpdateLoad();
-    return false;
+    const bool any_done =
+        std::any_of(active_.begin(), active_.end(), [](const auto& s) { return s->done; });
+    if (!any_done) {
+      UpdateLoad();
+      return false;
+    }
   }
   std::vector<float> logits;
-  const Status st = model_->Forward(batch, engine::LogitsMode::kLast, &logits);
+  const Status st =
+      batch.empty() ? OkStatus() : model_->Forward(batch, engine::LogitsMode::kLast, &logits);
   const int vocab = model_->config().vocab_size;
   const int64_t ctx = model_->config().max_position_embeddings;
   for (size_t i = 0; i < members.size(); ++i) {
     Seq* s = members[i];
     if (!st.ok()) {
       Finish(s, Annotate(st, "forward step"), "error");
+      continue;
+    }
+    if (s->retrieval && !s->retrieval->status().ok()) {
+      // The store failed for this sequence only; the batch's other rows are unaffected.
+      Finish(s, s->retrieval->status(), "error");
       continue;
     }
     s->in_cache += counts[i];
@@ -325,8 +362,13 @@ void Generator::UpdateLoad() {
   for (const auto& s : active_) pending += s->to_prefill - std::min(s->in_cache, s->to_prefill);
   load_.queued_tokens = pending;
   int64_t used = 0;
-  for (const auto& s : active_) used += KvBytes(static_cast<int64_t>(s->in_cache));
+  int retrieval = 0;
+  for (const auto& s : active_) {
+    used += KvBytes(static_cast<int64_t>(s->in_cache));
+    retrieval += s->retrieval != nullptr;
+  }
   load_.kv_bytes_used = used;
+  load_.retrieval_active = retrieval;
   load_.kv_bytes_free = opts_.kv_budget_bytes - reserved_kv_bytes_;
   load_.steps = steps_;
 }

@@ -27,14 +27,27 @@
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
 #include "services/engine/tokenizer.h"
+#include "services/kvr/retrieval_kv_source.h"
 
 namespace ragserve::decoder {
+
+// Makes the RetrievalAttention KV source of a sequence (kvr/retrieval_kv_source.h), or returns
+// null to keep the worker's own KV cache (e.g. a prompt below the length threshold).
+using RetrievalSourceFactory = std::function<StatusOr<std::unique_ptr<kvr::RetrievalKvSource>>(
+    const engine::KvGeometry& geometry, const std::string& request_id, int64_t prefill_tokens)>;
 
 struct GeneratorOptions {
   int max_active = 8;       // sequences decoded together (batch size bound), >= 1
   int max_queue = 64;       // admitted requests waiting for a slot; beyond: ResourceExhausted
   int prefill_chunk = 256;  // prompt tokens prefilled per iteration across all sequences
   int64_t kv_budget_bytes = int64_t{4} << 30;  // KV memory for all active sequences
+  // KV retrieval (optional): asked at admission for every job without an APE context (and not
+  // for sliding-window models). The source is made on the loop thread outside every lock; its
+  // error, or a later error of the source (status() after a step), fails only that request
+  // with that status. The source's store sequence is released when the request finishes, is
+  // cancelled or fails, before on_done. The worker's KV budget is still reserved for the
+  // sequence (its prefill runs through a local cache).
+  RetrievalSourceFactory kv_retrieval;
 };
 
 // Timings and counts of one finished request (milliseconds).
@@ -78,6 +91,7 @@ struct LoadSnapshot {
   int64_t queued_tokens = 0;  // prompt tokens not yet prefilled (queued + active)
   int64_t kv_bytes_used = 0;
   int64_t kv_bytes_free = 0;
+  int retrieval_active = 0;  // active sequences attending through KV retrieval
   int max_active = 0;
   int64_t steps = 0;  // forward iterations so far
 };
@@ -110,7 +124,7 @@ class Generator {
 
   engine::Model* model_;
   const engine::Tokenizer* tokenizer_;
-  const GeneratorOptions opts_;
+  GeneratorOptions opts_;  // fixed after the constructor
   const int64_t kv_bytes_per_token_;
 
   mutable std::mutex mu_;

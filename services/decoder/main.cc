@@ -3,18 +3,21 @@
 
 #include "services/common/server.h"
 #include "services/decoder/decoder_service.h"
+#include "services/decoder/kv_retrieval_setup.h"
 
 int main(int argc, char** argv) {
   ragserve::decoder::DecoderOptions opts;
   int64_t kv_budget_mb = opts.generator.kv_budget_bytes >> 20;
   int64_t passage_cache_mb = opts.passage_cache_bytes >> 20;
+  ragserve::decoder::KvRetrievalFlags kvr_flags;
   std::unique_ptr<ragserve::decoder::DecoderService> service;
   ragserve::ServiceMain m;
   m.name = "decoder";
   m.description = "ragserve decode worker: streams generated tokens with continuous batching";
   m.default_port = 50055;
   m.default_metrics_port = 9095;
-  m.add_flags = [&opts, &kv_budget_mb, &passage_cache_mb](CLI::App& app) {
+  m.add_flags = [&opts, &kv_budget_mb, &passage_cache_mb, &kvr_flags](CLI::App& app) {
+    ragserve::decoder::AddKvRetrievalFlags(app, &kvr_flags);
     app.add_option("--model", opts.model_dir,
                    "HF-layout model directory (config.json, "
                    "model.safetensors, tokenizer.json)");
@@ -54,8 +57,10 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   };
-  m.setup = [&opts, &service, &kv_budget_mb,
-             &passage_cache_mb](ragserve::ServiceServer& server) -> ragserve::Status {
+  m.setup = [&opts, &service, &kv_budget_mb, &passage_cache_mb,
+             &kvr_flags](ragserve::ServiceServer& server) -> ragserve::Status {
+    RS_ASSIGN_OR_RETURN(opts.generator.kv_retrieval, ragserve::decoder::MakeKvRetrievalFactory(
+                                                         kvr_flags, server.config().auth_token));
     opts.generator.kv_budget_bytes = kv_budget_mb << 20;
     opts.passage_cache_bytes = passage_cache_mb << 20;
     RS_ASSIGN_OR_RETURN(service, ragserve::decoder::DecoderService::Create(&server, opts));
