@@ -1,32 +1,69 @@
-// ctxcache_bench: cost of serving a passage's KV from each tier of the context cache.
+// ctxcache_bench: the context cache's acceptance benchmark, two sections.
 //
-// Blocks have a small-model shape (layers x kv_heads x head_dim x tokens, f32 or f16 storage).
-// Rows: RAM hit; disk hit (RocksDB read + checksum + deserialize + RAM insert, RAM tier disabled);
-// the baseline in the same run is a raw RocksDiskStore::Get of the same bytes with no verification
-// and no parsing; and GetOrCompute of new keys (compute is a copy of a ready block): the request
-// path alone (the disk write is queued to the background writer) and until Flush returns.
-//   usage: ctxcache_bench [--entries 64] [--tokens 256] [--reps 3]
+// ttft   Time to first token on one random-weight Llama for n passages x L tokens, all in one run:
+//          (a) sequential prefill of everything (prefix + all passages + question, one causal
+//              sequence; the baseline),
+//          (b) APE parallel encoding with a cold cache (each passage encoded alone after the shared
+//              prefix through ApeEncoder::Encode -> KvCache (RAM + RocksDB tier), then the question
+//              prefilled through engine::ApeKvSource),
+//          (c) the same with the passages in the warm RAM tier,
+//          (d) the same after a restart: the cache re-opened from its RocksDB directory with an
+//              empty RAM tier (fresh KvCache and ApeEncoder; the prefix is re-encoded untimed, as a
+//              worker does at startup).
+//        TTFT = from the request's passages to the first token's logits + argmax (greedy).
+//        Fidelity vs (a): the sequential greedy answer (--answer-tokens) is teacher-forced through
+//        the APE join with the corrections (T, S) and without (T = S = 1); per step KL(p_seq ||
+//        p_ape) of the next-token distributions and top-1 agreement; plus free-running greedy
+//        agreement (position by position). A "no passages" row (prefix + question only) calibrates
+//        how much the passages move the distribution at all.
+// tiers  Cost of serving one passage's KV from each tier (RAM hit, disk hit, compute miss) against
+//        a raw RocksDB get of the same bytes (synthetic blocks).
+//
+//   usage: ctxcache_bench [--section all|ttft|tiers] [--n 4,16,32] [--L 256,1024] [--reps 1]
+//            [--answer-tokens 16] [--layers 4] [--hidden 256] [--heads 4] [--kv-heads 2]
+//            [--ffn 1024] [--vocab 1024] [--prefill-chunk 256] [--temperature 0.9] [--scaling 0.9]
+//            [--entries 32] [--tokens 256]
+//   Run with OMP_WAIT_POLICY=PASSIVE on a shared machine.
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "services/ctxcache/ape_encoder.h"
 #include "services/ctxcache/kv_cache.h"
+#include "services/engine/bpe_trainer.h"
+#include "services/engine/model.h"
+#include "services/engine/sampling.h"
+#include "services/engine/tiny_model.h"
+#include "services/engine/tokenizer.h"
 
 namespace {
 
 using namespace ragserve::ctxcache;  // NOLINT: a benchmark program
+using ragserve::Status;
+using ragserve::StatusOr;
 using Clock = std::chrono::steady_clock;
+namespace engine = ragserve::engine;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
+}
+
+std::string LoadAvg() {
+  std::ifstream l("/proc/loadavg");
+  std::string load;
+  std::getline(l, load);
+  return load.substr(0, 14);
 }
 
 std::string Machine() {
@@ -39,13 +76,47 @@ std::string Machine() {
       ++cpus;
     }
   }
-  std::ifstream l("/proc/loadavg");
-  std::string load;
-  std::getline(l, load);
-  return model + ", " + std::to_string(cpus) + " cpus, loadavg " + load.substr(0, 14);
+  return model + ", " + std::to_string(cpus) + " cpus, loadavg " + LoadAvg();
 }
 
-KvBlock Block(int64_t tokens, uint32_t seed) {
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+#define CHECK_OK(expr)                                                                 \
+  do {                                                                                 \
+    const Status _st = (expr);                                                         \
+    if (!_st.ok()) {                                                                   \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, _st.ToString().c_str()); \
+      std::exit(1);                                                                    \
+    }                                                                                  \
+  } while (0)
+
+template <typename T>
+T Must(StatusOr<T> v, const char* what) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, v.status().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(*v);
+}
+
+std::vector<int> ParseList(const char* s) {
+  std::vector<int> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(std::max(1, std::atoi(item.c_str())));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section "tiers": the storage tiers alone (synthetic blocks).
+
+KvBlock SyntheticBlock(int64_t tokens, uint32_t seed) {
   const int layers = 8, kv_heads = 4, head_dim = 64;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-2, 2);
@@ -59,27 +130,11 @@ KvBlock Block(int64_t tokens, uint32_t seed) {
   return MakeKvBlock(kv_heads, head_dim, tokens, k, v, "benchfingerprint").value();
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  int entries = 64, reps = 3;
-  int64_t tokens = 256;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--entries")) entries = std::max(1, std::atoi(argv[i + 1]));
-    if (!std::strcmp(argv[i], "--tokens")) tokens = std::max(1, std::atoi(argv[i + 1]));
-    if (!std::strcmp(argv[i], "--reps")) reps = std::max(1, std::atoi(argv[i + 1]));
-  }
-  std::string tmpl =
-      (std::filesystem::temp_directory_path() / ("ctxcache_bench_" + std::string(6, 'X'))).string();
-  if (::mkdtemp(tmpl.data()) == nullptr) return 1;
-  const std::string dir = tmpl;
-
-  std::printf("## ctxcache_bench\n\nmachine: %s\ncommand:", Machine().c_str());
-  for (int i = 0; i < argc; ++i) std::printf(" %s", argv[i]);
-  const KvBlock proto = Block(tokens, 1);
-  std::printf(
-      "\nblock: 8 layers x 4 kv heads x 64 dims x %lld tokens = %.2f MB f32; %d entries\n\n",
-      static_cast<long long>(tokens), proto.ByteSize() / 1e6, entries);
+int RunTiers(const std::string& dir, int entries, int64_t tokens, int reps) {
+  const KvBlock proto = SyntheticBlock(tokens, 1);
+  std::printf("### tiers (loadavg %s)\n\n", LoadAvg().c_str());
+  std::printf("block: 8 layers x 4 kv heads x 64 dims x %lld tokens = %.2f MB f32; %d entries\n\n",
+              static_cast<long long>(tokens), proto.ByteSize() / 1e6, entries);
   std::printf("| storage | path | MB/s | us/entry | vs raw RocksDB get |\n|---|---|---|---|---|\n");
 
   ragserve::MetricsRegistry reg;
@@ -99,12 +154,11 @@ int main(int argc, char** argv) {
       auto cache = KvCache::Open(o).value();
       auto t0 = Clock::now();
       for (const CacheKey& k : keys) {
-        if (!cache->GetOrCompute(k, [&] { return ragserve::StatusOr<KvBlock>(proto); }).ok()) {
-          return 1;
-        }
+        if (!cache->GetOrCompute(k, [&] { return StatusOr<KvBlock>(proto); }).ok()) return 1;
       }
       t_nodisk = Seconds(t0, Clock::now());
     }
+    auto miss = [] { return StatusOr<KvBlock>(ragserve::Internal("miss")); };
     {
       KvCacheOptions o;
       o.disk_dir = db;
@@ -114,7 +168,7 @@ int main(int argc, char** argv) {
       auto cache = KvCache::Open(o).value();
       auto t0 = Clock::now();
       for (const CacheKey& k : keys) {
-        auto b = cache->GetOrCompute(k, [&] { return ragserve::StatusOr<KvBlock>(proto); });
+        auto b = cache->GetOrCompute(k, [&] { return StatusOr<KvBlock>(proto); });
         if (!b.ok()) return 1;
         mb += (*b)->ByteSize() / 1e6;
       }
@@ -124,12 +178,7 @@ int main(int argc, char** argv) {
       for (int r = 0; r < reps; ++r) {
         t0 = Clock::now();
         for (const CacheKey& k : keys) {
-          if (!cache
-                   ->GetOrCompute(
-                       k, [] { return ragserve::StatusOr<KvBlock>(ragserve::Internal("miss")); })
-                   .ok()) {
-            return 1;
-          }
+          if (!cache->GetOrCompute(k, miss).ok()) return 1;
         }
         t_ram = std::min(t_ram, Seconds(t0, Clock::now()));
       }
@@ -142,12 +191,7 @@ int main(int argc, char** argv) {
       auto cache = KvCache::Open(o).value();
       auto t0 = Clock::now();
       for (const CacheKey& k : keys) {
-        if (!cache
-                 ->GetOrCompute(
-                     k, [] { return ragserve::StatusOr<KvBlock>(ragserve::Internal("miss")); })
-                 .ok()) {
-          return 1;
-        }
+        if (!cache->GetOrCompute(k, miss).ok()) return 1;
       }
       t_disk = std::min(t_disk, Seconds(t0, Clock::now()));
     }
@@ -175,7 +219,404 @@ int main(int argc, char** argv) {
     row("disk hit: get + xxh64 + parse + RAM insert", t_disk);
     row("raw RocksDB get (baseline)", t_raw);
   }
+  std::printf("\n");
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section "ttft": sequential prefill vs APE (cold, warm RAM, warm disk after restart).
+
+struct TtftConfig {
+  std::vector<int> ns = {4, 16, 32};
+  std::vector<int> ls = {256, 1024};
+  int reps = 1;
+  int answer_tokens = 16;
+  int prefill_chunk = 256;
+  float temperature = 0.9f, scaling = 0.9f;
+  engine::TinyModelOptions model;
+};
+
+const char kQuestion[] = "Question: which passage holds the code word, and what is it?\nAnswer:";
+
+// Next-token logits -> probabilities (double).
+std::vector<double> Softmax(const std::vector<float>& logits) {
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(logits.size());
+  double s = 0;
+  for (size_t i = 0; i < logits.size(); ++i) s += p[i] = std::exp(double{logits[i]} - mx);
+  for (double& x : p) x /= s;
+  return p;
+}
+
+double Kl(const std::vector<double>& p, const std::vector<double>& q) {
+  double kl = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (p[i] > 0) kl += p[i] * (std::log(p[i]) - std::log(std::max(q[i], 1e-300)));
+  }
+  return kl;
+}
+
+// A decode loop over one KvSource: prefill `prompt` at start, then feed `forced` tokens (teacher
+// forcing) or, when forced is empty, its own greedy tokens; returns the logits of every step.
+struct Run {
+  std::vector<std::vector<float>> logits;  // [steps][vocab]
+  std::vector<int32_t> greedy;             // argmax of each step
+};
+
+// Steps on from a prefilled source whose last logits are `logits` and whose next position is pos.
+Run Continue(engine::Model& m, engine::KvSource* kv, std::vector<float> logits, int32_t pos,
+             int steps, const std::vector<int32_t>& forced) {
+  Run r;
+  for (int i = 0; i < steps; ++i) {
+    r.logits.push_back(logits);
+    r.greedy.push_back(engine::ArgMax(logits));
+    if (i + 1 == steps) break;
+    const int32_t next = forced.empty() ? r.greedy.back() : forced[i];
+    engine::SequenceStep st{std::span<const int32_t>(&next, 1), pos++, kv};
+    CHECK_OK(m.Forward(std::span<const engine::SequenceStep>(&st, 1), engine::LogitsMode::kLast,
+                       &logits));
+  }
+  return r;
+}
+
+Run Decode(engine::Model& m, engine::KvSource* kv, const std::vector<int32_t>& prompt,
+           int32_t start, int steps, int chunk, const std::vector<int32_t>& forced) {
+  std::vector<float> logits;
+  CHECK_OK(m.Prefill(prompt, start, kv, chunk, &logits));
+  return Continue(m, kv, std::move(logits), start + static_cast<int32_t>(prompt.size()), steps,
+                  forced);
+}
+
+struct Fidelity {
+  double mean_kl = 0, max_kl = 0, top1 = 0, greedy = 0;
+};
+
+// Teacher-forced KL / top-1 of `forced` against the sequential run, and greedy agreement of
+// `free` with the sequential greedy answer.
+Fidelity Compare(const Run& seq, const Run& forced, const Run& free) {
+  Fidelity f;
+  const size_t n = seq.logits.size();
+  for (size_t i = 0; i < n; ++i) {
+    const double kl = Kl(Softmax(seq.logits[i]), Softmax(forced.logits[i]));
+    f.mean_kl += kl / n;
+    f.max_kl = std::max(f.max_kl, kl);
+    f.top1 += (seq.greedy[i] == forced.greedy[i]) / static_cast<double>(n);
+    f.greedy += (seq.greedy[i] == free.greedy[i]) / static_cast<double>(n);
+  }
+  return f;
+}
+
+// L-2 random lowercase letters: with the byte-level tokenizer (no merges) a passage text of
+// PassageText (passage + "\n\n") is exactly L tokens.
+std::string RandomPassage(int L, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(static_cast<size_t>(std::max(1, L - 2)), 'a');
+  for (char& c : s) c = static_cast<char>('a' + rng() % 26);
+  return s;
+}
+
+struct CellResult {
+  int n = 0, L = 0;
+  int64_t context_tokens = 0;
+  double a = 0, b = 0, c = 0, d = 0;
+  Fidelity ape, plain, none;
+};
+
+int RunTtft(const std::string& dir, const TtftConfig& cfg) {
+  // The model: random weights, byte-level tokenizer without merges (ids 2..257 = bytes).
+  const std::string model_dir = dir + "/model";
+  CHECK_OK(engine::WriteTinyModel(cfg.model, {}, model_dir));
+  {
+    const std::string tj = Must(
+        engine::TrainByteLevelBpe({"ab"}, 256 + static_cast<int>(cfg.model.special_tokens.size()),
+                                  cfg.model.special_tokens),
+        "tokenizer");
+    std::ofstream(model_dir + "/tokenizer.json") << tj;
+  }
+  ModelAndTokenizer mt = Must(LoadModelDir(model_dir, "model"), "load model");
+  engine::Model& model = *mt.model;
+  const engine::Tokenizer& tok = *mt.tokenizer;
+  const auto& mc = cfg.model;
+  std::printf(
+      "### ttft (random-weight llama: %d layers, hidden %d, %d heads / %d kv heads, ffn %d, vocab "
+      "%d, %.1fM params, f32; max positions %d)\n\n",
+      mc.num_layers, mc.hidden_size, mc.num_heads, mc.num_kv_heads, mc.intermediate_size,
+      mc.vocab_size, engine::TinyModelParams(mc) / 1e6, mc.max_position_embeddings);
+  std::printf(
+      "reps %d (median), prefill chunk %d, APE T=%.2f S=%.2f, answer %d tokens, RAM tier + RocksDB "
+      "tier, f32 storage\n\n",
+      cfg.reps, cfg.prefill_chunk, cfg.temperature, cfg.scaling, cfg.answer_tokens);
+  std::fflush(stdout);
+
+  const std::vector<int32_t> question = tok.Encode(kQuestion, /*add_bos=*/false);
+  std::vector<CellResult> results;
+  for (int L : cfg.ls) {
+    for (int n : cfg.ns) {
+      CellResult res;
+      res.n = n;
+      res.L = L;
+      const std::string cell_dir = dir + "/cell_" + std::to_string(n) + "x" + std::to_string(L);
+      std::vector<std::string> passages;
+      for (int i = 0; i < n; ++i) {
+        passages.push_back(RandomPassage(L, static_cast<uint32_t>(1000003u * L + 7919u * n + i)));
+      }
+      // (b) and (c): a cache with both tiers, as a worker runs it.
+      KvCacheOptions copts;
+      copts.ram_limit_bytes = int64_t{16} << 30;
+      copts.disk_dir = cell_dir;
+      ragserve::MetricsRegistry reg;
+      copts.metrics = &reg;
+      ApeSettings as;
+      as.prefix = DefaultApePrefix();
+      as.temperature = cfg.temperature;
+      as.scaling = cfg.scaling;
+      as.max_passage_tokens = std::max(2048, L);
+      auto cache = Must(KvCache::Open(copts), "open cache");
+      auto enc = Must(ApeEncoder::Create(&model, &tok, cache.get(), as), "encoder");
+      const int32_t P = enc->passage_start();
+
+      // The same tokens as one causal sequence.
+      std::vector<int32_t> seq = enc->prefix_tokens();
+      for (const std::string& p : passages) {
+        const std::vector<int32_t> t = tok.Encode(ApeEncoder::PassageText(p));
+        seq.insert(seq.end(), t.begin(), t.end());
+      }
+      res.context_tokens = static_cast<int64_t>(seq.size()) - P;
+      seq.insert(seq.end(), question.begin(), question.end());
+      if (static_cast<int64_t>(seq.size()) + cfg.answer_tokens > mc.max_position_embeddings) {
+        std::fprintf(stderr, "%d x %d needs more than --max-positions %d\n", n, L,
+                     mc.max_position_embeddings);
+        return 1;
+      }
+
+      // (a) sequential prefill of everything.
+      std::vector<double> ta;
+      std::unique_ptr<engine::KvCache> seq_kv;  // the last rep's, continued for fidelity
+      std::vector<float> seq_logits;
+      for (int r = 0; r < cfg.reps; ++r) {
+        seq_kv = model.NewKvCache();
+        const auto t0 = Clock::now();
+        CHECK_OK(model.Prefill(seq, 0, seq_kv.get(), cfg.prefill_chunk, &seq_logits));
+        volatile int32_t first = engine::ArgMax(seq_logits);
+        (void)first;
+        ta.push_back(Seconds(t0, Clock::now()));
+      }
+      res.a = Median(ta);
+
+      // One APE request: passages from the encoder (cache), question prefilled through the join.
+      std::vector<std::shared_ptr<const engine::KvBlock>> blocks;
+      auto ape_request = [&]() -> double {
+        const auto t0 = Clock::now();
+        blocks.clear();
+        int64_t longest = 0;
+        for (const std::string& p : passages) {
+          EncodedPassage e = Must(enc->Encode(p), "encode");
+          longest = std::max(longest, e.kv->tokens);
+          blocks.push_back(std::move(e.kv));
+        }
+        std::vector<const engine::KvBlock*> raw;
+        for (const auto& b : blocks) raw.push_back(b.get());
+        auto own = model.NewKvCache();
+        engine::ApeKvSource src(enc->prefix_kv().get(), raw, own.get(), cfg.temperature,
+                                cfg.scaling);
+        std::vector<float> logits;
+        CHECK_OK(model.Prefill(question, P + static_cast<int32_t>(longest), &src, cfg.prefill_chunk,
+                               &logits));
+        volatile int32_t first = engine::ArgMax(logits);
+        (void)first;
+        return Seconds(t0, Clock::now());
+      };
+
+      // (b) cold: every rep starts from empty tiers (pending writes flushed, then evicted).
+      std::vector<double> tb, tc, td;
+      for (int r = 0; r < cfg.reps; ++r) {
+        cache->Flush();
+        cache->EvictAll(/*include_disk=*/true);
+        tb.push_back(ape_request());
+      }
+      res.b = Median(tb);
+      // (c) warm RAM.
+      for (int r = 0; r < cfg.reps; ++r) tc.push_back(ape_request());
+      res.c = Median(tc);
+
+      // Fidelity vs sequential (the blocks are the cached ones; f32 storage = computed bits).
+      {
+        int64_t longest = 0;
+        std::vector<const engine::KvBlock*> raw;
+        for (const auto& b : blocks) {
+          raw.push_back(b.get());
+          longest = std::max(longest, b->tokens);
+        }
+        const int A = cfg.answer_tokens;
+        const Run s =
+            Continue(model, seq_kv.get(), seq_logits, static_cast<int32_t>(seq.size()), A, {});
+        seq_kv.reset();
+        const int32_t qpos = P + static_cast<int32_t>(longest);
+        auto variant = [&](float t, float sc) {
+          auto own1 = model.NewKvCache();
+          engine::ApeKvSource forced_src(enc->prefix_kv().get(), raw, own1.get(), t, sc);
+          const Run f = Decode(model, &forced_src, question, qpos, A, cfg.prefill_chunk, s.greedy);
+          auto own2 = model.NewKvCache();
+          engine::ApeKvSource free_src(enc->prefix_kv().get(), raw, own2.get(), t, sc);
+          const Run g = Decode(model, &free_src, question, qpos, A, cfg.prefill_chunk, {});
+          return Compare(s, f, g);
+        };
+        res.ape = variant(cfg.temperature, cfg.scaling);
+        res.plain = variant(1.0f, 1.0f);
+        // Calibration: no passages at all (prefix + question).
+        std::vector<int32_t> bare = enc->prefix_tokens();
+        bare.insert(bare.end(), question.begin(), question.end());
+        auto kv1 = model.NewKvCache();
+        const Run f = Decode(model, kv1.get(), bare, 0, A, cfg.prefill_chunk, s.greedy);
+        auto kv2 = model.NewKvCache();
+        const Run g = Decode(model, kv2.get(), bare, 0, A, cfg.prefill_chunk, {});
+        res.none = Compare(s, f, g);
+      }
+
+      // (d) restart: flush, drop the cache and encoder, re-open from the RocksDB directory.
+      cache->Flush();
+      blocks.clear();
+      enc.reset();
+      cache.reset();
+      for (int r = 0; r < cfg.reps; ++r) {
+        cache = Must(KvCache::Open(copts), "re-open cache");
+        enc = Must(ApeEncoder::Create(&model, &tok, cache.get(), as), "encoder");
+        const int64_t computes_before = cache->Stats().misses;
+        td.push_back(ape_request());
+        if (cache->Stats().misses != computes_before || cache->Stats().hits_disk != n) {
+          std::fprintf(stderr, "(d) %d x %d: expected %d disk hits, got %lld (misses %lld)\n", n, L,
+                       n, static_cast<long long>(cache->Stats().hits_disk),
+                       static_cast<long long>(cache->Stats().misses - computes_before));
+          return 1;
+        }
+        blocks.clear();
+        enc.reset();
+        cache.reset();
+      }
+      res.d = Median(td);
+      std::error_code ec;
+      std::filesystem::remove_all(cell_dir, ec);
+      std::fprintf(stderr, "  %2d x %4d: a %.1f ms, b %.1f ms, c %.2f ms, d %.1f ms (loadavg %s)\n",
+                   n, L, res.a * 1e3, res.b * 1e3, res.c * 1e3, res.d * 1e3, LoadAvg().c_str());
+      results.push_back(res);
+    }
+  }
+
+  std::printf(
+      "| n x L | context tokens | (a) sequential ms | (b) APE cold ms | (c) RAM warm ms | (d) disk "
+      "warm ms | a/c | a/b | b/d |\n|---|---|---|---|---|---|---|---|---|\n");
+  for (const CellResult& r : results) {
+    std::printf("| %d x %d | %lld | %.1f | %.1f | %.2f | %.1f | %.1fx | %.2fx | %.2fx |\n", r.n,
+                r.L, static_cast<long long>(r.context_tokens), r.a * 1e3, r.b * 1e3, r.c * 1e3,
+                r.d * 1e3, r.a / r.c, r.a / r.b, r.b / r.d);
+  }
+  std::printf(
+      "\nfidelity vs (a) over %d answer tokens (teacher-forced on the sequential greedy answer; "
+      "greedy = free-running agreement by position):\n\n",
+      cfg.answer_tokens);
+  std::printf(
+      "| n x L | variant | mean KL | max KL | top-1 agree | greedy agree "
+      "|\n|---|---|---|---|---|---|"
+      "\n");
+  for (const CellResult& r : results) {
+    auto row = [&](const std::string& name, const Fidelity& f) {
+      std::printf("| %d x %d | %s | %.4f | %.4f | %.0f%% | %.0f%% |\n", r.n, r.L, name.c_str(),
+                  f.mean_kl, f.max_kl, f.top1 * 100, f.greedy * 100);
+    };
+    char ape[64];
+    std::snprintf(ape, sizeof(ape), "(b)/(c) APE T=%.2f S=%.2f", cfg.temperature, cfg.scaling);
+    row(ape, r.ape);
+    row("(b)/(c) plain parallel (T=S=1)", r.plain);
+    row("no passages (calibration)", r.none);
+  }
+  std::printf("\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string section = "all";
+  int entries = 32, tier_reps = 3;
+  int64_t tokens = 256;
+  TtftConfig cfg;
+  cfg.model.num_layers = 4;
+  cfg.model.hidden_size = 256;
+  cfg.model.num_heads = 4;
+  cfg.model.num_kv_heads = 2;
+  cfg.model.intermediate_size = 1024;
+  cfg.model.vocab_size = 1024;
+  int max_positions = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const char* f = argv[i];
+    const char* v = argv[i + 1];
+    if (!std::strcmp(f, "--section")) {
+      section = v;
+    } else if (!std::strcmp(f, "--entries")) {
+      entries = std::max(1, std::atoi(v));
+    } else if (!std::strcmp(f, "--tokens")) {
+      tokens = std::max(1, std::atoi(v));
+    } else if (!std::strcmp(f, "--reps")) {
+      cfg.reps = tier_reps = std::max(1, std::atoi(v));
+    } else if (!std::strcmp(f, "--n")) {
+      cfg.ns = ParseList(v);
+    } else if (!std::strcmp(f, "--L")) {
+      cfg.ls = ParseList(v);
+    } else if (!std::strcmp(f, "--answer-tokens")) {
+      cfg.answer_tokens = std::max(1, std::atoi(v));
+    } else if (!std::strcmp(f, "--prefill-chunk")) {
+      cfg.prefill_chunk = std::max(1, std::atoi(v));
+    } else if (!std::strcmp(f, "--temperature")) {
+      cfg.temperature = static_cast<float>(std::atof(v));
+    } else if (!std::strcmp(f, "--scaling")) {
+      cfg.scaling = static_cast<float>(std::atof(v));
+    } else if (!std::strcmp(f, "--layers")) {
+      cfg.model.num_layers = std::max(1, std::atoi(v));
+    } else if (!std::strcmp(f, "--hidden")) {
+      cfg.model.hidden_size = std::max(8, std::atoi(v));
+    } else if (!std::strcmp(f, "--heads")) {
+      cfg.model.num_heads = std::max(1, std::atoi(v));
+    } else if (!std::strcmp(f, "--kv-heads")) {
+      cfg.model.num_kv_heads = std::max(1, std::atoi(v));
+    } else if (!std::strcmp(f, "--ffn")) {
+      cfg.model.intermediate_size = std::max(8, std::atoi(v));
+    } else if (!std::strcmp(f, "--vocab")) {
+      cfg.model.vocab_size = std::max(258, std::atoi(v));
+    } else if (!std::strcmp(f, "--max-positions")) {
+      max_positions = std::atoi(v);
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", f);
+      return 2;
+    }
+  }
+  if (section != "all" && section != "ttft" && section != "tiers") {
+    std::fprintf(stderr, "--section must be all, ttft or tiers\n");
+    return 2;
+  }
+  if (cfg.ns.empty() || cfg.ls.empty()) {
+    std::fprintf(stderr, "--n and --L need at least one value\n");
+    return 2;
+  }
+  // Room for the longest sequential prompt + answer.
+  cfg.model.max_position_embeddings =
+      max_positions > 0 ? max_positions
+                        : *std::max_element(cfg.ns.begin(), cfg.ns.end()) *
+                                  *std::max_element(cfg.ls.begin(), cfg.ls.end()) +
+                              1024;
+  std::string tmpl =
+      (std::filesystem::temp_directory_path() / ("ctxcache_bench_" + std::string(6, 'X'))).string();
+  if (::mkdtemp(tmpl.data()) == nullptr) return 1;
+  const std::string dir = tmpl;
+
+  std::printf("## ctxcache_bench\n\nmachine: %s\ncommand:", Machine().c_str());
+  for (int i = 0; i < argc; ++i) std::printf(" %s", argv[i]);
+  std::printf("\n\n");
+  int rc = 0;
+  if (section == "all" || section == "ttft") rc = RunTtft(dir, cfg);
+  if (rc == 0 && (section == "all" || section == "tiers")) {
+    rc = RunTiers(dir, entries, tokens, tier_reps);
+  }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
-  return 0;
+  return rc;
 }
