@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <utility>
 
+#include "services/common/logging.h"
+
 namespace ragserve::ctxcache {
 
 const std::string& DefaultApePrefix() {
@@ -103,13 +105,48 @@ StatusOr<KeyId> ApeEncoder::KeyFor(const std::string& passage) const {
   return key.id();
 }
 
+void ApeEncoder::SetRemote(RemoteLookup lookup, MetricsRegistry* metrics) {
+  remote_ = std::move(lookup);
+  MetricsRegistry* reg = metrics != nullptr ? metrics : &MetricsRegistry::Default();
+  remote_rejected_ = &reg->GetCounter(
+      "ragserve_ctxcache_remote_rejected_total",
+      "Remote context cache entries that did not match this model or passage (recomputed)");
+}
+
+Status ApeEncoder::CheckRemote(const KvBlock& b, const std::vector<int32_t>& tokens) const {
+  const engine::KvGeometry g = model_->geometry();
+  RS_RETURN_IF_ERROR(b.Validate());
+  if (b.fingerprint != model_->fingerprint()) {
+    return FailedPrecondition(StrCat("made by model ", b.fingerprint));
+  }
+  if (b.layers != g.num_layers || b.kv_heads != g.num_kv_heads || b.head_dim != g.head_dim) {
+    return FailedPrecondition(StrCat("geometry ", b.layers, "x", b.kv_heads, "x", b.head_dim,
+                                     " is not the model's ", g.num_layers, "x", g.num_kv_heads, "x",
+                                     g.head_dim));
+  }
+  if (b.tokens != static_cast<int64_t>(tokens.size())) {
+    return FailedPrecondition(StrCat(b.tokens, " tokens; the passage has ", tokens.size()));
+  }
+  for (int64_t i = 0; i < b.tokens; ++i) {
+    if (b.positions[i] != passage_start() + i) {
+      return FailedPrecondition(
+          StrCat("token ", i, " at position ", b.positions[i], ", not ", passage_start() + i));
+    }
+  }
+  if (!b.token_ids.empty() && b.token_ids != tokens) {
+    return FailedPrecondition("token ids differ from this tokenizer's encoding of the passage");
+  }
+  return OkStatus();
+}
+
 StatusOr<EncodedPassage> ApeEncoder::Encode(const std::string& passage) {
   RS_CHECK_ARG(!passage.empty(), "empty passage");
   RS_ASSIGN_OR_RETURN(CacheKey key, CacheKey::Make(model_->fingerprint(), settings_.prefix, passage,
                                                    SettingsText()));
   EncodedPassage out;
   out.key = key.id();
-  auto compute = [this, &passage]() -> StatusOr<KvBlock> {
+  bool fetched = false;
+  auto compute = [this, &passage, &key, &fetched]() -> StatusOr<KvBlock> {
     const std::vector<int32_t> tokens = tokenizer_->Encode(PassageText(passage));
     RS_CHECK_ARG(!tokens.empty(), "passage encodes to no tokens");
     RS_CHECK_ARG(static_cast<int>(tokens.size()) <= settings_.max_passage_tokens, "passage has ",
@@ -118,11 +155,33 @@ StatusOr<EncodedPassage> ApeEncoder::Encode(const std::string& passage) {
     RS_CHECK_ARG(ctx <= 0 || passage_start() + static_cast<int64_t>(tokens.size()) < ctx,
                  "prefix + passage (", passage_start() + tokens.size(),
                  " tokens) exceed the model context of ", ctx);
+    if (remote_) {
+      const engine::KvGeometry g = model_->geometry();
+      RemoteExpect expect{model_->fingerprint(), g.num_layers, g.num_kv_heads, g.head_dim,
+                          static_cast<int64_t>(tokens.size())};
+      StatusOr<KvBlock> r = remote_(key.id(), expect);
+      if (r.ok()) {
+        const Status fits = CheckRemote(*r, tokens);
+        if (fits.ok()) {
+          fetched = true;
+          return r;
+        }
+        remote_rejected_->Inc();
+        RS_LOG(warn, "ctxcache: remote entry {} rejected ({}); computing it", key.id().Hex(),
+               fits.ToString());
+      } else if (r.status().code() != StatusCode::kNotFound) {
+        RS_LOG(debug, "ctxcache: remote lookup of {} failed ({}); computing it", key.id().Hex(),
+               r.status().ToString());
+      }
+    }
     RS_ASSIGN_OR_RETURN(engine::KvBlock b,
                         model_->EncodeBlock(prefix_kv_.get(), tokens, passage_start()));
-    return ToCacheBlock(b, settings_.store_dtype);
+    RS_ASSIGN_OR_RETURN(KvBlock cb, ToCacheBlock(b, settings_.store_dtype));
+    cb.token_ids = tokens;  // lets a remote reader check the passage's tokenization
+    return cb;
   };
   RS_ASSIGN_OR_RETURN(auto block, cache_->GetOrCompute(key, compute, &out.source));
+  if (fetched && out.source == CacheSource::kComputed) out.source = CacheSource::kRemote;
   out.kv = ToEngineBlock(*block, model_->geometry());
   return out;
 }

@@ -16,6 +16,7 @@
 // passes; the cache is thread-safe and single-flight).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,8 +59,23 @@ struct ApeSettings {
 struct EncodedPassage {
   KeyId key;
   std::shared_ptr<const engine::KvBlock> kv;
-  CacheSource source = CacheSource::kComputed;
+  CacheSource source = CacheSource::kComputed;  // kRemote: fetched from the remote lookup
 };
+
+// What a remote cache's entry must match for this encoder's model (checked by the fetcher on the
+// stream before it allocates, and again by the encoder on the block).
+struct RemoteExpect {
+  std::string fingerprint;  // model fingerprint
+  int32_t layers = 0;
+  int32_t kv_heads = 0;
+  int32_t head_dim = 0;
+  int64_t max_tokens = 0;
+};
+
+// A cache tier behind the local ones, e.g. the ContextCacheService over gRPC (RemoteKvCache):
+// returns the stored block of `key`, NotFound when it does not hold it, any other error when it
+// failed.
+using RemoteLookup = std::function<StatusOr<KvBlock>(const KeyId& key, const RemoteExpect& e)>;
 
 class ApeEncoder {
  public:
@@ -76,6 +92,15 @@ class ApeEncoder {
   // Encodes (or fetches from the cache) one passage. InvalidArgument for an empty passage or one
   // over max_passage_tokens.
   StatusOr<EncodedPassage> Encode(const std::string& passage);
+  // Asks `lookup` for a passage that misses the local tiers before computing it (inside the
+  // single-flight computation, so concurrent requests fetch once). A fetched block is used only
+  // if it matches this model and passage exactly (fingerprint, layers, kv heads, head dim, token
+  // count, positions after the prefix, and token ids when it carries them); otherwise, and on any
+  // lookup error, the passage is computed locally: a remote never fails an Encode. Counted in
+  // `metrics` (nullptr = default registry) as ragserve_ctxcache_remote_rejected_total. Call
+  // before the first Encode.
+  void SetRemote(RemoteLookup lookup, MetricsRegistry* metrics = nullptr);
+
   // A cached passage by key (NotFound when neither tier has it).
   StatusOr<std::shared_ptr<const engine::KvBlock>> Lookup(const KeyId& key);
 
@@ -91,6 +116,8 @@ class ApeEncoder {
   ApeEncoder(engine::Model* model, const engine::Tokenizer* tokenizer, KvCache* cache,
              ApeSettings settings);
   std::string SettingsText() const;
+  // Why a remote block cannot stand for `tokens` (OK when it can).
+  Status CheckRemote(const KvBlock& b, const std::vector<int32_t>& tokens) const;
 
   engine::Model* model_;
   const engine::Tokenizer* tokenizer_;
@@ -98,6 +125,8 @@ class ApeEncoder {
   ApeSettings settings_;
   std::vector<int32_t> prefix_tokens_;
   std::shared_ptr<const engine::KvBlock> prefix_kv_;
+  RemoteLookup remote_;
+  Counter* remote_rejected_ = nullptr;
 };
 
 // 16 hex digits of HashBytes(passage text): how decoders report resident passages

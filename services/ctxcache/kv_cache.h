@@ -46,8 +46,9 @@
 
 namespace ragserve::ctxcache {
 
-// Where GetOrCompute found a block.
-enum class CacheSource { kRam, kDisk, kInflight, kComputed };
+// Where GetOrCompute found a block. kRemote is never set by KvCache: ApeEncoder reports it when
+// its compute function fetched the block from a remote cache instead of computing it.
+enum class CacheSource { kRam, kDisk, kInflight, kComputed, kRemote };
 
 struct KvCacheOptions {
   int64_t ram_limit_bytes = int64_t{1} << 30;  // RAM tier budget (>= 0; 0 keeps nothing in RAM)

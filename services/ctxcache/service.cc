@@ -119,6 +119,11 @@ grpc::ServerWriteReactor<v1::GetResponse>* ContextCacheService::Get(
       RS_RETURN_IF_ERROR(CheckModel(req->model()));
       RS_ASSIGN_OR_RETURN(KeyId id, KeyId::FromHex(req->key().hex()));
       RS_ASSIGN_OR_RETURN(auto block, cache_->Get(id));
+      // The key already binds the model; this also holds for a cache without a model.
+      if (!req->model().hex().empty() && block->fingerprint != req->model().hex()) {
+        return FailedPrecondition(StrCat("entry ", id.Hex(), " was made by model ",
+                                         block->fingerprint, ", not ", req->model().hex()));
+      }
       const int64_t layer_bytes =
           block->LayerElements() * static_cast<int64_t>(kernels::DTypeSize(block->dtype));
       bool first = true;

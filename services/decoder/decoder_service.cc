@@ -177,6 +177,31 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
       RS_ASSIGN_OR_RETURN(svc->ape_,
                           ctxcache::ApeEncoder::Create(svc->model_.get(), svc->tokenizer_.get(),
                                                        svc->passage_cache_.get(), as));
+      const char* kSources[] = {"ram", "disk", "inflight", "computed", "remote"};
+      for (int i = 0; i < 5; ++i) {
+        svc->passages_by_source_[i] = &server->metrics().GetCounter(
+            "ragserve_decoder_passages_total",
+            "APE passages served to requests, by where their KV came from",
+            {{"source", kSources[i]}});
+      }
+      if (!svc->opts_.ctxcache_addr.empty()) {
+        ctxcache::RemoteCacheOptions ro;
+        ro.address = svc->opts_.ctxcache_addr;
+        ro.timeout_ms = svc->opts_.ctxcache_timeout_ms;
+        ro.channel.tls_ca = svc->opts_.ctxcache_tls_ca;
+        ro.token = server->config().auth_token;
+        RS_ASSIGN_OR_RETURN(svc->remote_cache_, ctxcache::RemoteKvCache::Create(ro));
+        ctxcache::RemoteKvCache* remote = svc->remote_cache_.get();
+        svc->ape_->SetRemote(
+            [remote](const ctxcache::KeyId& key, const ctxcache::RemoteExpect& e) {
+              return remote->Fetch(key, e);
+            },
+            &server->metrics());
+        RS_LOG(info, "decoder: passages missing here are fetched from the context cache at {}",
+               svc->opts_.ctxcache_addr);
+      }
+    } else if (!svc->opts_.ctxcache_addr.empty()) {
+      RS_LOG(warn, "decoder: --ctxcache-addr is unused with --context-mode sequential");
     }
     RS_LOG(info, "decoder: model {} ({} layers, vocab {}), fingerprint {}", svc->opts_.model_dir,
            svc->model_->config().num_layers, svc->model_->config().vocab_size,
@@ -245,6 +270,7 @@ StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(const v1::Generat
     for (const auto& p : req.passages()) {
       RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' has no text");
       RS_ASSIGN_OR_RETURN(ctxcache::EncodedPassage e, ape_->Encode(p.text()));
+      passages_by_source_[static_cast<int>(e.source)]->Inc();
       NoteRecent(p.text());
       longest = std::max(longest, e.kv->tokens);
       ape.context_tokens += static_cast<int>(e.kv->tokens);

@@ -11,6 +11,7 @@
 #include "ragserve/v1/decoder.grpc.pb.h"
 #include "services/common/server.h"
 #include "services/ctxcache/ape_encoder.h"
+#include "services/ctxcache/remote_grpc.h"
 #include "services/decoder/generator.h"
 #include "services/engine/model.h"
 #include "services/engine/tokenizer.h"
@@ -29,6 +30,14 @@ struct DecoderOptions {
   int64_t passage_cache_bytes = int64_t{1} << 30;  // RAM tier of this worker's passage cache
   std::string passage_cache_dir;                   // RocksDB tier (optional)
   std::string passage_dtype = "f32";               // stored dtype: f32 | f16 | bf16
+  // ContextCacheService host:port (optional): a passage missing from this worker's passage cache
+  // is fetched from there (e.g. pre-encoded on ingest) before it is computed here. A miss or a
+  // failure of the service means local compute; it never fails a request. Keys agree when the
+  // service runs the same model with --dtype equal to passage_dtype (the prefix and template
+  // are shared code). Calls carry this server's auth token.
+  std::string ctxcache_addr;
+  int ctxcache_timeout_ms = 2000;  // deadline of one fetch
+  std::string ctxcache_tls_ca;     // PEM CA: TLS to the context cache when set
 };
 
 class DecoderService final : public v1::DecoderService::CallbackService {
@@ -67,6 +76,9 @@ class DecoderService final : public v1::DecoderService::CallbackService {
   std::unique_ptr<Generator> generator_;
   std::unique_ptr<ctxcache::KvCache> passage_cache_;
   std::unique_ptr<ctxcache::ApeEncoder> ape_;
+  std::unique_ptr<ctxcache::RemoteKvCache> remote_cache_;  // --ctxcache-addr
+  // ragserve_decoder_passages_total{source}, indexed by ctxcache::CacheSource.
+  Counter* passages_by_source_[5] = {};
   // Content hashes (hex) of passages recently encoded or served here, most recent last; a
   // routing hint for cache_aware routers (LoadReport.cached_passage_keys).
   std::mutex recent_mu_;

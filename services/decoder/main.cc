@@ -53,6 +53,15 @@ int main(int argc, char** argv) {
     app.add_option("--passage-dtype", opts.passage_dtype, "Stored passage KV: f32 | f16 | bf16")
         ->capture_default_str()
         ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+    app.add_option("--ctxcache-addr", opts.ctxcache_addr,
+                   "ContextCacheService host:port: fetch passage KV missing here from it "
+                   "(misses and failures fall back to local compute)");
+    app.add_option("--ctxcache-timeout-ms", opts.ctxcache_timeout_ms,
+                   "Deadline of one passage fetch from the context cache")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 600000));
+    app.add_option("--ctxcache-tls-ca", opts.ctxcache_tls_ca,
+                   "PEM CA bundle: TLS to the context cache when set");
     app.add_option("--kv-budget-mb", kv_budget_mb, "KV cache memory for all active sequences")
         ->capture_default_str()
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));

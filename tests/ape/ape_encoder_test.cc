@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 
 #include "tests/support/process.h"
 
@@ -177,6 +178,94 @@ TEST_F(ApeEncoderTest, BadPassagesAreRejected) {
       << long_one.status().message();
   auto missing = enc->Lookup(KeyId{});
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+}
+
+// A remote lookup (the context-cache service for decoders) stands in for computing a passage only
+// when its block is exactly this model's encoding of this passage; anything else is recomputed.
+TEST_F(ApeEncoderTest, RemoteBlocksAreUsedOnlyWhenTheyMatchAndFailuresMeanLocalCompute) {
+  // The "remote": another encoder's cache holding kP1.
+  auto remote_cache = RamCache();
+  auto remote_enc = Encoder(remote_cache.get());
+  auto ref = remote_enc->Encode(kP1);
+  ASSERT_TRUE(ref.ok());
+  auto stored = remote_cache->Get(ref->key);
+  ASSERT_TRUE(stored.ok());
+  ASSERT_EQ(static_cast<int64_t>((*stored)->token_ids.size()), (*stored)->tokens);
+
+  MetricsRegistry reg;
+  int calls = 0;
+  std::function<StatusOr<KvBlock>(const KvBlock&)> serve;
+  auto make = [&](KvCache* cache) {
+    auto enc = Encoder(cache);
+    enc->SetRemote(
+        [&](const KeyId& key, const RemoteExpect& e) -> StatusOr<KvBlock> {
+          ++calls;
+          EXPECT_EQ(e.fingerprint, model_->fingerprint());
+          EXPECT_EQ(e.layers, model_->config().num_layers);
+          auto b = remote_cache->Get(key);
+          if (!b.ok()) return b.status();
+          return serve(**b);
+        },
+        &reg);
+    return enc;
+  };
+  auto rejected = [&] {
+    return reg.GetCounter("ragserve_ctxcache_remote_rejected_total", "").Value();
+  };
+
+  // A matching block is used as it is: source kRemote, the same KV as computing it.
+  serve = [](const KvBlock& b) { return StatusOr<KvBlock>(b); };
+  auto c1 = RamCache();
+  auto e1 = make(c1.get());
+  auto got = e1->Encode(kP1);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(got->source, CacheSource::kRemote);
+  EXPECT_EQ(calls, 1);
+  for (int l = 0; l < model_->config().num_layers; ++l) {
+    EXPECT_EQ(got->kv->k[l], ref->kv->k[l]);
+    EXPECT_EQ(got->kv->v[l], ref->kv->v[l]);
+  }
+  // Now local: the remote is not asked again.
+  EXPECT_EQ(e1->Encode(kP1)->source, CacheSource::kRam);
+  EXPECT_EQ(calls, 1);
+  // Absent remotely: computed.
+  EXPECT_EQ(e1->Encode(kP2)->source, CacheSource::kComputed);
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(rejected(), 0);
+
+  // Mismatches are rejected and recomputed (each in a fresh local cache).
+  const std::vector<std::function<void(KvBlock*)>> breaks = {
+      [](KvBlock* b) { b->token_ids[0] ^= 1; },               // another tokenization
+      [](KvBlock* b) { b->positions[0] += 1; },               // other positions
+      [](KvBlock* b) { b->fingerprint = "someothermodel"; },  // another model
+      [](KvBlock* b) {                                        // one token short
+        b->tokens -= 1;
+        b->positions.pop_back();
+        b->token_ids.pop_back();
+        const size_t row = static_cast<size_t>(b->kv_heads * b->head_dim * 4);
+        for (auto& x : b->k) x.resize(x.size() - row);
+        for (auto& x : b->v) x.resize(x.size() - row);
+      },
+  };
+  for (size_t i = 0; i < breaks.size(); ++i) {
+    serve = [&, i](const KvBlock& b) {
+      KvBlock copy = b;
+      breaks[i](&copy);
+      return StatusOr<KvBlock>(copy);
+    };
+    auto c = RamCache();
+    auto got2 = make(c.get())->Encode(kP1);
+    ASSERT_TRUE(got2.ok()) << got2.status().ToString();
+    EXPECT_EQ(got2->source, CacheSource::kComputed) << "break " << i;
+    EXPECT_EQ(got2->kv->k[0], ref->kv->k[0]);
+    EXPECT_EQ(rejected(), static_cast<double>(i + 1));
+  }
+  // A failing remote: computed, never an error.
+  serve = [](const KvBlock&) { return StatusOr<KvBlock>(Unavailable("connection refused")); };
+  auto c3 = RamCache();
+  auto got3 = make(c3.get())->Encode(kP1);
+  ASSERT_TRUE(got3.ok()) << got3.status().ToString();
+  EXPECT_EQ(got3->source, CacheSource::kComputed);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "ragserve/v1/ctxcache.grpc.pb.h"
 #include "services/common/client.h"
 #include "services/ctxcache/ape_encoder.h"
+#include "services/ctxcache/remote_grpc.h"
 #include "tests/support/process.h"
 
 namespace ragserve {
@@ -32,10 +33,10 @@ class CtxServiceTest : public ::testing::Test {
                              {"--port", "0", "--metrics-port", "0", "--ready-file", ready,
                               "--model", dir_ + "/model", "--data-dir", dir_ + "/data"},
                              dir_ + "/log.txt"));
-    int port = 0, mport = 0;
-    ASSERT_TRUE(testing::WaitForReadyFile(ready, 60, &port, &mport))
+    int mport = 0;
+    ASSERT_TRUE(testing::WaitForReadyFile(ready, 60, &port_, &mport))
         << testing::ReadFileOrEmpty(dir_ + "/log.txt");
-    stub_ = v1::ContextCacheService::NewStub(*MakeChannel("127.0.0.1:" + std::to_string(port)));
+    stub_ = v1::ContextCacheService::NewStub(*MakeChannel("127.0.0.1:" + std::to_string(port_)));
   }
   void Stop() {
     proc_->Signal(SIGTERM);
@@ -77,6 +78,7 @@ class CtxServiceTest : public ::testing::Test {
   }
 
   std::string dir_;
+  int port_ = 0;
   std::unique_ptr<testing::Process> proc_;
   std::unique_ptr<v1::ContextCacheService::Stub> stub_;
 };
@@ -158,6 +160,70 @@ TEST_F(CtxServiceTest, EvictAndBadInputGetClearErrors) {
   wrong_model.add_passages()->set_text(kText);
   v1::EncodeResponse wr;
   EXPECT_EQ(stub_->Encode(&ctx, wrong_model, &wr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// The decoders' client: Fetch reassembles the Get stream into the stored block, verifies the
+// geometry, tells a miss from a failure, and skips a service that just failed.
+TEST_F(CtxServiceTest, RemoteKvCacheFetchesEntriesAndSkipsAServiceThatIsDown) {
+  v1::EncodeResponse r;
+  ASSERT_TRUE(Encode({kText}, &r).ok());
+  auto model = engine::Model::Load(dir_ + "/model");
+  ASSERT_TRUE(model.ok());
+  const engine::KvGeometry g = (*model)->geometry();
+  ctxcache::RemoteExpect expect{(*model)->fingerprint(), g.num_layers, g.num_kv_heads, g.head_dim,
+                                4096};
+  MetricsRegistry reg;
+  ctxcache::RemoteCacheOptions ro;
+  ro.address = "127.0.0.1:" + std::to_string(port_);
+  ro.metrics = &reg;
+  ro.retry_after_ms = 60000;
+  auto remote = ctxcache::RemoteKvCache::Create(ro);
+  ASSERT_TRUE(remote.ok()) << remote.status().ToString();
+  auto key = ctxcache::KeyId::FromHex(r.results(0).key().hex());
+  ASSERT_TRUE(key.ok());
+  auto b = (*remote)->Fetch(*key, expect);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->tokens, r.results(0).tokens());
+  EXPECT_EQ(static_cast<int64_t>(b->token_ids.size()), b->tokens);
+  EXPECT_EQ(b->layers, g.num_layers);
+  std::vector<float> k0;
+  int tokens = 0;
+  ASSERT_TRUE(GetLayer0K(r.results(0).key().hex(), &k0, &tokens).ok());
+  std::vector<float> fetched(static_cast<size_t>(b->LayerElements()));
+  b->LayerToF32(0, false, fetched.data());
+  EXPECT_EQ(fetched, k0);
+
+  auto count = [&](const char* result) {
+    return reg.GetCounter("ragserve_ctxcache_remote_fetches_total", "", {{"result", result}})
+        .Value();
+  };
+  EXPECT_EQ((*remote)->Fetch(ctxcache::KeyId{}, expect).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(count("miss"), 1);
+  ctxcache::RemoteExpect other_geometry = expect;
+  other_geometry.kv_heads += 1;
+  EXPECT_EQ((*remote)->Fetch(*key, other_geometry).status().code(),
+            StatusCode::kFailedPrecondition);
+  ctxcache::RemoteExpect too_long = expect;
+  too_long.max_tokens = 2;
+  EXPECT_EQ((*remote)->Fetch(*key, too_long).status().code(), StatusCode::kDataLoss);
+  ctxcache::RemoteExpect other_model = expect;
+  other_model.fingerprint = "0123456789abcdef";
+  EXPECT_FALSE((*remote)->Fetch(*key, other_model).ok());
+  EXPECT_EQ(count("hit"), 1);
+  EXPECT_EQ(count("error"), 3);
+  // Entry errors do not make the client skip the service.
+  EXPECT_TRUE((*remote)->Fetch(*key, expect).ok());
+
+  // Down: the first call fails, the next ones are skipped without a call.
+  Stop();
+  const Status down = (*remote)->Fetch(*key, expect).status();
+  EXPECT_TRUE(down.code() == StatusCode::kUnavailable ||
+              down.code() == StatusCode::kDeadlineExceeded)
+      << down.ToString();
+  EXPECT_EQ(count("error"), 4);
+  EXPECT_EQ((*remote)->Fetch(*key, expect).status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(count("skipped"), 1);
+  Start();
 }
 
 }  // namespace

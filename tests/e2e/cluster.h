@@ -20,6 +20,7 @@ struct ClusterService {
   std::vector<std::string> args;
   std::unique_ptr<Process> proc = std::make_unique<Process>();
   int port = 0;
+  int metrics_port = 0;
   std::string log;
   std::string addr() const { return "127.0.0.1:" + std::to_string(port); }
 };
@@ -56,8 +57,7 @@ class Cluster {
       *error = "spawn failed: ragserve-" + bin;
       return false;
     }
-    int mport = 0;
-    if (!WaitForReadyFile(ready, 60, &s.port, &mport)) {
+    if (!WaitForReadyFile(ready, 60, &s.port, &s.metrics_port)) {
       *error = name + " did not start:\n" + ReadFileOrEmpty(s.log);
       return false;
     }
@@ -78,8 +78,8 @@ class Cluster {
                                     "0",      "--ready-file",          ready};
     all.insert(all.end(), s->args.begin(), s->args.end());
     if (!s->proc->Start(BinPath("ragserve-" + s->bin), all, s->log, {}, dir_)) return false;
-    int port = 0, mport = 0;
-    if (!WaitForReadyFile(ready, 60, &port, &mport)) {
+    int port = 0;
+    if (!WaitForReadyFile(ready, 60, &port, &s->metrics_port)) {
       *error = name + " did not restart:\n" + ReadFileOrEmpty(s->log);
       return false;
     }
