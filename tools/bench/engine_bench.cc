@@ -2,7 +2,7 @@
 //
 //   engine_bench                 tiny model + ~100M-parameter model (f32 and bf16)
 //   engine_bench --quick         tiny model only
-//   engine_bench --rounds N      batch-1 decode rounds per thread count (default 7)
+//   engine_bench --rounds N      batch-1 roofline rounds per row (default 25)
 //   engine_bench --only 100M/BF16   one model (name/dtype)
 //   engine_bench --decode-only   only the batch-1 roofline rows (e.g. under perf)
 //
@@ -10,11 +10,14 @@
 // the plain reference backend's decode speed (the baseline), and batch-1 decode as a percentage
 // of the roofline = read bandwidth / bytes of weights read per token.
 //
-// Roofline: batch-1 decode runs with a fixed thread count (all OpenMP threads, then 1), and each
-// of `rounds` rounds is a bandwidth probe with that same thread count (a vectorized read of a
-// 512 MiB array, best of 3 passes) immediately followed by a timed decode run; the table gives the
-// medians over the rounds of the decode rate, of the bandwidth and of the per-round ratio (with
-// its min and max), so one quiet or busy moment of a shared machine moves neither side alone.
+// Roofline: batch-1 decode runs with a fixed thread count (all threads with the GEMVs on the
+// ops' pool, 1 thread, and all threads with the GEMVs as OpenMP loops: the baseline), and each of
+// `rounds` rounds is one read of a 512 MiB array with that same thread count and the same
+// chunked work claiming (the probe), immediately followed by as many decode steps as read about
+// 512 MiB of weights; the table gives the medians over the rounds of the decode rate, of the
+// bandwidth and of the per-round ratio (with its min and max), and the best decode round against
+// the best probe round (each side's quietest moment). Both sides of a ratio see the same ~0.1 s of
+// machine load, so a busy moment of a shared machine moves neither side alone.
 // "GEMV vs read" isolates the kernel: batch-1 GEMV over all the model's matrices against a plain
 // read of the same bytes (100% = as fast), per SIMD level the CPU has (the baseline for the
 // AVX-512 kernels is the AVX2 build of the same kernels, and the scalar loop).
@@ -24,6 +27,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -86,8 +90,10 @@ float PoolRead(const float* p, int64_t n, int64_t chunk, int threads) {
 
 // Best-of-`passes` read bandwidth in GB/s with `threads` threads over a 512 MiB array (allocated
 // and touched once per process), read in 96 KiB chunks like the GEMV tasks.
+constexpr double kProbeBytes = 512.0 * (1 << 20);
+
 double ProbeBandwidth(int threads, int passes = 3) {
-  static const int64_t n = (512ll << 20) / 4;
+  static const int64_t n = static_cast<int64_t>(kProbeBytes) / 4;
   static std::vector<float> buf(static_cast<size_t>(n), 1.0f);
   double best = 0.0;
   volatile float sink = 0.0f;
@@ -150,37 +156,55 @@ struct Result {
 // Batch-1 decode against the roofline with a fixed thread count (see the header comment).
 struct Roofline {
   int threads = 0;
-  double decode = 0, bw = 0, ratio = 0, ratio_min = 0, ratio_max = 0;
+  double decode = 0, bw = 0, ratio = 0, ratio_min = 0, ratio_max = 0, best_ratio = 0;
 };
 
 // Decode tokens/s over `steps` steps for `batch` sequences after a 16-token prompt each.
+// `batch` sequences after a 16-token prompt each, decoded greedily one step at a time.
+class DecodeSession {
+ public:
+  DecodeSession(Model& m, int batch) : m_(m), last_(batch) {
+    for (int b = 0; b < batch; ++b) {
+      kv_.push_back(m.NewKvCache());
+      const std::vector<int32_t> p = Tokens(16, m.config().vocab_size, b);
+      if (!m.Prefill(p, 0, kv_.back().get(), 0, nullptr).ok()) std::abort();
+      last_[b] = p.back();
+    }
+  }
+  // Seconds for `steps` steps (every sequence advances one token per step).
+  double Steps(int steps) {
+    double secs = 0.0;
+    const int batch = static_cast<int>(last_.size());
+    for (int s = 0; s < steps; ++s) {
+      std::vector<SequenceStep> st;
+      for (int b = 0; b < batch; ++b) {
+        st.push_back({std::span<const int32_t>(&last_[b], 1),
+                      static_cast<int32_t>(kv_[b]->length()), kv_[b].get()});
+      }
+      const auto t0 = Clock::now();
+      if (!m_.Forward(st, LogitsMode::kLast, &logits_).ok()) std::abort();
+      secs += Seconds(t0, Clock::now());
+      for (int b = 0; b < batch; ++b) {
+        const float* row = logits_.data() + int64_t{b} * m_.config().vocab_size;
+        last_[b] = static_cast<int32_t>(std::max_element(row, row + m_.config().vocab_size) - row);
+      }
+    }
+    return secs;
+  }
+
+ private:
+  Model& m_;
+  std::vector<std::unique_ptr<KvCache>> kv_;
+  std::vector<int32_t> last_;
+  std::vector<float> logits_;
+};
+
+// Decode tokens/s over `steps` steps for `batch` sequences after a 16-token prompt each (after 2
+// warm-up steps).
 double DecodeRate(Model& m, int batch, int steps) {
-  std::vector<std::unique_ptr<KvCache>> kv;
-  std::vector<int32_t> last(batch);
-  for (int b = 0; b < batch; ++b) {
-    kv.push_back(m.NewKvCache());
-    const std::vector<int32_t> p = Tokens(16, m.config().vocab_size, b);
-    if (!m.Prefill(p, 0, kv.back().get(), 0, nullptr).ok()) std::abort();
-    last[b] = p.back();
-  }
-  std::vector<float> logits;
-  double secs = 0.0;
-  const int warmup = 2;
-  for (int s = 0; s < steps + warmup; ++s) {
-    std::vector<SequenceStep> st;
-    for (int b = 0; b < batch; ++b) {
-      st.push_back({std::span<const int32_t>(&last[b], 1), static_cast<int32_t>(kv[b]->length()),
-                    kv[b].get()});
-    }
-    const auto t0 = Clock::now();
-    if (!m.Forward(st, LogitsMode::kLast, &logits).ok()) std::abort();
-    if (s >= warmup) secs += Seconds(t0, Clock::now());
-    for (int b = 0; b < batch; ++b) {
-      const float* row = logits.data() + int64_t{b} * m.config().vocab_size;
-      last[b] = static_cast<int32_t>(std::max_element(row, row + m.config().vocab_size) - row);
-    }
-  }
-  return batch * steps / secs;
+  DecodeSession d(m, batch);
+  d.Steps(2);
+  return batch * steps / d.Steps(steps);
 }
 
 // Prefill tokens/s: `batch` sequences of `len` tokens in one Forward (best of `reps`).
@@ -223,7 +247,7 @@ std::string LoadAvg() {
 
 int main(int argc, char** argv) {
   bool quick = false;
-  int rounds = 7;
+  int rounds = 25;
   std::string only;
   bool decode_only = false;
   for (int i = 1; i < argc; ++i) {
@@ -287,8 +311,10 @@ int main(int argc, char** argv) {
   std::string roof_table =
       "| model | dtype | threads | GEMV fork/join | MB read/token | probe GB/s (median) | decode "
       "b1 "
-      "tok/s (median) | roofline tok/s | b1 % of roofline: median [min, max] of rounds |\n"
-      "|---|---|---|---|---|---|---|---|---|\n";
+      "tok/s (median) | roofline tok/s | b1 % of roofline: median [min, max] of rounds | best "
+      "decode "
+      "round / best probe round |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n";
   std::string gemv_cols, gemv_sep;
   for (kernels::SimdLevel l : levels) {
     gemv_cols += " GEMV vs read " + std::string(kernels::SimdLevelName(l)) + " |";
@@ -329,10 +355,15 @@ int main(int argc, char** argv) {
     for (auto [t, openmp] : configs) {
       m.SetDecodeThreads(t);
       kernels::SetFastOpsGemvOpenMp(openmp);
+      // Each round: one read of the 512 MiB probe array, then as many decode steps as read about
+      // as many weight bytes, so both sides see the same stretch of machine load.
+      const int steps = std::max(1, static_cast<int>(std::ceil(kProbeBytes / 1e6 / mb)));
+      DecodeSession session(m, 1);
+      session.Steps(2);
       std::vector<double> rates, bws, ratios;
       for (int round = 0; round < rounds; ++round) {
-        const double bw = ProbeBandwidth(t);
-        const double rate = DecodeRate(m, 1, small ? 200 : 32);
+        const double bw = ProbeBandwidth(t, 1);
+        const double rate = steps / session.Steps(steps);
         rates.push_back(rate);
         bws.push_back(bw);
         ratios.push_back(rate / (bw * 1e3 / mb));
@@ -345,16 +376,20 @@ int main(int argc, char** argv) {
       rf.ratio = Median(ratios);
       rf.ratio_min = *std::min_element(ratios.begin(), ratios.end());
       rf.ratio_max = *std::max_element(ratios.begin(), ratios.end());
+      // Quietest moment of each side: the best decode round against the best probe round.
+      rf.best_ratio = *std::max_element(rates.begin(), rates.end()) /
+                      (*std::max_element(bws.begin(), bws.end()) * 1e3 / mb);
       if (t == threads && !openmp) r.decode1 = rf.decode;
       char line[512];
-      std::snprintf(line, sizeof(line),
-                    "| %s | %s | %d | %s | %.1f | %.1f | %.1f | %.1f | %.0f%% [%.0f%%, %.0f%%] |\n",
-                    s.name.c_str(), dtype.c_str(), t,
-                    t == 1   ? "-"
-                    : openmp ? "OpenMP"
-                             : "pool",
-                    mb, rf.bw, rf.decode, rf.bw * 1e3 / mb, 100.0 * rf.ratio, 100.0 * rf.ratio_min,
-                    100.0 * rf.ratio_max);
+      std::snprintf(
+          line, sizeof(line),
+          "| %s | %s | %d | %s | %.1f | %.1f | %.1f | %.1f | %.0f%% [%.0f%%, %.0f%%] | %.0f%% |\n",
+          s.name.c_str(), dtype.c_str(), t,
+          t == 1   ? "-"
+          : openmp ? "OpenMP"
+                   : "pool",
+          mb, rf.bw, rf.decode, rf.bw * 1e3 / mb, 100.0 * rf.ratio, 100.0 * rf.ratio_min,
+          100.0 * rf.ratio_max, 100.0 * rf.best_ratio);
       roof_table += line;
     }
     m.SetDecodeThreads(0);  // the online tuner, as a server runs it
