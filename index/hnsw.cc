@@ -150,24 +150,24 @@ Status HnswIndex::search(int64_t n, const float* q, int k, float* distances, int
   std::atomic<bool> failed{false};
   std::string error;
   std::mutex error_mu;
-#pragma omp parallel for schedule(dynamic, 4) if (n >= 16)
-  for (int64_t i = 0; i < n; ++i) {
+  auto one = [&](int64_t i) {
     float* drow = distances + i * k;
     int64_t* irow = ids + i * k;
     internal::PadRow(metric_, k, drow, irow);
-    if (total == 0 || failed.load(std::memory_order_relaxed)) continue;
+    if (total == 0 || failed.load(std::memory_order_relaxed)) return;
     try {
-      std::vector<std::pair<float, int64_t>> hits;
       size_t kk = std::max<size_t>(ef, k);
       if (params.filter == nullptr) {
-        SearchOne(q + i * dim_, kk, &hits);
-        for (size_t j = 0; j < hits.size() && j < static_cast<size_t>(k); ++j) {
-          drow[j] = hits[j].first;
-          irow[j] = hits[j].second;
+        auto result = hnsw_->searchKnn(q + i * dim_, kk);  // max-heap on distance: worst first
+        while (result.size() > static_cast<size_t>(k)) result.pop();
+        for (size_t j = result.size(); j-- > 0; result.pop()) {
+          drow[j] = ToScore(metric_, result.top().first);
+          irow[j] = static_cast<int64_t>(result.top().second);
         }
-        continue;
+        return;
       }
       // Over-fetch and widen until k hits pass the filter or every live vector was seen.
+      std::vector<std::pair<float, int64_t>> hits;
       while (true) {
         SearchOne(q + i * dim_, kk, &hits);
         int got = 0;
@@ -186,6 +186,13 @@ Status HnswIndex::search(int64_t n, const float* q, int k, float* distances, int
       failed = true;
       error = e.what();
     }
+  };
+  // Entering an OpenMP region costs microseconds: single queries (the gRPC path) run inline.
+  if (n < 16) {
+    for (int64_t i = 0; i < n; ++i) one(i);
+  } else {
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t i = 0; i < n; ++i) one(i);
   }
   if (failed) return Internal(StrCat("hnsw: search failed: ", error));
   return OkStatus();

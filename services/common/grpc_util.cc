@@ -41,4 +41,12 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceSe
   return reactor;
 }
 
+grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                           std::function<Status()> fn) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::Status st = PrecheckCall(ctx, server->auth());
+  reactor->Finish(st.ok() ? ToGrpcStatus(fn()) : st);
+  return reactor;
+}
+
 }  // namespace ragserve

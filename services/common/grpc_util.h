@@ -27,4 +27,11 @@ double SecondsLeft(const grpc::ServerContextBase& ctx);
 grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                      std::function<Status()> fn);
 
+// The same checks, then `fn` runs on the calling gRPC thread: only for work that is bounded, in
+// memory and short (tens to hundreds of microseconds, e.g. one ANN query), where the two thread
+// hand-offs of the executor path would cost more than the work itself. Anything that can block
+// or run long (I/O, batches, model compute) goes through ServeUnary.
+grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                           std::function<Status()> fn);
+
 }  // namespace ragserve

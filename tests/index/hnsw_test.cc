@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include "index/flat.h"
@@ -108,6 +109,43 @@ TEST(HnswTest, RemovedIdsAreNeverReturnedAndReAddRevives) {
   ASSERT_TRUE(hnsw->search(1, v.data(), 1, d.data(), got.data()).ok());
   EXPECT_EQ(got[0], 0);
   EXPECT_NEAR(d[0], 0.0f, 1e-4);
+}
+
+// The collection's upsert pattern: one document at a time under a fresh label, the replaced
+// label removed. Under ASan this is the workload that exposed hnswlib's prefetch over-read (see
+// the NO_MANUAL_VECTORIZATION note in the root CMakeLists.txt); everywhere it checks that churn
+// keeps recall against the exact twin over the live set.
+TEST(HnswTest, ReplaceChurnKeepsRecallAgainstExactOverLiveVectors) {
+  constexpr int64_t kDocs = 600, kUpdates = 1500, kQ = 100;
+  constexpr int kDim = 24, kK = 10;
+  const auto x = ClusteredData(kDocs + kUpdates, kDim, 12, 21);
+  auto hnsw =
+      HnswIndex::Create(kDim, Metric::kInnerProduct, {.M = 8, .initial_capacity = 16}).value();
+  std::vector<int64_t> label_of(kDocs, -1);
+  int64_t next_label = 0;
+  for (int64_t step = 0; step < kDocs + kUpdates; ++step) {
+    const int64_t doc = step < kDocs ? step : (step * 7919) % kDocs;
+    const int64_t label = next_label++;
+    ASSERT_TRUE(hnsw->add(1, x.data() + step * kDim, &label).ok());
+    if (label_of[doc] >= 0) ASSERT_EQ(hnsw->remove(1, &label_of[doc]).value(), 1);
+    label_of[doc] = label;
+  }
+  EXPECT_EQ(hnsw->size(), kDocs);
+  std::vector<float> live;
+  for (int64_t doc = 0; doc < kDocs; ++doc) {
+    live.insert(live.end(), x.begin() + label_of[doc] * kDim,
+                x.begin() + (label_of[doc] + 1) * kDim);
+  }
+  auto flat = FlatIndex::Create(kDim, Metric::kInnerProduct).value();
+  ASSERT_TRUE(flat->add(kDocs, live.data(), label_of.data()).ok());
+  const auto q = ClusteredData(kQ, kDim, 12, 22);
+  std::vector<float> dt(kQ * kK), da(kQ * kK);
+  std::vector<int64_t> it(kQ * kK), ia(kQ * kK);
+  ASSERT_TRUE(flat->search(kQ, q.data(), kK, dt.data(), it.data()).ok());
+  ASSERT_TRUE(hnsw->search(kQ, q.data(), kK, da.data(), ia.data()).ok());
+  std::set<int64_t> alive(label_of.begin(), label_of.end());
+  for (int64_t id : ia) EXPECT_TRUE(alive.count(id)) << "replaced label " << id << " returned";
+  EXPECT_GE(RecallAtK(it, ia, kQ, kK, kK), 0.9);
 }
 
 TEST(HnswTest, FilteredSearchReturnsOnlyAllowedIdsAndFillsK) {

@@ -5,12 +5,20 @@
 // Columns per (index, parameter): recall@1 and recall@10 against exact search (FlatIndex),
 // QPS with 1 thread (one query per call) and with all threads (one batch call), and the ratio
 // ragserve / raw. Build time and memory per index. Prints a Markdown table and writes CSV.
+// ragserve and the raw library are timed in alternation (rep 1 of each, rep 2 of each, ...), so a
+// burst of load on a shared machine hits both sides of a ratio alike; the best rep is reported.
+//
+// Latency table (HNSW): per single-query call, p50/p99 of (a) the raw hnswlib searchKnn,
+// (b) ragserve's HnswIndex::search, (c) the collection's Search (index + id/text lookup: all the
+// work the service does for a query) and (d) the same Search as a unary gRPC call on loopback;
+// "gRPC adds" = (d) - (c) at p50 / p99. The four are sampled round-robin, query by query.
 //
 // hnswlib 0.6.2 defines non-inline globals in its headers, so including it here and in
 // index/hnsw.cc needs -Wl,--allow-multiple-definition (identical definitions; see
 // tools/bench/CMakeLists.txt).
 //
 //   index_bench [--n 50000] [--dim 128] [--queries 500] [--reps 5] [--csv F] [--no-grpc]
+//               [--kinds hnsw,ivf_flat,ivf_pq] [--latency-samples 5000]
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
@@ -19,6 +27,7 @@
 #include <sys/utsname.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -26,6 +35,7 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "index/flat.h"
 #include "index/hnsw.h"
@@ -74,6 +84,12 @@ struct Row {
   double r1 = 0, r10 = 0, qps1 = 0, qpsn = 0, base_qps1 = 0, base_qpsn = 0;
 };
 
+std::string Fixed(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1f", v);
+  return buf;
+}
+
 std::string Machine() {
   utsname u{};
   uname(&u);
@@ -98,24 +114,40 @@ int main(int argc, char** argv) {
   std::string csv = "index_bench.csv";
   bool no_grpc = false;
   int reps = 5;
+  int latency_samples = 5000;
+  std::string kinds_arg = "hnsw,ivf_flat,ivf_pq";
   app.add_option("--n", n, "Base vectors");
   app.add_option("--dim", dim, "Dimension");
   app.add_option("--queries", nq, "Queries");
   app.add_option("--csv", csv, "CSV output path");
-  app.add_flag("--no-grpc", no_grpc, "Skip the gRPC loopback column");
+  app.add_flag("--no-grpc", no_grpc, "Skip the gRPC loopback column and the latency table");
   app.add_option("--reps", reps, "Timed repetitions per cell (the best is reported)");
+  app.add_option("--kinds", kinds_arg, "Comma list of index kinds: hnsw, ivf_flat, ivf_pq");
+  app.add_option("--latency-samples", latency_samples,
+                 "Single-query calls per implementation in the latency table");
   CLI11_PARSE(app, argc, argv);
+  std::set<std::string> kinds;
+  for (size_t pos = 0; pos <= kinds_arg.size();) {
+    const size_t comma = std::min(kinds_arg.find(',', pos), kinds_arg.size());
+    if (comma > pos) kinds.insert(kinds_arg.substr(pos, comma - pos));
+    pos = comma + 1;
+  }
   const int threads = omp_get_max_threads();
-  // Best of `reps` runs of a timed block -> queries per second (robust to a noisy machine).
-  auto Best = [&](auto&& fn) {
-    double best = 1e30;
+  // Times ragserve (`ours`) and the raw library (`raw`) in alternation, `reps` times each, and
+  // returns the best queries per second of each (robust to a noisy machine, fair to both).
+  auto BestPair = [&](auto&& ours, auto&& raw) {
+    double best_ours = 1e30, best_raw = 1e30;
     for (int r = 0; r < reps; ++r) {
-      const auto t0 = Clock::now();
-      fn();
-      best = std::min(best, Since(t0));
+      auto t0 = Clock::now();
+      ours();
+      best_ours = std::min(best_ours, Since(t0));
+      t0 = Clock::now();
+      raw();
+      best_raw = std::min(best_raw, Since(t0));
     }
-    return nq / best;
+    return std::pair<double, double>{nq / best_ours, nq / best_raw};
   };
+  auto Best = [&](auto&& fn) { return BestPair(fn, [] {}).first; };
   constexpr int kK = 10;
   const auto x = Clustered(n, dim, 100, 7);
   std::vector<float> q(x.begin(), x.begin() + int64_t{nq} * dim);
@@ -136,164 +168,184 @@ int main(int argc, char** argv) {
   std::vector<float> d(nq * kK);
   std::vector<int64_t> got(nq * kK), raw_got(nq * kK);
 
-  // ---- HNSW ----
-  auto t = Clock::now();
-  auto hnsw = index::HnswIndex::Create(dim, index::Metric::kL2,
-                                       {.M = 16, .ef_construction = 200, .initial_capacity = n})
-                  .value();
-  (void)hnsw->add(n, x.data(), ids.data());
-  const double hb = Since(t);
   hnswlib::L2Space space(dim);
-  t = Clock::now();
-  hnswlib::HierarchicalNSW<float> raw(&space, n, 16, 200, 100);
+  std::unique_ptr<index::HnswIndex> hnsw;
+  std::unique_ptr<hnswlib::HierarchicalNSW<float>> raw_hnsw;
+  // ---- HNSW ----
+  const int nlist = static_cast<int>(std::round(4 * std::sqrt(double(n))));
+  auto t = Clock::now();
+  if (kinds.count("hnsw")) {
+    t = Clock::now();
+    hnsw = index::HnswIndex::Create(dim, index::Metric::kL2,
+                                    {.M = 16, .ef_construction = 200, .initial_capacity = n})
+               .value();
+    (void)hnsw->add(n, x.data(), ids.data());
+    const double hb = Since(t);
+    t = Clock::now();
+    raw_hnsw = std::make_unique<hnswlib::HierarchicalNSW<float>>(&space, n, 16, 200, 100);
+    auto& raw = *raw_hnsw;
 #pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t i = 0; i < n; ++i) raw.addPoint(x.data() + i * dim, static_cast<size_t>(i));
-  const double rb = Since(t);
-  builds.push_back(
-      StrCat("| hnsw M=16 efC=200 | ", hb, " s | ", rb, " s | ", hnsw->memory_bytes() / 1048576.0,
-             " MiB | ", (n * (raw.size_data_per_element_ + sizeof(void*))) / 1048576.0, " MiB |"));
-  for (int ef : {16, 32, 64, 128, 256}) {
-    Row r{"hnsw", "ef=" + std::to_string(ef), "ragserve"};
-    Row b{"hnsw", "ef=" + std::to_string(ef), "hnswlib"};
-    index::SearchParams sp;
-    sp.ef_search = ef;
-    raw.setEf(ef);
-    omp_set_num_threads(1);
-    r.qps1 = Best([&] {
-      for (int i = 0; i < nq; ++i) {
-        (void)hnsw->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK, sp);
-      }
-    });
-    b.qps1 = Best([&] {
-      for (int i = 0; i < nq; ++i) {
-        auto res = raw.searchKnn(q.data() + i * dim, kK);
-        for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
-          raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
-        }
-      }
-    });
-    omp_set_num_threads(threads);
-    r.qpsn = Best([&] { (void)hnsw->search(nq, q.data(), kK, d.data(), got.data(), sp); });
-    b.qpsn = Best([&] {
+    for (int64_t i = 0; i < n; ++i) raw.addPoint(x.data() + i * dim, static_cast<size_t>(i));
+    const double rb = Since(t);
+    builds.push_back(StrCat(
+        "| hnsw M=16 efC=200 | ", hb, " s | ", rb, " s | ", hnsw->memory_bytes() / 1048576.0,
+        " MiB | ", (n * (raw.size_data_per_element_ + sizeof(void*))) / 1048576.0, " MiB |"));
+    for (int ef : {16, 32, 64, 128, 256}) {
+      Row r{"hnsw", "ef=" + std::to_string(ef), "ragserve"};
+      Row b{"hnsw", "ef=" + std::to_string(ef), "hnswlib"};
+      index::SearchParams sp;
+      sp.ef_search = ef;
+      raw.setEf(ef);
+      omp_set_num_threads(1);
+      std::tie(r.qps1, b.qps1) = BestPair(
+          [&] {
+            for (int i = 0; i < nq; ++i) {
+              (void)hnsw->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK,
+                                 sp);
+            }
+          },
+          [&] {
+            for (int i = 0; i < nq; ++i) {
+              auto res = raw.searchKnn(q.data() + i * dim, kK);
+              for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
+                raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
+              }
+            }
+          });
+      omp_set_num_threads(threads);
+      std::tie(r.qpsn, b.qpsn) =
+          BestPair([&] { (void)hnsw->search(nq, q.data(), kK, d.data(), got.data(), sp); },
+                   [&] {
 #pragma omp parallel for schedule(dynamic, 4)
-      for (int i = 0; i < nq; ++i) {
-        auto res = raw.searchKnn(q.data() + i * dim, kK);
-        for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
-          raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
-        }
-      }
-    });
-    r.r1 = Recall(truth, got, nq, kK, kK, 1);
-    r.r10 = Recall(truth, got, nq, kK, kK, 10);
-    b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
-    b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
-    r.base_qps1 = b.qps1;
-    r.base_qpsn = b.qpsn;
-    rows.push_back(b);
-    rows.push_back(r);
+                     for (int i = 0; i < nq; ++i) {
+                       auto res = raw.searchKnn(q.data() + i * dim, kK);
+                       for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
+                         raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
+                       }
+                     }
+                   });
+      r.r1 = Recall(truth, got, nq, kK, kK, 1);
+      r.r10 = Recall(truth, got, nq, kK, kK, 10);
+      b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
+      b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
+      r.base_qps1 = b.qps1;
+      r.base_qpsn = b.qpsn;
+      rows.push_back(b);
+      rows.push_back(r);
+    }
   }
 
   // ---- IVF-Flat ----
-  const int nlist = static_cast<int>(std::round(4 * std::sqrt(double(n))));
-  t = Clock::now();
-  auto ivf = index::IvfIndex::Create(dim, index::Metric::kL2, false, {.nlist = nlist}).value();
-  (void)ivf->train(n, x.data());
-  (void)ivf->add(n, x.data(), ids.data());
-  const double ib = Since(t);
-  t = Clock::now();
-  faiss::IndexFlatL2 quantizer(dim);
-  faiss::IndexIVFFlat fivf(&quantizer, dim, nlist);
-  fivf.cp.niter = 20;
-  fivf.cp.seed = 1234;
-  fivf.train(n, x.data());
-  fivf.add_with_ids(n, x.data(), ids.data());
-  const double fb = Since(t);
-  builds.push_back(StrCat("| ivf_flat nlist=", nlist, " | ", ib, " s | ", fb, " s | ",
-                          ivf->memory_bytes() / 1048576.0, " MiB | ",
-                          (n * (dim * 4 + 8) + nlist * dim * 4) / 1048576.0, " MiB |"));
-  for (int nprobe : {1, 4, 16, 32, 64}) {
-    Row r{"ivf_flat", "nprobe=" + std::to_string(nprobe), "ragserve"};
-    Row b{"ivf_flat", "nprobe=" + std::to_string(nprobe), "faiss"};
-    index::SearchParams sp;
-    sp.nprobe = nprobe;
-    fivf.nprobe = nprobe;
-    omp_set_num_threads(1);
-    r.qps1 = Best([&] {
-      for (int i = 0; i < nq; ++i) {
-        (void)ivf->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK, sp);
-      }
-    });
-    b.qps1 = Best([&] {
-      for (int i = 0; i < nq; ++i) {
-        fivf.search(1, q.data() + i * dim, kK, d.data() + i * kK, raw_got.data() + i * kK);
-      }
-    });
-    omp_set_num_threads(threads);
-    r.qpsn = Best([&] { (void)ivf->search(nq, q.data(), kK, d.data(), got.data(), sp); });
-    b.qpsn = Best([&] { fivf.search(nq, q.data(), kK, d.data(), raw_got.data()); });
-    r.r1 = Recall(truth, got, nq, kK, kK, 1);
-    r.r10 = Recall(truth, got, nq, kK, kK, 10);
-    b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
-    b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
-    r.base_qps1 = b.qps1;
-    r.base_qpsn = b.qpsn;
-    rows.push_back(b);
-    rows.push_back(r);
+  if (kinds.count("ivf_flat")) {
+    t = Clock::now();
+    auto ivf = index::IvfIndex::Create(dim, index::Metric::kL2, false, {.nlist = nlist}).value();
+    (void)ivf->train(n, x.data());
+    (void)ivf->add(n, x.data(), ids.data());
+    const double ib = Since(t);
+    t = Clock::now();
+    faiss::IndexFlatL2 quantizer(dim);
+    faiss::IndexIVFFlat fivf(&quantizer, dim, nlist);
+    fivf.cp.niter = 20;
+    fivf.cp.seed = 1234;
+    fivf.train(n, x.data());
+    fivf.add_with_ids(n, x.data(), ids.data());
+    const double fb = Since(t);
+    builds.push_back(StrCat("| ivf_flat nlist=", nlist, " | ", ib, " s | ", fb, " s | ",
+                            ivf->memory_bytes() / 1048576.0, " MiB | ",
+                            (n * (dim * 4 + 8) + nlist * dim * 4) / 1048576.0, " MiB |"));
+    for (int nprobe : {1, 4, 16, 32, 64}) {
+      Row r{"ivf_flat", "nprobe=" + std::to_string(nprobe), "ragserve"};
+      Row b{"ivf_flat", "nprobe=" + std::to_string(nprobe), "faiss"};
+      index::SearchParams sp;
+      sp.nprobe = nprobe;
+      fivf.nprobe = nprobe;
+      omp_set_num_threads(1);
+      std::tie(r.qps1, b.qps1) = BestPair(
+          [&] {
+            for (int i = 0; i < nq; ++i) {
+              (void)ivf->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK,
+                                sp);
+            }
+          },
+          [&] {
+            for (int i = 0; i < nq; ++i) {
+              fivf.search(1, q.data() + i * dim, kK, d.data() + i * kK, raw_got.data() + i * kK);
+            }
+          });
+      omp_set_num_threads(threads);
+      std::tie(r.qpsn, b.qpsn) =
+          BestPair([&] { (void)ivf->search(nq, q.data(), kK, d.data(), got.data(), sp); },
+                   [&] { fivf.search(nq, q.data(), kK, d.data(), raw_got.data()); });
+      r.r1 = Recall(truth, got, nq, kK, kK, 1);
+      r.r10 = Recall(truth, got, nq, kK, kK, 10);
+      b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
+      b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
+      r.base_qps1 = b.qps1;
+      r.base_qpsn = b.qpsn;
+      rows.push_back(b);
+      rows.push_back(r);
+    }
   }
 
   // ---- IVF-PQ (pq_m = dim/8 sub-quantizers of 8 bits) ----
-  const int pq_m = dim % 8 == 0 ? dim / 8 : 1;
-  t = Clock::now();
-  auto pq = index::IvfIndex::Create(dim, index::Metric::kL2, true,
-                                    {.nlist = nlist, .pq_m = pq_m, .pq_nbits = 8})
-                .value();
-  (void)pq->train(n, x.data());
-  (void)pq->add(n, x.data(), ids.data());
-  const double pb = Since(t);
-  t = Clock::now();
-  faiss::IndexFlatL2 pq_quantizer(dim);
-  faiss::IndexIVFPQ fpq(&pq_quantizer, dim, nlist, pq_m, 8);
-  fpq.cp.niter = 20;
-  fpq.cp.seed = 1234;
-  fpq.train(n, x.data());
-  fpq.add_with_ids(n, x.data(), ids.data());
-  const double fpb = Since(t);
-  builds.push_back(StrCat("| ivf_pq nlist=", nlist, " m=", pq_m, " | ", pb, " s | ", fpb, " s | ",
-                          pq->memory_bytes() / 1048576.0, " MiB | ",
-                          (n * (pq_m + 8) + nlist * dim * 4) / 1048576.0, " MiB |"));
-  for (int nprobe : {4, 16, 64}) {
-    Row r{"ivf_pq", "nprobe=" + std::to_string(nprobe), "ragserve"};
-    Row b{"ivf_pq", "nprobe=" + std::to_string(nprobe), "faiss"};
-    index::SearchParams sp;
-    sp.nprobe = nprobe;
-    fpq.nprobe = nprobe;
-    omp_set_num_threads(1);
-    r.qps1 = Best([&] {
-      for (int i = 0; i < nq; ++i) {
-        (void)pq->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK, sp);
-      }
-    });
-    b.qps1 = Best([&] {
-      for (int i = 0; i < nq; ++i) {
-        fpq.search(1, q.data() + i * dim, kK, d.data() + i * kK, raw_got.data() + i * kK);
-      }
-    });
-    omp_set_num_threads(threads);
-    r.qpsn = Best([&] { (void)pq->search(nq, q.data(), kK, d.data(), got.data(), sp); });
-    b.qpsn = Best([&] { fpq.search(nq, q.data(), kK, d.data(), raw_got.data()); });
-    r.r1 = Recall(truth, got, nq, kK, kK, 1);
-    r.r10 = Recall(truth, got, nq, kK, kK, 10);
-    b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
-    b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
-    r.base_qps1 = b.qps1;
-    r.base_qpsn = b.qpsn;
-    rows.push_back(b);
-    rows.push_back(r);
+  if (kinds.count("ivf_pq")) {
+    const int pq_m = dim % 8 == 0 ? dim / 8 : 1;
+    t = Clock::now();
+    auto pq = index::IvfIndex::Create(dim, index::Metric::kL2, true,
+                                      {.nlist = nlist, .pq_m = pq_m, .pq_nbits = 8})
+                  .value();
+    (void)pq->train(n, x.data());
+    (void)pq->add(n, x.data(), ids.data());
+    const double pb = Since(t);
+    t = Clock::now();
+    faiss::IndexFlatL2 pq_quantizer(dim);
+    faiss::IndexIVFPQ fpq(&pq_quantizer, dim, nlist, pq_m, 8);
+    fpq.cp.niter = 20;
+    fpq.cp.seed = 1234;
+    fpq.train(n, x.data());
+    fpq.add_with_ids(n, x.data(), ids.data());
+    const double fpb = Since(t);
+    builds.push_back(StrCat("| ivf_pq nlist=", nlist, " m=", pq_m, " | ", pb, " s | ", fpb, " s | ",
+                            pq->memory_bytes() / 1048576.0, " MiB | ",
+                            (n * (pq_m + 8) + nlist * dim * 4) / 1048576.0, " MiB |"));
+    for (int nprobe : {4, 16, 64}) {
+      Row r{"ivf_pq", "nprobe=" + std::to_string(nprobe), "ragserve"};
+      Row b{"ivf_pq", "nprobe=" + std::to_string(nprobe), "faiss"};
+      index::SearchParams sp;
+      sp.nprobe = nprobe;
+      fpq.nprobe = nprobe;
+      omp_set_num_threads(1);
+      std::tie(r.qps1, b.qps1) = BestPair(
+          [&] {
+            for (int i = 0; i < nq; ++i) {
+              (void)pq->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK,
+                               sp);
+            }
+          },
+          [&] {
+            for (int i = 0; i < nq; ++i) {
+              fpq.search(1, q.data() + i * dim, kK, d.data() + i * kK, raw_got.data() + i * kK);
+            }
+          });
+      omp_set_num_threads(threads);
+      std::tie(r.qpsn, b.qpsn) =
+          BestPair([&] { (void)pq->search(nq, q.data(), kK, d.data(), got.data(), sp); },
+                   [&] { fpq.search(nq, q.data(), kK, d.data(), raw_got.data()); });
+      r.r1 = Recall(truth, got, nq, kK, kK, 1);
+      r.r10 = Recall(truth, got, nq, kK, kK, 10);
+      b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
+      b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
+      r.base_qps1 = b.qps1;
+      r.base_qpsn = b.qpsn;
+      rows.push_back(b);
+      rows.push_back(r);
+    }
   }
 
   // ---- gRPC loopback: ragserve-index service in-process, one query per RPC ----
   std::vector<Row> grpc_rows;
-  if (!no_grpc) {
+  std::vector<std::string> latency_rows;
+  if (!no_grpc && hnsw != nullptr) {
     const std::string dir =
         (std::filesystem::temp_directory_path() / ("index_bench_" + std::to_string(getpid())))
             .string();
@@ -362,6 +414,54 @@ int main(int argc, char** argv) {
         }
         grpc_rows.push_back(r);
       }
+      // Latency of single-query calls, the four implementations sampled round-robin.
+      for (int ef : {16, 64, 256}) {
+        index::SearchParams sp;
+        sp.ef_search = ef;
+        raw_hnsw->setEf(ef);
+        index_service::SearchOptions so;
+        so.k = kK;
+        so.ef_search = ef;
+        so.include_text = false;  // as the gRPC request below
+        std::vector<double> lat[4];
+        std::vector<float> dd(kK);
+        std::vector<int64_t> ii(kK);
+        for (int s = 0; s < latency_samples; ++s) {
+          const int i = s % nq;
+          const float* qi = q.data() + int64_t{i} * dim;
+          for (int impl = 0; impl < 4; ++impl) {
+            const auto t0 = Clock::now();
+            if (impl == 0) {
+              auto res = raw_hnsw->searchKnn(qi, kK);
+            } else if (impl == 1) {
+              (void)hnsw->search(1, qi, kK, dd.data(), ii.data(), sp);
+            } else if (impl == 2) {
+              (void)c->Search({index_service::Query{std::vector<float>(qi, qi + dim), ""}}, so);
+            } else {
+              v1::SearchRequest req;
+              req.set_collection("bench");
+              req.set_k(kK);
+              req.set_ef_search(ef);
+              req.add_queries()->mutable_vector()->Add(qi, qi + dim);
+              v1::SearchResponse resp;
+              grpc::ClientContext ctx;
+              (void)stub->Search(&ctx, req, &resp);
+            }
+            lat[impl].push_back(Since(t0) * 1e6);
+          }
+        }
+        auto pct = [](std::vector<double> v, double p) {
+          std::sort(v.begin(), v.end());
+          return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+        };
+        latency_rows.push_back(
+            StrCat("| hnsw | ef=", ef, " | ", Fixed(pct(lat[0], 0.5)), " / ",
+                   Fixed(pct(lat[0], 0.99)), " | ", Fixed(pct(lat[1], 0.5)), " / ",
+                   Fixed(pct(lat[1], 0.99)), " | ", Fixed(pct(lat[2], 0.5)), " / ",
+                   Fixed(pct(lat[2], 0.99)), " | ", Fixed(pct(lat[3], 0.5)), " / ",
+                   Fixed(pct(lat[3], 0.99)), " | ", Fixed(pct(lat[3], 0.5) - pct(lat[2], 0.5)),
+                   " / ", Fixed(pct(lat[3], 0.99) - pct(lat[2], 0.99)), " |"));
+      }
       server.Shutdown();
     }
     std::filesystem::remove_all(dir);
@@ -391,6 +491,14 @@ int main(int argc, char** argv) {
                 r.param.c_str(), r.impl.c_str(), r.r1, r.r10, r.qps1, r.qpsn, r1, rn);
     out << r.index << "," << r.param << "," << r.impl << "," << r.r1 << "," << r.r10 << ","
         << r.qps1 << "," << r.qpsn << "," << r1 << "," << rn << "\n";
+  }
+  if (!latency_rows.empty()) {
+    std::printf(
+        "\nSingle-query latency, microseconds p50 / p99 (%d samples each, sampled round-robin):\n\n"
+        "| index | param | raw hnswlib | ragserve index | ragserve collection | ragserve gRPC | "
+        "gRPC adds |\n|---|---|---|---|---|---|---|\n",
+        latency_samples);
+    for (const auto& r : latency_rows) std::printf("%s\n", r.c_str());
   }
   return 0;
 }
