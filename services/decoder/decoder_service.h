@@ -32,7 +32,10 @@ struct DecoderOptions {
   std::string passage_dtype = "f32";               // stored dtype: f32 | f16 | bf16
   // ContextCacheService host:port (optional): a passage missing from this worker's passage cache
   // is fetched from there (e.g. pre-encoded on ingest) before it is computed here. A miss or a
-  // failure of the service means local compute; it never fails a request. Keys agree when the
+  // failure of the service means local compute; it never fails a request. (A miss is computed
+  // here rather than by asking the service to Encode it: this worker has the model and needs the
+  // KV now, while a remote encode adds a round trip, the transfer back and the service's queue;
+  // the service is filled ahead of time by the router's Ingest pre_encode.) Keys agree when the
   // service runs the same model with --dtype equal to passage_dtype (the prefix and template
   // are shared code). Calls carry this server's auth token.
   std::string ctxcache_addr;
