@@ -19,8 +19,9 @@
 // the best probe round (each side's quietest moment). Both sides of a ratio see the same ~0.1 s of
 // machine load, so a busy moment of a shared machine moves neither side alone.
 // "GEMV vs read" isolates the kernel: batch-1 GEMV over all the model's matrices against a plain
-// read of the same bytes (100% = as fast), per SIMD level the CPU has (the baseline for the
-// AVX-512 kernels is the AVX2 build of the same kernels, and the scalar loop).
+// read of the same bytes right after it (median of 9 pairs; 100% = as fast), per SIMD level the
+// CPU has (the baseline for the AVX-512 kernels is the AVX2 build of the same kernels, and the
+// scalar loop).
 #include <immintrin.h>
 #include <omp.h>
 #include <unistd.h>
@@ -112,8 +113,9 @@ double Median(std::vector<double> v) {
 }
 
 // Kernel efficiency without the rest of the forward pass: batch-1 GEMV over every weight matrix
-// of the model vs a plain vectorized read of the same bytes, interleaved (best of 5 each).
-// Returns read_time / gemv_time (1.0 = the GEMV streams the weights as fast as a read).
+// of the model, then a plain vectorized read of the same bytes on the same threads; 9 such pairs,
+// returns the median of read_time / gemv_time (1.0 = the GEMV streams the weights as fast as a
+// read).
 double GemvVsRead(const Model& m, int threads) {
   std::vector<const kernels::WeightView*> ws;
   for (const LayerWeights& l : m.weights().layers()) {
@@ -125,22 +127,23 @@ double GemvVsRead(const Model& m, int threads) {
   std::vector<float> x(static_cast<size_t>(m.config().intermediate_size + m.config().hidden_size),
                        0.5f);
   std::vector<float> y(static_cast<size_t>(m.config().vocab_size + m.config().intermediate_size));
-  double best_gemv = 1e30, best_read = 1e30;
+  std::vector<double> ratios;
   volatile float sink = 0.0f;
-  for (int rep = 0; rep < 5; ++rep) {
+  for (int rep = 0; rep < 9; ++rep) {
     auto t0 = Clock::now();
-    for (const kernels::WeightView* w : ws)
+    for (const kernels::WeightView* w : ws) {
       kernels::FastOps().MatMul(x.data(), 1, *w, nullptr, y.data());
-    best_gemv = std::min(best_gemv, Seconds(t0, Clock::now()));
+    }
+    const double gemv = Seconds(t0, Clock::now());
     t0 = Clock::now();
     for (const kernels::WeightView* w : ws) {
       const float* p = static_cast<const float*>(w->data);
       const int64_t n = w->rows * w->cols * static_cast<int64_t>(kernels::DTypeSize(w->dtype)) / 4;
       sink = sink + PoolRead(p, n, (96 << 10) / 4, threads);
     }
-    best_read = std::min(best_read, Seconds(t0, Clock::now()));
+    ratios.push_back(Seconds(t0, Clock::now()) / gemv);
   }
-  return best_read / best_gemv;
+  return Median(ratios);
 }
 
 std::vector<int32_t> Tokens(int n, int vocab, int salt) {
@@ -415,9 +418,9 @@ int main(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
   std::printf(
-      "\nBatch-1 decode vs the roofline (%d rounds per row; each round = a bandwidth probe with "
-      "the "
-      "row's thread count, then a decode run):\n\n%s",
+      "\nBatch-1 decode vs the roofline (%d rounds per row; each round = one 512 MiB probe read "
+      "with the row's thread count, then as many decode steps as read about as many weight "
+      "bytes):\n\n%s",
       rounds, roof_table.c_str());
   std::printf("\nload average at the end: %s\n", LoadAvg().c_str());
   return 0;
