@@ -5,10 +5,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <string_view>
+#include <unordered_set>
 
 #include "index/internal/index_util.h"
 
@@ -21,6 +25,96 @@ std::unique_ptr<hnswlib::SpaceInterface<float>> MakeSpace(int dim, Metric metric
 }
 // hnswlib's inner-product distance is 1 - q.x; ragserve reports q.x (larger is better).
 inline float ToScore(Metric metric, float d) { return metric == Metric::kL2 ? d : 1.0f - d; }
+
+// hnswlib 0.6.2's loader trusts its file: sizes become allocations and neighbour ids become
+// offsets. Before it sees a payload, this walks the same layout (saveIndex: a fixed header, the
+// level-0 block of every element, then each element's upper link lists) and checks every size,
+// count and id, so a malformed or crafted file gives DataLoss instead of a wild read. On success
+// `elements` holds the element count.
+Status ValidateHnswlibPayload(std::string_view body, int dim, const HnswParams& p,
+                              size_t* elements) {
+  using tableint = hnswlib::tableint;
+  internal::Reader r(body);
+  size_t offset_level0 = 0, max_elements = 0, count = 0, size_data = 0, label_offset = 0,
+         offset_data = 0, max_m = 0, max_m0 = 0, m = 0, ef_construction = 0;
+  int max_level = 0;
+  tableint entry = 0;
+  double mult = 0;
+  if (!r.Get(&offset_level0) || !r.Get(&max_elements) || !r.Get(&count) || !r.Get(&size_data) ||
+      !r.Get(&label_offset) || !r.Get(&offset_data) || !r.Get(&max_level) || !r.Get(&entry) ||
+      !r.Get(&max_m) || !r.Get(&max_m0) || !r.Get(&m) || !r.Get(&mult) ||
+      !r.Get(&ef_construction)) {
+    return DataLoss("hnswlib header is truncated");
+  }
+  const size_t links0 = max_m0 * sizeof(tableint) + sizeof(hnswlib::linklistsizeint);
+  const size_t data_size = static_cast<size_t>(dim) * sizeof(float);
+  if (m != static_cast<size_t>(p.M) || max_m != m || max_m0 != 2 * m || offset_level0 != 0 ||
+      offset_data != links0 || label_offset != links0 + data_size ||
+      size_data != links0 + data_size + sizeof(hnswlib::labeltype) || !(mult > 0) ||
+      !std::isfinite(mult) || ef_construction == 0 || count > max_elements) {
+    return DataLoss("hnswlib header does not match the index parameters");
+  }
+  if (count == 0 ? (max_level != -1 || entry != static_cast<tableint>(-1))
+                 : (max_level < 0 || max_level > 64 || entry >= count)) {
+    return DataLoss(StrCat("hnswlib header has a bad entry point ", entry, " / top level ",
+                           max_level, " for ", count, " elements"));
+  }
+  if (count > r.remaining() / size_data) return DataLoss("hnswlib level-0 block is truncated");
+  const char* level0 = body.data() + (body.size() - r.remaining());
+  std::string skip;
+  skip.resize(count * size_data);
+  r.GetBytes(skip.data(), skip.size());
+  // Pass 1: every element's upper link lists -> its level.
+  const size_t links = max_m * sizeof(tableint) + sizeof(hnswlib::linklistsizeint);
+  std::vector<int> level(count, 0);
+  std::vector<const char*> upper(count, nullptr);
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t bytes = 0;
+    if (!r.Get(&bytes)) return DataLoss("hnswlib link lists are truncated");
+    if (bytes % links != 0 || bytes / links > static_cast<uint32_t>(max_level) ||
+        bytes > r.remaining()) {
+      return DataLoss(StrCat("hnswlib element ", i, " has a bad link-list size ", bytes));
+    }
+    level[i] = static_cast<int>(bytes / links);
+    upper[i] = body.data() + (body.size() - r.remaining());
+    skip.resize(bytes);
+    r.GetBytes(skip.data(), bytes);
+  }
+  if (r.remaining() != 0) return DataLoss("hnswlib payload has trailing bytes");
+  if (count > 0 && level[entry] != max_level) {
+    return DataLoss("hnswlib entry point is not on the top level");
+  }
+  // Pass 2: every list's count fits and every neighbour exists on that level; labels unique.
+  auto check_list = [&](const char* list, size_t cap, int lvl, size_t i) -> Status {
+    uint16_t n = 0;
+    std::memcpy(&n, list, sizeof(n));
+    if (n > cap) return DataLoss(StrCat("hnswlib element ", i, " lists ", n, " neighbours"));
+    for (uint16_t j = 0; j < n; ++j) {
+      tableint nb = 0;
+      std::memcpy(&nb, list + sizeof(hnswlib::linklistsizeint) + j * sizeof(tableint), sizeof(nb));
+      if (nb >= count || level[nb] < lvl) {
+        return DataLoss(
+            StrCat("hnswlib element ", i, " links to a bad neighbour ", nb, " on level ", lvl));
+      }
+    }
+    return OkStatus();
+  };
+  std::unordered_set<hnswlib::labeltype> labels;
+  labels.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    const char* el = level0 + i * size_data;
+    if (static_cast<uint8_t>(el[2]) > 1) return DataLoss("hnswlib element has a bad flag byte");
+    RS_RETURN_IF_ERROR(check_list(el, max_m0, 0, i));
+    for (int l = 1; l <= level[i]; ++l) {
+      RS_RETURN_IF_ERROR(check_list(upper[i] + (l - 1) * links, max_m, l, i));
+    }
+    hnswlib::labeltype label = 0;
+    std::memcpy(&label, el + label_offset, sizeof(label));
+    if (!labels.insert(label).second) return DataLoss(StrCat("hnswlib label ", label, " repeats"));
+  }
+  *elements = count;
+  return OkStatus();
+}
 }  // namespace
 
 Status ValidateHnswParams(const HnswParams& p) {
@@ -250,17 +344,23 @@ StatusOr<std::unique_ptr<HnswIndex>> HnswIndex::Load(const std::string& path) {
       !ValidateHnswParams(p).ok()) {
     return DataLoss(StrCat("hnsw index file ", path, " has a bad parameter block"));
   }
+  const std::string_view body = std::string_view(payload).substr(payload.size() - r.remaining());
+  size_t elements = 0;
+  if (Status st = ValidateHnswlibPayload(body, h.dim, p, &elements); !st.ok()) {
+    return DataLoss(StrCat("hnsw index file ", path, ": ", st.message()));
+  }
   const std::string tmp = path + ".hnswlib.load.tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    const size_t off = payload.size() - r.remaining();
-    out.write(payload.data() + off, payload.size() - off);
+    out.write(body.data(), body.size());
     if (!out) return Internal(StrCat("hnsw: cannot write temp file ", tmp));
   }
   auto index = std::unique_ptr<HnswIndex>(new HnswIndex(h.dim, h.metric, p));
   Status st;
   try {
-    index->hnsw_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(index->space_.get(), tmp);
+    // Capacity = the element count (the file's own max_elements is not trusted); add() grows it.
+    index->hnsw_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(
+        index->space_.get(), tmp, false, std::max<size_t>(elements, 1));
     index->hnsw_->setEf(1);
   } catch (const std::exception& e) {
     st = DataLoss(StrCat("hnsw index file ", path, " could not be loaded: ", e.what()));

@@ -4,11 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <set>
 #include <thread>
 
 #include "index/flat.h"
+#include "index/internal/index_util.h"
 #include "tests/index/test_data.h"
 
 namespace ragserve::index {
@@ -187,6 +190,51 @@ TEST(HnswTest, SaveLoadRoundTripReturnsIdenticalResults) {
   ASSERT_TRUE((*loaded)->search(kQ, x.data(), kK, d2.data(), i2.data()).ok());
   EXPECT_EQ(i1, i2);
   EXPECT_EQ(d1, d2);
+  std::filesystem::remove(path);
+}
+
+// A file whose checksum is right but whose hnswlib graph is not (a crafted or mis-written file)
+// is rejected before hnswlib's loader, which trusts sizes and ids, ever reads it.
+TEST(HnswTest, LoadRejectsAWellSummedFileWithABadGraph) {
+  constexpr int64_t kN = 300;
+  constexpr int kDim = 8, kM = 6;
+  const auto x = ClusteredData(kN, kDim, 4, 5);
+  const auto ids = Iota(kN);
+  auto hnsw = HnswIndex::Create(kDim, Metric::kL2, {.M = kM}).value();
+  ASSERT_TRUE(hnsw->add(kN, x.data(), ids.data()).ok());
+  const auto path = (std::filesystem::temp_directory_path() / "rs_hnsw_bad.idx").string();
+  ASSERT_TRUE(hnsw->save(path).ok());
+  internal::FileHeader h;
+  std::string good;
+  ASSERT_TRUE(internal::ReadIndexFile(path, &h, &good).ok());
+  // Layout: ragserve's parameter block (3 x i32 + i64), hnswlib's 96-byte header, then per
+  // element [u16 count, flags, 2 x M neighbour ids, vector, label].
+  const size_t level0 = 3 * 4 + 8 + 96;
+  auto rewrite = [&](const std::function<void(std::string*)>& edit) {
+    std::string bad = good;
+    edit(&bad);
+    EXPECT_TRUE(internal::WriteIndexFile(path, h, bad).ok());
+    return HnswIndex::Load(path).status();
+  };
+  EXPECT_TRUE(rewrite([](std::string*) {}).ok());  // the untouched payload still loads
+  const Status wild_id = rewrite([&](std::string* b) {
+    const uint32_t id = 1u << 30;
+    std::memcpy(b->data() + level0 + 4, &id, sizeof(id));  // element 0's first neighbour
+  });
+  EXPECT_EQ(wild_id.code(), StatusCode::kDataLoss);
+  EXPECT_NE(wild_id.message().find("bad neighbour"), std::string::npos) << wild_id.ToString();
+  const Status long_list = rewrite([&](std::string* b) {
+    const uint16_t count = 2 * kM + 1;
+    std::memcpy(b->data() + level0, &count, sizeof(count));
+  });
+  EXPECT_EQ(long_list.code(), StatusCode::kDataLoss) << long_list.ToString();
+  const Status truncated = rewrite([](std::string* b) { b->resize(b->size() - 5); });
+  EXPECT_EQ(truncated.code(), StatusCode::kDataLoss) << truncated.ToString();
+  const Status huge_count = rewrite([&](std::string* b) {
+    const size_t count = size_t{1} << 40;
+    std::memcpy(b->data() + 3 * 4 + 8 + 16, &count, sizeof(count));
+  });
+  EXPECT_EQ(huge_count.code(), StatusCode::kDataLoss) << huge_count.ToString();
   std::filesystem::remove(path);
 }
 
