@@ -46,7 +46,8 @@ void AddKvRetrievalFlags(CLI::App& app, KvRetrievalFlags* f) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
   app.add_option("--kvr-prefill-timeout-ms", f->prefill_timeout_ms,
-                 "Deadline of the stream that carries a prompt's K/V to ragserve-kvr")
+                 "Deadline of the stream that carries a prompt's K/V to ragserve-kvr (bounds the "
+                 "whole prefill)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{86400000}));
   app.add_option("--kvr-ttl-s", f->ttl_s,

@@ -26,9 +26,11 @@
 namespace ragserve::kvr {
 
 struct RemoteKvrOptions {
-  int64_t call_timeout_ms = 10000;      // deadline of each Append / Attend / Release
-  int64_t prefill_timeout_ms = 600000;  // deadline of a CreateSequence stream (the prefill)
-  std::string token;                    // bearer token when the server has auth on
+  int64_t call_timeout_ms = 10000;  // deadline of each Append / Attend / Release
+  // Deadline of a CreateSequence stream, which stays open for the whole prefill: it bounds the
+  // prompt's prefill time (a 32K-token prompt took > 10 min on a busy 2-core VM).
+  int64_t prefill_timeout_ms = 3600000;
+  std::string token;  // bearer token when the server has auth on
 };
 
 class RemoteKvrClient final : public KvrClient {

@@ -2,8 +2,8 @@
 // --kv-retrieval local (in-process store) and remote (a real ragserve-kvr). A long-prompt greedy
 // Generate through the remote store equals the local store's output (same index settings); with
 // top_k covering every key both equal the plain KV cache; the store's sequences are released
-// after each request and after a client cancel; an unreachable store fails that request with a
-// clear status and the worker keeps serving.
+// after each request and after a client cancel; an unreachable or lost store fails that request
+// with a clear status and the worker keeps serving.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -275,6 +275,37 @@ TEST_F(KvRetrievalDecoderTest, AnUnreachableStoreFailsTheRequestNotTheWorker) {
   Generated s = Run(*remote, Raw("A short question", 4));
   EXPECT_TRUE(s.status.ok()) << s.status.error_message();
   EXPECT_EQ(s.ids.size(), 4u);
+}
+
+TEST_F(KvRetrievalDecoderTest, AStoreLostMidAnswerFailsThatRequestOnly) {
+  Service *kvr, *remote;
+  ASSERT_NO_FATAL_FAILURE(StartKvr(&kvr));
+  ASSERT_NO_FATAL_FAILURE(StartDecoder(
+      {"--kv-retrieval", "remote", "--kvr-addr", kvr->addr(), "--kvr-timeout-ms", "2000"},
+      &remote));
+  auto ch = MakeChannel(remote->addr());
+  ASSERT_TRUE(ch.ok());
+  auto stub = v1::DecoderService::NewStub(*ch);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto reader = stub->Generate(&ctx, Raw(*prompt_, 2000));
+  v1::GenerateEvent ev;
+  ASSERT_TRUE(reader->Read(&ev));  // decoding through the store
+  kvr->proc->Signal(SIGKILL);
+  int code = 0;
+  ASSERT_TRUE(kvr->proc->Wait(10, &code));
+  while (reader->Read(&ev)) {
+  }
+  const grpc::Status st = reader->Finish();
+  EXPECT_TRUE(st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+              st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+      << st.error_code() << " " << st.error_message();
+  EXPECT_NE(st.error_message().find("kv retrieval"), std::string::npos) << st.error_message();
+  // The worker is alive and serves what does not need the store.
+  Generated s = Run(*remote, Raw("A short question", 4));
+  EXPECT_TRUE(s.status.ok()) << s.status.error_message();
+  EXPECT_EQ(s.ids.size(), 4u);
+  services_.remove_if([kvr](const Service& x) { return &x == kvr; });  // already gone
 }
 
 TEST_F(KvRetrievalDecoderTest, BadFlagsStopTheWorkerAtStartup) {
