@@ -146,8 +146,9 @@ struct Avx2Vec {
       // the mask: two loads of a line that is usually still in flight from memory).
       asm("" : "+x"(v));
       a = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-      b = _mm256_castsi256_ps(
-          _mm256_and_si256(v, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+      // Odd elements: the high halves, low halves zeroed by a blend with zero (an AND with a
+      // constant got the constant spilled and reloaded from the stack on every step).
+      b = _mm256_castsi256_ps(_mm256_blend_epi16(_mm256_setzero_si256(), v, 0xaa));
     }
   }
 };
@@ -188,8 +189,8 @@ struct Avx512Vec {
       __m512i v = _mm512_loadu_si512(wr + 2 * c);
       asm("" : "+v"(v));  // one load for both halves (see Avx2Vec)
       a = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-      b = _mm512_castsi512_ps(
-          _mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+      // Odd elements: the high halves, low halves zeroed by a mask register (see Avx2Vec).
+      b = _mm512_castsi512_ps(_mm512_maskz_mov_epi16(0xaaaaaaaau, v));
     }
   }
 };
