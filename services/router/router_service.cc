@@ -286,6 +286,7 @@ Status RouterService::DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryR
   auto* t = qs->mutable_timings();
   t->set_search_ms(search_ms);
   if (have_stats) {
+    t->set_context_ms(gstats.timings().context_ms());
     t->set_prefill_ms(gstats.timings().prefill_ms());
     t->set_decode_ms(gstats.timings().decode_ms());
     t->set_decode_tokens_per_s(gstats.timings().decode_tokens_per_s());

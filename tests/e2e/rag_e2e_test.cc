@@ -229,6 +229,8 @@ TEST_F(RagE2eTest, ContextCacheServesRepeatedPassagesWithApe) {
   EXPECT_GT(second.stats.cached_prompt_tokens(), first.stats.cached_prompt_tokens());
   EXPECT_GT(second.stats.cached_prompt_tokens(), second.stats.prompt_tokens() / 2);
   EXPECT_EQ(second.stats.worker_id(), first.stats.worker_id());
+  // The first answer encoded its passages, and the router passes that time on to the client.
+  EXPECT_GT(first.stats.timings().context_ms(), 0);
   // Same passages, same worker, same greedy tokens.
   EXPECT_EQ(second.ids, first.ids);
 }
