@@ -3,6 +3,7 @@
 // -march=native; the kernels live in gemv_simd.inc, compiled once per instruction set), a scalar
 // fallback, OpenBLAS sgemm for prefill.
 #include <cblas.h>
+#include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
 
@@ -32,17 +33,19 @@ void SingleThreadedBlas() {
   (void)once;
 }
 
+// F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c").
+bool HasF16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
+}
+
 SimdLevel DetectSimd() {
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
+  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     return SimdLevel::kAvx512;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c")) {
-    return SimdLevel::kAvx2;
-  }
-  return SimdLevel::kScalar;
+  return avx2 ? SimdLevel::kAvx2 : SimdLevel::kScalar;
 }
 
 std::atomic<bool> g_gemv_openmp{false};  // SetFastOpsGemvOpenMp

@@ -14,7 +14,7 @@ namespace ragserve::kernels {
 namespace {
 
 // The job word: | generation (8) | workers (8) | ntasks (24) | next task (24) |.
-constexpr int kIdxBits = 24, kTasksShift = 24, kWorkersShift = 48, kGenShift = 56;
+constexpr int kTasksShift = 24, kWorkersShift = 48, kGenShift = 56;
 constexpr uint64_t kField = (uint64_t{1} << 24) - 1;
 
 uint64_t Idx(uint64_t s) { return s & kField; }
