@@ -73,7 +73,7 @@ class CtxServiceTest : public ::testing::Test {
       }
     }
     k->resize(bytes.size() / 4);
-    std::memcpy(k->data(), bytes.data(), bytes.size());
+    if (!bytes.empty()) std::memcpy(k->data(), bytes.data(), bytes.size());
     return reader->Finish();
   }
 
