@@ -247,6 +247,43 @@ int main(int argc, char** argv) {
     }
   }
 
+  // One IVF sweep: ragserve's IvfIndex `ours` against the FAISS index `raw` at each nprobe.
+  auto SweepIvf = [&](const std::string& kind, index::IvfIndex& ours, faiss::IndexIVF& raw,
+                      std::initializer_list<int> nprobes) {
+    for (int nprobe : nprobes) {
+      Row r{kind, "nprobe=" + std::to_string(nprobe), "ragserve"};
+      Row b{kind, "nprobe=" + std::to_string(nprobe), "faiss"};
+      index::SearchParams sp;
+      sp.nprobe = nprobe;
+      raw.nprobe = nprobe;
+      omp_set_num_threads(1);
+      std::tie(r.qps1, b.qps1, r.paired1) = BestPair(
+          [&] {
+            for (int i = 0; i < nq; ++i) {
+              (void)ours.search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK,
+                                sp);
+            }
+          },
+          [&] {
+            for (int i = 0; i < nq; ++i) {
+              raw.search(1, q.data() + i * dim, kK, d.data() + i * kK, raw_got.data() + i * kK);
+            }
+          });
+      omp_set_num_threads(threads);
+      std::tie(r.qpsn, b.qpsn, r.pairedn) =
+          BestPair([&] { (void)ours.search(nq, q.data(), kK, d.data(), got.data(), sp); },
+                   [&] { raw.search(nq, q.data(), kK, d.data(), raw_got.data()); });
+      r.r1 = Recall(truth, got, nq, kK, kK, 1);
+      r.r10 = Recall(truth, got, nq, kK, kK, 10);
+      b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
+      b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
+      r.base_qps1 = b.qps1;
+      r.base_qpsn = b.qpsn;
+      rows.push_back(b);
+      rows.push_back(r);
+    }
+  };
+
   // ---- IVF-Flat ----
   if (kinds.count("ivf_flat")) {
     t = Clock::now();
@@ -265,38 +302,7 @@ int main(int argc, char** argv) {
     builds.push_back(StrCat("| ivf_flat nlist=", nlist, " | ", ib, " s | ", fb, " s | ",
                             ivf->memory_bytes() / 1048576.0, " MiB | ",
                             (n * (dim * 4 + 8) + nlist * dim * 4) / 1048576.0, " MiB |"));
-    for (int nprobe : {1, 4, 16, 32, 64}) {
-      Row r{"ivf_flat", "nprobe=" + std::to_string(nprobe), "ragserve"};
-      Row b{"ivf_flat", "nprobe=" + std::to_string(nprobe), "faiss"};
-      index::SearchParams sp;
-      sp.nprobe = nprobe;
-      fivf.nprobe = nprobe;
-      omp_set_num_threads(1);
-      std::tie(r.qps1, b.qps1, r.paired1) = BestPair(
-          [&] {
-            for (int i = 0; i < nq; ++i) {
-              (void)ivf->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK,
-                                sp);
-            }
-          },
-          [&] {
-            for (int i = 0; i < nq; ++i) {
-              fivf.search(1, q.data() + i * dim, kK, d.data() + i * kK, raw_got.data() + i * kK);
-            }
-          });
-      omp_set_num_threads(threads);
-      std::tie(r.qpsn, b.qpsn, r.pairedn) =
-          BestPair([&] { (void)ivf->search(nq, q.data(), kK, d.data(), got.data(), sp); },
-                   [&] { fivf.search(nq, q.data(), kK, d.data(), raw_got.data()); });
-      r.r1 = Recall(truth, got, nq, kK, kK, 1);
-      r.r10 = Recall(truth, got, nq, kK, kK, 10);
-      b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
-      b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
-      r.base_qps1 = b.qps1;
-      r.base_qpsn = b.qpsn;
-      rows.push_back(b);
-      rows.push_back(r);
-    }
+    SweepIvf("ivf_flat", *ivf, fivf, {1, 4, 16, 32, 64});
   }
 
   // ---- IVF-PQ (pq_m = dim/8 sub-quantizers of 8 bits) ----
@@ -320,38 +326,7 @@ int main(int argc, char** argv) {
     builds.push_back(StrCat("| ivf_pq nlist=", nlist, " m=", pq_m, " | ", pb, " s | ", fpb, " s | ",
                             pq->memory_bytes() / 1048576.0, " MiB | ",
                             (n * (pq_m + 8) + nlist * dim * 4) / 1048576.0, " MiB |"));
-    for (int nprobe : {4, 16, 64}) {
-      Row r{"ivf_pq", "nprobe=" + std::to_string(nprobe), "ragserve"};
-      Row b{"ivf_pq", "nprobe=" + std::to_string(nprobe), "faiss"};
-      index::SearchParams sp;
-      sp.nprobe = nprobe;
-      fpq.nprobe = nprobe;
-      omp_set_num_threads(1);
-      std::tie(r.qps1, b.qps1, r.paired1) = BestPair(
-          [&] {
-            for (int i = 0; i < nq; ++i) {
-              (void)pq->search(1, q.data() + i * dim, kK, d.data() + i * kK, got.data() + i * kK,
-                               sp);
-            }
-          },
-          [&] {
-            for (int i = 0; i < nq; ++i) {
-              fpq.search(1, q.data() + i * dim, kK, d.data() + i * kK, raw_got.data() + i * kK);
-            }
-          });
-      omp_set_num_threads(threads);
-      std::tie(r.qpsn, b.qpsn, r.pairedn) =
-          BestPair([&] { (void)pq->search(nq, q.data(), kK, d.data(), got.data(), sp); },
-                   [&] { fpq.search(nq, q.data(), kK, d.data(), raw_got.data()); });
-      r.r1 = Recall(truth, got, nq, kK, kK, 1);
-      r.r10 = Recall(truth, got, nq, kK, kK, 10);
-      b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
-      b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
-      r.base_qps1 = b.qps1;
-      r.base_qpsn = b.qpsn;
-      rows.push_back(b);
-      rows.push_back(r);
-    }
+    SweepIvf("ivf_pq", *pq, fpq, {4, 16, 64});
   }
 
   // ---- gRPC loopback: ragserve-index service in-process, one query per RPC ----
