@@ -93,7 +93,9 @@ class RagE2eTest : public ::testing::Test {
         batch.clear_documents();
       }
     }
-    if (batch.documents_size() > 0) ASSERT_TRUE(writer->Write(batch));
+    if (batch.documents_size() > 0) {
+      ASSERT_TRUE(writer->Write(batch));
+    }
     writer->WritesDone();
     grpc::Status st = writer->Finish();
     ASSERT_TRUE(st.ok()) << st.error_message();

@@ -124,7 +124,9 @@ TEST(StopCheckerTest, StopStringEndsGenerationAndIsNeverEmitted) {
   size_t i = 0;
   for (; i < ids.size() && r == StopReason::kNone; ++i) {
     r = c.Push(ids[i], &text);
-    if (i == 7) EXPECT_EQ(text, "hello ") << "\"EN\" must be held back";
+    if (i == 7) {
+      EXPECT_EQ(text, "hello ") << "\"EN\" must be held back";
+    }
   }
   EXPECT_EQ(r, StopReason::kStopString);
   EXPECT_EQ(text, "hello ENwo");

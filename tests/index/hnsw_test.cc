@@ -130,7 +130,9 @@ TEST(HnswTest, ReplaceChurnKeepsRecallAgainstExactOverLiveVectors) {
     const int64_t doc = step < kDocs ? step : (step * 7919) % kDocs;
     const int64_t label = next_label++;
     ASSERT_TRUE(hnsw->add(1, x.data() + step * kDim, &label).ok());
-    if (label_of[doc] >= 0) ASSERT_EQ(hnsw->remove(1, &label_of[doc]).value(), 1);
+    if (label_of[doc] >= 0) {
+      ASSERT_EQ(hnsw->remove(1, &label_of[doc]).value(), 1);
+    }
     label_of[doc] = label;
   }
   EXPECT_EQ(hnsw->size(), kDocs);
