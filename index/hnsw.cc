@@ -59,11 +59,8 @@ Status ValidateHnswlibPayload(std::string_view body, int dim, const HnswParams& 
     return DataLoss(StrCat("hnswlib header has a bad entry point ", entry, " / top level ",
                            max_level, " for ", count, " elements"));
   }
-  if (count > r.remaining() / size_data) return DataLoss("hnswlib level-0 block is truncated");
-  const char* level0 = body.data() + (body.size() - r.remaining());
-  std::string skip;
-  skip.resize(count * size_data);
-  r.GetBytes(skip.data(), skip.size());
+  const char* level0 = count > r.remaining() / size_data ? nullptr : r.Skip(count * size_data);
+  if (level0 == nullptr) return DataLoss("hnswlib level-0 block is truncated");
   // Pass 1: every element's upper link lists -> its level.
   const size_t links = max_m * sizeof(tableint) + sizeof(hnswlib::linklistsizeint);
   std::vector<int> level(count, 0);
@@ -71,14 +68,12 @@ Status ValidateHnswlibPayload(std::string_view body, int dim, const HnswParams& 
   for (size_t i = 0; i < count; ++i) {
     uint32_t bytes = 0;
     if (!r.Get(&bytes)) return DataLoss("hnswlib link lists are truncated");
+    upper[i] = r.Skip(bytes);
     if (bytes % links != 0 || bytes / links > static_cast<uint32_t>(max_level) ||
-        bytes > r.remaining()) {
+        upper[i] == nullptr) {
       return DataLoss(StrCat("hnswlib element ", i, " has a bad link-list size ", bytes));
     }
     level[i] = static_cast<int>(bytes / links);
-    upper[i] = body.data() + (body.size() - r.remaining());
-    skip.resize(bytes);
-    r.GetBytes(skip.data(), bytes);
   }
   if (r.remaining() != 0) return DataLoss("hnswlib payload has trailing bytes");
   if (count > 0 && level[entry] != max_level) {
@@ -344,7 +339,7 @@ StatusOr<std::unique_ptr<HnswIndex>> HnswIndex::Load(const std::string& path) {
       !ValidateHnswParams(p).ok()) {
     return DataLoss(StrCat("hnsw index file ", path, " has a bad parameter block"));
   }
-  const std::string_view body = std::string_view(payload).substr(payload.size() - r.remaining());
+  const std::string_view body = r.rest();
   size_t elements = 0;
   if (Status st = ValidateHnswlibPayload(body, h.dim, p, &elements); !st.ok()) {
     return DataLoss(StrCat("hnsw index file ", path, ": ", st.message()));

@@ -294,8 +294,8 @@ StatusOr<std::unique_ptr<IvfIndex>> IvfIndex::Load(const std::string& path) {
   auto index = std::unique_ptr<IvfIndex>(new IvfIndex(h.dim, h.metric, pq, p));
   if (!trained) return index;
   faiss::VectorIOReader reader;
-  const size_t off = payload.size() - r.remaining();
-  reader.data.assign(payload.begin() + off, payload.end());
+  const std::string_view rest = r.rest();
+  reader.data.assign(rest.begin(), rest.end());
   try {
     std::unique_ptr<faiss::Index> raw(faiss::read_index(&reader));
     auto* ivf = dynamic_cast<faiss::IndexIVF*>(raw.get());

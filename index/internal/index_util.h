@@ -67,7 +67,17 @@ class Reader {
     pos_ += len;
     return true;
   }
+  // Steps over len bytes and returns where they start, or nullptr (nothing consumed) when fewer
+  // remain.
+  const char* Skip(size_t len) {
+    if (s_.size() - pos_ < len) return nullptr;
+    const char* at = s_.data() + pos_;
+    pos_ += len;
+    return at;
+  }
   size_t remaining() const { return s_.size() - pos_; }
+  // The bytes not read yet.
+  std::string_view rest() const { return s_.substr(pos_); }
 
  private:
   std::string_view s_;
