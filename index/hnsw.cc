@@ -50,8 +50,11 @@ Status ValidateHnswlibPayload(std::string_view body, int dim, const HnswParams& 
   const size_t data_size = static_cast<size_t>(dim) * sizeof(float);
   if (m != static_cast<size_t>(p.M) || max_m != m || max_m0 != 2 * m || offset_level0 != 0 ||
       offset_data != links0 || label_offset != links0 + data_size ||
-      size_data != links0 + data_size + sizeof(hnswlib::labeltype) || !(mult > 0) ||
-      !std::isfinite(mult) || ef_construction == 0 || count > max_elements) {
+      size_data != links0 + data_size + sizeof(hnswlib::labeltype) ||
+      // mult_ scales every new element's random level (and so its link-list allocation):
+      // hnswlib derives it from M, and so must the file.
+      !(std::abs(mult - 1.0 / std::log(static_cast<double>(m))) <= 1e-9 * mult) ||
+      ef_construction == 0 || count > max_elements) {
     return DataLoss("hnswlib header does not match the index parameters");
   }
   if (count == 0 ? (max_level != -1 || entry != static_cast<tableint>(-1))

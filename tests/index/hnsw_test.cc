@@ -237,6 +237,13 @@ TEST(HnswTest, LoadRejectsAWellSummedFileWithABadGraph) {
     std::memcpy(b->data() + 3 * 4 + 8 + 16, &count, sizeof(count));
   });
   EXPECT_EQ(huge_count.code(), StatusCode::kDataLoss) << huge_count.ToString();
+  // A level multiplier not derived from M would make the next insertion draw an enormous level
+  // and allocate link lists for it (found by hnsw_load_fuzz).
+  const Status bad_mult = rewrite([&](std::string* b) {
+    const double mult = 1e15;
+    std::memcpy(b->data() + 3 * 4 + 8 + 6 * 8 + 4 + 4 + 3 * 8, &mult, sizeof(mult));
+  });
+  EXPECT_EQ(bad_mult.code(), StatusCode::kDataLoss) << bad_mult.ToString();
   std::filesystem::remove(path);
 }
 
