@@ -181,6 +181,18 @@ int main(int argc, char** argv) {
   std::vector<int64_t> got(nq * kK), raw_got(nq * kK);
 
   hnswlib::L2Space space(dim);
+  // Records a ragserve row and its raw-library baseline row: recalls from got / raw_got.
+  auto AddPair = [&](Row& r, Row& b) {
+    r.r1 = Recall(truth, got, nq, kK, kK, 1);
+    r.r10 = Recall(truth, got, nq, kK, kK, 10);
+    b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
+    b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
+    r.base_qps1 = b.qps1;
+    r.base_qpsn = b.qpsn;
+    rows.push_back(b);
+    rows.push_back(r);
+  };
+
   std::unique_ptr<index::HnswIndex> hnsw;
   std::unique_ptr<hnswlib::HierarchicalNSW<float>> raw_hnsw;
   // ---- HNSW ----
@@ -196,6 +208,13 @@ int main(int argc, char** argv) {
     t = Clock::now();
     raw_hnsw = std::make_unique<hnswlib::HierarchicalNSW<float>>(&space, n, 16, 200, 100);
     auto& raw = *raw_hnsw;
+    // Query i through hnswlib directly, ids into raw_got.
+    auto raw_query = [&](int i) {
+      auto res = raw.searchKnn(q.data() + i * dim, kK);
+      for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
+        raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
+      }
+    };
 #pragma omp parallel for schedule(dynamic, 16)
     for (int64_t i = 0; i < n; ++i) raw.addPoint(x.data() + i * dim, static_cast<size_t>(i));
     const double rb = Since(t);
@@ -217,33 +236,16 @@ int main(int argc, char** argv) {
             }
           },
           [&] {
-            for (int i = 0; i < nq; ++i) {
-              auto res = raw.searchKnn(q.data() + i * dim, kK);
-              for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
-                raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
-              }
-            }
+            for (int i = 0; i < nq; ++i) raw_query(i);
           });
       omp_set_num_threads(threads);
       std::tie(r.qpsn, b.qpsn, r.pairedn) =
           BestPair([&] { (void)hnsw->search(nq, q.data(), kK, d.data(), got.data(), sp); },
                    [&] {
 #pragma omp parallel for schedule(dynamic, 4)
-                     for (int i = 0; i < nq; ++i) {
-                       auto res = raw.searchKnn(q.data() + i * dim, kK);
-                       for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
-                         raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
-                       }
-                     }
+                     for (int i = 0; i < nq; ++i) raw_query(i);
                    });
-      r.r1 = Recall(truth, got, nq, kK, kK, 1);
-      r.r10 = Recall(truth, got, nq, kK, kK, 10);
-      b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
-      b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
-      r.base_qps1 = b.qps1;
-      r.base_qpsn = b.qpsn;
-      rows.push_back(b);
-      rows.push_back(r);
+      AddPair(r, b);
     }
   }
 
@@ -273,14 +275,7 @@ int main(int argc, char** argv) {
       std::tie(r.qpsn, b.qpsn, r.pairedn) =
           BestPair([&] { (void)ours.search(nq, q.data(), kK, d.data(), got.data(), sp); },
                    [&] { raw.search(nq, q.data(), kK, d.data(), raw_got.data()); });
-      r.r1 = Recall(truth, got, nq, kK, kK, 1);
-      r.r10 = Recall(truth, got, nq, kK, kK, 10);
-      b.r1 = Recall(truth, raw_got, nq, kK, kK, 1);
-      b.r10 = Recall(truth, raw_got, nq, kK, kK, 10);
-      r.base_qps1 = b.qps1;
-      r.base_qpsn = b.qpsn;
-      rows.push_back(b);
-      rows.push_back(r);
+      AddPair(r, b);
     }
   };
 
@@ -362,17 +357,22 @@ int main(int argc, char** argv) {
       (void)c->Upsert(std::move(docs));
       (void)c->Rebuild("hnsw", R"({"M": 16, "ef_construction": 200})");
       auto stub = v1::IndexService::NewStub(MakeChannel(server.address()).value());
+      // One single-query Search RPC on the bench collection.
+      auto grpc_search = [&](const float* qi, int ef, v1::SearchResponse* resp) {
+        v1::SearchRequest req;
+        req.set_collection("bench");
+        req.set_k(kK);
+        req.set_ef_search(ef);
+        req.add_queries()->mutable_vector()->Add(qi, qi + dim);
+        grpc::ClientContext ctx;
+        return stub->Search(&ctx, req, resp);
+      };
       for (int ef : {16, 32, 64, 128, 256}) {
         Row r{"hnsw", "ef=" + std::to_string(ef), "ragserve gRPC"};
         auto one = [&](int i) {
-          v1::SearchRequest req;
-          req.set_collection("bench");
-          req.set_k(kK);
-          req.set_ef_search(ef);
-          req.add_queries()->mutable_vector()->Add(q.begin() + i * dim, q.begin() + (i + 1) * dim);
           v1::SearchResponse resp;
-          grpc::ClientContext ctx;
-          if (stub->Search(&ctx, req, &resp).ok() && resp.results_size() == 1) {
+          if (grpc_search(q.data() + int64_t{i} * dim, ef, &resp).ok() &&
+              resp.results_size() == 1) {
             for (int j = 0; j < resp.results(0).hits_size() && j < kK; ++j) {
               got[i * kK + j] = std::stoll(resp.results(0).hits(j).id());
             }
@@ -425,29 +425,21 @@ int main(int argc, char** argv) {
             } else if (impl == 2) {
               (void)c->Search({index_service::Query{std::vector<float>(qi, qi + dim), ""}}, so);
             } else {
-              v1::SearchRequest req;
-              req.set_collection("bench");
-              req.set_k(kK);
-              req.set_ef_search(ef);
-              req.add_queries()->mutable_vector()->Add(qi, qi + dim);
               v1::SearchResponse resp;
-              grpc::ClientContext ctx;
-              (void)stub->Search(&ctx, req, &resp);
+              (void)grpc_search(qi, ef, &resp);
             }
             lat[impl].push_back(Since(t0) * 1e6);
           }
         }
-        auto pct = [](std::vector<double> v, double p) {
-          std::sort(v.begin(), v.end());
+        for (auto& v : lat) std::sort(v.begin(), v.end());
+        auto pct = [](const std::vector<double>& v, double p) {
           return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
         };
-        latency_rows.push_back(
-            StrCat("| hnsw | ef=", ef, " | ", Fixed(pct(lat[0], 0.5)), " / ",
-                   Fixed(pct(lat[0], 0.99)), " | ", Fixed(pct(lat[1], 0.5)), " / ",
-                   Fixed(pct(lat[1], 0.99)), " | ", Fixed(pct(lat[2], 0.5)), " / ",
-                   Fixed(pct(lat[2], 0.99)), " | ", Fixed(pct(lat[3], 0.5)), " / ",
-                   Fixed(pct(lat[3], 0.99)), " | ", Fixed(pct(lat[3], 0.5) - pct(lat[2], 0.5)),
-                   " / ", Fixed(pct(lat[3], 0.99) - pct(lat[2], 0.99)), " |"));
+        std::string row = StrCat("| hnsw | ef=", ef, " |");
+        for (const auto& v : lat)
+          row += StrCat(" ", Fixed(pct(v, 0.5)), " / ", Fixed(pct(v, 0.99)), " |");
+        latency_rows.push_back(StrCat(row, " ", Fixed(pct(lat[3], 0.5) - pct(lat[2], 0.5)), " / ",
+                                      Fixed(pct(lat[3], 0.99) - pct(lat[2], 0.99)), " |"));
       }
       server.Shutdown();
     }
