@@ -27,6 +27,8 @@
 //   Run with OMP_WAIT_POLICY=PASSIVE on a shared machine.
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -550,50 +552,42 @@ int main(int argc, char** argv) {
   cfg.model.intermediate_size = 1024;
   cfg.model.vocab_size = 1024;
   int max_positions = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const char* f = argv[i];
-    const char* v = argv[i + 1];
-    if (!std::strcmp(f, "--section")) {
-      section = v;
-    } else if (!std::strcmp(f, "--entries")) {
-      entries = std::max(1, std::atoi(v));
-    } else if (!std::strcmp(f, "--tokens")) {
-      tokens = std::max(1, std::atoi(v));
-    } else if (!std::strcmp(f, "--reps")) {
-      cfg.reps = tier_reps = std::max(1, std::atoi(v));
-    } else if (!std::strcmp(f, "--seq-reps")) {
-      cfg.seq_reps = std::max(1, std::atoi(v));
-    } else if (!std::strcmp(f, "--n")) {
-      cfg.ns = ParseList(v);
-    } else if (!std::strcmp(f, "--L")) {
-      cfg.ls = ParseList(v);
-    } else if (!std::strcmp(f, "--answer-tokens")) {
-      cfg.answer_tokens = std::max(1, std::atoi(v));
-    } else if (!std::strcmp(f, "--prefill-chunk")) {
-      cfg.prefill_chunk = std::max(1, std::atoi(v));
-    } else if (!std::strcmp(f, "--temperature")) {
-      cfg.temperature = static_cast<float>(std::atof(v));
-    } else if (!std::strcmp(f, "--scaling")) {
-      cfg.scaling = static_cast<float>(std::atof(v));
-    } else if (!std::strcmp(f, "--layers")) {
-      cfg.model.num_layers = std::max(1, std::atoi(v));
-    } else if (!std::strcmp(f, "--hidden")) {
-      cfg.model.hidden_size = std::max(8, std::atoi(v));
-    } else if (!std::strcmp(f, "--heads")) {
-      cfg.model.num_heads = std::max(1, std::atoi(v));
-    } else if (!std::strcmp(f, "--kv-heads")) {
-      cfg.model.num_kv_heads = std::max(1, std::atoi(v));
-    } else if (!std::strcmp(f, "--ffn")) {
-      cfg.model.intermediate_size = std::max(8, std::atoi(v));
-    } else if (!std::strcmp(f, "--vocab")) {
-      cfg.model.vocab_size = std::max(258, std::atoi(v));
-    } else if (!std::strcmp(f, "--max-positions")) {
-      max_positions = std::atoi(v);
-    } else {
-      std::fprintf(stderr, "unknown flag %s\n", f);
-      return 2;
-    }
-  }
+  std::string ns = "4,16,32", ls = "256,1024";
+  CLI::App app{"ctxcache_bench: APE time to first token and the context cache's storage tiers"};
+  app.add_option("--section", section, "all | ttft | tiers");
+  app.add_option("--entries", entries, "tiers: cached blocks");
+  app.add_option("--tokens", tokens, "tiers: tokens per block");
+  app.add_option("--reps", tier_reps, "Repetitions of (b)-(d) and of each tier measurement");
+  app.add_option("--seq-reps", cfg.seq_reps, "Repetitions of (a), the sequential prefill");
+  app.add_option("--n", ns, "ttft: comma list of passage counts");
+  app.add_option("--L", ls, "ttft: comma list of passage lengths in tokens");
+  app.add_option("--answer-tokens", cfg.answer_tokens, "ttft: answer tokens for fidelity");
+  app.add_option("--prefill-chunk", cfg.prefill_chunk, "ttft: prefill chunk of (a)");
+  app.add_option("--temperature", cfg.temperature, "APE temperature T");
+  app.add_option("--scaling", cfg.scaling, "APE scaling S");
+  app.add_option("--layers", cfg.model.num_layers, "Model layers");
+  app.add_option("--hidden", cfg.model.hidden_size, "Model hidden size");
+  app.add_option("--heads", cfg.model.num_heads, "Query heads");
+  app.add_option("--kv-heads", cfg.model.num_kv_heads, "KV heads");
+  app.add_option("--ffn", cfg.model.intermediate_size, "FFN intermediate size");
+  app.add_option("--vocab", cfg.model.vocab_size, "Vocabulary size (>= 258)");
+  app.add_option("--max-positions", max_positions, "Model max positions (0 = what (a) needs)");
+  CLI11_PARSE(app, argc, argv);
+  // Out-of-range sizes are raised to their minimum, as before.
+  entries = std::max(1, entries);
+  tokens = std::max<int64_t>(1, tokens);
+  cfg.reps = tier_reps = std::max(1, tier_reps);
+  cfg.seq_reps = std::max(1, cfg.seq_reps);
+  cfg.answer_tokens = std::max(1, cfg.answer_tokens);
+  cfg.prefill_chunk = std::max(1, cfg.prefill_chunk);
+  cfg.model.num_layers = std::max(1, cfg.model.num_layers);
+  cfg.model.hidden_size = std::max(8, cfg.model.hidden_size);
+  cfg.model.num_heads = std::max(1, cfg.model.num_heads);
+  cfg.model.num_kv_heads = std::max(1, cfg.model.num_kv_heads);
+  cfg.model.intermediate_size = std::max(8, cfg.model.intermediate_size);
+  cfg.model.vocab_size = std::max(258, cfg.model.vocab_size);
+  cfg.ns = ParseList(ns.c_str());
+  cfg.ls = ParseList(ls.c_str());
   if (section != "all" && section != "ttft" && section != "tiers") {
     std::fprintf(stderr, "--section must be all, ttft or tiers\n");
     return 2;
