@@ -86,7 +86,7 @@ __device__ __forceinline__ void LoadChunk<AnyDType>(const void* pool, int64_t of
 
 // ---- Paged KV geometry -----------------------------------------------------------------------
 
-// PagedKvView flattened for the kernels. Key positions are int (length < 2^31 is checked).
+// PagedKvView flattened for the kernels. Key positions are int (length <= 2^30 is checked).
 struct KvGeom {
   const void* k = nullptr;
   const void* v = nullptr;
@@ -138,7 +138,7 @@ __device__ __forceinline__ float SafeExp2(float x, float m) {
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
 constexpr int kMaxSplits = 1024;
-constexpr int kMinKeysPerSplit = 256;
+constexpr int kMinKeysPerSplit = 128;
 
 // Thread layout of the decode kernel for loader T and head-dim bucket kMaxD: a "key group" of
 // kLanes consecutive lanes reads one K/V row (lane li owns chunks li, li + kLanes, ...), so a warp
@@ -172,8 +172,10 @@ struct DecodeParams {
 };
 
 // q: [n, H, D], k/v pages: [P, page_size, Hkv, D] -> o: [n, H, splits, D], lse: [n, H, splits]
-// grid (head_subgroups * splits, Hkv, n), block kDecodeThreads. Block (sub, split, kvh, i) attends
-// query i's heads kvh * group + sub * kGT + [0, kGT) to the keys of its split (a chunk of
+// grid (head_subgroups * n * splits, Hkv), block kDecodeThreads; blockIdx.x = (split * n + i) *
+// head_subgroups + sub, so the blocks reading the same keys (other queries, other heads of the
+// group) run side by side and share them through L2. Block (sub, i, split, kvh) attends query i's
+// heads kvh * group + sub * kGT + [0, kGT) to the keys of its split (a chunk of
 // [lo(query 0), length) cut to query i's own range) and writes a normalized partial (o, lse).
 template <typename T, int kMaxD, int kGT>
 __global__ void __launch_bounds__(kDecodeThreads)
@@ -190,9 +192,10 @@ __global__ void __launch_bounds__(kDecodeThreads)
   __shared__ float m_s[kDecodeWarps][kGT];
 
   const int sub = static_cast<int>(blockIdx.x % p.head_subgroups);
-  const int split = static_cast<int>(blockIdx.x / p.head_subgroups);
+  const int rest = static_cast<int>(blockIdx.x / p.head_subgroups);
+  const int qi = rest % p.n;
+  const int split = rest / p.n;
   const int kvh = static_cast<int>(blockIdx.y);
-  const int qi = static_cast<int>(blockIdx.z);
   const int h0 = kvh * p.group + sub * kGT;
   const int nh = min(kGT, p.group - sub * kGT);
   const int head_dim = kv.head_dim;
@@ -811,6 +814,9 @@ Status LaunchDecode(const Call& c, AttentionWorkspace* ws, int forced_splits, cu
   }
   const int chunk = span > 0 ? static_cast<int>(CeilDiv(span, splits)) : 0;
   if (span > 0) splits = static_cast<int>(CeilDiv(span, chunk));  // no empty trailing split
+  const int64_t blocks_x = static_cast<int64_t>(hsub) * a.n * splits;
+  RS_CHECK_ARG(blocks_x <= INT_MAX, "attention: flash-decoding grid too large: n = ", a.n,
+               ", heads = ", a.heads, ", splits = ", splits);
 
   DecodeParams p;
   p.q = a.q;
@@ -833,8 +839,7 @@ Status LaunchDecode(const Call& c, AttentionWorkspace* ws, int forced_splits, cu
     p.o = static_cast<float*>(buf);
     p.lse = p.o + rows * splits * head_dim;
   }
-  const dim3 grid(static_cast<unsigned>(hsub * splits), static_cast<unsigned>(c.kv_heads),
-                  static_cast<unsigned>(a.n));
+  const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(c.kv_heads));
   FlashDecodeKernel<T, kMaxD, kGT><<<grid, kDecodeThreads, 0, stream>>>(p, c.kv);
   RS_RETURN_IF_ERROR(LaunchStatus("attention: FlashDecodeKernel"));
   if (splits == 1) return OkStatus();
@@ -898,8 +903,9 @@ Status ValidateAttention(const AttentionArgs& a, const PagedKvView& kv,
                "attention: kv_heads must be in [1, 65535], got ", kv.kv_heads);
   RS_CHECK_ARG(a.heads >= 1 && a.heads % kv.kv_heads == 0, "attention: heads (", a.heads,
                ") must be a positive multiple of kv_heads (", kv.kv_heads, ")");
-  RS_CHECK_ARG(kv.length >= 0 && kv.length <= INT_MAX,
-               "attention: length must be in [0, 2^31), got ", kv.length);
+  // 2^30 keys at most: key positions (and a tile or a step past them) stay in int.
+  RS_CHECK_ARG(kv.length >= 0 && kv.length <= (int64_t{1} << 30),
+               "attention: length must be in [0, 2^30], got ", kv.length);
   RS_CHECK_ARG(kv.page_size >= 1, "attention: page_size must be >= 1, got ", kv.page_size);
   RS_CHECK_ARG(kv.dtype == DType::kF32 || kv.dtype == DType::kF16 || kv.dtype == DType::kBF16,
                "attention: unknown K/V dtype ", static_cast<int>(kv.dtype));
@@ -936,8 +942,6 @@ Status Attention(const AttentionArgs& args, const PagedKvView& kv, AttentionWork
   if (args.n == 0) return OkStatus();
   const bool decode =
       tuning.force_kernel == 1 || (tuning.force_kernel == 0 && args.n <= kDecodeMaxQueries);
-  RS_CHECK_ARG(!decode || args.n <= 65535,
-               "attention: flash-decoding takes at most 65535 queries, got n = ", args.n);
 
   Call c;
   c.args = &args;
