@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <new>
 
 #include "kernels/cpu/attention.h"
 
@@ -134,6 +135,26 @@ void ConvertFromF32(const float* src, DType t, int64_t n, void* dst) {
       return;
     }
   }
+}
+
+void* Ops::Allocate(size_t bytes) const {
+  return ::operator new (bytes == 0 ? 1 : bytes, std::align_val_t{64}, std::nothrow);
+}
+
+void Ops::Free(void* p) const {
+  if (p != nullptr) ::operator delete (p, std::align_val_t{64});
+}
+
+void Ops::CopyToBackend(void* dst, const void* src, size_t bytes) const {
+  if (bytes > 0) std::memmove(dst, src, bytes);
+}
+
+void Ops::CopyToHost(void* dst, const void* src, size_t bytes) const {
+  if (bytes > 0) std::memmove(dst, src, bytes);
+}
+
+void Ops::CopyWithin(void* dst, const void* src, size_t bytes) const {
+  if (bytes > 0) std::memmove(dst, src, bytes);
 }
 
 namespace {

@@ -1,7 +1,12 @@
 // The op interface of the model runtime: every op the transformer forward pass uses, behind one
 // abstract class that each backend implements (RefOps: plain loops, the test oracle; FastOps:
-// a thread pool + AVX-512/AVX2 + OpenBLAS; a CUDA backend later). Activations are always f32;
-// weights stay in their stored dtype (f32, f16 or bf16) and are converted on the fly.
+// a thread pool + AVX-512/AVX2 + OpenBLAS; CudaOps in kernels/cuda/ops.h). Activations are always
+// f32; weights stay in their stored dtype (f32, f16 or bf16) and are converted on the fly.
+//
+// Memory: every pointer an op takes lives in the backend's memory space (memory()): host memory
+// for the CPU backends, device memory for CUDA. The model allocates its activations with
+// Allocate/ScratchBuffer, uploads weights once (Upload) and moves data across with the Copy*
+// calls, so the same forward pass runs on either.
 //
 // Layouts are row-major. Linear weights use the Hugging Face layout W: [out, in], so a matmul is
 // y[m, out] = x[m, in] . W^T. Ops never allocate per element and never fail: callers (the model)
@@ -12,6 +17,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+
+#include "services/common/status.h"
 
 namespace ragserve::kernels {
 
@@ -46,11 +53,28 @@ struct WeightView {
   }
 };
 
+enum class MemorySpace : uint8_t { kHost = 0, kDevice = 1 };
+
 class Ops {
  public:
   virtual ~Ops() = default;
-  // "ref", "fast", ...
+  // "ref", "fast", "cuda"...
   virtual std::string_view name() const = 0;
+
+  // ---- Memory (host defaults: aligned heap and memcpy) ----
+  // Where this backend's op arguments live.
+  virtual MemorySpace memory() const { return MemorySpace::kHost; }
+  // `bytes` of backend memory, 64-byte aligned; nullptr when it cannot be had. Free(nullptr) is a
+  // no-op.
+  virtual void* Allocate(size_t bytes) const;
+  virtual void Free(void* p) const;
+  // Host -> backend, backend -> host (returns when the data is on the host), backend -> backend.
+  virtual void CopyToBackend(void* dst, const void* src, size_t bytes) const;
+  virtual void CopyToHost(void* dst, const void* src, size_t bytes) const;
+  virtual void CopyWithin(void* dst, const void* src, size_t bytes) const;
+  // Waits for the calling thread's queued work and reports the first error since the last call
+  // (ops themselves never fail; an asynchronous backend collects launch or device errors here).
+  virtual Status Synchronize() const { return OkStatus(); }
 
   // y[m, w.rows] = x[m, w.cols] . W^T  (+ bias[w.rows] on every row when bias != nullptr).
   virtual void MatMul(const float* x, int64_t m, const WeightView& w, const WeightView* bias,
@@ -78,6 +102,43 @@ class Ops {
   virtual void Attention(const float* q, int h, const float* k, int64_t ldk, const float* v,
                          int64_t ldv, int64_t n, int d, float scale, float* o,
                          float* lse) const = 0;
+};
+
+// A growable scratch array in an Ops backend's memory (contents are not kept when it grows).
+// Not thread-safe; one per user (the model's activation buffers).
+class ScratchBuffer {
+ public:
+  explicit ScratchBuffer(const Ops* ops = nullptr) : ops_(ops) {}
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  ~ScratchBuffer() { Reset(); }
+  // Switches backend (frees the current allocation).
+  void set_ops(const Ops* ops) {
+    Reset();
+    ops_ = ops;
+  }
+  // At least `count` elements of T in the backend's memory; nullptr only when the backend is out
+  // of memory (callers check once per step).
+  template <typename T>
+  T* Get(int64_t count) {
+    const size_t bytes = static_cast<size_t>(count > 0 ? count : 1) * sizeof(T);
+    if (bytes > size_) {
+      Reset();
+      ptr_ = ops_->Allocate(bytes);
+      size_ = ptr_ != nullptr ? bytes : 0;
+    }
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void Reset() {
+    if (ptr_ != nullptr) ops_->Free(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+  }
+  const Ops* ops_;
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
 };
 
 // The plain reference backend: scalar loops, f64 accumulation where it matters. The oracle.

@@ -21,12 +21,13 @@ StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag
   return InvalidArgument(StrCat(flag, " must be f32, f16 or bf16, got '", name, "'"));
 }
 
-StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag) {
+StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag,
+                                         const kernels::Ops* ops) {
   if (!std::filesystem::is_directory(dir)) {
     return InvalidArgument(StrCat(flag, " ", dir, ": no such directory"));
   }
   ModelAndTokenizer out;
-  RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir));
+  RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir, ops));
   RS_ASSIGN_OR_RETURN(out.tokenizer, engine::Tokenizer::FromFile(dir + "/tokenizer.json"));
   return out;
 }

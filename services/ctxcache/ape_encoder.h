@@ -42,7 +42,9 @@ struct ModelAndTokenizer {
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<engine::Tokenizer> tokenizer;
 };
-StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag);
+// `ops` runs the model (FastOps by default; kernels/cuda/ops.h for a GPU).
+StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag,
+                                         const kernels::Ops* ops = &kernels::FastOps());
 
 struct ApeSettings {
   std::string prefix;        // shared prefix text, encoded once before every passage

@@ -7,6 +7,8 @@
 #include <optional>
 #include <utility>
 
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/ops.h"
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
@@ -150,8 +152,17 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
                                                                  DecoderOptions opts) {
   std::unique_ptr<DecoderService> svc(new DecoderService(server, std::move(opts)));
   if (!svc->opts_.model_dir.empty()) {
+    const kernels::Ops* ops = &kernels::FastOps();
+    RS_CHECK_ARG(svc->opts_.device == "cpu" || svc->opts_.device == "cuda",
+                 "--device must be cpu or cuda, got '", svc->opts_.device, "'");
+    if (svc->opts_.device == "cuda") {
+      StatusOr<const kernels::Ops*> cuda = kernels::cuda::CudaOps();
+      if (!cuda.ok()) return Annotate(cuda.status(), "--device cuda");
+      ops = *cuda;
+      RS_LOG(info, "decoder: model on {}", kernels::cuda::DeviceDescription(0));
+    }
     RS_ASSIGN_OR_RETURN(ctxcache::ModelAndTokenizer mt,
-                        ctxcache::LoadModelDir(svc->opts_.model_dir, "--model"));
+                        ctxcache::LoadModelDir(svc->opts_.model_dir, "--model", ops));
     svc->model_ = std::move(mt.model);
     svc->tokenizer_ = std::move(mt.tokenizer);
     RS_CHECK_ARG(svc->opts_.generator.max_active >= 1, "--max-active must be >= 1");

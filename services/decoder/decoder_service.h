@@ -21,6 +21,9 @@ namespace ragserve::decoder {
 struct DecoderOptions {
   std::string model_dir;  // HF-layout model directory; empty: no model (Generate fails clearly)
   std::string worker_id;  // reported in stats and load; default host:port
+  // Backend of the model: "cpu" (FastOps) or "cuda" (kernels/cuda/ops.h, device 0: weights
+  // uploaded once, plain sequences' KV in device pages of generator.device_kv_dtype).
+  std::string device = "cpu";
   GeneratorOptions generator;
   // Passages: "ape" joins parallel-encoded, cached passage KV (APE); "sequential" prefills the
   // whole prompt. A request may ask for sequential (GenerateRequest.sequential_context).

@@ -26,6 +26,7 @@ struct Generator::Seq {
   std::unique_ptr<engine::KvCache> kv;
   std::unique_ptr<engine::KvSource> ape;              // wraps kv when the job has an APE context
   std::unique_ptr<kvr::RetrievalKvSource> retrieval;  // replaces kv (KV retrieval)
+  std::unique_ptr<engine::KvSource> device_kv;        // replaces kv on a device backend
   std::optional<engine::Sampler> sampler;
   std::unique_ptr<engine::StopChecker> stop;
   int64_t reserved_bytes = 0;
@@ -243,9 +244,21 @@ bool Generator::Step() {
     std::lock_guard<std::mutex> lock(mu_);
     live_ids_.erase(s->job->request_id);
   }
+  // Device-resident KV for plain sequences of a GPU model (pages from the model's pool).
+  if (model_->ops().memory() == kernels::MemorySpace::kDevice) {
+    for (Seq* s : admitted) {
+      if (s->job->ape || s->done) continue;
+      auto src = model_->NewKvSource(opts_.device_kv_dtype, opts_.kv_budget_bytes);
+      if (!src.ok()) {
+        Finish(s, Annotate(src.status(), "device kv cache"), "error");
+      } else {
+        s->device_kv = std::move(src).value();
+      }
+    }
+  }
   // KV retrieval sources are made here, outside the lock (a remote store is an RPC away).
   for (Seq* s : admitted) {
-    if (!opts_.kv_retrieval || s->job->ape) continue;
+    if (!opts_.kv_retrieval || s->job->ape || s->done) continue;
     auto src = opts_.kv_retrieval(model_->geometry(), s->job->request_id, s->to_prefill);
     if (!src.ok()) {
       Finish(s, Annotate(src.status(), "kv retrieval"), "error");
@@ -273,9 +286,10 @@ bool Generator::Step() {
     }
     step.tokens = std::span<const int32_t>(s->tokens.data() + s->in_cache, n);
     step.start_pos = s->pos0 + static_cast<int32_t>(s->in_cache);
-    step.kv = s->retrieval ? s->retrieval.get()
-              : s->ape     ? s->ape.get()
-                           : static_cast<engine::KvSource*>(s->kv.get());
+    step.kv = s->retrieval   ? s->retrieval.get()
+              : s->ape       ? s->ape.get()
+              : s->device_kv ? s->device_kv.get()
+                             : static_cast<engine::KvSource*>(s->kv.get());
     batch.push_back(step);
     members.push_back(s.get());
     counts.push_back(n);

@@ -48,6 +48,10 @@ struct GeneratorOptions {
   // cancelled or fails, before on_done. The worker's KV budget is still reserved for the
   // sequence (its prefill runs through a local cache).
   RetrievalSourceFactory kv_retrieval;
+  // With a model on a device backend (decoder --device cuda): each plain sequence (no APE
+  // context, no KV retrieval) keeps its KV in device pages of this dtype, from a pool of
+  // kv_budget_bytes made on first use. APE and retrieval sequences keep host sources (staged).
+  kernels::DType device_kv_dtype = kernels::DType::kF16;
 };
 
 // Timings and counts of one finished request (milliseconds).

@@ -10,18 +10,28 @@ int main(int argc, char** argv) {
   int64_t kv_budget_mb = opts.generator.kv_budget_bytes >> 20;
   int64_t passage_cache_mb = opts.passage_cache_bytes >> 20;
   ragserve::decoder::KvRetrievalFlags kvr_flags;
+  std::string device_kv_dtype = "f16";
   std::unique_ptr<ragserve::decoder::DecoderService> service;
   ragserve::ServiceMain m;
   m.name = "decoder";
   m.description = "ragserve decode worker: streams generated tokens with continuous batching";
   m.default_port = 50055;
   m.default_metrics_port = 9095;
-  m.add_flags = [&opts, &kv_budget_mb, &passage_cache_mb, &kvr_flags](CLI::App& app) {
+  m.add_flags = [&opts, &kv_budget_mb, &passage_cache_mb, &kvr_flags,
+                 &device_kv_dtype](CLI::App& app) {
     ragserve::decoder::AddKvRetrievalFlags(app, &kvr_flags);
     app.add_option("--model", opts.model_dir,
                    "HF-layout model directory (config.json, "
                    "model.safetensors, tokenizer.json)");
     app.add_option("--worker-id", opts.worker_id, "Name in stats and load reports (host:port)");
+    app.add_option("--device", opts.device,
+                   "Model backend: cpu | cuda (GPU 0; weights uploaded once, KV in GPU pages)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"cpu", "cuda"}));
+    app.add_option("--device-kv-dtype", device_kv_dtype,
+                   "--device cuda: KV stored in GPU pages as f32 | f16 | bf16")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"f32", "f16", "bf16"}));
     app.add_option("--max-active", opts.generator.max_active,
                    "Sequences decoded together in one batch")
         ->capture_default_str()
@@ -66,8 +76,11 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   };
-  m.setup = [&opts, &service, &kv_budget_mb, &passage_cache_mb,
-             &kvr_flags](ragserve::ServiceServer& server) -> ragserve::Status {
+  m.setup = [&opts, &service, &kv_budget_mb, &passage_cache_mb, &kvr_flags,
+             &device_kv_dtype](ragserve::ServiceServer& server) -> ragserve::Status {
+    opts.generator.device_kv_dtype = device_kv_dtype == "f32"    ? ragserve::kernels::DType::kF32
+                                     : device_kv_dtype == "bf16" ? ragserve::kernels::DType::kBF16
+                                                                 : ragserve::kernels::DType::kF16;
     RS_ASSIGN_OR_RETURN(opts.generator.kv_retrieval, ragserve::decoder::MakeKvRetrievalFactory(
                                                          kvr_flags, server.config().auth_token));
     opts.generator.kv_budget_bytes = kv_budget_mb << 20;

@@ -16,6 +16,9 @@
 // Shapes: k, v: [n, kv_heads, head_dim]; q, o: [n, heads, head_dim]; lse: [n, heads] (natural log
 // of the sum of exp(scale * q.k) over the attended keys). Query head h uses kv head
 // h / (heads / kv_heads) (grouped-query attention).
+// Memory: k, v, q, o and lse live in the source's memory() (host for every CPU source; device for
+// DeviceKvCache and the GPU hybrid source); positions are always host memory. A model whose ops
+// run elsewhere stages the arrays across (correct, slower), so any source works with any backend.
 // Thread-safety: a source belongs to one sequence; calls on one source must not overlap.
 #pragma once
 
@@ -50,6 +53,8 @@ class KvSource {
   // source's own appended tokens query i sees keys up to its own token (causal); keys that precede
   // the step (prefix blocks, retrieved keys) are all visible. scale is 1/sqrt(head_dim).
   virtual Status Attend(int layer, const float* q, int n, float scale, float* o, float* lse) = 0;
+  // Where k, v, q, o and lse of Append/Attend live.
+  virtual kernels::MemorySpace memory() const { return kernels::MemorySpace::kHost; }
 };
 
 // K/V of a block of tokens for every layer: k[layer], v[layer]: [tokens, kv_heads, head_dim]
@@ -161,6 +166,7 @@ class ObservedKvSource final : public KvSource {
   Status Attend(int layer, const float* q, int n, float scale, float* o, float* lse) override {
     return inner_->Attend(layer, q, n, scale, o, lse);
   }
+  kernels::MemorySpace memory() const override { return inner_->memory(); }
 
  private:
   KvSource* inner_;

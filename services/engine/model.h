@@ -22,6 +22,12 @@
 //     Attend (return (o, lse) per query head); combine sources with MergedKvSource, ApeKvSource
 //     or ObservedKvSource (append hook for a remote store). Generation helpers: generate.h.
 //
+// Backends: the ops decide where the forward runs (FastOps/RefOps on the CPU, CudaOps from
+// kernels/cuda/ops.h on a GPU). A device backend gets the weights uploaded once at construction and
+// keeps every activation in device memory; NewKvSource() then gives a device-resident paged cache.
+// Host KV sources (KvCache, APE blocks, retrieval) still work with a device model: their arrays are
+// staged across per layer (slower, same results).
+//
 // Thread-safety: Forward/Prefill/EncodeBlock lock the model (one step at a time per Model); run
 // several Models over the same shared ModelWeights for parallel steps. The ops parallelize inside
 // (kernels/cpu/spin_pool.h; one job at a time, a second concurrent caller runs its ops inline).
@@ -36,6 +42,10 @@
 #include "kernels/cpu/ops.h"
 #include "services/engine/kv_source.h"
 #include "services/engine/weights.h"
+
+namespace ragserve::kernels::cuda {
+class KvPagePool;
+}  // namespace ragserve::kernels::cuda
 
 namespace ragserve::engine {
 
@@ -57,14 +67,28 @@ class Model {
   // Loads a model directory (weights.h) and uses `ops` (not owned; FastOps by default).
   static StatusOr<std::unique_ptr<Model>> Load(const std::string& model_dir,
                                                const kernels::Ops* ops = &kernels::FastOps());
+  // Wraps loaded weights; with a device backend uploads them (ResourceExhausted when they do not
+  // fit). The constructor never fails: check status() (Load and Create do).
+  static StatusOr<std::unique_ptr<Model>> Create(std::shared_ptr<const ModelWeights> weights,
+                                                 const kernels::Ops* ops);
   Model(std::shared_ptr<const ModelWeights> weights, const kernels::Ops* ops);
+  ~Model();
+  // OK unless the weight upload failed (then every Forward returns this error).
+  const Status& status() const { return init_status_; }
+  const kernels::Ops& ops() const { return *ops_; }
 
   const ModelConfig& config() const { return weights_->config(); }
   const ModelWeights& weights() const { return *weights_; }
   const std::string& fingerprint() const { return weights_->fingerprint(); }
   KvGeometry geometry() const;
-  // A fresh contiguous cache for this model (sliding window from the config).
+  // A fresh contiguous host cache for this model (sliding window from the config).
   std::unique_ptr<KvCache> NewKvCache() const;
+  // A fresh cache in the backend's memory: NewKvCache() for host ops; with a device backend a
+  // paged cache in device memory (kv_dtype: f32 or f16/bf16 storage) drawing pages from a pool the
+  // model creates on first use (`pool_bytes` of device memory, fixed then). ResourceExhausted when
+  // the pool is exhausted.
+  StatusOr<std::unique_ptr<KvSource>> NewKvSource(kernels::DType kv_dtype = kernels::DType::kF32,
+                                                  int64_t pool_bytes = int64_t{1} << 30);
 
   // Runs one step for every sequence in `batch`; fills *logits per `mode` (row-major, f32).
   // InvalidArgument for an empty batch/sequence, a token id outside [0, vocab), a negative
@@ -106,14 +130,31 @@ class Model {
     int64_t steps_ = 0;
   };
 
+  // Runs a sequence's Append + Attend for one layer, staging through host memory when the
+  // source's memory differs from the ops' (mu_ held).
+  Status AppendAttend(KvSource* kv, int layer, const float* k, const float* v, int n,
+                      const int32_t* positions, const float* q, float scale, float* o, float* lse);
+  // Weight views in the backend's memory: the mapped host views themselves for host ops, uploaded
+  // copies (owned by uploads_) for a device backend.
+  Status UploadWeights();
+
   std::shared_ptr<const ModelWeights> weights_;
   const kernels::Ops* ops_;
+  const kernels::Ops* host_ops_;  // ops for host KV sources: ops_ when it is a host backend
+  Status init_status_;
+  WeightView embed_, lm_head_, final_norm_;
+  std::vector<LayerWeights> layers_;
+  std::vector<void*> uploads_;  // backend allocations of the uploaded weights (device only)
   std::vector<float> inv_freq_;
+  float* inv_freq_b_ = nullptr;                         // inv_freq_ in backend memory
+  std::shared_ptr<kernels::cuda::KvPagePool> kv_pool_;  // device KV pages, made on first use
   std::mutex mu_;  // guards the scratch buffers below (one Forward at a time)
-  std::vector<float> x_, h_, q_, k_, v_, att_, lse_, tmp_, gate_, up_, sel_;
+  kernels::ScratchBuffer x_, h_, q_, k_, v_, att_, lse_, tmp_, gate_, up_, sel_, logits_b_, ids_b_,
+      pos_b_;
   std::vector<int32_t> ids_, pos_;
-  int decode_threads_ = 0;  // 0: tuned by tuners_
-  ThreadTuner tuners_[2];   // [0]: steps of <= kGemvMaxRows tokens, [1]: larger (prefill) steps
+  std::vector<float> stage_k_, stage_v_, stage_q_, stage_o_, stage_lse_;  // host staging
+  int decode_threads_ = 0;                                                // 0: tuned by tuners_
+  ThreadTuner tuners_[2];  // [0]: steps of <= kGemvMaxRows tokens, [1]: larger (prefill) steps
 };
 
 }  // namespace ragserve::engine
