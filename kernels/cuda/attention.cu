@@ -118,8 +118,8 @@ __device__ __forceinline__ int64_t RowOffset(const KvGeom& kv, int j, int kvh) {
 // Keys [*lo, *hi) seen by query i of n (window already clamped to [0, length]; 0: unbounded).
 __host__ __device__ __forceinline__ void KeyRange(int length, int n, int i, bool causal, int window,
                                                   int* lo, int* hi) {
-  if (!causal) {
-    *lo = 0;
+  if (!causal) {  // a block: every key, or the last `window` of them
+    *lo = (window > 0 && length - window > 0) ? length - window : 0;
     *hi = length;
     return;
   }

@@ -48,7 +48,9 @@ struct AttentionArgs {
   float scale = 0.0f;        // score = scale * q.k (APE context blocks pass scale / temperature)
   // causal: query i is the token at cache index kv.length - n + i (the queries' own K/V are
   // already stored) and sees keys [max(0, idx + 1 - window), idx] (window <= 0: from 0).
-  // !causal: every query sees every stored key (a prefix or a passage block).
+  // !causal: every query sees every stored key (a prefix or a passage block), or with window > 0
+  // only the last `window` stored keys [length - window, length) (the GPU window of the hybrid
+  // path; the first keys of a view are a prefix of it with a smaller length).
   bool causal = true;
   int64_t window = 0;
   float* o = nullptr;    // [n, heads, head_dim]

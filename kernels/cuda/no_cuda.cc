@@ -50,6 +50,10 @@ Status PagedKvCache::Read(int, int64_t, int64_t, float*, float*) const {
   return FailedPrecondition(kNoCuda);
 }
 void PagedKvCache::Truncate(int64_t) {}
+void PagedKvCache::Evict(int64_t, int64_t) {}
+Status MergeDevicePartials(float*, float*, const float*, const float*, int64_t, int, float) {
+  return FailedPrecondition(kNoCuda);
+}
 int64_t PagedKvCache::bytes() const { return 0; }
 
 }  // namespace ragserve::kernels::cuda

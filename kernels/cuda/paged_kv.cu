@@ -133,7 +133,9 @@ PagedKvCache::~PagedKvCache() {
   // This thread's queued kernels may still read the pages: finish them before the pages are reused.
   cudaStreamSynchronize(cudaStreamPerThread);
   for (const std::vector<int32_t>& p : pages_) {
-    pool_->Give(p.data(), static_cast<int64_t>(p.size()));
+    for (int32_t id : p) {
+      if (id >= 0) pool_->Give(&id, 1);  // evicted pages (-1) went back already
+    }
   }
 }
 
@@ -147,6 +149,10 @@ Status PagedKvCache::Append(int layer, const float* k, const float* v, int n) {
   const int64_t len = len_[layer];
   const int64_t need = CeilDiv(len + n, g.page_size);
   const int64_t have = static_cast<int64_t>(pages.size());
+  for (int64_t p = len / g.page_size; p < std::min(need, have); ++p) {
+    RS_CHECK_ARG(pages[p] >= 0, "PagedKvCache::Append: token ", len, " of layer ", layer,
+                 " falls in an evicted page (truncated below an evicted range)");
+  }
   cudaStream_t stream = cudaStreamPerThread;
   if (need > have) {
     RS_RETURN_IF_ERROR(pool_->Take(need - have, &pages));
@@ -223,21 +229,18 @@ Status PagedKvCache::AttendRange(int layer, const float* q, int n, int heads, fl
                " out of range [0, ", layers(), ")");
   RS_CHECK_ARG(0 <= begin && begin <= end && end <= len_[layer], "PagedKvCache::AttendRange: [",
                begin, ", ", end, ") outside the ", len_[layer], " stored tokens");
-  const int64_t P = pool_->geometry().page_size;
-  RS_CHECK_ARG(begin % P == 0, "PagedKvCache::AttendRange: begin ", begin,
-               " is not on a page boundary (page size ", P, ")");
+  // Keys [begin, end) = the last end - begin keys of the first `end` tokens (a block view).
   AttentionArgs a;
   a.q = q;
   a.n = n;
   a.heads = heads;
   a.scale = scale;
   a.causal = false;
+  a.window = end - begin;
   a.o = o;
   a.lse = lse;
-  const int32_t* table =
-      impl_->tables[layer] == nullptr ? nullptr : impl_->tables[layer] + begin / P;
-  PagedKvView view = View(*pool_, table, end - begin);
-  if (view.length == 0) view.pages = impl_->tables[layer];
+  if (end == begin) a.window = 0;
+  PagedKvView view = View(*pool_, impl_->tables[layer], end - (end == begin ? end : 0));
   return cuda::Attention(a, view, &impl_->workspace, cudaStreamPerThread);
 }
 
@@ -274,16 +277,45 @@ void PagedKvCache::Truncate(int64_t n) {
     if (static_cast<int64_t>(pages.size()) > keep) {
       // Kernels queued on this thread's stream may still read these pages: wait before reuse.
       cudaStreamSynchronize(cudaStreamPerThread);
-      pool_->Give(pages.data() + keep, static_cast<int64_t>(pages.size()) - keep);
+      for (size_t p = static_cast<size_t>(keep); p < pages.size(); ++p) {
+        if (pages[p] >= 0) pool_->Give(&pages[p], 1);
+      }
       pages.resize(static_cast<size_t>(keep));
+    }
+  }
+}
+
+void PagedKvCache::Evict(int64_t begin, int64_t end) {
+  const int64_t P = pool_->geometry().page_size;
+  const int64_t first = CeilDiv(std::max<int64_t>(begin, 0), P);  // first page wholly inside
+  bool synced = false;
+  for (int l = 0; l < layers(); ++l) {
+    std::vector<int32_t>& pages = pages_[l];
+    const int64_t last = std::min<int64_t>(std::min(end, len_[l]) / P,  // one past the last one
+                                           static_cast<int64_t>(pages.size()));
+    for (int64_t p = first; p < last; ++p) {
+      if (pages[p] < 0) continue;
+      if (!synced) {
+        cudaStreamSynchronize(cudaStreamPerThread);  // queued kernels may still read them
+        synced = true;
+      }
+      pool_->Give(&pages[p], 1);
+      pages[p] = -1;
     }
   }
 }
 
 int64_t PagedKvCache::bytes() const {
   int64_t pages = 0;
-  for (const std::vector<int32_t>& p : pages_) pages += static_cast<int64_t>(p.size());
+  for (const std::vector<int32_t>& p : pages_) {
+    pages += std::count_if(p.begin(), p.end(), [](int32_t id) { return id >= 0; });
+  }
   return pages * pool_->geometry().page_bytes();
+}
+
+Status MergeDevicePartials(float* o_a, float* lse_a, const float* o_b, const float* lse_b,
+                           int64_t rows, int d, float b_lse_factor) {
+  return MergePartials(o_a, lse_a, o_b, lse_b, rows, d, b_lse_factor, cudaStreamPerThread);
 }
 
 }  // namespace ragserve::kernels::cuda

@@ -82,8 +82,9 @@ class PagedKvCache {
   // Causal attention of the newest n stored tokens' queries q (device [n, heads, head_dim]) over
   // the stored keys of `layer` -> o [n, heads, head_dim], lse [n, heads] (device).
   Status Attend(int layer, const float* q, int n, int heads, float scale, float* o, float* lse);
-  // Attention of n queries over stored keys [begin, end) of `layer`, every one visible (a sink
-  // range or a window of the hybrid path); scale as given.
+  // Attention of n queries over stored keys [begin, end) of `layer`, every one visible to every
+  // query (the sink range or the recent window of the hybrid path); scale as given. An empty
+  // range gives o = 0, lse = -inf.
   Status AttendRange(int layer, const float* q, int n, int heads, float scale, int64_t begin,
                      int64_t end, float* o, float* lse);
   // Copies stored tokens [begin, end) of `layer` to host f32 arrays [end - begin, kv_heads,
@@ -93,6 +94,10 @@ class PagedKvCache {
   int layers() const { return static_cast<int>(len_.size()); }
   // Drops tokens beyond n in every layer (pages past the end go back to the pool).
   void Truncate(int64_t n);
+  // Returns to the pool every page that lies wholly inside tokens [begin, end) of every layer
+  // (the hybrid path's middle, which moved to CPU memory). Those tokens must not be attended or
+  // read afterwards; lengths do not change.
+  void Evict(int64_t begin, int64_t end);
   // Device bytes held (pages * page_bytes).
   int64_t bytes() const;
 
@@ -105,5 +110,11 @@ class PagedKvCache {
   std::vector<std::vector<int32_t>> pages_;  // host page tables per layer
   std::unique_ptr<Impl> impl_;               // device page tables, workspace
 };
+
+// Merges partial b into partial a on the device, in place, over `rows` rows of dim d (the LSE
+// merge of kernels/cuda/attention.h; b_lse_factor = 1 for disjoint key sets). Queued on the
+// calling thread's stream.
+Status MergeDevicePartials(float* o_a, float* lse_a, const float* o_b, const float* lse_b,
+                           int64_t rows, int d, float b_lse_factor = 1.0f);
 
 }  // namespace ragserve::kernels::cuda

@@ -24,9 +24,9 @@ struct Generator::Seq {
   int64_t in_cache = 0;         // tokens already in the KV cache
   int32_t pos0 = 0;             // rotary position of tokens[0] (after APE context blocks)
   std::unique_ptr<engine::KvCache> kv;
-  std::unique_ptr<engine::KvSource> ape;              // wraps kv when the job has an APE context
-  std::unique_ptr<kvr::RetrievalKvSource> retrieval;  // replaces kv (KV retrieval)
-  std::unique_ptr<engine::KvSource> device_kv;        // replaces kv on a device backend
+  std::unique_ptr<engine::KvSource> ape;            // wraps kv when the job has an APE context
+  std::unique_ptr<kvr::RetrievalSource> retrieval;  // replaces kv (KV retrieval)
+  std::unique_ptr<engine::KvSource> device_kv;      // replaces kv on a device backend
   std::optional<engine::Sampler> sampler;
   std::unique_ptr<engine::StopChecker> stop;
   int64_t reserved_bytes = 0;
@@ -245,21 +245,27 @@ bool Generator::Step() {
     live_ids_.erase(s->job->request_id);
   }
   // Device-resident KV for plain sequences of a GPU model (pages from the model's pool).
-  if (model_->ops().memory() == kernels::MemorySpace::kDevice) {
+  DeviceKvTarget device;
+  const bool on_device = model_->ops().memory() == kernels::MemorySpace::kDevice;
+  if (on_device && !admitted.empty()) {
+    auto pool = model_->DeviceKvPool(opts_.device_kv_dtype, opts_.kv_budget_bytes);
     for (Seq* s : admitted) {
       if (s->job->ape || s->done) continue;
-      auto src = model_->NewKvSource(opts_.device_kv_dtype, opts_.kv_budget_bytes);
+      auto src = pool.ok() ? model_->NewKvSource(opts_.device_kv_dtype, opts_.kv_budget_bytes)
+                           : StatusOr<std::unique_ptr<engine::KvSource>>(pool.status());
       if (!src.ok()) {
         Finish(s, Annotate(src.status(), "device kv cache"), "error");
       } else {
         s->device_kv = std::move(src).value();
       }
     }
+    if (pool.ok()) device = DeviceKvTarget{&model_->ops(), *pool};
   }
   // KV retrieval sources are made here, outside the lock (a remote store is an RPC away).
   for (Seq* s : admitted) {
     if (!opts_.kv_retrieval || s->job->ape || s->done) continue;
-    auto src = opts_.kv_retrieval(model_->geometry(), s->job->request_id, s->to_prefill);
+    auto src = opts_.kv_retrieval(model_->geometry(), s->job->request_id, s->to_prefill,
+                                  device.pool ? &device : nullptr);
     if (!src.ok()) {
       Finish(s, Annotate(src.status(), "kv retrieval"), "error");
     } else {

@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "kernels/cuda/paged_kv.h"
 #include "services/common/status.h"
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
@@ -33,8 +34,15 @@ namespace ragserve::decoder {
 
 // Makes the RetrievalAttention KV source of a sequence (kvr/retrieval_kv_source.h), or returns
 // null to keep the worker's own KV cache (e.g. a prompt below the length threshold).
-using RetrievalSourceFactory = std::function<StatusOr<std::unique_ptr<kvr::RetrievalKvSource>>(
-    const engine::KvGeometry& geometry, const std::string& request_id, int64_t prefill_tokens)>;
+// `device` is set when the model runs on a GPU: the source then keeps sinks + window in GPU pages
+// of that pool (kvr/device_retrieval_source.h); null for a CPU model.
+struct DeviceKvTarget {
+  const kernels::Ops* ops = nullptr;
+  std::shared_ptr<kernels::cuda::KvPagePool> pool;
+};
+using RetrievalSourceFactory = std::function<StatusOr<std::unique_ptr<kvr::RetrievalSource>>(
+    const engine::KvGeometry& geometry, const std::string& request_id, int64_t prefill_tokens,
+    const DeviceKvTarget* device)>;
 
 struct GeneratorOptions {
   int max_active = 8;       // sequences decoded together (batch size bound), >= 1

@@ -8,6 +8,7 @@
 
 #include "services/common/client.h"
 #include "services/common/logging.h"
+#include "services/kvr/device_retrieval_source.h"
 #include "services/kvr/kvr_client_grpc.h"
 
 namespace ragserve::decoder {
@@ -119,13 +120,20 @@ StatusOr<RetrievalSourceFactory> MakeKvRetrievalFactory(const KvRetrievalFlags& 
   const int64_t min_tokens = f.min_tokens;
   return RetrievalSourceFactory(
       [store, client, ro, prefix, counter, min_tokens](
-          const engine::KvGeometry& g, const std::string& request_id,
-          int64_t prefill_tokens) -> StatusOr<std::unique_ptr<kvr::RetrievalKvSource>> {
-        if (prefill_tokens < min_tokens) return std::unique_ptr<kvr::RetrievalKvSource>();
+          const engine::KvGeometry& g, const std::string& request_id, int64_t prefill_tokens,
+          const DeviceKvTarget* device) -> StatusOr<std::unique_ptr<kvr::RetrievalSource>> {
+        if (prefill_tokens < min_tokens) return std::unique_ptr<kvr::RetrievalSource>();
         kvr::RetrievalSourceOptions o = ro;
         o.prefill_tokens = prefill_tokens;
         const std::string id = StrCat(prefix, counter->fetch_add(1), "/", request_id);
-        return kvr::RetrievalKvSource::Create(client.get(), id, g, o);
+        if (device != nullptr) {
+          // GPU model: sinks + window in GPU pages, the middle in the store (hybrid layout).
+          RS_ASSIGN_OR_RETURN(auto src, kvr::DeviceRetrievalKvSource::Create(
+                                            client.get(), id, g, o, device->pool, device->ops));
+          return std::unique_ptr<kvr::RetrievalSource>(std::move(src));
+        }
+        RS_ASSIGN_OR_RETURN(auto src, kvr::RetrievalKvSource::Create(client.get(), id, g, o));
+        return std::unique_ptr<kvr::RetrievalSource>(std::move(src));
       });
 }
 

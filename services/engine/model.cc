@@ -136,26 +136,32 @@ std::unique_ptr<KvCache> Model::NewKvCache() const {
   return std::make_unique<KvCache>(geometry(), config().sliding_window, host_ops_);
 }
 
+StatusOr<std::shared_ptr<kernels::cuda::KvPagePool>> Model::DeviceKvPool(kernels::DType kv_dtype,
+                                                                         int64_t pool_bytes) {
+  if (ops_->memory() == kernels::MemorySpace::kHost) {
+    return FailedPrecondition(StrCat("the ", ops_->name(), " backend keeps KV in host memory"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!kv_pool_) {
+    kernels::cuda::KvPageGeometry pg;
+    pg.kv_heads = config().num_kv_heads;
+    pg.head_dim = config().head_dim;
+    pg.dtype = kv_dtype;
+    RS_ASSIGN_OR_RETURN(kv_pool_, kernels::cuda::KvPagePool::Create(pg, pool_bytes));
+  }
+  RS_CHECK_ARG(kv_pool_->geometry().dtype == kv_dtype, "the KV page pool stores ",
+               kernels::DTypeName(kv_pool_->geometry().dtype), ", asked for ",
+               kernels::DTypeName(kv_dtype));
+  return kv_pool_;
+}
+
 StatusOr<std::unique_ptr<KvSource>> Model::NewKvSource(kernels::DType kv_dtype,
                                                        int64_t pool_bytes) {
   if (ops_->memory() == kernels::MemorySpace::kHost) return std::unique_ptr<KvSource>(NewKvCache());
-  std::shared_ptr<kernels::cuda::KvPagePool> pool;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!kv_pool_) {
-      kernels::cuda::KvPageGeometry pg;
-      pg.kv_heads = config().num_kv_heads;
-      pg.head_dim = config().head_dim;
-      pg.dtype = kv_dtype;
-      RS_ASSIGN_OR_RETURN(kv_pool_, kernels::cuda::KvPagePool::Create(pg, pool_bytes));
-    }
-    pool = kv_pool_;
-  }
-  RS_CHECK_ARG(pool->geometry().dtype == kv_dtype, "NewKvSource: the page pool stores ",
-               kernels::DTypeName(pool->geometry().dtype), ", asked for ",
-               kernels::DTypeName(kv_dtype));
+  RS_ASSIGN_OR_RETURN(std::shared_ptr<kernels::cuda::KvPagePool> pool,
+                      DeviceKvPool(kv_dtype, pool_bytes));
   RS_ASSIGN_OR_RETURN(std::unique_ptr<DeviceKvCache> kv,
-                      DeviceKvCache::Create(pool, geometry(), config().sliding_window));
+                      DeviceKvCache::Create(std::move(pool), geometry(), config().sliding_window));
   return std::unique_ptr<KvSource>(std::move(kv));
 }
 

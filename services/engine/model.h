@@ -89,6 +89,10 @@ class Model {
   // the pool is exhausted.
   StatusOr<std::unique_ptr<KvSource>> NewKvSource(kernels::DType kv_dtype = kernels::DType::kF32,
                                                   int64_t pool_bytes = int64_t{1} << 30);
+  // The device page pool NewKvSource draws from (made on first use with these arguments; later
+  // calls must ask for the same dtype). FailedPrecondition for a host backend.
+  StatusOr<std::shared_ptr<kernels::cuda::KvPagePool>> DeviceKvPool(kernels::DType kv_dtype,
+                                                                    int64_t pool_bytes);
 
   // Runs one step for every sequence in `batch`; fills *logits per `mode` (row-major, f32).
   // InvalidArgument for an empty batch/sequence, a token id outside [0, vocab), a negative

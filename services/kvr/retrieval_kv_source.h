@@ -98,7 +98,17 @@ struct RetrievalSourceStats {
   double build_ms = 0;         // FinishPrefill wall time
 };
 
-class RetrievalKvSource final : public engine::KvSource {
+// What a decode worker needs of a retrieval-backed KV source, on the CPU (RetrievalKvSource) or
+// with the GPU hybrid layout (device_retrieval_source.h): the sticky error and the release.
+class RetrievalSource : public engine::KvSource {
+ public:
+  // The first error this source hit (OK while healthy).
+  virtual const Status& status() const = 0;
+  // Frees the store's sequence; idempotent.
+  virtual Status Release() = 0;
+};
+
+class RetrievalKvSource final : public RetrievalSource {
  public:
   // Opens sequence `id` in the store through `client` (borrowed; must outlive the source).
   // InvalidArgument for a bad geometry or options; the client's errors as they are.
@@ -112,12 +122,12 @@ class RetrievalKvSource final : public engine::KvSource {
   Status Attend(int layer, const float* q, int n, float scale, float* o, float* lse) override;
 
   // The first error this source hit (OK while healthy); see the header comment.
-  const Status& status() const { return status_; }
+  const Status& status() const override { return status_; }
   // True once the prompt is prefilled and the store's indexes are built.
   bool decoding() const { return decoding_; }
   // Frees the store's sequence (and the local prefill cache); idempotent. An error here is
   // returned (and logged by callers) but does not change status().
-  Status Release();
+  Status Release() override;
   const std::string& id() const { return id_; }
   const RetrievalSourceStats& stats() const { return stats_; }
 

@@ -202,7 +202,7 @@ Problem Build(const Case& c, uint32_t seed) {
   p.ref_o.resize(p.q.size());
   p.ref_lse.resize(static_cast<size_t>(c.n) * c.heads);
   for (int i = 0; i < c.n; ++i) {
-    int64_t lo = 0;
+    int64_t lo = c.window > 0 ? std::max<int64_t>(0, c.length - c.window) : 0;
     int64_t hi = c.length;
     if (c.causal) {
       const int64_t idx = c.length - c.n + i;
@@ -350,6 +350,10 @@ std::vector<Case> Table() {
       cases.push_back(c);
     }
   }
+  // Block mode over the last `window` keys only (the hybrid path's GPU window), both kernels.
+  cases.push_back({1, 1000, 128, 8, 2, false, 65, DType::kF16, 16});
+  cases.push_back({3, 4099, 64, 4, 4, false, 1025, DType::kBF16, 64});
+  cases.push_back({17, 300, 128, 8, 2, false, 33, DType::kF32, 1});
   // Block mode with more queries than keys, and no keys at all (o = 0, lse = -inf).
   cases.push_back({5, 1, 64, 8, 2, false, 0, DType::kF16, 16});
   cases.push_back({17, 7, 72, 4, 4, false, 0, DType::kBF16, 1});

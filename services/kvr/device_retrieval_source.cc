@@ -1,0 +1,244 @@
+#include "services/kvr/device_retrieval_source.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+namespace ragserve::kvr {
+
+StatusOr<std::unique_ptr<DeviceRetrievalKvSource>> DeviceRetrievalKvSource::Create(
+    KvrClient* client, const std::string& id, const engine::KvGeometry& g,
+    const RetrievalSourceOptions& options, std::shared_ptr<kernels::cuda::KvPagePool> pool,
+    const kernels::Ops* ops) {
+  RS_CHECK_ARG(client != nullptr, "null KV retrieval client");
+  RS_CHECK_ARG(ops != nullptr && ops->memory() == kernels::MemorySpace::kDevice,
+               "DeviceRetrievalKvSource needs a device backend");
+  RS_CHECK_ARG(g.num_layers >= 1 && g.num_kv_heads >= 1 && g.head_dim >= 1 &&
+                   g.num_heads >= g.num_kv_heads && g.num_heads % g.num_kv_heads == 0,
+               "bad KV geometry: layers ", g.num_layers, ", heads ", g.num_heads, ", kv heads ",
+               g.num_kv_heads, ", head_dim ", g.head_dim);
+  RS_CHECK_ARG(options.prefill_tokens >= 1, "prefill_tokens must be >= 1, got ",
+               options.prefill_tokens);
+  RS_CHECK_ARG(options.attend.top_k >= 1, "top_k must be >= 1, got ", options.attend.top_k);
+  RS_CHECK_ARG(options.sink_tokens >= 0 && options.window_tokens >= 0,
+               "the GPU hybrid source needs explicit sink and window sizes, got ",
+               options.sink_tokens, " and ", options.window_tokens);
+  RS_CHECK_ARG(pool != nullptr, "no GPU page pool");
+  RS_CHECK_ARG(
+      pool->geometry().kv_heads == g.num_kv_heads && pool->geometry().head_dim == g.head_dim,
+      "GPU page pool geometry does not match the model");
+  SequenceConfig cfg;
+  cfg.kv.num_layers = g.num_layers;
+  cfg.kv.num_kv_heads = g.num_kv_heads;
+  cfg.kv.head_dim = g.head_dim;
+  cfg.kv.dtype = options.dtype;
+  cfg.num_q_heads = g.num_heads;
+  cfg.sink_tokens = options.sink_tokens;
+  cfg.window_tokens = options.window_tokens;
+  cfg.index_kind = options.index_kind;
+  cfg.ttl_ms = options.ttl_ms;
+  RS_ASSIGN_OR_RETURN(auto gpu, kernels::cuda::PagedKvCache::Create(std::move(pool), g.num_layers,
+                                                                    /*window=*/0));
+  RS_ASSIGN_OR_RETURN(auto seq, client->Create(id, cfg));
+  return std::unique_ptr<DeviceRetrievalKvSource>(
+      new DeviceRetrievalKvSource(id, g, options, std::move(seq), std::move(gpu), ops));
+}
+
+DeviceRetrievalKvSource::DeviceRetrievalKvSource(std::string id, const engine::KvGeometry& g,
+                                                 RetrievalSourceOptions options,
+                                                 std::unique_ptr<KvrSequence> seq,
+                                                 std::unique_ptr<kernels::cuda::PagedKvCache> gpu,
+                                                 const kernels::Ops* ops)
+    : id_(std::move(id)),
+      g_(g),
+      options_(std::move(options)),
+      sinks_(options_.sink_tokens),
+      window_(options_.window_tokens),
+      ops_(ops),
+      seq_(std::move(seq)),
+      gpu_(std::move(gpu)),
+      pending_k_(static_cast<size_t>(g.num_layers)),
+      pending_v_(static_cast<size_t>(g.num_layers)),
+      pending_n_(static_cast<size_t>(g.num_layers), 0),
+      o2_(ops),
+      lse2_(ops) {}
+
+DeviceRetrievalKvSource::~DeviceRetrievalKvSource() { (void)Release(); }
+
+Status DeviceRetrievalKvSource::Release() {
+  gpu_.reset();
+  if (seq_ == nullptr) return OkStatus();
+  std::unique_ptr<KvrSequence> seq = std::move(seq_);
+  return Annotate(seq->Release(), StrCat("kv retrieval: release of sequence '", id_, "'"));
+}
+
+void DeviceRetrievalKvSource::Fail(const Status& st) {
+  if (status_.ok()) status_ = Annotate(st, StrCat("kv retrieval (sequence '", id_, "')"));
+}
+
+void DeviceRetrievalKvSource::EvictMiddle() {
+  const int64_t end = stored_ - window_;
+  if (end <= std::max(sinks_, evicted_end_)) return;
+  gpu_->Evict(sinks_, end);
+  evicted_end_ = end;
+}
+
+Status DeviceRetrievalKvSource::Append(int layer, const float* k, const float* v, int n,
+                                       const int32_t*) {
+  if (!status_.ok()) return OkStatus();
+  if (layer < 0 || layer >= g_.num_layers || n < 1 || k == nullptr || v == nullptr) {
+    Fail(InvalidArgument(StrCat("Append: bad layer ", layer, " or token count ", n)));
+    return OkStatus();
+  }
+  if (seq_ == nullptr) {
+    Fail(FailedPrecondition("Append after Release"));
+    return OkStatus();
+  }
+  if (decoding_ && layer == 0) {
+    // The previous step's tokens (every layer) go to the store before this step attends; the
+    // GPU pages they pushed into the store's middle are given back.
+    Status st = FlushPending();
+    if (!st.ok()) {
+      Fail(st);
+      return OkStatus();
+    }
+    EvictMiddle();
+  }
+  Status st = gpu_->Append(layer, k, v, n);
+  if (!st.ok()) {
+    Fail(st);
+    return OkStatus();
+  }
+  const size_t count = static_cast<size_t>(n * g_.kv_row());
+  std::vector<float>& pk = pending_k_[layer];
+  std::vector<float>& pv = pending_v_[layer];
+  const size_t at = decoding_ ? pk.size() : 0;
+  pk.resize(at + count);
+  pv.resize(at + count);
+  ops_->CopyToHost(pk.data() + at, k, count * sizeof(float));
+  ops_->CopyToHost(pv.data() + at, v, count * sizeof(float));
+  pending_n_[layer] = decoding_ ? pending_n_[layer] + n : n;
+  return OkStatus();
+}
+
+Status DeviceRetrievalKvSource::FlushPending() {
+  const int64_t n = pending_n_[0];
+  if (n == 0) return OkStatus();
+  std::vector<const float*> ks, vs;
+  for (int l = 0; l < g_.num_layers; ++l) {
+    if (pending_n_[l] != n) {
+      return Internal(StrCat("layer ", l, " holds ", pending_n_[l], " pending tokens, layer 0 ", n,
+                             " (an incomplete forward step)"));
+    }
+    ks.push_back(pending_k_[l].data());
+    vs.push_back(pending_v_[l].data());
+  }
+  RS_RETURN_IF_ERROR(seq_->Append(n, ks, vs));
+  ++stats_.appends;
+  stored_ += n;
+  for (int l = 0; l < g_.num_layers; ++l) {
+    pending_k_[l].clear();
+    pending_v_[l].clear();
+    pending_n_[l] = 0;
+  }
+  return OkStatus();
+}
+
+Status DeviceRetrievalKvSource::Attend(int layer, const float* q, int n, float scale, float* o,
+                                       float* lse) {
+  Status st;
+  if (!status_.ok()) {
+    st = status_;
+  } else if (layer < 0 || layer >= g_.num_layers || n < 1 || q == nullptr) {
+    st = InvalidArgument(StrCat("Attend: bad layer ", layer, " or token count ", n));
+  } else if (seq_ == nullptr) {
+    st = FailedPrecondition("Attend after Release");
+  } else if (n > pending_n_[layer]) {
+    st = InvalidArgument(StrCat("Attend of ", n, " queries after an Append of ", pending_n_[layer],
+                                " tokens in layer ", layer));
+  } else {
+    st = decoding_ ? DecodeAttend(layer, q, n, scale, o, lse)
+                   : PrefillAttend(layer, q, n, scale, o, lse);
+  }
+  if (!st.ok()) {
+    Fail(st);
+    if (n > 0 && o != nullptr && lse != nullptr) {
+      const int64_t heads = int64_t{n} * g_.num_heads;
+      ho_.assign(static_cast<size_t>(heads * g_.head_dim), 0.0f);
+      hlse_.assign(static_cast<size_t>(heads), -std::numeric_limits<float>::infinity());
+      ops_->CopyToBackend(o, ho_.data(), ho_.size() * sizeof(float));
+      ops_->CopyToBackend(lse, hlse_.data(), hlse_.size() * sizeof(float));
+    }
+  }
+  return OkStatus();
+}
+
+Status DeviceRetrievalKvSource::PrefillAttend(int layer, const float* q, int n, float scale,
+                                              float* o, float* lse) {
+  RS_RETURN_IF_ERROR(gpu_->Attend(layer, q, n, g_.num_heads, scale, o, lse));
+  const size_t qd = static_cast<size_t>(n) * g_.num_heads * g_.head_dim;
+  hq_.resize(qd);
+  ops_->CopyToHost(hq_.data(), q, qd * sizeof(float));
+  // Queries go raw: the index ranks keys by q.k, which a positive scale does not change.
+  RS_RETURN_IF_ERROR(
+      seq_->AddPrefill(layer, n, pending_k_[layer].data(), pending_v_[layer].data(), hq_.data()));
+  pending_k_[layer].clear();
+  pending_v_[layer].clear();
+  pending_n_[layer] = 0;
+  if (layer == g_.num_layers - 1 && gpu_->length(layer) >= options_.prefill_tokens) {
+    stored_ = gpu_->length(layer);
+    RS_ASSIGN_OR_RETURN(stats_.build_ms, seq_->FinishPrefill());
+    decoding_ = true;
+    EvictMiddle();
+  }
+  return OkStatus();
+}
+
+Status DeviceRetrievalKvSource::DecodeAttend(int layer, const float* q, int n, float scale,
+                                             float* o, float* lse) {
+  const int h = g_.num_heads, d = g_.head_dim;
+  const int64_t qd = int64_t{h} * d;
+  // The store's middle; the GPU attends the rest: sinks [0, sm) and [me, own position].
+  const int64_t sm = std::min(sinks_, stored_);
+  const int64_t me = std::max(sm, stored_ - window_);
+  const bool middle = me > sm;
+  // The queries reach the host first (this waits for the step's work so far), so the GPU part
+  // queued next runs while the store searches.
+  if (middle) {
+    hq_.resize(static_cast<size_t>(n * qd));
+    ops_->CopyToHost(hq_.data(), q, hq_.size() * sizeof(float));
+  }
+  float* o2 = o2_.Get<float>(n * qd);
+  float* lse2 = lse2_.Get<float>(int64_t{n} * h);
+  if (o2 == nullptr || lse2 == nullptr) return ResourceExhausted("hybrid attention: GPU scratch");
+  const int64_t len = gpu_->length(layer);
+  for (int i = 0; i < n; ++i) {
+    const float* qi = q + i * qd;
+    float* oi = o + i * qd;
+    float* li = lse + int64_t{i} * h;
+    RS_RETURN_IF_ERROR(gpu_->AttendRange(layer, qi, 1, h, scale, me, len - n + i + 1, oi, li));
+    if (sm > 0) {
+      RS_RETURN_IF_ERROR(gpu_->AttendRange(layer, qi, 1, h, scale, 0, sm, o2, lse2));
+      RS_RETURN_IF_ERROR(kernels::cuda::MergeDevicePartials(oi, li, o2, lse2, h, d));
+    }
+  }
+  if (!middle) return OkStatus();
+  // The store scores with 1/sqrt(d); scaling q makes its scores scale * q.k.
+  const float qscale = scale * std::sqrt(static_cast<float>(d));
+  for (float& x : hq_) x *= qscale;
+  AttendOptions opt = options_.attend;
+  opt.retrieved_only = true;
+  opt.top_k = static_cast<int>(std::min<int64_t>(opt.top_k, me - sm));
+  ho_.resize(static_cast<size_t>(n * qd));
+  hlse_.resize(static_cast<size_t>(n) * h);
+  RS_RETURN_IF_ERROR(
+      seq_->Attend(layer, n, hq_.data(), opt, ho_.data(), hlse_.data(), &stats_.keys_scored));
+  stats_.decode_attends += n;
+  // Stream order: the H2D copies land after the sink merges above stopped reading o2/lse2.
+  ops_->CopyToBackend(o2, ho_.data(), ho_.size() * sizeof(float));
+  ops_->CopyToBackend(lse2, hlse_.data(), hlse_.size() * sizeof(float));
+  return kernels::cuda::MergeDevicePartials(o, lse, o2, lse2, int64_t{n} * h, d);
+}
+
+}  // namespace ragserve::kvr
