@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "services/common/logging.h"
+#include "services/engine/device_kv_cache.h"
 
 namespace ragserve::decoder {
 
@@ -250,7 +251,24 @@ bool Generator::Step() {
   if (on_device && !admitted.empty()) {
     auto pool = model_->DeviceKvPool(opts_.device_kv_dtype, opts_.kv_budget_bytes);
     for (Seq* s : admitted) {
-      if (s->job->ape || s->done) continue;
+      if (s->done) continue;
+      if (s->job->ape) {
+        // APE on the GPU: prefix and passage KV uploaded once, attended with the APE merge.
+        std::vector<const engine::KvBlock*> blocks;
+        for (const auto& b : s->job->ape->passages) blocks.push_back(b.get());
+        StatusOr<std::unique_ptr<engine::DeviceApeKvSource>> ape =
+            pool.ok() ? engine::DeviceApeKvSource::Create(
+                            *pool, model_->geometry(), model_->config().sliding_window,
+                            s->job->ape->prefix.get(), blocks, s->job->ape->temperature,
+                            s->job->ape->scaling, &model_->ops())
+                      : StatusOr<std::unique_ptr<engine::DeviceApeKvSource>>(pool.status());
+        if (!ape.ok()) {
+          Finish(s, Annotate(ape.status(), "device APE context"), "error");
+        } else {
+          s->ape = std::move(ape).value();
+        }
+        continue;
+      }
       auto src = pool.ok() ? model_->NewKvSource(opts_.device_kv_dtype, opts_.kv_budget_bytes)
                            : StatusOr<std::unique_ptr<engine::KvSource>>(pool.status());
       if (!src.ok()) {

@@ -56,9 +56,10 @@ struct GeneratorOptions {
   // cancelled or fails, before on_done. The worker's KV budget is still reserved for the
   // sequence (its prefill runs through a local cache).
   RetrievalSourceFactory kv_retrieval;
-  // With a model on a device backend (decoder --device cuda): each plain sequence (no APE
-  // context, no KV retrieval) keeps its KV in device pages of this dtype, from a pool of
-  // kv_budget_bytes made on first use. APE and retrieval sequences keep host sources (staged).
+  // With a model on a device backend (decoder --device cuda) every sequence's KV is in GPU pages
+  // from one pool of kv_budget_bytes (made on first use): plain sequences in pages of this
+  // dtype, APE contexts uploaded per request (DeviceApeKvSource), retrieval sequences with sinks
+  // + window on the GPU and the middle in the store (kvr/device_retrieval_source.h).
   kernels::DType device_kv_dtype = kernels::DType::kF16;
 };
 

@@ -30,4 +30,95 @@ Status DeviceKvCache::Attend(int layer, const float* q, int n, float scale, floa
   return cache_->Attend(layer, q, n, g_.num_heads, scale, o, lse);
 }
 
+namespace {
+
+// Copies blocks (host f32) into one paged cache, concatenated per layer; null when no tokens.
+StatusOr<std::unique_ptr<kernels::cuda::PagedKvCache>> Upload(
+    const std::shared_ptr<kernels::cuda::KvPagePool>& pool, const KvGeometry& g,
+    const std::vector<const KvBlock*>& blocks, const kernels::Ops* ops) {
+  int64_t tokens = 0;
+  for (const KvBlock* b : blocks) {
+    RS_CHECK_ARG(b != nullptr, "DeviceApeKvSource: null block");
+    RS_CHECK_ARG(b->geometry.num_layers == g.num_layers && b->geometry.kv_row() == g.kv_row() &&
+                     static_cast<int>(b->k.size()) == g.num_layers &&
+                     static_cast<int>(b->v.size()) == g.num_layers,
+                 "DeviceApeKvSource: block geometry does not match the model");
+    tokens += b->tokens;
+  }
+  if (tokens == 0) return std::unique_ptr<kernels::cuda::PagedKvCache>();
+  RS_CHECK_ARG(tokens <= (int64_t{1} << 30), "DeviceApeKvSource: ", tokens, " block tokens");
+  RS_ASSIGN_OR_RETURN(auto cache, kernels::cuda::PagedKvCache::Create(pool, g.num_layers, 0));
+  kernels::ScratchBuffer dk(ops), dv(ops);
+  for (const KvBlock* b : blocks) {
+    if (b->tokens == 0) continue;
+    const int64_t count = b->tokens * g.kv_row();
+    float* k = dk.Get<float>(count);
+    float* v = dv.Get<float>(count);
+    if (k == nullptr || v == nullptr) return ResourceExhausted("DeviceApeKvSource: upload buffer");
+    for (int l = 0; l < g.num_layers; ++l) {
+      RS_CHECK_ARG(static_cast<int64_t>(b->k[l].size()) == count &&
+                       static_cast<int64_t>(b->v[l].size()) == count,
+                   "DeviceApeKvSource: layer ", l, " of a block holds ", b->k[l].size(),
+                   " floats, expected ", count);
+      ops->CopyToBackend(k, b->k[l].data(), static_cast<size_t>(count) * sizeof(float));
+      ops->CopyToBackend(v, b->v[l].data(), static_cast<size_t>(count) * sizeof(float));
+      RS_RETURN_IF_ERROR(cache->Append(l, k, v, static_cast<int>(b->tokens)));
+    }
+  }
+  RS_RETURN_IF_ERROR(ops->Synchronize());  // the scratch goes away with this scope
+  return cache;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<DeviceApeKvSource>> DeviceApeKvSource::Create(
+    std::shared_ptr<kernels::cuda::KvPagePool> pool, const KvGeometry& g, int sliding_window,
+    const KvBlock* prefix, const std::vector<const KvBlock*>& contexts, float temperature,
+    float scaling, const kernels::Ops* ops) {
+  RS_CHECK_ARG(ops != nullptr && ops->memory() == kernels::MemorySpace::kDevice,
+               "DeviceApeKvSource needs a device backend");
+  RS_CHECK_ARG(temperature > 0.0f && scaling > 0.0f, "DeviceApeKvSource: temperature ", temperature,
+               " and scaling ", scaling, " must be > 0");
+  std::unique_ptr<DeviceApeKvSource> s(new DeviceApeKvSource(g, temperature, scaling, ops));
+  RS_ASSIGN_OR_RETURN(s->own_, DeviceKvCache::Create(pool, g, sliding_window));
+  std::vector<const KvBlock*> pre;
+  if (prefix != nullptr) pre.push_back(prefix);
+  RS_ASSIGN_OR_RETURN(s->prefix_, Upload(pool, g, pre, ops));
+  RS_ASSIGN_OR_RETURN(s->contexts_, Upload(pool, g, contexts, ops));
+  return s;
+}
+
+Status DeviceApeKvSource::Append(int layer, const float* k, const float* v, int n,
+                                 const int32_t* positions) {
+  return own_->Append(layer, k, v, n, positions);
+}
+
+Status DeviceApeKvSource::Attend(int layer, const float* q, int n, float scale, float* o,
+                                 float* lse) {
+  RS_RETURN_IF_ERROR(own_->Attend(layer, q, n, scale, o, lse));
+  const int64_t rows = int64_t{n} * g_.num_heads;
+  float* o2 = o2_.Get<float>(rows * g_.head_dim);
+  float* lse2 = lse2_.Get<float>(rows);
+  if (o2 == nullptr || lse2 == nullptr) return ResourceExhausted("DeviceApeKvSource: scratch");
+  // O: the prefix at the normal scale.
+  if (prefix_) {
+    RS_RETURN_IF_ERROR(prefix_->AttendRange(layer, q, n, g_.num_heads, scale, 0,
+                                            prefix_->length(layer), o2, lse2));
+    RS_RETURN_IF_ERROR(kernels::cuda::MergeDevicePartials(o, lse, o2, lse2, rows, g_.head_dim));
+  }
+  // C: every passage jointly (one softmax over their concatenation) at scale / T, merged with
+  // its LSE scaled by S * T.
+  if (contexts_) {
+    RS_RETURN_IF_ERROR(contexts_->AttendRange(layer, q, n, g_.num_heads, scale / temperature_, 0,
+                                              contexts_->length(layer), o2, lse2));
+    RS_RETURN_IF_ERROR(kernels::cuda::MergeDevicePartials(o, lse, o2, lse2, rows, g_.head_dim,
+                                                          scaling_ * temperature_));
+  }
+  return OkStatus();
+}
+
+int64_t DeviceApeKvSource::bytes() const {
+  return own_->bytes() + (prefix_ ? prefix_->bytes() : 0) + (contexts_ ? contexts_->bytes() : 0);
+}
+
 }  // namespace ragserve::engine
