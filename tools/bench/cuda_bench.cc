@@ -19,16 +19,26 @@
 //            paged KV from Model::NewKvSource(--kv-dtype)), after a `--prompt` token prefill; the
 //            GPU is fed the CPU's greedy tokens (teacher-forced) and the table counts the steps
 //            whose argmax agrees. `--long-prompt` adds a GPU-only row at a longer context.
-// hybrid     The GPU-window + CPU-resident-KV (KV retrieval) source is not in this build yet; the
-//            section prints so and measures what it will be compared with, at `--hybrid-context`
-//            tokens: the device model with its KV as a host KvCache (q/k/v staged to the host
-//            and the partial back, every layer and step) against the all-GPU paged KV.
+// hybrid     Decode tokens/s of the same GPU model at `--hybrid-context` tokens (128K) with its KV
+//            mostly in CPU memory: kvr::DeviceRetrievalKvSource keeps `--hybrid-sinks` +
+//            `--hybrid-window` tokens in GPU pages and the middle in an in-process KvRetrieval
+//            store (`--hybrid-index` key index, `--hybrid-top-k` keys per query head and step).
+//            Baselines in the same run, same prompt and teacher-forced tokens: the all-GPU paged
+//            KV (run first: its greedy tokens feed the others), skipped when it does not fit in
+//            the free device memory (cudaMemGetInfo; the hybrid prefill needs the same pages, so
+//            then it is skipped too), and the device model over a host KvCache filled from the
+//            all-GPU pages (q/k/v staged to the host every layer and step; `--no-host-kv`).
+//            Prints prefill and index build time, tok/s, GPU KV bytes vs the all-GPU run's,
+//            CPU-only tokens, the store's keys scored per step and top-1 agreement.
 //
 //   cuda_bench [--section all|attention|decode|hybrid] [--contexts 4K,8K,...,128K]
 //              [--heads 32] [--kv-heads 8] [--head-dim 128] [--dtype f16|bf16|f32]
 //              [--page-size 64] [--iters 200] [--warmup 20] [--no-rotate] [--no-sweep]
 //              [--prompt 512] [--steps 64] [--long-prompt 8192] [--long-cpu]
-//              [--hybrid-context 16K] [--kv-dtype f16] [--model-layers 12] [--model-hidden 768]
+//              [--hybrid-context 128K] [--hybrid-steps 32] [--hybrid-index attention_aware]
+//              [--hybrid-top-k 100] [--hybrid-ef-search 0] [--hybrid-sinks 128]
+//              [--hybrid-window 512] [--hybrid-store-dtype f32|f16] [--hybrid-store-mb 65536]
+//              [--no-host-kv] [--kv-dtype f16] [--model-layers 12] [--model-hidden 768]
 //              [--model-heads 12] [--model-kv-heads 4] [--model-ffn 2048] [--model-vocab 16000]
 //              [--model-dtype bf16] [--prefill-chunk 2048] [--json PATH]
 //
@@ -65,6 +75,10 @@
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
 #include "services/engine/tiny_model.h"
+#include "services/kvr/device_retrieval_source.h"
+#include "services/kvr/hybrid_attention.h"
+#include "services/kvr/kv_retrieval.h"
+#include "services/kvr/retrieval_kv_source.h"
 
 namespace {
 
@@ -481,15 +495,29 @@ struct ModelConfigFlags {
   int prompt = 512, steps = 64, warmup = 2, chunk = 2048;
   int64_t long_prompt = 8192;
   bool long_cpu = false;
-  int64_t hybrid_context = 16384;
+  // Section "hybrid".
+  int64_t hybrid_context = 131072;
+  int hybrid_steps = 32;
+  std::string hybrid_index = "attention_aware";  // kvr::ParseKeyIndexKind
+  int top_k = 100, ef_search = 0;
+  int sinks = 128, window = 512;  // HybridOptions' (and the decoder's) defaults
+  std::string store_dtype = "f32";
+  int64_t store_mb = 65536;  // KvRetrievalOptions::memory_limit_bytes, in MiB
+  bool host_kv = true;       // the host-KvCache staging baseline
 };
 
-// Device pool bytes for one sequence of `tokens` tokens (pages per layer, rounded up).
-int64_t PoolBytes(const engine::Model& m, DType kv_dtype, int64_t tokens) {
+constexpr int64_t kPageTokens = 64;  // kernels::cuda::KvPageGeometry's default (NewKvSource's)
+
+// Device bytes of the KV pages one sequence of `tokens` tokens holds (every layer, K and V).
+int64_t KvPageBytes(const engine::Model& m, DType kv_dtype, int64_t tokens) {
   const engine::KvGeometry g = m.geometry();
-  const int64_t page_size = 64;  // kernels::cuda::KvPageGeometry's default, what NewKvSource uses
-  const int64_t page_bytes = 2 * page_size * g.kv_row() * kernels::DTypeSize(kv_dtype);
-  return g.num_layers * (cu::CeilDiv(tokens, page_size) + 2) * page_bytes;
+  const int64_t page_bytes = 2 * kPageTokens * g.kv_row() * kernels::DTypeSize(kv_dtype);
+  return g.num_layers * cu::CeilDiv(tokens, kPageTokens) * page_bytes;
+}
+
+// Device pool bytes for one sequence of `tokens` tokens (pages per layer, rounded up, + slack).
+int64_t PoolBytes(const engine::Model& m, DType kv_dtype, int64_t tokens) {
+  return KvPageBytes(m, kv_dtype, tokens + 2 * kPageTokens);
 }
 
 std::vector<int32_t> Prompt(int64_t n, int vocab, uint64_t seed) {
@@ -498,6 +526,272 @@ std::vector<int32_t> Prompt(int64_t n, int vocab, uint64_t seed) {
   std::vector<int32_t> p(static_cast<size_t>(n));
   for (auto& t : p) t = dist(rng);
   return p;
+}
+
+// Device memory as the decode sections found it after loading the GPU model.
+struct GpuMemory {
+  static constexpr int64_t kReserve = int64_t{1} << 30;  // activations, workspaces, cuBLAS
+  size_t free_bytes = 0, total_bytes = 0;
+  int64_t hybrid_kv_bytes = 0;  // KV pages of the whole hybrid sequence (all-GPU layout)
+  bool hybrid_fits = false;     // that many pages (+ slack) + kReserve <= free_bytes
+};
+
+StatusOr<kvr::KvDtype> ParseStoreDType(const std::string& s) {
+  if (s == "f32") return kvr::KvDtype::kF32;
+  if (s == "f16") return kvr::KvDtype::kF16;
+  return InvalidArgument(StrCat("store dtype must be f32 or f16, got '", s, "'"));
+}
+
+// One row of the hybrid table (and of its JSON).
+struct HybridRow {
+  std::string kv;     // what holds the KV
+  std::string state;  // "ok", or why the row has no numbers
+  double prefill_s = -1, build_s = -1;
+  DecodeRun run;
+  int64_t gpu_bytes = -1, cpu_only_tokens = -1, store_bytes = -1;
+  double keys_per_step = -1, pct_of_exact_scan = -1;
+  bool compared = false;  // run.agree / run.compared are against the all-GPU tokens
+};
+
+// Section "hybrid": DeviceRetrievalKvSource (sinks + window in GPU pages, the middle in an
+// in-process KV retrieval store) against the all-GPU paged KV and the host KvCache staged per
+// layer, on one prompt of f.hybrid_context tokens. Order: the all-GPU run first (its greedy
+// tokens teacher-force the others; the host cache is filled from its pages), its pages given
+// back, then the hybrid source (which needs the whole prompt in GPU pages while it prefills).
+int RunHybrid(const ModelConfigFlags& f, engine::Model& gm, const kernels::Ops* gpu_ops,
+              DType kv_dtype, int64_t pool_bytes, const GpuMemory& mem, Json* json) {
+  const engine::KvGeometry g = gm.geometry();
+  const int64_t ctx = f.hybrid_context;
+  const int total_steps = f.warmup + f.hybrid_steps;
+  const std::string cs = TokensName(ctx);
+  auto kind = kvr::ParseKeyIndexKind(f.hybrid_index);
+  auto store_dtype = ParseStoreDType(f.store_dtype);
+  if (!kind.ok() || !store_dtype.ok()) {
+    std::fprintf(stderr, "%s\n",
+                 (kind.ok() ? store_dtype.status() : kind.status()).ToString().c_str());
+    return 2;
+  }
+  std::printf(
+      "### hybrid: GPU sinks + window, CPU-resident middle (DeviceRetrievalKvSource) at %s "
+      "context\n\n",
+      cs.c_str());
+  std::printf(
+      "store: in-process KvRetrieval, %s key index, top_k %d, ef_search %d, sinks %d, window %d, "
+      "K/V stored as %s (limit %ld MB); %d warm-up + %d timed greedy decode steps (batch 1), "
+      "teacher-forced with the all-GPU tokens; prefill chunk %d\n",
+      f.hybrid_index.c_str(), f.top_k, f.ef_search, f.sinks, f.window, f.store_dtype.c_str(),
+      static_cast<long>(f.store_mb), f.warmup, f.hybrid_steps, f.chunk);
+  std::printf(
+      "GPU memory after loading the model: %.0f MB free of %.0f MB; the full KV of %ld tokens "
+      "takes %.1f MB of %s pages (+ %.0f MB kept free for the rest)\n\n",
+      mem.free_bytes / 1e6, mem.total_bytes / 1e6, static_cast<long>(ctx + total_steps),
+      mem.hybrid_kv_bytes / 1e6, f.kv_dtype.c_str(), GpuMemory::kReserve / 1e6);
+  std::fflush(stdout);
+  // An exact scan of the store's middle at step i scores (ctx + i - window - sinks) keys per
+  // query head and layer (the store holds ctx + i tokens when step i attends).
+  double exact_keys = 0;
+  for (int i = 0; i < total_steps; ++i) {
+    exact_keys += static_cast<double>(std::max<int64_t>(0, ctx + i - f.window - f.sinks)) *
+                  g.num_heads * g.num_layers;
+  }
+  const std::vector<int32_t> prompt = Prompt(ctx, gm.config().vocab_size, 13);
+
+  HybridRow all{"all-GPU paged KV (" + f.kv_dtype + ")", "ok"};
+  HybridRow host{"host KvCache, staged per layer", "ok"};
+  HybridRow hyb{"hybrid: GPU sinks + window, CPU KV retrieval", "ok"};
+  int rc = 0;
+  if (!mem.hybrid_fits) {
+    const std::string why = StrCat("skipped: does not fit (", mem.hybrid_kv_bytes / 1000000,
+                                   " MB of KV pages + ", GpuMemory::kReserve / 1000000,
+                                   " MB reserve > ", mem.free_bytes / 1000000, " MB free)");
+    all.state = why;
+    host.state = "skipped: filled from the all-GPU pages";
+    // device_retrieval_source.h: the whole prompt is in GPU pages during prefill.
+    hyb.state = "skipped: its prefill holds the whole prompt in GPU pages too";
+  } else {
+    auto src = gm.NewKvSource(kv_dtype, pool_bytes);
+    CHECK_OK(src.status());
+    auto* dev = dynamic_cast<engine::DeviceKvCache*>(src->get());
+    if (dev == nullptr) {
+      std::fprintf(stderr, "NewKvSource did not return a DeviceKvCache\n");
+      return 1;
+    }
+    std::vector<float> logits;
+    auto t0 = Clock::now();
+    CHECK_OK(gm.Prefill(prompt, 0, dev, f.chunk, &logits));
+    all.prefill_s = Since(t0);
+    // The host cache gets the same K/V (read back from the device pages, so the same rounding):
+    // a CPU prefill of a long context would take far longer than the measurement.
+    std::unique_ptr<engine::KvCache> host_kv;
+    double host_copy_s = 0;
+    if (f.host_kv) {
+      t0 = Clock::now();
+      host_kv = gm.NewKvCache();
+      constexpr int64_t kChunk = 4096;
+      std::vector<float> k, v;
+      std::vector<int32_t> pos;
+      for (int l = 0; l < g.num_layers; ++l) {
+        for (int64_t b = 0; b < ctx; b += kChunk) {
+          const int64_t e = std::min<int64_t>(ctx, b + kChunk);
+          k.resize(static_cast<size_t>((e - b) * g.kv_row()));
+          v.resize(k.size());
+          pos.resize(static_cast<size_t>(e - b));
+          std::iota(pos.begin(), pos.end(), static_cast<int32_t>(b));
+          CHECK_OK(dev->paged().Read(l, b, e, k.data(), v.data()));
+          CHECK_OK(host_kv->Append(l, k.data(), v.data(), static_cast<int>(e - b), pos.data()));
+        }
+      }
+      host_copy_s = Since(t0);
+    }
+    auto run =
+        Decode(gm, dev, prompt, /*prefilled=*/true, logits, f.warmup, f.hybrid_steps, f.chunk, {});
+    CHECK_OK(run.status());
+    all.run = *run;
+    all.gpu_bytes = dev->bytes();
+    all.cpu_only_tokens = 0;
+    src->reset();  // its pages go back to the pool
+    if (host_kv != nullptr) {
+      auto staged = Decode(gm, host_kv.get(), prompt, /*prefilled=*/true, logits, f.warmup,
+                           f.hybrid_steps, f.chunk, all.run.argmax);
+      CHECK_OK(staged.status());
+      host.run = *staged;
+      host.compared = true;
+      host.gpu_bytes = 0;
+      host.cpu_only_tokens = ctx + total_steps;
+      std::printf("(host KvCache baseline: %.1f s to copy the prompt's K/V from the GPU pages)\n",
+                  host_copy_s);
+      host_kv.reset();
+    } else {
+      host.state = "skipped: --no-host-kv";
+    }
+
+    // The hybrid source over an in-process store.
+    kvr::KvRetrievalOptions ko;
+    ko.memory_limit_bytes = f.store_mb << 20;
+    ko.defaults.sink_tokens = f.sinks;
+    ko.defaults.window_tokens = f.window;
+    ko.defaults.index_kind = *kind;
+    kvr::KvRetrieval store(ko);
+    kvr::LocalKvrClient client(&store);
+    kvr::RetrievalSourceOptions ro;
+    ro.prefill_tokens = ctx;
+    ro.attend.top_k = f.top_k;
+    ro.attend.ef_search = f.ef_search;
+    ro.sink_tokens = f.sinks;
+    ro.window_tokens = f.window;
+    ro.index_kind = static_cast<int>(*kind);
+    ro.dtype = *store_dtype;
+    auto pool = gm.DeviceKvPool(kv_dtype, pool_bytes);
+    CHECK_OK(pool.status());
+    auto hs = kvr::DeviceRetrievalKvSource::Create(&client, "cuda_bench", g, ro, *pool, gpu_ops);
+    CHECK_OK(hs.status());
+    kvr::DeviceRetrievalKvSource& h = **hs;
+    std::vector<float> hlogits;
+    t0 = Clock::now();
+    CHECK_OK(gm.Prefill(prompt, 0, &h, f.chunk, &hlogits));
+    hyb.prefill_s = Since(t0);
+    hyb.build_s = h.stats().build_ms / 1e3;
+    Status st = h.status();
+    if (st.ok() && !h.decoding()) st = Internal("the source is not decoding after the prefill");
+    if (st.ok()) {
+      auto hr = Decode(gm, &h, prompt, /*prefilled=*/true, hlogits, f.warmup, f.hybrid_steps,
+                       f.chunk, all.run.argmax);
+      st = hr.ok() ? h.status() : hr.status();
+      if (hr.ok()) hyb.run = *hr;
+    }
+    if (!st.ok()) {
+      std::fprintf(stderr, "hybrid: %s\n", st.ToString().c_str());
+      hyb.state = "error: " + st.ToString();
+      rc = 1;
+    } else {
+      hyb.compared = true;
+      hyb.gpu_bytes = h.gpu_bytes();
+      hyb.cpu_only_tokens = h.cpu_only_tokens();
+      hyb.keys_per_step = static_cast<double>(h.stats().keys_scored) / total_steps;
+      hyb.pct_of_exact_scan =
+          exact_keys > 0 ? 100.0 * static_cast<double>(h.stats().keys_scored) / exact_keys : 0;
+      auto sb = store.SequenceBytes("cuda_bench");
+      if (sb.ok()) hyb.store_bytes = *sb;
+    }
+    CHECK_OK(h.Release());
+  }
+
+  std::printf(
+      "\n| context | KV | prefill s | index build s | decode tok/s | vs all-GPU KV | GPU KV MB | "
+      "%% of full KV on GPU | CPU-only tokens | store MB | keys scored / step | %% of exact "
+      "scan | greedy top-1 agree with all-GPU |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  const double full_bytes = all.gpu_bytes > 0 ? static_cast<double>(all.gpu_bytes)
+                                              : static_cast<double>(mem.hybrid_kv_bytes);
+  auto num = [](double v, const char* fmt) {
+    if (v < 0) return std::string("-");
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), fmt, v);
+    return std::string(buf);
+  };
+  Json rows = Json::array();
+  for (const HybridRow* r : {&all, &host, &hyb}) {
+    const bool ok = r->state == "ok";
+    const double tps = r->run.tokens_per_s();
+    const double base = all.run.tokens_per_s();
+    if (!ok) {
+      std::printf("| %s | %s | %s | - | - | - | - | - | - | - | - | - | - |\n", cs.c_str(),
+                  r->kv.c_str(), r->state.c_str());
+    } else {
+      std::printf(
+          "| %s | %s | %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %s |\n", cs.c_str(),
+          r->kv.c_str(), num(r->prefill_s, "%.2f").c_str(), num(r->build_s, "%.2f").c_str(), tps,
+          base > 0 ? num(tps / base, "%.2fx").c_str() : "-",
+          num(r->gpu_bytes >= 0 ? r->gpu_bytes / 1e6 : -1, "%.1f").c_str(),
+          num(r->gpu_bytes >= 0 ? 100.0 * r->gpu_bytes / full_bytes : -1, "%.2f%%").c_str(),
+          num(static_cast<double>(r->cpu_only_tokens), "%.0f").c_str(),
+          num(r->store_bytes >= 0 ? r->store_bytes / 1e6 : -1, "%.0f").c_str(),
+          num(r->keys_per_step, "%.3g").c_str(), num(r->pct_of_exact_scan, "%.2f%%").c_str(),
+          r->compared ? StrCat(r->run.agree, "/", r->run.compared).c_str() : "-");
+    }
+    Json row = {{"context", ctx}, {"kv", r->kv}, {"state", r->state}};
+    if (ok) {
+      if (r->prefill_s >= 0) row["prefill_s"] = r->prefill_s;
+      if (r->build_s >= 0) row["index_build_s"] = r->build_s;
+      row["decode_tps"] = tps;
+      if (base > 0) row["vs_all_gpu"] = tps / base;
+      row["gpu_kv_bytes"] = r->gpu_bytes;
+      row["pct_of_full_kv_on_gpu"] = 100.0 * r->gpu_bytes / full_bytes;
+      row["cpu_only_tokens"] = r->cpu_only_tokens;
+      if (r->store_bytes >= 0) row["store_bytes"] = r->store_bytes;
+      if (r->keys_per_step >= 0) row["keys_scored_per_step"] = r->keys_per_step;
+      if (r->pct_of_exact_scan >= 0) row["pct_of_exact_scan"] = r->pct_of_exact_scan;
+      if (r->compared) {
+        row["greedy_agree"] = r->run.agree;
+        row["greedy_compared"] = r->run.compared;
+      }
+    }
+    rows.push_back(row);
+  }
+  std::printf(
+      "\ntok/s over the %d timed steps; the hybrid's prefill s includes its index build (run "
+      "after the last prompt chunk); GPU KV MB, CPU-only tokens and store MB (K/V + key indexes "
+      "in CPU memory) after the last step (%ld tokens per layer); %% of full KV on GPU = GPU KV "
+      "MB / the all-GPU run's; keys scored / step = the store's key-index q.k products per decode "
+      "step (all layers and query heads, warm-up included), %% of exact scan = the same / scoring "
+      "every middle key; agreement counts the prefill's token and the warm-up steps.\n\n",
+      f.hybrid_steps, static_cast<long>(ctx + total_steps));
+  std::fflush(stdout);
+  (*json)["hybrid"] = {{"context", ctx},
+                       {"index", f.hybrid_index},
+                       {"top_k", f.top_k},
+                       {"ef_search", f.ef_search},
+                       {"sinks", f.sinks},
+                       {"window", f.window},
+                       {"store_dtype", f.store_dtype},
+                       {"kv_dtype", f.kv_dtype},
+                       {"warmup", f.warmup},
+                       {"steps", f.hybrid_steps},
+                       {"gpu_free_bytes", mem.free_bytes},
+                       {"gpu_total_bytes", mem.total_bytes},
+                       {"full_kv_bytes", mem.hybrid_kv_bytes},
+                       {"rows", rows}};
+  return rc;
 }
 
 int RunDecodeSections(const ModelConfigFlags& f, bool decode, bool hybrid, const std::string& dir,
@@ -513,8 +807,10 @@ int RunDecodeSections(const ModelConfigFlags& f, bool decode, bool hybrid, const
   o.dtype = *w_dtype;
   int64_t longest = decode ? f.prompt : 0;
   if (decode && f.long_prompt > 0) longest = std::max(longest, f.long_prompt);
-  if (hybrid) longest = std::max(longest, f.hybrid_context);
-  o.max_position_embeddings = static_cast<int>(longest + f.warmup + f.steps + 64);
+  // Tokens one device sequence reaches in each section (prompt + warm-up + timed steps).
+  const int64_t decode_end = decode ? longest + f.warmup + f.steps : 0;
+  const int64_t hybrid_end = hybrid ? f.hybrid_context + f.warmup + f.hybrid_steps : 0;
+  o.max_position_embeddings = static_cast<int>(std::max(decode_end, hybrid_end) + 64);
   CHECK_OK(engine::WriteTinyModel(o, {}, dir + "/model"));
   auto gpu_ops = cu::CudaOps();
   if (!gpu_ops.ok()) {
@@ -532,8 +828,20 @@ int RunDecodeSections(const ModelConfigFlags& f, bool decode, bool hybrid, const
   engine::Model& gm = **gpu;
   const engine::KvGeometry g = gm.geometry();
   // The model's page pool is made by the first NewKvSource and fixed then: size it for the
-  // longest sequence (one device sequence is alive at a time).
-  const int64_t pool_bytes = PoolBytes(gm, *kv_dtype, longest + f.warmup + f.steps + 64);
+  // longest sequence (one device sequence is alive at a time). The hybrid context's pages count
+  // only if they fit in the free device memory (with kReserve left for activations, attention
+  // workspaces and cuBLAS): the hybrid source holds the whole prompt in GPU pages while it
+  // prefills, like the all-GPU baseline, so the section is skipped otherwise.
+  GpuMemory mem;
+  if (cudaMemGetInfo(&mem.free_bytes, &mem.total_bytes) != cudaSuccess) {
+    std::fprintf(stderr, "cudaMemGetInfo: %s\n", cudaGetErrorString(cudaGetLastError()));
+    return 1;
+  }
+  mem.hybrid_kv_bytes = hybrid ? KvPageBytes(gm, *kv_dtype, hybrid_end) : 0;
+  mem.hybrid_fits = hybrid && PoolBytes(gm, *kv_dtype, hybrid_end) + GpuMemory::kReserve <=
+                                  static_cast<int64_t>(mem.free_bytes);
+  const int64_t pool_bytes =
+      PoolBytes(gm, *kv_dtype, std::max(decode_end, mem.hybrid_fits ? hybrid_end : 0));
   std::printf(
       "model: random-weight llama, %.1fM params, %s weights, %d layers, hidden %d, %d heads / %d "
       "kv heads (head_dim %d), ffn %d, vocab %d; GPU KV %s in a %.0f MB page pool; %d warm-up + "
@@ -604,76 +912,7 @@ int RunDecodeSections(const ModelConfigFlags& f, bool decode, bool hybrid, const
     std::printf("\n");
   }
 
-  if (hybrid) {
-    std::printf("### hybrid: GPU window + CPU-resident KV (KV retrieval) at %s context\n\n",
-                TokensName(f.hybrid_context).c_str());
-    // HYBRID SECTION: the lead is writing the KvSource that keeps sinks + the recent window in
-    // device pages and the rest in CPU memory behind the KV retrieval library. When it lands, add
-    // its row here (same prompt, prefilled the same way, decoded with the same teacher-forced
-    // tokens) next to the two baseline rows below. Until then:
-    std::printf("hybrid: not available in this build\n\n");
-    std::printf("baselines at the same context (the same prompt, prefilled once on the GPU):\n\n");
-    std::printf(
-        "| context | KV | decode tok/s | vs all-GPU KV | greedy top-1 agree with all-GPU "
-        "|\n|---|---|---|---|---|\n");
-    std::fflush(stdout);
-    const std::vector<int32_t> prompt = Prompt(f.hybrid_context, o.vocab_size, 13);
-    auto src = new_device_kv();
-    CHECK_OK(src.status());
-    auto* dev = dynamic_cast<engine::DeviceKvCache*>(src->get());
-    if (dev == nullptr) {
-      std::fprintf(stderr, "NewKvSource did not return a DeviceKvCache\n");
-      return 1;
-    }
-    std::vector<float> logits;
-    const auto t0 = Clock::now();
-    CHECK_OK(gm.Prefill(prompt, 0, dev, f.chunk, &logits));
-    const double prefill_s = Since(t0);
-    // The host cache gets the same K/V (read back from the device pages, so the same rounding):
-    // a CPU prefill of a long context would take far longer than the measurement.
-    auto host = gm.NewKvCache();
-    {
-      constexpr int64_t kChunk = 4096;
-      std::vector<float> k, v;
-      std::vector<int32_t> pos;
-      for (int l = 0; l < g.num_layers; ++l) {
-        for (int64_t b = 0; b < f.hybrid_context; b += kChunk) {
-          const int64_t e = std::min<int64_t>(f.hybrid_context, b + kChunk);
-          k.resize(static_cast<size_t>((e - b) * g.kv_row()));
-          v.resize(k.size());
-          pos.resize(static_cast<size_t>(e - b));
-          std::iota(pos.begin(), pos.end(), static_cast<int32_t>(b));
-          CHECK_OK(dev->paged().Read(l, b, e, k.data(), v.data()));
-          CHECK_OK(host->Append(l, k.data(), v.data(), static_cast<int>(e - b), pos.data()));
-        }
-      }
-    }
-    auto all_gpu =
-        Decode(gm, dev, prompt, /*prefilled=*/true, logits, f.warmup, f.steps, f.chunk, {});
-    CHECK_OK(all_gpu.status());
-    src->reset();  // its pages go back to the pool
-    auto staged = Decode(gm, host.get(), prompt, /*prefilled=*/true, logits, f.warmup, f.steps,
-                         f.chunk, all_gpu->argmax);
-    CHECK_OK(staged.status());
-    const std::string ctx = TokensName(f.hybrid_context);
-    std::printf("| %s | all-GPU paged KV (%s) | %.1f | 1.00x | - |\n", ctx.c_str(),
-                f.kv_dtype.c_str(), all_gpu->tokens_per_s());
-    std::printf("| %s | host KvCache, staged per layer | %.1f | %.2fx | %d/%d |\n", ctx.c_str(),
-                staged->tokens_per_s(), staged->tokens_per_s() / all_gpu->tokens_per_s(),
-                staged->agree, staged->compared);
-    std::printf(
-        "| %s | hybrid (GPU window + CPU KV retrieval) | not available in this build | - "
-        "| - |\n\n",
-        ctx.c_str());
-    std::printf("(GPU prefill of the %s prompt: %.2f s)\n\n", ctx.c_str(), prefill_s);
-    (*json)["hybrid"] = {{"context", f.hybrid_context},
-                         {"available", false},
-                         {"all_gpu_kv_tps", all_gpu->tokens_per_s()},
-                         {"host_kv_staged_tps", staged->tokens_per_s()},
-                         {"host_over_all_gpu", staged->tokens_per_s() / all_gpu->tokens_per_s()},
-                         {"greedy_agree", staged->agree},
-                         {"greedy_compared", staged->compared}};
-  }
+  if (hybrid) return RunHybrid(f, gm, *gpu_ops, *kv_dtype, pool_bytes, mem, json);
   return 0;
 }
 
@@ -681,7 +920,7 @@ int RunDecodeSections(const ModelConfigFlags& f, bool decode, bool hybrid, const
 
 int main(int argc, char** argv) {
   std::string section = "all", contexts = "4K,8K,16K,32K,64K,128K", dtype = "f16", json_path;
-  std::string hybrid_context = "16K";
+  std::string hybrid_context = "128K";
   AttentionConfig ac;
   bool no_rotate = false, no_sweep = false;
   ModelConfigFlags mf;
@@ -692,7 +931,7 @@ int main(int argc, char** argv) {
   mf.o.intermediate_size = 2048;
   mf.o.vocab_size = 16000;
   mf.o.seed = 5;
-  CLI::App app{"cuda_bench: flash-decoding bandwidth, GPU vs CPU decode, host-KV baseline"};
+  CLI::App app{"cuda_bench: flash-decoding bandwidth, GPU vs CPU decode, GPU+CPU hybrid KV"};
   app.add_option("--section", section, "all | attention | decode | hybrid")->capture_default_str();
   app.add_option("--contexts", contexts, "attention: comma list of context lengths (4K = 4096)")
       ->capture_default_str();
@@ -708,12 +947,33 @@ int main(int argc, char** argv) {
   app.add_flag("--no-sweep", no_sweep, "attention: skip the forced-splits sweep");
   app.add_option("--prompt", mf.prompt, "decode: prompt tokens (CPU and GPU)")
       ->capture_default_str();
-  app.add_option("--steps", mf.steps, "decode/hybrid: timed decode steps")->capture_default_str();
+  app.add_option("--steps", mf.steps, "decode: timed decode steps")->capture_default_str();
   app.add_option("--long-prompt", mf.long_prompt, "decode: GPU-only row at this prompt (0: none)")
       ->capture_default_str();
   app.add_flag("--long-cpu", mf.long_cpu, "decode: run the CPU on the long prompt too (slow)");
-  app.add_option("--hybrid-context", hybrid_context, "hybrid: context tokens (16K = 16384)")
+  app.add_option("--hybrid-context", hybrid_context, "hybrid: context tokens (128K = 131072)")
       ->capture_default_str();
+  app.add_option("--hybrid-steps", mf.hybrid_steps, "hybrid: timed decode steps")
+      ->capture_default_str();
+  app.add_option("--hybrid-index", mf.hybrid_index,
+                 "hybrid: key index exact | hnsw | ivf | attention_aware")
+      ->capture_default_str();
+  app.add_option("--hybrid-top-k", mf.top_k, "hybrid: keys retrieved per query head and step")
+      ->capture_default_str();
+  app.add_option("--hybrid-ef-search", mf.ef_search, "hybrid: graph index beam (0 = default)")
+      ->capture_default_str();
+  app.add_option("--hybrid-sinks", mf.sinks, "hybrid: first tokens kept on the GPU")
+      ->capture_default_str();
+  app.add_option("--hybrid-window", mf.window, "hybrid: last tokens kept on the GPU")
+      ->capture_default_str();
+  app.add_option("--hybrid-store-dtype", mf.store_dtype, "hybrid: store K/V as f32 | f16")
+      ->capture_default_str();
+  app.add_option("--hybrid-store-mb", mf.store_mb, "hybrid: memory limit of the store (MiB)")
+      ->capture_default_str();
+  bool no_host_kv = false;
+  app.add_flag("--no-host-kv", no_host_kv,
+               "hybrid: skip the host-KvCache baseline (every step attends the whole context on "
+               "the CPU)");
   app.add_option("--kv-dtype", mf.kv_dtype, "decode/hybrid: GPU KV dtype f16 | bf16 | f32")
       ->capture_default_str();
   app.add_option("--prefill-chunk", mf.chunk, "decode/hybrid: prefill chunk tokens")
@@ -736,6 +996,8 @@ int main(int argc, char** argv) {
   mf.prompt = std::max(1, mf.prompt);
   mf.o.vocab_size = std::max(258, mf.o.vocab_size);
   mf.hybrid_context = ParseTokens(hybrid_context);
+  mf.hybrid_steps = std::max(1, mf.hybrid_steps);
+  mf.host_kv = !no_host_kv;
   {
     std::stringstream ss(contexts);
     std::string item;
@@ -760,6 +1022,20 @@ int main(int argc, char** argv) {
   }
   if (mf.hybrid_context <= 0 || ac.contexts.empty()) {
     std::fprintf(stderr, "--hybrid-context and --contexts need lengths > 0\n");
+    return 2;
+  }
+  if (auto k = kvr::ParseKeyIndexKind(mf.hybrid_index); !k.ok()) {
+    std::fprintf(stderr, "--hybrid-index: %s\n", k.status().ToString().c_str());
+    return 2;
+  }
+  if (auto d = ParseStoreDType(mf.store_dtype); !d.ok()) {
+    std::fprintf(stderr, "--hybrid-store-dtype: %s\n", d.status().ToString().c_str());
+    return 2;
+  }
+  if (mf.top_k < 1 || mf.ef_search < 0 || mf.sinks < 0 || mf.window < 0 || mf.store_mb < 1) {
+    std::fprintf(stderr,
+                 "--hybrid-top-k and --hybrid-store-mb must be >= 1, --hybrid-ef-search, "
+                 "--hybrid-sinks and --hybrid-window >= 0\n");
     return 2;
   }
 
