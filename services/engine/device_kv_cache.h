@@ -59,6 +59,8 @@ class DeviceApeKvSource final : public KvSource {
   Status Attend(int layer, const float* q, int n, float scale, float* o, float* lse) override;
   kernels::MemorySpace memory() const override { return kernels::MemorySpace::kDevice; }
   int64_t bytes() const;
+  // The sequence's own tokens (after the blocks).
+  DeviceKvCache& own() { return *own_; }
 
  private:
   DeviceApeKvSource(const KvGeometry& g, float temperature, float scaling, const kernels::Ops* ops)

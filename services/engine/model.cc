@@ -367,6 +367,9 @@ StatusOr<KvBlock> Model::EncodeBlock(const KvBlock* prefix, std::span<const int3
         prefix->geometry.num_layers == g.num_layers && prefix->geometry.kv_row() == g.kv_row(),
         "EncodeBlock: prefix geometry does not match the model");
   }
+  if (ops_->memory() == kernels::MemorySpace::kDevice) {
+    return EncodeBlockOnDevice(prefix, tokens, start_pos, chunk_size);
+  }
   KvCache own(g, config().sliding_window, host_ops_);
   std::unique_ptr<BlockKvSource> pre;
   std::vector<KvSource*> extra;
@@ -377,6 +380,41 @@ StatusOr<KvBlock> Model::EncodeBlock(const KvBlock* prefix, std::span<const int3
   MergedKvSource src(&own, extra, g);
   RS_RETURN_IF_ERROR(Prefill(tokens, start_pos, &src, chunk_size, nullptr));
   return own.ToBlock(0, own.length(), fingerprint());
+}
+
+StatusOr<KvBlock> Model::EncodeBlockOnDevice(const KvBlock* prefix, std::span<const int32_t> tokens,
+                                             int32_t start_pos, int chunk_size) {
+  const KvGeometry g = geometry();
+  // The prefix in GPU pages + the block's own causal pages: DeviceApeKvSource with no passages
+  // (temperature = scaling = 1) is exactly "attend the prefix, then yourself causally". Pages come
+  // from the worker's pool in its storage dtype (f32 unless the decoder chose f16/bf16 KV).
+  std::shared_ptr<kernels::cuda::KvPagePool> pool;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pool = kv_pool_;
+  }
+  if (!pool) {
+    RS_ASSIGN_OR_RETURN(pool, DeviceKvPool(kernels::DType::kF32, int64_t{1} << 30));
+  }
+  RS_ASSIGN_OR_RETURN(
+      std::unique_ptr<DeviceApeKvSource> src,
+      DeviceApeKvSource::Create(pool, g, config().sliding_window,
+                                prefix != nullptr && prefix->tokens > 0 ? prefix : nullptr, {},
+                                1.0f, 1.0f, ops_));
+  RS_RETURN_IF_ERROR(Prefill(tokens, start_pos, src.get(), chunk_size, nullptr));
+  KvBlock b;
+  b.geometry = g;
+  b.tokens = static_cast<int64_t>(tokens.size());
+  b.fingerprint = fingerprint();
+  for (int64_t i = 0; i < b.tokens; ++i) b.positions.push_back(start_pos + static_cast<int32_t>(i));
+  b.k.resize(static_cast<size_t>(g.num_layers));
+  b.v.resize(static_cast<size_t>(g.num_layers));
+  for (int l = 0; l < g.num_layers; ++l) {
+    b.k[l].resize(static_cast<size_t>(b.tokens * g.kv_row()));
+    b.v[l].resize(b.k[l].size());
+    RS_RETURN_IF_ERROR(src->own().paged().Read(l, 0, b.tokens, b.k[l].data(), b.v[l].data()));
+  }
+  return b;
 }
 
 }  // namespace ragserve::engine

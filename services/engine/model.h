@@ -120,6 +120,10 @@ class Model {
   // Final norm + LM head over the rows `mode` selects (Forward's tail; mu_ held).
   Status LmHead(std::span<const SequenceStep> batch, LogitsMode mode, int64_t T,
                 std::vector<float>* logits);
+  // EncodeBlock with the work on the device: prefix and block K/V in GPU pages, read back at the
+  // end.
+  StatusOr<KvBlock> EncodeBlockOnDevice(const KvBlock* prefix, std::span<const int32_t> tokens,
+                                        int32_t start_pos, int chunk_size);
   // Chooses the thread count of decode steps from their timings (EWMA per candidate, a short
   // exploration of the other candidate every kExplorePeriod steps).
   class ThreadTuner {

@@ -84,6 +84,36 @@ TEST_P(DeviceApeTest, MatchesTheCpuApeSource) {
   }
 }
 
+TEST(DeviceEncodeBlockTest, MatchesTheCpuEncodeBlockAfterAPrefix) {
+  StatusOr<const kernels::Ops*> gpu_ops = kernels::cuda::CudaOps();
+  ASSERT_TRUE(gpu_ops.ok()) << gpu_ops.status().ToString();
+  testing::TempDir dir;
+  TinyModelOptions mo = testing::SmallOptions();
+  mo.hidden_size = 256;
+  mo.intermediate_size = 512;
+  auto cpu = testing::MakeModel(dir, mo, "m");
+  ASSERT_NE(cpu, nullptr);
+  auto gpu_or = Model::Load(dir.path() + "/m", *gpu_ops);
+  ASSERT_TRUE(gpu_or.ok()) << gpu_or.status().ToString();
+  auto gpu = std::move(gpu_or).value();
+  kernels::cuda::SetCudaGemmMode(kernels::cuda::CudaGemmMode::kF32);
+  auto cp = cpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);
+  auto gp = gpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);
+  ASSERT_TRUE(cp.ok() && gp.ok()) << gp.status().ToString();
+  const std::vector<int32_t> passage = Tokens(77, mo.vocab_size, 4);
+  auto cb = cpu->EncodeBlock(&*cp, passage, 8, 32);
+  auto gb = gpu->EncodeBlock(&*cp, passage, 8, 32);
+  ASSERT_TRUE(cb.ok() && gb.ok()) << gb.status().ToString();
+  EXPECT_EQ(gb->tokens, cb->tokens);
+  EXPECT_EQ(gb->positions, cb->positions);
+  EXPECT_EQ(gb->fingerprint, cb->fingerprint);
+  for (int l = 0; l < mo.num_layers; ++l) {
+    EXPECT_LE(testing::MaxAbsDiff(gp->k[l], cp->k[l]), 1e-4f) << "prefix layer " << l;
+    EXPECT_LE(testing::MaxAbsDiff(gb->k[l], cb->k[l]), 1e-3f) << "k layer " << l;
+    EXPECT_LE(testing::MaxAbsDiff(gb->v[l], cb->v[l]), 1e-3f) << "v layer " << l;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Settings, DeviceApeTest,
                          ::testing::Values(ApeCase{"plain", 1.0f, 1.0f},
                                            ApeCase{"paper_defaults", 0.9f, 0.9f},
