@@ -36,6 +36,9 @@ StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(std::shared_ptr<KvP
   return FailedPrecondition(kNoCuda);
 }
 PagedKvCache::~PagedKvCache() = default;
+Status PagedKvCache::UploadTable(int, int64_t, const std::vector<int32_t>&) {
+  return FailedPrecondition(kNoCuda);
+}
 Status PagedKvCache::Append(int, const float*, const float*, int) {
   return FailedPrecondition(kNoCuda);
 }

@@ -129,6 +129,41 @@ StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(std::shared_ptr<KvP
   return c;
 }
 
+Status PagedKvCache::UploadTable(int layer, int64_t have, const std::vector<int32_t>& fresh) {
+  cudaStream_t stream = cudaStreamPerThread;
+  const std::vector<int32_t>& pages = pages_[layer];
+  const int64_t need = have + static_cast<int64_t>(fresh.size());
+  int32_t*& table = impl_->tables[layer];
+  int64_t& cap = impl_->table_cap[layer];
+  if (need > cap) {
+    // Grow the device table and upload all of it.
+    const int64_t new_cap = std::max<int64_t>(need, 2 * cap);
+    int32_t* grown = nullptr;
+    CUDA_CHECK(cudaMalloc(&grown, static_cast<size_t>(new_cap) * sizeof(int32_t)));
+    if (have > 0) {
+      // Pageable host memory: the copy has the data before cudaMemcpyAsync returns.
+      Status st = [&]() -> Status {
+        CUDA_CHECK(cudaMemcpyAsync(grown, pages.data(), static_cast<size_t>(have) * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, stream));
+        return OkStatus();
+      }();
+      if (!st.ok()) {
+        cudaFree(grown);
+        return st;
+      }
+    }
+    if (table != nullptr) {
+      CUDA_CHECK(cudaStreamSynchronize(stream));  // pending kernels may still read the old one
+      cudaFree(table);
+    }
+    table = grown;
+    cap = new_cap;
+  }
+  CUDA_CHECK(cudaMemcpyAsync(table + have, fresh.data(), fresh.size() * sizeof(int32_t),
+                             cudaMemcpyHostToDevice, stream));
+  return OkStatus();
+}
+
 PagedKvCache::~PagedKvCache() {
   // This thread's queued kernels may still read the pages: finish them before the pages are reused.
   cudaStreamSynchronize(cudaStreamPerThread);
@@ -155,27 +190,16 @@ Status PagedKvCache::Append(int layer, const float* k, const float* v, int n) {
   }
   cudaStream_t stream = cudaStreamPerThread;
   if (need > have) {
-    RS_RETURN_IF_ERROR(pool_->Take(need - have, &pages));
-    int32_t*& table = impl_->tables[layer];
-    int64_t& cap = impl_->table_cap[layer];
-    if (need > cap) {
-      // Grow the device table and upload all of it; otherwise only the new entries.
-      const int64_t new_cap = std::max<int64_t>(need, 2 * cap);
-      int32_t* fresh = nullptr;
-      CUDA_CHECK(cudaMalloc(&fresh, static_cast<size_t>(new_cap) * sizeof(int32_t)));
-      if (table != nullptr) {
-        CUDA_CHECK(cudaStreamSynchronize(stream));  // pending kernels may still read the old one
-        cudaFree(table);
-      }
-      table = fresh;
-      cap = new_cap;
-      CUDA_CHECK(cudaMemcpyAsync(table, pages.data(), static_cast<size_t>(need) * sizeof(int32_t),
-                                 cudaMemcpyHostToDevice, stream));
-    } else {
-      CUDA_CHECK(cudaMemcpyAsync(table + have, pages.data() + have,
-                                 static_cast<size_t>(need - have) * sizeof(int32_t),
-                                 cudaMemcpyHostToDevice, stream));
+    // New pages are committed to the host table only once the device table has them, so a
+    // failed upload leaves both tables as they were (and the pages back in the pool).
+    std::vector<int32_t> fresh_pages;
+    RS_RETURN_IF_ERROR(pool_->Take(need - have, &fresh_pages));
+    Status st = UploadTable(layer, have, fresh_pages);
+    if (!st.ok()) {
+      pool_->Give(fresh_pages.data(), static_cast<int64_t>(fresh_pages.size()));
+      return st;
     }
+    pages.insert(pages.end(), fresh_pages.begin(), fresh_pages.end());
   }
   const int64_t kv_row = int64_t{g.kv_heads} * g.head_dim;
   AppendKernel<<<Blocks(n * kv_row), kThreads, 0, stream>>>(k, v, n, kv_row, impl_->tables[layer],

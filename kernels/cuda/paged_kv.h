@@ -103,6 +103,9 @@ class PagedKvCache {
 
  private:
   PagedKvCache() = default;
+  // Puts `fresh` page ids at entries [have, have + fresh.size()) of layer's device table
+  // (growing it); the host table is not touched.
+  Status UploadTable(int layer, int64_t have, const std::vector<int32_t>& fresh);
   struct Impl;
   std::shared_ptr<KvPagePool> pool_;
   int64_t window_ = 0;

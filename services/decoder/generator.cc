@@ -41,8 +41,11 @@ Generator::Generator(engine::Model* model, const engine::Tokenizer* tokenizer,
     : model_(model),
       tokenizer_(tokenizer),
       opts_(opts),
-      kv_bytes_per_token_(int64_t{2} * model->geometry().num_layers * model->geometry().kv_row() *
-                          static_cast<int64_t>(sizeof(float))) {
+      kv_bytes_per_token_(
+          int64_t{2} * model->geometry().num_layers * model->geometry().kv_row() *
+          static_cast<int64_t>(model->ops().memory() == kernels::MemorySpace::kDevice
+                                   ? kernels::DTypeSize(opts.device_kv_dtype)
+                                   : sizeof(float))) {
   load_.max_active = opts_.max_active;
   load_.kv_bytes_free = opts_.kv_budget_bytes;
   if (opts_.kv_retrieval && model_->config().sliding_window > 0) {
@@ -82,8 +85,16 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
                    "a context block was made by another model");
     }
   }
-  if (KvBytes(total) > opts_.kv_budget_bytes) {
-    return ResourceExhausted(StrCat("request needs ", KvBytes(total),
+  int64_t kv_tokens = total;
+  if (model_->ops().memory() == kernels::MemorySpace::kDevice) {
+    // GPU pages come from one pool of kv_budget_bytes: an APE request also uploads its prefix
+    // and passages there, and each of a sequence's (up to three) paged caches may leave a page
+    // partly empty in every layer.
+    if (job->ape) kv_tokens += job->ape->context_tokens;
+    kv_tokens += 3 * kernels::cuda::KvPageGeometry{}.page_size;
+  }
+  if (KvBytes(kv_tokens) > opts_.kv_budget_bytes) {
+    return ResourceExhausted(StrCat("request needs ", KvBytes(kv_tokens),
                                     " bytes of KV cache; the "
                                     "worker's budget is ",
                                     opts_.kv_budget_bytes));
@@ -97,7 +108,7 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
   seq->tokens.insert(seq->tokens.end(), job->resume.begin(), job->resume.end());
   seq->to_prefill = static_cast<int64_t>(seq->tokens.size());
   seq->pos0 = static_cast<int32_t>(start);
-  seq->reserved_bytes = KvBytes(total);
+  seq->reserved_bytes = KvBytes(kv_tokens);
   seq->t_submit = Clock::now();
   seq->job = std::move(job);
 

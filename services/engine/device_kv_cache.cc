@@ -15,12 +15,17 @@ StatusOr<std::unique_ptr<DeviceKvCache>> DeviceKvCache::Create(
   RS_ASSIGN_OR_RETURN(
       std::unique_ptr<kernels::cuda::PagedKvCache> cache,
       kernels::cuda::PagedKvCache::Create(std::move(pool), g.num_layers, sliding_window));
-  return std::unique_ptr<DeviceKvCache>(new DeviceKvCache(g, std::move(cache)));
+  return std::unique_ptr<DeviceKvCache>(new DeviceKvCache(g, sliding_window, std::move(cache)));
 }
 
 Status DeviceKvCache::Append(int layer, const float* k, const float* v, int n, const int32_t*) {
   RS_CHECK_ARG(layer >= 0 && layer < g_.num_layers, "DeviceKvCache::Append: layer ", layer,
                " out of range [0, ", g_.num_layers, ")");
+  if (window_ > 0 && layer == g_.num_layers - 1) {
+    // Sliding window: the first query of this step sees keys from len + 1 - window on, and later
+    // steps see later ones, so whole pages below that go back to the pool (all layers hold len).
+    cache_->Evict(0, cache_->length(layer) + 1 - window_);
+  }
   return cache_->Append(layer, k, v, n);
 }
 

@@ -27,16 +27,18 @@ class DeviceKvCache final : public KvSource {
   kernels::MemorySpace memory() const override { return kernels::MemorySpace::kDevice; }
 
   int64_t length() const { return cache_->length(0); }
-  // Drops tokens beyond n (pages go back to the pool).
+  // Drops tokens beyond n (pages go back to the pool). With a sliding window, pages that slid
+  // out were already given back: truncating into them makes the next Append fail.
   void Truncate(int64_t n) { cache_->Truncate(n); }
   int64_t bytes() const { return cache_->bytes(); }
   kernels::cuda::PagedKvCache& paged() { return *cache_; }
   const KvGeometry& geometry() const { return g_; }
 
  private:
-  DeviceKvCache(const KvGeometry& g, std::unique_ptr<kernels::cuda::PagedKvCache> cache)
-      : g_(g), cache_(std::move(cache)) {}
+  DeviceKvCache(const KvGeometry& g, int window, std::unique_ptr<kernels::cuda::PagedKvCache> cache)
+      : g_(g), window_(window), cache_(std::move(cache)) {}
   KvGeometry g_;
+  int window_;
   std::unique_ptr<kernels::cuda::PagedKvCache> cache_;
 };
 

@@ -262,6 +262,16 @@ Status Model::Forward(std::span<const SequenceStep> batch, LogitsMode mode,
     }
   }
   const kernels::Ops& ops = *ops_;
+  // An early error return must still wait for the work queued so far (an asynchronous backend
+  // would otherwise run it while the next caller reuses the scratch) and not leave its errors
+  // to the next step.
+  struct SyncOnError {
+    const kernels::Ops& ops;
+    bool armed = true;
+    ~SyncOnError() {
+      if (armed) (void)ops.Synchronize();
+    }
+  } sync_on_error{ops};
   ops.CopyToBackend(ids_b, ids_.data(), ids_.size() * sizeof(int32_t));
   ops.CopyToBackend(pos_b, pos_.data(), pos_.size() * sizeof(int32_t));
   ops.Embed(embed_, ids_b, T, x);
@@ -302,6 +312,7 @@ Status Model::Forward(std::span<const SequenceStep> batch, LogitsMode mode,
     ops.Add(x, tmp, T * H);
   }
   if (mode != LogitsMode::kNone) RS_RETURN_IF_ERROR(LmHead(batch, mode, T, logits));
+  sync_on_error.armed = false;
   RS_RETURN_IF_ERROR(ops.Synchronize());
   if (tune) {
     tuner.Record(threads,
@@ -386,16 +397,20 @@ StatusOr<KvBlock> Model::EncodeBlockOnDevice(const KvBlock* prefix, std::span<co
                                              int32_t start_pos, int chunk_size) {
   const KvGeometry g = geometry();
   // The prefix in GPU pages + the block's own causal pages: DeviceApeKvSource with no passages
-  // (temperature = scaling = 1) is exactly "attend the prefix, then yourself causally". Pages come
-  // from the worker's pool in its storage dtype (f32 unless the decoder chose f16/bf16 KV).
-  std::shared_ptr<kernels::cuda::KvPagePool> pool;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    pool = kv_pool_;
-  }
-  if (!pool) {
-    RS_ASSIGN_OR_RETURN(pool, DeviceKvPool(kernels::DType::kF32, int64_t{1} << 30));
-  }
+  // (temperature = scaling = 1) is exactly "attend the prefix, then yourself causally". The pages
+  // come from a pool of this call's exact size in f32, apart from the decode pool: a cached block
+  // must not depend on the worker's KV storage dtype, nor take pages from running sequences.
+  kernels::cuda::KvPageGeometry pg;
+  pg.kv_heads = g.num_kv_heads;
+  pg.head_dim = g.head_dim;
+  pg.dtype = kernels::DType::kF32;
+  const int64_t prefix_tokens = prefix != nullptr ? prefix->tokens : 0;
+  const int64_t pages = int64_t{g.num_layers} *
+                        ((prefix_tokens + pg.page_size - 1) / pg.page_size +
+                         (static_cast<int64_t>(tokens.size()) + pg.page_size - 1) / pg.page_size);
+  RS_ASSIGN_OR_RETURN(
+      std::shared_ptr<kernels::cuda::KvPagePool> pool,
+      kernels::cuda::KvPagePool::Create(pg, std::max<int64_t>(pages, 1) * pg.page_bytes()));
   RS_ASSIGN_OR_RETURN(
       std::unique_ptr<DeviceApeKvSource> src,
       DeviceApeKvSource::Create(pool, g, config().sliding_window,

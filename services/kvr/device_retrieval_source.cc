@@ -14,13 +14,6 @@ StatusOr<std::unique_ptr<DeviceRetrievalKvSource>> DeviceRetrievalKvSource::Crea
   RS_CHECK_ARG(client != nullptr, "null KV retrieval client");
   RS_CHECK_ARG(ops != nullptr && ops->memory() == kernels::MemorySpace::kDevice,
                "DeviceRetrievalKvSource needs a device backend");
-  RS_CHECK_ARG(g.num_layers >= 1 && g.num_kv_heads >= 1 && g.head_dim >= 1 &&
-                   g.num_heads >= g.num_kv_heads && g.num_heads % g.num_kv_heads == 0,
-               "bad KV geometry: layers ", g.num_layers, ", heads ", g.num_heads, ", kv heads ",
-               g.num_kv_heads, ", head_dim ", g.head_dim);
-  RS_CHECK_ARG(options.prefill_tokens >= 1, "prefill_tokens must be >= 1, got ",
-               options.prefill_tokens);
-  RS_CHECK_ARG(options.attend.top_k >= 1, "top_k must be >= 1, got ", options.attend.top_k);
   RS_CHECK_ARG(options.sink_tokens >= 0 && options.window_tokens >= 0,
                "the GPU hybrid source needs explicit sink and window sizes, got ",
                options.sink_tokens, " and ", options.window_tokens);
@@ -28,16 +21,7 @@ StatusOr<std::unique_ptr<DeviceRetrievalKvSource>> DeviceRetrievalKvSource::Crea
   RS_CHECK_ARG(
       pool->geometry().kv_heads == g.num_kv_heads && pool->geometry().head_dim == g.head_dim,
       "GPU page pool geometry does not match the model");
-  SequenceConfig cfg;
-  cfg.kv.num_layers = g.num_layers;
-  cfg.kv.num_kv_heads = g.num_kv_heads;
-  cfg.kv.head_dim = g.head_dim;
-  cfg.kv.dtype = options.dtype;
-  cfg.num_q_heads = g.num_heads;
-  cfg.sink_tokens = options.sink_tokens;
-  cfg.window_tokens = options.window_tokens;
-  cfg.index_kind = options.index_kind;
-  cfg.ttl_ms = options.ttl_ms;
+  RS_ASSIGN_OR_RETURN(const SequenceConfig cfg, internal::SourceSequenceConfig(g, options));
   RS_ASSIGN_OR_RETURN(auto gpu, kernels::cuda::PagedKvCache::Create(std::move(pool), g.num_layers,
                                                                     /*window=*/0));
   RS_ASSIGN_OR_RETURN(auto seq, client->Create(id, cfg));
@@ -58,9 +42,7 @@ DeviceRetrievalKvSource::DeviceRetrievalKvSource(std::string id, const engine::K
       ops_(ops),
       seq_(std::move(seq)),
       gpu_(std::move(gpu)),
-      pending_k_(static_cast<size_t>(g.num_layers)),
-      pending_v_(static_cast<size_t>(g.num_layers)),
-      pending_n_(static_cast<size_t>(g.num_layers), 0),
+      pending_(g.num_layers, g.kv_row()),
       o2_(ops),
       lse2_(ops) {}
 
@@ -110,37 +92,19 @@ Status DeviceRetrievalKvSource::Append(int layer, const float* k, const float* v
     Fail(st);
     return OkStatus();
   }
-  const size_t count = static_cast<size_t>(n * g_.kv_row());
-  std::vector<float>& pk = pending_k_[layer];
-  std::vector<float>& pv = pending_v_[layer];
-  const size_t at = decoding_ ? pk.size() : 0;
-  pk.resize(at + count);
-  pv.resize(at + count);
-  ops_->CopyToHost(pk.data() + at, k, count * sizeof(float));
-  ops_->CopyToHost(pv.data() + at, v, count * sizeof(float));
-  pending_n_[layer] = decoding_ ? pending_n_[layer] + n : n;
+  // Prefill: sent with this layer's queries in Attend; decode: at the next step's first Append.
+  const size_t bytes = static_cast<size_t>(n * g_.kv_row()) * sizeof(float);
+  auto [pk, pv] = pending_.Extend(layer, n, /*replace=*/!decoding_);
+  ops_->CopyToHost(pk, k, bytes);
+  ops_->CopyToHost(pv, v, bytes);
   return OkStatus();
 }
 
 Status DeviceRetrievalKvSource::FlushPending() {
-  const int64_t n = pending_n_[0];
-  if (n == 0) return OkStatus();
-  std::vector<const float*> ks, vs;
-  for (int l = 0; l < g_.num_layers; ++l) {
-    if (pending_n_[l] != n) {
-      return Internal(StrCat("layer ", l, " holds ", pending_n_[l], " pending tokens, layer 0 ", n,
-                             " (an incomplete forward step)"));
-    }
-    ks.push_back(pending_k_[l].data());
-    vs.push_back(pending_v_[l].data());
-  }
-  RS_RETURN_IF_ERROR(seq_->Append(n, ks, vs));
-  ++stats_.appends;
-  stored_ += n;
-  for (int l = 0; l < g_.num_layers; ++l) {
-    pending_k_[l].clear();
-    pending_v_[l].clear();
-    pending_n_[l] = 0;
+  RS_ASSIGN_OR_RETURN(const int64_t n, pending_.Flush(seq_.get()));
+  if (n > 0) {
+    ++stats_.appends;
+    stored_ += n;
   }
   return OkStatus();
 }
@@ -154,9 +118,9 @@ Status DeviceRetrievalKvSource::Attend(int layer, const float* q, int n, float s
     st = InvalidArgument(StrCat("Attend: bad layer ", layer, " or token count ", n));
   } else if (seq_ == nullptr) {
     st = FailedPrecondition("Attend after Release");
-  } else if (n > pending_n_[layer]) {
-    st = InvalidArgument(StrCat("Attend of ", n, " queries after an Append of ", pending_n_[layer],
-                                " tokens in layer ", layer));
+  } else if (decoding_ ? n > pending_.count(layer) : n != pending_.count(layer)) {
+    st = InvalidArgument(StrCat("Attend of ", n, " queries after an Append of ",
+                                pending_.count(layer), " tokens in layer ", layer));
   } else {
     st = decoding_ ? DecodeAttend(layer, q, n, scale, o, lse)
                    : PrefillAttend(layer, q, n, scale, o, lse);
@@ -181,11 +145,8 @@ Status DeviceRetrievalKvSource::PrefillAttend(int layer, const float* q, int n, 
   hq_.resize(qd);
   ops_->CopyToHost(hq_.data(), q, qd * sizeof(float));
   // Queries go raw: the index ranks keys by q.k, which a positive scale does not change.
-  RS_RETURN_IF_ERROR(
-      seq_->AddPrefill(layer, n, pending_k_[layer].data(), pending_v_[layer].data(), hq_.data()));
-  pending_k_[layer].clear();
-  pending_v_[layer].clear();
-  pending_n_[layer] = 0;
+  RS_RETURN_IF_ERROR(seq_->AddPrefill(layer, n, pending_.k(layer), pending_.v(layer), hq_.data()));
+  pending_.Clear(layer);
   if (layer == g_.num_layers - 1 && gpu_->length(layer) >= options_.prefill_tokens) {
     stored_ = gpu_->length(layer);
     RS_ASSIGN_OR_RETURN(stats_.build_ms, seq_->FinishPrefill());

