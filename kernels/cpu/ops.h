@@ -102,6 +102,14 @@ class Ops {
   virtual void Attention(const float* q, int h, const float* k, int64_t ldk, const float* v,
                          int64_t ldv, int64_t n, int d, float scale, float* o,
                          float* lse) const = 0;
+  // Causal attention of a sequence's n newest tokens over its cache (grouped-query):
+  // q: [n, heads, d]; k, v: [len, kv_heads, d]; query i is cache index len - n + i and sees keys
+  // [max(0, idx + 1 - window), idx] (window <= 0: from 0) -> o: [n, heads, d], lse: [n, heads].
+  // The default runs Attention() per (query, kv head) in turn (RefOps); FastOps spreads that over
+  // `threads` threads and tiles prefill-sized n (blocks of queries x keys through sgemm).
+  virtual void CausalAttention(const float* q, int n, int heads, int kv_heads, int d,
+                               const float* k, const float* v, int64_t len, int64_t window,
+                               float scale, float* o, float* lse, int threads) const;
 };
 
 // A growable scratch array in an Ops backend's memory (contents are not kept when it grows).
@@ -141,6 +149,12 @@ class ScratchBuffer {
   size_t size_ = 0;
 };
 
+// Task t (= query i * kv_heads + kv head) of Ops::CausalAttention's per-row form: ops.Attention
+// for one query's group of heads over its causal (windowed) key range.
+void CausalAttentionRow(const Ops& ops, const float* q, int n, int heads, int kv_heads, int d,
+                        const float* k, const float* v, int64_t len, int64_t window, float scale,
+                        float* o, float* lse, int64_t t);
+
 // The plain reference backend: scalar loops, f64 accumulation where it matters. The oracle.
 const Ops& RefOps();
 // The fast CPU backend: multithreaded GEMV for small m (reads W once for all rows), cblas_sgemm
@@ -178,5 +192,7 @@ bool GemvUsesOpenMp();
 
 // Number of activation rows up to which FastOps::MatMul uses the GEMV path instead of sgemm.
 inline constexpr int64_t kGemvMaxRows = 8;
+// Queries from which FastOps::CausalAttention tiles (prefill chunks) instead of going per row.
+inline constexpr int kTiledAttentionMinQueries = 16;
 
 }  // namespace ragserve::kernels

@@ -14,24 +14,26 @@
 #include <vector>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/blas_util.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/spin_pool.h"
-
-namespace ragserve::kernels {
-namespace {
-
-thread_local int t_threads = 0;  // SetFastOpsThreads
 
 // OpenBLAS's thread count (a weak reference: absent when another BLAS is linked).
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
-void SingleThreadedBlas() {
+namespace ragserve::kernels {
+
+void internal::SingleThreadedBlas() {
   static const bool once = [] {
     if (openblas_set_num_threads != nullptr) openblas_set_num_threads(1);
     return true;
   }();
   (void)once;
 }
+
+namespace {
+
+thread_local int t_threads = 0;  // SetFastOpsThreads
 
 // F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c").
 bool HasF16c() {
@@ -376,6 +378,19 @@ class FastOpsImpl final : public Ops {
     AttentionPartial(q, h, k, ldk, v, ldv, n, d, scale, o, lse);
   }
 
+  void CausalAttention(const float* q, int n, int heads, int kv_heads, int d, const float* k,
+                       const float* v, int64_t len, int64_t window, float scale, float* o,
+                       float* lse, int threads) const override {
+    // Tiles pay off once a block of queries shares its keys; decode-sized steps stay per row.
+    if (n >= kTiledAttentionMinQueries) {
+      CausalAttentionTiled(q, n, heads, kv_heads, d, k, v, len, window, scale, o, lse, threads);
+    } else {
+      ParallelFor(threads, int64_t{n} * kv_heads, [&](int64_t t) {
+        CausalAttentionRow(*this, q, n, heads, kv_heads, d, k, v, len, window, scale, o, lse, t);
+      });
+    }
+  }
+
  private:
   void MatMulShared(const float* x, int64_t m, int count, const WeightView* const* ws,
                     const WeightView* const* biases, float* const* ys) const override {
@@ -468,7 +483,7 @@ class FastOpsImpl final : public Ops {
   // OpenBLAS's own pthreads are switched off (SingleThreadedBlas): two thread pools spinning on
   // two cores cost 5x in prefill throughput.
   static void Gemm(const float* x, int64_t m, const WeightView& w, float* y) {
-    SingleThreadedBlas();
+    internal::SingleThreadedBlas();
     const int M = static_cast<int>(m), N = static_cast<int>(w.rows), K = static_cast<int>(w.cols);
     const int64_t kTile = w.dtype == DType::kF32 ? std::max<int64_t>(64, (N + 7) / 8) : 128;
     const int64_t ntiles = (w.rows + kTile - 1) / kTile;

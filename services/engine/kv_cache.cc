@@ -44,24 +44,10 @@ Status KvCache::Attend(int layer, const float* q, int n, float scale, float* o, 
   const int64_t len = len_[layer];
   RS_CHECK_ARG(n >= 0 && n <= len, "KvCache::Attend: ", n, " queries but only ", len,
                " tokens appended to layer ", layer);
-  const int64_t base = len - n;
-  const int group = g_.num_heads / g_.num_kv_heads;
-  const int hd = g_.head_dim;
-  const int64_t row = g_.kv_row();
-  const float* K = k_[layer].data();
-  const float* V = v_[layer].data();
-  const int64_t tasks = int64_t{n} * g_.num_kv_heads;
-  const int64_t work = tasks * len * hd;
-  kernels::ParallelFor(work >= (1 << 16) ? kernels::FastOpsThreads() : 1, tasks, [&](int64_t t) {
-    const int64_t i = t / g_.num_kv_heads;
-    const int kvh = static_cast<int>(t % g_.num_kv_heads);
-    const int64_t end = base + i + 1;
-    const int64_t start = window_ > 0 ? std::max<int64_t>(0, end - window_) : 0;
-    const int64_t head0 = i * g_.num_heads + int64_t{kvh} * group;
-    ops_->Attention(q + head0 * hd, group, K + start * row + int64_t{kvh} * hd, row,
-                    V + start * row + int64_t{kvh} * hd, row, end - start, hd, scale,
-                    o + head0 * hd, lse + head0);
-  });
+  const int64_t work = int64_t{n} * g_.num_kv_heads * len * g_.head_dim;
+  ops_->CausalAttention(q, n, g_.num_heads, g_.num_kv_heads, g_.head_dim, k_[layer].data(),
+                        v_[layer].data(), len, window_, scale, o, lse,
+                        work >= (1 << 16) ? kernels::FastOpsThreads() : 1);
   return OkStatus();
 }
 

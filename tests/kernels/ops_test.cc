@@ -256,6 +256,40 @@ TEST(OpsTest, AttentionFastMatchesReferenceIncludingEmptyAndStridedKeys) {
   }
 }
 
+TEST(OpsTest, TiledCausalAttentionMatchesThePerRowReference) {
+  struct Shape {
+    int n;
+    int64_t extra;  // cached keys before the queries
+    int heads, kv_heads, d;
+    int64_t window;
+  };
+  const Shape shapes[] = {{16, 0, 4, 2, 64, 0},  {17, 5, 4, 2, 64, 0},      {33, 300, 8, 1, 80, 0},
+                          {100, 0, 3, 3, 17, 0}, {64, 700, 4, 2, 64, 50},   {40, 20, 4, 4, 32, 7},
+                          {257, 3, 2, 1, 64, 0}, {16, 1000, 6, 2, 128, 300}};
+  uint32_t seed = 40;
+  for (const Shape& sh : shapes) {
+    SCOPED_TRACE(::testing::Message()
+                 << "n=" << sh.n << " cached=" << sh.extra << " heads=" << sh.heads << "/"
+                 << sh.kv_heads << " d=" << sh.d << " window=" << sh.window);
+    const int64_t len = sh.n + sh.extra;
+    const int64_t row = int64_t{sh.kv_heads} * sh.d;
+    const std::vector<float> q = Rand(int64_t{sh.n} * sh.heads * sh.d, ++seed, -2.0f, 2.0f);
+    const std::vector<float> k = Rand(len * row, ++seed, -2.0f, 2.0f), v = Rand(len * row, ++seed);
+    std::vector<float> o(q.size()), lse(static_cast<size_t>(sh.n) * sh.heads);
+    std::vector<float> ro(q.size()), rlse(lse.size());
+    const float scale = 1.0f / std::sqrt(static_cast<float>(sh.d));
+    ASSERT_GE(sh.n, kTiledAttentionMinQueries);  // FastOps takes the tiled path
+    FastOps().CausalAttention(q.data(), sh.n, sh.heads, sh.kv_heads, sh.d, k.data(), v.data(), len,
+                              sh.window, scale, o.data(), lse.data(), 2);
+    RefOps().CausalAttention(q.data(), sh.n, sh.heads, sh.kv_heads, sh.d, k.data(), v.data(), len,
+                             sh.window, scale, ro.data(), rlse.data(), 1);
+    for (size_t i = 0; i < o.size(); ++i) ASSERT_NEAR(o[i], ro[i], 2e-5) << "o at " << i;
+    for (size_t i = 0; i < lse.size(); ++i) {
+      ASSERT_NEAR(lse[i], rlse[i], 2e-5 * (1.0f + std::abs(rlse[i]))) << "lse at " << i;
+    }
+  }
+}
+
 TEST(OpsTest, MergingPartialsOverASplitEqualsAttentionOverAllKeys) {
   const int h = 3, d = 16;
   const int64_t n = 40;
