@@ -26,14 +26,15 @@ void AttentionPartialGather(const float* q, int h, const float* k, int64_t ldk, 
                             int64_t ldv, const int64_t* idx, int64_t m, int d, float scale,
                             float* o, float* lse);
 
-// Causal attention of n consecutive queries over a cache, tiled for prefill (the contract of
-// Ops::CausalAttention): for each kv head and block of queries, blocks of keys go through
-// single-threaded sgemm (S = scale Q K^T, then O += P V) with an online softmax, so the keys are
-// read once per query block instead of once per query. Equal to AttentionPartial per row within
-// float reordering. (kv head, query block) tasks run on `threads` threads (spin_pool.h).
-void CausalAttentionTiled(const float* q, int n, int heads, int kv_heads, int d, const float* k,
-                          const float* v, int64_t len, int64_t window, float scale, float* o,
-                          float* lse, int threads);
+// Attention of n queries over a cache or a block, tiled for prefill: causal = the contract of
+// Ops::CausalAttention (window applies), !causal = Ops::BlockAttention (every key visible). For
+// each kv head and block of queries, blocks of keys go through single-threaded sgemm
+// (S = scale Q K^T, then O += P V) with an online softmax, so the keys are read once per query
+// block instead of once per query. Equal to AttentionPartial per row within float reordering.
+// (kv head, query block) tasks run on `threads` threads (spin_pool.h).
+void AttentionTiled(const float* q, int n, int heads, int kv_heads, int d, const float* k,
+                    const float* v, int64_t len, bool causal, int64_t window, float scale, float* o,
+                    float* lse, int threads);
 
 // Merges partial b into partial a in place for h heads of dim d:
 //   lse = log(exp(lse_a) + exp(lse_b)); o = (exp(lse_a - lse) o_a + exp(lse_b - lse) o_b).

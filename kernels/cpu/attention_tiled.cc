@@ -1,4 +1,4 @@
-// The tiled causal attention of prefill (kernels/cpu/attention.h: CausalAttentionTiled): kept
+// The tiled attention of prefill (kernels/cpu/attention.h: AttentionTiled): kept
 // apart from attention.cc, which stays free of BLAS and the thread pool (fuzz targets link it).
 #include <cblas.h>
 
@@ -18,9 +18,9 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 }  // namespace
 
-void CausalAttentionTiled(const float* q, int n, int heads, int kv_heads, int d, const float* k,
-                          const float* v, int64_t len, int64_t window, float scale, float* o,
-                          float* lse, int threads) {
+void AttentionTiled(const float* q, int n, int heads, int kv_heads, int d, const float* k,
+                    const float* v, int64_t len, bool causal, int64_t window, float scale, float* o,
+                    float* lse, int threads) {
   constexpr int kQueries = 32;  // queries per block (x group heads = rows of a tile)
   constexpr int kKeys = 256;    // keys per block
   internal::SingleThreadedBlas();
@@ -41,15 +41,16 @@ void CausalAttentionTiled(const float* q, int n, int heads, int kv_heads, int d,
       std::copy(src, src + d, qt.data() + int64_t{r} * d);
     }
     // Keys any query of the block sees: [first query's window start, last query's index].
-    const int64_t hi = base + q0 + nq;
-    const int64_t lo = window > 0 ? std::max<int64_t>(0, base + q0 + 1 - window) : 0;
+    // (A block: every key.)
+    const int64_t hi = causal ? base + q0 + nq : len;
+    const int64_t lo = causal && window > 0 ? std::max<int64_t>(0, base + q0 + 1 - window) : 0;
     for (int64_t kb = lo; kb < hi; kb += kKeys) {
       const int bk = static_cast<int>(std::min<int64_t>(kKeys, hi - kb));
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, bk, d, scale, qt.data(), d,
                   k + kb * row + int64_t{kvh} * d, static_cast<int>(row), 0.0f, s.data(), kKeys);
       for (int r = 0; r < rows; ++r) {
-        const int64_t idx = base + q0 + r / group;  // this row's cache index
-        const int64_t first = window > 0 ? std::max<int64_t>(0, idx + 1 - window) : 0;
+        const int64_t idx = causal ? base + q0 + r / group : len - 1;  // last key it sees
+        const int64_t first = causal && window > 0 ? std::max<int64_t>(0, idx + 1 - window) : 0;
         // Visible keys of this block for this row: [jb, je) in block coordinates.
         const int jb = static_cast<int>(std::clamp<int64_t>(first - kb, 0, bk));
         const int je = static_cast<int>(std::clamp<int64_t>(idx + 1 - kb, 0, bk));
@@ -81,7 +82,7 @@ void CausalAttentionTiled(const float* q, int n, int heads, int kv_heads, int d,
       const int64_t head = (q0 + r / group) * heads + int64_t{kvh} * group + r % group;
       float* orow = o + head * d;
       const float* ar = acc.data() + int64_t{r} * d;
-      if (l[r] == 0.0f) {  // no visible key (cannot happen for a causal row; kept for safety)
+      if (l[r] == 0.0f) {  // no visible key (an empty block)
         std::fill(orow, orow + d, 0.0f);
         lse[head] = kNegInf;
         continue;

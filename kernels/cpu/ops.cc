@@ -20,19 +20,27 @@ void Ops::CausalAttention(const float* q, int n, int heads, int kv_heads, int d,
                           const float* v, int64_t len, int64_t window, float scale, float* o,
                           float* lse, int threads) const {
   for (int64_t t = 0; t < int64_t{n} * kv_heads; ++t) {
-    CausalAttentionRow(*this, q, n, heads, kv_heads, d, k, v, len, window, scale, o, lse, t);
+    AttentionRow(*this, q, n, heads, kv_heads, d, k, v, len, true, window, scale, o, lse, t);
   }
 }
 
-void CausalAttentionRow(const Ops& ops, const float* q, int n, int heads, int kv_heads, int d,
-                        const float* k, const float* v, int64_t len, int64_t window, float scale,
-                        float* o, float* lse, int64_t t) {
+void Ops::BlockAttention(const float* q, int n, int heads, int kv_heads, int d, const float* k,
+                         const float* v, int64_t len, float scale, float* o, float* lse,
+                         int threads) const {
+  for (int64_t t = 0; t < int64_t{n} * kv_heads; ++t) {
+    AttentionRow(*this, q, n, heads, kv_heads, d, k, v, len, false, 0, scale, o, lse, t);
+  }
+}
+
+void AttentionRow(const Ops& ops, const float* q, int n, int heads, int kv_heads, int d,
+                  const float* k, const float* v, int64_t len, bool causal, int64_t window,
+                  float scale, float* o, float* lse, int64_t t) {
   const int group = heads / kv_heads;
   const int64_t row = int64_t{kv_heads} * d;
   const int64_t i = t / kv_heads;
   const int kvh = static_cast<int>(t % kv_heads);
-  const int64_t end = len - n + i + 1;
-  const int64_t start = window > 0 ? std::max<int64_t>(0, end - window) : 0;
+  const int64_t end = causal ? len - n + i + 1 : len;
+  const int64_t start = causal && window > 0 ? std::max<int64_t>(0, end - window) : 0;
   const int64_t head0 = i * heads + int64_t{kvh} * group;
   ops.Attention(q + head0 * d, group, k + start * row + int64_t{kvh} * d, row,
                 v + start * row + int64_t{kvh} * d, row, end - start, d, scale, o + head0 * d,

@@ -110,6 +110,12 @@ class Ops {
   virtual void CausalAttention(const float* q, int n, int heads, int kv_heads, int d,
                                const float* k, const float* v, int64_t len, int64_t window,
                                float scale, float* o, float* lse, int threads) const;
+  // The same n queries against a block whose every key precedes them (a prefix, an APE
+  // passage): k, v: [len, kv_heads, d], all visible to every query. Default per row; FastOps
+  // tiles prefill-sized n.
+  virtual void BlockAttention(const float* q, int n, int heads, int kv_heads, int d, const float* k,
+                              const float* v, int64_t len, float scale, float* o, float* lse,
+                              int threads) const;
 };
 
 // A growable scratch array in an Ops backend's memory (contents are not kept when it grows).
@@ -149,11 +155,12 @@ class ScratchBuffer {
   size_t size_ = 0;
 };
 
-// Task t (= query i * kv_heads + kv head) of Ops::CausalAttention's per-row form: ops.Attention
-// for one query's group of heads over its causal (windowed) key range.
-void CausalAttentionRow(const Ops& ops, const float* q, int n, int heads, int kv_heads, int d,
-                        const float* k, const float* v, int64_t len, int64_t window, float scale,
-                        float* o, float* lse, int64_t t);
+// Task t (= query i * kv_heads + kv head) of the per-row form of Ops::CausalAttention (causal)
+// or Ops::BlockAttention (!causal): ops.Attention for one query's group of heads over its key
+// range.
+void AttentionRow(const Ops& ops, const float* q, int n, int heads, int kv_heads, int d,
+                  const float* k, const float* v, int64_t len, bool causal, int64_t window,
+                  float scale, float* o, float* lse, int64_t t);
 
 // The plain reference backend: scalar loops, f64 accumulation where it matters. The oracle.
 const Ops& RefOps();
@@ -192,7 +199,8 @@ bool GemvUsesOpenMp();
 
 // Number of activation rows up to which FastOps::MatMul uses the GEMV path instead of sgemm.
 inline constexpr int64_t kGemvMaxRows = 8;
-// Queries from which FastOps::CausalAttention tiles (prefill chunks) instead of going per row.
+// Queries from which FastOps' Causal/BlockAttention tile (prefill chunks) instead of going per
+// row.
 inline constexpr int kTiledAttentionMinQueries = 16;
 
 }  // namespace ragserve::kernels

@@ -381,17 +381,28 @@ class FastOpsImpl final : public Ops {
   void CausalAttention(const float* q, int n, int heads, int kv_heads, int d, const float* k,
                        const float* v, int64_t len, int64_t window, float scale, float* o,
                        float* lse, int threads) const override {
-    // Tiles pay off once a block of queries shares its keys; decode-sized steps stay per row.
-    if (n >= kTiledAttentionMinQueries) {
-      CausalAttentionTiled(q, n, heads, kv_heads, d, k, v, len, window, scale, o, lse, threads);
-    } else {
-      ParallelFor(threads, int64_t{n} * kv_heads, [&](int64_t t) {
-        CausalAttentionRow(*this, q, n, heads, kv_heads, d, k, v, len, window, scale, o, lse, t);
-      });
-    }
+    Sequence(q, n, heads, kv_heads, d, k, v, len, true, window, scale, o, lse, threads);
+  }
+  void BlockAttention(const float* q, int n, int heads, int kv_heads, int d, const float* k,
+                      const float* v, int64_t len, float scale, float* o, float* lse,
+                      int threads) const override {
+    Sequence(q, n, heads, kv_heads, d, k, v, len, false, 0, scale, o, lse, threads);
   }
 
  private:
+  // Tiles pay off once a block of queries shares its keys; decode-sized steps stay per row.
+  void Sequence(const float* q, int n, int heads, int kv_heads, int d, const float* k,
+                const float* v, int64_t len, bool causal, int64_t window, float scale, float* o,
+                float* lse, int threads) const {
+    if (n >= kTiledAttentionMinQueries) {
+      AttentionTiled(q, n, heads, kv_heads, d, k, v, len, causal, window, scale, o, lse, threads);
+      return;
+    }
+    ParallelFor(threads, int64_t{n} * kv_heads, [&](int64_t t) {
+      AttentionRow(*this, q, n, heads, kv_heads, d, k, v, len, causal, window, scale, o, lse, t);
+    });
+  }
+
   void MatMulShared(const float* x, int64_t m, int count, const WeightView* const* ws,
                     const WeightView* const* biases, float* const* ys) const override {
     if (m <= 0) return;

@@ -89,21 +89,11 @@ Status BlockKvSource::Attend(int layer, const float* q, int n, float scale, floa
   const KvGeometry& g = block_->geometry;
   RS_CHECK_ARG(layer >= 0 && layer < g.num_layers, "BlockKvSource::Attend: layer ", layer,
                " out of range [0, ", g.num_layers, ")");
-  const int group = g.num_heads / g.num_kv_heads;
-  const int hd = g.head_dim;
-  const int64_t row = g.kv_row();
-  const float* K = block_->k[layer].data();
-  const float* V = block_->v[layer].data();
   const float s = scale / temperature_;
-  const int64_t tasks = int64_t{n} * g.num_kv_heads;
-  const int threads = tasks * block_->tokens * hd >= (1 << 16) ? kernels::FastOpsThreads() : 1;
-  kernels::ParallelFor(threads, tasks, [&](int64_t t) {
-    const int64_t i = t / g.num_kv_heads;
-    const int kvh = static_cast<int>(t % g.num_kv_heads);
-    const int64_t head0 = i * g.num_heads + int64_t{kvh} * group;
-    ops_->Attention(q + head0 * hd, group, K + int64_t{kvh} * hd, row, V + int64_t{kvh} * hd, row,
-                    block_->tokens, hd, s, o + head0 * hd, lse + head0);
-  });
+  const int64_t work = int64_t{n} * g.num_kv_heads * block_->tokens * g.head_dim;
+  ops_->BlockAttention(q, n, g.num_heads, g.num_kv_heads, g.head_dim, block_->k[layer].data(),
+                       block_->v[layer].data(), block_->tokens, s, o, lse,
+                       work >= (1 << 16) ? kernels::FastOpsThreads() : 1);
   return OkStatus();
 }
 

@@ -256,7 +256,7 @@ TEST(OpsTest, AttentionFastMatchesReferenceIncludingEmptyAndStridedKeys) {
   }
 }
 
-TEST(OpsTest, TiledCausalAttentionMatchesThePerRowReference) {
+TEST(OpsTest, TiledCausalAndBlockAttentionMatchThePerRowReference) {
   struct Shape {
     int n;
     int64_t extra;  // cached keys before the queries
@@ -286,6 +286,21 @@ TEST(OpsTest, TiledCausalAttentionMatchesThePerRowReference) {
     for (size_t i = 0; i < o.size(); ++i) ASSERT_NEAR(o[i], ro[i], 2e-5) << "o at " << i;
     for (size_t i = 0; i < lse.size(); ++i) {
       ASSERT_NEAR(lse[i], rlse[i], 2e-5 * (1.0f + std::abs(rlse[i]))) << "lse at " << i;
+    }
+    // The same queries against the cache as a block (every key visible; `extra` = 0 gives an
+    // empty block only when n = 0, so the block here is the first `extra` keys when present).
+    const int64_t blen = sh.extra;
+    FastOps().BlockAttention(q.data(), sh.n, sh.heads, sh.kv_heads, sh.d, k.data(), v.data(), blen,
+                             scale, o.data(), lse.data(), 2);
+    RefOps().BlockAttention(q.data(), sh.n, sh.heads, sh.kv_heads, sh.d, k.data(), v.data(), blen,
+                            scale, ro.data(), rlse.data(), 1);
+    for (size_t i = 0; i < o.size(); ++i) ASSERT_NEAR(o[i], ro[i], 2e-5) << "block o at " << i;
+    for (size_t i = 0; i < lse.size(); ++i) {
+      if (std::isinf(rlse[i])) {
+        ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "empty block lse at " << i;
+      } else {
+        ASSERT_NEAR(lse[i], rlse[i], 2e-5 * (1.0f + std::abs(rlse[i]))) << "block lse at " << i;
+      }
     }
   }
 }

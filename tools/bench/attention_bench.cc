@@ -1,6 +1,7 @@
-// attention_bench: CPU causal attention of a prefill chunk over a long cache, the tiled kernel
-// (FastOps::CausalAttention for n >= kTiledAttentionMinQueries: blocks of queries x keys through
-// sgemm with an online softmax) against the per-row baseline measured in the same run (one
+// attention_bench: CPU attention of a prefill chunk over a long cache (causal) or a passage block
+// (APE), the tiled kernel (FastOps::CausalAttention / BlockAttention for n >=
+// kTiledAttentionMinQueries: blocks of queries x keys through sgemm with an online softmax)
+// against the per-row baseline measured in the same run (one
 // AttentionPartial per query and kv head, the path FastOps takes for decode-sized steps and took
 // for every prefill before). Outputs of the two are compared (max abs difference).
 //   usage: attention_bench [--threads N] [--reps 3] [--big]
@@ -24,8 +25,9 @@ using Clock = std::chrono::steady_clock;
 
 struct Shape {
   int n;        // queries (the prefill chunk)
-  int64_t len;  // keys in the cache, the chunk's own included
+  int64_t len;  // keys in the cache (the chunk's own included) or in the block
   int heads, kv_heads, d;
+  bool causal = true;  // false: a block every query sees whole (APE passages, a prefix)
 };
 
 // Seconds of the best of `reps` runs of f.
@@ -61,6 +63,10 @@ int main(int argc, char** argv) {
   std::vector<Shape> shapes = {{256, 1024, 8, 2, 64},   {256, 4096, 8, 2, 64},
                                {1024, 1024, 8, 2, 64},  {1024, 8192, 8, 2, 64},
                                {256, 4096, 32, 8, 128}, {1024, 4096, 32, 8, 128}};
+  // The question of an APE request against 16 passages of 1024 tokens (one block per passage in
+  // the engine; one block of all of them here) and against the prefix.
+  shapes.push_back({32, 16384, 8, 2, 64, false});
+  shapes.push_back({64, 16384, 32, 8, 128, false});
   if (big) shapes.push_back({1024, 32768, 8, 2, 64});
   std::printf("# attention_bench: %s, %d threads, %s, best of %d\n",
               ragserve::bench::MachineLine().c_str(), threads,
@@ -68,8 +74,9 @@ int main(int argc, char** argv) {
   std::printf("# command:");
   for (int i = 0; i < argc; ++i) std::printf(" %s", argv[i]);
   std::printf(
-      "\n\n| queries | keys | heads/kv | d | per-row ms | tiled ms | speedup | tiled GFLOP/s | "
-      "max abs diff |\n|---|---|---|---|---|---|---|---|---|\n");
+      "\n\n| mode | queries | keys | heads/kv | d | per-row ms | tiled ms | speedup | tiled "
+      "GFLOP/s | "
+      "max abs diff |\n|---|---|---|---|---|---|---|---|---|---|\n");
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   for (const Shape& s : shapes) {
@@ -83,22 +90,29 @@ int main(int argc, char** argv) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(s.d));
     const double per_row = Best(reps, [&] {
       ParallelFor(threads, int64_t{s.n} * s.kv_heads, [&](int64_t t) {
-        CausalAttentionRow(FastOps(), q.data(), s.n, s.heads, s.kv_heads, s.d, k.data(), v.data(),
-                           s.len, 0, scale, o1.data(), l1.data(), t);
+        AttentionRow(FastOps(), q.data(), s.n, s.heads, s.kv_heads, s.d, k.data(), v.data(), s.len,
+                     s.causal, 0, scale, o1.data(), l1.data(), t);
       });
     });
     const double tiled = Best(reps, [&] {
-      FastOps().CausalAttention(q.data(), s.n, s.heads, s.kv_heads, s.d, k.data(), v.data(), s.len,
-                                0, scale, o2.data(), l2.data(), threads);
+      if (s.causal) {
+        FastOps().CausalAttention(q.data(), s.n, s.heads, s.kv_heads, s.d, k.data(), v.data(),
+                                  s.len, 0, scale, o2.data(), l2.data(), threads);
+      } else {
+        FastOps().BlockAttention(q.data(), s.n, s.heads, s.kv_heads, s.d, k.data(), v.data(), s.len,
+                                 scale, o2.data(), l2.data(), threads);
+      }
     });
     float diff = 0.0f;
     for (size_t i = 0; i < o1.size(); ++i) diff = std::max(diff, std::abs(o1[i] - o2[i]));
     // Visible (query, key) pairs x heads x (q.k + p.v) = 4 d flops each.
-    const double pairs = static_cast<double>(s.n) * (s.len - s.n) + 0.5 * s.n * (s.n + 1.0);
+    const double pairs = s.causal
+                             ? static_cast<double>(s.n) * (s.len - s.n) + 0.5 * s.n * (s.n + 1.0)
+                             : static_cast<double>(s.n) * s.len;
     const double gflop = pairs * s.heads * 4.0 * s.d / 1e9;
-    std::printf("| %d | %lld | %d/%d | %d | %.1f | %.1f | %.2fx | %.1f | %.1e |\n", s.n,
-                static_cast<long long>(s.len), s.heads, s.kv_heads, s.d, per_row * 1e3, tiled * 1e3,
-                per_row / tiled, gflop / tiled, diff);
+    std::printf("| %s | %d | %lld | %d/%d | %d | %.1f | %.1f | %.2fx | %.1f | %.1e |\n",
+                s.causal ? "causal" : "block", s.n, static_cast<long long>(s.len), s.heads,
+                s.kv_heads, s.d, per_row * 1e3, tiled * 1e3, per_row / tiled, gflop / tiled, diff);
     std::fflush(stdout);
   }
   return 0;
