@@ -101,11 +101,15 @@ __global__ void AddBiasKernel(float* y, int64_t m, int64_t cols, const void* bia
   }
 }
 
-// src: [n] f32 -> dst: [n] dtype t
+// src: [n] f32 -> dst: [n] dtype t. f16 saturates at +-65504 (the largest finite f16): an
+// activation beyond f16's range becomes the largest value instead of inf, which a GEMM would
+// turn into inf/NaN outputs (NaN stays NaN).
 __global__ void FromF32Kernel(const float* src, DType t, int64_t n, void* dst) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    StoreFromFloat(dst, t, i, src[i]);
+    float v = src[i];
+    if (t == DType::kF16 && !isnan(v)) v = fminf(fmaxf(v, -65504.0f), 65504.0f);
+    StoreFromFloat(dst, t, i, v);
   }
 }
 

@@ -28,7 +28,7 @@ void LaunchSiluMul(const float* gate, const float* up, int64_t n, float* out, cu
 void LaunchAdd(float* y, const float* x, int64_t n, cudaStream_t stream);
 // y[m, cols] += bias[cols] on every row.
 void LaunchAddBias(float* y, int64_t m, const WeightView& bias, cudaStream_t stream);
-// dst[i] = dtype(src[i]) / float(src[i]) for n elements.
+// dst[i] = dtype(src[i]) / float(src[i]) for n elements (to f16: saturating at +-65504).
 void LaunchConvertFromF32(const float* src, DType t, int64_t n, void* dst, cudaStream_t stream);
 void LaunchConvertToF32(const void* src, DType t, int64_t n, float* dst, cudaStream_t stream);
 

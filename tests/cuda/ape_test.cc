@@ -11,6 +11,7 @@
 #include "services/engine/device_kv_cache.h"
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
+#include "tests/cuda/gpu_test_util.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace ragserve::engine {
@@ -31,23 +32,14 @@ class DeviceApeTest : public ::testing::TestWithParam<ApeCase> {};
 
 TEST_P(DeviceApeTest, MatchesTheCpuApeSource) {
   const ApeCase& c = GetParam();
-  StatusOr<const kernels::Ops*> gpu_ops = kernels::cuda::CudaOps();
-  ASSERT_TRUE(gpu_ops.ok()) << gpu_ops.status().ToString();
   testing::TempDir dir;
-  TinyModelOptions mo = testing::SmallOptions();
-  mo.hidden_size = 256;
-  mo.intermediate_size = 512;
-  auto cpu = testing::MakeModel(dir, mo, "m");
-  ASSERT_NE(cpu, nullptr);
-  auto gpu_or = Model::Load(dir.path() + "/m", *gpu_ops);
-  ASSERT_TRUE(gpu_or.ok()) << gpu_or.status().ToString();
-  auto gpu = std::move(gpu_or).value();
-  const kernels::cuda::CudaGemmMode saved_mode = kernels::cuda::GetCudaGemmMode();
-  kernels::cuda::SetCudaGemmMode(kernels::cuda::CudaGemmMode::kF32);
-  struct Restore {
-    kernels::cuda::CudaGemmMode mode;
-    ~Restore() { kernels::cuda::SetCudaGemmMode(mode); }
-  } restore{saved_mode};
+  const TinyModelOptions mo = kernels::cuda::testing::Head64Options();
+  kernels::cuda::testing::ModelPair models = kernels::cuda::testing::LoadModelPair(dir, mo);
+  ASSERT_TRUE(models.cpu && models.gpu);
+  Model* cpu = models.cpu.get();
+  Model* gpu = models.gpu.get();
+  const kernels::Ops* gpu_ops = models.gpu_ops;
+  kernels::cuda::testing::GemmModeScope gemm(kernels::cuda::CudaGemmMode::kF32);
 
   // The blocks are encoded once on the CPU and given to both (as the passage cache would).
   auto prefix = cpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);
@@ -67,7 +59,7 @@ TEST_P(DeviceApeTest, MatchesTheCpuApeSource) {
   auto pool = gpu->DeviceKvPool(kernels::DType::kF32, 32 << 20);
   ASSERT_TRUE(pool.ok()) << pool.status().ToString();
   auto gpu_src = DeviceApeKvSource::Create(*pool, gpu->geometry(), 0, &*prefix, blocks,
-                                           c.temperature, c.scaling, *gpu_ops);
+                                           c.temperature, c.scaling, gpu_ops);
   ASSERT_TRUE(gpu_src.ok()) << gpu_src.status().ToString();
 
   const std::vector<int32_t> prompt = Tokens(12, mo.vocab_size, 9);
@@ -90,23 +82,14 @@ TEST_P(DeviceApeTest, MatchesTheCpuApeSource) {
 }
 
 TEST(DeviceEncodeBlockTest, MatchesTheCpuEncodeBlockAfterAPrefix) {
-  StatusOr<const kernels::Ops*> gpu_ops = kernels::cuda::CudaOps();
-  ASSERT_TRUE(gpu_ops.ok()) << gpu_ops.status().ToString();
   testing::TempDir dir;
-  TinyModelOptions mo = testing::SmallOptions();
-  mo.hidden_size = 256;
-  mo.intermediate_size = 512;
-  auto cpu = testing::MakeModel(dir, mo, "m");
-  ASSERT_NE(cpu, nullptr);
-  auto gpu_or = Model::Load(dir.path() + "/m", *gpu_ops);
-  ASSERT_TRUE(gpu_or.ok()) << gpu_or.status().ToString();
-  auto gpu = std::move(gpu_or).value();
-  const kernels::cuda::CudaGemmMode saved_mode = kernels::cuda::GetCudaGemmMode();
-  kernels::cuda::SetCudaGemmMode(kernels::cuda::CudaGemmMode::kF32);
-  struct Restore {
-    kernels::cuda::CudaGemmMode mode;
-    ~Restore() { kernels::cuda::SetCudaGemmMode(mode); }
-  } restore{saved_mode};
+  const TinyModelOptions mo = kernels::cuda::testing::Head64Options();
+  kernels::cuda::testing::ModelPair models = kernels::cuda::testing::LoadModelPair(dir, mo);
+  ASSERT_TRUE(models.cpu && models.gpu);
+  Model* cpu = models.cpu.get();
+  Model* gpu = models.gpu.get();
+  const kernels::Ops* gpu_ops = models.gpu_ops;
+  kernels::cuda::testing::GemmModeScope gemm(kernels::cuda::CudaGemmMode::kF32);
   auto cp = cpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);
   auto gp = gpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);
   ASSERT_TRUE(cp.ok() && gp.ok()) << gp.status().ToString();

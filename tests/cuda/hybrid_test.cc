@@ -14,6 +14,7 @@
 #include "services/engine/sampling.h"
 #include "services/kvr/device_retrieval_source.h"
 #include "services/kvr/kv_retrieval.h"
+#include "tests/cuda/gpu_test_util.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace ragserve::kvr {
@@ -43,23 +44,14 @@ class DeviceHybridTest : public ::testing::TestWithParam<HybridCase> {};
 
 TEST_P(DeviceHybridTest, DecodeMatchesFullAttentionAndTheMiddleLeavesTheGpu) {
   const HybridCase& hc = GetParam();
-  StatusOr<const kernels::Ops*> gpu_ops = kernels::cuda::CudaOps();
-  ASSERT_TRUE(gpu_ops.ok()) << gpu_ops.status().ToString();
   engine::testing::TempDir dir;
-  engine::TinyModelOptions mo = engine::testing::SmallOptions();
-  mo.hidden_size = 256;  // head_dim 64
-  mo.intermediate_size = 512;
-  auto cpu = engine::testing::MakeModel(dir, mo, "m");
-  ASSERT_NE(cpu, nullptr);
-  auto gpu_or = engine::Model::Load(dir.path() + "/m", *gpu_ops);
-  ASSERT_TRUE(gpu_or.ok()) << gpu_or.status().ToString();
-  auto gpu = std::move(gpu_or).value();
-  const kernels::cuda::CudaGemmMode saved_mode = kernels::cuda::GetCudaGemmMode();
-  kernels::cuda::SetCudaGemmMode(kernels::cuda::CudaGemmMode::kF32);
-  struct Restore {
-    kernels::cuda::CudaGemmMode mode;
-    ~Restore() { kernels::cuda::SetCudaGemmMode(mode); }
-  } restore{saved_mode};
+  const engine::TinyModelOptions mo = kernels::cuda::testing::Head64Options();  // head_dim 64
+  kernels::cuda::testing::ModelPair models = kernels::cuda::testing::LoadModelPair(dir, mo);
+  ASSERT_TRUE(models.cpu && models.gpu);
+  engine::Model* cpu = models.cpu.get();
+  engine::Model* gpu = models.gpu.get();
+  const kernels::Ops* gpu_ops = models.gpu_ops;
+  kernels::cuda::testing::GemmModeScope gemm(kernels::cuda::CudaGemmMode::kF32);
 
   KvRetrievalOptions ko;
   ko.defaults.sink_tokens = 16;
@@ -75,7 +67,7 @@ TEST_P(DeviceHybridTest, DecodeMatchesFullAttentionAndTheMiddleLeavesTheGpu) {
   ro.window_tokens = 64;
   auto pool = gpu->DeviceKvPool(kernels::DType::kF32, 64 << 20);
   ASSERT_TRUE(pool.ok()) << pool.status().ToString();
-  auto src = DeviceRetrievalKvSource::Create(&client, "seq", gpu->geometry(), ro, *pool, *gpu_ops);
+  auto src = DeviceRetrievalKvSource::Create(&client, "seq", gpu->geometry(), ro, *pool, gpu_ops);
   ASSERT_TRUE(src.ok()) << src.status().ToString();
 
   auto full = cpu->NewKvCache();

@@ -17,6 +17,7 @@
 #include "kernels/cuda/paged_kv.h"
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
+#include "tests/cuda/gpu_test_util.h"
 #include "tests/engine/engine_test_util.h"
 
 namespace ragserve::kernels::cuda {
@@ -86,15 +87,7 @@ std::unique_ptr<TestWeight> MakeWeight(int64_t rows, int64_t cols, DType t, uint
   return w;
 }
 
-// Sets the process-wide GEMM mode for a scope (restored even when an ASSERT returns early).
-class GemmModeScope {
- public:
-  explicit GemmModeScope(CudaGemmMode mode) : saved_(GetCudaGemmMode()) { SetCudaGemmMode(mode); }
-  ~GemmModeScope() { SetCudaGemmMode(saved_); }
-
- private:
-  CudaGemmMode saved_;
-};
+using testing::GemmModeScope;
 
 void ExpectSynced() {
   Status s = Gpu().Synchronize();
