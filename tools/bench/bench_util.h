@@ -1,4 +1,4 @@
-// Shared pieces of the benchmark programs: the machine line every table starts with.
+// Shared pieces of the benchmark programs: what the machine was when the numbers were taken.
 #pragma once
 
 #include <fstream>
@@ -6,21 +6,34 @@
 
 namespace ragserve::bench {
 
-// "<cpu model>, <n> cpus, loadavg <1 5 15>" from /proc (what the numbers were measured on).
-inline std::string MachineLine() {
+// The first "model name" of /proc/cpuinfo ("unknown cpu" when there is none).
+inline std::string CpuModel() {
   std::ifstream f("/proc/cpuinfo");
-  std::string line, model = "unknown cpu";
-  int cpus = 0;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      model = line.substr(line.find(':') + 2);
-      ++cpus;
-    }
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
   }
+  return "unknown cpu";
+}
+
+// Logical CPUs listed in /proc/cpuinfo.
+inline int CpuCount() {
+  std::ifstream f("/proc/cpuinfo");
+  int n = 0;
+  for (std::string line; std::getline(f, line);) n += line.rfind("processor", 0) == 0;
+  return n;
+}
+
+// The 1, 5 and 15 minute load averages: "0.12 0.30 0.41".
+inline std::string LoadAvg() {
   std::ifstream l("/proc/loadavg");
-  std::string load;
-  std::getline(l, load);
-  return model + ", " + std::to_string(cpus) + " cpus, loadavg " + load.substr(0, 14);
+  std::string a, b, c;
+  l >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
+// "<cpu model>, <n> cpus, loadavg <1 5 15>": the machine line every bench table starts with.
+inline std::string MachineLine() {
+  return CpuModel() + ", " + std::to_string(CpuCount()) + " cpus, loadavg " + LoadAvg();
 }
 
 }  // namespace ragserve::bench

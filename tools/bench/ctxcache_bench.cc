@@ -49,6 +49,7 @@
 #include "services/engine/sampling.h"
 #include "services/engine/tiny_model.h"
 #include "services/engine/tokenizer.h"
+#include "tools/bench/bench_util.h"
 
 namespace {
 
@@ -60,26 +61,6 @@ namespace engine = ragserve::engine;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-std::string LoadAvg() {
-  std::ifstream l("/proc/loadavg");
-  std::string load;
-  std::getline(l, load);
-  return load.substr(0, 14);
-}
-
-std::string Machine() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line, model = "unknown cpu";
-  int cpus = 0;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      model = line.substr(line.find(':') + 2);
-      ++cpus;
-    }
-  }
-  return model + ", " + std::to_string(cpus) + " cpus, loadavg " + LoadAvg();
 }
 
 double Median(std::vector<double> v) {
@@ -135,7 +116,7 @@ KvBlock SyntheticBlock(int64_t tokens, uint32_t seed) {
 
 int RunTiers(const std::string& dir, int entries, int64_t tokens, int reps) {
   const KvBlock proto = SyntheticBlock(tokens, 1);
-  std::printf("### tiers (loadavg %s)\n\n", LoadAvg().c_str());
+  std::printf("### tiers (loadavg %s)\n\n", ragserve::bench::LoadAvg().c_str());
   std::printf("block: 8 layers x 4 kv heads x 64 dims x %lld tokens = %.2f MB f32; %d entries\n\n",
               static_cast<long long>(tokens), proto.ByteSize() / 1e6, entries);
   std::printf("| storage | path | MB/s | us/entry | vs raw RocksDB get |\n|---|---|---|---|---|\n");
@@ -502,7 +483,8 @@ int RunTtft(const std::string& dir, const TtftConfig& cfg) {
       std::error_code ec;
       std::filesystem::remove_all(cell_dir, ec);
       std::fprintf(stderr, "  %2d x %4d: a %.1f ms, b %.1f ms, c %.2f ms, d %.1f ms (loadavg %s)\n",
-                   n, L, res.a * 1e3, res.b * 1e3, res.c * 1e3, res.d * 1e3, LoadAvg().c_str());
+                   n, L, res.a * 1e3, res.b * 1e3, res.c * 1e3, res.d * 1e3,
+                   ragserve::bench::LoadAvg().c_str());
       results.push_back(res);
     }
   }
@@ -607,7 +589,7 @@ int main(int argc, char** argv) {
   if (::mkdtemp(tmpl.data()) == nullptr) return 1;
   const std::string dir = tmpl;
 
-  std::printf("## ctxcache_bench\n\nmachine: %s\ncommand:", Machine().c_str());
+  std::printf("## ctxcache_bench\n\nmachine: %s\ncommand:", ragserve::bench::MachineLine().c_str());
   for (int i = 0; i < argc; ++i) std::printf(" %s", argv[i]);
   std::printf("\n\n");
   int rc = 0;

@@ -79,6 +79,7 @@
 #include "services/kvr/hybrid_attention.h"
 #include "services/kvr/kv_retrieval.h"
 #include "services/kvr/retrieval_kv_source.h"
+#include "tools/bench/bench_util.h"
 
 namespace {
 
@@ -92,26 +93,6 @@ constexpr int kNoDeviceExit = 77;
 
 double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-std::string CpuModel() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line, model = "unknown cpu";
-  int cpus = 0;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      if (cpus == 0) model = line.substr(line.find(':') + 2);
-      ++cpus;
-    }
-  }
-  return model + ", " + std::to_string(cpus) + " cpus";
-}
-
-std::string LoadAvg() {
-  std::ifstream l("/proc/loadavg");
-  std::string a, b, c;
-  l >> a >> b >> c;
-  return a + " " + b + " " + c;
 }
 
 std::string UtcNow() {
@@ -1044,13 +1025,17 @@ int main(int argc, char** argv) {
   if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) cudaGetLastError();
   std::string command;
   for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
-  std::printf("## cuda_bench\n\ndate: %s\nmachine: %s, loadavg %s\ncommand: %s\n", UtcNow().c_str(),
-              CpuModel().c_str(), LoadAvg().c_str(), command.c_str());
+  std::printf(
+      "## cuda_bench\n\ndate: %s\nmachine: %s, loadavg %s\ncommand: %s\n", UtcNow().c_str(),
+      (ragserve::bench::CpuModel() + ", " + std::to_string(ragserve::bench::CpuCount()) + " cpus")
+          .c_str(),
+      ragserve::bench::LoadAvg().c_str(), command.c_str());
   std::printf("CUDA driver %s, runtime %s\n", CudaVersion(driver).c_str(),
               CudaVersion(runtime).c_str());
   Json json = {{"bench", "cuda_bench"},
                {"date", UtcNow()},
-               {"cpu", CpuModel()},
+               {"cpu", (ragserve::bench::CpuModel() + ", " +
+                        std::to_string(ragserve::bench::CpuCount()) + " cpus")},
                {"command", command},
                {"cuda_driver", CudaVersion(driver)},
                {"cuda_runtime", CudaVersion(runtime)}};
@@ -1111,7 +1096,7 @@ int main(int argc, char** argv) {
     std::error_code ec;
     std::filesystem::remove_all(tmpl, ec);
   }
-  std::printf("loadavg at the end %s\n", LoadAvg().c_str());
+  std::printf("loadavg at the end %s\n", ragserve::bench::LoadAvg().c_str());
   write_json();
   return rc;
 }

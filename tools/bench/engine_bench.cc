@@ -39,6 +39,7 @@
 #include "kernels/cpu/spin_pool.h"
 #include "services/engine/model.h"
 #include "services/engine/tiny_model.h"
+#include "tools/bench/bench_util.h"
 
 namespace {
 
@@ -230,22 +231,6 @@ double PrefillRate(Model& m, int batch, int len, int reps) {
   return best;
 }
 
-std::string CpuName() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
-}
-
-std::string LoadAvg() {
-  std::ifstream in("/proc/loadavg");
-  std::string a, b, c;
-  in >> a >> b >> c;
-  return a + " " + b + " " + c;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -275,9 +260,10 @@ int main(int argc, char** argv) {
   std::printf(
       "engine_bench: %s, %ld online CPUs, %d OpenMP threads (OMP_WAIT_POLICY=%s), GEMV SIMD "
       "level %s, load average at start %s\n",
-      CpuName().c_str(), sysconf(_SC_NPROCESSORS_ONLN), threads,
+      ragserve::bench::CpuModel().c_str(), sysconf(_SC_NPROCESSORS_ONLN), threads,
       wait_policy != nullptr ? wait_policy : "unset",
-      std::string(kernels::SimdLevelName(kernels::FastOpsSimdLevel())).c_str(), LoadAvg().c_str());
+      std::string(kernels::SimdLevelName(kernels::FastOpsSimdLevel())).c_str(),
+      ragserve::bench::LoadAvg().c_str());
   std::vector<int> thread_counts = {threads};
   if (threads > 1) thread_counts.push_back(1);
   for (int t : thread_counts) {
@@ -422,6 +408,6 @@ int main(int argc, char** argv) {
       "with the row's thread count, then as many decode steps as read about as many weight "
       "bytes):\n\n%s",
       rounds, roof_table.c_str());
-  std::printf("\nload average at the end: %s\n", LoadAvg().c_str());
+  std::printf("\nload average at the end: %s\n", ragserve::bench::LoadAvg().c_str());
   return 0;
 }

@@ -33,6 +33,7 @@
 #include "services/kvr/hybrid_attention.h"
 #include "services/kvr/kv_store.h"
 #include "services/kvr/synthetic.h"
+#include "tools/bench/bench_util.h"
 
 namespace {
 
@@ -41,22 +42,6 @@ using Clock = std::chrono::steady_clock;
 
 double Ms(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown cpu";
-}
-
-std::string LoadAvg() {
-  std::ifstream in("/proc/loadavg");
-  std::string a;
-  in >> a;
-  return a;
 }
 
 double Median(std::vector<double> v) {
@@ -209,8 +194,8 @@ int main(int argc, char** argv) {
   utsname un{};
   uname(&un);
   std::printf("# kvr_bench  machine: %s, %u hw threads, omp max threads %d, %s %s, loadavg %s\n",
-              CpuModel().c_str(), std::thread::hardware_concurrency(), omp_get_max_threads(),
-              un.sysname, un.release, LoadAvg().c_str());
+              ragserve::bench::CpuModel().c_str(), std::thread::hardware_concurrency(),
+              omp_get_max_threads(), un.sysname, un.release, ragserve::bench::LoadAvg().c_str());
   std::printf(
       "# d=%d, GQA group=%d, top_k=%d, sinks=128, window=512, decode steps=%lld, seed=%llu\n", d,
       group, top_k, static_cast<long long>(n_decode), static_cast<unsigned long long>(seed));

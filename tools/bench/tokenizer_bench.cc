@@ -21,6 +21,7 @@
 #include "services/engine/tiny_model.h"
 #include "services/engine/tokenizer.h"
 #include "services/engine/unicode.h"
+#include "tools/bench/bench_util.h"
 
 namespace {
 
@@ -30,22 +31,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-std::string Machine() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line, model = "unknown cpu";
-  int cpus = 0;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      model = line.substr(line.find(':') + 2);
-      ++cpus;
-    }
-  }
-  std::ifstream l("/proc/loadavg");
-  std::string load;
-  std::getline(l, load);
-  return model + ", " + std::to_string(cpus) + " cpus, loadavg " + load.substr(0, 14);
 }
 
 // The textbook loop over a tokenizer.json's vocab and merges.
@@ -126,7 +111,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", texts.status().ToString().c_str());
     return 1;
   }
-  std::printf("## tokenizer_bench\n\nmachine: %s\ncommand:", Machine().c_str());
+  std::printf("## tokenizer_bench\n\nmachine: %s\ncommand:",
+              ragserve::bench::MachineLine().c_str());
   for (int i = 0; i < argc; ++i) std::printf(" %s", argv[i]);
   std::printf("\ncorpus: %zu passages\n\n", texts->size());
 
