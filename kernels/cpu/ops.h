@@ -75,6 +75,10 @@ class Ops {
   // Waits for the calling thread's queued work and reports the first error since the last call
   // (ops themselves never fail; an asynchronous backend collects launch or device errors here).
   virtual Status Synchronize() const { return OkStatus(); }
+  // Whether the backend can still run ops at all (OK for the CPU). A GPU whose context hit a
+  // sticky error (an illegal address, a lost device) cannot, for the life of the process: the
+  // caller should stop using it (the decode worker fails its requests and stops).
+  virtual Status Health() const { return OkStatus(); }
 
   // y[m, w.rows] = x[m, w.cols] . W^T  (+ bias[w.rows] on every row when bias != nullptr).
   virtual void MatMul(const float* x, int64_t m, const WeightView& w, const WeightView* bias,

@@ -106,6 +106,15 @@ class CudaOpsImpl final : public Ops {
     return s;
   }
 
+  Status Health() const override {
+    // A sticky error is returned by every later call, cudaDeviceSynchronize included, and is
+    // not cleared by cudaGetLastError; a transient one was consumed by Synchronize already.
+    const cudaError_t e = cudaDeviceSynchronize();
+    if (e == cudaSuccess) return OkStatus();
+    cudaGetLastError();
+    return Unavailable(StrCat("CUDA device unusable: ", cudaGetErrorString(e)));
+  }
+
   void MatMul(const float* x, int64_t m, const WeightView& w, const WeightView* bias,
               float* y) const override {
     if (m <= 0) return;

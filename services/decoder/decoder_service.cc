@@ -168,6 +168,12 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
     RS_CHECK_ARG(svc->opts_.generator.max_active >= 1, "--max-active must be >= 1");
     RS_CHECK_ARG(svc->opts_.generator.max_queue >= 0, "--max-queue must be >= 0");
     RS_CHECK_ARG(svc->opts_.generator.prefill_chunk >= 1, "--prefill-chunk must be >= 1");
+    // A dead GPU context cannot be revived in this process: stop (health turns NOT_SERVING,
+    // calls drain) so the orchestrator restarts the worker; the router retries elsewhere.
+    svc->opts_.generator.on_device_failure = [server](const Status& st) {
+      RS_LOG(error, "decoder: stopping: {}", st.message());
+      if (server != nullptr) server->RequestStop();
+    };
     svc->generator_ =
         std::make_unique<Generator>(svc->model_.get(), svc->tokenizer_.get(), svc->opts_.generator);
     const std::string& mode = svc->opts_.context_mode;

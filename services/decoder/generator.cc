@@ -114,6 +114,7 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
 
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return Unavailable("decoder is shutting down");
+  if (!device_failure_.ok()) return device_failure_;
   if (static_cast<int>(queue_.size()) >= opts_.max_queue) {
     return ResourceExhausted(StrCat("admission queue full (", opts_.max_queue, " requests)"));
   }
@@ -160,6 +161,19 @@ void Generator::Shutdown() {
   for (auto& s : active_) Finish(s.get(), Unavailable("decoder shut down"), "error");
   for (auto& s : queued) Finish(s.get(), Unavailable("decoder shut down"), "error");
   active_.clear();
+}
+
+void Generator::FailEverything(const Status& st) {
+  std::deque<std::unique_ptr<Seq>> queued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    device_failure_ = st;
+    queued.swap(queue_);
+    load_.queued = 0;
+    load_.queued_tokens = 0;
+  }
+  for (auto& s : active_) Finish(s.get(), st, "error");
+  for (auto& s : queued) Finish(s.get(), st, "error");
 }
 
 void Generator::Finish(Seq* s, const Status& st, const std::string& reason) {
@@ -340,6 +354,18 @@ bool Generator::Step() {
   std::vector<float> logits;
   const Status st =
       batch.empty() ? OkStatus() : model_->Forward(batch, engine::LogitsMode::kLast, &logits);
+  if (!st.ok()) {
+    if (Status health = model_->ops().Health(); !health.ok()) {
+      const Status dead = Unavailable(StrCat(
+          "the decode worker's ", model_->ops().name(), " backend failed and takes no more work (",
+          health.message(), "; step error: ", st.message(), ")"));
+      RS_LOG(error, "decoder: {}", dead.message());
+      // Reported before the requests fail, so whoever sees a failed request also sees the
+      // worker stopping.
+      if (opts_.on_device_failure) opts_.on_device_failure(dead);
+      FailEverything(dead);  // the members below are done already; step 3 lets them go
+    }
+  }
   const int vocab = model_->config().vocab_size;
   const int64_t ctx = model_->config().max_position_embeddings;
   for (size_t i = 0; i < members.size(); ++i) {

@@ -61,6 +61,11 @@ struct GeneratorOptions {
   // dtype, APE contexts uploaded per request (DeviceApeKvSource), retrieval sequences with sinks
   // + window on the GPU and the middle in the store (kvr/device_retrieval_source.h).
   kernels::DType device_kv_dtype = kernels::DType::kF16;
+  // Called once (on the loop thread) when a forward step fails and the model's backend reports
+  // itself unusable (Ops::Health: a GPU with a sticky error). From then on every active, queued
+  // and new request fails with that Unavailable status (a router retries them elsewhere); the
+  // decoder stops the process so an orchestrator restarts it with a fresh device context.
+  std::function<void(const Status& status)> on_device_failure;
 };
 
 // Timings and counts of one finished request (milliseconds).
@@ -133,6 +138,8 @@ class Generator {
   bool Step();
   void Finish(Seq* s, const Status& st, const std::string& reason);
   void UpdateLoad();
+  // The backend died: fail every active and queued sequence with `st` (loop thread).
+  void FailEverything(const Status& st);
   int64_t KvBytes(int64_t tokens) const;
 
   engine::Model* model_;
@@ -146,6 +153,7 @@ class Generator {
   std::set<std::string> cancel_requests_;     // guarded by mu_
   std::set<std::string> live_ids_;            // guarded by mu_: ids of active sequences
   bool stopping_ = false;                     // guarded by mu_
+  Status device_failure_;                     // guarded by mu_: set once the backend died
   LoadSnapshot load_;                         // guarded by mu_, refreshed per step
   std::vector<std::unique_ptr<Seq>> active_;  // loop thread only
   int64_t reserved_kv_bytes_ = 0;             // written by the loop thread only
