@@ -34,15 +34,11 @@ DeviceRetrievalKvSource::DeviceRetrievalKvSource(std::string id, const engine::K
                                                  std::unique_ptr<KvrSequence> seq,
                                                  std::unique_ptr<kernels::cuda::PagedKvCache> gpu,
                                                  const kernels::Ops* ops)
-    : id_(std::move(id)),
-      g_(g),
-      options_(std::move(options)),
+    : RetrievalSource(std::move(id), g, std::move(options), std::move(seq)),
       sinks_(options_.sink_tokens),
       window_(options_.window_tokens),
       ops_(ops),
-      seq_(std::move(seq)),
       gpu_(std::move(gpu)),
-      pending_(g.num_layers, g.kv_row()),
       o2_(ops),
       lse2_(ops) {}
 
@@ -50,13 +46,7 @@ DeviceRetrievalKvSource::~DeviceRetrievalKvSource() { (void)Release(); }
 
 Status DeviceRetrievalKvSource::Release() {
   gpu_.reset();
-  if (seq_ == nullptr) return OkStatus();
-  std::unique_ptr<KvrSequence> seq = std::move(seq_);
-  return Annotate(seq->Release(), StrCat("kv retrieval: release of sequence '", id_, "'"));
-}
-
-void DeviceRetrievalKvSource::Fail(const Status& st) {
-  if (status_.ok()) status_ = Annotate(st, StrCat("kv retrieval (sequence '", id_, "')"));
+  return RetrievalSource::Release();
 }
 
 void DeviceRetrievalKvSource::EvictMiddle() {
@@ -69,12 +59,8 @@ void DeviceRetrievalKvSource::EvictMiddle() {
 Status DeviceRetrievalKvSource::Append(int layer, const float* k, const float* v, int n,
                                        const int32_t*) {
   if (!status_.ok()) return OkStatus();
-  if (layer < 0 || layer >= g_.num_layers || n < 1 || k == nullptr || v == nullptr) {
-    Fail(InvalidArgument(StrCat("Append: bad layer ", layer, " or token count ", n)));
-    return OkStatus();
-  }
-  if (seq_ == nullptr) {
-    Fail(FailedPrecondition("Append after Release"));
+  if (Status bad = CheckAppend(layer, k, v, n); !bad.ok()) {
+    Fail(bad);
     return OkStatus();
   }
   if (decoding_ && layer == 0) {
@@ -100,28 +86,10 @@ Status DeviceRetrievalKvSource::Append(int layer, const float* k, const float* v
   return OkStatus();
 }
 
-Status DeviceRetrievalKvSource::FlushPending() {
-  RS_ASSIGN_OR_RETURN(const int64_t n, pending_.Flush(seq_.get()));
-  if (n > 0) {
-    ++stats_.appends;
-    stored_ += n;
-  }
-  return OkStatus();
-}
-
 Status DeviceRetrievalKvSource::Attend(int layer, const float* q, int n, float scale, float* o,
                                        float* lse) {
-  Status st;
-  if (!status_.ok()) {
-    st = status_;
-  } else if (layer < 0 || layer >= g_.num_layers || n < 1 || q == nullptr) {
-    st = InvalidArgument(StrCat("Attend: bad layer ", layer, " or token count ", n));
-  } else if (seq_ == nullptr) {
-    st = FailedPrecondition("Attend after Release");
-  } else if (decoding_ ? n > pending_.count(layer) : n != pending_.count(layer)) {
-    st = InvalidArgument(StrCat("Attend of ", n, " queries after an Append of ",
-                                pending_.count(layer), " tokens in layer ", layer));
-  } else {
+  Status st = CheckAttend(layer, q, n);
+  if (st.ok()) {
     st = decoding_ ? DecodeAttend(layer, q, n, scale, o, lse)
                    : PrefillAttend(layer, q, n, scale, o, lse);
   }

@@ -46,10 +46,8 @@ class DeviceRetrievalKvSource final : public RetrievalSource {
   Status Attend(int layer, const float* q, int n, float scale, float* o, float* lse) override;
   kernels::MemorySpace memory() const override { return kernels::MemorySpace::kDevice; }
 
-  const Status& status() const override { return status_; }
-  bool decoding() const { return decoding_; }
+  // Also gives the GPU pages back.
   Status Release() override;
-  const RetrievalSourceStats& stats() const { return stats_; }
   // GPU bytes held by this sequence's pages (sinks + window + pages not yet evicted).
   int64_t gpu_bytes() const { return gpu_ ? gpu_->bytes() : 0; }
   // Tokens whose KV is in the store only (the middle moved off the GPU).
@@ -62,26 +60,15 @@ class DeviceRetrievalKvSource final : public RetrievalSource {
                           const kernels::Ops* ops);
   Status PrefillAttend(int layer, const float* q, int n, float scale, float* o, float* lse);
   Status DecodeAttend(int layer, const float* q, int n, float scale, float* o, float* lse);
-  Status FlushPending();
   // Frees the GPU pages of the store's middle.
   void EvictMiddle();
-  void Fail(const Status& st);
 
-  const std::string id_;
-  const engine::KvGeometry g_;
-  const RetrievalSourceOptions options_;
   const int64_t sinks_, window_;
   const kernels::Ops* ops_;
-  std::unique_ptr<KvrSequence> seq_;  // null once released
   std::unique_ptr<kernels::cuda::PagedKvCache> gpu_;
-  Status status_;
-  bool decoding_ = false;
-  int64_t stored_ = 0;           // tokens per layer in the store
-  int64_t evicted_end_ = 0;      // GPU pages below this (and past the sinks) were given back
-  internal::PendingKv pending_;  // host copies of K/V not yet in the store
-  std::vector<float> hk_, hv_, hq_, ho_, hlse_;  // host staging
-  kernels::ScratchBuffer o2_, lse2_;             // device partials
-  RetrievalSourceStats stats_;
+  int64_t evicted_end_ = 0;            // GPU pages below this (and past the sinks) were given back
+  std::vector<float> hq_, ho_, hlse_;  // host staging
+  kernels::ScratchBuffer o2_, lse2_;   // device partials
 };
 
 }  // namespace ragserve::kvr

@@ -129,39 +129,74 @@ StatusOr<std::unique_ptr<RetrievalKvSource>> RetrievalKvSource::Create(
       new RetrievalKvSource(id, g, options, std::move(seq), ops));
 }
 
-RetrievalKvSource::RetrievalKvSource(std::string id, const engine::KvGeometry& g,
-                                     RetrievalSourceOptions options,
-                                     std::unique_ptr<KvrSequence> seq, const kernels::Ops* ops)
+RetrievalSource::RetrievalSource(std::string id, const engine::KvGeometry& g,
+                                 RetrievalSourceOptions options, std::unique_ptr<KvrSequence> seq)
     : id_(std::move(id)),
       g_(g),
       options_(std::move(options)),
-      ops_(ops),
       seq_(std::move(seq)),
-      prefill_cache_(std::make_unique<engine::KvCache>(g, 0, ops)),
       pending_(g.num_layers, g.kv_row()) {}
 
-RetrievalKvSource::~RetrievalKvSource() { (void)Release(); }
-
-Status RetrievalKvSource::Release() {
-  prefill_cache_.reset();
+Status RetrievalSource::Release() {
   if (seq_ == nullptr) return OkStatus();
   std::unique_ptr<KvrSequence> seq = std::move(seq_);
   return Annotate(seq->Release(), StrCat("kv retrieval: release of sequence '", id_, "'"));
 }
 
-void RetrievalKvSource::Fail(const Status& st) {
+void RetrievalSource::Fail(const Status& st) {
   if (status_.ok()) status_ = Annotate(st, StrCat("kv retrieval (sequence '", id_, "')"));
+}
+
+Status RetrievalSource::CheckAppend(int layer, const float* k, const float* v, int n) const {
+  if (layer < 0 || layer >= g_.num_layers || n < 1 || k == nullptr || v == nullptr) {
+    return InvalidArgument(StrCat("Append: bad layer ", layer, " or token count ", n));
+  }
+  if (seq_ == nullptr) return FailedPrecondition("Append after Release");
+  return OkStatus();
+}
+
+Status RetrievalSource::CheckAttend(int layer, const float* q, int n) const {
+  if (!status_.ok()) return status_;
+  if (layer < 0 || layer >= g_.num_layers || n < 1 || q == nullptr) {
+    return InvalidArgument(StrCat("Attend: bad layer ", layer, " or token count ", n));
+  }
+  if (seq_ == nullptr) return FailedPrecondition("Attend after Release");
+  const int64_t m = pending_.count(layer);
+  if (decoding_ ? n > m : n != m) {
+    return InvalidArgument(
+        StrCat("Attend of ", n, " queries after an Append of ", m, " tokens in layer ", layer));
+  }
+  return OkStatus();
+}
+
+Status RetrievalSource::FlushPending() {
+  RS_ASSIGN_OR_RETURN(const int64_t n, pending_.Flush(seq_.get()));
+  if (n > 0) {
+    ++stats_.appends;
+    stored_ += n;
+  }
+  return OkStatus();
+}
+
+RetrievalKvSource::RetrievalKvSource(std::string id, const engine::KvGeometry& g,
+                                     RetrievalSourceOptions options,
+                                     std::unique_ptr<KvrSequence> seq, const kernels::Ops* ops)
+    : RetrievalSource(std::move(id), g, std::move(options), std::move(seq)),
+      ops_(ops),
+      prefill_cache_(std::make_unique<engine::KvCache>(g, 0, ops)) {}
+
+RetrievalKvSource::~RetrievalKvSource() { (void)Release(); }
+
+Status RetrievalKvSource::Release() {
+  prefill_cache_.reset();
+  return RetrievalSource::Release();
 }
 
 Status RetrievalKvSource::Append(int layer, const float* k, const float* v, int n,
                                  const int32_t* positions) {
   if (!status_.ok()) return OkStatus();
-  if (layer < 0 || layer >= g_.num_layers || n < 1 || k == nullptr || v == nullptr) {
-    Fail(InvalidArgument(StrCat("Append: bad layer ", layer, " or token count ", n)));
-    return OkStatus();
-  }
-  if (seq_ == nullptr) {
-    Fail(FailedPrecondition("Append after Release"));
+  if (Status bad = CheckAppend(layer, k, v, n); !bad.ok()) {
+    Fail(bad);
     return OkStatus();
   }
   const int64_t row = g_.kv_row();
@@ -191,29 +226,11 @@ Status RetrievalKvSource::Append(int layer, const float* k, const float* v, int 
   return OkStatus();
 }
 
-Status RetrievalKvSource::FlushPending() {
-  RS_ASSIGN_OR_RETURN(const int64_t n, pending_.Flush(seq_.get()));
-  if (n > 0) {
-    ++stats_.appends;
-    stored_ += n;
-  }
-  return OkStatus();
-}
-
 Status RetrievalKvSource::Attend(int layer, const float* q, int n, float scale, float* o,
                                  float* lse) {
   const int64_t qd = int64_t{g_.num_heads} * g_.head_dim;
-  Status st;
-  if (!status_.ok()) {
-    st = status_;
-  } else if (layer < 0 || layer >= g_.num_layers || n < 1 || q == nullptr) {
-    st = InvalidArgument(StrCat("Attend: bad layer ", layer, " or token count ", n));
-  } else if (seq_ == nullptr) {
-    st = FailedPrecondition("Attend after Release");
-  } else if (n != pending_.count(layer) && !decoding_) {
-    st = InvalidArgument(StrCat("Attend of ", n, " queries after an Append of ",
-                                pending_.count(layer), " tokens in layer ", layer));
-  } else {
+  Status st = CheckAttend(layer, q, n);
+  if (st.ok()) {
     st = decoding_ ? DecodeAttend(layer, q, n, scale, o, lse)
                    : PrefillAttend(layer, q, n, scale, o, lse);
   }
@@ -243,11 +260,7 @@ Status RetrievalKvSource::PrefillAttend(int layer, const float* q, int n, float 
 Status RetrievalKvSource::DecodeAttend(int layer, const float* q, int n, float scale, float* o,
                                        float* lse) {
   const int h = g_.num_heads, hkv = g_.num_kv_heads, d = g_.head_dim, group = h / hkv;
-  const int64_t qd = int64_t{h} * d, m = pending_.count(layer);
-  if (m < n) {
-    return InvalidArgument(
-        StrCat("Attend of ", n, " queries after an Append of ", m, " tokens in layer ", layer));
-  }
+  const int64_t qd = int64_t{h} * d, m = pending_.count(layer);  // n <= m (CheckAttend)
   // The store scores with 1/sqrt(d); scaling q makes its scores scale * q.k.
   const float qscale = scale * std::sqrt(static_cast<float>(d));
   qs_.resize(static_cast<size_t>(n * qd));

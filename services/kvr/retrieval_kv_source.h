@@ -131,14 +131,45 @@ class PendingKv {
 
 }  // namespace internal
 
-// What a decode worker needs of a retrieval-backed KV source, on the CPU (RetrievalKvSource) or
-// with the GPU hybrid layout (device_retrieval_source.h): the sticky error and the release.
+// A retrieval-backed KV source: one sequence in a KV retrieval store, attended on the CPU
+// (RetrievalKvSource) or with the GPU hybrid layout (device_retrieval_source.h). Holds what both
+// share: the store's sequence, the sticky error, the K/V not yet sent to the store, the counters.
 class RetrievalSource : public engine::KvSource {
  public:
-  // The first error this source hit (OK while healthy).
-  virtual const Status& status() const = 0;
-  // Frees the store's sequence; idempotent.
-  virtual Status Release() = 0;
+  // The first error this source hit (OK while healthy); see the header comment.
+  const Status& status() const { return status_; }
+  // True once the prompt is prefilled and the store's indexes are built.
+  bool decoding() const { return decoding_; }
+  // Frees the store's sequence (and the source's own local KV); idempotent. An error here is
+  // returned (and logged by callers) but does not change status().
+  virtual Status Release();
+  const std::string& id() const { return id_; }
+  const RetrievalSourceStats& stats() const { return stats_; }
+
+ protected:
+  RetrievalSource(std::string id, const engine::KvGeometry& g, RetrievalSourceOptions options,
+                  std::unique_ptr<KvrSequence> seq);
+  // Keeps the first error, annotated with the sequence id.
+  void Fail(const Status& st);
+  // The argument checks of Append (layer, count, pointers; not after Release).
+  Status CheckAppend(int layer, const float* k, const float* v, int n) const;
+  // The checks of Attend: the sticky error, the arguments, not after Release, and n against the
+  // layer's pending tokens (prefill: exactly those just appended; decode: at most those).
+  Status CheckAttend(int layer, const float* q, int n) const;
+  // Sends the pending K/V of every layer to the store in one Append (counts it and the tokens).
+  Status FlushPending();
+
+  const std::string id_;
+  const engine::KvGeometry g_;
+  const RetrievalSourceOptions options_;
+  std::unique_ptr<KvrSequence> seq_;  // null once released
+  Status status_;
+  bool decoding_ = false;
+  int64_t stored_ = 0;  // tokens per layer in the store (after the last flush)
+  // Prefill: the K/V of the layer appended but not yet attended; decode: tokens not yet in the
+  // store.
+  internal::PendingKv pending_;
+  RetrievalSourceStats stats_;
 };
 
 class RetrievalKvSource final : public RetrievalSource {
@@ -154,39 +185,18 @@ class RetrievalKvSource final : public RetrievalSource {
                 const int32_t* positions) override;
   Status Attend(int layer, const float* q, int n, float scale, float* o, float* lse) override;
 
-  // The first error this source hit (OK while healthy); see the header comment.
-  const Status& status() const override { return status_; }
-  // True once the prompt is prefilled and the store's indexes are built.
-  bool decoding() const { return decoding_; }
-  // Frees the store's sequence (and the local prefill cache); idempotent. An error here is
-  // returned (and logged by callers) but does not change status().
+  // Also frees the local prefill cache.
   Status Release() override;
-  const std::string& id() const { return id_; }
-  const RetrievalSourceStats& stats() const { return stats_; }
 
  private:
   RetrievalKvSource(std::string id, const engine::KvGeometry& g, RetrievalSourceOptions options,
                     std::unique_ptr<KvrSequence> seq, const kernels::Ops* ops);
   Status PrefillAttend(int layer, const float* q, int n, float scale, float* o, float* lse);
   Status DecodeAttend(int layer, const float* q, int n, float scale, float* o, float* lse);
-  // Sends the pending K/V of every layer to the store.
-  Status FlushPending();
-  void Fail(const Status& st);
 
-  const std::string id_;
-  const engine::KvGeometry g_;
-  const RetrievalSourceOptions options_;
   const kernels::Ops* ops_;
-  std::unique_ptr<KvrSequence> seq_;  // null once released
-  Status status_;
-  bool decoding_ = false;
-  int64_t stored_ = 0;  // tokens per layer in the store (after the last flush)
   std::unique_ptr<engine::KvCache> prefill_cache_;  // exact causal attention of the prompt
-  // Prefill: the K/V of the layer appended but not yet attended; decode: tokens not yet in the
-  // store.
-  internal::PendingKv pending_;
-  std::vector<float> qs_, o2_, lse2_;  // scratch
-  RetrievalSourceStats stats_;
+  std::vector<float> qs_, o2_, lse2_;               // scratch
 };
 
 }  // namespace ragserve::kvr
