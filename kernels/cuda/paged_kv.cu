@@ -107,6 +107,9 @@ struct PagedKvCache::Impl {
   std::vector<int64_t> table_cap;
   AttentionWorkspace workspace;
   DeviceScratch gather_k, gather_v;
+  // Per layer, the pages [evicted_from, evicted_to) are given back already: a caller evicting a
+  // growing range every step (a sliding window, the hybrid path's middle) only looks at new ones.
+  std::vector<int64_t> evicted_from, evicted_to;
   ~Impl() {
     for (int32_t* t : tables) {
       if (t != nullptr) cudaFree(t);
@@ -126,6 +129,8 @@ StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(std::shared_ptr<KvP
   c->impl_ = std::make_unique<Impl>();
   c->impl_->tables.assign(static_cast<size_t>(layers), nullptr);
   c->impl_->table_cap.assign(static_cast<size_t>(layers), 0);
+  c->impl_->evicted_from.assign(static_cast<size_t>(layers), 0);
+  c->impl_->evicted_to.assign(static_cast<size_t>(layers), 0);
   return c;
 }
 
@@ -305,6 +310,9 @@ void PagedKvCache::Truncate(int64_t n) {
         if (pages[p] >= 0) pool_->Give(&pages[p], 1);
       }
       pages.resize(static_cast<size_t>(keep));
+      // Pages appended past `keep` later are new: not covered by an earlier eviction.
+      impl_->evicted_to[l] = std::min(impl_->evicted_to[l], keep);
+      impl_->evicted_from[l] = std::min(impl_->evicted_from[l], impl_->evicted_to[l]);
     }
   }
 }
@@ -317,7 +325,14 @@ void PagedKvCache::Evict(int64_t begin, int64_t end) {
     std::vector<int32_t>& pages = pages_[l];
     const int64_t last = std::min<int64_t>(std::min(end, len_[l]) / P,  // one past the last one
                                            static_cast<int64_t>(pages.size()));
-    for (int64_t p = first; p < last; ++p) {
+    int64_t& from = impl_->evicted_from[l];
+    int64_t& to = impl_->evicted_to[l];
+    // Continue where the last eviction stopped when this range starts inside it.
+    const bool continues = from <= first && first <= to;
+    const int64_t start = continues ? std::max(first, to) : first;
+    if (!continues) from = first;
+    to = std::max(continues ? to : first, last);
+    for (int64_t p = start; p < last; ++p) {
       if (pages[p] < 0) continue;
       if (!synced) {
         cudaStreamSynchronize(cudaStreamPerThread);  // queued kernels may still read them
