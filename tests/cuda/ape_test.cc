@@ -88,7 +88,6 @@ TEST(DeviceEncodeBlockTest, MatchesTheCpuEncodeBlockAfterAPrefix) {
   ASSERT_TRUE(models.cpu && models.gpu);
   Model* cpu = models.cpu.get();
   Model* gpu = models.gpu.get();
-  const kernels::Ops* gpu_ops = models.gpu_ops;
   kernels::cuda::testing::GemmModeScope gemm(kernels::cuda::CudaGemmMode::kF32);
   auto cp = cpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);
   auto gp = gpu->EncodeBlock(nullptr, Tokens(8, mo.vocab_size, 0), 0);

@@ -20,19 +20,8 @@
 namespace ragserve::kvr {
 namespace {
 
-std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> d(0, vocab - 1);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (int32_t& x : t) x = d(rng);
-  return t;
-}
-
-Status Step(engine::Model& m, engine::KvSource* kv, int32_t tok, int32_t pos,
-            std::vector<float>* logits) {
-  engine::SequenceStep s{std::span<const int32_t>(&tok, 1), pos, kv};
-  return m.Forward(std::span(&s, 1), engine::LogitsMode::kLast, logits);
-}
+using engine::testing::DecodeStep;
+using engine::testing::RandomTokens;
 
 struct HybridCase {
   const char* name;
@@ -87,8 +76,8 @@ TEST_P(DeviceHybridTest, DecodeMatchesFullAttentionAndTheMiddleLeavesTheGpu) {
     const int32_t tok = engine::ArgMax(lf);
     agree += engine::ArgMax(lg) == tok;
     const auto pos = static_cast<int32_t>(prompt.size()) + i;
-    ASSERT_TRUE(Step(*cpu, full.get(), tok, pos, &lf).ok());
-    ASSERT_TRUE(Step(*gpu, src->get(), tok, pos, &lg).ok());
+    ASSERT_TRUE(DecodeStep(*cpu, full.get(), tok, pos, &lf).ok());
+    ASSERT_TRUE(DecodeStep(*gpu, src->get(), tok, pos, &lg).ok());
     ASSERT_TRUE((*src)->status().ok()) << (*src)->status().ToString();
     worst = std::max(worst, engine::testing::MaxAbsDiff(lf, lg));
   }

@@ -5,7 +5,10 @@
 
 #include <filesystem>
 #include <memory>
+#include <random>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "services/engine/model.h"
@@ -55,6 +58,23 @@ inline std::unique_ptr<Model> MakeModel(const TempDir& dir, const TinyModelOptio
   auto m = Model::Load(d, ops);
   EXPECT_TRUE(m.ok()) << m.status().ToString();
   return m.ok() ? std::move(m).value() : nullptr;
+}
+
+// n token ids drawn uniformly from [2, vocab) (past the BOS/EOS specials), seeded.
+inline std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> dist(2, vocab - 1);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = dist(rng);
+  return t;
+}
+
+// One decode step of one sequence: token `tok` at position `pos` through `kv`; *logits gets its
+// [vocab] logits.
+inline Status DecodeStep(Model& m, KvSource* kv, int32_t tok, int32_t pos,
+                         std::vector<float>* logits) {
+  SequenceStep st{std::span<const int32_t>(&tok, 1), pos, kv};
+  return m.Forward(std::span<const SequenceStep>(&st, 1), LogitsMode::kLast, logits);
 }
 
 inline float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {

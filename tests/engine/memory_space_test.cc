@@ -148,7 +148,9 @@ TEST(MemorySpaceTest, DeviceBackendModelMatchesHostModelWithStagedHostKv) {
       auto dev = std::move(dev_or).value();
       EXPECT_GT(shadow.live_allocations(), 10u);  // the weights were uploaded
       // NewKvSource without a real GPU: the device page pool reports why it cannot exist.
-      if (kernels::cuda::DeviceCount() == 0) EXPECT_FALSE(dev->NewKvSource().ok());
+      if (kernels::cuda::DeviceCount() == 0) {
+        EXPECT_FALSE(dev->NewKvSource().ok());
+      }
       // Two sequences in one batch, both with host caches (staged per layer), prefill + decode.
       auto ha = host->NewKvCache(), hb = host->NewKvCache();
       auto da = dev->NewKvCache(), db = dev->NewKvCache();

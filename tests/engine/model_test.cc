@@ -14,15 +14,9 @@ namespace {
 
 using testing::MakeModel;
 using testing::MaxAbsDiff;
+using testing::RandomTokens;
 using testing::SmallOptions;
 using testing::TempDir;
-
-std::vector<int32_t> RandomTokens(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = static_cast<int32_t>(2 + rng() % static_cast<uint32_t>(vocab - 2));
-  return t;
-}
 
 std::vector<float> PrefillLogits(Model& m, const std::vector<int32_t>& toks, int chunk,
                                  KvCache* kv = nullptr) {

@@ -19,8 +19,10 @@
 namespace ragserve::kvr {
 namespace {
 
+using engine::testing::DecodeStep;
 using engine::testing::MakeModel;
 using engine::testing::MaxAbsDiff;
+using engine::testing::RandomTokens;
 using engine::testing::TempDir;
 
 engine::TinyModelOptions ModelOptions() {
@@ -33,21 +35,6 @@ engine::TinyModelOptions ModelOptions() {
   o.vocab_size = 512;
   o.seed = 11;
   return o;
-}
-
-std::vector<int32_t> RandomTokens(int n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> dist(2, vocab - 1);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = dist(rng);
-  return t;
-}
-
-Status Step(engine::Model& m, engine::KvSource* kv, int32_t tok, int32_t pos,
-            std::vector<float>* logits) {
-  engine::SequenceStep st{std::span<const int32_t>(&tok, 1), pos, kv};
-  return m.Forward(std::span<const engine::SequenceStep>(&st, 1), engine::LogitsMode::kLast,
-                   logits);
 }
 
 struct Comparison {
@@ -79,8 +66,8 @@ Comparison Compare(engine::Model& m, KvrClient* client, const std::vector<int32_
     c.agree += engine::ArgMax(lr) == tok;
     ++c.steps;
     const auto pos = static_cast<int32_t>(prompt.size()) + i;
-    EXPECT_TRUE(Step(m, full.get(), tok, pos, &lf).ok());
-    EXPECT_TRUE(Step(m, src->get(), tok, pos, &lr).ok());
+    EXPECT_TRUE(DecodeStep(m, full.get(), tok, pos, &lf).ok());
+    EXPECT_TRUE(DecodeStep(m, src->get(), tok, pos, &lr).ok());
     EXPECT_TRUE((*src)->status().ok()) << (*src)->status().ToString();
     c.max_decode_diff = std::max(c.max_decode_diff, MaxAbsDiff(lf, lr));
   }
@@ -213,7 +200,7 @@ TEST_F(RetrievalKvSourceTest, AStoreFailureEndsOnlyThatSequence) {
     std::vector<engine::SequenceStep> b = {{chunk, static_cast<int32_t>(off), src->get()},
                                            {std::span<const int32_t>(&t2, 1), pos2, other.get()}};
     ASSERT_TRUE(model_->Forward(b, engine::LogitsMode::kLast, &batch_logits).ok());
-    ASSERT_TRUE(Step(*model_, alone.get(), t2, pos2, &alone_logits).ok());
+    ASSERT_TRUE(DecodeStep(*model_, alone.get(), t2, pos2, &alone_logits).ok());
     const std::vector<float> row(batch_logits.begin() + 512, batch_logits.end());
     EXPECT_LT(MaxAbsDiff(row, alone_logits), 1e-4f) << "offset " << off;
   }
@@ -238,8 +225,8 @@ TEST_F(RetrievalKvSourceTest, ReleaseFreesTheStoreMemoryMidPrefillAndAfterDecode
     ASSERT_TRUE(a.ok());
     std::vector<float> logits;
     ASSERT_TRUE(model_->Prefill(prompt, 0, a->get(), 0, &logits).ok());
-    ASSERT_TRUE(Step(*model_, a->get(), engine::ArgMax(logits), 200, &logits).ok());
-    ASSERT_TRUE(Step(*model_, a->get(), engine::ArgMax(logits), 201, &logits).ok());
+    ASSERT_TRUE(DecodeStep(*model_, a->get(), engine::ArgMax(logits), 200, &logits).ok());
+    ASSERT_TRUE(DecodeStep(*model_, a->get(), engine::ArgMax(logits), 201, &logits).ok());
     ASSERT_TRUE((*a)->status().ok()) << (*a)->status().ToString();
     EXPECT_EQ(kvr.NumTokens("a", 0).value(), 201);  // the last token is still pending
     EXPECT_GT(kvr.Stats().bytes_used, 0);
@@ -254,7 +241,7 @@ TEST_F(RetrievalKvSourceTest, ReleaseFreesTheStoreMemoryMidPrefillAndAfterDecode
     EXPECT_TRUE((*b)->Release().ok());  // idempotent
     EXPECT_EQ(kvr.Stats().sequences, 1);
     // A released source fails later calls clearly instead of touching the store.
-    ASSERT_TRUE(Step(*model_, b->get(), 5, 50, &logits).ok());
+    ASSERT_TRUE(DecodeStep(*model_, b->get(), 5, 50, &logits).ok());
     EXPECT_EQ((*b)->status().code(), StatusCode::kFailedPrecondition);
   }  // a's destructor releases it
   EXPECT_EQ(kvr.Stats().sequences, 0);
