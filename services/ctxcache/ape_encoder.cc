@@ -5,12 +5,12 @@
 #include <utility>
 
 #include "services/common/logging.h"
+#include "services/common/rag_template.h"
 
 namespace ragserve::ctxcache {
 
 const std::string& DefaultApePrefix() {
-  static const std::string kPrefix =
-      "Answer the question using only the numbered context passages.\n\n";
+  static const std::string kPrefix = kRagPrefix;
   return kPrefix;
 }
 
@@ -92,7 +92,7 @@ StatusOr<std::unique_ptr<ApeEncoder>> ApeEncoder::Create(engine::Model* model,
   return enc;
 }
 
-std::string ApeEncoder::PassageText(const std::string& passage) { return passage + "\n\n"; }
+std::string ApeEncoder::PassageText(const std::string& passage) { return RagPassageText(passage); }
 
 std::string ApeEncoder::SettingsText() const {
   // Only what changes the stored KV (see the header).

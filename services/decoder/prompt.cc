@@ -1,21 +1,17 @@
 #include "services/decoder/prompt.h"
 
-#include "services/ctxcache/ape_encoder.h"
+#include "services/common/rag_template.h"
 
 namespace ragserve::decoder {
 
 std::string BuildRagPrompt(const std::string& question,
                            const std::vector<PromptPassage>& passages) {
-  std::string out = ctxcache::DefaultApePrefix();
-  for (size_t i = 0; i < passages.size(); ++i) {
-    out += "[" + std::to_string(i + 1) + "] " + passages[i].text + "\n\n";
-  }
+  std::string out = kRagPrefix;
+  for (const PromptPassage& p : passages) out += RagPassageText(p.text);
   out += RagQuestion(question);
   return out;
 }
 
-std::string RagQuestion(const std::string& question) {
-  return "Question: " + question + "\nAnswer:";
-}
+std::string RagQuestion(const std::string& question) { return RagQuestionText(question); }
 
 }  // namespace ragserve::decoder

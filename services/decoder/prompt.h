@@ -11,10 +11,10 @@ struct PromptPassage {
   std::string text;
 };
 
-// "<ctxcache::DefaultApePrefix()>[1] passage\n\n[2] passage\n\nQuestion: <q>\nAnswer:".
+// kRagPrefix + each passage + "\n\n" + "Question: <q>\nAnswer:" (services/common/rag_template.h).
 std::string BuildRagPrompt(const std::string& question, const std::vector<PromptPassage>& passages);
 
-// The part after the passages: "Question: <q>\nAnswer:" (with APE, passages are encoded apart).
+// The part after the passages, "Question: <q>\nAnswer:" (with APE, passages are encoded apart).
 std::string RagQuestion(const std::string& question);
 
 }  // namespace ragserve::decoder

@@ -8,6 +8,7 @@
 
 #include "ragserve/v1/ctxcache.grpc.pb.h"
 #include "services/common/client.h"
+#include "services/common/rag_template.h"
 #include "services/ctxcache/ape_encoder.h"
 #include "services/ctxcache/remote_grpc.h"
 #include "tests/support/process.h"
@@ -106,7 +107,7 @@ TEST_F(CtxServiceTest, EncodeThenGetReturnsTheSameKvAsInProcessAndSurvivesRestar
   ASSERT_TRUE(model.ok() && tok.ok());
   auto cache = ctxcache::KvCache::Open({});
   ctxcache::ApeSettings as;
-  as.prefix = "Answer the question using only the numbered context passages.\n\n";
+  as.prefix = kRagPrefix;
   auto enc = ctxcache::ApeEncoder::Create(model->get(), tok->get(), cache->get(), as);
   ASSERT_TRUE(enc.ok());
   auto e = (*enc)->Encode(kText);

@@ -86,8 +86,19 @@ def island(rng, names):
             f"a week. Its lighthouse, built in {year}, is painted {c} from base to lantern, a colour "
             f"chosen so that fishermen could tell it apart from every other light on the coast. The "
             f"longest-serving keeper was {keeper}. {fillers(rng, 2)}")
-    q = f"What colour is the lighthouse on {n} Island?"
-    return text, {"topic": "island", "name": n}, q, c
+    facts = [
+        ([f"What colour is the lighthouse on {n} Island?",
+          f"Which colour is the lighthouse of {n} Island painted?",
+          f"The lighthouse on {n} Island is painted in what colour?",
+          f"Tell me the colour of the lighthouse on {n} Island."], c),
+        ([f"In what year was the lighthouse on {n} Island built?",
+          f"When was the lighthouse on {n} Island built?",
+          f"The lighthouse on {n} Island was built in which year?"], str(year)),
+        ([f"Who was the longest-serving keeper of the lighthouse on {n} Island?",
+          f"Who kept the lighthouse on {n} Island for the longest time?",
+          f"Name the longest-serving keeper on {n} Island."], keeper),
+    ]
+    return text, {"topic": "island", "name": n}, facts
 
 
 def person(rng, names):
@@ -98,8 +109,19 @@ def person(rng, names):
     text = (f"{first} {last} was a {trade} from the town of {town}. Born in {year}, {first} "
             f"became known for patient, careful work and for keeping detailed notebooks. Many of "
             f"those notebooks survive and are still consulted by specialists. {fillers(rng, 2)}")
-    q = f"In what year was the {trade} {first} {last} born?"
-    return text, {"topic": "person", "name": f"{first} {last}"}, q, str(year)
+    facts = [
+        ([f"In what year was the {trade} {first} {last} born?",
+          f"When was {first} {last} born?",
+          f"What is the birth year of the {trade} {first} {last}?",
+          f"{first} {last}, the {trade}, was born in which year?"], str(year)),
+        ([f"Which town was the {trade} {first} {last} from?",
+          f"Where did {first} {last} come from?",
+          f"{first} {last} was a {trade} from which town?"], town),
+        ([f"What was the trade of {first} {last}?",
+          f"What did {first} {last} work as?",
+          f"What was the profession of {first} {last}?"], trade),
+    ]
+    return text, {"topic": "person", "name": f"{first} {last}"}, facts
 
 
 def invention(rng, names):
@@ -110,8 +132,19 @@ def invention(rng, names):
     text = (f"The {inv} {dev} was a machine designed for {use}. It was first demonstrated in "
             f"{year} by {maker}, who built the prototype in a rented workshop. Later versions were "
             f"smaller and cheaper, and a few are still kept in working order. {fillers(rng, 2)}")
-    q = f"In which year was the {inv} {dev} first demonstrated?"
-    return text, {"topic": "invention", "name": f"{inv} {dev}"}, q, str(year)
+    facts = [
+        ([f"In which year was the {inv} {dev} first demonstrated?",
+          f"When was the {inv} {dev} first demonstrated?",
+          f"What year saw the first demonstration of the {inv} {dev}?",
+          f"The {inv} {dev} was first shown in which year?"], str(year)),
+        ([f"Who first demonstrated the {inv} {dev}?",
+          f"Who built the prototype of the {inv} {dev}?",
+          f"Which person demonstrated the {inv} {dev} for the first time?"], maker),
+        ([f"What was the {inv} {dev} designed for?",
+          f"What job was the {inv} {dev} built to do?",
+          f"The {inv} {dev} was a machine for what?"], use),
+    ]
+    return text, {"topic": "invention", "name": f"{inv} {dev}"}, facts
 
 
 def species(rng, names):
@@ -123,8 +156,16 @@ def species(rng, names):
             f"archipelago. Its most striking feature is a {c} stripe along its back, which makes "
             f"it easy to recognise even from a distance. It feeds at dawn and rests during the "
             f"heat of the day. {fillers(rng, 2)}")
-    q = f"What colour is the stripe on the back of the {sp} {kind}?"
-    return text, {"topic": "species", "name": f"{sp} {kind}"}, q, c
+    facts = [
+        ([f"What colour is the stripe on the back of the {sp} {kind}?",
+          f"Which colour is the stripe of the {sp} {kind}?",
+          f"The {sp} {kind} has a stripe of what colour?",
+          f"Tell me the colour of the stripe on the {sp} {kind}."], c),
+        ([f"Where is the {sp} {kind} found?",
+          f"In what habitat does the {sp} {kind} live?",
+          f"Which habitat is home to the {sp} {kind}?"], hab),
+    ]
+    return text, {"topic": "species", "name": f"{sp} {kind}"}, facts
 
 
 def town(rng, names):
@@ -134,8 +175,16 @@ def town(rng, names):
     text = (f"{t} is a market town built around a square paved with {mat}. It was founded in "
             f"{year} by traders who needed a safe place to store wool and grain over the winter. "
             f"The weekly market still opens at seven in the morning. {fillers(rng, 2)}")
-    q = f"In what year was the market town of {t} founded?"
-    return text, {"topic": "town", "name": t}, q, str(year)
+    facts = [
+        ([f"In what year was the market town of {t} founded?",
+          f"When was {t} founded?",
+          f"What is the founding year of the town of {t}?",
+          f"The market town of {t} was founded in which year?"], str(year)),
+        ([f"What is the square of {t} paved with?",
+          f"Which material paves the square in {t}?",
+          f"The square of {t} is paved with what?"], mat),
+    ]
+    return text, {"topic": "town", "name": t}, facts
 
 
 def river(rng, names):
@@ -145,8 +194,13 @@ def river(rng, names):
             f"{km} kilometres long, and for most of that distance it is shallow enough to wade "
             f"across in late summer. Otters, herons and small silver fish live along its banks. "
             f"{fillers(rng, 2)}")
-    q = f"How long is the {r} River in kilometres?"
-    return text, {"topic": "river", "name": r}, q, str(km)
+    facts = [
+        ([f"How long is the {r} River in kilometres?",
+          f"What is the length of the {r} River?",
+          f"How many kilometres long is the {r} River?",
+          f"Give the length of the {r} River in kilometres."], str(km)),
+    ]
+    return text, {"topic": "river", "name": r}, facts
 
 
 def ship(rng, names):
@@ -156,8 +210,16 @@ def ship(rng, names):
     text = (f"The sailing ship {s} was launched in {year} from a small yard on a tidal river. "
             f"She carried {masts} masts and was famous for crossing the northern sea faster than "
             f"any ship of her size. Her figurehead now hangs in a harbour office. {fillers(rng, 2)}")
-    q = f"How many masts did the sailing ship {s} carry?"
-    return text, {"topic": "ship", "name": s}, q, str(masts)
+    facts = [
+        ([f"How many masts did the sailing ship {s} carry?",
+          f"How many masts did the {s} have?",
+          f"What number of masts did the ship {s} carry?",
+          f"The sailing ship {s} carried how many masts?"], str(masts)),
+        ([f"In what year was the sailing ship {s} launched?",
+          f"When was the ship {s} launched?",
+          f"The {s} was launched in which year?"], str(year)),
+    ]
+    return text, {"topic": "ship", "name": s}, facts
 
 
 def mountain(rng, names):
@@ -167,8 +229,13 @@ def mountain(rng, names):
             f"above sea level, and on clear days it can be seen from the coast. The first "
             f"recorded ascent followed the eastern ridge, which is still the usual route. "
             f"{fillers(rng, 2)}")
-    q = f"How high is Mount {m} in metres?"
-    return text, {"topic": "mountain", "name": m}, q, str(h)
+    facts = [
+        ([f"How high is Mount {m} in metres?",
+          f"What is the height of Mount {m}?",
+          f"How many metres high is Mount {m}?",
+          f"Give the height of Mount {m} in metres."], str(h)),
+    ]
+    return text, {"topic": "mountain", "name": m}, facts
 
 
 def festival(rng, names):
@@ -179,8 +246,16 @@ def festival(rng, names):
             f"to share bread, songs and stories, and the last evening ends with lanterns floated "
             f"on a lake. Nobody is quite sure when the first festival took place. "
             f"{fillers(rng, 2)}")
-    q = f"How many days does the {f} Festival last?"
-    return text, {"topic": "festival", "name": f}, q, str(days)
+    facts = [
+        ([f"How many days does the {f} Festival last?",
+          f"How long does the {f} Festival last, in days?",
+          f"For how many days is the {f} Festival held?",
+          f"The {f} Festival lasts how many days?"], str(days)),
+        ([f"In which month is the {f} Festival held?",
+          f"When is the {f} Festival held each year?",
+          f"The {f} Festival takes place in what month?"], month),
+    ]
+    return text, {"topic": "festival", "name": f}, facts
 
 
 def bridge(rng, names):
@@ -191,8 +266,16 @@ def bridge(rng, names):
             f"paid for by a group of merchants who were tired of waiting for the ferry. Carts "
             f"were allowed across it until a newer road bridge opened downstream. "
             f"{fillers(rng, 2)}")
-    q = f"How many arches does the {b} Bridge have?"
-    return text, {"topic": "bridge", "name": b}, q, str(arches)
+    facts = [
+        ([f"How many arches does the {b} Bridge have?",
+          f"On how many arches does the {b} Bridge cross the river?",
+          f"What number of arches does the {b} Bridge have?",
+          f"The {b} Bridge has how many arches?"], str(arches)),
+        ([f"What are the arches of the {b} Bridge made of?",
+          f"Which material is the {b} Bridge built from?",
+          f"The arches of the {b} Bridge are made of what?"], mat),
+    ]
+    return text, {"topic": "bridge", "name": b}, facts
 
 
 MAKERS = [island, person, invention, species, town, river, ship, mountain, festival, bridge]
@@ -211,7 +294,8 @@ def main():
     names = Names(rng)
     passages, qa = [], []
     for i in range(args.n):
-        text, meta, q, ans = MAKERS[i % len(MAKERS)](rng, names)
+        text, meta, facts = MAKERS[i % len(MAKERS)](rng, names)
+        (q, *_), ans = facts[0]
         pid = f"p{i + 1:04d}"
         words = len(text.split())
         assert 40 <= words <= 120, (pid, words)

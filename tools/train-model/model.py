@@ -1,0 +1,197 @@
+"""The reader model in torch: exactly the Llama architecture the engine serves (RMSNorm, RoPE with
+rotate_half, SwiGLU, grouped-query attention, tied or untied embeddings), plus its export to the
+Hugging Face layout (config.json + model.safetensors) that services/engine loads.
+
+Attention takes an explicit boolean mask [B, T, T] and explicit position ids [B, T], so one
+training row can hold a context followed by several question/answer segments that each see the
+context but not each other, all starting at the same position (see train.py).
+"""
+import json
+import math
+import os
+import struct
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Config:
+    def __init__(self, vocab_size, hidden=256, layers=4, heads=4, kv_heads=2, intermediate=704,
+                 rope_theta=100000.0, max_positions=16384, rms_eps=1e-5, tie=True):
+        self.vocab_size = vocab_size
+        self.hidden = hidden
+        self.layers = layers
+        self.heads = heads
+        self.kv_heads = kv_heads
+        self.head_dim = hidden // heads
+        self.intermediate = intermediate
+        self.rope_theta = rope_theta
+        self.max_positions = max_positions
+        self.rms_eps = rms_eps
+        self.tie = tie
+
+    def hf(self, bos_id, eos_id):
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_act": "silu",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_positions,
+            "rms_norm_eps": self.rms_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie,
+            "attention_bias": False,
+            "bos_token_id": bos_id,
+            "eos_token_id": eos_id,
+            "torch_dtype": "float32",
+        }
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(pos, head_dim, theta):
+    """cos/sin [B, T, head_dim] for rotate_half RoPE at integer positions pos [B, T]."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    ang = pos.to(torch.float64).unsqueeze(-1) * inv  # [B, T, hd/2]
+    ang = torch.cat([ang, ang], dim=-1)
+    return ang.cos().float(), ang.sin().float()
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+class Layer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        hd = c.head_dim
+        self.input_layernorm = RMSNorm(c.hidden, c.rms_eps)
+        self.q_proj = nn.Linear(c.hidden, c.heads * hd, bias=False)
+        self.k_proj = nn.Linear(c.hidden, c.kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(c.hidden, c.kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(c.heads * hd, c.hidden, bias=False)
+        self.post_attention_layernorm = RMSNorm(c.hidden, c.rms_eps)
+        self.gate_proj = nn.Linear(c.hidden, c.intermediate, bias=False)
+        self.up_proj = nn.Linear(c.hidden, c.intermediate, bias=False)
+        self.down_proj = nn.Linear(c.intermediate, c.hidden, bias=False)
+
+    def forward(self, x, cos, sin, bias):
+        c = self.c
+        B, T, _ = x.shape
+        hd = c.head_dim
+        h = self.input_layernorm(x)
+        q = self.q_proj(h).view(B, T, c.heads, hd).transpose(1, 2)
+        k = self.k_proj(h).view(B, T, c.kv_heads, hd).transpose(1, 2)
+        v = self.v_proj(h).view(B, T, c.kv_heads, hd).transpose(1, 2)
+        cs, sn = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = (q * cs + rotate_half(q) * sn) * (1.0 / math.sqrt(hd))
+        k = k * cs + rotate_half(k) * sn
+        g = c.heads // c.kv_heads
+        k = k.repeat_interleave(g, dim=1)
+        v = v.repeat_interleave(g, dim=1)
+        # One row at a time: the [heads, T, T] scores of a row stay small enough for the allocator
+        # to reuse; whole-batch [B, heads, T, T] temporaries made a training step ~3x slower here
+        # (fresh pages for every large tensor; measured on the 2-core VM).
+        rows = []
+        for b in range(B):
+            s = torch.baddbmm(bias[b], q[b], k[b].transpose(-1, -2))
+            rows.append(torch.bmm(torch.softmax(s, dim=-1), v[b]))
+        a = torch.stack(rows)
+        x = x + self.o_proj(a.transpose(1, 2).reshape(B, T, c.heads * hd))
+        h = self.post_attention_layernorm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class Reader(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden)
+        self.layers = nn.ModuleList([Layer(c) for _ in range(c.layers)])
+        self.norm = RMSNorm(c.hidden, c.rms_eps)
+        self.lm_head = None if c.tie else nn.Linear(c.hidden, c.vocab_size, bias=False)
+        self.apply(self._init)
+        # Residual output projections start small (GPT-2 style), which trains faster at depth.
+        for layer in self.layers:
+            for lin in (layer.o_proj, layer.down_proj):
+                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * c.layers))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, ids, pos, mask):
+        """ids, pos: [B, T] int64; mask: [B, T, T] bool (True = may attend). -> logits [B, T, V]"""
+        x = self.embed_tokens(ids)
+        cos, sin = rope_tables(pos, self.c.head_dim, self.c.rope_theta)
+        bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))
+        bias = bias.unsqueeze(1)  # [B, 1, T, T]: row b's bias broadcasts over the heads
+        for layer in self.layers:
+            x = layer(x, cos, sin, bias)
+        x = self.norm(x)
+        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return x @ w.t()
+
+    def hf_state(self):
+        """Tensors under the Hugging Face Llama names."""
+        out = {"model.embed_tokens.weight": self.embed_tokens.weight,
+               "model.norm.weight": self.norm.weight}
+        if self.lm_head is not None:
+            out["lm_head.weight"] = self.lm_head.weight
+        for i, l in enumerate(self.layers):
+            p = "model.layers.%d." % i
+            out[p + "input_layernorm.weight"] = l.input_layernorm.weight
+            out[p + "post_attention_layernorm.weight"] = l.post_attention_layernorm.weight
+            for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                out[p + "self_attn.%s.weight" % n] = getattr(l, n).weight
+            for n in ("gate_proj", "up_proj", "down_proj"):
+                out[p + "mlp.%s.weight" % n] = getattr(l, n).weight
+        return out
+
+
+def write_safetensors(path, tensors):
+    """The safetensors format: u64 little-endian header size, JSON header, raw little-endian data."""
+    header, blobs, off = {}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to(torch.float32).contiguous().cpu()
+        data = t.numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
+        blobs.append(data)
+        off += len(data)
+    header["__metadata__"] = {"format": "pt"}
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    h += b" " * ((8 - len(h) % 8) % 8)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+def export(model, out_dir, tokenizer_json, bos_id, eos_id):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(model.c.hf(bos_id, eos_id), f, indent=2)
+        f.write("\n")
+    write_safetensors(os.path.join(out_dir, "model.safetensors"), model.hf_state())
+    with open(tokenizer_json, "rb") as src, open(os.path.join(out_dir, "tokenizer.json"), "wb") as d:
+        d.write(src.read())

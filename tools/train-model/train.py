@@ -1,0 +1,397 @@
+#!/usr/bin/python3
+"""Trains ragserve's demo reader: a small Llama-architecture model that answers questions from
+retrieved passages, on the CPU with Debian's python3-torch, deterministically from a seed.
+
+  /usr/bin/python3 tools/train-model/train.py --tokenize-bin build/bin/ragserve-tokenize \\
+      --out data/models/reader-4m --work .train-work
+
+Steps: (1) train a byte-level BPE tokenizer with the project's own trainer (ragserve-tokenize)
+on generated training passages and questions; (2) train the model on generated RAG reading with a
+curriculum (one passage -> a few -> many, with position gaps so the question sees passages
+thousands of positions away); (3) export config.json + model.safetensors + tokenizer.json in the
+Hugging Face layout, the loss log (CSV) and a loss-curve plot.
+
+Each training row is one context (BOS + prefix + passages) followed by several question/answer
+segments. A segment attends to the whole context and to itself but not to the other segments, and
+every segment starts at the position right after the context: each row trains several independent
+questions for the price of one context. The loss is the answer tokens' cross-entropy (answer +
+EOS) plus a small language-model loss on the passage tokens. Checkpoints (--work) make a run
+resumable; a resumed run continues the same data stream and reaches the same weights.
+See docs/MODEL.md for the recipe, the measured curve and the evaluation.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+
+# One BLAS thread: OpenBLAS's own pool (beside torch's) spins and, on a 2-core machine shared with
+# anything else, made steps ~8x slower (measured). torch's threads are set by --threads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bpe  # noqa: E402
+import ragdata  # noqa: E402
+from model import Config, Reader, export  # noqa: E402
+
+SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>"]
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------
+
+def train_tokenizer(args, tmpl, path):
+    """Byte-level BPE from ragserve's own trainer over generated training text."""
+    stream = ragdata.PassageStream(args.seed + 7, "train")
+    corpus = path + ".corpus.jsonl"
+    rng = random.Random(args.seed + 8)
+    with open(corpus, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"text": tmpl.prefix}) + "\n")
+        for _ in range(args.tokenizer_passages):
+            p = stream.next()
+            f.write(json.dumps({"text": tmpl.passage(p["text"])}) + "\n")
+            phrasings, ans = rng.choice(p["facts"])
+            q = tmpl.question(rng.choice(phrasings[:-1])) + " " + ans
+            f.write(json.dumps({"text": q}) + "\n")
+    cmd = [args.tokenize_bin, "train", "--corpus", corpus, "--vocab-size", str(args.vocab),
+           "--out", path]
+    for s in SPECIALS:
+        cmd += ["--special", s]
+    subprocess.run(cmd, check=True)
+    os.remove(corpus)
+
+
+def check_tokenizer(args, enc, tmpl, path):
+    """The Python encoder must give the engine's ids (ragserve-tokenize) on a sample."""
+    stream = ragdata.PassageStream(args.seed + 99, "eval")
+    texts = [tmpl.prefix, tmpl.question("How long is the Nawerk River?"), " 1434", " cobalt blue"]
+    texts += [tmpl.passage(stream.next()["text"]) for _ in range(50)]
+    inp = "".join(json.dumps(t) + "\n" for t in texts)
+    out = subprocess.run([args.tokenize_bin, "encode", "--tokenizer", path, "--json-lines"],
+                         input=inp, capture_output=True, text=True, check=True).stdout.splitlines()
+    for t, line in zip(texts, out):
+        want = json.loads(line)
+        got = enc.encode(t)
+        if got != want:
+            raise SystemExit("tokenizer mismatch on %r:\n python %s\n engine %s" % (t, got, want))
+    print("tokenizer: Python encoder agrees with ragserve-tokenize on %d texts" % len(texts))
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+class Stage:
+    def __init__(self, passages, questions, gap_prob, hard_prob):
+        self.passages = passages        # (min, max) passages per context
+        self.questions = questions      # question segments per row
+        self.gap_prob = gap_prob        # rows whose passages are spread over up to --span positions
+        self.hard_prob = hard_prob      # rows whose distractors share the gold passages' kind
+
+
+def stage_at(frac):
+    if frac < 0.12:
+        return Stage((1, 2), 4, 0.0, 0.0)
+    if frac < 0.40:
+        return Stage((2, 5), 6, 0.1, 0.2)
+    return Stage((3, 8), 8, 0.35, 0.3)
+
+
+class Rows:
+    """Builds training rows from an endless passage stream."""
+
+    def __init__(self, args, enc, tmpl):
+        self.args = args
+        self.enc = enc
+        self.tmpl = tmpl
+        self.stream = ragdata.PassageStream(args.seed, "train")
+        self.rng = random.Random(args.seed + 1)
+        self.head = [enc.bos_id] + enc.encode(tmpl.prefix)
+
+    def passages(self, st):
+        n = self.rng.randint(*st.passages)
+        if self.rng.random() < st.hard_prob and n > 1:
+            topic = self.rng.choice(ragdata.TOPICS)
+            same = self.rng.randint(2, n)
+            out = [self.stream.next(topic) for _ in range(same)]
+            out += [self.stream.next() for _ in range(n - same)]
+            self.rng.shuffle(out)
+            return out
+        return [self.stream.next() for _ in range(n)]
+
+    def row(self, st):
+        """-> (ids, pos, targets, weights, segments) for one context + question segments."""
+        rng, enc = self.rng, self.enc
+        ps = self.passages(st)
+        ids = list(self.head)
+        pos = list(range(len(ids)))
+        tgt_w = [0.0] * len(ids)
+        p_ids = [enc.encode(self.tmpl.passage(p["text"])) for p in ps]
+        ctx_len = len(ids) + sum(len(x) for x in p_ids)
+        gaps = [0] * len(ps)
+        if rng.random() < st.gap_prob:
+            room = max(0, self.args.span - ctx_len - 64)
+            cuts = sorted(rng.randint(0, room) for _ in range(len(ps)))
+            gaps = [b - a for a, b in zip([0] + cuts[:-1], cuts)]
+        p = len(ids)
+        for x, g in zip(p_ids, gaps):
+            p += g
+            ids += x
+            pos += range(p, p + len(x))
+            tgt_w += [self.args.lm_weight] * len(x)
+            p += len(x)
+        # Language-model targets inside the context; the last context token predicts nothing.
+        targets = ids[1:] + [-1]
+        weights = tgt_w[1:] + [0.0]
+        # Question segments: pick (passage, fact) pairs, distinct passages first.
+        order = list(range(len(ps)))
+        rng.shuffle(order)
+        picks = [order[i % len(order)] for i in range(st.questions)]
+        segments = []
+        for k, pi in enumerate(picks):
+            facts = ps[pi]["facts"]
+            phrasings, answer = facts[(k // len(order) + rng.randrange(len(facts))) % len(facts)]
+            q = enc.encode(self.tmpl.question(rng.choice(phrasings[:-1])))
+            a = enc.encode(" " + answer) + [enc.eos_id]
+            seg = q + a
+            start = len(ids)
+            ids += seg
+            pos += range(p, p + len(seg))
+            t = seg[1:] + [-1]
+            w = [0.0] * (len(q) - 1) + [1.0] * len(a) + [0.0]
+            targets += t
+            weights += [-x for x in w]  # negative marks answer targets (split below)
+            segments.append((start, len(seg)))
+        return ids, pos, targets, weights, ctx_len, segments
+
+
+def collate(rows):
+    """Pads rows into tensors with the segment attention masks."""
+    T = max(len(r[0]) for r in rows)
+    B = len(rows)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    pos = torch.zeros(B, T, dtype=torch.long)
+    tgt = torch.full((B, T), -1, dtype=torch.long)
+    w_ans = torch.zeros(B, T)
+    w_lm = torch.zeros(B, T)
+    mask = torch.zeros(B, T, T, dtype=torch.bool)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for b, (i, p, t, w, ctx_len, segs) in enumerate(rows):
+        n = len(i)
+        ids[b, :n] = torch.tensor(i)
+        pos[b, :n] = torch.tensor(p)
+        tgt[b, :n] = torch.tensor(t)
+        wt = torch.tensor(w)
+        w_ans[b, :n] = (-wt).clamp(min=0)
+        w_lm[b, :n] = (wt > 0).float()
+        mask[b, :ctx_len, :ctx_len] = causal[:ctx_len, :ctx_len]
+        for s, L in segs:
+            mask[b, s:s + L, :ctx_len] = True
+            mask[b, s:s + L, s:s + L] = causal[:L, :L]
+        idx = torch.arange(n, T)
+        mask[b, idx, idx] = True  # padding attends to itself only
+    return ids, pos, tgt, w_ans, w_lm, mask
+
+
+def batch(rows_gen, st, budget):
+    rows, tokens = [], 0
+    while tokens < budget:
+        r = rows_gen.row(st)
+        rows.append(r)
+        tokens += len(r[0])
+    return rows, tokens
+
+
+# ---- evaluation (teacher-forced exact match == greedy exact match) ------------------------------
+
+def prompt_ids(enc, tmpl, item):
+    ids = [enc.bos_id] + enc.encode(tmpl.prefix)
+    for p in item["passages"]:
+        ids += enc.encode(tmpl.passage(p))
+    return ids + enc.encode(tmpl.question(item["question"]))
+
+
+@torch.no_grad()
+def exact_match(model, enc, tmpl, items, bs=8):
+    """Fraction of items whose greedy answer is exactly ' <answer>' + EOS: greedy decoding
+    reproduces the answer iff the argmax is right at every answer position given the right
+    prefix, so one teacher-forced forward per item decides it."""
+    model.eval()
+    good = 0
+    for i in range(0, len(items), bs):
+        chunk = items[i:i + bs]
+        rows = []
+        for it in chunk:
+            pr = prompt_ids(enc, tmpl, it)
+            a = enc.encode(" " + it["answer"]) + [enc.eos_id]
+            rows.append((pr, a))
+        T = max(len(p) + len(a) for p, a in rows)
+        ids = torch.zeros(len(rows), T, dtype=torch.long)
+        for b, (p, a) in enumerate(rows):
+            seq = p + a
+            ids[b, :len(seq)] = torch.tensor(seq)
+        pos = torch.arange(T).unsqueeze(0).expand(len(rows), T)
+        mask = torch.ones(T, T, dtype=torch.bool).tril().unsqueeze(0).expand(len(rows), T, T)
+        pred = model(ids, pos, mask).argmax(-1)
+        for b, (p, a) in enumerate(rows):
+            got = pred[b, len(p) - 1:len(p) - 1 + len(a)].tolist()
+            good += got == a
+    model.train()
+    return good / len(items)
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+def lr_at(step, args):
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    f = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, f))))
+
+
+def plot(log_path, png_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(log_path) as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(steps, [float(r["answer_loss"]) for r in rows], label="answer loss", lw=0.8)
+    ax.plot(steps, [float(r["lm_loss"]) for r in rows], label="passage LM loss", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.set_yscale("log")
+    ev = [(int(r["step"]), float(r["dev_em"])) for r in rows if r["dev_em"]]
+    if ev:
+        ax2 = ax.twinx()
+        ax2.plot([s for s, _ in ev], [e for _, e in ev], "k.-", label="dev exact match (4 passages)")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("dev exact match")
+        ax2.legend(loc="center right")
+    ax.legend(loc="upper right")
+    ax.set_title("reader training (tools/train-model/train.py)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--tokenize-bin", default="build/bin/ragserve-tokenize")
+    ap.add_argument("--out", default="data/models/reader")
+    ap.add_argument("--work", default=".train-work", help="checkpoints, logs, tokenizer")
+    ap.add_argument("--seed", type=int, default=20261205)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest when other work shares the cores)")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--tokens-per-step", type=int, default=3072)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=60)
+    ap.add_argument("--lm-weight", type=float, default=0.25)
+    ap.add_argument("--span", type=int, default=9000, help="position span of gapped rows")
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--tokenizer-passages", type=int, default=6000)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--intermediate", type=int, default=704)
+    ap.add_argument("--rope-theta", type=float, default=100000.0)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--ckpt-every", type=int, default=50)
+    ap.add_argument("--dev-items", type=int, default=64)
+    ap.add_argument("--plot", default="", help="write the loss curve PNG here at the end")
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.work, exist_ok=True)
+    tmpl = ragdata.Template()
+    tok_path = os.path.join(args.work, "tokenizer.json")
+    if not os.path.exists(tok_path):
+        train_tokenizer(args, tmpl, tok_path)
+    enc = bpe.ByteLevelBpe(tok_path)
+    check_tokenizer(args, enc, tmpl, tok_path)
+
+    cfg = Config(enc.vocab_size, args.hidden, args.layers, args.heads, args.kv_heads,
+                 args.intermediate, args.rope_theta)
+    model = Reader(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    print("model: %d parameters, vocab %d" % (n_params, enc.vocab_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    rows = Rows(args, enc, tmpl)
+    dev = ragdata.eval_items(ragdata.DEV_SEED, args.dev_items, 4, phrasing="train")
+
+    ckpt = os.path.join(args.work, "checkpoint.pt")
+    log_path = os.path.join(args.work, "train_log.csv")
+    step, elapsed = 0, 0.0
+    if os.path.exists(ckpt):
+        state = torch.load(ckpt)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = state["step"], state["elapsed"]
+        rows.stream.rng.setstate(state["stream_rng"])
+        rows.stream.names.used = state["names_used"]
+        rows.rng.setstate(state["rows_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        print("resumed at step %d (%.0f s trained)" % (step, elapsed))
+    else:
+        with open(log_path, "w") as f:
+            f.write("step,seconds,tokens,lr,answer_loss,lm_loss,dev_em\n")
+
+    t0 = time.time() - elapsed
+    tokens_total = 0
+    while step < args.steps:
+        st = stage_at(step / args.steps)
+        rs, ntok = batch(rows, st, args.tokens_per_step)
+        ids, pos, tgt, w_ans, w_lm, mask = collate(rs)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        logits = model(ids, pos, mask)
+        ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.view(-1).clamp(min=0),
+                             reduction="none").view(tgt.shape)
+        ans = (ce * w_ans).sum() / w_ans.sum().clamp(min=1)
+        lm = (ce * w_lm).sum() / w_lm.sum().clamp(min=1e-6)
+        loss = ans + args.lm_weight * lm
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        tokens_total += ntok
+        dev_em = ""
+        if step % args.eval_every == 0 or step == args.steps:
+            dev_em = "%.4f" % exact_match(model, enc, tmpl, dev)
+            export(model, args.out, tok_path, enc.bos_id, enc.eos_id)  # the latest, for evals
+        now = time.time() - t0
+        with open(log_path, "a") as f:
+            f.write("%d,%.1f,%d,%.6f,%.4f,%.4f,%s\n" % (step, now, ntok, lr_at(step - 1, args),
+                                                     ans.item(), lm.item(), dev_em))
+        if step % 10 == 0 or dev_em:
+            print("step %d  %.0fs  %.0f tok/s  answer %.3f  lm %.3f  passages %s %s" % (
+                step, now, tokens_total / max(1e-9, now - (elapsed if step else 0)), ans.item(),
+                lm.item(), st.passages, ("dev_em " + dev_em) if dev_em else ""), flush=True)
+        if step % args.ckpt_every == 0 or step == args.steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "elapsed": now, "stream_rng": rows.stream.rng.getstate(),
+                        "names_used": rows.stream.names.used, "rows_rng": rows.rng.getstate(),
+                        "torch_rng": torch.get_rng_state(), "args": vars(args)}, ckpt + ".tmp")
+            os.replace(ckpt + ".tmp", ckpt)
+    export(model, args.out, tok_path, enc.bos_id, enc.eos_id)
+    with open(os.path.join(args.out, "training.json"), "w") as f:
+        json.dump({"command": " ".join(sys.argv), "args": vars(args), "parameters": n_params,
+                   "steps": step, "seconds": round(time.time() - t0, 1)}, f, indent=2)
+        f.write("\n")
+    if args.plot:
+        plot(log_path, args.plot)
+    print("wrote %s (%d parameters, %d steps, %.0f s)" % (args.out, n_params, step,
+                                                          time.time() - t0))
+
+
+if __name__ == "__main__":
+    main()
