@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: demo test deps build unit format fuzz-smoke clean
+.PHONY: demo test deps build unit format layering fuzz-smoke clean
 
 deps:
 	tools/setup-deps
@@ -24,10 +24,14 @@ unit: build
 format:
 	tools/check-format
 
+# Include rules between kernels/, index/ and the services (reads #include lines only).
+layering:
+	tools/check-layering
+
 fuzz-smoke: deps
 	tools/fuzz-smoke
 
-test: deps format build unit fuzz-smoke
+test: deps format layering build unit fuzz-smoke
 	@echo "make test: all green"
 
 clean:
