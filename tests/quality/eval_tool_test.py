@@ -9,8 +9,9 @@ nothing); a few facts that hold for any model are:
   * plain parallel encoding and the sweep's T = S = 1 point give the same tokens (same math);
   * APE with passages from the context cache gives the same tokens as APE computed in the
     decoder (the cache stores f32: the same bits);
-  * every passage of the ctxcache mode came from the context cache ("remote" on the decoder's
-    /metrics) and every passage of the ape mode was computed in the decoder.
+  * with no passage cache in the decoder (--passage-cache-mb 0), every passage of the ctxcache
+    mode came from the context cache ("remote" on the decoder's /metrics) and every passage of
+    the ape mode was computed in the decoder.
 Exit 77 (skipped) when python3-grpcio is missing.
 
 Usage: eval_tool_test.py --bin-dir BUILD/bin --source-dir REPO
@@ -47,14 +48,14 @@ def main():
                        check=True, stdout=subprocess.DEVNULL)
         out = os.path.join(tmp, "eval.json")
         cmd = ["/usr/bin/python3", os.path.join(src, "tools", "eval", "eval.py"), "--model", model,
-               "--bin", bin_dir, "--items", "2", "--max-tokens", "4",
+               "--bin", bin_dir, "--items", "2", "--max-tokens", "4", "--passage-cache-mb", "0",
                "--modes", "none,seq,ape,parallel,ctxcache,rag,rag-seq,corpus", "--sweep",
                "--sweep-items", "2", "--sweep-t", "0.9,1.0", "--sweep-s", "1.0", "--json", out]
         print("$ " + " ".join(cmd), flush=True)
         r = subprocess.run(cmd, capture_output=True, text=True)
         sys.stdout.write(r.stdout)
         if r.returncode != 0:
-            sys.stdout.write(r.stderr)
+            sys.stdout.write(r.stderr[-20000:])
             print("FAILED: eval.py exited %d" % r.returncode)
             return 1
         with open(out) as f:
@@ -62,7 +63,12 @@ def main():
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    sys.path.insert(0, os.path.join(src, "tools", "eval"))
+    from eval import passage_sources  # noqa: E402
     failures = []
+    for r_ in rep.get("restarts", []):
+        print("note: %s died during %s and was restarted (%s): a service defect, not this "
+              "tool's" % (",".join(r_["services"]), r_["what"], r_["error"]))
 
     def check(cond, what):
         if not cond:
@@ -94,8 +100,8 @@ def main():
             check(len(row["retrieved"]) == 4, "rag/%s: %d passages retrieved" % (
                 p, len(row["retrieved"])))
         check(len(seq) == 2, "seq rows")
-        src_ape = res["ape"][p]["passage_sources"]
-        src_cc = res["ctxcache"][p]["passage_sources"]
+        src_ape = passage_sources(res["ape"][p]["rows"])
+        src_cc = passage_sources(res["ctxcache"][p]["rows"])
         check(src_ape is not None and set(src_ape) == {"computed"},
               "ape/%s: passage KV from %r, want computed only" % (p, src_ape))
         check(src_cc is not None and set(src_cc) == {"remote"},

@@ -28,10 +28,12 @@ Reported per mode: exact match (stripped answer == generated text), contains (th
 in the generated text), accuracy per gold position, agreement with sequential prefill (top-1:
 teacher-forced, i.e. the mode's greedy token after each prefix of the sequential answer, sent as
 resume_token_ids; first: first answer token; same: identical greedy answer), TTFT (the decoder's
-or router's stats event, and as the client saw it) and where passage KV came from (decoder
-/metrics). When the program starts the cluster it gives the decoder --passage-cache-mb 0, so each
-APE request takes its passages from exactly one place: computed in the decoder (ape, parallel) or
-fetched from the context cache (ctxcache, rag): the two TTFTs are the cold and the cached case.
+or router's stats event, and as the client saw it) and where the passage KV of each question's
+first request came from (the decoder's /metrics around it). When the program starts the cluster it
+gives the decoder a passage cache of about two items' passages (--passage-cache-mb from the model's
+KV size), so a question's first request finds its passages cold: the ape and parallel modes compute
+them in the decoder, the ctxcache and rag modes fetch them from the context cache; the two TTFTs
+are the cold and the cached case. The teacher-forced requests that follow find them in RAM.
 """
 import argparse
 import json
@@ -104,9 +106,29 @@ def agreement(ref, tokens, preds=None):
 # ---- modes ---------------------------------------------------------------------------------------
 
 class Runner:
-    def __init__(self, args, client):
+    def __init__(self, args, client, cluster=None):
         self.args = args
         self.c = client
+        self.cluster = cluster
+        self.restarts = []  # (what was running, the error) per decoder restart
+
+    def guard(self, what, fn):
+        """fn(); when a service of the cluster this program started died under it (UNAVAILABLE),
+        restart it and run fn again (requests are greedy and independent: same result). Every
+        restart is recorded and reported: it is a defect of the service, not of the item."""
+        import grpc
+        for attempt in range(4):
+            try:
+                return fn()
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or self.cluster is None or attempt == 3:
+                    raise
+                dead = [s for s in ragclient.SERVICES if not self.cluster.alive(s)]
+                if not dead:
+                    raise
+                log("%s: %s died (%s); restarting it" % (what, ",".join(dead), e.details()))
+                self.restarts.append({"what": what, "services": dead, "error": e.details()})
+                self.cluster.revive()
 
     def sources(self):
         return {s: self.c.metric("decoder", "ragserve_decoder_passages_total", {"source": s})
@@ -123,43 +145,50 @@ class Runner:
                 out[s] = d
         return out
 
-    def decoder_mode(self, name, items, ref=None):
+    def decoder_mode(self, name, items, ref=None, mode=None):
         """Runs one decoder mode over items; ref: the seq results (for agreement)."""
-        a = self.args
-        mode = MODE_OF[name]
-        before = self.sources()
+        mode = mode or MODE_OF[name]
         rows = []
         t0 = time.time()
         for i, it in enumerate(items):
-            r = self.c.generate(it["question"], it["passages"], mode, a.max_tokens)
-            exact, contains = answer_ok(r["text"], it["answer"])
-            row = {"i": i, "gold": it["gold"], "answer": it["answer"], "text": r["text"],
-                   "tokens": r["tokens"], "finish": r["finish"], "exact": exact,
-                   "contains": contains, "ttft_ms": r["ttft_ms"],
-                   "client_ttft_ms": r["client_ttft_ms"], "prompt_tokens": r["prompt_tokens"],
-                   "cached_prompt_tokens": r["cached_prompt_tokens"]}
-            if ref is not None:
-                rt = ref[i]["tokens"]
-                preds = None
-                if a.teacher_forced and r["tokens"]:
-                    preds = teacher_forced(self.c, it, mode, rt, r["tokens"][0])
-                row["agree"] = agreement(rt, r["tokens"], preds)
-            rows.append(row)
-        after = self.sources()
-        return {"rows": rows, "seconds": time.time() - t0,
-                "passage_sources": self.source_delta(before, after)}
+            rows.append(self.guard("%s item %d" % (name, i),
+                                   lambda: self.decoder_item(mode, i, it, ref)))
+        return {"rows": rows, "seconds": time.time() - t0}
+
+    def decoder_item(self, mode, i, it, ref):
+        a = self.args
+        before = self.sources() if mode.passages else None
+        r = self.c.generate(it["question"], it["passages"], mode, a.max_tokens)
+        kv = self.source_delta(before, self.sources()) if mode.passages else None
+        exact, contains = answer_ok(r["text"], it["answer"])
+        row = {"i": i, "gold": it["gold"], "answer": it["answer"], "text": r["text"],
+               "tokens": r["tokens"], "finish": r["finish"], "exact": exact,
+               "contains": contains, "ttft_ms": r["ttft_ms"],
+               "client_ttft_ms": r["client_ttft_ms"], "prompt_tokens": r["prompt_tokens"],
+               "cached_prompt_tokens": r["cached_prompt_tokens"], "kv_source": kv}
+        if ref is not None:
+            rt = ref[i]["tokens"]
+            preds = None
+            if a.teacher_forced and r["tokens"]:
+                preds = teacher_forced(self.c, it, mode, rt, r["tokens"][0])
+            row["agree"] = agreement(rt, r["tokens"], preds)
+        return row
 
     def rag_items(self, name, items_by_phrasing, collection, ref):
         """Ingests the items' passages (once) and asks every question through the router."""
         a = self.args
         out = {}
         for phr, items in items_by_phrasing.items():
-            before = self.sources()
             rows = []
             t0 = time.time()
             for i, it in enumerate(items):
-                r = self.c.query(collection["name"], it["question"], a.k, a.max_tokens,
-                                 use_context_cache=(name == "rag"))
+                def one():
+                    before = self.sources()
+                    r = self.c.query(collection["name"], it["question"], a.k, a.max_tokens,
+                                     use_context_cache=(name == "rag"))
+                    return r, self.source_delta(before, self.sources())
+
+                r, kv = self.guard("%s item %d" % (name, i), one)
                 gold_id = collection["id_of"][it["passages"][it["gold"]]]
                 exact, contains = answer_ok(r["text"], it["answer"])
                 row = {"i": i, "gold": it["gold"], "answer": it["answer"], "text": r["text"],
@@ -167,12 +196,11 @@ class Runner:
                        "contains": contains, "hit": gold_id in r["passages"],
                        "retrieved": r["passages"], "ttft_ms": r["ttft_ms"],
                        "client_ttft_ms": r["client_ttft_ms"],
-                       "cached_prompt_tokens": r["cached_prompt_tokens"]}
+                       "cached_prompt_tokens": r["cached_prompt_tokens"], "kv_source": kv}
                 if ref is not None and phr in ref:
                     row["agree"] = agreement(ref[phr]["rows"][i]["tokens"], r["tokens"])
                 rows.append(row)
-            out[phr] = {"rows": rows, "seconds": time.time() - t0,
-                        "passage_sources": self.source_delta(before, self.sources())}
+            out[phr] = {"rows": rows, "seconds": time.time() - t0}
             log("%s/%s: %s" % (name, phr, summary_line(out[phr])))
         return out
 
@@ -188,7 +216,7 @@ class Runner:
         name = "eval_items_%d" % self.args.seed
         self.c.create_collection(name, index=self.args.index)
         t0 = time.time()
-        ingested, pre = self.c.ingest(name, docs, pre_encode=True)
+        ingested, pre = self.guard("ingest", lambda: self.c.ingest(name, docs, pre_encode=True))
         log("ingested %d item passages into %s (%d pre-encoded) in %.1f s"
             % (ingested, name, pre, time.time() - t0))
         return {"name": name, "id_of": id_of, "documents": ingested, "pre_encoded": pre}
@@ -203,7 +231,7 @@ class Runner:
         self.c.create_collection(name, index=a.index)
         docs = [(p["id"], p["text"], json.dumps(p.get("metadata", {}))) for p in passages]
         t0 = time.time()
-        ingested, pre = self.c.ingest(name, docs, pre_encode=True)
+        ingested, pre = self.guard("ingest", lambda: self.c.ingest(name, docs, pre_encode=True))
         log("ingested %d corpus passages (%d pre-encoded) in %.1f s"
             % (ingested, pre, time.time() - t0))
         sets = {"canonical": [(q["question"], q["answer_contains"], q["answer_passage_id"])
@@ -219,7 +247,8 @@ class Runner:
             rows = []
             t0 = time.time()
             for i, (q, ans, pid) in enumerate(qs):
-                r = self.c.query(name, q, a.k, a.max_tokens, use_context_cache=True)
+                r = self.guard("corpus question %d" % i, lambda: self.c.query(
+                    name, q, a.k, a.max_tokens, use_context_cache=True))
                 exact, contains = answer_ok(r["text"], ans)
                 rows.append({"i": i, "question": q, "answer": ans, "text": r["text"],
                              "tokens": r["tokens"], "exact": exact, "contains": contains,
@@ -238,7 +267,7 @@ class Runner:
         n = self.c.pre_encode(texts)
         log("sweep: %d dev items (%s phrasing), %d passages pre-encoded in the context cache"
             % (len(items), a.sweep_phrasing, n))
-        seq = self.decoder_mode("seq", items)
+        seq = self.decoder_mode("seq", items, mode=Mode.SEQUENTIAL)
         log("sweep seq: %s" % summary_line(seq))
         ts = [float(x) for x in a.sweep_t.split(",")]
         ss = [float(x) for x in a.sweep_s.split(",")]
@@ -248,14 +277,9 @@ class Runner:
             mode = Mode(temperature=t, scale=s, disable_ape=off)
             rows = []
             for i, it in enumerate(items):
-                r = self.c.generate(it["question"], it["passages"], mode, a.max_tokens)
-                exact, contains = answer_ok(r["text"], it["answer"])
-                rt = seq["rows"][i]["tokens"]
-                preds = None
-                if a.teacher_forced and r["tokens"]:
-                    preds = teacher_forced(self.c, it, mode, rt, r["tokens"][0])
-                rows.append({"exact": exact, "contains": contains,
-                             "agree": agreement(rt, r["tokens"], preds)})
+                row = self.guard("sweep T=%g S=%g item %d" % (t, s, i),
+                                 lambda: self.decoder_item(mode, i, it, seq["rows"]))
+                rows.append({k: row[k] for k in ("exact", "contains", "agree", "tokens")})
             cell = {"T": t, "S": s, "disable_ape": off, **summarize({"rows": rows})}
             cells.append(cell)
             log("sweep T=%.2f S=%.2f%s: contains %s top-1 %s" % (
@@ -324,15 +348,21 @@ def pooled(results, mode, phrasings):
     return {"rows": rows}
 
 
-def sources_text(results, mode, phrasings):
+def passage_sources(rows):
+    """Passages of the rows' first requests by where their KV came from (None: unknown)."""
     tot = {}
-    for phr in phrasings:
-        d = results.get(mode, {}).get(phr, {}).get("passage_sources")
+    for r in rows:
+        d = r.get("kv_source")
         if d is None:
-            return "—"
+            return None
         for s, v in d.items():
             tot[s] = tot.get(s, 0) + v
-    return ", ".join("%s %d" % kv for kv in sorted(tot.items())) or "—"
+    return tot
+
+
+def sources_text(results, mode, phrasings):
+    tot = passage_sources(pooled(results, mode, phrasings)["rows"])
+    return ", ".join("%s %d" % kv for kv in sorted(tot.items())) if tot else "—"
 
 
 def tables(report):
@@ -343,6 +373,11 @@ def tables(report):
     out.append("Held-out items: `ragdata.eval_items(seed=%d, n=%d, k=%d)` per phrasing, greedy, "
                "max %d tokens; command: `%s`\n" % (a["seed"], a["items"], a["k"],
                                                   a["max_tokens"], report["command"]))
+    if report.get("restarts"):
+        rs = report["restarts"]
+        out.append("**A service died %d time(s) during this run and was restarted** (the request "
+                   "was rerun; first: %s, during %s: %s).\n" % (
+                       len(rs), ",".join(rs[0]["services"]), rs[0]["what"], rs[0]["error"]))
     phrs = [p for p in PHRASINGS if p in a["phrasings"]]
     modes = [m for m in a["modes"] if m in res]
     if modes:
@@ -434,6 +469,16 @@ def best_cell(sw):
                                      -abs(c["T"] - 1) - abs(c["S"] - 1)))
 
 
+def passage_cache_mb(model, k, passage_tokens=128):
+    """MiB of f32 passage KV for about two items' passages (k each, up to passage_tokens)."""
+    with open(os.path.join(model, "config.json")) as f:
+        cfg = json.load(f)
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    per_token = cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) * head_dim * 2 * 4
+    return max(1, -(-2 * k * passage_tokens * per_token // (1 << 20)))
+
+
 # ---- main ----------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -465,6 +510,9 @@ def main(argv=None):
     ap.add_argument("--sweep-t", default="0.5,0.6,0.7,0.8,0.9,1.0")
     ap.add_argument("--sweep-s", default="0.5,0.6,0.7,0.8,0.9,1.0")
     ap.add_argument("--json", default="", help="write every result (per item) here")
+    ap.add_argument("--passage-cache-mb", type=int, default=-1,
+                    help="the started decoder's passage KV cache (default: about two items' "
+                         "passages; 0: none, every request computes or fetches its passages)")
     ap.add_argument("--timeout", type=float, default=120, help="seconds per RPC")
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
@@ -487,8 +535,11 @@ def main(argv=None):
                              % args.model)
         import tempfile
         work = args.work or tempfile.mkdtemp(prefix="ragserve-eval-")
-        cluster = ragclient.Cluster(args.bin, args.model, work, timeout_s=180,
-                                    decoder_args="--passage-cache-mb 0")
+        cluster = ragclient.Cluster(
+            args.bin, args.model, work, timeout_s=180,
+            decoder_args="--passage-cache-mb %d" % (
+                passage_cache_mb(args.model, args.k) if args.passage_cache_mb < 0
+                else args.passage_cache_mb))
         t0 = time.time()
         cluster.start()
         addrs = cluster.addrs
@@ -500,9 +551,10 @@ def main(argv=None):
                          "phrasings": phrasings, "modes": modes, "max_tokens": args.max_tokens,
                          "teacher_forced": args.teacher_forced, "index": args.index},
               "results": {}}
+    run = None
     try:
         report["fingerprint"] = client.fingerprint()
-        run = Runner(args, client)
+        run = Runner(args, client, cluster)
         items = {p: ragdata.eval_items(args.seed, args.items, args.k, phrasing=p)
                  for p in phrasings}
         res = report["results"]
@@ -527,10 +579,21 @@ def main(argv=None):
             report["corpus"] = run.corpus()
         if args.sweep:
             report["sweep"] = run.sweep()
+    except Exception as e:  # an RPC failed: say where, with the services' last log lines
+        import grpc
+        if not isinstance(e, grpc.RpcError):
+            raise
+        log("an RPC failed: %s %s" % (e.code(), e.details()))
+        if cluster:
+            for svc in ragclient.SERVICES:
+                log("--- %s log (%s):\n%s" % (svc, cluster.dir, cluster.log_tail(svc, 8)))
+        raise
     finally:
         client.close()
         if cluster:
             cluster.stop()
+        if run is not None:
+            report["restarts"] = run.restarts
     report["summary"] = {m: {p: summarize(r, args.k) for p, r in by.items()}
                          for m, by in report["results"].items()}
     if "corpus" in report:

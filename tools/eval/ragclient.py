@@ -152,6 +152,32 @@ class Cluster:
             if r.returncode != 0:
                 sys.stderr.write("tools/up stop: %s%s" % (r.stdout, r.stderr))
 
+    def alive(self, service):
+        """Whether the service's process (tools/up's pid file) is still running."""
+        try:
+            with open(os.path.join(self.dir, "run", service + ".pid")) as f:
+                pid = int(f.read())
+            with open("/proc/%d/status" % pid) as f:
+                return not any(l.startswith("State:") and "Z" in l.split()[1] for l in f)
+        except (OSError, ValueError):
+            return False
+
+    def revive(self):
+        """Restarts the services that died (tools/up start skips the running ones) and waits
+        until all are healthy again."""
+        for svc in SERVICES:
+            if not self.alive(svc):  # a zombie still answers tools/up's kill -0
+                try:
+                    os.remove(os.path.join(self.dir, "run", svc + ".pid"))
+                except OSError:
+                    pass
+        r = self._up("start", "--bin", self.bin_dir, "--model", self.model,
+                     "--base-port", str(self.base))
+        if r.returncode != 0:
+            raise SystemExit("cluster could not be revived (tools/up start):\n%s%s"
+                             % (r.stdout, r.stderr))
+        time.sleep(2.5)  # the router polls its workers every second
+
     def log_tail(self, service, lines=20):
         try:
             with open(os.path.join(self.dir, "logs", service + ".log"), errors="replace") as f:
