@@ -6,6 +6,7 @@
 
 #include "services/common/logging.h"
 #include "services/common/rag_template.h"
+#include "services/engine/tokenizer_config.h"
 
 namespace ragserve::ctxcache {
 
@@ -29,6 +30,12 @@ StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::stri
   ModelAndTokenizer out;
   RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir, ops));
   RS_ASSIGN_OR_RETURN(out.tokenizer, engine::Tokenizer::FromFile(dir + "/tokenizer.json"));
+  auto chat = engine::LoadChatTemplate(dir);
+  if (chat.ok()) {
+    out.chat_template = std::move(*chat);
+  } else {
+    RS_LOG(warn, "{}: the model's chat template is not usable: {}", dir, chat.status().ToString());
+  }
   return out;
 }
 

@@ -27,6 +27,10 @@
 #include "services/engine/model.h"
 #include "services/engine/tokenizer.h"
 
+namespace ragserve::engine {
+class ChatTemplate;  // services/engine/chat_template.h
+}  // namespace ragserve::engine
+
 namespace ragserve::ctxcache {
 
 // The RAG instruction that starts every prompt ("...passages.\n\n"): the default APE prefix of
@@ -41,6 +45,10 @@ StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag
 struct ModelAndTokenizer {
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<engine::Tokenizer> tokenizer;
+  // The model's own chat template (tokenizer_config.json / chat_template.jinja, with its bos/eos
+  // strings); null when the model has none, or when it cannot be compiled (logged as a warning:
+  // loading never fails for it). Not used for prompts yet.
+  std::shared_ptr<const engine::ChatTemplate> chat_template;
 };
 // `ops` runs the model (FastOps by default; kernels/cuda/ops.h for a GPU).
 StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag,
