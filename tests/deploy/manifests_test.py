@@ -75,6 +75,7 @@ def container_env(c, configmaps):
 
 def map_paths(arg, tmp):
     arg = arg.replace("/usr/share/ragserve/corpus", os.path.join(ROOT, "data", "corpus"))
+    arg = arg.replace("/usr/share/ragserve/models", os.path.join(ROOT, "data", "models"))
     for prefix in ("/models", "/var/lib/ragserve"):
         arg = arg.replace(prefix, os.path.join(tmp, prefix.strip("/").replace("/", "_")))
     return arg

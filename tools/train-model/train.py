@@ -163,9 +163,12 @@ class Rows:
             ids += seg
             pos += range(p, p + len(seg))
             t = seg[1:] + [-1]
-            w = [0.0] * (len(q) - 1) + [1.0] * len(a) + [0.0]
+            # Codes (split in collate): -2 question targets, -1 answer targets (+ EOS). The
+            # question's own tokens are trained too: its subject's name can only be predicted by
+            # copying it from a passage, the induction signal that retrieval builds on.
+            w = [-2.0] * (len(q) - 1) + [-1.0] * len(a) + [0.0]
             targets += t
-            weights += [-x for x in w]  # negative marks answer targets (split below)
+            weights += w
             segments.append((start, len(seg)))
         return ids, pos, targets, weights, ctx_len, segments
 
@@ -178,6 +181,7 @@ def collate(rows):
     pos = torch.zeros(B, T, dtype=torch.long)
     tgt = torch.full((B, T), -1, dtype=torch.long)
     w_ans = torch.zeros(B, T)
+    w_q = torch.zeros(B, T)
     w_lm = torch.zeros(B, T)
     mask = torch.zeros(B, T, T, dtype=torch.bool)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
@@ -187,7 +191,8 @@ def collate(rows):
         pos[b, :n] = torch.tensor(p)
         tgt[b, :n] = torch.tensor(t)
         wt = torch.tensor(w)
-        w_ans[b, :n] = (-wt).clamp(min=0)
+        w_ans[b, :n] = (wt == -1).float()
+        w_q[b, :n] = (wt == -2).float()
         w_lm[b, :n] = (wt > 0).float()
         mask[b, :ctx_len, :ctx_len] = causal[:ctx_len, :ctx_len]
         for s, L in segs:
@@ -195,7 +200,7 @@ def collate(rows):
             mask[b, s:s + L, s:s + L] = causal[:L, :L]
         idx = torch.arange(n, T)
         mask[b, idx, idx] = True  # padding attends to itself only
-    return ids, pos, tgt, w_ans, w_lm, mask
+    return ids, pos, tgt, w_ans, w_q, w_lm, mask
 
 
 def batch(rows_gen, st, budget):
@@ -293,6 +298,9 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--lm-weight", type=float, default=0.25)
+    ap.add_argument("--question-weight", type=float, default=0.5)
+    ap.add_argument("--passages", default="", help="LO,HI: fixed passages per row (no curriculum)")
+    ap.add_argument("--questions", type=int, default=4, help="question segments with --passages")
     ap.add_argument("--span", type=int, default=9000, help="position span of gapped rows")
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--tokenizer-passages", type=int, default=6000)
@@ -348,16 +356,20 @@ def main():
     tokens_total = 0
     while step < args.steps:
         st = stage_at(step / args.steps)
+        if args.passages:  # a fixed stage instead of the curriculum (a later phase of a run)
+            lo, hi = (int(x) for x in args.passages.split(","))
+            st = Stage((lo, hi), args.questions, st.gap_prob, st.hard_prob)
         rs, ntok = batch(rows, st, args.tokens_per_step)
-        ids, pos, tgt, w_ans, w_lm, mask = collate(rs)
+        ids, pos, tgt, w_ans, w_q, w_lm, mask = collate(rs)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         logits = model(ids, pos, mask)
         ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.view(-1).clamp(min=0),
                              reduction="none").view(tgt.shape)
         ans = (ce * w_ans).sum() / w_ans.sum().clamp(min=1)
+        qs = (ce * w_q).sum() / w_q.sum().clamp(min=1)
         lm = (ce * w_lm).sum() / w_lm.sum().clamp(min=1e-6)
-        loss = ans + args.lm_weight * lm
+        loss = ans + args.question_weight * qs + args.lm_weight * lm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -373,8 +385,8 @@ def main():
             f.write("%d,%.1f,%d,%.6f,%.4f,%.4f,%s\n" % (step, now, ntok, lr_at(step - 1, args),
                                                      ans.item(), lm.item(), dev_em))
         if step % 10 == 0 or dev_em:
-            print("step %d  %.0fs  %.0f tok/s  answer %.3f  lm %.3f  passages %s %s" % (
-                step, now, tokens_total / max(1e-9, now - (elapsed if step else 0)), ans.item(),
+            print("step %d  %.0fs  %.0f tok/s  answer %.3f  question %.3f  lm %.3f  passages %s %s" % (
+                step, now, tokens_total / max(1e-9, now - elapsed), ans.item(), qs.item(),
                 lm.item(), st.passages, ("dev_em " + dev_em) if dev_em else ""), flush=True)
         if step % args.ckpt_every == 0 or step == args.steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
