@@ -1,7 +1,6 @@
-# ragserve_kvr_core: the gRPC-free KV retrieval library (KV store, hybrid attention, synthetic
-# workloads). Every services/kvr/*.cc except main.cc, the gRPC adapter and client (service*,
-# *_grpc*) and the engine KvSources (retrieval_kv_source, device_retrieval_source: they need the
-# engine).
+# ragserve_kvr_core: the gRPC-free KV retrieval library (KV store, hybrid attention). Every
+# services/kvr/*.cc except main.cc, the gRPC adapter and client (service*, *_grpc*) and the engine
+# KvSources (retrieval_kv_source, device_retrieval_source: they need the engine).
 file(GLOB RAGSERVE_KVR_CORE_SRCS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/*.cc)
 list(FILTER RAGSERVE_KVR_CORE_SRCS EXCLUDE
      REGEX ".*/(main|service[^/]*|[^/]*_grpc[^/]*|retrieval_kv_source|device_retrieval_source)\\.cc$")

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "kernels/cpu/attention.h"
-#include "services/kvr/synthetic.h"
+#include "tests/support/kvr_synthetic.h"
 
 namespace ragserve::kvr {
 namespace {

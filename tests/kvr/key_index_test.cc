@@ -16,7 +16,7 @@
 #include "index/key_flat.h"
 #include "index/key_hnsw.h"
 #include "index/key_ivf.h"
-#include "services/kvr/synthetic.h"
+#include "tests/support/kvr_synthetic.h"
 
 namespace ragserve::index {
 namespace {

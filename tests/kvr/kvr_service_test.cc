@@ -17,7 +17,7 @@
 #include "services/common/client.h"
 #include "services/kvr/kv_retrieval.h"
 #include "services/kvr/service.h"
-#include "services/kvr/synthetic.h"
+#include "tests/support/kvr_synthetic.h"
 #include "tests/support/process.h"
 
 namespace ragserve::kvr {

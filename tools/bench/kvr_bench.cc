@@ -32,7 +32,7 @@
 #include "services/engine/tiny_model.h"
 #include "services/kvr/hybrid_attention.h"
 #include "services/kvr/kv_store.h"
-#include "services/kvr/synthetic.h"
+#include "tests/support/kvr_synthetic.h"
 #include "tools/bench/bench_util.h"
 
 namespace {

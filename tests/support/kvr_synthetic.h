@@ -1,3 +1,5 @@
+// Test support (linked by tests and benches only, never by a service).
+//
 // Synthetic RetrievalAttention workloads: keys, values and queries of one kv head and its group
 // of query heads, with the properties the paper relies on:
 //   - queries and keys are out of distribution to each other: different means and different

@@ -1,5 +1,5 @@
 // The synthetic RetrievalAttention workload has the properties the benchmark relies on.
-#include "services/kvr/synthetic.h"
+#include "tests/support/kvr_synthetic.h"
 
 #include <gtest/gtest.h>
 

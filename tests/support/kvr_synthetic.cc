@@ -1,4 +1,4 @@
-#include "services/kvr/synthetic.h"
+#include "tests/support/kvr_synthetic.h"
 
 #include <cblas.h>
 
