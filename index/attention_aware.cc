@@ -4,7 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <mutex>
@@ -13,15 +13,15 @@
 #include <unordered_set>
 #include <utility>
 
-#include "index/key_util.h"
+#include "index/internal/index_file.h"
+#include "index/internal/index_util.h"
 #include "services/common/logging.h"
 
 namespace ragserve::index {
 namespace {
 
-using key_internal::Dot;
+using internal::Dot;
 using Scored = std::pair<float, int32_t>;
-constexpr uint64_t kAaMagic = 0x3141574149524b41ULL;  // "AKRIAWA1"
 
 inline float L2(const float* a, const float* b, int d) {
   float s = 0.0f;
@@ -63,8 +63,8 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Build(
                n_queries);
   RS_CHECK_ARG(keys != nullptr && queries != nullptr, "null keys or queries");
   RS_RETURN_IF_ERROR(CheckParams(params));
-  RS_RETURN_IF_ERROR(CheckFinite(keys, n_keys * dim, "key"));
-  RS_RETURN_IF_ERROR(CheckFinite(queries, n_queries * dim, "prefill query"));
+  RS_RETURN_IF_ERROR(CheckFinite(n_keys, dim, keys, "key"));
+  RS_RETURN_IF_ERROR(CheckFinite(n_queries, dim, queries, "prefill query"));
 
   auto idx = std::unique_ptr<AttentionAwareIndex>(new AttentionAwareIndex(dim, params));
   AttentionAwareIndex& x = *idx;
@@ -95,7 +95,9 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Build(
   const int L = static_cast<int>(std::min<int64_t>(params.build_topk, n_keys));
   std::vector<int64_t> top(static_cast<size_t>(nq * L));
   std::vector<float> top_s(static_cast<size_t>(nq * L));
-  key_internal::ExactTopK(nq, bq.data(), n_keys, x.keys_.data(), dim, L, top.data(), top_s.data());
+  const internal::ExactRows key_rows{.x = x.keys_.data(), .rows = n_keys, .dim = dim};
+  internal::ExactTopK(key_rows, Metric::kInnerProduct, nq, bq.data(), L, nullptr, top_s.data(),
+                      top.data());
 
   // 3. Projection: candidate lists, then occlusion pruning per node.
   std::vector<std::vector<int32_t>> cand(static_cast<size_t>(n_keys));
@@ -181,8 +183,8 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Build(
     x.centroids_ = cent;
     std::vector<int64_t> top1(static_cast<size_t>(E));
     std::vector<float> top1_s(static_cast<size_t>(E));
-    key_internal::ExactTopK(E, cent.data(), n_keys, x.keys_.data(), dim, 1, top1.data(),
-                            top1_s.data());
+    internal::ExactTopK(key_rows, Metric::kInnerProduct, E, cent.data(), 1, nullptr, top1_s.data(),
+                        top1.data());
     for (int64_t e = 0; e < E; ++e) {
       const int32_t p = static_cast<int32_t>(top1[e]);
       if (p >= 0 && std::find(x.entry_.begin(), x.entry_.end(), p) == x.entry_.end()) {
@@ -398,11 +400,8 @@ int64_t AttentionAwareIndex::unreachable_nodes() const {
 }
 
 Status AttentionAwareIndex::add(int64_t n, const float* x, const int64_t* ids) {
-  RS_CHECK_ARG(n >= 0, "n must be >= 0, got ", n);
+  RS_RETURN_IF_ERROR(internal::CheckAddArgs(n, x, ids, dim_));
   if (n == 0) return OkStatus();
-  RS_CHECK_ARG(x != nullptr && ids != nullptr, "null vectors or ids");
-  RS_RETURN_IF_ERROR(CheckFinite(x, n * dim_, "key"));
-  for (int64_t i = 0; i < n; ++i) RS_CHECK_ARG(ids[i] >= 0, "id must be >= 0, got ", ids[i]);
   std::unique_lock lock(mu_);
   RS_CHECK_ARG(static_cast<int64_t>(ids_.size()) + n < (int64_t{1} << 31),
                "index would exceed 2^31 nodes");
@@ -434,10 +433,10 @@ Status AttentionAwareIndex::add(int64_t n, const float* x, const int64_t* ids) {
   return OkStatus();
 }
 
-Status AttentionAwareIndex::SearchWithStats(int64_t n, const float* q, int k, float* distances,
-                                            int64_t* ids, const SearchParams& params,
-                                            KeySearchStats* stats) const {
-  RS_RETURN_IF_ERROR(CheckSearchArgs(n, q, k, dim_, distances, ids));
+Status AttentionAwareIndex::search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
+                                   const SearchParams& params) const {
+  RS_RETURN_IF_ERROR(internal::CheckSearchArgs(n, q, k, distances, ids, dim_));
+  if (n == 0) return OkStatus();
   std::shared_lock lock(mu_);
   const int ef = std::max(k, params.ef_search > 0 ? params.ef_search : params_.ef_search);
   int64_t scored = 0, hops = 0;
@@ -462,15 +461,15 @@ Status AttentionAwareIndex::SearchWithStats(int64_t n, const float* q, int k, fl
       ids[i * k + j] = -1;
     }
   }
-  if (stats != nullptr) {
-    stats->keys_scored += scored;
-    stats->hops += hops;
+  if (params.stats != nullptr) {
+    params.stats->scored += scored;
+    params.stats->hops += hops;
   }
   return OkStatus();
 }
 
 StatusOr<int64_t> AttentionAwareIndex::remove(int64_t n, const int64_t* ids) {
-  RS_CHECK_ARG(n >= 0, "n must be >= 0, got ", n);
+  RS_RETURN_IF_ERROR(internal::CheckRemoveArgs(n, ids));
   std::unique_lock lock(mu_);
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -484,81 +483,90 @@ StatusOr<int64_t> AttentionAwareIndex::remove(int64_t n, const int64_t* ids) {
 }
 
 namespace {
+
 template <typename T>
-void Put(std::ofstream& f, const T& v) {
-  f.write(reinterpret_cast<const char*>(&v), sizeof v);
+void PutVec(std::string* s, const std::vector<T>& v) {
+  internal::Put<int64_t>(s, static_cast<int64_t>(v.size()));
+  s->append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
 }
+
+// Reads a vector written by PutVec of at most max_elems elements; never allocates more than the
+// rest of the payload can fill (a corrupt length gives false, not an out-of-memory abort).
 template <typename T>
-void PutVec(std::ofstream& f, const std::vector<T>& v) {
-  Put<int64_t>(f, static_cast<int64_t>(v.size()));
-  f.write(reinterpret_cast<const char*>(v.data()),
-          static_cast<std::streamsize>(v.size() * sizeof(T)));
-}
-template <typename T>
-bool Get(std::ifstream& f, T* v) {
-  return static_cast<bool>(f.read(reinterpret_cast<char*>(v), sizeof *v));
-}
-template <typename T>
-bool GetVec(std::ifstream& f, std::vector<T>* v, int64_t max_elems) {
+bool GetVec(internal::Reader* r, std::vector<T>* v, int64_t max_elems) {
   int64_t n = 0;
-  if (!Get(f, &n) || n < 0 || n > max_elems) return false;
-  // Never allocate more than the rest of the file can fill (a corrupt length must give DataLoss,
-  // not an out-of-memory abort).
-  const std::streampos here = f.tellg();
-  f.seekg(0, std::ios::end);
-  const std::streamoff left = f.tellg() - here;
-  f.seekg(here);
-  if (here < 0 || static_cast<uint64_t>(n) * sizeof(T) > static_cast<uint64_t>(left)) return false;
+  if (!r->Get(&n) || n < 0 || n > max_elems ||
+      static_cast<uint64_t>(n) > r->remaining() / sizeof(T)) {
+    return false;
+  }
   v->resize(static_cast<size_t>(n));
-  return static_cast<bool>(
-      f.read(reinterpret_cast<char*>(v->data()), static_cast<std::streamsize>(n * sizeof(T))));
+  return r->GetBytes(v->data(), static_cast<size_t>(n) * sizeof(T));
 }
+
+void PutParams(std::string* s, const AttentionAwareParams& p) {
+  internal::Put<int32_t>(s, p.build_topk);
+  internal::Put<int32_t>(s, p.max_degree);
+  internal::Put<int64_t>(s, p.max_build_queries);
+  internal::Put<int32_t>(s, p.num_entry_points);
+  internal::Put<int32_t>(s, p.ef_search);
+  internal::Put<int32_t>(s, p.insert_ef);
+  internal::Put<int32_t>(s, p.insert_reverse_links);
+  internal::Put<float>(s, p.prune_alpha);
+}
+
+bool GetParams(internal::Reader* r, AttentionAwareParams* p) {
+  return r->Get(&p->build_topk) && r->Get(&p->max_degree) && r->Get(&p->max_build_queries) &&
+         r->Get(&p->num_entry_points) && r->Get(&p->ef_search) && r->Get(&p->insert_ef) &&
+         r->Get(&p->insert_reverse_links) && r->Get(&p->prune_alpha) && CheckParams(*p).ok();
+}
+
 }  // namespace
 
+// Payload: the parameters (PutParams), then keys, ids, tombstones, entry points, centroids and
+// every row's out-edges, each as i64 count + elements.
 Status AttentionAwareIndex::save(const std::string& path) const {
-  std::shared_lock lock(mu_);
-  const std::string tmp = path + ".tmp";
+  std::string payload;
   {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) return Internal(StrCat("cannot open '", tmp, "' for writing"));
-    Put(f, kAaMagic);
-    Put<int64_t>(f, dim_);
-    Put(f, params_);
-    PutVec(f, keys_);
-    PutVec(f, ids_);
-    PutVec(f, dead_);
-    PutVec(f, entry_);
-    PutVec(f, centroids_);
-    for (const auto& l : adj_) PutVec(f, l);
-    if (!f) return Internal(StrCat("write to '", tmp, "' failed"));
+    std::shared_lock lock(mu_);
+    PutParams(&payload, params_);
+    PutVec(&payload, keys_);
+    PutVec(&payload, ids_);
+    PutVec(&payload, dead_);
+    PutVec(&payload, entry_);
+    PutVec(&payload, centroids_);
+    for (const auto& l : adj_) PutVec(&payload, l);
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return Internal(StrCat("rename '", tmp, "' -> '", path, "': ", ec.message()));
-  return OkStatus();
+  return internal::WriteIndexFile(
+      path, {internal::kAttentionAwareCode, Metric::kInnerProduct, dim_}, payload);
 }
 
 StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Load(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return NotFound(StrCat("cannot open '", path, "'"));
-  uint64_t magic = 0;
-  int64_t dim = 0;
-  AttentionAwareParams p;
+  auto file =
+      internal::ReadIndexFileOfKind(path, {internal::kAttentionAwareCode}, "an attention-aware");
+  if (file.status().code() == StatusCode::kDataLoss) {
+    std::ifstream f(path, std::ios::binary);
+    char magic[8] = {};
+    if (f.read(magic, 8) && std::memcmp(magic, "AKRIAWA1", 8) == 0) {
+      return DataLoss(StrCat("'", path, "' is an attention-aware index of the pre-envelope ",
+                             "AKRIAWA1 layout, which is no longer read: rebuild it"));
+    }
+  }
+  RS_RETURN_IF_ERROR(file.status());
+  const internal::FileHeader& h = file->header;
   const auto bad = [&] {
     return DataLoss(StrCat("'", path, "' is not a valid attention-aware index"));
   };
-  if (!Get(f, &magic) || magic != kAaMagic || !Get(f, &dim) || dim < 1 || dim > 65536 ||
-      !Get(f, &p) || !CheckParams(p).ok()) {
-    return bad();
-  }
-  auto idx =
-      std::unique_ptr<AttentionAwareIndex>(new AttentionAwareIndex(static_cast<int>(dim), p));
+  internal::Reader r(file->payload);
+  AttentionAwareParams p;
+  if (h.metric != Metric::kInnerProduct || h.dim > 65536 || !GetParams(&r, &p)) return bad();
+  const int dim = h.dim;
+  auto idx = std::unique_ptr<AttentionAwareIndex>(new AttentionAwareIndex(dim, p));
   constexpr int64_t kMax = int64_t{1} << 31;
-  if (!GetVec(f, &idx->keys_, kMax * 64) || idx->keys_.size() % dim != 0) return bad();
+  if (!GetVec(&r, &idx->keys_, kMax * 64) || idx->keys_.size() % dim != 0) return bad();
   const int64_t rows = static_cast<int64_t>(idx->keys_.size()) / dim;
-  if (!GetVec(f, &idx->ids_, kMax) || static_cast<int64_t>(idx->ids_.size()) != rows ||
-      !GetVec(f, &idx->dead_, kMax) || static_cast<int64_t>(idx->dead_.size()) != rows ||
-      !GetVec(f, &idx->entry_, 4096 + rows) || !GetVec(f, &idx->centroids_, 4096 * dim) ||
+  if (!GetVec(&r, &idx->ids_, kMax) || static_cast<int64_t>(idx->ids_.size()) != rows ||
+      !GetVec(&r, &idx->dead_, kMax) || static_cast<int64_t>(idx->dead_.size()) != rows ||
+      !GetVec(&r, &idx->entry_, 4096 + rows) || !GetVec(&r, &idx->centroids_, 4096 * dim) ||
       idx->centroids_.size() % dim != 0) {
     return bad();
   }
@@ -567,15 +575,17 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Load(const s
   }
   idx->adj_.resize(static_cast<size_t>(rows));
   for (auto& l : idx->adj_) {
-    if (!GetVec(f, &l, rows)) return bad();
+    if (!GetVec(&r, &l, rows)) return bad();
     for (int32_t v : l) {
       if (v < 0 || v >= rows) return bad();
     }
   }
+  if (r.remaining() != 0) return bad();
   idx->RecountInDegrees();
-  for (int64_t r = 0; r < rows; ++r) {
-    if (idx->dead_[r]) continue;
-    if (idx->ids_[r] < 0 || !idx->row_.emplace(idx->ids_[r], static_cast<int32_t>(r)).second) {
+  for (int64_t row = 0; row < rows; ++row) {
+    if (idx->dead_[row]) continue;
+    if (idx->ids_[row] < 0 ||
+        !idx->row_.emplace(idx->ids_[row], static_cast<int32_t>(row)).second) {
       return bad();
     }
   }

@@ -20,6 +20,7 @@
 // Search: score all entry points, then best-first beam search with a result list of size
 // ef = max(k, ef_search); only keys popped from the frontier have their neighbours scored.
 //
+// SearchStats: scored = every q.k computed (entry points included), hops = nodes expanded.
 // Thread safety: search() may run concurrently with itself; add()/remove() take an exclusive
 // lock (readers-writer lock), so they are safe against concurrent searches.
 #pragma once
@@ -31,7 +32,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "index/key_index.h"
+#include "index/vector_index.h"
 
 namespace ragserve::index {
 
@@ -69,7 +70,7 @@ struct AttentionAwareParams {
   float prune_alpha = 1.2f;
 };
 
-class AttentionAwareIndex final : public KeyIndex {
+class AttentionAwareIndex final : public VectorIndex {
  public:
   // Builds the graph over keys[n_keys*dim] (ids key_ids[n_keys], or 0..n_keys-1 when null)
   // from queries[n_queries*dim] (prefill queries of all query heads of the group, any order).
@@ -78,7 +79,8 @@ class AttentionAwareIndex final : public KeyIndex {
   static StatusOr<std::unique_ptr<AttentionAwareIndex>> Build(
       int dim, int64_t n_keys, const float* keys, int64_t n_queries, const float* queries,
       const AttentionAwareParams& params = {}, const int64_t* key_ids = nullptr);
-  // Loads a file written by save(); DataLoss on a malformed or truncated file.
+  // Loads a file written by save(); DataLoss on a malformed or truncated file (also on a file of
+  // the pre-envelope "AKRIAWA1" layout, which is no longer read: rebuild it from the queries).
   static StatusOr<std::unique_ptr<AttentionAwareIndex>> Load(const std::string& path);
 
   int dim() const override { return dim_; }
@@ -93,9 +95,9 @@ class AttentionAwareIndex final : public KeyIndex {
   // as the query, i.e. next to the keys that the queries likely to attend to it reach, plus
   // reverse edges into free slots. An existing id is replaced (old node tombstoned).
   Status add(int64_t n, const float* x, const int64_t* ids) override;
-  // Beam search per query (OpenMP over queries). keys_scored counts every q.k computed.
-  Status SearchWithStats(int64_t n, const float* q, int k, float* distances, int64_t* ids,
-                         const SearchParams& params, KeySearchStats* stats) const override;
+  // Beam search per query (OpenMP over queries).
+  Status search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
+                const SearchParams& params = {}) const override;
   // Tombstones ids: still traversed, never returned.
   StatusOr<int64_t> remove(int64_t n, const int64_t* ids) override;
   Status save(const std::string& path) const override;

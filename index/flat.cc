@@ -1,26 +1,12 @@
 #include "index/flat.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <mutex>
 
+#include "index/internal/index_file.h"
 #include "index/internal/index_util.h"
 
 namespace ragserve::index {
-
-using internal::TopK;
-
-namespace {
-constexpr int64_t kQueryBlock = 64;
-constexpr int64_t kDataBlock = 8192;
-
-float SquaredNorm(const float* x, int dim) {
-  float s = 0;
-  for (int j = 0; j < dim; ++j) s += x[j] * x[j];
-  return s;
-}
-}  // namespace
 
 StatusOr<std::unique_ptr<FlatIndex>> FlatIndex::Create(int dim, Metric metric) {
   RS_CHECK_ARG(dim >= 1, "flat index: dim must be >= 1, got ", dim);
@@ -32,19 +18,17 @@ int64_t FlatIndex::size() const {
   return static_cast<int64_t>(ids_.size());
 }
 
-size_t FlatIndex::memory_bytes() const {
+int64_t FlatIndex::memory_bytes() const {
   std::shared_lock lock(mu_);
-  return data_.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) +
-         ids_.capacity() * sizeof(int64_t) + row_of_.size() * 32;
+  return static_cast<int64_t>(data_.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) +
+                              ids_.capacity() * sizeof(int64_t) + row_of_.size() * 32);
 }
 
 Status FlatIndex::add(int64_t n, const float* x, const int64_t* ids) {
   RS_RETURN_IF_ERROR(internal::CheckAddArgs(n, x, ids, dim_));
+  if (n == 0) return OkStatus();
   std::vector<float> normalized;
-  if (metric_ == Metric::kCosine) {
-    normalized = internal::NormalizedCopy(n, dim_, x);
-    x = normalized.data();
-  }
+  x = internal::MetricInput(metric_, n, dim_, x, &normalized);
   std::unique_lock lock(mu_);
   for (int64_t i = 0; i < n; ++i) {
     const float* row = x + i * dim_;
@@ -60,13 +44,13 @@ Status FlatIndex::add(int64_t n, const float* x, const int64_t* ids) {
       row_of_.emplace(ids[i], r);
     }
     std::copy(row, row + dim_, data_.begin() + r * dim_);
-    norms_[r] = SquaredNorm(row, dim_);
+    norms_[r] = internal::Dot(row, row, dim_);
   }
   return OkStatus();
 }
 
 StatusOr<int64_t> FlatIndex::remove(int64_t n, const int64_t* ids) {
-  RS_CHECK_ARG(n >= 0 && (n == 0 || ids != nullptr), "remove: bad batch (n=", n, ")");
+  RS_RETURN_IF_ERROR(internal::CheckRemoveArgs(n, ids));
   std::unique_lock lock(mu_);
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -90,53 +74,20 @@ StatusOr<int64_t> FlatIndex::remove(int64_t n, const int64_t* ids) {
   return removed;
 }
 
-void FlatIndex::SearchBlock(int64_t nq, const float* q, const float* qnorms, int k,
-                            float* distances, int64_t* ids,
-                            const std::function<bool(int64_t)>* filter) const {
-  const bool higher = HigherIsBetter(metric_);
-  std::vector<TopK> tops;
-  tops.reserve(nq);
-  for (int64_t i = 0; i < nq; ++i) tops.emplace_back(k, higher);
-  const int64_t rows = static_cast<int64_t>(ids_.size());
-  std::vector<float> scores(static_cast<size_t>(nq * std::min(rows, kDataBlock)));
-  for (int64_t b0 = 0; b0 < rows; b0 += kDataBlock) {
-    const int64_t nb = std::min(kDataBlock, rows - b0);
-    // scores[nq, nb] = q[nq, d] * x[b0:b0+nb, d]^T
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq), static_cast<int>(nb),
-                dim_, 1.0f, q, dim_, data_.data() + b0 * dim_, dim_, 0.0f, scores.data(),
-                static_cast<int>(nb));
-    for (int64_t i = 0; i < nq; ++i) {
-      TopK& top = tops[i];
-      const float* s = scores.data() + i * nb;
-      for (int64_t j = 0; j < nb; ++j) {
-        float v = s[j];
-        if (metric_ == Metric::kL2) v = std::max(0.0f, qnorms[i] + norms_[b0 + j] - 2 * v);
-        if (!top.Accepts(v)) continue;
-        const int64_t id = ids_[b0 + j];
-        if (filter != nullptr && !(*filter)(id)) continue;
-        top.Push(v, id);
-      }
-    }
-  }
-  for (int64_t i = 0; i < nq; ++i) tops[i].Finish(metric_, distances + i * k, ids + i * k);
-}
-
 Status FlatIndex::search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
                          const SearchParams& params) const {
   RS_RETURN_IF_ERROR(internal::CheckSearchArgs(n, q, k, distances, ids, dim_));
+  if (n == 0) return OkStatus();
   std::vector<float> normalized;
-  if (metric_ == Metric::kCosine) {
-    normalized = internal::NormalizedCopy(n, dim_, q);
-    q = normalized.data();
-  }
-  std::vector<float> qnorms(n);
-  for (int64_t i = 0; i < n; ++i) qnorms[i] = SquaredNorm(q + i * dim_, dim_);
+  q = internal::MetricInput(metric_, n, dim_, q, &normalized);
   std::shared_lock lock(mu_);
-  for (int64_t i0 = 0; i0 < n; i0 += kQueryBlock) {
-    const int64_t nq = std::min(kQueryBlock, n - i0);
-    SearchBlock(nq, q + i0 * dim_, qnorms.data() + i0, k, distances + i0 * k, ids + i0 * k,
-                params.filter);
-  }
+  const internal::ExactRows rows{.x = data_.data(),
+                                 .rows = static_cast<int64_t>(ids_.size()),
+                                 .dim = dim_,
+                                 .sq_norms = norms_.data(),
+                                 .ids = ids_.data()};
+  internal::ExactTopK(rows, metric_, n, q, k, params.filter, distances, ids);
+  if (params.stats != nullptr) params.stats->scored += n * rows.rows;
   return OkStatus();
 }
 
@@ -153,16 +104,13 @@ Status FlatIndex::save(const std::string& path) const {
 }
 
 StatusOr<std::unique_ptr<FlatIndex>> FlatIndex::Load(const std::string& path) {
-  internal::FileHeader h;
-  std::string payload;
-  RS_RETURN_IF_ERROR(internal::ReadIndexFile(path, &h, &payload));
-  if (h.kind_code != internal::kFlatCode) {
-    return InvalidArgument(
-        StrCat("index file ", path, " is not a flat index (kind code ", h.kind_code, ")"));
-  }
-  internal::Reader r(payload);
+  const auto file = internal::ReadIndexFileOfKind(path, {internal::kFlatCode}, "a flat");
+  RS_RETURN_IF_ERROR(file.status());
+  const internal::FileHeader& h = file->header;
+  internal::Reader r(file->payload);
   uint64_t rows = 0;
-  if (!r.Get(&rows) || r.remaining() != rows * (sizeof(int64_t) + h.dim * sizeof(float))) {
+  const size_t row_bytes = sizeof(int64_t) + h.dim * sizeof(float);
+  if (!r.Get(&rows) || rows > r.remaining() / row_bytes || r.remaining() != rows * row_bytes) {
     return DataLoss(StrCat("flat index file ", path, " has a payload of the wrong size"));
   }
   std::vector<int64_t> ids(rows);

@@ -1,11 +1,13 @@
 // FlatIndex: exact (brute-force) search with BLAS sgemm in blocks and a partial top-k per query.
-// It is the exact twin every approximate index is measured against (recall@k).
+// It is the exact twin every approximate index is measured against (recall@k); over the keys of
+// an attention head (kInnerProduct) it is the KV retrieval store's "exact" key index.
 //
 // Storage: n live vectors contiguous in RAM (n*dim floats) + ids; remove() moves the last row
 // into the hole, so memory stays dense. Cosine vectors are normalized on add and on query.
-// Thread safety: search() takes a shared lock, add()/remove()/save() an exclusive one (save a
-// shared one); any number of searches run concurrently; the lock prefers writers, so a stream
-// of searches cannot starve an add().
+// SearchStats: scored += n * size() (every stored vector is scored).
+// Thread safety: search() takes a shared lock, add()/remove() an exclusive one (save() a shared
+// one); any number of searches run concurrently; the lock prefers writers, so a stream of
+// searches cannot starve an add().
 #pragma once
 
 #include <cstdint>
@@ -31,19 +33,17 @@ class FlatIndex final : public VectorIndex {
   Metric metric() const override { return metric_; }
   int64_t size() const override;
   std::string_view kind() const override { return "flat"; }
+  // Bytes held by vectors, norms and ids (approximate).
+  int64_t memory_bytes() const override;
   Status add(int64_t n, const float* x, const int64_t* ids) override;
   // Exact top-k; params.filter is honored exactly (rows failing it are skipped).
   Status search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
                 const SearchParams& params = {}) const override;
   StatusOr<int64_t> remove(int64_t n, const int64_t* ids) override;
   Status save(const std::string& path) const override;
-  // Bytes held by vectors, norms and ids (approximate).
-  size_t memory_bytes() const;
 
  private:
   FlatIndex(int dim, Metric metric) : dim_(dim), metric_(metric) {}
-  void SearchBlock(int64_t nq, const float* q, const float* qnorms, int k, float* distances,
-                   int64_t* ids, const std::function<bool(int64_t)>* filter) const;
 
   const int dim_;
   const Metric metric_;

@@ -1,118 +1,65 @@
 #include "index/hnsw.h"
 
-#include <hnswlib/hnswlib.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
-#include <cstdio>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <mutex>
-#include <string_view>
-#include <unordered_set>
 
+#include "index/internal/hnsw_graph.h"
+#include "index/internal/index_file.h"
 #include "index/internal/index_util.h"
 
 namespace ragserve::index {
 
+using internal::HnswGraph;
+
 namespace {
-std::unique_ptr<hnswlib::SpaceInterface<float>> MakeSpace(int dim, Metric metric) {
-  if (metric == Metric::kL2) return std::make_unique<hnswlib::L2Space>(dim);
-  return std::make_unique<hnswlib::InnerProductSpace>(dim);
+
+// Bit 0 of the flags word of the format-1 payload.
+constexpr uint32_t kCountScoredFlag = 1;
+
+HnswGraph::Options GraphOptions(int dim, Metric metric, const HnswParams& p) {
+  return {.dim = dim,
+          .space = metric == Metric::kL2 ? HnswGraph::Space::kL2 : HnswGraph::Space::kInnerProduct,
+          .M = p.M,
+          .ef_construction = p.ef_construction,
+          .seed = p.seed,
+          .count_distances = p.count_scored};
 }
+
 // hnswlib's inner-product distance is 1 - q.x; ragserve reports q.x (larger is better).
 inline float ToScore(Metric metric, float d) { return metric == Metric::kL2 ? d : 1.0f - d; }
 
-// hnswlib 0.6.2's loader trusts its file: sizes become allocations and neighbour ids become
-// offsets. Before it sees a payload, this walks the same layout (saveIndex: a fixed header, the
-// level-0 block of every element, then each element's upper link lists) and checks every size,
-// count and id, so a malformed or crafted file gives DataLoss instead of a wild read. On success
-// `elements` holds the element count.
-Status ValidateHnswlibPayload(std::string_view body, int dim, const HnswParams& p,
-                              size_t* elements) {
-  using tableint = hnswlib::tableint;
-  internal::Reader r(body);
-  size_t offset_level0 = 0, max_elements = 0, count = 0, size_data = 0, label_offset = 0,
-         offset_data = 0, max_m = 0, max_m0 = 0, m = 0, ef_construction = 0;
-  int max_level = 0;
-  tableint entry = 0;
-  double mult = 0;
-  if (!r.Get(&offset_level0) || !r.Get(&max_elements) || !r.Get(&count) || !r.Get(&size_data) ||
-      !r.Get(&label_offset) || !r.Get(&offset_data) || !r.Get(&max_level) || !r.Get(&entry) ||
-      !r.Get(&max_m) || !r.Get(&max_m0) || !r.Get(&m) || !r.Get(&mult) ||
-      !r.Get(&ef_construction)) {
-    return DataLoss("hnswlib header is truncated");
-  }
-  const size_t links0 = max_m0 * sizeof(tableint) + sizeof(hnswlib::linklistsizeint);
-  const size_t data_size = static_cast<size_t>(dim) * sizeof(float);
-  if (m != static_cast<size_t>(p.M) || max_m != m || max_m0 != 2 * m || offset_level0 != 0 ||
-      offset_data != links0 || label_offset != links0 + data_size ||
-      size_data != links0 + data_size + sizeof(hnswlib::labeltype) ||
-      // mult_ scales every new element's random level (and so its link-list allocation):
-      // hnswlib derives it from M, and so must the file.
-      !(std::abs(mult - 1.0 / std::log(static_cast<double>(m))) <= 1e-9 * mult) ||
-      ef_construction == 0 || count > max_elements) {
-    return DataLoss("hnswlib header does not match the index parameters");
-  }
-  if (count == 0 ? (max_level != -1 || entry != static_cast<tableint>(-1))
-                 : (max_level < 0 || max_level > 64 || entry >= count)) {
-    return DataLoss(StrCat("hnswlib header has a bad entry point ", entry, " / top level ",
-                           max_level, " for ", count, " elements"));
-  }
-  const char* level0 = count > r.remaining() / size_data ? nullptr : r.Skip(count * size_data);
-  if (level0 == nullptr) return DataLoss("hnswlib level-0 block is truncated");
-  // Pass 1: every element's upper link lists -> its level.
-  const size_t links = max_m * sizeof(tableint) + sizeof(hnswlib::linklistsizeint);
-  std::vector<int> level(count, 0);
-  std::vector<const char*> upper(count, nullptr);
-  for (size_t i = 0; i < count; ++i) {
-    uint32_t bytes = 0;
-    if (!r.Get(&bytes)) return DataLoss("hnswlib link lists are truncated");
-    upper[i] = r.Skip(bytes);
-    if (bytes % links != 0 || bytes / links > static_cast<uint32_t>(max_level) ||
-        upper[i] == nullptr) {
-      return DataLoss(StrCat("hnswlib element ", i, " has a bad link-list size ", bytes));
+// Runs one(i) for i in [0, n): inline below parallel_from (entering an OpenMP region costs
+// microseconds; single queries are the gRPC path), else on an OpenMP team in chunks of `chunk`.
+// The first exception stops the remaining calls and is returned as
+// Internal("hnsw: <what> failed: ...").
+template <typename F>
+Status ParallelFor(int64_t n, int64_t parallel_from, int chunk, const char* what, F&& one) {
+  std::atomic<bool> failed{false};
+  std::string error;
+  std::mutex error_mu;
+  auto guarded = [&](int64_t i) {
+    if (failed.load(std::memory_order_relaxed)) return;
+    try {
+      one(i);
+    } catch (const std::exception& e) {
+      std::lock_guard g(error_mu);
+      failed = true;
+      error = e.what();
     }
-    level[i] = static_cast<int>(bytes / links);
-  }
-  if (r.remaining() != 0) return DataLoss("hnswlib payload has trailing bytes");
-  if (count > 0 && level[entry] != max_level) {
-    return DataLoss("hnswlib entry point is not on the top level");
-  }
-  // Pass 2: every list's count fits and every neighbour exists on that level; labels unique.
-  auto check_list = [&](const char* list, size_t cap, int lvl, size_t i) -> Status {
-    uint16_t n = 0;
-    std::memcpy(&n, list, sizeof(n));
-    if (n > cap) return DataLoss(StrCat("hnswlib element ", i, " lists ", n, " neighbours"));
-    for (uint16_t j = 0; j < n; ++j) {
-      tableint nb = 0;
-      std::memcpy(&nb, list + sizeof(hnswlib::linklistsizeint) + j * sizeof(tableint), sizeof(nb));
-      if (nb >= count || level[nb] < lvl) {
-        return DataLoss(
-            StrCat("hnswlib element ", i, " links to a bad neighbour ", nb, " on level ", lvl));
-      }
-    }
-    return OkStatus();
   };
-  std::unordered_set<hnswlib::labeltype> labels;
-  labels.reserve(count);
-  for (size_t i = 0; i < count; ++i) {
-    const char* el = level0 + i * size_data;
-    if (static_cast<uint8_t>(el[2]) > 1) return DataLoss("hnswlib element has a bad flag byte");
-    RS_RETURN_IF_ERROR(check_list(el, max_m0, 0, i));
-    for (int l = 1; l <= level[i]; ++l) {
-      RS_RETURN_IF_ERROR(check_list(upper[i] + (l - 1) * links, max_m, l, i));
-    }
-    hnswlib::labeltype label = 0;
-    std::memcpy(&label, el + label_offset, sizeof(label));
-    if (!labels.insert(label).second) return DataLoss(StrCat("hnswlib label ", label, " repeats"));
+  if (n < parallel_from) {
+    for (int64_t i = 0; i < n; ++i) guarded(i);
+  } else {
+#pragma omp parallel for schedule(dynamic, chunk)
+    for (int64_t i = 0; i < n; ++i) guarded(i);
   }
-  *elements = count;
+  if (failed) return Internal(StrCat("hnsw: ", what, " failed: ", error));
   return OkStatus();
 }
+
 }  // namespace
 
 Status ValidateHnswParams(const HnswParams& p) {
@@ -126,7 +73,7 @@ Status ValidateHnswParams(const HnswParams& p) {
 }
 
 HnswIndex::HnswIndex(int dim, Metric metric, const HnswParams& params)
-    : dim_(dim), metric_(metric), params_(params), space_(MakeSpace(dim, metric)) {}
+    : dim_(dim), metric_(metric), params_(params) {}
 
 HnswIndex::~HnswIndex() = default;
 
@@ -136,15 +83,12 @@ StatusOr<std::unique_ptr<HnswIndex>> HnswIndex::Create(int dim, Metric metric,
   RS_RETURN_IF_ERROR(ValidateHnswParams(params));
   auto index = std::unique_ptr<HnswIndex>(new HnswIndex(dim, metric, params));
   try {
-    index->hnsw_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(
-        index->space_.get(), params.initial_capacity, params.M, params.ef_construction,
-        params.seed);
+    index->graph_ = std::make_unique<HnswGraph>(GraphOptions(dim, metric, params),
+                                                static_cast<size_t>(params.initial_capacity));
   } catch (const std::exception& e) {
     return ResourceExhausted(
         StrCat("hnsw: cannot allocate ", params.initial_capacity, " slots: ", e.what()));
   }
-  // searchKnn uses max(ef_, k): we pass k = max(ef_search, k) per call, so keep ef_ minimal.
-  index->hnsw_->setEf(1);
   return index;
 }
 
@@ -155,75 +99,78 @@ int64_t HnswIndex::size() const {
 
 int64_t HnswIndex::capacity() const {
   std::shared_lock lock(mu_);
-  return static_cast<int64_t>(hnsw_->max_elements_);
+  return static_cast<int64_t>(graph_->capacity());
 }
 
-size_t HnswIndex::memory_bytes() const {
+int64_t HnswIndex::memory_bytes() const {
   std::shared_lock lock(mu_);
-  size_t bytes = hnsw_->max_elements_ * (hnsw_->size_data_per_element_ + sizeof(void*) + 64);
-  for (size_t i = 0; i < hnsw_->cur_element_count; ++i) {
-    bytes += hnsw_->element_levels_[i] * hnsw_->size_links_per_element_;
+  return graph_->memory_bytes();
+}
+
+Status HnswIndex::Reserve(int64_t fresh) {
+  const size_t needed = graph_->used() + fresh;
+  if (needed <= graph_->capacity()) return OkStatus();
+  size_t cap = std::max<size_t>(graph_->capacity(), 1);
+  while (cap < needed) cap *= 2;
+  try {
+    graph_->Resize(cap);
+  } catch (const std::exception& e) {
+    return ResourceExhausted(StrCat("hnsw: cannot grow to ", cap, " slots: ", e.what()));
   }
-  return bytes;
+  return OkStatus();
 }
 
 Status HnswIndex::add(int64_t n, const float* x, const int64_t* ids) {
   RS_RETURN_IF_ERROR(internal::CheckAddArgs(n, x, ids, dim_));
+  if (n == 0) return OkStatus();
   std::vector<float> normalized;
-  if (metric_ == Metric::kCosine) {
-    normalized = internal::NormalizedCopy(n, dim_, x);
-    x = normalized.data();
-  }
+  x = internal::MetricInput(metric_, n, dim_, x, &normalized);
   const std::vector<int64_t> order = internal::LastOccurrences(n, ids);
   std::unique_lock lock(mu_);
   int64_t fresh = 0, revived = 0;
   for (int64_t i : order) {
-    auto it = hnsw_->label_lookup_.find(static_cast<hnswlib::labeltype>(ids[i]));
-    if (it == hnsw_->label_lookup_.end()) {
-      ++fresh;
-    } else if (hnsw_->isMarkedDeleted(it->second)) {
-      ++revived;
-    }
+    const HnswGraph::Label l = graph_->Find(ids[i]);
+    fresh += l == HnswGraph::Label::kAbsent ? 1 : 0;
+    revived += l == HnswGraph::Label::kDeleted ? 1 : 0;
   }
-  const size_t needed = hnsw_->cur_element_count + fresh;
-  if (needed > hnsw_->max_elements_) {
-    size_t cap = std::max<size_t>(hnsw_->max_elements_, 1);
-    while (cap < needed) cap *= 2;
-    try {
-      hnsw_->resizeIndex(cap);
-    } catch (const std::exception& e) {
-      return ResourceExhausted(StrCat("hnsw: cannot grow to ", cap, " slots: ", e.what()));
-    }
-  }
-  std::atomic<bool> failed{false};
-  std::string error;
-  std::mutex error_mu;
-  const int64_t m = static_cast<int64_t>(order.size());
+  RS_RETURN_IF_ERROR(Reserve(fresh));
   // Distinct labels may be inserted concurrently (hnswlib locks per node).
-#pragma omp parallel for schedule(dynamic, 16) if (m >= 256)
-  for (int64_t j = 0; j < m; ++j) {
-    if (failed.load(std::memory_order_relaxed)) continue;
-    const int64_t i = order[j];
-    try {
-      hnsw_->addPoint(x + i * dim_, static_cast<hnswlib::labeltype>(ids[i]));
-    } catch (const std::exception& e) {
-      std::lock_guard g(error_mu);
-      failed = true;
-      error = e.what();
-    }
-  }
-  if (failed) return Internal(StrCat("hnsw: insert failed: ", error));
+  const int64_t m = static_cast<int64_t>(order.size());
+  RS_RETURN_IF_ERROR(ParallelFor(
+      m, 256, 16, "insert", [&](int64_t j) { graph_->Add(x + order[j] * dim_, ids[order[j]]); }));
   live_ += fresh + revived;
   return OkStatus();
 }
 
-void HnswIndex::SearchOne(const float* q, size_t kk,
-                          std::vector<std::pair<float, int64_t>>* out) const {
-  auto result = hnsw_->searchKnn(q, kk);  // max-heap on distance: worst first
-  out->resize(result.size());
-  for (size_t j = result.size(); j-- > 0;) {
-    (*out)[j] = {ToScore(metric_, result.top().first), static_cast<int64_t>(result.top().second)};
-    result.pop();
+void HnswIndex::SearchOne(const float* q, int k, size_t ef,
+                          const std::function<bool(int64_t)>* filter, float* distances,
+                          int64_t* ids, int64_t* scored) const {
+  internal::PadRow(metric_, k, distances, ids);
+  const size_t total = static_cast<size_t>(live_);
+  if (total == 0) return;
+  std::vector<std::pair<float, int64_t>> hits;
+  size_t kk = std::max<size_t>(ef, k);
+  if (filter == nullptr) {
+    graph_->Search(q, k, kk, &hits, scored);
+    for (size_t j = 0; j < hits.size(); ++j) {
+      distances[j] = ToScore(metric_, hits[j].first);
+      ids[j] = hits[j].second;
+    }
+    return;
+  }
+  // Over-fetch and widen until k hits pass the filter or every live vector was seen.
+  while (true) {
+    graph_->Search(q, kk, kk, &hits, scored);
+    int got = 0;
+    for (const auto& [dist, id] : hits) {
+      if (got < k && (*filter)(id)) {
+        distances[got] = ToScore(metric_, dist);
+        ids[got] = id;
+        ++got;
+      }
+    }
+    if (got >= k || hits.size() < kk || kk >= total) break;
+    kk = std::min(total, kk * 4);
   }
 }
 
@@ -231,81 +178,42 @@ Status HnswIndex::search(int64_t n, const float* q, int k, float* distances, int
                          const SearchParams& params) const {
   RS_RETURN_IF_ERROR(internal::CheckSearchArgs(n, q, k, distances, ids, dim_));
   RS_CHECK_ARG(params.ef_search >= 0, "hnsw: ef_search must be >= 0, got ", params.ef_search);
+  if (n == 0) return OkStatus();
   std::vector<float> normalized;
-  if (metric_ == Metric::kCosine) {
-    normalized = internal::NormalizedCopy(n, dim_, q);
-    q = normalized.data();
-  }
+  q = internal::MetricInput(metric_, n, dim_, q, &normalized);
   const size_t ef = params.ef_search > 0 ? params.ef_search : params_.ef_search;
+  std::atomic<int64_t> scored{0};
   std::shared_lock lock(mu_);
-  const size_t total = static_cast<size_t>(live_);
-  std::atomic<bool> failed{false};
-  std::string error;
-  std::mutex error_mu;
-  auto one = [&](int64_t i) {
-    float* drow = distances + i * k;
-    int64_t* irow = ids + i * k;
-    internal::PadRow(metric_, k, drow, irow);
-    if (total == 0 || failed.load(std::memory_order_relaxed)) return;
-    try {
-      size_t kk = std::max<size_t>(ef, k);
-      if (params.filter == nullptr) {
-        auto result = hnsw_->searchKnn(q + i * dim_, kk);  // max-heap on distance: worst first
-        while (result.size() > static_cast<size_t>(k)) result.pop();
-        for (size_t j = result.size(); j-- > 0; result.pop()) {
-          drow[j] = ToScore(metric_, result.top().first);
-          irow[j] = static_cast<int64_t>(result.top().second);
-        }
-        return;
-      }
-      // Over-fetch and widen until k hits pass the filter or every live vector was seen.
-      std::vector<std::pair<float, int64_t>> hits;
-      while (true) {
-        SearchOne(q + i * dim_, kk, &hits);
-        int got = 0;
-        for (const auto& h : hits) {
-          if (got < k && (*params.filter)(h.second)) {
-            drow[got] = h.first;
-            irow[got] = h.second;
-            ++got;
-          }
-        }
-        if (got >= k || hits.size() < kk || kk >= total) break;
-        kk = std::min(total, kk * 4);
-      }
-    } catch (const std::exception& e) {
-      std::lock_guard g(error_mu);
-      failed = true;
-      error = e.what();
-    }
-  };
-  // Entering an OpenMP region costs microseconds: single queries (the gRPC path) run inline.
-  if (n < 16) {
-    for (int64_t i = 0; i < n; ++i) one(i);
-  } else {
-#pragma omp parallel for schedule(dynamic, 4)
-    for (int64_t i = 0; i < n; ++i) one(i);
-  }
-  if (failed) return Internal(StrCat("hnsw: search failed: ", error));
+  RS_RETURN_IF_ERROR(ParallelFor(n, 16, 4, "search", [&](int64_t i) {
+    int64_t s = 0;
+    SearchOne(q + i * dim_, k, ef, params.filter, distances + i * k, ids + i * k, &s);
+    scored.fetch_add(s, std::memory_order_relaxed);
+  }));
+  if (params.stats != nullptr) params.stats->scored += scored.load();
   return OkStatus();
 }
 
 StatusOr<int64_t> HnswIndex::remove(int64_t n, const int64_t* ids) {
-  RS_CHECK_ARG(n >= 0 && (n == 0 || ids != nullptr), "remove: bad batch (n=", n, ")");
+  RS_RETURN_IF_ERROR(internal::CheckRemoveArgs(n, ids));
   std::unique_lock lock(mu_);
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
-    auto it = hnsw_->label_lookup_.find(static_cast<hnswlib::labeltype>(ids[i]));
-    if (it == hnsw_->label_lookup_.end() || hnsw_->isMarkedDeleted(it->second)) continue;
-    hnsw_->markDeletedInternal(it->second);
+    if (graph_->Find(ids[i]) != HnswGraph::Label::kLive) continue;
+    try {
+      graph_->MarkDeleted(ids[i]);
+    } catch (const std::exception& e) {
+      live_ -= removed;
+      return Internal(StrCat("hnsw: removing ", ids[i], " failed: ", e.what()));
+    }
     ++removed;
   }
   live_ -= removed;
   return removed;
 }
 
+// Payload: i32 M | i32 ef_construction | i32 ef_search | i64 live | u32 flags (format >= 1) |
+// hnswlib's saveIndex body.
 Status HnswIndex::save(const std::string& path) const {
-  const std::string tmp = path + ".hnswlib.tmp";
   std::string payload;
   {
     std::shared_lock lock(mu_);
@@ -313,70 +221,34 @@ Status HnswIndex::save(const std::string& path) const {
     internal::Put<int32_t>(&payload, params_.ef_construction);
     internal::Put<int32_t>(&payload, params_.ef_search);
     internal::Put<int64_t>(&payload, live_);
-    try {
-      hnsw_->saveIndex(tmp);
-    } catch (const std::exception& e) {
-      return Internal(StrCat("hnsw: saving ", tmp, " failed: ", e.what()));
-    }
+    internal::Put<uint32_t>(&payload, params_.count_scored ? kCountScoredFlag : 0);
+    RS_ASSIGN_OR_RETURN(std::string body, graph_->Save(path + ".hnswlib.tmp"));
+    payload += body;
   }
-  std::ifstream in(tmp, std::ios::binary);
-  payload.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  in.close();
-  std::error_code ec;
-  std::filesystem::remove(tmp, ec);
   return internal::WriteIndexFile(path, {internal::kHnswCode, metric_, dim_}, payload);
 }
 
 StatusOr<std::unique_ptr<HnswIndex>> HnswIndex::Load(const std::string& path) {
-  internal::FileHeader h;
-  std::string payload;
-  RS_RETURN_IF_ERROR(internal::ReadIndexFile(path, &h, &payload));
-  if (h.kind_code != internal::kHnswCode) {
-    return InvalidArgument(
-        StrCat("index file ", path, " is not an hnsw index (kind code ", h.kind_code, ")"));
-  }
-  internal::Reader r(payload);
+  const auto file = internal::ReadIndexFileOfKind(path, {internal::kHnswCode}, "an hnsw");
+  RS_RETURN_IF_ERROR(file.status());
+  const internal::FileHeader& h = file->header;
+  internal::Reader r(file->payload);
   HnswParams p;
   int64_t live = 0;
+  uint32_t flags = 0;
   if (!r.Get(&p.M) || !r.Get(&p.ef_construction) || !r.Get(&p.ef_search) || !r.Get(&live) ||
+      (h.format >= 1 && !r.Get(&flags)) || (flags & ~kCountScoredFlag) != 0 ||
       !ValidateHnswParams(p).ok()) {
     return DataLoss(StrCat("hnsw index file ", path, " has a bad parameter block"));
   }
-  const std::string_view body = r.rest();
-  size_t elements = 0;
-  if (Status st = ValidateHnswlibPayload(body, h.dim, p, &elements); !st.ok()) {
-    return DataLoss(StrCat("hnsw index file ", path, ": ", st.message()));
-  }
-  const std::string tmp = path + ".hnswlib.load.tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out.write(body.data(), body.size());
-    if (!out) return Internal(StrCat("hnsw: cannot write temp file ", tmp));
-  }
+  p.count_scored = (flags & kCountScoredFlag) != 0;
   auto index = std::unique_ptr<HnswIndex>(new HnswIndex(h.dim, h.metric, p));
-  Status st;
-  try {
-    // Capacity = the element count (the file's own max_elements is not trusted); add() grows it.
-    index->hnsw_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(
-        index->space_.get(), tmp, false, std::max<size_t>(elements, 1));
-    index->hnsw_->setEf(1);
-  } catch (const std::exception& e) {
-    st = DataLoss(StrCat("hnsw index file ", path, " could not be loaded: ", e.what()));
-  }
-  std::error_code ec;
-  std::filesystem::remove(tmp, ec);
-  RS_RETURN_IF_ERROR(st);
-  // hnswlib 0.6.2's loading constructor counts deletions into an uninitialized num_deleted_:
-  // recount them here.
-  index->hnsw_->num_deleted_ = 0;
-  for (size_t i = 0; i < index->hnsw_->cur_element_count; ++i) {
-    if (index->hnsw_->isMarkedDeleted(static_cast<hnswlib::tableint>(i))) {
-      ++index->hnsw_->num_deleted_;
-    }
-  }
-  const int64_t expect = static_cast<int64_t>(index->hnsw_->cur_element_count) -
-                         static_cast<int64_t>(index->hnsw_->num_deleted_);
-  if (expect != live || index->hnsw_->data_size_ != h.dim * sizeof(float)) {
+  auto graph =
+      HnswGraph::Load(GraphOptions(h.dim, h.metric, p), r.rest(), path + ".hnswlib.load.tmp");
+  if (!graph.ok()) return Annotate(graph.status(), StrCat("hnsw index file ", path));
+  index->graph_ = std::move(graph).value();
+  const int64_t expect = static_cast<int64_t>(index->graph_->used() - index->graph_->deleted());
+  if (expect != live) {
     return DataLoss(StrCat("hnsw index file ", path, " is inconsistent (", expect,
                            " live vectors, header says ", live, ")"));
   }

@@ -2,7 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "index/internal/index_util.h"
+#include "index/internal/index_file.h"
 
 namespace ragserve::index {
 
@@ -140,16 +140,13 @@ StatusOr<std::unique_ptr<VectorIndex>> LoadIndex(const std::string& path) {
       RS_ASSIGN_OR_RETURN(auto idx, IvfIndex::Load(path));
       return std::unique_ptr<VectorIndex>(std::move(idx));
     }
+    case internal::kAttentionAwareCode: {
+      RS_ASSIGN_OR_RETURN(auto idx, AttentionAwareIndex::Load(path));
+      return std::unique_ptr<VectorIndex>(std::move(idx));
+    }
     default:
       return DataLoss(StrCat("index file ", path, " has unknown kind code ", h.kind_code));
   }
-}
-
-size_t IndexMemoryBytes(const VectorIndex& index) {
-  if (auto* f = dynamic_cast<const FlatIndex*>(&index)) return f->memory_bytes();
-  if (auto* h = dynamic_cast<const HnswIndex*>(&index)) return h->memory_bytes();
-  if (auto* v = dynamic_cast<const IvfIndex*>(&index)) return v->memory_bytes();
-  return 0;
 }
 
 }  // namespace ragserve::index

@@ -1,8 +1,10 @@
 // Creating, building and loading any ragserve vector index by kind name.
 //
-// Kinds: "flat", "hnsw", "ivf_flat", "ivf_pq". Parameters travel as a JSON object whose keys are
-// the fields of HnswParams / IvfParams (M, ef_construction, ef_search, initial_capacity, nlist,
-// nprobe, pq_m, pq_nbits); a key that does not apply to the kind is InvalidArgument.
+// Kinds a collection can create: "flat", "hnsw", "ivf_flat", "ivf_pq"; LoadIndex also reads
+// "attention_aware" (built from prefill queries by the KV retrieval store). Parameters travel as a
+// JSON object whose keys are the fields of HnswParams / IvfParams (M, ef_construction, ef_search,
+// initial_capacity, nlist, nprobe, pq_m, pq_nbits); a key that does not apply to the kind is
+// InvalidArgument.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +12,7 @@
 #include <string>
 #include <string_view>
 
+#include "index/attention_aware.h"
 #include "index/flat.h"
 #include "index/hnsw.h"
 #include "index/ivf.h"
@@ -37,9 +40,8 @@ StatusOr<std::unique_ptr<VectorIndex>> CreateIndex(const IndexSpec& spec);
 // training minimum). n == 0 yields an empty (for IVF: untrained) index.
 StatusOr<std::unique_ptr<VectorIndex>> BuildIndex(const IndexSpec& spec, int64_t n, const float* x,
                                                   const int64_t* ids);
-// Loads any file written by VectorIndex::save(). NotFound when missing, DataLoss when corrupt.
+// Loads any file written by VectorIndex::save(). NotFound when missing, DataLoss when corrupt,
+// FailedPrecondition when written by a newer ragserve (a newer file format).
 StatusOr<std::unique_ptr<VectorIndex>> LoadIndex(const std::string& path);
-// Approximate resident bytes of an index created here (0 for an unknown implementation).
-size_t IndexMemoryBytes(const VectorIndex& index);
 
 }  // namespace ragserve::index

@@ -1,31 +1,15 @@
-#include <fcntl.h>
-#include <unistd.h>
+#include "index/internal/index_util.h"
+
+#include <cblas.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <unordered_map>
-
-#include "index/internal/index_util.h"
 
 namespace ragserve::index::internal {
 
-Status CheckFinite(int64_t n, int dim, const float* x, std::string_view what) {
-  const int64_t total = n * static_cast<int64_t>(dim);
-  for (int64_t i = 0; i < total; ++i) {
-    if (!std::isfinite(x[i])) {
-      return InvalidArgument(StrCat(what, " ", i / dim, " has a non-finite value (", x[i],
-                                    ") at component ", i % dim));
-    }
-  }
-  return OkStatus();
-}
-
 Status CheckAddArgs(int64_t n, const float* x, const int64_t* ids, int dim) {
-  RS_CHECK_ARG(n >= 1, "add: batch must hold at least one vector, got n=", n);
+  RS_CHECK_ARG(n >= 0, "add: n must be >= 0, got ", n);
+  if (n == 0) return OkStatus();
   RS_CHECK_ARG(x != nullptr && ids != nullptr, "add: null vector or id array");
   for (int64_t i = 0; i < n; ++i) {
     RS_CHECK_ARG(ids[i] >= 0, "add: id must be >= 0, got ", ids[i], " at position ", i);
@@ -35,11 +19,23 @@ Status CheckAddArgs(int64_t n, const float* x, const int64_t* ids, int dim) {
 
 Status CheckSearchArgs(int64_t n, const float* q, int k, const float* distances, const int64_t* ids,
                        int dim) {
-  RS_CHECK_ARG(n >= 1, "search: batch must hold at least one query, got n=", n);
+  RS_CHECK_ARG(n >= 0, "search: n must be >= 0, got ", n);
   RS_CHECK_ARG(k >= 1, "search: k must be >= 1, got ", k);
+  if (n == 0) return OkStatus();
   RS_CHECK_ARG(q != nullptr && distances != nullptr && ids != nullptr,
                "search: null query or output array");
   return CheckFinite(n, dim, q, "search: query");
+}
+
+Status CheckRemoveArgs(int64_t n, const int64_t* ids) {
+  RS_CHECK_ARG(n >= 0, "remove: n must be >= 0, got ", n);
+  RS_CHECK_ARG(n == 0 || ids != nullptr, "remove: null id array");
+  return OkStatus();
+}
+
+Status CheckTrainArgs(int64_t n, const float* x, int dim, std::string_view what) {
+  RS_CHECK_ARG(n >= 1 && x != nullptr, what, ": training set is empty (n=", n, ")");
+  return CheckFinite(n, dim, x, StrCat(what, " train: vector"));
 }
 
 std::vector<float> NormalizedCopy(int64_t n, int dim, const float* x) {
@@ -108,96 +104,56 @@ void TopK::Finish(Metric metric, float* distances, int64_t* ids) {
   }
 }
 
-uint64_t Fnv1a64(const void* data, size_t len) {
-  // FNV-1a over 8-byte words then the tail: fast enough for index files, detects corruption.
-  const auto* p = static_cast<const unsigned char*>(data);
-  uint64_t h = 1469598103934665603ULL;
-  size_t i = 0;
-  for (; i + 8 <= len; i += 8) {
-    uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h ^= w;
-    h *= 1099511628211ULL;
-    h ^= h >> 29;
-  }
-  for (; i < len; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ULL;
-  }
-  return h;
-}
-
 namespace {
-constexpr char kMagic[8] = {'R', 'S', 'V', 'I', 'D', 'X', '0', '1'};
-constexpr size_t kHeaderSize = 8 + 4 * 4 + 8;
 
-Status FsyncPath(const std::string& path, bool directory) {
-  int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) return Internal(StrCat("open ", path, ": ", std::strerror(errno)));
-  int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return Internal(StrCat("fsync ", path, ": ", std::strerror(errno)));
-  return OkStatus();
+constexpr int64_t kQueryBlock = 256;
+constexpr int64_t kRowBlock = 8192;
+
+// Offers the scores of rows [r0, r0 + nr) (scores[i * nr + j] for query i) to the tops.
+void OfferBlock(const ExactRows& rows, bool l2, const float* q_norms, int64_t r0, int64_t nr,
+                const float* scores, const std::function<bool(int64_t)>* filter,
+                std::vector<TopK>* tops) {
+  const int64_t nq = static_cast<int64_t>(tops->size());
+#pragma omp parallel for schedule(static) if (nq * nr > 65536)
+  for (int64_t i = 0; i < nq; ++i) {
+    TopK& top = (*tops)[i];
+    const float* s = scores + i * nr;
+    for (int64_t j = 0; j < nr; ++j) {
+      const int64_t r = r0 + j;
+      const float v = l2 ? std::max(0.0f, q_norms[i] + rows.sq_norms[r] - 2 * s[j]) : s[j];
+      if (!top.Accepts(v)) continue;
+      const int64_t id = rows.ids != nullptr ? rows.ids[r] : r;
+      if (filter != nullptr && !(*filter)(id)) continue;
+      top.Push(v, id);
+    }
+  }
 }
+
 }  // namespace
 
-Status WriteIndexFile(const std::string& path, const FileHeader& h, const std::string& payload) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return Internal(StrCat("cannot create index file ", tmp));
-    std::string head(kMagic, 8);
-    Put<uint32_t>(&head, h.kind_code);
-    Put<uint32_t>(&head, static_cast<uint32_t>(h.metric));
-    Put<uint32_t>(&head, static_cast<uint32_t>(h.dim));
-    Put<uint32_t>(&head, 0);
-    Put<uint64_t>(&head, payload.size());
-    std::string tail;
-    Put<uint64_t>(&tail, Fnv1a64(payload.data(), payload.size()));
-    out.write(head.data(), head.size());
-    out.write(payload.data(), payload.size());
-    out.write(tail.data(), tail.size());
-    out.flush();
-    if (!out) return Internal(StrCat("write failed for index file ", tmp));
+void ExactTopK(const ExactRows& rows, Metric metric, int64_t nq, const float* q, int k,
+               const std::function<bool(int64_t)>* filter, float* distances, int64_t* ids) {
+  const int d = rows.dim;
+  const bool l2 = metric == Metric::kL2;
+  std::vector<float> scores(
+      static_cast<size_t>(std::min(nq, kQueryBlock) * std::min(rows.rows, kRowBlock)));
+  std::vector<float> q_norms(l2 ? static_cast<size_t>(nq) : 0);
+  for (int64_t i = 0; l2 && i < nq; ++i) q_norms[i] = Dot(q + i * d, q + i * d, d);
+  for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
+    const int64_t qn = std::min(kQueryBlock, nq - q0);
+    std::vector<TopK> tops(static_cast<size_t>(qn), TopK(k, HigherIsBetter(metric)));
+    for (int64_t r0 = 0; r0 < rows.rows; r0 += kRowBlock) {
+      const int64_t nr = std::min(kRowBlock, rows.rows - r0);
+      // scores[qn, nr] = q[q0:q0+qn] * x[r0:r0+nr]^T
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(qn),
+                  static_cast<int>(nr), d, 1.0f, q + q0 * d, d, rows.x + r0 * d, d, 0.0f,
+                  scores.data(), static_cast<int>(nr));
+      OfferBlock(rows, l2, q_norms.data() + (l2 ? q0 : 0), r0, nr, scores.data(), filter, &tops);
+    }
+    for (int64_t i = 0; i < qn; ++i) {
+      tops[i].Finish(metric, distances + (q0 + i) * k, ids + (q0 + i) * k);
+    }
   }
-  RS_RETURN_IF_ERROR(FsyncPath(tmp, false));
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) return Internal(StrCat("rename ", tmp, " -> ", path, ": ", ec.message()));
-  auto parent = std::filesystem::path(path).parent_path();
-  return FsyncPath(parent.empty() ? "." : parent.string(), true);
-}
-
-Status ReadIndexFile(const std::string& path, FileHeader* h, std::string* payload) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(StrCat("index file ", path, " does not exist or cannot be read"));
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (data.size() < kHeaderSize + 8 || std::memcmp(data.data(), kMagic, 8) != 0) {
-    return DataLoss(StrCat("index file ", path, " has no ragserve index header"));
-  }
-  Reader r(std::string_view(data).substr(8));
-  uint32_t kind, metric, dim, reserved;
-  uint64_t len;
-  r.Get(&kind);
-  r.Get(&metric);
-  r.Get(&dim);
-  r.Get(&reserved);
-  r.Get(&len);
-  if (metric > 2 || dim == 0 || dim > (1u << 20) || len != data.size() - kHeaderSize - 8) {
-    return DataLoss(StrCat("index file ", path, " has an inconsistent header (metric ", metric,
-                           ", dim ", dim, ", payload ", len, " bytes in a ", data.size(),
-                           "-byte file)"));
-  }
-  uint64_t sum;
-  std::memcpy(&sum, data.data() + kHeaderSize + len, 8);
-  if (sum != Fnv1a64(data.data() + kHeaderSize, len)) {
-    return DataLoss(StrCat("index file ", path, " failed its checksum"));
-  }
-  h->kind_code = kind;
-  h->metric = static_cast<Metric>(metric);
-  h->dim = static_cast<int>(dim);
-  payload->assign(data, kHeaderSize, len);
-  return OkStatus();
 }
 
 }  // namespace ragserve::index::internal

@@ -7,12 +7,17 @@
 #include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "index/internal/faiss_selector.h"
+#include "index/internal/index_file.h"
 #include "index/internal/index_util.h"
 
 namespace ragserve::index {
@@ -84,18 +89,18 @@ int IvfIndex::DefaultNprobe() const {
   return std::min(params_.nlist, std::max(16, params_.nlist / 8));
 }
 
-size_t IvfIndex::memory_bytes() const {
+int64_t IvfIndex::memory_bytes() const {
   std::shared_lock lock(mu_);
   if (ivf_ == nullptr) return 0;
   const size_t code = ivf_->code_size;
-  return ivf_->ntotal * (code + sizeof(idx_t)) + ivf_->nlist * dim_ * sizeof(float) +
-         (pq_ ? params_.pq_m * (size_t{1} << params_.pq_nbits) * (dim_ / params_.pq_m) * 4 : 0) +
-         present_.size() * 32;
+  return static_cast<int64_t>(
+      ivf_->ntotal * (code + sizeof(idx_t)) + ivf_->nlist * dim_ * sizeof(float) +
+      (pq_ ? params_.pq_m * (size_t{1} << params_.pq_nbits) * (dim_ / params_.pq_m) * 4 : 0) +
+      present_.size() * 32);
 }
 
 Status IvfIndex::train(int64_t n, const float* x) {
-  RS_CHECK_ARG(n >= 1 && x != nullptr, "ivf: training set is empty (n=", n, ")");
-  RS_RETURN_IF_ERROR(internal::CheckFinite(n, dim_, x, "ivf train: vector"));
+  RS_RETURN_IF_ERROR(internal::CheckTrainArgs(n, x, dim_, "ivf"));
   std::unique_lock lock(mu_);
   if (ivf_ != nullptr) return FailedPrecondition("ivf: index is already trained");
   const int nlist = params_.nlist > 0
@@ -109,10 +114,7 @@ Status IvfIndex::train(int64_t n, const float* x) {
                  n);
   }
   std::vector<float> normalized;
-  if (metric_ == Metric::kCosine) {
-    normalized = internal::NormalizedCopy(n, dim_, x);
-    x = normalized.data();
-  }
+  x = internal::MetricInput(metric_, n, dim_, x, &normalized);
   try {
     auto* quantizer = new faiss::IndexFlat(dim_, FaissMetric(metric_));
     std::unique_ptr<faiss::IndexIVF> ivf;
@@ -137,11 +139,9 @@ Status IvfIndex::train(int64_t n, const float* x) {
 
 Status IvfIndex::add(int64_t n, const float* x, const int64_t* ids) {
   RS_RETURN_IF_ERROR(internal::CheckAddArgs(n, x, ids, dim_));
+  if (n == 0) return OkStatus();
   std::vector<float> normalized;
-  if (metric_ == Metric::kCosine) {
-    normalized = internal::NormalizedCopy(n, dim_, x);
-    x = normalized.data();
-  }
+  x = internal::MetricInput(metric_, n, dim_, x, &normalized);
   std::unique_lock lock(mu_);
   if (ivf_ == nullptr) {
     return FailedPrecondition(
@@ -176,47 +176,72 @@ Status IvfIndex::add(int64_t n, const float* x, const int64_t* ids) {
   return OkStatus();
 }
 
+void IvfIndex::SearchLists(int64_t n, const float* q, int k, int nprobe,
+                           const faiss::IDSelector* sel, float* distances, int64_t* ids,
+                           SearchStats* stats) const {
+  static_assert(sizeof(idx_t) == sizeof(int64_t));
+  auto* labels = reinterpret_cast<idx_t*>(ids);
+  faiss::SearchParametersIVF sp;
+  sp.nprobe = nprobe;
+  sp.sel = const_cast<faiss::IDSelector*>(sel);  // FAISS takes it non-const, only reads it
+  const int slices = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), n));
+  std::vector<faiss::IndexIVFStats> slice_stats(slices);
+  std::vector<std::string> errors(slices);
+#pragma omp parallel for if (slices > 1)
+  for (int s = 0; s < slices; ++s) {
+    const int64_t i0 = n * s / slices, m = n * (s + 1) / slices - i0;
+    try {
+      std::vector<idx_t> assign(static_cast<size_t>(m) * nprobe);
+      std::vector<float> coarse(static_cast<size_t>(m) * nprobe);
+      ivf_->quantizer->search(m, q + i0 * dim_, nprobe, coarse.data(), assign.data());
+      ivf_->search_preassigned(m, q + i0 * dim_, k, assign.data(), coarse.data(),
+                               distances + i0 * k, labels + i0 * k, false, &sp, &slice_stats[s]);
+    } catch (const std::exception& e) {
+      errors[s] = e.what();
+    }
+  }
+  for (const std::string& e : errors) {
+    if (!e.empty()) throw std::runtime_error(e);
+  }
+  if (stats == nullptr) return;
+  for (const auto& st : slice_stats) stats->scored += static_cast<int64_t>(st.ndis);
+  stats->hops += n * nprobe;
+}
+
+void IvfIndex::WidenShortRows(int64_t n, const float* q, int k, int nprobe,
+                              const faiss::IDSelector* sel, float* distances, int64_t* ids,
+                              SearchStats* stats) const {
+  const int nlist = params_.nlist;
+  for (int64_t i = 0; i < n; ++i) {
+    int probe = nprobe;
+    while (ids[i * k + k - 1] < 0 && probe < nlist) {
+      probe = std::min(nlist, probe * 4);
+      SearchLists(1, q + i * dim_, k, probe, sel, distances + i * k, ids + i * k, stats);
+    }
+  }
+}
+
 Status IvfIndex::search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
                         const SearchParams& params) const {
   RS_RETURN_IF_ERROR(internal::CheckSearchArgs(n, q, k, distances, ids, dim_));
   RS_CHECK_ARG(params.nprobe >= 0, "ivf: nprobe must be >= 0, got ", params.nprobe);
+  if (n == 0) return OkStatus();
   std::vector<float> normalized;
-  if (metric_ == Metric::kCosine) {
-    normalized = internal::NormalizedCopy(n, dim_, q);
-    q = normalized.data();
-  }
+  q = internal::MetricInput(metric_, n, dim_, q, &normalized);
   std::shared_lock lock(mu_);
   if (ivf_ == nullptr || present_.empty()) {
     for (int64_t i = 0; i < n; ++i) internal::PadRow(metric_, k, distances + i * k, ids + i * k);
     return OkStatus();
   }
-  const int nlist = params_.nlist;
   int nprobe =
       params.nprobe > 0 ? params.nprobe : (params_.nprobe > 0 ? params_.nprobe : DefaultNprobe());
-  nprobe = std::min(nprobe, nlist);
-  static_assert(sizeof(idx_t) == sizeof(int64_t));
-  auto* out_ids = reinterpret_cast<idx_t*>(ids);
+  nprobe = std::min(nprobe, params_.nlist);
+  std::unique_ptr<FunctionSelector> selector;
+  if (params.filter != nullptr) selector = std::make_unique<FunctionSelector>(params.filter);
   try {
-    faiss::SearchParametersIVF sp;
-    sp.nprobe = nprobe;
-    std::unique_ptr<FunctionSelector> selector;
-    if (params.filter != nullptr) {
-      selector = std::make_unique<FunctionSelector>(params.filter);
-      sp.sel = selector.get();
-    }
-    ivf_->search(n, q, k, distances, out_ids, &sp);
-    if (params.filter != nullptr) {
-      // Widen rows that came back short.
-      for (int64_t i = 0; i < n; ++i) {
-        int probe = nprobe;
-        while (ids[i * k + k - 1] < 0 && probe < nlist) {
-          probe = std::min(nlist, probe * 4);
-          faiss::SearchParametersIVF wide;
-          wide.nprobe = probe;
-          wide.sel = selector.get();
-          ivf_->search(1, q + i * dim_, k, distances + i * k, out_ids + i * k, &wide);
-        }
-      }
+    SearchLists(n, q, k, nprobe, selector.get(), distances, ids, params.stats);
+    if (selector != nullptr) {
+      WidenShortRows(n, q, k, nprobe, selector.get(), distances, ids, params.stats);
     }
   } catch (const std::exception& e) {
     return Internal(StrCat("ivf: search failed: ", e.what()));
@@ -233,7 +258,7 @@ Status IvfIndex::search(int64_t n, const float* q, int k, float* distances, int6
 }
 
 StatusOr<int64_t> IvfIndex::remove(int64_t n, const int64_t* ids) {
-  RS_CHECK_ARG(n >= 0 && (n == 0 || ids != nullptr), "remove: bad batch (n=", n, ")");
+  RS_RETURN_IF_ERROR(internal::CheckRemoveArgs(n, ids));
   std::unique_lock lock(mu_);
   std::vector<idx_t> gone;
   for (int64_t i = 0; i < n; ++i) {
@@ -275,15 +300,12 @@ Status IvfIndex::save(const std::string& path) const {
 }
 
 StatusOr<std::unique_ptr<IvfIndex>> IvfIndex::Load(const std::string& path) {
-  internal::FileHeader h;
-  std::string payload;
-  RS_RETURN_IF_ERROR(internal::ReadIndexFile(path, &h, &payload));
-  if (h.kind_code != internal::kIvfFlatCode && h.kind_code != internal::kIvfPqCode) {
-    return InvalidArgument(
-        StrCat("index file ", path, " is not an ivf index (kind code ", h.kind_code, ")"));
-  }
+  const auto file =
+      internal::ReadIndexFileOfKind(path, {internal::kIvfFlatCode, internal::kIvfPqCode}, "an ivf");
+  RS_RETURN_IF_ERROR(file.status());
+  const internal::FileHeader& h = file->header;
   const bool pq = h.kind_code == internal::kIvfPqCode;
-  internal::Reader r(payload);
+  internal::Reader r(file->payload);
   IvfParams p;
   uint8_t trained = 0;
   if (!r.Get(&p.nlist) || !r.Get(&p.nprobe) || !r.Get(&p.pq_m) || !r.Get(&p.pq_nbits) ||

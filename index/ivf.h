@@ -1,5 +1,6 @@
 // IvfIndex: inverted-file indexes on FAISS 1.7.3: IVF-Flat (exact distances inside the probed
-// lists) and IVF-PQ (product-quantized codes, ~pq_m bytes per vector).
+// lists) and IVF-PQ (product-quantized codes, ~pq_m bytes per vector). IVF-Flat over the keys of
+// an attention head (kInnerProduct) is the KV retrieval store's "ivf" key index.
 //
 // Parameters and their effect (defaults in brackets):
 //   nlist [0 = round(4*sqrt(n)) at train time]  number of k-means lists; more lists = faster
@@ -9,9 +10,11 @@
 //                 higher = better recall, lower QPS. Clamped to nlist.
 //   pq_m [0 = the largest divisor of dim that is <= dim/4]  IVF-PQ sub-quantizers; must divide dim.
 //   pq_nbits [8]  bits per sub-quantizer code, in [1, 16].
+//   kmeans_iterations [20], seed [1234]  of the k-means training.
 // The index must be trained (train()) before add(); add() before training is FailedPrecondition.
 // A filtered search that finds fewer than k hits widens nprobe (x4) until it has k or probed
-// every list.
+// every list. SearchStats: scored = codes compared in the probed lists (FAISS's ndis; the nlist
+// centroid products per query are not included), hops = lists probed.
 // Thread safety: search() takes a shared lock; add()/remove()/train() an exclusive one; save()
 // a shared one; the lock prefers writers, so a stream of searches cannot starve an add().
 // FAISS exceptions are caught inside and returned as Status.
@@ -28,7 +31,8 @@
 
 namespace faiss {
 struct IndexIVF;
-}
+struct IDSelector;
+}  // namespace faiss
 
 namespace ragserve::index {
 
@@ -64,14 +68,24 @@ class IvfIndex final : public VectorIndex {
   // k-means (and PQ codebooks) on x[n*dim]; InvalidArgument when n < nlist (or < 2^pq_nbits).
   Status train(int64_t n, const float* x) override;
   Status save(const std::string& path) const override;
+  int64_t memory_bytes() const override;
 
   // Parameters with the automatic values resolved once trained (nlist, nprobe, pq_m).
   IvfParams params() const;
-  size_t memory_bytes() const;
 
  private:
   IvfIndex(int dim, Metric metric, bool pq, const IvfParams& params);
   int DefaultNprobe() const;
+  // FAISS 1.7.3's IndexIVF::search with the cost counted per call (instead of into FAISS's
+  // global indexIVF_stats): the queries split into one slice per OpenMP thread, each assigned by
+  // the coarse quantizer and scanned by search_preassigned. Requires mu_ held and a trained
+  // index; throws std::exception.
+  void SearchLists(int64_t n, const float* q, int k, int nprobe, const faiss::IDSelector* sel,
+                   float* distances, int64_t* ids, SearchStats* stats) const;
+  // Re-searches the rows that came back short of k allowed hits with nprobe x4 until they fill
+  // or every list was probed.
+  void WidenShortRows(int64_t n, const float* q, int k, int nprobe, const faiss::IDSelector* sel,
+                      float* distances, int64_t* ids, SearchStats* stats) const;
 
   const int dim_;
   const Metric metric_;

@@ -1,11 +1,11 @@
-// Internal helpers shared by the index implementations (not part of any public contract).
+// Internal helpers shared by the index implementations (not part of any public contract): the one
+// set of argument checks behind the rules of vector_index.h, and the one exact top-k.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <functional>
 #include <limits>
-#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -15,74 +15,39 @@
 
 namespace ragserve::index::internal {
 
-// InvalidArgument naming the first non-finite element, else OK.
-Status CheckFinite(int64_t n, int dim, const float* x, std::string_view what);
-// Validates the common arguments of add(): n >= 1, x/ids not null, ids >= 0, finite values.
+// add(): n >= 0; for n > 0 non-null arrays, ids >= 0 and finite values.
 Status CheckAddArgs(int64_t n, const float* x, const int64_t* ids, int dim);
-// Validates the common arguments of search(): n >= 1, k >= 1, pointers, finite queries.
+// search(): n >= 0, k >= 1; for n > 0 non-null arrays and finite queries.
 Status CheckSearchArgs(int64_t n, const float* q, int k, const float* distances, const int64_t* ids,
                        int dim);
+// remove(): n >= 0; for n > 0 a non-null id array.
+Status CheckRemoveArgs(int64_t n, const int64_t* ids);
+// train(): n >= 1, a non-null array and finite values (`what` names the index in messages).
+Status CheckTrainArgs(int64_t n, const float* x, int dim, std::string_view what);
+
 // Returns x normalized to unit L2 norm row by row (zero rows stay zero).
 std::vector<float> NormalizedCopy(int64_t n, int dim, const float* x);
+// The n vectors x[n*dim] as an index of `metric` stores and compares them: x itself, or for
+// cosine a unit-norm copy held in *buf.
+inline const float* MetricInput(Metric metric, int64_t n, int dim, const float* x,
+                                std::vector<float>* buf) {
+  if (metric != Metric::kCosine) return x;
+  *buf = NormalizedCopy(n, dim, x);
+  return buf->data();
+}
 // Fills one result row with the padding value of `metric` (id -1).
 void PadRow(Metric metric, int k, float* distances, int64_t* ids);
 // Indexes of the last occurrence of every distinct id (so a batch with duplicates acts like
 // sequential upserts: the last one wins), in increasing order.
 std::vector<int64_t> LastOccurrences(int64_t n, const int64_t* ids);
 
-// On-disk envelope of every ragserve index file:
-//   "RSVIDX01" | u32 kind_code | u32 metric | u32 dim | u32 reserved | u64 payload_len |
-//   payload | u64 fnv1a64(payload)
-struct FileHeader {
-  uint32_t kind_code = 0;
-  Metric metric = Metric::kL2;
-  int dim = 0;
-};
-enum KindCode : uint32_t { kFlatCode = 1, kHnswCode = 2, kIvfFlatCode = 3, kIvfPqCode = 4 };
-uint64_t Fnv1a64(const void* data, size_t len);
-// Writes header + payload to path atomically (temp file, fsync, rename, fsync of the folder).
-Status WriteIndexFile(const std::string& path, const FileHeader& h, const std::string& payload);
-// Reads and verifies an index file (magic, sizes, checksum). DataLoss on corruption,
-// NotFound when missing.
-Status ReadIndexFile(const std::string& path, FileHeader* h, std::string* payload);
-
-// Little-endian POD append/consume helpers for payloads.
-template <typename T>
-void Put(std::string* s, const T& v) {
-  s->append(reinterpret_cast<const char*>(&v), sizeof(T));
+// Dot product of two d-vectors (vectorized).
+inline float Dot(const float* a, const float* b, int d) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < d; ++i) s += a[i] * b[i];
+  return s;
 }
-class Reader {
- public:
-  explicit Reader(std::string_view s) : s_(s) {}
-  template <typename T>
-  bool Get(T* v) {
-    if (s_.size() - pos_ < sizeof(T)) return false;
-    std::memcpy(v, s_.data() + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return true;
-  }
-  bool GetBytes(void* dst, size_t len) {
-    if (s_.size() - pos_ < len) return false;
-    std::memcpy(dst, s_.data() + pos_, len);
-    pos_ += len;
-    return true;
-  }
-  // Steps over len bytes and returns where they start, or nullptr (nothing consumed) when fewer
-  // remain.
-  const char* Skip(size_t len) {
-    if (s_.size() - pos_ < len) return nullptr;
-    const char* at = s_.data() + pos_;
-    pos_ += len;
-    return at;
-  }
-  size_t remaining() const { return s_.size() - pos_; }
-  // The bytes not read yet.
-  std::string_view rest() const { return s_.substr(pos_); }
-
- private:
-  std::string_view s_;
-  size_t pos_ = 0;
-};
 
 // Bounded top-k collector: keeps the k best (score, id) pairs for one query.
 class TopK {
@@ -94,7 +59,7 @@ class TopK {
   // True when `score` would enter the set.
   bool Accepts(float score) const { return !full() || Better(score, worst()); }
   void Push(float score, int64_t id);
-  // Writes the results best-first, padding to k.
+  // Writes the results best-first (ties: smaller id first), padding to k.
   void Finish(Metric metric, float* distances, int64_t* ids);
 
  private:
@@ -103,5 +68,22 @@ class TopK {
   bool higher_;
   std::vector<std::pair<float, int64_t>> heap_;  // heap whose front is the worst kept
 };
+
+// The rows an exact search scans.
+struct ExactRows {
+  const float* x = nullptr;  // [rows, dim]
+  int64_t rows = 0;
+  int dim = 0;
+  const float* sq_norms = nullptr;  // [rows] squared L2 norms; required for kL2
+  const int64_t* ids = nullptr;     // [rows] ids reported (and filtered on); null: row numbers
+};
+
+// Exact top-k of nq queries q[nq*dim] against `rows`: kL2 gives squared L2 distances, any other
+// metric q.x (cosine callers pass normalized vectors). Blocked cblas_sgemm (query blocks x row
+// blocks) and a TopK per query, the heap pass parallel over the queries of a block with OpenMP
+// (BLAS is never called inside an OpenMP region: the pthread OpenBLAS would oversubscribe).
+// Ids failing `filter` (when set) never appear. Writes distances[nq*k] and ids[nq*k], best first.
+void ExactTopK(const ExactRows& rows, Metric metric, int64_t nq, const float* q, int k,
+               const std::function<bool(int64_t)>* filter, float* distances, int64_t* ids);
 
 }  // namespace ragserve::index::internal

@@ -548,7 +548,7 @@ CollectionInfo Collection::Info() const {
     idx = index_;
   }
   info.num_vectors = idx->size();
-  info.index_bytes = static_cast<int64_t>(index::IndexMemoryBytes(*idx));
+  info.index_bytes = idx->memory_bytes();
   info.active_kind = std::string(idx->kind());
   info.rebuilding = rebuilding_.load();
   const std::string lo = Key('D', cid_), hi = Key('D', cid_ + 1);

@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "index/key_flat.h"
+#include "index/flat.h"
 #include "kernels/cpu/attention.h"
 
 namespace ragserve::kvr {
@@ -91,37 +91,38 @@ std::string_view KeyIndexKindName(KeyIndexKind kind) {
   return "unknown";
 }
 
-StatusOr<std::unique_ptr<index::KeyIndex>> MakeKeyIndex(const HybridOptions& options, int d,
-                                                        int64_t n, const float* keys,
-                                                        const int64_t* ids, int64_t n_queries,
-                                                        const float* queries) {
+StatusOr<std::unique_ptr<index::VectorIndex>> MakeKeyIndex(const HybridOptions& options, int d,
+                                                           int64_t n, const float* keys,
+                                                           const int64_t* ids, int64_t n_queries,
+                                                           const float* queries) {
   RS_CHECK_ARG(d >= 1, "head_dim must be >= 1, got ", d);
   RS_CHECK_ARG(n >= 1, "a key index needs >= 1 key, got ", n);
   switch (options.index_kind) {
     case KeyIndexKind::kExact: {
-      RS_ASSIGN_OR_RETURN(auto idx, index::KeyFlatIndex::Create(d));
+      RS_ASSIGN_OR_RETURN(auto idx, index::FlatIndex::Create(d, index::Metric::kInnerProduct));
       RS_RETURN_IF_ERROR(idx->add(n, keys, ids));
-      return std::unique_ptr<index::KeyIndex>(std::move(idx));
+      return std::unique_ptr<index::VectorIndex>(std::move(idx));
     }
     case KeyIndexKind::kHnsw: {
-      index::KeyHnswParams p = options.hnsw;
+      index::HnswParams p = options.hnsw;
       p.initial_capacity = std::max(p.initial_capacity, n);
-      RS_ASSIGN_OR_RETURN(auto idx, index::KeyHnswIndex::Create(d, p));
+      RS_ASSIGN_OR_RETURN(auto idx, index::HnswIndex::Create(d, index::Metric::kInnerProduct, p));
       RS_RETURN_IF_ERROR(idx->add(n, keys, ids));
-      return std::unique_ptr<index::KeyIndex>(std::move(idx));
+      return std::unique_ptr<index::VectorIndex>(std::move(idx));
     }
     case KeyIndexKind::kIvf: {
-      index::KeyIvfParams p = options.ivf;
+      index::IvfParams p = options.ivf;
       if (p.nlist == 0) {
         // 4 sqrt(n) lists, at most n / 39 (FAISS k-means wants >= 39 points per centroid).
         p.nlist = static_cast<int>(std::clamp<double>(4.0 * std::sqrt(static_cast<double>(n)), 1.0,
                                                       std::max(1.0, n / 39.0)));
       }
       p.nlist = static_cast<int>(std::min<int64_t>(p.nlist, n));
-      RS_ASSIGN_OR_RETURN(auto idx, index::KeyIvfIndex::Create(d, p));
+      RS_ASSIGN_OR_RETURN(auto idx,
+                          index::IvfIndex::Create(d, index::Metric::kInnerProduct, false, p));
       RS_RETURN_IF_ERROR(idx->train(n, keys));
       RS_RETURN_IF_ERROR(idx->add(n, keys, ids));
-      return std::unique_ptr<index::KeyIndex>(std::move(idx));
+      return std::unique_ptr<index::VectorIndex>(std::move(idx));
     }
     case KeyIndexKind::kAttentionAware: {
       RS_CHECK_ARG(n_queries >= 1 && queries != nullptr,
@@ -129,7 +130,7 @@ StatusOr<std::unique_ptr<index::KeyIndex>> MakeKeyIndex(const HybridOptions& opt
       RS_ASSIGN_OR_RETURN(auto idx,
                           index::AttentionAwareIndex::Build(d, n, keys, n_queries, queries,
                                                             options.attention_aware, ids));
-      return std::unique_ptr<index::KeyIndex>(std::move(idx));
+      return std::unique_ptr<index::VectorIndex>(std::move(idx));
     }
   }
   return InvalidArgument(StrCat("unknown key index kind ", static_cast<int>(options.index_kind)));
@@ -137,7 +138,7 @@ StatusOr<std::unique_ptr<index::KeyIndex>> MakeKeyIndex(const HybridOptions& opt
 
 struct HybridAttention::HeadState {
   std::mutex mu;  // serializes calls on one (seq, layer, kv_head); guards the fields below
-  std::unique_ptr<index::KeyIndex> index;
+  std::unique_ptr<index::VectorIndex> index;
   int64_t indexed_end = -1;    // tokens [mid_begin, indexed_end) are in the index; -1: none
   std::vector<float> queries;  // prefill queries kept until the middle is non-empty
   int64_t n_query_vectors = 0;
@@ -186,7 +187,7 @@ Status HybridAttention::BuildIndex(const std::string& seq, int layer, int kv_hea
   const int64_t want = std::min<int64_t>(total, options_.attention_aware.max_build_queries);
   std::vector<float> sub;
   if (n_queries > 0 && options_.index_kind == KeyIndexKind::kAttentionAware) {
-    RS_RETURN_IF_ERROR(index::CheckFinite(queries, total * d, "prefill query"));
+    RS_RETURN_IF_ERROR(index::CheckFinite(total, d, queries, "prefill query"));
     const int64_t per_head = std::max<int64_t>(1, want / h);
     sub.reserve(static_cast<size_t>(per_head * h * d));
     for (int64_t i = 0; i < per_head; ++i) {
@@ -268,7 +269,7 @@ StatusOr<int64_t> HybridAttention::CheckAttendArgs(const std::string& seq, int l
   RS_CHECK_ARG(q != nullptr, "null query");
   RS_CHECK_ARG(kv_head >= 0 && kv_head < spec.num_kv_heads, "kv_head ", kv_head,
                " out of range [0, ", spec.num_kv_heads, ")");
-  RS_RETURN_IF_ERROR(index::CheckFinite(q, static_cast<int64_t>(h) * head_dim, "query"));
+  RS_RETURN_IF_ERROR(index::CheckFinite(h, head_dim, q, "query"));
   RS_ASSIGN_OR_RETURN(const int64_t n, store_->NumTokens(seq, layer));
   RS_CHECK_ARG(top_k >= 1 && top_k <= n, "top_k must be in [1, ", n, "] (tokens stored), got ",
                top_k);
@@ -281,9 +282,10 @@ Status HybridAttention::SearchLocked(HeadState* st, const float* q, int h, const
   if (opt.ef_search > 0) sp.ef_search = opt.ef_search;
   if (opt.nprobe > 0) sp.nprobe = opt.nprobe;
   std::vector<float> dist(static_cast<size_t>(h) * opt.top_k);
-  index::KeySearchStats ks;
-  RS_RETURN_IF_ERROR(st->index->SearchWithStats(h, q, opt.top_k, dist.data(), ids, sp, &ks));
-  *keys_scored += ks.keys_scored;
+  index::SearchStats ks;
+  sp.stats = &ks;
+  RS_RETURN_IF_ERROR(st->index->search(h, q, opt.top_k, dist.data(), ids, sp));
+  *keys_scored += ks.scored;
   return OkStatus();
 }
 
@@ -387,7 +389,7 @@ Status HybridAttention::AttendFull(const std::string& seq, int layer, int kv_hea
                "' head_dim ", spec.head_dim);
   RS_CHECK_ARG(h >= 1, "number of query heads must be >= 1, got ", h);
   RS_CHECK_ARG(q != nullptr && o != nullptr && lse != nullptr, "null query or output");
-  RS_RETURN_IF_ERROR(index::CheckFinite(q, static_cast<int64_t>(h) * head_dim, "query"));
+  RS_RETURN_IF_ERROR(index::CheckFinite(h, head_dim, q, "query"));
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   std::vector<float> kbuf, vbuf;
   return store_->WithHead(seq, layer, kv_head, [&](const HeadView& view) {

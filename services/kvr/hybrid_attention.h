@@ -8,7 +8,7 @@
 // merges the static and retrieved partials exactly from their (o, lse). When top_k covers the
 // whole middle, the middle is attended exactly (so the result equals full attention).
 // Tokens that leave the window as decoding appends are inserted into the index on the next
-// Attend/Sync. Scale = 1/sqrt(head_dim). Each index's memory (KeyIndex::memory_bytes) is charged
+// Attend/Sync. Scale = 1/sqrt(head_dim). Each index's memory (VectorIndex::memory_bytes) is charged
 // to its sequence in the store (KvStore::Charge): a build over the limit fails with
 // ResourceExhausted and leaves no index; growth by insertion is always counted.
 //
@@ -24,9 +24,9 @@
 #include <tuple>
 
 #include "index/attention_aware.h"
-#include "index/key_hnsw.h"
-#include "index/key_index.h"
-#include "index/key_ivf.h"
+#include "index/hnsw.h"
+#include "index/ivf.h"
+#include "index/vector_index.h"
 #include "services/kvr/kv_store.h"
 
 namespace ragserve::kvr {
@@ -41,8 +41,11 @@ struct HybridOptions {
   int64_t window_tokens = 512;  // W: last tokens always attended exactly
   KeyIndexKind index_kind = KeyIndexKind::kAttentionAware;
   index::AttentionAwareParams attention_aware;
-  index::KeyHnswParams hnsw;
-  index::KeyIvfParams ivf;
+  // The key indexes are the vector indexes with the inner-product metric; these are
+  // RetrievalAttention's off-the-shelf baselines (HNSW counting the keys it scores, IVF-Flat with
+  // nlist 0 = 4 sqrt(keys) capped at keys / 39, FAISS's default 10 k-means iterations).
+  index::HnswParams hnsw{.M = 16, .ef_construction = 100, .ef_search = 128, .count_scored = true};
+  index::IvfParams ivf{.nprobe = 16, .kmeans_iterations = 10};
   index::SearchParams search;  // per-call ef_search / nprobe (0 = index default)
 };
 
@@ -64,10 +67,10 @@ struct AttendOptions {
 
 // Builds a key index of the given kind over keys[n, d] with ids[n], using prefill
 // queries[n_queries, d] when the kind needs them (attention-aware; others ignore them).
-StatusOr<std::unique_ptr<index::KeyIndex>> MakeKeyIndex(const HybridOptions& options, int d,
-                                                        int64_t n, const float* keys,
-                                                        const int64_t* ids, int64_t n_queries,
-                                                        const float* queries);
+StatusOr<std::unique_ptr<index::VectorIndex>> MakeKeyIndex(const HybridOptions& options, int d,
+                                                           int64_t n, const float* keys,
+                                                           const int64_t* ids, int64_t n_queries,
+                                                           const float* queries);
 
 class HybridAttention {
  public:

@@ -102,7 +102,7 @@ Status KvRetrieval::AddPrefillQueries(const std::string& seq, int layer, int64_t
   RS_CHECK_ARG(n >= 0, "number of query tokens must be >= 0, got ", n);
   RS_CHECK_ARG(n == 0 || q != nullptr, "null prefill queries");
   const int64_t row = static_cast<int64_t>(s->hq) * s->kv.head_dim;
-  RS_RETURN_IF_ERROR(index::CheckFinite(q, n * row, "prefill query"));
+  RS_RETURN_IF_ERROR(index::CheckFinite(n * s->hq, s->kv.head_dim, q, "prefill query"));
   std::lock_guard lock(s->mu);
   if (s->prefill_done) {
     return FailedPrecondition(StrCat("sequence '", seq, "': prefill queries after FinishPrefill"));

@@ -1,29 +1,39 @@
 // clang-format off
-// FUZZ_SOURCES: index/attention_aware.cc index/key_util.cc services/common/status.cc services/common/logging.cc
+// FUZZ_SOURCES: index/attention_aware.cc index/index_util.cc index/index_file.cc index/vector_index.cc services/common/status.cc services/common/logging.cc
 // clang-format on
-// Fuzzes AttentionAwareIndex::Load (the key index file of the KV retrieval service): any file
-// must load or give an error Status, never crash or allocate beyond what the file can fill; a
-// file that loads must serve a search and an insertion (its graph is validated on load).
+// Fuzzes AttentionAwareIndex::Load (the key index of the KV retrieval store) past the file
+// checksum: the input is [dim: u16 LE][payload: parameters, keys, ids, tombstones, entry points,
+// centroids, adjacency], wrapped into a well-formed ragserve index file (header + checksum) so
+// every mutation reaches the payload checks. Any payload must load or give an error Status, never
+// crash or allocate beyond what the file can fill; one that loads must serve a search and an
+// insertion (its graph is validated on load).
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "index/attention_aware.h"
+#include "index/internal/index_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace ragserve::index;  // NOLINT: a fuzz target's main file
+  if (size < 2) return 0;
+  uint16_t dim = 0;
+  std::memcpy(&dim, data, sizeof(dim));
+  if (dim == 0 || dim > 4096) return 0;
   static const std::string path = "/tmp/aa_load_fuzz_" + std::to_string(::getpid()) + ".idx";
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) return 0;
-  if (size > 0) std::fwrite(data, 1, size, f);
-  std::fclose(f);
-  auto idx = ragserve::index::AttentionAwareIndex::Load(path);
+  const std::string payload(reinterpret_cast<const char*>(data) + 2, size - 2);
+  if (!internal::WriteIndexFile(path, {internal::kAttentionAwareCode, Metric::kInnerProduct, dim},
+                                payload)
+           .ok()) {
+    return 0;
+  }
+  auto idx = AttentionAwareIndex::Load(path);
   if (!idx.ok()) return 0;
   auto& x = **idx;
-  if (x.dim() > 4096) return 0;
   std::vector<float> q(static_cast<size_t>(x.dim()), 0.5f);
   std::vector<float> dist(4);
   std::vector<int64_t> ids(4);

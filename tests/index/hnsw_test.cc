@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "index/flat.h"
-#include "index/internal/index_util.h"
+#include "index/internal/index_file.h"
 #include "tests/index/test_data.h"
 
 namespace ragserve::index {
@@ -209,9 +209,10 @@ TEST(HnswTest, LoadRejectsAWellSummedFileWithABadGraph) {
   internal::FileHeader h;
   std::string good;
   ASSERT_TRUE(internal::ReadIndexFile(path, &h, &good).ok());
-  // Layout: ragserve's parameter block (3 x i32 + i64), hnswlib's 96-byte header, then per
-  // element [u16 count, flags, 2 x M neighbour ids, vector, label].
-  const size_t level0 = 3 * 4 + 8 + 96;
+  // Layout: ragserve's parameter block (3 x i32 + i64 + u32 flags), hnswlib's 96-byte header,
+  // then per element [u16 count, flags, 2 x M neighbour ids, vector, label].
+  const size_t block = 3 * 4 + 8 + 4;
+  const size_t level0 = block + 96;
   auto rewrite = [&](const std::function<void(std::string*)>& edit) {
     std::string bad = good;
     edit(&bad);
@@ -234,17 +235,88 @@ TEST(HnswTest, LoadRejectsAWellSummedFileWithABadGraph) {
   EXPECT_EQ(truncated.code(), StatusCode::kDataLoss) << truncated.ToString();
   const Status huge_count = rewrite([&](std::string* b) {
     const size_t count = size_t{1} << 40;
-    std::memcpy(b->data() + 3 * 4 + 8 + 16, &count, sizeof(count));
+    std::memcpy(b->data() + block + 16, &count, sizeof(count));
   });
   EXPECT_EQ(huge_count.code(), StatusCode::kDataLoss) << huge_count.ToString();
   // A level multiplier not derived from M would make the next insertion draw an enormous level
   // and allocate link lists for it (found by hnsw_load_fuzz).
   const Status bad_mult = rewrite([&](std::string* b) {
     const double mult = 1e15;
-    std::memcpy(b->data() + 3 * 4 + 8 + 6 * 8 + 4 + 4 + 3 * 8, &mult, sizeof(mult));
+    std::memcpy(b->data() + block + 6 * 8 + 4 + 4 + 3 * 8, &mult, sizeof(mult));
   });
   EXPECT_EQ(bad_mult.code(), StatusCode::kDataLoss) << bad_mult.ToString();
   std::filesystem::remove(path);
+}
+
+// Files written before the flags word (format 0) keep loading: the same index without counting.
+TEST(HnswTest, LoadsFilesOfTheFormatBeforeTheFlagsWord) {
+  constexpr int64_t kN = 500;
+  constexpr int kDim = 8;
+  const auto x = ClusteredData(kN, kDim, 4, 15);
+  const auto ids = Iota(kN);
+  auto hnsw = HnswIndex::Create(kDim, Metric::kInnerProduct, {.M = 8}).value();
+  ASSERT_TRUE(hnsw->add(kN, x.data(), ids.data()).ok());
+  const auto path = (std::filesystem::temp_directory_path() / "rs_hnsw_v0.idx").string();
+  ASSERT_TRUE(hnsw->save(path).ok());
+  internal::FileHeader h;
+  std::string payload;
+  ASSERT_TRUE(internal::ReadIndexFile(path, &h, &payload).ok());
+  EXPECT_EQ(h.format, internal::kFormatVersion);
+  payload.erase(3 * 4 + 8, 4);  // the flags word
+  h.format = 0;
+  ASSERT_TRUE(internal::WriteIndexFile(path, h, payload).ok());
+  auto loaded = HnswIndex::Load(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_FALSE((*loaded)->params().count_scored);
+  std::vector<float> d1(10), d2(10);
+  std::vector<int64_t> i1(10), i2(10);
+  ASSERT_TRUE(hnsw->search(1, x.data(), 10, d1.data(), i1.data()).ok());
+  ASSERT_TRUE((*loaded)->search(1, x.data(), 10, d2.data(), i2.data()).ok());
+  EXPECT_EQ(i1, i2);
+  // A file from a newer ragserve is refused with both versions named.
+  h.format = internal::kFormatVersion + 1;
+  ASSERT_TRUE(internal::WriteIndexFile(path, h, payload).ok());
+  const Status newer = HnswIndex::Load(path).status();
+  EXPECT_EQ(newer.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(newer.message().find("format version 2"), std::string::npos) << newer.ToString();
+  std::filesystem::remove(path);
+}
+
+// count_scored makes SearchStats::scored the number of distances computed: more with a wider
+// candidate list, kept by save/load; without it nothing is counted.
+TEST(HnswTest, CountScoredCountsDistancesAndSurvivesSaveLoad) {
+  constexpr int64_t kN = 3000, kQ = 20;
+  constexpr int kDim = 16, kK = 10;
+  const auto x = ClusteredData(kN, kDim, 8, 17);
+  const auto ids = Iota(kN);
+  auto counting =
+      HnswIndex::Create(kDim, Metric::kInnerProduct, {.ef_search = 32, .count_scored = true})
+          .value();
+  ASSERT_TRUE(counting->add(kN, x.data(), ids.data()).ok());
+  std::vector<float> d(kQ * kK);
+  std::vector<int64_t> got(kQ * kK);
+  auto scored = [&](const VectorIndex& idx, int ef) {
+    SearchStats st;
+    SearchParams sp;
+    sp.ef_search = ef;
+    sp.stats = &st;
+    EXPECT_TRUE(idx.search(kQ, x.data(), kK, d.data(), got.data(), sp).ok());
+    return st.scored;
+  };
+  const int64_t narrow = scored(*counting, 16), wide = scored(*counting, 256);
+  EXPECT_GT(narrow, kQ * kK);
+  EXPECT_LT(narrow, kQ * kN / 2);
+  EXPECT_GT(wide, narrow);
+  const auto path = (std::filesystem::temp_directory_path() / "rs_hnsw_count.idx").string();
+  ASSERT_TRUE(counting->save(path).ok());
+  auto loaded = HnswIndex::Load(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_TRUE((*loaded)->params().count_scored);
+  EXPECT_EQ(scored(**loaded, 16), narrow);  // same graph, same search: same count
+  std::filesystem::remove(path);
+  auto plain = HnswIndex::Create(kDim, Metric::kInnerProduct).value();
+  ASSERT_TRUE(plain->add(kN, x.data(), ids.data()).ok());
+  EXPECT_EQ(scored(*plain, 16), 0);
 }
 
 TEST(HnswTest, BadArgumentsAreRejectedAndChangeNothing) {
@@ -259,13 +331,15 @@ TEST(HnswTest, BadArgumentsAreRejectedAndChangeNothing) {
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("non-finite"), std::string::npos) << st.message();
   EXPECT_EQ(hnsw->size(), 0);
-  EXPECT_EQ(hnsw->add(0, v.data(), ids).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(hnsw->add(0, nullptr, nullptr).ok());  // an empty batch (every index's rule)
+  EXPECT_EQ(hnsw->add(-1, v.data(), ids).code(), StatusCode::kInvalidArgument);
   const int64_t neg[] = {-5};
   EXPECT_EQ(hnsw->add(1, v.data() + 4, neg).code(), StatusCode::kInvalidArgument);
   float d[2];
   int64_t got[2];
   EXPECT_EQ(hnsw->search(1, v.data() + 4, 0, d, got).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(hnsw->search(1, v.data(), 1, d, got).code(), StatusCode::kInvalidArgument);  // NaN
+  EXPECT_TRUE(hnsw->search(0, nullptr, 1, nullptr, nullptr).ok());
   // Empty index pads.
   ASSERT_TRUE(hnsw->search(1, v.data() + 4, 2, d, got).ok());
   EXPECT_EQ(got[0], -1);

@@ -1,4 +1,5 @@
-// IvfIndex (IVF-Flat, IVF-PQ) and FlatIndex against brute force; factory parameter validation.
+// IvfIndex (IVF-Flat, IVF-PQ) against brute force and the exact FlatIndex twin; factory
+// parameter validation.
 #include "index/ivf.h"
 
 #include <gtest/gtest.h>
@@ -162,37 +163,6 @@ TEST(IvfTest, FilteredSearchWidensUntilKAllowedHits) {
   ASSERT_TRUE(ivf->search(1, x.data(), kK, d.data(), got.data(), sp).ok());
   std::set<int64_t> seen(got.begin(), got.end());
   EXPECT_EQ(seen, (std::set<int64_t>{3, 803, 1603, 2403, 3203}));
-}
-
-TEST(FlatTest, SaveLoadRoundTripAndBadArguments) {
-  constexpr int64_t kN = 1000;
-  constexpr int kDim = 12;
-  const auto x = ClusteredData(kN, kDim, 5, 61);
-  const auto ids = Iota(kN, 5);
-  auto flat = FlatIndex::Create(kDim, Metric::kL2).value();
-  ASSERT_TRUE(flat->add(kN, x.data(), ids.data()).ok());
-  const auto path = (std::filesystem::temp_directory_path() / "rs_flat_rt.idx").string();
-  ASSERT_TRUE(flat->save(path).ok());
-  auto loaded = FlatIndex::Load(path).value();
-  std::vector<float> d1(50), d2(50);
-  std::vector<int64_t> i1(50), i2(50);
-  ASSERT_TRUE(flat->search(5, x.data(), 10, d1.data(), i1.data()).ok());
-  ASSERT_TRUE(loaded->search(5, x.data(), 10, d2.data(), i2.data()).ok());
-  EXPECT_EQ(i1, i2);
-  EXPECT_EQ(d1, d2);
-  EXPECT_EQ(i1[0], 5);
-  std::filesystem::remove(path);
-  // Wrong arguments change nothing.
-  std::vector<float> bad(2 * kDim, 1.0f);
-  bad[kDim + 3] = INFINITY;
-  const int64_t two[] = {100000, 100001};
-  auto st = flat->add(2, bad.data(), two);
-  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(flat->size(), kN);
-  EXPECT_EQ(flat->search(1, x.data(), 0, d1.data(), i1.data()).code(),
-            StatusCode::kInvalidArgument);
-  EXPECT_EQ(flat->search(0, x.data(), 1, d1.data(), i1.data()).code(),
-            StatusCode::kInvalidArgument);
 }
 
 TEST(FactoryTest, BadParamsNameTheProblem) {

@@ -4,13 +4,18 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <limits>
+#include <numeric>
 #include <random>
 #include <set>
 #include <vector>
 
+#include "index/index_factory.h"
 #include "kernels/cpu/attention.h"
 #include "tests/support/kvr_synthetic.h"
 
@@ -217,6 +222,54 @@ TEST(HybridAttentionTest, TokensLeavingTheWindowAreInsertedAndRetrievable) {
     EXPECT_EQ(ids[8], 610) << KeyIndexKindName(kind);
     for (int64_t id : ids) EXPECT_TRUE(id == -1 || (id >= S && id < 640 - W)) << id;
   }
+}
+
+// Every key index kind the store builds (MakeKeyIndex) saves to one checksummed file that
+// LoadIndex reads back: the same kind, size, results and search cost.
+TEST(HybridAttentionTest, EveryKeyIndexKindSavesAndLoads) {
+  SyntheticParams p;
+  p.n_keys = 2048;
+  p.n_topics = 2;
+  p.n_decode = 4;
+  p.seed = 5;
+  auto w = GenerateWorkload(p).value();
+  const int d = p.head_dim, h = p.group_size, k = 32;
+  const int64_t nq = p.n_decode * h;
+  std::vector<int64_t> ids(p.n_keys);
+  std::iota(ids.begin(), ids.end(), 0);
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("kvr_key_index_" + std::to_string(::getpid()) + ".idx"))
+                               .string();
+  auto search = [&](const index::VectorIndex& idx, std::vector<int64_t>* got) {
+    index::SearchStats st;
+    index::SearchParams sp;
+    sp.stats = &st;
+    std::vector<float> dist(nq * k);
+    got->assign(nq * k, -2);
+    EXPECT_TRUE(idx.search(nq, w.decode_queries.data(), k, dist.data(), got->data(), sp).ok());
+    return st.scored;
+  };
+  for (KeyIndexKind kind : {KeyIndexKind::kExact, KeyIndexKind::kHnsw, KeyIndexKind::kIvf,
+                            KeyIndexKind::kAttentionAware}) {
+    SCOPED_TRACE(KeyIndexKindName(kind));
+    HybridOptions opt;
+    opt.index_kind = kind;
+    auto built = MakeKeyIndex(opt, d, p.n_keys, w.keys.data(), ids.data(), p.n_keys * h,
+                              w.prefill_queries.data());
+    ASSERT_TRUE(built.ok()) << built.status().ToString();
+    ASSERT_TRUE((*built)->save(path).ok());
+    auto loaded = index::LoadIndex(path);
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    EXPECT_EQ((*loaded)->kind(), (*built)->kind());
+    EXPECT_EQ((*loaded)->metric(), index::Metric::kInnerProduct);
+    EXPECT_EQ((*loaded)->size(), p.n_keys);
+    std::vector<int64_t> a, b;
+    const int64_t scored = search(**built, &a);
+    EXPECT_GT(scored, 0);
+    EXPECT_EQ(search(**loaded, &b), scored);
+    EXPECT_EQ(a, b);
+  }
+  std::filesystem::remove(path);
 }
 
 TEST(HybridAttentionTest, BadInputIsAClearErrorAndChangesNothing) {

@@ -14,16 +14,16 @@
 // work the service does for a query) and (d) the same Search as a unary gRPC call on loopback;
 // "gRPC adds" = (d) - (c) at p50 / p99. The four are sampled round-robin, query by query.
 //
-// hnswlib 0.6.2 defines non-inline globals in its headers, so including it here and in
-// index/hnsw.cc needs -Wl,--allow-multiple-definition (identical definitions; see
-// tools/bench/CMakeLists.txt).
+// The raw-hnswlib baseline goes through index/internal/hnsw_graph.h (hnswlib's addPoint and
+// searchKnn behind one non-virtual call, no locks or checks): hnswlib 0.6.2 defines non-inline
+// globals in its headers, so only one translation unit of a binary (index/hnsw_graph.cc) may
+// include them.
 //
 //   index_bench [--n 50000] [--dim 128] [--queries 500] [--reps 5] [--csv F] [--no-grpc]
 //               [--kinds hnsw,ivf_flat,ivf_pq] [--latency-samples 5000]
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
-#include <hnswlib/hnswlib.h>
 #include <omp.h>
 #include <sys/utsname.h>
 
@@ -40,6 +40,7 @@
 
 #include "index/flat.h"
 #include "index/hnsw.h"
+#include "index/internal/hnsw_graph.h"
 #include "index/ivf.h"
 #include "ragserve/v1/index.grpc.pb.h"
 #include "services/common/client.h"
@@ -180,7 +181,6 @@ int main(int argc, char** argv) {
   std::vector<float> d(nq * kK);
   std::vector<int64_t> got(nq * kK), raw_got(nq * kK);
 
-  hnswlib::L2Space space(dim);
   // Records a ragserve row and its raw-library baseline row: recalls from got / raw_got.
   auto AddPair = [&](Row& r, Row& b) {
     r.r1 = Recall(truth, got, nq, kK, kK, 1);
@@ -194,7 +194,9 @@ int main(int argc, char** argv) {
   };
 
   std::unique_ptr<index::HnswIndex> hnsw;
-  std::unique_ptr<hnswlib::HierarchicalNSW<float>> raw_hnsw;
+  using index::internal::HnswGraph;
+  std::unique_ptr<HnswGraph> raw_hnsw;
+  int raw_ef = 0;  // candidate list of the raw searches
   // ---- HNSW ----
   const int nlist = static_cast<int>(std::round(4 * std::sqrt(double(n))));
   auto t = Clock::now();
@@ -206,27 +208,28 @@ int main(int argc, char** argv) {
     (void)hnsw->add(n, x.data(), ids.data());
     const double hb = Since(t);
     t = Clock::now();
-    raw_hnsw = std::make_unique<hnswlib::HierarchicalNSW<float>>(&space, n, 16, 200, 100);
+    raw_hnsw = std::make_unique<HnswGraph>(
+        HnswGraph::Options{.dim = dim, .M = 16, .ef_construction = 200, .seed = 100}, n);
     auto& raw = *raw_hnsw;
-    // Query i through hnswlib directly, ids into raw_got.
+    // Query i through hnswlib directly (candidate list raw_ef), ids into raw_got.
     auto raw_query = [&](int i) {
-      auto res = raw.searchKnn(q.data() + i * dim, kK);
-      for (int j = kK - 1; j >= 0 && !res.empty(); --j, res.pop()) {
-        raw_got[i * kK + j] = static_cast<int64_t>(res.top().second);
-      }
+      std::vector<std::pair<float, int64_t>> res;
+      int64_t unused = 0;
+      raw.Search(q.data() + i * dim, kK, raw_ef, &res, &unused);
+      for (size_t j = 0; j < res.size(); ++j) raw_got[i * kK + j] = res[j].second;
     };
 #pragma omp parallel for schedule(dynamic, 16)
-    for (int64_t i = 0; i < n; ++i) raw.addPoint(x.data() + i * dim, static_cast<size_t>(i));
+    for (int64_t i = 0; i < n; ++i) raw.Add(x.data() + i * dim, i);
     const double rb = Since(t);
-    builds.push_back(StrCat(
-        "| hnsw M=16 efC=200 | ", hb, " s | ", rb, " s | ", hnsw->memory_bytes() / 1048576.0,
-        " MiB | ", (n * (raw.size_data_per_element_ + sizeof(void*))) / 1048576.0, " MiB |"));
+    builds.push_back(StrCat("| hnsw M=16 efC=200 | ", hb, " s | ", rb, " s | ",
+                            hnsw->memory_bytes() / 1048576.0, " MiB | ",
+                            raw.memory_bytes() / 1048576.0, " MiB |"));
     for (int ef : {16, 32, 64, 128, 256}) {
       Row r{"hnsw", "ef=" + std::to_string(ef), "ragserve"};
       Row b{"hnsw", "ef=" + std::to_string(ef), "hnswlib"};
       index::SearchParams sp;
       sp.ef_search = ef;
-      raw.setEf(ef);
+      raw_ef = ef;
       omp_set_num_threads(1);
       std::tie(r.qps1, b.qps1, r.paired1) = BestPair(
           [&] {
@@ -405,7 +408,9 @@ int main(int argc, char** argv) {
       for (int ef : {16, 64, 256}) {
         index::SearchParams sp;
         sp.ef_search = ef;
-        raw_hnsw->setEf(ef);
+        raw_ef = ef;
+        std::vector<std::pair<float, int64_t>> raw_res;
+        int64_t unused = 0;
         index_service::SearchOptions so;
         so.k = kK;
         so.ef_search = ef;
@@ -419,7 +424,7 @@ int main(int argc, char** argv) {
           for (int impl = 0; impl < 4; ++impl) {
             const auto t0 = Clock::now();
             if (impl == 0) {
-              auto res = raw_hnsw->searchKnn(qi, kK);
+              raw_hnsw->Search(qi, kK, raw_ef, &raw_res, &unused);
             } else if (impl == 1) {
               (void)hnsw->search(1, qi, kK, dd.data(), ii.data(), sp);
             } else if (impl == 2) {

@@ -1,6 +1,7 @@
-#include <string>
-
 #include "index/vector_index.h"
+
+#include <cmath>
+#include <string>
 
 namespace ragserve::index {
 
@@ -21,6 +22,17 @@ std::string_view MetricName(Metric m) {
       return "cosine";
   }
   return "unknown";
+}
+
+Status CheckFinite(int64_t n, int dim, const float* x, std::string_view what) {
+  const int64_t total = n * static_cast<int64_t>(dim);
+  for (int64_t i = 0; i < total; ++i) {
+    if (!std::isfinite(x[i])) {
+      return InvalidArgument(StrCat(what, " ", i / dim, " has a non-finite value (", x[i],
+                                    ") at component ", i % dim));
+    }
+  }
+  return OkStatus();
 }
 
 }  // namespace ragserve::index
