@@ -9,10 +9,10 @@ passage among 3 distractors at every position) and asks each one three ways:
   * APE with the default T and S (DecoderService.Generate, passages parallel-encoded)
   * the RAG path                 (RagService.Query: index -> context cache -> decoder, after
                                   ingesting the items' passages with pre-encoding)
-and fails unless each way gets at least --min-correct answers right (the answer string appears in
-the greedy answer; through the router, questions whose gold passage retrieval missed are forgiven)
-and retrieval finds the gold passage for at least --min-hits questions (the index's hashing
-embedder finds 10 of these 12).
+and fails unless each way gets at least --min-correct answers right (the answer appears in the
+greedy answer as whole words; through the router, questions whose gold passage retrieval missed
+are forgiven) and retrieval finds the gold passage for at least --min-hits questions (the index's
+hashing embedder finds 10 of these 12).
 A model at the issue's acceptance level (>= 85% sequential, APE >= 93% of it) passes with a
 margin; a random-weight model answers none. Exit 77 (skipped) when the model is not there.
 

@@ -24,16 +24,17 @@ Modes (--modes, comma-separated):
 --sweep runs the APE temperature x scale grid on the dev split (ragdata.DEV_SEED) through the
 decoder's per-request EncodingSettings: accuracy and top-1 agreement with sequential prefill.
 
-Reported per mode: exact match (stripped answer == generated text), contains (the answer appears
-in the generated text), accuracy per gold position, agreement with sequential prefill (top-1:
-teacher-forced, i.e. the mode's greedy token after each prefix of the sequential answer, sent as
-resume_token_ids; first: first answer token; same: identical greedy answer), TTFT (the decoder's
-or router's stats event, and as the client saw it) and where the passage KV of each question's
-first request came from (the decoder's /metrics around it). When the program starts the cluster it
-gives the decoder a passage cache of about two items' passages (--passage-cache-mb from the model's
-KV size), so a question's first request finds its passages cold: the ape and parallel modes compute
-them in the decoder, the ctxcache and rag modes fetch them from the context cache; the two TTFTs
-are the cold and the cached case. The teacher-forced requests that follow find them in RAM.
+Reported per mode: exact match (stripped answer == generated text), contains (the answer appears in
+the generated text as whole words: " 21" does not contain "2"), accuracy per gold position,
+agreement with sequential prefill (top-1: teacher-forced, i.e. the mode's greedy token after each
+prefix of the sequential answer, sent as resume_token_ids; first: first answer token; same:
+identical greedy answer), TTFT (the decoder's or router's stats event, and as the client saw it)
+and where the passage KV of each question's first request came from (the decoder's /metrics around
+it). When the program starts the cluster it gives the decoder a passage cache of about two items'
+passages (--passage-cache-mb from the model's KV size), so a question's first request finds its
+passages cold: the ape and parallel modes compute them in the decoder, the ctxcache and rag modes
+fetch them from the context cache; the two TTFTs are the cold and the cached case. The
+teacher-forced requests that follow find them in RAM.
 """
 import argparse
 import json
@@ -262,7 +263,8 @@ class Runner:
         """APE T x S grid on the dev split: accuracy and agreement with sequential prefill."""
         a = self.args
         items = ragdata.eval_items(ragdata.DEV_SEED, a.sweep_items, a.k,
-                                   phrasing=a.sweep_phrasing)
+                                   phrasing=a.sweep_phrasing,
+                                   same_topic_distractors=a.same_topic)
         texts = sorted({t for it in items for t in it["passages"]})
         n = self.c.pre_encode(texts)
         log("sweep: %d dev items (%s phrasing), %d passages pre-encoded in the context cache"
@@ -370,9 +372,13 @@ def tables(report):
     res = report["results"]
     out = []
     out.append("## ragserve eval: %s (fingerprint %s)\n" % (a["model"], report["fingerprint"]))
-    out.append("Held-out items: `ragdata.eval_items(seed=%d, n=%d, k=%d)` per phrasing, greedy, "
-               "max %d tokens; command: `%s`\n" % (a["seed"], a["items"], a["k"],
-                                                  a["max_tokens"], report["command"]))
+    if a["modes"]:
+        out.append("Held-out items: `ragdata.eval_items(seed=%d, n=%d, k=%d%s)` per phrasing, "
+                   "greedy, max %d tokens." % (
+                       a["seed"], a["items"], a["k"],
+                       ", same_topic_distractors=%d" % a["same_topic"] if a.get("same_topic")
+                       else "", a["max_tokens"]))
+    out.append("Command: `%s`\n" % report["command"])
     if report.get("restarts"):
         rs = report["restarts"]
         out.append("**A service died %d time(s) during this run and was restarted** (the request "
@@ -438,8 +444,9 @@ def tables(report):
         out.append("### APE T x S sweep on the dev split (seed %d, %d items, %s phrasing)\n"
                    % (sw["seed"], sw["items"], sw["phrasing"]))
         out.append("Sequential prefill on the same items: contains %s, exact %s. Cells: contains "
-                   "accuracy / top-1 agreement with sequential (teacher-forced).\n"
-                   % (pct(sw["seq"]["contains"]), pct(sw["seq"]["exact"])))
+                   "accuracy / top-1 agreement with sequential (teacher-forced); one item is "
+                   "%.1f points of accuracy.\n"
+                   % (pct(sw["seq"]["contains"]), pct(sw["seq"]["exact"]), 100.0 / sw["items"]))
         out.append("| T \\ S |" + "".join(" %.2f |" % s for s in sw["S"]))
         out.append("|---|" + "---|" * len(sw["S"]))
         grid = {(c["T"], c["S"]): c for c in sw["cells"] if not c["disable_ape"]}
@@ -496,6 +503,9 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=4, help="passages per question (gold + k-1)")
     ap.add_argument("--seed", type=int, default=ragdata.EVAL_SEED)
     ap.add_argument("--phrasings", default="heldout,canonical")
+    ap.add_argument("--same-topic", type=int, default=0,
+                    help="distractors of the gold passage's own kind (e.g. 3: four rivers), "
+                         "as the RAG path retrieves them")
     ap.add_argument("--modes", default=DEFAULT_MODES,
                     help="comma-separated: " + ",".join(ALL_MODES))
     ap.add_argument("--max-tokens", type=int, default=24)
@@ -549,13 +559,15 @@ def main(argv=None):
               "config": {"model": args.model if not args.addr else args.addr,
                          "items": args.items, "k": args.k, "seed": args.seed,
                          "phrasings": phrasings, "modes": modes, "max_tokens": args.max_tokens,
-                         "teacher_forced": args.teacher_forced, "index": args.index},
+                         "teacher_forced": args.teacher_forced, "index": args.index,
+                         "same_topic": args.same_topic},
               "results": {}}
     run = None
     try:
         report["fingerprint"] = client.fingerprint()
         run = Runner(args, client, cluster)
-        items = {p: ragdata.eval_items(args.seed, args.items, args.k, phrasing=p)
+        items = {p: ragdata.eval_items(args.seed, args.items, args.k, phrasing=p,
+                                       same_topic_distractors=args.same_topic)
                  for p in phrasings}
         res = report["results"]
         for m in [m for m in modes if m in DECODER_MODES]:

@@ -371,5 +371,8 @@ class Client:
 
 
 def answer_ok(text, answer):
-    """(exact, contains): exact = the stripped generated text is the answer."""
-    return text.strip() == answer.strip(), answer in text
+    """(exact, contains): exact = the stripped generated text is the answer; contains = the answer
+    appears in the text as whole words (" 21 days" does not contain "2"; " 1857." does)."""
+    a = answer.strip()
+    found = re.search(r"(?<![0-9A-Za-z])%s(?![0-9A-Za-z])" % re.escape(a), text)
+    return text.strip() == a, found is not None
