@@ -281,14 +281,17 @@ class Runner:
             for i, it in enumerate(items):
                 row = self.guard("sweep T=%g S=%g item %d" % (t, s, i),
                                  lambda: self.decoder_item(mode, i, it, seq["rows"]))
-                rows.append({k: row[k] for k in ("exact", "contains", "agree", "tokens")})
-            cell = {"T": t, "S": s, "disable_ape": off, **summarize({"rows": rows})}
+                rows.append({k: row[k] for k in ("answer", "text", "exact", "contains", "agree",
+                                                 "tokens")})
+            cell = {"T": t, "S": s, "disable_ape": off, "rows": rows,
+                    **summarize({"rows": rows})}
             cells.append(cell)
             log("sweep T=%.2f S=%.2f%s: contains %s top-1 %s" % (
                 t, s, " (plain parallel)" if off else "", pct(cell["contains"]),
                 pct(cell.get("top1"))))
         return {"items": len(items), "phrasing": a.sweep_phrasing, "seed": ragdata.DEV_SEED,
-                "seq": summarize(seq), "cells": cells, "T": ts, "S": ss}
+                "seq": summarize(seq), "seq_rows": seq["rows"], "cells": cells, "T": ts,
+                "S": ss}
 
 
 def corpus_paraphrases(passages, seed=7):
@@ -520,6 +523,9 @@ def main(argv=None):
     ap.add_argument("--sweep-t", default="0.5,0.6,0.7,0.8,0.9,1.0")
     ap.add_argument("--sweep-s", default="0.5,0.6,0.7,0.8,0.9,1.0")
     ap.add_argument("--json", default="", help="write every result (per item) here")
+    ap.add_argument("--rescore", default="",
+                    help="no cluster: score the answers of a --json report again (after a change "
+                         "to the scoring) and print its tables")
     ap.add_argument("--passage-cache-mb", type=int, default=-1,
                     help="the started decoder's passage KV cache (default: about two items' "
                          "passages; 0: none, every request computes or fetches its passages)")
@@ -535,6 +541,10 @@ def main(argv=None):
     modes = [m for m in ALL_MODES if m in modes]  # fixed order: ctxcache after ape/parallel
     phrasings = [p for p in args.phrasings.split(",") if p]
 
+    if args.rescore:
+        with open(args.rescore) as f:
+            report = json.load(f)
+        return finish(rescore(report), args)
     stubs = ragclient.load_stubs()
     cluster = None
     if args.addr:
@@ -606,7 +616,37 @@ def main(argv=None):
             cluster.stop()
         if run is not None:
             report["restarts"] = run.restarts
-    report["summary"] = {m: {p: summarize(r, args.k) for p, r in by.items()}
+    return finish(report, args)
+
+
+def rescore(report):
+    """Scores every stored answer again with answer_ok (rows without their text keep theirs)."""
+    def rows_of(rep):
+        for by in rep.get("results", {}).values():
+            for r in by.values():
+                yield from r["rows"]
+        for p in ("canonical", "paraphrase"):
+            yield from rep.get("corpus", {}).get(p, {}).get("rows", [])
+        yield from rep.get("sweep", {}).get("seq_rows", [])
+        for c in rep.get("sweep", {}).get("cells", []):
+            yield from c.get("rows", [])
+
+    for row in rows_of(report):
+        if "text" in row and "answer" in row:
+            row["exact"], row["contains"] = answer_ok(row["text"], row["answer"])
+    sw = report.get("sweep")
+    if sw:
+        if "seq_rows" in sw:
+            sw["seq"] = summarize({"rows": sw["seq_rows"]})
+        for c in sw["cells"]:
+            if "rows" in c:
+                c.update(summarize({"rows": c["rows"]}))
+    return report
+
+
+def finish(report, args):
+    k = report["config"]["k"]
+    report["summary"] = {m: {p: summarize(r, k) for p, r in by.items()}
                          for m, by in report["results"].items()}
     if "corpus" in report:
         report["summary"]["corpus"] = {p: summarize(report["corpus"][p])
