@@ -48,7 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "train-model"))
 import ragclient  # noqa: E402
-from ragclient import EOS, Mode, answer_ok  # noqa: E402
+from ragclient import Mode, answer_ok  # noqa: E402
 import ragdata  # noqa: E402
 
 ROOT = ragclient.ROOT
