@@ -1,7 +1,5 @@
 #include "index/attention_aware.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -15,7 +13,6 @@
 
 #include "index/internal/index_file.h"
 #include "index/internal/index_util.h"
-#include "services/common/logging.h"
 
 namespace ragserve::index {
 namespace {
@@ -33,7 +30,9 @@ inline float L2(const float* a, const float* b, int d) {
   return s;
 }
 
-Status CheckParams(const AttentionAwareParams& p) {
+}  // namespace
+
+Status ValidateAttentionAwareParams(const AttentionAwareParams& p) {
   RS_CHECK_ARG(p.build_topk >= 1 && p.build_topk <= 1024, "build_topk must be in [1, 1024], got ",
                p.build_topk);
   RS_CHECK_ARG(p.max_degree >= 4 && p.max_degree <= 256, "max_degree must be in [4, 256], got ",
@@ -49,176 +48,6 @@ Status CheckParams(const AttentionAwareParams& p) {
   RS_CHECK_ARG(p.prune_alpha >= 1.0f && std::isfinite(p.prune_alpha),
                "prune_alpha must be a finite value >= 1, got ", p.prune_alpha);
   return OkStatus();
-}
-
-}  // namespace
-
-StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Build(
-    int dim, int64_t n_keys, const float* keys, int64_t n_queries, const float* queries,
-    const AttentionAwareParams& params, const int64_t* key_ids) {
-  RS_CHECK_ARG(dim >= 1, "dim must be >= 1, got ", dim);
-  RS_CHECK_ARG(n_keys >= 1 && n_keys < (int64_t{1} << 31), "n_keys must be in [1, 2^31), got ",
-               n_keys);
-  RS_CHECK_ARG(n_queries >= 1, "n_queries must be >= 1 (the index is built from queries), got ",
-               n_queries);
-  RS_CHECK_ARG(keys != nullptr && queries != nullptr, "null keys or queries");
-  RS_RETURN_IF_ERROR(CheckParams(params));
-  RS_RETURN_IF_ERROR(CheckFinite(n_keys, dim, keys, "key"));
-  RS_RETURN_IF_ERROR(CheckFinite(n_queries, dim, queries, "prefill query"));
-
-  auto idx = std::unique_ptr<AttentionAwareIndex>(new AttentionAwareIndex(dim, params));
-  AttentionAwareIndex& x = *idx;
-  x.keys_.assign(keys, keys + n_keys * dim);
-  x.ids_.resize(static_cast<size_t>(n_keys));
-  x.row_.reserve(static_cast<size_t>(n_keys));
-  for (int64_t r = 0; r < n_keys; ++r) {
-    const int64_t id = key_ids != nullptr ? key_ids[r] : r;
-    RS_CHECK_ARG(id >= 0, "key id must be >= 0, got ", id);
-    RS_CHECK_ARG(x.row_.emplace(id, static_cast<int32_t>(r)).second, "duplicate key id ", id);
-    x.ids_[r] = id;
-  }
-  x.adj_.assign(static_cast<size_t>(n_keys), {});
-  x.dead_.assign(static_cast<size_t>(n_keys), 0);
-
-  // 1-2. Subsampled build queries and their exact top keys.
-  const int64_t nq = std::min(n_queries, params.max_build_queries);
-  std::vector<float> bq(static_cast<size_t>(nq * dim));
-  for (int64_t i = 0; i < nq; ++i) {
-    // Evenly spaced buckets with a hashed offset inside each: a plain stride over queries laid
-    // out [token, head] would alias onto a subset of the heads.
-    const int64_t lo = i * n_queries / nq, hi = (i + 1) * n_queries / nq;
-    const int64_t src =
-        lo + static_cast<int64_t>((static_cast<uint64_t>(i) * 2654435761ULL) %
-                                  static_cast<uint64_t>(std::max<int64_t>(1, hi - lo)));
-    std::copy(queries + src * dim, queries + (src + 1) * dim, bq.begin() + i * dim);
-  }
-  const int L = static_cast<int>(std::min<int64_t>(params.build_topk, n_keys));
-  std::vector<int64_t> top(static_cast<size_t>(nq * L));
-  std::vector<float> top_s(static_cast<size_t>(nq * L));
-  const internal::ExactRows key_rows{.x = x.keys_.data(), .rows = n_keys, .dim = dim};
-  internal::ExactTopK(key_rows, Metric::kInnerProduct, nq, bq.data(), L, nullptr, top_s.data(),
-                      top.data());
-
-  // 3. Projection: candidate lists, then occlusion pruning per node.
-  std::vector<std::vector<int32_t>> cand(static_cast<size_t>(n_keys));
-  for (int64_t i = 0; i < nq; ++i) {
-    const int64_t* t = top.data() + i * L;
-    const int32_t pivot = static_cast<int32_t>(t[0]);
-    for (int j = 1; j < L; ++j) {
-      const int32_t c = static_cast<int32_t>(t[j]);
-      cand[pivot].push_back(c);
-      cand[c].push_back(pivot);
-      cand[t[j - 1]].push_back(c);
-      if (j > 1) cand[c].push_back(static_cast<int32_t>(t[j - 1]));
-    }
-  }
-  const int cap = 4 * params.max_degree;
-#pragma omp parallel for schedule(dynamic, 256)
-  for (int64_t r = 0; r < n_keys; ++r) {
-    auto& c = cand[r];
-    if (c.empty()) continue;
-    // Most frequently co-retrieved candidates first, capped, then pruned.
-    std::sort(c.begin(), c.end());
-    std::vector<std::pair<int, int32_t>> freq;
-    for (size_t a = 0; a < c.size();) {
-      size_t b = a;
-      while (b < c.size() && c[b] == c[a]) ++b;
-      if (c[a] != r) freq.emplace_back(-static_cast<int>(b - a), c[a]);
-      a = b;
-    }
-    std::sort(freq.begin(), freq.end());
-    std::vector<int32_t> kept;
-    for (size_t a = 0; a < freq.size() && static_cast<int>(kept.size()) < cap; ++a) {
-      kept.push_back(freq[a].second);
-    }
-    x.adj_[r] = x.Prune(static_cast<int32_t>(r), std::move(kept), params.max_degree);
-    std::vector<int32_t>().swap(c);
-  }
-
-  x.RecountInDegrees();
-
-  // 5. Entry points (chosen before step 4 so that insertion searches can use them): the top key
-  // of each k-means centroid of the build queries, so that every mode of the query
-  // distribution has an entry near the keys it attends to. A decode query attends to keys that
-  // other queries of its kind attended to, but the key graph has few edges between such groups
-  // (no query links them), so a search must start inside the right group.
-  {
-    const int64_t E = std::min<int64_t>(params.num_entry_points, nq);
-    std::vector<float> cent(static_cast<size_t>(E * dim));
-    for (int64_t e = 0; e < E; ++e) {
-      std::copy(bq.begin() + (e * nq / E) * dim, bq.begin() + (e * nq / E + 1) * dim,
-                cent.begin() + e * dim);
-    }
-    std::vector<float> dots(static_cast<size_t>(nq * E));
-    std::vector<int32_t> assign(static_cast<size_t>(nq));
-    for (int it = 0; it < 8; ++it) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nq),
-                  static_cast<int>(E), dim, 1.0f, bq.data(), dim, cent.data(), dim, 0.0f,
-                  dots.data(), static_cast<int>(E));
-      std::vector<float> norm2(static_cast<size_t>(E));
-      for (int64_t e = 0; e < E; ++e)
-        norm2[e] = Dot(cent.data() + e * dim, cent.data() + e * dim, dim);
-      for (int64_t i = 0; i < nq; ++i) {
-        float best = std::numeric_limits<float>::infinity();
-        for (int64_t e = 0; e < E; ++e) {
-          const float dist = norm2[e] - 2.0f * dots[i * E + e];  // |q - c|^2 - |q|^2
-          if (dist < best) {
-            best = dist;
-            assign[i] = static_cast<int32_t>(e);
-          }
-        }
-      }
-      std::vector<double> sum(static_cast<size_t>(E * dim), 0.0);
-      std::vector<int64_t> cnt(static_cast<size_t>(E), 0);
-      for (int64_t i = 0; i < nq; ++i) {
-        ++cnt[assign[i]];
-        for (int j = 0; j < dim; ++j) sum[assign[i] * dim + j] += bq[i * dim + j];
-      }
-      for (int64_t e = 0; e < E; ++e) {
-        if (cnt[e] == 0) continue;  // an empty cluster keeps its centroid
-        for (int j = 0; j < dim; ++j)
-          cent[e * dim + j] = static_cast<float>(sum[e * dim + j] / cnt[e]);
-      }
-    }
-    x.centroids_ = cent;
-    std::vector<int64_t> top1(static_cast<size_t>(E));
-    std::vector<float> top1_s(static_cast<size_t>(E));
-    internal::ExactTopK(key_rows, Metric::kInnerProduct, E, cent.data(), 1, nullptr, top1_s.data(),
-                        top1.data());
-    for (int64_t e = 0; e < E; ++e) {
-      const int32_t p = static_cast<int32_t>(top1[e]);
-      if (p >= 0 && std::find(x.entry_.begin(), x.entry_.end(), p) == x.entry_.end()) {
-        x.entry_.push_back(p);
-      }
-    }
-  }
-
-  // 4. Link keys nothing points to: parallel searches on the projected graph, serial linking.
-  std::vector<uint8_t> reached(static_cast<size_t>(n_keys), 0);
-  for (const auto& l : x.adj_) {
-    for (int32_t v : l) reached[v] = 1;
-  }
-  for (int32_t e : x.entry_) reached[e] = 1;
-  std::vector<int32_t> todo;
-  for (int64_t r = 0; r < n_keys; ++r) {
-    if (!reached[r]) todo.push_back(static_cast<int32_t>(r));
-  }
-  // In batches, so that later keys find (and link to) earlier inserted ones instead of all
-  // landing on the few projected keys near the entry points.
-  constexpr size_t kBatch = 2048;
-  for (size_t b0 = 0; b0 < todo.size(); b0 += kBatch) {
-    const size_t bn = std::min(kBatch, todo.size() - b0);
-    std::vector<std::vector<Scored>> found(bn);
-#pragma omp parallel for schedule(dynamic, 64)
-    for (int64_t i = 0; i < static_cast<int64_t>(bn); ++i) {
-      int64_t s = 0, h = 0;
-      x.BeamSearch(x.row(todo[b0 + i]), params.insert_ef, &found[i], &s, &h);
-    }
-    for (size_t i = 0; i < bn; ++i) x.LinkNewNode(todo[b0 + i], found[i]);
-  }
-  RS_LOG(debug, "attention-aware index: {} keys, {} build queries, {} linked by insertion", n_keys,
-         nq, todo.size());
-  return idx;
 }
 
 void AttentionAwareIndex::BeamSearch(const float* q, int ef, std::vector<Scored>* out,
@@ -389,13 +218,18 @@ double AttentionAwareIndex::mean_degree() const {
   return s / static_cast<double>(adj_.size());
 }
 
-int64_t AttentionAwareIndex::unreachable_nodes() const {
-  std::shared_lock lock(mu_);
+std::vector<uint8_t> AttentionAwareIndex::Reached() const {
   std::vector<uint8_t> reached(adj_.size(), 0);
   for (const auto& l : adj_) {
     for (int32_t v : l) reached[v] = 1;
   }
   for (int32_t e : entry_) reached[e] = 1;
+  return reached;
+}
+
+int64_t AttentionAwareIndex::unreachable_nodes() const {
+  std::shared_lock lock(mu_);
+  const std::vector<uint8_t> reached = Reached();
   return static_cast<int64_t>(std::count(reached.begin(), reached.end(), 0));
 }
 
@@ -517,7 +351,8 @@ void PutParams(std::string* s, const AttentionAwareParams& p) {
 bool GetParams(internal::Reader* r, AttentionAwareParams* p) {
   return r->Get(&p->build_topk) && r->Get(&p->max_degree) && r->Get(&p->max_build_queries) &&
          r->Get(&p->num_entry_points) && r->Get(&p->ef_search) && r->Get(&p->insert_ef) &&
-         r->Get(&p->insert_reverse_links) && r->Get(&p->prune_alpha) && CheckParams(*p).ok();
+         r->Get(&p->insert_reverse_links) && r->Get(&p->prune_alpha) &&
+         ValidateAttentionAwareParams(*p).ok();
 }
 
 }  // namespace

@@ -16,7 +16,10 @@
 //      placement matters little) and reverse edges into free slots of the found keys' lists
 //      (never displacing projected edges), so every key is reachable;
 //   5. entry points: the top key of each of num_entry_points k-means centroids of the build
-//      queries (8 Lloyd iterations), so every mode of the query distribution has an entry.
+//      queries (faiss::Clustering, 8 Lloyd iterations from evenly spaced build queries), so every
+//      mode of the query distribution has an entry.
+// Build runs the steps in the order 1, 2, 3, 5, 4 (attention_aware_build.cc); the graph upkeep
+// shared with add() and the search are in attention_aware.cc.
 // Search: score all entry points, then best-first beam search with a result list of size
 // ef = max(k, ef_search); only keys popped from the frontier have their neighbours scored.
 //
@@ -70,6 +73,9 @@ struct AttentionAwareParams {
   float prune_alpha = 1.2f;
 };
 
+// InvalidArgument naming the first parameter out of its range (see AttentionAwareParams).
+Status ValidateAttentionAwareParams(const AttentionAwareParams& p);
+
 class AttentionAwareIndex final : public VectorIndex {
  public:
   // Builds the graph over keys[n_keys*dim] (ids key_ids[n_keys], or 0..n_keys-1 when null)
@@ -109,12 +115,24 @@ class AttentionAwareIndex final : public VectorIndex {
  private:
   AttentionAwareIndex(int dim, const AttentionAwareParams& p) : dim_(dim), params_(p) {}
 
+  // Build steps (attention_aware_build.cc), on an index no other thread sees yet.
+  // Copies the keys and maps their ids (InvalidArgument on a negative or duplicate id).
+  Status InitNodes(int64_t n_keys, const float* keys, const int64_t* key_ids);
+  // Steps 2-3: each build query bq[nq*dim]'s exact top keys, projected into pruned out-edges.
+  void LinkQueryNeighbourhoods(int64_t nq, const float* bq);
+  // Step 5: centroids_ and entry_ from the build queries.
+  Status ChooseEntryPoints(int64_t nq, const float* bq);
+  // Step 4: links every key nothing points to; returns how many there were.
+  int64_t LinkUnreachedKeys();
+
   // Everything below requires mu_ held (shared for reads, exclusive for writes).
   const float* row(int64_t r) const { return keys_.data() + r * dim_; }
   void BeamSearch(const float* q, int ef, std::vector<std::pair<float, int32_t>>* out,
                   int64_t* scored, int64_t* hops) const;
   std::vector<int32_t> Prune(int32_t node, std::vector<int32_t> cands, int max_out) const;
   void RecountInDegrees();
+  // Per row: 1 when an edge points to it or it is an entry point.
+  std::vector<uint8_t> Reached() const;
   // Appends from->to when from's list is shorter than cap; false when it is not.
   bool AddReverseEdge(int32_t from, int32_t to, int cap);
   // The build-query centroid with the largest inner product with key (key itself if none).
