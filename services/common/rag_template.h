@@ -12,6 +12,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace ragserve {
 
@@ -32,6 +33,16 @@ inline std::string RagQuestionText(std::string_view question) {
   std::string out = kRagQuestionHead;
   out += question;
   out += kRagQuestionTail;
+  return out;
+}
+
+// The whole prompt after BOS with the passages in sequence (the decoder's sequential mode):
+// kRagPrefix + RagPassageText(p) for each passage + RagQuestionText(question).
+inline std::string RagPrompt(std::string_view question,
+                             const std::vector<std::string_view>& passages) {
+  std::string out = kRagPrefix;
+  for (std::string_view p : passages) out += RagPassageText(p);
+  out += RagQuestionText(question);
   return out;
 }
 

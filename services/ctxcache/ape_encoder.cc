@@ -1,6 +1,5 @@
 #include "services/ctxcache/ape_encoder.h"
 
-#include <cstdio>
 #include <filesystem>
 #include <utility>
 
@@ -9,11 +8,6 @@
 #include "services/engine/tokenizer_config.h"
 
 namespace ragserve::ctxcache {
-
-const std::string& DefaultApePrefix() {
-  static const std::string kPrefix = kRagPrefix;
-  return kPrefix;
-}
 
 StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag) {
   if (name == "f32") return DType::kF32;
@@ -37,12 +31,6 @@ StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::stri
     RS_LOG(warn, "{}: the model's chat template is not usable: {}", dir, chat.status().ToString());
   }
   return out;
-}
-
-std::string PassageHashHex(std::string_view passage) {
-  char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(HashBytes(passage)));
-  return hex;
 }
 
 StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype) {
@@ -99,8 +87,6 @@ StatusOr<std::unique_ptr<ApeEncoder>> ApeEncoder::Create(engine::Model* model,
   return enc;
 }
 
-std::string ApeEncoder::PassageText(const std::string& passage) { return RagPassageText(passage); }
-
 std::string ApeEncoder::SettingsText() const {
   // Only what changes the stored KV (see the header).
   return StrCat("ape-v1;template=1;dtype=", DTypeName(settings_.store_dtype),
@@ -155,7 +141,7 @@ StatusOr<EncodedPassage> ApeEncoder::Encode(const std::string& passage) {
   out.key = key.id();
   bool fetched = false;
   auto compute = [this, &passage, &key, &fetched]() -> StatusOr<KvBlock> {
-    const std::vector<int32_t> tokens = tokenizer_->Encode(PassageText(passage));
+    const std::vector<int32_t> tokens = tokenizer_->Encode(RagPassageText(passage));
     RS_CHECK_ARG(!tokens.empty(), "passage encodes to no tokens");
     RS_CHECK_ARG(static_cast<int>(tokens.size()) <= settings_.max_passage_tokens, "passage has ",
                  tokens.size(), " tokens; the limit is ", settings_.max_passage_tokens);

@@ -33,10 +33,6 @@ class ChatTemplate;  // services/engine/chat_template.h
 
 namespace ragserve::ctxcache {
 
-// The RAG instruction that starts every prompt ("...passages.\n\n"): the default APE prefix of
-// decoders and the context-cache service alike, so their cache keys agree.
-const std::string& DefaultApePrefix();
-
 // "f32" | "f16" | "bf16" -> DType; InvalidArgument naming `flag` otherwise.
 StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag);
 
@@ -56,13 +52,11 @@ StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::stri
 
 struct ApeSettings {
   std::string prefix;        // shared prefix text, encoded once before every passage
+                             // (decoders and the context-cache service use kRagPrefix)
   float temperature = 0.9f;  // T on scores to passage tokens (APE default)
   float scaling = 0.9f;      // S on the passages' LSE (APE default)
-  bool enabled = true;       // false: plain parallel encoding (T = S = 1)
   DType store_dtype = DType::kF32;
   int max_passage_tokens = 2048;
-  float effective_temperature() const { return enabled ? temperature : 1.0f; }
-  float effective_scaling() const { return enabled ? scaling : 1.0f; }
 };
 
 // One encoded passage: its cache key and f32 KV ready for attention.
@@ -93,9 +87,6 @@ class ApeEncoder {
   static StatusOr<std::unique_ptr<ApeEncoder>> Create(engine::Model* model,
                                                       const engine::Tokenizer* tokenizer,
                                                       KvCache* cache, ApeSettings settings);
-
-  // The text a passage is encoded as (template version 1: the passage, then a blank line).
-  static std::string PassageText(const std::string& passage);
 
   // The cache key of a passage under these settings (no computation).
   StatusOr<KeyId> KeyFor(const std::string& passage) const;
@@ -138,10 +129,6 @@ class ApeEncoder {
   RemoteLookup remote_;
   Counter* remote_rejected_ = nullptr;
 };
-
-// 16 hex digits of HashBytes(passage text): how decoders report resident passages
-// (LoadReport.cached_passage_keys) and how cache-aware routers look them up.
-std::string PassageHashHex(std::string_view passage);
 
 // engine::KvBlock (f32) <-> cache KvBlock (stored dtype).
 StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype);

@@ -6,6 +6,7 @@
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
+#include "services/common/rag_template.h"
 #include "services/common/stream_outbox.h"
 
 namespace ragserve::ctxcache {
@@ -45,7 +46,7 @@ StatusOr<std::unique_ptr<ContextCacheService>> ContextCacheService::Create(
     svc->model_ = std::move(mt.model);
     svc->tokenizer_ = std::move(mt.tokenizer);
     ApeSettings as;
-    as.prefix = svc->opts_.prefix.empty() ? DefaultApePrefix() : svc->opts_.prefix;
+    as.prefix = svc->opts_.prefix.empty() ? std::string(kRagPrefix) : svc->opts_.prefix;
     as.store_dtype = dtype;
     RS_ASSIGN_OR_RETURN(svc->ape_, ApeEncoder::Create(svc->model_.get(), svc->tokenizer_.get(),
                                                       svc->cache_.get(), as));

@@ -5,6 +5,7 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include "kernels/cuda/device.h"
@@ -12,8 +13,9 @@
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
+#include "services/common/rag_template.h"
 #include "services/common/stream_outbox.h"
-#include "services/decoder/prompt.h"
+#include "services/common/wire.h"
 #include "services/engine/unicode.h"
 
 namespace ragserve::decoder {
@@ -187,7 +189,7 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
                           ctxcache::ParseStoreDType(svc->opts_.passage_dtype, "--passage-dtype"));
       RS_ASSIGN_OR_RETURN(svc->passage_cache_, ctxcache::KvCache::Open(copts));
       ctxcache::ApeSettings as;
-      as.prefix = ctxcache::DefaultApePrefix();
+      as.prefix = kRagPrefix;
       as.temperature = svc->opts_.ape_temperature;
       as.scaling = svc->opts_.ape_scaling;
       as.store_dtype = copts.store_dtype;
@@ -236,7 +238,7 @@ DecoderService::~DecoderService() { Shutdown(); }
 
 void DecoderService::NoteRecent(const std::string& passage) {
   constexpr size_t kMaxRecent = 4096;
-  const std::string hex = ctxcache::PassageHashHex(passage);
+  const std::string hex = wire::PassageKey(passage);
   std::lock_guard<std::mutex> lock(recent_mu_);
   auto it = std::find(recent_passages_.begin(), recent_passages_.end(), hex);
   if (it != recent_passages_.end()) recent_passages_.erase(it);
@@ -266,63 +268,79 @@ StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(const v1::Generat
   job->request_id = req.request_id().empty()
                         ? StrCat(worker_id(), "/", g_request_counter.fetch_add(1))
                         : req.request_id();
-  std::string prompt = req.prompt_override();
   const bool use_ape =
-      ape_ && prompt.empty() && req.passages_size() > 0 && !req.sequential_context();
+      ape_ && req.prompt_override().empty() && req.passages_size() > 0 && !req.sequential_context();
   if (use_ape) {
     // APE: the passages' KV comes parallel-encoded from this worker's cache; only the question
     // part is prefilled, after the longest passage.
-    const auto& enc = req.encoding();
-    RS_CHECK_ARG(enc.prefix().empty() || enc.prefix() == ape_->settings().prefix,
-                 "encoding.prefix differs from this worker's APE prefix");
-    RS_CHECK_ARG(enc.temperature() >= 0 && enc.temperature() <= 4,
-                 "encoding.temperature must be in [0, 4], got ", enc.temperature());
-    RS_CHECK_ARG(enc.scale() >= 0 && enc.scale() <= 4, "encoding.scale must be in [0, 4], got ",
-                 enc.scale());
-    ApeContext ape;
-    ape.prefix = ape_->prefix_kv();
-    ape.context_tokens = static_cast<int>(ape_->prefix_tokens().size());
-    ape.cached_tokens = ape.context_tokens;
-    int64_t longest = 0;
-    for (const auto& p : req.passages()) {
-      RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' has no text");
-      RS_ASSIGN_OR_RETURN(ctxcache::EncodedPassage e, ape_->Encode(p.text()));
-      passages_by_source_[static_cast<int>(e.source)]->Inc();
-      NoteRecent(p.text());
-      longest = std::max(longest, e.kv->tokens);
-      ape.context_tokens += static_cast<int>(e.kv->tokens);
-      if (e.source != ctxcache::CacheSource::kComputed) {
-        ape.cached_tokens += static_cast<int>(e.kv->tokens);
-      }
-      ape.passages.push_back(std::move(e.kv));
-    }
-    const bool off = enc.disable_ape();
-    ape.temperature =
-        off ? 1.0f : (enc.temperature() > 0 ? enc.temperature() : ape_->settings().temperature);
-    ape.scaling = off ? 1.0f : (enc.scale() > 0 ? enc.scale() : ape_->settings().scaling);
-    ape.start_pos = ape_->passage_start() + static_cast<int32_t>(longest);
-    job->prompt = tokenizer_->Encode(RagQuestion(req.question()), /*add_bos=*/false);
+    RS_ASSIGN_OR_RETURN(ApeContext ape, EncodeApeContext(req));
+    job->prompt = tokenizer_->Encode(RagQuestionText(req.question()), /*add_bos=*/false);
     job->ape = std::move(ape);
-  } else if (prompt.empty()) {
-    std::vector<PromptPassage> passages;
-    for (const auto& p : req.passages()) {
-      RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' has no text");
-      passages.push_back({p.id(), p.text()});
-    }
-    prompt = BuildRagPrompt(req.question(), passages);
-  }
-  if (!use_ape) {
-    const bool add_bos = model_->config().bos_token_id.has_value() || tokenizer_->bos_id();
-    job->prompt = tokenizer_->Encode(prompt, add_bos);
-    if (add_bos && !tokenizer_->bos_id() && model_->config().bos_token_id) {
-      job->prompt.insert(job->prompt.begin(), *model_->config().bos_token_id);
-    }
+  } else {
+    RS_ASSIGN_OR_RETURN(job->prompt, SequentialPromptTokens(req));
   }
   job->resume.assign(req.resume_token_ids().begin(), req.resume_token_ids().end());
   const int remaining = sp.max_tokens() - static_cast<int>(job->resume.size());
   RS_CHECK_ARG(remaining >= 1, "resume_token_ids (", job->resume.size(),
                ") already reach max_tokens (", sp.max_tokens(), ")");
+  RS_RETURN_IF_ERROR(SetSamplingAndStops(sp, remaining, job.get()));
+  return job;
+}
 
+StatusOr<ApeContext> DecoderService::EncodeApeContext(const v1::GenerateRequest& req) {
+  const auto& enc = req.encoding();
+  RS_CHECK_ARG(enc.prefix().empty() || enc.prefix() == ape_->settings().prefix,
+               "encoding.prefix differs from this worker's APE prefix");
+  RS_CHECK_ARG(enc.temperature() >= 0 && enc.temperature() <= 4,
+               "encoding.temperature must be in [0, 4], got ", enc.temperature());
+  RS_CHECK_ARG(enc.scale() >= 0 && enc.scale() <= 4, "encoding.scale must be in [0, 4], got ",
+               enc.scale());
+  ApeContext ape;
+  ape.prefix = ape_->prefix_kv();
+  ape.context_tokens = static_cast<int>(ape_->prefix_tokens().size());
+  ape.cached_tokens = ape.context_tokens;
+  int64_t longest = 0;
+  for (const auto& p : req.passages()) {
+    RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' has no text");
+    RS_ASSIGN_OR_RETURN(ctxcache::EncodedPassage e, ape_->Encode(p.text()));
+    passages_by_source_[static_cast<int>(e.source)]->Inc();
+    NoteRecent(p.text());
+    longest = std::max(longest, e.kv->tokens);
+    ape.context_tokens += static_cast<int>(e.kv->tokens);
+    if (e.source != ctxcache::CacheSource::kComputed) {
+      ape.cached_tokens += static_cast<int>(e.kv->tokens);
+    }
+    ape.passages.push_back(std::move(e.kv));
+  }
+  const bool off = enc.disable_ape();
+  ape.temperature =
+      off ? 1.0f : (enc.temperature() > 0 ? enc.temperature() : ape_->settings().temperature);
+  ape.scaling = off ? 1.0f : (enc.scale() > 0 ? enc.scale() : ape_->settings().scaling);
+  ape.start_pos = ape_->passage_start() + static_cast<int32_t>(longest);
+  return ape;
+}
+
+StatusOr<std::vector<int32_t>> DecoderService::SequentialPromptTokens(
+    const v1::GenerateRequest& req) const {
+  std::string prompt = req.prompt_override();
+  if (prompt.empty()) {
+    std::vector<std::string_view> passages;
+    for (const auto& p : req.passages()) {
+      RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' has no text");
+      passages.push_back(p.text());
+    }
+    prompt = RagPrompt(req.question(), passages);
+  }
+  const bool add_bos = model_->config().bos_token_id.has_value() || tokenizer_->bos_id();
+  std::vector<int32_t> ids = tokenizer_->Encode(prompt, add_bos);
+  if (add_bos && !tokenizer_->bos_id() && model_->config().bos_token_id) {
+    ids.insert(ids.begin(), *model_->config().bos_token_id);
+  }
+  return ids;
+}
+
+Status DecoderService::SetSamplingAndStops(const v1::SamplingParams& sp, int max_tokens,
+                                           GenerateJob* job) const {
   job->sampling.temperature = sp.temperature();
   job->sampling.top_k = sp.top_k();
   RS_CHECK_ARG(sp.top_p() >= 0 && sp.top_p() <= 1, "sampling.top_p must be in [0, 1], got ",
@@ -333,7 +351,7 @@ StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(const v1::Generat
   job->sampling.top_p = sp.top_p() == 0 ? 1.0f : sp.top_p();
   job->sampling.repetition_penalty = sp.repetition_penalty() <= 0 ? 1.0f : sp.repetition_penalty();
   job->sampling.seed = sp.seed();
-  job->stop.max_tokens = remaining;
+  job->stop.max_tokens = max_tokens;
   if (!sp.ignore_eos()) {
     job->stop.eos_ids = model_->config().eos_token_ids;
     if (auto eos = tokenizer_->eos_id()) {
@@ -347,7 +365,7 @@ StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(const v1::Generat
     RS_CHECK_ARG(!s.empty(), "empty stop string");
     job->stop.stop_strings.push_back(s);
   }
-  return job;
+  return OkStatus();
 }
 
 grpc::ServerWriteReactor<v1::GenerateEvent>* DecoderService::Generate(

@@ -74,6 +74,12 @@ class DecoderService final : public v1::DecoderService::CallbackService {
 
  private:
   DecoderService(ServiceServer* server, DecoderOptions opts);
+  // The steps of MakeJob: the APE context of the request's passages (encoded or from the cache),
+  // the prompt tokens without APE (prompt_override, or the sequential RAG prompt), and the
+  // sampling and stop settings (InvalidArgument for bad values).
+  StatusOr<ApeContext> EncodeApeContext(const v1::GenerateRequest& req);
+  StatusOr<std::vector<int32_t>> SequentialPromptTokens(const v1::GenerateRequest& req) const;
+  Status SetSamplingAndStops(const v1::SamplingParams& sp, int max_tokens, GenerateJob* job) const;
 
   ServiceServer* server_;
   DecoderOptions opts_;

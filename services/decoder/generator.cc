@@ -16,6 +16,13 @@ using Clock = std::chrono::steady_clock;
 double MsSince(Clock::time_point t0, Clock::time_point t1) {
   return std::chrono::duration<double, std::milli>(t1 - t0).count();
 }
+
+// The passage blocks of an APE context, borrowed.
+std::vector<const engine::KvBlock*> PassageBlocks(const ApeContext& ape) {
+  std::vector<const engine::KvBlock*> blocks;
+  for (const auto& b : ape.passages) blocks.push_back(b.get());
+  return blocks;
+}
 }  // namespace
 
 struct Generator::Seq {
@@ -34,6 +41,20 @@ struct Generator::Seq {
   Clock::time_point t_submit, t_admit, t_prefilled, t_first;
   bool got_first = false;
   bool done = false;
+
+  // The KV source the forward pass appends to and attends through.
+  engine::KvSource* attention() const {
+    if (retrieval) return retrieval.get();
+    if (ape) return ape.get();
+    if (device_kv) return device_kv.get();
+    return kv.get();
+  }
+};
+
+struct Generator::Batch {
+  std::vector<engine::SequenceStep> steps;
+  std::vector<Seq*> members;    // steps[i] is members[i]'s
+  std::vector<int64_t> counts;  // tokens of steps[i]
 };
 
 Generator::Generator(engine::Model* model, const engine::Tokenizer* tokenizer,
@@ -223,46 +244,44 @@ void Generator::Loop() {
 }
 
 bool Generator::Step() {
-  // 1. Admission and cancellation (under the lock; callbacks run after it is released).
+  const std::vector<Seq*> admitted = AdmitAndCancel();
+  const DeviceKvTarget device = AttachDeviceKv(admitted);
+  AttachRetrievalSources(admitted, device);
+  const Batch batch = BuildBatch();
+  const bool any_done =
+      std::any_of(active_.begin(), active_.end(), [](const auto& s) { return s->done; });
+  if (batch.members.empty() && !any_done) {
+    UpdateLoad();
+    return false;
+  }
+  std::vector<float> logits;
+  const Status st = batch.members.empty() ? OkStatus() : RunForward(batch, &logits);
+  for (size_t i = 0; i < batch.members.size(); ++i) {
+    Seq* s = batch.members[i];
+    if (!st.ok()) {
+      Finish(s, Annotate(st, "forward step"), "error");
+    } else if (s->retrieval && !s->retrieval->status().ok()) {
+      // The store failed for this sequence only; the batch's other rows are unaffected.
+      Finish(s, s->retrieval->status(), "error");
+    } else {
+      Advance(s, batch.counts[i], logits, i);
+    }
+  }
+  RetireFinished();
+  UpdateLoad();
+  return true;
+}
+
+// ---- Step, in order --------------------------------------------------------------------------
+
+std::vector<Generator::Seq*> Generator::AdmitAndCancel() {
+  // Under the lock; the cancelled requests' callbacks run after it is released.
   std::vector<std::unique_ptr<Seq>> cancelled;
   std::vector<Seq*> admitted;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = queue_.begin(); it != queue_.end();) {
-      if (cancel_requests_.count((*it)->job->request_id)) {
-        cancel_requests_.erase((*it)->job->request_id);
-        cancelled.push_back(std::move(*it));
-        it = queue_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    for (auto& s : active_) {
-      if (cancel_requests_.count(s->job->request_id)) {
-        cancel_requests_.erase(s->job->request_id);
-        cancelled.push_back(std::move(s));
-      }
-    }
-    active_.erase(std::remove(active_.begin(), active_.end(), nullptr), active_.end());
-    cancel_requests_.clear();  // ids that matched nothing live are dropped
-    while (!queue_.empty() && static_cast<int>(active_.size()) < opts_.max_active &&
-           reserved_kv_bytes_ + queue_.front()->reserved_bytes <= opts_.kv_budget_bytes) {
-      auto s = std::move(queue_.front());
-      queue_.pop_front();
-      s->t_admit = Clock::now();
-      s->kv = model_->NewKvCache();
-      if (s->job->ape) {
-        std::vector<const engine::KvBlock*> blocks;
-        for (const auto& b : s->job->ape->passages) blocks.push_back(b.get());
-        s->ape = std::make_unique<engine::ApeKvSource>(s->job->ape->prefix.get(), std::move(blocks),
-                                                       s->kv.get(), s->job->ape->temperature,
-                                                       s->job->ape->scaling);
-      }
-      reserved_kv_bytes_ += s->reserved_bytes;
-      live_ids_.insert(s->job->request_id);
-      admitted.push_back(s.get());
-      active_.push_back(std::move(s));
-    }
+    cancelled = TakeCancelledLocked();
+    admitted = AdmitQueuedLocked();
   }
   for (auto& s : cancelled) {
     if (s->kv) reserved_kv_bytes_ -= s->reserved_bytes;
@@ -270,41 +289,88 @@ bool Generator::Step() {
     std::lock_guard<std::mutex> lock(mu_);
     live_ids_.erase(s->job->request_id);
   }
-  // Device-resident KV for plain sequences of a GPU model (pages from the model's pool).
-  DeviceKvTarget device;
-  const bool on_device = model_->ops().memory() == kernels::MemorySpace::kDevice;
-  if (on_device && !admitted.empty()) {
-    auto pool = model_->DeviceKvPool(opts_.device_kv_dtype, opts_.kv_budget_bytes);
-    for (Seq* s : admitted) {
-      if (s->done) continue;
-      if (s->job->ape) {
-        // APE on the GPU: prefix and passage KV uploaded once, attended with the APE merge.
-        std::vector<const engine::KvBlock*> blocks;
-        for (const auto& b : s->job->ape->passages) blocks.push_back(b.get());
-        StatusOr<std::unique_ptr<engine::DeviceApeKvSource>> ape =
-            pool.ok() ? engine::DeviceApeKvSource::Create(
-                            *pool, model_->geometry(), model_->config().sliding_window,
-                            s->job->ape->prefix.get(), blocks, s->job->ape->temperature,
-                            s->job->ape->scaling, &model_->ops())
-                      : StatusOr<std::unique_ptr<engine::DeviceApeKvSource>>(pool.status());
-        if (!ape.ok()) {
-          Finish(s, Annotate(ape.status(), "device APE context"), "error");
-        } else {
-          s->ape = std::move(ape).value();
-        }
-        continue;
+  return admitted;
+}
+
+std::vector<std::unique_ptr<Generator::Seq>> Generator::TakeCancelledLocked() {
+  std::vector<std::unique_ptr<Seq>> cancelled;
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (cancel_requests_.count((*it)->job->request_id)) {
+      cancel_requests_.erase((*it)->job->request_id);
+      cancelled.push_back(std::move(*it));
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& s : active_) {
+    if (cancel_requests_.count(s->job->request_id)) {
+      cancel_requests_.erase(s->job->request_id);
+      cancelled.push_back(std::move(s));
+    }
+  }
+  active_.erase(std::remove(active_.begin(), active_.end(), nullptr), active_.end());
+  cancel_requests_.clear();  // ids that matched nothing live are dropped
+  return cancelled;
+}
+
+std::vector<Generator::Seq*> Generator::AdmitQueuedLocked() {
+  std::vector<Seq*> admitted;
+  while (!queue_.empty() && static_cast<int>(active_.size()) < opts_.max_active &&
+         reserved_kv_bytes_ + queue_.front()->reserved_bytes <= opts_.kv_budget_bytes) {
+    auto s = std::move(queue_.front());
+    queue_.pop_front();
+    s->t_admit = Clock::now();
+    s->kv = model_->NewKvCache();
+    if (s->job->ape) {
+      s->ape = std::make_unique<engine::ApeKvSource>(
+          s->job->ape->prefix.get(), PassageBlocks(*s->job->ape), s->kv.get(),
+          s->job->ape->temperature, s->job->ape->scaling);
+    }
+    reserved_kv_bytes_ += s->reserved_bytes;
+    live_ids_.insert(s->job->request_id);
+    admitted.push_back(s.get());
+    active_.push_back(std::move(s));
+  }
+  return admitted;
+}
+
+DeviceKvTarget Generator::AttachDeviceKv(const std::vector<Seq*>& admitted) {
+  // Device-resident KV for the admitted sequences of a GPU model (pages from the model's pool).
+  if (model_->ops().memory() != kernels::MemorySpace::kDevice || admitted.empty()) return {};
+  auto pool = model_->DeviceKvPool(opts_.device_kv_dtype, opts_.kv_budget_bytes);
+  for (Seq* s : admitted) {
+    if (s->done) continue;
+    if (!pool.ok()) {
+      Finish(s, Annotate(pool.status(), s->job->ape ? "device APE context" : "device kv cache"),
+             "error");
+    } else if (s->job->ape) {
+      // APE on the GPU: prefix and passage KV uploaded once, attended with the APE merge.
+      auto ape = engine::DeviceApeKvSource::Create(
+          *pool, model_->geometry(), model_->config().sliding_window, s->job->ape->prefix.get(),
+          PassageBlocks(*s->job->ape), s->job->ape->temperature, s->job->ape->scaling,
+          &model_->ops());
+      if (!ape.ok()) {
+        Finish(s, Annotate(ape.status(), "device APE context"), "error");
+      } else {
+        s->ape = std::move(ape).value();
       }
-      auto src = pool.ok() ? model_->NewKvSource(opts_.device_kv_dtype, opts_.kv_budget_bytes)
-                           : StatusOr<std::unique_ptr<engine::KvSource>>(pool.status());
+    } else {
+      auto src = model_->NewKvSource(opts_.device_kv_dtype, opts_.kv_budget_bytes);
       if (!src.ok()) {
         Finish(s, Annotate(src.status(), "device kv cache"), "error");
       } else {
         s->device_kv = std::move(src).value();
       }
     }
-    if (pool.ok()) device = DeviceKvTarget{&model_->ops(), *pool};
   }
-  // KV retrieval sources are made here, outside the lock (a remote store is an RPC away).
+  if (!pool.ok()) return {};
+  return DeviceKvTarget{&model_->ops(), *pool};
+}
+
+void Generator::AttachRetrievalSources(const std::vector<Seq*>& admitted,
+                                       const DeviceKvTarget& device) {
+  // Made here, outside the lock (a remote store is an RPC away).
   for (Seq* s : admitted) {
     if (!opts_.kv_retrieval || s->job->ape || s->done) continue;
     auto src = opts_.kv_retrieval(model_->geometry(), s->job->request_id, s->to_prefill,
@@ -315,16 +381,15 @@ bool Generator::Step() {
       s->retrieval = std::move(src).value();
     }
   }
+}
 
-  // 2. One forward batch: a decode token for every generating sequence, prompt chunks for the
-  //    prefilling ones within the prefill budget.
-  std::vector<engine::SequenceStep> batch;
-  std::vector<Seq*> members;
-  std::vector<int64_t> counts;
+Generator::Batch Generator::BuildBatch() {
+  // A decode token for every generating sequence, prompt chunks for the prefilling ones within
+  // the prefill budget.
+  Batch batch;
   int budget = std::max(1, opts_.prefill_chunk);
   for (auto& s : active_) {
-    if (s->done) continue;  // failed at admission; leaves below
-    engine::SequenceStep step;
+    if (s->done) continue;  // failed at admission; leaves in RetireFinished
     int64_t n = 0;
     if (s->in_cache < s->to_prefill) {
       if (budget <= 0) continue;
@@ -333,99 +398,80 @@ bool Generator::Step() {
     } else {
       n = 1;  // the last sampled token, not in the cache yet
     }
+    engine::SequenceStep step;
     step.tokens = std::span<const int32_t>(s->tokens.data() + s->in_cache, n);
     step.start_pos = s->pos0 + static_cast<int32_t>(s->in_cache);
-    step.kv = s->retrieval   ? s->retrieval.get()
-              : s->ape       ? s->ape.get()
-              : s->device_kv ? s->device_kv.get()
-                             : static_cast<engine::KvSource*>(s->kv.get());
-    batch.push_back(step);
-    members.push_back(s.get());
-    counts.push_back(n);
+    step.kv = s->attention();
+    batch.steps.push_back(step);
+    batch.members.push_back(s.get());
+    batch.counts.push_back(n);
   }
-  if (batch.empty()) {
-    const bool any_done =
-        std::any_of(active_.begin(), active_.end(), [](const auto& s) { return s->done; });
-    if (!any_done) {
-      UpdateLoad();
-      return false;
-    }
+  return batch;
+}
+
+Status Generator::RunForward(const Batch& batch, std::vector<float>* logits) {
+  const Status st = model_->Forward(batch.steps, engine::LogitsMode::kLast, logits);
+  if (st.ok()) return st;
+  if (Status health = model_->ops().Health(); !health.ok()) {
+    const Status dead = Unavailable(StrCat("the decode worker's ", model_->ops().name(),
+                                           " backend failed and takes no more work (",
+                                           health.message(), "; step error: ", st.message(), ")"));
+    RS_LOG(error, "decoder: {}", dead.message());
+    // Reported before the requests fail, so whoever sees a failed request also sees the worker
+    // stopping.
+    if (opts_.on_device_failure) opts_.on_device_failure(dead);
+    FailEverything(dead);  // the batch's members are done already; RetireFinished lets them go
   }
-  std::vector<float> logits;
-  const Status st =
-      batch.empty() ? OkStatus() : model_->Forward(batch, engine::LogitsMode::kLast, &logits);
-  if (!st.ok()) {
-    if (Status health = model_->ops().Health(); !health.ok()) {
-      const Status dead = Unavailable(StrCat(
-          "the decode worker's ", model_->ops().name(), " backend failed and takes no more work (",
-          health.message(), "; step error: ", st.message(), ")"));
-      RS_LOG(error, "decoder: {}", dead.message());
-      // Reported before the requests fail, so whoever sees a failed request also sees the
-      // worker stopping.
-      if (opts_.on_device_failure) opts_.on_device_failure(dead);
-      FailEverything(dead);  // the members below are done already; step 3 lets them go
-    }
-  }
+  return st;
+}
+
+void Generator::Advance(Seq* s, int64_t forwarded, const std::vector<float>& logits, size_t row) {
+  s->in_cache += forwarded;
+  if (s->in_cache < s->to_prefill) return;  // more prompt to prefill
+  const auto now = Clock::now();
+  if (s->t_prefilled == Clock::time_point{}) s->t_prefilled = now;
   const int vocab = model_->config().vocab_size;
+  const std::span<const float> row_logits(logits.data() + row * vocab, vocab);
+  const int32_t token = s->sampler->Sample(row_logits, s->tokens);
+  s->tokens.push_back(token);
+  std::string text;
+  engine::StopReason reason = s->stop->Push(token, &text);
+  if (!s->got_first) {
+    s->got_first = true;
+    s->t_first = now;
+  }
+  if (s->job->on_delta) s->job->on_delta({token}, text);
   const int64_t ctx = model_->config().max_position_embeddings;
-  for (size_t i = 0; i < members.size(); ++i) {
-    Seq* s = members[i];
-    if (!st.ok()) {
-      Finish(s, Annotate(st, "forward step"), "error");
-      continue;
-    }
-    if (s->retrieval && !s->retrieval->status().ok()) {
-      // The store failed for this sequence only; the batch's other rows are unaffected.
-      Finish(s, s->retrieval->status(), "error");
-      continue;
-    }
-    s->in_cache += counts[i];
-    if (s->in_cache < s->to_prefill) continue;  // more prompt to prefill
-    const auto now = Clock::now();
-    if (s->t_prefilled == Clock::time_point{}) s->t_prefilled = now;
-    const std::span<const float> row(logits.data() + i * vocab, vocab);
-    const int32_t token = s->sampler->Sample(row, s->tokens);
-    s->tokens.push_back(token);
-    std::string text;
-    engine::StopReason reason = s->stop->Push(token, &text);
-    if (!s->got_first) {
-      s->got_first = true;
-      s->t_first = now;
-    }
-    if (s->job->on_delta) s->job->on_delta({token}, text);
-    if (reason == engine::StopReason::kNone && ctx > 0 &&
-        s->pos0 + static_cast<int64_t>(s->tokens.size()) >= ctx) {
-      reason = engine::StopReason::kMaxTokens;  // the context is full
-    }
-    switch (reason) {
-      case engine::StopReason::kNone:
-        break;
-      case engine::StopReason::kEos:
-        Finish(s, OkStatus(), "eos");
-        break;
-      case engine::StopReason::kStopString:
-        Finish(s, OkStatus(), "stop");
-        break;
-      case engine::StopReason::kMaxTokens:
-        Finish(s, OkStatus(), "length");
-        break;
+  if (reason == engine::StopReason::kNone && ctx > 0 &&
+      s->pos0 + static_cast<int64_t>(s->tokens.size()) >= ctx) {
+    reason = engine::StopReason::kMaxTokens;  // the context is full
+  }
+  switch (reason) {
+    case engine::StopReason::kNone:
+      break;
+    case engine::StopReason::kEos:
+      Finish(s, OkStatus(), "eos");
+      break;
+    case engine::StopReason::kStopString:
+      Finish(s, OkStatus(), "stop");
+      break;
+    case engine::StopReason::kMaxTokens:
+      Finish(s, OkStatus(), "length");
+      break;
+  }
+}
+
+void Generator::RetireFinished() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& s : active_) {
+    if (s->done) {
+      reserved_kv_bytes_ -= s->reserved_bytes;
+      live_ids_.erase(s->job->request_id);
+      s.reset();
     }
   }
-  // 3. Finished sequences leave the batch.
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& s : active_) {
-      if (s->done) {
-        reserved_kv_bytes_ -= s->reserved_bytes;
-        live_ids_.erase(s->job->request_id);
-        s.reset();
-      }
-    }
-    active_.erase(std::remove(active_.begin(), active_.end(), nullptr), active_.end());
-    ++steps_;
-  }
-  UpdateLoad();
-  return true;
+  active_.erase(std::remove(active_.begin(), active_.end(), nullptr), active_.end());
+  ++steps_;
 }
 
 void Generator::UpdateLoad() {

@@ -68,7 +68,8 @@ struct GeneratorOptions {
   std::function<void(const Status& status)> on_device_failure;
 };
 
-// Timings and counts of one finished request (milliseconds).
+// Timings and counts of one finished request (milliseconds); the decoder sends them to the client
+// as a v1::GenerateStats.
 struct GenerateResult {
   int prompt_tokens = 0;
   int cached_prompt_tokens = 0;
@@ -133,9 +134,30 @@ class Generator {
 
  private:
   struct Seq;
+  struct Batch;
   void Loop();
   // One forward iteration over the active set; returns false when there was nothing to do.
   bool Step();
+  // The steps of Step(), in order (loop thread). Cancelled requests finish; queued ones join
+  // while slots and KV budget allow; returns the joined ones.
+  std::vector<Seq*> AdmitAndCancel();
+  std::vector<std::unique_ptr<Seq>> TakeCancelledLocked();  // requires mu_
+  std::vector<Seq*> AdmitQueuedLocked();                    // requires mu_
+  // On a device backend: GPU pages (or the uploaded APE context) for the admitted sequences;
+  // returns the pool they came from (empty on a CPU backend or when the pool failed).
+  DeviceKvTarget AttachDeviceKv(const std::vector<Seq*>& admitted);
+  // KV retrieval sources for the admitted sequences without an APE context.
+  void AttachRetrievalSources(const std::vector<Seq*>& admitted, const DeviceKvTarget& device);
+  // One decode token per generating sequence plus prompt chunks within prefill_chunk.
+  Batch BuildBatch();
+  // The forward pass; when it fails on a backend that reports itself unusable, every request
+  // fails and on_device_failure is called. Returns the forward's status.
+  Status RunForward(const Batch& batch, std::vector<float>* logits);
+  // After a successful forward: `forwarded` more tokens of s are cached; once its prompt is in,
+  // samples the next token from logits row `row`, emits it and finishes s on a stop condition.
+  void Advance(Seq* s, int64_t forwarded, const std::vector<float>& logits, size_t row);
+  // Finished sequences leave the active set and return their KV reservation.
+  void RetireFinished();
   void Finish(Seq* s, const Status& st, const std::string& reason);
   void UpdateLoad();
   // The backend died: fail every active and queued sequence with `st` (loop thread).

@@ -8,7 +8,7 @@
 
 #include "services/common/auth.h"
 #include "services/common/grpc_status.h"
-#include "services/kvr/service.h"
+#include "services/common/wire.h"
 
 namespace ragserve::kvr {
 namespace {
@@ -86,9 +86,9 @@ class RemoteKvrSequence final : public KvrSequence {
       v1::CreateSequenceRequest req;
       v1::KvChunk* c = req.add_chunks();
       c->set_layer(layer);
-      FloatsToTensor(k + t * kv_row, {m, hkv_, d_}, c->mutable_k());
-      FloatsToTensor(v + t * kv_row, {m, hkv_, d_}, c->mutable_v());
-      FloatsToTensor(q + t * q_row, {m, hq_, d_}, c->mutable_prefill_queries());
+      wire::FloatsToTensor(k + t * kv_row, {m, hkv_, d_}, c->mutable_k());
+      wire::FloatsToTensor(v + t * kv_row, {m, hkv_, d_}, c->mutable_v());
+      wire::FloatsToTensor(q + t * q_row, {m, hq_, d_}, c->mutable_prefill_queries());
       RS_RETURN_IF_ERROR(Write(req));
     }
     return OkStatus();
@@ -110,8 +110,8 @@ class RemoteKvrSequence final : public KvrSequence {
     for (size_t l = 0; l < k.size(); ++l) {
       v1::KvChunk* c = req.add_chunks();
       c->set_layer(static_cast<int32_t>(l));
-      FloatsToTensor(k[l], {n, hkv_, d_}, c->mutable_k());
-      FloatsToTensor(v[l], {n, hkv_, d_}, c->mutable_v());
+      wire::FloatsToTensor(k[l], {n, hkv_, d_}, c->mutable_k());
+      wire::FloatsToTensor(v[l], {n, hkv_, d_}, c->mutable_v());
     }
     grpc::ClientContext ctx;
     Prepare(&ctx);
@@ -131,7 +131,7 @@ class RemoteKvrSequence final : public KvrSequence {
     for (int64_t i = 0; i < n; ++i) {
       v1::AttendItem* item = req.add_items();
       item->set_layer(layer);
-      FloatsToTensor(q + i * row, {hq_, d_}, item->mutable_queries());
+      wire::FloatsToTensor(q + i * row, {hq_, d_}, item->mutable_queries());
     }
     grpc::ClientContext ctx;
     Prepare(&ctx);
@@ -142,8 +142,10 @@ class RemoteKvrSequence final : public KvrSequence {
     }
     for (int64_t i = 0; i < n; ++i) {
       const v1::AttendResult& r = resp.results(static_cast<int>(i));
-      RS_ASSIGN_OR_RETURN(auto ro, TensorToFloats(r.o(), {hq_, d_}, false, "Attend result o"));
-      RS_ASSIGN_OR_RETURN(auto rl, TensorToFloats(r.lse(), {hq_}, false, "Attend result lse"));
+      RS_ASSIGN_OR_RETURN(auto ro,
+                          wire::TensorToFloats(r.o(), {hq_, d_}, false, "Attend result o"));
+      RS_ASSIGN_OR_RETURN(auto rl,
+                          wire::TensorToFloats(r.lse(), {hq_}, false, "Attend result lse"));
       std::copy(ro.begin(), ro.end(), o + i * row);
       std::copy(rl.begin(), rl.end(), lse + i * hq_);
       if (keys_scored != nullptr) *keys_scored += r.keys_scored();

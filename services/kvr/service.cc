@@ -1,56 +1,13 @@
 #include "services/kvr/service.h"
 
 #include <chrono>
-#include <cstring>
 
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/metrics.h"
+#include "services/common/wire.h"
 
 namespace ragserve::kvr {
-
-StatusOr<std::vector<float>> TensorToFloats(const v1::Tensor& t, const std::vector<int64_t>& shape,
-                                            bool allow_f16, const char* what) {
-  RS_CHECK_ARG(t.shape_size() == static_cast<int>(shape.size()), what, ": expected ", shape.size(),
-               " dimensions, got ", t.shape_size());
-  int64_t n = 1;
-  for (size_t i = 0; i < shape.size(); ++i) {
-    const int64_t want = shape[i];
-    RS_CHECK_ARG(want < 0 || t.shape(static_cast<int>(i)) == want, what, ": dimension ", i,
-                 " must be ", want, ", got ", t.shape(static_cast<int>(i)));
-    RS_CHECK_ARG(t.shape(static_cast<int>(i)) >= 0, what, ": negative dimension ", i);
-    n *= t.shape(static_cast<int>(i));
-  }
-  std::vector<float> out(static_cast<size_t>(n));
-  if (t.dtype() == v1::DTYPE_F32 || t.dtype() == v1::DTYPE_UNSPECIFIED) {
-    RS_CHECK_ARG(static_cast<int64_t>(t.data().size()) == n * 4, what, ": ", n,
-                 " F32 elements need ", n * 4, " bytes, got ", t.data().size());
-    std::memcpy(out.data(), t.data().data(), static_cast<size_t>(n) * 4);
-  } else if (t.dtype() == v1::DTYPE_F16 && allow_f16) {
-    RS_CHECK_ARG(static_cast<int64_t>(t.data().size()) == n * 2, what, ": ", n,
-                 " F16 elements need ", n * 2, " bytes, got ", t.data().size());
-    for (int64_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, t.data().data() + 2 * i, 2);
-      out[i] = HalfToFloat(h);
-    }
-  } else {
-    return InvalidArgument(StrCat(what, ": unsupported dtype ", v1::DType_Name(t.dtype()),
-                                  allow_f16 ? " (F32 or F16)" : " (F32 only)"));
-  }
-  return out;
-}
-
-void FloatsToTensor(const float* x, const std::vector<int64_t>& shape, v1::Tensor* out) {
-  int64_t n = 1;
-  out->set_dtype(v1::DTYPE_F32);
-  out->clear_shape();
-  for (int64_t s : shape) {
-    out->add_shape(s);
-    n *= s;
-  }
-  out->set_data(x, static_cast<size_t>(n) * sizeof(float));
-}
 
 namespace {
 
@@ -63,16 +20,16 @@ Status ApplyChunk(KvRetrieval* kvr, const std::string& seq, const SequenceConfig
   if (c.has_k() || c.has_v()) {
     RS_CHECK_ARG(c.k().shape_size() >= 1, "chunk k: missing shape [tokens, ", hkv, ", ", d, "]");
     const int64_t n = c.k().shape(0);
-    RS_ASSIGN_OR_RETURN(auto k, TensorToFloats(c.k(), {n, hkv, d}, true, "k"));
-    RS_ASSIGN_OR_RETURN(auto v, TensorToFloats(c.v(), {n, hkv, d}, true, "v"));
+    RS_ASSIGN_OR_RETURN(auto k, wire::TensorToFloats(c.k(), {n, hkv, d}, true, "k"));
+    RS_ASSIGN_OR_RETURN(auto v, wire::TensorToFloats(c.v(), {n, hkv, d}, true, "v"));
     RS_RETURN_IF_ERROR(kvr->AppendKv(seq, c.layer(), n, k.data(), v.data()));
     *tokens_added = n;
   }
   if (c.has_prefill_queries()) {
     RS_CHECK_ARG(c.prefill_queries().shape_size() >= 1, "prefill_queries: missing shape");
     const int64_t n = c.prefill_queries().shape(0);
-    RS_ASSIGN_OR_RETURN(auto q,
-                        TensorToFloats(c.prefill_queries(), {n, hq, d}, false, "prefill_queries"));
+    RS_ASSIGN_OR_RETURN(
+        auto q, wire::TensorToFloats(c.prefill_queries(), {n, hq, d}, false, "prefill_queries"));
     RS_RETURN_IF_ERROR(kvr->AddPrefillQueries(seq, c.layer(), n, q.data()));
   }
   return OkStatus();
@@ -248,13 +205,13 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Attend(grpc::CallbackServerCon
         reg.GetCounter("ragserve_kvr_keys_scored_total", "Keys whose q.k a key index computed");
     for (const auto& item : req->items()) {
       const auto t0 = std::chrono::steady_clock::now();
-      RS_ASSIGN_OR_RETURN(auto q, TensorToFloats(item.queries(), {hq, d}, false, "queries"));
+      RS_ASSIGN_OR_RETURN(auto q, wire::TensorToFloats(item.queries(), {hq, d}, false, "queries"));
       RS_ASSIGN_OR_RETURN(auto r, kvr_->Attend(req->sequence_id(), item.layer(), q.data(),
                                                static_cast<int64_t>(q.size()), opt));
       v1::AttendResult* out = resp->add_results();
       out->set_layer(item.layer());
-      FloatsToTensor(r.o.data(), {hq, d}, out->mutable_o());
-      FloatsToTensor(r.lse.data(), {hq}, out->mutable_lse());
+      wire::FloatsToTensor(r.o.data(), {hq, d}, out->mutable_o());
+      wire::FloatsToTensor(r.lse.data(), {hq}, out->mutable_lse());
       out->set_keys_scored(r.keys_scored);
       scored.Inc(static_cast<double>(r.keys_scored));
       latency.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

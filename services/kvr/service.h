@@ -33,11 +33,4 @@ class KvRetrievalGrpcService final : public v1::KvRetrievalService::CallbackServ
   KvRetrieval* kvr_;
 };
 
-// Decodes a Tensor of F32 (or F16 when allow_f16) with the expected shape into floats.
-// InvalidArgument naming `what` on a dtype, shape or byte-size mismatch.
-StatusOr<std::vector<float>> TensorToFloats(const v1::Tensor& t, const std::vector<int64_t>& shape,
-                                            bool allow_f16, const char* what);
-// An F32 tensor of the given shape.
-void FloatsToTensor(const float* x, const std::vector<int64_t>& shape, v1::Tensor* out);
-
 }  // namespace ragserve::kvr

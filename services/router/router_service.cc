@@ -12,7 +12,7 @@
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
 #include "services/common/metrics.h"
-#include "services/ctxcache/ape_encoder.h"
+#include "services/common/wire.h"
 
 namespace ragserve::router {
 
@@ -152,40 +152,69 @@ void RouterService::RunQuery(grpc::CallbackServerContext* ctx, const v1::QueryRe
   out->Close(ToGrpcStatus(st));  // last: the call (and ctx) may end right after this
 }
 
+// What a query's generation has produced so far, across workers.
+struct RouterService::Answer {
+  int delivered = 0;  // answer tokens streamed to the client
+  int retries = 0;    // workers that failed mid-query and were replaced
+  bool first = false;
+  double ttft_ms = 0;
+  bool have_stats = false;
+  v1::GenerateStats stats;  // the last worker's
+};
+
 Status RouterService::DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
                               StreamOutbox<v1::QueryEvent>* out) {
   const auto t0 = Clock::now();
+  RS_RETURN_IF_ERROR(CheckQuery(*ctx, req));
+  // 1. Retrieve: the index embeds the question and searches; the passages go to the client.
+  v1::SearchResponse found;
+  RS_RETURN_IF_ERROR(Search(ctx, req, &found));
+  const double search_ms = MsSince(t0);
+  QueryLatency("search").Observe(search_ms / 1000);
+  v1::GenerateRequest greq = MakeGenerateRequest(req);
+  PickHint hint;
+  hint.other_tokens = static_cast<int64_t>(req.question().size() / 4 + 32);
+  out->Push(PassagesEvent(req, found, &greq, &hint));
+  // 2. Generate on a worker; a worker lost before or during the answer hands over to another.
+  Answer answer;
+  RS_RETURN_IF_ERROR(GenerateWithFailover(ctx, t0, std::move(hint), &greq, out, &answer));
+  // 3. Stats.
+  out->Push(StatsEvent(t0, search_ms, answer));
+  return OkStatus();
+}
+
+Status RouterService::CheckQuery(const grpc::CallbackServerContext& ctx,
+                                 const v1::QueryRequest& req) const {
   RS_CHECK_ARG(!req.collection().empty(), "collection must not be empty");
   RS_CHECK_ARG(!req.question().empty(), "question must not be empty");
   RS_CHECK_ARG(req.question().size() <= 65536, "question is ", req.question().size(),
                " bytes; the limit is 64 KiB");
   RS_CHECK_ARG(req.top_k() >= 0 && req.top_k() <= 64, "top_k must be in 0..64, got ", req.top_k());
   RS_CHECK_ARG(req.sampling().max_tokens() >= 0, "sampling.max_tokens must be >= 0");
-  if (SecondsLeft(*ctx) <= 0) return DeadlineExceeded("deadline expired before the query ran");
+  if (SecondsLeft(ctx) <= 0) return DeadlineExceeded("deadline expired before the query ran");
+  return OkStatus();
+}
 
-  // 1. Retrieve: the index embeds the question and searches.
+Status RouterService::Search(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
+                             v1::SearchResponse* found) {
   v1::SearchRequest sreq;
   sreq.set_collection(req.collection());
   sreq.add_queries()->set_text(req.question());
   sreq.set_k(req.top_k() > 0 ? req.top_k() : opts_.default_top_k);
   *sreq.mutable_filter() = req.filter();
   sreq.set_include_text(true);
-  v1::SearchResponse sresp;
-  {
-    auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
-    AttachToken(cctx.get(), opts_.downstream_token);
-    const grpc::Status gst = index_->Search(cctx.get(), sreq, &sresp);
-    if (!gst.ok()) {
-      Status s = FromGrpcStatus(gst);
-      return s.code() == StatusCode::kUnavailable
-                 ? Unavailable(
-                       StrCat("index service at ", opts_.index_addr, " unavailable: ", s.message()))
-                 : Annotate(s, "search");
-    }
-  }
-  const double search_ms = MsSince(t0);
-  QueryLatency("search").Observe(search_ms / 1000);
+  auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
+  AttachToken(cctx.get(), opts_.downstream_token);
+  const grpc::Status gst = index_->Search(cctx.get(), sreq, found);
+  if (gst.ok()) return OkStatus();
+  Status s = FromGrpcStatus(gst);
+  return s.code() == StatusCode::kUnavailable
+             ? Unavailable(
+                   StrCat("index service at ", opts_.index_addr, " unavailable: ", s.message()))
+             : Annotate(s, "search");
+}
 
+v1::GenerateRequest RouterService::MakeGenerateRequest(const v1::QueryRequest& req) {
   v1::GenerateRequest greq;
   greq.set_request_id(StrCat(server_->address(), "/q", next_request_.fetch_add(1)));
   greq.set_question(req.question());
@@ -194,114 +223,122 @@ Status RouterService::DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryR
   if (greq.sampling().max_tokens() == 0) {
     greq.mutable_sampling()->set_max_tokens(opts_.default_max_tokens);
   }
-  PickHint hint;
-  hint.other_tokens = static_cast<int64_t>(req.question().size() / 4 + 32);
-  {
-    v1::QueryEvent ev;
-    auto* ps = ev.mutable_passages();
-    if (sresp.results_size() > 0) {
-      for (const auto& h : sresp.results(0).hits()) {
-        auto* p = ps->add_passages();
-        p->set_id(h.id());
-        p->set_score(h.score());
-        p->set_text(h.text());
-        p->set_metadata_json(h.metadata_json());
-        auto* cp = greq.add_passages();
-        cp->set_id(h.id());
-        cp->set_text(h.text());
-        hint.passage_tokens.push_back(static_cast<int64_t>(h.text().size() / 4 + 1));
-        if (req.use_context_cache()) {
-          // Workers report the content hashes of passages resident in their KV cache.
-          hint.cache_keys.push_back(ctxcache::PassageHashHex(h.text()));
-        }
-      }
-    }
-    out->Push(std::move(ev));
-  }
+  return greq;
+}
 
-  // 2. Generate on a worker; a worker lost before or during the answer hands over to another,
-  //    which re-prefills the prompt plus the tokens already sent and continues.
-  v1::GenerateStats gstats;
-  bool have_stats = false;
-  bool first = false;
-  double ttft_ms = 0;
-  int retries = 0;
-  int delivered = 0;
+v1::QueryEvent RouterService::PassagesEvent(const v1::QueryRequest& req,
+                                            const v1::SearchResponse& found,
+                                            v1::GenerateRequest* greq, PickHint* hint) {
+  v1::QueryEvent ev;
+  auto* ps = ev.mutable_passages();
+  if (found.results_size() == 0) return ev;
+  for (const auto& h : found.results(0).hits()) {
+    auto* p = ps->add_passages();
+    p->set_id(h.id());
+    p->set_score(h.score());
+    p->set_text(h.text());
+    p->set_metadata_json(h.metadata_json());
+    auto* cp = greq->add_passages();
+    cp->set_id(h.id());
+    cp->set_text(h.text());
+    hint->passage_tokens.push_back(static_cast<int64_t>(h.text().size() / 4 + 1));
+    if (req.use_context_cache()) {
+      // Workers report the content keys of passages resident in their KV cache.
+      hint->cache_keys.push_back(wire::PassageKey(h.text()));
+    }
+  }
+  return ev;
+}
+
+Status RouterService::GenerateWithFailover(grpc::CallbackServerContext* ctx, Clock::time_point t0,
+                                           PickHint hint, v1::GenerateRequest* greq,
+                                           StreamOutbox<v1::QueryEvent>* out, Answer* answer) {
+  // The next worker re-prefills the prompt plus the tokens already sent (resume_token_ids) and
+  // continues the answer.
   std::string last_error;
   for (int attempt = 0; attempt < opts_.max_attempts; ++attempt) {
     if (ctx->IsCancelled()) return Cancelled("query cancelled by the client");
     auto lease = pool_->Pick(policy_, hint);
     if (!lease.ok()) {
       if (attempt == 0) return lease.status();
-      return Unavailable(StrCat("answer interrupted after ", delivered,
-                                " tokens and no other "
-                                "worker could continue: ",
+      return Unavailable(StrCat("answer interrupted after ", answer->delivered,
+                                " tokens and no other worker could continue: ",
                                 lease.status().message(), " (last error: ", last_error, ")"));
     }
     WorkerLease worker = std::move(*lease);
     hint.exclude.insert(worker->address());
-    auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
-    AttachToken(cctx.get(), opts_.downstream_token);
-    auto reader = worker->stub()->Generate(cctx.get(), greq);
-    v1::GenerateEvent ev;
-    while (reader->Read(&ev)) {
-      if (ev.has_delta()) {
-        if (!first && !ev.delta().token_ids().empty()) {
-          first = true;
-          ttft_ms = MsSince(t0);
-          QueryLatency("ttft").Observe(ttft_ms / 1000);
-        }
-        for (int32_t id : ev.delta().token_ids()) greq.add_resume_token_ids(id);
-        delivered += ev.delta().token_ids_size();
-        v1::QueryEvent qev;
-        *qev.mutable_delta()->mutable_token_ids() = ev.delta().token_ids();
-        qev.mutable_delta()->set_text(ev.delta().text());
-        out->Push(std::move(qev));
-      } else if (ev.has_stats()) {
-        gstats = ev.stats();
-        have_stats = true;
-      }
-    }
-    const grpc::Status gst = reader->Finish();
+    const grpc::Status gst = StreamAnswer(ctx, *worker.get(), t0, greq, out, answer);
     pool_->Report(*worker.get(), gst);
-    if (gst.ok()) break;
+    if (gst.ok()) return OkStatus();
     if (ctx->IsCancelled()) return Cancelled("query cancelled by the client");
     if (!IsServerFailure(gst.error_code()) || gst.error_code() == grpc::StatusCode::CANCELLED) {
       return Annotate(FromGrpcStatus(gst), StrCat("decode worker ", worker->address()));
     }
     last_error = StrCat(worker->address(), ": ", gst.error_message());
     RS_LOG(warn, "router: worker {} failed after {} tokens ({}); moving the request",
-           worker->address(), delivered, gst.error_message());
-    if (greq.sampling().max_tokens() <= greq.resume_token_ids_size()) break;  // answer complete
-    ++retries;
+           worker->address(), answer->delivered, gst.error_message());
+    if (greq->sampling().max_tokens() <= greq->resume_token_ids_size()) break;  // answer complete
+    ++answer->retries;
     if (attempt + 1 == opts_.max_attempts) {
       return Unavailable(
           StrCat("decode failed on ", opts_.max_attempts, " workers; last: ", last_error));
     }
   }
+  return OkStatus();
+}
 
-  // 3. Stats.
+grpc::Status RouterService::StreamAnswer(grpc::CallbackServerContext* ctx, Worker& worker,
+                                         Clock::time_point t0, v1::GenerateRequest* greq,
+                                         StreamOutbox<v1::QueryEvent>* out, Answer* answer) {
+  auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
+  AttachToken(cctx.get(), opts_.downstream_token);
+  auto reader = worker.stub()->Generate(cctx.get(), *greq);
+  v1::GenerateEvent ev;
+  while (reader->Read(&ev)) {
+    if (ev.has_delta()) {
+      if (!answer->first && !ev.delta().token_ids().empty()) {
+        answer->first = true;
+        answer->ttft_ms = MsSince(t0);
+        QueryLatency("ttft").Observe(answer->ttft_ms / 1000);
+      }
+      // Sent tokens are also what a replacement worker resumes from.
+      for (int32_t id : ev.delta().token_ids()) greq->add_resume_token_ids(id);
+      answer->delivered += ev.delta().token_ids_size();
+      v1::QueryEvent qev;
+      *qev.mutable_delta()->mutable_token_ids() = ev.delta().token_ids();
+      qev.mutable_delta()->set_text(ev.delta().text());
+      out->Push(std::move(qev));
+    } else if (ev.has_stats()) {
+      answer->stats = ev.stats();
+      answer->have_stats = true;
+    }
+  }
+  return reader->Finish();
+}
+
+v1::QueryEvent RouterService::StatsEvent(Clock::time_point t0, double search_ms,
+                                         const Answer& answer) {
   v1::QueryEvent ev;
   auto* qs = ev.mutable_stats();
   auto* t = qs->mutable_timings();
   t->set_search_ms(search_ms);
-  if (have_stats) {
-    t->set_context_ms(gstats.timings().context_ms());
-    t->set_prefill_ms(gstats.timings().prefill_ms());
-    t->set_decode_ms(gstats.timings().decode_ms());
-    t->set_decode_tokens_per_s(gstats.timings().decode_tokens_per_s());
-    qs->set_prompt_tokens(gstats.prompt_tokens());
-    qs->set_cached_prompt_tokens(gstats.cached_prompt_tokens());
-    qs->set_finish_reason(gstats.finish_reason());
-    qs->set_worker_id(gstats.worker_id());
+  if (answer.have_stats) {
+    const v1::GenerateStats& g = answer.stats;
+    t->set_context_ms(g.timings().context_ms());
+    t->set_prefill_ms(g.timings().prefill_ms());
+    t->set_decode_ms(g.timings().decode_ms());
+    t->set_decode_tokens_per_s(g.timings().decode_tokens_per_s());
+    qs->set_prompt_tokens(g.prompt_tokens());
+    qs->set_cached_prompt_tokens(g.cached_prompt_tokens());
+    qs->set_finish_reason(g.finish_reason());
+    qs->set_worker_id(g.worker_id());
   }
-  t->set_ttft_ms(ttft_ms);
+  t->set_ttft_ms(answer.ttft_ms);
   t->set_total_ms(MsSince(t0));
-  qs->set_generated_tokens(delivered);
-  qs->set_retries(retries);
+  qs->set_generated_tokens(answer.delivered);
+  qs->set_retries(answer.retries);
   QueryLatency("total").Observe(t->total_ms() / 1000);
-  out->Push(std::move(ev));
-  return OkStatus();
+  return ev;
 }
 
 // ---- Ingest ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,8 +56,6 @@ class RouterService final : public v1::RagService::CallbackService {
   grpc::ServerReadReactor<v1::IngestRequest>* Ingest(grpc::CallbackServerContext* ctx,
                                                      v1::IngestResponse* resp) override;
 
-  WorkerPool& workers() { return *pool_; }
-
  private:
   RouterService(ServiceServer* server, RouterOptions opts);
   friend class QueryReactor;
@@ -68,6 +67,29 @@ class RouterService final : public v1::RagService::CallbackService {
                 const std::shared_ptr<StreamOutbox<v1::QueryEvent>>& out);
   Status DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
                  StreamOutbox<v1::QueryEvent>* out);
+  // The steps of DoQuery, in order.
+  struct Answer;
+  using Clock = std::chrono::steady_clock;
+  // InvalidArgument for a malformed query, DeadlineExceeded when its deadline already passed.
+  Status CheckQuery(const grpc::CallbackServerContext& ctx, const v1::QueryRequest& req) const;
+  // The index's top-k passages (with text) for the question.
+  Status Search(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
+                v1::SearchResponse* found);
+  v1::GenerateRequest MakeGenerateRequest(const v1::QueryRequest& req);
+  // The client's passages event; adds the passages to greq and their sizes and cache keys to
+  // the worker-picking hint.
+  static v1::QueryEvent PassagesEvent(const v1::QueryRequest& req, const v1::SearchResponse& found,
+                                      v1::GenerateRequest* greq, PickHint* hint);
+  // Streams the answer from a picked worker; on a server-side failure the request moves to
+  // another worker (up to max_attempts), resuming after the tokens already sent.
+  Status GenerateWithFailover(grpc::CallbackServerContext* ctx, Clock::time_point t0, PickHint hint,
+                              v1::GenerateRequest* greq, StreamOutbox<v1::QueryEvent>* out,
+                              Answer* answer);
+  // One worker's Generate stream, forwarded to the client; returns how the stream ended.
+  grpc::Status StreamAnswer(grpc::CallbackServerContext* ctx, Worker& worker, Clock::time_point t0,
+                            v1::GenerateRequest* greq, StreamOutbox<v1::QueryEvent>* out,
+                            Answer* answer);
+  static v1::QueryEvent StatsEvent(Clock::time_point t0, double search_ms, const Answer& answer);
 
   // Runs `call` against the index service with the caller's deadline and cancellation.
   template <typename Req, typename Resp, typename Method>

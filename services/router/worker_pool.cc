@@ -311,14 +311,4 @@ void WorkerPool::Report(const Worker& w, const grpc::Status& st) {
   }
 }
 
-std::vector<WorkerPool::WorkerInfo> WorkerPool::Snapshot() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::vector<WorkerInfo> out;
-  const auto now = Clock::now();
-  for (const auto& w : workers_) {
-    out.push_back({w->address(), w->healthy, w->open_until > now, w->inflight(), w->load});
-  }
-  return out;
-}
-
 }  // namespace ragserve::router

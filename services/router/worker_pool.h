@@ -115,15 +115,6 @@ class WorkerPool {
   // Runs one discovery + poll round now (tests, startup).
   void RefreshNow();
 
-  struct WorkerInfo {
-    std::string address;
-    bool healthy;
-    bool breaker_open;
-    int inflight;
-    v1::LoadReport load;
-  };
-  std::vector<WorkerInfo> Snapshot() const;
-
   const WorkerPoolOptions& options() const { return opts_; }
 
  private:

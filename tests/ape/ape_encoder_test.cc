@@ -8,6 +8,7 @@
 #include <cmath>
 #include <functional>
 
+#include "services/common/rag_template.h"
 #include "tests/support/process.h"
 
 namespace ragserve::ctxcache {
@@ -77,7 +78,7 @@ class ApeEncoderTest : public ::testing::Test {
                                       const std::string& question) {
     std::vector<int32_t> all = enc->prefix_tokens();
     for (const auto& p : passages) {
-      auto t = tok_->Encode(ApeEncoder::PassageText(p));
+      auto t = tok_->Encode(RagPassageText(p));
       all.insert(all.end(), t.begin(), t.end());
     }
     const auto qt = tok_->Encode(question);

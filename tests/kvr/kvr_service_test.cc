@@ -15,8 +15,8 @@
 #include "ragserve/v1/kvr.grpc.pb.h"
 #include "services/common/auth.h"
 #include "services/common/client.h"
+#include "services/common/wire.h"
 #include "services/kvr/kv_retrieval.h"
-#include "services/kvr/service.h"
 #include "tests/support/kvr_synthetic.h"
 #include "tests/support/process.h"
 
@@ -129,10 +129,12 @@ class KvrServiceTest : public ::testing::Test {
         const LayerData& L = (*layers_)[l];
         v1::KvChunk* c = req.add_chunks();
         c->set_layer(l);
-        FloatsToTensor(L.k.data() + t0 * kKvHeads * kDim, {n, kKvHeads, kDim}, c->mutable_k());
-        FloatsToTensor(L.v.data() + t0 * kKvHeads * kDim, {n, kKvHeads, kDim}, c->mutable_v());
-        FloatsToTensor(L.pq.data() + t0 * kQHeads * kDim, {n, kQHeads, kDim},
-                       c->mutable_prefill_queries());
+        wire::FloatsToTensor(L.k.data() + t0 * kKvHeads * kDim, {n, kKvHeads, kDim},
+                             c->mutable_k());
+        wire::FloatsToTensor(L.v.data() + t0 * kKvHeads * kDim, {n, kKvHeads, kDim},
+                             c->mutable_v());
+        wire::FloatsToTensor(L.pq.data() + t0 * kQHeads * kDim, {n, kQHeads, kDim},
+                             c->mutable_prefill_queries());
         if (corrupt_last && t0 + chunk >= kTokens) c->mutable_v()->set_shape(2, kDim + 1);
       }
       if (!w->Write(req)) break;
@@ -166,8 +168,8 @@ class KvrServiceTest : public ::testing::Test {
     for (int l = 0; l < kLayers; ++l) {
       v1::AttendItem* it = req.add_items();
       it->set_layer(l);
-      FloatsToTensor((*layers_)[l].dq.data() + step * kQHeads * kDim, {kQHeads, kDim},
-                     it->mutable_queries());
+      wire::FloatsToTensor((*layers_)[l].dq.data() + step * kQHeads * kDim, {kQHeads, kDim},
+                           it->mutable_queries());
     }
     grpc::ClientContext ctx;
     Prepare(&ctx);
@@ -183,8 +185,8 @@ class KvrServiceTest : public ::testing::Test {
     for (int l = 0; l < kLayers; ++l) {
       const auto& r = resp.results(l);
       EXPECT_EQ(r.layer(), l);
-      auto o = TensorToFloats(r.o(), {kQHeads, kDim}, false, "o");
-      auto lse = TensorToFloats(r.lse(), {kQHeads}, false, "lse");
+      auto o = wire::TensorToFloats(r.o(), {kQHeads, kDim}, false, "o");
+      auto lse = wire::TensorToFloats(r.lse(), {kQHeads}, false, "lse");
       ASSERT_TRUE(o.ok() && lse.ok());
       auto ref = local->Attend("s", l, (*layers_)[l].dq.data() + step * kQHeads * kDim,
                                kQHeads * kDim, {.top_k = top_k});
@@ -221,10 +223,10 @@ TEST_F(KvrServiceTest, AttendOverGrpcEqualsInProcessBeforeAndAfterAppend) {
     for (int l = 0; l < kLayers; ++l) {
       v1::KvChunk* c = req.add_chunks();
       c->set_layer(l);
-      FloatsToTensor((*layers_)[l].k.data() + t * kKvHeads * kDim, {1, kKvHeads, kDim},
-                     c->mutable_k());
-      FloatsToTensor((*layers_)[l].v.data() + t * kKvHeads * kDim, {1, kKvHeads, kDim},
-                     c->mutable_v());
+      wire::FloatsToTensor((*layers_)[l].k.data() + t * kKvHeads * kDim, {1, kKvHeads, kDim},
+                           c->mutable_k());
+      wire::FloatsToTensor((*layers_)[l].v.data() + t * kKvHeads * kDim, {1, kKvHeads, kDim},
+                           c->mutable_v());
       ASSERT_TRUE(local
                       .AppendKv("s", l, 1, (*layers_)[l].k.data() + t * kKvHeads * kDim,
                                 (*layers_)[l].v.data() + t * kKvHeads * kDim)
@@ -276,11 +278,12 @@ TEST_F(KvrServiceTest, BadInputReleaseMemoryLimitAndAuthAreClearErrors) {
     req.set_top_k(10);
     std::vector<float> q(kQHeads * kDim, 0.5f);
     q[7] = std::numeric_limits<float>::quiet_NaN();
-    FloatsToTensor(q.data(), {kQHeads, kDim}, req.add_items()->mutable_queries());
+    wire::FloatsToTensor(q.data(), {kQHeads, kDim}, req.add_items()->mutable_queries());
     grpc::ClientContext ctx;
     Prepare(&ctx);
     EXPECT_EQ(stub_->Attend(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    FloatsToTensor(q.data(), {kQHeads / 2, kDim * 2}, req.mutable_items(0)->mutable_queries());
+    wire::FloatsToTensor(q.data(), {kQHeads / 2, kDim * 2},
+                         req.mutable_items(0)->mutable_queries());
     grpc::ClientContext ctx2;
     Prepare(&ctx2);
     st = stub_->Attend(&ctx2, req, &resp);
@@ -308,8 +311,8 @@ TEST_F(KvrServiceTest, BadInputReleaseMemoryLimitAndAuthAreClearErrors) {
     *req.mutable_spec() = spec;
     std::vector<float> kv(4096 * kKvHeads * kDim, 0.25f);
     v1::KvChunk* c = req.add_chunks();
-    FloatsToTensor(kv.data(), {4096, kKvHeads, kDim}, c->mutable_k());
-    FloatsToTensor(kv.data(), {4096, kKvHeads, kDim}, c->mutable_v());
+    wire::FloatsToTensor(kv.data(), {4096, kKvHeads, kDim}, c->mutable_k());
+    wire::FloatsToTensor(kv.data(), {4096, kKvHeads, kDim}, c->mutable_v());
     for (int i = 0; i < 10 && w->Write(req); ++i) req.clear_spec();
     w->WritesDone();
     st = w->Finish();

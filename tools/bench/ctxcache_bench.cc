@@ -4,12 +4,12 @@
 //          (a) sequential prefill of everything (prefix + all passages + question, one causal
 //              sequence; the baseline),
 //          (b) APE parallel encoding with a cold cache (each passage encoded alone after the shared
-//              prefix through ApeEncoder::Encode -> KvCache (RAM + RocksDB tier), then the question
-//              prefilled through engine::ApeKvSource),
+//              prefix through ApeEncoder::Encode -> KvCache (RAM + RocksDB tier), then the
+//              question prefilled through engine::ApeKvSource),
 //          (c) the same with the passages in the warm RAM tier,
 //          (d) the same after a restart: the cache re-opened from its RocksDB directory with an
-//              empty RAM tier (fresh KvCache and ApeEncoder; the prefix is re-encoded untimed, as a
-//              worker does at startup).
+//              empty RAM tier (fresh KvCache and ApeEncoder; the prefix is re-encoded untimed,
+//              as a worker does at startup).
 //        TTFT = from the request's passages to the first token's logits + argmax (greedy).
 //        Fidelity vs (a): the sequential greedy answer (--answer-tokens) is teacher-forced through
 //        the APE join with the corrections (T, S) and without (T = S = 1); per step KL(p_seq ||
@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "services/common/rag_template.h"
 #include "services/ctxcache/ape_encoder.h"
 #include "services/ctxcache/kv_cache.h"
 #include "services/engine/bpe_trainer.h"
@@ -292,7 +293,7 @@ Fidelity Compare(const Run& seq, const Run& forced, const Run& free) {
 }
 
 // L-2 random lowercase letters: with the byte-level tokenizer (no merges) a passage text of
-// PassageText (passage + "\n\n") is exactly L tokens.
+// RagPassageText (passage + "\n\n") is exactly L tokens.
 std::string RandomPassage(int L, uint32_t seed) {
   std::mt19937 rng(seed);
   std::string s(static_cast<size_t>(std::max(1, L - 2)), 'a');
@@ -353,7 +354,7 @@ int RunTtft(const std::string& dir, const TtftConfig& cfg) {
       ragserve::MetricsRegistry reg;
       copts.metrics = &reg;
       ApeSettings as;
-      as.prefix = DefaultApePrefix();
+      as.prefix = ragserve::kRagPrefix;
       as.temperature = cfg.temperature;
       as.scaling = cfg.scaling;
       as.max_passage_tokens = std::max(2048, L);
@@ -364,7 +365,7 @@ int RunTtft(const std::string& dir, const TtftConfig& cfg) {
       // The same tokens as one causal sequence.
       std::vector<int32_t> seq = enc->prefix_tokens();
       for (const std::string& p : passages) {
-        const std::vector<int32_t> t = tok.Encode(ApeEncoder::PassageText(p));
+        const std::vector<int32_t> t = tok.Encode(ragserve::RagPassageText(p));
         seq.insert(seq.end(), t.begin(), t.end());
       }
       res.context_tokens = static_cast<int64_t>(seq.size()) - P;

@@ -1,0 +1,72 @@
+#include "services/common/wire.h"
+
+#include <xxhash.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace ragserve::wire {
+
+namespace {
+
+// IEEE half -> float (exact).
+float HalfToFloat(uint16_t bits) {
+  _Float16 h;
+  std::memcpy(&h, &bits, sizeof bits);
+  return static_cast<float>(h);
+}
+
+}  // namespace
+
+StatusOr<std::vector<float>> TensorToFloats(const v1::Tensor& t, const std::vector<int64_t>& shape,
+                                            bool allow_f16, const char* what) {
+  RS_CHECK_ARG(t.shape_size() == static_cast<int>(shape.size()), what, ": expected ", shape.size(),
+               " dimensions, got ", t.shape_size());
+  int64_t n = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    const int64_t want = shape[i];
+    RS_CHECK_ARG(want < 0 || t.shape(static_cast<int>(i)) == want, what, ": dimension ", i,
+                 " must be ", want, ", got ", t.shape(static_cast<int>(i)));
+    RS_CHECK_ARG(t.shape(static_cast<int>(i)) >= 0, what, ": negative dimension ", i);
+    n *= t.shape(static_cast<int>(i));
+  }
+  std::vector<float> out(static_cast<size_t>(n));
+  if (t.dtype() == v1::DTYPE_F32 || t.dtype() == v1::DTYPE_UNSPECIFIED) {
+    RS_CHECK_ARG(static_cast<int64_t>(t.data().size()) == n * 4, what, ": ", n,
+                 " F32 elements need ", n * 4, " bytes, got ", t.data().size());
+    std::memcpy(out.data(), t.data().data(), static_cast<size_t>(n) * 4);
+  } else if (t.dtype() == v1::DTYPE_F16 && allow_f16) {
+    RS_CHECK_ARG(static_cast<int64_t>(t.data().size()) == n * 2, what, ": ", n,
+                 " F16 elements need ", n * 2, " bytes, got ", t.data().size());
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, t.data().data() + 2 * i, 2);
+      out[i] = HalfToFloat(h);
+    }
+  } else {
+    return InvalidArgument(StrCat(what, ": unsupported dtype ", v1::DType_Name(t.dtype()),
+                                  allow_f16 ? " (F32 or F16)" : " (F32 only)"));
+  }
+  return out;
+}
+
+void FloatsToTensor(const float* x, const std::vector<int64_t>& shape, v1::Tensor* out) {
+  int64_t n = 1;
+  out->set_dtype(v1::DTYPE_F32);
+  out->clear_shape();
+  for (int64_t s : shape) {
+    out->add_shape(s);
+    n *= s;
+  }
+  out->set_data(x, static_cast<size_t>(n) * sizeof(float));
+}
+
+std::string PassageKey(std::string_view passage_text) {
+  char hex[17];
+  std::snprintf(
+      hex, sizeof(hex), "%016llx",
+      static_cast<unsigned long long>(XXH3_64bits(passage_text.data(), passage_text.size())));
+  return hex;
+}
+
+}  // namespace ragserve::wire

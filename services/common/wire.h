@@ -1,0 +1,30 @@
+// Wire helpers shared by services and their clients: the Tensor codec of the internal protos and
+// the passage keys that decoders report and routers match. A service or client includes this
+// instead of another service's headers, so each binary links only what it uses (this file's
+// library, ragserve_wire, needs only the generated protobuf messages and xxHash).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ragserve/v1/common.pb.h"
+#include "services/common/status.h"
+
+namespace ragserve::wire {
+
+// Decodes a Tensor of F32 (DTYPE_UNSPECIFIED counts as F32), or F16 when allow_f16, into floats.
+// `shape` is the expected shape; a dimension of -1 accepts any size (>= 0). InvalidArgument naming
+// `what` on a dtype, rank, dimension or byte-size mismatch.
+StatusOr<std::vector<float>> TensorToFloats(const v1::Tensor& t, const std::vector<int64_t>& shape,
+                                            bool allow_f16, const char* what);
+// Writes x[prod(shape)] into `out` as an F32 tensor of that shape (replacing its contents).
+void FloatsToTensor(const float* x, const std::vector<int64_t>& shape, v1::Tensor* out);
+
+// The key of a passage's text: 16 lowercase hex digits of its 64-bit XXH3 hash. Decoders report
+// the passages resident in their KV cache this way (LoadReport.cached_passage_keys) and
+// cache-aware routers look them up by it.
+std::string PassageKey(std::string_view passage_text);
+
+}  // namespace ragserve::wire
