@@ -33,14 +33,14 @@ StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::stri
   return out;
 }
 
-StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype) {
-  RS_ASSIGN_OR_RETURN(KvBlock out,
-                      MakeKvBlock(b.geometry.num_kv_heads, b.geometry.head_dim, b.tokens, b.k, b.v,
-                                  b.fingerprint, dtype, b.positions));
+StatusOr<StoredBlock> ToStoredBlock(const engine::KvBlock& b, DType dtype) {
+  RS_ASSIGN_OR_RETURN(StoredBlock out,
+                      MakeStoredBlock(b.geometry.num_kv_heads, b.geometry.head_dim, b.tokens, b.k,
+                                      b.v, b.fingerprint, dtype, b.positions));
   return out;
 }
 
-std::shared_ptr<const engine::KvBlock> ToEngineBlock(const KvBlock& b,
+std::shared_ptr<const engine::KvBlock> ToEngineBlock(const StoredBlock& b,
                                                      const engine::KvGeometry& g) {
   auto out = std::make_shared<engine::KvBlock>();
   out->geometry = g;
@@ -58,13 +58,13 @@ std::shared_ptr<const engine::KvBlock> ToEngineBlock(const KvBlock& b,
   return out;
 }
 
-ApeEncoder::ApeEncoder(engine::Model* model, const engine::Tokenizer* tokenizer, KvCache* cache,
+ApeEncoder::ApeEncoder(engine::Model* model, const engine::Tokenizer* tokenizer, BlockCache* cache,
                        ApeSettings settings)
     : model_(model), tokenizer_(tokenizer), cache_(cache), settings_(std::move(settings)) {}
 
 StatusOr<std::unique_ptr<ApeEncoder>> ApeEncoder::Create(engine::Model* model,
                                                          const engine::Tokenizer* tokenizer,
-                                                         KvCache* cache, ApeSettings settings) {
+                                                         BlockCache* cache, ApeSettings settings) {
   RS_CHECK_ARG(model != nullptr && tokenizer != nullptr && cache != nullptr,
                "APE encoder needs a model, a tokenizer and a cache");
   RS_CHECK_ARG(settings.temperature > 0 && settings.temperature <= 4,
@@ -107,7 +107,7 @@ void ApeEncoder::SetRemote(RemoteLookup lookup, MetricsRegistry* metrics) {
       "Remote context cache entries that did not match this model or passage (recomputed)");
 }
 
-Status ApeEncoder::CheckRemote(const KvBlock& b, const std::vector<int32_t>& tokens) const {
+Status ApeEncoder::CheckRemote(const StoredBlock& b, const std::vector<int32_t>& tokens) const {
   const engine::KvGeometry g = model_->geometry();
   RS_RETURN_IF_ERROR(b.Validate());
   if (b.fingerprint != model_->fingerprint()) {
@@ -140,7 +140,7 @@ StatusOr<EncodedPassage> ApeEncoder::Encode(const std::string& passage) {
   EncodedPassage out;
   out.key = key.id();
   bool fetched = false;
-  auto compute = [this, &passage, &key, &fetched]() -> StatusOr<KvBlock> {
+  auto compute = [this, &passage, &key, &fetched]() -> StatusOr<StoredBlock> {
     const std::vector<int32_t> tokens = tokenizer_->Encode(RagPassageText(passage));
     RS_CHECK_ARG(!tokens.empty(), "passage encodes to no tokens");
     RS_CHECK_ARG(static_cast<int>(tokens.size()) <= settings_.max_passage_tokens, "passage has ",
@@ -153,7 +153,7 @@ StatusOr<EncodedPassage> ApeEncoder::Encode(const std::string& passage) {
       const engine::KvGeometry g = model_->geometry();
       RemoteExpect expect{model_->fingerprint(), g.num_layers, g.num_kv_heads, g.head_dim,
                           static_cast<int64_t>(tokens.size())};
-      StatusOr<KvBlock> r = remote_(key.id(), expect);
+      StatusOr<StoredBlock> r = remote_(key.id(), expect);
       if (r.ok()) {
         const Status fits = CheckRemote(*r, tokens);
         if (fits.ok()) {
@@ -170,7 +170,7 @@ StatusOr<EncodedPassage> ApeEncoder::Encode(const std::string& passage) {
     }
     RS_ASSIGN_OR_RETURN(engine::KvBlock b,
                         model_->EncodeBlock(prefix_kv_.get(), tokens, passage_start()));
-    RS_ASSIGN_OR_RETURN(KvBlock cb, ToCacheBlock(b, settings_.store_dtype));
+    RS_ASSIGN_OR_RETURN(StoredBlock cb, ToStoredBlock(b, settings_.store_dtype));
     cb.token_ids = tokens;  // lets a remote reader check the passage's tokenization
     return cb;
   };

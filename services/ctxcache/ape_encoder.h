@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "services/ctxcache/block_cache.h"
 #include "services/ctxcache/cache_key.h"
-#include "services/ctxcache/kv_cache.h"
 #include "services/engine/kv_source.h"
 #include "services/engine/model.h"
 #include "services/engine/tokenizer.h"
@@ -76,17 +76,17 @@ struct RemoteExpect {
   int64_t max_tokens = 0;
 };
 
-// A cache tier behind the local ones, e.g. the ContextCacheService over gRPC (RemoteKvCache):
+// A cache tier behind the local ones, e.g. the ContextCacheService over gRPC (RemoteBlockCache):
 // returns the stored block of `key`, NotFound when it does not hold it, any other error when it
 // failed.
-using RemoteLookup = std::function<StatusOr<KvBlock>(const KeyId& key, const RemoteExpect& e)>;
+using RemoteLookup = std::function<StatusOr<StoredBlock>(const KeyId& key, const RemoteExpect& e)>;
 
 class ApeEncoder {
  public:
   // model, tokenizer and cache are not owned and must outlive the encoder. Encodes the prefix.
   static StatusOr<std::unique_ptr<ApeEncoder>> Create(engine::Model* model,
                                                       const engine::Tokenizer* tokenizer,
-                                                      KvCache* cache, ApeSettings settings);
+                                                      BlockCache* cache, ApeSettings settings);
 
   // The cache key of a passage under these settings (no computation).
   StatusOr<KeyId> KeyFor(const std::string& passage) const;
@@ -110,19 +110,19 @@ class ApeEncoder {
   const std::shared_ptr<const engine::KvBlock>& prefix_kv() const { return prefix_kv_; }
   int32_t passage_start() const { return static_cast<int32_t>(prefix_tokens_.size()); }
   const ApeSettings& settings() const { return settings_; }
-  KvCache* cache() { return cache_; }
+  BlockCache* cache() { return cache_; }
   engine::Model* model() { return model_; }
 
  private:
-  ApeEncoder(engine::Model* model, const engine::Tokenizer* tokenizer, KvCache* cache,
+  ApeEncoder(engine::Model* model, const engine::Tokenizer* tokenizer, BlockCache* cache,
              ApeSettings settings);
   std::string SettingsText() const;
   // Why a remote block cannot stand for `tokens` (OK when it can).
-  Status CheckRemote(const KvBlock& b, const std::vector<int32_t>& tokens) const;
+  Status CheckRemote(const StoredBlock& b, const std::vector<int32_t>& tokens) const;
 
   engine::Model* model_;
   const engine::Tokenizer* tokenizer_;
-  KvCache* cache_;
+  BlockCache* cache_;
   ApeSettings settings_;
   std::vector<int32_t> prefix_tokens_;
   std::shared_ptr<const engine::KvBlock> prefix_kv_;
@@ -130,8 +130,9 @@ class ApeEncoder {
   Counter* remote_rejected_ = nullptr;
 };
 
-// engine::KvBlock (f32) <-> cache KvBlock (stored dtype).
-StatusOr<KvBlock> ToCacheBlock(const engine::KvBlock& b, DType dtype);
-std::shared_ptr<const engine::KvBlock> ToEngineBlock(const KvBlock& b, const engine::KvGeometry& g);
+// engine::KvBlock (f32) <-> cache StoredBlock (stored dtype).
+StatusOr<StoredBlock> ToStoredBlock(const engine::KvBlock& b, DType dtype);
+std::shared_ptr<const engine::KvBlock> ToEngineBlock(const StoredBlock& b,
+                                                     const engine::KvGeometry& g);
 
 }  // namespace ragserve::ctxcache

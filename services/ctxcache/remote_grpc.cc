@@ -40,7 +40,7 @@ bool EntryError(const Status& s) {
 
 }  // namespace
 
-RemoteKvCache::RemoteKvCache(RemoteCacheOptions opts) : opts_(std::move(opts)) {
+RemoteBlockCache::RemoteBlockCache(RemoteBlockCacheOptions opts) : opts_(std::move(opts)) {
   MetricsRegistry* reg = opts_.metrics != nullptr ? opts_.metrics : &MetricsRegistry::Default();
   const char* kName = "ragserve_ctxcache_remote_fetches_total";
   const char* kHelp = "Passage KV fetches from the remote context cache by result";
@@ -53,24 +53,24 @@ RemoteKvCache::RemoteKvCache(RemoteCacheOptions opts) : opts_(std::move(opts)) {
                          "Remote context cache fetches that reached the service", LatencyBuckets());
 }
 
-StatusOr<std::unique_ptr<RemoteKvCache>> RemoteKvCache::Create(RemoteCacheOptions opts) {
+StatusOr<std::unique_ptr<RemoteBlockCache>> RemoteBlockCache::Create(RemoteBlockCacheOptions opts) {
   RS_CHECK_ARG(!opts.address.empty(), "remote context cache: empty address");
   RS_CHECK_ARG(opts.timeout_ms >= 1, "remote context cache: timeout must be >= 1 ms, got ",
                opts.timeout_ms);
   RS_CHECK_ARG(opts.retry_after_ms >= 0, "remote context cache: retry-after must be >= 0 ms");
-  std::unique_ptr<RemoteKvCache> r(new RemoteKvCache(std::move(opts)));
+  std::unique_ptr<RemoteBlockCache> r(new RemoteBlockCache(std::move(opts)));
   RS_ASSIGN_OR_RETURN(auto channel, MakeChannel(r->opts_.address, r->opts_.channel));
   r->stub_ = v1::ContextCacheService::NewStub(channel);
   return r;
 }
 
-StatusOr<KvBlock> RemoteKvCache::Fetch(const KeyId& key, const RemoteExpect& expect) {
+StatusOr<StoredBlock> RemoteBlockCache::Fetch(const KeyId& key, const RemoteExpect& expect) {
   if (NowNs() < skip_until_ns_.load(std::memory_order_relaxed)) {
     skipped_->Inc();
     return Unavailable(StrCat("context cache ", opts_.address, " skipped after a recent failure"));
   }
   const auto t0 = std::chrono::steady_clock::now();
-  StatusOr<KvBlock> r = Read(key, expect);
+  StatusOr<StoredBlock> r = Read(key, expect);
   if (r.ok() || EntryError(r.status())) {
     latency_->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
@@ -88,7 +88,7 @@ StatusOr<KvBlock> RemoteKvCache::Fetch(const KeyId& key, const RemoteExpect& exp
   return r;
 }
 
-StatusOr<KvBlock> RemoteKvCache::Read(const KeyId& key, const RemoteExpect& expect) {
+StatusOr<StoredBlock> RemoteBlockCache::Read(const KeyId& key, const RemoteExpect& expect) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(opts_.timeout_ms));
   AttachToken(&ctx, opts_.token);
@@ -97,7 +97,7 @@ StatusOr<KvBlock> RemoteKvCache::Read(const KeyId& key, const RemoteExpect& expe
   req.mutable_key()->set_hex(key.Hex());
   auto reader = stub_->Get(&ctx, req);
 
-  KvBlock b;
+  StoredBlock b;
   b.fingerprint = expect.fingerprint;
   b.layers = expect.layers;
   b.kv_heads = expect.kv_heads;

@@ -1,5 +1,5 @@
 // A client of a remote ContextCacheService for decoders: fetches a cached entry's KV by key (the
-// Get stream reassembled into a KvBlock) so a passage pre-encoded there (e.g. by the router's
+// Get stream reassembled into a StoredBlock) so a passage pre-encoded there (e.g. by the router's
 // Ingest pre_encode) is not recomputed. ApeEncoder::SetRemote plugs it in behind the local tiers
 // (RemoteExpect is declared there).
 //
@@ -23,7 +23,7 @@
 
 namespace ragserve::ctxcache {
 
-struct RemoteCacheOptions {
+struct RemoteBlockCacheOptions {
   std::string address;                 // host:port of the ContextCacheService
   ChannelOptions channel;              // TLS etc.
   std::string token;                   // bearer token sent with every call (empty: none)
@@ -32,25 +32,25 @@ struct RemoteCacheOptions {
   MetricsRegistry* metrics = nullptr;  // nullptr = MetricsRegistry::Default()
 };
 
-class RemoteKvCache {
+class RemoteBlockCache {
  public:
   // InvalidArgument for an empty address or bad timeouts; the channel connects lazily.
-  static StatusOr<std::unique_ptr<RemoteKvCache>> Create(RemoteCacheOptions opts);
+  static StatusOr<std::unique_ptr<RemoteBlockCache>> Create(RemoteBlockCacheOptions opts);
 
   // The entry `key`: a valid block with the service's stored dtype, positions from the header,
   // token ids when the service has them, and expect.fingerprint. NotFound when the service does
   // not hold it; Unavailable (or DeadlineExceeded) when the call failed or was skipped after a
   // recent failure; DataLoss for a malformed stream (chunk out of order or bounds, wrong sizes);
   // FailedPrecondition when the entry's geometry is not `expect`.
-  StatusOr<KvBlock> Fetch(const KeyId& key, const RemoteExpect& expect);
+  StatusOr<StoredBlock> Fetch(const KeyId& key, const RemoteExpect& expect);
 
   const std::string& address() const { return opts_.address; }
 
  private:
-  explicit RemoteKvCache(RemoteCacheOptions opts);
-  StatusOr<KvBlock> Read(const KeyId& key, const RemoteExpect& expect);
+  explicit RemoteBlockCache(RemoteBlockCacheOptions opts);
+  StatusOr<StoredBlock> Read(const KeyId& key, const RemoteExpect& expect);
 
-  RemoteCacheOptions opts_;
+  RemoteBlockCacheOptions opts_;
   std::unique_ptr<v1::ContextCacheService::Stub> stub_;
   std::atomic<int64_t> skip_until_ns_{0};  // steady_clock time before which calls are skipped
   Counter *hits_, *misses_, *errors_, *skipped_;

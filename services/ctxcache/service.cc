@@ -31,7 +31,7 @@ StatusOr<std::unique_ptr<ContextCacheService>> ContextCacheService::Create(
   RS_ASSIGN_OR_RETURN(const DType dtype, ParseStoreDType(opts.dtype, "--dtype"));
   RS_CHECK_ARG(opts.chunk_bytes >= 1024, "chunk size must be >= 1 KiB");
   std::unique_ptr<ContextCacheService> svc(new ContextCacheService(server, std::move(opts)));
-  KvCacheOptions copts;
+  BlockCacheOptions copts;
   copts.ram_limit_bytes = svc->opts_.ram_bytes;
   copts.disk_dir = svc->opts_.data_dir;
   copts.store_dtype = dtype;
@@ -40,7 +40,7 @@ StatusOr<std::unique_ptr<ContextCacheService>> ContextCacheService::Create(
   if (ec) {
     return InvalidArgument(StrCat("--data-dir ", svc->opts_.data_dir, ": ", ec.message()));
   }
-  RS_ASSIGN_OR_RETURN(svc->cache_, KvCache::Open(copts));
+  RS_ASSIGN_OR_RETURN(svc->cache_, BlockCache::Open(copts));
   if (!svc->opts_.model_dir.empty()) {
     RS_ASSIGN_OR_RETURN(ModelAndTokenizer mt, LoadModelDir(svc->opts_.model_dir, "--model"));
     svc->model_ = std::move(mt.model);
@@ -200,7 +200,7 @@ grpc::ServerUnaryReactor* ContextCacheService::Stats(grpc::CallbackServerContext
                                                      const v1::CtxStatsRequest* /*req*/,
                                                      v1::CtxStatsResponse* resp) {
   return ServeUnary(ctx, server_, [this, resp] {
-    const KvCacheStats s = cache_->Stats();
+    const BlockCacheStats s = cache_->Stats();
     resp->set_ram_entries(s.ram_entries);
     resp->set_ram_bytes(s.ram_bytes);
     resp->set_ram_limit_bytes(s.ram_limit_bytes);

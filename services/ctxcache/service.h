@@ -48,7 +48,7 @@ class ContextCacheService final : public v1::ContextCacheService::CallbackServic
   ContextCacheOptions opts_;
   std::unique_ptr<engine::Model> model_;
   std::unique_ptr<engine::Tokenizer> tokenizer_;
-  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<BlockCache> cache_;
   std::unique_ptr<ApeEncoder> ape_;
 };
 

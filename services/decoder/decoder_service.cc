@@ -86,7 +86,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
       ev.mutable_delta()->set_text(ToWireText(text));
       box->Push(std::move(ev));
     };
-    (*job)->on_done = [box, worker, context_ms](const Status& st, const GenerateResult& r) {
+    (*job)->on_done = [box, worker, context_ms](const Status& st, const GenerateStats& r) {
       if (st.ok()) {
         v1::GenerateEvent ev;
         auto* s = ev.mutable_stats();
@@ -182,12 +182,12 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
     RS_CHECK_ARG(mode == "ape" || mode == "sequential",
                  "--context-mode must be ape or sequential, got '", mode, "'");
     if (mode == "ape") {
-      ctxcache::KvCacheOptions copts;
+      ctxcache::BlockCacheOptions copts;
       copts.ram_limit_bytes = svc->opts_.passage_cache_bytes;
       copts.disk_dir = svc->opts_.passage_cache_dir;
       RS_ASSIGN_OR_RETURN(copts.store_dtype,
                           ctxcache::ParseStoreDType(svc->opts_.passage_dtype, "--passage-dtype"));
-      RS_ASSIGN_OR_RETURN(svc->passage_cache_, ctxcache::KvCache::Open(copts));
+      RS_ASSIGN_OR_RETURN(svc->passage_cache_, ctxcache::BlockCache::Open(copts));
       ctxcache::ApeSettings as;
       as.prefix = kRagPrefix;
       as.temperature = svc->opts_.ape_temperature;
@@ -204,13 +204,13 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
             {{"source", kSources[i]}});
       }
       if (!svc->opts_.ctxcache_addr.empty()) {
-        ctxcache::RemoteCacheOptions ro;
+        ctxcache::RemoteBlockCacheOptions ro;
         ro.address = svc->opts_.ctxcache_addr;
         ro.timeout_ms = svc->opts_.ctxcache_timeout_ms;
         ro.channel.tls_ca = svc->opts_.ctxcache_tls_ca;
         ro.token = server->config().auth_token;
-        RS_ASSIGN_OR_RETURN(svc->remote_cache_, ctxcache::RemoteKvCache::Create(ro));
-        ctxcache::RemoteKvCache* remote = svc->remote_cache_.get();
+        RS_ASSIGN_OR_RETURN(svc->remote_cache_, ctxcache::RemoteBlockCache::Create(ro));
+        ctxcache::RemoteBlockCache* remote = svc->remote_cache_.get();
         svc->ape_->SetRemote(
             [remote](const ctxcache::KeyId& key, const ctxcache::RemoteExpect& e) {
               return remote->Fetch(key, e);

@@ -86,9 +86,9 @@ class DecoderService final : public v1::DecoderService::CallbackService {
   std::unique_ptr<engine::Model> model_;
   std::unique_ptr<engine::Tokenizer> tokenizer_;
   std::unique_ptr<Generator> generator_;
-  std::unique_ptr<ctxcache::KvCache> passage_cache_;
+  std::unique_ptr<ctxcache::BlockCache> passage_cache_;
   std::unique_ptr<ctxcache::ApeEncoder> ape_;
-  std::unique_ptr<ctxcache::RemoteKvCache> remote_cache_;  // --ctxcache-addr
+  std::unique_ptr<ctxcache::RemoteBlockCache> remote_cache_;  // --ctxcache-addr
   // ragserve_decoder_passages_total{source}, indexed by ctxcache::CacheSource.
   Counter* passages_by_source_[5] = {};
   // Content hashes (hex) of passages recently encoded or served here, most recent last; a

@@ -201,7 +201,7 @@ void Generator::Finish(Seq* s, const Status& st, const std::string& reason) {
   if (s->done) return;
   s->done = true;
   const auto now = Clock::now();
-  GenerateResult r;
+  GenerateStats r;
   r.prompt_tokens = static_cast<int>(s->to_prefill);
   if (s->job->ape) {
     r.prompt_tokens += s->job->ape->context_tokens;

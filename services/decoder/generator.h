@@ -70,7 +70,7 @@ struct GeneratorOptions {
 
 // Timings and counts of one finished request (milliseconds); the decoder sends them to the client
 // as a v1::GenerateStats.
-struct GenerateResult {
+struct GenerateStats {
   int prompt_tokens = 0;
   int cached_prompt_tokens = 0;
   int generated_tokens = 0;
@@ -101,7 +101,7 @@ struct GenerateJob {
   // is held back).
   std::function<void(const std::vector<int32_t>& ids, const std::string& text)> on_delta;
   // Called exactly once, last.
-  std::function<void(const Status& status, const GenerateResult& result)> on_done;
+  std::function<void(const Status& status, const GenerateStats& result)> on_done;
 };
 
 struct LoadSnapshot {

@@ -11,7 +11,7 @@
 
 #include "services/common/logging.h"
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 
 namespace fs = std::filesystem;
 using index::Metric;
@@ -756,4 +756,4 @@ std::vector<std::shared_ptr<Collection>> CollectionStore::List() const {
   return out;
 }
 
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

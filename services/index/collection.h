@@ -44,7 +44,7 @@ namespace rocksdb {
 class DB;
 }
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 
 struct CollectionSpec {
   std::string name;  // [A-Za-z0-9_.-]{1,128}
@@ -190,4 +190,4 @@ class CollectionStore {
 // Validates a collection name ([A-Za-z0-9_.-]{1,128}); InvalidArgument naming it.
 Status ValidateCollectionName(const std::string& name);
 
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <unordered_map>
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 
 namespace {
 bool IsWordByte(unsigned char c) {
@@ -69,4 +69,4 @@ StatusOr<std::unique_ptr<Embedder>> MakeEmbedder(std::string_view name, int dim)
   return std::unique_ptr<Embedder>(std::move(e));
 }
 
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

@@ -11,7 +11,7 @@
 
 #include "services/common/status.h"
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 
 class Embedder {
  public:
@@ -46,4 +46,4 @@ class HashingEmbedder final : public Embedder {
 // InvalidArgument naming an unknown embedder.
 StatusOr<std::unique_ptr<Embedder>> MakeEmbedder(std::string_view name, int dim);
 
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

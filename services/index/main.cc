@@ -6,8 +6,8 @@
 
 int main(int argc, char** argv) {
   std::string data_dir = "index-data";
-  std::unique_ptr<ragserve::index_service::CollectionStore> store;
-  std::unique_ptr<ragserve::index_service::IndexGrpcService> service;
+  std::unique_ptr<ragserve::collection::CollectionStore> store;
+  std::unique_ptr<ragserve::collection::IndexGrpcService> service;
   ragserve::ServiceMain m;
   m.name = "index";
   m.description = "ragserve index: vector collections (HNSW, IVF, flat) with documents in RocksDB";
@@ -19,9 +19,9 @@ int main(int argc, char** argv) {
                    "paths are relative to the working directory");
   };
   m.setup = [&](ragserve::ServiceServer& server) -> ragserve::Status {
-    RS_ASSIGN_OR_RETURN(store, ragserve::index_service::CollectionStore::Open(data_dir));
+    RS_ASSIGN_OR_RETURN(store, ragserve::collection::CollectionStore::Open(data_dir));
     RS_LOG(info, "index: serving {} collections from {}", store->List().size(), data_dir);
-    service = std::make_unique<ragserve::index_service::IndexGrpcService>(&server, store.get());
+    service = std::make_unique<ragserve::collection::IndexGrpcService>(&server, store.get());
     server.AddService(service.get(), "ragserve.v1.IndexService");
     return ragserve::OkStatus();
   };

@@ -5,7 +5,7 @@
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 
 namespace {
 
@@ -310,4 +310,4 @@ grpc::ServerUnaryReactor* IndexGrpcService::Rebuild(grpc::CallbackServerContext*
   });
 }
 
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

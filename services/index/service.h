@@ -9,7 +9,7 @@
 #include "services/common/server.h"
 #include "services/index/collection.h"
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 
 class IndexGrpcService final : public v1::IndexService::CallbackService {
  public:
@@ -54,4 +54,4 @@ void InfoToProto(const CollectionInfo& info, v1::CollectionInfo* out);
 // IndexParams -> params JSON for `kind` (only the non-zero fields).
 std::string ParamsJsonFromProto(const v1::IndexParams& p);
 
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

@@ -32,7 +32,7 @@ class ApeEncoderTest : public ::testing::Test {
     tok_ = std::move(*t);
   }
 
-  std::unique_ptr<ApeEncoder> Encoder(KvCache* cache, int max_tokens = 2048) {
+  std::unique_ptr<ApeEncoder> Encoder(BlockCache* cache, int max_tokens = 2048) {
     ApeSettings s;
     s.prefix = "Answer the question using the passages.\n\n";
     s.max_passage_tokens = max_tokens;
@@ -41,11 +41,11 @@ class ApeEncoderTest : public ::testing::Test {
     return e.ok() ? std::move(*e) : nullptr;
   }
 
-  static std::unique_ptr<KvCache> RamCache(const std::string& disk = "") {
-    KvCacheOptions o;
+  static std::unique_ptr<BlockCache> RamCache(const std::string& disk = "") {
+    BlockCacheOptions o;
     o.disk_dir = disk;
     o.async_disk_writes = false;
-    auto c = KvCache::Open(o);
+    auto c = BlockCache::Open(o);
     EXPECT_TRUE(c.ok()) << c.status().ToString();
     return std::move(*c);
   }
@@ -195,11 +195,11 @@ TEST_F(ApeEncoderTest, RemoteBlocksAreUsedOnlyWhenTheyMatchAndFailuresMeanLocalC
 
   MetricsRegistry reg;
   int calls = 0;
-  std::function<StatusOr<KvBlock>(const KvBlock&)> serve;
-  auto make = [&](KvCache* cache) {
+  std::function<StatusOr<StoredBlock>(const StoredBlock&)> serve;
+  auto make = [&](BlockCache* cache) {
     auto enc = Encoder(cache);
     enc->SetRemote(
-        [&](const KeyId& key, const RemoteExpect& e) -> StatusOr<KvBlock> {
+        [&](const KeyId& key, const RemoteExpect& e) -> StatusOr<StoredBlock> {
           ++calls;
           EXPECT_EQ(e.fingerprint, model_->fingerprint());
           EXPECT_EQ(e.layers, model_->config().num_layers);
@@ -215,7 +215,7 @@ TEST_F(ApeEncoderTest, RemoteBlocksAreUsedOnlyWhenTheyMatchAndFailuresMeanLocalC
   };
 
   // A matching block is used as it is: source kRemote, the same KV as computing it.
-  serve = [](const KvBlock& b) { return StatusOr<KvBlock>(b); };
+  serve = [](const StoredBlock& b) { return StatusOr<StoredBlock>(b); };
   auto c1 = RamCache();
   auto e1 = make(c1.get());
   auto got = e1->Encode(kP1);
@@ -235,11 +235,11 @@ TEST_F(ApeEncoderTest, RemoteBlocksAreUsedOnlyWhenTheyMatchAndFailuresMeanLocalC
   EXPECT_EQ(rejected(), 0);
 
   // Mismatches are rejected and recomputed (each in a fresh local cache).
-  const std::vector<std::function<void(KvBlock*)>> breaks = {
-      [](KvBlock* b) { b->token_ids[0] ^= 1; },               // another tokenization
-      [](KvBlock* b) { b->positions[0] += 1; },               // other positions
-      [](KvBlock* b) { b->fingerprint = "someothermodel"; },  // another model
-      [](KvBlock* b) {                                        // one token short
+  const std::vector<std::function<void(StoredBlock*)>> breaks = {
+      [](StoredBlock* b) { b->token_ids[0] ^= 1; },               // another tokenization
+      [](StoredBlock* b) { b->positions[0] += 1; },               // other positions
+      [](StoredBlock* b) { b->fingerprint = "someothermodel"; },  // another model
+      [](StoredBlock* b) {                                        // one token short
         b->tokens -= 1;
         b->positions.pop_back();
         b->token_ids.pop_back();
@@ -249,10 +249,10 @@ TEST_F(ApeEncoderTest, RemoteBlocksAreUsedOnlyWhenTheyMatchAndFailuresMeanLocalC
       },
   };
   for (size_t i = 0; i < breaks.size(); ++i) {
-    serve = [&, i](const KvBlock& b) {
-      KvBlock copy = b;
+    serve = [&, i](const StoredBlock& b) {
+      StoredBlock copy = b;
       breaks[i](&copy);
-      return StatusOr<KvBlock>(copy);
+      return StatusOr<StoredBlock>(copy);
     };
     auto c = RamCache();
     auto got2 = make(c.get())->Encode(kP1);
@@ -262,7 +262,9 @@ TEST_F(ApeEncoderTest, RemoteBlocksAreUsedOnlyWhenTheyMatchAndFailuresMeanLocalC
     EXPECT_EQ(rejected(), static_cast<double>(i + 1));
   }
   // A failing remote: computed, never an error.
-  serve = [](const KvBlock&) { return StatusOr<KvBlock>(Unavailable("connection refused")); };
+  serve = [](const StoredBlock&) {
+    return StatusOr<StoredBlock>(Unavailable("connection refused"));
+  };
   auto c3 = RamCache();
   auto got3 = make(c3.get())->Encode(kP1);
   ASSERT_TRUE(got3.ok()) << got3.status().ToString();

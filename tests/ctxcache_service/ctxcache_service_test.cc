@@ -105,7 +105,7 @@ TEST_F(CtxServiceTest, EncodeThenGetReturnsTheSameKvAsInProcessAndSurvivesRestar
   auto model = engine::Model::Load(dir_ + "/model");
   auto tok = engine::Tokenizer::FromFile(dir_ + "/model/tokenizer.json");
   ASSERT_TRUE(model.ok() && tok.ok());
-  auto cache = ctxcache::KvCache::Open({});
+  auto cache = ctxcache::BlockCache::Open({});
   ctxcache::ApeSettings as;
   as.prefix = kRagPrefix;
   auto enc = ctxcache::ApeEncoder::Create(model->get(), tok->get(), cache->get(), as);
@@ -165,7 +165,7 @@ TEST_F(CtxServiceTest, EvictAndBadInputGetClearErrors) {
 
 // The decoders' client: Fetch reassembles the Get stream into the stored block, verifies the
 // geometry, tells a miss from a failure, and skips a service that just failed.
-TEST_F(CtxServiceTest, RemoteKvCacheFetchesEntriesAndSkipsAServiceThatIsDown) {
+TEST_F(CtxServiceTest, RemoteBlockCacheFetchesEntriesAndSkipsAServiceThatIsDown) {
   v1::EncodeResponse r;
   ASSERT_TRUE(Encode({kText}, &r).ok());
   auto model = engine::Model::Load(dir_ + "/model");
@@ -174,11 +174,11 @@ TEST_F(CtxServiceTest, RemoteKvCacheFetchesEntriesAndSkipsAServiceThatIsDown) {
   ctxcache::RemoteExpect expect{(*model)->fingerprint(), g.num_layers, g.num_kv_heads, g.head_dim,
                                 4096};
   MetricsRegistry reg;
-  ctxcache::RemoteCacheOptions ro;
+  ctxcache::RemoteBlockCacheOptions ro;
   ro.address = "127.0.0.1:" + std::to_string(port_);
   ro.metrics = &reg;
   ro.retry_after_ms = 60000;
-  auto remote = ctxcache::RemoteKvCache::Create(ro);
+  auto remote = ctxcache::RemoteBlockCache::Create(ro);
   ASSERT_TRUE(remote.ok()) << remote.status().ToString();
   auto key = ctxcache::KeyId::FromHex(r.results(0).key().hex());
   ASSERT_TRUE(key.ok());

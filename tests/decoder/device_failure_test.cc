@@ -62,7 +62,7 @@ class BreakableOps final : public kernels::Ops {
 
 struct Outcome {
   Status status;
-  GenerateResult result;
+  GenerateStats result;
 };
 
 std::unique_ptr<GenerateJob> Job(const std::string& id, std::promise<Outcome>* done,
@@ -75,7 +75,7 @@ std::unique_ptr<GenerateJob> Job(const std::string& id, std::promise<Outcome>* d
   job->on_delta = [first_token, fired](const std::vector<int32_t>&, const std::string&) {
     if (first_token != nullptr && !fired->exchange(true)) first_token->set_value();
   };
-  job->on_done = [done](const Status& st, const GenerateResult& r) { done->set_value({st, r}); };
+  job->on_done = [done](const Status& st, const GenerateStats& r) { done->set_value({st, r}); };
   return job;
 }
 

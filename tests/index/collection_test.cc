@@ -13,7 +13,7 @@
 
 #include "tests/index/test_data.h"
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 namespace {
 
 namespace fs = std::filesystem;
@@ -287,4 +287,4 @@ TEST(CollectionTest, ConcurrentSearchAndUpsertSeeOnlyCompleteDocuments) {
 }
 
 }  // namespace
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

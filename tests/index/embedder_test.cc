@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 namespace {
 
 float Dot(const std::vector<float>& a, const std::vector<float>& b) {
@@ -53,4 +53,4 @@ TEST(HashingEmbedderTest, DeterministicUnitNormAndSimilarTextsAreCloser) {
 }
 
 }  // namespace
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

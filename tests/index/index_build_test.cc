@@ -9,7 +9,7 @@
 #include "tests/index/test_data.h"
 #include "tests/support/process.h"
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 namespace {
 
 using ragserve::testing::BinPath;
@@ -106,4 +106,4 @@ TEST(IndexBuildTest, JsonlIsEmbeddedAndBadInputsNameTheProblem) {
 }
 
 }  // namespace
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

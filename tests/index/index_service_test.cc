@@ -12,7 +12,7 @@
 #include "tests/index/test_data.h"
 #include "tests/support/process.h"
 
-namespace ragserve::index_service {
+namespace ragserve::collection {
 namespace {
 
 using ragserve::testing::BinPath;
@@ -187,4 +187,4 @@ TEST(IndexServiceTest, AcknowledgedUpsertsSurviveKill9AndGrpcSearchEqualsInProce
 }
 
 }  // namespace
-}  // namespace ragserve::index_service
+}  // namespace ragserve::collection

@@ -4,11 +4,11 @@
 //          (a) sequential prefill of everything (prefix + all passages + question, one causal
 //              sequence; the baseline),
 //          (b) APE parallel encoding with a cold cache (each passage encoded alone after the shared
-//              prefix through ApeEncoder::Encode -> KvCache (RAM + RocksDB tier), then the
+//              prefix through ApeEncoder::Encode -> BlockCache (RAM + RocksDB tier), then the
 //              question prefilled through engine::ApeKvSource),
 //          (c) the same with the passages in the warm RAM tier,
 //          (d) the same after a restart: the cache re-opened from its RocksDB directory with an
-//              empty RAM tier (fresh KvCache and ApeEncoder; the prefix is re-encoded untimed,
+//              empty RAM tier (fresh BlockCache and ApeEncoder; the prefix is re-encoded untimed,
 //              as a worker does at startup).
 //        TTFT = from the request's passages to the first token's logits + argmax (greedy).
 //        Fidelity vs (a): the sequential greedy answer (--answer-tokens) is teacher-forced through
@@ -44,7 +44,7 @@
 
 #include "services/common/rag_template.h"
 #include "services/ctxcache/ape_encoder.h"
-#include "services/ctxcache/kv_cache.h"
+#include "services/ctxcache/block_cache.h"
 #include "services/engine/bpe_trainer.h"
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
@@ -101,7 +101,7 @@ std::vector<int> ParseList(const char* s) {
 // ---------------------------------------------------------------------------------------------
 // Section "tiers": the storage tiers alone (synthetic blocks).
 
-KvBlock SyntheticBlock(int64_t tokens, uint32_t seed) {
+StoredBlock SyntheticBlock(int64_t tokens, uint32_t seed) {
   const int layers = 8, kv_heads = 4, head_dim = 64;
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-2, 2);
@@ -112,11 +112,11 @@ KvBlock SyntheticBlock(int64_t tokens, uint32_t seed) {
     for (float& x : k[l]) x = u(rng);
     for (float& x : v[l]) x = u(rng);
   }
-  return MakeKvBlock(kv_heads, head_dim, tokens, k, v, "benchfingerprint").value();
+  return MakeStoredBlock(kv_heads, head_dim, tokens, k, v, "benchfingerprint").value();
 }
 
 int RunTiers(const std::string& dir, int entries, int64_t tokens, int reps) {
-  const KvBlock proto = SyntheticBlock(tokens, 1);
+  const StoredBlock proto = SyntheticBlock(tokens, 1);
   std::printf("### tiers (loadavg %s)\n\n", ragserve::bench::LoadAvg().c_str());
   std::printf("block: 8 layers x 4 kv heads x 64 dims x %lld tokens = %.2f MB f32; %d entries\n\n",
               static_cast<long long>(tokens), proto.ByteSize() / 1e6, entries);
@@ -132,28 +132,28 @@ int RunTiers(const std::string& dir, int entries, int64_t tokens, int reps) {
     }
     double mb = 0, t_put = 0, t_flush = 0, t_ram = 1e9, t_disk = 1e9, t_raw = 1e9, t_nodisk = 0;
     for (int pass = 0; pass < 2; ++pass) {  // pass 0 warms the allocator (first-touch faults)
-      KvCacheOptions o;  // no disk tier: the compute copy, narrowing and RAM insert alone
+      BlockCacheOptions o;  // no disk tier: the compute copy, narrowing and RAM insert alone
       o.ram_limit_bytes = int64_t{1} << 40;
       o.store_dtype = dtype;
       o.metrics = &reg;
-      auto cache = KvCache::Open(o).value();
+      auto cache = BlockCache::Open(o).value();
       auto t0 = Clock::now();
       for (const CacheKey& k : keys) {
-        if (!cache->GetOrCompute(k, [&] { return StatusOr<KvBlock>(proto); }).ok()) return 1;
+        if (!cache->GetOrCompute(k, [&] { return StatusOr<StoredBlock>(proto); }).ok()) return 1;
       }
       t_nodisk = Seconds(t0, Clock::now());
     }
-    auto miss = [] { return StatusOr<KvBlock>(ragserve::Internal("miss")); };
+    auto miss = [] { return StatusOr<StoredBlock>(ragserve::Internal("miss")); };
     {
-      KvCacheOptions o;
+      BlockCacheOptions o;
       o.disk_dir = db;
       o.ram_limit_bytes = int64_t{1} << 40;
       o.store_dtype = dtype;
       o.metrics = &reg;
-      auto cache = KvCache::Open(o).value();
+      auto cache = BlockCache::Open(o).value();
       auto t0 = Clock::now();
       for (const CacheKey& k : keys) {
-        auto b = cache->GetOrCompute(k, [&] { return StatusOr<KvBlock>(proto); });
+        auto b = cache->GetOrCompute(k, [&] { return StatusOr<StoredBlock>(proto); });
         if (!b.ok()) return 1;
         mb += (*b)->ByteSize() / 1e6;
       }
@@ -169,11 +169,11 @@ int RunTiers(const std::string& dir, int entries, int64_t tokens, int reps) {
       }
     }
     for (int r = 0; r < reps; ++r) {
-      KvCacheOptions o;
+      BlockCacheOptions o;
       o.disk_dir = db;
       o.ram_limit_bytes = 0;  // every lookup goes to disk
       o.metrics = &reg;
-      auto cache = KvCache::Open(o).value();
+      auto cache = BlockCache::Open(o).value();
       auto t0 = Clock::now();
       for (const CacheKey& k : keys) {
         if (!cache->GetOrCompute(k, miss).ok()) return 1;
@@ -348,7 +348,7 @@ int RunTtft(const std::string& dir, const TtftConfig& cfg) {
         passages.push_back(RandomPassage(L, static_cast<uint32_t>(1000003u * L + 7919u * n + i)));
       }
       // (b) and (c): a cache with both tiers, as a worker runs it.
-      KvCacheOptions copts;
+      BlockCacheOptions copts;
       copts.ram_limit_bytes = int64_t{16} << 30;
       copts.disk_dir = cell_dir;
       ragserve::MetricsRegistry reg;
@@ -358,7 +358,7 @@ int RunTtft(const std::string& dir, const TtftConfig& cfg) {
       as.temperature = cfg.temperature;
       as.scaling = cfg.scaling;
       as.max_passage_tokens = std::max(2048, L);
-      auto cache = Must(KvCache::Open(copts), "open cache");
+      auto cache = Must(BlockCache::Open(copts), "open cache");
       auto enc = Must(ApeEncoder::Create(&model, &tok, cache.get(), as), "encoder");
       const int32_t P = enc->passage_start();
 
@@ -466,7 +466,7 @@ int RunTtft(const std::string& dir, const TtftConfig& cfg) {
       enc.reset();
       cache.reset();
       for (int r = 0; r < cfg.reps; ++r) {
-        cache = Must(KvCache::Open(copts), "re-open cache");
+        cache = Must(BlockCache::Open(copts), "re-open cache");
         enc = Must(ApeEncoder::Create(&model, &tok, cache.get(), as), "encoder");
         const int64_t computes_before = cache->Stats().misses;
         td.push_back(ape_request());

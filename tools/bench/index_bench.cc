@@ -335,13 +335,13 @@ int main(int argc, char** argv) {
         (std::filesystem::temp_directory_path() / ("index_bench_" + std::to_string(getpid())))
             .string();
     {
-      auto store = index_service::CollectionStore::Open(dir).value();
+      auto store = collection::CollectionStore::Open(dir).value();
       ServerConfig cfg;
       cfg.service = "index";
       cfg.metrics_port = -1;
       cfg.log_level = "warn";
       ServiceServer server(cfg);
-      index_service::IndexGrpcService svc(&server, store.get());
+      collection::IndexGrpcService svc(&server, store.get());
       server.AddService(&svc, "ragserve.v1.IndexService");
       if (Status st = server.Start(); !st.ok()) {
         std::fprintf(stderr, "grpc server: %s\n", st.ToString().c_str());
@@ -352,7 +352,7 @@ int main(int argc, char** argv) {
               ->Create(
                   {.name = "bench", .dim = dim, .metric = index::Metric::kL2, .index_kind = "flat"})
               .value();
-      std::vector<index_service::Document> docs(n);
+      std::vector<collection::Document> docs(n);
       for (int64_t i = 0; i < n; ++i) {
         docs[i].id = std::to_string(i);
         docs[i].vector.assign(x.begin() + i * dim, x.begin() + (i + 1) * dim);
@@ -411,7 +411,7 @@ int main(int argc, char** argv) {
         raw_ef = ef;
         std::vector<std::pair<float, int64_t>> raw_res;
         int64_t unused = 0;
-        index_service::SearchOptions so;
+        collection::SearchOptions so;
         so.k = kK;
         so.ef_search = ef;
         so.include_text = false;  // as the gRPC request below
@@ -428,7 +428,7 @@ int main(int argc, char** argv) {
             } else if (impl == 1) {
               (void)hnsw->search(1, qi, kK, dd.data(), ii.data(), sp);
             } else if (impl == 2) {
-              (void)c->Search({index_service::Query{std::vector<float>(qi, qi + dim), ""}}, so);
+              (void)c->Search({collection::Query{std::vector<float>(qi, qi + dim), ""}}, so);
             } else {
               v1::SearchResponse resp;
               (void)grpc_search(qi, ef, &resp);

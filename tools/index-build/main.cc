@@ -20,8 +20,8 @@
 namespace {
 
 using namespace ragserve;  // NOLINT: a tool's main file
-using index_service::CollectionStore;
-using index_service::Document;
+using collection::CollectionStore;
+using collection::Document;
 
 class Progress {
  public:
@@ -120,7 +120,7 @@ Status Run(const std::string& input, const std::string& out, const std::string& 
     }
     RS_RETURN_IF_ERROR(exact->add(n, x.data(), rows.data()));
     std::mt19937_64 rng(42);
-    std::vector<index_service::Query> queries(nq);
+    std::vector<collection::Query> queries(nq);
     std::vector<float> qx(static_cast<size_t>(nq) * dim);
     for (int i = 0; i < nq; ++i) {
       const int64_t r = static_cast<int64_t>(rng() % n);

@@ -1,10 +1,12 @@
-// The context cache's storage: passage/prefix KV blocks keyed by CacheKey, in two tiers.
+// BlockCache: the context cache's storage of passage/prefix KV blocks (StoredBlock) keyed by
+// CacheKey, in two tiers.
 //
-//   RAM tier   an LRU bounded in bytes (KvBlock::ByteSize); entries are shared_ptr<const KvBlock>,
-//              so a reader keeps its block alive after an eviction. A block larger than the whole
-//              budget is served and written to disk but not kept in RAM.
+//   RAM tier   an LRU bounded in bytes (StoredBlock::ByteSize); entries are
+//              shared_ptr<const StoredBlock>, so a reader keeps its block alive after an eviction.
+//              A block larger than the whole budget is served and written to disk but not kept in
+//              RAM.
 //   disk tier  a DiskStore (RocksDB by default) that survives restarts; every entry is the
-//              checksummed SerializeKvBlock form tagged with its key id. A read that fails the
+//              checksummed SerializeStoredBlock form tagged with its key id. A read that fails the
 //              checksum, the tag or the fingerprint is deleted and recomputed, never served.
 //   writes     computed blocks are written to disk by a background thread (serialize + put off
 //              the request path); until written they are served from the pending set, and the
@@ -42,15 +44,15 @@
 #include "services/common/status.h"
 #include "services/ctxcache/cache_key.h"
 #include "services/ctxcache/disk_store.h"
-#include "services/ctxcache/kv_block.h"
+#include "services/ctxcache/stored_block.h"
 
 namespace ragserve::ctxcache {
 
-// Where GetOrCompute found a block. kRemote is never set by KvCache: ApeEncoder reports it when
+// Where GetOrCompute found a block. kRemote is never set by BlockCache: ApeEncoder reports it when
 // its compute function fetched the block from a remote cache instead of computing it.
 enum class CacheSource { kRam, kDisk, kInflight, kComputed, kRemote };
 
-struct KvCacheOptions {
+struct BlockCacheOptions {
   int64_t ram_limit_bytes = int64_t{1} << 30;  // RAM tier budget (>= 0; 0 keeps nothing in RAM)
   std::string disk_dir;                        // RocksDB directory; empty = no disk tier
   DType store_dtype = DType::kF32;             // storage dtype of computed blocks
@@ -59,7 +61,7 @@ struct KvCacheOptions {
   int64_t max_pending_write_bytes = int64_t{256} << 20;
 };
 
-struct KvCacheStats {
+struct BlockCacheStats {
   int64_t ram_entries = 0, ram_bytes = 0, ram_limit_bytes = 0;
   int64_t disk_entries = 0, disk_bytes = 0;  // estimates from the store
   int64_t hits_ram = 0, hits_disk = 0, hits_inflight = 0;
@@ -70,26 +72,26 @@ struct KvCacheStats {
   int64_t pending_writes = 0;  // computed blocks not yet written to disk
 };
 
-class KvCache {
+class BlockCache {
  public:
-  using ComputeFn = std::function<StatusOr<KvBlock>()>;
+  using ComputeFn = std::function<StatusOr<StoredBlock>()>;
 
   // Opens the tiers. `disk` overrides options.disk_dir (tests inject faulty stores); errors from
   // opening RocksDB are returned as they are. InvalidArgument for a negative RAM limit.
-  static StatusOr<std::unique_ptr<KvCache>> Open(const KvCacheOptions& options,
-                                                 std::unique_ptr<DiskStore> disk = nullptr);
-  ~KvCache();
+  static StatusOr<std::unique_ptr<BlockCache>> Open(const BlockCacheOptions& options,
+                                                    std::unique_ptr<DiskStore> disk = nullptr);
+  ~BlockCache();
 
   // The block for `key`: from RAM, else from disk (verified), else from `compute` (once per key
-  // in flight). The computed block must be valid (KvBlock::Validate: an empty passage gives
+  // in flight). The computed block must be valid (StoredBlock::Validate: an empty passage gives
   // InvalidArgument) and carry key.fingerprint (else FailedPrecondition); it is converted to
   // store_dtype, kept in RAM and written to disk (a failed disk write is counted and logged, the
   // block is still returned). `source`, when given, says where the block came from.
-  StatusOr<std::shared_ptr<const KvBlock>> GetOrCompute(const CacheKey& key, ComputeFn compute,
-                                                        CacheSource* source = nullptr);
+  StatusOr<std::shared_ptr<const StoredBlock>> GetOrCompute(const CacheKey& key, ComputeFn compute,
+                                                            CacheSource* source = nullptr);
   // The block for an id without computing: RAM, else disk (verified); NotFound naming the id when
   // it is in neither (or was corrupt on disk and has just been dropped).
-  StatusOr<std::shared_ptr<const KvBlock>> Get(const KeyId& id);
+  StatusOr<std::shared_ptr<const StoredBlock>> Get(const KeyId& id);
   // Whether the entry is in RAM, waiting to be written, or on disk. A disk entry is not read here
   // (blocks are MBs): if it turns out corrupt, Get drops it and returns NotFound.
   bool Has(const KeyId& id);
@@ -99,34 +101,34 @@ class KvCache {
   int64_t EvictAll(bool include_disk);
   // Waits until every pending disk write has been attempted.
   void Flush();
-  KvCacheStats Stats() const;
-  const KvCacheOptions& options() const { return options_; }
+  BlockCacheStats Stats() const;
+  const BlockCacheOptions& options() const { return options_; }
 
  private:
   struct Entry {
     KeyId id;
-    std::shared_ptr<const KvBlock> block;
+    std::shared_ptr<const StoredBlock> block;
     int64_t bytes;
   };
-  using Result = StatusOr<std::shared_ptr<const KvBlock>>;
+  using Result = StatusOr<std::shared_ptr<const StoredBlock>>;
   struct Metrics {
     Counter *hits_ram, *hits_disk, *hits_inflight, *misses_ram, *misses_disk, *evict_ram,
         *evict_disk, *corrupt, *computes, *disk_errors;
     Gauge *ram_bytes, *ram_entries;
   };
 
-  KvCache(const KvCacheOptions& options, std::unique_ptr<DiskStore> disk);
+  BlockCache(const BlockCacheOptions& options, std::unique_ptr<DiskStore> disk);
   // Reads and verifies the disk entry of `id`; nullptr when absent or rejected (then deleted).
-  std::shared_ptr<const KvBlock> ReadDisk(const KeyId& id, std::string_view fingerprint);
-  void InsertRam(const KeyId& id, std::shared_ptr<const KvBlock> block);  // takes mu_
-  void EvictOverBudget();                                                 // requires mu_
-  void UpdateGauges();                                                    // requires mu_
+  std::shared_ptr<const StoredBlock> ReadDisk(const KeyId& id, std::string_view fingerprint);
+  void InsertRam(const KeyId& id, std::shared_ptr<const StoredBlock> block);  // takes mu_
+  void EvictOverBudget();                                                     // requires mu_
+  void UpdateGauges();                                                        // requires mu_
   Result Fill(const CacheKey& key, const KeyId& id, const ComputeFn& compute, CacheSource* source);
-  void WriteDisk(const KeyId& id, const KvBlock& block);  // serialize + put; counts failures
-  void QueueWrite(const KeyId& id, std::shared_ptr<const KvBlock> block);
+  void WriteDisk(const KeyId& id, const StoredBlock& block);  // serialize + put; counts failures
+  void QueueWrite(const KeyId& id, std::shared_ptr<const StoredBlock> block);
   void WriterLoop();
 
-  const KvCacheOptions options_;
+  const BlockCacheOptions options_;
   const std::unique_ptr<DiskStore> disk_;  // nullptr: RAM only
   Metrics m_;
 
@@ -141,10 +143,11 @@ class KvCache {
   std::condition_variable wcv_;      // signals the writer: work queued or stop
   std::condition_variable idle_cv_;  // signals Flush: a write finished
   std::deque<KeyId> queue_;          // guarded by wmu_; ids to write, oldest first
-  std::unordered_map<KeyId, std::shared_ptr<const KvBlock>, KeyIdHash> pending_;  // guarded by wmu_
-  int64_t pending_bytes_ = 0;                                                     // guarded by wmu_
-  int writing_ = 0;    // guarded by wmu_; writes in progress
-  bool stop_ = false;  // guarded by wmu_
+  std::unordered_map<KeyId, std::shared_ptr<const StoredBlock>, KeyIdHash>
+      pending_;                // guarded by wmu_
+  int64_t pending_bytes_ = 0;  // guarded by wmu_
+  int writing_ = 0;            // guarded by wmu_; writes in progress
+  bool stop_ = false;          // guarded by wmu_
   std::thread writer_;
 
   std::atomic<int64_t> hits_ram_{0}, hits_disk_{0}, hits_inflight_{0}, misses_{0}, evictions_{0},

@@ -1,6 +1,8 @@
-// A cached KV block (the K and V of one passage or prefix, every layer) and its checksummed,
-// versioned binary form. gRPC-free and engine-free: the engine's engine::KvBlock (f32, positions,
-// fingerprint) converts field by field (dims = its geometry; k/v bytes = its float vectors).
+// StoredBlock: a KV block as the context cache stores it (the K and V of one passage or prefix,
+// every layer, in the storage dtype) and its checksummed, versioned binary form. gRPC-free and
+// engine-free: the engine's engine::KvBlock (the f32 form attention reads: positions, fingerprint)
+// converts field by field (dims = its geometry; k/v bytes = its float vectors), see
+// ape_encoder.h's ToStoredBlock / ToEngineBlock.
 //
 // Binary layout (little-endian; version 1):
 //   "RSKVBLK1" magic (8) | u32 version | u32 header_bytes (= all bytes up to the payload)
@@ -32,7 +34,7 @@ inline constexpr int32_t kMaxHeadDim = 4096;
 inline constexpr int64_t kMaxBlockTokens = 1 << 22;
 inline constexpr int64_t kMaxBlockBytes = int64_t{1} << 36;  // 64 GiB
 
-struct KvBlock {
+struct StoredBlock {
   int32_t layers = 0;
   int32_t kv_heads = 0;
   int32_t head_dim = 0;
@@ -55,21 +57,23 @@ struct KvBlock {
   // Copies layer `layer` of K (is_value false) or V into out[LayerElements()] as f32.
   void LayerToF32(int layer, bool is_value, float* out) const;
   // The same block with elements converted to `to` (a copy; f32 -> f16/bf16 rounds to nearest).
-  KvBlock ConvertTo(DType to) const;
+  StoredBlock ConvertTo(DType to) const;
 };
 
 // Builds a block from f32 layers k[layer], v[layer] of tokens*kv_heads*head_dim floats each,
 // stored as `dtype`. positions defaults to 0..tokens-1 when empty. Validates the result.
-StatusOr<KvBlock> MakeKvBlock(int32_t kv_heads, int32_t head_dim, int64_t tokens,
-                              const std::vector<std::vector<float>>& k,
-                              const std::vector<std::vector<float>>& v, std::string fingerprint,
-                              DType dtype = DType::kF32, std::vector<int32_t> positions = {});
+StatusOr<StoredBlock> MakeStoredBlock(int32_t kv_heads, int32_t head_dim, int64_t tokens,
+                                      const std::vector<std::vector<float>>& k,
+                                      const std::vector<std::vector<float>>& v,
+                                      std::string fingerprint, DType dtype = DType::kF32,
+                                      std::vector<int32_t> positions = {});
 
 // The binary form above, bound to `tag`. The block must be valid (Validate()).
-std::string SerializeKvBlock(const KvBlock& block, std::string_view tag = {});
+std::string SerializeStoredBlock(const StoredBlock& block, std::string_view tag = {});
 // Parses and verifies a serialized block: magic, version, header size, dims within bounds, exact
 // total length, checksum, and (when expected_tag is non-empty) tag == expected_tag. Any failure is
 // DataLoss with the reason (never a crash or an over-read, whatever the bytes).
-StatusOr<KvBlock> DeserializeKvBlock(std::string_view bytes, std::string_view expected_tag = {});
+StatusOr<StoredBlock> DeserializeStoredBlock(std::string_view bytes,
+                                             std::string_view expected_tag = {});
 
 }  // namespace ragserve::ctxcache

@@ -1,4 +1,4 @@
-#include "services/ctxcache/kv_cache.h"
+#include "services/ctxcache/block_cache.h"
 
 #include <exception>
 
@@ -6,7 +6,7 @@
 
 namespace ragserve::ctxcache {
 
-KvCache::KvCache(const KvCacheOptions& options, std::unique_ptr<DiskStore> disk)
+BlockCache::BlockCache(const BlockCacheOptions& options, std::unique_ptr<DiskStore> disk)
     : options_(options), disk_(std::move(disk)) {
   MetricsRegistry& r = options_.metrics != nullptr ? *options_.metrics : MetricsRegistry::Default();
   auto counter = [&r](const char* name, const char* help, const char* tier) {
@@ -37,7 +37,7 @@ KvCache::KvCache(const KvCacheOptions& options, std::unique_ptr<DiskStore> disk)
       &r.GetGauge("ragserve_ctxcache_entries", "Entries held by the tier", {{"tier", "ram"}});
 }
 
-KvCache::~KvCache() {
+BlockCache::~BlockCache() {
   {
     std::lock_guard<std::mutex> lock(wmu_);
     stop_ = true;
@@ -46,15 +46,15 @@ KvCache::~KvCache() {
   if (writer_.joinable()) writer_.join();  // drains the queue first
 }
 
-void KvCache::WriteDisk(const KeyId& id, const KvBlock& block) {
-  if (Status s = disk_->Put(id.view(), SerializeKvBlock(block, id.view())); !s.ok()) {
+void BlockCache::WriteDisk(const KeyId& id, const StoredBlock& block) {
+  if (Status s = disk_->Put(id.view(), SerializeStoredBlock(block, id.view())); !s.ok()) {
     ++disk_errors_;
     m_.disk_errors->Inc();
     RS_LOG(warn, "ctxcache: disk write of {} failed: {}", id.Hex(), s.ToString());
   }
 }
 
-void KvCache::QueueWrite(const KeyId& id, std::shared_ptr<const KvBlock> block) {
+void BlockCache::QueueWrite(const KeyId& id, std::shared_ptr<const StoredBlock> block) {
   const int64_t bytes = block->ByteSize();
   {
     std::lock_guard<std::mutex> lock(wmu_);
@@ -73,7 +73,7 @@ void KvCache::QueueWrite(const KeyId& id, std::shared_ptr<const KvBlock> block) 
   WriteDisk(id, *block);  // synchronous mode, or the queue is full: the caller pays
 }
 
-void KvCache::WriterLoop() {
+void BlockCache::WriterLoop() {
   std::unique_lock<std::mutex> lock(wmu_);
   while (true) {
     wcv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
@@ -82,7 +82,7 @@ void KvCache::WriterLoop() {
     queue_.pop_front();
     auto it = pending_.find(id);
     if (it == pending_.end()) continue;  // evicted, or an older duplicate already written
-    std::shared_ptr<const KvBlock> block = it->second;
+    std::shared_ptr<const StoredBlock> block = it->second;
     ++writing_;
     lock.unlock();
     WriteDisk(id, *block);
@@ -96,19 +96,19 @@ void KvCache::WriterLoop() {
   }
 }
 
-void KvCache::Flush() {
+void BlockCache::Flush() {
   std::unique_lock<std::mutex> lock(wmu_);
   idle_cv_.wait(lock, [&] { return queue_.empty() && writing_ == 0; });
 }
 
-StatusOr<std::unique_ptr<KvCache>> KvCache::Open(const KvCacheOptions& options,
-                                                 std::unique_ptr<DiskStore> disk) {
+StatusOr<std::unique_ptr<BlockCache>> BlockCache::Open(const BlockCacheOptions& options,
+                                                       std::unique_ptr<DiskStore> disk) {
   RS_CHECK_ARG(options.ram_limit_bytes >= 0, "ctxcache ram_limit_bytes ", options.ram_limit_bytes,
                " is negative");
   if (disk == nullptr && !options.disk_dir.empty()) {
     RS_ASSIGN_OR_RETURN(disk, RocksDiskStore::Open(options.disk_dir));
   }
-  std::unique_ptr<KvCache> cache(new KvCache(options, std::move(disk)));
+  std::unique_ptr<BlockCache> cache(new BlockCache(options, std::move(disk)));
   if (cache->disk_ != nullptr && options.async_disk_writes) {
     cache->writer_ = std::thread([c = cache.get()] { c->WriterLoop(); });
   }
@@ -117,12 +117,12 @@ StatusOr<std::unique_ptr<KvCache>> KvCache::Open(const KvCacheOptions& options,
   return cache;
 }
 
-void KvCache::UpdateGauges() {
+void BlockCache::UpdateGauges() {
   m_.ram_bytes->Set(static_cast<double>(ram_bytes_));
   m_.ram_entries->Set(static_cast<double>(ram_.size()));
 }
 
-void KvCache::EvictOverBudget() {
+void BlockCache::EvictOverBudget() {
   while (ram_bytes_ > options_.ram_limit_bytes && !lru_.empty()) {
     ram_bytes_ -= lru_.back().bytes;
     ram_.erase(lru_.back().id);
@@ -132,7 +132,7 @@ void KvCache::EvictOverBudget() {
   }
 }
 
-void KvCache::InsertRam(const KeyId& id, std::shared_ptr<const KvBlock> block) {
+void BlockCache::InsertRam(const KeyId& id, std::shared_ptr<const StoredBlock> block) {
   const int64_t bytes = block->ByteSize();
   std::lock_guard<std::mutex> lock(mu_);
   if (auto it = ram_.find(id); it != ram_.end()) {
@@ -149,7 +149,8 @@ void KvCache::InsertRam(const KeyId& id, std::shared_ptr<const KvBlock> block) {
   UpdateGauges();
 }
 
-std::shared_ptr<const KvBlock> KvCache::ReadDisk(const KeyId& id, std::string_view fingerprint) {
+std::shared_ptr<const StoredBlock> BlockCache::ReadDisk(const KeyId& id,
+                                                        std::string_view fingerprint) {
   if (disk_ == nullptr) return nullptr;
   {
     std::lock_guard<std::mutex> lock(wmu_);
@@ -170,14 +171,14 @@ std::shared_ptr<const KvBlock> KvCache::ReadDisk(const KeyId& id, std::string_vi
   } else if (!raw->has_value()) {
     return nullptr;
   } else {
-    StatusOr<KvBlock> blk = DeserializeKvBlock(**raw, id.view());
+    StatusOr<StoredBlock> blk = DeserializeStoredBlock(**raw, id.view());
     if (blk.ok()) {
       if (Status v = blk->Validate(); !v.ok()) {
         bad = DataLoss(v.message());
       } else if (!fingerprint.empty() && blk->fingerprint != fingerprint) {
         bad = DataLoss(StrCat("fingerprint '", blk->fingerprint, "' != '", fingerprint, "'"));
       } else {
-        return std::make_shared<const KvBlock>(std::move(blk).value());
+        return std::make_shared<const StoredBlock>(std::move(blk).value());
       }
     } else {
       bad = blk.status();
@@ -194,10 +195,10 @@ std::shared_ptr<const KvBlock> KvCache::ReadDisk(const KeyId& id, std::string_vi
   return nullptr;
 }
 
-KvCache::Result KvCache::Fill(const CacheKey& key, const KeyId& id, const ComputeFn& compute,
-                              CacheSource* source) {
+BlockCache::Result BlockCache::Fill(const CacheKey& key, const KeyId& id, const ComputeFn& compute,
+                                    CacheSource* source) {
   if (disk_ != nullptr) {
-    if (std::shared_ptr<const KvBlock> b = ReadDisk(id, key.fingerprint)) {
+    if (std::shared_ptr<const StoredBlock> b = ReadDisk(id, key.fingerprint)) {
       ++hits_disk_;
       m_.hits_disk->Inc();
       InsertRam(id, b);
@@ -208,7 +209,7 @@ KvCache::Result KvCache::Fill(const CacheKey& key, const KeyId& id, const Comput
   }
   ++misses_;
   m_.computes->Inc();
-  StatusOr<KvBlock> computed = [&]() -> StatusOr<KvBlock> {
+  StatusOr<StoredBlock> computed = [&]() -> StatusOr<StoredBlock> {
     try {
       return compute();
     } catch (const std::exception& e) {
@@ -225,19 +226,19 @@ KvCache::Result KvCache::Fill(const CacheKey& key, const KeyId& id, const Comput
                                      computed->fingerprint, "' but the key is for '",
                                      key.fingerprint, "'"));
   }
-  KvBlock stored = computed->dtype == options_.store_dtype
-                       ? std::move(computed).value()
-                       : computed->ConvertTo(options_.store_dtype);
-  auto block = std::make_shared<const KvBlock>(std::move(stored));
+  StoredBlock stored = computed->dtype == options_.store_dtype
+                           ? std::move(computed).value()
+                           : computed->ConvertTo(options_.store_dtype);
+  auto block = std::make_shared<const StoredBlock>(std::move(stored));
   InsertRam(id, block);
   if (disk_ != nullptr) QueueWrite(id, block);
   if (source != nullptr) *source = CacheSource::kComputed;
   return block;
 }
 
-StatusOr<std::shared_ptr<const KvBlock>> KvCache::GetOrCompute(const CacheKey& key,
-                                                               ComputeFn compute,
-                                                               CacheSource* source) {
+StatusOr<std::shared_ptr<const StoredBlock>> BlockCache::GetOrCompute(const CacheKey& key,
+                                                                      ComputeFn compute,
+                                                                      CacheSource* source) {
   RS_CHECK_ARG(!key.fingerprint.empty(), "ctxcache: the key's model fingerprint is empty");
   RS_CHECK_ARG(compute != nullptr, "ctxcache: no compute function");
   const KeyId id = key.id();
@@ -269,7 +270,7 @@ StatusOr<std::shared_ptr<const KvBlock>> KvCache::GetOrCompute(const CacheKey& k
   return r;
 }
 
-StatusOr<std::shared_ptr<const KvBlock>> KvCache::Get(const KeyId& id) {
+StatusOr<std::shared_ptr<const StoredBlock>> BlockCache::Get(const KeyId& id) {
   {
     std::unique_lock<std::mutex> lock(mu_);
     if (auto it = ram_.find(id); it != ram_.end()) {
@@ -287,7 +288,7 @@ StatusOr<std::shared_ptr<const KvBlock>> KvCache::Get(const KeyId& id) {
     }
   }
   m_.misses_ram->Inc();
-  if (std::shared_ptr<const KvBlock> b = ReadDisk(id, {})) {
+  if (std::shared_ptr<const StoredBlock> b = ReadDisk(id, {})) {
     ++hits_disk_;
     m_.hits_disk->Inc();
     InsertRam(id, b);
@@ -297,7 +298,7 @@ StatusOr<std::shared_ptr<const KvBlock>> KvCache::Get(const KeyId& id) {
   return NotFound(StrCat("ctxcache: key ", id.Hex(), " is not cached"));
 }
 
-bool KvCache::Has(const KeyId& id) {
+bool BlockCache::Has(const KeyId& id) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (ram_.count(id) != 0) return true;
@@ -311,7 +312,7 @@ bool KvCache::Has(const KeyId& id) {
   return on_disk.ok() && *on_disk;
 }
 
-int KvCache::Evict(const KeyId& id, bool include_disk) {
+int BlockCache::Evict(const KeyId& id, bool include_disk) {
   int held = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -344,7 +345,7 @@ int KvCache::Evict(const KeyId& id, bool include_disk) {
   return held;
 }
 
-int64_t KvCache::EvictAll(bool include_disk) {
+int64_t BlockCache::EvictAll(bool include_disk) {
   int64_t n = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -375,8 +376,8 @@ int64_t KvCache::EvictAll(bool include_disk) {
   return n;
 }
 
-KvCacheStats KvCache::Stats() const {
-  KvCacheStats s;
+BlockCacheStats BlockCache::Stats() const {
+  BlockCacheStats s;
   {
     std::lock_guard<std::mutex> lock(mu_);
     s.ram_entries = static_cast<int64_t>(ram_.size());

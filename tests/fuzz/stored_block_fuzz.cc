@@ -1,4 +1,4 @@
-// FUZZ_SOURCES: services/ctxcache/kv_block.cc kernels/cpu/ops.cc kernels/cpu/attention.cc
+// FUZZ_SOURCES: services/ctxcache/stored_block.cc kernels/cpu/ops.cc kernels/cpu/attention.cc
 // Fuzz target for the context cache's on-disk KV block format: any bytes must parse into a block
 // that passes Validate() and re-serializes to the same bytes, or give DataLoss; never a crash,
 // an over-read or an allocation the header merely claims. The first input byte picks whether the
@@ -11,7 +11,7 @@
 #include <cstring>
 #include <string>
 
-#include "services/ctxcache/kv_block.h"
+#include "services/ctxcache/stored_block.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace ragserve::ctxcache;  // NOLINT: a fuzz target
@@ -23,14 +23,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::memcpy(bytes.data() + bytes.size() - 8, &h, 8);
   }
   for (const char* tag : {"", "key"}) {
-    auto b = DeserializeKvBlock(bytes, tag);
+    auto b = DeserializeStoredBlock(bytes, tag);
     if (!b.ok()) {
       if (b.status().code() != ragserve::StatusCode::kDataLoss) std::abort();
       continue;
     }
     if (!b->Validate().ok()) std::abort();
     // With the tag known, the block serializes back to exactly the input.
-    if (tag[0] != '\0' && SerializeKvBlock(*b, tag) != bytes) std::abort();
+    if (tag[0] != '\0' && SerializeStoredBlock(*b, tag) != bytes) std::abort();
     std::string f(static_cast<size_t>(b->LayerElements()) * sizeof(float), '\0');
     b->LayerToF32(b->layers - 1, true, reinterpret_cast<float*>(f.data()));
   }

@@ -1,9 +1,10 @@
+#include "services/engine/kv_source.h"
+
 #include <algorithm>
 #include <limits>
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/spin_pool.h"
-#include "services/engine/kv_source.h"
 
 namespace ragserve::engine {
 

@@ -1,7 +1,7 @@
-// KvBlock serialization (services/ctxcache/kv_block.h) and cache keys (cache_key.h): exact round
-// trips, every flipped bit and every truncation detected, hostile headers rejected without
+// StoredBlock serialization (services/ctxcache/stored_block.h) and cache keys (cache_key.h): exact
+// round trips, every flipped bit and every truncation detected, hostile headers rejected without
 // allocating, f16 storage within rounding, keys that change with every field.
-#include "services/ctxcache/kv_block.h"
+#include "services/ctxcache/stored_block.h"
 
 #include <xxhash.h>
 
@@ -15,8 +15,8 @@
 namespace ragserve::ctxcache {
 namespace {
 
-KvBlock RandomBlock(uint32_t seed, int layers = 2, int kv_heads = 2, int head_dim = 4,
-                    int64_t tokens = 3, bool with_ids = true) {
+StoredBlock RandomBlock(uint32_t seed, int layers = 2, int kv_heads = 2, int head_dim = 4,
+                        int64_t tokens = 3, bool with_ids = true) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd;
   std::vector<std::vector<float>> k(layers), v(layers);
@@ -28,7 +28,7 @@ KvBlock RandomBlock(uint32_t seed, int layers = 2, int kv_heads = 2, int head_di
   }
   std::vector<int32_t> pos;
   for (int64_t i = 0; i < tokens; ++i) pos.push_back(static_cast<int32_t>(10 + i));
-  auto b = MakeKvBlock(kv_heads, head_dim, tokens, k, v, "fp0123456789abcd", DType::kF32, pos);
+  auto b = MakeStoredBlock(kv_heads, head_dim, tokens, k, v, "fp0123456789abcd", DType::kF32, pos);
   EXPECT_TRUE(b.ok()) << b.status().ToString();
   if (with_ids) {
     for (int64_t i = 0; i < tokens; ++i) b->token_ids.push_back(static_cast<int32_t>(100 + i));
@@ -36,7 +36,7 @@ KvBlock RandomBlock(uint32_t seed, int layers = 2, int kv_heads = 2, int head_di
   return *b;
 }
 
-void ExpectSame(const KvBlock& a, const KvBlock& b) {
+void ExpectSame(const StoredBlock& a, const StoredBlock& b) {
   EXPECT_EQ(a.layers, b.layers);
   EXPECT_EQ(a.kv_heads, b.kv_heads);
   EXPECT_EQ(a.head_dim, b.head_dim);
@@ -49,43 +49,43 @@ void ExpectSame(const KvBlock& a, const KvBlock& b) {
   EXPECT_EQ(a.v, b.v);
 }
 
-TEST(KvBlockTest, SerializationRoundTripsExactly) {
+TEST(StoredBlockTest, SerializationRoundTripsExactly) {
   for (bool ids : {false, true}) {
-    const KvBlock b = RandomBlock(1, 3, 2, 8, 5, ids);
-    const std::string bytes = SerializeKvBlock(b, "tag-1");
-    auto back = DeserializeKvBlock(bytes, "tag-1");
+    const StoredBlock b = RandomBlock(1, 3, 2, 8, 5, ids);
+    const std::string bytes = SerializeStoredBlock(b, "tag-1");
+    auto back = DeserializeStoredBlock(bytes, "tag-1");
     ASSERT_TRUE(back.ok()) << back.status().ToString();
     ExpectSame(b, *back);
-    EXPECT_TRUE(DeserializeKvBlock(bytes).ok());  // no expected tag: any tag is accepted
+    EXPECT_TRUE(DeserializeStoredBlock(bytes).ok());  // no expected tag: any tag is accepted
   }
-  const KvBlock h = RandomBlock(2).ConvertTo(DType::kF16);
-  auto back = DeserializeKvBlock(SerializeKvBlock(h));
+  const StoredBlock h = RandomBlock(2).ConvertTo(DType::kF16);
+  auto back = DeserializeStoredBlock(SerializeStoredBlock(h));
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   ExpectSame(h, *back);
 }
 
-TEST(KvBlockTest, EveryFlippedBitAndEveryTruncationIsDataLoss) {
-  const std::string bytes = SerializeKvBlock(RandomBlock(3), "key");
+TEST(StoredBlockTest, EveryFlippedBitAndEveryTruncationIsDataLoss) {
+  const std::string bytes = SerializeStoredBlock(RandomBlock(3), "key");
   for (size_t i = 0; i < bytes.size(); ++i) {
     for (int bit : {0, 5}) {
       std::string bad = bytes;
       bad[i] ^= static_cast<char>(1 << bit);
-      auto r = DeserializeKvBlock(bad, "key");
+      auto r = DeserializeStoredBlock(bad, "key");
       ASSERT_FALSE(r.ok()) << "flip at byte " << i;
       ASSERT_EQ(r.status().code(), StatusCode::kDataLoss) << r.status().ToString();
     }
   }
   for (size_t n = 0; n < bytes.size(); ++n) {
-    auto r = DeserializeKvBlock(std::string_view(bytes).substr(0, n), "key");
+    auto r = DeserializeStoredBlock(std::string_view(bytes).substr(0, n), "key");
     ASSERT_EQ(r.status().code(), StatusCode::kDataLoss) << "truncated to " << n;
   }
-  auto extra = DeserializeKvBlock(bytes + "x", "key");
+  auto extra = DeserializeStoredBlock(bytes + "x", "key");
   EXPECT_EQ(extra.status().code(), StatusCode::kDataLoss);
 }
 
-TEST(KvBlockTest, ATagMismatchIsReportedAsAnotherKey) {
-  const std::string bytes = SerializeKvBlock(RandomBlock(4), "key-a");
-  auto r = DeserializeKvBlock(bytes, "key-b");
+TEST(StoredBlockTest, ATagMismatchIsReportedAsAnotherKey) {
+  const std::string bytes = SerializeStoredBlock(RandomBlock(4), "key-a");
+  auto r = DeserializeStoredBlock(bytes, "key-b");
   EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
   EXPECT_NE(r.status().message().find("another key"), std::string::npos) << r.status().message();
 }
@@ -99,8 +99,8 @@ std::string Forge(std::string bytes, size_t offset, const void* value, size_t n)
   return bytes;
 }
 
-TEST(KvBlockTest, HostileHeadersWithValidChecksumsAreRejectedByReason) {
-  const std::string bytes = SerializeKvBlock(RandomBlock(5), "key");
+TEST(StoredBlockTest, HostileHeadersWithValidChecksumsAreRejectedByReason) {
+  const std::string bytes = SerializeStoredBlock(RandomBlock(5), "key");
   // Offsets: magic 0, version 8, header 12, layers 16, kv_heads 20, head_dim 24, dtype 28,
   // has_ids 29, pad 30, tokens 32.
   const int64_t huge_tokens = int64_t{1} << 40;
@@ -117,7 +117,7 @@ TEST(KvBlockTest, HostileHeadersWithValidChecksumsAreRejectedByReason) {
       {Forge(bytes, 28, &bad_dtype, 1), "bad dtype"},
   };
   for (const Case& c : cases) {
-    auto r = DeserializeKvBlock(c.bytes, "key");
+    auto r = DeserializeStoredBlock(c.bytes, "key");
     ASSERT_EQ(r.status().code(), StatusCode::kDataLoss);
     EXPECT_NE(r.status().message().find(c.reason), std::string::npos) << r.status().message();
   }
@@ -127,13 +127,13 @@ TEST(KvBlockTest, HostileHeadersWithValidChecksumsAreRejectedByReason) {
     std::string junk(rng() % 200, '\0');
     for (char& ch : junk) ch = static_cast<char>(rng());
     if (i % 2 == 0 && junk.size() >= 8) std::memcpy(junk.data(), "RSKVBLK1", 8);
-    ASSERT_FALSE(DeserializeKvBlock(junk).ok());
+    ASSERT_FALSE(DeserializeStoredBlock(junk).ok());
   }
 }
 
-TEST(KvBlockTest, F16StorageHalvesTheBytesWithinRounding) {
-  const KvBlock f = RandomBlock(6, 2, 4, 16, 7);
-  const KvBlock h = f.ConvertTo(DType::kF16);
+TEST(StoredBlockTest, F16StorageHalvesTheBytesWithinRounding) {
+  const StoredBlock f = RandomBlock(6, 2, 4, 16, 7);
+  const StoredBlock h = f.ConvertTo(DType::kF16);
   EXPECT_EQ(h.dtype, DType::kF16);
   EXPECT_EQ(h.k[0].size() * 2, f.k[0].size());
   std::vector<float> a(f.LayerElements()), b(f.LayerElements());
@@ -147,16 +147,16 @@ TEST(KvBlockTest, F16StorageHalvesTheBytesWithinRounding) {
     }
   }
   // Widening back gives the f16 values exactly.
-  const KvBlock back = h.ConvertTo(DType::kF32);
+  const StoredBlock back = h.ConvertTo(DType::kF32);
   back.LayerToF32(1, true, a.data());
   h.LayerToF32(1, true, b.data());
   EXPECT_EQ(a, b);
 }
 
-TEST(KvBlockTest, ValidateNamesTheBadField) {
-  KvBlock b = RandomBlock(7);
+TEST(StoredBlockTest, ValidateNamesTheBadField) {
+  StoredBlock b = RandomBlock(7);
   ASSERT_TRUE(b.Validate().ok());
-  KvBlock e = b;
+  StoredBlock e = b;
   e.tokens = 0;
   EXPECT_NE(e.Validate().message().find("empty passage"), std::string::npos);
   e = b;
@@ -168,7 +168,7 @@ TEST(KvBlockTest, ValidateNamesTheBadField) {
   e = b;
   e.positions.pop_back();
   EXPECT_NE(e.Validate().message().find("positions has 2 entries for 3 tokens"), std::string::npos);
-  auto m = MakeKvBlock(2, 4, 3, {{1.0f}}, {{1.0f}}, "fp");
+  auto m = MakeStoredBlock(2, 4, 3, {{1.0f}}, {{1.0f}}, "fp");
   EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(m.status().message().find("expected tokens*kv_heads*head_dim = 24"), std::string::npos);
 }

@@ -1,4 +1,4 @@
-#include "services/ctxcache/kv_block.h"
+#include "services/ctxcache/stored_block.h"
 
 #include <xxhash.h>
 
@@ -49,52 +49,53 @@ bool ValidDType(uint8_t d) { return d <= static_cast<uint8_t>(DType::kBF16); }
 
 }  // namespace
 
-int64_t KvBlock::ByteSize() const {
+int64_t StoredBlock::ByteSize() const {
   int64_t n = static_cast<int64_t>(fingerprint.size() + (positions.size() + token_ids.size()) * 4);
   for (const auto& l : k) n += static_cast<int64_t>(l.size());
   for (const auto& l : v) n += static_cast<int64_t>(l.size());
   return n;
 }
 
-Status KvBlock::Validate() const {
-  RS_CHECK_ARG(layers > 0 && layers <= kMaxLayers, "KvBlock layers ", layers, " not in [1, ",
+Status StoredBlock::Validate() const {
+  RS_CHECK_ARG(layers > 0 && layers <= kMaxLayers, "StoredBlock layers ", layers, " not in [1, ",
                kMaxLayers, "]");
-  RS_CHECK_ARG(kv_heads > 0 && kv_heads <= kMaxKvHeads, "KvBlock kv_heads ", kv_heads,
+  RS_CHECK_ARG(kv_heads > 0 && kv_heads <= kMaxKvHeads, "StoredBlock kv_heads ", kv_heads,
                " not in [1, ", kMaxKvHeads, "]");
-  RS_CHECK_ARG(head_dim > 0 && head_dim <= kMaxHeadDim, "KvBlock head_dim ", head_dim,
+  RS_CHECK_ARG(head_dim > 0 && head_dim <= kMaxHeadDim, "StoredBlock head_dim ", head_dim,
                " not in [1, ", kMaxHeadDim, "]");
-  RS_CHECK_ARG(tokens > 0 && tokens <= kMaxBlockTokens, "KvBlock tokens ", tokens, " not in [1, ",
-               kMaxBlockTokens, "] (an empty passage has no KV)");
-  RS_CHECK_ARG(ValidDType(static_cast<uint8_t>(dtype)), "KvBlock dtype ", static_cast<int>(dtype),
-               " is not f32/f16/bf16");
+  RS_CHECK_ARG(tokens > 0 && tokens <= kMaxBlockTokens, "StoredBlock tokens ", tokens,
+               " not in [1, ", kMaxBlockTokens, "] (an empty passage has no KV)");
+  RS_CHECK_ARG(ValidDType(static_cast<uint8_t>(dtype)), "StoredBlock dtype ",
+               static_cast<int>(dtype), " is not f32/f16/bf16");
   const int64_t layer_bytes = LayerElements() * static_cast<int64_t>(kernels::DTypeSize(dtype));
-  RS_CHECK_ARG(layer_bytes * 2 * layers <= kMaxBlockBytes, "KvBlock of ", layer_bytes * 2 * layers,
-               " bytes exceeds ", kMaxBlockBytes);
-  RS_CHECK_ARG(!fingerprint.empty(), "KvBlock fingerprint is empty");
-  RS_CHECK_ARG(fingerprint.size() < kMaxStringBytes, "KvBlock fingerprint of ", fingerprint.size(),
-               " bytes is too long");
-  RS_CHECK_ARG(static_cast<int64_t>(positions.size()) == tokens, "KvBlock positions has ",
+  RS_CHECK_ARG(layer_bytes * 2 * layers <= kMaxBlockBytes, "StoredBlock of ",
+               layer_bytes * 2 * layers, " bytes exceeds ", kMaxBlockBytes);
+  RS_CHECK_ARG(!fingerprint.empty(), "StoredBlock fingerprint is empty");
+  RS_CHECK_ARG(fingerprint.size() < kMaxStringBytes, "StoredBlock fingerprint of ",
+               fingerprint.size(), " bytes is too long");
+  RS_CHECK_ARG(static_cast<int64_t>(positions.size()) == tokens, "StoredBlock positions has ",
                positions.size(), " entries for ", tokens, " tokens");
   RS_CHECK_ARG(token_ids.empty() || static_cast<int64_t>(token_ids.size()) == tokens,
-               "KvBlock token_ids has ", token_ids.size(), " entries for ", tokens, " tokens");
+               "StoredBlock token_ids has ", token_ids.size(), " entries for ", tokens, " tokens");
   RS_CHECK_ARG(static_cast<int32_t>(k.size()) == layers && static_cast<int32_t>(v.size()) == layers,
-               "KvBlock has ", k.size(), " K and ", v.size(), " V layers for layers = ", layers);
+               "StoredBlock has ", k.size(), " K and ", v.size(),
+               " V layers for layers = ", layers);
   for (int32_t l = 0; l < layers; ++l) {
     RS_CHECK_ARG(static_cast<int64_t>(k[l].size()) == layer_bytes &&
                      static_cast<int64_t>(v[l].size()) == layer_bytes,
-                 "KvBlock layer ", l, " holds ", k[l].size(), " K / ", v[l].size(),
+                 "StoredBlock layer ", l, " holds ", k[l].size(), " K / ", v[l].size(),
                  " V bytes; expected ", layer_bytes);
   }
   return OkStatus();
 }
 
-void KvBlock::LayerToF32(int layer, bool is_value, float* out) const {
+void StoredBlock::LayerToF32(int layer, bool is_value, float* out) const {
   const auto& src = is_value ? v[layer] : k[layer];
   kernels::ConvertToF32(src.data(), dtype, LayerElements(), out);
 }
 
-KvBlock KvBlock::ConvertTo(DType to) const {
-  KvBlock out = *this;
+StoredBlock StoredBlock::ConvertTo(DType to) const {
+  StoredBlock out = *this;
   if (to == dtype) return out;
   out.dtype = to;
   const int64_t n = LayerElements();
@@ -110,13 +111,14 @@ KvBlock KvBlock::ConvertTo(DType to) const {
   return out;
 }
 
-StatusOr<KvBlock> MakeKvBlock(int32_t kv_heads, int32_t head_dim, int64_t tokens,
-                              const std::vector<std::vector<float>>& k,
-                              const std::vector<std::vector<float>>& v, std::string fingerprint,
-                              DType dtype, std::vector<int32_t> positions) {
-  RS_CHECK_ARG(k.size() == v.size(), "MakeKvBlock: ", k.size(), " K layers but ", v.size(),
+StatusOr<StoredBlock> MakeStoredBlock(int32_t kv_heads, int32_t head_dim, int64_t tokens,
+                                      const std::vector<std::vector<float>>& k,
+                                      const std::vector<std::vector<float>>& v,
+                                      std::string fingerprint, DType dtype,
+                                      std::vector<int32_t> positions) {
+  RS_CHECK_ARG(k.size() == v.size(), "MakeStoredBlock: ", k.size(), " K layers but ", v.size(),
                " V layers");
-  KvBlock b;
+  StoredBlock b;
   b.layers = static_cast<int32_t>(k.size());
   b.kv_heads = kv_heads;
   b.head_dim = head_dim;
@@ -131,7 +133,7 @@ StatusOr<KvBlock> MakeKvBlock(int32_t kv_heads, int32_t head_dim, int64_t tokens
   const int64_t n = b.LayerElements();
   for (size_t l = 0; l < k.size(); ++l) {
     RS_CHECK_ARG(static_cast<int64_t>(k[l].size()) == n && static_cast<int64_t>(v[l].size()) == n,
-                 "MakeKvBlock: layer ", l, " has ", k[l].size(), " K / ", v[l].size(),
+                 "MakeStoredBlock: layer ", l, " has ", k[l].size(), " K / ", v[l].size(),
                  " V floats; expected tokens*kv_heads*head_dim = ", n);
     auto bytes = [](const std::vector<float>& f) {
       std::vector<uint8_t> out(f.size() * sizeof(float));
@@ -146,7 +148,7 @@ StatusOr<KvBlock> MakeKvBlock(int32_t kv_heads, int32_t head_dim, int64_t tokens
   return b;
 }
 
-std::string SerializeKvBlock(const KvBlock& b, std::string_view tag) {
+std::string SerializeStoredBlock(const StoredBlock& b, std::string_view tag) {
   std::string out;
   const size_t header = kFixedHeader + b.fingerprint.size() + tag.size() +
                         (b.positions.size() + b.token_ids.size()) * 4;
@@ -175,7 +177,8 @@ std::string SerializeKvBlock(const KvBlock& b, std::string_view tag) {
   return out;
 }
 
-StatusOr<KvBlock> DeserializeKvBlock(std::string_view bytes, std::string_view expected_tag) {
+StatusOr<StoredBlock> DeserializeStoredBlock(std::string_view bytes,
+                                             std::string_view expected_tag) {
   auto loss = [](auto&&... parts) { return DataLoss(StrCat("KV block: ", parts...)); };
   if (bytes.size() < kFixedHeader + 8) return loss("only ", bytes.size(), " bytes");
   if (std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) return loss("bad magic");
@@ -190,7 +193,7 @@ StatusOr<KvBlock> DeserializeKvBlock(std::string_view bytes, std::string_view ex
   std::string_view skip;
   r.Bytes(sizeof(kMagic), &skip);
   uint32_t version = 0, header = 0, fp_len = 0, tag_len = 0;
-  KvBlock b;
+  StoredBlock b;
   uint8_t dtype = 0, has_ids = 0;
   uint16_t pad = 0;
   r.Get(&version);

@@ -1,8 +1,8 @@
-// KvCache (services/ctxcache/kv_cache.h) with a fake, deterministic compute function: cached ==
-// recomputed, the disk tier survives a restart, corrupt disk entries are recomputed and never
+// BlockCache (services/ctxcache/block_cache.h) with a fake, deterministic compute function: cached
+// == recomputed, the disk tier survives a restart, corrupt disk entries are recomputed and never
 // served, single-flight computes once, the RAM LRU stays within its byte budget, bad input is a
 // clear error, metrics are exported.
-#include "services/ctxcache/kv_cache.h"
+#include "services/ctxcache/block_cache.h"
 
 #include <unistd.h>
 
@@ -43,7 +43,7 @@ class TempDir {
 };
 
 // The "model": a passage's KV is a deterministic function of its text.
-KvBlock FakeEncode(const std::string& text, int64_t tokens = 6) {
+StoredBlock FakeEncode(const std::string& text, int64_t tokens = 6) {
   std::mt19937 rng(static_cast<uint32_t>(HashBytes(text)));
   std::normal_distribution<float> nd;
   const int layers = 2, kv_heads = 2, head_dim = 8;
@@ -54,39 +54,39 @@ KvBlock FakeEncode(const std::string& text, int64_t tokens = 6) {
       v[l].push_back(nd(rng));
     }
   }
-  return MakeKvBlock(kv_heads, head_dim, tokens, k, v, kFp).value();
+  return MakeStoredBlock(kv_heads, head_dim, tokens, k, v, kFp).value();
 }
 
 CacheKey Key(const std::string& text) { return CacheKey::Make(kFp, "prefix", text, "ape").value(); }
 
 // A compute function that counts its calls.
-KvCache::ComputeFn Counting(const std::string& text, std::atomic<int>* calls) {
-  return [text, calls]() -> StatusOr<KvBlock> {
+BlockCache::ComputeFn Counting(const std::string& text, std::atomic<int>* calls) {
+  return [text, calls]() -> StatusOr<StoredBlock> {
     ++*calls;
     return FakeEncode(text);
   };
 }
 
-KvCache::ComputeFn MustNotRun() {
-  return []() -> StatusOr<KvBlock> {
+BlockCache::ComputeFn MustNotRun() {
+  return []() -> StatusOr<StoredBlock> {
     ADD_FAILURE() << "computed although the entry should be cached";
     return Internal("unexpected compute");
   };
 }
 
-std::unique_ptr<KvCache> OpenCache(const std::string& disk_dir, MetricsRegistry* reg,
-                                   int64_t ram_limit = 1 << 20, DType dtype = DType::kF32) {
-  KvCacheOptions o;
+std::unique_ptr<BlockCache> OpenCache(const std::string& disk_dir, MetricsRegistry* reg,
+                                      int64_t ram_limit = 1 << 20, DType dtype = DType::kF32) {
+  BlockCacheOptions o;
   o.disk_dir = disk_dir;
   o.ram_limit_bytes = ram_limit;
   o.store_dtype = dtype;
   o.metrics = reg;
-  auto c = KvCache::Open(o);
+  auto c = BlockCache::Open(o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
   return c.ok() ? std::move(c).value() : nullptr;
 }
 
-void ExpectBlocksEqual(const KvBlock& a, const KvBlock& b) {
+void ExpectBlocksEqual(const StoredBlock& a, const StoredBlock& b) {
   EXPECT_EQ(a.fingerprint, b.fingerprint);
   EXPECT_EQ(a.tokens, b.tokens);
   EXPECT_EQ(a.positions, b.positions);
@@ -94,7 +94,7 @@ void ExpectBlocksEqual(const KvBlock& a, const KvBlock& b) {
   EXPECT_EQ(a.v, b.v);
 }
 
-TEST(KvCacheTest, CachedBlockEqualsRecomputingIt) {
+TEST(BlockCacheTest, CachedBlockEqualsRecomputingIt) {
   TempDir dir;
   MetricsRegistry reg;
   auto cache = OpenCache(dir.path() + "/db", &reg);
@@ -122,13 +122,14 @@ TEST(KvCacheTest, CachedBlockEqualsRecomputingIt) {
   EXPECT_FALSE(cache->Has(Key("gamma").id()));
 }
 
-TEST(KvCacheTest, F16StorageServesTheNarrowedBlockWithinRounding) {
+TEST(BlockCacheTest, F16StorageServesTheNarrowedBlockWithinRounding) {
   MetricsRegistry reg;
   auto cache = OpenCache("", &reg, 1 << 20, DType::kF16);
-  auto b = cache->GetOrCompute(Key("alpha"), [] { return StatusOr<KvBlock>(FakeEncode("alpha")); });
+  auto b =
+      cache->GetOrCompute(Key("alpha"), [] { return StatusOr<StoredBlock>(FakeEncode("alpha")); });
   ASSERT_TRUE(b.ok()) << b.status().ToString();
   EXPECT_EQ((*b)->dtype, DType::kF16);
-  const KvBlock ref = FakeEncode("alpha");
+  const StoredBlock ref = FakeEncode("alpha");
   std::vector<float> x(ref.LayerElements()), y(ref.LayerElements());
   ref.LayerToF32(1, false, x.data());
   (*b)->LayerToF32(1, false, y.data());
@@ -139,7 +140,7 @@ TEST(KvCacheTest, F16StorageServesTheNarrowedBlockWithinRounding) {
             static_cast<int64_t>(ref.fingerprint.size() + ref.positions.size() * 4));
 }
 
-TEST(KvCacheTest, DiskTierSurvivesARestart) {
+TEST(BlockCacheTest, DiskTierSurvivesARestart) {
   TempDir dir;
   MetricsRegistry reg;
   std::atomic<int> calls{0};
@@ -158,7 +159,7 @@ TEST(KvCacheTest, DiskTierSurvivesARestart) {
     EXPECT_EQ(src, CacheSource::kDisk);
     ExpectBlocksEqual(**b, FakeEncode(t));
   }
-  const KvCacheStats s = cache->Stats();
+  const BlockCacheStats s = cache->Stats();
   EXPECT_EQ(s.hits_disk, 5);
   EXPECT_EQ(s.misses, 0);
   EXPECT_EQ(s.ram_entries, 5);
@@ -188,7 +189,7 @@ void EditOnDisk(const std::string& db, const KeyId& id,
   ASSERT_TRUE((*store)->Put(id.view(), bytes).ok());
 }
 
-TEST(KvCacheTest, AFlippedByteOnDiskIsDetectedAndRecomputedNeverServed) {
+TEST(BlockCacheTest, AFlippedByteOnDiskIsDetectedAndRecomputedNeverServed) {
   TempDir dir;
   const std::string db = dir.path() + "/db";
   MetricsRegistry reg;
@@ -237,14 +238,14 @@ TEST(KvCacheTest, AFlippedByteOnDiskIsDetectedAndRecomputedNeverServed) {
   EXPECT_FALSE(cache->Has(Key("a").id()));
 }
 
-TEST(KvCacheTest, ConcurrentRequestsForOnePassageComputeOnce) {
+TEST(BlockCacheTest, ConcurrentRequestsForOnePassageComputeOnce) {
   MetricsRegistry reg;
   auto cache = OpenCache("", &reg);
   constexpr int kThreads = 8;
   std::atomic<int> calls{0};
   // The computation does not finish until every other request is waiting on it, so without
   // single-flight the others would compute too.
-  auto compute = [&]() -> StatusOr<KvBlock> {
+  auto compute = [&]() -> StatusOr<StoredBlock> {
     ++calls;
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (cache->Stats().hits_inflight < kThreads - 1 &&
@@ -253,7 +254,7 @@ TEST(KvCacheTest, ConcurrentRequestsForOnePassageComputeOnce) {
     }
     return FakeEncode("shared");
   };
-  std::vector<std::shared_ptr<const KvBlock>> got(kThreads);
+  std::vector<std::shared_ptr<const StoredBlock>> got(kThreads);
   std::vector<std::thread> threads;
   for (int i = 0; i < kThreads; ++i) {
     threads.emplace_back([&, i] {
@@ -268,12 +269,12 @@ TEST(KvCacheTest, ConcurrentRequestsForOnePassageComputeOnce) {
   for (int i = 1; i < kThreads; ++i) EXPECT_EQ(got[i].get(), got[0].get());
 }
 
-TEST(KvCacheTest, WaitersShareAnErrorAndTheNextCallComputesAgain) {
+TEST(BlockCacheTest, WaitersShareAnErrorAndTheNextCallComputesAgain) {
   MetricsRegistry reg;
   auto cache = OpenCache("", &reg);
   constexpr int kThreads = 4;
   std::atomic<int> calls{0};
-  auto failing = [&]() -> StatusOr<KvBlock> {
+  auto failing = [&]() -> StatusOr<StoredBlock> {
     ++calls;
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (cache->Stats().hits_inflight < kThreads - 1 &&
@@ -301,7 +302,7 @@ TEST(KvCacheTest, WaitersShareAnErrorAndTheNextCallComputesAgain) {
   EXPECT_EQ(calls.load(), 2);
 }
 
-TEST(KvCacheTest, RamTierStaysWithinItsByteBudgetInLruOrder) {
+TEST(BlockCacheTest, RamTierStaysWithinItsByteBudgetInLruOrder) {
   const int64_t one = FakeEncode("a").ByteSize();
   MetricsRegistry reg;
   auto cache = OpenCache("", &reg, 3 * one + one / 2);
@@ -312,7 +313,7 @@ TEST(KvCacheTest, RamTierStaysWithinItsByteBudgetInLruOrder) {
   auto held_a = cache->Get(Key("a").id());
   ASSERT_TRUE(held_b.ok() && held_a.ok());
   ASSERT_TRUE(cache->GetOrCompute(Key("d"), Counting("d", &calls)).ok());
-  KvCacheStats s = cache->Stats();
+  BlockCacheStats s = cache->Stats();
   EXPECT_EQ(s.ram_entries, 3);
   EXPECT_EQ(s.ram_bytes, 3 * one);
   EXPECT_EQ(s.evictions, 1);
@@ -325,7 +326,7 @@ TEST(KvCacheTest, RamTierStaysWithinItsByteBudgetInLruOrder) {
   EXPECT_LE(cache->Stats().ram_bytes, cache->Stats().ram_limit_bytes);
   // A block bigger than the whole budget is served but not kept.
   auto big =
-      cache->GetOrCompute(Key("big"), [] { return StatusOr<KvBlock>(FakeEncode("big", 64)); });
+      cache->GetOrCompute(Key("big"), [] { return StatusOr<StoredBlock>(FakeEncode("big", 64)); });
   ASSERT_TRUE(big.ok());
   EXPECT_EQ((*big)->tokens, 64);
   EXPECT_FALSE(cache->Has(Key("big").id()));
@@ -333,7 +334,7 @@ TEST(KvCacheTest, RamTierStaysWithinItsByteBudgetInLruOrder) {
   EXPECT_EQ(cache->Stats().ram_bytes, 0);
 }
 
-TEST(KvCacheTest, BadInputIsAClearError) {
+TEST(BlockCacheTest, BadInputIsAClearError) {
   MetricsRegistry reg;
   auto cache = OpenCache("", &reg);
   const KeyId unknown = Key("never").id();
@@ -342,12 +343,12 @@ TEST(KvCacheTest, BadInputIsAClearError) {
   EXPECT_NE(missing.status().message().find(unknown.Hex()), std::string::npos);
   // An empty passage has no KV: the block is rejected and nothing is cached.
   auto empty = cache->GetOrCompute(Key("e"), [] {
-    KvBlock b = FakeEncode("e");
+    StoredBlock b = FakeEncode("e");
     b.tokens = 0;
     b.positions.clear();
     for (auto& l : b.k) l.clear();
     for (auto& l : b.v) l.clear();
-    return StatusOr<KvBlock>(b);
+    return StatusOr<StoredBlock>(b);
   });
   EXPECT_EQ(empty.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(empty.status().message().find("empty passage"), std::string::npos)
@@ -355,24 +356,24 @@ TEST(KvCacheTest, BadInputIsAClearError) {
   EXPECT_FALSE(cache->Has(Key("e").id()));
   // A block made by another model is refused.
   auto other = cache->GetOrCompute(Key("o"), [] {
-    KvBlock b = FakeEncode("o");
+    StoredBlock b = FakeEncode("o");
     b.fingerprint = "someothermodel00";
-    return StatusOr<KvBlock>(b);
+    return StatusOr<StoredBlock>(b);
   });
   EXPECT_EQ(other.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(other.status().message().find("someothermodel00"), std::string::npos);
   // A throwing compute function is an error, not a crash or a hang.
-  auto threw = cache->GetOrCompute(Key("t"),
-                                   []() -> StatusOr<KvBlock> { throw std::runtime_error("boom"); });
+  auto threw = cache->GetOrCompute(
+      Key("t"), []() -> StatusOr<StoredBlock> { throw std::runtime_error("boom"); });
   EXPECT_EQ(threw.status().code(), StatusCode::kInternal);
   EXPECT_NE(threw.status().message().find("boom"), std::string::npos);
   CacheKey no_fp = Key("x");
   no_fp.fingerprint.clear();
   EXPECT_EQ(cache->GetOrCompute(no_fp, MustNotRun()).status().code(), StatusCode::kInvalidArgument);
-  KvCacheOptions o;
+  BlockCacheOptions o;
   o.ram_limit_bytes = -1;
   o.metrics = &reg;
-  auto bad = KvCache::Open(o);
+  auto bad = BlockCache::Open(o);
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("-1"), std::string::npos);
 }
@@ -424,13 +425,13 @@ class FaultyStore final : public DiskStore {
   int64_t ApproxBytes() const override { return 0; }
 };
 
-TEST(KvCacheTest, DiskFaultsDegradeToRecomputingNeverToWrongData) {
+TEST(BlockCacheTest, DiskFaultsDegradeToRecomputingNeverToWrongData) {
   MetricsRegistry reg;
   auto store = std::make_unique<FaultyStore>();
   FaultyStore* fs = store.get();
-  KvCacheOptions o;
+  BlockCacheOptions o;
   o.metrics = &reg;
-  auto cache = KvCache::Open(o, std::move(store));
+  auto cache = BlockCache::Open(o, std::move(store));
   ASSERT_TRUE(cache.ok());
   std::atomic<int> calls{0};
   fs->fail_puts = true;
@@ -453,17 +454,17 @@ TEST(KvCacheTest, DiskFaultsDegradeToRecomputingNeverToWrongData) {
   EXPECT_EQ(calls.load(), 3);
 }
 
-TEST(KvCacheTest, BlocksWaitingForASlowDiskAreServedAndWrittenBeforeShutdown) {
+TEST(BlockCacheTest, BlocksWaitingForASlowDiskAreServedAndWrittenBeforeShutdown) {
   MetricsRegistry reg;
   auto store = std::make_unique<FaultyStore>();
   FaultyStore* fs = store.get();
   std::map<std::string, std::string> written;
   fs->sink = &written;
   fs->hold = true;
-  KvCacheOptions o;
+  BlockCacheOptions o;
   o.metrics = &reg;
   o.ram_limit_bytes = 0;  // nothing stays in RAM: a lookup must find the pending write
-  auto cache = KvCache::Open(o, std::move(store));
+  auto cache = BlockCache::Open(o, std::move(store));
   ASSERT_TRUE(cache.ok());
   std::atomic<int> calls{0};
   ASSERT_TRUE((*cache)->GetOrCompute(Key("a"), Counting("a", &calls)).ok());
@@ -485,13 +486,13 @@ TEST(KvCacheTest, BlocksWaitingForASlowDiskAreServedAndWrittenBeforeShutdown) {
   EXPECT_EQ(written.size(), 2u);
 }
 
-TEST(KvCacheTest, FlushWritesEveryPendingBlock) {
+TEST(BlockCacheTest, FlushWritesEveryPendingBlock) {
   MetricsRegistry reg;
   auto store = std::make_unique<FaultyStore>();
   FaultyStore* fs = store.get();
-  KvCacheOptions o;
+  BlockCacheOptions o;
   o.metrics = &reg;
-  auto cache = KvCache::Open(o, std::move(store));
+  auto cache = BlockCache::Open(o, std::move(store));
   ASSERT_TRUE(cache.ok());
   std::atomic<int> calls{0};
   for (const char* t : {"a", "b", "c", "d"}) {
@@ -501,12 +502,12 @@ TEST(KvCacheTest, FlushWritesEveryPendingBlock) {
   EXPECT_EQ((*cache)->Stats().pending_writes, 0);
   ASSERT_EQ(fs->data.size(), 4u);
   auto stored =
-      DeserializeKvBlock(fs->data.at(std::string(Key("c").id().view())), Key("c").id().view());
+      DeserializeStoredBlock(fs->data.at(std::string(Key("c").id().view())), Key("c").id().view());
   ASSERT_TRUE(stored.ok()) << stored.status().ToString();
   ExpectBlocksEqual(*stored, FakeEncode("c"));
 }
 
-TEST(KvCacheTest, MetricsCountHitsMissesAndEvictionsByTier) {
+TEST(BlockCacheTest, MetricsCountHitsMissesAndEvictionsByTier) {
   TempDir dir;
   MetricsRegistry reg;
   const int64_t one = FakeEncode("a").ByteSize();
