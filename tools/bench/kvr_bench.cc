@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -145,10 +146,7 @@ StatusOr<kvr::SyntheticWorkload> RecordWorkload(int64_t n, int d, int64_t n_deco
   return w;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  CLI::App app{"kvr_bench: RetrievalAttention key indexes on OOD synthetic data"};
+struct Flags {
   std::vector<int64_t> ns = {32768, 131072};
   int64_t n_decode = 32;
   int top_k = 100;
@@ -159,212 +157,277 @@ int main(int argc, char** argv) {
   std::vector<int> aa_ef = {100, 160, 256};
   std::vector<int> hnsw_ef = {100, 400, 1600, 6400};
   std::vector<int> ivf_nprobe = {4, 16, 64, 160};
-  app.add_option("--n", ns, "context lengths (keys)")->delimiter(',');
-  app.add_option("--decode", n_decode, "decode steps (query groups) per N");
-  app.add_option("--top-k", top_k, "keys retrieved per query head");
-  app.add_option("--d", d, "head dim");
-  app.add_option("--group", group, "query heads per kv head");
-  app.add_option("--seed", seed, "workload seed");
-  app.add_option("--aa-ef", aa_ef, "attention-aware ef_search sweep")->delimiter(',');
-  app.add_option("--hnsw-ef", hnsw_ef, "hnswlib ef_search sweep")->delimiter(',');
-  app.add_option("--ivf-nprobe", ivf_nprobe, "IVF nprobe sweep")->delimiter(',');
-  app.add_option("--csv", csv, "also write the table as CSV");
   ragserve::index::AttentionAwareParams aa;
-  app.add_option("--aa-build-topk", aa.build_topk,
-                 "attention-aware: exact top keys per build query");
-  app.add_option("--aa-degree", aa.max_degree, "attention-aware: max out-degree");
-  app.add_option("--aa-entry", aa.num_entry_points, "attention-aware: entry points");
-  app.add_option("--aa-build-queries", aa.max_build_queries, "attention-aware: build queries");
   std::string kinds = "exact,attention_aware,hnsw,ivf";
   bool verbose = false;
   bool record = false;
   int record_layer = 1;
-  app.add_flag("--record", record,
+  std::string model_dir;
+};
+
+void AddFlags(CLI::App& app, Flags& f) {
+  app.add_option("--n", f.ns, "context lengths (keys)")->delimiter(',');
+  app.add_option("--decode", f.n_decode, "decode steps (query groups) per N");
+  app.add_option("--top-k", f.top_k, "keys retrieved per query head");
+  app.add_option("--d", f.d, "head dim");
+  app.add_option("--group", f.group, "query heads per kv head");
+  app.add_option("--seed", f.seed, "workload seed");
+  app.add_option("--aa-ef", f.aa_ef, "attention-aware ef_search sweep")->delimiter(',');
+  app.add_option("--hnsw-ef", f.hnsw_ef, "hnswlib ef_search sweep")->delimiter(',');
+  app.add_option("--ivf-nprobe", f.ivf_nprobe, "IVF nprobe sweep")->delimiter(',');
+  app.add_option("--csv", f.csv, "also write the table as CSV");
+  app.add_option("--aa-build-topk", f.aa.build_topk,
+                 "attention-aware: exact top keys per build query");
+  app.add_option("--aa-degree", f.aa.max_degree, "attention-aware: max out-degree");
+  app.add_option("--aa-entry", f.aa.num_entry_points, "attention-aware: entry points");
+  app.add_option("--aa-build-queries", f.aa.max_build_queries, "attention-aware: build queries");
+  app.add_flag("--record", f.record,
                "use Q/K/V recorded from the engine (random-weight tiny Llama, random prompt) "
                "instead of the synthetic generator");
-  app.add_option("--record-layer", record_layer, "layer recorded with --record");
-  std::string model_dir;
-  app.add_option("--model", model_dir,
+  app.add_option("--record-layer", f.record_layer, "layer recorded with --record");
+  app.add_option("--model", f.model_dir,
                  "with --record: an HF-layout model directory to record from instead of the "
                  "random-weight tiny model (prompt: random token ids)");
-  app.add_flag("--verbose", verbose, "print every query head whose recall is below 0.5");
-  app.add_option("--kinds", kinds, "index kinds to run (exact is always run first)");
-  CLI11_PARSE(app, argc, argv);
+  app.add_flag("--verbose", f.verbose, "print every query head whose recall is below 0.5");
+  app.add_option("--kinds", f.kinds, "index kinds to run (exact is always run first)");
+}
 
+void PrintHeader(const Flags& f) {
   utsname un{};
   uname(&un);
   std::printf("# kvr_bench  machine: %s, %u hw threads, omp max threads %d, %s %s, loadavg %s\n",
               ragserve::bench::CpuModel().c_str(), std::thread::hardware_concurrency(),
               omp_get_max_threads(), un.sysname, un.release, ragserve::bench::LoadAvg().c_str());
   std::printf(
-      "# d=%d, GQA group=%d, top_k=%d, sinks=128, window=512, decode steps=%lld, seed=%llu\n", d,
-      group, top_k, static_cast<long long>(n_decode), static_cast<unsigned long long>(seed));
+      "# d=%d, GQA group=%d, top_k=%d, sinks=128, window=512, decode steps=%lld, seed=%llu\n", f.d,
+      f.group, f.top_k, static_cast<long long>(f.n_decode),
+      static_cast<unsigned long long>(f.seed));
   std::printf(
       "# recall: per query head, |retrieved top-%d ∩ exact top-%d by q.k over the middle|"
       " / %d, averaged\n",
-      top_k, top_k, top_k);
+      f.top_k, f.top_k, f.top_k);
+}
 
-  std::vector<Row> rows;
-  for (const int64_t n : ns) {
-    kvr::SyntheticParams sp;
-    sp.n_keys = n;
-    sp.head_dim = d;
-    sp.group_size = group;
-    sp.n_decode = n_decode;
-    sp.seed = seed;
-    auto t0 = Clock::now();
-    auto wl = record
-                  ? RecordWorkload(n, d, n_decode, record_layer, seed,
-                                   "/tmp/kvr_bench_model_" + std::to_string(::getpid()), model_dir)
-                  : kvr::GenerateWorkload(sp);
-    if (!wl.ok()) {
-      std::fprintf(stderr, "workload: %s\n", wl.status().ToString().c_str());
-      return 1;
-    }
-    std::printf("# N=%lld: %s workload made in %.1f s\n", static_cast<long long>(n),
-                record ? "recorded (engine)" : "synthetic", Ms(t0, Clock::now()) / 1000);
-    d = wl->head_dim;  // a recorded model decides these
-    group = wl->group_size;
+// Sums over the decode steps of one (index kind, parameter) cell.
+struct CellSums {
+  double recall = 0, err_sum = 0, err_max = 0;
+  int64_t scored = 0, middle = 0;
+  std::vector<double> ms;
+};
+
+// One context length N: the workload in a KvStore, full attention over it (the reference
+// outputs and latency) and the exact top-k per decode step (the first sweep, exact, fills it).
+class ContextRun {
+ public:
+  ContextRun(Flags* f, int64_t n) : f_(*f), flags_(f), n_(n), store_(StoreOptions()) {}
+  Status Prepare();
+  // Builds the index of sw.kind and measures each of its parameter values into rows.
+  Status RunSweep(const Sweep& sw, std::vector<Row>* rows);
+  void PrintTable(const std::vector<Row>& rows) const;
+
+ private:
+  static kvr::KvStoreOptions StoreOptions() {
     kvr::KvStoreOptions so;
     so.memory_limit_bytes = int64_t{16} << 30;
-    kvr::KvStore store(so);
-    const std::string seq = "bench";
-    if (!store.CreateSequence(seq, {.num_layers = 1, .num_kv_heads = 1, .head_dim = d}).ok()) {
+    return so;
+  }
+  // Retrieval recall and Attend error / latency of decode step s into *sums.
+  Status MeasureStep(kvr::HybridAttention& ha, kvr::KeyIndexKind kind, const kvr::AttendOptions& ao,
+                     int64_t s, CellSums* sums);
+
+  const Flags& f_;
+  Flags* flags_;  // d and group are updated from a recorded workload
+  const int64_t n_;
+  const std::string seq_ = "bench";
+  kvr::KvStore store_;
+  std::optional<kvr::SyntheticWorkload> wl_;
+  std::vector<std::vector<float>> o_full_;
+  double full_med_ = 0;
+  std::vector<std::vector<int64_t>> truth_;  // per decode step, [group * top_k]
+  double exact_ms_ = 0;
+};
+
+Status ContextRun::Prepare() {
+  kvr::SyntheticParams sp;
+  sp.n_keys = n_;
+  sp.head_dim = f_.d;
+  sp.group_size = f_.group;
+  sp.n_decode = f_.n_decode;
+  sp.seed = f_.seed;
+  auto t0 = Clock::now();
+  RS_ASSIGN_OR_RETURN(
+      wl_, f_.record
+               ? RecordWorkload(n_, f_.d, f_.n_decode, f_.record_layer, f_.seed,
+                                "/tmp/kvr_bench_model_" + std::to_string(::getpid()), f_.model_dir)
+               : kvr::GenerateWorkload(sp));
+  std::printf("# N=%lld: %s workload made in %.1f s\n", static_cast<long long>(n_),
+              f_.record ? "recorded (engine)" : "synthetic", Ms(t0, Clock::now()) / 1000);
+  flags_->d = wl_->head_dim;  // a recorded model decides these
+  flags_->group = wl_->group_size;
+  const int d = f_.d, group = f_.group;
+  RS_RETURN_IF_ERROR(
+      store_.CreateSequence(seq_, {.num_layers = 1, .num_kv_heads = 1, .head_dim = d}));
+  RS_RETURN_IF_ERROR(
+      Annotate(store_.Append(seq_, 0, n_, wl_->keys.data(), wl_->values.data()), "append"));
+  // Full attention (reference outputs, and the latency of attending every key).
+  kvr::HybridAttention full_ha(&store_, {});
+  o_full_.resize(f_.n_decode);
+  std::vector<double> full_ms;
+  for (int64_t s = 0; s < f_.n_decode; ++s) {
+    o_full_[s].resize(static_cast<size_t>(group) * d);
+    std::vector<float> lse(group);
+    const auto a = Clock::now();
+    RS_RETURN_IF_ERROR(full_ha.AttendFull(seq_, 0, 0, wl_->decode_queries.data() + s * group * d,
+                                          group, d, o_full_[s].data(), lse.data()));
+    full_ms.push_back(Ms(a, Clock::now()));
+  }
+  full_med_ = Median(full_ms);
+  return OkStatus();
+}
+
+Status ContextRun::MeasureStep(kvr::HybridAttention& ha, kvr::KeyIndexKind kind,
+                               const kvr::AttendOptions& ao, int64_t s, CellSums* sums) {
+  const int d = f_.d, group = f_.group, top_k = f_.top_k;
+  const float* q = wl_->decode_queries.data() + s * group * d;
+  std::vector<int64_t> ids(static_cast<size_t>(group) * top_k);
+  kvr::AttendStats rs;
+  RS_RETURN_IF_ERROR(ha.Retrieve(seq_, 0, 0, q, group, d, ao, ids.data(), &rs));
+  if (kind == kvr::KeyIndexKind::kExact) truth_.push_back(ids);
+  for (int j = 0; j < group; ++j) {
+    std::set<int64_t> t(truth_[s].begin() + j * top_k, truth_[s].begin() + (j + 1) * top_k);
+    int hit = 0;
+    for (int i = 0; i < top_k; ++i) hit += t.count(ids[j * top_k + i]) ? 1 : 0;
+    sums->recall += static_cast<double>(hit) / top_k;
+    if (f_.verbose && hit < top_k / 2) {
+      std::fprintf(stderr, "  low recall: N=%lld %s step %lld head %d: %d/%d\n",
+                   static_cast<long long>(n_), std::string(kvr::KeyIndexKindName(kind)).c_str(),
+                   static_cast<long long>(s), j, hit, top_k);
+    }
+  }
+  std::vector<float> o(static_cast<size_t>(group) * d), lse(group);
+  kvr::AttendStats as;
+  const auto a = Clock::now();
+  RS_RETURN_IF_ERROR(ha.Attend(seq_, 0, 0, q, group, d, ao, o.data(), lse.data(), &as));
+  sums->ms.push_back(Ms(a, Clock::now()));
+  sums->scored += as.keys_scored;
+  sums->middle += as.middle_keys;
+  for (int j = 0; j < group; ++j) {
+    double num = 0, den = 0;
+    for (int i = 0; i < d; ++i) {
+      const double e = o[j * d + i] - o_full_[s][j * d + i];
+      num += e * e;
+      den += static_cast<double>(o_full_[s][j * d + i]) * o_full_[s][j * d + i];
+    }
+    const double rel = std::sqrt(num / std::max(den, 1e-30));
+    sums->err_sum += rel;
+    sums->err_max = std::max(sums->err_max, rel);
+  }
+  return OkStatus();
+}
+
+Status ContextRun::RunSweep(const Sweep& sw, std::vector<Row>* rows) {
+  const std::string name(kvr::KeyIndexKindName(sw.kind));
+  kvr::HybridOptions ho;
+  ho.index_kind = sw.kind;
+  ho.attention_aware = f_.aa;
+  kvr::HybridAttention ha(&store_, ho);
+  const auto b0 = Clock::now();
+  RS_RETURN_IF_ERROR(Annotate(ha.BuildIndex(seq_, 0, 0, n_, f_.group, wl_->prefill_queries.data()),
+                              "build " + name));
+  const double build_s = Ms(b0, Clock::now()) / 1000;
+  for (const int value : sw.values) {
+    kvr::AttendOptions ao;
+    ao.top_k = f_.top_k;
+    if (sw.kind == kvr::KeyIndexKind::kIvf) {
+      ao.nprobe = value;
+    } else {
+      ao.ef_search = value;
+    }
+    CellSums sums;
+    for (int64_t s = 0; s < f_.n_decode; ++s) {
+      RS_RETURN_IF_ERROR(MeasureStep(ha, sw.kind, ao, s, &sums));
+    }
+    const double heads = static_cast<double>(f_.n_decode) * f_.group;
+    Row r;
+    r.n = n_;
+    r.kind = name;
+    r.param = sw.kind == kvr::KeyIndexKind::kExact ? "-"
+              : sw.kind == kvr::KeyIndexKind::kIvf ? "nprobe=" + std::to_string(value)
+                                                   : "ef=" + std::to_string(value);
+    r.build_s = build_s;
+    r.recall = sums.recall / heads;
+    r.scored_frac =
+        static_cast<double>(sums.scored) / (static_cast<double>(sums.middle) * f_.group);
+    r.rel_err_mean = sums.err_sum / heads;
+    r.rel_err_max = sums.err_max;
+    r.attend_ms = Median(sums.ms);
+    if (sw.kind == kvr::KeyIndexKind::kExact) exact_ms_ = r.attend_ms;
+    rows->push_back(r);
+    std::fprintf(stderr, "  N=%lld %s %s done\n", static_cast<long long>(n_), r.kind.c_str(),
+                 r.param.c_str());
+  }
+  return OkStatus();
+}
+
+void ContextRun::PrintTable(const std::vector<Row>& rows) const {
+  std::printf("\n## N = %lld keys (middle %lld), full attention %.3f ms/Attend\n\n",
+              static_cast<long long>(n_), static_cast<long long>(n_ - 640), full_med_);
+  std::printf(
+      "| index | param | build s | recall@%d | keys scored | rel err mean | rel err max "
+      "| Attend ms | vs exact scan | vs full attn |\n",
+      f_.top_k);
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows) {
+    if (r.n != n_) continue;
+    std::printf("| %s | %s | %.2f | %.3f | %.2f%% | %.2e | %.2e | %.3f | %.1fx | %.1fx |\n",
+                r.kind.c_str(), r.param.c_str(), r.build_s, r.recall, 100 * r.scored_frac,
+                r.rel_err_mean, r.rel_err_max, r.attend_ms, exact_ms_ / r.attend_ms,
+                full_med_ / r.attend_ms);
+  }
+  std::fflush(stdout);
+}
+
+void WriteCsv(const std::string& path, const std::vector<Row>& rows) {
+  std::ofstream f(path);
+  f << "n,index,param,build_s,recall,keys_scored_frac,rel_err_mean,rel_err_max,attend_ms\n";
+  for (const Row& r : rows) {
+    f << r.n << ',' << r.kind << ',' << r.param << ',' << r.build_s << ',' << r.recall << ','
+      << r.scored_frac << ',' << r.rel_err_mean << ',' << r.rel_err_max << ',' << r.attend_ms
+      << '\n';
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvr_bench: RetrievalAttention key indexes on OOD synthetic data"};
+  Flags f;
+  AddFlags(app, f);
+  CLI11_PARSE(app, argc, argv);
+  PrintHeader(f);
+  std::vector<Row> rows;
+  for (const int64_t n : f.ns) {
+    ContextRun run(&f, n);
+    if (Status st = run.Prepare(); !st.ok()) {
+      std::fprintf(stderr, "workload: %s\n", st.ToString().c_str());
       return 1;
     }
-    if (auto s = store.Append(seq, 0, n, wl->keys.data(), wl->values.data()); !s.ok()) {
-      std::fprintf(stderr, "append: %s\n", s.ToString().c_str());
-      return 1;
-    }
-
-    // Full attention (reference outputs, and the latency of attending every key).
-    kvr::HybridAttention full_ha(&store, {});
-    std::vector<std::vector<float>> o_full(n_decode);
-    std::vector<double> full_ms;
-    for (int64_t s = 0; s < n_decode; ++s) {
-      o_full[s].resize(static_cast<size_t>(group) * d);
-      std::vector<float> lse(group);
-      const auto a = Clock::now();
-      auto st = full_ha.AttendFull(seq, 0, 0, wl->decode_queries.data() + s * group * d, group, d,
-                                   o_full[s].data(), lse.data());
-      full_ms.push_back(Ms(a, Clock::now()));
-      if (!st.ok()) return 1;
-    }
-    const double full_med = Median(full_ms);
-
-    std::vector<std::vector<int64_t>> truth;  // per decode step, [group * top_k]
-    double exact_ms = 0;
     const std::vector<Sweep> sweeps = {{kvr::KeyIndexKind::kExact, {0}},
-                                       {kvr::KeyIndexKind::kAttentionAware, aa_ef},
-                                       {kvr::KeyIndexKind::kHnsw, hnsw_ef},
-                                       {kvr::KeyIndexKind::kIvf, ivf_nprobe}};
+                                       {kvr::KeyIndexKind::kAttentionAware, f.aa_ef},
+                                       {kvr::KeyIndexKind::kHnsw, f.hnsw_ef},
+                                       {kvr::KeyIndexKind::kIvf, f.ivf_nprobe}};
     for (const Sweep& sw : sweeps) {
-      kvr::HybridOptions ho;
-      ho.index_kind = sw.kind;
-      ho.attention_aware = aa;
       if (sw.kind != kvr::KeyIndexKind::kExact &&
-          kinds.find(std::string(kvr::KeyIndexKindName(sw.kind))) == std::string::npos) {
+          f.kinds.find(std::string(kvr::KeyIndexKindName(sw.kind))) == std::string::npos) {
         continue;
       }
-      kvr::HybridAttention ha(&store, ho);
-      const auto b0 = Clock::now();
-      auto st = ha.BuildIndex(seq, 0, 0, n, group, wl->prefill_queries.data());
-      const double build_s = Ms(b0, Clock::now()) / 1000;
-      if (!st.ok()) {
-        std::fprintf(stderr, "build %s: %s\n", std::string(kvr::KeyIndexKindName(sw.kind)).c_str(),
-                     st.ToString().c_str());
+      if (Status st = run.RunSweep(sw, &rows); !st.ok()) {
+        std::fprintf(stderr, "%s\n", st.ToString().c_str());
         return 1;
       }
-      for (const int value : sw.values) {
-        kvr::AttendOptions ao;
-        ao.top_k = top_k;
-        if (sw.kind == kvr::KeyIndexKind::kIvf) {
-          ao.nprobe = value;
-        } else {
-          ao.ef_search = value;
-        }
-        double recall = 0, err_sum = 0, err_max = 0;
-        int64_t scored = 0, middle = 0;
-        std::vector<double> ms;
-        for (int64_t s = 0; s < n_decode; ++s) {
-          const float* q = wl->decode_queries.data() + s * group * d;
-          std::vector<int64_t> ids(static_cast<size_t>(group) * top_k);
-          kvr::AttendStats rs;
-          if (!ha.Retrieve(seq, 0, 0, q, group, d, ao, ids.data(), &rs).ok()) return 1;
-          if (sw.kind == kvr::KeyIndexKind::kExact) truth.push_back(ids);
-          for (int j = 0; j < group; ++j) {
-            std::set<int64_t> t(truth[s].begin() + j * top_k, truth[s].begin() + (j + 1) * top_k);
-            int hit = 0;
-            for (int i = 0; i < top_k; ++i) hit += t.count(ids[j * top_k + i]) ? 1 : 0;
-            recall += static_cast<double>(hit) / top_k;
-            if (verbose && hit < top_k / 2) {
-              std::fprintf(stderr, "  low recall: N=%lld %s step %lld head %d: %d/%d\n",
-                           static_cast<long long>(n),
-                           std::string(kvr::KeyIndexKindName(sw.kind)).c_str(),
-                           static_cast<long long>(s), j, hit, top_k);
-            }
-          }
-          std::vector<float> o(static_cast<size_t>(group) * d), lse(group);
-          kvr::AttendStats as;
-          const auto a = Clock::now();
-          if (!ha.Attend(seq, 0, 0, q, group, d, ao, o.data(), lse.data(), &as).ok()) return 1;
-          ms.push_back(Ms(a, Clock::now()));
-          scored += as.keys_scored;
-          middle += as.middle_keys;
-          for (int j = 0; j < group; ++j) {
-            double num = 0, den = 0;
-            for (int i = 0; i < d; ++i) {
-              const double e = o[j * d + i] - o_full[s][j * d + i];
-              num += e * e;
-              den += static_cast<double>(o_full[s][j * d + i]) * o_full[s][j * d + i];
-            }
-            const double rel = std::sqrt(num / std::max(den, 1e-30));
-            err_sum += rel;
-            err_max = std::max(err_max, rel);
-          }
-        }
-        Row r;
-        r.n = n;
-        r.kind = std::string(kvr::KeyIndexKindName(sw.kind));
-        r.param = sw.kind == kvr::KeyIndexKind::kExact ? "-"
-                  : sw.kind == kvr::KeyIndexKind::kIvf ? "nprobe=" + std::to_string(value)
-                                                       : "ef=" + std::to_string(value);
-        r.build_s = build_s;
-        r.recall = recall / (n_decode * group);
-        r.scored_frac = static_cast<double>(scored) / (static_cast<double>(middle) * group);
-        r.rel_err_mean = err_sum / (n_decode * group);
-        r.rel_err_max = err_max;
-        r.attend_ms = Median(ms);
-        if (sw.kind == kvr::KeyIndexKind::kExact) exact_ms = r.attend_ms;
-        rows.push_back(r);
-        std::fprintf(stderr, "  N=%lld %s %s done\n", static_cast<long long>(n), r.kind.c_str(),
-                     r.param.c_str());
-      }
     }
-    std::printf("\n## N = %lld keys (middle %lld), full attention %.3f ms/Attend\n\n",
-                static_cast<long long>(n), static_cast<long long>(n - 640), full_med);
-    std::printf(
-        "| index | param | build s | recall@%d | keys scored | rel err mean | rel err max "
-        "| Attend ms | vs exact scan | vs full attn |\n",
-        top_k);
-    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
-    for (const Row& r : rows) {
-      if (r.n != n) continue;
-      std::printf("| %s | %s | %.2f | %.3f | %.2f%% | %.2e | %.2e | %.3f | %.1fx | %.1fx |\n",
-                  r.kind.c_str(), r.param.c_str(), r.build_s, r.recall, 100 * r.scored_frac,
-                  r.rel_err_mean, r.rel_err_max, r.attend_ms, exact_ms / r.attend_ms,
-                  full_med / r.attend_ms);
-    }
-    std::fflush(stdout);
+    run.PrintTable(rows);
   }
-  if (!csv.empty()) {
-    std::ofstream f(csv);
-    f << "n,index,param,build_s,recall,keys_scored_frac,rel_err_mean,rel_err_max,attend_ms\n";
-    for (const Row& r : rows) {
-      f << r.n << ',' << r.kind << ',' << r.param << ',' << r.build_s << ',' << r.recall << ','
-        << r.scored_frac << ',' << r.rel_err_mean << ',' << r.rel_err_max << ',' << r.attend_ms
-        << '\n';
-    }
-  }
+  if (!f.csv.empty()) WriteCsv(f.csv, rows);
   return 0;
 }
