@@ -22,7 +22,7 @@
 // (a)'s. Deterministic (greedy, f32): reruns give the same numbers.
 //
 //   usage: ape_fidelity_bench --items FILE [--model data/models/reader]
-//            [--ts 0.9:0.9,1:1] [--answer-tokens 16] [--max-items 0] [--prefill-chunk 256]
+//            [--ts T:S,1:1] [--answer-tokens 16] [--max-items 0] [--prefill-chunk 256]
 //            [--json FILE] [--verbose]
 //   Run with OMP_NUM_THREADS=1 on a shared machine (one sequence at a time).
 #include <nlohmann/json.hpp>
@@ -205,6 +205,7 @@ struct Tally {
   double kl_sum = 0, kl_max = 0;
   int64_t steps = 0, top1 = 0;
   int items = 0, greedy_same = 0, exact = 0, contains = 0;
+  std::vector<int> exact_items;  // 1/0 per item, for paired comparisons between variants
 
   // `ref`: (a)'s greedy run; `forced`: ref's tokens teacher-forced through this variant; `free`:
   // this variant's own greedy run.
@@ -219,7 +220,8 @@ struct Tally {
     }
     ++items;
     greedy_same += free.tokens == ref.tokens;
-    exact += Strip(text) == Strip(answer);
+    exact_items.push_back(Strip(text) == Strip(answer));
+    exact += exact_items.back();
     contains += text.find(answer) != std::string::npos;
   }
   double mean_kl() const { return steps ? kl_sum / steps : 0; }
@@ -247,7 +249,10 @@ std::string Pct(double x) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir = "data/models/reader", items_path, ts_list = "0.9:0.9,1:1", json_path;
+  std::string model_dir = "data/models/reader", items_path, json_path;
+  // The decoders' APE defaults and plain parallel encoding.
+  std::string ts_list = std::to_string(ctxcache::ApeSettings{}.temperature) + ":" +
+                        std::to_string(ctxcache::ApeSettings{}.scaling) + ",1:1";
   int answer_tokens = 16, max_items = 0, chunk = 256;
   bool verbose = false;
   CLI::App app{"ape_fidelity_bench: APE (T, S) vs sequential prefill on a trained reader"};
@@ -463,7 +468,8 @@ int main(int argc, char** argv) {
       json r = {{"variant", v.name},
                 {"exact", v.Rate(v.exact)},
                 {"contains", v.Rate(v.contains)},
-                {"steps", v.steps}};
+                {"steps", v.steps},
+                {"exact_items", v.exact_items}};
       if (v.ape) {
         r["T"] = v.t;
         r["S"] = v.s;

@@ -21,6 +21,9 @@ def main():
     ap.add_argument("--k", type=int, default=4, help="passages per item (gold + k-1 distractors)")
     ap.add_argument("--phrasing", default="heldout", choices=["heldout", "canonical", "train"],
                     help="question phrasing (ragdata.eval_items)")
+    ap.add_argument("--same-topic", type=int, default=0,
+                    help="distractors of the gold passage's kind (the hard case: same template, "
+                         "other names and numbers)")
     ap.add_argument("--root", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                    "..", ".."),
                     help="repository root holding tools/train-model/ragdata.py")
@@ -31,7 +34,8 @@ def main():
     import ragdata  # noqa: E402
 
     seed = ragdata.DEV_SEED if a.split == "dev" else ragdata.EVAL_SEED
-    for it in ragdata.eval_items(seed, a.n, a.k, phrasing=a.phrasing):
+    for it in ragdata.eval_items(seed, a.n, a.k, phrasing=a.phrasing,
+                                 same_topic_distractors=a.same_topic):
         print(json.dumps({"passages": it["passages"], "question": it["question"],
                           "answer": it["answer"], "gold": it["gold"]}, ensure_ascii=False))
 
