@@ -28,8 +28,8 @@ struct DecoderOptions {
   // Passages: "ape" joins parallel-encoded, cached passage KV (APE); "sequential" prefills the
   // whole prompt. A request may ask for sequential (GenerateRequest.sequential_context).
   std::string context_mode = "ape";
-  float ape_temperature = 0.9f;  // APE defaults (paper's public release)
-  float ape_scaling = 0.9f;
+  float ape_temperature = ctxcache::ApeSettings{}.temperature;  // APE defaults (ape_encoder.h)
+  float ape_scaling = ctxcache::ApeSettings{}.scaling;
   int64_t passage_cache_bytes = int64_t{1} << 30;  // RAM tier of this worker's passage cache
   std::string passage_cache_dir;                   // RocksDB tier (optional)
   std::string passage_dtype = "f32";               // stored dtype: f32 | f16 | bf16

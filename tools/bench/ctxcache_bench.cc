@@ -22,8 +22,9 @@
 //   usage: ctxcache_bench [--section all|ttft|tiers] [--n 4,16,32] [--L 256,1024] [--reps 3]
 //            [--seq-reps 1]
 //            [--answer-tokens 16] [--layers 4] [--hidden 256] [--heads 4] [--kv-heads 2]
-//            [--ffn 1024] [--vocab 1024] [--prefill-chunk 256] [--temperature 0.9] [--scaling 0.9]
+//            [--ffn 1024] [--vocab 1024] [--prefill-chunk 256] [--temperature T] [--scaling S]
 //            [--entries 32] [--tokens 256]
+//   T and S default to the decoders' APE defaults (ctxcache::ApeSettings).
 //   Run with OMP_WAIT_POLICY=PASSIVE on a shared machine.
 #include <unistd.h>
 
@@ -218,7 +219,7 @@ struct TtftConfig {
   int seq_reps = 1;  // (a): the expensive baseline
   int answer_tokens = 16;
   int prefill_chunk = 256;
-  float temperature = 0.9f, scaling = 0.9f;
+  float temperature = ApeSettings{}.temperature, scaling = ApeSettings{}.scaling;
   engine::TinyModelOptions model;
 };
 
