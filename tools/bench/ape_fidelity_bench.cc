@@ -251,8 +251,10 @@ std::string Pct(double x) {
 int main(int argc, char** argv) {
   std::string model_dir = "data/models/reader", items_path, json_path;
   // The decoders' APE defaults and plain parallel encoding.
-  std::string ts_list = std::to_string(ctxcache::ApeSettings{}.temperature) + ":" +
-                        std::to_string(ctxcache::ApeSettings{}.scaling) + ",1:1";
+  char default_ts[64];
+  std::snprintf(default_ts, sizeof(default_ts), "%g:%g,1:1", ctxcache::ApeSettings{}.temperature,
+                ctxcache::ApeSettings{}.scaling);
+  std::string ts_list = default_ts;
   int answer_tokens = 16, max_items = 0, chunk = 256;
   bool verbose = false;
   CLI::App app{"ape_fidelity_bench: APE (T, S) vs sequential prefill on a trained reader"};
