@@ -44,7 +44,7 @@
 #include "services/common/rag_template.h"
 #include "services/ctxcache/ape_encoder.h"
 #include "services/ctxcache/cache_key.h"
-#include "services/ctxcache/kv_cache.h"
+#include "services/ctxcache/block_cache.h"
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
 #include "services/engine/tokenizer.h"
@@ -291,11 +291,11 @@ int main(int argc, char** argv) {
   const Decoder dec(&model, eos, answer_tokens, chunk);
 
   // The decoders' APE encoder, prefix = the template's: the prefix KV once, passages on their own.
-  ctxcache::KvCacheOptions copts;
+  ctxcache::BlockCacheOptions copts;
   copts.ram_limit_bytes = int64_t{4} << 30;
   ragserve::MetricsRegistry reg;
   copts.metrics = &reg;
-  auto cache = Must(ctxcache::KvCache::Open(copts), "cache");
+  auto cache = Must(ctxcache::BlockCache::Open(copts), "cache");
   ctxcache::ApeSettings as;
   as.prefix = ragserve::kRagPrefix;
   as.max_passage_tokens = 1 << 20;
@@ -356,7 +356,7 @@ int main(int argc, char** argv) {
     int64_t longest = 0;
     for (const std::string& p : it.passages) {
       ctxcache::EncodedPassage e = Must(enc->Encode(p), "encode passage");
-      const std::vector<int32_t> pt = tok.Encode(ctxcache::ApeEncoder::PassageText(p));
+      const std::vector<int32_t> pt = tok.Encode(ragserve::RagPassageText(p));
       pieces.insert(pieces.end(), pt.begin(), pt.end());
       longest = std::max(longest, e.kv->tokens);
       blocks.push_back(std::move(e.kv));
