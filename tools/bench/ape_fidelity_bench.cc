@@ -43,8 +43,8 @@
 
 #include "services/common/rag_template.h"
 #include "services/ctxcache/ape_encoder.h"
-#include "services/ctxcache/cache_key.h"
 #include "services/ctxcache/block_cache.h"
+#include "services/ctxcache/cache_key.h"
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
 #include "services/engine/tokenizer.h"

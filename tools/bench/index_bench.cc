@@ -432,8 +432,8 @@ void IndexBench::LatencyRows(GrpcSetup& g) {
         } else if (impl == 1) {
           (void)hnsw_->search(1, qi, kK, dd.data(), ii.data(), sp);
         } else if (impl == 2) {
-          (void)g.collection->Search(
-              {collection::Query{std::vector<float>(qi, qi + f_.dim), ""}}, so);
+          (void)g.collection->Search({collection::Query{std::vector<float>(qi, qi + f_.dim), ""}},
+                                     so);
         } else {
           v1::SearchResponse resp;
           (void)GrpcSearch(g, qi, ef, &resp);
