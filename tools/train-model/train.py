@@ -260,7 +260,10 @@ def lr_at(step, args):
 
 
 def plot(log_path, png_path):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        sys.exit("--plot needs python3-matplotlib (apt-get install python3-matplotlib)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     with open(log_path) as f:
