@@ -156,6 +156,8 @@ class RefTokenizer:
     def encode(self, text, allow_special):
         usable = [a for a in self.added if allow_special or not a[2]]
         usable.sort(key=lambda a: -len(a[0]))  # longest first at each position
+        if not usable:
+            return self.encode_plain(text)
         ids, seg, pos = [], 0, 0
         while pos < len(text):
             hit = next((a for a in usable if text.startswith(a[0], pos)), None)

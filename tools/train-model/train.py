@@ -37,12 +37,31 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bpe  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+# The byte-level BPE oracle of the tokenizer tests: the one Python encoder of the project.
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "reference"))
 import ragdata  # noqa: E402
 from model import Config, Reader, export  # noqa: E402
+from tokenizer_ref import RefTokenizer  # noqa: E402
 
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>"]
+
+
+class Encoder:
+    """Ids of text as the engine computes them (check_tokenizer compares with ragserve-tokenize)."""
+
+    def __init__(self, path):
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        self.ref = RefTokenizer(doc)
+        added = {t["content"]: t["id"] for t in doc.get("added_tokens") or []}
+        self.bos_id, self.eos_id = added.get(SPECIALS[0]), added.get(SPECIALS[1])
+        self.vocab_size = max(self.ref.id_to_bytes) + 1
+
+    def encode(self, text):
+        """No BOS; special tokens written in the text are not matched."""
+        return self.ref.encode(text, allow_special=False)
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------
@@ -326,7 +345,7 @@ def main():
     tok_path = os.path.join(args.work, "tokenizer.json")
     if not os.path.exists(tok_path):
         train_tokenizer(args, tmpl, tok_path)
-    enc = bpe.ByteLevelBpe(tok_path)
+    enc = Encoder(tok_path)
     check_tokenizer(args, enc, tmpl, tok_path)
 
     cfg = Config(enc.vocab_size, args.hidden, args.layers, args.heads, args.kv_heads,
