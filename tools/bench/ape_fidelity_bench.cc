@@ -133,23 +133,6 @@ std::string Strip(const std::string& s) {
   return s.substr(b, e - b + 1);
 }
 
-std::vector<double> Softmax(const std::vector<float>& logits) {
-  const float mx = *std::max_element(logits.begin(), logits.end());
-  std::vector<double> p(logits.size());
-  double s = 0;
-  for (size_t i = 0; i < logits.size(); ++i) s += p[i] = std::exp(double{logits[i]} - mx);
-  for (double& x : p) x /= s;
-  return p;
-}
-
-double Kl(const std::vector<double>& p, const std::vector<double>& q) {
-  double kl = 0;
-  for (size_t i = 0; i < p.size(); ++i) {
-    if (p[i] > 0) kl += p[i] * (std::log(p[i]) - std::log(std::max(q[i], 1e-300)));
-  }
-  return kl;
-}
-
 // The logits of each answer step of one decode: steps[i] predicts answer token i.
 struct Run {
   std::vector<std::vector<float>> steps;
@@ -212,7 +195,8 @@ struct Tally {
   void Add(const Run& ref, const Run& forced, const Run& free, const std::string& text,
            const std::string& answer) {
     for (size_t i = 0; i < ref.steps.size(); ++i) {
-      const double kl = Kl(Softmax(ref.steps[i]), Softmax(forced.steps[i]));
+      const double kl = ragserve::bench::Kl(ragserve::bench::Softmax(ref.steps[i]),
+                                            ragserve::bench::Softmax(forced.steps[i]));
       kl_sum += kl;
       kl_max = std::max(kl_max, kl);
       top1 += engine::ArgMax(forced.steps[i]) == ref.tokens[i];

@@ -1,8 +1,11 @@
 // Shared pieces of the benchmark programs: what the machine was when the numbers were taken.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <string>
+#include <vector>
 
 namespace ragserve::bench {
 
@@ -34,6 +37,25 @@ inline std::string LoadAvg() {
 // "<cpu model>, <n> cpus, loadavg <1 5 15>": the machine line every bench table starts with.
 inline std::string MachineLine() {
   return CpuModel() + ", " + std::to_string(CpuCount()) + " cpus, loadavg " + LoadAvg();
+}
+
+// Next-token logits -> probabilities (double, max-subtracted).
+inline std::vector<double> Softmax(const std::vector<float>& logits) {
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(logits.size());
+  double s = 0;
+  for (size_t i = 0; i < logits.size(); ++i) s += p[i] = std::exp(double{logits[i]} - mx);
+  for (double& x : p) x /= s;
+  return p;
+}
+
+// KL(p || q) in nats.
+inline double Kl(const std::vector<double>& p, const std::vector<double>& q) {
+  double kl = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (p[i] > 0) kl += p[i] * (std::log(p[i]) - std::log(std::max(q[i], 1e-300)));
+  }
+  return kl;
 }
 
 }  // namespace ragserve::bench

@@ -225,24 +225,6 @@ struct TtftConfig {
 
 const char kQuestion[] = "Question: which passage holds the code word, and what is it?\nAnswer:";
 
-// Next-token logits -> probabilities (double).
-std::vector<double> Softmax(const std::vector<float>& logits) {
-  const float mx = *std::max_element(logits.begin(), logits.end());
-  std::vector<double> p(logits.size());
-  double s = 0;
-  for (size_t i = 0; i < logits.size(); ++i) s += p[i] = std::exp(double{logits[i]} - mx);
-  for (double& x : p) x /= s;
-  return p;
-}
-
-double Kl(const std::vector<double>& p, const std::vector<double>& q) {
-  double kl = 0;
-  for (size_t i = 0; i < p.size(); ++i) {
-    if (p[i] > 0) kl += p[i] * (std::log(p[i]) - std::log(std::max(q[i], 1e-300)));
-  }
-  return kl;
-}
-
 // A decode loop over one KvSource: prefill `prompt` at start, then feed `forced` tokens (teacher
 // forcing) or, when forced is empty, its own greedy tokens; returns the logits of every step.
 struct Run {
@@ -284,7 +266,8 @@ Fidelity Compare(const Run& seq, const Run& forced, const Run& free) {
   Fidelity f;
   const size_t n = seq.logits.size();
   for (size_t i = 0; i < n; ++i) {
-    const double kl = Kl(Softmax(seq.logits[i]), Softmax(forced.logits[i]));
+    const double kl = ragserve::bench::Kl(ragserve::bench::Softmax(seq.logits[i]),
+                                          ragserve::bench::Softmax(forced.logits[i]));
     f.mean_kl += kl / n;
     f.max_kl = std::max(f.max_kl, kl);
     f.top1 += (seq.greedy[i] == forced.greedy[i]) / static_cast<double>(n);
