@@ -239,7 +239,8 @@ TEST_F(DecoderServiceTest, LoadReportsModelAndSlots) {
   grpc::ClientContext ctx;
   v1::LoadRequest req;
   v1::LoadReport load;
-  ASSERT_TRUE(stub_->GetLoad(&ctx, req, &load).ok());
+  const grpc::Status st = stub_->GetLoad(&ctx, req, &load);
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
   EXPECT_EQ(load.max_active_sequences(), 3);
   EXPECT_EQ(load.active_sequences(), 0);
   EXPECT_EQ(load.model().hex().size(), 16u);
