@@ -407,7 +407,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     v1::UpsertRequest u;
     u.set_collection(collection_);
     *u.mutable_documents() = msg_.documents();
-    if (!writer_->Write(u)) return Annotate(FromGrpcStatus(writer_->Finish()), "index upsert");
+    if (!writer_->Write(u)) return FinishUpsert("index upsert");
     if (pre_encode_) RS_RETURN_IF_ERROR(PreEncode(msg_.documents()));
     return OkStatus();
   }
@@ -439,10 +439,8 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
       return;
     }
     writer_->WritesDone();
-    const grpc::Status st = writer_->Finish();
-    writer_.reset();
-    if (!st.ok()) {
-      Finish(ToGrpcStatus(Annotate(FromGrpcStatus(st), "index upsert")));
+    if (Status st = FinishUpsert("index upsert"); !st.ok()) {
+      Finish(ToGrpcStatus(st));
       return;
     }
     resp_->set_ingested(upsert_resp_.upserted());
@@ -450,11 +448,24 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     Finish(grpc::Status::OK);
   }
 
+  // Finishes the index Upsert stream exactly once (a second Finish is a gRPC API misuse that
+  // aborts the process) and says how it ended; an index that went away is Unavailable.
+  Status FinishUpsert(const char* what) {
+    const grpc::Status gst = writer_->Finish();
+    writer_.reset();
+    if (gst.ok()) return OkStatus();
+    Status s = FromGrpcStatus(gst);
+    if (s.code() == StatusCode::kUnavailable) {
+      return Unavailable(StrCat(what, ": index service at ", svc_->opts_.index_addr,
+                                " unavailable: ", s.message()));
+    }
+    return Annotate(s, what);
+  }
+
   void Abort(const Status& st) {
     if (writer_) {
       upsert_ctx_->TryCancel();
-      writer_->Finish();
-      writer_.reset();
+      (void)FinishUpsert("index upsert");  // the reason to report is st
     }
     Finish(ToGrpcStatus(st));
   }
