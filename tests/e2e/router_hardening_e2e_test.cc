@@ -120,11 +120,12 @@ class RouterHardeningE2eTest : public ::testing::Test {
     ASSERT_TRUE(cluster_->Start("index", "index", {"--data-dir", dir + "/index-data"}, &err))
         << err;
     for (const char* name : {"router", "router2"}) {
-      ASSERT_TRUE(cluster_->Start("router", name,
-                                  {"--index-addr", cluster_->Get("index")->addr(), "--decoders",
-                                   hang_->address() + "," + good_->address(), "--policy",
-                                   "least_load", "--poll-interval", "0.2", "--max-attempts", "2"},
-                                  &err))
+      ASSERT_TRUE(cluster_->Start(
+          "router", name,
+          {"--index-addr", cluster_->Get("index")->addr(), "--decoders",
+           hang_->address() + "," + good_->address(), "--policy", "least_load", "--poll-interval",
+           "0.2", "--max-attempts", "2", "--worker-timeout", "1"},
+          &err))
           << err;
     }
     router_ = Stub("router").release();
@@ -248,6 +249,57 @@ TEST_F(RouterHardeningE2eTest, IndexKilledMidIngestIsUnavailableAndRouterLives) 
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   EXPECT_TRUE(again.ok()) << again.error_message();
+}
+
+// Issue 17 #3 (router side): documents per Ingest message are bounded before they are copied.
+TEST_F(RouterHardeningE2eTest, IngestMessageOverTheDocumentLimitIsInvalidArgument) {
+  v1::IngestRequest many = Create("many");
+  for (int i = 0; i <= 10000; ++i) *many.add_documents() = Doc("id" + std::to_string(i), "");
+  const grpc::Status st = Ingest({many});
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("--max-ingest-docs"), std::string::npos) << st.error_message();
+  EXPECT_TRUE(RouterAnswers());
+}
+
+// Issue 17 #12: a question without words embeds to a zero vector; say so instead of returning
+// arbitrary passages.
+TEST_F(RouterHardeningE2eTest, QuestionWithoutWordsIsInvalidArgument) {
+  for (const std::string q : {"?!", "...   ---", " "}) {
+    QueryResult r = Ask(router_, q);
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "'" << q << "'";
+    EXPECT_NE(r.status.error_message().find("no words"), std::string::npos)
+        << r.status.error_message();
+  }
+}
+
+// Issue 17 #10: a worker that accepts Generate and never answers must not pin the query: the
+// router's per-call worker deadline (--worker-timeout 1) fails it over to the other worker.
+TEST_F(RouterHardeningE2eTest, WorkerThatNeverAnswersTimesOutAndTheQueryFailsOver) {
+  const int hang_calls = hang_->calls();
+  const auto t0 = Clock::now();
+  QueryResult r = Ask(router_, "How long is the Nawerk River?", /*deadline_s=*/20);
+  const double secs = SecondsSince(t0);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_code() << " " << r.status.error_message();
+  EXPECT_EQ(r.tokens, 1);
+  EXPECT_EQ(hang_->calls(), hang_calls + 1) << "the hanging worker was not tried first";
+  EXPECT_EQ(r.stats.retries(), 1);
+  EXPECT_LT(secs, 10.0);
+}
+
+// Issue 17 #5: ids are unique per router process, not <listen address>/q<counter>.
+TEST_F(RouterHardeningE2eTest, RequestIdsDifferAcrossRouterReplicas) {
+  auto second = Stub("router2");
+  const size_t before = good_->ids().size();
+  ASSERT_TRUE(Ask(router_, "Nawerk River").status.ok());
+  ASSERT_TRUE(Ask(second.get(), "Nawerk River").status.ok());
+  const std::vector<std::string> ids = good_->ids();
+  ASSERT_GE(ids.size(), before + 2);
+  const std::set<std::string> all(ids.begin(), ids.end());
+  EXPECT_EQ(all.size(), ids.size()) << "a request id was issued twice";
+  for (const auto& id : ids) {
+    EXPECT_EQ(id.find(cluster_->Get("router")->addr()), std::string::npos) << id;
+    EXPECT_EQ(id.find("0.0.0.0"), std::string::npos) << id;
+  }
 }
 
 }  // namespace
