@@ -23,6 +23,11 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, opts.min_reconnect_backoff_ms);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, opts.min_reconnect_backoff_ms);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, opts.max_reconnect_backoff_ms);
+  if (opts.keepalive_time_ms > 0) {
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, opts.keepalive_time_ms);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, opts.keepalive_timeout_ms);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // keep pinging a silent long call
+  }
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (!opts.tls_ca.empty()) {
     std::ifstream in(opts.tls_ca);

@@ -16,6 +16,12 @@ struct ChannelOptions {
   int max_message_mb = 64;
   int min_reconnect_backoff_ms = 100;   // first retry after a failed connection
   int max_reconnect_backoff_ms = 2000;  // backoff cap (gRPC's default is 120 s)
+  // HTTP/2 keepalive while calls are in flight: a ping every keepalive_time_ms (0 = off), and
+  // the connection (with its calls: UNAVAILABLE) is dropped when one goes unanswered for
+  // keepalive_timeout_ms. Catches peers that vanished without closing the connection. Servers
+  // started by ServiceServer accept pings down to every 10 s.
+  int keepalive_time_ms = 0;
+  int keepalive_timeout_ms = 20000;
 };
 
 // A channel to "host:port" (insecure or TLS); message size limits as configured.

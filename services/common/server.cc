@@ -158,6 +158,9 @@ Status ServiceServer::Start() {
   grpc::ServerBuilder builder;
   // Without this, Linux lets a second server bind the same port (SO_REUSEPORT) silently.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Accept client keepalive pings every 10 s (ChannelOptions::keepalive_time_ms) during calls;
+  // gRPC's default (5 min) would answer them with GOAWAY "too_many_pings".
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   const std::string listen = cfg_.host.find(':') != std::string::npos
                                  ? StrCat("[", cfg_.host, "]:", cfg_.port)
                                  : StrCat(cfg_.host, ":", cfg_.port);

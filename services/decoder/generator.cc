@@ -139,9 +139,15 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
   if (static_cast<int>(queue_.size()) >= opts_.max_queue) {
     return ResourceExhausted(StrCat("admission queue full (", opts_.max_queue, " requests)"));
   }
+  // An id must be unique among live requests, queued or generating: Cancel ends whichever
+  // holds it.
+  const std::string& id = seq->job->request_id;
+  if (!id.empty() && live_ids_.count(id) > 0) {
+    return AlreadyExists(StrCat("request id '", id, "' is already generating"));
+  }
   for (const auto& q : queue_) {
-    if (q->job->request_id == seq->job->request_id && !seq->job->request_id.empty()) {
-      return AlreadyExists(StrCat("request id '", seq->job->request_id, "' is already queued"));
+    if (q->job->request_id == id && !id.empty()) {
+      return AlreadyExists(StrCat("request id '", id, "' is already queued"));
     }
   }
   load_.queued = static_cast<int>(queue_.size()) + 1;

@@ -26,7 +26,6 @@ namespace {
 //   "D" cid doc_id             -> document record (label, vector, text, metadata)
 //   "T" cid be64(seq)          -> u64 label removed by the write with that sequence
 //   "I" cid                    -> checkpoint JSON {"seq", "file"}
-constexpr int kMaxK = 10000;
 constexpr size_t kMaxIdBytes = 512;
 
 std::string Be32(uint32_t v) {
@@ -129,11 +128,43 @@ std::string SpecJson(uint32_t cid, const CollectionSpec& s) {
   return j.dump();
 }
 
+// Deepest nesting of [ and { in JSON text (outside strings), scanned without recursion.
+int JsonNestingDepth(std::string_view text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+Status CheckJsonDepth(std::string_view text, std::string_view what) {
+  const int depth = JsonNestingDepth(text);
+  RS_CHECK_ARG(depth <= kMaxJsonDepth, what, " nests ", depth, " levels deep; the limit is ",
+               kMaxJsonDepth);
+  return OkStatus();
+}
+
 Status ParseMetadata(const std::string& text, std::string_view id, nlohmann::json* out) {
   if (text.empty()) {
     *out = nlohmann::json::object();
     return OkStatus();
   }
+  RS_RETURN_IF_ERROR(CheckJsonDepth(text, StrCat("document '", id, "': metadata")));
   try {
     *out = nlohmann::json::parse(text);
   } catch (const std::exception& e) {
@@ -294,8 +325,24 @@ Status Collection::MaybeTrainIvfLocked() {
   return OkStatus();
 }
 
+Status Collection::CheckEmbedBatch(size_t texts, std::string_view what) const {
+  // texts * dim * 4 <= max, without overflow: texts <= max / (dim * 4).
+  const int64_t per_text = int64_t{spec_.dim} * static_cast<int64_t>(sizeof(float));
+  const int64_t max_texts = store_->limits().max_embed_batch_bytes / per_text;
+  if (static_cast<uint64_t>(texts) > static_cast<uint64_t>(max_texts)) {
+    return ResourceExhausted(
+        StrCat(what, " into '", spec_.name, "': ", texts, " texts to embed at ", per_text,
+               " bytes each exceed the ", store_->limits().max_embed_batch_bytes,
+               "-byte embedding batch limit; send at most ", max_texts, " per call"));
+  }
+  return OkStatus();
+}
+
 StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
   RS_CHECK_ARG(!docs.empty(), "upsert into '", spec_.name, "': empty batch");
+  const int64_t max_docs = store_->limits().max_docs_per_upsert;
+  RS_CHECK_ARG(static_cast<int64_t>(docs.size()) <= max_docs, "upsert into '", spec_.name,
+               "': ", docs.size(), " documents in one call; the limit is ", max_docs);
   // Validate everything before touching anything.
   std::vector<nlohmann::json> metas(docs.size());
   std::vector<std::string> to_embed;
@@ -319,6 +366,7 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
     }
   }
   if (!to_embed.empty()) {
+    RS_RETURN_IF_ERROR(CheckEmbedBatch(to_embed.size(), "upsert"));
     std::vector<float> e(to_embed.size() * spec_.dim);
     RS_RETURN_IF_ERROR(embedder_->Embed(to_embed, e.data()));
     for (size_t t = 0; t < embed_pos.size(); ++t) {
@@ -421,6 +469,7 @@ StatusOr<int64_t> Collection::Delete(const std::vector<std::string>& ids) {
 
 Status Collection::EmbedQueries(const std::vector<Query>& queries, std::vector<float>* out) const {
   const int d = spec_.dim;
+  RS_RETURN_IF_ERROR(CheckEmbedBatch(queries.size(), "search"));
   out->assign(queries.size() * d, 0.0f);
   std::vector<std::string> texts;
   std::vector<size_t> pos;
@@ -444,7 +493,12 @@ Status Collection::EmbedQueries(const std::vector<Query>& queries, std::vector<f
     std::vector<float> e(texts.size() * d);
     RS_RETURN_IF_ERROR(embedder_->Embed(texts, e.data()));
     for (size_t t = 0; t < pos.size(); ++t) {
-      std::copy(e.begin() + t * d, e.begin() + (t + 1) * d, out->begin() + pos[t] * d);
+      const float* v = e.data() + t * d;
+      // A text without words embeds to zeros, which scores every document alike.
+      RS_CHECK_ARG(std::any_of(v, v + d, [](float x) { return x != 0; }), "query ", pos[t],
+                   ": text '", texts[t].substr(0, 64), texts[t].size() > 64 ? "..." : "",
+                   "' has no words to search for (only spaces or punctuation)");
+      std::copy(v, v + d, out->begin() + pos[t] * d);
     }
   }
   return OkStatus();
@@ -456,10 +510,16 @@ StatusOr<std::vector<std::vector<Hit>>> Collection::Search(const std::vector<Que
                "': batch must hold 1..1024 queries, got ", queries.size());
   RS_CHECK_ARG(options.k >= 1 && options.k <= kMaxK, "search '", spec_.name, "': k must be in [1, ",
                kMaxK, "], got ", options.k);
-  RS_CHECK_ARG(options.ef_search >= 0, "search: ef_search must be >= 0, got ", options.ef_search);
-  RS_CHECK_ARG(options.nprobe >= 0, "search: nprobe must be >= 0, got ", options.nprobe);
+  RS_CHECK_ARG(options.ef_search >= 0 && options.ef_search <= kMaxEfSearch,
+               "search: ef_search must be in [0, ", kMaxEfSearch, "], got ", options.ef_search);
+  RS_CHECK_ARG(options.nprobe >= 0 && options.nprobe <= kMaxNprobe,
+               "search: nprobe must be in [0, ", kMaxNprobe, "], got ", options.nprobe);
+  RS_CHECK_ARG(static_cast<int64_t>(queries.size()) * options.k <= kMaxResultsPerSearch, "search '",
+               spec_.name, "': queries x k = ", queries.size(), " x ", options.k, " exceeds ",
+               kMaxResultsPerSearch, " results per call");
   std::vector<std::pair<std::string, nlohmann::json>> equals;
   for (const auto& [field, value] : options.filter_equals) {
+    RS_RETURN_IF_ERROR(CheckJsonDepth(value, StrCat("filter on '", field, "': value")));
     auto j = nlohmann::json::parse(value, nullptr, false);
     RS_CHECK_ARG(!j.is_discarded(), "filter on '", field, "': value ", value,
                  " is not JSON (write strings quoted, e.g. \"\\\"x\\\"\")");
@@ -629,12 +689,17 @@ Status Collection::Checkpoint() {
 
 // ---- CollectionStore --------------------------------------------------------------------------
 
-StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::string& data_dir) {
+StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::string& data_dir,
+                                                                 StoreLimits limits) {
   RS_CHECK_ARG(!data_dir.empty(), "index store: empty data dir");
+  RS_CHECK_ARG(limits.max_docs_per_upsert >= 1,
+               "index store: max documents per upsert must be >= 1");
+  RS_CHECK_ARG(limits.max_embed_batch_bytes >= 1,
+               "index store: embedding batch limit must be >= 1");
   std::error_code ec;
   fs::create_directories(data_dir + "/indexes", ec);
   if (ec) return Internal(StrCat("index store: cannot create ", data_dir, ": ", ec.message()));
-  auto store = std::unique_ptr<CollectionStore>(new CollectionStore(data_dir));
+  auto store = std::unique_ptr<CollectionStore>(new CollectionStore(data_dir, limits));
   rocksdb::Options opts;
   opts.create_if_missing = true;
   rocksdb::DB* db = nullptr;
@@ -674,7 +739,8 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
   return store;
 }
 
-CollectionStore::CollectionStore(std::string dir) : dir_(std::move(dir)) {}
+CollectionStore::CollectionStore(std::string dir, StoreLimits limits)
+    : dir_(std::move(dir)), limits_(limits) {}
 
 CollectionStore::~CollectionStore() {
   Status s = CheckpointAll();
@@ -705,6 +771,10 @@ StatusOr<std::shared_ptr<Collection>> CollectionStore::Create(const CollectionSp
   if (collections_.count(spec.name)) {
     return AlreadyExists(StrCat("collection '", spec.name, "' already exists"));
   }
+  if (dropping_.count(spec.name)) {
+    return FailedPrecondition(
+        StrCat("collection '", spec.name, "' is being dropped; create it again once that is done"));
+  }
   const uint32_t cid = next_cid_;
   rocksdb::WriteBatch batch;
   batch.Put("C" + spec.name, SpecJson(cid, spec));
@@ -719,10 +789,25 @@ StatusOr<std::shared_ptr<Collection>> CollectionStore::Create(const CollectionSp
 }
 
 Status CollectionStore::Drop(const std::string& name) {
+  // The collection leaves the map at once (Get/List stop seeing it) but its data is deleted
+  // outside mu_: waiting for its write_mu_ (a long Rebuild) must not block other collections.
+  std::shared_ptr<Collection> c;
+  {
+    std::lock_guard g(mu_);
+    auto it = collections_.find(name);
+    if (it == collections_.end()) return NotFound(StrCat("collection '", name, "' does not exist"));
+    c = std::move(it->second);
+    collections_.erase(it);
+    dropping_.insert(name);
+  }
+  Status s = DeleteCollectionData(name, c.get());
   std::lock_guard g(mu_);
-  auto it = collections_.find(name);
-  if (it == collections_.end()) return NotFound(StrCat("collection '", name, "' does not exist"));
-  std::shared_ptr<Collection> c = it->second;
+  dropping_.erase(name);
+  if (!s.ok()) collections_[name] = std::move(c);  // nothing was deleted: it is still there
+  return s;
+}
+
+Status CollectionStore::DeleteCollectionData(const std::string& name, Collection* c) {
   std::lock_guard w(c->write_mu_);
   const uint32_t cid = c->cid_;
   rocksdb::WriteBatch batch;
@@ -738,7 +823,6 @@ Status CollectionStore::Drop(const std::string& name) {
       fs::remove(e.path(), ec);
     }
   }
-  collections_.erase(it);
   return OkStatus();
 }
 

@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -58,7 +59,7 @@ struct CollectionSpec {
 struct Document {
   std::string id;  // 1..512 bytes
   std::string text;
-  std::string metadata_json = "{}";  // a JSON object ("" = {})
+  std::string metadata_json = "{}";  // a JSON object ("" = {}), nested at most kMaxJsonDepth
   std::vector<float> vector;         // empty = embed `text`; else exactly dim finite floats
 };
 
@@ -67,12 +68,27 @@ struct Query {
   std::string text;
 };
 
+// Deepest nesting of arrays/objects accepted in metadata JSON and filter values (checked on the
+// raw text before parsing, so deep input never reaches a recursive parser or serialiser).
+inline constexpr int kMaxJsonDepth = 64;
+// Per-search caps (InvalidArgument above them): k, ef_search, nprobe, queries x k.
+inline constexpr int kMaxK = 10000;
+inline constexpr int kMaxEfSearch = 10000;
+inline constexpr int kMaxNprobe = 65536;
+inline constexpr int64_t kMaxResultsPerSearch = int64_t{1} << 20;
+
+// Request-size limits of a store (ragserve-index flags), checked before anything is allocated.
+struct StoreLimits {
+  int64_t max_docs_per_upsert = 10000;                // documents in one Upsert call/message
+  int64_t max_embed_batch_bytes = int64_t{64} << 20;  // texts x dim x 4 embedded by one call
+};
+
 struct SearchOptions {
-  int k = 10;  // 1..10000
+  int k = 10;  // 1..kMaxK
   // Equality filter: metadata[field] must equal the JSON value written as text ("\"x\"", "42").
   std::map<std::string, std::string> filter_equals;
-  int ef_search = 0;  // 0 = index default
-  int nprobe = 0;     // 0 = index default
+  int ef_search = 0;  // 0 = index default; at most kMaxEfSearch
+  int nprobe = 0;     // 0 = index default; at most kMaxNprobe
   bool include_text = true;
 };
 
@@ -105,13 +121,16 @@ class Collection {
   int dim() const { return spec_.dim; }
 
   // Inserts or replaces (by id) the documents, durably, then indexes them. Validates the whole
-  // batch first (empty batch, ids, dimension, NaN/Inf, metadata JSON): on error nothing changes.
-  // Returns the number written.
+  // batch first (empty or over max_docs_per_upsert, ids, dimension, NaN/Inf, metadata JSON and
+  // its depth; ResourceExhausted when the texts to embed exceed max_embed_batch_bytes): on error
+  // nothing changes. Returns the number written.
   StatusOr<int64_t> Upsert(std::vector<Document> docs);
   // Deletes the ids (unknown ids are ignored); returns the number deleted.
   StatusOr<int64_t> Delete(const std::vector<std::string>& ids);
-  // One hit list per query, best first. InvalidArgument for an empty batch, k out of range,
-  // a wrong dimension, NaN/Inf, or a filter value that is not JSON.
+  // One hit list per query, best first. InvalidArgument for an empty batch, k / ef_search /
+  // nprobe out of range, a wrong dimension, NaN/Inf, a query text without words (it would embed
+  // to a zero vector), or a filter value that is not JSON; ResourceExhausted when the query
+  // texts exceed max_embed_batch_bytes.
   StatusOr<std::vector<std::vector<Hit>>> Search(const std::vector<Query>& queries,
                                                  const SearchOptions& options) const;
   // Found documents in request order (with their stored vectors) and the missing ids.
@@ -137,6 +156,8 @@ class Collection {
                              std::shared_ptr<index::VectorIndex>* out);
   Status MaybeTrainIvfLocked();
   Status EmbedQueries(const std::vector<Query>& queries, std::vector<float>* out) const;
+  // ResourceExhausted when embedding `texts` texts would exceed max_embed_batch_bytes.
+  Status CheckEmbedBatch(size_t texts, std::string_view what) const;
 
   CollectionStore* const store_;
   const uint32_t cid_;
@@ -160,30 +181,40 @@ class Collection {
 class CollectionStore {
  public:
   // Opens (creating if needed) the store and every collection in it.
-  static StatusOr<std::unique_ptr<CollectionStore>> Open(const std::string& data_dir);
+  static StatusOr<std::unique_ptr<CollectionStore>> Open(const std::string& data_dir,
+                                                         StoreLimits limits = {});
   // Checkpoints every collection, then closes the DB.
   ~CollectionStore();
 
   // AlreadyExists when the name is taken; InvalidArgument for a bad name/dim/kind/params.
   StatusOr<std::shared_ptr<Collection>> Create(const CollectionSpec& spec);
-  // NotFound when unknown. Deletes documents and index files.
+  // NotFound when unknown. Deletes documents and index files; waits for a running Rebuild of
+  // that collection without blocking calls on other collections. While it runs, Get says
+  // NotFound and Create of the name FailedPrecondition.
   Status Drop(const std::string& name);
   StatusOr<std::shared_ptr<Collection>> Get(const std::string& name) const;
   std::vector<std::shared_ptr<Collection>> List() const;
   // Checkpoints every collection.
   Status CheckpointAll();
   const std::string& data_dir() const { return dir_; }
+  const StoreLimits& limits() const { return limits_; }
 
  private:
   friend class Collection;
-  explicit CollectionStore(std::string dir);
+  CollectionStore(std::string dir, StoreLimits limits);
   rocksdb::DB* db() const { return db_.get(); }
   std::string IndexDir() const { return dir_ + "/indexes"; }
+  // Deletes a collection's records and index files (under its write_mu_) and marks it dropped.
+  Status DeleteCollectionData(const std::string& name, Collection* c);
 
   const std::string dir_;
+  const StoreLimits limits_;
   std::unique_ptr<rocksdb::DB> db_;
-  mutable std::mutex mu_;  // guards collections_ and next_cid_; held across Create/Drop writes
+  // Guards collections_, dropping_ and next_cid_; held across Create's write, never while
+  // waiting for a collection's write_mu_.
+  mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Collection>> collections_;
+  std::set<std::string> dropping_;  // names whose Drop is deleting their data
   uint32_t next_cid_ = 1;
 };
 

@@ -13,13 +13,25 @@ int main(int argc, char** argv) {
   m.description = "ragserve index: vector collections (HNSW, IVF, flat) with documents in RocksDB";
   m.default_port = 50052;
   m.default_metrics_port = 50052 - 50051 + 9091;
-  m.add_flags = [&data_dir](CLI::App& app) {
+  ragserve::collection::StoreLimits limits;
+  int64_t embed_batch_mb = limits.max_embed_batch_bytes >> 20;
+  m.add_flags = [&data_dir, &limits, &embed_batch_mb](CLI::App& app) {
     app.add_option("--data-dir", data_dir,
                    "Collections folder (RocksDB + index files); created if missing, relative "
                    "paths are relative to the working directory");
+    app.add_option("--max-upsert-docs", limits.max_docs_per_upsert,
+                   "Documents per Upsert message; beyond: INVALID_ARGUMENT")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
+    app.add_option("--max-embed-batch-mb", embed_batch_mb,
+                   "MiB of vectors (texts x dim x 4) one Upsert message or Search may embed; "
+                   "beyond: RESOURCE_EXHAUSTED")
+        ->capture_default_str()
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   };
   m.setup = [&](ragserve::ServiceServer& server) -> ragserve::Status {
-    RS_ASSIGN_OR_RETURN(store, ragserve::collection::CollectionStore::Open(data_dir));
+    limits.max_embed_batch_bytes = embed_batch_mb << 20;
+    RS_ASSIGN_OR_RETURN(store, ragserve::collection::CollectionStore::Open(data_dir, limits));
     RS_LOG(info, "index: serving {} collections from {}", store->List().size(), data_dir);
     service = std::make_unique<ragserve::collection::IndexGrpcService>(&server, store.get());
     server.AddService(service.get(), "ragserve.v1.IndexService");

@@ -105,6 +105,10 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
                    msg_.collection(), "'");
     }
     if (msg_.documents_size() == 0) return OkStatus();
+    // Before DocsFromProto copies them: one message may hold at most max_docs_per_upsert.
+    const int64_t max_docs = svc_->store()->limits().max_docs_per_upsert;
+    RS_CHECK_ARG(msg_.documents_size() <= max_docs, "UpsertRequest holds ", msg_.documents_size(),
+                 " documents; the limit per message is ", max_docs, " (--max-upsert-docs)");
     RS_ASSIGN_OR_RETURN(int64_t n, collection_->Upsert(DocsFromProto(msg_.documents())));
     upserted_ += n;
     return OkStatus();
@@ -233,7 +237,10 @@ grpc::ServerUnaryReactor* IndexGrpcService::Search(grpc::CallbackServerContext* 
   // work (plus <= 4 x 64 point reads of documents): cheaper run on the gRPC thread than handed to
   // the executor and back (index_bench's latency table measures the difference). Batches and
   // filtered searches, which can widen to a scan, go to the executor.
-  const bool small = req->queries_size() <= 4 && req->k() <= 64 && req->filter().equals().empty();
+  // Anything out of those bounds (a large ef_search or nprobe included) takes the executor; the
+  // caps on k, ef_search and nprobe are checked by Collection::Search on both paths.
+  const bool small = req->queries_size() <= 4 && req->k() <= 64 && req->ef_search() <= 256 &&
+                     req->nprobe() <= 256 && req->filter().equals().empty();
   auto serve = small ? ServeUnaryInline : ServeUnary;
   return serve(ctx, server_, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));

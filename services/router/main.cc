@@ -58,6 +58,19 @@ int main(int argc, char** argv) {
     app.add_option("--query-threads", opts.query_threads, "Queries orchestrated at once")
         ->capture_default_str()
         ->check(CLI::Range(1, 4096));
+    app.add_option("--worker-timeout", opts.workers.call_timeout_s,
+                   "Seconds a decode worker call may run when the client allows longer (or set "
+                   "no deadline); then it fails over")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--worker-keepalive", opts.worker_keepalive_s,
+                   "Seconds between keepalive pings to decode workers during calls (0 = off)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 3600.0));
+    app.add_option("--max-ingest-docs", opts.max_ingest_docs,
+                   "Documents per Ingest message; beyond: INVALID_ARGUMENT")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1 << 24));
     app.add_option("--query-queue", opts.query_queue,
                    "Queries waiting for a thread before RESOURCE_EXHAUSTED")
         ->capture_default_str()

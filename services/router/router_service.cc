@@ -2,8 +2,12 @@
 
 #include <grpcpp/client_context.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <random>
 #include <utility>
 
 #include "services/common/auth.h"
@@ -32,17 +36,36 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   RS_CHECK_ARG(svc->opts_.max_attempts >= 1, "--max-attempts must be >= 1");
   RS_CHECK_ARG(svc->opts_.default_top_k >= 1 && svc->opts_.default_top_k <= 64,
                "--default-top-k must be in 1..64");
+  RS_CHECK_ARG(svc->opts_.workers.call_timeout_s > 0, "--worker-timeout must be > 0");
+  RS_CHECK_ARG(svc->opts_.max_ingest_docs >= 1, "--max-ingest-docs must be >= 1");
   WorkerPoolOptions wopts = svc->opts_.workers;
   wopts.token = svc->opts_.downstream_token;
   wopts.channel = copts;
+  wopts.channel.keepalive_time_ms = static_cast<int>(svc->opts_.worker_keepalive_s * 1000);
   RS_ASSIGN_OR_RETURN(svc->pool_, WorkerPool::Create(std::move(wopts)));
   svc->query_executor_ =
       std::make_unique<BoundedExecutor>(svc->opts_.query_threads, svc->opts_.query_queue);
   return svc;
 }
 
+namespace {
+
+// "<hostname>-<pid>-<64 random bits>": request ids of router replicas never collide, even when
+// they listen on the same address (0.0.0.0:50051) on different hosts or after a restart.
+std::string NewRequestIdPrefix() {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  std::random_device rd;
+  const uint64_t r = (uint64_t{rd()} << 32) ^ rd();
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(r));
+  return StrCat(host, "-", getpid(), "-", hex);
+}
+
+}  // namespace
+
 RouterService::RouterService(ServiceServer* server, RouterOptions opts)
-    : server_(server), opts_(std::move(opts)) {}
+    : server_(server), opts_(std::move(opts)), request_prefix_(NewRequestIdPrefix()) {}
 
 template <typename Req, typename Resp, typename Method>
 grpc::ServerUnaryReactor* RouterService::ForwardToIndex(grpc::CallbackServerContext* ctx,
@@ -216,7 +239,7 @@ Status RouterService::Search(grpc::CallbackServerContext* ctx, const v1::QueryRe
 
 v1::GenerateRequest RouterService::MakeGenerateRequest(const v1::QueryRequest& req) {
   v1::GenerateRequest greq;
-  greq.set_request_id(StrCat(server_->address(), "/q", next_request_.fetch_add(1)));
+  greq.set_request_id(StrCat(request_prefix_, "/q", next_request_.fetch_add(1)));
   greq.set_question(req.question());
   greq.set_sequential_context(!req.use_context_cache());
   *greq.mutable_sampling() = req.sampling();
@@ -250,14 +273,22 @@ v1::QueryEvent RouterService::PassagesEvent(const v1::QueryRequest& req,
   return ev;
 }
 
+bool RouterService::CallerDone(const grpc::CallbackServerContext& ctx) {
+  return ctx.IsCancelled() || ctx.deadline() <= std::chrono::system_clock::now();
+}
+
 Status RouterService::GenerateWithFailover(grpc::CallbackServerContext* ctx, Clock::time_point t0,
                                            PickHint hint, v1::GenerateRequest* greq,
                                            StreamOutbox<v1::QueryEvent>* out, Answer* answer) {
   // The next worker re-prefills the prompt plus the tokens already sent (resume_token_ids) and
   // continues the answer.
   std::string last_error;
+  CallOutcome last = CallOutcome::kWorkerFault;
   for (int attempt = 0; attempt < opts_.max_attempts; ++attempt) {
-    if (ctx->IsCancelled()) return Cancelled("query cancelled by the client");
+    if (CallerDone(*ctx)) {
+      return ctx->IsCancelled() ? Cancelled("query cancelled by the client")
+                                : DeadlineExceeded("the query's deadline passed");
+    }
     auto lease = pool_->Pick(policy_, hint);
     if (!lease.ok()) {
       if (attempt == 0) return lease.status();
@@ -268,10 +299,11 @@ Status RouterService::GenerateWithFailover(grpc::CallbackServerContext* ctx, Clo
     WorkerLease worker = std::move(*lease);
     hint.exclude.insert(worker->address());
     const grpc::Status gst = StreamAnswer(ctx, *worker.get(), t0, greq, out, answer);
-    pool_->Report(*worker.get(), gst);
+    last = ClassifyWorkerCall(gst.error_code(), CallerDone(*ctx));
+    pool_->Report(*worker.get(), last, gst);
     if (gst.ok()) return OkStatus();
     if (ctx->IsCancelled()) return Cancelled("query cancelled by the client");
-    if (!IsServerFailure(gst.error_code()) || gst.error_code() == grpc::StatusCode::CANCELLED) {
+    if (!ShouldFailOver(last)) {
       return Annotate(FromGrpcStatus(gst), StrCat("decode worker ", worker->address()));
     }
     last_error = StrCat(worker->address(), ": ", gst.error_message());
@@ -280,8 +312,9 @@ Status RouterService::GenerateWithFailover(grpc::CallbackServerContext* ctx, Clo
     if (greq->sampling().max_tokens() <= greq->resume_token_ids_size()) break;  // answer complete
     ++answer->retries;
     if (attempt + 1 == opts_.max_attempts) {
-      return Unavailable(
-          StrCat("decode failed on ", opts_.max_attempts, " workers; last: ", last_error));
+      const std::string msg =
+          StrCat("decode failed on ", opts_.max_attempts, " workers; last: ", last_error);
+      return last == CallOutcome::kTryElsewhere ? ResourceExhausted(msg) : Unavailable(msg);
     }
   }
   return OkStatus();
@@ -290,8 +323,16 @@ Status RouterService::GenerateWithFailover(grpc::CallbackServerContext* ctx, Clo
 grpc::Status RouterService::StreamAnswer(grpc::CallbackServerContext* ctx, Worker& worker,
                                          Clock::time_point t0, v1::GenerateRequest* greq,
                                          StreamOutbox<v1::QueryEvent>* out, Answer* answer) {
-  auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
+  // A worker that accepts the call and never answers must not hold this thread past
+  // call_timeout_s, whatever deadline (or none) the client set: the client's cancellation is
+  // propagated, the deadline is the earlier of the client's and that cap.
+  auto cctx = grpc::ClientContext::FromCallbackServerContext(
+      *ctx, grpc::PropagationOptions().disable_deadline_propagation());
   AttachToken(cctx.get(), opts_.downstream_token);
+  const auto cap =
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(pool_->options().call_timeout_s * 1000));
+  cctx->set_deadline(std::min(ctx->deadline(), cap));
   auto reader = worker.stub()->Generate(cctx.get(), *greq);
   v1::GenerateEvent ev;
   while (reader->Read(&ev)) {
@@ -404,10 +445,13 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
       return FailedPrecondition("pre_encode needs a context cache (router --ctxcache-addr)");
     }
     if (msg_.documents_size() == 0) return OkStatus();
+    RS_CHECK_ARG(msg_.documents_size() <= svc_->opts_.max_ingest_docs, "IngestRequest holds ",
+                 msg_.documents_size(), " documents; the limit per message is ",
+                 svc_->opts_.max_ingest_docs, " (router --max-ingest-docs)");
     v1::UpsertRequest u;
     u.set_collection(collection_);
     *u.mutable_documents() = msg_.documents();
-    if (!writer_->Write(u)) return Annotate(FromGrpcStatus(writer_->Finish()), "index upsert");
+    if (!writer_->Write(u)) return FinishUpsert("index upsert");
     if (pre_encode_) RS_RETURN_IF_ERROR(PreEncode(msg_.documents()));
     return OkStatus();
   }
@@ -439,10 +483,8 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
       return;
     }
     writer_->WritesDone();
-    const grpc::Status st = writer_->Finish();
-    writer_.reset();
-    if (!st.ok()) {
-      Finish(ToGrpcStatus(Annotate(FromGrpcStatus(st), "index upsert")));
+    if (Status st = FinishUpsert("index upsert"); !st.ok()) {
+      Finish(ToGrpcStatus(st));
       return;
     }
     resp_->set_ingested(upsert_resp_.upserted());
@@ -450,11 +492,24 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     Finish(grpc::Status::OK);
   }
 
+  // Finishes the index Upsert stream exactly once (a second Finish is a gRPC API misuse that
+  // aborts the process) and says how it ended; an index that went away is Unavailable.
+  Status FinishUpsert(const char* what) {
+    const grpc::Status gst = writer_->Finish();
+    writer_.reset();
+    if (gst.ok()) return OkStatus();
+    Status s = FromGrpcStatus(gst);
+    if (s.code() == StatusCode::kUnavailable) {
+      return Unavailable(StrCat(what, ": index service at ", svc_->opts_.index_addr,
+                                " unavailable: ", s.message()));
+    }
+    return Annotate(s, what);
+  }
+
   void Abort(const Status& st) {
     if (writer_) {
       upsert_ctx_->TryCancel();
-      writer_->Finish();
-      writer_.reset();
+      (void)FinishUpsert("index upsert");  // the reason to report is st
     }
     Finish(ToGrpcStatus(st));
   }

@@ -33,6 +33,8 @@ struct RouterOptions {
   int max_attempts = 3;                        // decode workers tried per query (failover)
   int query_threads = 16;                      // queries orchestrated at once
   int query_queue = 256;                       // queries waiting; beyond: RESOURCE_EXHAUSTED
+  int max_ingest_docs = 10000;                 // documents per Ingest message; beyond: INVALID_ARG
+  double worker_keepalive_s = 30;              // keepalive pings to workers during calls (0 = off)
 };
 
 class RouterService final : public v1::RagService::CallbackService {
@@ -75,7 +77,10 @@ class RouterService final : public v1::RagService::CallbackService {
   // The index's top-k passages (with text) for the question.
   Status Search(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
                 v1::SearchResponse* found);
+  // Request ids are "<request_prefix_>/q<n>", unique across router processes.
   v1::GenerateRequest MakeGenerateRequest(const v1::QueryRequest& req);
+  // The client cancelled the query or its deadline passed.
+  static bool CallerDone(const grpc::CallbackServerContext& ctx);
   // The client's passages event; adds the passages to greq and their sizes and cache keys to
   // the worker-picking hint.
   static v1::QueryEvent PassagesEvent(const v1::QueryRequest& req, const v1::SearchResponse& found,
@@ -103,6 +108,7 @@ class RouterService final : public v1::RagService::CallbackService {
   Policy policy_ = Policy::kCacheAware;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<BoundedExecutor> query_executor_;
+  const std::string request_prefix_;
   std::atomic<uint64_t> next_request_{0};
 };
 

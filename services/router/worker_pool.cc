@@ -8,6 +8,7 @@
 #include <limits>
 #include <utility>
 
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "services/common/auth.h"
 #include "services/common/logging.h"
 
@@ -54,9 +55,34 @@ int64_t LoadOf(const Worker& w, const v1::LoadReport& load) {
 
 }  // namespace
 
-bool IsServerFailure(grpc::StatusCode code) {
-  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::INTERNAL ||
-         code == grpc::StatusCode::UNKNOWN || code == grpc::StatusCode::DATA_LOSS;
+CallOutcome ClassifyWorkerCall(grpc::StatusCode code, bool caller_done) {
+  using C = grpc::StatusCode;
+  switch (code) {
+    case C::OK:
+    case C::INVALID_ARGUMENT:  // the request is malformed: every worker would say so
+    case C::NOT_FOUND:
+    case C::ALREADY_EXISTS:     // its request id is live there
+    case C::OUT_OF_RANGE:       // prompt + max_tokens beyond the model context
+    case C::PERMISSION_DENIED:  // token configuration: the same on every worker
+    case C::UNAUTHENTICATED:
+      return CallOutcome::kAnswered;
+    case C::CANCELLED:
+      // The client's cancel reaches the worker call first and ctx->IsCancelled() a moment
+      // later: never blame the worker for a CANCELLED.
+      return caller_done ? CallOutcome::kCallerGaveUp : CallOutcome::kTryElsewhere;
+    case C::DEADLINE_EXCEEDED:
+      // Unless the client's deadline passed, the router's call_timeout_s ended the call: the
+      // worker did not answer in time.
+      return caller_done ? CallOutcome::kCallerGaveUp : CallOutcome::kWorkerFault;
+    case C::RESOURCE_EXHAUSTED:
+      return CallOutcome::kTryElsewhere;
+    default:  // UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS, ABORTED, FAILED_PRECONDITION, ...
+      return CallOutcome::kWorkerFault;
+  }
+}
+
+bool ShouldFailOver(CallOutcome outcome) {
+  return outcome == CallOutcome::kWorkerFault || outcome == CallOutcome::kTryElsewhere;
 }
 
 StatusOr<Policy> ParsePolicy(const std::string& name) {
@@ -162,18 +188,48 @@ void WorkerPool::Poll() {
     std::lock_guard<std::mutex> lock(mu_);
     ws = workers_;
   }
-  for (auto& w : ws) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::milliseconds(
-                         static_cast<int64_t>(std::max(0.2, opts_.poll_interval_s) * 1000)));
-    AttachToken(&ctx, opts_.token);
-    v1::LoadRequest req;
-    v1::LoadReport load;
-    const grpc::Status st = w->stub()->GetLoad(&ctx, req, &load);
+  for (auto& w : ws) PollWorker(w);
+}
+
+namespace {
+
+// Whether the worker's health service says NOT_SERVING (draining). A worker without a health
+// service (UNIMPLEMENTED) or one that does not answer is judged by GetLoad alone.
+bool HealthSaysDraining(const std::shared_ptr<grpc::Channel>& channel,
+                        std::chrono::system_clock::time_point deadline) {
+  auto stub = grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline);
+  grpc::health::v1::HealthCheckRequest req;
+  req.set_service("ragserve.v1.DecoderService");
+  grpc::health::v1::HealthCheckResponse resp;
+  if (!stub->Check(&ctx, req, &resp).ok()) return false;
+  return resp.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+}
+
+}  // namespace
+
+void WorkerPool::PollWorker(const std::shared_ptr<Worker>& w) {
+  const auto deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<int64_t>(std::max(0.2, opts_.poll_interval_s) * 1000));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline);
+  AttachToken(&ctx, opts_.token);
+  v1::LoadRequest req;
+  v1::LoadReport load;
+  const grpc::Status st = w->stub()->GetLoad(&ctx, req, &load);
+  const bool draining = st.ok() && HealthSaysDraining(w->channel_, deadline);
+  {
     std::lock_guard<std::mutex> lock(mu_);
     const bool was = w->healthy;
+    const bool was_draining = w->draining;
     w->healthy = st.ok();
+    w->draining = draining;
+    if (draining != was_draining) {
+      RS_LOG(info, "router: worker {} {}", w->address(),
+             draining ? "is draining (NOT_SERVING): no new calls" : "serves again");
+    }
     if (st.ok()) {
       w->load = load;
       w->cached_keys = std::set<std::string>(load.cached_passage_keys().begin(),
@@ -231,7 +287,7 @@ StatusOr<WorkerLease> WorkerPool::PickOnce(Policy policy, const PickHint& hint) 
   std::vector<std::shared_ptr<Worker>> ok;
   int healthy = 0;
   for (auto& w : workers_) {
-    if (!w->healthy || hint.exclude.count(w->address())) continue;
+    if (!w->healthy || w->draining || hint.exclude.count(w->address())) continue;
     if (w->open_until > now) continue;  // breaker open
     if (w->consecutive_failures >= opts_.breaker_failures && w->trial_in_flight) continue;
     ++healthy;
@@ -294,19 +350,29 @@ StatusOr<WorkerLease> WorkerPool::PickOnce(Policy policy, const PickHint& hint) 
 }
 
 void WorkerPool::Report(const Worker& w, const grpc::Status& st) {
+  Report(w, ClassifyWorkerCall(st.error_code(), /*caller_done=*/false), st);
+}
+
+void WorkerPool::Report(const Worker& w, CallOutcome outcome, const grpc::Status& st) {
   std::lock_guard<std::mutex> lock(mu_);
   for (auto& x : workers_) {
     if (x.get() != &w) continue;
     x->trial_in_flight = false;
-    if (IsServerFailure(st.error_code())) {
-      if (st.error_code() == grpc::StatusCode::UNAVAILABLE) x->healthy = false;
-      if (++x->consecutive_failures >= opts_.breaker_failures) {
-        x->open_until = Clock::now() + Seconds(opts_.breaker_cooldown_s);
-        RS_LOG(warn, "router: circuit open for worker {} after {} failures ({})", x->address(),
-               x->consecutive_failures, st.error_message());
-      }
-    } else {
-      x->consecutive_failures = 0;
+    switch (outcome) {
+      case CallOutcome::kAnswered:
+        x->consecutive_failures = 0;
+        break;
+      case CallOutcome::kWorkerFault:
+        if (st.error_code() == grpc::StatusCode::UNAVAILABLE) x->healthy = false;
+        if (++x->consecutive_failures >= opts_.breaker_failures) {
+          x->open_until = Clock::now() + Seconds(opts_.breaker_cooldown_s);
+          RS_LOG(warn, "router: circuit open for worker {} after {} failures ({})", x->address(),
+                 x->consecutive_failures, st.error_message());
+        }
+        break;
+      case CallOutcome::kTryElsewhere:
+      case CallOutcome::kCallerGaveUp:
+        break;
     }
   }
 }

@@ -11,9 +11,11 @@
 //                it does not report as resident) + load_weight * its load, among workers whose
 //                in-flight count is within max_imbalance of the least loaded one (so a worker
 //                holding the hot passages is preferred but never flooded, and none is starved).
-// Circuit breaker: `breaker_failures` consecutive server-side failures (UNAVAILABLE, INTERNAL,
-// UNKNOWN, DATA_LOSS; never a client's error) open it for `breaker_cooldown_s`; then one trial
-// call is let through (half-open).
+// A worker whose health (grpc.health.v1, service "ragserve.v1.DecoderService") is NOT_SERVING
+// is draining: it finishes its calls but is picked for no new one.
+// Circuit breaker: `breaker_failures` consecutive worker faults (see ClassifyWorkerCall) open it
+// for `breaker_cooldown_s`; then one trial call is let through (half-open). A busy worker
+// (RESOURCE_EXHAUSTED), a CANCELLED call or a caller that gave up neither counts nor resets it.
 // Thread safety: all methods may be called from any thread.
 #pragma once
 
@@ -37,6 +39,22 @@
 namespace ragserve::router {
 
 enum class Policy { kRoundRobin, kLeastLoad, kCacheAware };
+
+// How one call to a worker ended, for failover and the circuit breaker.
+enum class CallOutcome {
+  kAnswered,     // OK, or an error about the request itself: no failover; resets the breaker
+  kWorkerFault,  // the worker failed or did not answer in time: fail over; counts for the breaker
+  // RESOURCE_EXHAUSTED (queue or KV budget full), or CANCELLED while the client's call still
+  // looked alive (a client cancel propagated to the worker call can win that race): fail over;
+  // the breaker is untouched.
+  kTryElsewhere,
+  kCallerGaveUp  // the client cancelled or its deadline passed: stop; breaker untouched
+};
+// `caller_done`: the client's own call was cancelled or is past its deadline (then CANCELLED and
+// DEADLINE_EXCEEDED are the caller's doing, not the worker's).
+CallOutcome ClassifyWorkerCall(grpc::StatusCode code, bool caller_done);
+// kWorkerFault and kTryElsewhere: the request may move to another worker.
+bool ShouldFailOver(CallOutcome outcome);
 StatusOr<Policy> ParsePolicy(const std::string& name);  // "round_robin" | "least_load" | ...
 
 struct WorkerPoolOptions {
@@ -49,6 +67,9 @@ struct WorkerPoolOptions {
   double load_weight = 64;           // cache_aware: tokens of prefill one unit of load costs
   int breaker_failures = 3;
   double breaker_cooldown_s = 5;
+  // Longest a Generate call may run when the client allows longer (or set no deadline): a worker
+  // that accepts a call and never answers releases the router thread after this.
+  double call_timeout_s = 300;
   std::string token;  // Bearer token for the workers
   ChannelOptions channel;
 };
@@ -69,6 +90,7 @@ class Worker {
   std::atomic<int> inflight_{0};
   // Guarded by WorkerPool::mu_:
   bool healthy = false;
+  bool draining = false;  // health says NOT_SERVING: no new calls
   bool in_dns = false;
   v1::LoadReport load;
   std::set<std::string> cached_keys;
@@ -111,6 +133,8 @@ class WorkerPool {
   // or healthy; ResourceExhausted when every healthy worker is at max_inflight_per_worker.
   StatusOr<WorkerLease> Pick(Policy policy, const PickHint& hint);
   // Outcome of a call on a worker (feeds the circuit breaker and health).
+  void Report(const Worker& w, CallOutcome outcome, const grpc::Status& st);
+  // The same, classified with caller_done = false.
   void Report(const Worker& w, const grpc::Status& st);
   // Runs one discovery + poll round now (tests, startup).
   void RefreshNow();
@@ -123,6 +147,8 @@ class WorkerPool {
   void PollLoop();
   void Resolve();
   void Poll();
+  // GetLoad (load, cached keys) and health (draining) of one worker.
+  void PollWorker(const std::shared_ptr<Worker>& w);
   std::shared_ptr<Worker> AddWorker(const std::string& address);  // requires mu_
 
   WorkerPoolOptions opts_;
@@ -134,8 +160,5 @@ class WorkerPool {
   std::chrono::steady_clock::time_point next_resolve_{};
   std::thread poller_;
 };
-
-// Whether a status is the server's fault (counts for the circuit breaker and retries).
-bool IsServerFailure(grpc::StatusCode code);
 
 }  // namespace ragserve::router

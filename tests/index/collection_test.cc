@@ -286,5 +286,43 @@ TEST(CollectionTest, ConcurrentSearchAndUpsertSeeOnlyCompleteDocuments) {
   fs::remove_all(dir);
 }
 
+// Issue 17 #11: Drop waits for a running Rebuild of its collection; it used to wait holding the
+// store lock, so every Get (every Search and Upsert) on every other collection stalled with it.
+TEST(CollectionTest, DropDuringRebuildDoesNotBlockOtherCollections) {
+  const auto dir = FreshDir("droprebuild");
+  auto store = CollectionStore::Open(dir).value();
+  auto big = store->Create({.name = "big", .dim = 32, .index_kind = "flat"}).value();
+  ASSERT_TRUE(big->Upsert(VectorDocs(10000, 32, 5, "b")).ok());  // 10000 per call at most
+  ASSERT_TRUE(big->Upsert(VectorDocs(10000, 32, 6, "c")).ok());
+  auto other = store->Create({.name = "other", .dim = 8, .index_kind = "flat"}).value();
+  ASSERT_TRUE(other->Upsert(VectorDocs(10, 8, 6, "o")).ok());
+
+  std::thread rebuild([&] { (void)big->Rebuild("hnsw", R"({"ef_construction": 400})"); });
+  while (!big->Info().rebuilding) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  Status dropped = Internal("not run");
+  std::thread drop([&] { dropped = store->Drop("big"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // Drop is now waiting
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto got = store->Get("other");
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE((*got)->Upsert(VectorDocs(1, 8, 7, "new")).ok());
+  EXPECT_TRUE((*got)->Search({{.text = "text of o1"}}, {.k = 3}).ok());
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const bool overlapped = big->Info().rebuilding;
+  EXPECT_EQ(store->Get("big").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store->Create({.name = "big", .dim = 4}).status().code(),
+            StatusCode::kFailedPrecondition);
+  rebuild.join();
+  drop.join();
+  EXPECT_TRUE(overlapped) << "the rebuild finished too soon to prove anything";
+  EXPECT_LT(secs, 0.5) << "calls on another collection waited for the drop";
+  EXPECT_TRUE(dropped.ok()) << dropped.ToString();
+  EXPECT_EQ(store->Get("big").status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(store->Create({.name = "big", .dim = 4}).ok());
+  store.reset();
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace ragserve::collection

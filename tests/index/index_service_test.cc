@@ -5,6 +5,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <limits>
 
 #include "ragserve/v1/index.grpc.pb.h"
 #include "services/common/client.h"
@@ -184,6 +185,144 @@ TEST(IndexServiceTest, AcknowledgedUpsertsSurviveKill9AndGrpcSearchEqualsInProce
   }
   store.reset();
   std::filesystem::remove_all(dir);
+}
+
+// ---- Hostile requests (issue 17): each gets a clear status and the process lives. -----------
+
+class IndexHardeningTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::string(MakeTempDir("rs_index_hardening"));
+    server_ = new IndexServer(*dir_);
+    ASSERT_NO_FATAL_FAILURE(server_->Start());
+    ASSERT_TRUE(CreateCollection("kb", kDim, v1::INDEX_KIND_HNSW).ok());
+    v1::UpsertRequest req;
+    req.set_collection("kb");
+    *req.add_documents() = TextDoc("river", "The Nawerk River is 212 kilometres long");
+    *req.add_documents() = TextDoc("lizard", "The Trykelurk lizard lives in deserts");
+    ASSERT_TRUE(Upsert(req).ok());
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+
+  static grpc::Status CreateCollection(const std::string& name, int dim, v1::IndexKind kind) {
+    v1::CreateCollectionRequest req;
+    req.mutable_spec()->set_name(name);
+    req.mutable_spec()->set_dimension(dim);
+    req.mutable_spec()->set_index_kind(kind);
+    v1::CreateCollectionResponse resp;
+    return server_->stub()->CreateCollection(Ctx().get(), req, &resp);
+  }
+  static v1::Document TextDoc(const std::string& id, const std::string& text) {
+    v1::Document d;
+    d.set_id(id);
+    d.set_text(text);
+    return d;
+  }
+  static grpc::Status Upsert(const v1::UpsertRequest& req) {
+    auto ctx = Ctx();
+    v1::UpsertResponse resp;
+    auto writer = server_->stub()->Upsert(ctx.get(), &resp);
+    writer->Write(req);
+    writer->WritesDone();
+    return writer->Finish();
+  }
+  static grpc::Status SearchText(const std::string& text, v1::SearchRequest req = {}) {
+    req.set_collection("kb");
+    if (req.k() == 0) req.set_k(2);
+    req.add_queries()->set_text(text);
+    v1::SearchResponse resp;
+    return server_->stub()->Search(Ctx().get(), req, &resp);
+  }
+  static bool Serving() {
+    v1::StatsRequest req;
+    req.set_collection("kb");
+    v1::StatsResponse resp;
+    return server_->stub()->Stats(Ctx().get(), req, &resp).ok() && server_->proc().running();
+  }
+
+  static std::string* dir_;
+  static IndexServer* server_;
+};
+
+std::string* IndexHardeningTest::dir_ = nullptr;
+IndexServer* IndexHardeningTest::server_ = nullptr;
+
+// #4: 400 KB of metadata nested 200,000 levels deep used to overflow the stack when the parsed
+// value was re-serialised.
+TEST_F(IndexHardeningTest, DeeplyNestedMetadataIsInvalidArgumentAndTheServiceLives) {
+  const int kLevels = 200000;
+  v1::UpsertRequest req;
+  req.set_collection("kb");
+  v1::Document d = TextDoc("deep", "deep text");
+  d.set_metadata_json("{\"a\":" + std::string(kLevels, '[') + std::string(kLevels, ']') + "}");
+  *req.add_documents() = d;
+  const grpc::Status st = Upsert(req);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("levels deep"), std::string::npos) << st.error_message();
+  // A deep filter value likewise.
+  v1::SearchRequest sreq;
+  (*sreq.mutable_filter()->mutable_equals())["a"] =
+      std::string(kLevels, '[') + std::string(kLevels, ']');
+  EXPECT_EQ(SearchText("river", sreq).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(Serving()) << "ragserve-index died";
+  // 64 levels are fine.
+  d.set_metadata_json("{\"a\":" + std::string(63, '[') + std::string(63, ']') + "}");
+  *req.mutable_documents(0) = d;
+  EXPECT_TRUE(Upsert(req).ok());
+}
+
+// #11: ef_search (and nprobe) are capped on every search path, the inline one included.
+TEST_F(IndexHardeningTest, EfSearchOrNprobeAboveTheCapIsInvalidArgument) {
+  v1::SearchRequest req;
+  req.set_ef_search(std::numeric_limits<int32_t>::max());
+  grpc::Status st = SearchText("river", req);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("ef_search"), std::string::npos) << st.error_message();
+  req.set_ef_search(10000);  // kMaxEfSearch
+  EXPECT_TRUE(SearchText("river", req).ok());
+  req.set_ef_search(0);
+  req.set_nprobe(std::numeric_limits<int32_t>::max());
+  EXPECT_EQ(SearchText("river", req).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  req.set_nprobe(0);
+  req.set_k(10001);  // kMaxK + 1
+  EXPECT_EQ(SearchText("river", req).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// #12: a text without words embeds to a zero vector: INVALID_ARGUMENT, not arbitrary hits.
+TEST_F(IndexHardeningTest, QueryTextWithoutWordsIsInvalidArgument) {
+  for (const std::string text : {"?!", " ... --- ", "\t"}) {
+    const grpc::Status st = SearchText(text);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "'" << text << "'";
+    EXPECT_NE(st.error_message().find("no words"), std::string::npos) << st.error_message();
+  }
+  EXPECT_TRUE(SearchText("river?").ok());
+}
+
+// #3: documents per message and bytes embedded per call are bounded before anything is
+// allocated (defaults: 10000 documents, 64 MiB).
+TEST_F(IndexHardeningTest, TooManyDocumentsOrTooManyBytesToEmbedAreRejected) {
+  v1::UpsertRequest many;
+  many.set_collection("kb");
+  for (int i = 0; i <= 10000; ++i) *many.add_documents() = TextDoc("id" + std::to_string(i), "");
+  grpc::Status st = Upsert(many);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("10000"), std::string::npos) << st.error_message();
+  // 300 id-only documents in a 65536-dim collection would embed to 300 x 256 KiB = 75 MiB.
+  ASSERT_TRUE(CreateCollection("wide", 65536, v1::INDEX_KIND_FLAT).ok());
+  v1::UpsertRequest wide;
+  wide.set_collection("wide");
+  for (int i = 0; i < 300; ++i) *wide.add_documents() = TextDoc("w" + std::to_string(i), "");
+  st = Upsert(wide);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_NE(st.error_message().find("embedding batch"), std::string::npos) << st.error_message();
+  wide.mutable_documents()->DeleteSubrange(10, 290);
+  for (auto& d : *wide.mutable_documents()) d.set_text("some words");
+  EXPECT_TRUE(Upsert(wide).ok());
+  EXPECT_TRUE(Serving());
 }
 
 }  // namespace

@@ -24,6 +24,7 @@ namespace {
 class FakeWorker final : public v1::DecoderService::Service {
  public:
   FakeWorker() {
+    grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     b.RegisterService(this);
@@ -46,6 +47,10 @@ class FakeWorker final : public v1::DecoderService::Service {
     report_.set_queued_tokens(queued_tokens);
     report_.clear_cached_passage_keys();
     for (auto& k : cached) report_.add_cached_passage_keys(k);
+  }
+  // Health NOT_SERVING for the decoder service (a worker draining on SIGTERM).
+  void SetDraining(bool draining) {
+    server_->GetHealthCheckService()->SetServingStatus("ragserve.v1.DecoderService", !draining);
   }
   void SetDown(bool down) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -99,17 +104,26 @@ TEST(WorkerPoolTest, ParsePolicyKnowsTheThreeNames) {
   EXPECT_NE(bad.status().message().find("'fastest'"), std::string::npos);
 }
 
-TEST(WorkerPoolTest, OnlyServerSideCodesAreServerFailures) {
-  for (auto c : {grpc::StatusCode::UNAVAILABLE, grpc::StatusCode::INTERNAL,
-                 grpc::StatusCode::UNKNOWN, grpc::StatusCode::DATA_LOSS}) {
-    EXPECT_TRUE(IsServerFailure(c)) << c;
+// Issue 17 #10: which endings are the worker's fault (fail over, count for the breaker), a busy
+// worker (fail over only), the caller giving up (neither), or an answer (resets the breaker).
+TEST(WorkerPoolTest, ClassifyWorkerCallBlamesTheWorkerOnlyForItsOwnFailures) {
+  using C = grpc::StatusCode;
+  for (auto c : {C::UNAVAILABLE, C::INTERNAL, C::UNKNOWN, C::DATA_LOSS, C::ABORTED,
+                 C::FAILED_PRECONDITION, C::UNIMPLEMENTED, C::DEADLINE_EXCEEDED}) {
+    EXPECT_EQ(ClassifyWorkerCall(c, /*caller_done=*/false), CallOutcome::kWorkerFault) << c;
   }
-  for (auto c :
-       {grpc::StatusCode::OK, grpc::StatusCode::INVALID_ARGUMENT, grpc::StatusCode::NOT_FOUND,
-        grpc::StatusCode::RESOURCE_EXHAUSTED, grpc::StatusCode::DEADLINE_EXCEEDED,
-        grpc::StatusCode::CANCELLED, grpc::StatusCode::PERMISSION_DENIED}) {
-    EXPECT_FALSE(IsServerFailure(c)) << c;
+  EXPECT_EQ(ClassifyWorkerCall(C::RESOURCE_EXHAUSTED, false), CallOutcome::kTryElsewhere);
+  EXPECT_EQ(ClassifyWorkerCall(C::CANCELLED, false), CallOutcome::kTryElsewhere);
+  EXPECT_EQ(ClassifyWorkerCall(C::CANCELLED, /*caller_done=*/true), CallOutcome::kCallerGaveUp);
+  EXPECT_EQ(ClassifyWorkerCall(C::DEADLINE_EXCEEDED, true), CallOutcome::kCallerGaveUp);
+  for (auto c : {C::OK, C::INVALID_ARGUMENT, C::NOT_FOUND, C::ALREADY_EXISTS, C::OUT_OF_RANGE,
+                 C::PERMISSION_DENIED, C::UNAUTHENTICATED}) {
+    EXPECT_EQ(ClassifyWorkerCall(c, false), CallOutcome::kAnswered) << c;
   }
+  EXPECT_TRUE(ShouldFailOver(CallOutcome::kWorkerFault));
+  EXPECT_TRUE(ShouldFailOver(CallOutcome::kTryElsewhere));
+  EXPECT_FALSE(ShouldFailOver(CallOutcome::kCallerGaveUp));
+  EXPECT_FALSE(ShouldFailOver(CallOutcome::kAnswered));
 }
 
 TEST(WorkerPoolTest, CreateRejectsMissingOrMalformedWorkers) {
@@ -395,6 +409,47 @@ TEST(WorkerPoolTest, AFailedResolutionKeepsTheKnownWorkers) {
   ASSERT_NE(pool, nullptr);
   pool->RefreshNow();
   EXPECT_EQ(PickAddress(*pool, Policy::kRoundRobin), a.address());
+}
+
+// Issue 17 #10: a caller's cancel neither resets nor counts; busy neither; timeouts count.
+TEST(WorkerPoolTest, CallerCancelAndBusyLeaveTheBreakerAloneTimeoutsCount) {
+  FakeWorker a, b;
+  WorkerPoolOptions o = Options({&a, &b});
+  o.breaker_failures = 2;
+  o.breaker_cooldown_s = 60;
+  auto pool = MakePool(o);
+  ASSERT_NE(pool, nullptr);
+  PickHint only_a;
+  only_a.exclude = {b.address()};
+  auto la = pool->Pick(Policy::kRoundRobin, only_a);
+  ASSERT_TRUE(la.ok());
+  const Worker& wa = *la->get();
+  const grpc::Status cancelled(grpc::StatusCode::CANCELLED, "client cancelled");
+  pool->Report(wa, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "worker timed out"));
+  pool->Report(wa, CallOutcome::kCallerGaveUp, cancelled);  // must not reset the count
+  pool->Report(wa, cancelled);                              // nor a CANCELLED classified alone
+  pool->Report(wa, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue full"));
+  pool->Report(wa, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "worker timed out"));
+  la->Release();
+  // Two worker faults in a row (the cancel and the busy answer in between do not count): open.
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(PickAddress(*pool, Policy::kRoundRobin), b.address());
+  EXPECT_FALSE(pool->Pick(Policy::kRoundRobin, only_a).ok());
+}
+
+// Issue 17 #10: a draining worker (health NOT_SERVING, GetLoad still answered) gets no new work.
+TEST(WorkerPoolTest, DrainingWorkerIsNotPickedUntilItServesAgain) {
+  FakeWorker a, b;
+  auto pool = MakePool(Options({&a, &b}));
+  ASSERT_NE(pool, nullptr);
+  a.SetDraining(true);
+  pool->RefreshNow();
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(PickAddress(*pool, Policy::kRoundRobin), b.address());
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(PickAddress(*pool, Policy::kLeastLoad), b.address());
+  a.SetDraining(false);
+  pool->RefreshNow();
+  std::set<std::string> seen;
+  for (int i = 0; i < 2; ++i) seen.insert(PickAddress(*pool, Policy::kRoundRobin));
+  EXPECT_EQ(seen, (std::set<std::string>{a.address(), b.address()}));
 }
 
 }  // namespace

@@ -33,6 +33,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <set>
 #include <thread>
@@ -459,7 +460,11 @@ Status IndexBench::RunGrpc() {
           .string();
   Status st;
   {
-    auto store = collection::CollectionStore::Open(dir).value();
+    // One Upsert of all f_.n documents: lift the per-call limits meant for gRPC clients.
+    collection::StoreLimits limits;
+    limits.max_docs_per_upsert = std::max<int64_t>(f_.n, 1);
+    limits.max_embed_batch_bytes = std::numeric_limits<int64_t>::max();
+    auto store = collection::CollectionStore::Open(dir, limits).value();
     ServerConfig cfg;
     cfg.service = "index";
     cfg.metrics_port = -1;

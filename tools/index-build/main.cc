@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <set>
 
@@ -82,7 +83,11 @@ Status Run(const std::string& input, const std::string& out, const std::string& 
   // Validate the final kind and params before writing anything.
   RS_RETURN_IF_ERROR(index::MakeIndexSpec(kind, metric, dim, params).status());
   // 2. Store every document (exact flat index while loading), then build the ANN index once.
-  RS_ASSIGN_OR_RETURN(auto store, CollectionStore::Open(out));
+  // An offline build is not a hostile client: its batches are as large as it asks for.
+  collection::StoreLimits limits;
+  limits.max_docs_per_upsert = std::max<int64_t>(batch, limits.max_docs_per_upsert);
+  limits.max_embed_batch_bytes = std::numeric_limits<int64_t>::max();
+  RS_ASSIGN_OR_RETURN(auto store, CollectionStore::Open(out, limits));
   RS_ASSIGN_OR_RETURN(
       auto c,
       store->Create(

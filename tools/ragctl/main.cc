@@ -381,9 +381,9 @@ int main(int argc, char** argv) {
   ing->add_option("--metric", io.metric, "cosine | ip | l2 (with --create)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cosine", "ip", "l2"}));
-  ing->add_option("--batch", io.batch, "Documents per message")
+  ing->add_option("--batch", io.batch, "Documents per message (router --max-ingest-docs)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000));
+      ->check(CLI::Range(1, 10000));
   ing->add_flag("--pre-encode", io.pre_encode, "Also pre-encode passages in the context cache");
 
   ragserve::v1::GenerateRequest greq;
