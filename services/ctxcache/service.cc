@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <utility>
 
+#include "services/common/executor.h"
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
@@ -156,7 +157,7 @@ grpc::ServerWriteReactor<v1::GetResponse>* ContextCacheService::Get(
       }
       return OkStatus();
     };
-    out->Close(ToGrpcStatus(run()));
+    out->Close(ToGrpcStatus(CallCatchingExceptions("Get", run)));
   });
   if (!submitted.ok()) out->Close(ToGrpcStatus(submitted));
   return r;
