@@ -6,6 +6,7 @@
 #include <set>
 #include <utility>
 
+#include "services/common/executor.h"
 #include "services/common/logging.h"
 #include "services/engine/device_kv_cache.h"
 
@@ -249,8 +250,21 @@ void Generator::Loop() {
       });
       if (stopping_) return;
     }
-    Step();
+    // An exception from a step (bad_alloc in a forward pass, ...) fails the active requests with
+    // RESOURCE_EXHAUSTED / INTERNAL (a router retries them elsewhere); the worker lives on.
+    const Status st = CallCatchingExceptions("decode step", [this] {
+      Step();
+      return OkStatus();
+    });
+    if (!st.ok()) FailActive(st);
   }
+}
+
+void Generator::FailActive(const Status& st) {
+  RS_LOG(error, "decoder: {}", st.ToString());
+  for (auto& s : active_) Finish(s.get(), st, "error");
+  RetireFinished();
+  UpdateLoad();
 }
 
 bool Generator::Step() {
