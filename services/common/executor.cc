@@ -1,8 +1,27 @@
 #include "services/common/executor.h"
 
 #include <chrono>
+#include <exception>
+#include <new>
+#include <stdexcept>
+
+#include "services/common/logging.h"
 
 namespace ragserve {
+
+Status CallCatchingExceptions(const char* what, const std::function<Status()>& fn) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc& e) {
+    return ResourceExhausted(StrCat(what, ": out of memory (", e.what(), ")"));
+  } catch (const std::length_error& e) {
+    return ResourceExhausted(StrCat(what, ": size limit exceeded (", e.what(), ")"));
+  } catch (const std::exception& e) {
+    return Internal(StrCat(what, ": unexpected exception: ", e.what()));
+  } catch (...) {
+    return Internal(StrCat(what, ": unexpected exception of unknown type"));
+  }
+}
 
 BoundedExecutor::BoundedExecutor(int threads, int queue_capacity) : capacity_(queue_capacity) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -47,6 +66,11 @@ int BoundedExecutor::queued() const {
   return static_cast<int>(queue_.size());
 }
 
+int64_t BoundedExecutor::uncaught_exceptions() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return uncaught_;
+}
+
 void BoundedExecutor::WorkerLoop() {
   for (;;) {
     std::function<void()> task;
@@ -58,10 +82,15 @@ void BoundedExecutor::WorkerLoop() {
       queue_.pop_front();
       ++running_;
     }
-    task();
+    const Status st = CallCatchingExceptions("executor task", [&task] {
+      task();
+      return OkStatus();
+    });
+    if (!st.ok()) RS_LOG(error, "{}", st.ToString());
     {
       std::lock_guard<std::mutex> lock(mu_);
       --running_;
+      if (!st.ok()) ++uncaught_;
     }
     idle_cv_.notify_all();
   }

@@ -14,6 +14,12 @@
 
 namespace ragserve {
 
+// Runs `fn` and returns its status; an exception escaping it becomes a status instead of
+// terminating the process: std::bad_alloc / std::length_error -> ResourceExhausted, any other
+// exception -> Internal (naming `what`). For task and stream boundaries (a library we call may
+// throw; no exception crosses into gRPC or the executor).
+Status CallCatchingExceptions(const char* what, const std::function<Status()>& fn);
+
 class BoundedExecutor {
  public:
   // `threads` workers (0 = hardware concurrency) and at most `queue_capacity` waiting tasks.
@@ -21,6 +27,9 @@ class BoundedExecutor {
   ~BoundedExecutor();  // Shutdown(), then join.
 
   // Queues `task`; ResourceExhausted when the queue is full, Unavailable after Shutdown().
+  // An exception escaping a task is logged and counted (uncaught_exceptions()); the worker
+  // lives on. Tasks that answer a call run their work through CallCatchingExceptions so the
+  // caller hears about it.
   Status Submit(std::function<void()> task);
   // Stops accepting tasks; queued tasks still run. Returns immediately; the destructor joins.
   void Shutdown();
@@ -30,6 +39,8 @@ class BoundedExecutor {
   int threads() const { return static_cast<int>(workers_.size()); }
   int queued() const;
   int capacity() const { return capacity_; }
+  // Exceptions that escaped tasks so far (each one a bug: tasks should not throw).
+  int64_t uncaught_exceptions() const;
 
  private:
   void WorkerLoop();
@@ -41,6 +52,7 @@ class BoundedExecutor {
   std::deque<std::function<void()>> queue_;  // guarded by mu_
   int running_ = 0;                          // guarded by mu_
   bool stopping_ = false;                    // guarded by mu_
+  int64_t uncaught_ = 0;                     // guarded by mu_
   std::vector<std::thread> workers_;
 };
 

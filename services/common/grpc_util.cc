@@ -2,6 +2,8 @@
 
 #include <limits>
 
+#include "services/common/executor.h"
+
 namespace ragserve {
 
 double SecondsLeft(const grpc::ServerContextBase& ctx) {
@@ -35,7 +37,7 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceSe
                                    "deadline expired while the call was queued"));
       return;
     }
-    reactor->Finish(ToGrpcStatus(fn()));
+    reactor->Finish(ToGrpcStatus(CallCatchingExceptions("call handler", fn)));
   });
   if (!submitted.ok()) reactor->Finish(ToGrpcStatus(submitted));
   return reactor;
@@ -45,7 +47,7 @@ grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, Ser
                                            std::function<Status()> fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   grpc::Status st = PrecheckCall(ctx, server->auth());
-  reactor->Finish(st.ok() ? ToGrpcStatus(fn()) : st);
+  reactor->Finish(st.ok() ? ToGrpcStatus(CallCatchingExceptions("call handler", fn)) : st);
   return reactor;
 }
 

@@ -18,34 +18,49 @@ float HalfToFloat(uint16_t bits) {
 
 }  // namespace
 
-StatusOr<std::vector<float>> TensorToFloats(const v1::Tensor& t, const std::vector<int64_t>& shape,
-                                            bool allow_f16, const char* what) {
+StatusOr<int64_t> CheckedElementCount(const v1::Tensor& t, const std::vector<int64_t>& shape,
+                                      const char* what) {
   RS_CHECK_ARG(t.shape_size() == static_cast<int>(shape.size()), what, ": expected ", shape.size(),
                " dimensions, got ", t.shape_size());
   int64_t n = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
-    const int64_t want = shape[i];
-    RS_CHECK_ARG(want < 0 || t.shape(static_cast<int>(i)) == want, what, ": dimension ", i,
-                 " must be ", want, ", got ", t.shape(static_cast<int>(i)));
-    RS_CHECK_ARG(t.shape(static_cast<int>(i)) >= 0, what, ": negative dimension ", i);
-    n *= t.shape(static_cast<int>(i));
+    const int64_t want = shape[i], got = t.shape(static_cast<int>(i));
+    RS_CHECK_ARG(want < 0 || got == want, what, ": dimension ", i, " must be ", want, ", got ",
+                 got);
+    RS_CHECK_ARG(got >= 0, what, ": negative dimension ", i);
+    RS_CHECK_ARG(!__builtin_mul_overflow(n, got, &n), what, ": shape overflows int64");
   }
-  std::vector<float> out(static_cast<size_t>(n));
+  return n;
+}
+
+StatusOr<std::vector<float>> TensorToFloats(const v1::Tensor& t, const std::vector<int64_t>& shape,
+                                            bool allow_f16, const char* what) {
+  RS_ASSIGN_OR_RETURN(const int64_t n, CheckedElementCount(t, shape, what));
+  int64_t elem_bytes = 0;
   if (t.dtype() == v1::DTYPE_F32 || t.dtype() == v1::DTYPE_UNSPECIFIED) {
-    RS_CHECK_ARG(static_cast<int64_t>(t.data().size()) == n * 4, what, ": ", n,
-                 " F32 elements need ", n * 4, " bytes, got ", t.data().size());
-    std::memcpy(out.data(), t.data().data(), static_cast<size_t>(n) * 4);
+    elem_bytes = 4;
   } else if (t.dtype() == v1::DTYPE_F16 && allow_f16) {
-    RS_CHECK_ARG(static_cast<int64_t>(t.data().size()) == n * 2, what, ": ", n,
-                 " F16 elements need ", n * 2, " bytes, got ", t.data().size());
+    elem_bytes = 2;
+  } else {
+    return InvalidArgument(StrCat(what, ": unsupported dtype ", v1::DType_Name(t.dtype()),
+                                  allow_f16 ? " (F32 or F16)" : " (F32 only)"));
+  }
+  // The byte count is checked before anything is allocated: the shape is the client's word, the
+  // bytes are what arrived.
+  int64_t need = 0;
+  RS_CHECK_ARG(!__builtin_mul_overflow(n, elem_bytes, &need), what, ": shape overflows int64");
+  RS_CHECK_ARG(static_cast<int64_t>(t.data().size()) == need, what, ": ", n, " ",
+               elem_bytes == 4 ? "F32" : "F16", " elements need ", need, " bytes, got ",
+               t.data().size());
+  std::vector<float> out(static_cast<size_t>(n));
+  if (elem_bytes == 4) {
+    std::memcpy(out.data(), t.data().data(), static_cast<size_t>(need));
+  } else {
     for (int64_t i = 0; i < n; ++i) {
       uint16_t h;
       std::memcpy(&h, t.data().data() + 2 * i, 2);
       out[i] = HalfToFloat(h);
     }
-  } else {
-    return InvalidArgument(StrCat(what, ": unsupported dtype ", v1::DType_Name(t.dtype()),
-                                  allow_f16 ? " (F32 or F16)" : " (F32 only)"));
   }
   return out;
 }

@@ -16,9 +16,15 @@ namespace ragserve::wire {
 
 // Decodes a Tensor of F32 (DTYPE_UNSPECIFIED counts as F32), or F16 when allow_f16, into floats.
 // `shape` is the expected shape; a dimension of -1 accepts any size (>= 0). InvalidArgument naming
-// `what` on a dtype, rank, dimension or byte-size mismatch.
+// `what` on a dtype, rank, dimension or byte-size mismatch, or a shape whose size overflows; the
+// byte count is checked (overflow-safe) before the output is allocated. The only decoder of
+// tensors: services and clients call it rather than reading Tensor.data themselves.
 StatusOr<std::vector<float>> TensorToFloats(const v1::Tensor& t, const std::vector<int64_t>& shape,
                                             bool allow_f16, const char* what);
+// The element count of `t` checked against `shape` as above, without looking at the data;
+// InvalidArgument when the product of the dimensions overflows int64.
+StatusOr<int64_t> CheckedElementCount(const v1::Tensor& t, const std::vector<int64_t>& shape,
+                                      const char* what);
 // Writes x[prod(shape)] into `out` as an F32 tensor of that shape (replacing its contents).
 void FloatsToTensor(const float* x, const std::vector<int64_t>& shape, v1::Tensor* out);
 

@@ -3,11 +3,11 @@
 #include <filesystem>
 #include <utility>
 
+#include "services/common/executor.h"
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
 #include "services/common/rag_template.h"
-#include "services/common/stream_outbox.h"
 
 namespace ragserve::ctxcache {
 
@@ -97,68 +97,113 @@ grpc::ServerUnaryReactor* ContextCacheService::Encode(grpc::CallbackServerContex
   });
 }
 
+namespace {
+
+// Streams one cached block, one chunk in flight at a time: the next message is made when the
+// previous one is written, so a slow reader holds a reference to the block (shared with the cache)
+// and one chunk, never a queue of copies of the whole block.
+class GetReactor final : public grpc::ServerWriteReactor<v1::GetResponse> {
+ public:
+  explicit GetReactor(int64_t chunk_bytes) : chunk_bytes_(chunk_bytes) {}
+
+  // Starts streaming `block` (any thread); or finishes with `st` when it is not OK.
+  void Begin(const Status& st, std::shared_ptr<const StoredBlock> block) {
+    if (!st.ok()) {
+      Finish(ToGrpcStatus(st));
+      return;
+    }
+    block_ = std::move(block);
+    layer_bytes_ =
+        block_->LayerElements() * static_cast<int64_t>(kernels::DTypeSize(block_->dtype));
+    WriteNext();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the client stopped reading"));
+      return;
+    }
+    WriteNext();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  // Writes the chunk at the cursor, or finishes after the last one.
+  void WriteNext() {
+    if (layer_ >= block_->layers || layer_bytes_ == 0) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    msg_.Clear();
+    if (first_) {
+      msg_.set_num_layers(block_->layers);
+      msg_.set_tokens(static_cast<int32_t>(block_->tokens));
+      msg_.set_position_start(block_->positions.empty() ? 0 : block_->positions.front());
+      for (int32_t t : block_->token_ids) msg_.add_token_ids(t);
+      first_ = false;
+    }
+    msg_.set_layer(layer_);
+    msg_.set_is_value(is_value_);
+    auto* c = msg_.mutable_chunk();
+    c->set_dtype(ToProto(block_->dtype));
+    c->add_shape(block_->tokens);
+    c->add_shape(block_->kv_heads);
+    c->add_shape(block_->head_dim);
+    c->set_offset(static_cast<uint64_t>(offset_));
+    const auto& bytes = is_value_ ? block_->v[layer_] : block_->k[layer_];
+    const int64_t n = std::min(chunk_bytes_, layer_bytes_ - offset_);
+    c->set_data(reinterpret_cast<const char*>(bytes.data()) + offset_, static_cast<size_t>(n));
+    Advance(n);
+    StartWrite(&msg_);
+  }
+  // Cursor order: layer, then K before V, then offset.
+  void Advance(int64_t n) {
+    offset_ += n;
+    if (offset_ < layer_bytes_) return;
+    offset_ = 0;
+    if (!is_value_) {
+      is_value_ = true;
+      return;
+    }
+    is_value_ = false;
+    ++layer_;
+  }
+
+  const int64_t chunk_bytes_;
+  std::shared_ptr<const StoredBlock> block_;
+  int64_t layer_bytes_ = 0;
+  int layer_ = 0;
+  bool is_value_ = false;
+  int64_t offset_ = 0;
+  bool first_ = true;
+  v1::GetResponse msg_;  // the message being written
+};
+
+}  // namespace
+
 grpc::ServerWriteReactor<v1::GetResponse>* ContextCacheService::Get(
     grpc::CallbackServerContext* ctx, const v1::GetRequest* req) {
-  class Reactor final : public grpc::ServerWriteReactor<v1::GetResponse> {
-   public:
-    Reactor() : out_(std::make_shared<StreamOutbox<v1::GetResponse>>(this)) {}
-    void OnWriteDone(bool ok) override { out_->WriteDone(ok); }
-    void OnDone() override {
-      out_->Detach();
-      delete this;
-    }
-    std::shared_ptr<StreamOutbox<v1::GetResponse>> out_;
-  };
-  auto* r = new Reactor();
-  auto out = r->out_;
+  auto* r = new GetReactor(opts_.chunk_bytes);
   if (grpc::Status st = PrecheckCall(ctx, server_->auth()); !st.ok()) {
-    out->Close(st);
+    r->Finish(st);
     return r;
   }
-  Status submitted = server_->executor().Submit([this, req, out] {
-    auto run = [&]() -> Status {
+  // The lookup may read the disk tier: on the executor.
+  Status submitted = server_->executor().Submit([this, req, r] {
+    std::shared_ptr<const StoredBlock> block;
+    const Status st = CallCatchingExceptions("Get", [&]() -> Status {
       RS_RETURN_IF_ERROR(CheckModel(req->model()));
       RS_ASSIGN_OR_RETURN(KeyId id, KeyId::FromHex(req->key().hex()));
-      RS_ASSIGN_OR_RETURN(auto block, cache_->Get(id));
+      RS_ASSIGN_OR_RETURN(block, cache_->Get(id));
       // The key already binds the model; this also holds for a cache without a model.
       if (!req->model().hex().empty() && block->fingerprint != req->model().hex()) {
         return FailedPrecondition(StrCat("entry ", id.Hex(), " was made by model ",
                                          block->fingerprint, ", not ", req->model().hex()));
       }
-      const int64_t layer_bytes =
-          block->LayerElements() * static_cast<int64_t>(kernels::DTypeSize(block->dtype));
-      bool first = true;
-      for (int l = 0; l < block->layers; ++l) {
-        for (bool is_value : {false, true}) {
-          const auto& bytes = is_value ? block->v[l] : block->k[l];
-          for (int64_t off = 0; off < layer_bytes; off += opts_.chunk_bytes) {
-            v1::GetResponse m;
-            if (first) {
-              m.set_num_layers(block->layers);
-              m.set_tokens(static_cast<int32_t>(block->tokens));
-              m.set_position_start(block->positions.empty() ? 0 : block->positions.front());
-              for (int32_t t : block->token_ids) m.add_token_ids(t);
-              first = false;
-            }
-            m.set_layer(l);
-            m.set_is_value(is_value);
-            auto* c = m.mutable_chunk();
-            c->set_dtype(ToProto(block->dtype));
-            c->add_shape(block->tokens);
-            c->add_shape(block->kv_heads);
-            c->add_shape(block->head_dim);
-            c->set_offset(static_cast<uint64_t>(off));
-            const int64_t n = std::min(opts_.chunk_bytes, layer_bytes - off);
-            c->set_data(reinterpret_cast<const char*>(bytes.data()) + off, static_cast<size_t>(n));
-            out->Push(std::move(m));
-          }
-        }
-      }
       return OkStatus();
-    };
-    out->Close(ToGrpcStatus(run()));
+    });
+    r->Begin(st, std::move(block));
   });
-  if (!submitted.ok()) out->Close(ToGrpcStatus(submitted));
+  if (!submitted.ok()) r->Finish(ToGrpcStatus(submitted));
   return r;
 }
 

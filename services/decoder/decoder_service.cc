@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
+#include "services/common/executor.h"
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
@@ -52,11 +53,36 @@ bool MergeDeltas(v1::GenerateEvent* back, const v1::GenerateEvent& next) {
   return true;
 }
 
+// The closing stats event of a finished request.
+v1::GenerateEvent StatsEvent(const GenerateStats& r, const std::string& worker, double context_ms) {
+  v1::GenerateEvent ev;
+  auto* s = ev.mutable_stats();
+  s->set_prompt_tokens(r.prompt_tokens);
+  s->set_cached_prompt_tokens(r.cached_prompt_tokens);
+  s->set_generated_tokens(r.generated_tokens);
+  s->set_finish_reason(r.finish_reason);
+  s->set_worker_id(worker);
+  auto* t = s->mutable_timings();
+  t->set_context_ms(context_ms);
+  t->set_prefill_ms(r.prefill_ms);
+  t->set_ttft_ms(r.ttft_ms + context_ms);
+  t->set_decode_ms(r.decode_ms);
+  t->set_total_ms(r.total_ms + context_ms);
+  if (r.decode_ms > 0 && r.generated_tokens > 1) {
+    t->set_decode_tokens_per_s((r.generated_tokens - 1) / (r.decode_ms / 1000.0));
+  }
+  return ev;
+}
+
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
  public:
   GenerateReactor(DecoderService* svc, const TokenAuth& auth, grpc::CallbackServerContext* ctx,
                   const v1::GenerateRequest* req)
-      : svc_(svc), ctx_(ctx), outbox_(std::make_shared<Outbox>(this, MergeDeltas)) {
+      : svc_(svc),
+        ctx_(ctx),
+        outbox_(std::make_shared<Outbox>(this, MergeDeltas)),
+        call_(std::make_shared<CallState>()) {
+    call_->generator = svc->generator();
     if (grpc::Status st = PrecheckCall(ctx, auth); !st.ok()) {
       outbox_->Close(st);
       return;
@@ -68,77 +94,84 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
     if (!submitted.ok()) outbox_->Close(ToGrpcStatus(submitted));
   }
 
+  // Runs on the executor. Once the job is submitted the generator may finish it and the reactor
+  // may be deleted at any moment: nothing after Submit touches `this` or ctx_ (only copies).
   void Start(const v1::GenerateRequest& req) {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto job = svc_->MakeJob(req);
-    if (!job.ok()) {
-      outbox_->Close(ToGrpcStatus(job.status()));
-      return;
-    }
-    const double context_ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    const std::string id = (*job)->request_id;
-    const std::string worker = svc_->worker_id();
     std::shared_ptr<Outbox> box = outbox_;
-    (*job)->on_delta = [box](const std::vector<int32_t>& ids, const std::string& text) {
-      v1::GenerateEvent ev;
-      for (int32_t t : ids) ev.mutable_delta()->add_token_ids(t);
-      ev.mutable_delta()->set_text(ToWireText(text));
-      box->Push(std::move(ev));
-    };
-    (*job)->on_done = [box, worker, context_ms](const Status& st, const GenerateStats& r) {
-      if (st.ok()) {
-        v1::GenerateEvent ev;
-        auto* s = ev.mutable_stats();
-        s->set_prompt_tokens(r.prompt_tokens);
-        s->set_cached_prompt_tokens(r.cached_prompt_tokens);
-        s->set_generated_tokens(r.generated_tokens);
-        s->set_finish_reason(r.finish_reason);
-        s->set_worker_id(worker);
-        auto* t = s->mutable_timings();
-        t->set_context_ms(context_ms);
-        t->set_prefill_ms(r.prefill_ms);
-        t->set_ttft_ms(r.ttft_ms + context_ms);
-        t->set_decode_ms(r.decode_ms);
-        t->set_total_ms(r.total_ms + context_ms);
-        if (r.decode_ms > 0 && r.generated_tokens > 1) {
-          t->set_decode_tokens_per_s((r.generated_tokens - 1) / (r.decode_ms / 1000.0));
-        }
-        box->Push(std::move(ev));
-      }
-      box->Close(ToGrpcStatus(st));
-    };
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      request_id_ = id;
-    }
-    if (Status st = svc_->generator()->Submit(std::move(*job)); !st.ok()) {
-      outbox_->Close(ToGrpcStatus(st));
-      return;
-    }
-    if (ctx_->IsCancelled()) svc_->generator()->Cancel(id);  // the client left meanwhile
+    const Status st = CallCatchingExceptions("Generate", [&] { return PrepareAndSubmit(req); });
+    if (!st.ok()) box->Close(ToGrpcStatus(st));
   }
 
   void OnWriteDone(bool ok) override { outbox_->WriteDone(ok); }
-  void OnCancel() override {
-    std::string id;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      id = request_id_;
-    }
-    if (!id.empty()) svc_->generator()->Cancel(id);
-  }
+  void OnCancel() override { call_->CancelOnce(); }
   void OnDone() override {
     outbox_->Detach();
     delete this;
   }
 
  private:
+  // Whether the client left, and the submitted request's id: shared with Start, which may still
+  // read it after the reactor is gone. Whichever of Start and OnCancel comes second cancels.
+  struct CallState {
+    Generator* generator = nullptr;
+    std::mutex mu;
+    bool cancelled = false;  // guarded by mu
+    std::string id;          // guarded by mu; set once the job is submitted
+
+    void CancelOnce() {
+      std::string submitted;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        cancelled = true;
+        submitted = id;
+      }
+      if (!submitted.empty()) generator->Cancel(submitted);
+    }
+    void NoteSubmitted(const std::string& request_id) {
+      bool cancel_now = false;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        id = request_id;
+        cancel_now = cancelled;
+      }
+      if (cancel_now) generator->Cancel(request_id);  // the client left meanwhile
+    }
+  };
+
+  Status PrepareAndSubmit(const v1::GenerateRequest& req) {
+    const auto t0 = std::chrono::steady_clock::now();
+    RS_ASSIGN_OR_RETURN(std::unique_ptr<GenerateJob> job, svc_->MakeJob(req));
+    const double context_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    AttachCallbacks(job.get(), context_ms);
+    if (ctx_->IsCancelled()) return Cancelled("the client cancelled the call");
+    const std::string id = job->request_id;
+    std::shared_ptr<CallState> call = call_;  // `this` may be deleted once Submit succeeds
+    RS_RETURN_IF_ERROR(call->generator->Submit(std::move(job)));
+    call->NoteSubmitted(id);
+    return OkStatus();
+  }
+
+  // Stream deltas and the final stats to the outbox (which outlives the reactor).
+  void AttachCallbacks(GenerateJob* job, double context_ms) {
+    std::shared_ptr<Outbox> box = outbox_;
+    job->on_delta = [box](const std::vector<int32_t>& ids, const std::string& text) {
+      v1::GenerateEvent ev;
+      for (int32_t t : ids) ev.mutable_delta()->add_token_ids(t);
+      ev.mutable_delta()->set_text(ToWireText(text));
+      box->Push(std::move(ev));
+    };
+    job->on_done = [box, worker = svc_->worker_id(), context_ms](const Status& st,
+                                                                 const GenerateStats& r) {
+      if (st.ok()) box->Push(StatsEvent(r, worker, context_ms));
+      box->Close(ToGrpcStatus(st));
+    };
+  }
+
   DecoderService* svc_;
   grpc::CallbackServerContext* ctx_;
   std::shared_ptr<Outbox> outbox_;
-  std::mutex mu_;
-  std::string request_id_;  // guarded by mu_; set once the job is submitted
+  std::shared_ptr<CallState> call_;
 };
 
 // A reactor that only reports an error (no model loaded).
@@ -263,6 +296,8 @@ StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(const v1::Generat
   RS_CHECK_ARG(!req.question().empty() || !req.prompt_override().empty(),
                "question (or prompt_override) must not be empty");
   RS_CHECK_ARG(req.question().size() <= 65536, "question is over 64 KiB");
+  RS_CHECK_ARG(req.passages_size() <= kMaxPassages, "at most ", kMaxPassages,
+               " passages per request, got ", req.passages_size());
 
   auto job = std::make_unique<GenerateJob>();
   job->request_id = req.request_id().empty()
@@ -311,6 +346,9 @@ StatusOr<ApeContext> DecoderService::EncodeApeContext(const v1::GenerateRequest&
       ape.cached_tokens += static_cast<int>(e.kv->tokens);
     }
     ape.passages.push_back(std::move(e.kv));
+    const int64_t ctx = model_->config().max_position_embeddings;
+    RS_CHECK_ARG(ctx <= 0 || ape.context_tokens < ctx, "passages (", ape.context_tokens,
+                 " tokens so far) exceed the model context of ", ctx, " tokens");
   }
   const bool off = enc.disable_ape();
   ape.temperature =
@@ -361,8 +399,12 @@ Status DecoderService::SetSamplingAndStops(const v1::SamplingParams& sp, int max
       }
     }
   }
+  RS_CHECK_ARG(sp.stop_size() <= kMaxStopStrings, "at most ", kMaxStopStrings,
+               " stop strings, got ", sp.stop_size());
   for (const auto& s : sp.stop()) {
     RS_CHECK_ARG(!s.empty(), "empty stop string");
+    RS_CHECK_ARG(s.size() <= kMaxStopStringBytes, "a stop string is ", s.size(), " bytes; at most ",
+                 kMaxStopStringBytes);
     job->stop.stop_strings.push_back(s);
   }
   return OkStatus();

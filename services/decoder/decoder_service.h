@@ -18,6 +18,12 @@
 
 namespace ragserve::decoder {
 
+// Request limits (INVALID_ARGUMENT beyond them): stop strings are matched against every token's
+// text on the generator's single loop thread, and every passage is encoded and held in memory.
+inline constexpr int kMaxStopStrings = 16;
+inline constexpr size_t kMaxStopStringBytes = 256;
+inline constexpr int kMaxPassages = 64;
+
 struct DecoderOptions {
   std::string model_dir;  // HF-layout model directory; empty: no model (Generate fails clearly)
   std::string worker_id;  // reported in stats and load; default host:port

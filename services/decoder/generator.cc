@@ -6,6 +6,7 @@
 #include <set>
 #include <utility>
 
+#include "services/common/executor.h"
 #include "services/common/logging.h"
 #include "services/engine/device_kv_cache.h"
 
@@ -100,18 +101,24 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
                                   " tokens) + max_tokens (", job->stop.max_tokens,
                                   ") exceeds the model context of ", ctx, " tokens"));
   }
+  if (job->ape && ctx > 0 && job->ape->context_tokens + total > ctx) {
+    // Passages are encoded in parallel (positions overlap) but the prompt attends to all of them.
+    return InvalidArgument(
+        StrCat("passages (", job->ape->context_tokens, " tokens in all) + prompt (",
+               job->prompt.size() + job->resume.size(), ") + max_tokens (", job->stop.max_tokens,
+               ") exceed the model context of ", ctx, " tokens"));
+  }
   if (job->ape) {
     for (const auto& b : job->ape->passages) {
       RS_CHECK_ARG(b && b->fingerprint == model_->fingerprint(),
                    "a context block was made by another model");
     }
   }
-  int64_t kv_tokens = total;
+  // An APE request holds its prefix and passage KV for its lifetime (on a GPU it is uploaded to
+  // the pool of kv_budget_bytes): it counts against the budget like the sequence's own KV.
+  int64_t kv_tokens = total + (job->ape ? job->ape->context_tokens : 0);
   if (model_->ops().memory() == kernels::MemorySpace::kDevice) {
-    // GPU pages come from one pool of kv_budget_bytes: an APE request also uploads its prefix
-    // and passages there, and each of a sequence's (up to three) paged caches may leave a page
-    // partly empty in every layer.
-    if (job->ape) kv_tokens += job->ape->context_tokens;
+    // Each of a sequence's (up to three) paged caches may leave a page partly empty per layer.
     kv_tokens += 3 * kernels::cuda::KvPageGeometry{}.page_size;
   }
   if (KvBytes(kv_tokens) > opts_.kv_budget_bytes) {
@@ -125,6 +132,10 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
   auto seq = std::make_unique<Seq>();
   seq->sampler.emplace(std::move(sampler));
   seq->stop = std::make_unique<engine::StopChecker>(job->stop, tokenizer_);
+  // A resumed request continues where the failed worker was: its held-back text, stop-string
+  // state and random draws replayed, not emitted.
+  seq->stop->Replay(job->resume);
+  seq->sampler->SkipDraws(static_cast<int64_t>(job->resume.size()));
   seq->tokens = job->prompt;
   seq->tokens.insert(seq->tokens.end(), job->resume.begin(), job->resume.end());
   seq->to_prefill = static_cast<int64_t>(seq->tokens.size());
@@ -245,8 +256,21 @@ void Generator::Loop() {
       });
       if (stopping_) return;
     }
-    Step();
+    // An exception from a step (bad_alloc in a forward pass, ...) fails the active requests with
+    // RESOURCE_EXHAUSTED / INTERNAL (a router retries them elsewhere); the worker lives on.
+    const Status st = CallCatchingExceptions("decode step", [this] {
+      Step();
+      return OkStatus();
+    });
+    if (!st.ok()) FailActive(st);
   }
+}
+
+void Generator::FailActive(const Status& st) {
+  RS_LOG(error, "decoder: {}", st.ToString());
+  for (auto& s : active_) Finish(s.get(), st, "error");
+  RetireFinished();
+  UpdateLoad();
 }
 
 bool Generator::Step() {

@@ -160,6 +160,8 @@ class Generator {
   void RetireFinished();
   void Finish(Seq* s, const Status& st, const std::string& reason);
   void UpdateLoad();
+  // A step threw: fail every active sequence with `st` (loop thread).
+  void FailActive(const Status& st);
   // The backend died: fail every active and queued sequence with `st` (loop thread).
   void FailEverything(const Status& st);
   int64_t KvBytes(int64_t tokens) const;

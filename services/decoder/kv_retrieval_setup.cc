@@ -43,7 +43,8 @@ void AddKvRetrievalFlags(CLI::App& app, KvRetrievalFlags* f) {
       ->capture_default_str()
       ->check(CLI::IsMember({"exact", "hnsw", "ivf", "attention_aware"}));
   app.add_option("--kvr-timeout-ms", f->timeout_ms,
-                 "Deadline of each Append / Attend / Release call to ragserve-kvr")
+                 "Deadline of each Append / Attend / Release call to ragserve-kvr (made per decode "
+                 "step on the loop thread: past it the request fails with UNAVAILABLE)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
   app.add_option("--kvr-prefill-timeout-ms", f->prefill_timeout_ms,

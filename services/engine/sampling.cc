@@ -87,6 +87,26 @@ int32_t Sampler::Sample(std::span<const float> logits, std::span<const int32_t> 
   return idx_[keep - 1];
 }
 
+void Sampler::SkipDraws(int64_t tokens) {
+  if (params_.temperature > 0.0f && tokens > 0) rng_.discard(static_cast<uint64_t>(tokens));
+}
+
+namespace {
+
+// KMP failure function: f[i] = length of the longest proper prefix of s[0..i] that is also its
+// suffix.
+std::vector<size_t> FailureFunction(const std::string& s) {
+  std::vector<size_t> f(s.size(), 0);
+  for (size_t i = 1, k = 0; i < s.size(); ++i) {
+    while (k > 0 && s[i] != s[k]) k = f[k - 1];
+    if (s[i] == s[k]) ++k;
+    f[i] = k;
+  }
+  return f;
+}
+
+}  // namespace
+
 const char* StopReasonName(StopReason r) {
   switch (r) {
     case StopReason::kNone:
@@ -105,6 +125,29 @@ StopChecker::StopChecker(const StopCriteria& criteria, const Tokenizer* tokenize
     : c_(criteria), tok_(tokenizer) {
   if (tok_ != nullptr) dec_ = std::make_unique<Tokenizer::StreamDecoder>(*tok_);
   std::erase_if(c_.stop_strings, [](const std::string& s) { return s.empty(); });
+  for (const std::string& s : c_.stop_strings) failure_.push_back(FailureFunction(s));
+}
+
+size_t StopChecker::ScanPending(size_t* hold) const {
+  // pending_ is at most the longest stop string plus one token's text: one KMP pass per stop
+  // string finds its first match, or else how much of its prefix the text ends with.
+  size_t cut = std::string::npos;
+  *hold = 0;
+  for (size_t j = 0; j < c_.stop_strings.size(); ++j) {
+    const std::string& s = c_.stop_strings[j];
+    const std::vector<size_t>& f = failure_[j];
+    size_t k = 0;
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      while (k > 0 && pending_[i] != s[k]) k = f[k - 1];
+      if (pending_[i] == s[k]) ++k;
+      if (k == s.size()) {
+        cut = std::min(cut, i + 1 - s.size());
+        break;
+      }
+    }
+    if (k < s.size()) *hold = std::max(*hold, k);
+  }
+  return cut;
 }
 
 StopReason StopChecker::Push(int32_t token, std::string* text) {
@@ -116,8 +159,8 @@ StopReason StopChecker::Push(int32_t token, std::string* text) {
   }
   if (dec_) pending_ += dec_->Push(token);
   // A stop string anywhere in the pending text ends generation; text before it is released.
-  size_t cut = std::string::npos;
-  for (const std::string& s : c_.stop_strings) cut = std::min(cut, pending_.find(s));
+  size_t hold = 0;
+  const size_t cut = ScanPending(&hold);
   if (cut != std::string::npos) {
     if (text != nullptr) text->append(pending_, 0, cut);
     pending_.clear();
@@ -125,15 +168,6 @@ StopReason StopChecker::Push(int32_t token, std::string* text) {
     return StopReason::kStopString;
   }
   // Hold back the longest suffix that is a proper prefix of some stop string.
-  size_t hold = 0;
-  for (const std::string& s : c_.stop_strings) {
-    for (size_t len = std::min(s.size() - 1, pending_.size()); len > hold; --len) {
-      if (pending_.compare(pending_.size() - len, len, s, 0, len) == 0) {
-        hold = len;
-        break;
-      }
-    }
-  }
   if (text != nullptr) text->append(pending_, 0, pending_.size() - hold);
   pending_.erase(0, pending_.size() - hold);
   if (generated_ >= c_.max_tokens) {
@@ -141,6 +175,18 @@ StopReason StopChecker::Push(int32_t token, std::string* text) {
     return StopReason::kMaxTokens;
   }
   return StopReason::kNone;
+}
+
+void StopChecker::Replay(std::span<const int32_t> tokens) {
+  for (int32_t token : tokens) {
+    if (!dec_) return;
+    pending_ += dec_->Push(token);
+    size_t hold = 0;
+    // A stop string inside delivered text was not one the earlier worker stopped at (it had other
+    // stop strings, or none): drop it like released text.
+    if (ScanPending(&hold) != std::string::npos) hold = 0;
+    pending_.erase(0, pending_.size() - hold);
+  }
 }
 
 std::string StopChecker::Flush() {

@@ -39,6 +39,9 @@ class Sampler {
   // Picks the next token from logits[vocab] given the sequence so far (prompt + generated; used
   // only by the repetition penalty). Advances the generator only when sampling (temperature > 0).
   int32_t Sample(std::span<const float> logits, std::span<const int32_t> history);
+  // Advances the generator as `tokens` calls of Sample would (a resumed request continues the
+  // seeded sequence of draws where the uninterrupted one would be).
+  void SkipDraws(int64_t tokens);
   const SamplingParams& params() const { return params_; }
 
  private:
@@ -65,14 +68,25 @@ class StopChecker {
   StopChecker(const StopCriteria& criteria, const Tokenizer* tokenizer);
   // Feeds the next generated token. Appends to *text the text that is now final (never part of a
   // stop string) and returns why generation stops after this token, or kNone to continue.
+  // Cost per token: O(total stop-string length + the token's text), independent of the output.
   StopReason Push(int32_t token, std::string* text);
+  // Feeds tokens delivered before a hand-over (a resumed request): the stream decoder, the held
+  // back text and the stop-string state become what they were after them, nothing is emitted and
+  // they do not count towards max_tokens.
+  void Replay(std::span<const int32_t> tokens);
   // Text held back at the end (call once when generation stopped for a reason other than a stop
   // string, or was cut off): the rest of the output.
   std::string Flush();
   int generated() const { return generated_; }
 
  private:
+  // Appends the text of `token` to pending_; returns the offset of the first stop string in
+  // pending_ (npos if none) and sets *hold to the longest suffix of pending_ that is a proper
+  // prefix of a stop string.
+  size_t ScanPending(size_t* hold) const;
+
   StopCriteria c_;
+  std::vector<std::vector<size_t>> failure_;  // KMP failure function of each stop string
   const Tokenizer* tok_;
   std::unique_ptr<Tokenizer::StreamDecoder> dec_;
   std::string pending_;  // decoded text not yet released

@@ -63,6 +63,7 @@ Status KvRetrieval::Create(const std::string& seq, const SequenceConfig& config)
   const SequenceSpec& kv = config.kv;
   RS_CHECK_ARG(kv.num_kv_heads >= 1, "num_kv_heads must be >= 1, got ", kv.num_kv_heads);
   const int hq = config.num_q_heads == 0 ? kv.num_kv_heads : config.num_q_heads;
+  RS_CHECK_ARG(hq <= kMaxHeads, "num_q_heads must be <= ", kMaxHeads, ", got ", hq);
   RS_CHECK_ARG(hq >= kv.num_kv_heads && hq % kv.num_kv_heads == 0, "num_q_heads ", hq,
                " must be a positive multiple of num_kv_heads ", kv.num_kv_heads);
   HybridOptions ho = options_.defaults;

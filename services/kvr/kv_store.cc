@@ -88,9 +88,12 @@ int64_t KvStore::Now() const {
 
 Status KvStore::CreateSequence(const std::string& seq, const SequenceSpec& spec) {
   RS_CHECK_ARG(!seq.empty(), "sequence id must not be empty");
-  RS_CHECK_ARG(spec.num_layers >= 1, "num_layers must be >= 1, got ", spec.num_layers);
-  RS_CHECK_ARG(spec.num_kv_heads >= 1, "num_kv_heads must be >= 1, got ", spec.num_kv_heads);
-  RS_CHECK_ARG(spec.head_dim >= 1, "head_dim must be >= 1, got ", spec.head_dim);
+  RS_CHECK_ARG(spec.num_layers >= 1 && spec.num_layers <= kMaxLayers, "num_layers must be in [1, ",
+               kMaxLayers, "], got ", spec.num_layers);
+  RS_CHECK_ARG(spec.num_kv_heads >= 1 && spec.num_kv_heads <= kMaxHeads,
+               "num_kv_heads must be in [1, ", kMaxHeads, "], got ", spec.num_kv_heads);
+  RS_CHECK_ARG(spec.head_dim >= 1 && spec.head_dim <= kMaxHeadDim, "head_dim must be in [1, ",
+               kMaxHeadDim, "], got ", spec.head_dim);
   RS_CHECK_ARG(spec.dtype == KvDtype::kF32 || spec.dtype == KvDtype::kF16, "unknown dtype ",
                static_cast<int>(spec.dtype));
   ExpireIdle();

@@ -29,6 +29,12 @@ namespace ragserve::kvr {
 
 enum class KvDtype { kF32 = 0, kF16 = 1 };
 
+// Bounds of a sequence's shape (InvalidArgument beyond them): a spec is the client's word, and
+// per-layer state is allocated when the sequence is created.
+inline constexpr int kMaxLayers = 1024;
+inline constexpr int kMaxHeads = 1024;  // kv heads, and query heads (SequenceConfig)
+inline constexpr int kMaxHeadDim = 1024;
+
 struct SequenceSpec {
   int num_layers = 1;
   int num_kv_heads = 1;

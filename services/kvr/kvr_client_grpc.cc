@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <mutex>
 #include <utility>
 
 #include "services/common/auth.h"
@@ -11,6 +13,39 @@
 #include "services/common/wire.h"
 
 namespace ragserve::kvr {
+
+// Consecutive timed-out / unreachable calls open the breaker: calls fail fast for a while, so a
+// stalled store costs the worker's loop one deadline or two, not one per layer, step and sequence.
+class CallBreaker {
+ public:
+  explicit CallBreaker(const RemoteKvrOptions& o)
+      : threshold_(std::max(1, o.breaker_failures)), open_ms_(o.breaker_open_ms) {}
+
+  // Unavailable while open.
+  Status Admit() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failures_ < threshold_ || Clock::now() >= open_until_) return OkStatus();
+    return Unavailable(StrCat("ragserve-kvr failed ", failures_,
+                              " calls in a row (timed out or unreachable); calls paused"));
+  }
+  void Record(const Status& st) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (st.code() != StatusCode::kUnavailable && st.code() != StatusCode::kDeadlineExceeded) {
+      failures_ = 0;
+      return;
+    }
+    if (++failures_ >= threshold_) open_until_ = Clock::now() + std::chrono::milliseconds(open_ms_);
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  const int threshold_;
+  const int64_t open_ms_;
+  std::mutex mu_;
+  int failures_ = 0;              // guarded by mu_: consecutive failed calls
+  Clock::time_point open_until_;  // guarded by mu_
+};
+
 namespace {
 
 // Bytes of tensor data per CreateSequence message (a long prefill chunk is split).
@@ -38,9 +73,10 @@ v1::KeyIndexKind KindToProto(int kind) {
 class RemoteKvrSequence final : public KvrSequence {
  public:
   RemoteKvrSequence(v1::KvRetrievalService::Stub* stub, const RemoteKvrOptions& options,
-                    std::string id, const SequenceConfig& cfg)
+                    std::shared_ptr<CallBreaker> breaker, std::string id, const SequenceConfig& cfg)
       : stub_(stub),
         options_(options),
+        breaker_(std::move(breaker)),
         id_(std::move(id)),
         hkv_(cfg.kv.num_kv_heads),
         hq_(cfg.num_q_heads == 0 ? cfg.kv.num_kv_heads : cfg.num_q_heads),
@@ -113,10 +149,9 @@ class RemoteKvrSequence final : public KvrSequence {
       wire::FloatsToTensor(k[l], {n, hkv_, d_}, c->mutable_k());
       wire::FloatsToTensor(v[l], {n, hkv_, d_}, c->mutable_v());
     }
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
     v1::AppendResponse resp;
-    return Annotate(FromGrpcStatus(stub_->Append(&ctx, req, &resp)), "Append");
+    return StepCall("Append",
+                    [&](grpc::ClientContext* ctx) { return stub_->Append(ctx, req, &resp); });
   }
 
   Status Attend(int layer, int64_t n, const float* q, const AttendOptions& opt, float* o,
@@ -133,10 +168,9 @@ class RemoteKvrSequence final : public KvrSequence {
       item->set_layer(layer);
       wire::FloatsToTensor(q + i * row, {hq_, d_}, item->mutable_queries());
     }
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
     v1::AttendResponse resp;
-    RS_RETURN_IF_ERROR(Annotate(FromGrpcStatus(stub_->Attend(&ctx, req, &resp)), "Attend"));
+    RS_RETURN_IF_ERROR(StepCall(
+        "Attend", [&](grpc::ClientContext* ctx) { return stub_->Attend(ctx, req, &resp); }));
     if (resp.results_size() != n) {
       return Internal(StrCat("Attend: ", resp.results_size(), " results for ", n, " queries"));
     }
@@ -163,13 +197,30 @@ class RemoteKvrSequence final : public KvrSequence {
     }
     v1::ReleaseRequest req;
     req.set_sequence_id(id_);
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
     v1::ReleaseResponse resp;
-    return Annotate(FromGrpcStatus(stub_->Release(&ctx, req, &resp)), "Release");
+    // Through the breaker too: a sequence failed by a stalled store is released on the loop
+    // thread (the store's TTL reclaims what a failed Release leaves).
+    return StepCall("Release",
+                    [&](grpc::ClientContext* ctx) { return stub_->Release(ctx, req, &resp); });
   }
 
  private:
+  // A call made per decode step, through the breaker; past its deadline it is UNAVAILABLE (the
+  // store is too slow for this worker: the router may retry the request on another).
+  Status StepCall(const char* what,
+                  const std::function<grpc::Status(grpc::ClientContext*)>& call) const {
+    RS_RETURN_IF_ERROR(Annotate(breaker_->Admit(), what));
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    Status st = FromGrpcStatus(call(&ctx));
+    breaker_->Record(st);
+    if (st.code() == StatusCode::kDeadlineExceeded) {
+      st = Unavailable(StrCat("ragserve-kvr did not answer within ", options_.call_timeout_ms,
+                              " ms (", st.message(), ")"));
+    }
+    return Annotate(st, what);
+  }
+
   void Prepare(grpc::ClientContext* ctx) const {
     ctx->set_deadline(Deadline(options_.call_timeout_ms));
     AttachToken(ctx, options_.token);
@@ -186,6 +237,7 @@ class RemoteKvrSequence final : public KvrSequence {
 
   v1::KvRetrievalService::Stub* const stub_;
   const RemoteKvrOptions options_;
+  const std::shared_ptr<CallBreaker> breaker_;
   const std::string id_;
   const int hkv_, hq_, d_;
   grpc::ClientContext create_ctx_;
@@ -196,14 +248,16 @@ class RemoteKvrSequence final : public KvrSequence {
 }  // namespace
 
 RemoteKvrClient::RemoteKvrClient(std::shared_ptr<grpc::Channel> channel, RemoteKvrOptions options)
-    : stub_(v1::KvRetrievalService::NewStub(std::move(channel))), options_(std::move(options)) {}
+    : stub_(v1::KvRetrievalService::NewStub(std::move(channel))),
+      options_(std::move(options)),
+      breaker_(std::make_shared<CallBreaker>(options_)) {}
 
 StatusOr<std::unique_ptr<KvrSequence>> RemoteKvrClient::Create(const std::string& id,
                                                                const SequenceConfig& config) {
   RS_CHECK_ARG(!id.empty(), "empty sequence id");
   RS_CHECK_ARG(config.kv.num_layers >= 1 && config.kv.num_kv_heads >= 1 && config.kv.head_dim >= 1,
                "bad sequence geometry");
-  auto seq = std::make_unique<RemoteKvrSequence>(stub_.get(), options_, id, config);
+  auto seq = std::make_unique<RemoteKvrSequence>(stub_.get(), options_, breaker_, id, config);
   RS_RETURN_IF_ERROR(seq->Open(config));
   return std::unique_ptr<KvrSequence>(std::move(seq));
 }

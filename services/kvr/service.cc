@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "services/common/executor.h"
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/metrics.h"
@@ -99,7 +100,8 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
 
   void OnReadDone(bool ok) override {
     Status submitted = svc_->server()->executor().Submit([this, ok] {
-      Status st = ok ? Apply() : Complete();
+      Status st = CallCatchingExceptions("CreateSequence",
+                                         [this, ok] { return ok ? Apply() : Complete(); });
       if (!st.ok()) {
         if (created_) (void)svc_->kvr()->Release(id_);
         Finish(ToGrpcStatus(st));

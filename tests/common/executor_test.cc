@@ -5,6 +5,10 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace ragserve {
 namespace {
@@ -49,6 +53,37 @@ TEST(ExecutorTest, FullQueueIsResourceExhaustedAndShutdownIsUnavailable) {
   ASSERT_TRUE(ex.WaitIdle(30));
   ex.Shutdown();
   EXPECT_EQ(ex.Submit([] {}).code(), StatusCode::kUnavailable);
+}
+
+TEST(ExecutorTest, AThrowingTaskIsCountedAndTheWorkersLiveOn) {
+  BoundedExecutor ex(1, 100);
+  std::atomic<int> ran{0};
+  ASSERT_TRUE(ex.Submit([] { throw std::bad_alloc(); }).ok());
+  ASSERT_TRUE(ex.Submit([] { throw std::runtime_error("boom"); }).ok());
+  ASSERT_TRUE(ex.Submit([] { throw 42; }).ok());
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(ex.Submit([&ran] { ++ran; }).ok());
+  ASSERT_TRUE(ex.WaitIdle(30));
+  EXPECT_EQ(ran.load(), 10);
+  EXPECT_EQ(ex.uncaught_exceptions(), 3);
+}
+
+TEST(ExecutorTest, ExceptionsAtATaskBoundaryBecomeStatuses) {
+  Status oom = CallCatchingExceptions("encode", []() -> Status { throw std::bad_alloc(); });
+  EXPECT_EQ(oom.code(), StatusCode::kResourceExhausted) << oom.ToString();
+  EXPECT_NE(oom.message().find("encode"), std::string::npos) << oom.ToString();
+  Status len = CallCatchingExceptions("resize", []() -> Status {
+    std::vector<int> v;
+    v.resize(v.max_size() + 1);
+    return OkStatus();
+  });
+  EXPECT_EQ(len.code(), StatusCode::kResourceExhausted) << len.ToString();
+  Status other =
+      CallCatchingExceptions("parse", []() -> Status { throw std::runtime_error("bad token"); });
+  EXPECT_EQ(other.code(), StatusCode::kInternal);
+  EXPECT_NE(other.message().find("bad token"), std::string::npos) << other.ToString();
+  EXPECT_EQ(CallCatchingExceptions("x", []() -> Status { throw 1; }).code(), StatusCode::kInternal);
+  EXPECT_EQ(CallCatchingExceptions("x", [] { return NotFound("n"); }).code(),
+            StatusCode::kNotFound);
 }
 
 }  // namespace

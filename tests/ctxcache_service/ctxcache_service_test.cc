@@ -4,7 +4,11 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <chrono>
 #include <cstring>
+#include <fstream>
+#include <memory>
+#include <thread>
 
 #include "ragserve/v1/ctxcache.grpc.pb.h"
 #include "services/common/client.h"
@@ -161,6 +165,48 @@ TEST_F(CtxServiceTest, EvictAndBadInputGetClearErrors) {
   wrong_model.add_passages()->set_text(kText);
   v1::EncodeResponse wr;
   EXPECT_EQ(stub_->Encode(&ctx, wrong_model, &wr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+// Resident memory of a process in bytes (0 if unknown).
+int64_t ResidentBytes(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+TEST_F(CtxServiceTest, SlowReadersDoNotQueueCopiesOfWholeBlocks) {
+  // A ~1500-token entry is ~3 MB of KV (8 messages). 40 readers that never read must not make
+  // the service queue 40 copies of it: one chunk in flight per reader.
+  std::string text;
+  for (int i = 0; text.size() < 2100; ++i) text += " w" + std::to_string(i * 7919 % 100000);
+  v1::EncodeResponse r;
+  grpc::Status st = Encode({text}, &r);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_GT(r.results(0).tokens(), 500);
+  const std::string hex = r.results(0).key().hex();
+  std::vector<float> k;
+  int tokens = 0;
+  ASSERT_TRUE(GetLayer0K(hex, &k, &tokens).ok());  // warm: the entry is in RAM
+  const int64_t before = ResidentBytes(proc_->pid());
+  constexpr int kReaders = 40;
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::GetResponse>>> readers;
+  v1::GetRequest req;
+  req.mutable_key()->set_hex(hex);
+  for (int i = 0; i < kReaders; ++i) {
+    ctxs.push_back(std::make_unique<grpc::ClientContext>());
+    readers.push_back(stub_->Get(ctxs.back().get(), req));
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // the service has done what it will
+  const int64_t grown = ResidentBytes(proc_->pid()) - before;
+  const int64_t block = int64_t{r.results(0).tokens()} * 4 * 2 * 64 * 4;
+  EXPECT_LT(grown, kReaders * block / 3) << "grew " << grown << " bytes; one block is " << block;
+  for (auto& c : ctxs) c->TryCancel();
+  for (auto& rd : readers) (void)rd->Finish();
+  ASSERT_TRUE(GetLayer0K(hex, &k, &tokens).ok());  // still serving
 }
 
 // The decoders' client: Fetch reassembles the Get stream into the stored block, verifies the

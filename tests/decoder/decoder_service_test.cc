@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
 #include "services/engine/tokenizer.h"
+#include "services/engine/unicode.h"
 #include "tests/support/process.h"
 
 namespace ragserve {
@@ -246,6 +249,200 @@ TEST_F(DecoderServiceTest, LoadReportsModelAndSlots) {
   EXPECT_EQ(load.model().hex().size(), 16u);
   EXPECT_GT(load.free_kv_bytes(), 0);
   EXPECT_EQ(load.device(), "cpu");
+}
+
+// The decoder's wire form of text: every byte outside a valid UTF-8 sequence becomes U+FFFD.
+std::string WireText(const std::string& bytes) {
+  std::string out;
+  for (size_t i = 0; i < bytes.size();) {
+    const size_t n = engine::unicode::Utf8CharLen(bytes, i);
+    if (n == 1 && static_cast<unsigned char>(bytes[i]) >= 0x80) {
+      out += "\xEF\xBF\xBD";
+    } else {
+      out.append(bytes, i, n);
+    }
+    i += n;
+  }
+  return out;
+}
+
+// The text a worker has sent after delivering `ids` (held-back text not included).
+std::string SentText(const engine::Tokenizer& tok, const std::vector<int32_t>& ids,
+                     const std::vector<std::string>& stops) {
+  engine::StopChecker c({.max_tokens = 1 << 20, .stop_strings = stops}, &tok);
+  std::string text;
+  for (int32_t id : ids) c.Push(id, &text);
+  return WireText(text);
+}
+
+class DecoderFailoverTest : public DecoderServiceTest {
+ protected:
+  void SetUp() override {
+    auto tok = engine::Tokenizer::FromFile(*dir_ + "/model/tokenizer.json");
+    ASSERT_TRUE(tok.ok());
+    tok_ = std::move(tok).value();
+  }
+  static v1::GenerateRequest Sampled(const std::vector<std::string>& stops) {
+    v1::GenerateRequest req = Raw("Stories of the islands and the rivers", 48);
+    req.mutable_sampling()->set_temperature(1.0f);
+    req.mutable_sampling()->set_seed(1234);
+    for (const auto& s : stops) req.mutable_sampling()->add_stop(s);
+    return req;
+  }
+  // A worker failed after delivering ids[0, k): the next one resumes from them.
+  Generated Resume(const std::vector<std::string>& stops, const std::vector<int32_t>& ids,
+                   size_t k) {
+    v1::GenerateRequest req = Sampled(stops);
+    req.mutable_resume_token_ids()->Assign(ids.begin(), ids.begin() + k);
+    return Run(req);
+  }
+  std::unique_ptr<engine::Tokenizer> tok_;
+};
+
+TEST_F(DecoderFailoverTest, ResumedTextAndSeededSamplingEqualTheUninterruptedRun) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const Generated full = Run(Sampled({}));
+  ASSERT_TRUE(full.status.ok()) << full.status.error_message();
+  ASSERT_EQ(full.ids.size(), 48u);
+  // Every hand-over point: the same tokens (the sampler's draws continue) and the text sent
+  // before plus the text sent after is the uninterrupted text (held-back bytes of a split
+  // character are completed, not replaced or lost).
+  for (size_t k = 1; k < full.ids.size(); k += 3) {
+    const Generated rest = Resume({}, full.ids, k);
+    ASSERT_TRUE(rest.status.ok()) << rest.status.error_message();
+    EXPECT_EQ(rest.ids, std::vector<int32_t>(full.ids.begin() + k, full.ids.end())) << k;
+    const std::vector<int32_t> before(full.ids.begin(), full.ids.begin() + k);
+    EXPECT_EQ(SentText(*tok_, before, {}) + rest.text, full.text) << "hand-over after " << k;
+  }
+}
+
+TEST_F(DecoderFailoverTest, AStopStringSpanningTheHandOverStops) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  const Generated full = Run(Sampled({}));
+  ASSERT_TRUE(full.status.ok()) << full.status.error_message();
+  const std::string bytes = tok_->Decode(full.ids);
+  // A 4-byte ASCII stop string whose first occurrence straddles the end of token k's text.
+  size_t k = 0, at = 0;
+  std::string stop;
+  for (size_t i = 3; i + 3 < full.ids.size() && stop.empty(); ++i) {
+    const size_t b =
+        tok_->Decode(std::vector<int32_t>(full.ids.begin(), full.ids.begin() + i)).size();
+    if (b < 2 || b + 2 > bytes.size()) continue;
+    const std::string cand = bytes.substr(b - 2, 4);
+    const bool ascii =
+        std::all_of(cand.begin(), cand.end(), [](char c) { return c > ' ' && c < 127; });
+    if (ascii && bytes.find(cand) == b - 2) {
+      k = i;
+      at = b - 2;
+      stop = cand;
+    }
+  }
+  ASSERT_FALSE(stop.empty()) << "no ASCII stop string candidate in: " << full.text;
+  const Generated stopped = Run(Sampled({stop}));
+  ASSERT_TRUE(stopped.status.ok());
+  EXPECT_EQ(stopped.stats.finish_reason(), "stop");
+  EXPECT_EQ(stopped.text, WireText(bytes.substr(0, at)));
+  const Generated rest = Resume({stop}, full.ids, k);
+  ASSERT_TRUE(rest.status.ok()) << rest.status.error_message();
+  EXPECT_EQ(rest.stats.finish_reason(), "stop") << "stop '" << stop << "' after token " << k;
+  const std::vector<int32_t> before(full.ids.begin(), full.ids.begin() + k);
+  EXPECT_EQ(SentText(*tok_, before, {stop}) + rest.text, stopped.text);
+}
+
+TEST_F(DecoderServiceTest, ManyConcurrentOneTokenRequestsEachFinishOnce) {
+  // A one-token job can finish (and its reactor be deleted) right after it is submitted: the
+  // reactor must not be touched after Submit (run under ASan to catch a use-after-free).
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-active", "8"}));
+  std::atomic<int> ok{0}, bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 40; ++i) {
+        Generated g = Run(Raw("Hi", 1));
+        (g.status.ok() && g.ids.size() == 1 ? ok : bad)++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(ok.load(), 320);
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_TRUE(Run(Raw("still serving", 2)).status.ok());
+}
+
+TEST_F(DecoderServiceTest, StopStringsAreBoundedInCountAndLength) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  v1::GenerateRequest many = Raw("x", 3);
+  for (int i = 0; i < 17; ++i) many.mutable_sampling()->add_stop("s" + std::to_string(i));
+  Generated g = Run(many);
+  EXPECT_EQ(g.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(g.status.error_message().find("stop strings"), std::string::npos)
+      << g.status.error_message();
+  v1::GenerateRequest longest = Raw("x", 3);
+  longest.mutable_sampling()->add_stop(std::string(257, 'z'));
+  EXPECT_EQ(Run(longest).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // At the limits: accepted.
+  v1::GenerateRequest fine = Raw("x", 3);
+  for (int i = 0; i < 16; ++i) fine.mutable_sampling()->add_stop(std::string(256, 'a' + i));
+  EXPECT_TRUE(Run(fine).status.ok());
+}
+
+// A passage of about `words` tokens.
+std::string Passage(int words, int seed) {
+  std::string s;
+  for (int i = 0; i < words; ++i) s += " w" + std::to_string((i * 7919 + seed * 104729) % 100000);
+  return s;
+}
+
+TEST_F(DecoderServiceTest, ApePassagesAreBoundedAndCountAgainstTheKvBudget) {
+  // 1 MiB of KV budget: 512 tokens of the tiny model (4 layers x 2 kv heads x 32 x f32, K and V).
+  ASSERT_NO_FATAL_FAILURE(Start({"--kv-budget-mb", "1"}));
+  v1::GenerateRequest req;
+  req.set_question("What do the passages say?");
+  req.mutable_sampling()->set_max_tokens(4);
+  req.mutable_sampling()->set_ignore_eos(true);
+  auto* p = req.add_passages();
+  p->set_id("a");
+  p->set_text(Passage(40, 1));
+  Generated small = Run(req);
+  ASSERT_TRUE(small.status.ok()) << small.status.error_message();
+  // Passages whose KV alone is over the budget: the worker cannot hold them.
+  for (int i = 0; i < 3; ++i) {
+    auto* q = req.add_passages();
+    q->set_id("p" + std::to_string(i));
+    q->set_text(Passage(100, 10 + i));
+  }
+  Generated big = Run(req);
+  EXPECT_EQ(big.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << big.status.error_message();
+  // More passages than a request may carry.
+  v1::GenerateRequest many = req;
+  many.clear_passages();
+  for (int i = 0; i < 65; ++i) {
+    auto* q = many.add_passages();
+    q->set_id("m" + std::to_string(i));
+    q->set_text("short passage " + std::to_string(i));
+  }
+  Generated g = Run(many);
+  EXPECT_EQ(g.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(g.status.error_message().find("passages"), std::string::npos)
+      << g.status.error_message();
+}
+
+TEST_F(DecoderServiceTest, PassagesTogetherLongerThanTheContextAreInvalidArgument) {
+  // Each passage fits the 4096-token context; together they do not (the prompt attends to all).
+  ASSERT_NO_FATAL_FAILURE(Start());
+  v1::GenerateRequest req;
+  req.set_question("Summarise");
+  req.mutable_sampling()->set_max_tokens(4);
+  for (int i = 0; i < 4; ++i) {  // about 1500 tokens each (a passage may have 2048)
+    auto* q = req.add_passages();
+    q->set_id("p" + std::to_string(i));
+    q->set_text(Passage(250, 20 + i));
+  }
+  Generated g = Run(req);
+  EXPECT_EQ(g.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << g.status.error_message();
+  EXPECT_NE(g.status.error_message().find("context"), std::string::npos)
+      << g.status.error_message();
 }
 
 }  // namespace

@@ -308,6 +308,45 @@ TEST_F(KvRetrievalDecoderTest, AStoreLostMidAnswerFailsThatRequestOnly) {
   services_.remove_if([kvr](const Service& x) { return &x == kvr; });  // already gone
 }
 
+TEST_F(KvRetrievalDecoderTest, AStalledStoreFailsItsSequencesFastWithUnavailable) {
+  // The store stops answering (SIGSTOP: connections stay open, calls hang) while three
+  // sequences decode through it. With the default deadline and the breaker they fail within a
+  // few seconds with UNAVAILABLE (so a router fails over), not one 10 s deadline per layer, step
+  // and sequence on the worker's loop thread; the worker keeps serving other requests.
+  Service *kvr, *remote;
+  ASSERT_NO_FATAL_FAILURE(StartKvr(&kvr));
+  ASSERT_NO_FATAL_FAILURE(
+      StartDecoder({"--kv-retrieval", "remote", "--kvr-addr", kvr->addr()}, &remote));
+  auto ch = MakeChannel(remote->addr());
+  ASSERT_TRUE(ch.ok());
+  auto stub = v1::DecoderService::NewStub(*ch);
+  constexpr int kSeqs = 3;
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs;
+  std::vector<std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>>> readers;
+  v1::GenerateEvent ev;
+  for (int i = 0; i < kSeqs; ++i) {
+    ctxs.push_back(std::make_unique<grpc::ClientContext>());
+    ctxs.back()->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(180));
+    readers.push_back(stub->Generate(ctxs.back().get(), Raw(*prompt_, 2000)));
+  }
+  for (auto& r : readers) ASSERT_TRUE(r->Read(&ev));  // all three decode through the store
+  kvr->proc->Signal(SIGSTOP);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto& r : readers) {
+    while (r->Read(&ev)) {
+    }
+    const grpc::Status st = r->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+    EXPECT_NE(st.error_message().find("kv retrieval"), std::string::npos) << st.error_message();
+  }
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(waited, 8.0) << "a stalled store held the worker's sequences for " << waited << " s";
+  Generated s = Run(*remote, Raw("A short question", 4));
+  EXPECT_TRUE(s.status.ok()) << s.status.error_message();
+  kvr->proc->Signal(SIGCONT);
+}
+
 TEST_F(KvRetrievalDecoderTest, BadFlagsStopTheWorkerAtStartup) {
   testing::Process p;
   const std::string log = *dir_ + "/bad-flags.log";

@@ -150,6 +150,78 @@ TEST(StopCheckerTest, EosAndMaxTokensStopAndFlushReleasesHeldText) {
   EXPECT_EQ(max.Flush(), "q");
 }
 
+// The text one checker emits for `ids` (and why it stopped); with `flush` the held text too.
+struct Emitted {
+  std::string text;
+  StopReason reason = StopReason::kNone;
+};
+Emitted PushAll(StopChecker* c, std::span<const int32_t> ids, bool flush) {
+  Emitted e;
+  for (size_t i = 0; i < ids.size() && e.reason == StopReason::kNone; ++i) {
+    e.reason = c->Push(ids[i], &e.text);
+  }
+  if (flush && e.reason != StopReason::kStopString) e.text += c->Flush();
+  return e;
+}
+
+TEST(StopCheckerTest, ReplayAtAnyHandOverGivesTheUninterruptedTextAndStop) {
+  // A multi-byte character split over byte tokens, and a stop string that spans token
+  // boundaries: whatever token a worker fails after, the first worker's text plus the text of a
+  // checker that replayed the delivered tokens is the uninterrupted text.
+  auto tok = ByteTokenizer();
+  const std::vector<int32_t> ids = Bytes(
+      "caf\xC3\xA9 \xE2\x82\xAC"
+      "5 ENwo ENDING");
+  const StopCriteria crit{.max_tokens = 100,
+                          .stop_strings = {"END",
+                                           "\xE2\x82\xAC"
+                                           "6"}};
+  StopChecker whole(crit, tok.get());
+  const Emitted full = PushAll(&whole, ids, /*flush=*/true);
+  ASSERT_EQ(full.reason, StopReason::kStopString);
+  ASSERT_EQ(full.text,
+            "caf\xC3\xA9 \xE2\x82\xAC"
+            "5 ENwo ");
+  for (size_t k = 1; k <= 18; ++k) {  // token 18 is the D of END
+    StopChecker first(crit, tok.get());
+    const Emitted before = PushAll(&first, std::span(ids).first(k), /*flush=*/false);
+    StopCriteria rest_crit = crit;
+    rest_crit.max_tokens = crit.max_tokens - static_cast<int>(k);
+    StopChecker second(rest_crit, tok.get());
+    second.Replay(std::span(ids).first(k));
+    EXPECT_EQ(second.generated(), 0);
+    const Emitted after = PushAll(&second, std::span(ids).subspan(k), /*flush=*/true);
+    EXPECT_EQ(before.text + after.text, full.text) << "hand-over after token " << k;
+    EXPECT_EQ(after.reason, StopReason::kStopString) << k;
+  }
+}
+
+TEST(SamplerTest, SkipDrawsContinuesTheSeededSequence) {
+  const std::vector<float> logits = LogProbs({0.2, 0.3, 0.1, 0.4});
+  Sampler a = Make({.temperature = 1.0f, .seed = 99});
+  std::vector<int32_t> seq;
+  for (int i = 0; i < 40; ++i) seq.push_back(a.Sample(logits, {}));
+  Sampler b = Make({.temperature = 1.0f, .seed = 99});
+  b.SkipDraws(17);
+  for (int i = 17; i < 40; ++i) EXPECT_EQ(b.Sample(logits, {}), seq[i]) << i;
+  Sampler greedy = Make({});
+  greedy.SkipDraws(5);  // no draws to skip
+  EXPECT_EQ(greedy.Sample(logits, {}), 3);
+}
+
+TEST(StopCheckerTest, PerTokenWorkDoesNotGrowWithTheOutput) {
+  // 16 stop strings of 256 bytes that almost match: a long output stays fast and correct.
+  auto tok = ByteTokenizer();
+  StopCriteria crit{.max_tokens = 1 << 30};
+  for (int i = 0; i < 16; ++i) crit.stop_strings.push_back(std::string(255, 'a') + char('b' + i));
+  StopChecker c(crit, tok.get());
+  std::string text;
+  const int32_t a = Bytes("a")[0];
+  for (int i = 0; i < 200000; ++i) ASSERT_EQ(c.Push(a, &text), StopReason::kNone);
+  EXPECT_EQ(text.size(), 200000u - 255);  // the last 255 a's could still begin a stop string
+  EXPECT_EQ(c.Push(Bytes("q")[0], &text), StopReason::kStopString);
+}
+
 TEST(GenerateTest, GreedyGenerateMatchesAManualLoopAndStopsOnEos) {
   testing::TempDir dir;
   auto m = testing::MakeModel(dir, testing::SmallOptions());

@@ -347,5 +347,57 @@ TEST_F(KvrServiceTest, BadInputReleaseMemoryLimitAndAuthAreClearErrors) {
   }
 }
 
+TEST_F(KvrServiceTest, ShapesAndSpecsBeyondLimitsAreInvalidArgumentAndTheServiceLives) {
+  // Each request once killed the process (the buffer was sized from the shape before the byte
+  // count was checked, or the shape's size overflowed int64 and passed the check).
+  auto create = [&](const v1::SequenceSpec& spec, std::vector<int64_t> k_shape, size_t bytes) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::CreateSequenceResponse resp;
+    auto w = stub_->CreateSequence(&ctx, &resp);
+    v1::CreateSequenceRequest req;
+    *req.mutable_spec() = spec;
+    if (!k_shape.empty()) {
+      v1::KvChunk* c = req.add_chunks();
+      for (auto* t : {c->mutable_k(), c->mutable_v()}) {
+        t->set_dtype(v1::DTYPE_F32);
+        for (int64_t d : k_shape) t->add_shape(d);
+        t->set_data(std::string(bytes, '\0'));
+      }
+    }
+    w->Write(req);
+    w->WritesDone();
+    return w->Finish();
+  };
+  v1::SequenceSpec small = Spec("small");
+  small.set_num_kv_heads(1);
+  small.set_num_q_heads(1);
+  small.set_head_dim(4);
+  grpc::Status st = create(small, {int64_t{1} << 40, 1, 4}, 16);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  st = create(small, {int64_t{1} << 62, 1, 4}, 0);  // 2^62 * 4 * 4 bytes wraps to 0
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  EXPECT_NE(st.error_message().find("overflow"), std::string::npos) << st.error_message();
+  v1::SequenceSpec huge = Spec("huge");
+  huge.set_num_layers(2147483647);
+  huge.set_num_kv_heads(1 << 20);
+  huge.set_num_q_heads(1 << 20);
+  huge.set_head_dim(1 << 20);
+  st = create(huge, {}, 0);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  v1::SequenceSpec layers = Spec("layers");
+  layers.set_num_layers(2147483647);
+  st = create(layers, {}, 0);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+  // Still serving, nothing left behind.
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  v1::KvrStatsResponse stats;
+  ASSERT_TRUE(stub_->Stats(&ctx, {}, &stats).ok());
+  EXPECT_EQ(stats.sequences(), 0);
+  v1::CreateSequenceResponse cresp;
+  EXPECT_TRUE(Create("s", 1000, &cresp).ok());
+}
+
 }  // namespace
 }  // namespace ragserve::kvr
