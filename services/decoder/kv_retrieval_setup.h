@@ -29,7 +29,7 @@ struct KvRetrievalFlags {
   int sink_tokens = 128;                       // static set: first S tokens ...
   int window_tokens = 512;                     // ... and last W tokens, attended exactly
   std::string index_kind = "attention_aware";  // exact | hnsw | ivf | attention_aware
-  int64_t timeout_ms = 1500;                   // remote: deadline of each Append / Attend / Release
+  int64_t timeout_ms = 3000;                   // remote: deadline of each Append / Attend / Release
   int64_t prefill_timeout_ms = 3600000;        // remote: deadline of a whole prompt prefill stream
   int64_t ttl_s = 600;       // store-side idle release (safety net for a lost worker)
   int64_t memory_mb = 8192;  // local: K/V memory limit of the in-process store

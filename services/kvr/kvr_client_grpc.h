@@ -32,7 +32,7 @@ struct RemoteKvrOptions {
   // decode worker's single loop thread, so this bounds how long one slow store stalls every
   // sequence of the worker; a call past it fails its sequence with UNAVAILABLE (the router then
   // retries the request elsewhere).
-  int64_t call_timeout_ms = 1500;
+  int64_t call_timeout_ms = 3000;
   // Circuit breaker shared by the client's sequences: after `breaker_failures` consecutive
   // calls that timed out or found the store unreachable, calls fail at once with UNAVAILABLE for
   // `breaker_open_ms`; then one call tries again.
