@@ -10,9 +10,11 @@
 
 #include <pthread.h>
 
+#include "absl/base/thread_annotations.h"
+
 namespace ragserve::index::internal {
 
-class RwMutex {
+class ABSL_LOCKABLE RwMutex {
  public:
   RwMutex() {
     pthread_rwlockattr_t attr;
@@ -25,12 +27,16 @@ class RwMutex {
   RwMutex(const RwMutex&) = delete;
   RwMutex& operator=(const RwMutex&) = delete;
 
-  void lock() { pthread_rwlock_wrlock(&rw_); }
-  bool try_lock() { return pthread_rwlock_trywrlock(&rw_) == 0; }
-  void unlock() { pthread_rwlock_unlock(&rw_); }
-  void lock_shared() { pthread_rwlock_rdlock(&rw_); }
-  bool try_lock_shared() { return pthread_rwlock_tryrdlock(&rw_) == 0; }
-  void unlock_shared() { pthread_rwlock_unlock(&rw_); }
+  void lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { pthread_rwlock_wrlock(&rw_); }
+  bool try_lock() ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) {
+    return pthread_rwlock_trywrlock(&rw_) == 0;
+  }
+  void unlock() ABSL_UNLOCK_FUNCTION() { pthread_rwlock_unlock(&rw_); }
+  void lock_shared() ABSL_SHARED_LOCK_FUNCTION() { pthread_rwlock_rdlock(&rw_); }
+  bool try_lock_shared() ABSL_SHARED_TRYLOCK_FUNCTION(true) {
+    return pthread_rwlock_tryrdlock(&rw_) == 0;
+  }
+  void unlock_shared() ABSL_UNLOCK_FUNCTION() { pthread_rwlock_unlock(&rw_); }
 
  private:
   pthread_rwlock_t rw_;
