@@ -4,13 +4,16 @@
 // forever (observed: an add() stalled for minutes behind three searching threads). This wrapper
 // uses a pthread rwlock of kind PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP, so a waiting
 // writer blocks new readers and gets the lock once the current searches finish. It meets the
-// SharedMutex requirements, so std::shared_lock / std::unique_lock work with it. Not recursive:
-// a thread must not take the shared lock twice while a writer may be waiting.
+// SharedMutex requirements and carries clang's capability annotations: hold it with
+// ReaderMutexLock / WriterMutexLock (services/common/mutex.h), which the thread-safety analysis
+// checks. Not recursive: a thread must not take the shared lock twice while a writer may be
+// waiting.
 #pragma once
 
 #include <pthread.h>
 
 #include "absl/base/thread_annotations.h"
+#include "services/common/mutex.h"  // IWYU pragma: export (ReaderMutexLock, WriterMutexLock)
 
 namespace ragserve::index::internal {
 

@@ -3,7 +3,6 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
-#include <mutex>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -109,7 +108,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
       box->Close(ToGrpcStatus(st));
     };
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       request_id_ = id;
     }
     if (Status st = svc_->generator()->Submit(std::move(*job)); !st.ok()) {
@@ -123,7 +122,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
   void OnCancel() override {
     std::string id;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       id = request_id_;
     }
     if (!id.empty()) svc_->generator()->Cancel(id);
@@ -137,8 +136,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
   DecoderService* svc_;
   grpc::CallbackServerContext* ctx_;
   std::shared_ptr<Outbox> outbox_;
-  std::mutex mu_;
-  std::string request_id_;  // guarded by mu_; set once the job is submitted
+  Mutex mu_;
+  std::string request_id_ ABSL_GUARDED_BY(mu_);  // set once the job is submitted
 };
 
 // A reactor that only reports an error (no model loaded).
@@ -239,7 +238,7 @@ DecoderService::~DecoderService() { Shutdown(); }
 void DecoderService::NoteRecent(const std::string& passage) {
   constexpr size_t kMaxRecent = 4096;
   const std::string hex = wire::PassageKey(passage);
-  std::lock_guard<std::mutex> lock(recent_mu_);
+  MutexLock lock(recent_mu_);
   auto it = std::find(recent_passages_.begin(), recent_passages_.end(), hex);
   if (it != recent_passages_.end()) recent_passages_.erase(it);
   recent_passages_.push_back(hex);
@@ -394,7 +393,7 @@ grpc::ServerUnaryReactor* DecoderService::GetLoad(grpc::CallbackServerContext* c
     resp->set_free_kv_bytes(l.kv_bytes_free);
     resp->set_max_active_sequences(l.max_active);
     resp->mutable_model()->set_hex(model_->fingerprint());
-    std::lock_guard<std::mutex> lock(recent_mu_);
+    MutexLock lock(recent_mu_);
     for (const auto& h : recent_passages_) resp->add_cached_passage_keys(h);
     return OkStatus();
   });
