@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: demo test deps build unit format layering fuzz-smoke clean
+.PHONY: demo test deps build unit format layering thread-safety fuzz-smoke clean
 
 deps:
 	tools/setup-deps
@@ -28,10 +28,14 @@ format:
 layering:
 	tools/check-layering
 
+# clang -Wthread-safety over the units that use annotated locks (compile_commands.json of $(BUILD)).
+thread-safety: build
+	JOBS=$(JOBS) tools/check-thread-safety $(BUILD)
+
 fuzz-smoke: deps
 	tools/fuzz-smoke
 
-test: deps format layering build unit fuzz-smoke
+test: deps format layering build thread-safety unit fuzz-smoke
 	@echo "make test: all green"
 
 clean:

@@ -196,7 +196,7 @@ const float* AttentionAwareIndex::InsertionQuery(const float* key) const {
 }
 
 int64_t AttentionAwareIndex::memory_bytes() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   size_t bytes = keys_.capacity() * sizeof(float) + ids_.capacity() * sizeof(int64_t) +
                  row_.size() * 32 + adj_.capacity() * sizeof(std::vector<int32_t>) +
                  dead_.capacity() + indeg_.capacity() * sizeof(int32_t) +
@@ -206,12 +206,12 @@ int64_t AttentionAwareIndex::memory_bytes() const {
 }
 
 int64_t AttentionAwareIndex::size() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   return static_cast<int64_t>(row_.size());
 }
 
 double AttentionAwareIndex::mean_degree() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   if (adj_.empty()) return 0.0;
   double s = 0;
   for (const auto& l : adj_) s += static_cast<double>(l.size());
@@ -228,7 +228,7 @@ std::vector<uint8_t> AttentionAwareIndex::Reached() const {
 }
 
 int64_t AttentionAwareIndex::unreachable_nodes() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   const std::vector<uint8_t> reached = Reached();
   return static_cast<int64_t>(std::count(reached.begin(), reached.end(), 0));
 }
@@ -236,7 +236,7 @@ int64_t AttentionAwareIndex::unreachable_nodes() const {
 Status AttentionAwareIndex::add(int64_t n, const float* x, const int64_t* ids) {
   RS_RETURN_IF_ERROR(internal::CheckAddArgs(n, x, ids, dim_));
   if (n == 0) return OkStatus();
-  std::unique_lock lock(mu_);
+  WriterMutexLock lock(mu_);
   RS_CHECK_ARG(static_cast<int64_t>(ids_.size()) + n < (int64_t{1} << 31),
                "index would exceed 2^31 nodes");
   for (int64_t i = 0; i < n; ++i) {
@@ -271,7 +271,7 @@ Status AttentionAwareIndex::search(int64_t n, const float* q, int k, float* dist
                                    const SearchParams& params) const {
   RS_RETURN_IF_ERROR(internal::CheckSearchArgs(n, q, k, distances, ids, dim_));
   if (n == 0) return OkStatus();
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   const int ef = std::max(k, params.ef_search > 0 ? params.ef_search : params_.ef_search);
   int64_t scored = 0, hops = 0;
   const bool any_dead = row_.size() != ids_.size();
@@ -304,7 +304,7 @@ Status AttentionAwareIndex::search(int64_t n, const float* q, int k, float* dist
 
 StatusOr<int64_t> AttentionAwareIndex::remove(int64_t n, const int64_t* ids) {
   RS_RETURN_IF_ERROR(internal::CheckRemoveArgs(n, ids));
-  std::unique_lock lock(mu_);
+  WriterMutexLock lock(mu_);
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
     auto it = row_.find(ids[i]);
@@ -362,7 +362,7 @@ bool GetParams(internal::Reader* r, AttentionAwareParams* p) {
 Status AttentionAwareIndex::save(const std::string& path) const {
   std::string payload;
   {
-    std::shared_lock lock(mu_);
+    ReaderMutexLock lock(mu_);
     PutParams(&payload, params_);
     PutVec(&payload, keys_);
     PutVec(&payload, ids_);
@@ -396,6 +396,7 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Load(const s
   if (h.metric != Metric::kInnerProduct || h.dim > 65536 || !GetParams(&r, &p)) return bad();
   const int dim = h.dim;
   auto idx = std::unique_ptr<AttentionAwareIndex>(new AttentionAwareIndex(dim, p));
+  WriterMutexLock lock(idx->mu_);  // not shared yet; held so that the analysis checks this
   constexpr int64_t kMax = int64_t{1} << 31;
   if (!GetVec(&r, &idx->keys_, kMax * 64) || idx->keys_.size() % dim != 0) return bad();
   const int64_t rows = static_cast<int64_t>(idx->keys_.size()) / dim;

@@ -30,12 +30,12 @@
 
 #include <cstdint>
 #include <memory>
-#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "index/vector_index.h"
+#include "services/common/mutex.h"
 
 namespace ragserve::index {
 
@@ -115,41 +115,47 @@ class AttentionAwareIndex final : public VectorIndex {
  private:
   AttentionAwareIndex(int dim, const AttentionAwareParams& p) : dim_(dim), params_(p) {}
 
-  // Build steps (attention_aware_build.cc), on an index no other thread sees yet.
+  // Build steps (attention_aware_build.cc), on an index no other thread sees yet (Build holds
+  // its mu_ all the same, so that the analysis checks them).
   // Copies the keys and maps their ids (InvalidArgument on a negative or duplicate id).
-  Status InitNodes(int64_t n_keys, const float* keys, const int64_t* key_ids);
+  Status InitNodes(int64_t n_keys, const float* keys, const int64_t* key_ids)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Steps 2-3: each build query bq[nq*dim]'s exact top keys, projected into pruned out-edges.
-  void LinkQueryNeighbourhoods(int64_t nq, const float* bq);
+  void LinkQueryNeighbourhoods(int64_t nq, const float* bq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Step 5: centroids_ and entry_ from the build queries.
-  Status ChooseEntryPoints(int64_t nq, const float* bq);
+  Status ChooseEntryPoints(int64_t nq, const float* bq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Step 4: links every key nothing points to; returns how many there were.
-  int64_t LinkUnreachedKeys();
+  int64_t LinkUnreachedKeys() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // Everything below requires mu_ held (shared for reads, exclusive for writes).
-  const float* row(int64_t r) const { return keys_.data() + r * dim_; }
+  // Graph helpers: mu_ held, shared for reads, exclusive for writes.
+  const float* row(int64_t r) const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return keys_.data() + r * dim_;
+  }
   void BeamSearch(const float* q, int ef, std::vector<std::pair<float, int32_t>>* out,
-                  int64_t* scored, int64_t* hops) const;
-  std::vector<int32_t> Prune(int32_t node, std::vector<int32_t> cands, int max_out) const;
-  void RecountInDegrees();
+                  int64_t* scored, int64_t* hops) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  std::vector<int32_t> Prune(int32_t node, std::vector<int32_t> cands, int max_out) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void RecountInDegrees() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Per row: 1 when an edge points to it or it is an entry point.
-  std::vector<uint8_t> Reached() const;
+  std::vector<uint8_t> Reached() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Appends from->to when from's list is shorter than cap; false when it is not.
-  bool AddReverseEdge(int32_t from, int32_t to, int cap);
+  bool AddReverseEdge(int32_t from, int32_t to, int cap) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The build-query centroid with the largest inner product with key (key itself if none).
-  const float* InsertionQuery(const float* key) const;
-  void LinkNewNode(int32_t node, const std::vector<std::pair<float, int32_t>>& found);
+  const float* InsertionQuery(const float* key) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void LinkNewNode(int32_t node, const std::vector<std::pair<float, int32_t>>& found)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const int dim_;
   const AttentionAwareParams params_;
-  mutable std::shared_mutex mu_;
-  std::vector<float> keys_;                   // [rows, dim]; guarded by mu_
-  std::vector<int64_t> ids_;                  // row -> id; guarded by mu_
-  std::unordered_map<int64_t, int32_t> row_;  // live id -> row; guarded by mu_
-  std::vector<std::vector<int32_t>> adj_;     // out-edges per row; guarded by mu_
-  std::vector<uint8_t> dead_;                 // tombstones per row; guarded by mu_
-  std::vector<int32_t> indeg_;                // in-degree per row; guarded by mu_
-  std::vector<int32_t> entry_;                // entry-point rows; guarded by mu_
-  std::vector<float> centroids_;              // [E, dim] build-query centroids; guarded by mu_
+  mutable SharedMutex mu_;
+  std::vector<float> keys_ ABSL_GUARDED_BY(mu_);                   // [rows, dim]
+  std::vector<int64_t> ids_ ABSL_GUARDED_BY(mu_);                  // row -> id
+  std::unordered_map<int64_t, int32_t> row_ ABSL_GUARDED_BY(mu_);  // live id -> row
+  std::vector<std::vector<int32_t>> adj_ ABSL_GUARDED_BY(mu_);     // out-edges per row
+  std::vector<uint8_t> dead_ ABSL_GUARDED_BY(mu_);                 // tombstones per row
+  std::vector<int32_t> indeg_ ABSL_GUARDED_BY(mu_);                // in-degree per row
+  std::vector<int32_t> entry_ ABSL_GUARDED_BY(mu_);                // entry-point rows
+  std::vector<float> centroids_ ABSL_GUARDED_BY(mu_);              // [E, dim] build-query centroids
 };
 
 }  // namespace ragserve::index

@@ -114,6 +114,7 @@ StatusOr<std::unique_ptr<AttentionAwareIndex>> AttentionAwareIndex::Build(
     const AttentionAwareParams& params, const int64_t* key_ids) {
   RS_RETURN_IF_ERROR(CheckBuildArgs(dim, n_keys, keys, n_queries, queries, params));
   auto idx = std::unique_ptr<AttentionAwareIndex>(new AttentionAwareIndex(dim, params));
+  WriterMutexLock lock(idx->mu_);  // not shared yet; held so that the analysis checks the steps
   RS_RETURN_IF_ERROR(idx->InitNodes(n_keys, keys, key_ids));
   const std::vector<float> bq =
       SampleBuildQueries(dim, n_queries, queries, params.max_build_queries);

@@ -14,12 +14,12 @@ StatusOr<std::unique_ptr<FlatIndex>> FlatIndex::Create(int dim, Metric metric) {
 }
 
 int64_t FlatIndex::size() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   return static_cast<int64_t>(ids_.size());
 }
 
 int64_t FlatIndex::memory_bytes() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   return static_cast<int64_t>(data_.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) +
                               ids_.capacity() * sizeof(int64_t) + row_of_.size() * 32);
 }
@@ -29,7 +29,7 @@ Status FlatIndex::add(int64_t n, const float* x, const int64_t* ids) {
   if (n == 0) return OkStatus();
   std::vector<float> normalized;
   x = internal::MetricInput(metric_, n, dim_, x, &normalized);
-  std::unique_lock lock(mu_);
+  WriterMutexLock lock(mu_);
   for (int64_t i = 0; i < n; ++i) {
     const float* row = x + i * dim_;
     auto it = row_of_.find(ids[i]);
@@ -51,7 +51,7 @@ Status FlatIndex::add(int64_t n, const float* x, const int64_t* ids) {
 
 StatusOr<int64_t> FlatIndex::remove(int64_t n, const int64_t* ids) {
   RS_RETURN_IF_ERROR(internal::CheckRemoveArgs(n, ids));
-  std::unique_lock lock(mu_);
+  WriterMutexLock lock(mu_);
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
     auto it = row_of_.find(ids[i]);
@@ -80,7 +80,7 @@ Status FlatIndex::search(int64_t n, const float* q, int k, float* distances, int
   if (n == 0) return OkStatus();
   std::vector<float> normalized;
   q = internal::MetricInput(metric_, n, dim_, q, &normalized);
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   const internal::ExactRows rows{.x = data_.data(),
                                  .rows = static_cast<int64_t>(ids_.size()),
                                  .dim = dim_,
@@ -94,7 +94,7 @@ Status FlatIndex::search(int64_t n, const float* q, int k, float* distances, int
 Status FlatIndex::save(const std::string& path) const {
   std::string payload;
   {
-    std::shared_lock lock(mu_);
+    ReaderMutexLock lock(mu_);
     const uint64_t rows = ids_.size();
     internal::Put<uint64_t>(&payload, rows);
     payload.append(reinterpret_cast<const char*>(ids_.data()), rows * sizeof(int64_t));

@@ -12,7 +12,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -47,11 +46,11 @@ class FlatIndex final : public VectorIndex {
 
   const int dim_;
   const Metric metric_;
-  mutable internal::RwMutex mu_;  // writer-preferring (see internal/rw_mutex.h)
-  std::vector<float> data_;       // guarded by mu_: rows * dim_
-  std::vector<float> norms_;      // guarded by mu_: squared L2 norm per row (L2 only)
-  std::vector<int64_t> ids_;      // guarded by mu_: id per row
-  std::unordered_map<int64_t, int64_t> row_of_;  // guarded by mu_: id -> row
+  mutable internal::RwMutex mu_;                   // writer-preferring (see internal/rw_mutex.h)
+  std::vector<float> data_ ABSL_GUARDED_BY(mu_);   // rows * dim_
+  std::vector<float> norms_ ABSL_GUARDED_BY(mu_);  // squared L2 norm per row (L2 only)
+  std::vector<int64_t> ids_ ABSL_GUARDED_BY(mu_);  // id per row
+  std::unordered_map<int64_t, int64_t> row_of_ ABSL_GUARDED_BY(mu_);  // id -> row
 };
 
 }  // namespace ragserve::index

@@ -83,6 +83,7 @@ StatusOr<std::unique_ptr<HnswIndex>> HnswIndex::Create(int dim, Metric metric,
   RS_RETURN_IF_ERROR(ValidateHnswParams(params));
   auto index = std::unique_ptr<HnswIndex>(new HnswIndex(dim, metric, params));
   try {
+    WriterMutexLock lock(index->mu_);  // not shared yet; held so that the analysis checks this
     index->graph_ = std::make_unique<HnswGraph>(GraphOptions(dim, metric, params),
                                                 static_cast<size_t>(params.initial_capacity));
   } catch (const std::exception& e) {
@@ -93,17 +94,17 @@ StatusOr<std::unique_ptr<HnswIndex>> HnswIndex::Create(int dim, Metric metric,
 }
 
 int64_t HnswIndex::size() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   return live_;
 }
 
 int64_t HnswIndex::capacity() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   return static_cast<int64_t>(graph_->capacity());
 }
 
 int64_t HnswIndex::memory_bytes() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   return graph_->memory_bytes();
 }
 
@@ -126,7 +127,7 @@ Status HnswIndex::add(int64_t n, const float* x, const int64_t* ids) {
   std::vector<float> normalized;
   x = internal::MetricInput(metric_, n, dim_, x, &normalized);
   const std::vector<int64_t> order = internal::LastOccurrences(n, ids);
-  std::unique_lock lock(mu_);
+  WriterMutexLock lock(mu_);
   int64_t fresh = 0, revived = 0;
   for (int64_t i : order) {
     const HnswGraph::Label l = graph_->Find(ids[i]);
@@ -136,8 +137,9 @@ Status HnswIndex::add(int64_t n, const float* x, const int64_t* ids) {
   RS_RETURN_IF_ERROR(Reserve(fresh));
   // Distinct labels may be inserted concurrently (hnswlib locks per node).
   const int64_t m = static_cast<int64_t>(order.size());
+  HnswGraph* graph = graph_.get();  // the insert lambda runs under this lock
   RS_RETURN_IF_ERROR(ParallelFor(
-      m, 256, 16, "insert", [&](int64_t j) { graph_->Add(x + order[j] * dim_, ids[order[j]]); }));
+      m, 256, 16, "insert", [&](int64_t j) { graph->Add(x + order[j] * dim_, ids[order[j]]); }));
   live_ += fresh + revived;
   return OkStatus();
 }
@@ -183,8 +185,10 @@ Status HnswIndex::search(int64_t n, const float* q, int k, float* distances, int
   q = internal::MetricInput(metric_, n, dim_, q, &normalized);
   const size_t ef = params.ef_search > 0 ? params.ef_search : params_.ef_search;
   std::atomic<int64_t> scored{0};
-  std::shared_lock lock(mu_);
-  RS_RETURN_IF_ERROR(ParallelFor(n, 16, 4, "search", [&](int64_t i) {
+  ReaderMutexLock lock(mu_);
+  // The lambda runs under this shared lock on OpenMP threads; the analysis cannot see a lock
+  // held across ParallelFor's calls, so it is exempt.
+  RS_RETURN_IF_ERROR(ParallelFor(n, 16, 4, "search", [&](int64_t i) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     int64_t s = 0;
     SearchOne(q + i * dim_, k, ef, params.filter, distances + i * k, ids + i * k, &s);
     scored.fetch_add(s, std::memory_order_relaxed);
@@ -195,7 +199,7 @@ Status HnswIndex::search(int64_t n, const float* q, int k, float* distances, int
 
 StatusOr<int64_t> HnswIndex::remove(int64_t n, const int64_t* ids) {
   RS_RETURN_IF_ERROR(internal::CheckRemoveArgs(n, ids));
-  std::unique_lock lock(mu_);
+  WriterMutexLock lock(mu_);
   int64_t removed = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (graph_->Find(ids[i]) != HnswGraph::Label::kLive) continue;
@@ -216,7 +220,7 @@ StatusOr<int64_t> HnswIndex::remove(int64_t n, const int64_t* ids) {
 Status HnswIndex::save(const std::string& path) const {
   std::string payload;
   {
-    std::shared_lock lock(mu_);
+    ReaderMutexLock lock(mu_);
     internal::Put<int32_t>(&payload, params_.M);
     internal::Put<int32_t>(&payload, params_.ef_construction);
     internal::Put<int32_t>(&payload, params_.ef_search);
@@ -246,6 +250,7 @@ StatusOr<std::unique_ptr<HnswIndex>> HnswIndex::Load(const std::string& path) {
   auto graph =
       HnswGraph::Load(GraphOptions(h.dim, h.metric, p), r.rest(), path + ".hnswlib.load.tmp");
   if (!graph.ok()) return Annotate(graph.status(), StrCat("hnsw index file ", path));
+  WriterMutexLock lock(index->mu_);  // not shared yet; held so that the analysis checks this
   index->graph_ = std::move(graph).value();
   const int64_t expect = static_cast<int64_t>(index->graph_->used() - index->graph_->deleted());
   if (expect != live) {

@@ -22,7 +22,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <shared_mutex>
 #include <string>
 
 #include "index/internal/rw_mutex.h"
@@ -71,18 +70,19 @@ class HnswIndex final : public VectorIndex {
 
  private:
   HnswIndex(int dim, Metric metric, const HnswParams& params);
-  // Grows the graph to hold `fresh` more elements (doubling); requires mu_ exclusive.
-  Status Reserve(int64_t fresh);
+  // Grows the graph to hold `fresh` more elements (doubling).
+  Status Reserve(int64_t fresh) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Query q (normalized for cosine) into one result row; *scored gets the distances computed.
   void SearchOne(const float* q, int k, size_t ef, const std::function<bool(int64_t)>* filter,
-                 float* distances, int64_t* ids, int64_t* scored) const;
+                 float* distances, int64_t* ids, int64_t* scored) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const int dim_;
   const Metric metric_;
   HnswParams params_;
-  mutable internal::RwMutex mu_;                // writer-preferring (see internal/rw_mutex.h)
-  std::unique_ptr<internal::HnswGraph> graph_;  // guarded by mu_
-  int64_t live_ = 0;                            // guarded by mu_
+  mutable internal::RwMutex mu_;  // writer-preferring (see internal/rw_mutex.h)
+  std::unique_ptr<internal::HnswGraph> graph_ ABSL_GUARDED_BY(mu_);
+  int64_t live_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace ragserve::index

@@ -69,17 +69,17 @@ StatusOr<std::unique_ptr<IvfIndex>> IvfIndex::Create(int dim, Metric metric, boo
 }
 
 int64_t IvfIndex::size() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   return static_cast<int64_t>(present_.size());
 }
 
 bool IvfIndex::needs_training() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   return ivf_ == nullptr;
 }
 
 IvfParams IvfIndex::params() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   IvfParams p = params_;
   if (ivf_ != nullptr && p.nprobe == 0) p.nprobe = DefaultNprobe();
   return p;
@@ -90,7 +90,7 @@ int IvfIndex::DefaultNprobe() const {
 }
 
 int64_t IvfIndex::memory_bytes() const {
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   if (ivf_ == nullptr) return 0;
   const size_t code = ivf_->code_size;
   return static_cast<int64_t>(
@@ -101,7 +101,7 @@ int64_t IvfIndex::memory_bytes() const {
 
 Status IvfIndex::train(int64_t n, const float* x) {
   RS_RETURN_IF_ERROR(internal::CheckTrainArgs(n, x, dim_, "ivf"));
-  std::unique_lock lock(mu_);
+  WriterMutexLock lock(mu_);
   if (ivf_ != nullptr) return FailedPrecondition("ivf: index is already trained");
   const int nlist = params_.nlist > 0
                         ? params_.nlist
@@ -142,7 +142,7 @@ Status IvfIndex::add(int64_t n, const float* x, const int64_t* ids) {
   if (n == 0) return OkStatus();
   std::vector<float> normalized;
   x = internal::MetricInput(metric_, n, dim_, x, &normalized);
-  std::unique_lock lock(mu_);
+  WriterMutexLock lock(mu_);
   if (ivf_ == nullptr) {
     return FailedPrecondition(
         StrCat("ivf: index must be trained before add (", n, " vectors offered)"));
@@ -228,7 +228,7 @@ Status IvfIndex::search(int64_t n, const float* q, int k, float* distances, int6
   if (n == 0) return OkStatus();
   std::vector<float> normalized;
   q = internal::MetricInput(metric_, n, dim_, q, &normalized);
-  std::shared_lock lock(mu_);
+  ReaderMutexLock lock(mu_);
   if (ivf_ == nullptr || present_.empty()) {
     for (int64_t i = 0; i < n; ++i) internal::PadRow(metric_, k, distances + i * k, ids + i * k);
     return OkStatus();
@@ -259,7 +259,7 @@ Status IvfIndex::search(int64_t n, const float* q, int k, float* distances, int6
 
 StatusOr<int64_t> IvfIndex::remove(int64_t n, const int64_t* ids) {
   RS_RETURN_IF_ERROR(internal::CheckRemoveArgs(n, ids));
-  std::unique_lock lock(mu_);
+  WriterMutexLock lock(mu_);
   std::vector<idx_t> gone;
   for (int64_t i = 0; i < n; ++i) {
     if (present_.erase(ids[i])) gone.push_back(ids[i]);
@@ -277,7 +277,7 @@ StatusOr<int64_t> IvfIndex::remove(int64_t n, const int64_t* ids) {
 Status IvfIndex::save(const std::string& path) const {
   std::string payload;
   {
-    std::shared_lock lock(mu_);
+    ReaderMutexLock lock(mu_);
     internal::Put<int32_t>(&payload, params_.nlist);
     internal::Put<int32_t>(&payload, params_.nprobe);
     internal::Put<int32_t>(&payload, params_.pq_m);
@@ -325,6 +325,7 @@ StatusOr<std::unique_ptr<IvfIndex>> IvfIndex::Load(const std::string& path) {
       return DataLoss(StrCat("ivf index file ", path, " holds no IVF index of dim ", h.dim));
     }
     raw.release();
+    WriterMutexLock lock(index->mu_);  // not shared yet; held so that the analysis checks this
     index->ivf_.reset(ivf);
     auto* invlists = ivf->invlists;
     for (size_t l = 0; l < invlists->nlist; ++l) {

@@ -22,7 +22,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <shared_mutex>
 #include <string>
 #include <unordered_set>
 
@@ -75,25 +74,27 @@ class IvfIndex final : public VectorIndex {
 
  private:
   IvfIndex(int dim, Metric metric, bool pq, const IvfParams& params);
-  int DefaultNprobe() const;
+  int DefaultNprobe() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // FAISS 1.7.3's IndexIVF::search with the cost counted per call (instead of into FAISS's
   // global indexIVF_stats): the queries split into one slice per OpenMP thread, each assigned by
-  // the coarse quantizer and scanned by search_preassigned. Requires mu_ held and a trained
-  // index; throws std::exception.
+  // the coarse quantizer and scanned by search_preassigned. Requires a trained index; throws
+  // std::exception.
   void SearchLists(int64_t n, const float* q, int k, int nprobe, const faiss::IDSelector* sel,
-                   float* distances, int64_t* ids, SearchStats* stats) const;
+                   float* distances, int64_t* ids, SearchStats* stats) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Re-searches the rows that came back short of k allowed hits with nprobe x4 until they fill
   // or every list was probed.
   void WidenShortRows(int64_t n, const float* q, int k, int nprobe, const faiss::IDSelector* sel,
-                      float* distances, int64_t* ids, SearchStats* stats) const;
+                      float* distances, int64_t* ids, SearchStats* stats) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
   const int dim_;
   const Metric metric_;
   const bool pq_;
-  mutable internal::RwMutex mu_;          // writer-preferring (see internal/rw_mutex.h)
-  IvfParams params_;                      // guarded by mu_
-  std::unique_ptr<faiss::IndexIVF> ivf_;  // guarded by mu_; null until trained
-  std::unordered_set<int64_t> present_;   // guarded by mu_: live ids
+  mutable internal::RwMutex mu_;  // writer-preferring (see internal/rw_mutex.h)
+  IvfParams params_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<faiss::IndexIVF> ivf_ ABSL_GUARDED_BY(mu_);  // null until trained
+  std::unordered_set<int64_t> present_ ABSL_GUARDED_BY(mu_);   // live ids
 };
 
 }  // namespace ragserve::index

@@ -66,6 +66,7 @@ StatusOr<std::shared_ptr<KvPagePool>> KvPagePool::Create(const KvPageGeometry& g
     return ResourceExhausted(StrCat("KvPagePool: cannot allocate ", 2 * half,
                                     " bytes of device memory for ", pages, " KV pages"));
   }
+  MutexLock lock(pool->mu_);  // not shared yet: for the analysis
   pool->free_.resize(static_cast<size_t>(pages));
   // Handed out from the back: page 0 first.
   for (int64_t i = 0; i < pages; ++i) pool->free_[i] = static_cast<int32_t>(pages - 1 - i);
@@ -78,12 +79,12 @@ KvPagePool::~KvPagePool() {
 }
 
 int64_t KvPagePool::free_pages() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return static_cast<int64_t>(free_.size());
 }
 
 Status KvPagePool::Take(int64_t count, std::vector<int32_t>* out) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (count > static_cast<int64_t>(free_.size())) {
     return ResourceExhausted(StrCat("KV page pool exhausted: ", count, " pages wanted, ",
                                     free_.size(), " of ", num_pages_, " free"));
@@ -96,7 +97,7 @@ Status KvPagePool::Take(int64_t count, std::vector<int32_t>* out) {
 }
 
 void KvPagePool::Give(const int32_t* ids, int64_t count) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   free_.insert(free_.end(), ids, ids + count);
 }
 

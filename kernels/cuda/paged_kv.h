@@ -14,10 +14,10 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "services/common/mutex.h"
 #include "services/common/status.h"
 
 namespace ragserve::kernels::cuda {
@@ -59,8 +59,8 @@ class KvPagePool {
   int64_t num_pages_ = 0;
   void* k_ = nullptr;
   void* v_ = nullptr;
-  mutable std::mutex mu_;
-  std::vector<int32_t> free_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::vector<int32_t> free_ ABSL_GUARDED_BY(mu_);
 };
 
 // One sequence's KV for every layer, in pages of a pool. Not thread-safe (one sequence, one

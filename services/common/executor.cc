@@ -36,7 +36,7 @@ BoundedExecutor::~BoundedExecutor() {
 
 Status BoundedExecutor::Submit(std::function<void()> task) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (stopping_) return Unavailable("executor is shutting down");
     if (static_cast<int>(queue_.size()) >= capacity_) {
       return ResourceExhausted(StrCat("work queue is full (", capacity_, " tasks waiting)"));
@@ -49,25 +49,26 @@ Status BoundedExecutor::Submit(std::function<void()> task) {
 
 void BoundedExecutor::Shutdown() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
 }
 
 bool BoundedExecutor::WaitIdle(double timeout_s) {
-  std::unique_lock<std::mutex> lock(mu_);
-  return idle_cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
-                           [this] { return queue_.empty() && running_ == 0; });
+  MutexLock lock(mu_);
+  return lock.WaitFor(
+      idle_cv_, std::chrono::duration<double>(timeout_s),
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && running_ == 0; });
 }
 
 int BoundedExecutor::queued() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return static_cast<int>(queue_.size());
 }
 
 int64_t BoundedExecutor::uncaught_exceptions() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return uncaught_;
 }
 
@@ -75,8 +76,10 @@ void BoundedExecutor::WorkerLoop() {
   for (;;) {
     std::function<void()> task;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      MutexLock lock(mu_);
+      lock.Wait(cv_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !queue_.empty();
+      });
       if (queue_.empty()) return;  // stopping and drained
       task = std::move(queue_.front());
       queue_.pop_front();
@@ -88,7 +91,7 @@ void BoundedExecutor::WorkerLoop() {
     });
     if (!st.ok()) RS_LOG(error, "{}", st.ToString());
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       --running_;
       if (!st.ok()) ++uncaught_;
     }

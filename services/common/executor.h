@@ -6,10 +6,10 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
 
+#include "services/common/mutex.h"
 #include "services/common/status.h"
 
 namespace ragserve {
@@ -46,13 +46,13 @@ class BoundedExecutor {
   void WorkerLoop();
 
   const int capacity_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;               // signals workers: a task arrived or shutdown
-  std::condition_variable idle_cv_;          // signals WaitIdle: a task finished
-  std::deque<std::function<void()>> queue_;  // guarded by mu_
-  int running_ = 0;                          // guarded by mu_
-  bool stopping_ = false;                    // guarded by mu_
-  int64_t uncaught_ = 0;                     // guarded by mu_
+  mutable Mutex mu_;
+  std::condition_variable cv_;       // signals workers: a task arrived or shutdown
+  std::condition_variable idle_cv_;  // signals WaitIdle: a task finished
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  int running_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t uncaught_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::thread> workers_;
 };
 

@@ -87,14 +87,14 @@ Histogram::Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)) {
 
 void Histogram::Observe(double v) {
   const size_t i = std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   ++counts_[i];
   sum_ += v;
   ++count_;
 }
 
 void Histogram::Snapshot(std::vector<uint64_t>* cumulative, double* sum, uint64_t* count) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   cumulative->resize(counts_.size());
   uint64_t acc = 0;
   for (size_t i = 0; i < counts_.size(); ++i) {
@@ -129,7 +129,7 @@ MetricsRegistry::Family& MetricsRegistry::FamilyFor(const std::string& name,
 
 Counter& MetricsRegistry::GetCounter(const std::string& name, const std::string& help,
                                      const Labels& labels) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto& slot = FamilyFor(name, help, Type::kCounter, labels).counters[labels];
   if (!slot) slot = std::make_unique<Counter>();
   return *slot;
@@ -137,7 +137,7 @@ Counter& MetricsRegistry::GetCounter(const std::string& name, const std::string&
 
 Gauge& MetricsRegistry::GetGauge(const std::string& name, const std::string& help,
                                  const Labels& labels) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto& slot = FamilyFor(name, help, Type::kGauge, labels).gauges[labels];
   if (!slot) slot = std::make_unique<Gauge>();
   return *slot;
@@ -145,14 +145,14 @@ Gauge& MetricsRegistry::GetGauge(const std::string& name, const std::string& hel
 
 Histogram& MetricsRegistry::GetHistogram(const std::string& name, const std::string& help,
                                          const std::vector<double>& bounds, const Labels& labels) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto& slot = FamilyFor(name, help, Type::kHistogram, labels).histograms[labels];
   if (!slot) slot = std::make_unique<Histogram>(bounds);
   return *slot;
 }
 
 std::string MetricsRegistry::RenderText() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   std::ostringstream out;
   for (const auto& [name, fam] : families_) {
     static const char* kTypeNames[] = {"counter", "gauge", "histogram"};

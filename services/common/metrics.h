@@ -9,12 +9,12 @@
 #include <atomic>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "services/common/mutex.h"
 #include "services/common/status.h"
 
 namespace httplib {
@@ -56,10 +56,10 @@ class Histogram {
 
  private:
   std::vector<double> bounds_;
-  mutable std::mutex mu_;
-  std::vector<uint64_t> counts_;  // guarded by mu_; one per bound + one for +Inf
-  double sum_ = 0.0;              // guarded by mu_
-  uint64_t count_ = 0;            // guarded by mu_
+  mutable Mutex mu_;
+  std::vector<uint64_t> counts_ ABSL_GUARDED_BY(mu_);  // one per bound + one for +Inf
+  double sum_ ABSL_GUARDED_BY(mu_) = 0.0;
+  uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Default latency buckets in seconds (100 us .. 60 s).
@@ -91,10 +91,10 @@ class MetricsRegistry {
     std::map<Labels, std::unique_ptr<Histogram>> histograms;
   };
   Family& FamilyFor(const std::string& name, const std::string& help, Type type,
-                    const Labels& labels);  // requires mu_
+                    const Labels& labels) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  mutable std::mutex mu_;
-  std::map<std::string, Family> families_;  // guarded by mu_
+  mutable Mutex mu_;
+  std::map<std::string, Family> families_ ABSL_GUARDED_BY(mu_);
 };
 
 // Serves GET /metrics (the registry's text) and GET /healthz ("ok") on its own thread.

@@ -205,7 +205,7 @@ Status ServiceServer::Start() {
 
 void ServiceServer::RequestStop() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     stop_requested_ = true;
   }
   stop_cv_.notify_all();
@@ -213,15 +213,15 @@ void ServiceServer::RequestStop() {
 
 void ServiceServer::Wait() {
   {
-    std::unique_lock<std::mutex> lock(mu_);
-    stop_cv_.wait(lock, [this] { return stop_requested_; });
+    MutexLock lock(mu_);
+    lock.Wait(stop_cv_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_requested_; });
   }
   Shutdown();
 }
 
 void ServiceServer::Shutdown() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (shut_down_) return;
     shut_down_ = true;
     stop_requested_ = true;

@@ -16,7 +16,6 @@
 #include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -24,6 +23,7 @@
 #include "services/common/config.h"
 #include "services/common/executor.h"
 #include "services/common/metrics.h"
+#include "services/common/mutex.h"
 #include "services/common/status.h"
 
 namespace ragserve {
@@ -70,10 +70,10 @@ class ServiceServer {
   int grpc_port_ = 0;
   int metrics_port_ = 0;
 
-  std::mutex mu_;
+  Mutex mu_;
   std::condition_variable stop_cv_;
-  bool stop_requested_ = false;  // guarded by mu_
-  bool shut_down_ = false;       // guarded by mu_
+  bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // What a service binary plugs into RunServiceMain.

@@ -11,9 +11,10 @@
 
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <optional>
 #include <utility>
+
+#include "services/common/mutex.h"
 
 namespace ragserve {
 
@@ -27,7 +28,7 @@ class StreamOutbox {
       : reactor_(reactor), merge_(std::move(merge)) {}
 
   void Push(Msg msg) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (reactor_ == nullptr || closed_) return;
     if (merge_ && queue_.size() >= 2 && merge_(&queue_.back(), msg)) return;
     queue_.push_back(std::move(msg));
@@ -36,7 +37,7 @@ class StreamOutbox {
 
   // No more messages: finish with `st` once the queue is written. Later calls are ignored.
   void Close(grpc::Status st) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (reactor_ == nullptr || closed_) return;
     closed_ = true;
     final_ = std::move(st);
@@ -44,7 +45,7 @@ class StreamOutbox {
   }
 
   void WriteDone(bool ok) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     queue_.pop_front();
     writing_ = false;
     if (reactor_ == nullptr) return;
@@ -60,30 +61,31 @@ class StreamOutbox {
   }
 
   void Detach() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     reactor_ = nullptr;
   }
 
   // True once a write failed (client gone) or the reactor was detached.
   bool broken() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return failed_ || reactor_ == nullptr;
   }
 
  private:
-  void StartNext() {  // requires mu_ and a non-empty queue
+  void StartNext() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {  // needs a non-empty queue
     writing_ = true;
     reactor_->StartWrite(&queue_.front());  // deque keeps element addresses on push_back
   }
 
-  std::mutex mu_;
-  grpc::ServerWriteReactor<Msg>* reactor_;  // guarded by mu_; null after Detach
+  Mutex mu_;
+  grpc::ServerWriteReactor<Msg>* reactor_ ABSL_GUARDED_BY(mu_);  // null after Detach
   std::function<bool(Msg*, const Msg&)> merge_;
-  std::deque<Msg> queue_;  // guarded by mu_; the front is being written while writing_
-  bool writing_ = false;
-  bool closed_ = false;
-  bool failed_ = false;
-  std::optional<grpc::Status> final_;
+  // The front is being written while writing_.
+  std::deque<Msg> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> final_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ragserve

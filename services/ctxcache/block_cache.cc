@@ -39,7 +39,7 @@ BlockCache::BlockCache(const BlockCacheOptions& options, std::unique_ptr<DiskSto
 
 BlockCache::~BlockCache() {
   {
-    std::lock_guard<std::mutex> lock(wmu_);
+    MutexLock lock(wmu_);
     stop_ = true;
   }
   wcv_.notify_all();
@@ -57,7 +57,7 @@ void BlockCache::WriteDisk(const KeyId& id, const StoredBlock& block) {
 void BlockCache::QueueWrite(const KeyId& id, std::shared_ptr<const StoredBlock> block) {
   const int64_t bytes = block->ByteSize();
   {
-    std::lock_guard<std::mutex> lock(wmu_);
+    MutexLock lock(wmu_);
     if (writer_.joinable() && pending_bytes_ + bytes <= options_.max_pending_write_bytes) {
       auto [it, fresh] = pending_.try_emplace(id, block);
       if (!fresh) {
@@ -74,9 +74,9 @@ void BlockCache::QueueWrite(const KeyId& id, std::shared_ptr<const StoredBlock> 
 }
 
 void BlockCache::WriterLoop() {
-  std::unique_lock<std::mutex> lock(wmu_);
+  MutexLock lock(wmu_);
   while (true) {
-    wcv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    lock.Wait(wcv_, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wmu_) { return stop_ || !queue_.empty(); });
     if (queue_.empty()) return;  // stop_ and drained
     const KeyId id = queue_.front();
     queue_.pop_front();
@@ -84,9 +84,9 @@ void BlockCache::WriterLoop() {
     if (it == pending_.end()) continue;  // evicted, or an older duplicate already written
     std::shared_ptr<const StoredBlock> block = it->second;
     ++writing_;
-    lock.unlock();
+    lock.Unlock();
     WriteDisk(id, *block);
-    lock.lock();
+    lock.Lock();
     --writing_;
     if (auto p = pending_.find(id); p != pending_.end() && p->second == block) {
       pending_bytes_ -= block->ByteSize();
@@ -97,8 +97,9 @@ void BlockCache::WriterLoop() {
 }
 
 void BlockCache::Flush() {
-  std::unique_lock<std::mutex> lock(wmu_);
-  idle_cv_.wait(lock, [&] { return queue_.empty() && writing_ == 0; });
+  MutexLock lock(wmu_);
+  lock.Wait(idle_cv_,
+            [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wmu_) { return queue_.empty() && writing_ == 0; });
 }
 
 StatusOr<std::unique_ptr<BlockCache>> BlockCache::Open(const BlockCacheOptions& options,
@@ -112,7 +113,7 @@ StatusOr<std::unique_ptr<BlockCache>> BlockCache::Open(const BlockCacheOptions& 
   if (cache->disk_ != nullptr && options.async_disk_writes) {
     cache->writer_ = std::thread([c = cache.get()] { c->WriterLoop(); });
   }
-  std::lock_guard<std::mutex> lock(cache->mu_);
+  MutexLock lock(cache->mu_);
   cache->UpdateGauges();
   return cache;
 }
@@ -134,7 +135,7 @@ void BlockCache::EvictOverBudget() {
 
 void BlockCache::InsertRam(const KeyId& id, std::shared_ptr<const StoredBlock> block) {
   const int64_t bytes = block->ByteSize();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (auto it = ram_.find(id); it != ram_.end()) {
     ram_bytes_ -= it->second->bytes;
     lru_.erase(it->second);
@@ -153,7 +154,7 @@ std::shared_ptr<const StoredBlock> BlockCache::ReadDisk(const KeyId& id,
                                                         std::string_view fingerprint) {
   if (disk_ == nullptr) return nullptr;
   {
-    std::lock_guard<std::mutex> lock(wmu_);
+    MutexLock lock(wmu_);
     if (auto it = pending_.find(id); it != pending_.end()) {
       if (fingerprint.empty() || it->second->fingerprint == fingerprint) return it->second;
     }
@@ -244,7 +245,7 @@ StatusOr<std::shared_ptr<const StoredBlock>> BlockCache::GetOrCompute(const Cach
   const KeyId id = key.id();
   std::promise<Result> promise;
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = ram_.find(id); it != ram_.end()) {
       lru_.splice(lru_.begin(), lru_, it->second);
       ++hits_ram_;
@@ -254,7 +255,7 @@ StatusOr<std::shared_ptr<const StoredBlock>> BlockCache::GetOrCompute(const Cach
     }
     if (auto f = inflight_.find(id); f != inflight_.end()) {
       std::shared_future<Result> fut = f->second;
-      lock.unlock();
+      lock.Unlock();
       ++hits_inflight_;
       m_.hits_inflight->Inc();
       if (source != nullptr) *source = CacheSource::kInflight;
@@ -265,14 +266,14 @@ StatusOr<std::shared_ptr<const StoredBlock>> BlockCache::GetOrCompute(const Cach
   }
   Result r = Fill(key, id, compute, source);
   promise.set_value(r);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   inflight_.erase(id);  // after Fill put the block in RAM, so no caller computes it again
   return r;
 }
 
 StatusOr<std::shared_ptr<const StoredBlock>> BlockCache::Get(const KeyId& id) {
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = ram_.find(id); it != ram_.end()) {
       lru_.splice(lru_.begin(), lru_, it->second);
       ++hits_ram_;
@@ -281,7 +282,7 @@ StatusOr<std::shared_ptr<const StoredBlock>> BlockCache::Get(const KeyId& id) {
     }
     if (auto f = inflight_.find(id); f != inflight_.end()) {
       std::shared_future<Result> fut = f->second;
-      lock.unlock();
+      lock.Unlock();
       ++hits_inflight_;
       m_.hits_inflight->Inc();
       return fut.get();
@@ -300,12 +301,12 @@ StatusOr<std::shared_ptr<const StoredBlock>> BlockCache::Get(const KeyId& id) {
 
 bool BlockCache::Has(const KeyId& id) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (ram_.count(id) != 0) return true;
   }
   if (disk_ == nullptr) return false;
   {
-    std::lock_guard<std::mutex> lock(wmu_);
+    MutexLock lock(wmu_);
     if (pending_.count(id) != 0) return true;
   }
   StatusOr<bool> on_disk = disk_->Contains(id.view());
@@ -315,7 +316,7 @@ bool BlockCache::Has(const KeyId& id) {
 int BlockCache::Evict(const KeyId& id, bool include_disk) {
   int held = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (auto it = ram_.find(id); it != ram_.end()) {
       ram_bytes_ -= it->second->bytes;
       lru_.erase(it->second);
@@ -328,7 +329,7 @@ int BlockCache::Evict(const KeyId& id, bool include_disk) {
   if (include_disk && disk_ != nullptr) {
     bool was_pending = false;
     {
-      std::lock_guard<std::mutex> lock(wmu_);
+      MutexLock lock(wmu_);
       if (auto it = pending_.find(id); it != pending_.end()) {
         pending_bytes_ -= it->second->ByteSize();
         pending_.erase(it);
@@ -348,7 +349,7 @@ int BlockCache::Evict(const KeyId& id, bool include_disk) {
 int64_t BlockCache::EvictAll(bool include_disk) {
   int64_t n = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     n = static_cast<int64_t>(ram_.size());
     m_.evict_ram->Inc(static_cast<double>(n));
     ram_.clear();
@@ -358,7 +359,7 @@ int64_t BlockCache::EvictAll(bool include_disk) {
   }
   if (include_disk && disk_ != nullptr) {
     {
-      std::lock_guard<std::mutex> lock(wmu_);
+      MutexLock lock(wmu_);
       pending_.clear();
       pending_bytes_ = 0;
     }
@@ -379,7 +380,7 @@ int64_t BlockCache::EvictAll(bool include_disk) {
 BlockCacheStats BlockCache::Stats() const {
   BlockCacheStats s;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     s.ram_entries = static_cast<int64_t>(ram_.size());
     s.ram_bytes = ram_bytes_;
   }
@@ -396,7 +397,7 @@ BlockCacheStats BlockCache::Stats() const {
   s.corrupt = corrupt_;
   s.disk_errors = disk_errors_;
   {
-    std::lock_guard<std::mutex> lock(wmu_);
+    MutexLock lock(wmu_);
     s.pending_writes = static_cast<int64_t>(pending_.size());
   }
   return s;

@@ -35,12 +35,12 @@
 #include <future>
 #include <list>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
 
 #include "services/common/metrics.h"
+#include "services/common/mutex.h"
 #include "services/common/status.h"
 #include "services/ctxcache/cache_key.h"
 #include "services/ctxcache/disk_store.h"
@@ -120,9 +120,10 @@ class BlockCache {
   BlockCache(const BlockCacheOptions& options, std::unique_ptr<DiskStore> disk);
   // Reads and verifies the disk entry of `id`; nullptr when absent or rejected (then deleted).
   std::shared_ptr<const StoredBlock> ReadDisk(const KeyId& id, std::string_view fingerprint);
-  void InsertRam(const KeyId& id, std::shared_ptr<const StoredBlock> block);  // takes mu_
-  void EvictOverBudget();                                                     // requires mu_
-  void UpdateGauges();                                                        // requires mu_
+  void InsertRam(const KeyId& id, std::shared_ptr<const StoredBlock> block)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void EvictOverBudget() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Result Fill(const CacheKey& key, const KeyId& id, const ComputeFn& compute, CacheSource* source);
   void WriteDisk(const KeyId& id, const StoredBlock& block);  // serialize + put; counts failures
   void QueueWrite(const KeyId& id, std::shared_ptr<const StoredBlock> block);
@@ -132,22 +133,22 @@ class BlockCache {
   const std::unique_ptr<DiskStore> disk_;  // nullptr: RAM only
   Metrics m_;
 
-  mutable std::mutex mu_;
-  std::list<Entry> lru_;  // guarded by mu_; most recently used first
-  std::unordered_map<KeyId, std::list<Entry>::iterator, KeyIdHash> ram_;       // guarded by mu_
-  std::unordered_map<KeyId, std::shared_future<Result>, KeyIdHash> inflight_;  // guarded by mu_
-  int64_t ram_bytes_ = 0;                                                      // guarded by mu_
+  mutable Mutex mu_;
+  std::list<Entry> lru_ ABSL_GUARDED_BY(mu_);  // most recently used first
+  std::unordered_map<KeyId, std::list<Entry>::iterator, KeyIdHash> ram_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<KeyId, std::shared_future<Result>, KeyIdHash> inflight_ ABSL_GUARDED_BY(mu_);
+  int64_t ram_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 
   // Background disk writes. Lock order: never hold mu_ and wmu_ together.
-  mutable std::mutex wmu_;
-  std::condition_variable wcv_;      // signals the writer: work queued or stop
-  std::condition_variable idle_cv_;  // signals Flush: a write finished
-  std::deque<KeyId> queue_;          // guarded by wmu_; ids to write, oldest first
-  std::unordered_map<KeyId, std::shared_ptr<const StoredBlock>, KeyIdHash>
-      pending_;                // guarded by wmu_
-  int64_t pending_bytes_ = 0;  // guarded by wmu_
-  int writing_ = 0;            // guarded by wmu_; writes in progress
-  bool stop_ = false;          // guarded by wmu_
+  mutable Mutex wmu_;
+  std::condition_variable wcv_;                    // signals the writer: work queued or stop
+  std::condition_variable idle_cv_;                // signals Flush: a write finished
+  std::deque<KeyId> queue_ ABSL_GUARDED_BY(wmu_);  // ids to write, oldest first
+  std::unordered_map<KeyId, std::shared_ptr<const StoredBlock>, KeyIdHash> pending_
+      ABSL_GUARDED_BY(wmu_);
+  int64_t pending_bytes_ ABSL_GUARDED_BY(wmu_) = 0;
+  int writing_ ABSL_GUARDED_BY(wmu_) = 0;  // writes in progress
+  bool stop_ ABSL_GUARDED_BY(wmu_) = false;
   std::thread writer_;
 
   std::atomic<int64_t> hits_ram_{0}, hits_disk_{0}, hits_inflight_{0}, misses_{0}, evictions_{0},

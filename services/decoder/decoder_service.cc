@@ -3,7 +3,6 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
-#include <mutex>
 #include <optional>
 #include <string_view>
 #include <utility>
@@ -14,6 +13,7 @@
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
 #include "services/common/logging.h"
+#include "services/common/mutex.h"
 #include "services/common/rag_template.h"
 #include "services/common/stream_outbox.h"
 #include "services/common/wire.h"
@@ -114,14 +114,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
   // read it after the reactor is gone. Whichever of Start and OnCancel comes second cancels.
   struct CallState {
     Generator* generator = nullptr;
-    std::mutex mu;
-    bool cancelled = false;  // guarded by mu
-    std::string id;          // guarded by mu; set once the job is submitted
+    Mutex mu;
+    bool cancelled ABSL_GUARDED_BY(mu) = false;
+    std::string id ABSL_GUARDED_BY(mu);  // set once the job is submitted
 
     void CancelOnce() {
       std::string submitted;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(mu);
         cancelled = true;
         submitted = id;
       }
@@ -130,7 +130,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
     void NoteSubmitted(const std::string& request_id) {
       bool cancel_now = false;
       {
-        std::lock_guard<std::mutex> lock(mu);
+        MutexLock lock(mu);
         id = request_id;
         cancel_now = cancelled;
       }
@@ -272,7 +272,7 @@ DecoderService::~DecoderService() { Shutdown(); }
 void DecoderService::NoteRecent(const std::string& passage) {
   constexpr size_t kMaxRecent = 4096;
   const std::string hex = wire::PassageKey(passage);
-  std::lock_guard<std::mutex> lock(recent_mu_);
+  MutexLock lock(recent_mu_);
   auto it = std::find(recent_passages_.begin(), recent_passages_.end(), hex);
   if (it != recent_passages_.end()) recent_passages_.erase(it);
   recent_passages_.push_back(hex);
@@ -436,7 +436,7 @@ grpc::ServerUnaryReactor* DecoderService::GetLoad(grpc::CallbackServerContext* c
     resp->set_free_kv_bytes(l.kv_bytes_free);
     resp->set_max_active_sequences(l.max_active);
     resp->mutable_model()->set_hex(model_->fingerprint());
-    std::lock_guard<std::mutex> lock(recent_mu_);
+    MutexLock lock(recent_mu_);
     for (const auto& h : recent_passages_) resp->add_cached_passage_keys(h);
     return OkStatus();
   });

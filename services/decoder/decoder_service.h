@@ -5,10 +5,10 @@
 
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "ragserve/v1/decoder.grpc.pb.h"
+#include "services/common/mutex.h"
 #include "services/common/server.h"
 #include "services/ctxcache/ape_encoder.h"
 #include "services/ctxcache/remote_grpc.h"
@@ -99,9 +99,9 @@ class DecoderService final : public v1::DecoderService::CallbackService {
   Counter* passages_by_source_[5] = {};
   // Content hashes (hex) of passages recently encoded or served here, most recent last; a
   // routing hint for cache_aware routers (LoadReport.cached_passage_keys).
-  std::mutex recent_mu_;
-  std::deque<std::string> recent_passages_;
-  void NoteRecent(const std::string& passage);
+  Mutex recent_mu_;
+  std::deque<std::string> recent_passages_ ABSL_GUARDED_BY(recent_mu_);
+  void NoteRecent(const std::string& passage) ABSL_LOCKS_EXCLUDED(recent_mu_);
   friend class GenerateReactorAccess;
 };
 

@@ -144,7 +144,7 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
   seq->t_submit = Clock::now();
   seq->job = std::move(job);
 
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (stopping_) return Unavailable("decoder is shutting down");
   if (!device_failure_.ok()) return device_failure_;
   if (static_cast<int>(queue_.size()) >= opts_.max_queue) {
@@ -169,7 +169,7 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
 }
 
 bool Generator::Cancel(const std::string& request_id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   bool known = live_ids_.count(request_id) > 0;
   for (const auto& q : queue_) known = known || q->job->request_id == request_id;
   if (!known) return false;
@@ -179,13 +179,13 @@ bool Generator::Cancel(const std::string& request_id) {
 }
 
 LoadSnapshot Generator::Load() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return load_;
 }
 
 void Generator::Shutdown() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (stopping_ && !loop_.joinable()) return;
     stopping_ = true;
   }
@@ -193,7 +193,7 @@ void Generator::Shutdown() {
   if (loop_.joinable()) loop_.join();
   std::deque<std::unique_ptr<Seq>> queued;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     queued.swap(queue_);
   }
   for (auto& s : active_) Finish(s.get(), Unavailable("decoder shut down"), "error");
@@ -204,7 +204,7 @@ void Generator::Shutdown() {
 void Generator::FailEverything(const Status& st) {
   std::deque<std::unique_ptr<Seq>> queued;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     device_failure_ = st;
     queued.swap(queue_);
     load_.queued = 0;
@@ -250,8 +250,8 @@ void Generator::Finish(Seq* s, const Status& st, const std::string& reason) {
 void Generator::Loop() {
   while (true) {
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] {
+      MutexLock lock(mu_);
+      lock.Wait(cv_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return stopping_ || !queue_.empty() || !active_.empty() || !cancel_requests_.empty();
       });
       if (stopping_) return;
@@ -309,14 +309,14 @@ std::vector<Generator::Seq*> Generator::AdmitAndCancel() {
   std::vector<std::unique_ptr<Seq>> cancelled;
   std::vector<Seq*> admitted;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     cancelled = TakeCancelledLocked();
     admitted = AdmitQueuedLocked();
   }
   for (auto& s : cancelled) {
     if (s->kv) reserved_kv_bytes_ -= s->reserved_bytes;
     Finish(s.get(), Cancelled("request cancelled"), "cancelled");
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     live_ids_.erase(s->job->request_id);
   }
   return admitted;
@@ -492,7 +492,7 @@ void Generator::Advance(Seq* s, int64_t forwarded, const std::vector<float>& log
 }
 
 void Generator::RetireFinished() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   for (auto& s : active_) {
     if (s->done) {
       reserved_kv_bytes_ -= s->reserved_bytes;
@@ -505,7 +505,7 @@ void Generator::RetireFinished() {
 }
 
 void Generator::UpdateLoad() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   load_.active = static_cast<int>(active_.size());
   load_.queued = static_cast<int>(queue_.size());
   int64_t pending = 0;

@@ -16,7 +16,6 @@
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -24,6 +23,7 @@
 #include <vector>
 
 #include "kernels/cuda/paged_kv.h"
+#include "services/common/mutex.h"
 #include "services/common/status.h"
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
@@ -141,8 +141,8 @@ class Generator {
   // The steps of Step(), in order (loop thread). Cancelled requests finish; queued ones join
   // while slots and KV budget allow; returns the joined ones.
   std::vector<Seq*> AdmitAndCancel();
-  std::vector<std::unique_ptr<Seq>> TakeCancelledLocked();  // requires mu_
-  std::vector<Seq*> AdmitQueuedLocked();                    // requires mu_
+  std::vector<std::unique_ptr<Seq>> TakeCancelledLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<Seq*> AdmitQueuedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // On a device backend: GPU pages (or the uploaded APE context) for the admitted sequences;
   // returns the pool they came from (empty on a CPU backend or when the pool failed).
   DeviceKvTarget AttachDeviceKv(const std::vector<Seq*>& admitted);
@@ -171,17 +171,17 @@ class Generator {
   GeneratorOptions opts_;  // fixed after the constructor
   const int64_t kv_bytes_per_token_;
 
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::unique_ptr<Seq>> queue_;    // guarded by mu_
-  std::set<std::string> cancel_requests_;     // guarded by mu_
-  std::set<std::string> live_ids_;            // guarded by mu_: ids of active sequences
-  bool stopping_ = false;                     // guarded by mu_
-  Status device_failure_;                     // guarded by mu_: set once the backend died
-  LoadSnapshot load_;                         // guarded by mu_, refreshed per step
-  std::vector<std::unique_ptr<Seq>> active_;  // loop thread only
-  int64_t reserved_kv_bytes_ = 0;             // written by the loop thread only
-  int64_t steps_ = 0;                         // guarded by mu_
+  std::deque<std::unique_ptr<Seq>> queue_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> cancel_requests_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> live_ids_ ABSL_GUARDED_BY(mu_);  // ids of active sequences
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  Status device_failure_ ABSL_GUARDED_BY(mu_);  // set once the backend died
+  LoadSnapshot load_ ABSL_GUARDED_BY(mu_);      // refreshed per step
+  std::vector<std::unique_ptr<Seq>> active_;    // loop thread only
+  int64_t reserved_kv_bytes_ = 0;               // written by the loop thread only
+  int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread loop_;
 };
 

@@ -107,7 +107,7 @@ Status Model::UploadWeights() {
 }
 
 void Model::SetDecodeThreads(int n) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   decode_threads_ = std::max(n, 0);
 }
 
@@ -141,7 +141,7 @@ StatusOr<std::shared_ptr<kernels::cuda::KvPagePool>> Model::DeviceKvPool(kernels
   if (ops_->memory() == kernels::MemorySpace::kHost) {
     return FailedPrecondition(StrCat("the ", ops_->name(), " backend keeps KV in host memory"));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (!kv_pool_) {
     kernels::cuda::KvPageGeometry pg;
     pg.kv_heads = config().num_kv_heads;
@@ -214,7 +214,7 @@ Status Model::Forward(std::span<const SequenceStep> batch, LogitsMode mode,
     }
     T += static_cast<int64_t>(st.tokens.size());
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   // Decode-sized steps run with the tuned (or fixed) thread count; restored on every return.
   // Two tuners: decode-sized steps (GEMV) and prefill-sized steps (sgemm), timed per token.
   const bool tune = decode_threads_ == 0;

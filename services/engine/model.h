@@ -34,12 +34,12 @@
 #pragma once
 
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "services/common/mutex.h"
 #include "services/engine/kv_source.h"
 #include "services/engine/weights.h"
 
@@ -117,9 +117,9 @@ class Model {
   void SetDecodeThreads(int n);
 
  private:
-  // Final norm + LM head over the rows `mode` selects (Forward's tail; mu_ held).
+  // Final norm + LM head over the rows `mode` selects (Forward's tail).
   Status LmHead(std::span<const SequenceStep> batch, LogitsMode mode, int64_t T,
-                std::vector<float>* logits);
+                std::vector<float>* logits) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // EncodeBlock with the work on the device: prefix and block K/V in GPU pages, read back at the
   // end.
   StatusOr<KvBlock> EncodeBlockOnDevice(const KvBlock* prefix, std::span<const int32_t> tokens,
@@ -139,9 +139,10 @@ class Model {
   };
 
   // Runs a sequence's Append + Attend for one layer, staging through host memory when the
-  // source's memory differs from the ops' (mu_ held).
+  // source's memory differs from the ops'.
   Status AppendAttend(KvSource* kv, int layer, const float* k, const float* v, int n,
-                      const int32_t* positions, const float* q, float scale, float* o, float* lse);
+                      const int32_t* positions, const float* q, float scale, float* o, float* lse)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Weight views in the backend's memory: the mapped host views themselves for host ops, uploaded
   // copies (owned by uploads_) for a device backend.
   Status UploadWeights();
@@ -154,15 +155,22 @@ class Model {
   std::vector<LayerWeights> layers_;
   std::vector<void*> uploads_;  // backend allocations of the uploaded weights (device only)
   std::vector<float> inv_freq_;
-  float* inv_freq_b_ = nullptr;                         // inv_freq_ in backend memory
-  std::shared_ptr<kernels::cuda::KvPagePool> kv_pool_;  // device KV pages, made on first use
-  std::mutex mu_;  // guards the scratch buffers below (one Forward at a time)
-  kernels::ScratchBuffer x_, h_, q_, k_, v_, att_, lse_, tmp_, gate_, up_, sel_, logits_b_, ids_b_,
-      pos_b_;
-  std::vector<int32_t> ids_, pos_;
-  std::vector<float> stage_k_, stage_v_, stage_q_, stage_o_, stage_lse_;  // host staging
-  int decode_threads_ = 0;                                                // 0: tuned by tuners_
-  ThreadTuner tuners_[2];  // [0]: steps of <= kGemvMaxRows tokens, [1]: larger (prefill) steps
+  float* inv_freq_b_ = nullptr;  // inv_freq_ in backend memory
+  // Device KV pages, made on first use.
+  std::shared_ptr<kernels::cuda::KvPagePool> kv_pool_ ABSL_GUARDED_BY(mu_);
+  Mutex mu_;  // one Forward at a time: guards the KV page pool and the scratch buffers
+  kernels::ScratchBuffer x_ ABSL_GUARDED_BY(mu_), h_ ABSL_GUARDED_BY(mu_), q_ ABSL_GUARDED_BY(mu_),
+      k_ ABSL_GUARDED_BY(mu_), v_ ABSL_GUARDED_BY(mu_), att_ ABSL_GUARDED_BY(mu_),
+      lse_ ABSL_GUARDED_BY(mu_), tmp_ ABSL_GUARDED_BY(mu_), gate_ ABSL_GUARDED_BY(mu_),
+      up_ ABSL_GUARDED_BY(mu_), sel_ ABSL_GUARDED_BY(mu_), logits_b_ ABSL_GUARDED_BY(mu_),
+      ids_b_ ABSL_GUARDED_BY(mu_), pos_b_ ABSL_GUARDED_BY(mu_);
+  std::vector<int32_t> ids_ ABSL_GUARDED_BY(mu_), pos_ ABSL_GUARDED_BY(mu_);
+  // Host staging.
+  std::vector<float> stage_k_ ABSL_GUARDED_BY(mu_), stage_v_ ABSL_GUARDED_BY(mu_),
+      stage_q_ ABSL_GUARDED_BY(mu_), stage_o_ ABSL_GUARDED_BY(mu_), stage_lse_ ABSL_GUARDED_BY(mu_);
+  int decode_threads_ ABSL_GUARDED_BY(mu_) = 0;  // 0: tuned by tuners_
+  // [0]: steps of <= kGemvMaxRows tokens, [1]: larger (prefill) steps.
+  ThreadTuner tuners_[2] ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ragserve::engine

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "services/common/logging.h"
+#include "services/common/mutex.h"
 #include "services/engine/unicode.h"
 
 namespace ragserve::engine {
@@ -162,8 +163,9 @@ struct TokenizerImpl {
   bool views_only = false;  // no step rewrites text: pre-tokenize on views of the input
   std::optional<int32_t> bos, eos;
 
-  mutable std::mutex cache_mu;  // guards cache
-  mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache;
+  mutable Mutex cache_mu;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache
+      ABSL_GUARDED_BY(cache_mu);
 
   Status ParseModel(const json& model);
   Status ParseAddedTokens(const json& added_tokens);
@@ -595,7 +597,7 @@ void TokenizerImpl::EncodePiece(std::string_view piece, std::vector<int32_t>* ou
   if (piece.empty()) return;
   const bool cacheable = piece.size() <= kMaxCachedPieceBytes;
   if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mu);
+    MutexLock lock(cache_mu);
     auto it = cache.find(piece);
     if (it != cache.end()) {
       out->insert(out->end(), it->second.begin(), it->second.end());
@@ -605,7 +607,7 @@ void TokenizerImpl::EncodePiece(std::string_view piece, std::vector<int32_t>* ou
   std::vector<int32_t> ids = Bpe(piece);
   out->insert(out->end(), ids.begin(), ids.end());
   if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mu);
+    MutexLock lock(cache_mu);
     if (cache.size() >= kMaxCacheEntries) cache.clear();
     cache.emplace(std::string(piece), std::move(ids));
   }

@@ -227,7 +227,7 @@ Status Collection::RebuildFromDbLocked(const index::IndexSpec& ispec,
 }
 
 Status Collection::Open() {
-  std::lock_guard w(write_mu_);
+  MutexLock w(write_mu_);
   rocksdb::DB* db = store_->db();
   std::string v;
   auto s = db->Get(rocksdb::ReadOptions(), Key('N', cid_), &v);
@@ -301,7 +301,7 @@ Status Collection::Open() {
   }
   if (idx == nullptr) RS_RETURN_IF_ERROR(RebuildFromDbLocked(ispec_, &idx));
   {
-    std::unique_lock st(state_mu_);
+    WriterMutexLock st(state_mu_);
     index_ = std::move(idx);
   }
   return MaybeTrainIvfLocked();
@@ -312,7 +312,7 @@ Status Collection::MaybeTrainIvfLocked() {
   std::shared_ptr<VectorIndex> cur;
   int64_t n = 0;
   {
-    std::shared_lock st(state_mu_);
+    ReaderMutexLock st(state_mu_);
     cur = index_;
     n = static_cast<int64_t>(by_label_.size());
   }
@@ -320,7 +320,7 @@ Status Collection::MaybeTrainIvfLocked() {
   std::shared_ptr<VectorIndex> built;
   RS_RETURN_IF_ERROR(RebuildFromDbLocked(ispec_, &built));
   RS_LOG(info, "collection {}: trained {} on {} vectors", spec_.name, ispec_.kind, n);
-  std::unique_lock st(state_mu_);
+  WriterMutexLock st(state_mu_);
   index_ = std::move(built);
   return OkStatus();
 }
@@ -377,7 +377,7 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
   std::unordered_map<std::string, size_t> last;
   for (size_t i = 0; i < docs.size(); ++i) last[docs[i].id] = i;
 
-  std::lock_guard w(write_mu_);
+  MutexLock w(write_mu_);
   if (dropped_) return NotFound(StrCat("collection '", spec_.name, "' was dropped"));
   rocksdb::WriteBatch batch;
   std::vector<int64_t> labels, old_labels;
@@ -403,12 +403,12 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
   next_seq_ = seq;
   std::shared_ptr<VectorIndex> idx;
   {
-    std::shared_lock st(state_mu_);
+    ReaderMutexLock st(state_mu_);
     idx = index_;
   }
   Status ist = idx->add(static_cast<int64_t>(labels.size()), x.data(), labels.data());
   {
-    std::unique_lock st(state_mu_);
+    WriterMutexLock st(state_mu_);
     for (int64_t ol : old_labels) by_label_.erase(ol);
     for (size_t t = 0; t < order.size(); ++t) {
       Document& d = docs[order[t]];
@@ -426,7 +426,7 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
            ist.ToString());
     std::shared_ptr<VectorIndex> rebuilt;
     RS_RETURN_IF_ERROR(RebuildFromDbLocked(ispec_, &rebuilt));
-    std::unique_lock st(state_mu_);
+    WriterMutexLock st(state_mu_);
     index_ = std::move(rebuilt);
   }
   RS_RETURN_IF_ERROR(MaybeTrainIvfLocked());
@@ -435,7 +435,7 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
 
 StatusOr<int64_t> Collection::Delete(const std::vector<std::string>& ids) {
   RS_CHECK_ARG(!ids.empty(), "delete from '", spec_.name, "': empty id list");
-  std::lock_guard w(write_mu_);
+  MutexLock w(write_mu_);
   if (dropped_) return NotFound(StrCat("collection '", spec_.name, "' was dropped"));
   rocksdb::WriteBatch batch;
   std::vector<int64_t> gone;
@@ -456,7 +456,7 @@ StatusOr<int64_t> Collection::Delete(const std::vector<std::string>& ids) {
   next_seq_ = seq;
   std::shared_ptr<VectorIndex> idx;
   {
-    std::unique_lock st(state_mu_);
+    WriterMutexLock st(state_mu_);
     for (size_t i = 0; i < gone.size(); ++i) {
       by_label_.erase(gone[i]);
       label_of_.erase(gone_ids[i]);
@@ -533,7 +533,7 @@ StatusOr<std::vector<std::vector<Hit>>> Collection::Search(const std::vector<Que
   std::vector<int64_t> labels(n * k);
   std::vector<std::vector<Hit>> out(n);
   {
-    std::shared_lock st(state_mu_);
+    ReaderMutexLock st(state_mu_);
     std::function<bool(int64_t)> filter = [&](int64_t label) {
       auto it = by_label_.find(label);
       if (it == by_label_.end()) return false;
@@ -602,7 +602,7 @@ CollectionInfo Collection::Info() const {
   CollectionInfo info;
   std::shared_ptr<VectorIndex> idx;
   {
-    std::shared_lock st(state_mu_);
+    ReaderMutexLock st(state_mu_);
     info.spec = spec_;
     info.num_documents = static_cast<int64_t>(by_label_.size());
     idx = index_;
@@ -629,11 +629,11 @@ CollectionInfo Collection::Info() const {
 Status Collection::Rebuild(const std::string& kind, const std::string& params_json) {
   index::IndexSpec ns;
   {
-    std::lock_guard w(write_mu_);
+    MutexLock w(write_mu_);
     RS_ASSIGN_OR_RETURN(ns, index::MakeIndexSpec(kind.empty() ? ispec_.kind : kind, spec_.metric,
                                                  spec_.dim, params_json));
   }
-  std::lock_guard w(write_mu_);
+  MutexLock w(write_mu_);
   if (dropped_) return NotFound(StrCat("collection '", spec_.name, "' was dropped"));
   rebuilding_ = true;
   std::shared_ptr<VectorIndex> built;
@@ -648,7 +648,7 @@ Status Collection::Rebuild(const std::string& kind, const std::string& params_js
   s = FromRocks(store_->db()->Put(SyncWrite(), "C" + nspec.name, SpecJson(cid_, nspec)),
                 "rebuild: write spec");
   if (s.ok()) {
-    std::unique_lock st(state_mu_);
+    WriterMutexLock st(state_mu_);
     index_ = std::move(built);
     spec_ = nspec;
     ispec_ = ns;
@@ -658,7 +658,7 @@ Status Collection::Rebuild(const std::string& kind, const std::string& params_js
 }
 
 Status Collection::Checkpoint() {
-  std::lock_guard w(write_mu_);
+  MutexLock w(write_mu_);
   if (dropped_) return OkStatus();
   rocksdb::DB* db = store_->db();
   const std::string file = StrCat(cid_, "-", next_seq_, ".idx");
@@ -675,7 +675,7 @@ Status Collection::Checkpoint() {
   if (old_file == file && fs::exists(path, ec)) return OkStatus();  // nothing new
   std::shared_ptr<VectorIndex> idx;
   {
-    std::shared_lock st(state_mu_);
+    ReaderMutexLock st(state_mu_);
     idx = index_;
   }
   RS_RETURN_IF_ERROR(idx->save(path));
@@ -767,7 +767,7 @@ StatusOr<std::shared_ptr<Collection>> CollectionStore::Create(const CollectionSp
       auto ispec, index::MakeIndexSpec(spec.index_kind, spec.metric, spec.dim, spec.params_json));
   spec.params_json = index::IndexParamsJson(ispec);
   RS_ASSIGN_OR_RETURN(auto emb, MakeEmbedder(spec.embedder, spec.dim));
-  std::lock_guard g(mu_);
+  MutexLock g(mu_);
   if (collections_.count(spec.name)) {
     return AlreadyExists(StrCat("collection '", spec.name, "' already exists"));
   }
@@ -793,7 +793,7 @@ Status CollectionStore::Drop(const std::string& name) {
   // outside mu_: waiting for its write_mu_ (a long Rebuild) must not block other collections.
   std::shared_ptr<Collection> c;
   {
-    std::lock_guard g(mu_);
+    MutexLock g(mu_);
     auto it = collections_.find(name);
     if (it == collections_.end()) return NotFound(StrCat("collection '", name, "' does not exist"));
     c = std::move(it->second);
@@ -801,14 +801,14 @@ Status CollectionStore::Drop(const std::string& name) {
     dropping_.insert(name);
   }
   Status s = DeleteCollectionData(name, c.get());
-  std::lock_guard g(mu_);
+  MutexLock g(mu_);
   dropping_.erase(name);
   if (!s.ok()) collections_[name] = std::move(c);  // nothing was deleted: it is still there
   return s;
 }
 
 Status CollectionStore::DeleteCollectionData(const std::string& name, Collection* c) {
-  std::lock_guard w(c->write_mu_);
+  MutexLock w(c->write_mu_);
   const uint32_t cid = c->cid_;
   rocksdb::WriteBatch batch;
   batch.Delete("C" + name);
@@ -827,14 +827,14 @@ Status CollectionStore::DeleteCollectionData(const std::string& name, Collection
 }
 
 StatusOr<std::shared_ptr<Collection>> CollectionStore::Get(const std::string& name) const {
-  std::lock_guard g(mu_);
+  MutexLock g(mu_);
   auto it = collections_.find(name);
   if (it == collections_.end()) return NotFound(StrCat("collection '", name, "' does not exist"));
   return it->second;
 }
 
 std::vector<std::shared_ptr<Collection>> CollectionStore::List() const {
-  std::lock_guard g(mu_);
+  MutexLock g(mu_);
   std::vector<std::shared_ptr<Collection>> out;
   for (const auto& [name, c] : collections_) out.push_back(c);
   return out;

@@ -38,6 +38,7 @@
 #include "index/index_factory.h"
 #include "index/internal/rw_mutex.h"
 #include "index/vector_index.h"
+#include "services/common/mutex.h"
 #include "services/common/status.h"
 #include "services/index/embedder.h"
 
@@ -161,19 +162,22 @@ class Collection {
 
   CollectionStore* const store_;
   const uint32_t cid_;
-  CollectionSpec spec_;     // guarded by write_mu_ (index_kind/params change on Rebuild)
-  index::IndexSpec ispec_;  // guarded by write_mu_
+  // spec_, ispec_, by_label_ and label_of_ are written with write_mu_ and state_mu_ (exclusive)
+  // both held and read with either one: a rule clang's analysis cannot state, so they carry no
+  // annotation. spec_'s index_kind/params change on Rebuild; name, dim and metric never do.
+  CollectionSpec spec_;
+  index::IndexSpec ispec_;
   std::unique_ptr<Embedder> embedder_;
 
-  std::mutex write_mu_;    // serializes writes, rebuilds and checkpoints
-  uint64_t next_seq_ = 1;  // guarded by write_mu_: labels and tombstone sequence numbers
-  bool dropped_ = false;   // guarded by write_mu_
+  Mutex write_mu_;                                    // serializes writes, rebuilds and checkpoints
+  uint64_t next_seq_ ABSL_GUARDED_BY(write_mu_) = 1;  // labels and tombstone sequence numbers
+  bool dropped_ ABSL_GUARDED_BY(write_mu_) = false;
   // Guards the fields below; writer-preferring so searches cannot starve writes. Never held
   // across RocksDB I/O; held (shared) across an index search because the filter reads by_label_.
   mutable index::internal::RwMutex state_mu_;
-  std::shared_ptr<index::VectorIndex> index_;
-  std::unordered_map<int64_t, Entry> by_label_;
-  std::unordered_map<std::string, int64_t> label_of_;
+  std::shared_ptr<index::VectorIndex> index_ ABSL_GUARDED_BY(state_mu_);
+  std::unordered_map<int64_t, Entry> by_label_;        // see spec_
+  std::unordered_map<std::string, int64_t> label_of_;  // see spec_
   std::atomic<bool> rebuilding_{false};
 };
 
@@ -182,7 +186,8 @@ class CollectionStore {
  public:
   // Opens (creating if needed) the store and every collection in it.
   static StatusOr<std::unique_ptr<CollectionStore>> Open(const std::string& data_dir,
-                                                         StoreLimits limits = {});
+                                                         StoreLimits limits = {})
+      ABSL_NO_THREAD_SAFETY_ANALYSIS;  // fills a store no other thread sees yet
   // Checkpoints every collection, then closes the DB.
   ~CollectionStore();
 
@@ -210,12 +215,11 @@ class CollectionStore {
   const std::string dir_;
   const StoreLimits limits_;
   std::unique_ptr<rocksdb::DB> db_;
-  // Guards collections_, dropping_ and next_cid_; held across Create's write, never while
-  // waiting for a collection's write_mu_.
-  mutable std::mutex mu_;
-  std::map<std::string, std::shared_ptr<Collection>> collections_;
-  std::set<std::string> dropping_;  // names whose Drop is deleting their data
-  uint32_t next_cid_ = 1;
+  // Held across Create's write, never while waiting for a collection's write_mu_.
+  mutable Mutex mu_;
+  std::map<std::string, std::shared_ptr<Collection>> collections_ ABSL_GUARDED_BY(mu_);
+  std::set<std::string> dropping_ ABSL_GUARDED_BY(mu_);  // names whose Drop deletes their data
+  uint32_t next_cid_ ABSL_GUARDED_BY(mu_) = 1;
 };
 
 // Validates a collection name ([A-Za-z0-9_.-]{1,128}); InvalidArgument naming it.

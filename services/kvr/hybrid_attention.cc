@@ -137,12 +137,14 @@ StatusOr<std::unique_ptr<index::VectorIndex>> MakeKeyIndex(const HybridOptions& 
 }
 
 struct HybridAttention::HeadState {
-  std::mutex mu;  // serializes calls on one (seq, layer, kv_head); guards the fields below
-  std::unique_ptr<index::VectorIndex> index;
-  int64_t indexed_end = -1;    // tokens [mid_begin, indexed_end) are in the index; -1: none
-  std::vector<float> queries;  // prefill queries kept until the middle is non-empty
-  int64_t n_query_vectors = 0;
-  int64_t charged = 0;  // index bytes charged to the sequence in the store
+  Mutex mu;  // serializes calls on one (seq, layer, kv_head)
+  std::unique_ptr<index::VectorIndex> index ABSL_GUARDED_BY(mu);
+  // Tokens [mid_begin, indexed_end) are in the index; -1: none.
+  int64_t indexed_end ABSL_GUARDED_BY(mu) = -1;
+  // Prefill queries kept until the middle is non-empty.
+  std::vector<float> queries ABSL_GUARDED_BY(mu);
+  int64_t n_query_vectors ABSL_GUARDED_BY(mu) = 0;
+  int64_t charged ABSL_GUARDED_BY(mu) = 0;  // index bytes charged to the sequence in the store
 };
 
 HybridAttention::HybridAttention(KvStore* store, HybridOptions options)
@@ -152,7 +154,7 @@ HybridAttention::~HybridAttention() = default;
 StatusOr<std::shared_ptr<HybridAttention::HeadState>> HybridAttention::State(const std::string& seq,
                                                                              int layer, int kv_head,
                                                                              bool create) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   const auto key = std::make_tuple(seq, layer, kv_head);
   auto it = states_.find(key);
   if (it != states_.end()) return it->second;
@@ -165,7 +167,7 @@ StatusOr<std::shared_ptr<HybridAttention::HeadState>> HybridAttention::State(con
 bool HybridAttention::HasIndex(const std::string& seq, int layer, int kv_head) {
   auto st = State(seq, layer, kv_head, false);
   if (!st.ok()) return false;
-  std::lock_guard lock((*st)->mu);
+  MutexLock lock((*st)->mu);
   return (*st)->index != nullptr;
 }
 
@@ -199,7 +201,7 @@ Status HybridAttention::BuildIndex(const std::string& seq, int layer, int kv_hea
     }
   }
   RS_ASSIGN_OR_RETURN(auto st, State(seq, layer, kv_head, true));
-  std::lock_guard lock(st->mu);
+  MutexLock lock(st->mu);
   st->index.reset();
   if (st->charged != 0) {
     RS_RETURN_IF_ERROR(store_->Charge(seq, -st->charged));
@@ -213,18 +215,21 @@ Status HybridAttention::BuildIndex(const std::string& seq, int layer, int kv_hea
 
 Status HybridAttention::Sync(const std::string& seq, int layer, int kv_head) {
   RS_ASSIGN_OR_RETURN(auto st, State(seq, layer, kv_head, true));
-  std::lock_guard lock(st->mu);
+  MutexLock lock(st->mu);
   return SyncLocked(seq, layer, kv_head, st.get());
 }
 
-Status HybridAttention::SyncLocked(const std::string& seq, int layer, int kv_head, HeadState* st) {
+// The lock requirement is stated on the definition: HeadState is incomplete in the header.
+Status HybridAttention::SyncLocked(const std::string& seq, int layer, int kv_head, HeadState* st)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) {
   RS_ASSIGN_OR_RETURN(const SequenceSpec spec, store_->Spec(seq));
   const int d = spec.head_dim;
   std::vector<float> keys;
   int64_t a = 0, b = 0;
+  const int64_t indexed_end = st->indexed_end;  // read here: the lambda is not seen under st->mu
   RS_RETURN_IF_ERROR(store_->WithHead(seq, layer, kv_head, [&](const HeadView& view) {
     const Regions r = RegionsOf(view.n, options_.sink_tokens, options_.window_tokens);
-    a = st->indexed_end < 0 ? r.mid_begin : st->indexed_end;
+    a = indexed_end < 0 ? r.mid_begin : indexed_end;
     b = r.mid_end;
     if (b > a) {
       keys.resize(static_cast<size_t>(b - a) * d);
@@ -277,7 +282,8 @@ StatusOr<int64_t> HybridAttention::CheckAttendArgs(const std::string& seq, int l
 }
 
 Status HybridAttention::SearchLocked(HeadState* st, const float* q, int h, const AttendOptions& opt,
-                                     int64_t* ids, int64_t* keys_scored) const {
+                                     int64_t* ids, int64_t* keys_scored) const
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) {
   index::SearchParams sp = options_.search;
   if (opt.ef_search > 0) sp.ef_search = opt.ef_search;
   if (opt.nprobe > 0) sp.nprobe = opt.nprobe;
@@ -295,7 +301,7 @@ Status HybridAttention::Retrieve(const std::string& seq, int layer, int kv_head,
   RS_RETURN_IF_ERROR(CheckAttendArgs(seq, layer, kv_head, q, h, head_dim, opt.top_k).status());
   RS_CHECK_ARG(ids != nullptr, "null ids output");
   RS_ASSIGN_OR_RETURN(auto st, State(seq, layer, kv_head, true));
-  std::lock_guard lock(st->mu);
+  MutexLock lock(st->mu);
   RS_RETURN_IF_ERROR(SyncLocked(seq, layer, kv_head, st.get()));
   if (st->index == nullptr) {
     return FailedPrecondition(StrCat("sequence '", seq, "' layer ", layer, " kv_head ", kv_head,
@@ -314,7 +320,7 @@ Status HybridAttention::Attend(const std::string& seq, int layer, int kv_head, c
   RS_ASSIGN_OR_RETURN(const int64_t n,
                       CheckAttendArgs(seq, layer, kv_head, q, h, head_dim, opt.top_k));
   RS_ASSIGN_OR_RETURN(auto st, State(seq, layer, kv_head, true));
-  std::lock_guard lock(st->mu);
+  MutexLock lock(st->mu);
   RS_RETURN_IF_ERROR(SyncLocked(seq, layer, kv_head, st.get()));
 
   const int d = head_dim;
@@ -398,7 +404,7 @@ Status HybridAttention::AttendFull(const std::string& seq, int layer, int kv_hea
 }
 
 void HybridAttention::Drop(const std::string& seq) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = states_.lower_bound(std::make_tuple(seq, INT_MIN, INT_MIN));
   while (it != states_.end() && std::get<0>(it->first) == seq) it = states_.erase(it);
 }

@@ -19,7 +19,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <tuple>
 
@@ -27,6 +26,7 @@
 #include "index/hnsw.h"
 #include "index/ivf.h"
 #include "index/vector_index.h"
+#include "services/common/mutex.h"
 #include "services/kvr/kv_store.h"
 
 namespace ragserve::kvr {
@@ -120,8 +120,9 @@ class HybridAttention {
 
   KvStore* const store_;
   const HybridOptions options_;
-  std::mutex mu_;  // guards states_
-  std::map<std::tuple<std::string, int, int>, std::shared_ptr<HeadState>> states_;
+  Mutex mu_;
+  std::map<std::tuple<std::string, int, int>, std::shared_ptr<HeadState>> states_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ragserve::kvr

@@ -23,9 +23,9 @@ struct KvRetrieval::Seq {
   int64_t ttl_ms = 0;
   std::unique_ptr<HybridAttention> ha;
   std::atomic<int64_t> last_access_ms{0};
-  std::mutex mu;  // guards the fields below
-  bool prefill_done = false;
-  std::vector<QuerySample> samples;  // per layer
+  Mutex mu;
+  bool prefill_done ABSL_GUARDED_BY(mu) = false;
+  std::vector<QuerySample> samples ABSL_GUARDED_BY(mu);  // per layer
 };
 
 KvRetrieval::KvRetrieval(KvRetrievalOptions options)
@@ -46,7 +46,7 @@ int64_t KvRetrieval::Now() const {
 
 StatusOr<std::shared_ptr<KvRetrieval::Seq>> KvRetrieval::Find(const std::string& seq) const {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = seqs_.find(seq);
     if (it != seqs_.end()) {
       it->second->last_access_ms = Now();
@@ -82,9 +82,12 @@ Status KvRetrieval::Create(const std::string& seq, const SequenceConfig& config)
   s->group = hq / kv.num_kv_heads;
   s->ttl_ms = config.ttl_ms >= 0 ? config.ttl_ms : options_.default_ttl_ms;
   s->ha = std::make_unique<HybridAttention>(&store_, ho);
-  s->samples.resize(static_cast<size_t>(kv.num_layers));
+  {
+    MutexLock lock(s->mu);  // not shared yet; held so that the analysis checks this
+    s->samples.resize(static_cast<size_t>(kv.num_layers));
+  }
   s->last_access_ms = Now();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   seqs_[seq] = std::move(s);
   return OkStatus();
 }
@@ -104,7 +107,7 @@ Status KvRetrieval::AddPrefillQueries(const std::string& seq, int layer, int64_t
   RS_CHECK_ARG(n == 0 || q != nullptr, "null prefill queries");
   const int64_t row = static_cast<int64_t>(s->hq) * s->kv.head_dim;
   RS_RETURN_IF_ERROR(index::CheckFinite(n * s->hq, s->kv.head_dim, q, "prefill query"));
-  std::lock_guard lock(s->mu);
+  MutexLock lock(s->mu);
   if (s->prefill_done) {
     return FailedPrecondition(StrCat("sequence '", seq, "': prefill queries after FinishPrefill"));
   }
@@ -137,7 +140,7 @@ Status KvRetrieval::AddPrefillQueries(const std::string& seq, int layer, int64_t
 
 StatusOr<double> KvRetrieval::FinishPrefill(const std::string& seq) {
   RS_ASSIGN_OR_RETURN(auto s, Find(seq));
-  std::lock_guard lock(s->mu);
+  MutexLock lock(s->mu);
   RS_CHECK_ARG(!s->prefill_done, "sequence '", seq, "': FinishPrefill called twice");
   const auto t0 = std::chrono::steady_clock::now();
   const int d = s->kv.head_dim, g = s->group;
@@ -177,7 +180,7 @@ StatusOr<AttendLayerResult> KvRetrieval::Attend(const std::string& seq, int laye
                                      r.lse.data() + off, &st));
     r.keys_scored += st.keys_scored;
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   ++attend_calls_;
   return r;
 }
@@ -187,7 +190,7 @@ StatusOr<int64_t> KvRetrieval::Release(const std::string& seq) {
   RS_ASSIGN_OR_RETURN(const int64_t bytes, store_.SequenceBytes(seq));
   RS_RETURN_IF_ERROR(store_.Release(seq));
   s->ha->Drop(seq);
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   seqs_.erase(seq);
   return bytes;
 }
@@ -215,7 +218,7 @@ int64_t KvRetrieval::ExpireIdle() {
   std::vector<std::string> idle;
   const int64_t now = Now();
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (const auto& [id, s] : seqs_) {
       if (s->ttl_ms > 0 && now - s->last_access_ms.load() > s->ttl_ms) idle.push_back(id);
     }
@@ -234,7 +237,7 @@ KvRetrievalStats KvRetrieval::Stats() const {
   KvRetrievalStats st;
   st.bytes_used = store_.bytes_used();
   st.bytes_limit = store_.memory_limit_bytes();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   st.sequences = static_cast<int64_t>(seqs_.size());
   st.attend_calls = attend_calls_;
   return st;

@@ -15,10 +15,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "services/common/mutex.h"
 #include "services/kvr/hybrid_attention.h"
 #include "services/kvr/kv_store.h"
 
@@ -90,9 +90,9 @@ class KvRetrieval {
 
   const KvRetrievalOptions options_;
   KvStore store_;
-  mutable std::mutex mu_;  // guards seqs_ and attend_calls_
-  std::map<std::string, std::shared_ptr<Seq>> seqs_;
-  int64_t attend_calls_ = 0;
+  mutable Mutex mu_;
+  std::map<std::string, std::shared_ptr<Seq>> seqs_ ABSL_GUARDED_BY(mu_);
+  int64_t attend_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace ragserve::kvr

@@ -5,7 +5,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <shared_mutex>
+
+#include "services/common/mutex.h"
 
 namespace ragserve::kvr {
 namespace {
@@ -69,10 +70,10 @@ struct KvStore::Sequence {
     std::vector<Head> heads;
   };
   const SequenceSpec spec;
-  mutable std::shared_mutex mu;  // guards everything below
-  std::vector<Layer> layers;
-  int64_t bytes = 0;  // charged capacity
-  bool released = false;
+  mutable SharedMutex mu;
+  std::vector<Layer> layers ABSL_GUARDED_BY(mu);
+  int64_t bytes ABSL_GUARDED_BY(mu) = 0;  // charged capacity
+  bool released ABSL_GUARDED_BY(mu) = false;
   mutable std::atomic<int64_t> last_access_ms{0};
 };
 
@@ -99,7 +100,7 @@ Status KvStore::CreateSequence(const std::string& seq, const SequenceSpec& spec)
   ExpireIdle();
   auto s = std::make_shared<Sequence>(spec);
   s->last_access_ms = Now();
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   if (seqs_.count(seq)) return AlreadyExists(StrCat("sequence '", seq, "' already exists"));
   released_.erase(seq);
   seqs_.emplace(seq, std::move(s));
@@ -107,7 +108,7 @@ Status KvStore::CreateSequence(const std::string& seq, const SequenceSpec& spec)
 }
 
 StatusOr<std::shared_ptr<KvStore::Sequence>> KvStore::Find(const std::string& seq) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto it = seqs_.find(seq);
   if (it != seqs_.end()) return it->second;
   if (released_.count(seq)) {
@@ -132,7 +133,7 @@ Status KvStore::Append(const std::string& seq, int layer, int64_t n, const float
                                     " is not finite"));
     }
   }
-  std::unique_lock slock(s->mu);
+  WriterMutexLock slock(s->mu);
   if (s->released) return FailedPrecondition(StrCat("sequence '", seq, "' was released"));
   auto& L = s->layers[layer];
   const int64_t need = L.n + n;
@@ -143,7 +144,7 @@ Status KvStore::Append(const std::string& seq, int layer, int64_t n, const float
     const int64_t new_cap = (need + chunk - 1) / chunk * chunk;
     const int64_t grow = (new_cap - L.capacity) * row_bytes;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (bytes_used_ + grow > options_.memory_limit_bytes) {
         return ResourceExhausted(StrCat("KV store memory limit ", options_.memory_limit_bytes,
                                         " bytes: appending ", n, " tokens to sequence '", seq,
@@ -188,12 +189,12 @@ Status KvStore::Append(const std::string& seq, int layer, int64_t n, const float
 
 Status KvStore::Charge(const std::string& seq, int64_t delta, bool force) {
   RS_ASSIGN_OR_RETURN(auto s, Find(seq));
-  std::unique_lock slock(s->mu);
+  WriterMutexLock slock(s->mu);
   if (s->released) return FailedPrecondition(StrCat("sequence '", seq, "' was released"));
   RS_CHECK_ARG(s->bytes + delta >= 0, "sequence '", seq, "': refund of ", -delta,
                " bytes exceeds its charge of ", s->bytes);
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     if (delta > 0 && !force && bytes_used_ + delta > options_.memory_limit_bytes) {
       return ResourceExhausted(StrCat("KV store memory limit ", options_.memory_limit_bytes,
                                       " bytes: the key index of sequence '", seq, "' needs ", delta,
@@ -208,7 +209,7 @@ Status KvStore::Charge(const std::string& seq, int64_t delta, bool force) {
 Status KvStore::Release(const std::string& seq) {
   std::shared_ptr<Sequence> s;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = seqs_.find(seq);
     if (it == seqs_.end()) {
       if (released_.count(seq)) {
@@ -224,10 +225,10 @@ Status KvStore::Release(const std::string& seq) {
       released_order_.pop_front();
     }
   }
-  std::unique_lock slock(s->mu);
+  WriterMutexLock slock(s->mu);
   s->released = true;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     bytes_used_ -= s->bytes;
   }
   s->bytes = 0;
@@ -240,7 +241,7 @@ int64_t KvStore::ExpireIdle() {
   const int64_t now = Now();
   std::vector<std::string> idle;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (const auto& [id, s] : seqs_) {
       if (now - s->last_access_ms.load() > options_.ttl_ms) idle.push_back(id);
     }
@@ -259,7 +260,7 @@ StatusOr<int64_t> KvStore::NumTokens(const std::string& seq, int layer) const {
   RS_ASSIGN_OR_RETURN(auto s, Find(seq));
   RS_CHECK_ARG(layer >= 0 && layer < s->spec.num_layers, "layer ", layer, " out of range [0, ",
                s->spec.num_layers, ")");
-  std::shared_lock slock(s->mu);
+  ReaderMutexLock slock(s->mu);
   if (s->released) return FailedPrecondition(StrCat("sequence '", seq, "' was released"));
   return s->layers[layer].n;
 }
@@ -272,7 +273,7 @@ Status KvStore::WithHead(const std::string& seq, int layer, int kv_head,
                sp.num_layers, ")");
   RS_CHECK_ARG(kv_head >= 0 && kv_head < sp.num_kv_heads, "kv_head ", kv_head, " out of range [0, ",
                sp.num_kv_heads, ")");
-  std::shared_lock slock(s->mu);
+  ReaderMutexLock slock(s->mu);
   if (s->released) return FailedPrecondition(StrCat("sequence '", seq, "' was released"));
   const auto& L = s->layers[layer];
   const auto& h = L.heads[kv_head];
@@ -291,17 +292,17 @@ Status KvStore::WithHead(const std::string& seq, int layer, int kv_head,
 
 StatusOr<int64_t> KvStore::SequenceBytes(const std::string& seq) const {
   RS_ASSIGN_OR_RETURN(auto s, Find(seq));
-  std::shared_lock slock(s->mu);
+  ReaderMutexLock slock(s->mu);
   return s->bytes;
 }
 
 int64_t KvStore::bytes_used() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return bytes_used_;
 }
 
 int64_t KvStore::num_sequences() const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return static_cast<int64_t>(seqs_.size());
 }
 

@@ -17,12 +17,12 @@
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include "services/common/mutex.h"
 #include "services/common/status.h"
 
 namespace ragserve::kvr {
@@ -114,11 +114,12 @@ class KvStore {
   int64_t Now() const;
 
   const KvStoreOptions options_;
-  mutable std::mutex mu_;  // guards the fields below; taken after a Sequence lock, never before
-  std::unordered_map<std::string, std::shared_ptr<Sequence>> seqs_;
-  std::unordered_set<std::string> released_;  // ids released recently (bounded, FIFO)
-  std::deque<std::string> released_order_;
-  int64_t bytes_used_ = 0;
+  mutable Mutex mu_;  // taken after a Sequence lock, never before
+  std::unordered_map<std::string, std::shared_ptr<Sequence>> seqs_ ABSL_GUARDED_BY(mu_);
+  // Ids released recently (bounded, FIFO).
+  std::unordered_set<std::string> released_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> released_order_ ABSL_GUARDED_BY(mu_);
+  int64_t bytes_used_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace ragserve::kvr

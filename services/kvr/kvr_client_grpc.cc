@@ -5,11 +5,11 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
-#include <mutex>
 #include <utility>
 
 #include "services/common/auth.h"
 #include "services/common/grpc_status.h"
+#include "services/common/mutex.h"
 #include "services/common/wire.h"
 
 namespace ragserve::kvr {
@@ -23,13 +23,13 @@ class CallBreaker {
 
   // Unavailable while open.
   Status Admit() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (failures_ < threshold_ || Clock::now() >= open_until_) return OkStatus();
     return Unavailable(StrCat("ragserve-kvr failed ", failures_,
                               " calls in a row (timed out or unreachable); calls paused"));
   }
   void Record(const Status& st) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (st.code() != StatusCode::kUnavailable && st.code() != StatusCode::kDeadlineExceeded) {
       failures_ = 0;
       return;
@@ -41,9 +41,9 @@ class CallBreaker {
   using Clock = std::chrono::steady_clock;
   const int threshold_;
   const int64_t open_ms_;
-  std::mutex mu_;
-  int failures_ = 0;              // guarded by mu_: consecutive failed calls
-  Clock::time_point open_until_;  // guarded by mu_
+  Mutex mu_;
+  int failures_ ABSL_GUARDED_BY(mu_) = 0;  // consecutive failed calls
+  Clock::time_point open_until_ ABSL_GUARDED_BY(mu_);
 };
 
 namespace {

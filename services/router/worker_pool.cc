@@ -120,7 +120,7 @@ StatusOr<std::unique_ptr<WorkerPool>> WorkerPool::Create(WorkerPoolOptions opts)
   RS_CHECK_ARG(opts.poll_interval_s > 0, "poll interval must be > 0");
   std::unique_ptr<WorkerPool> pool(new WorkerPool(std::move(opts)));
   {
-    std::lock_guard<std::mutex> lock(pool->mu_);
+    MutexLock lock(pool->mu_);
     for (const auto& a : pool->opts_.addresses) {
       if (a.empty()) continue;  // "--decoders=" clears the default list
       RS_CHECK_ARG(a.find(':') != std::string::npos && a[0] != '-',
@@ -137,7 +137,7 @@ WorkerPool::WorkerPool(WorkerPoolOptions opts) : opts_(std::move(opts)) {}
 
 WorkerPool::~WorkerPool() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
@@ -166,7 +166,7 @@ void WorkerPool::Resolve() {
     RS_LOG(warn, "router: {}", addrs.status().ToString());
     return;  // keep the last known set
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   const std::set<std::string> now(addrs->begin(), addrs->end());
   const std::set<std::string> fixed(opts_.addresses.begin(), opts_.addresses.end());
   for (const auto& a : now) {
@@ -185,7 +185,7 @@ void WorkerPool::Resolve() {
 void WorkerPool::Poll() {
   std::vector<std::shared_ptr<Worker>> ws;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     ws = workers_;
   }
   for (auto& w : ws) PollWorker(w);
@@ -221,7 +221,7 @@ void WorkerPool::PollWorker(const std::shared_ptr<Worker>& w) {
   const grpc::Status st = w->stub()->GetLoad(&ctx, req, &load);
   const bool draining = st.ok() && HealthSaysDraining(w->channel_, deadline);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     const bool was = w->healthy;
     const bool was_draining = w->draining;
     w->healthy = st.ok();
@@ -261,8 +261,11 @@ void WorkerPool::RefreshNow() {
 void WorkerPool::PollLoop() {
   while (true) {
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (cv_.wait_for(lock, Seconds(opts_.poll_interval_s), [this] { return stopping_; })) return;
+      MutexLock lock(mu_);
+      if (lock.WaitFor(cv_, Seconds(opts_.poll_interval_s),
+                       [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; })) {
+        return;
+      }
     }
     if (Clock::now() >= next_resolve_) {
       Resolve();
@@ -281,7 +284,7 @@ StatusOr<WorkerLease> WorkerPool::Pick(Policy policy, const PickHint& hint) {
 }
 
 StatusOr<WorkerLease> WorkerPool::PickOnce(Policy policy, const PickHint& hint) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (workers_.empty()) return Unavailable("no decode workers known");
   const auto now = Clock::now();
   std::vector<std::shared_ptr<Worker>> ok;
@@ -354,7 +357,7 @@ void WorkerPool::Report(const Worker& w, const grpc::Status& st) {
 }
 
 void WorkerPool::Report(const Worker& w, CallOutcome outcome, const grpc::Status& st) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   for (auto& x : workers_) {
     if (x.get() != &w) continue;
     x->trial_in_flight = false;

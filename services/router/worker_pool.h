@@ -26,7 +26,6 @@
 #include <condition_variable>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -34,6 +33,7 @@
 
 #include "ragserve/v1/decoder.grpc.pb.h"
 #include "services/common/client.h"
+#include "services/common/mutex.h"
 #include "services/common/status.h"
 
 namespace ragserve::router {
@@ -88,7 +88,8 @@ class Worker {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::DecoderService::Stub> stub_;
   std::atomic<int> inflight_{0};
-  // Guarded by WorkerPool::mu_:
+  // Guarded by WorkerPool::mu_ (a comment only: an annotation cannot name another object's
+  // mutex; WorkerPool's own fields are checked):
   bool healthy = false;
   bool draining = false;  // health says NOT_SERVING: no new calls
   bool in_dns = false;
@@ -149,14 +150,14 @@ class WorkerPool {
   void Poll();
   // GetLoad (load, cached keys) and health (draining) of one worker.
   void PollWorker(const std::shared_ptr<Worker>& w);
-  std::shared_ptr<Worker> AddWorker(const std::string& address);  // requires mu_
+  std::shared_ptr<Worker> AddWorker(const std::string& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   WorkerPoolOptions opts_;
-  mutable std::mutex mu_;
+  mutable Mutex mu_;
   std::condition_variable cv_;
-  std::vector<std::shared_ptr<Worker>> workers_;  // guarded by mu_
-  size_t rr_next_ = 0;                            // guarded by mu_
-  bool stopping_ = false;                         // guarded by mu_
+  std::vector<std::shared_ptr<Worker>> workers_ ABSL_GUARDED_BY(mu_);
+  size_t rr_next_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::chrono::steady_clock::time_point next_resolve_{};
   std::thread poller_;
 };

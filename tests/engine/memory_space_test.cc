@@ -7,12 +7,12 @@
 
 #include <algorithm>
 #include <map>
-#include <mutex>
 #include <span>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/device.h"
+#include "services/common/mutex.h"
 #include "services/engine/model.h"
 #include "tests/engine/engine_test_util.h"
 
@@ -25,14 +25,14 @@ class ShadowDeviceOps final : public kernels::Ops {
   kernels::MemorySpace memory() const override { return kernels::MemorySpace::kDevice; }
   void* Allocate(size_t bytes) const override {
     void* p = Ops::Allocate(bytes);
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     live_[static_cast<const char*>(p)] = std::max<size_t>(bytes, 1);
     return p;
   }
   void Free(void* p) const override {
     if (p == nullptr) return;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       EXPECT_EQ(live_.erase(static_cast<const char*>(p)), 1u) << "Free of a foreign pointer";
     }
     Ops::Free(p);
@@ -99,16 +99,19 @@ class ShadowDeviceOps final : public kernels::Ops {
   }
 
   size_t live_allocations() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return live_.size();
   }
-  int64_t checks() const { return checks_; }
+  int64_t checks() const {
+    MutexLock lock(mu_);
+    return checks_;
+  }
 
  private:
   static const kernels::Ops& fast() { return kernels::FastOps(); }
   // [p, p + bytes) must lie inside one live allocation.
   void Check(const void* p, int64_t bytes, const char* what) const {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     ++checks_;
     const char* c = static_cast<const char*>(p);
     auto it = live_.upper_bound(c);
@@ -120,16 +123,16 @@ class ShadowDeviceOps final : public kernels::Ops {
     Check(w.data, w.rows * w.cols * static_cast<int64_t>(kernels::DTypeSize(w.dtype)), what);
   }
   void ExpectHost(const void* p, const char* what) const {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     const char* c = static_cast<const char*>(p);
     auto it = live_.upper_bound(c);
     const bool inside = it != live_.begin() && (--it, c >= it->first && c < it->first + it->second);
     EXPECT_FALSE(inside) << what << ": " << p << " is backend memory, expected host memory";
   }
 
-  mutable std::mutex mu_;
-  mutable std::map<const char*, size_t> live_;  // guarded by mu_
-  mutable int64_t checks_ = 0;                  // guarded by mu_
+  mutable Mutex mu_;
+  mutable std::map<const char*, size_t> live_ ABSL_GUARDED_BY(mu_);
+  mutable int64_t checks_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 TEST(MemorySpaceTest, DeviceBackendModelMatchesHostModelWithStagedHostKv) {

@@ -9,7 +9,6 @@
 #include <condition_variable>
 #include <deque>
 #include <fstream>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -18,6 +17,7 @@
 #include "ragserve/v1/rag.grpc.pb.h"
 #include "services/common/auth.h"
 #include "services/common/client.h"
+#include "services/common/mutex.h"
 
 namespace ragserve::loadgen {
 
@@ -47,15 +47,15 @@ class QuestionPicker {
     for (double& c : cdf_) c /= acc;
   }
   size_t Next() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     const double u = std::uniform_real_distribution<double>(0, 1)(rng_);
     return std::min<size_t>(std::lower_bound(cdf_.begin(), cdf_.end(), u) - cdf_.begin(),
                             cdf_.size() - 1);
   }
 
  private:
-  std::mutex mu_;
-  std::mt19937_64 rng_;
+  Mutex mu_;
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   std::vector<double> cdf_;
 };
 
