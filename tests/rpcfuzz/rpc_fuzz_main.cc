@@ -29,6 +29,8 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -62,6 +64,7 @@ struct Options {
   std::string work_dir;
   std::string save_dir;
   std::string replay;
+  int jobs = 1;  // Concurrent callers; 1 keeps a run reproducible from its seed.
   bool keep_going = false;
   bool verbose = false;
 };
@@ -475,12 +478,14 @@ struct Run {
   const Options& opt;
   std::string model;
   std::string dir;
-  std::unique_ptr<FuzzCluster> cluster;
+  std::unique_ptr<FuzzCluster> cluster;  // Replaced only under the unique lock of cluster_mu.
+  int generation = 0;                    // Clusters started so far; guarded like `cluster`.
+  // Workers hold cluster_mu shared while they use the cluster; a restart holds it exclusively.
+  std::shared_mutex cluster_mu;
+  std::mutex mu;  // Guards everything below and the cluster's checks.
   Fixtures fx;
-  int generation = 0;
   int64_t max_rss_mb[5] = {0, 0, 0, 0, 0};
   std::map<std::string, Case> last_case;  // Per service.
-  std::string culprit;                    // Service at fault in the last failure.
 
   bool StartCluster() {
     cluster = nullptr;  // Stops the previous one first.
@@ -500,8 +505,19 @@ struct Run {
     return true;
   }
 
-  // Runs one case and every check; "" when all is well.
-  std::string RunCase(const Case& c, grpc::StatusCode* code = nullptr) {
+  std::string CheckProcesses(std::string* service) {
+    std::lock_guard<std::mutex> l(mu);
+    return cluster->CheckProcessesAndLogs(service);
+  }
+  std::string CheckHealth() {
+    std::lock_guard<std::mutex> l(mu);
+    return cluster->CheckHealthAndMemory(max_rss_mb);
+  }
+
+  // Runs one case and every check; "" when all is well, else the failure and in *culprit the
+  // service at fault. Call with cluster_mu held (shared).
+  std::string RunCase(const Case& c, grpc::StatusCode* code = nullptr,
+                      std::string* culprit = nullptr) {
     const RpcSpec* rpc = FindRpc(c.path);
     const Outcome o = Execute(cluster->channel(rpc->service), c, opt.slack_ms);
     if (code != nullptr) *code = o.status.error_code();
@@ -510,30 +526,34 @@ struct Run {
                    StatusName(o.status.error_code()).c_str(), o.reads, o.wall_ms,
                    o.status.error_message().substr(0, 120).c_str());
     }
-    last_case[rpc->service] = c;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      last_case[rpc->service] = c;
+    }
     std::string service;
-    std::string failure = cluster->CheckProcessesAndLogs(&service);
+    std::string failure = CheckProcesses(&service);
     if (failure.empty()) {
       failure = Judge(*rpc, c, o, opt);
       if (!failure.empty()) {
         // A process that crashes while answering may not be reaped yet (a core dump, a deep
         // stack): give it a moment so the crash, not its symptom on the wire, is reported.
         std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-        std::string crash = cluster->CheckProcessesAndLogs(&service);
+        std::string crash = CheckProcesses(&service);
         if (!crash.empty()) failure = crash;
       }
     }
-    culprit = service.empty() ? rpc->service : service;
+    if (culprit != nullptr) *culprit = service.empty() ? rpc->service : service;
     return failure;
   }
 
   // Saves the case that failed and, when a service crashed, the last case sent to that service
   // (a router that aborts after answering is noticed on a later request to another service).
-  void SaveFailure(const Case& c, const std::string& failure) {
+  void SaveFailure(const Case& c, const std::string& failure, const std::string& culprit) {
     const std::string saved = SaveCase(c, opt.save_dir, failure);
     std::fprintf(stderr, "  reproducer: %s\n", saved.c_str());
+    std::lock_guard<std::mutex> l(mu);
     auto it = last_case.find(culprit);
-    if (it != last_case.end() && it->second.path != c.path) {
+    if (it != last_case.end() && it->second.messages != c.messages) {
       std::fprintf(stderr, "  last request to %s: %s\n", culprit.c_str(),
                    SaveCase(it->second, opt.save_dir, failure).c_str());
     }
@@ -580,53 +600,105 @@ int Fuzz(const Options& opt, Run& run) {
     }
   }
   run.fx = SetUpFixtures(run.cluster->channels());
-  MessageGen gen(opt.seed, opt.max_message_kb * 1024);
+
   std::map<std::string, int64_t> sent;
   std::map<std::string, std::map<std::string, int64_t>> codes;  // path -> code -> count
   const auto start = Clock::now();
   int failures = 0;
   int64_t total = 0;
   bool out_of_time = false;
-  for (int64_t round = 0; round < opt.requests && !out_of_time; ++round) {
-    for (const auto& s : services) {
-      if (opt.seconds > 0 &&
-          std::chrono::duration<double>(Clock::now() - start).count() > opt.seconds) {
-        out_of_time = true;
-        break;
+  bool stop = false;  // A failure without --keep-going, or a cluster that will not start.
+
+  // Worker j sends requests round-robin over the services, opt.requests per service divided
+  // among the workers. With --jobs 1 (the default) a seed reproduces the run exactly.
+  auto worker = [&](int j) {
+    MessageGen gen(opt.seed + 7919u * static_cast<uint64_t>(j), opt.max_message_kb * 1024);
+    const int64_t share = (opt.requests + opt.jobs - 1 - j) / opt.jobs;
+    for (int64_t round = 0; round < share; ++round) {
+      for (const auto& s : services) {
+        Fixtures fx;
+        {
+          std::lock_guard<std::mutex> l(run.mu);
+          if (stop) return;
+          if (opt.seconds > 0 &&
+              std::chrono::duration<double>(Clock::now() - start).count() > opt.seconds) {
+            out_of_time = true;
+            return;
+          }
+          fx = run.fx;
+        }
+        const auto& rpcs = by_service[s];
+        const RpcSpec& rpc = *rpcs[gen.Uniform(0, static_cast<int64_t>(rpcs.size()) - 1)];
+        const Case c = MakeCase(rpc, fx, gen, opt);
+        std::string failure, culprit;
+        int generation;
+        {
+          std::shared_lock<std::shared_mutex> cl(run.cluster_mu);
+          generation = run.generation;
+          grpc::StatusCode code = grpc::StatusCode::OK;
+          failure = run.RunCase(c, &code, &culprit);
+          bool check = false;
+          {
+            std::lock_guard<std::mutex> l(run.mu);
+            ++codes[c.path][StatusName(code)];
+            ++sent[s];
+            ++total;
+            check = total % opt.check_every == 0;
+            if (total % 5000 == 0) {
+              std::fprintf(stderr, "rpc_fuzz: progress: %lld requests, %d failure(s), %.0f s\n",
+                           static_cast<long long>(total), failures,
+                           std::chrono::duration<double>(Clock::now() - start).count());
+            }
+          }
+          if (failure.empty() && check) {
+            failure = run.CheckHealth();
+            culprit = "";
+            if (!failure.empty()) {  // Not answering because it is dying? Report the crash.
+              std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+              const std::string crash = run.CheckProcesses(&culprit);
+              if (!crash.empty()) failure = crash;
+            }
+            // Fuzzed requests drop collections, release sequences and evict entries: put them
+            // back.
+            Fixtures again = SetUpFixtures(run.cluster->channels());
+            std::lock_guard<std::mutex> l(run.mu);
+            run.fx = again;
+          }
+        }
+        if (failure.empty()) continue;
+        std::unique_lock<std::shared_mutex> cl(run.cluster_mu);
+        // Another worker restarted the cluster meanwhile: what this one saw was that crash.
+        if (run.generation != generation) continue;
+        {
+          std::lock_guard<std::mutex> l(run.mu);
+          ++failures;
+          std::fprintf(stderr, "rpc_fuzz: FAILURE #%d after %lld requests (%s):\n  %s\n", failures,
+                       static_cast<long long>(total), c.path.c_str(), failure.c_str());
+        }
+        run.SaveFailure(c, failure, culprit);
+        std::lock_guard<std::mutex> l(run.mu);
+        if (!opt.keep_going || !run.StartCluster()) {
+          stop = true;
+          return;
+        }
       }
-      const auto& rpcs = by_service[s];
-      const RpcSpec& rpc = *rpcs[gen.Uniform(0, static_cast<int64_t>(rpcs.size()) - 1)];
-      const Case c = MakeCase(rpc, run.fx, gen, opt);
-      grpc::StatusCode code = grpc::StatusCode::OK;
-      std::string failure = run.RunCase(c, &code);
-      ++codes[c.path][StatusName(code)];
-      ++sent[s];
-      ++total;
-      if (failure.empty() && total % opt.check_every == 0) {
-        failure = run.cluster->CheckHealthAndMemory(run.max_rss_mb);
-        // Fuzzed requests drop collections, release sequences and evict entries: put them back.
-        run.fx = SetUpFixtures(run.cluster->channels());
-      }
-      if (failure.empty()) continue;
-      ++failures;
-      std::fprintf(stderr, "rpc_fuzz: FAILURE #%d after %lld requests (%s):\n  %s\n", failures,
-                   static_cast<long long>(total), c.path.c_str(), failure.c_str());
-      run.SaveFailure(c, failure);
-      if (!opt.keep_going) return 1;
-      if (!run.StartCluster()) return 1;
     }
-  }
+  };
+  std::vector<std::thread> threads;
+  for (int j = 0; j < opt.jobs; ++j) threads.emplace_back(worker, j);
+  for (auto& t : threads) t.join();
+
   const double secs = std::chrono::duration<double>(Clock::now() - start).count();
   if (failures == 0) {
-    const std::string final_check = run.cluster->CheckHealthAndMemory(run.max_rss_mb);
+    const std::string final_check = run.CheckHealth();
     if (!final_check.empty()) {
       std::fprintf(stderr, "rpc_fuzz: FAILURE at the end: %s\n", final_check.c_str());
       return 1;
     }
   }
-  std::printf("rpc_fuzz: seed %llu, %lld requests in %.1f s, %d failure(s)%s\n",
-              static_cast<unsigned long long>(opt.seed), static_cast<long long>(total), secs,
-              failures, out_of_time ? " (stopped by --seconds)" : "");
+  std::printf("rpc_fuzz: seed %llu, %d job(s), %lld requests in %.1f s, %d failure(s)%s\n",
+              static_cast<unsigned long long>(opt.seed), opt.jobs, static_cast<long long>(total),
+              secs, failures, out_of_time ? " (stopped by --seconds)" : "");
   for (size_t i = 0; i < std::size(kServiceNames); ++i) {
     std::printf("  %-9s %7lld requests, max RSS %lld MiB\n", kServiceNames[i],
                 static_cast<long long>(sent[kServiceNames[i]]),
@@ -635,8 +707,9 @@ int Fuzz(const Options& opt, Run& run) {
   std::printf("  status codes per RPC:\n");
   for (const auto& [path, counts] : codes) {
     std::printf("    %-48s", path.c_str());
-    for (const auto& [name, n] : counts)
+    for (const auto& [name, n] : counts) {
       std::printf(" %s=%lld", name.c_str(), static_cast<long long>(n));
+    }
     std::printf("\n");
   }
   return failures == 0 ? 0 : 1;
@@ -667,9 +740,9 @@ int Replay(const Options& opt, Run& run) {
       // A service may die just after answering (the router's double Finish did): look again.
       std::this_thread::sleep_for(std::chrono::milliseconds(opt.settle_ms));
       std::string service;
-      failure = run.cluster->CheckProcessesAndLogs(&service);
+      failure = run.CheckProcesses(&service);
     }
-    if (failure.empty()) failure = run.cluster->CheckHealthAndMemory(run.max_rss_mb);
+    if (failure.empty()) failure = run.CheckHealth();
     if (failure.empty()) {
       std::printf("rpc_fuzz: PASS %s\n", file.c_str());
       continue;
@@ -703,6 +776,7 @@ int main(int argc, char** argv) {
   app.add_option("--work-dir", opt.work_dir, "Cluster data and logs (default: a temp dir)");
   app.add_option("--save-dir", opt.save_dir, "Where failing cases are written");
   app.add_option("--replay", opt.replay, "Replay a case file or a folder of them");
+  app.add_option("--jobs", opt.jobs, "Concurrent callers (1 = reproducible from --seed)");
   app.add_flag("--keep-going", opt.keep_going, "After a failure restart the cluster and go on");
   app.add_flag("--verbose", opt.verbose, "Print every call");
   CLI11_PARSE(app, argc, argv);
