@@ -1,5 +1,7 @@
 #include "tests/rpcfuzz/message_gen.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/message.h>
 #include <google/protobuf/reflection.h>
 
@@ -46,6 +48,17 @@ bool IsTensor(const Descriptor* d) {
 }
 
 }  // namespace
+
+std::string SerializeDeterministic(const Message& msg) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    msg.SerializeToCodedStream(&coded);
+  }
+  return out;
+}
 
 MessageGen::MessageGen(uint64_t seed, int64_t max_bytes) : rng_(seed), max_bytes_(max_bytes) {}
 

@@ -17,6 +17,10 @@
 
 namespace ragserve::rpcfuzz {
 
+// Wire bytes of `msg` with map entries in key order (plain serialization orders them by hash, which
+// differs between two equal messages), so that a seed gives byte-identical requests.
+std::string SerializeDeterministic(const google::protobuf::Message& msg);
+
 class MessageGen {
  public:
   // max_bytes: rough upper bound of one generated message's wire size (strings, bytes and

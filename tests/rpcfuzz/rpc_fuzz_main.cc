@@ -445,7 +445,7 @@ Case MakeCase(const RpcSpec& rpc, const Fixtures& fx, MessageGen& gen, const Opt
   if (rpc.kind == CallKind::kServerStream && gen.Chance(0.15)) {
     c.cut_after_reads = static_cast<int>(gen.Uniform(0, 3));
   }
-  for (const auto& m : msgs) c.messages.push_back(m->SerializeAsString());
+  for (const auto& m : msgs) c.messages.push_back(SerializeDeterministic(*m));
   c.invalid_utf8 = gen.wrote_invalid_utf8();
   return c;
 }
@@ -583,7 +583,7 @@ int Fuzz(const Options& opt, Run& run) {
         Case c;
         c.path = rpc->path;
         c.deadline_ms = opt.deadline_ms;
-        for (const auto& m : seed) c.messages.push_back(m->SerializeAsString());
+        for (const auto& m : seed) c.messages.push_back(SerializeDeterministic(*m));
         grpc::StatusCode code = grpc::StatusCode::OK;
         const std::string failure = run.RunCase(c, &code);
         if (!failure.empty()) {
