@@ -84,39 +84,51 @@ int64_t Generator::KvBytes(int64_t tokens) const { return tokens * kv_bytes_per_
 
 Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
   RS_CHECK_ARG(job != nullptr, "null job");
-  RS_CHECK_ARG(!job->prompt.empty(), "empty prompt");
-  RS_CHECK_ARG(job->stop.max_tokens >= 1, "max_tokens must be >= 1, got ", job->stop.max_tokens);
+  RS_RETURN_IF_ERROR(CheckJob(*job));
+  RS_ASSIGN_OR_RETURN(const int64_t kv_tokens, ReserveKvTokens(*job));
+  RS_ASSIGN_OR_RETURN(std::unique_ptr<Seq> seq, NewSeq(std::move(job), kv_tokens));
+  return Enqueue(std::move(seq));
+}
+
+Status Generator::CheckJob(const GenerateJob& job) const {
+  RS_CHECK_ARG(!job.prompt.empty(), "empty prompt");
+  RS_CHECK_ARG(job.stop.max_tokens >= 1, "max_tokens must be >= 1, got ", job.stop.max_tokens);
   const int vocab = model_->config().vocab_size;
-  for (const auto* ids : {&job->prompt, &job->resume}) {
+  for (const auto* ids : {&job.prompt, &job.resume}) {
     for (int32_t t : *ids) {
       RS_CHECK_ARG(t >= 0 && t < vocab, "token id ", t, " outside the vocabulary [0, ", vocab, ")");
     }
   }
   const int64_t total =
-      static_cast<int64_t>(job->prompt.size() + job->resume.size()) + job->stop.max_tokens;
+      static_cast<int64_t>(job.prompt.size() + job.resume.size()) + job.stop.max_tokens;
   const int64_t ctx = model_->config().max_position_embeddings;
-  const int64_t start = job->ape ? job->ape->start_pos : 0;
+  const int64_t start = job.ape ? job.ape->start_pos : 0;
   if (ctx > 0 && start + total > ctx) {
-    return InvalidArgument(StrCat("prompt (", start + job->prompt.size() + job->resume.size(),
-                                  " tokens) + max_tokens (", job->stop.max_tokens,
+    return InvalidArgument(StrCat("prompt (", start + job.prompt.size() + job.resume.size(),
+                                  " tokens) + max_tokens (", job.stop.max_tokens,
                                   ") exceeds the model context of ", ctx, " tokens"));
   }
-  if (job->ape && ctx > 0 && job->ape->context_tokens + total > ctx) {
+  if (job.ape && ctx > 0 && job.ape->context_tokens + total > ctx) {
     // Passages are encoded in parallel (positions overlap) but the prompt attends to all of them.
     return InvalidArgument(
-        StrCat("passages (", job->ape->context_tokens, " tokens in all) + prompt (",
-               job->prompt.size() + job->resume.size(), ") + max_tokens (", job->stop.max_tokens,
+        StrCat("passages (", job.ape->context_tokens, " tokens in all) + prompt (",
+               job.prompt.size() + job.resume.size(), ") + max_tokens (", job.stop.max_tokens,
                ") exceed the model context of ", ctx, " tokens"));
   }
-  if (job->ape) {
-    for (const auto& b : job->ape->passages) {
+  if (job.ape) {
+    for (const auto& b : job.ape->passages) {
       RS_CHECK_ARG(b && b->fingerprint == model_->fingerprint(),
                    "a context block was made by another model");
     }
   }
+  return OkStatus();
+}
+
+StatusOr<int64_t> Generator::ReserveKvTokens(const GenerateJob& job) const {
   // An APE request holds its prefix and passage KV for its lifetime (on a GPU it is uploaded to
   // the pool of kv_budget_bytes): it counts against the budget like the sequence's own KV.
-  int64_t kv_tokens = total + (job->ape ? job->ape->context_tokens : 0);
+  int64_t kv_tokens = static_cast<int64_t>(job.prompt.size() + job.resume.size()) +
+                      job.stop.max_tokens + (job.ape ? job.ape->context_tokens : 0);
   if (model_->ops().memory() == kernels::MemorySpace::kDevice) {
     // Each of a sequence's (up to three) paged caches may leave a page partly empty per layer.
     kv_tokens += 3 * kernels::cuda::KvPageGeometry{}.page_size;
@@ -127,8 +139,12 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
                                     "worker's budget is ",
                                     opts_.kv_budget_bytes));
   }
-  RS_ASSIGN_OR_RETURN(engine::Sampler sampler, engine::Sampler::Create(job->sampling));
+  return kv_tokens;
+}
 
+StatusOr<std::unique_ptr<Generator::Seq>> Generator::NewSeq(std::unique_ptr<GenerateJob> job,
+                                                            int64_t kv_tokens) const {
+  RS_ASSIGN_OR_RETURN(engine::Sampler sampler, engine::Sampler::Create(job->sampling));
   auto seq = std::make_unique<Seq>();
   seq->sampler.emplace(std::move(sampler));
   seq->stop = std::make_unique<engine::StopChecker>(job->stop, tokenizer_);
@@ -139,11 +155,14 @@ Status Generator::Submit(std::unique_ptr<GenerateJob> job) {
   seq->tokens = job->prompt;
   seq->tokens.insert(seq->tokens.end(), job->resume.begin(), job->resume.end());
   seq->to_prefill = static_cast<int64_t>(seq->tokens.size());
-  seq->pos0 = static_cast<int32_t>(start);
+  seq->pos0 = static_cast<int32_t>(job->ape ? job->ape->start_pos : 0);
   seq->reserved_bytes = KvBytes(kv_tokens);
   seq->t_submit = Clock::now();
   seq->job = std::move(job);
+  return seq;
+}
 
+Status Generator::Enqueue(std::unique_ptr<Seq> seq) {
   MutexLock lock(mu_);
   if (stopping_) return Unavailable("decoder is shutting down");
   if (!device_failure_.ok()) return device_failure_;

@@ -165,6 +165,13 @@ class Generator {
   // The backend died: fail every active and queued sequence with `st` (loop thread).
   void FailEverything(const Status& st);
   int64_t KvBytes(int64_t tokens) const;
+  // The steps of Submit(), in order (caller's thread): arguments and context length, the KV the
+  // request will hold (tokens, checked against the budget), the sequence with its stop checker
+  // and sampler (a resumed request's ids replayed), then the admission queue.
+  Status CheckJob(const GenerateJob& job) const;
+  StatusOr<int64_t> ReserveKvTokens(const GenerateJob& job) const;
+  StatusOr<std::unique_ptr<Seq>> NewSeq(std::unique_ptr<GenerateJob> job, int64_t kv_tokens) const;
+  Status Enqueue(std::unique_ptr<Seq> seq) ABSL_LOCKS_EXCLUDED(mu_);
 
   engine::Model* model_;
   const engine::Tokenizer* tokenizer_;
