@@ -58,23 +58,7 @@ namespace ctxcache = ragserve::ctxcache;
 namespace engine = ragserve::engine;
 using json = nlohmann::json;
 
-#define CHECK_OK(expr)                                                                 \
-  do {                                                                                 \
-    const Status _st = (expr);                                                         \
-    if (!_st.ok()) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, _st.ToString().c_str()); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-
-template <typename T>
-T Must(StatusOr<T> v, const char* what) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return std::move(*v);
-}
+using ragserve::bench::Must;
 
 struct Item {
   std::vector<std::string> passages;

@@ -3,11 +3,36 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "services/common/status.h"
+
+// A benchmark program stops at the first failed step, saying where.
+#define CHECK_OK(expr)                                                                 \
+  do {                                                                                 \
+    const ::ragserve::Status st_ = (expr);                                             \
+    if (!st_.ok()) {                                                                   \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, st_.ToString().c_str()); \
+      std::exit(1);                                                                    \
+    }                                                                                  \
+  } while (0)
+
 namespace ragserve::bench {
+
+// The value of v, or exit(1) naming `what`.
+template <typename T>
+T Must(StatusOr<T> v, const char* what) {
+  if (!v.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, v.status().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(*v);
+}
 
 // The first "model name" of /proc/cpuinfo ("unknown cpu" when there is none).
 inline std::string CpuModel() {

@@ -71,23 +71,7 @@ double Median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-#define CHECK_OK(expr)                                                                 \
-  do {                                                                                 \
-    const Status _st = (expr);                                                         \
-    if (!_st.ok()) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, _st.ToString().c_str()); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-
-template <typename T>
-T Must(StatusOr<T> v, const char* what) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return std::move(*v);
-}
+using ragserve::bench::Must;
 
 std::vector<int> ParseList(const char* s) {
   std::vector<int> out;

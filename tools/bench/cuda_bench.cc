@@ -134,15 +134,6 @@ StatusOr<DType> ParseDType(const std::string& s) {
   return InvalidArgument(StrCat("dtype must be f32, f16 or bf16, got '", s, "'"));
 }
 
-#define CHECK_OK(expr)                                                                 \
-  do {                                                                                 \
-    const ::ragserve::Status st_ = (expr);                                             \
-    if (!st_.ok()) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, st_.ToString().c_str()); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-
 // A device allocation freed at scope exit.
 class DeviceBuffer {
  public:
