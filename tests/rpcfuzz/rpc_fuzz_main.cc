@@ -21,7 +21,9 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
@@ -49,6 +51,11 @@ using Clock = std::chrono::steady_clock;
 
 const char* const kServiceNames[] = {"index", "kvr", "ctxcache", "decoder", "router"};
 
+// Set by SIGINT / SIGTERM / SIGHUP: the workers stop after their current call and the run ends
+// normally, so the cluster's processes are stopped instead of orphaned.
+std::atomic<bool> g_interrupted{false};
+void OnStopSignal(int) { g_interrupted.store(true); }
+
 struct Options {
   uint64_t seed = 1;
   int64_t requests = 200;  // Per service.
@@ -57,6 +64,9 @@ struct Options {
   int64_t max_message_kb = 4096;
   int64_t deadline_ms = 15000;  // The "normal" deadline.
   int64_t slack_ms = 5000;      // A call not done by deadline + slack hangs.
+  // Added to the normal deadline per token a request asks to generate (sampling.max_tokens), so
+  // a slow (sanitized, loaded) decoder is not judged stalled for honest work; 0 = off.
+  double ms_per_token = 0;
   int64_t rss_limit_mb = 3072;
   int64_t check_every = 25;  // Health + RSS every this many requests.
   int64_t settle_ms = 1000;  // Replay: wait this long after each case before looking again.
@@ -412,6 +422,24 @@ std::string Judge(const RpcSpec& rpc, const Case& c, const Outcome& o, const Opt
 
 // --- Generating cases --------------------------------------------------------------------------
 
+// Tokens the request asks to generate: the largest sampling.max_tokens of its messages (Query and
+// Generate requests carry a SamplingParams field named "sampling"), 0 for every other request.
+int64_t TokensAsked(const MessageList& msgs) {
+  int64_t most = 0;
+  for (const auto& m : msgs) {
+    const auto* sampling = m->GetDescriptor()->FindFieldByName("sampling");
+    if (sampling == nullptr || sampling->message_type() == nullptr) continue;
+    const auto& params = m->GetReflection()->GetMessage(*m, sampling);
+    const auto* max_tokens = params.GetDescriptor()->FindFieldByName("max_tokens");
+    if (max_tokens == nullptr ||
+        max_tokens->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_INT32) {
+      continue;
+    }
+    most = std::max<int64_t>(most, params.GetReflection()->GetInt32(params, max_tokens));
+  }
+  return most;
+}
+
 Case MakeCase(const RpcSpec& rpc, const Fixtures& fx, MessageGen& gen, const Options& opt) {
   Case c;
   c.path = rpc.path;
@@ -452,6 +480,10 @@ Case MakeCase(const RpcSpec& rpc, const Fixtures& fx, MessageGen& gen, const Opt
   }
   for (const auto& m : msgs) c.messages.push_back(SerializeDeterministic(*m));
   c.invalid_utf8 = gen.wrote_invalid_utf8();
+  if (c.deadline_ms == opt.deadline_ms) {
+    c.deadline_ms +=
+        static_cast<int64_t>(opt.ms_per_token * static_cast<double>(TokensAsked(msgs)));
+  }
   return c;
 }
 
@@ -625,8 +657,9 @@ int Fuzz(const Options& opt, Run& run) {
         {
           std::lock_guard<std::mutex> l(run.mu);
           if (stop) return;
-          if (opt.seconds > 0 &&
-              std::chrono::duration<double>(Clock::now() - start).count() > opt.seconds) {
+          if (g_interrupted.load() ||
+              (opt.seconds > 0 &&
+               std::chrono::duration<double>(Clock::now() - start).count() > opt.seconds)) {
             out_of_time = true;
             return;
           }
@@ -703,7 +736,10 @@ int Fuzz(const Options& opt, Run& run) {
   }
   std::printf("rpc_fuzz: seed %llu, %d job(s), %lld requests in %.1f s, %d failure(s)%s\n",
               static_cast<unsigned long long>(opt.seed), opt.jobs, static_cast<long long>(total),
-              secs, failures, out_of_time ? " (stopped by --seconds)" : "");
+              secs, failures,
+              g_interrupted.load() ? " (stopped by a signal)"
+              : out_of_time        ? " (stopped by --seconds)"
+                                   : "");
   for (size_t i = 0; i < std::size(kServiceNames); ++i) {
     std::printf("  %-9s %7lld requests, max RSS %lld MiB\n", kServiceNames[i],
                 static_cast<long long>(sent[kServiceNames[i]]),
@@ -774,6 +810,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-message-kb", opt.max_message_kb, "Largest generated request (KiB)");
   app.add_option("--deadline-ms", opt.deadline_ms, "Normal call deadline");
   app.add_option("--slack-ms", opt.slack_ms, "A call not done by deadline + slack hangs");
+  app.add_option("--ms-per-token", opt.ms_per_token,
+                 "Normal deadline + this per token a request asks to generate (slow builds)");
   app.add_option("--rss-limit-mb", opt.rss_limit_mb, "Resident memory limit of every service");
   app.add_option("--check-every", opt.check_every, "Health + memory check every N requests");
   app.add_option("--settle-ms", opt.settle_ms, "Replay: wait after each case, then check again");
@@ -785,6 +823,7 @@ int main(int argc, char** argv) {
   app.add_flag("--keep-going", opt.keep_going, "After a failure restart the cluster and go on");
   app.add_flag("--verbose", opt.verbose, "Print every call");
   CLI11_PARSE(app, argc, argv);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, OnStopSignal);
   // Requests with invalid UTF-8 make protobuf log an error per serialization.
   google::protobuf::SetLogHandler(nullptr);
 
