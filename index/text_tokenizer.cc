@@ -2,6 +2,7 @@
 
 #include <utf8proc.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 namespace ragserve::index {
@@ -68,11 +69,31 @@ void SplitWords(std::string_view norm, std::vector<std::string>* out) {
   if (!cur.empty()) out->push_back(std::move(cur));
 }
 
+// ASCII text: NFKC is the identity, case folding is lowercasing and the word code points are the
+// letters and digits, so this gives what the utf8proc path gives, several times faster.
+void SplitAscii(std::string_view text, std::vector<std::string>* out) {
+  std::string cur;
+  for (char c : text) {
+    const bool upper = c >= 'A' && c <= 'Z';
+    if (upper || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+      if (cur.size() < kMaxTermBytes) cur.push_back(upper ? static_cast<char>(c - 'A' + 'a') : c);
+    } else if (!cur.empty()) {
+      out->push_back(std::move(cur));
+      cur.clear();
+    }
+  }
+  if (!cur.empty()) out->push_back(std::move(cur));
+}
+
 }  // namespace
 
 std::vector<std::string> LexicalTerms(std::string_view text) {
   std::vector<std::string> out;
   if (text.empty()) return out;
+  if (std::all_of(text.begin(), text.end(), [](char c) { return (c & 0x80) == 0; })) {
+    SplitAscii(text, &out);
+    return out;
+  }
   const std::string valid = ValidUtf8(text);
   utf8proc_uint8_t* mapped = nullptr;
   const utf8proc_ssize_t n =

@@ -51,6 +51,19 @@ TEST(LexicalTermsTest, FoldsCaseAndCompatibilityFormsAndSplitsOnNonWords) {
   EXPECT_EQ(long_word[0].size(), kMaxTermBytes);
 }
 
+TEST(LexicalTermsTest, AsciiFastPathAgreesWithTheUnicodePath) {
+  // Every printable ASCII character, mixed case, plus a long word; the " é" suffix sends the same
+  // text through utf8proc.
+  std::string ascii;
+  for (char c = 32; c < 127; ++c) ascii += std::string(1, c) + "Ab" + std::string(1, c) + "9 ";
+  ascii += std::string(200, 'Q');
+  auto fast = LexicalTerms(ascii);
+  auto slow = LexicalTerms(ascii + " \u00e9");
+  ASSERT_EQ(slow.size(), fast.size() + 1);
+  slow.pop_back();
+  EXPECT_EQ(fast, slow);
+}
+
 TEST(Bm25Test, RareTermOutweighsCommonTermsAndNonMatchingDocsAreAbsent) {
   auto idx = Bm25Index::Create({}).value();
   Add(idx.get(), 1, "the ferry leaves the harbour at nine");
