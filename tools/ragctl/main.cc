@@ -109,7 +109,12 @@ int Query(const Common& c, const ragserve::v1::QueryRequest& req, bool show_pass
       std::printf("retrieved %d passages:\n", ev.passages().passages_size());
       for (const auto& p : ev.passages().passages()) {
         std::string text = p.text().substr(0, 100);
-        std::printf("  [%s] %.4f  %s%s\n", p.id().c_str(), p.score(), text.c_str(),
+        std::string where;  // a passage of a longer document: which one, where
+        if (!p.document_id().empty() && p.document_id() != p.id()) {
+          where = " (" + p.document_id() + " #" + std::to_string(p.chunk_index()) + " @" +
+                  std::to_string(p.offset()) + ")";
+        }
+        std::printf("  [%s]%s %.4f  %s%s\n", p.id().c_str(), where.c_str(), p.score(), text.c_str(),
                     p.text().size() > 100 ? "..." : "");
       }
     } else if (ev.has_delta()) {
