@@ -8,6 +8,7 @@
 //   ragctl generate "prompt" --addr decoder               a decode worker directly
 //   ragctl load --addr decoder                             a decode worker's load report
 //   ragctl stats [--collection C]                          a collection's statistics
+//   ragctl delete ID... [--document D] [--collection C]    delete documents / a document's passages
 //
 // Every command takes --addr (RAGSERVE_ADDR), --token (RAGSERVE_AUTH_TOKEN), --tls-ca and
 // --timeout. Exit codes: 0 ok, 1 usage, 2 the call failed (the gRPC code and message are printed).
@@ -395,6 +396,12 @@ bool IngestJsonl(const std::string& path, const IngestOptions& o, IngestStream* 
   return true;
 }
 
+ragserve::v1::RetrievalMode RetrievalProto(const std::string& r) {
+  return r == "dense"  ? ragserve::v1::RETRIEVAL_MODE_DENSE
+         : r == "bm25" ? ragserve::v1::RETRIEVAL_MODE_BM25
+                       : ragserve::v1::RETRIEVAL_MODE_HYBRID;
+}
+
 ragserve::v1::IngestRequest FirstIngestRequest(const IngestOptions& o) {
   ragserve::v1::IngestRequest first;
   first.set_collection(o.collection);
@@ -411,9 +418,7 @@ ragserve::v1::IngestRequest FirstIngestRequest(const IngestOptions& o) {
                        : o.index == "ivf_pq"   ? ragserve::v1::INDEX_KIND_IVF_PQ
                                                : ragserve::v1::INDEX_KIND_HNSW);
   spec->set_embedder("hashing");
-  spec->set_retrieval(o.retrieval == "dense"  ? ragserve::v1::RETRIEVAL_MODE_DENSE
-                      : o.retrieval == "bm25" ? ragserve::v1::RETRIEVAL_MODE_BM25
-                                              : ragserve::v1::RETRIEVAL_MODE_HYBRID);
+  spec->set_retrieval(RetrievalProto(o.retrieval));
   return first;
 }
 
@@ -494,6 +499,20 @@ int Load(const Common& c) {
   return 0;
 }
 
+int Delete(const Common& c, const ragserve::v1::DeleteRequest& req) {
+  auto ch = Connect(c);
+  if (!ch.ok()) return Fail(ch.status(), "connect");
+  auto stub = ragserve::v1::RagService::NewStub(*ch);
+  grpc::ClientContext ctx;
+  Prepare(c, &ctx);
+  ragserve::v1::DeleteResponse resp;
+  grpc::Status st = stub->Delete(&ctx, req, &resp);
+  if (!st.ok()) return Fail(st, "delete");
+  std::printf("deleted %lld documents from '%s'\n", static_cast<long long>(resp.deleted()),
+              req.collection().c_str());
+  return 0;
+}
+
 int Collections(const Common& c) {
   auto ch = Connect(c);
   if (!ch.ok()) return Fail(ch.status(), "connect");
@@ -548,7 +567,20 @@ int main(int argc, char** argv) {
   bool ignore_eos = false;
   query->add_flag("--ignore-eos", ignore_eos, "Generate max-tokens tokens even past EOS");
   query->add_option("--context-cache", cache, "Use pre-encoded passage KV (true/false)");
+  std::string query_retrieval;
+  query
+      ->add_option("--retrieval", query_retrieval,
+                   "dense | bm25 | hybrid (default: the collection's)")
+      ->check(CLI::IsMember({"dense", "bm25", "hybrid"}));
 
+  ragserve::v1::DeleteRequest dreq;
+  std::vector<std::string> delete_ids, delete_docs;
+  std::string delete_collection = "docs";
+  auto* del =
+      app.add_subcommand("delete", "Delete documents (by id, or every passage of a document)");
+  del->add_option("ids", delete_ids, "Document ids");
+  del->add_option("--document", delete_docs, "Delete every passage of this source document");
+  del->add_option("--collection", delete_collection, "Collection")->capture_default_str();
   auto* colls = app.add_subcommand("collections", "List collections");
   auto* load = app.add_subcommand("load", "Load report of a decode worker (--addr)");
   std::string stats_collection = "docs";
@@ -611,9 +643,16 @@ int main(int argc, char** argv) {
     qreq.mutable_sampling()->set_temperature(temperature);
     qreq.mutable_sampling()->set_seed(seed);
     qreq.mutable_sampling()->set_ignore_eos(ignore_eos);
+    if (!query_retrieval.empty()) qreq.set_retrieval(RetrievalProto(query_retrieval));
     return Query(c, qreq, !no_passages);
   }
   if (colls->parsed()) return Collections(c);
+  if (del->parsed()) {
+    dreq.set_collection(delete_collection);
+    for (const auto& id : delete_ids) dreq.add_ids(id);
+    for (const auto& d : delete_docs) dreq.add_document_ids(d);
+    return Delete(c, dreq);
+  }
   if (load->parsed()) return Load(c);
   if (stats->parsed()) return Stats(c, stats_collection);
   if (ing->parsed()) {
