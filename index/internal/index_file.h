@@ -28,6 +28,7 @@ enum KindCode : uint32_t {
   kIvfFlatCode = 3,
   kIvfPqCode = 4,
   kAttentionAwareCode = 5,
+  kBm25Code = 6,  // index/bm25.h (a lexical index: dim is written as 1)
 };
 
 struct FileHeader {

@@ -8,8 +8,11 @@
 #include <cstring>
 #include <filesystem>
 #include <shared_mutex>
+#include <unordered_set>
 
+#include "index/text_tokenizer.h"
 #include "services/common/logging.h"
+#include "services/index/retrieval.h"
 
 namespace ragserve::collection {
 
@@ -124,39 +127,28 @@ std::string SpecJson(uint32_t cid, const CollectionSpec& s) {
                       {"metric", std::string(index::MetricName(s.metric))},
                       {"kind", s.index_kind},
                       {"params", s.params_json},
-                      {"embedder", s.embedder}};
+                      {"embedder", s.embedder},
+                      {"bm25_k1", s.bm25.k1},
+                      {"bm25_b", s.bm25.b},
+                      {"retrieval", s.retrieval},
+                      {"fusion",
+                       {{"method", s.fusion.method},
+                        {"rrf_k", s.fusion.rrf_k},
+                        {"dense_weight", s.fusion.dense_weight}}}};
   return j.dump();
 }
 
-// Deepest nesting of [ and { in JSON text (outside strings), scanned without recursion.
-int JsonNestingDepth(std::string_view text) {
-  int depth = 0, deepest = 0;
-  bool in_string = false, escaped = false;
-  for (char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      deepest = std::max(deepest, ++depth);
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
+// The retrieval settings of a spec record; records written before they existed get defaults.
+void ParseRetrievalJson(const nlohmann::json& j, CollectionSpec* s) {
+  s->bm25.k1 = j.value("bm25_k1", s->bm25.k1);
+  s->bm25.b = j.value("bm25_b", s->bm25.b);
+  s->retrieval = j.value("retrieval", s->retrieval);
+  if (j.contains("fusion") && j["fusion"].is_object()) {
+    const auto& f = j["fusion"];
+    s->fusion.method = f.value("method", s->fusion.method);
+    s->fusion.rrf_k = f.value("rrf_k", s->fusion.rrf_k);
+    s->fusion.dense_weight = f.value("dense_weight", s->fusion.dense_weight);
   }
-  return deepest;
-}
-
-Status CheckJsonDepth(std::string_view text, std::string_view what) {
-  const int depth = JsonNestingDepth(text);
-  RS_CHECK_ARG(depth <= kMaxJsonDepth, what, " nests ", depth, " levels deep; the limit is ",
-               kMaxJsonDepth);
-  return OkStatus();
 }
 
 Status ParseMetadata(const std::string& text, std::string_view id, nlohmann::json* out) {
@@ -175,6 +167,19 @@ Status ParseMetadata(const std::string& text, std::string_view id, nlohmann::jso
   return OkStatus();
 }
 
+// Records where a passage sits in its source document (Document::document_id) in its metadata.
+Status AddPassageLocation(const Document& d, nlohmann::json* meta) {
+  if (d.document_id.empty()) return OkStatus();
+  RS_CHECK_ARG(d.document_id.size() <= kMaxIdBytes, "document '", d.id,
+               "': document_id must be 1..", kMaxIdBytes, " bytes, got ", d.document_id.size());
+  RS_CHECK_ARG(d.chunk_index >= 0 && d.offset >= 0, "document '", d.id,
+               "': chunk_index and offset must be >= 0, got ", d.chunk_index, " and ", d.offset);
+  (*meta)[kDocIdKey] = d.document_id;
+  (*meta)[kChunkKey] = d.chunk_index;
+  (*meta)[kOffsetKey] = d.offset;
+  return OkStatus();
+}
+
 }  // namespace
 
 Status ValidateCollectionName(const std::string& name) {
@@ -184,6 +189,23 @@ Status ValidateCollectionName(const std::string& name) {
   }
   RS_CHECK_ARG(ok, "collection name '", name, "' must match [A-Za-z0-9_.-]{1,128}");
   return OkStatus();
+}
+
+Status ValidateFusion(const FusionSpec& f) {
+  RS_CHECK_ARG(f.method == "rrf" || f.method == "weighted",
+               "fusion method must be rrf or weighted, got '", f.method, "'");
+  RS_CHECK_ARG(f.rrf_k >= 1 && f.rrf_k <= 10000, "fusion rrf_k must be in [1, 10000], got ",
+               f.rrf_k);
+  RS_CHECK_ARG(f.dense_weight >= 0 && f.dense_weight <= 1,
+               "fusion dense_weight must be in [0, 1], got ", f.dense_weight);
+  return OkStatus();
+}
+
+Status ValidateRetrieval(const CollectionSpec& spec) {
+  RS_CHECK_ARG(spec.retrieval == "dense" || spec.retrieval == "bm25" || spec.retrieval == "hybrid",
+               "retrieval must be dense, bm25 or hybrid, got '", spec.retrieval, "'");
+  RS_RETURN_IF_ERROR(ValidateFusion(spec.fusion));
+  return index::ValidateBm25Params(spec.bm25);
 }
 
 int64_t IvfTrainingMinimum(const index::IndexSpec& spec) {
@@ -226,25 +248,91 @@ Status Collection::RebuildFromDbLocked(const index::IndexSpec& ispec,
   return OkStatus();
 }
 
+namespace {
+
+// The checkpoint record: the write sequence the saved index files reflect and their names.
+struct CheckpointRecord {
+  uint64_t seq = 0;
+  std::string file;       // vector index
+  std::string bm25_file;  // BM25 index ("" in records written before it existed)
+};
+
+CheckpointRecord ReadCheckpointRecord(rocksdb::DB* db, const std::string& key,
+                                      const std::string& name) {
+  CheckpointRecord rec;
+  std::string v;
+  if (!db->Get(rocksdb::ReadOptions(), key, &v).ok()) return rec;
+  try {
+    auto j = nlohmann::json::parse(v);
+    rec.seq = j.at("seq").get<uint64_t>();
+    rec.file = j.at("file").get<std::string>();
+    rec.bm25_file = j.value("bm25", std::string());
+  } catch (const std::exception& e) {
+    RS_LOG(warn, "collection {}: bad checkpoint record ({}); rebuilding", name, e.what());
+    return CheckpointRecord{};
+  }
+  return rec;
+}
+
+}  // namespace
+
+// Documents written after a checkpoint (caught up into the loaded index files).
+struct Collection::RecentDocs {
+  std::vector<int64_t> labels;
+  std::vector<float> x;
+  std::vector<std::string> texts;
+};
+
+std::shared_ptr<VectorIndex> Collection::LoadVectorIndex(const std::string& file) const {
+  if (file.empty()) return nullptr;
+  auto loaded = index::LoadIndex(store_->IndexDir() + "/" + file);
+  const std::string& want = ispec_.kind;
+  if (loaded.ok() && (*loaded)->dim() == spec_.dim && (*loaded)->metric() == spec_.metric &&
+      ((*loaded)->kind() == want || (IsIvf(want) && (*loaded)->kind() == "flat"))) {
+    return std::shared_ptr<VectorIndex>(std::move(*loaded));
+  }
+  RS_LOG(warn, "collection {}: index file {} unusable ({}); rebuilding from the store", spec_.name,
+         file, loaded.ok() ? "kind/dim mismatch" : loaded.status().ToString());
+  return nullptr;
+}
+
+std::shared_ptr<index::Bm25Index> Collection::LoadBm25(const std::string& file) const {
+  if (file.empty()) return nullptr;
+  auto loaded = index::Bm25Index::Load(store_->IndexDir() + "/" + file);
+  if (loaded.ok() && (*loaded)->params().k1 == spec_.bm25.k1 &&
+      (*loaded)->params().b == spec_.bm25.b) {
+    return std::shared_ptr<index::Bm25Index>(std::move(*loaded));
+  }
+  RS_LOG(warn, "collection {}: bm25 file {} unusable ({}); rebuilding from the store", spec_.name,
+         file, loaded.ok() ? "parameter mismatch" : loaded.status().ToString());
+  return nullptr;
+}
+
+Status Collection::RebuildBm25FromDbLocked(std::shared_ptr<index::Bm25Index>* out) {
+  RS_ASSIGN_OR_RETURN(auto built, index::Bm25Index::Create(spec_.bm25));
+  RS_RETURN_IF_ERROR(ScanPrefix(store_->db(), Key('D', cid_), [&](auto, std::string_view v) {
+    DocRecord r;
+    RS_RETURN_IF_ERROR(DecodeDoc(v, &r));
+    const auto label = static_cast<int64_t>(r.label);
+    const std::string_view text = r.text;
+    built->Add(1, &label, &text);
+    return OkStatus();
+  }));
+  *out = std::shared_ptr<index::Bm25Index>(std::move(built));
+  return OkStatus();
+}
+
 Status Collection::Open() {
   MutexLock w(write_mu_);
   rocksdb::DB* db = store_->db();
   std::string v;
   auto s = db->Get(rocksdb::ReadOptions(), Key('N', cid_), &v);
   if (s.ok() && v.size() == 8) next_seq_ = ReadBe64(v);
-  // Documents -> label maps.
-  std::vector<std::pair<int64_t, std::vector<float>>> recent;
-  uint64_t ckpt_seq = 0;
-  std::string ckpt_file;
-  if (db->Get(rocksdb::ReadOptions(), Key('I', cid_), &v).ok()) {
-    try {
-      auto j = nlohmann::json::parse(v);
-      ckpt_seq = j.at("seq").get<uint64_t>();
-      ckpt_file = j.at("file").get<std::string>();
-    } catch (const std::exception& e) {
-      RS_LOG(warn, "collection {}: bad checkpoint record ({}); rebuilding", spec_.name, e.what());
-    }
-  }
+  const CheckpointRecord ckpt = ReadCheckpointRecord(db, Key('I', cid_), spec_.name);
+  std::shared_ptr<VectorIndex> idx = LoadVectorIndex(ckpt.file);
+  std::shared_ptr<index::Bm25Index> bm25 = LoadBm25(ckpt.bm25_file);
+  // Documents -> label maps; those written after the checkpoint are caught up below.
+  RecentDocs recent;
   RS_RETURN_IF_ERROR(ScanPrefix(db, Key('D', cid_), [&](std::string_view k, std::string_view val) {
     DocRecord r;
     RS_RETURN_IF_ERROR(DecodeDoc(val, &r));
@@ -255,56 +343,51 @@ Status Collection::Open() {
     const auto label = static_cast<int64_t>(r.label);
     label_of_[e.doc_id] = label;
     by_label_.emplace(label, std::move(e));
-    if (r.label >= ckpt_seq) recent.emplace_back(label, std::move(r.vector));
+    if (r.label >= ckpt.seq) {
+      recent.labels.push_back(label);
+      recent.x.insert(recent.x.end(), r.vector.begin(), r.vector.end());
+      recent.texts.push_back(std::move(r.text));
+    }
     return OkStatus();
   }));
-  std::shared_ptr<VectorIndex> idx;
-  if (!ckpt_file.empty()) {
-    auto loaded = index::LoadIndex(store_->IndexDir() + "/" + ckpt_file);
-    const std::string& want = ispec_.kind;
-    if (loaded.ok() && (*loaded)->dim() == spec_.dim && (*loaded)->metric() == spec_.metric &&
-        ((*loaded)->kind() == want || (IsIvf(want) && (*loaded)->kind() == "flat"))) {
-      idx = std::shared_ptr<VectorIndex>(std::move(*loaded));
-    } else {
-      RS_LOG(warn, "collection {}: index file {} unusable ({}); rebuilding from the store",
-             spec_.name, ckpt_file, loaded.ok() ? "kind/dim mismatch" : loaded.status().ToString());
+  std::vector<int64_t> gone;  // labels removed after the checkpoint
+  RS_RETURN_IF_ERROR(ScanPrefix(db, Key('T', cid_), [&](std::string_view k, std::string_view val) {
+    if (ReadBe64(k.substr(5)) >= ckpt.seq && val.size() == 8) {
+      gone.push_back(static_cast<int64_t>(ReadBe64(val)));
     }
-  }
-  if (idx != nullptr) {
-    // Catch up: documents written after the checkpoint, then the removals logged after it.
-    std::vector<float> x;
-    std::vector<int64_t> labels;
-    for (auto& [label, vec] : recent) {
-      x.insert(x.end(), vec.begin(), vec.end());
-      labels.push_back(label);
-    }
-    if (!labels.empty()) {
-      RS_RETURN_IF_ERROR(idx->add(static_cast<int64_t>(labels.size()), x.data(), labels.data()));
-    }
-    std::vector<int64_t> gone;
-    RS_RETURN_IF_ERROR(
-        ScanPrefix(db, Key('T', cid_), [&](std::string_view k, std::string_view val) {
-          if (ReadBe64(k.substr(5)) >= ckpt_seq && val.size() == 8) {
-            gone.push_back(static_cast<int64_t>(ReadBe64(val)));
-          }
-          return OkStatus();
-        }));
-    if (!gone.empty()) RS_RETURN_IF_ERROR(idx->remove(gone.size(), gone.data()).status());
-    if (idx->size() != static_cast<int64_t>(by_label_.size())) {
-      RS_LOG(warn, "collection {}: index holds {} vectors, store {}; rebuilding", spec_.name,
-             idx->size(), by_label_.size());
-      idx.reset();
-    } else {
-      RS_LOG(info, "collection {}: loaded {} (+{} caught up, -{} removed)", spec_.name, ckpt_file,
-             labels.size(), gone.size());
-    }
+    return OkStatus();
+  }));
+  if (idx != nullptr) RS_RETURN_IF_ERROR(CatchUpVectorIndex(ckpt.file, recent, gone, &idx));
+  if (bm25 != nullptr) {
+    std::vector<std::string_view> texts(recent.texts.begin(), recent.texts.end());
+    bm25->Add(static_cast<int64_t>(texts.size()), recent.labels.data(), texts.data());
+    bm25->Remove(static_cast<int64_t>(gone.size()), gone.data());
   }
   if (idx == nullptr) RS_RETURN_IF_ERROR(RebuildFromDbLocked(ispec_, &idx));
+  if (bm25 == nullptr) RS_RETURN_IF_ERROR(RebuildBm25FromDbLocked(&bm25));
+  bm25_ = std::move(bm25);
   {
     WriterMutexLock st(state_mu_);
     index_ = std::move(idx);
   }
   return MaybeTrainIvfLocked();
+}
+
+Status Collection::CatchUpVectorIndex(const std::string& file, const RecentDocs& recent,
+                                      const std::vector<int64_t>& gone,
+                                      std::shared_ptr<VectorIndex>* idx) {
+  const auto n = static_cast<int64_t>(recent.labels.size());
+  if (n > 0) RS_RETURN_IF_ERROR((*idx)->add(n, recent.x.data(), recent.labels.data()));
+  if (!gone.empty()) RS_RETURN_IF_ERROR((*idx)->remove(gone.size(), gone.data()).status());
+  if ((*idx)->size() != static_cast<int64_t>(by_label_.size())) {
+    RS_LOG(warn, "collection {}: index holds {} vectors, store {}; rebuilding", spec_.name,
+           (*idx)->size(), by_label_.size());
+    idx->reset();
+  } else {
+    RS_LOG(info, "collection {}: loaded {} (+{} caught up, -{} removed)", spec_.name, file, n,
+           gone.size());
+  }
+  return OkStatus();
 }
 
 Status Collection::MaybeTrainIvfLocked() {
@@ -352,6 +435,7 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
     RS_CHECK_ARG(!d.id.empty() && d.id.size() <= kMaxIdBytes, "document ", i, ": id must be 1..",
                  kMaxIdBytes, " bytes, got ", d.id.size());
     RS_RETURN_IF_ERROR(ParseMetadata(d.metadata_json, d.id, &metas[i]));
+    RS_RETURN_IF_ERROR(AddPassageLocation(d, &metas[i]));
     if (d.vector.empty()) {
       to_embed.push_back(d.text);
       embed_pos.push_back(i);
@@ -419,7 +503,12 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
   if (!old_labels.empty()) {
     auto r = idx->remove(static_cast<int64_t>(old_labels.size()), old_labels.data());
     if (!r.ok() && ist.ok()) ist = r.status();
+    bm25_->Remove(static_cast<int64_t>(old_labels.size()), old_labels.data());
   }
+  std::vector<std::string_view> texts;
+  texts.reserve(order.size());
+  for (size_t i : order) texts.push_back(docs[i].text);
+  bm25_->Add(static_cast<int64_t>(labels.size()), labels.data(), texts.data());
   if (!ist.ok()) {
     // The documents are durable; the derived index is repaired by rebuilding it.
     RS_LOG(error, "collection {}: index update failed ({}); rebuilding", spec_.name,
@@ -433,22 +522,42 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
   return static_cast<int64_t>(order.size());
 }
 
-StatusOr<int64_t> Collection::Delete(const std::vector<std::string>& ids) {
-  RS_CHECK_ARG(!ids.empty(), "delete from '", spec_.name, "': empty id list");
+std::vector<std::string> Collection::IdsOfDocuments(
+    const std::vector<std::string>& document_ids) const {
+  std::vector<std::string> out;
+  if (document_ids.empty()) return out;
+  const std::set<std::string> want(document_ids.begin(), document_ids.end());
+  ReaderMutexLock st(state_mu_);
+  for (const auto& [label, e] : by_label_) {
+    auto it = e.metadata.find(kDocIdKey);
+    if (it != e.metadata.end() && it->is_string() && want.count(it->get<std::string>())) {
+      out.push_back(e.doc_id);
+    }
+  }
+  return out;
+}
+
+StatusOr<int64_t> Collection::Delete(const std::vector<std::string>& ids,
+                                     const std::vector<std::string>& document_ids) {
+  RS_CHECK_ARG(!ids.empty() || !document_ids.empty(), "delete from '", spec_.name,
+               "': empty id list");
   MutexLock w(write_mu_);
   if (dropped_) return NotFound(StrCat("collection '", spec_.name, "' was dropped"));
+  std::vector<std::string> all = ids;
+  for (auto& id : IdsOfDocuments(document_ids)) all.push_back(std::move(id));
   rocksdb::WriteBatch batch;
   std::vector<int64_t> gone;
-  std::vector<std::string> gone_ids;
+  std::unordered_set<std::string> gone_ids;
+  std::vector<std::string> gone_order;
   uint64_t seq = next_seq_;
-  for (const auto& id : ids) {
+  for (const auto& id : all) {
     auto it = label_of_.find(id);
     if (it == label_of_.end()) continue;
-    if (std::find(gone_ids.begin(), gone_ids.end(), id) != gone_ids.end()) continue;
+    if (!gone_ids.insert(id).second) continue;
     batch.Delete(Key('D', cid_, id));
     batch.Put(Key('T', cid_, Be64(seq++)), Be64(static_cast<uint64_t>(it->second)));
     gone.push_back(it->second);
-    gone_ids.push_back(id);
+    gone_order.push_back(id);
   }
   if (gone.empty()) return int64_t{0};
   batch.Put(Key('N', cid_), Be64(seq));
@@ -459,10 +568,11 @@ StatusOr<int64_t> Collection::Delete(const std::vector<std::string>& ids) {
     WriterMutexLock st(state_mu_);
     for (size_t i = 0; i < gone.size(); ++i) {
       by_label_.erase(gone[i]);
-      label_of_.erase(gone_ids[i]);
+      label_of_.erase(gone_order[i]);
     }
     idx = index_;
   }
+  bm25_->Remove(static_cast<int64_t>(gone.size()), gone.data());
   RS_RETURN_IF_ERROR(idx->remove(static_cast<int64_t>(gone.size()), gone.data()).status());
   return static_cast<int64_t>(gone.size());
 }
@@ -504,78 +614,166 @@ Status Collection::EmbedQueries(const std::vector<Query>& queries, std::vector<f
   return OkStatus();
 }
 
-StatusOr<std::vector<std::vector<Hit>>> Collection::Search(const std::vector<Query>& queries,
-                                                           const SearchOptions& options) const {
-  RS_CHECK_ARG(!queries.empty() && queries.size() <= 1024, "search '", spec_.name,
-               "': batch must hold 1..1024 queries, got ", queries.size());
-  RS_CHECK_ARG(options.k >= 1 && options.k <= kMaxK, "search '", spec_.name, "': k must be in [1, ",
-               kMaxK, "], got ", options.k);
-  RS_CHECK_ARG(options.ef_search >= 0 && options.ef_search <= kMaxEfSearch,
-               "search: ef_search must be in [0, ", kMaxEfSearch, "], got ", options.ef_search);
-  RS_CHECK_ARG(options.nprobe >= 0 && options.nprobe <= kMaxNprobe,
-               "search: nprobe must be in [0, ", kMaxNprobe, "], got ", options.nprobe);
-  RS_CHECK_ARG(static_cast<int64_t>(queries.size()) * options.k <= kMaxResultsPerSearch, "search '",
-               spec_.name, "': queries x k = ", queries.size(), " x ", options.k, " exceeds ",
-               kMaxResultsPerSearch, " results per call");
-  std::vector<std::pair<std::string, nlohmann::json>> equals;
-  for (const auto& [field, value] : options.filter_equals) {
-    RS_RETURN_IF_ERROR(CheckJsonDepth(value, StrCat("filter on '", field, "': value")));
-    auto j = nlohmann::json::parse(value, nullptr, false);
-    RS_CHECK_ARG(!j.is_discarded(), "filter on '", field, "': value ", value,
-                 " is not JSON (write strings quoted, e.g. \"\\\"x\\\"\")");
-    equals.emplace_back(field, std::move(j));
+struct Collection::Plan {
+  const std::vector<Query>* queries = nullptr;
+  std::string mode;  // dense | bm25 | hybrid
+  FusionSpec fusion;
+  int k = 0;
+  int depth = 0;              // hits each retriever returns (k unless fused)
+  std::vector<float> q;       // dense: one vector per query (empty in bm25 mode)
+  std::vector<char> lexical;  // per query: searched in the BM25 index
+  index::SearchParams sp;     // ef_search, nprobe, filter
+};
+
+namespace {
+
+Status CheckSearchOptions(const std::string& name, size_t queries, const SearchOptions& o) {
+  RS_CHECK_ARG(queries >= 1 && queries <= 1024, "search '", name,
+               "': batch must hold 1..1024 queries, got ", queries);
+  RS_CHECK_ARG(o.k >= 1 && o.k <= kMaxK, "search '", name, "': k must be in [1, ", kMaxK, "], got ",
+               o.k);
+  RS_CHECK_ARG(o.ef_search >= 0 && o.ef_search <= kMaxEfSearch, "search: ef_search must be in [0, ",
+               kMaxEfSearch, "], got ", o.ef_search);
+  RS_CHECK_ARG(o.nprobe >= 0 && o.nprobe <= kMaxNprobe, "search: nprobe must be in [0, ",
+               kMaxNprobe, "], got ", o.nprobe);
+  RS_CHECK_ARG(static_cast<int64_t>(queries) * o.k <= kMaxResultsPerSearch, "search '", name,
+               "': queries x k = ", queries, " x ", o.k, " exceeds ", kMaxResultsPerSearch,
+               " results per call");
+  RS_CHECK_ARG(o.retrieval.empty() || o.retrieval == "dense" || o.retrieval == "bm25" ||
+                   o.retrieval == "hybrid",
+               "search: retrieval must be dense, bm25 or hybrid, got '", o.retrieval, "'");
+  if (o.fusion) RS_RETURN_IF_ERROR(ValidateFusion(*o.fusion));
+  return OkStatus();
+}
+
+// Which queries go to the BM25 index: all of them in bm25 mode (each needs words), those with a
+// text in hybrid mode (a vector-only query is dense only).
+Status PlanLexical(const std::vector<Query>& queries, const std::string& mode,
+                   std::vector<char>* lexical) {
+  lexical->assign(queries.size(), 0);
+  if (mode == "dense") return OkStatus();
+  for (size_t i = 0; i < queries.size(); ++i) {
+    const Query& q = queries[i];
+    if (mode == "bm25") {
+      RS_CHECK_ARG(!q.text.empty(), "query ", i, ": bm25 retrieval needs a query text");
+      RS_CHECK_ARG(!index::LexicalTerms(q.text).empty(), "query ", i, ": text '",
+                   q.text.substr(0, 64), q.text.size() > 64 ? "..." : "",
+                   "' has no words to search for (only spaces or punctuation)");
+    }
+    (*lexical)[i] = !q.text.empty();
   }
-  std::vector<float> q;
-  RS_RETURN_IF_ERROR(EmbedQueries(queries, &q));
-  const int64_t n = static_cast<int64_t>(queries.size());
-  const int k = options.k;
+  return OkStatus();
+}
+
+}  // namespace
+
+Status Collection::SearchDenseLocked(const Plan& plan, std::vector<Ranked>* out) const {
+  const auto n = static_cast<int64_t>(plan.queries->size());
+  out->assign(n, {});
+  if (plan.mode == "bm25") return OkStatus();
+  const int k = plan.depth;
   std::vector<float> dist(n * k);
   std::vector<int64_t> labels(n * k);
-  std::vector<std::vector<Hit>> out(n);
+  RS_RETURN_IF_ERROR(index_->search(n, plan.q.data(), k, dist.data(), labels.data(), plan.sp));
+  for (int64_t i = 0; i < n; ++i) {
+    for (int j = 0; j < k && labels[i * k + j] >= 0; ++j) {
+      (*out)[i].emplace_back(labels[i * k + j], dist[i * k + j]);
+    }
+  }
+  return OkStatus();
+}
+
+Status Collection::SearchLexicalLocked(const Plan& plan, std::vector<Ranked>* out) const {
+  const size_t n = plan.queries->size();
+  out->assign(n, {});
+  const int k = plan.depth;
+  std::vector<float> scores(k);
+  std::vector<int64_t> labels(k);
+  for (size_t i = 0; i < n; ++i) {
+    if (!plan.lexical[i]) continue;
+    RS_RETURN_IF_ERROR(bm25_->Search(1, &(*plan.queries)[i].text, k, scores.data(), labels.data(),
+                                     plan.sp.filter));
+    for (int j = 0; j < k && labels[j] >= 0; ++j) (*out)[i].emplace_back(labels[j], scores[j]);
+  }
+  return OkStatus();
+}
+
+std::vector<Hit> Collection::HitsLocked(const Ranked& ranked, bool include_text) const {
+  std::vector<Hit> hits;
+  for (const auto& [label, score] : ranked) {
+    auto it = by_label_.find(label);
+    if (it == by_label_.end()) continue;  // replaced or deleted while the search ran
+    const nlohmann::json& meta = it->second.metadata;
+    Hit h;
+    h.id = it->second.doc_id;
+    h.score = score;
+    auto doc = meta.find(kDocIdKey);
+    h.document_id = doc != meta.end() && doc->is_string() ? doc->get<std::string>() : h.id;
+    auto chunk = meta.find(kChunkKey);
+    if (chunk != meta.end() && chunk->is_number_integer()) h.chunk_index = chunk->get<int32_t>();
+    auto off = meta.find(kOffsetKey);
+    if (off != meta.end() && off->is_number_integer()) h.offset = off->get<int64_t>();
+    if (include_text) h.metadata_json = meta.dump();
+    hits.push_back(std::move(h));
+  }
+  return hits;
+}
+
+StatusOr<std::vector<std::vector<Hit>>> Collection::Search(const std::vector<Query>& queries,
+                                                           const SearchOptions& options) const {
+  RS_RETURN_IF_ERROR(CheckSearchOptions(spec_.name, queries.size(), options));
+  RS_ASSIGN_OR_RETURN(const MetadataFilter mf, MetadataFilter::Compile(options));
+  Plan plan;
+  plan.queries = &queries;
+  plan.mode = options.retrieval.empty() ? spec_.retrieval : options.retrieval;
+  plan.fusion = options.fusion ? *options.fusion : spec_.fusion;
+  plan.k = options.k;
+  plan.depth = plan.mode == "hybrid" ? FusionDepth(options.k) : options.k;
+  RS_RETURN_IF_ERROR(PlanLexical(queries, plan.mode, &plan.lexical));
+  if (plan.mode != "bm25") RS_RETURN_IF_ERROR(EmbedQueries(queries, &plan.q));
+  plan.sp.ef_search = options.ef_search;
+  plan.sp.nprobe = options.nprobe;
+  std::vector<std::vector<Hit>> out(queries.size());
   {
     ReaderMutexLock st(state_mu_);
-    std::function<bool(int64_t)> filter = [&](int64_t label) {
-      auto it = by_label_.find(label);
-      if (it == by_label_.end()) return false;
-      for (const auto& [field, value] : equals) {
-        auto f = it->second.metadata.find(field);
-        if (f == it->second.metadata.end() || *f != value) return false;
-      }
-      return true;
+    std::function<bool(int64_t)> filter = [&](int64_t label) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+      auto it = by_label_.find(label);  // runs inside the searches below, under state_mu_
+      return it != by_label_.end() && mf.Matches(it->second.metadata);
     };
-    index::SearchParams sp;
-    sp.ef_search = options.ef_search;
-    sp.nprobe = options.nprobe;
-    // Without an equality filter, labels that are not (or no longer) mapped are dropped below.
-    if (!equals.empty()) sp.filter = &filter;
-    RS_RETURN_IF_ERROR(index_->search(n, q.data(), k, dist.data(), labels.data(), sp));
-    for (int64_t i = 0; i < n; ++i) {
-      for (int j = 0; j < k; ++j) {
-        const int64_t label = labels[i * k + j];
-        if (label < 0) break;
-        auto it = by_label_.find(label);
-        if (it == by_label_.end()) continue;
-        Hit h;
-        h.id = it->second.doc_id;
-        h.score = dist[i * k + j];
-        if (options.include_text) h.metadata_json = it->second.metadata.dump();
-        out[i].push_back(std::move(h));
+    // Without a filter, labels that are not (or no longer) mapped are dropped by HitsLocked.
+    if (!mf.empty()) plan.sp.filter = &filter;
+    std::vector<Ranked> dense, lexical;
+    RS_RETURN_IF_ERROR(SearchDenseLocked(plan, &dense));
+    RS_RETURN_IF_ERROR(SearchLexicalLocked(plan, &lexical));
+    const bool larger_better = index::HigherIsBetter(spec_.metric);
+    for (size_t i = 0; i < queries.size(); ++i) {
+      Ranked r;
+      if (plan.mode == "dense" || !plan.lexical[i]) {  // a vector-only query is dense only
+        r = std::move(dense[i]);
+        if (r.size() > static_cast<size_t>(plan.k)) r.resize(plan.k);
+      } else if (plan.mode == "bm25") {
+        r = std::move(lexical[i]);
+      } else {
+        r = Fuse(dense[i], lexical[i], larger_better, plan.fusion, plan.k);
       }
+      out[i] = HitsLocked(r, options.include_text);
     }
   }
-  if (options.include_text) {
-    for (auto& hits : out) {
-      for (Hit& h : hits) {
-        std::string v;
-        DocRecord r;
-        if (store_->db()->Get(rocksdb::ReadOptions(), Key('D', cid_, h.id), &v).ok() &&
-            DecodeDoc(v, &r).ok()) {
-          h.text = std::move(r.text);
-        }
-      }
-    }
-  }
+  if (options.include_text) FillTexts(&out);
   return out;
+}
+
+void Collection::FillTexts(std::vector<std::vector<Hit>>* results) const {
+  for (auto& hits : *results) {
+    for (Hit& h : hits) {
+      std::string v;
+      DocRecord r;
+      if (store_->db()->Get(rocksdb::ReadOptions(), Key('D', cid_, h.id), &v).ok() &&
+          DecodeDoc(v, &r).ok()) {
+        h.text = std::move(r.text);
+      }
+    }
+  }
 }
 
 Status Collection::Get(const std::vector<std::string>& ids, std::vector<Document>* found,
@@ -611,6 +809,8 @@ CollectionInfo Collection::Info() const {
   info.index_bytes = idx->memory_bytes();
   info.active_kind = std::string(idx->kind());
   info.rebuilding = rebuilding_.load();
+  info.lexical_documents = bm25_->size();
+  info.lexical_bytes = bm25_->memory_bytes();
   const std::string lo = Key('D', cid_), hi = Key('D', cid_ + 1);
   rocksdb::Range r(lo, hi);
   uint64_t bytes = 0;
@@ -662,28 +862,28 @@ Status Collection::Checkpoint() {
   if (dropped_) return OkStatus();
   rocksdb::DB* db = store_->db();
   const std::string file = StrCat(cid_, "-", next_seq_, ".idx");
-  const std::string path = store_->IndexDir() + "/" + file;
-  std::string old_file;
-  std::string v;
-  if (db->Get(rocksdb::ReadOptions(), Key('I', cid_), &v).ok()) {
-    auto j = nlohmann::json::parse(v, nullptr, false);
-    if (j.is_object() && j.contains("file") && j["file"].is_string()) {
-      old_file = j["file"].get<std::string>();
-    }
-  }
+  const std::string bm25_file = StrCat(cid_, "-", next_seq_, ".bm25");
+  const std::string dir = store_->IndexDir() + "/";
+  const CheckpointRecord old = ReadCheckpointRecord(db, Key('I', cid_), spec_.name);
   std::error_code ec;
-  if (old_file == file && fs::exists(path, ec)) return OkStatus();  // nothing new
+  if (old.file == file && old.bm25_file == bm25_file && fs::exists(dir + file, ec) &&
+      fs::exists(dir + bm25_file, ec)) {
+    return OkStatus();  // nothing new
+  }
   std::shared_ptr<VectorIndex> idx;
   {
     ReaderMutexLock st(state_mu_);
     idx = index_;
   }
-  RS_RETURN_IF_ERROR(idx->save(path));
+  RS_RETURN_IF_ERROR(idx->save(dir + file));
+  RS_RETURN_IF_ERROR(bm25_->Save(dir + bm25_file));
   rocksdb::WriteBatch batch;
-  batch.Put(Key('I', cid_), nlohmann::json{{"seq", next_seq_}, {"file", file}}.dump());
+  batch.Put(Key('I', cid_),
+            nlohmann::json{{"seq", next_seq_}, {"file", file}, {"bm25", bm25_file}}.dump());
   batch.DeleteRange(Key('T', cid_), Key('T', cid_ + 1));  // every tombstone is older than seq
   RS_RETURN_IF_ERROR(FromRocks(db->Write(SyncWrite(), &batch), "checkpoint: write"));
-  if (!old_file.empty() && old_file != file) fs::remove(store_->IndexDir() + "/" + old_file, ec);
+  if (!old.file.empty() && old.file != file) fs::remove(dir + old.file, ec);
+  if (!old.bm25_file.empty() && old.bm25_file != bm25_file) fs::remove(dir + old.bm25_file, ec);
   return OkStatus();
 }
 
@@ -721,6 +921,7 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
       s.index_kind = j.at("kind").get<std::string>();
       s.params_json = j.at("params").get<std::string>();
       s.embedder = j.at("embedder").get<std::string>();
+      ParseRetrievalJson(j, &s);
       specs.emplace_back(j.at("cid").get<uint32_t>(), std::move(s));
     } catch (const std::exception& e) {
       return DataLoss(StrCat("index store: corrupt collection record: ", e.what()));
@@ -763,6 +964,8 @@ StatusOr<std::shared_ptr<Collection>> CollectionStore::Create(const CollectionSp
   CollectionSpec spec = in;
   if (spec.index_kind.empty()) spec.index_kind = "hnsw";
   if (spec.embedder.empty()) spec.embedder = "hashing";
+  if (spec.retrieval.empty()) spec.retrieval = "hybrid";
+  RS_RETURN_IF_ERROR(ValidateRetrieval(spec));
   RS_ASSIGN_OR_RETURN(
       auto ispec, index::MakeIndexSpec(spec.index_kind, spec.metric, spec.dim, spec.params_json));
   spec.params_json = index::IndexParamsJson(ispec);

@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -35,6 +36,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "index/bm25.h"
 #include "index/index_factory.h"
 #include "index/internal/rw_mutex.h"
 #include "index/vector_index.h"
@@ -48,6 +50,15 @@ class DB;
 
 namespace ragserve::collection {
 
+// How dense and BM25 hit lists are fused in hybrid retrieval.
+struct FusionSpec {
+  std::string method = "rrf";  // rrf: sum of 1 / (rrf_k + rank) | weighted (see below)
+  int rrf_k = 60;              // 1..10000
+  // weighted: dense_weight * dense + (1 - dense_weight) * bm25, each list's scores min-max
+  // normalised to [0, 1] (a document missing from a list gets 0 there); in [0, 1].
+  double dense_weight = 0.5;
+};
+
 struct CollectionSpec {
   std::string name;  // [A-Za-z0-9_.-]{1,128}
   int dim = 0;       // >= 1
@@ -55,13 +66,30 @@ struct CollectionSpec {
   std::string index_kind = "hnsw";  // flat | hnsw | ivf_flat | ivf_pq
   std::string params_json = "{}";   // see index/index_factory.h
   std::string embedder = "hashing";
+  index::Bm25Params bm25;            // the BM25 index every collection keeps over its texts
+  std::string retrieval = "hybrid";  // dense | bm25 | hybrid: how text queries are answered
+  FusionSpec fusion;
 };
+
+// InvalidArgument naming the bad value: retrieval, fusion method/rrf_k/dense_weight, bm25 params.
+Status ValidateRetrieval(const CollectionSpec& spec);
+Status ValidateFusion(const FusionSpec& f);
+
+// Metadata keys that locate a passage cut from a longer document (Document::document_id etc.).
+inline constexpr char kDocIdKey[] = "_doc_id";
+inline constexpr char kChunkKey[] = "_chunk";
+inline constexpr char kOffsetKey[] = "_offset";
 
 struct Document {
   std::string id;  // 1..512 bytes
   std::string text;
   std::string metadata_json = "{}";  // a JSON object ("" = {}), nested at most kMaxJsonDepth
   std::vector<float> vector;         // empty = embed `text`; else exactly dim finite floats
+  // A passage of a longer document: stored in the metadata under kDocIdKey / kChunkKey /
+  // kOffsetKey when document_id is set (chunk_index and offset must then be >= 0).
+  std::string document_id;
+  int32_t chunk_index = 0;
+  int64_t offset = 0;
 };
 
 struct Query {
@@ -84,20 +112,35 @@ struct StoreLimits {
   int64_t max_embed_batch_bytes = int64_t{64} << 20;  // texts x dim x 4 embedded by one call
 };
 
+// Numeric bounds on a metadata field (unset = open); the field must be a JSON number.
+struct NumericRange {
+  std::optional<double> gt, gte, lt, lte;
+};
+
 struct SearchOptions {
   int k = 10;  // 1..kMaxK
   // Equality filter: metadata[field] must equal the JSON value written as text ("\"x\"", "42").
   std::map<std::string, std::string> filter_equals;
-  int ef_search = 0;  // 0 = index default; at most kMaxEfSearch
-  int nprobe = 0;     // 0 = index default; at most kMaxNprobe
+  std::map<std::string, NumericRange> filter_ranges;
+  // metadata[field] must equal one of the JSON values (1..1024 of them).
+  std::map<std::string, std::vector<std::string>> filter_any_of;
+  std::string retrieval;             // "" = the collection's; dense | bm25 | hybrid
+  std::optional<FusionSpec> fusion;  // unset = the collection's
+  int ef_search = 0;                 // 0 = index default; at most kMaxEfSearch
+  int nprobe = 0;                    // 0 = index default; at most kMaxNprobe
   bool include_text = true;
 };
 
 struct Hit {
   std::string id;
-  float score = 0;  // squared L2 distance (l2) or similarity (ip, cosine)
+  // dense: squared L2 distance (l2) or similarity (ip, cosine); bm25: BM25 score; hybrid: the
+  // fused score (larger is better)
+  float score = 0;
   std::string text;
   std::string metadata_json;
+  std::string document_id;  // kDocIdKey of the metadata, else id
+  int32_t chunk_index = 0;
+  int64_t offset = 0;
 };
 
 struct CollectionInfo {
@@ -107,6 +150,8 @@ struct CollectionInfo {
   int64_t index_bytes = 0;
   int64_t disk_bytes = 0;
   bool rebuilding = false;
+  int64_t lexical_documents = 0;  // documents in the BM25 index
+  int64_t lexical_bytes = 0;
   std::string active_kind;  // kind serving searches now ("flat" while an IVF awaits training)
 };
 
@@ -126,12 +171,16 @@ class Collection {
   // its depth; ResourceExhausted when the texts to embed exceed max_embed_batch_bytes): on error
   // nothing changes. Returns the number written.
   StatusOr<int64_t> Upsert(std::vector<Document> docs);
-  // Deletes the ids (unknown ids are ignored); returns the number deleted.
-  StatusOr<int64_t> Delete(const std::vector<std::string>& ids);
-  // One hit list per query, best first. InvalidArgument for an empty batch, k / ef_search /
-  // nprobe out of range, a wrong dimension, NaN/Inf, a query text without words (it would embed
-  // to a zero vector), or a filter value that is not JSON; ResourceExhausted when the query
-  // texts exceed max_embed_batch_bytes.
+  // Deletes the ids and every passage whose document_id is in document_ids (unknown ids are
+  // ignored) from the store, the vector index and the BM25 index; returns the number deleted.
+  StatusOr<int64_t> Delete(const std::vector<std::string>& ids,
+                           const std::vector<std::string>& document_ids = {});
+  // One hit list per query, best first. The retrieval mode (options, else the collection's):
+  // dense searches the query's vector (or its embedded text); bm25 its text in the BM25 index;
+  // hybrid both, fused (a query with a vector and no text is dense only). InvalidArgument for an
+  // empty batch, k / ef_search / nprobe out of range, a wrong dimension, NaN/Inf, a query text
+  // without words (it would embed to a zero vector / match nothing), a bm25 query without text,
+  // or a bad filter; ResourceExhausted when the query texts exceed max_embed_batch_bytes.
   StatusOr<std::vector<std::vector<Hit>>> Search(const std::vector<Query>& queries,
                                                  const SearchOptions& options) const;
   // Found documents in request order (with their stored vectors) and the missing ids.
@@ -149,6 +198,10 @@ class Collection {
     std::string doc_id;
     nlohmann::json metadata;  // parsed once: the filter runs inside the search loop
   };
+  // A hit list of one retriever: (label, score), best first.
+  using Ranked = std::vector<std::pair<int64_t, float>>;
+  struct Plan;        // what one Search call runs
+  struct RecentDocs;  // documents written after a checkpoint
   Collection(CollectionStore* store, uint32_t cid, CollectionSpec spec, index::IndexSpec ispec,
              std::unique_ptr<Embedder> embedder);
   // Loads the index file or rebuilds, then catches up from RocksDB.
@@ -157,6 +210,29 @@ class Collection {
                              std::shared_ptr<index::VectorIndex>* out);
   Status MaybeTrainIvfLocked();
   Status EmbedQueries(const std::vector<Query>& queries, std::vector<float>* out) const;
+  // Steps of Search, run under state_mu_ (shared).
+  Status SearchDenseLocked(const Plan& plan, std::vector<Ranked>* out) const
+      ABSL_SHARED_LOCKS_REQUIRED(state_mu_);
+  Status SearchLexicalLocked(const Plan& plan, std::vector<Ranked>* out) const
+      ABSL_SHARED_LOCKS_REQUIRED(state_mu_);
+  std::vector<Hit> HitsLocked(const Ranked& ranked, bool include_text) const
+      ABSL_SHARED_LOCKS_REQUIRED(state_mu_);
+  // The ids of the passages whose kDocIdKey is one of document_ids.
+  std::vector<std::string> IdsOfDocuments(const std::vector<std::string>& document_ids) const;
+  // Reads the texts of the hits from RocksDB.
+  void FillTexts(std::vector<std::vector<Hit>>* results) const;
+  // Loads the vector index file of the checkpoint (null when missing or unusable).
+  std::shared_ptr<index::VectorIndex> LoadVectorIndex(const std::string& file) const;
+  // Adds the documents written after the checkpoint and removes the labels deleted after it;
+  // resets *idx when the result disagrees with the store.
+  Status CatchUpVectorIndex(const std::string& file, const RecentDocs& recent,
+                            const std::vector<int64_t>& gone,
+                            std::shared_ptr<index::VectorIndex>* idx)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Loads the BM25 file of the checkpoint (null when missing or unusable).
+  std::shared_ptr<index::Bm25Index> LoadBm25(const std::string& file) const;
+  // Rebuilds the BM25 index from every document in RocksDB.
+  Status RebuildBm25FromDbLocked(std::shared_ptr<index::Bm25Index>* out);
   // ResourceExhausted when embedding `texts` texts would exceed max_embed_batch_bytes.
   Status CheckEmbedBatch(size_t texts, std::string_view what) const;
 
@@ -176,6 +252,9 @@ class Collection {
   // across RocksDB I/O; held (shared) across an index search because the filter reads by_label_.
   mutable index::internal::RwMutex state_mu_;
   std::shared_ptr<index::VectorIndex> index_ ABSL_GUARDED_BY(state_mu_);
+  // The BM25 index over the documents' texts (internally synchronised; the pointer is set at
+  // Open and never changes).
+  std::shared_ptr<index::Bm25Index> bm25_;
   std::unordered_map<int64_t, Entry> by_label_;        // see spec_
   std::unordered_map<std::string, int64_t> label_of_;  // see spec_
   std::atomic<bool> rebuilding_{false};

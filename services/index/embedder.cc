@@ -63,6 +63,9 @@ Status HashingEmbedder::Embed(const std::vector<std::string>& texts, float* out)
 }
 
 StatusOr<std::unique_ptr<Embedder>> MakeEmbedder(std::string_view name, int dim) {
+  // "model:<dir>" (a BERT-family encoder run by the engine, issue 22 item 3) plugs in here.
+  RS_CHECK_ARG(!name.starts_with("model:"), "embedder '", name,
+               "': model embedders are not available in this build yet (available: hashing)");
   RS_CHECK_ARG(name.empty() || name == "hashing", "unknown embedder '", name,
                "' (available: hashing)");
   RS_ASSIGN_OR_RETURN(auto e, HashingEmbedder::Create(dim));

@@ -4,6 +4,7 @@
 
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
+#include "services/index/retrieval.h"
 
 namespace ragserve::collection {
 
@@ -54,7 +55,8 @@ std::vector<Document> DocsFromProto(const google::protobuf::RepeatedPtrField<v1:
   out.reserve(in.size());
   for (const auto& d : in) {
     out.push_back(Document{d.id(), d.text(), d.metadata_json().empty() ? "{}" : d.metadata_json(),
-                           std::vector<float>(d.vector().begin(), d.vector().end())});
+                           std::vector<float>(d.vector().begin(), d.vector().end()),
+                           d.document_id(), d.chunk_index(), d.offset()});
   }
   return out;
 }
@@ -121,7 +123,75 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
   int64_t upserted_ = 0;
 };
 
+StatusOr<std::string> RetrievalName(v1::RetrievalMode m) {
+  switch (m) {
+    case v1::RETRIEVAL_MODE_UNSPECIFIED:
+      return std::string();
+    case v1::RETRIEVAL_MODE_DENSE:
+      return std::string("dense");
+    case v1::RETRIEVAL_MODE_BM25:
+      return std::string("bm25");
+    case v1::RETRIEVAL_MODE_HYBRID:
+      return std::string("hybrid");
+    default:
+      return InvalidArgument(StrCat("unknown retrieval mode ", static_cast<int>(m)));
+  }
+}
+
+v1::RetrievalMode RetrievalProto(const std::string& m) {
+  if (m == "dense") return v1::RETRIEVAL_MODE_DENSE;
+  if (m == "bm25") return v1::RETRIEVAL_MODE_BM25;
+  return v1::RETRIEVAL_MODE_HYBRID;
+}
+
+StatusOr<FusionSpec> FusionFromProto(const v1::FusionParams& p, const FusionSpec& base) {
+  FusionSpec f = base;
+  switch (p.method()) {
+    case v1::FUSION_METHOD_UNSPECIFIED:
+      break;
+    case v1::FUSION_METHOD_RRF:
+      f.method = "rrf";
+      break;
+    case v1::FUSION_METHOD_WEIGHTED:
+      f.method = "weighted";
+      break;
+    default:
+      return InvalidArgument(StrCat("unknown fusion method ", static_cast<int>(p.method())));
+  }
+  if (p.rrf_k() != 0) f.rrf_k = p.rrf_k();
+  if (p.has_dense_weight()) f.dense_weight = p.dense_weight();
+  RS_RETURN_IF_ERROR(ValidateFusion(f));
+  return f;
+}
+
 }  // namespace
+
+StatusOr<SearchOptions> SearchOptionsFromProto(const v1::SearchRequest& req,
+                                               const CollectionSpec& spec) {
+  SearchOptions o;
+  o.k = req.k();
+  o.ef_search = req.ef_search();
+  o.nprobe = req.nprobe();
+  o.include_text = req.include_text();
+  for (const auto& [field, value] : req.filter().equals()) o.filter_equals[field] = value;
+  for (const auto& [field, r] : req.filter().ranges()) {
+    NumericRange& nr = o.filter_ranges[field];
+    if (r.has_gt()) nr.gt = r.gt();
+    if (r.has_gte()) nr.gte = r.gte();
+    if (r.has_lt()) nr.lt = r.lt();
+    if (r.has_lte()) nr.lte = r.lte();
+  }
+  for (const auto& [field, any] : req.filter().any_of()) {
+    RS_CHECK_ARG(any.values_size() <= static_cast<int>(kMaxAnyOfValues), "filter on '", field,
+                 "': any_of holds ", any.values_size(), " values; the limit is ", kMaxAnyOfValues);
+    o.filter_any_of[field].assign(any.values().begin(), any.values().end());
+  }
+  RS_ASSIGN_OR_RETURN(o.retrieval, RetrievalName(req.retrieval()));
+  if (req.has_fusion()) {
+    RS_ASSIGN_OR_RETURN(o.fusion, FusionFromProto(req.fusion(), spec.fusion));
+  }
+  return o;
+}
 
 std::string ParamsJsonFromProto(const v1::IndexParams& p) {
   nlohmann::json j = nlohmann::json::object();
@@ -156,6 +226,11 @@ StatusOr<CollectionSpec> SpecFromProto(const v1::CollectionSpec& p) {
   RS_ASSIGN_OR_RETURN(s.index_kind, KindName(p.index_kind()));
   s.params_json = ParamsJsonFromProto(p.params());
   s.embedder = p.embedder().empty() ? "hashing" : p.embedder();
+  if (p.bm25().has_k1()) s.bm25.k1 = p.bm25().k1();
+  if (p.bm25().has_b()) s.bm25.b = p.bm25().b();
+  RS_ASSIGN_OR_RETURN(s.retrieval, RetrievalName(p.retrieval()));
+  if (s.retrieval.empty()) s.retrieval = "hybrid";
+  RS_ASSIGN_OR_RETURN(s.fusion, FusionFromProto(p.fusion(), FusionSpec{}));
   return s;
 }
 
@@ -166,6 +241,13 @@ void InfoToProto(const CollectionInfo& info, v1::CollectionInfo* out) {
   s->set_metric(MetricProto(info.spec.metric));
   s->set_index_kind(KindProto(info.spec.index_kind));
   s->set_embedder(info.spec.embedder);
+  s->mutable_bm25()->set_k1(info.spec.bm25.k1);
+  s->mutable_bm25()->set_b(info.spec.bm25.b);
+  s->set_retrieval(RetrievalProto(info.spec.retrieval));
+  s->mutable_fusion()->set_method(info.spec.fusion.method == "weighted" ? v1::FUSION_METHOD_WEIGHTED
+                                                                        : v1::FUSION_METHOD_RRF);
+  s->mutable_fusion()->set_rrf_k(info.spec.fusion.rrf_k);
+  s->mutable_fusion()->set_dense_weight(info.spec.fusion.dense_weight);
   auto j = nlohmann::json::parse(info.spec.params_json, nullptr, false);
   if (j.is_object()) {
     auto get = [&j](const char* key) { return j.contains(key) ? j[key].get<int>() : 0; };
@@ -183,6 +265,8 @@ void InfoToProto(const CollectionInfo& info, v1::CollectionInfo* out) {
   out->set_index_bytes(info.index_bytes);
   out->set_disk_bytes(info.disk_bytes);
   out->set_rebuilding(info.rebuilding);
+  out->set_lexical_documents(info.lexical_documents);
+  out->set_lexical_bytes(info.lexical_bytes);
 }
 
 grpc::ServerUnaryReactor* IndexGrpcService::CreateCollection(grpc::CallbackServerContext* ctx,
@@ -224,7 +308,9 @@ grpc::ServerUnaryReactor* IndexGrpcService::Delete(grpc::CallbackServerContext* 
                                                    v1::DeleteResponse* resp) {
   return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
-    RS_ASSIGN_OR_RETURN(int64_t n, c->Delete({req->ids().begin(), req->ids().end()}));
+    RS_ASSIGN_OR_RETURN(int64_t n,
+                        c->Delete({req->ids().begin(), req->ids().end()},
+                                  {req->document_ids().begin(), req->document_ids().end()}));
     resp->set_deleted(n);
     return OkStatus();
   });
@@ -240,7 +326,8 @@ grpc::ServerUnaryReactor* IndexGrpcService::Search(grpc::CallbackServerContext* 
   // Anything out of those bounds (a large ef_search or nprobe included) takes the executor; the
   // caps on k, ef_search and nprobe are checked by Collection::Search on both paths.
   const bool small = req->queries_size() <= 4 && req->k() <= 64 && req->ef_search() <= 256 &&
-                     req->nprobe() <= 256 && req->filter().equals().empty();
+                     req->nprobe() <= 256 && req->filter().equals().empty() &&
+                     req->filter().ranges().empty() && req->filter().any_of().empty();
   auto serve = small ? ServeUnaryInline : ServeUnary;
   return serve(ctx, server_, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
@@ -249,12 +336,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::Search(grpc::CallbackServerContext* 
     for (const auto& q : req->queries()) {
       queries.push_back(Query{std::vector<float>(q.vector().begin(), q.vector().end()), q.text()});
     }
-    SearchOptions o;
-    o.k = req->k();
-    o.ef_search = req->ef_search();
-    o.nprobe = req->nprobe();
-    o.include_text = req->include_text();
-    for (const auto& [field, value] : req->filter().equals()) o.filter_equals[field] = value;
+    RS_ASSIGN_OR_RETURN(SearchOptions o, SearchOptionsFromProto(*req, c->spec()));
     RS_ASSIGN_OR_RETURN(auto results, c->Search(queries, o));
     for (auto& hits : results) {
       v1::HitList* list = resp->add_results();
@@ -262,6 +344,9 @@ grpc::ServerUnaryReactor* IndexGrpcService::Search(grpc::CallbackServerContext* 
         v1::Hit* out = list->add_hits();
         out->set_id(std::move(h.id));
         out->set_score(h.score);
+        out->set_document_id(std::move(h.document_id));
+        out->set_chunk_index(h.chunk_index);
+        out->set_offset(h.offset);
         if (req->include_text()) {
           out->set_text(std::move(h.text));
           out->set_metadata_json(std::move(h.metadata_json));

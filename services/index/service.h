@@ -51,6 +51,9 @@ class IndexGrpcService final : public v1::IndexService::CallbackService {
 // Proto <-> library conversions (exposed for tests).
 StatusOr<CollectionSpec> SpecFromProto(const v1::CollectionSpec& p);
 void InfoToProto(const CollectionInfo& info, v1::CollectionInfo* out);
+// A SearchRequest's options (filters, retrieval mode, fusion over the collection's defaults).
+StatusOr<SearchOptions> SearchOptionsFromProto(const v1::SearchRequest& req,
+                                               const CollectionSpec& spec);
 // IndexParams -> params JSON for `kind` (only the non-zero fields).
 std::string ParamsJsonFromProto(const v1::IndexParams& p);
 

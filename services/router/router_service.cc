@@ -112,6 +112,12 @@ grpc::ServerUnaryReactor* RouterService::Stats(grpc::CallbackServerContext* ctx,
   return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::Stats, "stats");
 }
 
+grpc::ServerUnaryReactor* RouterService::Delete(grpc::CallbackServerContext* ctx,
+                                                const v1::DeleteRequest* req,
+                                                v1::DeleteResponse* resp) {
+  return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::Delete, "delete");
+}
+
 // ---- Query -------------------------------------------------------------------------------------
 
 namespace {
@@ -213,6 +219,8 @@ Status RouterService::CheckQuery(const grpc::CallbackServerContext& ctx,
   RS_CHECK_ARG(req.question().size() <= 65536, "question is ", req.question().size(),
                " bytes; the limit is 64 KiB");
   RS_CHECK_ARG(req.top_k() >= 0 && req.top_k() <= 64, "top_k must be in 0..64, got ", req.top_k());
+  RS_CHECK_ARG(req.vector_size() <= 65536, "vector has ", req.vector_size(),
+               " components; the limit is 65536");
   RS_CHECK_ARG(req.sampling().max_tokens() >= 0, "sampling.max_tokens must be >= 0");
   if (SecondsLeft(ctx) <= 0) return DeadlineExceeded("deadline expired before the query ran");
   return OkStatus();
@@ -222,7 +230,11 @@ Status RouterService::Search(grpc::CallbackServerContext* ctx, const v1::QueryRe
                              v1::SearchResponse* found) {
   v1::SearchRequest sreq;
   sreq.set_collection(req.collection());
-  sreq.add_queries()->set_text(req.question());
+  auto* q = sreq.add_queries();
+  q->set_text(req.question());
+  *q->mutable_vector() = req.vector();  // query by vector: the index checks its dimension
+  sreq.set_retrieval(req.retrieval());
+  if (req.has_fusion()) *sreq.mutable_fusion() = req.fusion();
   sreq.set_k(req.top_k() > 0 ? req.top_k() : opts_.default_top_k);
   *sreq.mutable_filter() = req.filter();
   sreq.set_include_text(true);
@@ -261,6 +273,9 @@ v1::QueryEvent RouterService::PassagesEvent(const v1::QueryRequest& req,
     p->set_score(h.score());
     p->set_text(h.text());
     p->set_metadata_json(h.metadata_json());
+    p->set_document_id(h.document_id());
+    p->set_chunk_index(h.chunk_index());
+    p->set_offset(h.offset());
     auto* cp = greq->add_passages();
     cp->set_id(h.id());
     cp->set_text(h.text());

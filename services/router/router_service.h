@@ -53,6 +53,8 @@ class RouterService final : public v1::RagService::CallbackService {
                                             v1::ListCollectionsResponse* resp) override;
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* ctx, const v1::StatsRequest* req,
                                   v1::StatsResponse* resp) override;
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx, const v1::DeleteRequest* req,
+                                   v1::DeleteResponse* resp) override;
   grpc::ServerWriteReactor<v1::QueryEvent>* Query(grpc::CallbackServerContext* ctx,
                                                   const v1::QueryRequest* req) override;
   grpc::ServerReadReactor<v1::IngestRequest>* Ingest(grpc::CallbackServerContext* ctx,

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ragserve/v1/decoder.grpc.pb.h"
+#include "ragserve/v1/index.grpc.pb.h"
 #include "ragserve/v1/rag.grpc.pb.h"
 #include "tests/e2e/cluster.h"
 
@@ -424,6 +425,81 @@ TEST_F(RagE2eTest, WorkerKilledMidAnswerIsInvisibleToTheClient) {
   EXPECT_NE(stats.worker_id(), killed);
   // The survivor keeps serving new queries.
   EXPECT_TRUE(Ask(Question("Trykelurk lizard", 4)).status.ok());
+}
+
+TEST_F(RagE2eTest, RetrievalModesQueryByVectorAndDeleteThroughTheRouter) {
+  // BM25 alone finds the passage of a question with a rare name; passages name their document.
+  v1::QueryRequest q = Question("How long is the Nawerk River in kilometres?", 2);
+  q.set_retrieval(v1::RETRIEVAL_MODE_BM25);
+  Answer a = Ask(q);
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  ASSERT_FALSE(a.passages.empty());
+  EXPECT_EQ(a.passages[0].id(), "p0006");
+  EXPECT_EQ(a.passages[0].document_id(), "p0006");
+  // Query by vector: the stored vector of p0024 (read from the index service) finds p0024.
+  auto index = v1::IndexService::NewStub(*MakeChannel(cluster_->Get("index")->addr()));
+  v1::GetDocumentsRequest greq;
+  greq.set_collection("docs");
+  greq.add_ids("p0024");
+  v1::GetDocumentsResponse gresp;
+  ASSERT_TRUE(index->GetDocuments(Ctx().get(), greq, &gresp).ok());
+  ASSERT_EQ(gresp.documents_size(), 1);
+  v1::QueryRequest by_vector = Question("Which passage is this?", 2);
+  *by_vector.mutable_vector() = gresp.documents(0).vector();
+  by_vector.set_retrieval(v1::RETRIEVAL_MODE_DENSE);
+  a = Ask(by_vector);
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  ASSERT_FALSE(a.passages.empty());
+  EXPECT_EQ(a.passages[0].id(), "p0024");
+  // A vector of the wrong dimension and a question without words are INVALID_ARGUMENT.
+  by_vector.mutable_vector()->Resize(5, 0.5f);
+  a = Ask(by_vector);
+  EXPECT_EQ(a.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(a.status.error_message().find("dimension 5"), std::string::npos);
+  EXPECT_NE(a.status.error_message().find("1024"), std::string::npos);
+  EXPECT_EQ(Ask(Question("?! ...", 2)).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // Passages of a longer document in another collection; Delete by document removes them all.
+  auto ctx = Ctx();
+  v1::IngestResponse iresp;
+  auto writer = router_->Ingest(ctx.get(), &iresp);
+  v1::IngestRequest req;
+  req.set_collection("chunked");
+  req.mutable_create_spec()->set_name("chunked");
+  req.mutable_create_spec()->set_dimension(64);
+  for (int i = 0; i < 3; ++i) {
+    auto* d = req.add_documents();
+    d->set_id("manual#" + std::to_string(i));
+    d->set_text("part " + std::to_string(i) + " of the Quorvane manual");
+    d->set_document_id("manual");
+    d->set_chunk_index(i);
+    d->set_offset(100 * i);
+  }
+  req.add_documents()->set_text("a Quorvane note");
+  req.mutable_documents(3)->set_id("note");
+  ASSERT_TRUE(writer->Write(req));
+  writer->WritesDone();
+  ASSERT_TRUE(writer->Finish().ok());
+  v1::QueryRequest manual = Question("Quorvane manual part 2", 2);
+  manual.set_collection("chunked");
+  a = Ask(manual);
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  ASSERT_FALSE(a.passages.empty());
+  EXPECT_EQ(a.passages[0].id(), "manual#2");
+  EXPECT_EQ(a.passages[0].document_id(), "manual");
+  EXPECT_EQ(a.passages[0].chunk_index(), 2);
+  EXPECT_EQ(a.passages[0].offset(), 200);
+  v1::DeleteRequest del;
+  del.set_collection("chunked");
+  del.add_document_ids("manual");
+  v1::DeleteResponse dresp;
+  ASSERT_TRUE(router_->Delete(Ctx().get(), del, &dresp).ok());
+  EXPECT_EQ(dresp.deleted(), 3);
+  a = Ask(manual);
+  ASSERT_TRUE(a.status.ok());
+  ASSERT_EQ(a.passages.size(), 1u);
+  EXPECT_EQ(a.passages[0].id(), "note");
+  del.set_collection("no-such-collection");
+  EXPECT_EQ(router_->Delete(Ctx().get(), del, &dresp).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 }  // namespace

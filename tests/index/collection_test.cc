@@ -191,7 +191,7 @@ TEST(CollectionTest, CorruptIndexFileIsRebuiltFromTheStore) {
     std::ofstream(e.path(), std::ios::binary | std::ios::trunc) << "garbage";
     ++files;
   }
-  EXPECT_EQ(files, 1);
+  EXPECT_EQ(files, 2);  // the vector index and the BM25 index
   auto store = CollectionStore::Open(dir).value();
   auto c = store->Get("h").value();
   EXPECT_EQ(c->Info().num_vectors, 100);

@@ -52,6 +52,7 @@ const Row kRows[] = {
     {"router", "/ragserve.v1.RagService/DropCollection", {C::UNAVAILABLE}, ""},
     {"router", "/ragserve.v1.RagService/ListCollections", {C::UNAVAILABLE}, ""},
     {"router", "/ragserve.v1.RagService/Stats", {C::UNAVAILABLE}, ""},
+    {"router", "/ragserve.v1.RagService/Delete", {C::UNAVAILABLE}, ""},
     {"index", "/ragserve.v1.IndexService/CreateCollection", {C::ALREADY_EXISTS}, ""},
     {"index", "/ragserve.v1.IndexService/DropCollection", {}, ""},
     {"index", "/ragserve.v1.IndexService/ListCollections", {}, ""},
@@ -270,6 +271,12 @@ Fixtures SetUpFixtures(const std::map<std::string, std::shared_ptr<grpc::Channel
     AddDoc(u.mutable_documents(), "d0", "The Quillmoor ferry leaves at nine.", true);
     AddDoc(u.mutable_documents(), "d1", "Physics of light and heat.", false);
     AddDoc(u.mutable_documents(), "d2", "A passage about rivers.", false);
+    v1::Document* chunk = u.add_documents();  // a passage of a longer document
+    chunk->set_id("doc-a#1");
+    chunk->set_text("Rivers carry light and heat downstream.");
+    chunk->set_document_id("doc-a");
+    chunk->set_chunk_index(1);
+    chunk->set_offset(120);
     w->Write(u);
     w->WritesDone();
     (void)w->Finish();
@@ -308,6 +315,28 @@ std::vector<MessageList> Seeds(const RpcSpec& rpc, const Fixtures& fx) {
       q.mutable_sampling()->add_stop("the");
       (*q.mutable_filter()->mutable_equals())["topic"] = "\"physics\"";
       out.push_back(One(Own(q)));
+      // Query by vector, BM25 only, weighted hybrid, range and any-of filters.
+      v1::QueryRequest v;
+      v.set_collection("fz");
+      v.set_question("ferry");
+      for (int i = 0; i < 8; ++i) v.add_vector(0.1f * static_cast<float>(i + 1));
+      v.mutable_sampling()->set_max_tokens(2);
+      out.push_back(One(Own(v)));
+      v.clear_vector();
+      v.set_retrieval(v1::RETRIEVAL_MODE_BM25);
+      (*v.mutable_filter()->mutable_ranges())["n"].set_gte(0.5);
+      out.push_back(One(Own(v)));
+      v.set_retrieval(v1::RETRIEVAL_MODE_HYBRID);
+      v.mutable_fusion()->set_method(v1::FUSION_METHOD_WEIGHTED);
+      v.mutable_fusion()->set_dense_weight(0.3);
+      (*v.mutable_filter()->mutable_any_of())["topic"].add_values("\"physics\"");
+      out.push_back(One(Own(v)));
+    } else if (m == "Delete") {
+      v1::DeleteRequest r;
+      r.set_collection("fz");
+      r.add_ids("d2");
+      r.add_document_ids("doc-a");
+      out.push_back(One(Own(r)));
     } else if (m == "Ingest") {
       MessageList l;
       v1::IngestRequest a;
@@ -382,6 +411,16 @@ std::vector<MessageList> Seeds(const RpcSpec& rpc, const Fixtures& fx) {
       out.push_back(One(Own(r)));
       (*r.mutable_filter()->mutable_equals())["topic"] = "\"physics\"";
       r.set_ef_search(16);
+      out.push_back(One(Own(r)));
+      r.set_retrieval(v1::RETRIEVAL_MODE_BM25);
+      r.clear_queries();
+      r.add_queries()->set_text("rivers and light");
+      (*r.mutable_filter()->mutable_ranges())["n"].set_lt(3);
+      (*r.mutable_filter()->mutable_any_of())["topic"].add_values("\"physics\"");
+      out.push_back(One(Own(r)));
+      r.set_retrieval(v1::RETRIEVAL_MODE_HYBRID);
+      r.mutable_fusion()->set_method(v1::FUSION_METHOD_RRF);
+      r.mutable_fusion()->set_rrf_k(10);
       out.push_back(One(Own(r)));
     } else if (m == "GetDocuments") {
       v1::GetDocumentsRequest r;

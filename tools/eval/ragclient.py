@@ -292,7 +292,8 @@ class Client:
             n += len(resp.results)
         return n
 
-    def create_collection(self, name, index="flat", dimension=1024, drop=True):
+    def create_collection(self, name, index="flat", dimension=1024, drop=True, retrieval=""):
+        """retrieval: "dense" | "bm25" | "hybrid" | "" (the server's default, hybrid)."""
         ix = self.s.index
         if drop:
             try:
@@ -304,6 +305,9 @@ class Client:
         spec = ix.CollectionSpec(name=name, dimension=dimension,
                                  metric=self.s.common.METRIC_COSINE, index_kind=kinds[index],
                                  embedder="hashing")
+        if retrieval:
+            spec.retrieval = {"dense": ix.RETRIEVAL_MODE_DENSE, "bm25": ix.RETRIEVAL_MODE_BM25,
+                              "hybrid": ix.RETRIEVAL_MODE_HYBRID}[retrieval]
         self.router.CreateCollection(ix.CreateCollectionRequest(spec=spec), timeout=self.timeout,
                                      metadata=self.md)
 

@@ -3,22 +3,27 @@
 //   ragctl health [--addr host:port] [--service NAME]      gRPC health of any ragserve service
 //   ragctl query "question" [--collection C] [--top-k K]  streamed RAG answer from the router
 //   ragctl collections                                     collections known to the router
-//   ragctl ingest PATH... [--collection C] [--create]     JSONL documents or text files
+//   ragctl ingest PATH... [--collection C] [--create]     JSONL, .txt/.md/.html files, folders,
+//                                                          streamed and cut into passages
 //   ragctl generate "prompt" --addr decoder               a decode worker directly
 //   ragctl load --addr decoder                             a decode worker's load report
 //   ragctl stats [--collection C]                          a collection's statistics
+//   ragctl delete ID... [--document D] [--collection C]    delete documents / a document's passages
 //
 // Every command takes --addr (RAGSERVE_ADDR), --token (RAGSERVE_AUTH_TOKEN), --tls-ca and
 // --timeout. Exit codes: 0 ok, 1 usage, 2 the call failed (the gRPC code and message are printed).
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -26,6 +31,7 @@
 #include "ragserve/v1/decoder.grpc.pb.h"
 #include "ragserve/v1/rag.grpc.pb.h"
 #include "services/common/auth.h"
+#include "services/common/chunker.h"
 #include "services/common/client.h"
 #include "services/common/grpc_status.h"
 
@@ -104,7 +110,12 @@ int Query(const Common& c, const ragserve::v1::QueryRequest& req, bool show_pass
       std::printf("retrieved %d passages:\n", ev.passages().passages_size());
       for (const auto& p : ev.passages().passages()) {
         std::string text = p.text().substr(0, 100);
-        std::printf("  [%s] %.4f  %s%s\n", p.id().c_str(), p.score(), text.c_str(),
+        std::string where;  // a passage of a longer document: which one, where
+        if (!p.document_id().empty() && p.document_id() != p.id()) {
+          where = " (" + p.document_id() + " #" + std::to_string(p.chunk_index()) + " @" +
+                  std::to_string(p.offset()) + ")";
+        }
+        std::printf("  [%s]%s %.4f  %s%s\n", p.id().c_str(), where.c_str(), p.score(), text.c_str(),
                     p.text().size() > 100 ? "..." : "");
       }
     } else if (ev.has_delta()) {
@@ -166,43 +177,206 @@ struct IngestOptions {
   int dimension = 1024;
   std::string index = "hnsw";
   std::string metric = "cosine";
+  std::string retrieval = "hybrid";
   int batch = 64;
   bool pre_encode = false;
+  int chunk_tokens = 200;  // 0 = one passage per document
+  int chunk_overlap = 32;
+  bool progress = true;
 };
 
-// Documents from a JSONL file ({"id","text","metadata"} per line), a text file (id = path), or a
-// folder of .txt/.md files. Malformed JSONL names the file and line.
-bool ReadDocuments(const std::string& path, std::vector<ragserve::v1::Document>* docs) {
-  namespace fs = std::filesystem;
-  auto add_text_file = [&](const fs::path& p) {
-    std::ifstream f(p);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    ragserve::v1::Document d;
-    d.set_id(p.string());
-    d.set_text(ss.str());
-    docs->push_back(std::move(d));
-  };
-  if (fs::is_directory(path)) {
-    for (const auto& e : fs::recursive_directory_iterator(path)) {
-      const auto ext = e.path().extension();
-      if (e.is_regular_file() && (ext == ".txt" || ext == ".md")) add_text_file(e.path());
+// The router's Ingest stream, fed passage by passage: a batch is sent as soon as it is full, so
+// memory holds one batch whatever the corpus size.
+class IngestStream {
+ public:
+  IngestStream(ragserve::v1::RagService::Stub* stub, grpc::ClientContext* ctx, int batch)
+      : writer_(stub->Ingest(ctx, &resp_)), batch_(batch) {}
+  bool Start(const ragserve::v1::IngestRequest& first) { return ok_ = writer_->Write(first); }
+  bool Add(ragserve::v1::Document d) {
+    *pending_.add_documents() = std::move(d);
+    ++sent_;
+    return pending_.documents_size() < batch_ || Flush();
+  }
+  bool Flush() {
+    if (ok_ && pending_.documents_size() > 0) ok_ = writer_->Write(pending_);
+    pending_.Clear();
+    return ok_;
+  }
+  grpc::Status Finish() {
+    Flush();
+    writer_->WritesDone();
+    return writer_->Finish();
+  }
+  int64_t sent() const { return sent_; }
+  const ragserve::v1::IngestResponse& response() const { return resp_; }
+
+ private:
+  ragserve::v1::IngestResponse resp_;
+  std::unique_ptr<grpc::ClientWriter<ragserve::v1::IngestRequest>> writer_;
+  const int batch_;
+  ragserve::v1::IngestRequest pending_;
+  bool ok_ = true;
+  int64_t sent_ = 0;
+};
+
+// A progress bar on stderr: redrawn in place on a terminal (at most 10 times a second), a line
+// per 10% otherwise.
+class Progress {
+ public:
+  Progress(uint64_t total, bool enabled) : total_(total), enabled_(enabled), tty_(isatty(2)) {}
+  void Update(uint64_t done, int64_t passages, bool last = false) {
+    if (!enabled_) return;
+    const int pct =
+        total_ == 0 ? 100 : static_cast<int>(std::min<uint64_t>(100, done * 100 / total_));
+    if (!tty_ && !last && pct == 100) return;  // the last line says it
+    const auto now = std::chrono::steady_clock::now();
+    if (!last &&
+        (tty_ ? now - shown_ < std::chrono::milliseconds(100) : pct / 10 == shown_pct_ / 10)) {
+      return;
     }
+    shown_ = now;
+    shown_pct_ = pct;
+    std::string bar(30, '.');
+    std::fill(bar.begin(), bar.begin() + pct * 30 / 100, '#');
+    std::fprintf(stderr, "%singest [%s] %3d%% %.1f/%.1f MB, %lld passages%s", tty_ ? "\r" : "",
+                 bar.c_str(), pct, static_cast<double>(done) / 1e6,
+                 static_cast<double>(total_) / 1e6, static_cast<long long>(passages),
+                 tty_ && !last ? "" : "\n");
+  }
+
+ private:
+  const uint64_t total_;
+  const bool enabled_, tty_;
+  std::chrono::steady_clock::time_point shown_{};
+  int shown_pct_ = -1;
+};
+
+bool IsTextInput(const std::filesystem::path& p) {
+  const auto ext = p.extension();
+  return ext == ".txt" || ext == ".md" || ext == ".markdown" || ext == ".html" || ext == ".htm" ||
+         ext == ".jsonl";
+}
+
+// The input files (a folder's text inputs, sorted) and their total size.
+bool ListInputs(const std::vector<std::string>& paths, std::vector<std::string>* files,
+                uint64_t* total) {
+  namespace fs = std::filesystem;
+  for (const auto& path : paths) {
+    if (fs::is_directory(path)) {
+      std::vector<std::string> found;
+      for (const auto& e : fs::recursive_directory_iterator(path)) {
+        if (e.is_regular_file() && IsTextInput(e.path())) found.push_back(e.path().string());
+      }
+      std::sort(found.begin(), found.end());
+      files->insert(files->end(), found.begin(), found.end());
+    } else if (fs::is_regular_file(path)) {
+      files->push_back(path);
+    } else {
+      std::fprintf(stderr, "ragctl: %s: no such file or folder\n", path.c_str());
+      return false;
+    }
+  }
+  std::error_code ec;
+  for (const auto& f : *files) *total += fs::file_size(f, ec);
+  return true;
+}
+
+// Sends one document's passages: a document that fits one passage keeps its id; otherwise the
+// passages are "<id>#<n>" with document_id, chunk_index and offset set. The first passage is
+// held back until it is known whether a second one follows.
+class DocumentSender {
+ public:
+  DocumentSender(IngestStream* out, std::string id, std::string metadata_json)
+      : out_(out), id_(std::move(id)), meta_(std::move(metadata_json)) {}
+  bool Send(std::vector<ragserve::chunking::Chunk>* chunks) {
+    for (auto& c : *chunks) {
+      if (held_ && !Put(std::move(*held_), true)) return false;
+      held_.reset();
+      if (c.index == 0) {
+        held_ = std::move(c);
+      } else if (!Put(std::move(c), true)) {
+        return false;
+      }
+    }
+    chunks->clear();
     return true;
   }
-  if (!fs::is_regular_file(path)) {
-    std::fprintf(stderr, "ragctl: %s: no such file or folder\n", path.c_str());
+  bool Finish() { return !held_ || Put(std::move(*held_), false); }
+
+ private:
+  bool Put(ragserve::chunking::Chunk c, bool part) {
+    ragserve::v1::Document d;
+    d.set_id(part ? id_ + "#" + std::to_string(c.index) : id_);
+    d.set_text(std::move(c.text));
+    d.set_metadata_json(meta_);
+    if (part) {
+      d.set_document_id(id_);
+      d.set_chunk_index(c.index);
+      d.set_offset(c.offset);
+    }
+    return out_->Add(std::move(d));
+  }
+  IngestStream* out_;
+  const std::string id_, meta_;
+  std::optional<ragserve::chunking::Chunk> held_;
+};
+
+ragserve::chunking::ChunkOptions ChunkOpts(const IngestOptions& o) {
+  // --chunk-tokens 0: one passage per document (the chunker's largest window).
+  if (o.chunk_tokens == 0) return {ragserve::chunking::kMaxChunkTokens, 0};
+  return {o.chunk_tokens, o.chunk_overlap};
+}
+
+// A .txt / .md / .html file, read in 1 MiB blocks (HTML without its tags), chunked as it streams.
+bool IngestTextFile(const std::string& path, const IngestOptions& o, IngestStream* out,
+                    Progress* progress, uint64_t* done) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    std::fprintf(stderr, "ragctl: %s: cannot read\n", path.c_str());
     return false;
   }
-  if (fs::path(path).extension() != ".jsonl") {
-    add_text_file(path);
-    return true;
+  const auto ext = std::filesystem::path(path).extension();
+  const bool html = ext == ".html" || ext == ".htm";
+  ragserve::chunking::Chunker chunker(ChunkOpts(o));
+  ragserve::chunking::HtmlToText strip;
+  DocumentSender sender(out, path, nlohmann::json{{"source", path}}.dump());
+  std::vector<ragserve::chunking::Chunk> chunks;
+  std::string block(1 << 20, '\0'), text;
+  while (f) {
+    f.read(block.data(), static_cast<std::streamsize>(block.size()));
+    const auto n = static_cast<size_t>(f.gcount());
+    if (n == 0) break;
+    std::string_view piece(block.data(), n);
+    if (html) {
+      text.clear();
+      strip.Feed(piece, &text);
+      piece = text;
+    }
+    chunker.Feed(piece, &chunks);
+    if (!sender.Send(&chunks)) return false;
+    *done += n;
+    progress->Update(*done, out->sent());
   }
+  if (html) {
+    text.clear();
+    strip.Finish(&text);
+    chunker.Feed(text, &chunks);
+  }
+  chunker.Finish(&chunks);
+  return sender.Send(&chunks) && sender.Finish();
+}
+
+// JSONL documents ({"id","text","metadata"} per line), each chunked when it is long. Malformed
+// lines name the file and line.
+bool IngestJsonl(const std::string& path, const IngestOptions& o, IngestStream* out,
+                 Progress* progress, uint64_t* done) {
   std::ifstream f(path);
   std::string line;
   int n = 0;
+  std::vector<ragserve::chunking::Chunk> chunks;
   while (std::getline(f, line)) {
     ++n;
+    *done += line.size() + 1;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object() || !j.contains("id") || !j["id"].is_string() ||
@@ -211,57 +385,72 @@ bool ReadDocuments(const std::string& path, std::vector<ragserve::v1::Document>*
                    path.c_str(), n);
       return false;
     }
-    ragserve::v1::Document d;
-    d.set_id(j["id"].get<std::string>());
-    d.set_text(j["text"].get<std::string>());
-    if (j.contains("metadata")) d.set_metadata_json(j["metadata"].dump());
-    docs->push_back(std::move(d));
+    DocumentSender sender(out, j["id"].get<std::string>(),
+                          j.contains("metadata") ? j["metadata"].dump() : "");
+    ragserve::chunking::Chunker chunker(ChunkOpts(o));
+    chunker.Feed(j["text"].get<std::string>(), &chunks);
+    chunker.Finish(&chunks);
+    if (!sender.Send(&chunks) || !sender.Finish()) return false;
+    progress->Update(*done, out->sent());
   }
   return true;
 }
 
+ragserve::v1::RetrievalMode RetrievalProto(const std::string& r) {
+  return r == "dense"  ? ragserve::v1::RETRIEVAL_MODE_DENSE
+         : r == "bm25" ? ragserve::v1::RETRIEVAL_MODE_BM25
+                       : ragserve::v1::RETRIEVAL_MODE_HYBRID;
+}
+
+ragserve::v1::IngestRequest FirstIngestRequest(const IngestOptions& o) {
+  ragserve::v1::IngestRequest first;
+  first.set_collection(o.collection);
+  first.set_pre_encode(o.pre_encode);
+  if (!o.create) return first;
+  auto* spec = first.mutable_create_spec();
+  spec->set_name(o.collection);
+  spec->set_dimension(o.dimension);
+  spec->set_metric(o.metric == "l2"   ? ragserve::v1::METRIC_L2
+                   : o.metric == "ip" ? ragserve::v1::METRIC_INNER_PRODUCT
+                                      : ragserve::v1::METRIC_COSINE);
+  spec->set_index_kind(o.index == "flat"       ? ragserve::v1::INDEX_KIND_FLAT
+                       : o.index == "ivf_flat" ? ragserve::v1::INDEX_KIND_IVF_FLAT
+                       : o.index == "ivf_pq"   ? ragserve::v1::INDEX_KIND_IVF_PQ
+                                               : ragserve::v1::INDEX_KIND_HNSW);
+  spec->set_embedder("hashing");
+  spec->set_retrieval(RetrievalProto(o.retrieval));
+  return first;
+}
+
 int Ingest(const Common& c, const IngestOptions& o) {
-  std::vector<ragserve::v1::Document> docs;
-  for (const auto& p : o.paths) {
-    if (!ReadDocuments(p, &docs)) return 1;
+  if (auto st = ragserve::chunking::ValidateChunkOptions(ChunkOpts(o)); !st.ok()) {
+    std::fprintf(stderr, "ragctl: %s\n", std::string(st.message()).c_str());
+    return 1;
   }
+  std::vector<std::string> files;
+  uint64_t total = 0, done = 0;
+  if (!ListInputs(o.paths, &files, &total)) return 1;
   auto ch = Connect(c);
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::RagService::NewStub(*ch);
   grpc::ClientContext ctx;
   Prepare(c, &ctx);
-  ragserve::v1::IngestResponse resp;
-  auto writer = stub->Ingest(&ctx, &resp);
-  ragserve::v1::IngestRequest first;
-  first.set_collection(o.collection);
-  first.set_pre_encode(o.pre_encode);
-  if (o.create) {
-    auto* spec = first.mutable_create_spec();
-    spec->set_name(o.collection);
-    spec->set_dimension(o.dimension);
-    spec->set_metric(o.metric == "l2"   ? ragserve::v1::METRIC_L2
-                     : o.metric == "ip" ? ragserve::v1::METRIC_INNER_PRODUCT
-                                        : ragserve::v1::METRIC_COSINE);
-    spec->set_index_kind(o.index == "flat"       ? ragserve::v1::INDEX_KIND_FLAT
-                         : o.index == "ivf_flat" ? ragserve::v1::INDEX_KIND_IVF_FLAT
-                         : o.index == "ivf_pq"   ? ragserve::v1::INDEX_KIND_IVF_PQ
-                                                 : ragserve::v1::INDEX_KIND_HNSW);
-    spec->set_embedder("hashing");
+  IngestStream out(stub.get(), &ctx, o.batch);
+  Progress progress(total, o.progress);
+  bool ok = out.Start(FirstIngestRequest(o));
+  for (size_t i = 0; ok && i < files.size(); ++i) {
+    const bool jsonl = std::filesystem::path(files[i]).extension() == ".jsonl";
+    ok = jsonl ? IngestJsonl(files[i], o, &out, &progress, &done)
+               : IngestTextFile(files[i], o, &out, &progress, &done);
+    if (!ok && out.Flush()) return 1;  // a bad input (the stream itself is fine)
   }
-  bool ok = writer->Write(first);
-  for (size_t i = 0; ok && i < docs.size(); i += o.batch) {
-    ragserve::v1::IngestRequest req;
-    for (size_t j = i; j < std::min(docs.size(), i + o.batch); ++j) {
-      *req.add_documents() = docs[j];
-    }
-    ok = writer->Write(req);
-  }
-  writer->WritesDone();
-  grpc::Status st = writer->Finish();
+  progress.Update(done, out.sent(), /*last=*/true);
+  const grpc::Status st = out.Finish();
   if (!st.ok()) return Fail(st, "ingest");
+  const auto& resp = out.response();
   std::printf(
-      "ingested %lld documents into '%s'%s\n", static_cast<long long>(resp.ingested()),
-      o.collection.c_str(),
+      "ingested %lld passages from %zu files into '%s'%s\n",
+      static_cast<long long>(resp.ingested()), files.size(), o.collection.c_str(),
       o.pre_encode ? (" (" + std::to_string(resp.pre_encoded()) + " pre-encoded)").c_str() : "");
   return 0;
 }
@@ -280,9 +469,14 @@ int Stats(const Common& c, const std::string& collection) {
   const auto& i = r.info();
   std::printf(
       "collection %s: dimension %d, %lld documents, %lld vectors, index %lld KiB, "
-      "disk %lld KiB%s\n",
+      "BM25 %lld documents %lld KiB, retrieval %s, disk %lld KiB%s\n",
       i.spec().name().c_str(), i.spec().dimension(), static_cast<long long>(i.num_documents()),
       static_cast<long long>(i.num_vectors()), static_cast<long long>(i.index_bytes() >> 10),
+      static_cast<long long>(i.lexical_documents()),
+      static_cast<long long>(i.lexical_bytes() >> 10),
+      i.spec().retrieval() == ragserve::v1::RETRIEVAL_MODE_DENSE  ? "dense"
+      : i.spec().retrieval() == ragserve::v1::RETRIEVAL_MODE_BM25 ? "bm25"
+                                                                  : "hybrid",
       static_cast<long long>(i.disk_bytes() >> 10), i.rebuilding() ? ", rebuilding" : "");
   return 0;
 }
@@ -302,6 +496,20 @@ int Load(const Common& c) {
       r.worker_id().c_str(), r.device().c_str(), r.model().hex().c_str(), r.active_sequences(),
       r.max_active_sequences(), r.queued_requests(), static_cast<long long>(r.queued_tokens()),
       static_cast<long long>(r.free_kv_bytes() >> 20));
+  return 0;
+}
+
+int Delete(const Common& c, const ragserve::v1::DeleteRequest& req) {
+  auto ch = Connect(c);
+  if (!ch.ok()) return Fail(ch.status(), "connect");
+  auto stub = ragserve::v1::RagService::NewStub(*ch);
+  grpc::ClientContext ctx;
+  Prepare(c, &ctx);
+  ragserve::v1::DeleteResponse resp;
+  grpc::Status st = stub->Delete(&ctx, req, &resp);
+  if (!st.ok()) return Fail(st, "delete");
+  std::printf("deleted %lld documents from '%s'\n", static_cast<long long>(resp.deleted()),
+              req.collection().c_str());
   return 0;
 }
 
@@ -359,7 +567,20 @@ int main(int argc, char** argv) {
   bool ignore_eos = false;
   query->add_flag("--ignore-eos", ignore_eos, "Generate max-tokens tokens even past EOS");
   query->add_option("--context-cache", cache, "Use pre-encoded passage KV (true/false)");
+  std::string query_retrieval;
+  query
+      ->add_option("--retrieval", query_retrieval,
+                   "dense | bm25 | hybrid (default: the collection's)")
+      ->check(CLI::IsMember({"dense", "bm25", "hybrid"}));
 
+  ragserve::v1::DeleteRequest dreq;
+  std::vector<std::string> delete_ids, delete_docs;
+  std::string delete_collection = "docs";
+  auto* del =
+      app.add_subcommand("delete", "Delete documents (by id, or every passage of a document)");
+  del->add_option("ids", delete_ids, "Document ids");
+  del->add_option("--document", delete_docs, "Delete every passage of this source document");
+  del->add_option("--collection", delete_collection, "Collection")->capture_default_str();
   auto* colls = app.add_subcommand("collections", "List collections");
   auto* load = app.add_subcommand("load", "Load report of a decode worker (--addr)");
   std::string stats_collection = "docs";
@@ -368,7 +589,8 @@ int main(int argc, char** argv) {
 
   IngestOptions io;
   auto* ing = app.add_subcommand("ingest", "Ingest JSONL documents, text files or folders");
-  ing->add_option("paths", io.paths, "JSONL files ({id,text,metadata}), .txt/.md files, folders")
+  ing->add_option("paths", io.paths,
+                  "JSONL files ({id,text,metadata}), .txt/.md/.html files, folders")
       ->required();
   ing->add_option("--collection", io.collection, "Collection")->capture_default_str();
   ing->add_flag("--create", io.create, "Create the collection if it does not exist");
@@ -385,6 +607,18 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(1, 10000));
   ing->add_flag("--pre-encode", io.pre_encode, "Also pre-encode passages in the context cache");
+  ing->add_option("--retrieval", io.retrieval, "dense | bm25 | hybrid (with --create)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"dense", "bm25", "hybrid"}));
+  ing->add_option("--chunk-tokens", io.chunk_tokens,
+                  "Words per passage of a long document (0 = one passage per document)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, ragserve::chunking::kMaxChunkTokens));
+  ing->add_option("--chunk-overlap", io.chunk_overlap, "Words repeated between passages")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  bool no_progress = false;
+  ing->add_flag("--no-progress", no_progress, "No progress bar on stderr");
 
   ragserve::v1::GenerateRequest greq;
   std::string prompt;
@@ -409,12 +643,22 @@ int main(int argc, char** argv) {
     qreq.mutable_sampling()->set_temperature(temperature);
     qreq.mutable_sampling()->set_seed(seed);
     qreq.mutable_sampling()->set_ignore_eos(ignore_eos);
+    if (!query_retrieval.empty()) qreq.set_retrieval(RetrievalProto(query_retrieval));
     return Query(c, qreq, !no_passages);
   }
   if (colls->parsed()) return Collections(c);
+  if (del->parsed()) {
+    dreq.set_collection(delete_collection);
+    for (const auto& id : delete_ids) dreq.add_ids(id);
+    for (const auto& d : delete_docs) dreq.add_document_ids(d);
+    return Delete(c, dreq);
+  }
   if (load->parsed()) return Load(c);
   if (stats->parsed()) return Stats(c, stats_collection);
-  if (ing->parsed()) return Ingest(c, io);
+  if (ing->parsed()) {
+    io.progress = !no_progress;
+    return Ingest(c, io);
+  }
   if (gen->parsed()) {
     if (raw) {
       greq.set_prompt_override(prompt);
