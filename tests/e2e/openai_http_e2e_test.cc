@@ -13,6 +13,7 @@
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,6 +137,23 @@ class OpenAiHttpE2eTest : public ::testing::Test {
     v1::LoadReport load;
     if (!stub->GetLoad(ctx.get(), v1::LoadRequest(), &load).ok()) return -1;
     return load.active_sequences();
+  }
+
+  // The decoder's count of Generate calls that ended CANCELLED (its gRPC request metric).
+  static int CancelledGenerates() {
+    std::string body;
+    if (testing::HttpGet(cluster_->Get("decoder0")->metrics_port, "/metrics", &body) != 200) {
+      return -1;
+    }
+    std::istringstream lines(body);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("ragserve_grpc_requests_total{", 0) == 0 &&
+          line.find("DecoderService/Generate\"") != std::string::npos &&
+          line.find("code=\"CANCELLED\"") != std::string::npos) {
+        return std::stoi(line.substr(line.rfind(' ') + 1));
+      }
+    }
+    return 0;
   }
 
   static httplib::Headers Auth() { return {{"Authorization", std::string("Bearer ") + kToken}}; }
@@ -262,6 +280,8 @@ TEST_F(OpenAiHttpE2eTest, ClientThatDisconnectsMidStreamFreesTheSequence) {
   }
   EXPECT_NE(got.find("200 OK"), std::string::npos) << got;
   ASSERT_EQ(Active(), 1) << "the decoder should be generating the 3000-token answer";
+  const int cancelled_before = CancelledGenerates();
+  ASSERT_GE(cancelled_before, 0);
   close(fd);
   int active = -1;
   for (int i = 0; i < 200 && active != 0; ++i) {
@@ -269,6 +289,8 @@ TEST_F(OpenAiHttpE2eTest, ClientThatDisconnectsMidStreamFreesTheSequence) {
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
   EXPECT_EQ(active, 0) << "the decoder kept generating after the HTTP client went away";
+  // Freed by cancellation, not by finishing the answer: its Generate call ended CANCELLED.
+  EXPECT_EQ(CancelledGenerates(), cancelled_before + 1);
 }
 
 TEST_F(OpenAiHttpE2eTest, BadRequestsGetOpenAiErrorsAndTheRouterKeepsServing) {
@@ -336,6 +358,54 @@ TEST_F(OpenAiHttpE2eTest, BadRequestsGetOpenAiErrorsAndTheRouterKeepsServing) {
       http.Post("/v1/chat/completions", Auth(), ChatBody(false, 3).dump(), "application/json");
   ASSERT_TRUE(ok);
   EXPECT_EQ(ok->status, 200) << ok->body;
+}
+
+TEST_F(OpenAiHttpE2eTest, NoReachableWorkerIs503AndTlsServesHttps) {
+  // A second router whose only decoder address has nothing listening, serving HTTPS with the
+  // same certificate as its gRPC port.
+  const std::string dir = cluster_->dir();
+  if (testing::RunCommand("command -v openssl && command -v curl", nullptr) != 0) {
+    GTEST_SKIP() << "openssl or curl missing";
+  }
+  std::string out;
+  ASSERT_EQ(testing::RunCommand("cd " + ShellQuote(dir) +
+                                    " && openssl req -x509 -newkey rsa:2048 -nodes -keyout "
+                                    "key.pem -out cert.pem -days 1 -subj /CN=localhost "
+                                    "-addext subjectAltName=IP:127.0.0.1",
+                                &out),
+            0)
+      << out;
+  const int port = testing::FreePort();
+  std::string err;
+  ASSERT_TRUE(cluster_->Start(
+      "router", "router-tls",
+      {"--index-addr", cluster_->Get("index")->addr(), "--decoders",
+       "127.0.0.1:" + std::to_string(testing::FreePort()), "--downstream-token", kToken,
+       "--http-port", std::to_string(port), "--served-model-name", kModel, "--tls-cert",
+       dir + "/cert.pem", "--tls-key", dir + "/key.pem", "--auth-token", kToken},
+      &err))
+      << err;
+  const std::string curl = "curl -sS --cacert " + ShellQuote(dir + "/cert.pem") +
+                           " -H 'Authorization: Bearer " + kToken + "' -w '\\n%{http_code}' ";
+  const std::string url = "https://127.0.0.1:" + std::to_string(port);
+  ASSERT_EQ(testing::RunCommand(curl + url + "/v1/models", &out), 0) << out;
+  EXPECT_EQ(out.substr(out.rfind('\n') + 1), "200") << out;
+  EXPECT_NE(out.find(kModel), std::string::npos) << out;
+  ASSERT_EQ(testing::RunCommand(curl + "-H 'Content-Type: application/json' -d " +
+                                    ShellQuote(ChatBody(false).dump()) + " " + url +
+                                    "/v1/chat/completions",
+                                &out),
+            0)
+      << out;
+  EXPECT_EQ(out.substr(out.rfind('\n') + 1), "503") << out;
+  const json body = json::parse(out.substr(0, out.rfind('\n')), nullptr, false);
+  ASSERT_TRUE(body.is_object()) << out;
+  EXPECT_EQ(body["error"]["type"], "server_error") << out;
+  // Plain HTTP to the HTTPS port is refused, not served.
+  EXPECT_NE(testing::RunCommand("curl -sS -m 5 http://127.0.0.1:" + std::to_string(port) +
+                                    "/v1/models -o /dev/null -w '%{http_code}' | grep -qx 200",
+                                &out),
+            0);
 }
 
 }  // namespace
