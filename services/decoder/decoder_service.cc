@@ -202,8 +202,10 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
     svc->tokenizer_ = std::move(mt.tokenizer);
     RS_RETURN_IF_ERROR(CheckRagChatOptions(svc->opts_.rag_chat));
     if (!svc->opts_.no_chat_template) svc->chat_template_ = std::move(mt.chat_template);
-    RS_LOG(info, "decoder: chat requests use {}",
-           svc->chat_template_ ? "the model's chat template" : "the RAG prompt (no chat template)");
+    RS_LOG(info, "decoder: prompts use {}",
+           svc->chat_template_
+               ? "the model's chat template (sequential prefill: APE needs the RAG prompt)"
+               : "the RAG prompt (no chat template)");
     RS_CHECK_ARG(svc->opts_.generator.max_active >= 1, "--max-active must be >= 1");
     RS_CHECK_ARG(svc->opts_.generator.max_queue >= 0, "--max-queue must be >= 0");
     RS_CHECK_ARG(svc->opts_.generator.prefill_chunk >= 1, "--prefill-chunk must be >= 1");
@@ -324,10 +326,11 @@ StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(const v1::Generat
   if (!model_) return FailedPrecondition("this decode worker has no model loaded (--model)");
   RS_RETURN_IF_ERROR(CheckRequest(req));
   const bool chat = req.messages_size() > 0;
-  // With its chat template a conversation is rendered whole and prefilled sequentially: cached
-  // APE passage KV is encoded after the RAG prefix of rag_template.h, not inside the template's
+  // A model with a chat template gets every request but a raw prompt_override as a conversation
+  // (a question is one user message) rendered with it, and prefilled sequentially: cached APE
+  // passage KV is encoded after the RAG prefix of rag_template.h, not inside the template's
   // format. A model without one answers the last user message exactly like a question.
-  const bool templated = chat && chat_template_ != nullptr;
+  const bool templated = chat_template_ != nullptr && req.prompt_override().empty();
   std::string question = req.question();
   if (chat && !templated) {
     RS_ASSIGN_OR_RETURN(question, LastUserContent(req.messages()));
@@ -413,8 +416,15 @@ StatusOr<std::vector<int32_t>> DecoderService::SequentialPromptTokens(
 StatusOr<std::vector<int32_t>> DecoderService::ChatPromptTokens(
     const v1::GenerateRequest& req) const {
   RS_ASSIGN_OR_RETURN(std::vector<std::string_view> passages, PassageTexts(req));
+  google::protobuf::RepeatedPtrField<v1::ChatMessage> question;
+  if (req.messages().empty()) {
+    v1::ChatMessage* m = question.Add();
+    m->set_role("user");
+    m->set_content(req.question());
+  }
   RS_ASSIGN_OR_RETURN(nlohmann::ordered_json conv,
-                      ChatConversation(req.messages(), passages, opts_.rag_chat));
+                      ChatConversation(req.messages().empty() ? question : req.messages(), passages,
+                                       opts_.rag_chat));
   RS_ASSIGN_OR_RETURN(std::string prompt,
                       chat_template_->Render(conv, /*add_generation_prompt=*/true));
   // As transformers' apply_chat_template(tokenize=True): the template writes BOS and the other

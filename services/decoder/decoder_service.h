@@ -54,7 +54,8 @@ struct DecoderOptions {
   std::string ctxcache_tls_ca;     // PEM CA: TLS to the context cache when set
   // Chat requests (GenerateRequest.messages) on a model with a chat template: where passages go.
   RagChatOptions rag_chat;
-  // Ignore the model's chat template (chat requests then get the RAG prompt like a question).
+  // Ignore the model's chat template: requests get the RAG prompt (rag_template.h), and APE
+  // (which only that prompt can use) stays available.
   bool no_chat_template = false;
 };
 

@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
                    "Text before the passages in a chat conversation (default: the RAG "
                    "instruction of services/common/rag_template.h)");
     app.add_flag("--no-chat-template", opts.no_chat_template,
-                 "Ignore the model's chat template: chat requests get the RAG prompt");
+                 "Ignore the model's chat template: requests get the RAG prompt (and APE)");
     app.add_option("--ape-temperature", opts.ape_temperature,
                    "APE attention temperature T on passage tokens")
         ->capture_default_str()

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -146,6 +147,31 @@ TEST_F(DecoderChatTest, TemplateModelRendersTheConversationWithPassagesInASystem
        {{"role", "user"}, {"content", "How long is it?"}}});
   EXPECT_EQ((*job)->prompt, Rendered("qwen2-instruct.json", conv));
   EXPECT_FALSE((*job)->ape.has_value());
+}
+
+TEST_F(DecoderChatTest, TemplateModelAsksAQuestionAsOneUserMessage) {
+  auto worker = Worker("llama3-instruct.json");
+  ASSERT_NE(worker, nullptr);
+  v1::GenerateRequest req;
+  req.set_question("How long is it?");
+  req.add_passages()->set_text("The river is 5 km.");
+  req.mutable_sampling()->set_max_tokens(4);
+  auto job = worker->MakeJob(req);
+  ASSERT_TRUE(job.ok()) << job.status().ToString();
+  const nlohmann::ordered_json conv = nlohmann::ordered_json::array(
+      {{{"role", "system"}, {"content", std::string(kRagPrefix) + "The river is 5 km.\n\n"}},
+       {{"role", "user"}, {"content", "How long is it?"}}});
+  EXPECT_EQ((*job)->prompt, Rendered("llama3-instruct.json", conv));
+  // A raw prompt_override stays raw.
+  v1::GenerateRequest raw;
+  raw.set_prompt_override("Once upon");
+  raw.mutable_sampling()->set_max_tokens(4);
+  auto raw_job = worker->MakeJob(raw);
+  ASSERT_TRUE(raw_job.ok());
+  auto tok = engine::Tokenizer::FromFile(*dir_ + "/model/tokenizer.json");
+  const std::vector<int32_t> text = (*tok)->Encode("Once upon");
+  ASSERT_GE((*raw_job)->prompt.size(), text.size());
+  EXPECT_TRUE(std::equal(text.rbegin(), text.rend(), (*raw_job)->prompt.rbegin()));
 }
 
 TEST_F(DecoderChatTest, RagChatRoleUserServesATemplateWithoutASystemRole) {
