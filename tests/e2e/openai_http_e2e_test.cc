@@ -13,6 +13,7 @@
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -350,6 +351,37 @@ TEST_F(OpenAiHttpE2eTest, BadRequestsGetOpenAiErrorsAndTheRouterKeepsServing) {
     if (!c.param.empty()) {
       EXPECT_EQ(err["error"]["param"], c.param) << c.what << ": " << res->body;
     }
+  }
+  // Valid bodies with random bytes overwritten, dropped or duplicated: every one gets an answer
+  // (a completion, or an error object), never a dropped connection.
+  std::mt19937 rng(7);
+  json base = ChatBody(false, 2);
+  base["rag"] = {{"collection", "docs"}, {"top_k", 1}, {"filter", {{"topic", "rivers"}}}};
+  base["stop"] = json::array({"\n"});
+  const std::string valid = base.dump();
+  for (int i = 0; i < 150; ++i) {
+    std::string body = valid;
+    for (int edits = 1 + static_cast<int>(rng() % 4); edits > 0; --edits) {
+      const size_t at = rng() % body.size();
+      switch (rng() % 3) {
+        case 0:
+          body[at] = static_cast<char>(rng() % 256);
+          break;
+        case 1:
+          body.erase(at, 1 + rng() % 8);
+          break;
+        default:
+          body.insert(at, body.substr(at, 1 + rng() % 8));
+          break;
+      }
+      if (body.empty()) body = "{";
+    }
+    auto res = http.Post("/v1/chat/completions", Auth(), body, "application/json");
+    ASSERT_TRUE(res) << "no answer to: " << body;
+    const json got = json::parse(res->body, nullptr, false);
+    ASSERT_TRUE(got.is_object()) << res->status << " " << res->body << " for " << body;
+    EXPECT_TRUE(res->status == 200 ? got.contains("choices") : got.contains("error"))
+        << res->status << " " << res->body << " for " << body;
   }
   // The router survives all of it: health SERVING and a good request answered.
   const Status health = CheckHealth(*channel_, "ragserve.v1.RagService", 5);
