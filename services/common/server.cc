@@ -203,6 +203,14 @@ Status ServiceServer::Start() {
   return OkStatus();
 }
 
+std::shared_ptr<grpc::Channel> ServiceServer::InProcessChannel() {
+  if (!server_) return nullptr;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(cfg_.max_message_mb * 1024 * 1024);
+  args.SetMaxSendMessageSize(cfg_.max_message_mb * 1024 * 1024);
+  return server_->InProcessChannel(args);
+}
+
 void ServiceServer::RequestStop() {
   {
     MutexLock lock(mu_);
@@ -323,6 +331,15 @@ int RunServiceMain(const ServiceMain& m, int argc, char** argv) {
     RS_LOG(error, "start failed: {}", s.ToString());
     std::cerr << "ragserve-" << m.name << ": " << s.ToString() << "\n";
     return 2;
+  }
+  if (m.started) {
+    if (Status s = m.started(server); !s.ok()) {
+      RS_LOG(error, "start failed: {}", s.ToString());
+      std::cerr << "ragserve-" << m.name << ": " << s.ToString() << "\n";
+      server.Shutdown();
+      if (m.teardown) m.teardown();
+      return 2;
+    }
   }
   std::thread([&server] {
     unsigned char sig = 0;

@@ -59,6 +59,9 @@ class ServiceServer {
   MetricsRegistry& metrics() { return MetricsRegistry::Default(); }
   // "127.0.0.1:50051": where clients reach this server.
   std::string address() const;
+  // A channel to this server's own services that stays in the process (no socket, no TLS); calls
+  // on it are ordinary calls (auth, metrics, drain apply). Null before Start().
+  std::shared_ptr<grpc::Channel> InProcessChannel();
 
  private:
   ServerConfig cfg_;
@@ -87,6 +90,9 @@ struct ServiceMain {
   // Called after flags are parsed and before Start(): create the service objects (kept alive
   // by the caller), register them with server.AddService(). An error exits with code 2.
   std::function<Status(ServiceServer&)> setup;
+  // Called once the server is serving (e.g. to start a second front end on InProcessChannel()).
+  // An error stops the server and exits with code 2. Optional.
+  std::function<Status(ServiceServer&)> started;
   // Called after the server stopped (flush state, close databases). Optional.
   std::function<void()> teardown;
 };

@@ -43,7 +43,7 @@ struct ModelAndTokenizer {
   std::unique_ptr<engine::Tokenizer> tokenizer;
   // The model's own chat template (tokenizer_config.json / chat_template.jinja, with its bos/eos
   // strings); null when the model has none, or when it cannot be compiled (logged as a warning:
-  // loading never fails for it). Not used for prompts yet.
+  // loading never fails for it). The decoder renders chat requests with it.
   std::shared_ptr<const engine::ChatTemplate> chat_template;
 };
 // `ops` runs the model (FastOps by default; kernels/cuda/ops.h for a GPU).

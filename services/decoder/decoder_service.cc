@@ -200,6 +200,12 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
                         ctxcache::LoadModelDir(svc->opts_.model_dir, "--model", ops));
     svc->model_ = std::move(mt.model);
     svc->tokenizer_ = std::move(mt.tokenizer);
+    RS_RETURN_IF_ERROR(CheckRagChatOptions(svc->opts_.rag_chat));
+    if (!svc->opts_.no_chat_template) svc->chat_template_ = std::move(mt.chat_template);
+    RS_LOG(info, "decoder: prompts use {}",
+           svc->chat_template_
+               ? "the model's chat template (sequential prefill: APE needs the RAG prompt)"
+               : "the RAG prompt (no chat template)");
     RS_CHECK_ARG(svc->opts_.generator.max_active >= 1, "--max-active must be >= 1");
     RS_CHECK_ARG(svc->opts_.generator.max_queue >= 0, "--max-queue must be >= 0");
     RS_CHECK_ARG(svc->opts_.generator.prefill_chunk >= 1, "--prefill-chunk must be >= 1");
@@ -287,33 +293,67 @@ void DecoderService::Shutdown() {
   if (generator_) generator_->Shutdown();
 }
 
-StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(const v1::GenerateRequest& req) {
-  if (!model_) return FailedPrecondition("this decode worker has no model loaded (--model)");
-  const auto& sp = req.sampling();
-  RS_CHECK_ARG(sp.max_tokens() > 0, "sampling.max_tokens must be > 0, got ", sp.max_tokens());
+namespace {
+
+// The passages' texts; InvalidArgument for an empty one.
+StatusOr<std::vector<std::string_view>> PassageTexts(const v1::GenerateRequest& req) {
+  std::vector<std::string_view> passages;
+  for (const auto& p : req.passages()) {
+    RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' has no text");
+    passages.push_back(p.text());
+  }
+  return passages;
+}
+
+}  // namespace
+
+Status DecoderService::CheckRequest(const v1::GenerateRequest& req) const {
+  RS_CHECK_ARG(req.sampling().max_tokens() > 0, "sampling.max_tokens must be > 0, got ",
+               req.sampling().max_tokens());
   RS_CHECK_ARG(req.prompt_override().empty() || req.passages().empty(),
                "prompt_override and passages are exclusive");
-  RS_CHECK_ARG(!req.question().empty() || !req.prompt_override().empty(),
-               "question (or prompt_override) must not be empty");
+  RS_CHECK_ARG(req.prompt_override().empty() || req.messages().empty(),
+               "prompt_override and messages are exclusive");
+  RS_CHECK_ARG(!req.question().empty() || !req.prompt_override().empty() || !req.messages().empty(),
+               "question (or prompt_override, or messages) must not be empty");
   RS_CHECK_ARG(req.question().size() <= 65536, "question is over 64 KiB");
   RS_CHECK_ARG(req.passages_size() <= kMaxPassages, "at most ", kMaxPassages,
                " passages per request, got ", req.passages_size());
+  return CheckChatMessages(req.messages());
+}
+
+StatusOr<std::unique_ptr<GenerateJob>> DecoderService::MakeJob(const v1::GenerateRequest& req) {
+  if (!model_) return FailedPrecondition("this decode worker has no model loaded (--model)");
+  RS_RETURN_IF_ERROR(CheckRequest(req));
+  const bool chat = req.messages_size() > 0;
+  // A model with a chat template gets every request but a raw prompt_override as a conversation
+  // (a question is one user message) rendered with it, and prefilled sequentially: cached APE
+  // passage KV is encoded after the RAG prefix of rag_template.h, not inside the template's
+  // format. A model without one answers the last user message exactly like a question.
+  const bool templated = chat_template_ != nullptr && req.prompt_override().empty();
+  std::string question = req.question();
+  if (chat && !templated) {
+    RS_ASSIGN_OR_RETURN(question, LastUserContent(req.messages()));
+  }
 
   auto job = std::make_unique<GenerateJob>();
   job->request_id = req.request_id().empty()
                         ? StrCat(worker_id(), "/", g_request_counter.fetch_add(1))
                         : req.request_id();
-  const bool use_ape =
-      ape_ && req.prompt_override().empty() && req.passages_size() > 0 && !req.sequential_context();
+  const bool use_ape = ape_ && !templated && req.prompt_override().empty() &&
+                       req.passages_size() > 0 && !req.sequential_context();
   if (use_ape) {
     // APE: the passages' KV comes parallel-encoded from this worker's cache; only the question
     // part is prefilled, after the longest passage.
     RS_ASSIGN_OR_RETURN(ApeContext ape, EncodeApeContext(req));
-    job->prompt = tokenizer_->Encode(RagQuestionText(req.question()), /*add_bos=*/false);
+    job->prompt = tokenizer_->Encode(RagQuestionText(question), /*add_bos=*/false);
     job->ape = std::move(ape);
+  } else if (templated) {
+    RS_ASSIGN_OR_RETURN(job->prompt, ChatPromptTokens(req));
   } else {
-    RS_ASSIGN_OR_RETURN(job->prompt, SequentialPromptTokens(req));
+    RS_ASSIGN_OR_RETURN(job->prompt, SequentialPromptTokens(req, question));
   }
+  const auto& sp = req.sampling();
   job->resume.assign(req.resume_token_ids().begin(), req.resume_token_ids().end());
   const int remaining = sp.max_tokens() - static_cast<int>(job->resume.size());
   RS_CHECK_ARG(remaining >= 1, "resume_token_ids (", job->resume.size(),
@@ -359,15 +399,11 @@ StatusOr<ApeContext> DecoderService::EncodeApeContext(const v1::GenerateRequest&
 }
 
 StatusOr<std::vector<int32_t>> DecoderService::SequentialPromptTokens(
-    const v1::GenerateRequest& req) const {
+    const v1::GenerateRequest& req, const std::string& question) const {
   std::string prompt = req.prompt_override();
   if (prompt.empty()) {
-    std::vector<std::string_view> passages;
-    for (const auto& p : req.passages()) {
-      RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' has no text");
-      passages.push_back(p.text());
-    }
-    prompt = RagPrompt(req.question(), passages);
+    RS_ASSIGN_OR_RETURN(std::vector<std::string_view> passages, PassageTexts(req));
+    prompt = RagPrompt(question, passages);
   }
   const bool add_bos = model_->config().bos_token_id.has_value() || tokenizer_->bos_id();
   std::vector<int32_t> ids = tokenizer_->Encode(prompt, add_bos);
@@ -375,6 +411,25 @@ StatusOr<std::vector<int32_t>> DecoderService::SequentialPromptTokens(
     ids.insert(ids.begin(), *model_->config().bos_token_id);
   }
   return ids;
+}
+
+StatusOr<std::vector<int32_t>> DecoderService::ChatPromptTokens(
+    const v1::GenerateRequest& req) const {
+  RS_ASSIGN_OR_RETURN(std::vector<std::string_view> passages, PassageTexts(req));
+  google::protobuf::RepeatedPtrField<v1::ChatMessage> question;
+  if (req.messages().empty()) {
+    v1::ChatMessage* m = question.Add();
+    m->set_role("user");
+    m->set_content(req.question());
+  }
+  RS_ASSIGN_OR_RETURN(nlohmann::ordered_json conv,
+                      ChatConversation(req.messages().empty() ? question : req.messages(), passages,
+                                       opts_.rag_chat));
+  RS_ASSIGN_OR_RETURN(std::string prompt,
+                      chat_template_->Render(conv, /*add_generation_prompt=*/true));
+  // As transformers' apply_chat_template(tokenize=True): the template writes BOS and the other
+  // special tokens itself, as text.
+  return tokenizer_->Encode(prompt, /*add_bos=*/false, /*allow_special=*/true);
 }
 
 Status DecoderService::SetSamplingAndStops(const v1::SamplingParams& sp, int max_tokens,

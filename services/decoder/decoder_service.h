@@ -12,7 +12,9 @@
 #include "services/common/server.h"
 #include "services/ctxcache/ape_encoder.h"
 #include "services/ctxcache/remote_grpc.h"
+#include "services/decoder/chat_prompt.h"
 #include "services/decoder/generator.h"
+#include "services/engine/chat_template.h"
 #include "services/engine/model.h"
 #include "services/engine/tokenizer.h"
 
@@ -50,6 +52,11 @@ struct DecoderOptions {
   std::string ctxcache_addr;
   int ctxcache_timeout_ms = 2000;  // deadline of one fetch
   std::string ctxcache_tls_ca;     // PEM CA: TLS to the context cache when set
+  // Chat requests (GenerateRequest.messages) on a model with a chat template: where passages go.
+  RagChatOptions rag_chat;
+  // Ignore the model's chat template: requests get the RAG prompt (rag_template.h), and APE
+  // (which only that prompt can use) stays available.
+  bool no_chat_template = false;
 };
 
 class DecoderService final : public v1::DecoderService::CallbackService {
@@ -80,17 +87,23 @@ class DecoderService final : public v1::DecoderService::CallbackService {
 
  private:
   DecoderService(ServiceServer* server, DecoderOptions opts);
-  // The steps of MakeJob: the APE context of the request's passages (encoded or from the cache),
-  // the prompt tokens without APE (prompt_override, or the sequential RAG prompt), and the
-  // sampling and stop settings (InvalidArgument for bad values).
+  // The steps of MakeJob: the request's sizes and exclusive fields, the APE context of the
+  // request's passages (encoded or from the cache), the prompt tokens without APE
+  // (prompt_override, or the sequential RAG prompt for `question`), a chat conversation rendered
+  // with the model's chat template, and the sampling and stop settings (InvalidArgument for bad
+  // values).
+  Status CheckRequest(const v1::GenerateRequest& req) const;
   StatusOr<ApeContext> EncodeApeContext(const v1::GenerateRequest& req);
-  StatusOr<std::vector<int32_t>> SequentialPromptTokens(const v1::GenerateRequest& req) const;
+  StatusOr<std::vector<int32_t>> SequentialPromptTokens(const v1::GenerateRequest& req,
+                                                        const std::string& question) const;
+  StatusOr<std::vector<int32_t>> ChatPromptTokens(const v1::GenerateRequest& req) const;
   Status SetSamplingAndStops(const v1::SamplingParams& sp, int max_tokens, GenerateJob* job) const;
 
   ServiceServer* server_;
   DecoderOptions opts_;
   std::unique_ptr<engine::Model> model_;
   std::unique_ptr<engine::Tokenizer> tokenizer_;
+  std::shared_ptr<const engine::ChatTemplate> chat_template_;  // null: the model has none
   std::unique_ptr<Generator> generator_;
   std::unique_ptr<ctxcache::BlockCache> passage_cache_;
   std::unique_ptr<ctxcache::ApeEncoder> ape_;

@@ -48,6 +48,16 @@ int main(int argc, char** argv) {
                    "Passages: ape (parallel-encoded, cached KV) | sequential (prefill all)")
         ->capture_default_str()
         ->check(CLI::IsMember({"ape", "sequential"}));
+    app.add_option("--rag-chat-role", opts.rag_chat.role,
+                   "Chat requests on a model with a chat template: passages go in a system "
+                   "message (system) or before the last user message (user)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"system", "user"}));
+    app.add_option("--rag-chat-instruction", opts.rag_chat.instruction,
+                   "Text before the passages in a chat conversation (default: the RAG "
+                   "instruction of services/common/rag_template.h)");
+    app.add_flag("--no-chat-template", opts.no_chat_template,
+                 "Ignore the model's chat template: requests get the RAG prompt (and APE)");
     app.add_option("--ape-temperature", opts.ape_temperature,
                    "APE attention temperature T on passage tokens")
         ->capture_default_str()

@@ -1043,4 +1043,12 @@ std::vector<std::shared_ptr<Collection>> CollectionStore::List() const {
   return out;
 }
 
+Status Collection::EmbedTexts(const std::vector<std::string>& texts,
+                              std::vector<float>* out) const {
+  RS_RETURN_IF_ERROR(CheckEmbedBatch(texts.size(), "embed"));
+  out->assign(texts.size() * static_cast<size_t>(spec_.dim), 0.0f);
+  if (texts.empty()) return OkStatus();
+  return embedder_->Embed(texts, out->data());
+}
+
 }  // namespace ragserve::collection

@@ -184,6 +184,9 @@ class Collection {
   // or a bad filter; ResourceExhausted when the query texts exceed max_embed_batch_bytes.
   StatusOr<std::vector<std::vector<Hit>>> Search(const std::vector<Query>& queries,
                                                  const SearchOptions& options) const;
+  // The collection's embedder on `texts`: texts.size() x dim floats into *out, the vectors its
+  // documents and text queries get. ResourceExhausted over max_embed_batch_bytes.
+  Status EmbedTexts(const std::vector<std::string>& texts, std::vector<float>* out) const;
   // Found documents in request order (with their stored vectors) and the missing ids.
   Status Get(const std::vector<std::string>& ids, std::vector<Document>* found,
              std::vector<std::string>* missing) const;

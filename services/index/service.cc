@@ -316,6 +316,26 @@ grpc::ServerUnaryReactor* IndexGrpcService::Delete(grpc::CallbackServerContext* 
   });
 }
 
+grpc::ServerUnaryReactor* IndexGrpcService::Embed(grpc::CallbackServerContext* ctx,
+                                                  const v1::EmbedRequest* req,
+                                                  v1::EmbedResponse* resp) {
+  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+    RS_CHECK_ARG(req->texts_size() >= 1 && req->texts_size() <= kMaxEmbedTexts,
+                 "texts must hold 1..", kMaxEmbedTexts, " texts, got ", req->texts_size());
+    RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
+    std::vector<std::string> texts(req->texts().begin(), req->texts().end());
+    std::vector<float> vectors;
+    RS_RETURN_IF_ERROR(c->EmbedTexts(texts, &vectors));
+    const size_t dim = texts.empty() ? 0 : vectors.size() / texts.size();
+    resp->set_dimension(static_cast<int32_t>(dim));
+    for (size_t i = 0; i < texts.size(); ++i) {
+      auto* v = resp->add_embeddings()->mutable_vector();
+      v->Add(vectors.begin() + i * dim, vectors.begin() + (i + 1) * dim);
+    }
+    return OkStatus();
+  });
+}
+
 grpc::ServerUnaryReactor* IndexGrpcService::Search(grpc::CallbackServerContext* ctx,
                                                    const v1::SearchRequest* req,
                                                    v1::SearchResponse* resp) {

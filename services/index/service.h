@@ -32,6 +32,8 @@ class IndexGrpcService final : public v1::IndexService::CallbackService {
                                    v1::DeleteResponse* resp) override;
   grpc::ServerUnaryReactor* Search(grpc::CallbackServerContext* ctx, const v1::SearchRequest* req,
                                    v1::SearchResponse* resp) override;
+  grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* ctx, const v1::EmbedRequest* req,
+                                  v1::EmbedResponse* resp) override;
   grpc::ServerUnaryReactor* GetDocuments(grpc::CallbackServerContext* ctx,
                                          const v1::GetDocumentsRequest* req,
                                          v1::GetDocumentsResponse* resp) override;
@@ -47,6 +49,9 @@ class IndexGrpcService final : public v1::IndexService::CallbackService {
   ServiceServer* server_;
   CollectionStore* store_;
 };
+
+// Texts per Embed call, at most.
+inline constexpr int kMaxEmbedTexts = 2048;
 
 // Proto <-> library conversions (exposed for tests).
 StatusOr<CollectionSpec> SpecFromProto(const v1::CollectionSpec& p);

@@ -4,18 +4,37 @@
 #include <string>
 
 #include "services/common/server.h"
+#include "services/router/http_api.h"
 #include "services/router/router_service.h"
 
 int main(int argc, char** argv) {
   ragserve::router::RouterOptions opts;
   std::string decoders;  // default: 127.0.0.1:50055 unless --decoders-dns is given
   std::unique_ptr<ragserve::router::RouterService> service;
+  ragserve::router::HttpApiOptions http;
+  std::vector<std::string> served_models;
+  int http_max_body_mb = 8;
+  std::unique_ptr<ragserve::router::HttpApi> http_api;
   ragserve::ServiceMain m;
   m.name = "router";
   m.description = "ragserve router: the public RagService (query, ingest, collection admin)";
   m.default_port = 50051;
   m.default_metrics_port = 9091;
-  m.add_flags = [&opts, &decoders](CLI::App& app) {
+  m.add_flags = [&opts, &decoders, &http, &served_models, &http_max_body_mb](CLI::App& app) {
+    app.add_option("--http-port", http.port,
+                   "OpenAI-compatible HTTP API port (0 = off); same host, TLS and token as gRPC")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 65535));
+    app.add_option("--served-model-name", served_models,
+                   "Model names /v1/models lists and HTTP requests must name (default ragserve)")
+        ->delimiter(',');
+    app.add_option("--http-threads", http.threads,
+                   "HTTP requests served at once (a stream holds one until it ends)")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 4096));
+    app.add_option("--http-max-body-mb", http_max_body_mb, "Largest HTTP request body; beyond: 413")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1024));
     app.add_option("--index-addr", opts.index_addr, "IndexService address host:port")
         ->capture_default_str();
     app.add_option("--ctxcache-addr", opts.ctxcache_addr,
@@ -88,5 +107,20 @@ int main(int argc, char** argv) {
     server.AddService(service.get(), "ragserve.v1.RagService");
     return ragserve::OkStatus();
   };
+  m.started = [&http, &http_api, &served_models,
+               &http_max_body_mb](ragserve::ServiceServer& server) -> ragserve::Status {
+    if (http.port == 0) return ragserve::OkStatus();
+    const ragserve::ServerConfig& cfg = server.config();
+    http.host = cfg.host;
+    http.tls_cert = cfg.tls_cert;
+    http.tls_key = cfg.tls_key;
+    http.auth_token = cfg.auth_token;
+    if (!served_models.empty()) http.models = served_models;
+    http.max_body_bytes = static_cast<size_t>(http_max_body_mb) << 20;
+    RS_ASSIGN_OR_RETURN(http_api,
+                        ragserve::router::HttpApi::Start(http, server.InProcessChannel()));
+    return ragserve::OkStatus();
+  };
+  m.teardown = [&http_api] { http_api.reset(); };
   return ragserve::RunServiceMain(m, argc, argv);
 }

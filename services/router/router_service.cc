@@ -118,6 +118,12 @@ grpc::ServerUnaryReactor* RouterService::Delete(grpc::CallbackServerContext* ctx
   return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::Delete, "delete");
 }
 
+grpc::ServerUnaryReactor* RouterService::Embed(grpc::CallbackServerContext* ctx,
+                                               const v1::EmbedRequest* req,
+                                               v1::EmbedResponse* resp) {
+  return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::Embed, "embed");
+}
+
 // ---- Query -------------------------------------------------------------------------------------
 
 namespace {
@@ -195,15 +201,18 @@ Status RouterService::DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryR
                               StreamOutbox<v1::QueryEvent>* out) {
   const auto t0 = Clock::now();
   RS_RETURN_IF_ERROR(CheckQuery(*ctx, req));
-  // 1. Retrieve: the index embeds the question and searches; the passages go to the client.
-  v1::SearchResponse found;
-  RS_RETURN_IF_ERROR(Search(ctx, req, &found));
-  const double search_ms = MsSince(t0);
-  QueryLatency("search").Observe(search_ms / 1000);
   v1::GenerateRequest greq = MakeGenerateRequest(req);
   PickHint hint;
-  hint.other_tokens = static_cast<int64_t>(req.question().size() / 4 + 32);
-  out->Push(PassagesEvent(req, found, &greq, &hint));
+  hint.other_tokens = static_cast<int64_t>(PromptBytes(req) / 4 + 32);
+  double search_ms = 0;
+  if (!req.collection().empty()) {
+    // 1. Retrieve: the index embeds the question and searches; the passages go to the client.
+    v1::SearchResponse found;
+    RS_RETURN_IF_ERROR(Search(ctx, req, &found));
+    search_ms = MsSince(t0);
+    QueryLatency("search").Observe(search_ms / 1000);
+    out->Push(PassagesEvent(req, found, &greq, &hint));
+  }
   // 2. Generate on a worker; a worker lost before or during the answer hands over to another.
   Answer answer;
   RS_RETURN_IF_ERROR(GenerateWithFailover(ctx, t0, std::move(hint), &greq, out, &answer));
@@ -212,12 +221,46 @@ Status RouterService::DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryR
   return OkStatus();
 }
 
+namespace {
+
+constexpr size_t kMaxPromptBytes = size_t{1} << 20;  // a raw prompt or a whole conversation
+
+// The text retrieval searches with: the question, else the last user message of a chat.
+std::string SearchText(const v1::QueryRequest& req) {
+  if (!req.question().empty()) return req.question();
+  for (int i = req.messages_size() - 1; i >= 0; --i) {
+    if (req.messages(i).role() == "user") return req.messages(i).content();
+  }
+  return "";
+}
+
+}  // namespace
+
+size_t RouterService::PromptBytes(const v1::QueryRequest& req) {
+  size_t bytes = req.question().size() + req.prompt().size();
+  for (const auto& m : req.messages()) bytes += m.role().size() + m.content().size();
+  return bytes;
+}
+
 Status RouterService::CheckQuery(const grpc::CallbackServerContext& ctx,
                                  const v1::QueryRequest& req) const {
-  RS_CHECK_ARG(!req.collection().empty(), "collection must not be empty");
-  RS_CHECK_ARG(!req.question().empty(), "question must not be empty");
+  const bool chat = req.messages_size() > 0;
+  const bool raw = !req.prompt().empty();
+  RS_CHECK_ARG(!chat || !raw, "messages and prompt are exclusive");
+  RS_CHECK_ARG(!raw || (req.collection().empty() && req.question().empty()),
+               "prompt (raw completion) takes no collection and no question");
+  if (!chat && !raw) {
+    RS_CHECK_ARG(!req.collection().empty(), "collection must not be empty");
+    RS_CHECK_ARG(!req.question().empty(), "question must not be empty");
+  }
+  if (chat && !req.collection().empty()) {
+    RS_CHECK_ARG(!SearchText(req).empty(),
+                 "a chat query with a collection needs a question or a non-empty user message");
+  }
   RS_CHECK_ARG(req.question().size() <= 65536, "question is ", req.question().size(),
                " bytes; the limit is 64 KiB");
+  RS_CHECK_ARG(PromptBytes(req) <= kMaxPromptBytes, "the prompt and messages hold ",
+               PromptBytes(req), " bytes; the limit is 1 MiB");
   RS_CHECK_ARG(req.top_k() >= 0 && req.top_k() <= 64, "top_k must be in 0..64, got ", req.top_k());
   RS_CHECK_ARG(req.vector_size() <= 65536, "vector has ", req.vector_size(),
                " components; the limit is 65536");
@@ -231,7 +274,7 @@ Status RouterService::Search(grpc::CallbackServerContext* ctx, const v1::QueryRe
   v1::SearchRequest sreq;
   sreq.set_collection(req.collection());
   auto* q = sreq.add_queries();
-  q->set_text(req.question());
+  q->set_text(SearchText(req));
   *q->mutable_vector() = req.vector();  // query by vector: the index checks its dimension
   sreq.set_retrieval(req.retrieval());
   if (req.has_fusion()) *sreq.mutable_fusion() = req.fusion();
@@ -253,6 +296,8 @@ v1::GenerateRequest RouterService::MakeGenerateRequest(const v1::QueryRequest& r
   v1::GenerateRequest greq;
   greq.set_request_id(StrCat(request_prefix_, "/q", next_request_.fetch_add(1)));
   greq.set_question(req.question());
+  *greq.mutable_messages() = req.messages();
+  greq.set_prompt_override(req.prompt());
   greq.set_sequential_context(!req.use_context_cache());
   *greq.mutable_sampling() = req.sampling();
   if (greq.sampling().max_tokens() == 0) {

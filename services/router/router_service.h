@@ -55,6 +55,8 @@ class RouterService final : public v1::RagService::CallbackService {
                                   v1::StatsResponse* resp) override;
   grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* ctx, const v1::DeleteRequest* req,
                                    v1::DeleteResponse* resp) override;
+  grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* ctx, const v1::EmbedRequest* req,
+                                  v1::EmbedResponse* resp) override;
   grpc::ServerWriteReactor<v1::QueryEvent>* Query(grpc::CallbackServerContext* ctx,
                                                   const v1::QueryRequest* req) override;
   grpc::ServerReadReactor<v1::IngestRequest>* Ingest(grpc::CallbackServerContext* ctx,
@@ -74,9 +76,11 @@ class RouterService final : public v1::RagService::CallbackService {
   // The steps of DoQuery, in order.
   struct Answer;
   using Clock = std::chrono::steady_clock;
+  // Bytes of the question, raw prompt and chat messages together.
+  static size_t PromptBytes(const v1::QueryRequest& req);
   // InvalidArgument for a malformed query, DeadlineExceeded when its deadline already passed.
   Status CheckQuery(const grpc::CallbackServerContext& ctx, const v1::QueryRequest& req) const;
-  // The index's top-k passages (with text) for the question.
+  // The index's top-k passages (with text) for the question (or a chat's last user message).
   Status Search(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
                 v1::SearchResponse* found);
   // Request ids are "<request_prefix_>/q<n>", unique across router processes.

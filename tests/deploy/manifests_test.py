@@ -6,7 +6,8 @@ schemas (deploy/validate), lint with yamllint, then for every ragserve container
   - a service binary must accept its command, args and environment (--check-flags);
   - a tool (make-tiny-model, ragserve-index-build) is run for real, with its in-pod paths mapped
     to a temporary directory and the repository's corpus;
-  - its --port / --metrics-port match the declared container ports and the gRPC probes;
+  - its --port / --metrics-port (/ --http-port) match the declared container ports and the gRPC
+    probes;
 and every Service's targetPort must name or number a port of the pods it selects.
 Usage: manifests_test.py <repo root> <build bin dir>. Exit 77 (ctest: skipped) without kubectl.
 """
@@ -106,6 +107,9 @@ def check_container(where, c, configmaps, tmp, ran_tools):
             fail(f"{where}: --port={port} is not a declared *grpc container port {ports}")
         if mport is None or int(mport) not in ports or "metrics" not in ports[int(mport)]:
             fail(f"{where}: --metrics-port={mport} is not a declared metrics port {ports}")
+        hport = flag_value(args, "--http-port")
+        if hport is not None and int(hport) != 0 and ports.get(int(hport)) != "http":
+            fail(f"{where}: --http-port={hport} is not a declared http container port {ports}")
         for probe in ("readinessProbe", "livenessProbe"):
             p = c.get(probe, {}).get("grpc", {}).get("port")
             if p is None or str(p) != str(port):

@@ -53,6 +53,7 @@ const Row kRows[] = {
     {"router", "/ragserve.v1.RagService/ListCollections", {C::UNAVAILABLE}, ""},
     {"router", "/ragserve.v1.RagService/Stats", {C::UNAVAILABLE}, ""},
     {"router", "/ragserve.v1.RagService/Delete", {C::UNAVAILABLE}, ""},
+    {"router", "/ragserve.v1.RagService/Embed", {C::UNAVAILABLE}, ""},
     {"index", "/ragserve.v1.IndexService/CreateCollection", {C::ALREADY_EXISTS}, ""},
     {"index", "/ragserve.v1.IndexService/DropCollection", {}, ""},
     {"index", "/ragserve.v1.IndexService/ListCollections", {}, ""},
@@ -61,6 +62,7 @@ const Row kRows[] = {
     {"index", "/ragserve.v1.IndexService/Search", {C::FAILED_PRECONDITION}, "ivf untrained"},
     {"index", "/ragserve.v1.IndexService/GetDocuments", {}, ""},
     {"index", "/ragserve.v1.IndexService/Stats", {}, ""},
+    {"index", "/ragserve.v1.IndexService/Embed", {}, ""},
     {"index", "/ragserve.v1.IndexService/Rebuild", {C::FAILED_PRECONDITION}, "ivf training"},
     {"kvr",
      "/ragserve.v1.KvRetrievalService/CreateSequence",
@@ -315,6 +317,17 @@ std::vector<MessageList> Seeds(const RpcSpec& rpc, const Fixtures& fx) {
       q.mutable_sampling()->add_stop("the");
       (*q.mutable_filter()->mutable_equals())["topic"] = "\"physics\"";
       out.push_back(One(Own(q)));
+      // A chat (with and without retrieval) and a raw completion prompt.
+      q.clear_question();
+      auto* turn = q.add_messages();
+      turn->set_role("user");
+      turn->set_content("And the ferry back?");
+      out.push_back(One(Own(q)));
+      q.clear_collection();
+      out.push_back(One(Own(q)));
+      q.clear_messages();
+      q.set_prompt("Once upon a time");
+      out.push_back(One(Own(q)));
       // Query by vector, BM25 only, weighted hybrid, range and any-of filters.
       v1::QueryRequest v;
       v.set_collection("fz");
@@ -336,6 +349,12 @@ std::vector<MessageList> Seeds(const RpcSpec& rpc, const Fixtures& fx) {
       r.set_collection("fz");
       r.add_ids("d2");
       r.add_document_ids("doc-a");
+      out.push_back(One(Own(r)));
+    } else if (m == "Embed") {
+      v1::EmbedRequest r;
+      r.set_collection("fz");
+      r.add_texts("ferry");
+      r.add_texts("");
       out.push_back(One(Own(r)));
     } else if (m == "Ingest") {
       MessageList l;
@@ -431,6 +450,11 @@ std::vector<MessageList> Seeds(const RpcSpec& rpc, const Fixtures& fx) {
     } else if (m == "Stats") {
       v1::StatsRequest r;
       r.set_collection("fz");
+      out.push_back(One(Own(r)));
+    } else if (m == "Embed") {
+      v1::EmbedRequest r;
+      r.set_collection("fz");
+      r.add_texts("ferry");
       out.push_back(One(Own(r)));
     } else if (m == "Rebuild") {
       v1::RebuildRequest r;
