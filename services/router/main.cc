@@ -71,6 +71,9 @@ int main(int argc, char** argv) {
                    "Documents per Ingest message; beyond: INVALID_ARGUMENT")
         ->capture_default_str()
         ->check(CLI::Range(1, 1 << 24));
+    app.add_option("--served-model-name", opts.served_model_name,
+                   "model_name label of the router's serving metrics")
+        ->capture_default_str();
     app.add_option("--query-queue", opts.query_queue,
                    "Queries waiting for a thread before RESOURCE_EXHAUSTED")
         ->capture_default_str()
