@@ -81,7 +81,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
       : svc_(svc),
         ctx_(ctx),
         outbox_(std::make_shared<Outbox>(this, MergeDeltas)),
-        call_(std::make_shared<CallState>()) {
+        call_(std::make_shared<CallState>()),
+        metrics_(svc->serving_metrics()->StartRequest()) {
     call_->generator = svc->generator();
     if (grpc::Status st = PrecheckCall(ctx, auth); !st.ok()) {
       outbox_->Close(st);
@@ -91,14 +92,17 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
     // ctx, req) live until the outbox finishes the call, which only this task or the generator's
     // on_done does.
     Status submitted = svc->server()->executor().Submit([this, req] { Start(*req); });
-    if (!submitted.ok()) outbox_->Close(ToGrpcStatus(submitted));
+    if (!submitted.ok()) {
+      metrics_->OnDone(submitted, GenerateStats{});
+      outbox_->Close(ToGrpcStatus(submitted));
+    }
   }
 
   // Runs on the executor. Once the job is submitted the generator may finish it and the reactor
   // may be deleted at any moment: nothing after Submit touches `this` or ctx_ (only copies).
   void Start(const v1::GenerateRequest& req) {
     std::shared_ptr<Outbox> box = outbox_;
-    std::shared_ptr<RequestMetrics> metrics = svc_->serving_metrics()->StartRequest();
+    std::shared_ptr<RequestMetrics> metrics = metrics_;
     const Status st =
         CallCatchingExceptions("Generate", [&] { return PrepareAndSubmit(req, metrics); });
     if (!st.ok()) {
@@ -181,6 +185,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
   grpc::CallbackServerContext* ctx_;
   std::shared_ptr<Outbox> outbox_;
   std::shared_ptr<CallState> call_;
+  std::shared_ptr<RequestMetrics> metrics_;  // timed from the call's arrival
 };
 
 // A reactor that only reports an error (no model loaded).

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "services/common/server.h"
 #include "services/router/router_service.h"
@@ -9,13 +10,18 @@
 int main(int argc, char** argv) {
   ragserve::router::RouterOptions opts;
   std::string decoders;  // default: 127.0.0.1:50055 unless --decoders-dns is given
+  std::vector<std::string> served_models;
   std::unique_ptr<ragserve::router::RouterService> service;
   ragserve::ServiceMain m;
   m.name = "router";
   m.description = "ragserve router: the public RagService (query, ingest, collection admin)";
   m.default_port = 50051;
   m.default_metrics_port = 9091;
-  m.add_flags = [&opts, &decoders](CLI::App& app) {
+  m.add_flags = [&opts, &decoders, &served_models](CLI::App& app) {
+    app.add_option("--served-model-name", served_models,
+                   "Model names the router serves; the first labels its serving metrics "
+                   "(default ragserve)")
+        ->delimiter(',');
     app.add_option("--index-addr", opts.index_addr, "IndexService address host:port")
         ->capture_default_str();
     app.add_option("--ctxcache-addr", opts.ctxcache_addr,
@@ -71,15 +77,14 @@ int main(int argc, char** argv) {
                    "Documents per Ingest message; beyond: INVALID_ARGUMENT")
         ->capture_default_str()
         ->check(CLI::Range(1, 1 << 24));
-    app.add_option("--served-model-name", opts.served_model_name,
-                   "model_name label of the router's serving metrics")
-        ->capture_default_str();
     app.add_option("--query-queue", opts.query_queue,
                    "Queries waiting for a thread before RESOURCE_EXHAUSTED")
         ->capture_default_str()
         ->check(CLI::Range(0, 1 << 20));
   };
-  m.setup = [&opts, &service, &decoders](ragserve::ServiceServer& server) -> ragserve::Status {
+  m.setup = [&opts, &service, &decoders,
+             &served_models](ragserve::ServiceServer& server) -> ragserve::Status {
+    if (!served_models.empty()) opts.served_model_name = served_models.front();
     opts.workers.addresses.clear();
     if (decoders.empty() && opts.workers.dns.empty()) decoders = "127.0.0.1:50055";
     for (size_t start = 0; start <= decoders.size();) {
