@@ -2,7 +2,8 @@
 // The public gRPC API from a second language with no generated code: @grpc/grpc-js with
 // @grpc/proto-loader reading proto/ragserve/v1/*.proto at run time, against a running cluster.
 //
-// Usage: node grpc_client_test.js --target HOST:PORT --collection C --question Q --max-tokens N
+// Usage: node grpc_client_test.js --target HOST:PORT --token T --collection C --question Q
+//        --max-tokens N
 // Run by tests/e2e/clients_e2e_test.cc, which starts the cluster, ingests collection C and checks
 // the answer printed on the last line (JSON: text, token_ids) against its own C++ client's.
 // Creates, fills, lists, queries and drops a collection of its own ("node-client").
@@ -18,7 +19,7 @@ function parseArgs(argv) {
     assert(argv[i].startsWith('--') && i + 1 < argv.length, `bad argument ${argv[i]}`);
     out[argv[i].slice(2)] = argv[i + 1];
   }
-  for (const k of ['target', 'collection', 'question', 'max-tokens']) {
+  for (const k of ['target', 'token', 'collection', 'question', 'max-tokens']) {
     assert(out[k] !== undefined, `--${k} is required`);
   }
   return out;
@@ -39,15 +40,25 @@ function loadRagService() {
 
 const deadline = () => new Date(Date.now() + 60000);
 
+// The bearer token every call carries (set in main).
+let auth = new grpc.Metadata();
+function bearer(token) {
+  const md = new grpc.Metadata();
+  md.add('authorization', `Bearer ${token}`);
+  return md;
+}
+
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline: deadline() }, (err, resp) => (err ? reject(err) : resolve(resp)));
+    client[method](request, auth, { deadline: deadline() },
+      (err, resp) => (err ? reject(err) : resolve(resp)));
   });
 }
 
 function ingest(client, collection, createSpec, batches) {
   return new Promise((resolve, reject) => {
-    const call = client.Ingest({ deadline: deadline() }, (err, resp) => (err ? reject(err) : resolve(resp)));
+    const call = client.Ingest(auth, { deadline: deadline() },
+      (err, resp) => (err ? reject(err) : resolve(resp)));
     call.write({ collection, create_spec: createSpec });
     for (const documents of batches) call.write({ documents });
     call.end();
@@ -58,7 +69,7 @@ function ingest(client, collection, createSpec, batches) {
 function query(client, request) {
   return new Promise((resolve, reject) => {
     const answer = { order: [], passages: [], text: '', token_ids: [], stats: null };
-    const call = client.Query(request, { deadline: deadline() });
+    const call = client.Query(request, auth, { deadline: deadline() });
     call.on('data', (ev) => {
       answer.order.push(ev.event);
       if (ev.event === 'passages') answer.passages = ev.passages.passages;
@@ -101,6 +112,9 @@ async function main() {
   const args = parseArgs(process.argv.slice(2));
   const RagService = loadRagService();
   const client = new RagService(args.target, grpc.credentials.createInsecure());
+  await assert.rejects(unary(client, 'ListCollections', {}),
+    (e) => e.code === grpc.status.UNAUTHENTICATED);
+  auth = bearer(args.token);
   await assert.rejects(query(client, { collection: args.collection, question: '' }),
     (e) => e.code === grpc.status.INVALID_ARGUMENT);
   await ownCollection(client);
