@@ -1,6 +1,8 @@
 #include "services/common/config.h"
 
+#include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -55,7 +57,77 @@ void AddServerFlags(CLI::App& app, ServerConfig* cfg) {
                "Only parse and check the flags (and environment), print the result, exit");
 }
 
+namespace {
+
+// CLI11's TOML/INI reader with this project's rules (config.h): keys name long flags ('_' read
+// as '-'), an unknown key or a section is an error naming it, and a key whose option is set in
+// the environment is dropped so the environment beats the file.
+class ServiceConfigFile : public CLI::ConfigTOML {
+ public:
+  explicit ServiceConfigFile(const CLI::App* app) : app_(app) {}
+
+  std::vector<CLI::ConfigItem> from_config(std::istream& input) const override {
+    std::vector<CLI::ConfigItem> kept;
+    for (CLI::ConfigItem& item : CLI::ConfigTOML::from_config(input)) {
+      if (!item.parents.empty()) {
+        throw CLI::ConfigError(FileMessage("sections are not supported (found '" +
+                                           item.parents.front() +
+                                           "'); write each flag as a top-level key"));
+      }
+      std::string name = item.name;
+      std::replace(name.begin(), name.end(), '_', '-');
+      const CLI::Option* opt = app_->get_option_no_throw("--" + name);
+      if (opt == nullptr) {
+        throw CLI::ConfigError(FileMessage("unknown key '" + item.name +
+                                           "' (no such flag: see --help for the flags)"));
+      }
+      const std::string& env = opt->get_envname();
+      const char* env_value = env.empty() ? nullptr : std::getenv(env.c_str());
+      if (env_value != nullptr && *env_value != '\0') continue;  // the environment wins
+      if (item.inputs.size() > 1 && opt->get_items_expected_max() == 1) {
+        // CLI11 reads an unquoted `a,b` as a list; a single-valued flag takes it as written.
+        std::string joined = item.inputs.front();
+        for (size_t i = 1; i < item.inputs.size(); ++i) joined += "," + item.inputs[i];
+        item.inputs = {joined};
+      }
+      item.name = name;
+      kept.push_back(std::move(item));
+    }
+    return kept;
+  }
+
+ private:
+  // "config file <path>: <what>".
+  std::string FileMessage(const std::string& what) const {
+    std::string path;
+    if (const CLI::Option* cfg = app_->get_config_ptr(); cfg != nullptr) {
+      path = cfg->results().empty() ? cfg->get_default_str() : cfg->results().front();
+    }
+    return "config file " + path + ": " + what;
+  }
+
+  const CLI::App* app_;
+};
+
+// --config FILE; RAGSERVE_CONFIG names the file when the flag does not.
+void AddConfigOption(CLI::App& app) {
+  if (app.get_config_ptr() != nullptr) return;
+  CLI::Option* opt = app.set_config(
+      "--config", "",
+      "TOML/INI file of flag values (`long-flag-name = value` per line); a flag beats "
+      "RAGSERVE_* beats the file beats the default");
+  opt->check(CLI::ExistingFile);
+  opt->envname(EnvNameForFlag("config"));
+  if (const char* env = std::getenv(opt->get_envname().c_str()); env != nullptr && *env != '\0') {
+    opt->default_str(env);  // CLI11 reads the file before it reads the environment
+  }
+  app.config_formatter(std::make_shared<ServiceConfigFile>(&app));
+}
+
+}  // namespace
+
 std::optional<int> ParseFlags(CLI::App& app, int argc, const char* const* argv) {
+  AddConfigOption(app);
   for (CLI::Option* opt : app.get_options()) {
     if (!opt->get_envname().empty() || opt->get_lnames().empty()) continue;
     if (opt->get_lnames().front() == "help") continue;

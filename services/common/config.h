@@ -1,8 +1,16 @@
-// Service configuration: command-line flags (CLI11) with RAGSERVE_* environment overrides.
+// Service configuration: command-line flags (CLI11), RAGSERVE_* environment variables and an
+// optional config file (--config FILE, or RAGSERVE_CONFIG=FILE).
 //
 // Precedence, per option: a flag on the command line beats the environment variable
-// RAGSERVE_<LONG_NAME> (upper case, '-' -> '_'), which beats the default. Every option gets its
-// environment name automatically in ParseFlags, so services only declare flags.
+// RAGSERVE_<LONG_NAME> (upper case, '-' -> '_'), which beats the config file, which beats the
+// default. (CLI11 alone would let the file beat the environment; the environment wins here so a
+// Kubernetes Secret or per-pod value overrides a shared file.) Every option gets its environment
+// name automatically in ParseFlags, so services only declare flags.
+//
+// The config file is TOML or INI as CLI11 reads it: one `long-flag-name = value` per line
+// (`metrics_port` is read as `metrics-port`), `#` comments, strings quoted or not, lists in
+// [a, b]; no sections. A key that names no flag of the program is an error naming the key, and
+// values go through the same checks as on the command line.
 #pragma once
 
 #include <optional>
@@ -35,10 +43,11 @@ struct ServerConfig {
 // Registers the ServerConfig flags on `app` (defaults taken from `*cfg`).
 void AddServerFlags(CLI::App& app, ServerConfig* cfg);
 
-// Gives every option without an environment name the name RAGSERVE_<LONG_NAME>, then parses.
-// Returns std::nullopt when the program should go on, or the exit code to exit with right away:
-// 0 after --help, non-zero after an error (the message, naming the bad flag or value, has been
-// printed to stderr).
+// Adds --config FILE (unless the app has a config option already), gives every option without an
+// environment name the name RAGSERVE_<LONG_NAME>, then parses flags, environment and file with
+// the precedence above. Returns std::nullopt when the program should go on, or the exit code to
+// exit with right away: 0 after --help, non-zero after an error (the message, naming the bad
+// flag, key or value, has been printed to stderr).
 std::optional<int> ParseFlags(CLI::App& app, int argc, const char* const* argv);
 
 // Post-parse checks of a ServerConfig that CLI11 validators cannot express (cert and key come

@@ -93,6 +93,15 @@ void Histogram::Observe(double v) {
   ++count_;
 }
 
+void Histogram::Observe(double v, uint64_t n) {
+  if (n == 0) return;
+  const size_t i = std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin();
+  MutexLock lock(mu_);
+  counts_[i] += n;
+  sum_ += v * static_cast<double>(n);
+  count_ += n;
+}
+
 void Histogram::Snapshot(std::vector<uint64_t>* cumulative, double* sum, uint64_t* count) const {
   MutexLock lock(mu_);
   cumulative->resize(counts_.size());
@@ -108,6 +117,21 @@ void Histogram::Snapshot(std::vector<uint64_t>* cumulative, double* sum, uint64_
 std::vector<double> LatencyBuckets() {
   return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
           0.1,    0.25,    0.5,    1.0,   2.5,    5.0,   10.0, 30.0,  60.0};
+}
+
+std::vector<double> TimeToFirstTokenBuckets() {
+  return {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25, 0.5,  0.75,
+          1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160., 640., 2560.};
+}
+
+std::vector<double> TimePerOutputTokenBuckets() {
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,  0.3,
+          0.4,   0.5,    0.75,  1.0,  2.5,   5.0,  7.5,   10.0, 20.0, 40.0, 80.0};
+}
+
+std::vector<double> RequestLatencyBuckets() {
+  return {0.01, 0.025, 0.05, 0.1,  0.3,  0.5,  0.8,  1.0,  1.5,  2.0,  2.5,   5.0,  10.0,
+          15.0, 20.0,  30.0, 40.0, 50.0, 60.0, 120., 240., 480., 960., 1920., 7680.};
 }
 
 MetricsRegistry::Family& MetricsRegistry::FamilyFor(const std::string& name,
@@ -151,7 +175,23 @@ Histogram& MetricsRegistry::GetHistogram(const std::string& name, const std::str
   return *slot;
 }
 
+int MetricsRegistry::AddCollector(std::function<void()> collect) {
+  MutexLock lock(collect_mu_);
+  const int id = next_collector_++;
+  collectors_.emplace(id, std::move(collect));
+  return id;
+}
+
+void MetricsRegistry::RemoveCollector(int id) {
+  MutexLock lock(collect_mu_);
+  collectors_.erase(id);
+}
+
 std::string MetricsRegistry::RenderText() const {
+  {
+    MutexLock collect(collect_mu_);
+    for (const auto& [id, collect_fn] : collectors_) collect_fn();
+  }
   MutexLock lock(mu_);
   std::ostringstream out;
   for (const auto& [name, fam] : families_) {

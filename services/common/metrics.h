@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -50,6 +51,8 @@ class Histogram {
   // `bounds`: strictly increasing upper bounds; +Inf is implicit.
   explicit Histogram(std::vector<double> bounds);
   void Observe(double v);
+  // n observations of v at once (a request's n output tokens at their mean interval).
+  void Observe(double v, uint64_t n);
   // Cumulative counts per bound (+Inf last), sum and count, read consistently.
   void Snapshot(std::vector<uint64_t>* cumulative, double* sum, uint64_t* count) const;
   const std::vector<double>& bounds() const { return bounds_; }
@@ -64,6 +67,11 @@ class Histogram {
 
 // Default latency buckets in seconds (100 us .. 60 s).
 std::vector<double> LatencyBuckets();
+// Buckets of the serving histograms (decoder and router), in seconds: vLLM's, with finer ones
+// below its smallest added for CPU decoding.
+std::vector<double> TimeToFirstTokenBuckets();    // 1 ms .. 2560 s
+std::vector<double> TimePerOutputTokenBuckets();  // 1 ms .. 80 s
+std::vector<double> RequestLatencyBuckets();      // 10 ms .. 7680 s
 
 class MetricsRegistry {
  public:
@@ -75,8 +83,17 @@ class MetricsRegistry {
   Histogram& GetHistogram(const std::string& name, const std::string& help,
                           const std::vector<double>& bounds, const Labels& labels = {});
 
-  // The whole registry in the Prometheus text format, families sorted by name.
+  // The whole registry in the Prometheus text format, families sorted by name. Runs the
+  // collectors first.
   std::string RenderText() const;
+
+  // Registers `collect`, run on the scraping thread at the start of every RenderText to refresh
+  // values kept elsewhere (a queue length read into a gauge). It must not add or remove
+  // collectors. Returns the id for RemoveCollector.
+  int AddCollector(std::function<void()> collect);
+  // Unregisters a collector; waits for a collection in progress, so what the collector reads may
+  // be freed as soon as this returns.
+  void RemoveCollector(int id);
 
   // The process-wide registry that services and libraries report into.
   static MetricsRegistry& Default();
@@ -95,6 +112,10 @@ class MetricsRegistry {
 
   mutable Mutex mu_;
   std::map<std::string, Family> families_ ABSL_GUARDED_BY(mu_);
+  // Taken before mu_ (a collector sets metrics), never after it.
+  mutable Mutex collect_mu_;
+  std::map<int, std::function<void()>> collectors_ ABSL_GUARDED_BY(collect_mu_);
+  int next_collector_ ABSL_GUARDED_BY(collect_mu_) = 0;
 };
 
 // Serves GET /metrics (the registry's text) and GET /healthz ("ok") on its own thread.

@@ -81,7 +81,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
       : svc_(svc),
         ctx_(ctx),
         outbox_(std::make_shared<Outbox>(this, MergeDeltas)),
-        call_(std::make_shared<CallState>()) {
+        call_(std::make_shared<CallState>()),
+        metrics_(svc->serving_metrics()->StartRequest()) {
     call_->generator = svc->generator();
     if (grpc::Status st = PrecheckCall(ctx, auth); !st.ok()) {
       outbox_->Close(st);
@@ -91,15 +92,23 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
     // ctx, req) live until the outbox finishes the call, which only this task or the generator's
     // on_done does.
     Status submitted = svc->server()->executor().Submit([this, req] { Start(*req); });
-    if (!submitted.ok()) outbox_->Close(ToGrpcStatus(submitted));
+    if (!submitted.ok()) {
+      metrics_->OnDone(submitted, GenerateStats{});
+      outbox_->Close(ToGrpcStatus(submitted));
+    }
   }
 
   // Runs on the executor. Once the job is submitted the generator may finish it and the reactor
   // may be deleted at any moment: nothing after Submit touches `this` or ctx_ (only copies).
   void Start(const v1::GenerateRequest& req) {
     std::shared_ptr<Outbox> box = outbox_;
-    const Status st = CallCatchingExceptions("Generate", [&] { return PrepareAndSubmit(req); });
-    if (!st.ok()) box->Close(ToGrpcStatus(st));
+    std::shared_ptr<RequestMetrics> metrics = metrics_;
+    const Status st =
+        CallCatchingExceptions("Generate", [&] { return PrepareAndSubmit(req, metrics); });
+    if (!st.ok()) {
+      metrics->OnDone(st, GenerateStats{});  // refused before the generator took it
+      box->Close(ToGrpcStatus(st));
+    }
   }
 
   void OnWriteDone(bool ok) override { outbox_->WriteDone(ok); }
@@ -138,12 +147,13 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
     }
   };
 
-  Status PrepareAndSubmit(const v1::GenerateRequest& req) {
+  Status PrepareAndSubmit(const v1::GenerateRequest& req,
+                          const std::shared_ptr<RequestMetrics>& metrics) {
     const auto t0 = std::chrono::steady_clock::now();
     RS_ASSIGN_OR_RETURN(std::unique_ptr<GenerateJob> job, svc_->MakeJob(req));
     const double context_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    AttachCallbacks(job.get(), context_ms);
+    AttachCallbacks(job.get(), context_ms, metrics);
     if (ctx_->IsCancelled()) return Cancelled("the client cancelled the call");
     const std::string id = job->request_id;
     std::shared_ptr<CallState> call = call_;  // `this` may be deleted once Submit succeeds
@@ -153,16 +163,19 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
   }
 
   // Stream deltas and the final stats to the outbox (which outlives the reactor).
-  void AttachCallbacks(GenerateJob* job, double context_ms) {
+  void AttachCallbacks(GenerateJob* job, double context_ms,
+                       std::shared_ptr<RequestMetrics> metrics) {
     std::shared_ptr<Outbox> box = outbox_;
-    job->on_delta = [box](const std::vector<int32_t>& ids, const std::string& text) {
+    job->on_delta = [box, metrics](const std::vector<int32_t>& ids, const std::string& text) {
+      metrics->OnTokens(ids.size());
       v1::GenerateEvent ev;
       for (int32_t t : ids) ev.mutable_delta()->add_token_ids(t);
       ev.mutable_delta()->set_text(ToWireText(text));
       box->Push(std::move(ev));
     };
-    job->on_done = [box, worker = svc_->worker_id(), context_ms](const Status& st,
-                                                                 const GenerateStats& r) {
+    job->on_done = [box, worker = svc_->worker_id(), context_ms, metrics](const Status& st,
+                                                                          const GenerateStats& r) {
+      metrics->OnDone(st, r);
       if (st.ok()) box->Push(StatsEvent(r, worker, context_ms));
       box->Close(ToGrpcStatus(st));
     };
@@ -172,6 +185,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
   grpc::CallbackServerContext* ctx_;
   std::shared_ptr<Outbox> outbox_;
   std::shared_ptr<CallState> call_;
+  std::shared_ptr<RequestMetrics> metrics_;  // timed from the call's arrival
 };
 
 // A reactor that only reports an error (no model loaded).
@@ -217,6 +231,9 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
     };
     svc->generator_ =
         std::make_unique<Generator>(svc->model_.get(), svc->tokenizer_.get(), svc->opts_.generator);
+    svc->serving_metrics_ = std::make_unique<ServingMetrics>(
+        &MetricsRegistry::Default(), svc->model_name(), svc->generator_.get(),
+        svc->opts_.generator.kv_budget_bytes);
     const std::string& mode = svc->opts_.context_mode;
     RS_CHECK_ARG(mode == "ape" || mode == "sequential",
                  "--context-mode must be ape or sequential, got '", mode, "'");
@@ -283,6 +300,11 @@ void DecoderService::NoteRecent(const std::string& passage) {
   if (it != recent_passages_.end()) recent_passages_.erase(it);
   recent_passages_.push_back(hex);
   if (recent_passages_.size() > kMaxRecent) recent_passages_.pop_front();
+}
+
+std::string DecoderService::model_name() const {
+  return opts_.served_model_name.empty() ? DefaultModelName(opts_.model_dir)
+                                         : opts_.served_model_name;
 }
 
 std::string DecoderService::worker_id() const {

@@ -14,6 +14,7 @@
 #include "services/ctxcache/remote_grpc.h"
 #include "services/decoder/chat_prompt.h"
 #include "services/decoder/generator.h"
+#include "services/decoder/serving_metrics.h"
 #include "services/engine/chat_template.h"
 #include "services/engine/model.h"
 #include "services/engine/tokenizer.h"
@@ -29,6 +30,9 @@ inline constexpr int kMaxPassages = 64;
 struct DecoderOptions {
   std::string model_dir;  // HF-layout model directory; empty: no model (Generate fails clearly)
   std::string worker_id;  // reported in stats and load; default host:port
+  // The model_name label of the serving metrics (serving_metrics.h); default: the last path
+  // component of model_dir.
+  std::string served_model_name;
   // Backend of the model: "cpu" (FastOps) or "cuda" (kernels/cuda/ops.h, device 0: weights
   // uploaded once, plain sequences' KV in device pages of generator.device_kv_dtype).
   std::string device = "cpu";
@@ -84,6 +88,10 @@ class DecoderService final : public v1::DecoderService::CallbackService {
   ServiceServer* server() { return server_; }
   // --worker-id, or the server's bound host:port.
   std::string worker_id() const;
+  // --served-model-name, or the model directory's name.
+  std::string model_name() const;
+  // Null without a model.
+  ServingMetrics* serving_metrics() { return serving_metrics_.get(); }
 
  private:
   DecoderService(ServiceServer* server, DecoderOptions opts);
@@ -105,6 +113,7 @@ class DecoderService final : public v1::DecoderService::CallbackService {
   std::unique_ptr<engine::Tokenizer> tokenizer_;
   std::shared_ptr<const engine::ChatTemplate> chat_template_;  // null: the model has none
   std::unique_ptr<Generator> generator_;
+  std::unique_ptr<ServingMetrics> serving_metrics_;  // reads generator_: declared after it
   std::unique_ptr<ctxcache::BlockCache> passage_cache_;
   std::unique_ptr<ctxcache::ApeEncoder> ape_;
   std::unique_ptr<ctxcache::RemoteBlockCache> remote_cache_;  // --ctxcache-addr

@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
                    "HF-layout model directory (config.json, "
                    "model.safetensors, tokenizer.json)");
     app.add_option("--worker-id", opts.worker_id, "Name in stats and load reports (host:port)");
+    app.add_option("--served-model-name", opts.served_model_name,
+                   "model_name label of the serving metrics (default: the --model folder's name)");
     app.add_option("--device", opts.device,
                    "Model backend: cpu | cuda (GPU 0; weights uploaded once, KV in GPU pages)")
         ->capture_default_str()

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "services/common/server.h"
 #include "services/router/http_api.h"
@@ -10,9 +11,9 @@
 int main(int argc, char** argv) {
   ragserve::router::RouterOptions opts;
   std::string decoders;  // default: 127.0.0.1:50055 unless --decoders-dns is given
+  std::vector<std::string> served_models;
   std::unique_ptr<ragserve::router::RouterService> service;
   ragserve::router::HttpApiOptions http;
-  std::vector<std::string> served_models;
   int http_max_body_mb = 8;
   std::unique_ptr<ragserve::router::HttpApi> http_api;
   ragserve::ServiceMain m;
@@ -26,7 +27,8 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(0, 65535));
     app.add_option("--served-model-name", served_models,
-                   "Model names /v1/models lists and HTTP requests must name (default ragserve)")
+                   "Model names /v1/models lists and HTTP requests must name; the first labels the "
+                   "serving metrics (default ragserve)")
         ->delimiter(',');
     app.add_option("--http-threads", http.threads,
                    "HTTP requests served at once (a stream holds one until it ends)")
@@ -95,7 +97,9 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::Range(0, 1 << 20));
   };
-  m.setup = [&opts, &service, &decoders](ragserve::ServiceServer& server) -> ragserve::Status {
+  m.setup = [&opts, &service, &decoders,
+             &served_models](ragserve::ServiceServer& server) -> ragserve::Status {
+    if (!served_models.empty()) opts.served_model_name = served_models.front();
     opts.workers.addresses.clear();
     if (decoders.empty() && opts.workers.dns.empty()) decoders = "127.0.0.1:50055";
     for (size_t start = 0; start <= decoders.size();) {

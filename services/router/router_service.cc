@@ -45,6 +45,8 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   RS_ASSIGN_OR_RETURN(svc->pool_, WorkerPool::Create(std::move(wopts)));
   svc->query_executor_ =
       std::make_unique<BoundedExecutor>(svc->opts_.query_threads, svc->opts_.query_queue);
+  svc->metrics_ = std::make_unique<RouterMetrics>(
+      &MetricsRegistry::Default(), svc->opts_.served_model_name, svc->query_executor_.get());
   return svc;
 }
 
@@ -179,7 +181,9 @@ grpc::ServerWriteReactor<v1::QueryEvent>* RouterService::Query(grpc::CallbackSer
 
 void RouterService::RunQuery(grpc::CallbackServerContext* ctx, const v1::QueryRequest& req,
                              const std::shared_ptr<StreamOutbox<v1::QueryEvent>>& out) {
+  metrics_->QueryStarted();
   const Status st = DoQuery(ctx, req, out.get());
+  metrics_->QueryEnded();
   MetricsRegistry::Default()
       .GetCounter("ragserve_router_queries_total", "Queries finished, by code",
                   {{"code", std::string(StatusCodeName(st.code()))}})
@@ -217,7 +221,9 @@ Status RouterService::DoQuery(grpc::CallbackServerContext* ctx, const v1::QueryR
   Answer answer;
   RS_RETURN_IF_ERROR(GenerateWithFailover(ctx, t0, std::move(hint), &greq, out, &answer));
   // 3. Stats.
-  out->Push(StatsEvent(t0, search_ms, answer));
+  v1::QueryEvent stats = StatsEvent(t0, search_ms, answer);
+  metrics_->Answered(stats.stats());
+  out->Push(std::move(stats));
   return OkStatus();
 }
 
@@ -358,11 +364,13 @@ Status RouterService::GenerateWithFailover(grpc::CallbackServerContext* ctx, Clo
     }
     WorkerLease worker = std::move(*lease);
     hint.exclude.insert(worker->address());
+    metrics_->Routed(worker->address());
     const grpc::Status gst = StreamAnswer(ctx, *worker.get(), t0, greq, out, answer);
     last = ClassifyWorkerCall(gst.error_code(), CallerDone(*ctx));
     pool_->Report(*worker.get(), last, gst);
     if (gst.ok()) return OkStatus();
     if (ctx->IsCancelled()) return Cancelled("query cancelled by the client");
+    metrics_->WorkerError(worker->address());
     if (!ShouldFailOver(last)) {
       return Annotate(FromGrpcStatus(gst), StrCat("decode worker ", worker->address()));
     }

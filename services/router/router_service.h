@@ -17,6 +17,7 @@
 #include "services/common/executor.h"
 #include "services/common/server.h"
 #include "services/common/stream_outbox.h"
+#include "services/router/router_metrics.h"
 #include "services/router/worker_pool.h"
 
 namespace ragserve::router {
@@ -35,6 +36,7 @@ struct RouterOptions {
   int query_queue = 256;                       // queries waiting; beyond: RESOURCE_EXHAUSTED
   int max_ingest_docs = 10000;                 // documents per Ingest message; beyond: INVALID_ARG
   double worker_keepalive_s = 30;              // keepalive pings to workers during calls (0 = off)
+  std::string served_model_name = "ragserve";  // model_name label of the serving metrics
 };
 
 class RouterService final : public v1::RagService::CallbackService {
@@ -114,6 +116,7 @@ class RouterService final : public v1::RagService::CallbackService {
   Policy policy_ = Policy::kCacheAware;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<BoundedExecutor> query_executor_;
+  std::unique_ptr<RouterMetrics> metrics_;  // reads query_executor_: declared after it
   const std::string request_prefix_;
   std::atomic<uint64_t> next_request_{0};
 };

@@ -85,5 +85,33 @@ TEST(MetricsTest, HttpServerServesMetricsAndHealthz) {
   EXPECT_EQ(testing::HttpGet(*port, "/metrics", &body), -1);
 }
 
+TEST(MetricsTest, ObserveManyAddsThatManyObservations) {
+  MetricsRegistry reg;
+  auto& h = reg.GetHistogram("rs_test_tpot_seconds", "Per token.", {0.01, 0.1});
+  h.Observe(0.05, 4);
+  h.Observe(0.5);
+  h.Observe(0.05, 0);  // nothing
+  std::vector<uint64_t> cum;
+  double sum = 0;
+  uint64_t count = 0;
+  h.Snapshot(&cum, &sum, &count);
+  EXPECT_EQ(count, 5u);
+  EXPECT_EQ(cum, (std::vector<uint64_t>{0, 4, 5}));
+  EXPECT_DOUBLE_EQ(sum, 0.7);
+}
+
+TEST(MetricsTest, CollectorsRefreshValuesOnEveryRenderUntilRemoved) {
+  MetricsRegistry reg;
+  int queue_length = 3;
+  Gauge& g = reg.GetGauge("rs_test_queue", "Queue length, read at scrape time.");
+  const int id = reg.AddCollector([&] { g.Set(queue_length); });
+  EXPECT_NE(reg.RenderText().find("rs_test_queue 3"), std::string::npos);
+  queue_length = 5;
+  EXPECT_NE(reg.RenderText().find("rs_test_queue 5"), std::string::npos);
+  reg.RemoveCollector(id);
+  queue_length = 9;
+  EXPECT_NE(reg.RenderText().find("rs_test_queue 5"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace ragserve

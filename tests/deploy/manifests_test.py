@@ -8,10 +8,17 @@ schemas (deploy/validate), lint with yamllint, then for every ragserve container
     to a temporary directory and the repository's corpus;
   - its --port / --metrics-port (/ --http-port) match the declared container ports and the gRPC
     probes;
-and every Service's targetPort must name or number a port of the pods it selects.
+and every Service's targetPort must name or number a port of the pods it selects; every
+HorizontalPodAutoscaler targets a workload of the overlay and scales on metrics something serves
+(a custom per-pod metric needs a prometheus-adapter rule in the overlay that serves it; the gpu
+overlay's decoders scale on queue depth, not CPU). The Grafana dashboards under deploy/grafana
+are well-formed and every query parses as PromQL (promtool check rules); that they name only
+exported series is checked against live services by tests/e2e/serving_metrics_e2e_test.cc.
 Usage: manifests_test.py <repo root> <build bin dir>. Exit 77 (ctest: skipped) without kubectl.
 """
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,6 +135,72 @@ def check_container(where, c, configmaps, tmp, ran_tools):
             fail(f"{where}: {cmd[0]} {mapped} failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
 
 
+def adapter_metrics(objs):
+    """Custom metric names served by the prometheus-adapter rules ConfigMaps of a render."""
+    served = set()
+    for o in objs:
+        if o["kind"] != "ConfigMap" or "prometheus-adapter" not in o["metadata"]["name"]:
+            continue
+        for rule in yaml.safe_load(o["data"]["config.yaml"]).get("rules", []):
+            series = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", rule["seriesQuery"]).group(0)
+            served.add(rule.get("name", {}).get("as", series))
+    return served
+
+
+def check_autoscalers(overlay, objs):
+    workloads = {(o["kind"], o["metadata"]["name"]) for o in objs if pod_labels(o) is not None}
+    served = adapter_metrics(objs)
+    for hpa in (o for o in objs if o["kind"] == "HorizontalPodAutoscaler"):
+        where = f"{overlay} HorizontalPodAutoscaler/{hpa['metadata']['name']}"
+        spec = hpa["spec"]
+        ref = spec["scaleTargetRef"]
+        if (ref["kind"], ref["name"]) not in workloads:
+            fail(f"{where}: scales {ref['kind']}/{ref['name']}, which the overlay lacks")
+        if spec.get("minReplicas", 1) > spec["maxReplicas"]:
+            fail(f"{where}: minReplicas {spec.get('minReplicas')} > maxReplicas {spec['maxReplicas']}")
+        for m in spec.get("metrics", []):
+            if m["type"] == "Pods" and m["pods"]["metric"]["name"] not in served:
+                fail(f"{where}: custom metric {m['pods']['metric']['name']} is served by no "
+                     f"prometheus-adapter rule of the overlay (served: {sorted(served)})")
+        if overlay == "gpu" and ref["name"] == "decoder":
+            kinds = [(m["type"], m.get("pods", {}).get("metric", {}).get("name")) for m in
+                     spec.get("metrics", [])]
+            if kinds != [("Pods", "ragserve_num_requests_waiting")]:
+                fail(f"{where}: GPU decoders must scale on queue depth "
+                     f"(Pods metric ragserve_num_requests_waiting) only, got {kinds}")
+
+
+def check_dashboards(tmp):
+    folder = os.path.join(ROOT, "deploy", "grafana")
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            dash = json.load(f)
+        exprs = []
+        for p in dash["panels"]:
+            if p["type"] == "row":
+                continue
+            if not p.get("targets") or not all(t.get("expr") for t in p["targets"]):
+                fail(f"grafana/{name}: panel '{p.get('title')}' has a target without a query")
+            exprs += [(p["title"], t["expr"]) for t in p.get("targets", [])]
+        if not dash.get("uid") or not exprs:
+            fail(f"grafana/{name}: no uid or no queries")
+        # Grafana's variables replaced by values, each query becomes a recording rule that
+        # promtool parses.
+        rules = {"groups": [{"name": "dashboard", "rules": [
+            {"record": f"dashboard:query_{i}",
+             "expr": e.replace("$__rate_interval", "5m").replace("$model_name", ".*")}
+            for i, (_, e) in enumerate(exprs)]}]}
+        path = os.path.join(tmp, name + ".rules.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(rules, f)
+        r = run(["promtool", "check", "rules", path])
+        if r.returncode != 0:
+            fail(f"grafana/{name}: a query is not valid PromQL: {r.stdout}{r.stderr}")
+        print(f"grafana/{name}: {len(exprs)} queries parse")
+
+
 def check_overlay(overlay, tmp):
     r = run(["kubectl", "kustomize", os.path.join(K8S, "overlays", overlay)])
     if r.returncode != 0:
@@ -151,6 +224,7 @@ def check_overlay(overlay, tmp):
             for c in spec.get("initContainers", []) + spec.get("containers", []):
                 check_container(f"{overlay} {o['kind']}/{o['metadata']['name']}/{c['name']}", c,
                                 configmaps, work, ran_tools)
+    check_autoscalers(overlay, objs)
     # Services: selector matches pods, target ports exist on them.
     workloads = [o for o in objs if pod_labels(o) is not None]
     for svc in (o for o in objs if o["kind"] == "Service"):
@@ -186,6 +260,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="manifests-")
     for overlay in sorted(os.listdir(os.path.join(K8S, "overlays"))):
         check_overlay(overlay, tmp)
+    check_dashboards(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(failures)} problems")
     return 1 if failures else 0
