@@ -31,10 +31,11 @@ struct Tokens {
   std::string admin = "adm-20d7-token";
 };
 
-// One call of any shape through the generic stub: writes `msgs`, reads every response, returns
-// the final status.
-grpc::Status Call(const std::shared_ptr<grpc::Channel>& ch, const std::string& path,
-                  const MessageList& msgs, const std::string& token) {
+// One call of any shape through the generic stub: writes the serialized `msgs`, reads every
+// response (appended to *responses when given), returns the final status.
+grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& ch, const std::string& path,
+                     const std::vector<std::string>& msgs, const std::string& token,
+                     std::string* responses = nullptr) {
   grpc::GenericStub stub(ch);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
@@ -49,7 +50,7 @@ grpc::Status Call(const std::shared_ptr<grpc::Channel>& ch, const std::string& p
   call->StartCall(nullptr);
   bool ok = wait();
   for (size_t i = 0; ok && i < msgs.size(); ++i) {
-    grpc::Slice slice(msgs[i]->SerializeAsString());
+    grpc::Slice slice(msgs[i]);
     grpc::ByteBuffer bb(&slice, 1);
     call->Write(bb, nullptr);
     ok = wait();
@@ -61,6 +62,12 @@ grpc::Status Call(const std::shared_ptr<grpc::Channel>& ch, const std::string& p
   for (grpc::ByteBuffer resp; ok;) {
     call->Read(&resp, nullptr);
     ok = wait();
+    std::vector<grpc::Slice> slices;
+    if (ok && responses != nullptr && resp.Dump(&slices).ok()) {
+      for (const grpc::Slice& sl : slices) {
+        responses->append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+      }
+    }
   }
   grpc::Status st;
   call->Finish(&st, nullptr);
@@ -69,6 +76,13 @@ grpc::Status Call(const std::shared_ptr<grpc::Channel>& ch, const std::string& p
   for (void* tag; cq.Next(&tag, &ok);) {
   }
   return st;
+}
+
+grpc::Status Call(const std::shared_ptr<grpc::Channel>& ch, const std::string& path,
+                  const MessageList& msgs, const std::string& token) {
+  std::vector<std::string> raw;
+  for (const auto& m : msgs) raw.push_back(m->SerializeAsString());
+  return RawCall(ch, path, raw, token);
 }
 
 class AuthMatrixTest : public ::testing::Test {
@@ -122,9 +136,17 @@ TEST_F(AuthMatrixTest, EveryRpcWithEveryCredentialIsRefusedOrServedAsThePolicySa
   ASSERT_NO_FATAL_FAILURE(
       Start("router", {"--index-addr", Addr("index"), "--decoders", Addr("decoder"),
                        "--ctxcache-addr", Addr("ctxcache"), "--poll-interval", "0.2"}));
-  // Health stays open: probes carry no token.
+  // Health and reflection stay open: probes and grpcurl carry no token.
   for (const char* name : kServiceNames) {
     EXPECT_TRUE(CheckHealth(channels_[name], "", 30).ok()) << name;
+    // ServerReflectionRequest{list_services: ""}: field 7, length 0.
+    std::string listed;
+    const grpc::Status st =
+        RawCall(channels_[name], "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                {std::string("\x3a\x00", 2)}, "", &listed);
+    EXPECT_TRUE(st.ok()) << name << ": " << st.error_message();
+    EXPECT_NE(listed.find("ragserve.v1."), std::string::npos)
+        << name << " reflection lists no service";
   }
   const Fixtures fx = SetUpFixtures(channels_, tok_.internal, tok_.admin);
   ASSERT_FALSE(fx.fingerprint.empty()) << "fixtures need ctxcache Stats with the admin token";
