@@ -11,6 +11,17 @@
 #include "services/common/grpc_status.h"
 
 namespace ragserve {
+namespace {
+
+StatusOr<std::string> ReadPem(const std::string& path, const char* what) {
+  std::ifstream in(path);
+  if (!in) return InvalidArgument(StrCat("cannot read ", what, " file ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
 
 StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
                                                      const ChannelOptions& opts) {
@@ -29,13 +40,20 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // keep pinging a silent long call
   }
   std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (opts.tls_client_cert.empty() != opts.tls_client_key.empty()) {
+    return InvalidArgument("a TLS client certificate needs its key and the other way round");
+  }
+  if (!opts.tls_client_cert.empty() && opts.tls_ca.empty()) {
+    return InvalidArgument(StrCat("a TLS client certificate (", opts.tls_client_cert,
+                                  ") needs TLS: give the CA bundle of ", address));
+  }
   if (!opts.tls_ca.empty()) {
-    std::ifstream in(opts.tls_ca);
-    if (!in) return InvalidArgument(StrCat("cannot read TLS CA file ", opts.tls_ca));
-    std::stringstream ss;
-    ss << in.rdbuf();
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ss.str();
+    RS_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(opts.tls_ca, "TLS CA"));
+    if (!opts.tls_client_cert.empty()) {
+      RS_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem(opts.tls_client_cert, "TLS client cert"));
+      RS_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem(opts.tls_client_key, "TLS client key"));
+    }
     creds = grpc::SslCredentials(ssl);
     if (!opts.tls_server_name.empty()) {
       args.SetSslTargetNameOverride(opts.tls_server_name);

@@ -13,6 +13,10 @@ namespace ragserve {
 struct ChannelOptions {
   std::string tls_ca;           // PEM CA bundle file; TLS is used when set.
   std::string tls_server_name;  // Override of the name checked in the server certificate.
+  // Mutual TLS: PEM certificate chain and key files presented to the server (both or neither;
+  // they need TLS, i.e. tls_ca).
+  std::string tls_client_cert;
+  std::string tls_client_key;
   int max_message_mb = 64;
   int min_reconnect_backoff_ms = 100;   // first retry after a failed connection
   int max_reconnect_backoff_ms = 2000;  // backoff cap (gRPC's default is 120 s)
@@ -24,7 +28,8 @@ struct ChannelOptions {
   int keepalive_timeout_ms = 20000;
 };
 
-// A channel to "host:port" (insecure or TLS); message size limits as configured.
+// A channel to "host:port" (insecure, TLS or mutual TLS); message size limits as configured.
+// InvalidArgument for an unreadable PEM file or a client certificate without TLS.
 StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
                                                      const ChannelOptions& opts = {});
 

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <tuple>
 
 namespace ragserve {
 
@@ -30,9 +31,27 @@ void AddServerFlags(CLI::App& app, ServerConfig* cfg) {
       ->check(CLI::ExistingFile);
   app.add_option("--tls-key", cfg->tls_key, "PEM private key (enables TLS with --tls-cert)")
       ->check(CLI::ExistingFile);
+  app.add_option("--tls-client-ca", cfg->tls_client_ca,
+                 "PEM CA bundle: require client certificates it verifies (mutual TLS)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-client-cert", cfg->tls_client_cert,
+                 "PEM certificate chain presented on calls to other services (mutual TLS)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-client-key", cfg->tls_client_key, "PEM private key of --tls-client-cert")
+      ->check(CLI::ExistingFile);
   app.add_option("--auth-token", cfg->auth_token,
-                 "Bearer token required on every RPC (prefer --auth-token-file)");
-  app.add_option("--auth-token-file", cfg->auth_token_file, "File holding the bearer token")
+                 "Public credential: bearer token of the router's clients (prefer the -file)");
+  app.add_option("--auth-token-file", cfg->auth_token_file, "File holding the public token")
+      ->check(CLI::ExistingFile);
+  app.add_option("--internal-token", cfg->internal_token,
+                 "Internal credential: bearer token of service-to-service calls, also sent on "
+                 "this service's calls to others (prefer the -file)");
+  app.add_option("--internal-token-file", cfg->internal_token_file,
+                 "File holding the internal token")
+      ->check(CLI::ExistingFile);
+  app.add_option("--admin-token", cfg->admin_token,
+                 "Admin credential: bearer token of administration RPCs (prefer the -file)");
+  app.add_option("--admin-token-file", cfg->admin_token_file, "File holding the admin token")
       ->check(CLI::ExistingFile);
   app.add_option("--log-level", cfg->log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}))
@@ -142,24 +161,49 @@ std::optional<int> ParseFlags(CLI::App& app, int argc, const char* const* argv) 
   return std::nullopt;
 }
 
+namespace {
+
+// Loads *token from `file` (trailing whitespace trimmed) when a file is named. Error text or "".
+std::string LoadTokenFile(const std::string& flag, const std::string& file, std::string* token) {
+  if (file.empty()) return "";
+  if (!token->empty()) return "give either --" + flag + " or --" + flag + "-file, not both";
+  std::ifstream in(file);
+  if (!in) return "--" + flag + "-file: cannot read " + file;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string t = ss.str();
+  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+  if (t.empty()) return "--" + flag + "-file: " + file + " is empty";
+  *token = t;
+  return "";
+}
+
+}  // namespace
+
 std::string FinishServerConfig(ServerConfig* cfg) {
   if (cfg->tls_cert.empty() != cfg->tls_key.empty()) {
     return "--tls-cert and --tls-key must be given together (TLS needs both)";
   }
-  if (!cfg->auth_token_file.empty()) {
-    if (!cfg->auth_token.empty()) {
-      return "give either --auth-token or --auth-token-file, not both";
+  if (!cfg->tls_client_ca.empty() && cfg->tls_cert.empty()) {
+    return "--tls-client-ca (mutual TLS) needs TLS on: give --tls-cert and --tls-key too";
+  }
+  if (cfg->tls_client_cert.empty() != cfg->tls_client_key.empty()) {
+    return "--tls-client-cert and --tls-client-key must be given together";
+  }
+  for (auto [flag, file, token] :
+       {std::tuple{"auth-token", &cfg->auth_token_file, &cfg->auth_token},
+        std::tuple{"internal-token", &cfg->internal_token_file, &cfg->internal_token},
+        std::tuple{"admin-token", &cfg->admin_token_file, &cfg->admin_token}}) {
+    if (std::string err = LoadTokenFile(flag, *file, token); !err.empty()) return err;
+  }
+  const std::string* tokens[] = {&cfg->auth_token, &cfg->internal_token, &cfg->admin_token};
+  for (int i = 0; i < 3; ++i) {
+    for (int j = i + 1; j < 3; ++j) {
+      if (!tokens[i]->empty() && *tokens[i] == *tokens[j]) {
+        return "the public, internal and admin tokens must differ (a shared token would grant "
+               "one credential the rights of the other)";
+      }
     }
-    std::ifstream in(cfg->auth_token_file);
-    if (!in) return "--auth-token-file: cannot read " + cfg->auth_token_file;
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string token = ss.str();
-    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) {
-      token.pop_back();
-    }
-    if (token.empty()) return "--auth-token-file: " + cfg->auth_token_file + " is empty";
-    cfg->auth_token = token;
   }
   return "";
 }

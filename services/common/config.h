@@ -28,8 +28,18 @@ struct ServerConfig {
   int metrics_port = 0;            // Prometheus /metrics port; 0 = pick one, -1 = off.
   std::string tls_cert;            // PEM certificate chain; TLS is on when cert and key are set.
   std::string tls_key;             // PEM private key.
-  std::string auth_token;          // Bearer token required on every RPC when non-empty.
-  std::string auth_token_file;     // Alternatively read the token from this file (a Secret).
+  std::string tls_client_ca;       // mTLS: PEM CA bundle; clients must present a certificate
+                                   // it verifies (needs TLS on: tls_cert and tls_key).
+  std::string tls_client_cert;     // mTLS, outgoing calls to other services: this certificate
+  std::string tls_client_key;      // chain and key are presented (both or neither).
+  // Bearer tokens of the three credentials (auth.h); auth is on when any is set, and a
+  // credential without a token is refused. Each can be read from a file (a Kubernetes Secret).
+  std::string auth_token;  // public: clients of the router.
+  std::string auth_token_file;
+  std::string internal_token;       // internal: service-to-service calls (also sent on this
+  std::string internal_token_file;  // service's own outgoing calls).
+  std::string admin_token;          // admin: administration RPCs.
+  std::string admin_token_file;
   std::string log_level = "info";  // trace, debug, info, warn, error, off.
   int max_message_mb = 64;         // Max gRPC message size, both directions.
   int executor_threads = 0;        // Workers for slow work; 0 = number of cores.
@@ -51,8 +61,8 @@ void AddServerFlags(CLI::App& app, ServerConfig* cfg);
 std::optional<int> ParseFlags(CLI::App& app, int argc, const char* const* argv);
 
 // Post-parse checks of a ServerConfig that CLI11 validators cannot express (cert and key come
-// together, the token file is readable). Loads auth_token from auth_token_file. Returns an error
-// message, or "" when the config is usable.
+// together, token files are readable, the three tokens differ). Loads each token from its file.
+// Returns an error message, or "" when the config is usable.
 std::string FinishServerConfig(ServerConfig* cfg);
 
 // "RAGSERVE_" + upper(name) with '-' -> '_': the environment name of a long flag.

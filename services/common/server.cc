@@ -1,6 +1,7 @@
 #include "services/common/server.h"
 
 #include <arpa/inet.h>
+#include <google/protobuf/descriptor.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
@@ -71,10 +72,17 @@ std::atomic<int64_t> g_calls_in_flight{0};
 class MetricsInterceptor : public grpc::experimental::Interceptor {
  public:
   explicit MetricsInterceptor(grpc::experimental::ServerRpcInfo* info)
-      : method_(info->method()), start_(std::chrono::steady_clock::now()) {
+      : method_(info->method()),
+        start_(std::chrono::steady_clock::now()),
+        ctx_(info->server_context()),
+        // The auth check (TokenAuth::Check) looks the call's method up here.
+        ticket_(RegisterCall(ctx_, info->method())) {
     g_calls_in_flight.fetch_add(1);
   }
-  ~MetricsInterceptor() override { g_calls_in_flight.fetch_sub(1); }
+  ~MetricsInterceptor() override {
+    UnregisterCall(ctx_, ticket_);
+    g_calls_in_flight.fetch_sub(1);
+  }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     if (methods->QueryInterceptionHookPoint(
@@ -98,6 +106,8 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
  private:
   std::string method_;
   std::chrono::steady_clock::time_point start_;
+  const grpc::ServerContextBase* ctx_;
+  uint64_t ticket_;
 };
 
 class MetricsInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
@@ -122,9 +132,32 @@ Status WriteReadyFile(const std::string& path, int grpc_port, int metrics_port) 
   return OkStatus();
 }
 
+// The three credentials of the config (auth.h).
+AuthTokens TokensOf(const ServerConfig& cfg) {
+  AuthTokens t;
+  t.public_token = cfg.auth_token;
+  t.internal_token = cfg.internal_token;
+  t.admin_token = cfg.admin_token;
+  return t;
+}
+
+// TLS server credentials; with tls_client_ca, clients must present a certificate it verifies.
+StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const ServerConfig& cfg) {
+  if (cfg.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  RS_ASSIGN_OR_RETURN(std::string cert, ReadFile(cfg.tls_cert));
+  RS_ASSIGN_OR_RETURN(std::string key, ReadFile(cfg.tls_key));
+  grpc::SslServerCredentialsOptions opts;
+  opts.pem_key_cert_pairs.push_back({key, cert});
+  if (!cfg.tls_client_ca.empty()) {
+    RS_ASSIGN_OR_RETURN(opts.pem_root_certs, ReadFile(cfg.tls_client_ca));
+    opts.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(opts);
+}
+
 }  // namespace
 
-ServiceServer::ServiceServer(ServerConfig cfg) : cfg_(std::move(cfg)), auth_(cfg_.auth_token) {
+ServiceServer::ServiceServer(ServerConfig cfg) : cfg_(std::move(cfg)), auth_(TokensOf(cfg_)) {
   executor_ = std::make_unique<BoundedExecutor>(cfg_.executor_threads, cfg_.executor_queue);
 }
 
@@ -142,16 +175,8 @@ std::string ServiceServer::address() const {
 Status ServiceServer::Start() {
   if (cfg_.port != 0) RS_RETURN_IF_ERROR(CheckPortFree(cfg_.host, cfg_.port));
 
-  std::shared_ptr<grpc::ServerCredentials> creds;
-  if (!cfg_.tls_cert.empty()) {
-    RS_ASSIGN_OR_RETURN(std::string cert, ReadFile(cfg_.tls_cert));
-    RS_ASSIGN_OR_RETURN(std::string key, ReadFile(cfg_.tls_key));
-    grpc::SslServerCredentialsOptions opts;
-    opts.pem_key_cert_pairs.push_back({key, cert});
-    creds = grpc::SslServerCredentials(opts);
-  } else {
-    creds = grpc::InsecureServerCredentials();
-  }
+  RS_RETURN_IF_ERROR(CheckAuthPolicy());
+  RS_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds, MakeServerCredentials(cfg_));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -195,8 +220,11 @@ Status ServiceServer::Start() {
       .GetGauge("ragserve_up", "1 while the service is serving", {{"service", cfg_.service}})
       .Set(1);
   RS_LOG(info, "serving {} on {} (grpc port {}, metrics port {}, tls {}, auth {})", cfg_.service,
-         listen, grpc_port_, metrics_port_, cfg_.tls_cert.empty() ? "off" : "on",
-         auth_.enabled() ? "on" : "off");
+         listen, grpc_port_, metrics_port_,
+         cfg_.tls_cert.empty()        ? "off"
+         : cfg_.tls_client_ca.empty() ? "on"
+                                      : "mutual",
+         auth_.enabled() ? CredentialNames(auth_.configured()) : "off");
   if (!cfg_.ready_file.empty()) {
     RS_RETURN_IF_ERROR(WriteReadyFile(cfg_.ready_file, grpc_port_, metrics_port_));
   }
@@ -209,6 +237,37 @@ std::shared_ptr<grpc::Channel> ServiceServer::InProcessChannel() {
   args.SetMaxReceiveMessageSize(cfg_.max_message_mb * 1024 * 1024);
   args.SetMaxSendMessageSize(cfg_.max_message_mb * 1024 * 1024);
   return server_->InProcessChannel(args);
+}
+
+Status ServiceServer::CheckAuthPolicy() const {
+  for (const auto& [svc, name] : services_) {
+    const std::vector<std::string> missing = MethodsWithoutPolicy(name);
+    if (!missing.empty()) {
+      return Internal(StrCat("no credential policy for ", missing.front(),
+                             ": add a row to services/common/auth_policy.cc"));
+    }
+  }
+  if (!auth_.enabled()) return OkStatus();
+  // Fail closed: a credential without a token is refused; say which RPCs that shuts off.
+  for (CredentialSet cred : {kPublicCred, kInternalCred, kAdminCred}) {
+    if ((auth_.configured() & cred) != 0) continue;
+    std::string refused;
+    for (const auto& [svc, name] : services_) {
+      const auto* sd = google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(name);
+      for (int i = 0; sd != nullptr && i < sd->method_count(); ++i) {
+        const std::string path = "/" + name + "/" + sd->method(i)->name();
+        const CredentialSet accepted = AcceptedCredentials(path).value_or(0);
+        if ((accepted & cred) != 0 && (accepted & auth_.configured()) == 0) {
+          refused += (refused.empty() ? "" : ", ") + sd->method(i)->name();
+        }
+      }
+    }
+    if (!refused.empty()) {
+      RS_LOG(warn, "auth: no {} token configured; refusing every call to {}", CredentialNames(cred),
+             refused);
+    }
+  }
+  return OkStatus();
 }
 
 void ServiceServer::RequestStop() {

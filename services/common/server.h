@@ -1,7 +1,8 @@
 // The server scaffold every ragserve service is built on.
 //
 // ServiceServer wires: gRPC health (grpc.health.v1) and reflection, max message sizes, optional
-// TLS, bearer-token auth (services call auth().Check(ctx) first in every handler), a bounded
+// TLS (mutual with --tls-client-ca), bearer-token auth with three credentials (auth.h; handlers
+// call PrecheckCall first, which checks the call's method against auth_policy.cc), a bounded
 // executor for slow work, request metrics (count + latency per method and code) served with
 // everything else on a separate /metrics HTTP port, and graceful shutdown: health turns
 // NOT_SERVING, new calls are refused, in-flight calls get drain_seconds to finish.
@@ -34,11 +35,13 @@ class ServiceServer {
   ~ServiceServer();  // Shutdown() if still running.
 
   // Registers a service (not owned; must outlive the server) under its full proto name, e.g.
-  // "ragserve.v1.IndexService", which health checks also answer for. Call before Start().
+  // "ragserve.v1.IndexService", which health checks also answer for. Call before Start(); every
+  // method of it needs a row in the credential table (auth_policy.cc) or Start() fails.
   void AddService(grpc::Service* service, const std::string& full_name);
 
   // Binds and starts serving. A port already in use, an unreadable TLS file or a failure to
-  // bind gives Unavailable/InvalidArgument naming the address.
+  // bind gives Unavailable/InvalidArgument naming the address; a registered RPC without a
+  // credential policy gives Internal naming it. Warns about credentials without a token.
   Status Start();
 
   // Graceful stop (idempotent): NOT_SERVING, then gRPC shutdown with the drain deadline, then
@@ -64,6 +67,8 @@ class ServiceServer {
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
  private:
+  Status CheckAuthPolicy() const;
+
   ServerConfig cfg_;
   TokenAuth auth_;
   std::unique_ptr<BoundedExecutor> executor_;

@@ -264,7 +264,9 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
         ro.address = svc->opts_.ctxcache_addr;
         ro.timeout_ms = svc->opts_.ctxcache_timeout_ms;
         ro.channel.tls_ca = svc->opts_.ctxcache_tls_ca;
-        ro.token = server->config().auth_token;
+        ro.channel.tls_client_cert = server->config().tls_client_cert;
+        ro.channel.tls_client_key = server->config().tls_client_key;
+        ro.token = server->config().internal_token;
         RS_ASSIGN_OR_RETURN(svc->remote_cache_, ctxcache::RemoteBlockCache::Create(ro));
         ctxcache::RemoteBlockCache* remote = svc->remote_cache_.get();
         svc->ape_->SetRemote(

@@ -63,7 +63,7 @@ void AddKvRetrievalFlags(CLI::App& app, KvRetrievalFlags* f) {
 }
 
 StatusOr<RetrievalSourceFactory> MakeKvRetrievalFactory(const KvRetrievalFlags& f,
-                                                        const std::string& auth_token) {
+                                                        const ServerConfig& server) {
   if (f.mode == "off") return RetrievalSourceFactory{};
   RS_CHECK_ARG(f.mode == "local" || f.mode == "remote", "--kv-retrieval must be off, local or ",
                "remote, got '", f.mode, "'");
@@ -102,11 +102,13 @@ StatusOr<RetrievalSourceFactory> MakeKvRetrievalFactory(const KvRetrievalFlags& 
     RS_CHECK_ARG(f.timeout_ms >= 1 && f.prefill_timeout_ms >= 1, "KVR timeouts must be >= 1 ms");
     ChannelOptions co;
     co.tls_ca = f.tls_ca;
+    co.tls_client_cert = server.tls_client_cert;
+    co.tls_client_key = server.tls_client_key;
     RS_ASSIGN_OR_RETURN(auto channel, MakeChannel(f.addr, co));
     kvr::RemoteKvrOptions rko;
     rko.call_timeout_ms = f.timeout_ms;
     rko.prefill_timeout_ms = f.prefill_timeout_ms;
-    rko.token = auth_token;
+    rko.token = server.internal_token;
     client = std::make_shared<kvr::RemoteKvrClient>(std::move(channel), std::move(rko));
     RS_LOG(info,
            "decoder: KV retrieval at {} for prompts >= {} tokens ({} index, top_k {}, "

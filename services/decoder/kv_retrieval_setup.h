@@ -14,6 +14,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "services/common/config.h"
 #include "services/common/status.h"
 #include "services/decoder/generator.h"
 
@@ -40,8 +41,9 @@ void AddKvRetrievalFlags(CLI::App& app, KvRetrievalFlags* flags);
 
 // The generator's factory for `flags` (an empty function for mode off). InvalidArgument for
 // bad flags (unknown mode or index kind, remote without an address, sizes < 1). Calls to a
-// remote store carry `auth_token` when non-empty.
+// remote store carry the server's internal token when set and present its TLS client
+// certificate (--tls-client-cert, mutual TLS) when set.
 StatusOr<RetrievalSourceFactory> MakeKvRetrievalFactory(const KvRetrievalFlags& flags,
-                                                        const std::string& auth_token);
+                                                        const ServerConfig& server);
 
 }  // namespace ragserve::decoder

@@ -93,8 +93,8 @@ int main(int argc, char** argv) {
     opts.generator.device_kv_dtype = device_kv_dtype == "f32"    ? ragserve::kernels::DType::kF32
                                      : device_kv_dtype == "bf16" ? ragserve::kernels::DType::kBF16
                                                                  : ragserve::kernels::DType::kF16;
-    RS_ASSIGN_OR_RETURN(opts.generator.kv_retrieval, ragserve::decoder::MakeKvRetrievalFactory(
-                                                         kvr_flags, server.config().auth_token));
+    RS_ASSIGN_OR_RETURN(opts.generator.kv_retrieval,
+                        ragserve::decoder::MakeKvRetrievalFactory(kvr_flags, server.config()));
     opts.generator.kv_budget_bytes = kv_budget_mb << 20;
     opts.passage_cache_bytes = passage_cache_mb << 20;
     RS_ASSIGN_OR_RETURN(service, ragserve::decoder::DecoderService::Create(&server, opts));

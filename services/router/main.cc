@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
     app.add_option("--ctxcache-addr", opts.ctxcache_addr,
                    "ContextCacheService host:port (Ingest pre_encode)");
     app.add_option("--downstream-token", opts.downstream_token,
-                   "Bearer token the router sends to internal services");
+                   "Bearer token the router sends to internal services (default: the internal "
+                   "token, --internal-token)");
     app.add_option("--downstream-tls-ca", opts.downstream_tls_ca,
                    "PEM CA bundle: use TLS to internal services")
         ->check(CLI::ExistingFile);
@@ -107,6 +108,7 @@ int main(int argc, char** argv) {
       if (comma > start) opts.workers.addresses.push_back(decoders.substr(start, comma - start));
       start = comma + 1;
     }
+    if (opts.downstream_token.empty()) opts.downstream_token = server.config().internal_token;
     RS_ASSIGN_OR_RETURN(service, ragserve::router::RouterService::Create(&server, opts));
     server.AddService(service.get(), "ragserve.v1.RagService");
     return ragserve::OkStatus();

@@ -26,6 +26,8 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   std::unique_ptr<RouterService> svc(new RouterService(server, std::move(opts)));
   ChannelOptions copts;
   copts.tls_ca = svc->opts_.downstream_tls_ca;
+  copts.tls_client_cert = server->config().tls_client_cert;
+  copts.tls_client_key = server->config().tls_client_key;
   RS_ASSIGN_OR_RETURN(auto channel, MakeChannel(svc->opts_.index_addr, copts));
   svc->index_ = v1::IndexService::NewStub(channel);
   if (!svc->opts_.ctxcache_addr.empty()) {
@@ -86,6 +88,14 @@ grpc::ServerUnaryReactor* RouterService::ForwardToIndex(grpc::CallbackServerCont
     }
     return s;
   });
+}
+
+Status RouterService::CheckMayCreate(const grpc::ServerContextBase& ctx) const {
+  const TokenAuth& auth = server_->auth();
+  if (!auth.enabled() || auth.CallerOf(ctx) == Credential::kAdmin) return OkStatus();
+  return PermissionDenied(
+      "Ingest with create_spec creates a collection: that needs the admin credential (create it "
+      "with CreateCollection first, or ingest without create_spec)");
 }
 
 grpc::ServerUnaryReactor* RouterService::CreateCollection(grpc::CallbackServerContext* ctx,
@@ -490,6 +500,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
       if (!msg_.create_spec().name().empty()) {
         RS_CHECK_ARG(msg_.create_spec().name() == collection_, "create_spec.name '",
                      msg_.create_spec().name(), "' differs from collection '", collection_, "'");
+        RS_RETURN_IF_ERROR(svc_->CheckMayCreate(*ctx_));
         auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx_);
         AttachToken(cctx.get(), svc_->opts_.downstream_token);
         v1::CreateCollectionRequest creq;

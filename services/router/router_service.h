@@ -108,6 +108,9 @@ class RouterService final : public v1::RagService::CallbackService {
   template <typename Req, typename Resp, typename Method>
   grpc::ServerUnaryReactor* ForwardToIndex(grpc::CallbackServerContext* ctx, const Req* req,
                                            Resp* resp, Method method, const char* what);
+  // Ingest's create_spec creates a collection: OK for the admin credential (or auth off),
+  // PermissionDenied otherwise (Ingest itself also accepts the public credential).
+  Status CheckMayCreate(const grpc::ServerContextBase& ctx) const;
 
   ServiceServer* server_;
   RouterOptions opts_;

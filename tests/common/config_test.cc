@@ -91,6 +91,37 @@ TEST(ConfigTest, TlsNeedsCertAndKeyAndTokenFileIsRead) {
   EXPECT_NE(FinishServerConfig(&cfg3).find("cannot read"), std::string::npos);
 }
 
+TEST(ConfigTest, ThreeCredentialsLoadFromFilesMustDifferAndMutualTlsNeedsTls) {
+  const std::string dir = testing::MakeTempDir("cfg-creds");
+  std::ofstream(dir + "/internal") << "int-secret\n";
+  std::ofstream(dir + "/admin") << "adm-secret";
+  ServerConfig cfg;
+  cfg.auth_token = "pub-secret";
+  cfg.internal_token_file = dir + "/internal";
+  cfg.admin_token_file = dir + "/admin";
+  EXPECT_EQ(FinishServerConfig(&cfg), "");
+  EXPECT_EQ(cfg.internal_token, "int-secret");
+  EXPECT_EQ(cfg.admin_token, "adm-secret");
+
+  ServerConfig both;  // a token and its file
+  both.admin_token = "x";
+  both.admin_token_file = dir + "/admin";
+  EXPECT_NE(FinishServerConfig(&both).find("--admin-token or --admin-token-file"),
+            std::string::npos);
+
+  ServerConfig same;  // one token for two credentials would merge them
+  same.auth_token = "same";
+  same.admin_token = "same";
+  EXPECT_NE(FinishServerConfig(&same).find("must differ"), std::string::npos);
+
+  ServerConfig mtls;  // client CAs without a server certificate
+  mtls.tls_client_ca = dir + "/admin";
+  EXPECT_NE(FinishServerConfig(&mtls).find("--tls-client-ca"), std::string::npos);
+  ServerConfig half;
+  half.tls_client_cert = dir + "/admin";
+  EXPECT_NE(FinishServerConfig(&half).find("--tls-client-key"), std::string::npos);
+}
+
 // The binaries themselves: a bad flag value exits non-zero with a message naming the problem.
 TEST(ConfigTest, BinaryExitsNonZeroNamingTheBadFlag) {
   const std::string bin = testing::BinPath("ragserve-index");

@@ -123,7 +123,10 @@ TEST_P(ServiceBinaryTest, ServesHealthAndMetricsAndStopsOnSigterm) {
 TEST_P(ServiceBinaryTest, AuthTokenIsRequiredWhenConfigured) {
   testing::Process p;
   int port = 0, mport = 0;
-  ASSERT_NO_FATAL_FAILURE(Start(&p, {"--auth-token", "s3cret-token"}, &port, &mport));
+  ASSERT_NO_FATAL_FAILURE(Start(&p,
+                                {"--auth-token", "s3cret-token", "--internal-token",
+                                 "internal-t0ken", "--admin-token", "admin-t0ken"},
+                                &port, &mport));
   auto ch = MakeChannel("127.0.0.1:" + std::to_string(port));
   ASSERT_TRUE(ch.ok());
   // Health stays open for probes.
@@ -139,7 +142,8 @@ TEST_P(ServiceBinaryTest, AuthTokenIsRequiredWhenConfigured) {
   }
   {
     grpc::ClientContext ctx;
-    ctx.AddMetadata("authorization", "Bearer s3cret-token");
+    // Every probe RPC accepts the admin credential (services/common/auth_policy.cc).
+    ctx.AddMetadata("authorization", "Bearer admin-t0ken");
     grpc::Status st = GetParam().call(*ch, &ctx);
     EXPECT_NE(st.error_code(), grpc::StatusCode::UNAUTHENTICATED) << st.error_message();
   }

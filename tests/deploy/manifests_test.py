@@ -8,7 +8,8 @@ schemas (deploy/validate), lint with yamllint, then for every ragserve container
     to a temporary directory and the repository's corpus;
   - its --port / --metrics-port (/ --http-port) match the declared container ports and the gRPC
     probes;
-and every Service's targetPort must name or number a port of the pods it selects; every
+every Service's targetPort must name or number a port of the pods it selects; the auth Secret
+is required and wired as secret_refs.py checks; every
 HorizontalPodAutoscaler targets a workload of the overlay and scales on metrics something serves
 (a custom per-pod metric needs a prometheus-adapter rule in the overlay that serves it; the gpu
 overlay's decoders scale on queue depth, not CPU). The Grafana dashboards under deploy/grafana
@@ -25,6 +26,9 @@ import sys
 import tempfile
 
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import secret_refs  # noqa: E402  (the auth Secret checks, also a ctest of their own)
 
 ROOT, BIN = sys.argv[1], sys.argv[2]
 K8S = os.path.join(ROOT, "deploy", "k8s")
@@ -77,7 +81,9 @@ def container_env(c, configmaps):
         elif "fieldRef" in e:
             env[e["name"]] = "pod-0"
         elif "secretKeyRef" in e:
-            env[e["name"]] = "secret-from-k8s"
+            # Distinct per key: the services refuse one token for two credentials.
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = f"secret-from-k8s-{ref['name']}-{ref['key']}"
     return env
 
 
@@ -215,6 +221,8 @@ def check_overlay(overlay, tmp):
     if v.returncode != 0:
         fail(f"{overlay}: schema validation failed:\n{v.stderr[-4000:]}")
     objs = [o for o in yaml.safe_load_all(r.stdout) if o]
+    for p in secret_refs.problems([rendered]):
+        fail(f"{overlay}: {p}")
     configmaps = {o["metadata"]["name"]: o.get("data", {}) for o in objs if o["kind"] == "ConfigMap"}
     ran_tools = set()
     work = os.path.join(tmp, overlay + "-volumes")  # fresh volumes per overlay

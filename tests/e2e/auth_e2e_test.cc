@@ -1,5 +1,6 @@
-// With auth on everywhere: the router refuses calls without the right token and forwards the
-// downstream token to the index and the decoders.
+// With auth on everywhere: the router refuses calls without the right token and calls the index
+// and the decoders with the internal token (its default downstream token). Every RPC with every
+// credential: tests/rpcfuzz/auth_matrix_test.cc.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -14,15 +15,17 @@ TEST(AuthE2eTest, WrongOrMissingTokenIsUnauthenticatedRightTokenWorks) {
   testing::Cluster cluster(dir);
   const std::string model = testing::Cluster::MakeModel(dir);
   ASSERT_FALSE(model.empty());
-  const std::string token = "t0k3n-for-tests";
+  const std::string token = "t0k3n-for-tests";    // public
+  const std::string internal = "internal-t0k3n";  // service to service
   std::string err;
-  ASSERT_TRUE(
-      cluster.Start("index", "index", {"--data-dir", dir + "/index", "--auth-token", token}, &err))
+  ASSERT_TRUE(cluster.Start("index", "index",
+                            {"--data-dir", dir + "/index", "--internal-token", internal}, &err))
       << err;
-  ASSERT_TRUE(cluster.Start("decoder", "decoder", {"--model", model, "--auth-token", token}, &err))
+  ASSERT_TRUE(
+      cluster.Start("decoder", "decoder", {"--model", model, "--internal-token", internal}, &err))
       << err;
   ASSERT_TRUE(cluster.Start("router", "router",
-                            {"--auth-token", token, "--downstream-token", token, "--index-addr",
+                            {"--auth-token", token, "--internal-token", internal, "--index-addr",
                              cluster.Get("index")->addr(), "--decoders",
                              cluster.Get("decoder")->addr(), "--poll-interval", "0.2"},
                             &err))
@@ -39,7 +42,9 @@ TEST(AuthE2eTest, WrongOrMissingTokenIsUnauthenticatedRightTokenWorks) {
   };
   EXPECT_EQ(list(""), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(list("wrong"), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(list(token), grpc::StatusCode::OK);  // downstream token accepted by the index
+  EXPECT_EQ(list(token), grpc::StatusCode::OK);  // internal token accepted by the index
+  // The internal credential is for calls inside the cluster, not for the router's clients.
+  EXPECT_EQ(list(internal), grpc::StatusCode::PERMISSION_DENIED);
 
   grpc::ClientContext ctx;
   ctx.AddMetadata("authorization", "Bearer nope");

@@ -21,7 +21,8 @@ using ragserve::testing::MakeTempDir;
 using ragserve::testing::Process;
 using ragserve::testing::WaitForReadyFile;
 
-constexpr char kToken[] = "idx-token";
+constexpr char kToken[] = "idx-token";               // internal credential
+constexpr char kAdminToken[] = "index-admin-token";  // Rebuild needs the admin one
 constexpr int kDim = 16;
 
 class IndexServer {
@@ -29,10 +30,11 @@ class IndexServer {
   explicit IndexServer(const std::string& dir) : dir_(dir) {}
   void Start() {
     const std::string ready = dir_ + "/ready-" + std::to_string(++starts_) + ".json";
-    ASSERT_TRUE(proc_.Start(BinPath("ragserve-index"),
-                            {"--port", "0", "--metrics-port", "0", "--ready-file", ready,
-                             "--auth-token", kToken, "--data-dir", dir_ + "/data"},
-                            dir_ + "/server.log", {}, dir_));
+    ASSERT_TRUE(proc_.Start(
+        BinPath("ragserve-index"),
+        {"--port", "0", "--metrics-port", "0", "--ready-file", ready, "--internal-token", kToken,
+         "--admin-token", kAdminToken, "--data-dir", dir_ + "/data"},
+        dir_ + "/server.log", {}, dir_));
     int port = 0, mport = 0;
     ASSERT_TRUE(WaitForReadyFile(ready, 30, &port, &mport)) << "see " << dir_ << "/server.log";
     auto ch = MakeChannel("127.0.0.1:" + std::to_string(port));
@@ -49,9 +51,9 @@ class IndexServer {
   std::unique_ptr<v1::IndexService::Stub> stub_;
 };
 
-std::unique_ptr<grpc::ClientContext> Ctx(bool auth = true) {
+std::unique_ptr<grpc::ClientContext> Ctx(bool auth = true, const char* token = kToken) {
   auto ctx = std::make_unique<grpc::ClientContext>();
-  if (auth) ctx->AddMetadata("authorization", std::string("Bearer ") + kToken);
+  if (auth) ctx->AddMetadata("authorization", std::string("Bearer ") + token);
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   return ctx;
 }
@@ -157,7 +159,7 @@ TEST(IndexServiceTest, AcknowledgedUpsertsSurviveKill9AndGrpcSearchEqualsInProce
   rreq.set_collection("kb");
   rreq.set_index_kind(v1::INDEX_KIND_FLAT);
   v1::RebuildResponse rresp;
-  ASSERT_TRUE(server.stub()->Rebuild(Ctx().get(), rreq, &rresp).ok());
+  ASSERT_TRUE(server.stub()->Rebuild(Ctx(true, kAdminToken).get(), rreq, &rresp).ok());
   EXPECT_EQ(rresp.info().spec().index_kind(), v1::INDEX_KIND_FLAT);
   EXPECT_EQ(rresp.info().num_documents(), 398);
   v1::SearchResponse exact;

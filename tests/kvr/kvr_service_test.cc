@@ -25,7 +25,8 @@ namespace {
 
 constexpr int kLayers = 2, kKvHeads = 2, kGroup = 4, kQHeads = kKvHeads * kGroup, kDim = 64;
 constexpr int64_t kTokens = 2000, kDecode = 40, kSinks = 16, kWindow = 64;
-constexpr char kToken[] = "kvr-test-token";
+constexpr char kToken[] = "kvr-test-token";        // internal credential
+constexpr char kAdminToken[] = "kvr-admin-token";  // Stats needs the admin one
 
 // K/V [tokens, Hkv, d], prefill queries [tokens, Hq, d] and decode queries [kDecode, Hq, d] of one
 // layer, from one synthetic workload per kv head (its group's query heads).
@@ -89,10 +90,11 @@ class KvrServiceTest : public ::testing::Test {
   void SetUp() override {
     dir_ = testing::MakeTempDir("kvr-test");
     const std::string ready = dir_ + "/ready.json";
-    ASSERT_TRUE(proc_.Start(testing::BinPath("ragserve-kvr"),
-                            {"--port", "0", "--metrics-port", "0", "--ready-file", ready,
-                             "--auth-token", kToken, "--memory-limit-gib", "0.02"},
-                            dir_ + "/log.txt", {}, dir_));
+    ASSERT_TRUE(proc_.Start(
+        testing::BinPath("ragserve-kvr"),
+        {"--port", "0", "--metrics-port", "0", "--ready-file", ready, "--internal-token", kToken,
+         "--admin-token", kAdminToken, "--memory-limit-gib", "0.02"},
+        dir_ + "/log.txt", {}, dir_));
     int port = 0, mport = 0;
     ASSERT_TRUE(testing::WaitForReadyFile(ready, 60, &port, &mport))
         << testing::ReadFileOrEmpty(dir_ + "/log.txt");
@@ -108,9 +110,9 @@ class KvrServiceTest : public ::testing::Test {
     EXPECT_EQ(code, 0) << testing::ReadFileOrEmpty(dir_ + "/log.txt");
   }
 
-  void Prepare(grpc::ClientContext* ctx, bool with_token = true) {
+  void Prepare(grpc::ClientContext* ctx, bool with_token = true, const char* token = kToken) {
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    if (with_token) AttachToken(ctx, kToken);
+    if (with_token) AttachToken(ctx, token);
   }
 
   // Streams tokens [0, kTokens) of every layer in chunks of `chunk` tokens.
@@ -241,7 +243,7 @@ TEST_F(KvrServiceTest, AttendOverGrpcEqualsInProcessBeforeAndAfterAppend) {
   }
 
   grpc::ClientContext sctx;
-  Prepare(&sctx);
+  Prepare(&sctx, true, kAdminToken);
   v1::KvrStatsResponse stats;
   ASSERT_TRUE(stub_->Stats(&sctx, {}, &stats).ok());
   EXPECT_EQ(stats.sequences(), 1);
@@ -258,7 +260,7 @@ TEST_F(KvrServiceTest, BadInputReleaseMemoryLimitAndAuthAreClearErrors) {
   EXPECT_NE(st.error_message().find("v: dimension 2"), std::string::npos) << st.error_message();
   {
     grpc::ClientContext ctx;
-    Prepare(&ctx);
+    Prepare(&ctx, true, kAdminToken);
     v1::KvrStatsResponse stats;
     ASSERT_TRUE(stub_->Stats(&ctx, {}, &stats).ok());
     EXPECT_EQ(stats.sequences(), 0);
@@ -339,7 +341,7 @@ TEST_F(KvrServiceTest, BadInputReleaseMemoryLimitAndAuthAreClearErrors) {
   }
   {
     grpc::ClientContext ctx;
-    Prepare(&ctx);
+    Prepare(&ctx, true, kAdminToken);
     v1::KvrStatsResponse stats;
     ASSERT_TRUE(stub_->Stats(&ctx, {}, &stats).ok());
     EXPECT_EQ(stats.sequences(), 0);
@@ -391,7 +393,7 @@ TEST_F(KvrServiceTest, ShapesAndSpecsBeyondLimitsAreInvalidArgumentAndTheService
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
   // Still serving, nothing left behind.
   grpc::ClientContext ctx;
-  Prepare(&ctx);
+  Prepare(&ctx, true, kAdminToken);
   v1::KvrStatsResponse stats;
   ASSERT_TRUE(stub_->Stats(&ctx, {}, &stats).ok());
   EXPECT_EQ(stats.sequences(), 0);

@@ -135,8 +135,9 @@ std::vector<RpcSpec> Build() {
   return out;
 }
 
-std::unique_ptr<grpc::ClientContext> Ctx(double seconds = 30) {
+std::unique_ptr<grpc::ClientContext> Ctx(double seconds = 30, const std::string& token = "") {
   auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
   return ctx;
@@ -237,12 +238,14 @@ bool Allowed(const RpcSpec& rpc, grpc::StatusCode code, bool invalid_utf8) {
          (code == grpc::StatusCode::INTERNAL || code == grpc::StatusCode::UNIMPLEMENTED);
 }
 
-Fixtures SetUpFixtures(const std::map<std::string, std::shared_ptr<grpc::Channel>>& channels) {
+Fixtures SetUpFixtures(const std::map<std::string, std::shared_ptr<grpc::Channel>>& channels,
+                       const std::string& internal_token, const std::string& admin_token) {
   Fixtures fx;
+  auto Ctx = [&](double seconds = 30) { return rpcfuzz::Ctx(seconds, internal_token); };
   {  // ctxcache: the model fingerprint and one cached passage.
     auto stub = v1::ContextCacheService::NewStub(channels.at("ctxcache"));
     v1::CtxStatsResponse stats;
-    auto ctx = Ctx();
+    auto ctx = rpcfuzz::Ctx(30, admin_token);
     if (stub->Stats(ctx.get(), v1::CtxStatsRequest(), &stats).ok()) {
       fx.fingerprint = stats.model().hex();
     }

@@ -47,7 +47,9 @@ struct Fixtures {
 
 // Creates (again; errors ignored) the objects seeds name: index collection "fz" (dim 8) with
 // documents d0..d2, kvr sequence "fzseq", a ctxcache entry. `channels` maps service -> channel.
-Fixtures SetUpFixtures(const std::map<std::string, std::shared_ptr<grpc::Channel>>& channels);
+// With auth on, the calls carry `internal_token` (ctxcache Stats: `admin_token`).
+Fixtures SetUpFixtures(const std::map<std::string, std::shared_ptr<grpc::Channel>>& channels,
+                       const std::string& internal_token = "", const std::string& admin_token = "");
 
 // Valid seed requests for `rpc` (one message for unary/server-streaming calls, a stream of
 // messages for client-streaming calls); at least one per method.

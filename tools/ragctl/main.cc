@@ -10,8 +10,10 @@
 //   ragctl stats [--collection C]                          a collection's statistics
 //   ragctl delete ID... [--document D] [--collection C]    delete documents / a document's passages
 //
-// Every command takes --addr (RAGSERVE_ADDR), --token (RAGSERVE_AUTH_TOKEN), --tls-ca and
-// --timeout. Exit codes: 0 ok, 1 usage, 2 the call failed (the gRPC code and message are printed).
+// Every command takes --addr (RAGSERVE_ADDR), --token (RAGSERVE_AUTH_TOKEN), --admin-token
+// (RAGSERVE_ADMIN_TOKEN: sent instead of --token by the admin commands stats, load and
+// ingest --create), --tls-ca, --tls-cert/--tls-key (mutual TLS) and --timeout. Exit codes: 0 ok, 1
+// usage, 2 the call failed (the gRPC code and message are printed).
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -40,7 +42,10 @@ namespace {
 struct Common {
   std::string addr = "127.0.0.1:50051";
   std::string token;
+  std::string admin_token;
   std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
   double timeout_s = 120;
 };
 
@@ -77,13 +82,16 @@ std::string Printable(const std::string& text) {
 ragserve::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const Common& c) {
   ragserve::ChannelOptions opts;
   opts.tls_ca = c.tls_ca;
+  opts.tls_client_cert = c.tls_cert;
+  opts.tls_client_key = c.tls_key;
   return ragserve::MakeChannel(c.addr, opts);
 }
 
-void Prepare(const Common& c, grpc::ClientContext* ctx) {
+// `admin`: the call needs the admin credential (--admin-token, when given, instead of --token).
+void Prepare(const Common& c, grpc::ClientContext* ctx, bool admin = false) {
   ctx->set_deadline(std::chrono::system_clock::now() +
                     std::chrono::milliseconds(static_cast<int64_t>(c.timeout_s * 1000)));
-  ragserve::AttachToken(ctx, c.token);
+  ragserve::AttachToken(ctx, admin && !c.admin_token.empty() ? c.admin_token : c.token);
 }
 
 int Health(const Common& c, const std::string& service) {
@@ -434,7 +442,7 @@ int Ingest(const Common& c, const IngestOptions& o) {
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::RagService::NewStub(*ch);
   grpc::ClientContext ctx;
-  Prepare(c, &ctx);
+  Prepare(c, &ctx, /*admin=*/o.create);
   IngestStream out(stub.get(), &ctx, o.batch);
   Progress progress(total, o.progress);
   bool ok = out.Start(FirstIngestRequest(o));
@@ -460,7 +468,7 @@ int Stats(const Common& c, const std::string& collection) {
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::RagService::NewStub(*ch);
   grpc::ClientContext ctx;
-  Prepare(c, &ctx);
+  Prepare(c, &ctx, /*admin=*/true);
   ragserve::v1::StatsRequest req;
   req.set_collection(collection);
   ragserve::v1::StatsResponse r;
@@ -486,7 +494,7 @@ int Load(const Common& c) {
   if (!ch.ok()) return Fail(ch.status(), "connect");
   auto stub = ragserve::v1::DecoderService::NewStub(*ch);
   grpc::ClientContext ctx;
-  Prepare(c, &ctx);
+  Prepare(c, &ctx, /*admin=*/true);
   ragserve::v1::LoadRequest req;
   ragserve::v1::LoadReport r;
   grpc::Status st = stub->GetLoad(&ctx, req, &r);
@@ -541,7 +549,13 @@ int main(int argc, char** argv) {
   app.add_option("--addr", c.addr, "Service address host:port (the router for query)")
       ->envname("RAGSERVE_ADDR");
   app.add_option("--token", c.token, "Bearer token")->envname("RAGSERVE_AUTH_TOKEN");
+  app.add_option("--admin-token", c.admin_token,
+                 "Admin bearer token, sent by stats, load and ingest --create")
+      ->envname("RAGSERVE_ADMIN_TOKEN");
   app.add_option("--tls-ca", c.tls_ca, "PEM CA bundle: use TLS")->check(CLI::ExistingFile);
+  app.add_option("--tls-cert", c.tls_cert, "PEM client certificate (mutual TLS)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", c.tls_key, "PEM key of --tls-cert")->check(CLI::ExistingFile);
   app.add_option("--timeout", c.timeout_s, "Deadline of the call in seconds")
       ->check(CLI::PositiveNumber);
 
