@@ -4,6 +4,8 @@
 #include <cctype>
 #include <cstdlib>
 
+#include "services/common/utf8.h"
+
 namespace ragserve::chunking {
 
 namespace {
@@ -138,23 +140,10 @@ bool IsBlockTag(std::string_view name) {
   return false;
 }
 
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) cp = 0xFFFD;
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
+// A Unicode scalar value for an HTML character reference: NUL, surrogates and values past
+// U+10FFFF become U+FFFD.
+uint32_t ScalarOrReplacement(uint32_t cp) {
+  return cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) ? 0xFFFD : cp;
 }
 
 }  // namespace
@@ -195,7 +184,8 @@ void HtmlToText::EndEntity(std::string* out) {
     char* end = nullptr;
     const unsigned long cp = std::strtoul(digits.c_str(), &end, hex ? 16 : 10);
     if (!digits.empty() && end != nullptr && *end == '\0') {
-      AppendUtf8(static_cast<uint32_t>(std::min<unsigned long>(cp, 0x110000)), out);
+      AppendUtf8(ScalarOrReplacement(static_cast<uint32_t>(std::min<unsigned long>(cp, 0x110000))),
+                 out);
       entity_.clear();
       return;
     }

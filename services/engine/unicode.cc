@@ -34,24 +34,6 @@ uint32_t ByteToCodepoint(uint8_t b) { return Tables().byte_to_cp[b]; }
 
 int CodepointToByte(uint32_t cp) { return cp < 512 ? Tables().cp_to_byte[cp] : -1; }
 
-void AppendUtf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 int32_t DecodeUtf8(std::string_view s, size_t* pos) {
   const size_t n = Utf8CharLen(s, *pos);
   const auto* p = reinterpret_cast<const unsigned char*>(s.data()) + *pos;

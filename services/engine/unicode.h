@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "services/common/status.h"
+#include "services/common/utf8.h"
 
 namespace ragserve::engine::unicode {
 
@@ -21,7 +22,7 @@ uint32_t ByteToCodepoint(uint8_t b);
 // Inverse of ByteToCodepoint; -1 when `cp` stands for no byte.
 int CodepointToByte(uint32_t cp);
 // Appends the UTF-8 encoding of `cp` (cp <= 0x10FFFF) to `out`.
-void AppendUtf8(uint32_t cp, std::string* out);
+using ::ragserve::AppendUtf8;
 // Decodes one UTF-8 sequence at s[*pos] and advances *pos. An invalid or truncated sequence
 // consumes exactly one byte and returns -1.
 int32_t DecodeUtf8(std::string_view s, size_t* pos);

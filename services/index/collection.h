@@ -54,7 +54,7 @@ namespace ragserve::collection {
 struct FusionSpec {
   // weighted (default: see retrieval_bench in docs/BENCHMARKS.md) | rrf: sum of 1 / (rrf_k + rank)
   std::string method = "weighted";
-  int rrf_k = 60;              // 1..10000
+  int rrf_k = 60;  // 1..10000
   // weighted: dense_weight * dense + (1 - dense_weight) * bm25, each list's scores min-max
   // normalised to [0, 1] (a document missing from a list gets 0 there); in [0, 1].
   double dense_weight = 0.5;

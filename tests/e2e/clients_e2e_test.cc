@@ -81,27 +81,7 @@ class ClientsE2eTest : public ::testing::Test {
 
   static void Ingest() {
     auto ctx = Ctx();
-    v1::IngestResponse resp;
-    auto writer = router_->Ingest(ctx.get(), &resp);
-    v1::IngestRequest req;
-    req.set_collection("docs");
-    auto* spec = req.mutable_create_spec();
-    spec->set_name("docs");
-    spec->set_dimension(256);
-    spec->set_metric(v1::METRIC_COSINE);
-    spec->set_index_kind(v1::INDEX_KIND_FLAT);
-    const char* texts[] = {"The Nawerk River is 412 kilometres long.",
-                           "Trykelurk lizards have a green stripe on their back.",
-                           "The harbour of Ostvik freezes every January."};
-    const char* kIds[] = {"d0", "d1", "d2"};
-    for (int i = 0; i < 3; ++i) {
-      auto* d = req.add_documents();
-      d->set_id(kIds[i]);
-      d->set_text(texts[i]);
-    }
-    ASSERT_TRUE(writer->Write(req));
-    writer->WritesDone();
-    const grpc::Status st = writer->Finish();
+    const grpc::Status st = testing::IngestSampleDocs(router_, ctx.get());
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
 

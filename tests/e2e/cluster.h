@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "ragserve/v1/rag.grpc.pb.h"
 #include "services/common/client.h"
 #include "tests/support/process.h"
 
@@ -98,5 +99,32 @@ class Cluster {
   std::string dir_;
   std::vector<ClusterService> services_;
 };
+
+// Creates the flat, 256-dim cosine collection `name` through the router and ingests three short
+// documents into it: d0 (the Nawerk River is 412 km long), d1 (Trykelurk lizards), d2 (Ostvik's
+// harbour). The status of the Ingest call.
+inline grpc::Status IngestSampleDocs(v1::RagService::Stub* router, grpc::ClientContext* ctx,
+                                     const std::string& name = "docs") {
+  v1::IngestResponse resp;
+  auto writer = router->Ingest(ctx, &resp);
+  v1::IngestRequest req;
+  req.set_collection(name);
+  auto* spec = req.mutable_create_spec();
+  spec->set_name(name);
+  spec->set_dimension(256);
+  spec->set_metric(v1::METRIC_COSINE);
+  spec->set_index_kind(v1::INDEX_KIND_FLAT);
+  const char* const kTexts[] = {"The Nawerk River is 412 kilometres long.",
+                                "Trykelurk lizards have a green stripe on their back.",
+                                "The harbour of Ostvik freezes every January."};
+  for (int i = 0; i < 3; ++i) {
+    auto* d = req.add_documents();
+    d->set_id("d" + std::to_string(i));
+    d->set_text(kTexts[i]);
+  }
+  writer->Write(req);
+  writer->WritesDone();
+  return writer->Finish();
+}
 
 }  // namespace ragserve::testing
