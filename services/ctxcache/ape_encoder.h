@@ -36,8 +36,9 @@ namespace ragserve::ctxcache {
 // "f32" | "f16" | "bf16" -> DType; InvalidArgument naming `flag` otherwise.
 StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag);
 
-// A model directory's weights and tokenizer.json; InvalidArgument naming `flag` when the
-// directory is missing, the loaders' errors otherwise.
+// A model directory's weights and tokenizer.json, or a .gguf file's weights and embedded
+// vocabulary; InvalidArgument naming `flag` when the path is neither, the loaders' errors
+// otherwise.
 struct ModelAndTokenizer {
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<engine::Tokenizer> tokenizer;

@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
     ragserve::decoder::AddKvRetrievalFlags(app, &kvr_flags);
     app.add_option("--model", opts.model_dir,
                    "HF-layout model directory (config.json, "
-                   "model.safetensors, tokenizer.json)");
+                   "model.safetensors, tokenizer.json) or a .gguf file");
     app.add_option("--worker-id", opts.worker_id, "Name in stats and load reports (host:port)");
     app.add_option("--device", opts.device,
                    "Model backend: cpu | cuda (GPU 0; weights uploaded once, KV in GPU pages)")
