@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <unordered_map>
 
@@ -59,9 +60,14 @@ StatusOr<Vocab> ReadVocab(const GgufHeader& h) {
   }
   v.types.assign(n, kNormal);
   for (size_t i = 0; types != nullptr && i < n; ++i) {
-    v.types[i] = static_cast<int>(types->NumberAt(i));
+    const double t = types->NumberAt(i);  // any numeric array: keep casts defined
+    v.types[i] = t >= 0 && t <= 16 ? static_cast<int>(t) : 0;
   }
-  for (size_t i = 0; scores != nullptr && i < n; ++i) v.scores.push_back(scores->NumberAt(i));
+  // A NaN score would break the merge order's strict weak ordering: it ranks last.
+  for (size_t i = 0; scores != nullptr && i < n; ++i) {
+    const double sc = scores->NumberAt(i);
+    v.scores.push_back(std::isfinite(sc) ? sc : -1e300);
+  }
   for (size_t i = 0; i < n; ++i) v.ids.emplace(v.tokens[i], static_cast<int32_t>(i));
   return v;
 }

@@ -15,8 +15,11 @@ per operation). It converts make-tiny-model checkpoints the way llama.cpp's conv
   * tokenizer: ids from the GGUF-embedded vocabulary equal those of the HF tokenizer.json twin on
     a text matrix, for a byte-level BPE ("gpt2", from make-tiny-model) and a SentencePiece-style
     one ("llama": tokens + scores, from tests/fuzz/corpus/tokenizer_fuzz/sentencepiece_llama2);
+  * services: ragserve-decoder started with --model file.gguf answers a Generate (ragctl, real
+    gRPC) exactly as one started on the HF twin directory; ragserve-ctxcache starts on the file;
   * errors: an unsupported architecture and an unsupported tensor type are refused, naming them.
 Usage: gguf_ref_test.py --bin-dir BUILD/bin --source-dir REPO [--keep]
+       gguf_ref_test.py --bin-dir - --source-dir - --write-fuzz-seeds tests/fuzz/corpus/gguf_fuzz
 """
 import argparse
 import json
@@ -26,6 +29,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -273,7 +277,7 @@ def tokenizer_kv(tok_json):
             ("tokenizer.ggml.add_bos_token", BOOL, True)]
 
 
-def convert(hf_dir, out, wtype, arch_override=None):
+def convert(hf_dir, out, wtype, arch_override=None, extra=()):
     """Writes hf_dir as a GGUF with matrices in `wtype`; returns the expected HF-order tensors
     (what the engine must load) as float32 / float16 arrays."""
     cfg = json.load(open(os.path.join(hf_dir, "config.json")))
@@ -314,7 +318,7 @@ def convert(hf_dir, out, wtype, arch_override=None):
             assert err < QUANT_ERR[ttype], "%s %s: relative error %.3f" % (name, ttype, err)
         expected[name] = rope_unpermute(back, heads_of) if perm else back
         tensors.append((g, ttype, list(reversed(w.shape)), data))
-    write_gguf(out, kv, tensors, alignment=64)
+    write_gguf(out, kv, tensors + list(extra), alignment=64)
     return expected
 
 
@@ -427,6 +431,23 @@ def spm_gguf(fixture, out):
     write_gguf(out, kv, [])
 
 
+def check_rope_factors(bin_dir, tmp, hf_dir):
+    """rope_freqs.weight (llama.cpp's llama3 scaling): each rotary frequency divided by its factor."""
+    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    factors = np.linspace(1.0, 8.0, hd // 2).astype(np.float32)
+    path = os.path.join(tmp, "rope-freqs.gguf")
+    convert(hf_dir, path, "F32",
+            extra=[("rope_freqs.weight", "F32", [hd // 2], factors.astype("<f4").tobytes())])
+    got = json.loads(run([os.path.join(bin_dir, "ragserve-gguf-export"), path,
+                          os.path.join(tmp, "x.safetensors")]))
+    base = 1.0 / cfg["rope_theta"] ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    want = base / factors.astype(np.float64)
+    rel = np.abs(np.array(got["rope_inv_freq"]) - want) / want
+    assert rel.max() < 1e-6, "rope_freqs: relative error %g" % rel.max()
+    print("ok  rope_freqs     %d rotary frequencies divided by the file's factors" % (hd // 2))
+
+
 def check_errors(bin_dir, tmp, hf_dir):
     bad_arch = os.path.join(tmp, "falcon.gguf")
     convert(hf_dir, bad_arch, "F32", arch_override="falcon")
@@ -448,12 +469,101 @@ def check_errors(bin_dir, tmp, hf_dir):
     print("ok  errors         unsupported architecture and tensor type named")
 
 
+def start_service(bin_dir, binary, model, tmp, name):
+    """Starts a service binary on free ports; returns (process, grpc port) once it is ready."""
+    ready = os.path.join(tmp, name + ".ready")
+    p = subprocess.Popen([os.path.join(bin_dir, binary), "--model", model, "--host", "127.0.0.1",
+                          "--port", "0", "--metrics-port", "0", "--ready-file", ready],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if os.path.exists(ready):
+            return p, json.load(open(ready))["grpc_port"]
+        if p.poll() is not None:
+            raise RuntimeError("%s --model %s exited: %s" % (binary, model, p.stderr.read()))
+        time.sleep(0.05)
+    p.kill()
+    raise RuntimeError("%s --model %s: not ready after 30 s" % (binary, model))
+
+
+def stop(p):
+    p.terminate()
+    try:
+        p.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def check_services(bin_dir, tmp, gguf, twin_dir, prompt):
+    """The decode worker serves the .gguf as it serves its HF twin directory (real gRPC, ragctl);
+    the context-cache service starts on it too (both load through ctxcache::LoadModelDir)."""
+    outs = []
+    for name, model in (("gguf", gguf), ("twin", twin_dir)):
+        p, port = start_service(bin_dir, "ragserve-decoder", model, tmp, "decoder-" + name)
+        try:
+            out = run([os.path.join(bin_dir, "ragctl"), "--addr", "127.0.0.1:%d" % port,
+                       "generate", "--raw", prompt, "--max-tokens", "16"])
+        finally:
+            stop(p)
+        text, stats = out.rsplit("\nstats:", 1)
+        outs.append((text, stats.split(", TTFT")[0]))
+    assert outs[0] == outs[1], "decoder on .gguf %r vs on the HF twin %r" % (outs[0], outs[1])
+    p, _ = start_service(bin_dir, "ragserve-ctxcache", gguf, tmp, "ctxcache")
+    stop(p)
+    print("ok  services       decoder on the .gguf = on its HF twin (%s); ctxcache loads it"
+          % outs[0][1].strip())
+
+
+def write_fuzz_seeds(out):
+    """The seeds of tests/fuzz/corpus/gguf_fuzz (small files covering every value kind, the
+    decoded tensor types, both tokenizer models and a truncation)."""
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(3)
+    a = [("general.architecture", STRING, "llama"), ("llama.block_count", U32, 1),
+         ("llama.embedding_length", U32, 256), ("llama.feed_forward_length", U32, 256),
+         ("llama.attention.head_count", U32, 4), ("llama.attention.head_count_kv", U32, 2),
+         ("llama.attention.layer_norm_rms_epsilon", F32, 1e-5), ("llama.vocab_size", U32, 5)]
+    spm = [("tokenizer.ggml.model", STRING, "llama"),
+           ("tokenizer.ggml.tokens", ARRAY, (STRING, ["<unk>", "<s>", "\u2581", "a", "\u2581a"])),
+           ("tokenizer.ggml.scores", ARRAY, (F32, [0.0, 0.0, -1.0, -1.0, -2.0])),
+           ("tokenizer.ggml.token_type", ARRAY, (I32, [2, 3, 1, 1, 1])),
+           ("tokenizer.ggml.bos_token_id", U32, 1)]
+    bpe = [("tokenizer.ggml.model", STRING, "gpt2"), ("tokenizer.ggml.pre", STRING, "qwen2"),
+           ("tokenizer.ggml.tokens", ARRAY, (STRING, ["<|end|>", "H", "i", "Hi", "\u0120"])),
+           ("tokenizer.ggml.token_type", ARRAY, (I32, [3, 1, 1, 1, 1])),
+           ("tokenizer.ggml.merges", ARRAY, (STRING, ["H i"])),
+           ("tokenizer.ggml.eos_token_id", U32, 0)]
+    x = rng.standard_normal(256).astype(np.float32)
+    tensors = [("token_embd.weight", "F32", [4, 2], x[:8].astype("<f4").tobytes()),
+               ("blk.0.attn_q.weight", "Q8_0", [32, 1], quant_q8_0(x[:32])),
+               ("blk.0.ffn_up.weight", "Q4_K", [256, 1], quant_q4_k(x)),
+               ("blk.0.ffn_down.weight", "Q6_K", [256, 1], quant_q6_k(x)),
+               ("blk.0.attn_k.weight", "Q4_0", [32, 1], quant_q4_0(x[:32]))]
+    write_gguf(os.path.join(out, "tiny_model"), a + spm, tensors)
+    write_gguf(os.path.join(out, "gpt2_vocab"), bpe, [])
+    write_gguf(os.path.join(out, "aligned_64"), [("general.alignment", U32, 64)],
+               [("a", "F16", [3], np.ones(3, "<f2").tobytes()), ("b", "F32", [2], b"\0" * 8)],
+               alignment=64)
+    kinds = [("u8", U8, 1), ("i8", I8, -1), ("u16", U16, 2), ("i16", I16, -2), ("u32", U32, 3),
+             ("i32", I32, -3), ("f32", F32, 0.5), ("bool", BOOL, True), ("str", STRING, "s"),
+             ("u64", U64, 2**63 + 1), ("i64", I64, -4), ("f64", F64, 0.25),
+             ("arr_u8", ARRAY, (U8, [1, 2])), ("arr_bool", ARRAY, (BOOL, [True, False])),
+             ("arr_f64", ARRAY, (F64, [1.5])), ("arr_str", ARRAY, (STRING, ["x", ""]))]
+    write_gguf(os.path.join(out, "all_value_types"), kinds, [])
+    data = open(os.path.join(out, "tiny_model"), "rb").read()
+    open(os.path.join(out, "truncated"), "wb").write(data[:len(data) - 100])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--source-dir", required=True)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--write-fuzz-seeds", metavar="DIR", help="only write the fuzz seeds to DIR")
     args = ap.parse_args()
+    if args.write_fuzz_seeds:
+        write_fuzz_seeds(args.write_fuzz_seeds)
+        return 0
     tmp = tempfile.mkdtemp(prefix="gguf_ref_")
     try:
         corpus = os.path.join(args.source_dir, "data/corpus/passages.jsonl")
@@ -492,11 +602,16 @@ def main():
             assert g["prompt_ids"] == want, (g["prompt_ids"], want)
             print("ok  text prompt    .gguf alone: BOS + the twin's ids, %d tokens generated"
                   % len(g["tokens"]))
+            twin_dir = os.path.join(tmp, "llama-twin-dir")
+            shutil.copytree(llama, twin_dir)
+            shutil.copy(twin_path, os.path.join(twin_dir, "tokenizer.json"))
+            check_services(args.bin_dir, tmp, gguf, twin_dir, TEXTS[3])
         fixture = os.path.join(args.source_dir,
                                "tests/fuzz/corpus/tokenizer_fuzz/sentencepiece_llama2")
         spm = os.path.join(tmp, "spm.gguf")
         spm_gguf(fixture, spm)
         check_tokenizer(args.bin_dir, fixture, spm, "llama-spm")
+        check_rope_factors(args.bin_dir, tmp, llama)
         check_errors(args.bin_dir, tmp, llama)
         print("PASS")
         return 0
