@@ -355,10 +355,31 @@ def check_tensors(bin_dir, gguf, expected, tmp, label):
     return len(expected)
 
 
+def to_bf16(x):
+    """float32 -> bfloat16 bits, round to nearest even (no NaNs here)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")
+
+
+def check_bf16(bin_dir, tmp, gguf, expected, label):
+    """WeightsLoadOptions::dequantize_to = bf16: quantized tensors decode to f32, then round to
+    bf16 (norms and biases are F32 tensors and stay f32)."""
+    st = os.path.join(tmp, "export-bf16.safetensors")
+    run([os.path.join(bin_dir, "ragserve-gguf-export"), gguf, st, "bf16"])
+    got = read_safetensors(st)
+    for name, want in expected.items():
+        w = to_bf16(want) if want.ndim == 2 else np.ascontiguousarray(want, dtype="<f4")
+        assert got[name].tobytes() == w.tobytes(), "%s bf16: %s differs" % (label, name)
+    print("ok  %-14s dequantized to bf16: %d tensors equal numpy's f32 -> bf16 rounding"
+          % (label, len(expected)))
+
+
 def check_model(bin_dir, tmp, hf_dir, wtype, prompt, label):
     gguf = os.path.join(tmp, "%s.gguf" % label)
     expected = convert(hf_dir, gguf, wtype)
     n = check_tensors(bin_dir, gguf, expected, tmp, label)
+    if wtype == "Q4_K":
+        check_bf16(bin_dir, tmp, gguf, expected, label)
     if wtype in ("F32", "F16"):
         twin = hf_dir
     else:  # the numpy-dequantized weights as an f32 safetensors checkpoint
