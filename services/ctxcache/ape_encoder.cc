@@ -23,6 +23,14 @@ StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::stri
   if (engine::IsGgufModelPath(dir)) {  // one file: weights, hyper-parameters and vocabulary
     RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir, ops));
     RS_ASSIGN_OR_RETURN(out.tokenizer, engine::LoadModelTokenizer(dir));
+    RS_ASSIGN_OR_RETURN(std::unique_ptr<engine::GgufFile> file, engine::OpenGguf(dir));
+    auto chat = engine::GgufChatTemplate(file->header);
+    if (chat.ok()) {
+      out.chat_template = std::move(*chat);
+    } else {
+      RS_LOG(warn, "{}: the model's chat template is not usable: {}", dir,
+             chat.status().ToString());
+    }
     return out;
   }
   if (!std::filesystem::is_directory(dir)) {

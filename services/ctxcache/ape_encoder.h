@@ -42,7 +42,8 @@ StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag
 struct ModelAndTokenizer {
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<engine::Tokenizer> tokenizer;
-  // The model's own chat template (tokenizer_config.json / chat_template.jinja, with its bos/eos
+  // The model's own chat template (tokenizer_config.json / chat_template.jinja, or a GGUF file's
+  // tokenizer.chat_template, with its bos/eos
   // strings); null when the model has none, or when it cannot be compiled (logged as a warning:
   // loading never fails for it). Not used for prompts yet.
   std::shared_ptr<const engine::ChatTemplate> chat_template;

@@ -20,6 +20,8 @@
 // whose merged token scores highest merges first), byte fallback through <0xHH> tokens, "▁" for
 // spaces. .token_type: 3 (control) tokens become special added tokens, 4 (user-defined) plain
 // added tokens. The tokenizer is built as a tokenizer.json document and loaded by tokenizer.h.
+// tokenizer.chat_template, when present, is the model's chat template (GgufChatTemplate,
+// tokenizer_config.h).
 #pragma once
 
 #include <memory>

@@ -4,11 +4,14 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "gtest/gtest.h"
 #include "kernels/cpu/ops.h"
 #include "services/engine/gguf.h"
 #include "services/engine/gguf_model.h"
 #include "services/engine/gguf_quants.h"
+#include "services/engine/tokenizer_config.h"
 
 namespace ragserve::engine {
 namespace {
@@ -401,6 +404,25 @@ TEST(GgufTokenizer, SentencePieceMergesFollowTheScores) {
   EXPECT_EQ((*tok)->Encode("ab", /*add_bos=*/true), (std::vector<int32_t>{1, 10}));
   EXPECT_EQ((*tok)->Decode({1, 10}), "ab");
   EXPECT_EQ((*tok)->bos_id(), 1);
+}
+
+TEST(GgufTokenizer, ChatTemplateSeesTheFilesBosAndEos) {
+  Builder b;
+  b.StrArray("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>"});
+  b.U32("tokenizer.ggml.bos_token_id", 1).U32("tokenizer.ggml.eos_token_id", 2);
+  b.Str("tokenizer.chat_template",
+        "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{{ eos_token }}"
+        "{% endfor %}");
+  auto t = GgufChatTemplate(*Parse(b.Build()));
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  ASSERT_NE(*t, nullptr);
+  auto out =
+      (*t)->Render(nlohmann::ordered_json::parse(R"([{"role": "user", "content": "hi"}])"), false);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(*out, "<s>[user] hi</s>");
+  auto none = GgufChatTemplate(*Parse(Builder().StrArray("tokenizer.ggml.tokens", {"a"}).Build()));
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, nullptr);
 }
 
 TEST(GgufTokenizer, UnsupportedModelAndPreAreNamed) {
