@@ -490,11 +490,11 @@ def check_errors(bin_dir, tmp, hf_dir):
     print("ok  errors         unsupported architecture and tensor type named")
 
 
-def start_service(bin_dir, binary, model, tmp, name):
+def start_service(bin_dir, binary, model, tmp, name, extra=()):
     """Starts a service binary on free ports; returns (process, grpc port) once it is ready."""
     ready = os.path.join(tmp, name + ".ready")
     p = subprocess.Popen([os.path.join(bin_dir, binary), "--model", model, "--host", "127.0.0.1",
-                          "--port", "0", "--metrics-port", "0", "--ready-file", ready],
+                          "--port", "0", "--metrics-port", "0", "--ready-file", ready] + list(extra),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for _ in range(600):
         if os.path.exists(ready):
@@ -529,7 +529,8 @@ def check_services(bin_dir, tmp, gguf, twin_dir, prompt):
         text, stats = out.rsplit("\nstats:", 1)
         outs.append((text, stats.split(", TTFT")[0]))
     assert outs[0] == outs[1], "decoder on .gguf %r vs on the HF twin %r" % (outs[0], outs[1])
-    p, _ = start_service(bin_dir, "ragserve-ctxcache", gguf, tmp, "ctxcache")
+    p, _ = start_service(bin_dir, "ragserve-ctxcache", gguf, tmp, "ctxcache",
+                         ["--data-dir", os.path.join(tmp, "ctxcache-data")])
     stop(p)
     print("ok  services       decoder on the .gguf = on its HF twin (%s); ctxcache loads it"
           % outs[0][1].strip())
