@@ -5,6 +5,7 @@
 
 #include "services/common/logging.h"
 #include "services/common/rag_template.h"
+#include "services/engine/gguf_model.h"
 #include "services/engine/tokenizer_config.h"
 
 namespace ragserve::ctxcache {
@@ -18,10 +19,23 @@ StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag
 
 StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag,
                                          const kernels::Ops* ops) {
-  if (!std::filesystem::is_directory(dir)) {
-    return InvalidArgument(StrCat(flag, " ", dir, ": no such directory"));
-  }
   ModelAndTokenizer out;
+  if (engine::IsGgufModelPath(dir)) {  // one file: weights, hyper-parameters and vocabulary
+    RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir, ops));
+    RS_ASSIGN_OR_RETURN(out.tokenizer, engine::LoadModelTokenizer(dir));
+    RS_ASSIGN_OR_RETURN(std::unique_ptr<engine::GgufFile> file, engine::OpenGguf(dir));
+    auto chat = engine::GgufChatTemplate(file->header);
+    if (chat.ok()) {
+      out.chat_template = std::move(*chat);
+    } else {
+      RS_LOG(warn, "{}: the model's chat template is not usable: {}", dir,
+             chat.status().ToString());
+    }
+    return out;
+  }
+  if (!std::filesystem::is_directory(dir)) {
+    return InvalidArgument(StrCat(flag, " ", dir, ": no such directory or .gguf file"));
+  }
   RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir, ops));
   RS_ASSIGN_OR_RETURN(out.tokenizer, engine::Tokenizer::FromFile(dir + "/tokenizer.json"));
   auto chat = engine::LoadChatTemplate(dir);

@@ -36,12 +36,14 @@ namespace ragserve::ctxcache {
 // "f32" | "f16" | "bf16" -> DType; InvalidArgument naming `flag` otherwise.
 StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag);
 
-// A model directory's weights and tokenizer.json; InvalidArgument naming `flag` when the
-// directory is missing, the loaders' errors otherwise.
+// A model directory's weights and tokenizer.json, or a .gguf file's weights and embedded
+// vocabulary; InvalidArgument naming `flag` when the path is neither, the loaders' errors
+// otherwise.
 struct ModelAndTokenizer {
   std::unique_ptr<engine::Model> model;
   std::unique_ptr<engine::Tokenizer> tokenizer;
-  // The model's own chat template (tokenizer_config.json / chat_template.jinja, with its bos/eos
+  // The model's own chat template (tokenizer_config.json / chat_template.jinja, or a GGUF file's
+  // tokenizer.chat_template, with its bos/eos
   // strings); null when the model has none, or when it cannot be compiled (logged as a warning:
   // loading never fails for it). The decoder renders chat requests with it.
   std::shared_ptr<const engine::ChatTemplate> chat_template;

@@ -14,7 +14,8 @@ int main(int argc, char** argv) {
   m.default_port = 50054;
   m.default_metrics_port = 9094;
   m.add_flags = [&opts, &ram_mb](CLI::App& app) {
-    app.add_option("--model", opts.model_dir, "HF-layout model directory (needed for Encode)");
+    app.add_option("--model", opts.model_dir,
+                   "HF-layout model directory or .gguf file (needed for Encode)");
     app.add_option("--data-dir", opts.data_dir, "RocksDB directory of the disk tier")
         ->capture_default_str();
     app.add_option("--ram-mb", ram_mb, "RAM tier budget")

@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
     ragserve::decoder::AddKvRetrievalFlags(app, &kvr_flags);
     app.add_option("--model", opts.model_dir,
                    "HF-layout model directory (config.json, "
-                   "model.safetensors, tokenizer.json)");
+                   "model.safetensors, tokenizer.json) or a .gguf file");
     app.add_option("--worker-id", opts.worker_id, "Name in stats and load reports (host:port)");
     app.add_option("--served-model-name", opts.served_model_name,
                    "model_name label of the serving metrics (default: the --model folder's name)");

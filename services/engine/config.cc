@@ -183,6 +183,7 @@ std::vector<float> ModelConfig::RopeInvFreq() const {
         f = (1.0 - smooth) * f / rope_factor + smooth * f;
       }
     }
+    if (static_cast<size_t>(i) < rope_freq_factors.size()) f /= rope_freq_factors[i];
     out[i] = static_cast<float>(f);
   }
   return out;

@@ -30,6 +30,9 @@ struct ModelConfig {
   double rope_low_freq_factor = 1.0;      // llama3
   double rope_high_freq_factor = 4.0;     // llama3
   int rope_original_max_position = 8192;  // llama3
+  // Per-frequency divisors [head_dim / 2] applied after the scaling above (a GGUF file's
+  // rope_freqs.weight); empty: none.
+  std::vector<float> rope_freq_factors;
   bool tie_word_embeddings = false;
   bool qkv_bias = false;   // qwen2 always; llama/mistral when attention_bias
   bool o_bias = false;     // llama/mistral when attention_bias

@@ -108,4 +108,24 @@ StatusOr<std::shared_ptr<const ChatTemplate>> LoadChatTemplate(const std::string
   return std::shared_ptr<const ChatTemplate>(std::move(t).value());
 }
 
+StatusOr<std::shared_ptr<const ChatTemplate>> GgufChatTemplate(const GgufHeader& h) {
+  RS_ASSIGN_OR_RETURN(std::string source, h.GetString("tokenizer.chat_template", ""));
+  if (source.empty()) return std::shared_ptr<const ChatTemplate>();
+  RS_ASSIGN_OR_RETURN(const GgufValue* tokens,
+                      h.GetArray("tokenizer.ggml.tokens", GgufValueType::kString));
+  auto spelling = [&](const char* key) -> StatusOr<std::string> {
+    if (tokens == nullptr || h.Find(key) == nullptr) return std::string();
+    RS_ASSIGN_OR_RETURN(int64_t id, h.GetInt(key));
+    if (id < 0 || static_cast<uint64_t>(id) >= tokens->count) {
+      return InvalidArgument(StrCat("gguf: ", key, " ", id, " is not a token"));
+    }
+    return std::string(tokens->strings[id]);
+  };
+  RS_ASSIGN_OR_RETURN(std::string bos, spelling("tokenizer.ggml.bos_token_id"));
+  RS_ASSIGN_OR_RETURN(std::string eos, spelling("tokenizer.ggml.eos_token_id"));
+  auto t = ChatTemplate::Create(source, bos, eos);
+  if (!t.ok()) return Annotate(t.status(), "gguf: tokenizer.chat_template");
+  return std::shared_ptr<const ChatTemplate>(std::move(t).value());
+}
+
 }  // namespace ragserve::engine

@@ -19,6 +19,7 @@
 
 #include "services/common/status.h"
 #include "services/engine/chat_template.h"
+#include "services/engine/gguf.h"
 
 namespace ragserve::engine {
 
@@ -45,5 +46,10 @@ StatusOr<TokenizerConfig> LoadTokenizerConfig(const std::string& model_dir);
 // outside the supported subset.
 StatusOr<std::shared_ptr<const ChatTemplate>> LoadChatTemplate(const std::string& model_dir,
                                                                ChatTemplateLimits limits = {});
+
+// The chat template a GGUF file carries (tokenizer.chat_template) compiled with the spellings of
+// its bos/eos tokens (tokenizer.ggml.bos_token_id / eos_token_id); nullptr when it has none.
+// InvalidArgument for a template the renderer does not accept.
+StatusOr<std::shared_ptr<const ChatTemplate>> GgufChatTemplate(const GgufHeader& h);
 
 }  // namespace ragserve::engine

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "nlohmann/json.hpp"
+#include "services/engine/gguf_model.h"
 
 namespace ragserve::engine {
 namespace {
@@ -65,7 +66,14 @@ int64_t ModelWeights::BytesReadPerToken() const {
   return total;
 }
 
-StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& model_dir) {
+StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& model_path,
+                                                           const WeightsLoadOptions& options) {
+  if (IsGgufModelPath(model_path)) return LoadGguf(model_path, options);
+  return LoadSafetensors(model_path);
+}
+
+StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
+    const std::string& model_dir) {
   namespace fs = std::filesystem;
   std::unique_ptr<ModelWeights> mw(new ModelWeights());
   RS_ASSIGN_OR_RETURN(mw->config_, LoadModelConfig(model_dir));

@@ -1,4 +1,5 @@
-// ragserve-generate: runs the CPU engine on a model directory (HF layout) and prints JSON.
+// ragserve-generate: runs the CPU engine on a model directory (HF layout) or a .gguf file and
+// prints JSON.
 //
 //   ragserve-generate --model /tmp/tiny --prompt "The lighthouse" --max-tokens 32
 //   ragserve-generate --model /tmp/tiny --prompt-ids 0,17,42 --max-tokens 64 --ignore-eos
@@ -16,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "services/engine/generate.h"
+#include "services/engine/gguf_model.h"
 
 namespace {
 
@@ -33,7 +35,8 @@ int main(int argc, char** argv) {
   go.stop.max_tokens = 32;
   bool ignore_eos = false, step_logits = false, add_bos = false;
   CLI::App app{"Generate with the ragserve CPU engine; prints JSON"};
-  app.add_option("--model", model_dir, "Model directory (config.json, model.safetensors)")
+  app.add_option("--model", model_dir,
+                 "Model directory (config.json, model.safetensors) or a .gguf file")
       ->required();
   app.add_option("--prompt", prompt, "Prompt text (needs tokenizer.json in the model dir)");
   app.add_option("--prompt-ids", prompt_ids, "Prompt as token ids, comma-separated");
@@ -60,11 +63,18 @@ int main(int argc, char** argv) {
   auto model = Model::Load(model_dir, ops);
   if (!model.ok()) return Fail(model.status().ToString());
   std::unique_ptr<Tokenizer> tok;
-  const std::string tok_path = model_dir + "/tokenizer.json";
-  if (std::filesystem::exists(tok_path)) {
-    auto t = Tokenizer::FromFile(tok_path);
-    if (!t.ok()) return Fail(t.status().ToString());
-    tok = std::move(t).value();
+  const bool gguf = IsGgufModelPath(model_dir);
+  const std::string tok_path = gguf ? model_dir : model_dir + "/tokenizer.json";
+  std::string tok_error = "--prompt needs " + tok_path + " (or use --prompt-ids)";
+  if (gguf || std::filesystem::exists(tok_path)) {
+    auto t = LoadModelTokenizer(model_dir);
+    if (t.ok()) {
+      tok = std::move(t).value();
+    } else if (!gguf) {
+      return Fail(t.status().ToString());
+    } else {  // a weights-only GGUF still runs on --prompt-ids
+      tok_error = "--prompt needs a tokenizer: " + t.status().ToString();
+    }
   }
   std::vector<int32_t> ids;
   if (!prompt_ids.empty()) {
@@ -78,7 +88,7 @@ int main(int argc, char** argv) {
       }
     }
   } else {
-    if (!tok) return Fail("--prompt needs " + tok_path + " (or use --prompt-ids)");
+    if (!tok) return Fail(tok_error);
     ids = tok->Encode(prompt, add_bos);
   }
   if (ids.empty()) return Fail("empty prompt");

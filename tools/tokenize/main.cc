@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "services/engine/bpe_trainer.h"
+#include "services/engine/gguf_model.h"
 #include "services/engine/tokenizer.h"
 
 namespace {
@@ -55,12 +56,12 @@ int main(int argc, char** argv) {
   std::string tok_path;
   bool add_bos = false, allow_special = false, json_lines = false, keep_special = false;
   auto* encode = app.add_subcommand("encode", "Text on stdin -> JSON id array on stdout");
-  encode->add_option("--tokenizer", tok_path, "tokenizer.json")->required();
+  encode->add_option("--tokenizer", tok_path, "tokenizer.json or a .gguf model")->required();
   encode->add_flag("--add-bos", add_bos, "Prepend the BOS token");
   encode->add_flag("--allow-special", allow_special, "Match special tokens written in the text");
   encode->add_flag("--json-lines", json_lines, "Each stdin line is a JSON string; one array each");
   auto* decode = app.add_subcommand("decode", "JSON id array on stdin -> text on stdout");
-  decode->add_option("--tokenizer", tok_path, "tokenizer.json")->required();
+  decode->add_option("--tokenizer", tok_path, "tokenizer.json or a .gguf model")->required();
   decode->add_flag("--keep-special", keep_special, "Print special tokens too");
   CLI11_PARSE(app, argc, argv);
 
@@ -87,7 +88,10 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  auto tok = Tokenizer::FromFile(tok_path);
+  // A .gguf file carries its own vocabulary (gguf_model.h); anything else is a tokenizer.json.
+  auto tok = ragserve::engine::IsGgufModelPath(tok_path)
+                 ? ragserve::engine::LoadModelTokenizer(tok_path)
+                 : Tokenizer::FromFile(tok_path);
   if (!tok.ok()) return Fail(tok.status().ToString());
   if (encode->parsed()) {
     if (!json_lines) {

@@ -1,0 +1,32 @@
+// Scalar reference decoding of GGUF tensor types to f32, bit-exact to the format's definition
+// (ggml's dequantize_row_* evaluated in plain IEEE f32, each product and difference rounded on its
+// own: this file is built with -ffp-contract=off so no fused multiply-add changes a bit).
+//
+// Block layouts (little-endian; "f16" is an IEEE half):
+//   Q8_0  32 values, 34 bytes: f16 d; i8 q[32].                 x = q * d
+//   Q4_0  32 values, 18 bytes: f16 d; u8 qs[16].                x[j] = ((qs[j] & 15) - 8) * d,
+//                                                                x[j+16] = ((qs[j] >> 4) - 8) * d
+//   Q4_K 256 values, 144 bytes: f16 d, dmin; u8 scales[12] (8 pairs of 6-bit scale/min);
+//         u8 qs[128]. Sub-block s (32 values): x = (d * sc_s) * q - dmin * m_s, q a nibble
+//         (low nibbles of 32 bytes, then their high nibbles, per 64 values).
+//   Q6_K 256 values, 210 bytes: u8 ql[128] (low 4 bits); u8 qh[64] (high 2 bits); i8 scales[16];
+//         f16 d. x = (d * scale_16) * (q - 32), q a 6-bit value.
+// F32 / F16 / BF16 are widened exactly. The quantized GEMV/GEMM kernels that would run on these
+// blocks directly are not built yet: the loader dequantizes at load (gguf_weights.cc).
+#pragma once
+
+#include <cstdint>
+
+#include "services/common/status.h"
+
+namespace ragserve::engine {
+
+// Whether DequantizeGgml decodes `type` (a GgmlType id): F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K.
+bool CanDequantizeGgml(uint32_t type);
+
+// Decodes `n` values (a multiple of the type's block size) of `type` stored at `src` into dst.
+// InvalidArgument naming the type when it is not one CanDequantizeGgml accepts, or n is not a
+// multiple of the block. src must hold n / block * block_bytes bytes (the caller checked).
+Status DequantizeGgml(uint32_t type, const void* src, int64_t n, float* dst);
+
+}  // namespace ragserve::engine
