@@ -157,6 +157,21 @@ class OpenAiHttpE2eTest : public ::testing::Test {
     return 0;
   }
 
+  // The decoder's ragserve_num_requests_running gauge (its serving metrics); -1 when unreadable.
+  static double RunningMetric() {
+    std::string body;
+    if (testing::HttpGet(cluster_->Get("decoder0")->metrics_port, "/metrics", &body) != 200) {
+      return -1;
+    }
+    std::istringstream lines(body);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("ragserve_num_requests_running{", 0) == 0) {
+        return std::stod(line.substr(line.rfind(' ') + 1));
+      }
+    }
+    return -1;
+  }
+
   static httplib::Headers Auth() { return {{"Authorization", std::string("Bearer ") + kToken}}; }
   static json ChatBody(bool stream, int max_tokens = kMaxTokens) {
     return {{"model", kModel},          {"messages", {{{"role", "user"}, {"content", kQuestion}}}},
@@ -281,6 +296,7 @@ TEST_F(OpenAiHttpE2eTest, ClientThatDisconnectsMidStreamFreesTheSequence) {
   }
   EXPECT_NE(got.find("200 OK"), std::string::npos) << got;
   ASSERT_EQ(Active(), 1) << "the decoder should be generating the 3000-token answer";
+  EXPECT_EQ(RunningMetric(), 1);
   const int cancelled_before = CancelledGenerates();
   ASSERT_GE(cancelled_before, 0);
   close(fd);
@@ -290,6 +306,7 @@ TEST_F(OpenAiHttpE2eTest, ClientThatDisconnectsMidStreamFreesTheSequence) {
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
   EXPECT_EQ(active, 0) << "the decoder kept generating after the HTTP client went away";
+  EXPECT_EQ(RunningMetric(), 0) << "ragserve_num_requests_running";
   // Freed by cancellation, not by finishing the answer: its Generate call ended CANCELLED.
   EXPECT_EQ(CancelledGenerates(), cancelled_before + 1);
 }
