@@ -22,7 +22,8 @@ namespace {
 
 constexpr char kQuestion[] = "How long is the Nawerk River in kilometres?";
 constexpr int kMaxTokens = 12;
-constexpr char kToken[] = "clients-e2e-token";  // the router requires it
+constexpr char kToken[] = "clients-e2e-token";  // the router requires it (public credential)
+constexpr char kAdmin[] = "clients-e2e-admin";  // collection create / drop (docs/SECURITY.md)
 
 struct Answer {
   std::string text;
@@ -55,10 +56,11 @@ class ClientsE2eTest : public ::testing::Test {
     ASSERT_TRUE(cluster_->Start("index", "index", {"--data-dir", dir + "/index-data"}, &err))
         << err;
     ASSERT_TRUE(cluster_->Start("decoder", "decoder", {"--model", model}, &err)) << err;
-    ASSERT_TRUE(cluster_->Start("router", "router",
-                                {"--index-addr", cluster_->Get("index")->addr(), "--decoders",
-                                 cluster_->Get("decoder")->addr(), "--auth-token", kToken},
-                                &err))
+    ASSERT_TRUE(cluster_->Start(
+        "router", "router",
+        {"--index-addr", cluster_->Get("index")->addr(), "--decoders",
+         cluster_->Get("decoder")->addr(), "--auth-token", kToken, "--admin-token", kAdmin},
+        &err))
         << err;
     auto ch = MakeChannel(cluster_->Get("router")->addr());
     ASSERT_TRUE(ch.ok());
@@ -72,15 +74,15 @@ class ClientsE2eTest : public ::testing::Test {
     delete cluster_;
   }
 
-  static std::unique_ptr<grpc::ClientContext> Ctx() {
+  static std::unique_ptr<grpc::ClientContext> Ctx(const char* token = kToken) {
     auto ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    ctx->AddMetadata("authorization", std::string("Bearer ") + kToken);
+    ctx->AddMetadata("authorization", std::string("Bearer ") + token);
     return ctx;
   }
 
   static void Ingest() {
-    auto ctx = Ctx();
+    auto ctx = Ctx(kAdmin);  // it creates the collection
     const grpc::Status st = testing::IngestSampleDocs(router_, ctx.get());
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
@@ -109,8 +111,8 @@ class ClientsE2eTest : public ::testing::Test {
 
   static std::string ScriptArgs() {
     return " --target " + cluster_->Get("router")->addr() + " --token " + kToken +
-           " --collection docs --question '" + kQuestion + "' --max-tokens " +
-           std::to_string(kMaxTokens);
+           " --admin-token " + kAdmin + " --collection docs --question '" + kQuestion +
+           "' --max-tokens " + std::to_string(kMaxTokens);
   }
 
   static void ExpectSameAnswer(const std::string& client, const std::string& out) {

@@ -29,16 +29,18 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr char kToken[] = "http-e2e-token";
+constexpr char kToken[] = "http-e2e-token";  // public: the router's clients
+constexpr char kInternal[] = "http-e2e-internal";
+constexpr char kAdmin[] = "http-e2e-admin";
 constexpr char kModel[] = "tiny-reader";
 constexpr char kQuestion[] = "How long is the Nawerk River in kilometres?";
 constexpr int kMaxTokens = 12;
 constexpr int kTopK = 2;
 
-std::unique_ptr<grpc::ClientContext> Ctx() {
+std::unique_ptr<grpc::ClientContext> Ctx(const char* token = kToken) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-  ctx->AddMetadata("authorization", std::string("Bearer ") + kToken);
+  ctx->AddMetadata("authorization", std::string("Bearer ") + token);
   return ctx;
 }
 
@@ -56,7 +58,7 @@ class OpenAiHttpE2eTest : public ::testing::Test {
     const std::string model = testing::Cluster::MakeModel(dir);
     ASSERT_FALSE(model.empty()) << "make-tiny-model failed";
     std::string err;
-    const std::vector<std::string> auth = {"--auth-token", kToken};
+    const std::vector<std::string> auth = {"--internal-token", kInternal, "--admin-token", kAdmin};
     std::vector<std::string> args = {"--data-dir", dir + "/index-data"};
     args.insert(args.end(), auth.begin(), auth.end());
     ASSERT_TRUE(cluster_->Start("index", "index", args, &err)) << err;
@@ -66,7 +68,7 @@ class OpenAiHttpE2eTest : public ::testing::Test {
     http_port_ = testing::FreePort();
     args = {"--index-addr",        cluster_->Get("index")->addr(),
             "--decoders",          cluster_->Get("decoder0")->addr(),
-            "--downstream-token",  kToken,
+            "--auth-token",        kToken,
             "--http-port",         std::to_string(http_port_),
             "--served-model-name", kModel};
     args.insert(args.end(), auth.begin(), auth.end());
@@ -86,7 +88,7 @@ class OpenAiHttpE2eTest : public ::testing::Test {
   // The first 60 passages of the sample corpus into collection "docs".
   static void Ingest() {
     std::ifstream f(testing::SourceDir() + "/data/corpus/passages.jsonl");
-    auto ctx = Ctx();
+    auto ctx = Ctx(kAdmin);  // it creates the collection
     v1::IngestResponse resp;
     auto writer = router_->Ingest(ctx.get(), &resp);
     v1::IngestRequest req;
@@ -134,7 +136,7 @@ class OpenAiHttpE2eTest : public ::testing::Test {
   static int Active() {
     auto ch = MakeChannel(cluster_->Get("decoder0")->addr());
     auto stub = v1::DecoderService::NewStub(*ch);
-    auto ctx = Ctx();
+    auto ctx = Ctx(kInternal);
     v1::LoadReport load;
     if (!stub->GetLoad(ctx.get(), v1::LoadRequest(), &load).ok()) return -1;
     return load.active_sequences();

@@ -2,7 +2,7 @@
 // The public gRPC API from a second language with no generated code: @grpc/grpc-js with
 // @grpc/proto-loader reading proto/ragserve/v1/*.proto at run time, against a running cluster.
 //
-// Usage: node grpc_client_test.js --target HOST:PORT --token T --collection C --question Q
+// Usage: node grpc_client_test.js --target HOST:PORT --token T --admin-token A --collection C --question Q
 //        --max-tokens N
 // Run by tests/e2e/clients_e2e_test.cc, which starts the cluster, ingests collection C and checks
 // the answer printed on the last line (JSON: text, token_ids) against its own C++ client's.
@@ -19,7 +19,7 @@ function parseArgs(argv) {
     assert(argv[i].startsWith('--') && i + 1 < argv.length, `bad argument ${argv[i]}`);
     out[argv[i].slice(2)] = argv[i + 1];
   }
-  for (const k of ['target', 'token', 'collection', 'question', 'max-tokens']) {
+  for (const k of ['target', 'token', 'admin-token', 'collection', 'question', 'max-tokens']) {
     assert(out[k] !== undefined, `--${k} is required`);
   }
   return out;
@@ -40,24 +40,26 @@ function loadRagService() {
 
 const deadline = () => new Date(Date.now() + 60000);
 
-// The bearer token every call carries (set in main).
+// The bearer token every call carries (set in main): the public credential, and the admin one
+// for the calls that need it (collection create/drop/stats: docs/SECURITY.md).
 let auth = new grpc.Metadata();
+let adminAuth = new grpc.Metadata();
 function bearer(token) {
   const md = new grpc.Metadata();
   md.add('authorization', `Bearer ${token}`);
   return md;
 }
 
-function unary(client, method, request) {
+function unary(client, method, request, md = auth) {
   return new Promise((resolve, reject) => {
-    client[method](request, auth, { deadline: deadline() },
+    client[method](request, md, { deadline: deadline() },
       (err, resp) => (err ? reject(err) : resolve(resp)));
   });
 }
 
 function ingest(client, collection, createSpec, batches) {
   return new Promise((resolve, reject) => {
-    const call = client.Ingest(auth, { deadline: deadline() },
+    const call = client.Ingest(createSpec ? adminAuth : auth, { deadline: deadline() },
       (err, resp) => (err ? reject(err) : resolve(resp)));
     call.write({ collection, create_spec: createSpec });
     for (const documents of batches) call.write({ documents });
@@ -103,8 +105,10 @@ async function ownCollection(client) {
   });
   assert.deepStrictEqual(a.passages.map((p) => p.id).sort(), ['n1', 'n2']);
   assert.strictEqual(a.passages.find((p) => p.id === 'n1').metadata_json, '{"k":"v"}');
-  await unary(client, 'DropCollection', { name });
-  await assert.rejects(unary(client, 'Stats', { collection: name }),
+  await assert.rejects(unary(client, 'DropCollection', { name }),
+    (e) => e.code === grpc.status.PERMISSION_DENIED);  // the public credential may not drop
+  await unary(client, 'DropCollection', { name }, adminAuth);
+  await assert.rejects(unary(client, 'Stats', { collection: name }, adminAuth),
     (e) => e.code === grpc.status.NOT_FOUND);
 }
 
@@ -115,6 +119,7 @@ async function main() {
   await assert.rejects(unary(client, 'ListCollections', {}),
     (e) => e.code === grpc.status.UNAUTHENTICATED);
   auth = bearer(args.token);
+  adminAuth = bearer(args['admin-token']);
   await assert.rejects(query(client, { collection: args.collection, question: '' }),
     (e) => e.code === grpc.status.INVALID_ARGUMENT);
   await ownCollection(client);

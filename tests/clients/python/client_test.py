@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The Python client package (tools/python/ragserve) against a running cluster.
 
-Usage: client_test.py --target HOST:PORT --token T --collection C --question Q --max-tokens N
+Usage: client_test.py --target HOST:PORT --token T --admin-token A --collection C --question Q --max-tokens N
 Run by tests/e2e/clients_e2e_test.cc, which starts the cluster, ingests collection C and checks
 the answer printed on the last line (JSON: text, token_ids) against its own C++ client's answer.
 Uses a collection of its own ("py-client") for create / ingest / list / drop. Exit 0 on success.
@@ -83,6 +83,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--target", required=True)
     ap.add_argument("--token", required=True)
+    ap.add_argument("--admin-token", required=True)
     ap.add_argument("--collection", required=True)
     ap.add_argument("--question", required=True)
     ap.add_argument("--max-tokens", type=int, required=True)
@@ -91,7 +92,11 @@ def main():
         expect_error(grpc.StatusCode.UNAUTHENTICATED, anonymous.collections)
     with ragserve.Client(args.target, token="wrong", timeout=60) as wrong:
         expect_error(grpc.StatusCode.UNAUTHENTICATED, wrong.query, args.collection, "a question")
-    with ragserve.Client(args.target, token=args.token, timeout=60) as client:
+    with ragserve.Client(args.target, token=args.token, timeout=60) as public_only:
+        # Collection admin needs the admin credential (docs/SECURITY.md).
+        expect_error(grpc.StatusCode.PERMISSION_DENIED, public_only.create_collection, "py-x", 8)
+    with ragserve.Client(args.target, token=args.token, admin_token=args.admin_token,
+                         timeout=60) as client:
         expect_error(grpc.StatusCode.INVALID_ARGUMENT, client.query, args.collection, "")
         collections_and_ingest(client)
         whole = stream_and_answer(client, args)

@@ -165,19 +165,24 @@ def _document(d: Union[Document, Mapping[str, Any]]) -> index_pb2.Document:
 class Client:
     """A connection to a ragserve router.
 
-    Client("127.0.0.1:50051", token=None, tls=False, timeout=60.0): `tls` is False (plaintext),
-    True (system roots), a CA bundle path or PEM bytes, or grpc.ChannelCredentials; `token` is
-    sent as `authorization: Bearer <token>`; `timeout` is every call's deadline in seconds.
+    Client("127.0.0.1:50051", token=None, tls=False, timeout=60.0, admin_token=None): `tls` is
+    False (plaintext), True (system roots), a CA bundle path or PEM bytes, or
+    grpc.ChannelCredentials; `token` (the public credential) is sent as `authorization: Bearer
+    <token>`; `admin_token` (the administration credential, docs/SECURITY.md) is sent instead by
+    the calls that need it: create_collection, drop_collection and ingest(create_dimension > 0);
+    `timeout` is every call's deadline in seconds.
     """
 
     def __init__(self, target: str, token: Optional[str] = None,
                  tls: Union[bool, str, bytes, grpc.ChannelCredentials, None] = False,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, admin_token: Optional[str] = None):
         creds = _credentials(tls)
         self._channel = (grpc.secure_channel(target, creds) if creds is not None
                          else grpc.insecure_channel(target))
         self._stub = rag_pb2_grpc.RagServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._admin_metadata = ((("authorization", f"Bearer {admin_token}"),) if admin_token
+                                else self._metadata)
         self._timeout = timeout
 
     def close(self) -> None:
@@ -189,9 +194,10 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, fn, request, timeout: Optional[float] = None):
+    def _call(self, fn, request, timeout: Optional[float] = None, admin: bool = False):
         try:
-            return fn(request, timeout=timeout or self._timeout, metadata=self._metadata)
+            return fn(request, timeout=timeout or self._timeout,
+                      metadata=self._admin_metadata if admin else self._metadata)
         except grpc.RpcError as e:
             raise RagError(e.code(), e.details()) from None
 
@@ -261,7 +267,8 @@ class Client:
             while chunk := list(itertools.islice(it, batch)):
                 yield rag_pb2.IngestRequest(documents=[_document(d) for d in chunk])
 
-        return self._call(self._stub.Ingest, requests(), timeout).ingested
+        return self._call(self._stub.Ingest, requests(), timeout,
+                          admin=create_dimension > 0).ingested
 
     # ---- collections ------------------------------------------------------------------------
 
@@ -275,10 +282,11 @@ class Client:
         """Creates an empty collection (metric: cosine | ip | l2; index: flat | hnsw | ivf_flat |
         ivf_pq). ALREADY_EXISTS raises RagError."""
         req = index_pb2.CreateCollectionRequest(spec=_spec(name, dimension, metric, index))
-        return _info(self._call(self._stub.CreateCollection, req).info)
+        return _info(self._call(self._stub.CreateCollection, req, admin=True).info)
 
     def drop_collection(self, name: str) -> None:
-        self._call(self._stub.DropCollection, index_pb2.DropCollectionRequest(name=name))
+        self._call(self._stub.DropCollection, index_pb2.DropCollectionRequest(name=name),
+                   admin=True)
 
 
 def _spec(name: str, dimension: int, metric: str, index: str) -> index_pb2.CollectionSpec:
