@@ -142,37 +142,31 @@ class OpenAiHttpE2eTest : public ::testing::Test {
     return load.active_sequences();
   }
 
-  // The decoder's count of Generate calls that ended CANCELLED (its gRPC request metric).
-  static int CancelledGenerates() {
+  // The first sample on the decoder's /metrics page whose line starts with `prefix` and contains
+  // every string of `parts`; `absent` when no line does, -1 when the page cannot be read.
+  static double DecoderMetric(const std::string& prefix, const std::vector<std::string>& parts,
+                              double absent) {
     std::string body;
     if (testing::HttpGet(cluster_->Get("decoder0")->metrics_port, "/metrics", &body) != 200) {
       return -1;
     }
     std::istringstream lines(body);
     for (std::string line; std::getline(lines, line);) {
-      if (line.rfind("ragserve_grpc_requests_total{", 0) == 0 &&
-          line.find("DecoderService/Generate\"") != std::string::npos &&
-          line.find("code=\"CANCELLED\"") != std::string::npos) {
-        return std::stoi(line.substr(line.rfind(' ') + 1));
-      }
+      bool match = line.rfind(prefix, 0) == 0;
+      for (const std::string& part : parts) match = match && line.find(part) != std::string::npos;
+      if (match) return std::stod(line.substr(line.rfind(' ') + 1));
     }
-    return 0;
+    return absent;
+  }
+
+  // The decoder's count of Generate calls that ended CANCELLED (its gRPC request metric).
+  static int CancelledGenerates() {
+    return static_cast<int>(DecoderMetric("ragserve_grpc_requests_total{",
+                                          {"DecoderService/Generate\"", "code=\"CANCELLED\""}, 0));
   }
 
   // The decoder's ragserve_num_requests_running gauge (its serving metrics); -1 when unreadable.
-  static double RunningMetric() {
-    std::string body;
-    if (testing::HttpGet(cluster_->Get("decoder0")->metrics_port, "/metrics", &body) != 200) {
-      return -1;
-    }
-    std::istringstream lines(body);
-    for (std::string line; std::getline(lines, line);) {
-      if (line.rfind("ragserve_num_requests_running{", 0) == 0) {
-        return std::stod(line.substr(line.rfind(' ') + 1));
-      }
-    }
-    return -1;
-  }
+  static double RunningMetric() { return DecoderMetric("ragserve_num_requests_running{", {}, -1); }
 
   static httplib::Headers Auth() { return {{"Authorization", std::string("Bearer ") + kToken}}; }
   static json ChatBody(bool stream, int max_tokens = kMaxTokens) {
