@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: demo test deps build unit format layering thread-safety fuzz-smoke clean
+.PHONY: demo test deps build bench unit format layering thread-safety fuzz-smoke clean
 
 deps:
 	tools/setup-deps
@@ -16,6 +16,10 @@ build: deps
 
 demo: build
 	tools/demo --build $(BUILD)
+
+# Benchmark programs (tools/bench -> $(BUILD)/bin/*_bench); docs/BENCHMARKS.md says how to run them.
+bench: build
+	cmake --build $(BUILD) -j $(JOBS) --target bench
 
 # ctest runs every unit, service and e2e test; benchmarks are separate programs (tools/bench).
 unit: build

@@ -20,6 +20,7 @@
 
 #include "httplib.h"
 #include "nlohmann/json.hpp"
+#include "services/common/mutex.h"
 
 extern char** environ;
 
@@ -35,12 +36,45 @@ std::string SourceDir() {
   return dir ? dir : ".";
 }
 
+namespace {
+
+// The directories MakeTempDir made, removed when the test program exits normally (by the process
+// that made them, not by a forked child), unless RAGSERVE_KEEP_TEST_DIRS is set.
+class TempDirRegistry {
+ public:
+  void Add(const std::string& dir) {
+    MutexLock lock(mu_);
+    dirs_.push_back(dir);
+  }
+  ~TempDirRegistry() {
+    if (std::getenv("RAGSERVE_KEEP_TEST_DIRS") != nullptr || getpid() != owner_) return;
+    MutexLock lock(mu_);
+    for (const auto& dir : dirs_) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  }
+
+ private:
+  const pid_t owner_ = getpid();
+  Mutex mu_;
+  std::vector<std::string> dirs_ ABSL_GUARDED_BY(mu_);
+};
+
+TempDirRegistry& TempDirs() {
+  static TempDirRegistry registry;
+  return registry;
+}
+
+}  // namespace
+
 std::string MakeTempDir(const std::string& prefix) {
   const char* tmp = std::getenv("TMPDIR");
   std::string tmpl = std::string(tmp ? tmp : "/tmp") + "/" + prefix + "-XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   if (mkdtemp(buf.data()) == nullptr) return "";
+  TempDirs().Add(buf.data());
   return buf.data();
 }
 

@@ -13,7 +13,8 @@ namespace ragserve::testing {
 std::string BinPath(const std::string& name);
 // $RAGSERVE_SOURCE_DIR (the repository root, set by ctest).
 std::string SourceDir();
-// A fresh empty directory under $TMPDIR, removed by the caller (or left for debugging).
+// A fresh empty directory under $TMPDIR, removed with its contents when the test program exits
+// normally (RAGSERVE_KEEP_TEST_DIRS=1 keeps it for debugging); callers may remove it sooner.
 std::string MakeTempDir(const std::string& prefix);
 // A TCP port on 127.0.0.1 that was free a moment ago.
 int FreePort();
