@@ -14,6 +14,11 @@ namespace ragserve::rpcfuzz {
 
 using Clock = std::chrono::steady_clock;
 
+void ShareMessages(Case* c) {
+  c->slices.clear();
+  for (const auto& m : c->messages) c->slices.emplace_back(m);
+}
+
 Outcome Execute(const std::shared_ptr<grpc::Channel>& channel, const Case& c, int64_t slack_ms) {
   Outcome out;
   const auto start = Clock::now();
@@ -38,13 +43,14 @@ Outcome Execute(const std::shared_ptr<grpc::Channel>& channel, const Case& c, in
   call->StartCall(reinterpret_cast<void*>(1));
   bool ok = wait();
   bool cancelled = false;
-  for (size_t i = 0; ok && i < c.messages.size(); ++i) {
+  const size_t count = c.slices.empty() ? c.messages.size() : c.slices.size();
+  for (size_t i = 0; ok && i < count; ++i) {
     if (c.cut_after_writes == static_cast<int>(i)) {
       ctx.TryCancel();
       cancelled = true;
       break;
     }
-    grpc::Slice slice(c.messages[i]);
+    grpc::Slice slice = c.slices.empty() ? grpc::Slice(c.messages[i]) : c.slices[i];
     grpc::ByteBuffer bb(&slice, 1);
     call->Write(bb, reinterpret_cast<void*>(2));
     ok = wait();

@@ -30,7 +30,13 @@ struct Case {
   bool invalid_utf8 = false;
   int repeat = 1;  // Replay: send it this many times (a race needs a few tries to show).
   std::vector<std::string> messages;  // Serialized requests.
+  // When set, sent instead of `messages`: the same bytes as reference-counted slices, so many
+  // concurrent calls of one big request share one copy (rpc_flood).
+  std::vector<grpc::Slice> slices;
 };
+
+// Fills c->slices from c->messages (one copy; calls then share it).
+void ShareMessages(Case* c);
 
 struct Outcome {
   grpc::Status status;
