@@ -781,8 +781,8 @@ Status Collection::FillTexts(std::vector<std::vector<Hit>>* results) const {
   int64_t bytes = 0;
   for (const auto& hits : *results) {
     for (const Hit& h : hits) {
-      bytes += kPerResultOverhead + static_cast<int64_t>(h.id.size() + h.document_id.size() +
-                                                         h.metadata_json.size());
+      bytes += kPerResultOverhead +
+               static_cast<int64_t>(h.id.size() + h.document_id.size() + h.metadata_json.size());
     }
   }
   if (bytes > limit) return AnswerTooLarge("search", spec_.name, limit);
