@@ -14,6 +14,12 @@ double SecondsLeft(const grpc::ServerContextBase& ctx) {
   return std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
 }
 
+Status CallerStillWaiting(const grpc::ServerContextBase& ctx) {
+  if (ctx.IsCancelled()) return Cancelled("the caller cancelled the call");
+  if (SecondsLeft(ctx) <= 0) return DeadlineExceeded("the call's deadline passed");
+  return OkStatus();
+}
+
 grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& auth) {
   if (grpc::Status st = auth.Check(*ctx); !st.ok()) return st;
   if (SecondsLeft(*ctx) <= 0) {

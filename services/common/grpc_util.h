@@ -23,6 +23,11 @@ grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& aut
 // Seconds left before the call's deadline (+inf without one).
 double SecondsLeft(const grpc::ServerContextBase& ctx);
 
+// OK while the caller still waits for the answer; DeadlineExceeded once its deadline has passed,
+// Cancelled once it cancelled. Long handlers check it between steps, so work nobody waits for
+// stops instead of holding an executor thread (under a flood: long after its callers left).
+Status CallerStillWaiting(const grpc::ServerContextBase& ctx);
+
 // Runs `fn` on `server`'s executor and finishes the returned reactor with its status.
 // A full executor queue, or a request whose bytes would pass the executor's request memory
 // budget (--executor-queue-mb), gives RESOURCE_EXHAUSTED; `fn` is not run when a precheck fails.

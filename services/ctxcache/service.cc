@@ -73,7 +73,7 @@ Status ContextCacheService::CheckModel(const v1::ModelFingerprint& fp) const {
 grpc::ServerUnaryReactor* ContextCacheService::Encode(grpc::CallbackServerContext* ctx,
                                                       const v1::EncodeRequest* req,
                                                       v1::EncodeResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, [this, ctx, req, resp]() -> Status {
     if (!ape_) return FailedPrecondition("this context cache has no model loaded (--model)");
     RS_RETURN_IF_ERROR(CheckModel(req->model()));
     RS_CHECK_ARG(req->passages_size() >= 1 && req->passages_size() <= kMaxPassagesPerEncode,
@@ -85,6 +85,8 @@ grpc::ServerUnaryReactor* ContextCacheService::Encode(grpc::CallbackServerContex
       RS_CHECK_ARG(!p.text().empty(), "passage '", p.id(), "' is empty");
     }
     for (const auto& p : req->passages()) {
+      // Up to 256 prefills: stop when the caller is gone (what is encoded so far stays cached).
+      RS_RETURN_IF_ERROR(CallerStillWaiting(*ctx));
       auto e = ape_->Encode(p.text());
       if (!e.ok()) return Annotate(e.status(), StrCat("passage '", p.id(), "'"));
       auto* r = resp->add_results();
