@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -55,6 +56,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using C = grpc::StatusCode;
+
+// SIGINT / SIGTERM: callers stop after their current call, the run reports what it has and the
+// cluster is shut down (instead of orphaned).
+std::atomic<bool> g_stop{false};
+void OnStopSignal(int) { g_stop.store(true); }
 
 double Since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -191,18 +197,19 @@ constexpr int kSeqLayers = 4, kSeqKvHeads = 4, kSeqQHeads = 8, kSeqDim = 64;
 std::vector<Load> KvrLoads(const Options& o) {
   const int64_t budget = MessageBudget(o);
   std::vector<Load> loads;
-  {  // CreateSequence: one layer of K and V per message, each message at the limit; four layers.
-     // The caller releases the sequence after it is made (see RunCaller).
+  {  // CreateSequence: the spec alone, then one layer of K and V per message, each message at
+     // the limit; four layers. The spec message is rewritten per call (a fresh sequence id) and
+     // the big ones are shared; the caller releases the sequence after it is made (Phase).
     const int64_t row = int64_t{2} * kSeqKvHeads * kSeqDim * 4;  // K + V bytes per token
     const int64_t tokens = (budget - 4096) / row;
     Case c;
     c.path = "/ragserve.v1.KvRetrievalService/CreateSequence";
     c.deadline_ms = o.call_deadline_ms;
-    for (int l = 0; l < kSeqLayers; ++l) {
+    {
       v1::CreateSequenceRequest r;
-      if (l == 0) {
+      {
         auto* s = r.mutable_spec();
-        s->set_sequence_id("@");  // replaced per call by RunCaller
+        s->set_sequence_id("@");  // replaced per call (Phase)
         s->set_num_layers(kSeqLayers);
         s->set_num_kv_heads(kSeqKvHeads);
         s->set_num_q_heads(kSeqQHeads);
@@ -211,6 +218,10 @@ std::vector<Load> KvrLoads(const Options& o) {
         s->set_index_kind(v1::KEY_INDEX_EXACT);
         s->set_ttl_seconds(60);
       }
+      c.messages.push_back(Ser(r));
+    }
+    for (int l = 0; l < kSeqLayers; ++l) {
+      v1::CreateSequenceRequest r;
       auto* ch = r.add_chunks();
       ch->set_layer(l);
       SetF32(ch->mutable_k(), {tokens, kSeqKvHeads, kSeqDim}, 0.1f);
@@ -480,7 +491,7 @@ class Flooder {
       flood_over = true;
     }
     const auto wait_start = Clock::now();
-    while (Since(wait_start) < opt_.recover_seconds) {
+    while (Since(wait_start) < opt_.recover_seconds && !g_stop.load()) {
       {
         std::lock_guard<std::mutex> l(probe_mu);
         if (res.recover_s >= 0) break;
@@ -521,7 +532,8 @@ class Flooder {
       threads.emplace_back([&, t] {
         // Spread the callers over several connections, as separate clients would be.
         auto ch = channels_.at(service)[static_cast<size_t>(t) % channels_.at(service).size()];
-        for (int64_t round = 0; Since(start) < seconds && sampler_->aborted().empty(); ++round) {
+        for (int64_t round = 0;
+             Since(start) < seconds && sampler_->aborted().empty() && !g_stop.load(); ++round) {
           const Load& load = loads[static_cast<size_t>(t + round) % loads.size()];
           const Case& base = load.cases[static_cast<size_t>(round) % load.cases.size()];
           const bool create_seq = base.path == "/ragserve.v1.KvRetrievalService/CreateSequence";
@@ -701,7 +713,7 @@ int Main(const Options& opt) {
     std::fprintf(stderr, "rpc_flood: flooding %s\n", s.c_str());
     results.push_back(flooder.Run(s, loads, limits.at(s)));
     std::fflush(stdout);
-    if (!sampler.aborted().empty()) break;
+    if (!sampler.aborted().empty() || g_stop.load()) break;
   }
 
   int failures = 0;
@@ -764,6 +776,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   google::protobuf::SetLogHandler(nullptr);
   signal(SIGPIPE, SIG_IGN);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, OnStopSignal);
   if (std::getenv("RAGSERVE_BIN_DIR") == nullptr) {
     const std::string self = std::filesystem::read_symlink("/proc/self/exe").parent_path();
     setenv("RAGSERVE_BIN_DIR", self.c_str(), 1);
