@@ -73,6 +73,7 @@ struct Options {
   double seconds = 10;       // Flood phase length; the burst phase gets half of it.
   int max_message_mb = 64;   // The services' --max-message-mb (requests are sized just under).
   int passage_chars = 2000;  // Text of one passage (ctxcache Encode, decoder Generate).
+  int docs = 10000;          // Documents per Upsert / Ingest message (the services' default cap).
   int64_t call_deadline_ms = 20000;
   double recover_seconds = 30;  // After its flood a service must answer within this.
   // Peak VmRSS allowed per service; "" = the defaults below.
@@ -138,7 +139,7 @@ std::vector<Load> IndexLoads(const Options& o) {
   std::vector<Load> loads;
   {  // The most documents one Upsert message may hold (--max-upsert-docs 10000), filled to the
      // message limit; the same ids every time, so the collection does not grow.
-    const int docs = 10000;
+    const int docs = o.docs;
     v1::UpsertRequest u;
     u.set_collection("flood");
     AddFloodDocs(u.mutable_documents(), docs, static_cast<size_t>(budget / docs - 24), "f");
@@ -146,7 +147,7 @@ std::vector<Load> IndexLoads(const Options& o) {
     c.path = "/ragserve.v1.IndexService/Upsert";
     c.deadline_ms = o.call_deadline_ms;
     c.messages.push_back(Ser(u));
-    loads.push_back({"Upsert 10000 docs, max message", {c}});
+    loads.push_back({"Upsert " + std::to_string(docs) + " docs, max message", {c}});
   }
   {  // Embed: the most texts (2048), filled to the message limit.
     v1::EmbedRequest e;
@@ -168,7 +169,7 @@ std::vector<Load> IndexLoads(const Options& o) {
     v1::GetDocumentsRequest g;
     g.set_collection("flood");
     for (int64_t i = 0, bytes = 0; bytes < budget - 16; ++i) {
-      g.add_ids("f" + std::to_string(i % 10000));
+      g.add_ids("f" + std::to_string(i % o.docs));
       bytes += 8;
     }
     loads.push_back({"GetDocuments max message of ids",
@@ -326,11 +327,11 @@ std::vector<Load> RouterLoads(const Options& o) {
     for (int m = 0; m < 2; ++m) {
       v1::IngestRequest r;
       if (m == 0) r.set_collection("flood-ingest");
-      AddFloodDocs(r.mutable_documents(), 10000, static_cast<size_t>(budget / 10000 - 24),
+      AddFloodDocs(r.mutable_documents(), o.docs, static_cast<size_t>(budget / o.docs - 24),
                    m == 0 ? "a" : "b");
       c.messages.push_back(Ser(r));
     }
-    loads.push_back({"Ingest 2 x 10000 docs, max message", {c}});
+    loads.push_back({"Ingest 2 x " + std::to_string(o.docs) + " docs, max message", {c}});
   }
   return loads;
 }
@@ -762,6 +763,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-message-mb", opt.max_message_mb,
                  "The services' --max-message-mb; requests are sized just under it");
   app.add_option("--passage-chars", opt.passage_chars, "Characters per passage");
+  app.add_option("--docs", opt.docs, "Documents per Upsert / Ingest message (cap: 10000)");
   app.add_option("--deadline-ms", opt.call_deadline_ms, "Deadline of each flood call");
   app.add_option("--recover-seconds", opt.recover_seconds,
                  "A service must answer a simple request within this after its flood");
