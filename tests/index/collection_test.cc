@@ -132,14 +132,16 @@ TEST(CollectionTest, AnswersOverTheResponseLimitAreResourceExhausted) {
   StoreLimits limits;
   limits.max_response_bytes = 64 << 10;
   auto store = CollectionStore::Open(dir, limits).value();
-  auto c = store->Create({.name = "big", .dim = 4, .metric = Metric::kL2, .index_kind = "flat"})
-               .value();
+  auto c =
+      store->Create({.name = "big", .dim = 4, .metric = Metric::kL2, .index_kind = "flat"}).value();
   std::vector<Document> docs;
   std::vector<std::string> ids;
   for (int i = 0; i < 100; ++i) {
     std::string id = "d";
     id += std::to_string(i);
-    docs.push_back({id, std::string(2000, static_cast<char>('a' + i % 26)), "{}",
+    docs.push_back({id,
+                    std::string(2000, static_cast<char>('a' + i % 26)),
+                    "{}",
                     {static_cast<float>(i), 1, 2, 3}});
     ids.push_back(docs.back().id);
   }
