@@ -66,6 +66,11 @@ void AddServerFlags(CLI::App& app, ServerConfig* cfg) {
   app.add_option("--executor-queue", cfg->executor_queue, "Bound of the slow-work queue")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
+  app.add_option("--executor-queue-mb", cfg->executor_queue_mb,
+                 "MiB of request messages queued and running slow work may hold; beyond: "
+                 "RESOURCE_EXHAUSTED (0 = no limit)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   app.add_option("--drain-seconds", cfg->drain_seconds,
                  "Seconds in-flight RPCs get to finish on SIGTERM")
       ->check(CLI::Range(0.0, 3600.0))

@@ -44,10 +44,13 @@ struct ServerConfig {
   int max_message_mb = 64;         // Max gRPC message size, both directions.
   int executor_threads = 0;        // Workers for slow work; 0 = number of cores.
   int executor_queue = 1024;       // Bounded queue of the executor; full -> RESOURCE_EXHAUSTED.
-  double drain_seconds = 5.0;      // Graceful shutdown: in-flight RPCs get this long to finish.
-  std::string ready_file;          // When set, {"grpc_port":..,"metrics_port":..,"pid":..} is
-                                   // written here (atomically) once the server is serving.
-  bool check_flags = false;        // Parse and check the flags, then exit (deploy manifests' test).
+  // MiB of request messages that queued and running executor work may hold (a request larger
+  // than this still runs when nothing else is held); beyond -> RESOURCE_EXHAUSTED. 0 = no limit.
+  int executor_queue_mb = 256;
+  double drain_seconds = 5.0;  // Graceful shutdown: in-flight RPCs get this long to finish.
+  std::string ready_file;      // When set, {"grpc_port":..,"metrics_port":..,"pid":..} is
+                               // written here (atomically) once the server is serving.
+  bool check_flags = false;    // Parse and check the flags, then exit (deploy manifests' test).
 };
 
 // Registers the ServerConfig flags on `app` (defaults taken from `*cfg`).

@@ -1,5 +1,6 @@
 #include "services/common/executor.h"
 
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <new>
@@ -23,7 +24,8 @@ Status CallCatchingExceptions(const char* what, const std::function<Status()>& f
   }
 }
 
-BoundedExecutor::BoundedExecutor(int threads, int queue_capacity) : capacity_(queue_capacity) {
+BoundedExecutor::BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget)
+    : capacity_(queue_capacity), byte_budget_(byte_budget) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   workers_.reserve(threads);
   for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
@@ -34,14 +36,22 @@ BoundedExecutor::~BoundedExecutor() {
   for (auto& t : workers_) t.join();
 }
 
-Status BoundedExecutor::Submit(std::function<void()> task) {
+Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes) {
+  bytes = std::max<int64_t>(bytes, 0);
   {
     MutexLock lock(mu_);
     if (stopping_) return Unavailable("executor is shutting down");
     if (static_cast<int>(queue_.size()) >= capacity_) {
       return ResourceExhausted(StrCat("work queue is full (", capacity_, " tasks waiting)"));
     }
-    queue_.push_back(std::move(task));
+    if (byte_budget_ > 0 && bytes > 0 && bytes_held_ > 0 && bytes > byte_budget_ - bytes_held_) {
+      return ResourceExhausted(StrCat("request memory budget: ", bytes_held_,
+                                      " bytes of requests are queued or running, this one holds ",
+                                      bytes, "; the limit is ", byte_budget_,
+                                      " (--executor-queue-mb); retry later"));
+    }
+    bytes_held_ += bytes;
+    queue_.push_back(Task{std::move(task), bytes});
   }
   cv_.notify_one();
   return OkStatus();
@@ -67,6 +77,11 @@ int BoundedExecutor::queued() const {
   return static_cast<int>(queue_.size());
 }
 
+int64_t BoundedExecutor::bytes_held() const {
+  MutexLock lock(mu_);
+  return bytes_held_;
+}
+
 int64_t BoundedExecutor::uncaught_exceptions() const {
   MutexLock lock(mu_);
   return uncaught_;
@@ -74,7 +89,7 @@ int64_t BoundedExecutor::uncaught_exceptions() const {
 
 void BoundedExecutor::WorkerLoop() {
   for (;;) {
-    std::function<void()> task;
+    Task task;
     {
       MutexLock lock(mu_);
       lock.Wait(cv_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -86,13 +101,15 @@ void BoundedExecutor::WorkerLoop() {
       ++running_;
     }
     const Status st = CallCatchingExceptions("executor task", [&task] {
-      task();
+      task.fn();
       return OkStatus();
     });
     if (!st.ok()) RS_LOG(error, "{}", st.ToString());
+    task.fn = nullptr;  // frees what the task captured before its bytes are returned
     {
       MutexLock lock(mu_);
       --running_;
+      bytes_held_ -= task.bytes;
       if (!st.ok()) ++uncaught_;
     }
     idle_cv_.notify_all();

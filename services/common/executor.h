@@ -23,14 +23,19 @@ Status CallCatchingExceptions(const char* what, const std::function<Status()>& f
 class BoundedExecutor {
  public:
   // `threads` workers (0 = hardware concurrency) and at most `queue_capacity` waiting tasks.
-  BoundedExecutor(int threads, int queue_capacity);
+  // With `byte_budget` > 0, the bytes tasks declare (the request messages they keep alive) are
+  // bounded too: queued and running tasks hold at most byte_budget bytes, except that one task
+  // is always admitted when no other holds any (so a request larger than the budget still runs,
+  // alone).
+  BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget = 0);
   ~BoundedExecutor();  // Shutdown(), then join.
 
-  // Queues `task`; ResourceExhausted when the queue is full, Unavailable after Shutdown().
-  // An exception escaping a task is logged and counted (uncaught_exceptions()); the worker
-  // lives on. Tasks that answer a call run their work through CallCatchingExceptions so the
-  // caller hears about it.
-  Status Submit(std::function<void()> task);
+  // Queues `task`, which holds `bytes` (of request it keeps alive) until it has run;
+  // ResourceExhausted when the queue is full or the bytes would pass the byte budget (nothing is
+  // queued then), Unavailable after Shutdown(). An exception escaping a task is logged and
+  // counted (uncaught_exceptions()); the worker lives on. Tasks that answer a call run their work
+  // through CallCatchingExceptions so the caller hears about it.
+  Status Submit(std::function<void()> task, int64_t bytes = 0);
   // Stops accepting tasks; queued tasks still run. Returns immediately; the destructor joins.
   void Shutdown();
   // Blocks until the queue is empty and no task is running, or `timeout_s` passed; true if idle.
@@ -39,17 +44,27 @@ class BoundedExecutor {
   int threads() const { return static_cast<int>(workers_.size()); }
   int queued() const;
   int capacity() const { return capacity_; }
+  // Bytes held by queued and running tasks now, and the budget (0 = none).
+  int64_t bytes_held() const;
+  int64_t byte_budget() const { return byte_budget_; }
   // Exceptions that escaped tasks so far (each one a bug: tasks should not throw).
   int64_t uncaught_exceptions() const;
 
  private:
   void WorkerLoop();
 
+  struct Task {
+    std::function<void()> fn;
+    int64_t bytes = 0;
+  };
+
   const int capacity_;
+  const int64_t byte_budget_;
   mutable Mutex mu_;
   std::condition_variable cv_;       // signals workers: a task arrived or shutdown
   std::condition_variable idle_cv_;  // signals WaitIdle: a task finished
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Task> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t bytes_held_ ABSL_GUARDED_BY(mu_) = 0;  // queued + running tasks' bytes
   int running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t uncaught_ ABSL_GUARDED_BY(mu_) = 0;

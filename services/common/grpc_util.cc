@@ -14,6 +14,12 @@ double SecondsLeft(const grpc::ServerContextBase& ctx) {
   return std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
 }
 
+Status CallerStillWaiting(const grpc::ServerContextBase& ctx) {
+  if (ctx.IsCancelled()) return Cancelled("the caller cancelled the call");
+  if (SecondsLeft(ctx) <= 0) return DeadlineExceeded("the call's deadline passed");
+  return OkStatus();
+}
+
 grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& auth) {
   if (grpc::Status st = auth.Check(*ctx); !st.ok()) return st;
   if (SecondsLeft(*ctx) <= 0) {
@@ -25,25 +31,30 @@ grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& aut
 }
 
 grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                     const google::protobuf::MessageLite* req,
                                      std::function<Status()> fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (grpc::Status st = PrecheckCall(ctx, server->auth()); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
-  Status submitted = server->executor().Submit([ctx, reactor, fn = std::move(fn)] {
-    if (SecondsLeft(*ctx) <= 0) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                   "deadline expired while the call was queued"));
-      return;
-    }
-    reactor->Finish(ToGrpcStatus(CallCatchingExceptions("call handler", fn)));
-  });
+  const int64_t bytes = req == nullptr ? 0 : static_cast<int64_t>(req->ByteSizeLong());
+  Status submitted = server->executor().Submit(
+      [ctx, reactor, fn = std::move(fn)] {
+        if (SecondsLeft(*ctx) <= 0) {
+          reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                       "deadline expired while the call was queued"));
+          return;
+        }
+        reactor->Finish(ToGrpcStatus(CallCatchingExceptions("call handler", fn)));
+      },
+      bytes);
   if (!submitted.ok()) reactor->Finish(ToGrpcStatus(submitted));
   return reactor;
 }
 
 grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                           const google::protobuf::MessageLite* /*req*/,
                                            std::function<Status()> fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   grpc::Status st = PrecheckCall(ctx, server->auth());

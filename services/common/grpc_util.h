@@ -5,6 +5,7 @@
 // handler returns a ragserve::Status, mapped to gRPC in one place (grpc_status.h).
 #pragma once
 
+#include <google/protobuf/message_lite.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/server_callback.h>
 
@@ -22,16 +23,26 @@ grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& aut
 // Seconds left before the call's deadline (+inf without one).
 double SecondsLeft(const grpc::ServerContextBase& ctx);
 
+// OK while the caller still waits for the answer; DeadlineExceeded once its deadline has passed,
+// Cancelled once it cancelled. Long handlers check it between steps, so work nobody waits for
+// stops instead of holding an executor thread (under a flood: long after its callers left).
+Status CallerStillWaiting(const grpc::ServerContextBase& ctx);
+
 // Runs `fn` on `server`'s executor and finishes the returned reactor with its status.
-// A full executor queue gives RESOURCE_EXHAUSTED; `fn` is not run when a precheck fails.
+// A full executor queue, or a request whose bytes would pass the executor's request memory
+// budget (--executor-queue-mb), gives RESOURCE_EXHAUSTED; `fn` is not run when a precheck fails.
+// `req` is the call's request (its size is what the queued call holds).
 grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                     const google::protobuf::MessageLite* req,
                                      std::function<Status()> fn);
 
 // The same checks, then `fn` runs on the calling gRPC thread: only for work that is bounded, in
 // memory and short (tens to hundreds of microseconds, e.g. one ANN query), where the two thread
 // hand-offs of the executor path would cost more than the work itself. Anything that can block
 // or run long (I/O, batches, model compute) goes through ServeUnary.
+// (`req` is unused; the signature matches ServeUnary's so a handler can pick either.)
 grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                           const google::protobuf::MessageLite* req,
                                            std::function<Status()> fn);
 
 }  // namespace ragserve

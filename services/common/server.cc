@@ -158,7 +158,8 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const S
 }  // namespace
 
 ServiceServer::ServiceServer(ServerConfig cfg) : cfg_(std::move(cfg)), auth_(TokensOf(cfg_)) {
-  executor_ = std::make_unique<BoundedExecutor>(cfg_.executor_threads, cfg_.executor_queue);
+  executor_ = std::make_unique<BoundedExecutor>(cfg_.executor_threads, cfg_.executor_queue,
+                                                int64_t{cfg_.executor_queue_mb} << 20);
 }
 
 ServiceServer::~ServiceServer() { Shutdown(); }

@@ -91,7 +91,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
     // Preparing the job may encode passages (a prefill): off the gRPC thread. The reactor (and
     // ctx, req) live until the outbox finishes the call, which only this task or the generator's
     // on_done does.
-    Status submitted = svc->server()->executor().Submit([this, req] { Start(*req); });
+    Status submitted = svc->server()->executor().Submit([this, req] { Start(*req); },
+                                                        static_cast<int64_t>(req->ByteSizeLong()));
     if (!submitted.ok()) {
       metrics_->OnDone(submitted, GenerateStats{});
       outbox_->Close(ToGrpcStatus(submitted));
@@ -502,9 +503,9 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* DecoderService::Generate(
 }
 
 grpc::ServerUnaryReactor* DecoderService::GetLoad(grpc::CallbackServerContext* ctx,
-                                                  const v1::LoadRequest* /*req*/,
+                                                  const v1::LoadRequest* req,
                                                   v1::LoadReport* resp) {
-  return ServeUnary(ctx, server_, [this, resp] {
+  return ServeUnary(ctx, server_, req, [this, resp] {
     resp->set_worker_id(worker_id());
     resp->set_device("cpu");
     if (!generator_) return OkStatus();
@@ -524,7 +525,7 @@ grpc::ServerUnaryReactor* DecoderService::GetLoad(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* DecoderService::Cancel(grpc::CallbackServerContext* ctx,
                                                  const v1::CancelRequest* req,
                                                  v1::CancelResponse* resp) {
-  return ServeUnary(ctx, server_, [this, req, resp] {
+  return ServeUnary(ctx, server_, req, [this, req, resp] {
     RS_CHECK_ARG(!req->request_id().empty(), "request_id must not be empty");
     resp->set_found(generator_ && generator_->Cancel(req->request_id()));
     return OkStatus();

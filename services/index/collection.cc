@@ -759,28 +759,57 @@ StatusOr<std::vector<std::vector<Hit>>> Collection::Search(const std::vector<Que
       out[i] = HitsLocked(r, options.include_text);
     }
   }
-  if (options.include_text) FillTexts(&out);
+  if (options.include_text) RS_RETURN_IF_ERROR(FillTexts(&out));
   return out;
 }
 
-void Collection::FillTexts(std::vector<std::vector<Hit>>* results) const {
+namespace {
+
+// Wire bytes of a hit or document besides its strings (tags, lengths, score, offsets).
+constexpr int64_t kPerResultOverhead = 32;
+
+Status AnswerTooLarge(std::string_view what, const std::string& name, int64_t limit) {
+  return ResourceExhausted(StrCat(what, " '", name, "': the answer passes ", limit,
+                                  " bytes (the message limit); ask for fewer results",
+                                  what == "search" ? " or without texts" : ""));
+}
+
+}  // namespace
+
+Status Collection::FillTexts(std::vector<std::vector<Hit>>* results) const {
+  const int64_t limit = store_->limits().max_response_bytes;
+  int64_t bytes = 0;
+  for (const auto& hits : *results) {
+    for (const Hit& h : hits) {
+      bytes += kPerResultOverhead +
+               static_cast<int64_t>(h.id.size() + h.document_id.size() + h.metadata_json.size());
+    }
+  }
+  if (bytes > limit) return AnswerTooLarge("search", spec_.name, limit);
   for (auto& hits : *results) {
     for (Hit& h : hits) {
       std::string v;
       DocRecord r;
       if (store_->db()->Get(rocksdb::ReadOptions(), Key('D', cid_, h.id), &v).ok() &&
           DecodeDoc(v, &r).ok()) {
+        bytes += static_cast<int64_t>(r.text.size());
+        if (bytes > limit) return AnswerTooLarge("search", spec_.name, limit);
         h.text = std::move(r.text);
       }
     }
   }
+  return OkStatus();
 }
 
 Status Collection::Get(const std::vector<std::string>& ids, std::vector<Document>* found,
                        std::vector<std::string>* missing) const {
   found->clear();
   missing->clear();
+  const int64_t limit = store_->limits().max_response_bytes;
+  int64_t bytes = 0;
   for (const auto& id : ids) {
+    bytes += kPerResultOverhead + static_cast<int64_t>(id.size());
+    if (bytes > limit) return AnswerTooLarge("get", spec_.name, limit);
     std::string v;
     auto s = store_->db()->Get(rocksdb::ReadOptions(), Key('D', cid_, id), &v);
     if (s.IsNotFound()) {
@@ -790,6 +819,9 @@ Status Collection::Get(const std::vector<std::string>& ids, std::vector<Document
     RS_RETURN_IF_ERROR(FromRocks(s, "get"));
     DocRecord r;
     RS_RETURN_IF_ERROR(DecodeDoc(v, &r));
+    bytes += static_cast<int64_t>(r.text.size() + r.metadata_json.size() +
+                                  r.vector.size() * sizeof(float));
+    if (bytes > limit) return AnswerTooLarge("get", spec_.name, limit);
     found->push_back(
         Document{id, std::move(r.text), std::move(r.metadata_json), std::move(r.vector)});
   }

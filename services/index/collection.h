@@ -111,6 +111,10 @@ inline constexpr int64_t kMaxResultsPerSearch = int64_t{1} << 20;
 struct StoreLimits {
   int64_t max_docs_per_upsert = 10000;                // documents in one Upsert call/message
   int64_t max_embed_batch_bytes = int64_t{64} << 20;  // texts x dim x 4 embedded by one call
+  // Bytes one Search or Get answer may hold (ids, texts, metadata, vectors): the gRPC send limit
+  // (--max-message-mb). A larger answer could not be sent anyway; it is refused with
+  // ResourceExhausted as soon as the texts read pass this, before the rest is read and copied.
+  int64_t max_response_bytes = int64_t{64} << 20;
 };
 
 // Numeric bounds on a metadata field (unset = open); the field must be a JSON number.
@@ -181,13 +185,15 @@ class Collection {
   // hybrid both, fused (a query with a vector and no text is dense only). InvalidArgument for an
   // empty batch, k / ef_search / nprobe out of range, a wrong dimension, NaN/Inf, a query text
   // without words (it would embed to a zero vector / match nothing), a bm25 query without text,
-  // or a bad filter; ResourceExhausted when the query texts exceed max_embed_batch_bytes.
+  // or a bad filter; ResourceExhausted when the query texts exceed max_embed_batch_bytes or the
+  // hits (with their texts) exceed max_response_bytes.
   StatusOr<std::vector<std::vector<Hit>>> Search(const std::vector<Query>& queries,
                                                  const SearchOptions& options) const;
   // The collection's embedder on `texts`: texts.size() x dim floats into *out, the vectors its
   // documents and text queries get. ResourceExhausted over max_embed_batch_bytes.
   Status EmbedTexts(const std::vector<std::string>& texts, std::vector<float>* out) const;
-  // Found documents in request order (with their stored vectors) and the missing ids.
+  // Found documents in request order (with their stored vectors) and the missing ids;
+  // ResourceExhausted once they pass max_response_bytes (the rest is not read).
   Status Get(const std::vector<std::string>& ids, std::vector<Document>* found,
              std::vector<std::string>* missing) const;
   CollectionInfo Info() const;
@@ -223,8 +229,9 @@ class Collection {
       ABSL_SHARED_LOCKS_REQUIRED(state_mu_);
   // The ids of the passages whose kDocIdKey is one of document_ids.
   std::vector<std::string> IdsOfDocuments(const std::vector<std::string>& document_ids) const;
-  // Reads the texts of the hits from RocksDB.
-  void FillTexts(std::vector<std::vector<Hit>>* results) const;
+  // Reads the texts of the hits from RocksDB; ResourceExhausted (and stops reading) once the
+  // hits pass max_response_bytes.
+  Status FillTexts(std::vector<std::vector<Hit>>* results) const;
   // Loads the vector index file of the checkpoint (null when missing or unusable).
   std::shared_ptr<index::VectorIndex> LoadVectorIndex(const std::string& file) const;
   // Adds the documents written after the checkpoint and removes the labels deleted after it;

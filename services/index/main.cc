@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   };
   m.setup = [&](ragserve::ServiceServer& server) -> ragserve::Status {
     limits.max_embed_batch_bytes = embed_batch_mb << 20;
+    limits.max_response_bytes = int64_t{server.config().max_message_mb} << 20;
     RS_ASSIGN_OR_RETURN(store, ragserve::collection::CollectionStore::Open(data_dir, limits));
     RS_LOG(info, "index: serving {} collections from {}", store->List().size(), data_dir);
     service = std::make_unique<ragserve::collection::IndexGrpcService>(&server, store.get());

@@ -99,20 +99,24 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
   }
 
   void OnReadDone(bool ok) override {
-    Status submitted = svc_->server()->executor().Submit([this, ok] {
-      Status st = CallCatchingExceptions("CreateSequence",
-                                         [this, ok] { return ok ? Apply() : Complete(); });
-      if (!st.ok()) {
-        if (created_) (void)svc_->kvr()->Release(id_);
-        Finish(ToGrpcStatus(st));
-        return;
-      }
-      if (ok) {
-        StartRead(&msg_);
-      } else {
-        Finish(grpc::Status::OK);
-      }
-    });
+    // The message is held (and counted against the request memory budget) until applied.
+    const int64_t bytes = ok ? static_cast<int64_t>(msg_.ByteSizeLong()) : 0;
+    Status submitted = svc_->server()->executor().Submit(
+        [this, ok] {
+          Status st = CallCatchingExceptions("CreateSequence",
+                                             [this, ok] { return ok ? Apply() : Complete(); });
+          if (!st.ok()) {
+            if (created_) (void)svc_->kvr()->Release(id_);
+            Finish(ToGrpcStatus(st));
+            return;
+          }
+          if (ok) {
+            StartRead(&msg_);
+          } else {
+            Finish(grpc::Status::OK);
+          }
+        },
+        bytes);
     if (!submitted.ok()) {
       if (created_) (void)svc_->kvr()->Release(id_);
       Finish(ToGrpcStatus(submitted));
@@ -172,7 +176,7 @@ grpc::ServerReadReactor<v1::CreateSequenceRequest>* KvRetrievalGrpcService::Crea
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Append(grpc::CallbackServerContext* ctx,
                                                          const v1::AppendRequest* req,
                                                          v1::AppendResponse* resp) {
-  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
     // The sequence's shape comes from the store (the config of Create is not kept here).
     RS_ASSIGN_OR_RETURN(auto info, kvr_->Describe(req->sequence_id()));
     for (const auto& c : req->chunks()) {
@@ -191,7 +195,7 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Append(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Attend(grpc::CallbackServerContext* ctx,
                                                          const v1::AttendRequest* req,
                                                          v1::AttendResponse* resp) {
-  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto info, kvr_->Describe(req->sequence_id()));
     const int64_t hq = info.num_q_heads, d = info.kv.head_dim;
     AttendOptions opt;
@@ -225,7 +229,7 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Attend(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Release(grpc::CallbackServerContext* ctx,
                                                           const v1::ReleaseRequest* req,
                                                           v1::ReleaseResponse* resp) {
-  return ServeUnary(ctx, server_, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(const int64_t bytes, kvr_->Release(req->sequence_id()));
     resp->set_bytes_freed(bytes);
     return OkStatus();
@@ -235,7 +239,7 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Release(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Stats(grpc::CallbackServerContext* ctx,
                                                         const v1::KvrStatsRequest* req,
                                                         v1::KvrStatsResponse* resp) {
-  return ServeUnary(ctx, server_, [this, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, [this, resp]() -> Status {
     kvr_->ExpireIdle();
     const KvRetrievalStats st = kvr_->Stats();
     MetricsRegistry::Default()

@@ -45,8 +45,10 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   wopts.channel = copts;
   wopts.channel.keepalive_time_ms = static_cast<int>(svc->opts_.worker_keepalive_s * 1000);
   RS_ASSIGN_OR_RETURN(svc->pool_, WorkerPool::Create(std::move(wopts)));
+  // Queries get the server's request memory budget (--executor-queue-mb) of their own.
   svc->query_executor_ =
-      std::make_unique<BoundedExecutor>(svc->opts_.query_threads, svc->opts_.query_queue);
+      std::make_unique<BoundedExecutor>(svc->opts_.query_threads, svc->opts_.query_queue,
+                                        int64_t{server->config().executor_queue_mb} << 20);
   svc->metrics_ = std::make_unique<RouterMetrics>(
       &MetricsRegistry::Default(), svc->opts_.served_model_name, svc->query_executor_.get());
   return svc;
@@ -75,7 +77,7 @@ template <typename Req, typename Resp, typename Method>
 grpc::ServerUnaryReactor* RouterService::ForwardToIndex(grpc::CallbackServerContext* ctx,
                                                         const Req* req, Resp* resp, Method method,
                                                         const char* what) {
-  return ServeUnary(ctx, server_, [this, ctx, req, resp, method, what] {
+  return ServeUnary(ctx, server_, req, [this, ctx, req, resp, method, what] {
     auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
     AttachToken(cctx.get(), opts_.downstream_token);
     const grpc::Status st = ((*index_).*method)(cctx.get(), *req, resp);
@@ -170,8 +172,10 @@ class QueryReactor final : public grpc::ServerWriteReactor<v1::QueryEvent> {
       return;
     }
     auto out = out_;
+    // A queued query holds its request: counted against the request memory budget.
     Status submitted =
-        svc->query_executor_->Submit([svc, ctx, req, out] { svc->RunQuery(ctx, *req, out); });
+        svc->query_executor_->Submit([svc, ctx, req, out] { svc->RunQuery(ctx, *req, out); },
+                                     static_cast<int64_t>(req->ByteSizeLong()));
     if (!submitted.ok()) out_->Close(ToGrpcStatus(submitted));
   }
   void OnWriteDone(bool ok) override { out_->WriteDone(ok); }
@@ -476,17 +480,21 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
   }
 
   void OnReadDone(bool ok) override {
-    Status submitted = svc_->server_->executor().Submit([this, ok] {
-      if (!ok) {
-        Complete();
-        return;
-      }
-      if (Status st = Forward(); !st.ok()) {
-        Abort(st);
-        return;
-      }
-      StartRead(&msg_);
-    });
+    // The message is held (and counted against the request memory budget) until forwarded.
+    const int64_t bytes = ok ? static_cast<int64_t>(msg_.ByteSizeLong()) : 0;
+    Status submitted = svc_->server_->executor().Submit(
+        [this, ok] {
+          if (!ok) {
+            Complete();
+            return;
+          }
+          if (Status st = Forward(); !st.ok()) {
+            Abort(st);
+            return;
+          }
+          StartRead(&msg_);
+        },
+        bytes);
     if (!submitted.ok()) Abort(submitted);
   }
 

@@ -55,6 +55,62 @@ TEST(ExecutorTest, FullQueueIsResourceExhaustedAndShutdownIsUnavailable) {
   EXPECT_EQ(ex.Submit([] {}).code(), StatusCode::kUnavailable);
 }
 
+// The queue bound counts tasks; a flood of 64 MiB requests fills 1,024 slots with 64 GiB. The
+// byte budget bounds what queued and running tasks hold: past it a task is refused (nothing
+// queued), a task alone is admitted however large, and bytes come back when a task has run.
+TEST(ExecutorTest, ByteBudgetRefusesPastItAndReturnsBytesAfterEachTask) {
+  BoundedExecutor ex(1, 1000, /*byte_budget=*/100);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  bool started = false;
+  auto block = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    started = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });
+  };
+  // Alone, a task over the whole budget runs.
+  ASSERT_TRUE(ex.Submit(block, 150).ok());
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return started; });
+  }
+  EXPECT_EQ(ex.bytes_held(), 150);
+  Status over = ex.Submit([] {}, 1);
+  EXPECT_EQ(over.code(), StatusCode::kResourceExhausted) << over.ToString();
+  EXPECT_NE(over.message().find("--executor-queue-mb"), std::string::npos) << over.ToString();
+  EXPECT_TRUE(ex.Submit([] {}, 0).ok());  // a task holding nothing is only bound by the count
+  EXPECT_EQ(ex.queued(), 1);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  ASSERT_TRUE(ex.WaitIdle(30));
+  EXPECT_EQ(ex.bytes_held(), 0);
+  // Within the budget, several are queued; the next one past it is refused.
+  started = false;
+  release = false;
+  ASSERT_TRUE(ex.Submit(block, 40).ok());
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return started; });
+  }
+  EXPECT_TRUE(ex.Submit([] {}, 30).ok());
+  EXPECT_TRUE(ex.Submit([] {}, 30).ok());
+  EXPECT_EQ(ex.Submit([] {}, 1).code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(ex.bytes_held(), 100);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  ASSERT_TRUE(ex.WaitIdle(30));
+  EXPECT_EQ(ex.bytes_held(), 0);
+  EXPECT_TRUE(ex.Submit([] {}, 100).ok());
+}
+
 TEST(ExecutorTest, AThrowingTaskIsCountedAndTheWorkersLiveOn) {
   BoundedExecutor ex(1, 100);
   std::atomic<int> ran{0};

@@ -34,15 +34,18 @@ class CtxServiceTest : public ::testing::Test {
     proc_ = std::make_unique<testing::Process>();
     const std::string ready = dir_ + "/ready.json";
     std::remove(ready.c_str());
-    ASSERT_TRUE(proc_->Start(testing::BinPath("ragserve-ctxcache"),
-                             {"--port", "0", "--metrics-port", "0", "--ready-file", ready,
-                              "--model", dir_ + "/model", "--data-dir", dir_ + "/data"},
-                             dir_ + "/log.txt"));
+    ASSERT_TRUE(proc_->Start(
+        testing::BinPath("ragserve-ctxcache"),
+        {"--port", "0", "--metrics-port", "0", "--ready-file", ready, "--model", dir_ + "/model",
+         "--data-dir", dir_ + "/data", "--executor-threads", std::to_string(executor_threads_)},
+        dir_ + "/log.txt"));
     int mport = 0;
     ASSERT_TRUE(testing::WaitForReadyFile(ready, 60, &port_, &mport))
         << testing::ReadFileOrEmpty(dir_ + "/log.txt");
     stub_ = v1::ContextCacheService::NewStub(*MakeChannel("127.0.0.1:" + std::to_string(port_)));
   }
+  int executor_threads_ = 0;  // 0 = one per core
+
   void Stop() {
     proc_->Signal(SIGTERM);
     int code = -1;
@@ -135,6 +138,37 @@ TEST_F(CtxServiceTest, EncodeThenGetReturnsTheSameKvAsInProcessAndSurvivesRestar
   std::vector<float> k2;
   ASSERT_TRUE(GetLayer0K(r1.results(0).key().hex(), &k2, &tokens).ok());
   EXPECT_EQ(k2, k);
+}
+
+// An Encode of 256 long passages is many seconds of prefill. When its caller's deadline passes
+// the handler stops between passages instead of encoding the rest for nobody (under a flood the
+// executor stayed busy with abandoned work long after the callers left). With one executor
+// thread the next call runs only after the abandoned one ended: by then the cache has computed
+// only the passages encoded before the deadline, not all 256.
+TEST_F(CtxServiceTest, EncodeStopsWhenItsCallerHasGone) {
+  Stop();
+  executor_threads_ = 1;
+  Start();
+  v1::EncodeRequest req;
+  for (int i = 0; i < 256; ++i) {
+    auto* p = req.add_passages();
+    p->set_id("p" + std::to_string(i));
+    std::string text = "Passage " + std::to_string(i) + ":";
+    for (int w = 0; w < 300; ++w) text += " river" + std::to_string((i * 300 + w) % 997);
+    p->set_text(text);
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    v1::EncodeResponse resp;
+    EXPECT_EQ(stub_->Encode(&ctx, req, &resp).error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  v1::EncodeResponse one;
+  ASSERT_TRUE(Encode({"A short passage after the abandoned call."}, &one).ok());
+  grpc::ClientContext ctx;
+  v1::CtxStatsResponse stats;
+  ASSERT_TRUE(stub_->Stats(&ctx, v1::CtxStatsRequest(), &stats).ok());
+  EXPECT_LT(stats.misses(), 200) << "passages computed: the abandoned Encode ran on";
 }
 
 TEST_F(CtxServiceTest, EvictAndBadInputGetClearErrors) {

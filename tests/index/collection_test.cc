@@ -124,6 +124,48 @@ TEST(CollectionTest, BadInputIsRejectedAndChangesNothing) {
   fs::remove_all(dir);
 }
 
+// A search of queries x k hits with texts, or a Get of many ids, could build an answer of
+// gigabytes (1,024 queries x 10,000 hits x the texts) that the gRPC send limit then refuses: it
+// is refused with ResourceExhausted as soon as it passes max_response_bytes, before it is built.
+TEST(CollectionTest, AnswersOverTheResponseLimitAreResourceExhausted) {
+  const auto dir = FreshDir("answer_limit");
+  StoreLimits limits;
+  limits.max_response_bytes = 64 << 10;
+  auto store = CollectionStore::Open(dir, limits).value();
+  auto c =
+      store->Create({.name = "big", .dim = 4, .metric = Metric::kL2, .index_kind = "flat"}).value();
+  std::vector<Document> docs;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 100; ++i) {
+    std::string id = "d";
+    id += std::to_string(i);
+    docs.push_back({id,
+                    std::string(2000, static_cast<char>('a' + i % 26)),
+                    "{}",
+                    {static_cast<float>(i), 1, 2, 3}});
+    ids.push_back(docs.back().id);
+  }
+  ASSERT_EQ(c->Upsert(docs).value(), 100);
+  // 100 hits x 2,000 bytes of text: over 64 KiB.
+  auto st = c->Search({{.vector = {0, 1, 2, 3}}}, {.k = 100}).status();
+  EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st.message();
+  EXPECT_NE(st.message().find("65536 bytes"), std::string::npos) << st.message();
+  // The same hits without texts, or fewer of them, fit.
+  EXPECT_EQ(c->Search({{.vector = {0, 1, 2, 3}}}, {.k = 100, .include_text = false})->at(0).size(),
+            100u);
+  EXPECT_EQ(c->Search({{.vector = {0, 1, 2, 3}}}, {.k = 10})->at(0).size(), 10u);
+  std::vector<Document> found;
+  std::vector<std::string> missing;
+  EXPECT_EQ(c->Get(ids, &found, &missing).code(), StatusCode::kResourceExhausted);
+  // Ids alone past the limit (as many as a 64 MiB request holds) are refused before any read.
+  EXPECT_EQ(c->Get(std::vector<std::string>(5000, "nope"), &found, &missing).code(),
+            StatusCode::kResourceExhausted);
+  ASSERT_TRUE(c->Get({ids.begin(), ids.begin() + 10}, &found, &missing).ok());
+  EXPECT_EQ(found.size(), 10u);
+  store.reset();
+  fs::remove_all(dir);
+}
+
 // Writes documents in a child process that then dies without any shutdown (no checkpoint,
 // no destructors): everything the child saw acknowledged must be there after reopening.
 TEST(CollectionTest, AcknowledgedWritesSurviveACrashAndACleanReopen) {

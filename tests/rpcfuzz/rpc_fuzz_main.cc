@@ -40,6 +40,7 @@
 
 #include "services/common/client.h"
 #include "tests/e2e/cluster.h"
+#include "tests/rpcfuzz/fuzz_cluster.h"
 #include "tests/rpcfuzz/message_gen.h"
 #include "tests/rpcfuzz/rpc_table.h"
 
@@ -48,8 +49,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-const char* const kServiceNames[] = {"index", "kvr", "ctxcache", "decoder", "router"};
 
 // Set by SIGINT / SIGTERM / SIGHUP: the workers stop after their current call and the run ends
 // normally, so the cluster's processes are stopped instead of orphaned.
@@ -77,24 +76,6 @@ struct Options {
   int jobs = 1;  // Concurrent callers; 1 keeps a run reproducible from its seed.
   bool keep_going = false;
   bool verbose = false;
-};
-
-// One fuzz input: the RPC, its request messages and how the call is cut short.
-struct Case {
-  std::string path;
-  int64_t deadline_ms = 0;
-  int cut_after_writes = -1;  // Client streams: cancel after this many messages (no half-close).
-  int cut_after_reads = -1;   // Server streams: cancel after this many responses.
-  bool invalid_utf8 = false;
-  int repeat = 1;  // Replay: send it this many times (a race needs a few tries to show).
-  std::vector<std::string> messages;  // Serialized requests.
-};
-
-struct Outcome {
-  grpc::Status status;
-  bool hung = false;
-  int reads = 0;
-  double wall_ms = 0;
 };
 
 // --- Case files --------------------------------------------------------------------------------
@@ -194,209 +175,6 @@ bool LoadCase(const std::string& path, Case* c, std::string* error) {
   return true;
 }
 
-// --- One call ----------------------------------------------------------------------------------
-
-Outcome Execute(const std::shared_ptr<grpc::Channel>& channel, const Case& c, int64_t slack_ms) {
-  Outcome out;
-  const auto start = Clock::now();
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(c.deadline_ms));
-  grpc::CompletionQueue cq;
-  const auto limit =
-      std::chrono::system_clock::now() + std::chrono::milliseconds(c.deadline_ms + slack_ms);
-  auto wait = [&]() {
-    void* tag;
-    bool ok = false;
-    if (out.hung) return false;
-    if (cq.AsyncNext(&tag, &ok, limit) != grpc::CompletionQueue::GOT_EVENT) {
-      out.hung = true;
-      ctx.TryCancel();
-      return false;
-    }
-    return ok;
-  };
-  auto call = stub.PrepareCall(&ctx, c.path, &cq);
-  call->StartCall(reinterpret_cast<void*>(1));
-  bool ok = wait();
-  bool cancelled = false;
-  for (size_t i = 0; ok && i < c.messages.size(); ++i) {
-    if (c.cut_after_writes == static_cast<int>(i)) {
-      ctx.TryCancel();
-      cancelled = true;
-      break;
-    }
-    grpc::Slice slice(c.messages[i]);
-    grpc::ByteBuffer bb(&slice, 1);
-    call->Write(bb, reinterpret_cast<void*>(2));
-    ok = wait();
-  }
-  if (ok && !cancelled) {
-    call->WritesDone(reinterpret_cast<void*>(3));
-    ok = wait();
-  }
-  while (!out.hung) {
-    grpc::ByteBuffer resp;
-    call->Read(&resp, reinterpret_cast<void*>(4));
-    if (!wait()) break;
-    ++out.reads;
-    if (c.cut_after_reads >= 0 && out.reads >= c.cut_after_reads && !cancelled) {
-      ctx.TryCancel();
-      cancelled = true;
-    }
-  }
-  if (out.hung) ctx.TryCancel();
-  call->Finish(&out.status, reinterpret_cast<void*>(5));
-  {
-    void* tag;
-    bool fin_ok;
-    // After a cancel every pending operation completes promptly; drain them all.
-    while (
-        cq.AsyncNext(&tag, &fin_ok, std::chrono::system_clock::now() + std::chrono::seconds(30)) ==
-            grpc::CompletionQueue::GOT_EVENT &&
-        tag != reinterpret_cast<void*>(5)) {
-    }
-  }
-  cq.Shutdown();
-  {
-    void* tag;
-    bool ok2;
-    while (cq.Next(&tag, &ok2)) {
-    }
-  }
-  out.wall_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-  return out;
-}
-
-// --- The cluster and its checks ----------------------------------------------------------------
-
-int64_t RssMb(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) / 1024;
-  }
-  return 0;
-}
-
-class FuzzCluster {
- public:
-  explicit FuzzCluster(const Options& opt) : opt_(opt) {}
-
-  bool Start(const std::string& dir, const std::string& model, std::string* error) {
-    cluster_ = std::make_unique<testing::Cluster>(dir);
-    if (!cluster_->Start("index", "index", {"--data-dir", dir + "/index-data"}, error) ||
-        !cluster_->Start("kvr", "kvr", {"--memory-limit-gib", "1"}, error) ||
-        !cluster_->Start(
-            "ctxcache", "ctxcache",
-            {"--model", model, "--data-dir", dir + "/ctxcache-data", "--ram-mb", "256"}, error) ||
-        !cluster_->Start(
-            "decoder", "decoder",
-            {"--model", model, "--worker-id", "fz-decoder", "--kv-budget-mb", "256", "--kvr-addr",
-             cluster_->Get("kvr")->addr(), "--ctxcache-addr", cluster_->Get("ctxcache")->addr()},
-            error) ||
-        !cluster_->Start("router", "router",
-                         {"--index-addr", cluster_->Get("index")->addr(), "--decoders",
-                          cluster_->Get("decoder")->addr(), "--ctxcache-addr",
-                          cluster_->Get("ctxcache")->addr(), "--poll-interval", "0.2"},
-                         error)) {
-      return false;
-    }
-    for (const char* name : kServiceNames) {
-      auto ch = MakeChannel(cluster_->Get(name)->addr());
-      if (!ch.ok()) {
-        *error = "channel to " + std::string(name);
-        return false;
-      }
-      // Connected before the first request, so a tiny deadline meets a ready channel.
-      if (!(*ch)->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30))) {
-        *error = "could not connect to " + std::string(name);
-        return false;
-      }
-      channels_[name] = *ch;
-      log_offsets_[name] = 0;
-    }
-    return true;
-  }
-
-  const std::map<std::string, std::shared_ptr<grpc::Channel>>& channels() const {
-    return channels_;
-  }
-  std::shared_ptr<grpc::Channel> channel(const std::string& service) const {
-    return channels_.at(service);
-  }
-  const std::string& log_path(const std::string& service) { return cluster_->Get(service)->log; }
-
-  // Cheap checks after every request: every process alive, no sanitizer report in new log text.
-  // On a failure *service names the service at fault.
-  std::string CheckProcessesAndLogs(std::string* service) {
-    for (const char* name : kServiceNames) {
-      testing::ClusterService* s = cluster_->Get(name);
-      *service = name;
-      if (!s->proc->running()) {
-        int code = 0;
-        s->proc->Wait(0, &code);
-        return std::string(name) + " exited (code " + std::to_string(code) + "); log ends:\n" +
-               LogTail(name);
-      }
-      std::ifstream f(s->log, std::ios::binary);
-      f.seekg(0, std::ios::end);
-      const int64_t size = f.tellg();
-      if (size > log_offsets_[name]) {
-        const int64_t from = std::max<int64_t>(0, log_offsets_[name] - 200);
-        std::string text(static_cast<size_t>(size - from), '\0');
-        f.seekg(from);
-        f.read(text.data(), static_cast<std::streamsize>(text.size()));
-        log_offsets_[name] = size;
-        for (const char* marker :
-             {"ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
-              "WARNING: ThreadSanitizer", "terminate called"}) {
-          const auto at = text.find(marker);
-          if (at != std::string::npos) {
-            return std::string(name) + " log: " + text.substr(at, 1500);
-          }
-        }
-      }
-    }
-    service->clear();
-    return "";
-  }
-
-  // Periodic checks: health SERVING and resident memory under the limit.
-  std::string CheckHealthAndMemory(int64_t* max_rss_mb) {
-    for (size_t i = 0; i < std::size(kServiceNames); ++i) {
-      const char* name = kServiceNames[i];
-      const Status st = CheckHealth(channels_[name], "", 10);
-      if (!st.ok()) return std::string(name) + " not SERVING: " + st.message();
-      const int64_t rss = RssMb(cluster_->Get(name)->proc->pid());
-      max_rss_mb[i] = std::max(max_rss_mb[i], rss);
-      if (rss > opt_.rss_limit_mb) {
-        return std::string(name) + " resident memory " + std::to_string(rss) + " MiB > limit " +
-               std::to_string(opt_.rss_limit_mb) + " MiB";
-      }
-    }
-    return "";
-  }
-
-  // The last few lines of a service's log (where an abort or a sanitizer says why).
-  std::string LogTail(const std::string& name) {
-    const std::string all = testing::ReadFileOrEmpty(cluster_->Get(name)->log);
-    size_t at = all.size();
-    for (int lines = 0; lines < 8 && at > 0; ++lines) {
-      const size_t nl = all.rfind('\n', at - 1);
-      at = nl == std::string::npos ? 0 : nl;
-    }
-    std::string tail = all.substr(at);
-    return tail.size() > 3000 ? tail.substr(tail.size() - 3000) : tail;
-  }
-
- private:
-  const Options& opt_;
-  std::unique_ptr<testing::Cluster> cluster_;
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;
-  std::map<std::string, int64_t> log_offsets_;
-};
-
 // The oracle for one completed call ("" = fine).
 std::string Judge(const RpcSpec& rpc, const Case& c, const Outcome& o, const Options& opt) {
   if (o.hung) {
@@ -487,28 +265,6 @@ Case MakeCase(const RpcSpec& rpc, const Fixtures& fx, MessageGen& gen, const Opt
   return c;
 }
 
-std::string StatusName(grpc::StatusCode code) {
-  static const char* const kNames[] = {"OK",
-                                       "CANCELLED",
-                                       "UNKNOWN",
-                                       "INVALID_ARGUMENT",
-                                       "DEADLINE_EXCEEDED",
-                                       "NOT_FOUND",
-                                       "ALREADY_EXISTS",
-                                       "PERMISSION_DENIED",
-                                       "RESOURCE_EXHAUSTED",
-                                       "FAILED_PRECONDITION",
-                                       "ABORTED",
-                                       "OUT_OF_RANGE",
-                                       "UNIMPLEMENTED",
-                                       "INTERNAL",
-                                       "UNAVAILABLE",
-                                       "DATA_LOSS",
-                                       "UNAUTHENTICATED"};
-  const int i = static_cast<int>(code);
-  return i >= 0 && i < 17 ? kNames[i] : std::to_string(i);
-}
-
 // --- Runs ---------------------------------------------------------------------------------------
 
 struct Run {
@@ -528,7 +284,7 @@ struct Run {
     cluster = nullptr;  // Stops the previous one first.
     const std::string sub = dir + "/cluster" + std::to_string(generation++);
     fs::create_directories(sub);
-    cluster = std::make_unique<FuzzCluster>(opt);
+    cluster = std::make_unique<FuzzCluster>();
     std::string error;
     if (!cluster->Start(sub, model, &error)) {
       std::fprintf(stderr, "rpc_fuzz: cluster did not start: %s\n", error.c_str());
@@ -548,7 +304,7 @@ struct Run {
   }
   std::string CheckHealth() {
     std::lock_guard<std::mutex> l(mu);
-    return cluster->CheckHealthAndMemory(max_rss_mb);
+    return cluster->CheckHealthAndMemory(max_rss_mb, opt.rss_limit_mb);
   }
 
   // Runs one case and every check; "" when all is well, else the failure and in *culprit the
