@@ -1,0 +1,551 @@
+// The SIMD side of kernels/cpu/quant.h: integer dot products of GGUF blocks with int8 activations
+// for AVX2 (vpmaddubsw + vpmaddwd) and AVX-512 VNNI (vpdpbusd), per-function target attributes
+// (no -march needed), chosen at run time; and QuantMatMul, the threaded GEMV / GEMM over them.
+//
+// Shape of a kernel: weight rows [r0, r1) against M <= 4 activation rows i0.. (decode: every
+// row; prefill: a tile of 4 tokens, the caller loops over tiles so the same weight rows are read
+// from cache). Per weight row and step (64 values on AVX-512, 32 on AVX2) the weight bytes are
+// decoded once into unsigned bytes in value order (Q8_0: |w|, its sign moved onto the
+// activations), then every activation row does one integer dot product, lane sums of 4 values
+// (int32), exactly the integers the scalar reference sums. Q8_0/Q4_0 blocks scale their lane
+// sums in f32 right away (scale vector = d_w per block x d_a per block, pre-expanded per lane in
+// QuantizedActs::dexp); the k-quants multiply lane sums by their 6/8-bit sub-block scales in
+// int32 and scale once per 256-value super-block.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/quant.h"
+#include "kernels/cpu/spin_pool.h"
+
+namespace ragserve::kernels {
+namespace internal {
+void QuantGemvRowsScalar(const QuantizedActs& a, const WeightView& w, int64_t r0, int64_t r1,
+                         float* y, int64_t ldy);
+}  // namespace internal
+
+namespace {
+
+#define RS_Q_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define RS_Q_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+
+// How far ahead in the weight stream to prefetch (as the f32/bf16 GEMVs do).
+constexpr int64_t kPrefetch = 1024;
+
+inline uint16_t Bits16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return h;
+}
+
+// Scale and min of Q4_K sub-block j (0..7) from the 12 packed bytes.
+inline void ScaleMinK4(const uint8_t* q, uint8_t* sc, uint8_t* m) {
+  for (int j = 0; j < 4; ++j) {
+    sc[j] = q[j] & 63;
+    m[j] = q[j + 4] & 63;
+  }
+  for (int j = 4; j < 8; ++j) {
+    sc[j] = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    m[j] = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+// Integer sum of one 32-value Q8_0 / Q4_0 block against activations q (the odd last block of a
+// row on AVX-512, which steps two blocks at a time).
+inline int32_t BlockDot32(DType t, const uint8_t* blk, const int8_t* q) {
+  int32_t s = 0;
+  if (t == DType::kQ8_0) {
+    const int8_t* w = reinterpret_cast<const int8_t*>(blk + 2);
+    for (int j = 0; j < 32; ++j) s += int32_t{w[j]} * q[j];
+  } else {
+    const uint8_t* qs = blk + 2;
+    for (int j = 0; j < 16; ++j) {
+      s += ((qs[j] & 15) - 8) * int32_t{q[j]} + ((qs[j] >> 4) - 8) * int32_t{q[j + 16]};
+    }
+  }
+  return s;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+// ---------------------------------------------------------------- AVX-512 VNNI
+
+RS_Q_AVX512 inline float Hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+RS_Q_AVX512 inline float H512(const uint8_t* p) { return _cvtsh_ss(Bits16(p)); }
+
+template <int M>
+RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const WeightView& w,
+                            int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  const int64_t nb = w.cols / 32, rb = w.RowBytes(), bb = DTypeBlockBytes(t);
+  const bool q8 = t == DType::kQ8_0;
+  const int8_t* aq[M];
+  const float* ad[M];
+  const int32_t* ls[M];
+  for (int i = 0; i < M; ++i) {
+    aq[i] = a.Q(i0 + i);
+    ad[i] = a.dexp.data() + (i0 + i) * (a.cols / 4);
+    ls[i] = a.lsum.data() + (i0 + i) * (a.cols / 4);
+  }
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
+    __m512 acc[M];
+    for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+      const uint8_t* b0 = wr + b * bb;
+      _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch + 64, _MM_HINT_T0);
+      const __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(H512(b0)),
+                                           _mm256_set1_ps(H512(b0 + bb)), 1);
+      __m512i wq;
+      __mmask64 neg = 0;
+      if (q8) {
+        const __m512i raw = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2))),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 36)), 1);
+        neg = _mm512_movepi8_mask(raw);
+        wq = _mm512_abs_epi8(raw);
+      } else {
+        const __m256i v = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2))),
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 20)), 1);
+        const __m256i lo = _mm256_and_si256(v, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        wq = _mm512_shuffle_i64x2(x, x, _MM_SHUFFLE(3, 1, 2, 0));  // lo0 hi0 lo1 hi1
+      }
+      for (int i = 0; i < M; ++i) {
+        __m512i av = _mm512_load_si512(aq[i] + b * 32);
+        __m512i dot;
+        if (q8) {
+          av = _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av);
+          dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, av);
+        } else {
+          dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, av);
+          dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_loadu_si512(ls[i] + b * 8), 3));
+        }
+        const __m512 sc = _mm512_mul_ps(dw, _mm512_loadu_ps(ad[i] + b * 8));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[i]);
+      }
+    }
+    for (int i = 0; i < M; ++i) {
+      float s = Hsum512(acc[i]);
+      if (b < nb) {  // odd block count: the last block
+        const uint8_t* blk = wr + b * bb;
+        s += static_cast<float>(BlockDot32(t, blk, aq[i] + b * 32)) * (H512(blk) * ad[i][b * 8]);
+      }
+      y[(i0 + i) * ldy + r] = s;
+    }
+  }
+}
+
+template <int M>
+RS_Q_AVX512 void Q4KRows512(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0,
+                            int64_t r1, float* y, int64_t ldy) {
+  const int64_t nb = w.cols / 256, rb = w.RowBytes();
+  const int8_t* aq[M];
+  const float* da[M];
+  const int32_t* s32[M];
+  for (int i = 0; i < M; ++i) {
+    aq[i] = a.Q(i0 + i);
+    da[i] = a.d.data() + (i0 + i) * nb;
+    s32[i] = a.s32.data() + (i0 + i) * (a.cols / 32);
+  }
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
+    __m512 acc[M];
+    float corr[M];
+    for (int i = 0; i < M; ++i) {
+      acc[i] = _mm512_setzero_ps();
+      corr[i] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = wr + b * 144;
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + 64, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + 128, _MM_HINT_T0);
+      uint8_t sc[8], mn[8];
+      ScaleMinK4(blk + 4, sc, mn);
+      const float d = H512(blk), dmin = H512(blk + 2);
+      __m512i isum[M];
+      for (int i = 0; i < M; ++i) isum[i] = _mm512_setzero_si512();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
+        const __m256i lo = _mm256_and_si256(v, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        const __m512i scv = _mm512_inserti64x4(_mm512_set1_epi32(sc[2 * c]),
+                                               _mm256_set1_epi32(sc[2 * c + 1]), 1);
+        for (int i = 0; i < M; ++i) {
+          const __m512i av = _mm512_load_si512(aq[i] + b * 256 + 64 * c);
+          const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), x, av);
+          isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(dot, scv));
+        }
+      }
+      for (int i = 0; i < M; ++i) {
+        int32_t i2 = 0;
+        for (int s = 0; s < 8; ++s) i2 += mn[s] * s32[i][b * 8 + s];
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_set1_ps(d * da[i][b]), acc[i]);
+        corr[i] += (dmin * da[i][b]) * static_cast<float>(i2);
+      }
+    }
+    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum512(acc[i]) - corr[i];
+  }
+}
+
+template <int M>
+RS_Q_AVX512 void Q6KRows512(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0,
+                            int64_t r1, float* y, int64_t ldy) {
+  const int64_t nb = w.cols / 256, rb = w.RowBytes();
+  const int8_t* aq[M];
+  const float* da[M];
+  const int32_t* ls[M];
+  for (int i = 0; i < M; ++i) {
+    aq[i] = a.Q(i0 + i);
+    da[i] = a.d.data() + (i0 + i) * nb;
+    ls[i] = a.lsum.data() + (i0 + i) * (a.cols / 4);
+  }
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i three = _mm512_set1_epi8(0x03);
+  // Per-word shift counts: the lower 256 bits take qh >> 0 (A) / >> 4 (B), the upper >> 2 / >> 6.
+  const __m512i shift_a = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  const __m512i shift_b =
+      _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+  // Each of 4 scale bytes repeated over 4 int32 lanes.
+  const __m128i rep4 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
+    __m512 acc[M];
+    for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = wr + b * 210;
+      for (int64_t off = 0; off < 256; off += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + off, _MM_HINT_T0);
+      }
+      const int8_t* scales = reinterpret_cast<const int8_t*>(blk + 192);
+      const float d = H512(blk + 208);
+      __m512i isum[M];
+      for (int i = 0; i < M; ++i) isum[i] = _mm512_setzero_si512();
+      for (int n = 0; n < 2; ++n) {
+        const __m512i ql = _mm512_loadu_si512(blk + 64 * n);
+        const __m256i qh256 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
+        const __m512i qh = _mm512_inserti64x4(_mm512_castsi256_si512(qh256), qh256, 1);
+        for (int part = 0; part < 2; ++part) {
+          const __m512i nib =
+              part == 0 ? _mm512_and_si512(ql, low4)
+                        : _mm512_and_si512(_mm512_srli_epi16(ql, 4), low4);
+          const __m512i hb = _mm512_and_si512(
+              _mm512_srlv_epi16(qh, part == 0 ? shift_a : shift_b), three);
+          const __m512i x = _mm512_or_si512(nib, _mm512_slli_epi16(hb, 4));
+          const int g0 = 8 * n + 4 * part;  // first group of 16 values of these 64
+          int32_t s4;
+          std::memcpy(&s4, scales + g0, 4);
+          const __m512i scv = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(s4), rep4));
+          const int64_t v0 = b * 256 + 128 * n + 64 * part;  // first value
+          for (int i = 0; i < M; ++i) {
+            const __m512i av = _mm512_load_si512(aq[i] + v0);
+            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), x, av);
+            dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_loadu_si512(ls[i] + v0 / 4), 5));
+            isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(dot, scv));
+          }
+        }
+      }
+      for (int i = 0; i < M; ++i) {
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_set1_ps(d * da[i][b]), acc[i]);
+      }
+    }
+    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum512(acc[i]);
+  }
+}
+
+// ---------------------------------------------------------------- AVX2
+
+RS_Q_AVX2 inline float Hsum256(__m256 v) {
+  const __m128 lo = _mm256_castps256_ps128(v);
+  const __m128 hi = _mm256_extractf128_ps(v, 1);
+  __m128 s = _mm_add_ps(lo, hi);
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+RS_Q_AVX2 inline float H256(const uint8_t* p) { return _cvtsh_ss(Bits16(p)); }
+
+// Lane sums of 4 u8 x s8 products (what vpdpbusd computes), from vpmaddubsw + vpmaddwd.
+RS_Q_AVX2 inline __m256i Dp256(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+template <int M>
+RS_Q_AVX2 void Q32Rows256(DType t, const QuantizedActs& a, int64_t i0, const WeightView& w,
+                          int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  const int64_t nb = w.cols / 32, rb = w.RowBytes(), bb = DTypeBlockBytes(t);
+  const bool q8 = t == DType::kQ8_0;
+  const int8_t* aq[M];
+  const float* ad[M];
+  const int32_t* ls[M];
+  for (int i = 0; i < M; ++i) {
+    aq[i] = a.Q(i0 + i);
+    ad[i] = a.dexp.data() + (i0 + i) * (a.cols / 4);
+    ls[i] = a.lsum.data() + (i0 + i) * (a.cols / 4);
+  }
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
+    __m256 acc[M];
+    for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* b0 = wr + b * bb;
+      _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch, _MM_HINT_T0);
+      const __m256 dw = _mm256_set1_ps(H256(b0));
+      __m256i wq, sgn = _mm256_setzero_si256();
+      if (q8) {
+        sgn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + 2));
+        wq = _mm256_sign_epi8(sgn, sgn);  // |w| (-128 stays 0x80 = 128 unsigned)
+      } else {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2));
+        const __m128i lo = _mm_and_si128(v, low4);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
+        wq = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+      }
+      for (int i = 0; i < M; ++i) {
+        const __m256i av = _mm256_load_si256(reinterpret_cast<const __m256i*>(aq[i] + b * 32));
+        __m256i dot;
+        if (q8) {
+          dot = Dp256(wq, _mm256_sign_epi8(av, sgn));
+        } else {
+          dot = _mm256_sub_epi32(
+              Dp256(wq, av),
+              _mm256_slli_epi32(
+                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ls[i] + b * 8)), 3));
+        }
+        const __m256 sc = _mm256_mul_ps(dw, _mm256_loadu_ps(ad[i] + b * 8));
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[i]);
+      }
+    }
+    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum256(acc[i]);
+  }
+}
+
+template <int M>
+RS_Q_AVX2 void Q4KRows256(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0,
+                          int64_t r1, float* y, int64_t ldy) {
+  const int64_t nb = w.cols / 256, rb = w.RowBytes();
+  const int8_t* aq[M];
+  const float* da[M];
+  const int32_t* s32[M];
+  for (int i = 0; i < M; ++i) {
+    aq[i] = a.Q(i0 + i);
+    da[i] = a.d.data() + (i0 + i) * nb;
+    s32[i] = a.s32.data() + (i0 + i) * (a.cols / 32);
+  }
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
+    __m256 acc[M];
+    float corr[M];
+    for (int i = 0; i < M; ++i) {
+      acc[i] = _mm256_setzero_ps();
+      corr[i] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = wr + b * 144;
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + 64, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + 128, _MM_HINT_T0);
+      uint8_t sc[8], mn[8];
+      ScaleMinK4(blk + 4, sc, mn);
+      const float d = H256(blk), dmin = H256(blk + 2);
+      __m256i isum[M];
+      for (int i = 0; i < M; ++i) isum[i] = _mm256_setzero_si256();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
+        for (int h = 0; h < 2; ++h) {
+          const __m256i x =
+              h == 0 ? _mm256_and_si256(v, low4) : _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+          const __m256i scv = _mm256_set1_epi32(sc[2 * c + h]);
+          for (int i = 0; i < M; ++i) {
+            const __m256i av =
+                _mm256_load_si256(reinterpret_cast<const __m256i*>(aq[i] + b * 256 + 64 * c + 32 * h));
+            isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(Dp256(x, av), scv));
+          }
+        }
+      }
+      for (int i = 0; i < M; ++i) {
+        int32_t i2 = 0;
+        for (int s = 0; s < 8; ++s) i2 += mn[s] * s32[i][b * 8 + s];
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(d * da[i][b]), acc[i]);
+        corr[i] += (dmin * da[i][b]) * static_cast<float>(i2);
+      }
+    }
+    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum256(acc[i]) - corr[i];
+  }
+}
+
+template <int M>
+RS_Q_AVX2 void Q6KRows256(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0,
+                          int64_t r1, float* y, int64_t ldy) {
+  const int64_t nb = w.cols / 256, rb = w.RowBytes();
+  const int8_t* aq[M];
+  const float* da[M];
+  const int32_t* ls[M];
+  for (int i = 0; i < M; ++i) {
+    aq[i] = a.Q(i0 + i);
+    da[i] = a.d.data() + (i0 + i) * nb;
+    ls[i] = a.lsum.data() + (i0 + i) * (a.cols / 4);
+  }
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i three = _mm256_set1_epi8(0x03);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
+    __m256 acc[M];
+    for (int i = 0; i < M; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = wr + b * 210;
+      for (int64_t off = 0; off < 256; off += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + off, _MM_HINT_T0);
+      }
+      const int8_t* scales = reinterpret_cast<const int8_t*>(blk + 192);
+      const float d = H256(blk + 208);
+      __m256i isum[M];
+      for (int i = 0; i < M; ++i) isum[i] = _mm256_setzero_si256();
+      for (int n = 0; n < 2; ++n) {
+        const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
+        for (int k = 0; k < 4; ++k) {  // values 128n + 32k .. +31
+          const __m256i ql =
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * n + 32 * (k & 1)));
+          const __m256i nib = k < 2 ? _mm256_and_si256(ql, low4)
+                                    : _mm256_and_si256(_mm256_srli_epi16(ql, 4), low4);
+          const __m256i hb =
+              _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), three);
+          const __m256i x = _mm256_or_si256(nib, _mm256_slli_epi16(hb, 4));
+          const int g0 = 8 * n + 2 * k;  // groups g0 (lanes 0-3) and g0 + 1 (lanes 4-7)
+          const __m256i scv = _mm256_inserti128_si256(_mm256_set1_epi32(scales[g0]),
+                                                      _mm_set1_epi32(scales[g0 + 1]), 1);
+          const int64_t v0 = b * 256 + 128 * n + 32 * k;
+          for (int i = 0; i < M; ++i) {
+            const __m256i av = _mm256_load_si256(reinterpret_cast<const __m256i*>(aq[i] + v0));
+            const __m256i dot = _mm256_sub_epi32(
+                Dp256(x, av),
+                _mm256_slli_epi32(
+                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ls[i] + v0 / 4)), 5));
+            isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(dot, scv));
+          }
+        }
+      }
+      for (int i = 0; i < M; ++i) {
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(d * da[i][b]), acc[i]);
+      }
+    }
+    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum256(acc[i]);
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+// ---------------------------------------------------------------- dispatch
+
+// Activation rows per kernel call (a prefill tile): every loaded weight vector serves this many.
+constexpr int kTile = 4;
+
+template <int M>
+void RowsM(SimdLevel level, const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0,
+           int64_t r1, float* y, int64_t ldy) {
+  const DType t = w.dtype;
+  if (level == SimdLevel::kAvx512) {
+    if (t == DType::kQ4_K) return Q4KRows512<M>(a, i0, w, r0, r1, y, ldy);
+    if (t == DType::kQ6_K) return Q6KRows512<M>(a, i0, w, r0, r1, y, ldy);
+    return Q32Rows512<M>(t, a, i0, w, r0, r1, y, ldy);
+  }
+  if (t == DType::kQ4_K) return Q4KRows256<M>(a, i0, w, r0, r1, y, ldy);
+  if (t == DType::kQ6_K) return Q6KRows256<M>(a, i0, w, r0, r1, y, ldy);
+  return Q32Rows256<M>(t, a, i0, w, r0, r1, y, ldy);
+}
+
+}  // namespace
+
+SimdLevel QuantSimdLevel() {
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  const SimdLevel l = FastOpsSimdLevel();
+  return l == SimdLevel::kAvx512 && !vnni ? SimdLevel::kAvx2 : l;
+}
+
+void QuantGemvRows(SimdLevel level, const QuantizedActs& a, const WeightView& w, int64_t r0,
+                   int64_t r1, float* y, int64_t ldy) {
+  if (level == SimdLevel::kScalar) {
+    internal::QuantGemvRowsScalar(a, w, r0, r1, y, ldy);
+    return;
+  }
+  for (int64_t i0 = 0; i0 < a.m; i0 += kTile) {
+    switch (std::min<int64_t>(kTile, a.m - i0)) {
+      case 1:
+        RowsM<1>(level, a, i0, w, r0, r1, y, ldy);
+        break;
+      case 2:
+        RowsM<2>(level, a, i0, w, r0, r1, y, ldy);
+        break;
+      case 3:
+        RowsM<3>(level, a, i0, w, r0, r1, y, ldy);
+        break;
+      default:
+        RowsM<4>(level, a, i0, w, r0, r1, y, ldy);
+        break;
+    }
+  }
+}
+
+void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* ws, float* const* ys,
+                 int threads) {
+  if (m <= 0 || count <= 0) return;
+  thread_local QuantizedActs a32, a256;
+  const int64_t cols = ws[0]->cols;
+  bool need32 = false, need256 = false;
+  int64_t work = 0;
+  for (int k = 0; k < count; ++k) {
+    (ActBlock(ws[k]->dtype) == 32 ? need32 : need256) = true;
+    work += ws[k]->Bytes() * std::max<int64_t>(1, m);
+  }
+  if (need32) QuantizeActs(x, m, cols, 32, &a32);
+  if (need256) QuantizeActs(x, m, cols, 256, &a256);
+  struct Task {
+    int mat;
+    int64_t r0, r1;
+  };
+  thread_local std::vector<Task> tasks;
+  tasks.clear();
+  for (int k = 0; k < count; ++k) {
+    const WeightView& w = *ws[k];
+    // Decode: ~96 KiB of weights per task (claiming a task is noise next to it, and the tasks
+    // still balance); prefill: 16 rows, read from cache by every tile of tokens.
+    const int64_t rows = m <= kGemvMaxRows
+                             ? std::max<int64_t>(1, (96 << 10) / std::max<int64_t>(1, w.RowBytes()) / 16) * 16
+                             : 16;
+    for (int64_t r = 0; r < w.rows; r += rows) tasks.push_back({k, r, std::min(w.rows, r + rows)});
+  }
+  const SimdLevel level = QuantSimdLevel();
+  const int nthreads = work >= (int64_t{1} << 19) ? threads : 1;
+  // The workers see these through pointers (thread_locals name each thread's own copy).
+  const Task* task = tasks.data();
+  const QuantizedActs* act32 = &a32;
+  const QuantizedActs* act256 = &a256;
+  ParallelFor(nthreads, static_cast<int64_t>(tasks.size()), [&](int64_t t) {
+    const Task& tk = task[t];
+    const WeightView& w = *ws[tk.mat];
+    QuantGemvRows(level, ActBlock(w.dtype) == 32 ? *act32 : *act256, w, tk.r0, tk.r1, ys[tk.mat],
+                  w.rows);
+  });
+}
+
+}  // namespace ragserve::kernels
