@@ -641,7 +641,7 @@ int main(int argc, char** argv) {
         "kernels: %s; prefill of %d tokens in one chunk (best of 3); decode: %d rounds, best and "
         "median\n\n"
         "| model | dtype | params | MB read/token | decode b1 tok/s (best) | (median) | roofline "
-        "tok/s | best % of roofline | prefill tok/s | prefill GFLOP/s | % of peak | load s |\n"
+        "tok/s | best %% of roofline | prefill tok/s | prefill GFLOP/s | %% of peak | load s |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         threads, bw, peak_f32 / 1e9, peak_int8 / 1e9,
         std::string(kernels::SimdLevelName(kernels::QuantSimdLevel())).c_str(), prefill_tokens,
