@@ -360,26 +360,18 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
   a.qoff = (64 - reinterpret_cast<uintptr_t>(a.q.data()) % 64) % 64;
   const int64_t nb = cols / block;
   a.d.resize(static_cast<size_t>(m * nb));
-  a.dexp.resize(block == 32 ? static_cast<size_t>(m * cols / 4) : 0);
   a.lsum.resize(static_cast<size_t>(m * cols / 4));
   a.s32.resize(static_cast<size_t>(m * cols / 32));
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   for (int64_t i = 0; i < m; ++i) {
     const float* xi = x + i * cols;
     int8_t* q = a.q.data() + a.qoff + i * a.ldq;
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = xi + b * block;
-      float amax = 0.0f;
-      for (int j = 0; j < block; ++j) amax = std::max(amax, std::fabs(xb[j]));
-      const float d = amax / 127.0f;
-      const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-      a.d[i * nb + b] = d;
-      for (int j = 0; j < block; ++j) {
-        q[b * block + j] = static_cast<int8_t>(std::clamp(Nearest(xb[j] * id), -127, 127));
-      }
-      if (block == 32) std::fill_n(a.dexp.data() + (i * nb + b) * 8, 8, d);
-    }
-    for (int64_t c = 0; c < cols / 4; ++c) {
-      a.lsum[i * (cols / 4) + c] = q[4 * c] + q[4 * c + 1] + q[4 * c + 2] + q[4 * c + 3];
+    if (avx512) {
+      internal::QuantizeActRowAvx512(xi, cols, block, q, a.d.data() + i * nb,
+                                     a.lsum.data() + i * (cols / 4));
+    } else {
+      internal::QuantizeActRowScalar(xi, cols, block, q, a.d.data() + i * nb,
+                                     a.lsum.data() + i * (cols / 4));
     }
     for (int64_t c = 0; c < cols / 32; ++c) {
       int32_t s = 0;
@@ -387,6 +379,22 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
       a.s32[i * (cols / 32) + c] = s;
     }
   }
+}
+
+void internal::QuantizeActRowScalar(const float* x, int64_t cols, int block, int8_t* q, float* d,
+                                    int32_t* lsum) {
+  for (int64_t b = 0; b < cols / block; ++b) {
+    const float* xb = x + b * block;
+    float amax = 0.0f;
+    for (int j = 0; j < block; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    d[b] = amax / 127.0f;
+    for (int j = 0; j < block; ++j) {
+      q[b * block + j] = static_cast<int8_t>(
+          std::clamp(static_cast<int>(std::nearbyint(xb[j] * id)), -127, 127));
+    }
+  }
+  for (int64_t c = 0; c < cols / 4; ++c) lsum[c] = q[4 * c] + q[4 * c + 1] + q[4 * c + 2] + q[4 * c + 3];
 }
 
 void QuantMatMulRef(const QuantizedActs& a, const WeightView& w, float* y, int64_t ldy) {

@@ -52,15 +52,16 @@ struct QuantizedActs {
   int block = 32;
   int64_t ldq = 0;          // bytes between rows of q (cols rounded up to 64)
   std::vector<int8_t> q;    // [m, ldq], 64-byte aligned rows (data() + pad)
-  std::vector<float> d;     // [m, cols / block]: the scales d_a
-  std::vector<float> dexp;  // block 32: [m, cols / 4]: each block's d_a repeated 8 times
+  std::vector<float> d;       // [m, cols / block]: the scales d_a
   std::vector<int32_t> lsum;  // [m, cols / 4]: sums of 4 consecutive q
   std::vector<int32_t> s32;   // [m, cols / 32]: sums of 32 consecutive q
   size_t qoff = 0;            // q row 0 starts at q.data() + qoff (64-byte aligned)
   const int8_t* Q(int64_t i) const { return q.data() + qoff + i * ldq; }
 };
 
-// Quantizes x [m, cols] per block of `block` values (cols a multiple of it) into *out (resized).
+// Quantizes x [m, cols] per block of `block` values (cols a multiple of it) into *out (resized):
+// d_a = max|x| / 127, q = x * (127 / max|x|) rounded to nearest, ties to even (AVX-512 when the
+// CPU has it, else scalar: the same values either way).
 void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedActs* out);
 
 // The activation block size that a weight format's dot product takes: 32 or 256.
@@ -85,5 +86,14 @@ void QuantMatMulRef(const QuantizedActs& a, const WeightView& w, float* y, int64
 // tokens in tiles of 4).
 void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* ws, float* const* ys,
                  int threads);
+
+namespace internal {
+// One activation row of QuantizeActs: q[cols], d[cols / block], lsum[cols / 4]. The AVX-512 form
+// (needs AVX-512 F/BW) writes the same values as the scalar one (tested).
+void QuantizeActRowScalar(const float* x, int64_t cols, int block, int8_t* q, float* d,
+                          int32_t* lsum);
+void QuantizeActRowAvx512(const float* x, int64_t cols, int block, int8_t* q, float* d,
+                          int32_t* lsum);
+}  // namespace internal
 
 }  // namespace ragserve::kernels

@@ -8,8 +8,8 @@
 // decoded once into unsigned bytes in value order (Q8_0: |w|, its sign moved onto the
 // activations), then every activation row does one integer dot product, lane sums of 4 values
 // (int32), exactly the integers the scalar reference sums. Q8_0/Q4_0 blocks scale their lane
-// sums in f32 right away (scale vector = d_w per block x d_a per block, pre-expanded per lane in
-// QuantizedActs::dexp); the k-quants multiply lane sums by their 6/8-bit sub-block scales in
+// sums in f32 right away (scale vector = d_w per block x d_a per block, broadcast over the block's
+// lanes); the k-quants multiply lane sums by their 6/8-bit sub-block scales in
 // int32 and scale once per 256-value super-block.
 #include <immintrin.h>
 
@@ -91,10 +91,12 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
   const int32_t* ls[M];
   for (int i = 0; i < M; ++i) {
     aq[i] = a.Q(i0 + i);
-    ad[i] = a.dexp.data() + (i0 + i) * (a.cols / 4);
+    ad[i] = a.d.data() + (i0 + i) * nb;
     ls[i] = a.lsum.data() + (i0 + i) * (a.cols / 4);
   }
   const __m256i low4 = _mm256_set1_epi8(0x0F);
+  // Lanes 0-7 take element 0 of a two-float load, lanes 8-15 element 1.
+  const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
     __m512 acc[M];
@@ -133,15 +135,17 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
           dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, av);
           dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_loadu_si512(ls[i] + b * 8), 3));
         }
-        const __m512 sc = _mm512_mul_ps(dw, _mm512_loadu_ps(ad[i] + b * 8));
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[i]);
+        const __m512 da = _mm512_permutexvar_ps(
+            pair, _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd(
+                      reinterpret_cast<const double*>(ad[i] + b)))));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, da), acc[i]);
       }
     }
     for (int i = 0; i < M; ++i) {
       float s = Hsum512(acc[i]);
       if (b < nb) {  // odd block count: the last block
         const uint8_t* blk = wr + b * bb;
-        s += static_cast<float>(BlockDot32(t, blk, aq[i] + b * 32)) * (H512(blk) * ad[i][b * 8]);
+        s += static_cast<float>(BlockDot32(t, blk, aq[i] + b * 32)) * (H512(blk) * ad[i][b]);
       }
       y[(i0 + i) * ldy + r] = s;
     }
@@ -296,7 +300,7 @@ RS_Q_AVX2 void Q32Rows256(DType t, const QuantizedActs& a, int64_t i0, const Wei
   const int32_t* ls[M];
   for (int i = 0; i < M; ++i) {
     aq[i] = a.Q(i0 + i);
-    ad[i] = a.dexp.data() + (i0 + i) * (a.cols / 4);
+    ad[i] = a.d.data() + (i0 + i) * nb;
     ls[i] = a.lsum.data() + (i0 + i) * (a.cols / 4);
   }
   const __m128i low4 = _mm_set1_epi8(0x0F);
@@ -329,7 +333,7 @@ RS_Q_AVX2 void Q32Rows256(DType t, const QuantizedActs& a, int64_t i0, const Wei
               _mm256_slli_epi32(
                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ls[i] + b * 8)), 3));
         }
-        const __m256 sc = _mm256_mul_ps(dw, _mm256_loadu_ps(ad[i] + b * 8));
+        const __m256 sc = _mm256_mul_ps(dw, _mm256_broadcast_ss(ad[i] + b));
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[i]);
       }
     }
@@ -454,6 +458,50 @@ RS_Q_AVX2 void Q6KRows256(const QuantizedActs& a, int64_t i0, const WeightView& 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
+
+}  // namespace
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// 16 values at a time: |x| max per block, then q = cvtps (round to nearest even, as nearbyint in
+// the scalar form) saturated to int8 (|x * 127 / max| <= 127 already); sums of 4 consecutive q.
+RS_Q_AVX512 void internal::QuantizeActRowAvx512(const float* x, int64_t cols, int block, int8_t* q,
+                                                float* d, int32_t* lsum) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t b = 0; b < cols / block; ++b) {
+    const float* xb = x + b * block;
+    __m512 mx = _mm512_setzero_ps();
+    for (int j = 0; j < block; j += 16) {
+      mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, _mm512_loadu_ps(xb + j)));
+    }
+    const float amax = _mm512_reduce_max_ps(mx);
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    d[b] = amax / 127.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    for (int j = 0; j < block; j += 16) {
+      const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + j), vid));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * block + j), _mm512_cvtsepi32_epi8(v));
+    }
+  }
+  // Sums of 4 consecutive int8: vpmaddubsw with ones (u8 ones x s8 q) then vpmaddwd with ones.
+  const __m512i ones8 = _mm512_set1_epi8(1);
+  const __m512i ones16 = _mm512_set1_epi16(1);
+  for (int64_t c = 0; c < cols; c += 64) {
+    // The row's q is padded to 64 bytes (QuantizedActs::ldq); only whole lanes are stored.
+    const __m512i v = _mm512_loadu_si512(q + c);
+    const __m512i s = _mm512_madd_epi16(_mm512_maddubs_epi16(ones8, v), ones16);
+    const int64_t lanes = std::min<int64_t>(16, (cols - c) / 4);
+    _mm512_mask_storeu_epi32(lsum + c / 4, static_cast<__mmask16>((1u << lanes) - 1), s);
+  }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+namespace {
 
 // ---------------------------------------------------------------- dispatch
 

@@ -9,6 +9,7 @@
 // AVX-512 two-block step's tail), decode m <= 8 and prefill m > 8. Seeded random inputs.
 #include "kernels/cpu/quant.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -279,6 +280,28 @@ TEST(QuantKernelTest, ActivationQuantizationIsSymmetricPerBlock) {
         EXPECT_EQ(a.lsum[i * 128 + c],
                   a.Q(i)[4 * c] + a.Q(i)[4 * c + 1] + a.Q(i)[4 * c + 2] + a.Q(i)[4 * c + 3]);
       }
+    }
+  }
+}
+
+TEST(QuantKernelTest, ActivationQuantizerPathsWriteTheSameBytes) {
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) {
+    GTEST_SKIP() << "no AVX-512 on this CPU: only the scalar activation quantizer runs";
+  }
+  for (int block : {32, 256}) {
+    for (int64_t cols : {int64_t{block}, int64_t{3} * block, int64_t{5} * block}) {
+      std::vector<float> x = Gauss(cols, static_cast<uint32_t>(cols + block));
+      x[1] = 40.0f;  // the block maximum (q = 127) and an exact zero
+      x[2] = 0.0f;
+      std::vector<int8_t> q1(static_cast<size_t>((cols + 63) / 64 * 64)), q2(q1.size());
+      std::vector<float> d1(static_cast<size_t>(cols / block)), d2(d1.size());
+      std::vector<int32_t> l1(static_cast<size_t>(cols / 4)), l2(l1.size() + 16, 7);
+      internal::QuantizeActRowScalar(x.data(), cols, block, q1.data(), d1.data(), l1.data());
+      internal::QuantizeActRowAvx512(x.data(), cols, block, q2.data(), d2.data(), l2.data());
+      EXPECT_TRUE(std::equal(q1.begin(), q1.begin() + cols, q2.begin())) << block << " " << cols;
+      EXPECT_EQ(d1, d2);
+      EXPECT_TRUE(std::equal(l1.begin(), l1.end(), l2.begin()));
+      EXPECT_EQ(l2[l1.size()], 7) << "wrote past the row's lane sums";
     }
   }
 }

@@ -178,6 +178,14 @@ double BestBandwidth1G(int threads, int passes) {
   return best;
 }
 
+// GCC 12's AVX-512 reduce intrinsics self-initialize an operand: a known -Wuninitialized false
+// positive (as in kernels/cpu/ops_fast.cc).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 // Peak arithmetic of one thread for ~`seconds`: 12 independent chains of 512-bit (or 256-bit)
 // FMAs (f32 FLOP/s) or VNNI dot products (int8 ops/s, 2 per multiply-add).
 __attribute__((target("avx512f,avx2,fma"))) double FmaPeak512(double seconds) {
@@ -242,6 +250,10 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) double VnniPeak512(double
   if (sink == 12345) std::printf(" ");
   return iters * 12.0 * 64 * 2 / secs;
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // Machine peak over `threads` threads (each runs the loop at once on the pool), best of 3.
 double Peak(int threads, bool int8) {
