@@ -362,6 +362,9 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
   a.d.resize(static_cast<size_t>(m * nb));
   a.lsum.resize(static_cast<size_t>(m * cols / 4));
   a.s32.resize(static_cast<size_t>(m * cols / 32));
+  a.loff.resize(block == 32 ? static_cast<size_t>(m * cols / 4) : 0);
+  a.s16.resize(block == 32 ? 0 : static_cast<size_t>(m * cols / 16));
+  a.s32w.resize(block == 32 ? 0 : static_cast<size_t>(m * cols / 32));
   static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   for (int64_t i = 0; i < m; ++i) {
     const float* xi = x + i * cols;
@@ -373,10 +376,22 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
       internal::QuantizeActRowScalar(xi, cols, block, q, a.d.data() + i * nb,
                                      a.lsum.data() + i * (cols / 4));
     }
+    const int32_t* ls = a.lsum.data() + i * (cols / 4);
     for (int64_t c = 0; c < cols / 32; ++c) {
       int32_t s = 0;
-      for (int j = 0; j < 8; ++j) s += a.lsum[i * (cols / 4) + 8 * c + j];
+      for (int j = 0; j < 8; ++j) s += ls[8 * c + j];
       a.s32[i * (cols / 32) + c] = s;
+    }
+    if (block == 32) {
+      for (int64_t c = 0; c < cols / 4; ++c) a.loff[i * (cols / 4) + c] = -8 * ls[c];
+    } else {
+      for (int64_t c = 0; c < cols / 16; ++c) {
+        a.s16[i * (cols / 16) + c] =
+            static_cast<int16_t>(ls[4 * c] + ls[4 * c + 1] + ls[4 * c + 2] + ls[4 * c + 3]);
+      }
+      for (int64_t c = 0; c < cols / 32; ++c) {
+        a.s32w[i * (cols / 32) + c] = static_cast<int16_t>(a.s32[i * (cols / 32) + c]);
+      }
     }
   }
 }

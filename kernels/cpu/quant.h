@@ -55,6 +55,10 @@ struct QuantizedActs {
   std::vector<float> d;       // [m, cols / block]: the scales d_a
   std::vector<int32_t> lsum;  // [m, cols / 4]: sums of 4 consecutive q
   std::vector<int32_t> s32;   // [m, cols / 32]: sums of 32 consecutive q
+  // What the AVX-512 kernels start from / multiply in (same integers, other widths):
+  std::vector<int32_t> loff;  // block 32: [m, cols / 4]: -8 * lsum (Q4_0's nibble offset)
+  std::vector<int16_t> s16;   // block 256: [m, cols / 16]: sums of 16 consecutive q (Q6_K)
+  std::vector<int16_t> s32w;  // block 256: [m, cols / 32]: s32 as int16 (Q4_K's mins)
   size_t qoff = 0;            // q row 0 starts at q.data() + qoff (64-byte aligned)
   const int8_t* Q(int64_t i) const { return q.data() + qoff + i * ldq; }
 };

@@ -53,6 +53,20 @@ inline void ScaleMinK4(const uint8_t* q, uint8_t* sc, uint8_t* m) {
   }
 }
 
+// ScaleMinK4 in 32-bit words, the 8 scales and 8 mins packed a byte each (bytes stored one by one
+// and read back as a word would stall store-to-load forwarding on every super-block).
+inline void ScaleMinK4Packed(const uint8_t* q, uint64_t* sc, uint64_t* m) {
+  uint32_t u0, u1, u2;
+  std::memcpy(&u0, q, 4);
+  std::memcpy(&u1, q + 4, 4);
+  std::memcpy(&u2, q + 8, 4);
+  const uint32_t sc_lo = u0 & 0x3f3f3f3fu, m_lo = u1 & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
+  const uint32_t m_hi = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
+  *sc = sc_lo | (uint64_t{sc_hi} << 32);
+  *m = m_lo | (uint64_t{m_hi} << 32);
+}
+
 // Integer sum of one 32-value Q8_0 / Q4_0 block against activations q (the odd last block of a
 // row on AVX-512, which steps two blocks at a time).
 inline int32_t BlockDot32(DType t, const uint8_t* blk, const int8_t* q) {
@@ -88,14 +102,14 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
   const bool q8 = t == DType::kQ8_0;
   const int8_t* aq[M];
   const float* ad[M];
-  const int32_t* ls[M];
+  const int32_t* lo[M];
   for (int i = 0; i < M; ++i) {
     aq[i] = a.Q(i0 + i);
     ad[i] = a.d.data() + (i0 + i) * nb;
-    ls[i] = a.lsum.data() + (i0 + i) * (a.cols / 4);
+    lo[i] = a.loff.data() + (i0 + i) * (a.cols / 4);
   }
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  // Lanes 0-7 take element 0 of a two-float load, lanes 8-15 element 1.
+  // Lanes 0-7 take element 0 of a pair, lanes 8-15 element 1.
   const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
@@ -106,8 +120,8 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
       const uint8_t* b0 = wr + b * bb;
       _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch + 64, _MM_HINT_T0);
-      const __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(H512(b0)),
-                                           _mm256_set1_ps(H512(b0 + bb)), 1);
+      // The two blocks' d_w as [d0, d1, ., .].
+      const __m128 dw2 = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(Bits16(b0)), Bits16(b0 + bb), 1));
       __m512i wq;
       __mmask64 neg = 0;
       if (q8) {
@@ -120,9 +134,9 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
         const __m256i v = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2))),
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 20)), 1);
-        const __m256i lo = _mm256_and_si256(v, low4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        const __m256i l = _mm256_and_si256(v, low4);
+        const __m256i h = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(l), h, 1);
         wq = _mm512_shuffle_i64x2(x, x, _MM_SHUFFLE(3, 1, 2, 0));  // lo0 hi0 lo1 hi1
       }
       for (int i = 0; i < M; ++i) {
@@ -131,14 +145,13 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
         if (q8) {
           av = _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av);
           dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, av);
-        } else {
-          dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, av);
-          dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_loadu_si512(ls[i] + b * 8), 3));
+        } else {  // starts from -8 x the lane sums: the nibbles' offset
+          dot = _mm512_dpbusd_epi32(_mm512_loadu_si512(lo[i] + b * 8), wq, av);
         }
-        const __m512 da = _mm512_permutexvar_ps(
-            pair, _mm512_castpd_ps(_mm512_castpd128_pd512(_mm_load_sd(
-                      reinterpret_cast<const double*>(ad[i] + b)))));
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, da), acc[i]);
+        const __m128 s2 = _mm_mul_ps(
+            dw2, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(ad[i] + b))));
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+                                 _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(s2)), acc[i]);
       }
     }
     for (int i = 0; i < M; ++i) {
@@ -152,58 +165,67 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
   }
 }
 
+// The k-quants multiply the sub-block scales in while widening: vpmaddubsw (u8 x s8 -> int16
+// pairs, at most 63 * 127 * 2) then vpdpwssd with the scale of each pair's sub-block (int16).
 template <int M>
 RS_Q_AVX512 void Q4KRows512(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0,
                             int64_t r1, float* y, int64_t ldy) {
   const int64_t nb = w.cols / 256, rb = w.RowBytes();
   const int8_t* aq[M];
   const float* da[M];
-  const int32_t* s32[M];
+  const int16_t* s32[M];
   for (int i = 0; i < M; ++i) {
     aq[i] = a.Q(i0 + i);
     da[i] = a.d.data() + (i0 + i) * nb;
-    s32[i] = a.s32.data() + (i0 + i) * (a.cols / 32);
+    s32[i] = a.s32w.data() + (i0 + i) * (a.cols / 32);
   }
   const __m256i low4 = _mm256_set1_epi8(0x0F);
+  // Chunk c (64 values): words 0-15 take scale 2c, words 16-31 scale 2c + 1.
+  __m512i sidx[4];
+  for (int c = 0; c < 4; ++c) {
+    sidx[c] = _mm512_inserti64x4(_mm512_set1_epi16(static_cast<int16_t>(2 * c)),
+                                 _mm256_set1_epi16(static_cast<int16_t>(2 * c + 1)), 1);
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
     __m512 acc[M];
-    float corr[M];
-    for (int i = 0; i < M; ++i) {
-      acc[i] = _mm512_setzero_ps();
-      corr[i] = 0.0f;
-    }
+    for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* blk = wr + b * 144;
       _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + 64, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + 128, _MM_HINT_T0);
-      uint8_t sc[8], mn[8];
-      ScaleMinK4(blk + 4, sc, mn);
-      const float d = H512(blk), dmin = H512(blk + 2);
+      uint64_t sc8, mn8;  // the 8 scales and 8 mins, a byte each (kept in registers)
+      ScaleMinK4Packed(blk + 4, &sc8, &mn8);
+      const __m128i scw = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8)));
+      const __m128i mnw = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(mn8)));
+      const __m128 dd = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));  // d, dmin
       __m512i isum[M];
-      for (int i = 0; i < M; ++i) isum[i] = _mm512_setzero_si512();
+      __m128i msum[M];  // the mins' term sum_s m_s * (sum of sub-block s), in 4 lanes
+      for (int i = 0; i < M; ++i) {
+        isum[i] = _mm512_setzero_si512();
+        msum[i] = _mm_madd_epi16(mnw,
+                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(s32[i] + b * 8)));
+      }
       for (int c = 0; c < 4; ++c) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
-        const __m256i lo = _mm256_and_si256(v, low4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        const __m512i scv = _mm512_inserti64x4(_mm512_set1_epi32(sc[2 * c]),
-                                               _mm256_set1_epi32(sc[2 * c + 1]), 1);
+        const __m256i l = _mm256_and_si256(v, low4);
+        const __m256i h = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(l), h, 1);
+        const __m512i scv = _mm512_permutexvar_epi16(sidx[c], _mm512_castsi128_si512(scw));
         for (int i = 0; i < M; ++i) {
           const __m512i av = _mm512_load_si512(aq[i] + b * 256 + 64 * c);
-          const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), x, av);
-          isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(dot, scv));
+          isum[i] = _mm512_dpwssd_epi32(isum[i], _mm512_maddubs_epi16(x, av), scv);
         }
       }
       for (int i = 0; i < M; ++i) {
-        int32_t i2 = 0;
-        for (int s = 0; s < 8; ++s) i2 += mn[s] * s32[i][b * 8 + s];
-        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_set1_ps(d * da[i][b]), acc[i]);
-        corr[i] += (dmin * da[i][b]) * static_cast<float>(i2);
+        const __m512 d = _mm512_set1_ps(_mm_cvtss_f32(dd) * da[i][b]);
+        const __m512 dm = _mm512_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(dd)) * da[i][b]);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), d, acc[i]);
+        acc[i] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi128_si512(msum[i])), dm, acc[i]);
       }
     }
-    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum512(acc[i]) - corr[i];
+    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum512(acc[i]);
   }
 }
 
@@ -213,20 +235,24 @@ RS_Q_AVX512 void Q6KRows512(const QuantizedActs& a, int64_t i0, const WeightView
   const int64_t nb = w.cols / 256, rb = w.RowBytes();
   const int8_t* aq[M];
   const float* da[M];
-  const int32_t* ls[M];
+  const int16_t* s16[M];
   for (int i = 0; i < M; ++i) {
     aq[i] = a.Q(i0 + i);
     da[i] = a.d.data() + (i0 + i) * nb;
-    ls[i] = a.lsum.data() + (i0 + i) * (a.cols / 4);
+    s16[i] = a.s16.data() + (i0 + i) * (a.cols / 16);
   }
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512i three = _mm512_set1_epi8(0x03);
   // Per-word shift counts: the lower 256 bits take qh >> 0 (A) / >> 4 (B), the upper >> 2 / >> 6.
   const __m512i shift_a = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-  const __m512i shift_b =
-      _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
-  // Each of 4 scale bytes repeated over 4 int32 lanes.
-  const __m128i rep4 = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i shift_b = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+  // Values 64k .. 64k + 63 (groups 4k .. 4k + 3): each group's scale over its 8 int16 pairs.
+  __m512i sidx[4];
+  for (int k = 0; k < 4; ++k) {
+    alignas(64) int16_t idx[32];
+    for (int j = 0; j < 32; ++j) idx[j] = static_cast<int16_t>(4 * k + j / 8);
+    sidx[k] = _mm512_load_si512(idx);
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* wr = static_cast<const uint8_t*>(w.data) + r * rb;
     __m512 acc[M];
@@ -236,31 +262,34 @@ RS_Q_AVX512 void Q6KRows512(const QuantizedActs& a, int64_t i0, const WeightView
       for (int64_t off = 0; off < 256; off += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + off, _MM_HINT_T0);
       }
-      const int8_t* scales = reinterpret_cast<const int8_t*>(blk + 192);
+      const __m256i scw =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192)));
       const float d = H512(blk + 208);
       __m512i isum[M];
-      for (int i = 0; i < M; ++i) isum[i] = _mm512_setzero_si512();
+      for (int i = 0; i < M; ++i) {
+        // -32 sum_g scale_g (sum of group g): the 6-bit values' offset, subtracted from the start.
+        const __m256i off = _mm256_madd_epi16(
+            scw, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s16[i] + b * 16)));
+        isum[i] = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(),
+                                                          _mm256_slli_epi32(off, 5)));
+      }
       for (int n = 0; n < 2; ++n) {
         const __m512i ql = _mm512_loadu_si512(blk + 64 * n);
-        const __m256i qh256 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
+        const __m256i qh256 =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
         const __m512i qh = _mm512_inserti64x4(_mm512_castsi256_si512(qh256), qh256, 1);
         for (int part = 0; part < 2; ++part) {
-          const __m512i nib =
-              part == 0 ? _mm512_and_si512(ql, low4)
-                        : _mm512_and_si512(_mm512_srli_epi16(ql, 4), low4);
-          const __m512i hb = _mm512_and_si512(
-              _mm512_srlv_epi16(qh, part == 0 ? shift_a : shift_b), three);
+          const __m512i nib = part == 0 ? _mm512_and_si512(ql, low4)
+                                        : _mm512_and_si512(_mm512_srli_epi16(ql, 4), low4);
+          const __m512i hb =
+              _mm512_and_si512(_mm512_srlv_epi16(qh, part == 0 ? shift_a : shift_b), three);
           const __m512i x = _mm512_or_si512(nib, _mm512_slli_epi16(hb, 4));
-          const int g0 = 8 * n + 4 * part;  // first group of 16 values of these 64
-          int32_t s4;
-          std::memcpy(&s4, scales + g0, 4);
-          const __m512i scv = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(_mm_cvtsi32_si128(s4), rep4));
+          const __m512i scv =
+              _mm512_permutexvar_epi16(sidx[2 * n + part], _mm512_castsi256_si512(scw));
           const int64_t v0 = b * 256 + 128 * n + 64 * part;  // first value
           for (int i = 0; i < M; ++i) {
             const __m512i av = _mm512_load_si512(aq[i] + v0);
-            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), x, av);
-            dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_loadu_si512(ls[i] + v0 / 4), 5));
-            isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(dot, scv));
+            isum[i] = _mm512_dpwssd_epi32(isum[i], _mm512_maddubs_epi16(x, av), scv);
           }
         }
       }
@@ -271,6 +300,7 @@ RS_Q_AVX512 void Q6KRows512(const QuantizedActs& a, int64_t i0, const WeightView
     for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum512(acc[i]);
   }
 }
+
 
 // ---------------------------------------------------------------- AVX2
 
