@@ -363,6 +363,9 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
   a.lsum.resize(static_cast<size_t>(m * cols / 4));
   a.s32.resize(static_cast<size_t>(m * cols / 32));
   a.loff.resize(block == 32 ? static_cast<size_t>(m * cols / 4) : 0);
+  a.qp.resize(block == 32 ? a.q.size() : 0);
+  a.qpoff = block == 32 ? (64 - reinterpret_cast<uintptr_t>(a.qp.data()) % 64) % 64 : 0;
+  a.loffp.resize(block == 32 ? static_cast<size_t>(m * (cols / 128) * 16) : 0);
   a.s16.resize(block == 32 ? 0 : static_cast<size_t>(m * cols / 16));
   a.s32w.resize(block == 32 ? 0 : static_cast<size_t>(m * cols / 32));
   static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
@@ -384,6 +387,19 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
     }
     if (block == 32) {
       for (int64_t c = 0; c < cols / 4; ++c) a.loff[i * (cols / 4) + c] = -8 * ls[c];
+      int8_t* qp = a.qp.data() + a.qpoff + i * a.ldq;
+      int32_t* lp = a.loffp.data() + i * (cols / 128 * 16);
+      for (int64_t g = 0; g < cols / 128; ++g) {
+        for (int h = 0; h < 2; ++h) {
+          for (int k = 0; k < 4; ++k) {
+            std::memcpy(qp + g * 128 + h * 64 + k * 16, q + g * 128 + k * 32 + h * 16, 16);
+          }
+        }
+        for (int j = 0; j < 16; ++j) {
+          const int64_t c = g * 32 + (j / 4) * 8 + j % 4;  // lane index into ls
+          lp[g * 16 + j] = -8 * (ls[c] + ls[c + 4]);
+        }
+      }
     } else {
       for (int64_t c = 0; c < cols / 16; ++c) {
         a.s16[i * (cols / 16) + c] =

@@ -57,6 +57,14 @@ struct QuantizedActs {
   std::vector<int32_t> s32;   // [m, cols / 32]: sums of 32 consecutive q
   // What the AVX-512 kernels start from / multiply in (same integers, other widths):
   std::vector<int32_t> loff;  // block 32: [m, cols / 4]: -8 * lsum (Q4_0's nibble offset)
+  // Block 32, for Q4_0 four blocks at a time: per group of 128 values (cols / 128 of them; the
+  // rest is only in q) the first 16 values of each of the 4 blocks, then their last 16; loffp:
+  // [m, cols / 128 * 16] the matching -8 x sums (lane j: block j / 4, values 4 (j % 4) .. + 3
+  // of both halves).
+  std::vector<int8_t> qp;     // [m, ldq], same alignment as q (qpoff)
+  std::vector<int32_t> loffp;
+  size_t qpoff = 0;
+  const int8_t* Qp(int64_t i) const { return qp.data() + qpoff + i * ldq; }
   std::vector<int16_t> s16;   // block 256: [m, cols / 16]: sums of 16 consecutive q (Q6_K)
   std::vector<int16_t> s32w;  // block 256: [m, cols / 32]: s32 as int16 (Q4_K's mins)
   size_t qoff = 0;            // q row 0 starts at q.data() + qoff (64-byte aligned)

@@ -103,11 +103,15 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
   const int8_t* aq[M];
   const float* ad[M];
   const int32_t* lo[M];
+  const int32_t* lp[M];
   for (int i = 0; i < M; ++i) {
     aq[i] = a.Q(i0 + i);
     ad[i] = a.d.data() + (i0 + i) * nb;
     lo[i] = a.loff.data() + (i0 + i) * (a.cols / 4);
+    lp[i] = a.loffp.data() + (i0 + i) * (a.cols / 128 * 16);
   }
+  // Lanes 4k .. 4k + 3 take element k of a quad.
+  const __m512i quad = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   // Lanes 0-7 take element 0 of a pair, lanes 8-15 element 1.
   const __m512i pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -116,6 +120,34 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
     __m512 acc[M];
     for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
     int64_t b = 0;
+    if (!q8) {  // Q4_0 four blocks at a time against the permuted activations (QuantizedActs::qp)
+      const __m512i low4x = _mm512_set1_epi8(0x0F);
+      for (; b + 4 <= nb; b += 4) {
+        const uint8_t* b0 = wr + b * 18;
+        _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch + 64, _MM_HINT_T0);
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2)));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 20)), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 38)), 2);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 56)), 3);
+        const __m512i l = _mm512_and_si512(v, low4x);
+        const __m512i h = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4x);
+        __m128i dh = _mm_cvtsi32_si128(Bits16(b0));
+        dh = _mm_insert_epi16(dh, Bits16(b0 + 18), 1);
+        dh = _mm_insert_epi16(dh, Bits16(b0 + 36), 2);
+        dh = _mm_insert_epi16(dh, Bits16(b0 + 54), 3);
+        const __m128 dw4 = _mm_cvtph_ps(dh);
+        for (int i = 0; i < M; ++i) {
+          const int8_t* ap = a.Qp(i0 + i) + b * 32;
+          __m512i dot = _mm512_loadu_si512(lp[i] + b * 4);
+          dot = _mm512_dpbusd_epi32(dot, l, _mm512_load_si512(ap));
+          dot = _mm512_dpbusd_epi32(dot, h, _mm512_load_si512(ap + 64));
+          const __m128 s4 = _mm_mul_ps(dw4, _mm_loadu_ps(ad[i] + b));
+          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+                                   _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(s4)), acc[i]);
+        }
+      }
+    }
     for (; b + 2 <= nb; b += 2) {
       const uint8_t* b0 = wr + b * bb;
       _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch, _MM_HINT_T0);

@@ -105,9 +105,9 @@ struct Shape {
 
 std::vector<Shape> Shapes(DType t) {
   const int64_t b = DTypeBlockValues(t);
-  // One block; an odd number of blocks (AVX-512's two-block step leaves one); rows not a multiple
-  // of 16 (the task) or of 4.
-  return {{1, b}, {3, b}, {17, 3 * b}, {33, 2 * b}, {5, 5 * b}};
+  // One block; an odd number of blocks (AVX-512's two-block step leaves one); Q4_0's four-block
+  // step with and without leftovers; rows not a multiple of 16 (the task) or of 4.
+  return {{1, b}, {3, b}, {17, 3 * b}, {33, 2 * b}, {5, 5 * b}, {7, 9 * b}, {2, 12 * b}};
 }
 
 TEST(QuantKernelTest, EveryPathEqualsScalarReferenceBitForBitWhenSumsAreExact) {
