@@ -2,9 +2,9 @@
 // for AVX2 (vpmaddubsw + vpmaddwd) and AVX-512 VNNI (vpdpbusd), per-function target attributes
 // (no -march needed), chosen at run time; and QuantMatMul, the threaded GEMV / GEMM over them.
 //
-// Shape of a kernel: weight rows [r0, r1) against M <= 4 activation rows i0.. (decode: every
-// row; prefill: a tile of 4 tokens, the caller loops over tiles so the same weight rows are read
-// from cache). Per weight row and step (64 values on AVX-512, 32 on AVX2) the weight bytes are
+// Shape of a kernel: weight rows [r0, r1) against M activation rows i0.. (M <= 8 on AVX-512, <= 4
+// on AVX2; decode: every row; prefill: a tile of M tokens, the caller loops over tiles so the same
+// weight rows are read from cache). Per weight row and step (64 values on AVX-512, 32 on AVX2) the weight bytes are
 // decoded once into unsigned bytes in value order (Q8_0: |w|, its sign moved onto the
 // activations), then every activation row does one integer dot product, lane sums of 4 values
 // (int32), exactly the integers the scalar reference sums. Q8_0/Q4_0 blocks scale their lane
@@ -567,18 +567,24 @@ namespace {
 
 // ---------------------------------------------------------------- dispatch
 
-// Activation rows per kernel call (a prefill tile): every loaded weight vector serves this many.
-constexpr int kTile = 4;
+// Activation rows per kernel call (a prefill tile): every decoded weight vector serves this many
+// (AVX-512: 32 registers hold 8 rows' accumulators; AVX2's 16 hold 4).
+constexpr int kTile512 = 8, kTile256 = 4;
+
+template <int M>
+void Rows512(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0, int64_t r1,
+             float* y, int64_t ldy) {
+  const DType t = w.dtype;
+  if (t == DType::kQ4_K) return Q4KRows512<M>(a, i0, w, r0, r1, y, ldy);
+  if (t == DType::kQ6_K) return Q6KRows512<M>(a, i0, w, r0, r1, y, ldy);
+  return Q32Rows512<M>(t, a, i0, w, r0, r1, y, ldy);
+}
 
 template <int M>
 void RowsM(SimdLevel level, const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0,
            int64_t r1, float* y, int64_t ldy) {
   const DType t = w.dtype;
-  if (level == SimdLevel::kAvx512) {
-    if (t == DType::kQ4_K) return Q4KRows512<M>(a, i0, w, r0, r1, y, ldy);
-    if (t == DType::kQ6_K) return Q6KRows512<M>(a, i0, w, r0, r1, y, ldy);
-    return Q32Rows512<M>(t, a, i0, w, r0, r1, y, ldy);
-  }
+  if (level == SimdLevel::kAvx512) return Rows512<M>(a, i0, w, r0, r1, y, ldy);
   if (t == DType::kQ4_K) return Q4KRows256<M>(a, i0, w, r0, r1, y, ldy);
   if (t == DType::kQ6_K) return Q6KRows256<M>(a, i0, w, r0, r1, y, ldy);
   return Q32Rows256<M>(t, a, i0, w, r0, r1, y, ldy);
@@ -598,8 +604,9 @@ void QuantGemvRows(SimdLevel level, const QuantizedActs& a, const WeightView& w,
     internal::QuantGemvRowsScalar(a, w, r0, r1, y, ldy);
     return;
   }
-  for (int64_t i0 = 0; i0 < a.m; i0 += kTile) {
-    switch (std::min<int64_t>(kTile, a.m - i0)) {
+  const int tile = level == SimdLevel::kAvx512 ? kTile512 : kTile256;
+  for (int64_t i0 = 0; i0 < a.m; i0 += tile) {
+    switch (std::min<int64_t>(tile, a.m - i0)) {
       case 1:
         RowsM<1>(level, a, i0, w, r0, r1, y, ldy);
         break;
@@ -609,8 +616,20 @@ void QuantGemvRows(SimdLevel level, const QuantizedActs& a, const WeightView& w,
       case 3:
         RowsM<3>(level, a, i0, w, r0, r1, y, ldy);
         break;
-      default:
+      case 4:
         RowsM<4>(level, a, i0, w, r0, r1, y, ldy);
+        break;
+      case 5:
+        Rows512<5>(a, i0, w, r0, r1, y, ldy);
+        break;
+      case 6:
+        Rows512<6>(a, i0, w, r0, r1, y, ldy);
+        break;
+      case 7:
+        Rows512<7>(a, i0, w, r0, r1, y, ldy);
+        break;
+      default:
+        Rows512<8>(a, i0, w, r0, r1, y, ldy);
         break;
     }
   }

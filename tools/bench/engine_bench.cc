@@ -155,7 +155,7 @@ double GemvVsRead(const Model& m, int threads) {
     t0 = Clock::now();
     for (const kernels::WeightView* w : ws) {
       const float* p = static_cast<const float*>(w->data);
-      const int64_t n = w->rows * w->cols * static_cast<int64_t>(kernels::DTypeSize(w->dtype)) / 4;
+      const int64_t n = w->Bytes() / 4;
       sink = sink + PoolRead(p, n, (96 << 10) / 4, threads);
     }
     ratios.push_back(Seconds(t0, Clock::now()) / gemv);
