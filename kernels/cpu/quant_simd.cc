@@ -439,11 +439,12 @@ RS_Q_AVX2 void Q4KRows256(const QuantizedActs& a, int64_t i0, const WeightView& 
         for (int h = 0; h < 2; ++h) {
           const __m256i x =
               h == 0 ? _mm256_and_si256(v, low4) : _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-          const __m256i scv = _mm256_set1_epi32(sc[2 * c + h]);
+          const __m256i scv = _mm256_set1_epi16(sc[2 * c + h]);
           for (int i = 0; i < M; ++i) {
             const __m256i av =
                 _mm256_load_si256(reinterpret_cast<const __m256i*>(aq[i] + b * 256 + 64 * c + 32 * h));
-            isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(Dp256(x, av), scv));
+            // The sub-block scale multiplied in while widening the int16 pairs.
+            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(x, av), scv));
           }
         }
       }
@@ -464,11 +465,11 @@ RS_Q_AVX2 void Q6KRows256(const QuantizedActs& a, int64_t i0, const WeightView& 
   const int64_t nb = w.cols / 256, rb = w.RowBytes();
   const int8_t* aq[M];
   const float* da[M];
-  const int32_t* ls[M];
+  const int16_t* s16[M];
   for (int i = 0; i < M; ++i) {
     aq[i] = a.Q(i0 + i);
     da[i] = a.d.data() + (i0 + i) * nb;
-    ls[i] = a.lsum.data() + (i0 + i) * (a.cols / 4);
+    s16[i] = a.s16.data() + (i0 + i) * (a.cols / 16);
   }
   const __m256i low4 = _mm256_set1_epi8(0x0F);
   const __m256i three = _mm256_set1_epi8(0x03);
@@ -482,9 +483,16 @@ RS_Q_AVX2 void Q6KRows256(const QuantizedActs& a, int64_t i0, const WeightView& 
         _mm_prefetch(reinterpret_cast<const char*>(blk) + kPrefetch + off, _MM_HINT_T0);
       }
       const int8_t* scales = reinterpret_cast<const int8_t*>(blk + 192);
+      const __m256i scw =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
       const float d = H256(blk + 208);
       __m256i isum[M];
-      for (int i = 0; i < M; ++i) isum[i] = _mm256_setzero_si256();
+      for (int i = 0; i < M; ++i) {
+        // -32 sum_g scale_g (sum of group g): the 6-bit values' offset, subtracted from the start.
+        const __m256i off = _mm256_madd_epi16(
+            scw, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s16[i] + b * 16)));
+        isum[i] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
+      }
       for (int n = 0; n < 2; ++n) {
         const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * n));
         for (int k = 0; k < 4; ++k) {  // values 128n + 32k .. +31
@@ -495,17 +503,14 @@ RS_Q_AVX2 void Q6KRows256(const QuantizedActs& a, int64_t i0, const WeightView& 
           const __m256i hb =
               _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), three);
           const __m256i x = _mm256_or_si256(nib, _mm256_slli_epi16(hb, 4));
-          const int g0 = 8 * n + 2 * k;  // groups g0 (lanes 0-3) and g0 + 1 (lanes 4-7)
-          const __m256i scv = _mm256_inserti128_si256(_mm256_set1_epi32(scales[g0]),
-                                                      _mm_set1_epi32(scales[g0 + 1]), 1);
+          const int g0 = 8 * n + 2 * k;  // groups g0 (int16 pairs 0-7) and g0 + 1 (8-15)
+          const __m256i scv = _mm256_inserti128_si256(_mm256_set1_epi16(scales[g0]),
+                                                      _mm_set1_epi16(scales[g0 + 1]), 1);
           const int64_t v0 = b * 256 + 128 * n + 32 * k;
           for (int i = 0; i < M; ++i) {
             const __m256i av = _mm256_load_si256(reinterpret_cast<const __m256i*>(aq[i] + v0));
-            const __m256i dot = _mm256_sub_epi32(
-                Dp256(x, av),
-                _mm256_slli_epi32(
-                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ls[i] + v0 / 4)), 5));
-            isum[i] = _mm256_add_epi32(isum[i], _mm256_mullo_epi32(dot, scv));
+            isum[i] =
+                _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(x, av), scv));
           }
         }
       }

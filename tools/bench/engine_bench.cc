@@ -37,8 +37,12 @@
 //                                                          ("auto") and in each dtype listed
 //   engine_bench --dtype-table-only                        only this table
 //   engine_bench --prefill-tokens N                        prompt length of the prefill column (512)
+// Before the dtype table, the quantized kernels alone (QuantKernelTable): one thread, timed in
+// thread CPU time so that a shared machine's preemption does not count, per format, SIMD path and
+// m in {1, 8, 64}, against a plain read of the same bytes.
 #include <immintrin.h>
 #include <omp.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -48,6 +52,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -372,6 +377,68 @@ double PrefillFlopsPerToken(const Model& m, int len) {
   return 2.0 * (params + head) + attn;
 }
 
+double ThreadCpuSeconds() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+// The quantized kernels alone, one thread, timed in thread CPU time (on a shared machine, time
+// the thread was preempted does not count; cache and memory contention still do): a 16384 x 2048
+// matrix per format (Q8_0 36 MB, Q4_0/Q4_K 19 MB, Q6_K 28 MB) against m activation rows, per SIMD
+// path; "vs read" = a plain 4-accumulator read of the same bytes right after (best of 5 each).
+std::string QuantKernelTable() {
+  const int64_t rows = 16384, cols = 2048;
+  std::string out =
+      "| format | path | m | GMAC/s | weights GB/s | plain read GB/s | GEMV time vs read |\n"
+      "|---|---|---|---|---|---|---|\n";
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  std::vector<float> row(static_cast<size_t>(cols));
+  std::vector<kernels::SimdLevel> levels;
+  for (int l = static_cast<int>(kernels::QuantSimdLevel()); l >= 1; --l) {
+    levels.push_back(static_cast<kernels::SimdLevel>(l));
+  }
+  for (kernels::DType t : {kernels::DType::kQ8_0, kernels::DType::kQ4_0, kernels::DType::kQ4_K,
+                           kernels::DType::kQ6_K}) {
+    const int64_t rb = kernels::DTypeBytes(t, cols);
+    std::vector<uint8_t> w(static_cast<size_t>(rows * rb));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (float& v : row) v = nd(rng);
+      kernels::QuantizeRef(row.data(), t, cols, w.data() + r * rb);
+    }
+    const kernels::WeightView wv{w.data(), t, rows, cols};
+    for (int m : {1, 8, 64}) {
+      std::vector<float> x(static_cast<size_t>(m * cols));
+      for (float& v : x) v = nd(rng);
+      kernels::QuantizedActs a;
+      kernels::QuantizeActs(x.data(), m, cols, kernels::ActBlock(t), &a);
+      std::vector<float> y(static_cast<size_t>(m * rows));
+      for (kernels::SimdLevel l : levels) {
+        double best = 1e9, best_read = 1e9;
+        volatile float sink = 0.0f;
+        for (int rep = 0; rep < 5; ++rep) {
+          double t0 = ThreadCpuSeconds();
+          kernels::QuantGemvRows(l, a, wv, 0, rows, y.data(), rows);
+          best = std::min(best, ThreadCpuSeconds() - t0);
+          t0 = ThreadCpuSeconds();
+          sink = sink + PoolRead(reinterpret_cast<const float*>(w.data()),
+                                 static_cast<int64_t>(w.size()) / 4, int64_t{1} << 30, 1);
+          best_read = std::min(best_read, ThreadCpuSeconds() - t0);
+        }
+        char line[256];
+        std::snprintf(line, sizeof(line), "| %s | %s | %d | %.1f | %.1f | %.1f | %.0f%% |\n",
+                      std::string(kernels::DTypeName(t)).c_str(),
+                      std::string(kernels::SimdLevelName(l)).c_str(), m,
+                      1.0 * rows * cols * m / best / 1e9, w.size() / best / 1e9,
+                      w.size() / best_read / 1e9, 100.0 * best_read / best);
+        out += line;
+      }
+    }
+  }
+  return out;
+}
+
 struct DtypeSpec {
   std::string label;  // model name in the table
   std::string path;   // checkpoint directory or .gguf file
@@ -645,6 +712,10 @@ int main(int argc, char** argv) {
     for (const std::string& t : SplitList(model_dtypes)) dspecs.push_back({label, path, t});
   }
   if (!dspecs.empty()) {
+    std::printf(
+        "\nQuantized kernels alone (one thread, thread CPU time, best of 5; see QuantKernelTable):"
+        "\n\n%s",
+        QuantKernelTable().c_str());
     const double bw = BestBandwidth1G(threads, 10);
     const double peak_f32 = Peak(threads, false), peak_int8 = Peak(threads, true);
     std::printf(
