@@ -350,68 +350,6 @@ void QuantizeRef(const float* x, DType t, int64_t n, void* dst) {
 
 int ActBlock(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0 ? 32 : 256; }
 
-void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedActs* out) {
-  QuantizedActs& a = *out;
-  a.m = m;
-  a.cols = cols;
-  a.block = block;
-  a.ldq = (cols + 63) / 64 * 64;
-  a.q.resize(static_cast<size_t>(m * a.ldq + 64));
-  a.qoff = (64 - reinterpret_cast<uintptr_t>(a.q.data()) % 64) % 64;
-  const int64_t nb = cols / block;
-  a.d.resize(static_cast<size_t>(m * nb));
-  a.lsum.resize(static_cast<size_t>(m * cols / 4));
-  a.s32.resize(static_cast<size_t>(m * cols / 32));
-  a.loff.resize(block == 32 ? static_cast<size_t>(m * cols / 4) : 0);
-  a.qp.resize(block == 32 ? a.q.size() : 0);
-  a.qpoff = block == 32 ? (64 - reinterpret_cast<uintptr_t>(a.qp.data()) % 64) % 64 : 0;
-  a.loffp.resize(block == 32 ? static_cast<size_t>(m * (cols / 128) * 16) : 0);
-  a.s16.resize(block == 32 ? 0 : static_cast<size_t>(m * cols / 16));
-  a.s32w.resize(block == 32 ? 0 : static_cast<size_t>(m * cols / 32));
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  for (int64_t i = 0; i < m; ++i) {
-    const float* xi = x + i * cols;
-    int8_t* q = a.q.data() + a.qoff + i * a.ldq;
-    if (avx512) {
-      internal::QuantizeActRowAvx512(xi, cols, block, q, a.d.data() + i * nb,
-                                     a.lsum.data() + i * (cols / 4));
-    } else {
-      internal::QuantizeActRowScalar(xi, cols, block, q, a.d.data() + i * nb,
-                                     a.lsum.data() + i * (cols / 4));
-    }
-    const int32_t* ls = a.lsum.data() + i * (cols / 4);
-    for (int64_t c = 0; c < cols / 32; ++c) {
-      int32_t s = 0;
-      for (int j = 0; j < 8; ++j) s += ls[8 * c + j];
-      a.s32[i * (cols / 32) + c] = s;
-    }
-    if (block == 32) {
-      for (int64_t c = 0; c < cols / 4; ++c) a.loff[i * (cols / 4) + c] = -8 * ls[c];
-      int8_t* qp = a.qp.data() + a.qpoff + i * a.ldq;
-      int32_t* lp = a.loffp.data() + i * (cols / 128 * 16);
-      for (int64_t g = 0; g < cols / 128; ++g) {
-        for (int h = 0; h < 2; ++h) {
-          for (int k = 0; k < 4; ++k) {
-            std::memcpy(qp + g * 128 + h * 64 + k * 16, q + g * 128 + k * 32 + h * 16, 16);
-          }
-        }
-        for (int j = 0; j < 16; ++j) {
-          const int64_t c = g * 32 + (j / 4) * 8 + j % 4;  // lane index into ls
-          lp[g * 16 + j] = -8 * (ls[c] + ls[c + 4]);
-        }
-      }
-    } else {
-      for (int64_t c = 0; c < cols / 16; ++c) {
-        a.s16[i * (cols / 16) + c] =
-            static_cast<int16_t>(ls[4 * c] + ls[4 * c + 1] + ls[4 * c + 2] + ls[4 * c + 3]);
-      }
-      for (int64_t c = 0; c < cols / 32; ++c) {
-        a.s32w[i * (cols / 32) + c] = static_cast<int16_t>(a.s32[i * (cols / 32) + c]);
-      }
-    }
-  }
-}
-
 void internal::QuantizeActRowScalar(const float* x, int64_t cols, int block, int8_t* q, float* d,
                                     int32_t* lsum) {
   for (int64_t b = 0; b < cols / block; ++b) {
