@@ -120,6 +120,44 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
     __m512 acc[M];
     for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
     int64_t b = 0;
+    if (q8) {  // four blocks at a time against the permuted activations (QuantizedActs::qp)
+      for (; b + 4 <= nb; b += 4) {
+        const uint8_t* b0 = wr + b * 34;
+        _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch + 64, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch + 128, _MM_HINT_T0);
+        // First 16 values of each block, then the last 16: the layout of qp.
+        __m512i lo = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2)));
+        __m512i hi = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 18)));
+        auto half = [](const uint8_t* p) {
+          return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        };
+        lo = _mm512_inserti32x4(lo, half(b0 + 36), 1);
+        hi = _mm512_inserti32x4(hi, half(b0 + 52), 1);
+        lo = _mm512_inserti32x4(lo, half(b0 + 70), 2);
+        hi = _mm512_inserti32x4(hi, half(b0 + 86), 2);
+        lo = _mm512_inserti32x4(lo, half(b0 + 104), 3);
+        hi = _mm512_inserti32x4(hi, half(b0 + 120), 3);
+        __m128i dh = _mm_cvtsi32_si128(Bits16(b0));
+        dh = _mm_insert_epi16(dh, Bits16(b0 + 34), 1);
+        dh = _mm_insert_epi16(dh, Bits16(b0 + 68), 2);
+        dh = _mm_insert_epi16(dh, Bits16(b0 + 102), 3);
+        const __m128 dw4 = _mm_cvtph_ps(dh);
+        const __mmask64 nlo = _mm512_movepi8_mask(lo), nhi = _mm512_movepi8_mask(hi);
+        const __m512i alo = _mm512_abs_epi8(lo), ahi = _mm512_abs_epi8(hi);
+        for (int i = 0; i < M; ++i) {
+          const int8_t* ap = a.Qp(i0 + i) + b * 32;
+          const __m512i xl = _mm512_load_si512(ap), xh = _mm512_load_si512(ap + 64);
+          __m512i dot = _mm512_dpbusd_epi32(
+              _mm512_setzero_si512(), alo, _mm512_mask_sub_epi8(xl, nlo, _mm512_setzero_si512(), xl));
+          dot = _mm512_dpbusd_epi32(dot, ahi,
+                                    _mm512_mask_sub_epi8(xh, nhi, _mm512_setzero_si512(), xh));
+          const __m128 s4 = _mm_mul_ps(dw4, _mm_loadu_ps(ad[i] + b));
+          acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+                                   _mm512_permutexvar_ps(quad, _mm512_castps128_ps512(s4)), acc[i]);
+        }
+      }
+    }
     if (!q8) {  // Q4_0 four blocks at a time against the permuted activations (QuantizedActs::qp)
       const __m512i low4x = _mm512_set1_epi8(0x0F);
       for (; b + 4 <= nb; b += 4) {
