@@ -28,8 +28,9 @@
 //
 // Paths: scalar (the reference), AVX2 (vpmaddubsw + vpmaddwd: u8 x s8 pairs, which cannot
 // saturate here since |q_a| <= 127 and the unsigned operand is <= 128), AVX-512 VNNI (vpdpbusd,
-// unsigned weights x signed activations; Q8_0's signed weights go through |w| and sign(w) * a).
-// Chosen at run time: QuantSimdLevel().
+// unsigned weights x signed activations; Q8_0's signed weights go through |w| and sign(w) * a;
+// the k-quants' sub-block scales multiplied in by vpdpwssd). Chosen at run time: QuantSimdLevel().
+// AVX-VNNI (the 256-bit form of CPUs without AVX-512) is not used yet: they take the AVX2 path.
 #pragma once
 
 #include <cstdint>
@@ -57,7 +58,7 @@ struct QuantizedActs {
   std::vector<int32_t> s32;   // [m, cols / 32]: sums of 32 consecutive q
   // What the AVX-512 kernels start from / multiply in (same integers, other widths):
   std::vector<int32_t> loff;  // block 32: [m, cols / 4]: -8 * lsum (Q4_0's nibble offset)
-  // Block 32, for Q4_0 four blocks at a time: per group of 128 values (cols / 128 of them; the
+  // Block 32, for Q8_0 / Q4_0 four blocks at a time: per group of 128 values (cols / 128 of them; the
   // rest is only in q) the first 16 values of each of the 4 blocks, then their last 16; loffp:
   // [m, cols / 128 * 16] the matching -8 x sums (lane j: block j / 4, values 4 (j % 4) .. + 3
   // of both halves).
