@@ -114,7 +114,8 @@ void QuantQ8_0(const float* x, int64_t blocks, uint8_t* b) {
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     PutHalf(b, d);
-    for (int j = 0; j < kQK; ++j) b[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(Nearest(x[j] * id)));
+    for (int j = 0; j < kQK; ++j)
+      b[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(Nearest(x[j] * id)));
   }
 }
 
@@ -161,10 +162,8 @@ void QuantQ4_K(const float* x, int64_t blocks, uint8_t* b) {
     const float dq = Half(b), dminq = Half(b + 2);
     uint8_t sc[8], mn[8];
     for (int s = 0; s < 8; ++s) {
-      sc[s] = static_cast<uint8_t>(
-          dq > 0.0f ? std::clamp(Nearest(scale[s] / dq), 0, 63) : 0);
-      mn[s] = static_cast<uint8_t>(
-          dminq > 0.0f ? std::clamp(Nearest(mins[s] / dminq), 0, 63) : 0);
+      sc[s] = static_cast<uint8_t>(dq > 0.0f ? std::clamp(Nearest(scale[s] / dq), 0, 63) : 0);
+      mn[s] = static_cast<uint8_t>(dminq > 0.0f ? std::clamp(Nearest(mins[s] / dminq), 0, 63) : 0);
     }
     uint8_t* scales = b + 4;
     for (int j = 0; j < 4; ++j) {
@@ -250,7 +249,8 @@ float DotQ4_0(const uint8_t* wr, int64_t nb, const QuantizedActs& a, int64_t i) 
   for (int64_t b = 0; b < nb; ++b, wr += 18, q += 32) {
     const uint8_t* qs = wr + 2;
     int32_t s = 0;
-    for (int j = 0; j < 16; ++j) s += (qs[j] & 15) * int32_t{q[j]} + (qs[j] >> 4) * int32_t{q[j + 16]};
+    for (int j = 0; j < 16; ++j)
+      s += (qs[j] & 15) * int32_t{q[j]} + (qs[j] >> 4) * int32_t{q[j + 16]};
     s -= 8 * s32[b];
     sum += static_cast<float>(s) * (Half(wr) * da[b]);
   }
@@ -359,11 +359,12 @@ void internal::QuantizeActRowScalar(const float* x, int64_t cols, int block, int
     const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
     d[b] = amax / 127.0f;
     for (int j = 0; j < block; ++j) {
-      q[b * block + j] = static_cast<int8_t>(
-          std::clamp(static_cast<int>(std::nearbyint(xb[j] * id)), -127, 127));
+      q[b * block + j] =
+          static_cast<int8_t>(std::clamp(static_cast<int>(std::nearbyint(xb[j] * id)), -127, 127));
     }
   }
-  for (int64_t c = 0; c < cols / 4; ++c) lsum[c] = q[4 * c] + q[4 * c + 1] + q[4 * c + 2] + q[4 * c + 3];
+  for (int64_t c = 0; c < cols / 4; ++c)
+    lsum[c] = q[4 * c] + q[4 * c + 1] + q[4 * c + 2] + q[4 * c + 3];
 }
 
 void QuantMatMulRef(const QuantizedActs& a, const WeightView& w, float* y, int64_t ldy) {

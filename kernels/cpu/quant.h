@@ -51,18 +51,18 @@ void QuantizeRef(const float* x, DType t, int64_t n, void* dst);
 struct QuantizedActs {
   int64_t m = 0, cols = 0;
   int block = 32;
-  int64_t ldq = 0;          // bytes between rows of q (cols rounded up to 64)
-  std::vector<int8_t> q;    // [m, ldq], 64-byte aligned rows (data() + pad)
+  int64_t ldq = 0;            // bytes between rows of q (cols rounded up to 64)
+  std::vector<int8_t> q;      // [m, ldq], 64-byte aligned rows (data() + pad)
   std::vector<float> d;       // [m, cols / block]: the scales d_a
   std::vector<int32_t> lsum;  // [m, cols / 4]: sums of 4 consecutive q
   std::vector<int32_t> s32;   // [m, cols / 32]: sums of 32 consecutive q
   // What the AVX-512 kernels start from / multiply in (same integers, other widths):
   std::vector<int32_t> loff;  // block 32: [m, cols / 4]: -8 * lsum (Q4_0's nibble offset)
-  // Block 32, for Q8_0 / Q4_0 four blocks at a time: per group of 128 values (cols / 128 of them; the
-  // rest is only in q) the first 16 values of each of the 4 blocks, then their last 16; loffp:
+  // Block 32, for Q8_0 / Q4_0 four blocks at a time: per group of 128 values (cols / 128 of them;
+  // the rest is only in q) the first 16 values of each of the 4 blocks, then their last 16; loffp:
   // [m, cols / 128 * 16] the matching -8 x sums (lane j: block j / 4, values 4 (j % 4) .. + 3
   // of both halves).
-  std::vector<int8_t> qp;     // [m, ldq], same alignment as q (qpoff)
+  std::vector<int8_t> qp;  // [m, ldq], same alignment as q (qpoff)
   std::vector<int32_t> loffp;
   size_t qpoff = 0;
   const int8_t* Qp(int64_t i) const { return qp.data() + qpoff + i * ldq; }
@@ -97,8 +97,8 @@ void QuantMatMulRef(const QuantizedActs& a, const WeightView& w, float* y, int64
 // split into tasks on `threads` threads of the spin pool (decode: ~96 KiB of weights per task;
 // prefill, m > kGemvMaxRows: 16 weight rows per task, each reused from cache across all the m
 // tokens in tiles of 8 on AVX-512, 4 on AVX2).
-void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* ws, float* const* ys,
-                 int threads);
+void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* ws,
+                 float* const* ys, int threads);
 
 namespace internal {
 // One activation row of QuantizeActs: q[cols], d[cols / block], lsum[cols / 4]. The AVX-512 form

@@ -4,9 +4,9 @@
 //
 // Shape of a kernel: weight rows [r0, r1) against M activation rows i0.. (M <= 8 on AVX-512, <= 4
 // on AVX2; decode: every row; prefill: a tile of M tokens, the caller loops over tiles so the same
-// weight rows are read from cache). Per weight row and step (64 values on AVX-512, 32 on AVX2) the weight bytes are
-// decoded once into unsigned bytes in value order (Q8_0: |w|, its sign moved onto the
-// activations), then every activation row does one integer dot product, lane sums of 4 values
+// weight rows are read from cache). Per weight row and step (64 values on AVX-512, 32 on AVX2) the
+// weight bytes are decoded once into unsigned bytes in value order (Q8_0: |w|, its sign moved onto
+// the activations), then every activation row does one integer dot product, lane sums of 4 values
 // (int32), exactly the integers the scalar reference sums. Q8_0/Q4_0 blocks scale their lane
 // sums in f32 right away (scale vector = d_w per block x d_a per block, broadcast over the block's
 // lanes); the k-quants multiply lane sums by their 6/8-bit sub-block scales in
@@ -127,8 +127,10 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
         _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch + 64, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch + 128, _MM_HINT_T0);
         // First 16 values of each block, then the last 16: the layout of qp.
-        __m512i lo = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2)));
-        __m512i hi = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 18)));
+        __m512i lo =
+            _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2)));
+        __m512i hi =
+            _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 18)));
         auto half = [](const uint8_t* p) {
           return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
         };
@@ -148,8 +150,9 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
         for (int i = 0; i < M; ++i) {
           const int8_t* ap = a.Qp(i0 + i) + b * 32;
           const __m512i xl = _mm512_load_si512(ap), xh = _mm512_load_si512(ap + 64);
-          __m512i dot = _mm512_dpbusd_epi32(
-              _mm512_setzero_si512(), alo, _mm512_mask_sub_epi8(xl, nlo, _mm512_setzero_si512(), xl));
+          __m512i dot =
+              _mm512_dpbusd_epi32(_mm512_setzero_si512(), alo,
+                                  _mm512_mask_sub_epi8(xl, nlo, _mm512_setzero_si512(), xl));
           dot = _mm512_dpbusd_epi32(dot, ahi,
                                     _mm512_mask_sub_epi8(xh, nhi, _mm512_setzero_si512(), xh));
           const __m128 s4 = _mm_mul_ps(dw4, _mm_loadu_ps(ad[i] + b));
@@ -164,7 +167,8 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
         const uint8_t* b0 = wr + b * 18;
         _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch + 64, _MM_HINT_T0);
-        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2)));
+        __m512i v =
+            _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 2)));
         v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 20)), 1);
         v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 38)), 2);
         v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b0 + 56)), 3);
@@ -191,7 +195,8 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
       _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(b0) + kPrefetch + 64, _MM_HINT_T0);
       // The two blocks' d_w as [d0, d1, ., .].
-      const __m128 dw2 = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(Bits16(b0)), Bits16(b0 + bb), 1));
+      const __m128 dw2 =
+          _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(Bits16(b0)), Bits16(b0 + bb), 1));
       __m512i wq;
       __mmask64 neg = 0;
       if (q8) {
@@ -218,8 +223,8 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
         } else {  // starts from -8 x the lane sums: the nibbles' offset
           dot = _mm512_dpbusd_epi32(_mm512_loadu_si512(lo[i] + b * 8), wq, av);
         }
-        const __m128 s2 = _mm_mul_ps(
-            dw2, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(ad[i] + b))));
+        const __m128 s2 =
+            _mm_mul_ps(dw2, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(ad[i] + b))));
         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
                                  _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(s2)), acc[i]);
       }
@@ -269,13 +274,14 @@ RS_Q_AVX512 void Q4KRows512(const QuantizedActs& a, int64_t i0, const WeightView
       ScaleMinK4Packed(blk + 4, &sc8, &mn8);
       const __m128i scw = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc8)));
       const __m128i mnw = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(mn8)));
-      const __m128 dd = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));  // d, dmin
+      const __m128 dd =
+          _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));  // d, dmin
       __m512i isum[M];
       __m128i msum[M];  // the mins' term sum_s m_s * (sum of sub-block s), in 4 lanes
       for (int i = 0; i < M; ++i) {
         isum[i] = _mm512_setzero_si512();
-        msum[i] = _mm_madd_epi16(mnw,
-                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(s32[i] + b * 8)));
+        msum[i] =
+            _mm_madd_epi16(mnw, _mm_loadu_si128(reinterpret_cast<const __m128i*>(s32[i] + b * 8)));
       }
       for (int c = 0; c < 4; ++c) {
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
@@ -340,8 +346,8 @@ RS_Q_AVX512 void Q6KRows512(const QuantizedActs& a, int64_t i0, const WeightView
         // -32 sum_g scale_g (sum of group g): the 6-bit values' offset, subtracted from the start.
         const __m256i off = _mm256_madd_epi16(
             scw, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s16[i] + b * 16)));
-        isum[i] = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(),
-                                                          _mm256_slli_epi32(off, 5)));
+        isum[i] = _mm512_zextsi256_si512(
+            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5)));
       }
       for (int n = 0; n < 2; ++n) {
         const __m512i ql = _mm512_loadu_si512(blk + 64 * n);
@@ -370,7 +376,6 @@ RS_Q_AVX512 void Q6KRows512(const QuantizedActs& a, int64_t i0, const WeightView
     for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum512(acc[i]);
   }
 }
-
 
 // ---------------------------------------------------------------- AVX2
 
@@ -430,8 +435,8 @@ RS_Q_AVX2 void Q32Rows256(DType t, const QuantizedActs& a, int64_t i0, const Wei
         } else {
           dot = _mm256_sub_epi32(
               Dp256(wq, av),
-              _mm256_slli_epi32(
-                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ls[i] + b * 8)), 3));
+              _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ls[i] + b * 8)),
+                                3));
         }
         const __m256 sc = _mm256_mul_ps(dw, _mm256_broadcast_ss(ad[i] + b));
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[i]);
@@ -479,10 +484,11 @@ RS_Q_AVX2 void Q4KRows256(const QuantizedActs& a, int64_t i0, const WeightView& 
               h == 0 ? _mm256_and_si256(v, low4) : _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
           const __m256i scv = _mm256_set1_epi16(sc[2 * c + h]);
           for (int i = 0; i < M; ++i) {
-            const __m256i av =
-                _mm256_load_si256(reinterpret_cast<const __m256i*>(aq[i] + b * 256 + 64 * c + 32 * h));
+            const __m256i av = _mm256_load_si256(
+                reinterpret_cast<const __m256i*>(aq[i] + b * 256 + 64 * c + 32 * h));
             // The sub-block scale multiplied in while widening the int16 pairs.
-            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(x, av), scv));
+            isum[i] =
+                _mm256_add_epi32(isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(x, av), scv));
           }
         }
       }
@@ -536,8 +542,8 @@ RS_Q_AVX2 void Q6KRows256(const QuantizedActs& a, int64_t i0, const WeightView& 
         for (int k = 0; k < 4; ++k) {  // values 128n + 32k .. +31
           const __m256i ql =
               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * n + 32 * (k & 1)));
-          const __m256i nib = k < 2 ? _mm256_and_si256(ql, low4)
-                                    : _mm256_and_si256(_mm256_srli_epi16(ql, 4), low4);
+          const __m256i nib =
+              k < 2 ? _mm256_and_si256(ql, low4) : _mm256_and_si256(_mm256_srli_epi16(ql, 4), low4);
           const __m256i hb =
               _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k)), three);
           const __m256i x = _mm256_or_si256(nib, _mm256_slli_epi16(hb, 4));
@@ -655,7 +661,8 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
   a.loffp.resize(block == 32 ? static_cast<size_t>(m * (cols / 128) * 16) : 0);
   a.s16.resize(block == 32 ? 0 : static_cast<size_t>(m * cols / 16));
   a.s32w.resize(block == 32 ? 0 : static_cast<size_t>(m * cols / 32));
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  static const bool avx512 =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   for (int64_t i = 0; i < m; ++i) {
     const float* xi = x + i * cols;
     int8_t* q = a.q.data() + a.qoff + i * a.ldq;
@@ -742,8 +749,8 @@ void QuantGemvRows(SimdLevel level, const QuantizedActs& a, const WeightView& w,
   }
 }
 
-void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* ws, float* const* ys,
-                 int threads) {
+void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* ws,
+                 float* const* ys, int threads) {
   if (m <= 0 || count <= 0) return;
   thread_local QuantizedActs a32, a256;
   const int64_t cols = ws[0]->cols;
@@ -765,9 +772,10 @@ void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* 
     const WeightView& w = *ws[k];
     // Decode: ~96 KiB of weights per task (claiming a task is noise next to it, and the tasks
     // still balance); prefill: 16 rows, read from cache by every tile of tokens.
-    const int64_t rows = m <= kGemvMaxRows
-                             ? std::max<int64_t>(1, (96 << 10) / std::max<int64_t>(1, w.RowBytes()) / 16) * 16
-                             : 16;
+    const int64_t rows =
+        m <= kGemvMaxRows
+            ? std::max<int64_t>(1, (96 << 10) / std::max<int64_t>(1, w.RowBytes()) / 16) * 16
+            : 16;
     for (int64_t r = 0; r < w.rows; r += rows) tasks.push_back({k, r, std::min(w.rows, r + rows)});
   }
   const SimdLevel level = QuantSimdLevel();

@@ -13,8 +13,7 @@
 
 namespace ragserve::engine {
 
-StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
-                                             const kernels::Ops* ops,
+StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir, const kernels::Ops* ops,
                                              const WeightsLoadOptions& weights) {
   RS_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> w, ModelWeights::Load(model_dir, weights));
   return Create(std::shared_ptr<const ModelWeights>(std::move(w)), ops);

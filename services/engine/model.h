@@ -70,7 +70,8 @@ class Model {
                                                const kernels::Ops* ops = &kernels::FastOps(),
                                                const WeightsLoadOptions& weights = {});
   // Wraps loaded weights; with a device backend uploads them (ResourceExhausted when they do not
-  // fit; InvalidArgument for block-quantized weights, which only the CPU backends run). The constructor never fails: check status() (Load and Create do).
+  // fit; InvalidArgument for block-quantized weights, which only the CPU backends run). The
+  // constructor never fails: check status() (Load and Create do).
   static StatusOr<std::unique_ptr<Model>> Create(std::shared_ptr<const ModelWeights> weights,
                                                  const kernels::Ops* ops);
   Model(std::shared_ptr<const ModelWeights> weights, const kernels::Ops* ops);

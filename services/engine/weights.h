@@ -73,7 +73,7 @@ class ModelWeights {
  private:
   ModelWeights() = default;
   static StatusOr<std::unique_ptr<ModelWeights>> LoadSafetensors(const std::string& model_dir,
-                                                                  const WeightsLoadOptions& options);
+                                                                 const WeightsLoadOptions& options);
   // A matrix converted (or quantized) to `to` into owned_; InvalidArgument naming `name` when its
   // columns are not a whole number of blocks of `to`.
   StatusOr<WeightView> ConvertMatrix(const std::string& name, const WeightView& w,

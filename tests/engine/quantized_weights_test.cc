@@ -45,8 +45,13 @@ std::vector<std::pair<std::string, const WeightView*>> Matrices(const ModelWeigh
   for (size_t i = 0; i < m.layers().size(); ++i) {
     const LayerWeights& l = m.layers()[i];
     const std::string p = "layer " + std::to_string(i) + " ";
-    for (auto [n, w] : {std::pair{"q", &l.q}, {"k", &l.k}, {"v", &l.v}, {"o", &l.o},
-                        {"gate", &l.gate}, {"up", &l.up}, {"down", &l.down}}) {
+    for (auto [n, w] : {std::pair{"q", &l.q},
+                        {"k", &l.k},
+                        {"v", &l.v},
+                        {"o", &l.o},
+                        {"gate", &l.gate},
+                        {"up", &l.up},
+                        {"down", &l.down}}) {
       out.push_back({p + n, w});
     }
   }

@@ -31,12 +31,13 @@
 // f32/f16/bf16 weights, which run through f32 sgemm; of VNNI int8 dot products, 2 ops per
 // multiply-add, for the block formats). Rows:
 //   engine_bench --dtypes f32,bf16,q8_0,q4_0,q4_k,q6_k   the ~100M model in each dtype (HF f32
-//                                                          checkpoint converted / quantized at load;
-//                                                          default: all six, "none": no rows)
+//                                                          checkpoint converted / quantized at
+//                                                          load; default: all six, "none": no rows)
 //   engine_bench --model FILE.gguf|DIR [--model-dtypes auto,q8_0]   a given model as stored
 //                                                          ("auto") and in each dtype listed
 //   engine_bench --dtype-table-only                        only this table
-//   engine_bench --prefill-tokens N                        prompt length of the prefill column (512)
+//   engine_bench --prefill-tokens N                        prompt length of the prefill column
+//   (512)
 // Before the dtype table, the quantized kernels alone (QuantKernelTable): one thread, timed in
 // thread CPU time so that a shared machine's preemption does not count, per format, SIMD path and
 // m in {1, 8, 64}, against a plain read of the same bytes.
@@ -449,13 +450,14 @@ struct DtypeSpec {
 std::string DtypeRow(const DtypeSpec& spec, int threads, double bw, double peak_f32,
                      double peak_int8, int prefill_tokens, int rounds) {
   auto wo = ParseWeightsDtype(spec.dtype);
-  if (!wo.ok()) return "| " + spec.label + " | " + spec.dtype + " | " + wo.status().ToString() + " |\n";
+  if (!wo.ok())
+    return "| " + spec.label + " | " + spec.dtype + " | " + wo.status().ToString() + " |\n";
   const auto t_load = Clock::now();
   auto loaded = Model::Load(spec.path, &kernels::FastOps(), *wo);
   const double load_s = Seconds(t_load, Clock::now());
   if (!loaded.ok()) {
-    return "| " + spec.label + " | " + spec.dtype + " | load failed: " +
-           loaded.status().ToString() + " |\n";
+    return "| " + spec.label + " | " + spec.dtype +
+           " | load failed: " + loaded.status().ToString() + " |\n";
   }
   Model& m = **loaded;
   m.SetDecodeThreads(threads);
