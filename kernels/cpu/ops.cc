@@ -6,8 +6,11 @@
 #include <new>
 
 #include <algorithm>
+#include <cctype>
+#include <vector>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/quant.h"
 
 namespace ragserve::kernels {
 
@@ -47,7 +50,7 @@ void AttentionRow(const Ops& ops, const float* q, int n, int heads, int kv_heads
                 lse + head0);
 }
 
-size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
+size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : IsQuantized(t) ? 0 : 2; }
 
 std::string_view DTypeName(DType t) {
   switch (t) {
@@ -57,8 +60,33 @@ std::string_view DTypeName(DType t) {
       return "F16";
     case DType::kBF16:
       return "BF16";
+    case DType::kQ8_0:
+      return "Q8_0";
+    case DType::kQ4_0:
+      return "Q4_0";
+    case DType::kQ4_K:
+      return "Q4_K";
+    case DType::kQ6_K:
+      return "Q6_K";
   }
   return "?";
+}
+
+bool DTypeFromName(std::string_view name, DType* out) {
+  auto same = [](std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (std::toupper(static_cast<unsigned char>(a[i])) != b[i]) return false;
+    }
+    return true;
+  };
+  for (uint8_t i = 0; i <= static_cast<uint8_t>(DType::kQ6_K); ++i) {
+    if (same(name, DTypeName(static_cast<DType>(i)))) {
+      *out = static_cast<DType>(i);
+      return true;
+    }
+  }
+  return false;
 }
 
 float Bf16ToF32(uint16_t v) {
@@ -149,6 +177,13 @@ void ConvertToF32(const void* src, DType t, int64_t n, float* dst) {
       for (int64_t i = 0; i < n; ++i) dst[i] = F16ToF32(s[i]);
       return;
     }
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+    case DType::kQ4_K:
+    case DType::kQ6_K: {
+      DequantizeRef(src, t, n, dst);
+      return;
+    }
   }
 }
 
@@ -167,6 +202,12 @@ void ConvertFromF32(const float* src, DType t, int64_t n, void* dst) {
       for (int64_t i = 0; i < n; ++i) d[i] = F32ToF16(src[i]);
       return;
     }
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+    case DType::kQ4_K:
+    case DType::kQ6_K:
+      QuantizeRef(src, t, n, dst);
+      return;
   }
 }
 
@@ -201,8 +242,17 @@ inline float At(const WeightView& w, int64_t i) {
       return Bf16ToF32(static_cast<const uint16_t*>(w.data)[i]);
     case DType::kF16:
       return F16ToF32(static_cast<const uint16_t*>(w.data)[i]);
+    default:  // block formats: whole rows go through DequantizeRef (RowF32)
+      return 0.0f;
   }
   return 0.0f;
+}
+
+// Row r of w as f32 (the block formats dequantized bit-exactly) into buf.
+const float* RowF32(const WeightView& w, int64_t r, std::vector<float>* buf) {
+  buf->resize(static_cast<size_t>(w.cols));
+  ConvertToF32(w.Row(r), w.dtype, w.cols, buf->data());
+  return buf->data();
 }
 
 class RefOpsImpl final : public Ops {
@@ -211,11 +261,13 @@ class RefOpsImpl final : public Ops {
 
   void MatMul(const float* x, int64_t m, const WeightView& w, const WeightView* bias,
               float* y) const override {
-    for (int64_t i = 0; i < m; ++i) {
-      for (int64_t r = 0; r < w.rows; ++r) {
+    std::vector<float> row;
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const float* wr = RowF32(w, r, &row);
+      for (int64_t i = 0; i < m; ++i) {
         double acc = 0.0;
         for (int64_t c = 0; c < w.cols; ++c) {
-          acc += static_cast<double>(x[i * w.cols + c]) * At(w, r * w.cols + c);
+          acc += static_cast<double>(x[i * w.cols + c]) * wr[c];
         }
         if (bias != nullptr) acc += At(*bias, r);
         y[i * w.rows + r] = static_cast<float>(acc);
@@ -264,10 +316,10 @@ class RefOpsImpl final : public Ops {
   }
 
   void Embed(const WeightView& table, const int32_t* ids, int64_t m, float* out) const override {
+    std::vector<float> row;
     for (int64_t i = 0; i < m; ++i) {
-      for (int64_t c = 0; c < table.cols; ++c) {
-        out[i * table.cols + c] = At(table, static_cast<int64_t>(ids[i]) * table.cols + c);
-      }
+      const float* src = RowF32(table, ids[i], &row);
+      std::copy(src, src + table.cols, out + i * table.cols);
     }
   }
 

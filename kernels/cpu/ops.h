@@ -1,7 +1,10 @@
 // The op interface of the model runtime: every op the transformer forward pass uses, behind one
 // abstract class that each backend implements (RefOps: plain loops, the test oracle; FastOps:
 // a thread pool + AVX-512/AVX2 + OpenBLAS; CudaOps in kernels/cuda/ops.h). Activations are always
-// f32; weights stay in their stored dtype (f32, f16 or bf16) and are converted on the fly.
+// f32; weights stay in their stored dtype (f32, f16, bf16, or the GGUF block formats Q8_0, Q4_0,
+// Q4_K, Q6_K of kernels/cpu/quant.h) and are converted on the fly. The block formats are CPU-only
+// (FastOps runs integer dot products on them, RefOps dequantizes); CudaOps never sees them (the
+// model refuses to upload them).
 //
 // Memory: every pointer an op takes lives in the backend's memory space (memory()): host memory
 // for the CPU backends, device memory for CUDA. The model allocates its activations with
@@ -22,12 +25,41 @@
 
 namespace ragserve::kernels {
 
-enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
+// kF32..kBF16: plain element types (activations, KV, weights). kQ8_0..kQ6_K: GGUF block-quantized
+// weight formats (kernels/cpu/quant.h): a row of cols values is cols / DTypeBlockValues blocks of
+// DTypeBlockBytes bytes each; only whole blocks exist.
+enum class DType : uint8_t {
+  kF32 = 0,
+  kF16 = 1,
+  kBF16 = 2,
+  kQ8_0 = 3,
+  kQ4_0 = 4,
+  kQ4_K = 5,
+  kQ6_K = 6,
+};
 
-// Bytes per element: 4, 2, 2.
+// Whether t is one of the block-quantized weight formats.
+inline bool IsQuantized(DType t) { return static_cast<uint8_t>(t) >= 3; }
+// Values per block: 1 for f32/f16/bf16, 32 for Q8_0/Q4_0, 256 for Q4_K/Q6_K.
+inline int64_t DTypeBlockValues(DType t) {
+  return t == DType::kQ8_0 || t == DType::kQ4_0 ? 32 : IsQuantized(t) ? 256 : 1;
+}
+// Bytes per block: 4, 2, 2, 34, 18, 144, 210.
+inline int64_t DTypeBlockBytes(DType t) {
+  constexpr int64_t kBytes[] = {4, 2, 2, 34, 18, 144, 210};
+  return kBytes[static_cast<uint8_t>(t)];
+}
+// Bytes of n values of t (n a multiple of DTypeBlockValues(t): the caller checked).
+inline int64_t DTypeBytes(DType t, int64_t n) {
+  return n / DTypeBlockValues(t) * DTypeBlockBytes(t);
+}
+// Bytes per element of the plain types: 4, 2, 2; 0 for the block formats (use DTypeBytes).
 size_t DTypeSize(DType t);
-// "F32", "F16", "BF16" (the safetensors spelling).
+// "F32", "F16", "BF16" (the safetensors spelling), "Q8_0", "Q4_0", "Q4_K", "Q6_K" (GGUF's).
 std::string_view DTypeName(DType t);
+// The dtype a name spells, case-insensitively ("f32", "bf16", "q8_0", "Q4_K", ...); false when it
+// names none.
+bool DTypeFromName(std::string_view name, DType* out);
 
 // Scalar conversions (round-to-nearest-even for the narrowing ones; NaN stays NaN).
 float Bf16ToF32(uint16_t v);
@@ -35,22 +67,27 @@ uint16_t F32ToBf16(float v);
 float F16ToF32(uint16_t v);
 uint16_t F32ToF16(float v);
 
-// dst[i] = float(src[i]) for n elements of dtype t.
+// dst[i] = float(src[i]) for n elements of dtype t (block formats: dequantized bit-exactly, n a
+// multiple of the block).
 void ConvertToF32(const void* src, DType t, int64_t n, float* dst);
-// Narrows n floats into dtype t (f32: copy).
+// Narrows n floats into dtype t (f32: copy; block formats: the format's reference quantizer, n a
+// multiple of the block).
 void ConvertFromF32(const float* src, DType t, int64_t n, void* dst);
 
 // A row-major matrix [rows, cols] in its stored dtype; not owned (typically mmapped weights).
-// A vector (norm weight, bias) is a view with rows == 1.
+// A vector (norm weight, bias) is a view with rows == 1 (never block-quantized). A block-quantized
+// matrix has cols a multiple of its block and rows of DTypeBytes(dtype, cols) bytes.
 struct WeightView {
   const void* data = nullptr;
   DType dtype = DType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;
+  // Bytes of one row.
+  int64_t RowBytes() const { return DTypeBytes(dtype, cols); }
+  // Bytes of the whole matrix.
+  int64_t Bytes() const { return rows * RowBytes(); }
   // Address of row r.
-  const void* Row(int64_t r) const {
-    return static_cast<const char*>(data) + r * cols * static_cast<int64_t>(DTypeSize(dtype));
-  }
+  const void* Row(int64_t r) const { return static_cast<const char*>(data) + r * RowBytes(); }
 };
 
 enum class MemorySpace : uint8_t { kHost = 0, kDevice = 1 };

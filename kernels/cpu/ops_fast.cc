@@ -16,6 +16,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/blas_util.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/cpu/spin_pool.h"
 
 // OpenBLAS's thread count (a weak reference: absent when another BLAS is linked).
@@ -241,6 +242,8 @@ GemvKernel PickGemv(DType t, int m) {
       return {PickScalar<DType::kBF16>(m), false, 0};
     case DType::kF16:
       return {PickScalar<DType::kF16>(m), false, 0};
+    default:  // block formats never get here (QuantMatMul)
+      break;
   }
   return {PickScalar<DType::kF32>(m), false, 0};
 }
@@ -299,7 +302,10 @@ class FastOpsImpl final : public Ops {
   void MatMul(const float* x, int64_t m, const WeightView& w, const WeightView* bias,
               float* y) const override {
     if (m <= 0 || w.rows <= 0) return;
-    if (m <= kGemvMaxRows) {
+    if (IsQuantized(w.dtype)) {
+      const WeightView* ws[] = {&w};
+      QuantMatMul(x, m, 1, ws, &y, FastOpsThreads());
+    } else if (m <= kGemvMaxRows) {
       Gemv(x, m, w, y);
     } else {
       Gemm(x, m, w, y);
@@ -406,7 +412,16 @@ class FastOpsImpl final : public Ops {
   void MatMulShared(const float* x, int64_t m, int count, const WeightView* const* ws,
                     const WeightView* const* biases, float* const* ys) const override {
     if (m <= 0) return;
-    if (m > kGemvMaxRows || count > kMaxShared) {
+    int quantized = 0;
+    for (int i = 0; i < count; ++i) quantized += IsQuantized(ws[i]->dtype) ? 1 : 0;
+    if (quantized == count) {  // one fork/join for all (decode and prefill alike)
+      QuantMatMul(x, m, count, ws, ys, FastOpsThreads());
+      for (int i = 0; i < count; ++i) {
+        if (biases[i] != nullptr) AddBias(*biases[i], m, ws[i]->rows, ys[i]);
+      }
+      return;
+    }
+    if (m > kGemvMaxRows || count > kMaxShared || quantized > 0) {
       for (int i = 0; i < count; ++i) MatMul(x, m, *ws[i], biases[i], ys[i]);
       return;
     }

@@ -18,10 +18,13 @@ StatusOr<DType> ParseStoreDType(const std::string& name, const std::string& flag
 }
 
 StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag,
-                                         const kernels::Ops* ops) {
+                                         const kernels::Ops* ops,
+                                         const std::string& weights_dtype) {
   ModelAndTokenizer out;
+  RS_ASSIGN_OR_RETURN(const engine::WeightsLoadOptions wopts,
+                      engine::ParseWeightsDtype(weights_dtype));
   if (engine::IsGgufModelPath(dir)) {  // one file: weights, hyper-parameters and vocabulary
-    RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir, ops));
+    RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir, ops, wopts));
     RS_ASSIGN_OR_RETURN(out.tokenizer, engine::LoadModelTokenizer(dir));
     RS_ASSIGN_OR_RETURN(std::unique_ptr<engine::GgufFile> file, engine::OpenGguf(dir));
     auto chat = engine::GgufChatTemplate(file->header);
@@ -36,7 +39,7 @@ StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::stri
   if (!std::filesystem::is_directory(dir)) {
     return InvalidArgument(StrCat(flag, " ", dir, ": no such directory or .gguf file"));
   }
-  RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir, ops));
+  RS_ASSIGN_OR_RETURN(out.model, engine::Model::Load(dir, ops, wopts));
   RS_ASSIGN_OR_RETURN(out.tokenizer, engine::Tokenizer::FromFile(dir + "/tokenizer.json"));
   auto chat = engine::LoadChatTemplate(dir);
   if (chat.ok()) {

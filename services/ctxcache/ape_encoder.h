@@ -48,9 +48,11 @@ struct ModelAndTokenizer {
   // loading never fails for it). The decoder renders chat requests with it.
   std::shared_ptr<const engine::ChatTemplate> chat_template;
 };
-// `ops` runs the model (FastOps by default; kernels/cuda/ops.h for a GPU).
+// `ops` runs the model (FastOps by default; kernels/cuda/ops.h for a GPU); `weights_dtype` is
+// --weights-dtype (engine::ParseWeightsDtype: "" keeps the stored dtypes).
 StatusOr<ModelAndTokenizer> LoadModelDir(const std::string& dir, const std::string& flag,
-                                         const kernels::Ops* ops = &kernels::FastOps());
+                                         const kernels::Ops* ops = &kernels::FastOps(),
+                                         const std::string& weights_dtype = "");
 
 struct ApeSettings {
   std::string prefix;  // shared prefix text, encoded once before every passage

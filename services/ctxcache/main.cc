@@ -16,6 +16,11 @@ int main(int argc, char** argv) {
   m.add_flags = [&opts, &ram_mb](CLI::App& app) {
     app.add_option("--model", opts.model_dir,
                    "HF-layout model directory or .gguf file (needed for Encode)");
+    app.add_option("--weights-dtype", opts.weights_dtype,
+                   "Weight matrices after load (as the decoders load them, or the KV "
+                   "fingerprints differ): auto | f32 | f16 | bf16 | q8_0 | q4_0 | q4_k | q6_k")
+        ->check(CLI::IsMember({"", "auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"},
+                              CLI::ignore_case));
     app.add_option("--data-dir", opts.data_dir, "RocksDB directory of the disk tier")
         ->capture_default_str();
     app.add_option("--ram-mb", ram_mb, "RAM tier budget")

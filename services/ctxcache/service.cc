@@ -42,7 +42,9 @@ StatusOr<std::unique_ptr<ContextCacheService>> ContextCacheService::Create(
   }
   RS_ASSIGN_OR_RETURN(svc->cache_, BlockCache::Open(copts));
   if (!svc->opts_.model_dir.empty()) {
-    RS_ASSIGN_OR_RETURN(ModelAndTokenizer mt, LoadModelDir(svc->opts_.model_dir, "--model"));
+    RS_ASSIGN_OR_RETURN(ModelAndTokenizer mt,
+                        LoadModelDir(svc->opts_.model_dir, "--model", &kernels::FastOps(),
+                                     svc->opts_.weights_dtype));
     svc->model_ = std::move(mt.model);
     svc->tokenizer_ = std::move(mt.tokenizer);
     ApeSettings as;

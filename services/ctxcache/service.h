@@ -13,7 +13,9 @@
 namespace ragserve::ctxcache {
 
 struct ContextCacheOptions {
-  std::string model_dir;                   // HF-layout model; empty: serve cached entries only
+  std::string model_dir;  // HF-layout model; empty: serve cached entries only
+  // --weights-dtype (ape_encoder.h LoadModelDir): the decoders' value, or their KV is not shared.
+  std::string weights_dtype;
   std::string data_dir = "ctxcache-data";  // RocksDB disk tier
   int64_t ram_bytes = int64_t{1} << 30;    // RAM tier
   std::string dtype = "f32";               // stored dtype: f32 | f16 | bf16

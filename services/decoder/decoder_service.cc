@@ -211,8 +211,9 @@ StatusOr<std::unique_ptr<DecoderService>> DecoderService::Create(ServiceServer* 
       ops = *cuda;
       RS_LOG(info, "decoder: model on {}", kernels::cuda::DeviceDescription(0));
     }
-    RS_ASSIGN_OR_RETURN(ctxcache::ModelAndTokenizer mt,
-                        ctxcache::LoadModelDir(svc->opts_.model_dir, "--model", ops));
+    RS_ASSIGN_OR_RETURN(
+        ctxcache::ModelAndTokenizer mt,
+        ctxcache::LoadModelDir(svc->opts_.model_dir, "--model", ops, svc->opts_.weights_dtype));
     svc->model_ = std::move(mt.model);
     svc->tokenizer_ = std::move(mt.tokenizer);
     RS_RETURN_IF_ERROR(CheckRagChatOptions(svc->opts_.rag_chat));

@@ -36,6 +36,10 @@ struct DecoderOptions {
   // Backend of the model: "cpu" (FastOps) or "cuda" (kernels/cuda/ops.h, device 0: weights
   // uploaded once, plain sequences' KV in device pages of generator.device_kv_dtype).
   std::string device = "cpu";
+  // --weights-dtype: the weight matrices' dtype after load (engine::WeightsLoadOptions): "" keeps
+  // the stored dtypes (a quantized .gguf stays quantized); f32 | f16 | bf16 | q8_0 | q4_0 | q4_k |
+  // q6_k converts, dequantizes or quantizes at load.
+  std::string weights_dtype;
   GeneratorOptions generator;
   // Passages: "ape" joins parallel-encoded, cached passage KV (APE); "sequential" prefills the
   // whole prompt. A request may ask for sequential (GenerateRequest.sequential_context).

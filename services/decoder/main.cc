@@ -23,6 +23,12 @@ int main(int argc, char** argv) {
     app.add_option("--model", opts.model_dir,
                    "HF-layout model directory (config.json, "
                    "model.safetensors, tokenizer.json) or a .gguf file");
+    app.add_option("--weights-dtype", opts.weights_dtype,
+                   "Weight matrices after load: auto (as stored; a quantized .gguf stays "
+                   "quantized) | f32 | f16 | bf16 | q8_0 | q4_0 | q4_k | q6_k (quantized at load "
+                   "from an HF checkpoint; CPU only)")
+        ->check(CLI::IsMember({"", "auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k"},
+                              CLI::ignore_case));
     app.add_option("--worker-id", opts.worker_id, "Name in stats and load reports (host:port)");
     app.add_option("--served-model-name", opts.served_model_name,
                    "model_name label of the serving metrics (default: the --model folder's name)");

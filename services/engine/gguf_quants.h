@@ -11,8 +11,9 @@
 //         (low nibbles of 32 bytes, then their high nibbles, per 64 values).
 //   Q6_K 256 values, 210 bytes: u8 ql[128] (low 4 bits); u8 qh[64] (high 2 bits); i8 scales[16];
 //         f16 d. x = (d * scale_16) * (q - 32), q a 6-bit value.
-// F32 / F16 / BF16 are widened exactly. The quantized GEMV/GEMM kernels that would run on these
-// blocks directly are not built yet: the loader dequantizes at load (gguf_weights.cc).
+// F32 / F16 / BF16 are widened exactly. The block decoders are kernels::DequantizeRef
+// (kernels/cpu/quant.h, which also holds the integer GEMV/GEMM that run on the blocks directly:
+// the loader keeps quantized tensors quantized unless WeightsLoadOptions asks otherwise).
 #pragma once
 
 #include <cstdint>

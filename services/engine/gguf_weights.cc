@@ -1,6 +1,7 @@
 // ModelWeights::LoadGguf: a GGUF file's tensors mapped onto the engine's Hugging Face-layout
 // weights (the hyper-parameters come from gguf_config.cc).
 #include <algorithm>
+#include <cstring>
 #include <set>
 
 #include "nlohmann/json.hpp"
@@ -43,7 +44,9 @@ class GgufTaker {
  private:
   StatusOr<const GgufTensorInfo*> Find(const std::string& name,
                                        const std::vector<int64_t>& shape) const;
-  StatusOr<WeightView> Decode(const GgufTensorInfo& t, int64_t rows, int64_t cols, int64_t rope_hd);
+  // Tensor t as `out` in a copy (decoded, converted or quantized; rows reordered when rope_hd).
+  StatusOr<WeightView> Decode(const std::string& name, const GgufTensorInfo& t, kernels::DType out,
+                              int64_t rows, int64_t cols, int64_t rope_hd);
 
   const GgufFile& f_;
   WeightsLoadOptions opts_;
@@ -69,53 +72,86 @@ StatusOr<const GgufTensorInfo*> GgufTaker::Find(const std::string& name,
   return t;
 }
 
+// The engine dtype of a GGUF tensor type CanDequantizeGgml accepts.
+kernels::DType EngineDType(GgmlType t) {
+  switch (t) {
+    case GgmlType::kF16:
+      return kernels::DType::kF16;
+    case GgmlType::kBF16:
+      return kernels::DType::kBF16;
+    case GgmlType::kQ8_0:
+      return kernels::DType::kQ8_0;
+    case GgmlType::kQ4_0:
+      return kernels::DType::kQ4_0;
+    case GgmlType::kQ4_K:
+      return kernels::DType::kQ4_K;
+    case GgmlType::kQ6_K:
+      return kernels::DType::kQ6_K;
+    default:
+      return kernels::DType::kF32;
+  }
+}
+
 StatusOr<WeightView> GgufTaker::Take(const std::string& name, const std::vector<int64_t>& shape,
                                      int64_t rope_hd) {
   RS_ASSIGN_OR_RETURN(const GgufTensorInfo* t, Find(name, shape));
   const int64_t rows = shape.size() == 2 ? shape[0] : 1;
   const int64_t cols = shape.size() == 2 ? shape[1] : shape[0];
-  const auto type = static_cast<GgmlType>(t->type);
-  const bool plain = type == GgmlType::kF32 || type == GgmlType::kF16 || type == GgmlType::kBF16;
+  const kernels::DType stored = EngineDType(static_cast<GgmlType>(t->type));
+  // What the tensor becomes (WeightsLoadOptions::weights_dtype): matrices as asked, except that
+  // quantized ones keep their format when asked for another quantized one; vectors as stored, but
+  // never block-quantized (the norm and bias ops take plain dtypes).
+  kernels::DType want = stored;
+  if (shape.size() == 2 && opts_.weights_dtype &&
+      !(kernels::IsQuantized(stored) && kernels::IsQuantized(*opts_.weights_dtype))) {
+    want = *opts_.weights_dtype;
+  }
+  if (shape.size() != 2 && kernels::IsQuantized(stored)) want = kernels::DType::kF32;
   WeightView w;
-  if (plain && rope_hd == 0) {
-    w.data = f_.Data(*t);
-    w.dtype = type == GgmlType::kF32   ? kernels::DType::kF32
-              : type == GgmlType::kF16 ? kernels::DType::kF16
-                                       : kernels::DType::kBF16;
-    w.rows = rows;
-    w.cols = cols;
+  if (want == stored && rope_hd == 0) {
+    w = WeightView{f_.Data(*t), stored, rows, cols};
   } else {
-    RS_ASSIGN_OR_RETURN(w, Decode(*t, rows, cols, rope_hd));
+    RS_ASSIGN_OR_RETURN(w, Decode(name, *t, want, rows, cols, rope_hd));
   }
   used_.insert(name);
   infos_.push_back(TensorInfo{StrCat(name, ":", GgmlTypeName(t->type)), w.dtype, shape, 0, 0});
   return w;
 }
 
-StatusOr<WeightView> GgufTaker::Decode(const GgufTensorInfo& t, int64_t rows, int64_t cols,
+StatusOr<WeightView> GgufTaker::Decode(const std::string& name, const GgufTensorInfo& t,
+                                       kernels::DType out, int64_t rows, int64_t cols,
                                        int64_t rope_hd) {
-  const auto type = static_cast<GgmlType>(t.type);
-  kernels::DType out = opts_.dequantize_to;
-  if (type == GgmlType::kF32) out = kernels::DType::kF32;
-  if (type == GgmlType::kF16) out = kernels::DType::kF16;
-  if (type == GgmlType::kBF16) out = kernels::DType::kBF16;
-  const size_t es = kernels::DTypeSize(out);
-  std::vector<uint8_t>& buf = owned_->emplace_back(static_cast<size_t>(t.numel) * es);
-  std::vector<float> tmp(static_cast<size_t>(t.numel / rows));
+  const int64_t block = kernels::DTypeBlockValues(out);
+  if (cols % block != 0) {
+    return InvalidArgument(StrCat("gguf: tensor \"", name, "\" has ", cols,
+                                  " columns, not a multiple of the ", kernels::DTypeName(out),
+                                  " block (", block, " values): it cannot be stored as ",
+                                  kernels::DTypeName(out)));
+  }
+  WeightView w{nullptr, out, rows, cols};
+  std::vector<uint8_t>& buf = owned_->emplace_back(static_cast<size_t>(w.Bytes()));
+  w.data = buf.data();
+  std::vector<float> tmp(static_cast<size_t>(cols));
+  const uint64_t row_bytes = t.bytes / static_cast<uint64_t>(rows);
   if (rows == 1 && rope_hd > 0) {  // a bias: reorder its elements
     std::vector<float> all(static_cast<size_t>(cols));
     RS_RETURN_IF_ERROR(DequantizeGgml(t.type, f_.Data(t), cols, all.data()));
     for (int64_t i = 0; i < cols; ++i) tmp[i] = all[GgufRopeRow(i, rope_hd)];
     kernels::ConvertFromF32(tmp.data(), out, cols, buf.data());
+  } else if (out == EngineDType(static_cast<GgmlType>(t.type))) {
+    // Same format, rows reordered (q/k of a quantized file): whole rows of blocks move as they are.
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t src = rope_hd > 0 ? GgufRopeRow(r, rope_hd) : r;
+      std::memcpy(buf.data() + r * row_bytes, f_.Data(t) + src * row_bytes, row_bytes);
+    }
   } else {
-    const uint64_t row_bytes = t.bytes / static_cast<uint64_t>(rows);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t src = rope_hd > 0 ? GgufRopeRow(r, rope_hd) : r;
       RS_RETURN_IF_ERROR(DequantizeGgml(t.type, f_.Data(t) + src * row_bytes, cols, tmp.data()));
-      kernels::ConvertFromF32(tmp.data(), out, cols, buf.data() + r * cols * es);
+      kernels::ConvertFromF32(tmp.data(), out, cols, buf.data() + r * w.RowBytes());
     }
   }
-  return WeightView{buf.data(), out, rows, cols};
+  return w;
 }
 
 std::string Blk(int i, const char* suffix) { return StrCat("blk.", i, ".", suffix); }
@@ -167,10 +203,6 @@ Status TakeRopeFactors(const GgufFile& f, ModelConfig* c) {
 
 StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadGguf(const std::string& path,
                                                                const WeightsLoadOptions& options) {
-  const kernels::DType to = options.dequantize_to;
-  RS_CHECK_ARG(
-      to == kernels::DType::kF32 || to == kernels::DType::kBF16 || to == kernels::DType::kF16,
-      "dequantize_to must be f32, bf16 or f16");
   std::unique_ptr<ModelWeights> mw(new ModelWeights());
   RS_ASSIGN_OR_RETURN(mw->gguf_, OpenGguf(path));
   auto load = [&]() -> Status {

@@ -13,9 +13,9 @@
 
 namespace ragserve::engine {
 
-StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir,
-                                             const kernels::Ops* ops) {
-  RS_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> w, ModelWeights::Load(model_dir));
+StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& model_dir, const kernels::Ops* ops,
+                                             const WeightsLoadOptions& weights) {
+  RS_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> w, ModelWeights::Load(model_dir, weights));
   return Create(std::shared_ptr<const ModelWeights>(std::move(w)), ops);
 }
 
@@ -64,7 +64,13 @@ Status Model::UploadWeights() {
       out->data = it->second;
       return OkStatus();
     }
-    const size_t bytes = static_cast<size_t>(w.rows * w.cols) * kernels::DTypeSize(w.dtype);
+    if (kernels::IsQuantized(w.dtype)) {
+      return InvalidArgument(StrCat("the ", ops_->name(), " backend does not run ",
+                                    kernels::DTypeName(w.dtype),
+                                    " weights (CPU only): load them as f32, f16 or bf16 "
+                                    "(--weights-dtype)"));
+    }
+    const size_t bytes = static_cast<size_t>(w.Bytes());
     void* p = ops_->Allocate(bytes);
     if (p == nullptr) {
       return ResourceExhausted(StrCat("uploading weights to the ", ops_->name(),

@@ -64,11 +64,14 @@ enum class LogitsMode {
 
 class Model {
  public:
-  // Loads a model directory (weights.h) and uses `ops` (not owned; FastOps by default).
+  // Loads a model directory or .gguf file (weights.h; `weights` picks the weight dtype, e.g.
+  // quantized at load) and uses `ops` (not owned; FastOps by default).
   static StatusOr<std::unique_ptr<Model>> Load(const std::string& model_dir,
-                                               const kernels::Ops* ops = &kernels::FastOps());
+                                               const kernels::Ops* ops = &kernels::FastOps(),
+                                               const WeightsLoadOptions& weights = {});
   // Wraps loaded weights; with a device backend uploads them (ResourceExhausted when they do not
-  // fit). The constructor never fails: check status() (Load and Create do).
+  // fit; InvalidArgument for block-quantized weights, which only the CPU backends run). The
+  // constructor never fails: check status() (Load and Create do).
   static StatusOr<std::unique_ptr<Model>> Create(std::shared_ptr<const ModelWeights> weights,
                                                  const kernels::Ops* ops);
   Model(std::shared_ptr<const ModelWeights> weights, const kernels::Ops* ops);

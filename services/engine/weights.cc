@@ -51,12 +51,8 @@ std::string ComputeFingerprint(const ModelConfig& config,
 }
 
 int64_t ModelWeights::BytesReadPerToken() const {
-  auto bytes = [](const WeightView& w) {
-    return w.data == nullptr ? 0
-                             : w.rows * w.cols * static_cast<int64_t>(kernels::DTypeSize(w.dtype));
-  };
-  int64_t total = bytes(lm_head_) + bytes(final_norm_) +
-                  embed_.cols * static_cast<int64_t>(kernels::DTypeSize(embed_.dtype));
+  auto bytes = [](const WeightView& w) { return w.data == nullptr ? 0 : w.Bytes(); };
+  int64_t total = bytes(lm_head_) + bytes(final_norm_) + embed_.RowBytes();
   for (const auto& l : layers_) {
     for (const WeightView* w : {&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.q_bias, &l.k_bias,
                                 &l.v_bias, &l.o_bias, &l.post_norm, &l.gate, &l.up, &l.down}) {
@@ -66,14 +62,49 @@ int64_t ModelWeights::BytesReadPerToken() const {
   return total;
 }
 
+StatusOr<WeightsLoadOptions> ParseWeightsDtype(const std::string& name) {
+  WeightsLoadOptions o;
+  if (name.empty() || name == "auto") return o;
+  kernels::DType t;
+  RS_CHECK_ARG(kernels::DTypeFromName(name, &t), "--weights-dtype must be auto, f32, f16, bf16, ",
+               "q8_0, q4_0, q4_k or q6_k, got '", name, "'");
+  o.weights_dtype = t;
+  return o;
+}
+
+StatusOr<WeightView> ModelWeights::ConvertMatrix(const std::string& name, const WeightView& w,
+                                                 kernels::DType to) {
+  const int64_t block = kernels::DTypeBlockValues(to);
+  if (w.cols % block != 0) {
+    return InvalidArgument(StrCat("tensor \"", name, "\" has ", w.cols,
+                                  " columns, not a multiple of the ", kernels::DTypeName(to),
+                                  " block (", block, " values): it cannot be stored as ",
+                                  kernels::DTypeName(to)));
+  }
+  WeightView out{nullptr, to, w.rows, w.cols};
+  std::vector<uint8_t>& buf = owned_.emplace_back(static_cast<size_t>(out.Bytes()));
+  out.data = buf.data();
+  // Rows are independent: quantizing a large checkpoint at load uses every core.
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(w.cols));
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t r = 0; r < w.rows; ++r) {
+      kernels::ConvertToF32(w.Row(r), w.dtype, w.cols, row.data());
+      kernels::ConvertFromF32(row.data(), to, w.cols, buf.data() + r * out.RowBytes());
+    }
+  }
+  return out;
+}
+
 StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& model_path,
                                                            const WeightsLoadOptions& options) {
   if (IsGgufModelPath(model_path)) return LoadGguf(model_path, options);
-  return LoadSafetensors(model_path);
+  return LoadSafetensors(model_path, options);
 }
 
 StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
-    const std::string& model_dir) {
+    const std::string& model_dir, const WeightsLoadOptions& options) {
   namespace fs = std::filesystem;
   std::unique_ptr<ModelWeights> mw(new ModelWeights());
   RS_ASSIGN_OR_RETURN(mw->config_, LoadModelConfig(model_dir));
@@ -143,6 +174,8 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
   }
 
   std::set<std::string> used;
+  std::map<std::string, kernels::DType> converted;  // tensor -> dtype after load (fingerprint)
+  ModelWeights* self = mw.get();
   auto take = [&](const std::string& name, std::vector<int64_t> shape) -> StatusOr<WeightView> {
     auto it = all.find(name);
     if (it == all.end()) return InvalidArgument(StrCat("missing tensor \"", name, "\""));
@@ -160,6 +193,10 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
     w.dtype = t.dtype;
     w.rows = shape.size() == 2 ? shape[0] : 1;
     w.cols = shape.size() == 2 ? shape[1] : shape[0];
+    if (shape.size() == 2 && options.weights_dtype && *options.weights_dtype != w.dtype) {
+      RS_ASSIGN_OR_RETURN(w, self->ConvertMatrix(name, w, *options.weights_dtype));
+      converted[name] = w.dtype;
+    }
     return w;
   };
   const int64_t H = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
@@ -193,12 +230,20 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
     RS_ASSIGN_OR_RETURN(l.down, take(LayerName(i, "mlp.down_proj.weight"), {H, I}));
   }
   std::vector<const TensorInfo*> infos;
+  std::vector<TensorInfo> retyped;  // headers of converted tensors, with their new dtype
+  retyped.reserve(converted.size());
   for (const auto& [name, loc] : all) {
     if (!used.count(name) && !IsIgnorable(name)) {
       return InvalidArgument(StrCat("unexpected tensor \"", name, "\" for model_type ",
                                     c.model_type, " with ", c.num_layers, " layers"));
     }
-    infos.push_back(loc.info);
+    if (auto it = converted.find(name); it != converted.end()) {
+      retyped.push_back(*loc.info);
+      retyped.back().dtype = it->second;
+      infos.push_back(&retyped.back());
+    } else {
+      infos.push_back(loc.info);
+    }
     mw->num_params_ += loc.info->numel();
   }
   mw->fingerprint_ = ComputeFingerprint(c, infos);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,11 +27,23 @@ struct LayerWeights {
 };
 
 struct WeightsLoadOptions {
-  // What quantized GGUF tensors (Q8_0, Q4_0, Q4_K, Q6_K) are decoded into at load: f32, bf16 or
-  // f16. F32/F16/BF16 tensors keep their dtype (and stay memory-mapped unless their rows must be
-  // reordered).
-  kernels::DType dequantize_to = kernels::DType::kF32;
+  // The dtype of the weight matrices (embedding, LM head, every layer's projections) after load.
+  // Unset (the default): as stored. GGUF block-quantized tensors (Q8_0, Q4_0, Q4_K, Q6_K) then
+  // stay in their blocks, memory-mapped (q/k rows reordered into a copy), and FastOps runs its
+  // integer kernels on them (kernels/cpu/quant.h).
+  // F32 / F16 / BF16: quantized GGUF matrices are dequantized to it at load (bit-exact decode,
+  // then rounded), and f32/f16/bf16 matrices (safetensors or GGUF) converted to it.
+  // Q8_0 / Q4_0 / Q4_K / Q6_K: f32/f16/bf16 matrices are quantized to it at load with
+  // kernels::QuantizeRef (each matrix's columns must be a multiple of the block, else
+  // InvalidArgument naming the tensor); GGUF tensors that are already quantized keep their format.
+  // Vectors (norms, biases) stay as stored (f32 when a GGUF file stores one quantized). The
+  // fingerprint covers the dtypes after load, so KV made with other weights is never mixed in.
+  std::optional<kernels::DType> weights_dtype;
 };
+
+// "--weights-dtype" values: "" or "auto" (unset), f32, f16, bf16, q8_0, q4_0, q4_k, q6_k (any
+// case). InvalidArgument listing them otherwise.
+StatusOr<WeightsLoadOptions> ParseWeightsDtype(const std::string& name);
 
 // The weights of one model: views into memory-mapped files (kept alive by this object).
 // Immutable after load; safe to share between threads.
@@ -59,7 +72,12 @@ class ModelWeights {
 
  private:
   ModelWeights() = default;
-  static StatusOr<std::unique_ptr<ModelWeights>> LoadSafetensors(const std::string& model_dir);
+  static StatusOr<std::unique_ptr<ModelWeights>> LoadSafetensors(const std::string& model_dir,
+                                                                 const WeightsLoadOptions& options);
+  // A matrix converted (or quantized) to `to` into owned_; InvalidArgument naming `name` when its
+  // columns are not a whole number of blocks of `to`.
+  StatusOr<WeightView> ConvertMatrix(const std::string& name, const WeightView& w,
+                                     kernels::DType to);
   // gguf_weights.cc: q/k rows are put back from llama.cpp's rotary order into the HF order the
   // forward pass expects; quantized tensors are decoded into owned_.
   static StatusOr<std::unique_ptr<ModelWeights>> LoadGguf(const std::string& path,
@@ -67,7 +85,7 @@ class ModelWeights {
   ModelConfig config_;
   std::vector<SafetensorsFile> files_;
   std::unique_ptr<GgufFile> gguf_;
-  std::vector<std::vector<uint8_t>> owned_;  // decoded / reordered GGUF tensors
+  std::vector<std::vector<uint8_t>> owned_;  // decoded / reordered / converted tensors
   WeightView embed_, lm_head_, final_norm_;
   std::vector<LayerWeights> layers_;
   std::string fingerprint_;

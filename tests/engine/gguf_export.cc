@@ -4,7 +4,7 @@
 // The C++ side of tests/engine/gguf_ref_test.py (which compares the tensors with numpy's
 // dequantization of the same GGUF blocks).
 //
-//   ragserve-gguf-export model.gguf out.safetensors [bf16]
+//   ragserve-gguf-export model.gguf out.safetensors [f32|bf16|f16|q8_0|...]
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -25,9 +25,16 @@ void Add(const std::string& name, const WeightView& w, bool vector,
   t.name = name;
   t.dtype = w.dtype;
   t.shape = vector ? std::vector<int64_t>{w.cols} : std::vector<int64_t>{w.rows, w.cols};
-  const size_t n = static_cast<size_t>(w.rows * w.cols) * ragserve::kernels::DTypeSize(w.dtype);
-  t.bytes.resize(n);
-  std::memcpy(t.bytes.data(), w.data, n);
+  if (ragserve::kernels::IsQuantized(w.dtype)) {  // kept quantized: exported dequantized (f32)
+    t.dtype = ragserve::kernels::DType::kF32;
+    t.bytes.resize(static_cast<size_t>(w.rows * w.cols) * 4);
+    ragserve::kernels::ConvertToF32(w.data, w.dtype, w.rows * w.cols,
+                                    reinterpret_cast<float*>(t.bytes.data()));
+  } else {
+    const size_t n = static_cast<size_t>(w.Bytes());
+    t.bytes.resize(n);
+    std::memcpy(t.bytes.data(), w.data, n);
+  }
   out->push_back(std::move(t));
 }
 
@@ -35,15 +42,17 @@ void Add(const std::string& name, const WeightView& w, bool vector,
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr << "usage: ragserve-gguf-export MODEL OUT.safetensors [f32|bf16|f16]\n";
+    std::cerr << "usage: ragserve-gguf-export MODEL OUT.safetensors [WEIGHTS_DTYPE]\n";
     return 2;
   }
-  WeightsLoadOptions o;
-  const std::string to = argc > 3 ? argv[3] : "f32";
-  o.dequantize_to = to == "bf16"  ? ragserve::kernels::DType::kBF16
-                    : to == "f16" ? ragserve::kernels::DType::kF16
-                                  : ragserve::kernels::DType::kF32;
-  auto w = ModelWeights::Load(argv[1], o);
+  // No dtype: the weights as loaded by default (quantized GGUF tensors kept in their blocks and
+  // exported dequantized, bit-exactly); a dtype: WeightsLoadOptions::weights_dtype.
+  auto o = ParseWeightsDtype(argc > 3 ? argv[3] : "");
+  if (!o.ok()) {
+    std::cerr << o.status().ToString() << "\n";
+    return 2;
+  }
+  auto w = ModelWeights::Load(argv[1], *o);
   if (!w.ok()) {
     std::cerr << w.status().ToString() << "\n";
     return 1;

@@ -1,5 +1,5 @@
 // clang-format off
-// FUZZ_SOURCES: services/engine/gguf.cc services/engine/safetensors.cc kernels/cpu/ops.cc kernels/cpu/attention.cc services/engine/gguf_config.cc services/engine/config.cc services/engine/gguf_tokenizer.cc services/engine/tokenizer.cc services/engine/unicode.cc
+// FUZZ_SOURCES: services/engine/gguf.cc services/engine/safetensors.cc kernels/cpu/ops.cc kernels/cpu/quant.cc kernels/cpu/attention.cc services/engine/gguf_config.cc services/engine/config.cc services/engine/gguf_tokenizer.cc services/engine/tokenizer.cc services/engine/unicode.cc
 // clang-format on
 // Fuzz target for the GGUF header parser: any bytes must give a header whose every tensor lies
 // inside the file with the byte size its type and dims imply, or an error; never a crash, hang,

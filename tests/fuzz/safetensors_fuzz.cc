@@ -1,4 +1,6 @@
-// FUZZ_SOURCES: services/engine/safetensors.cc kernels/cpu/ops.cc kernels/cpu/attention.cc
+// clang-format off
+// FUZZ_SOURCES: services/engine/safetensors.cc kernels/cpu/ops.cc kernels/cpu/quant.cc kernels/cpu/attention.cc
+// clang-format on
 // Fuzz target for the safetensors header parser: any bytes must give a header whose every tensor
 // lies inside the file and matches its shape, or an error; never a crash, hang or overread.
 #include <cstddef>

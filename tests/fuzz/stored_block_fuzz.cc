@@ -1,4 +1,6 @@
-// FUZZ_SOURCES: services/ctxcache/stored_block.cc kernels/cpu/ops.cc kernels/cpu/attention.cc
+// clang-format off
+// FUZZ_SOURCES: services/ctxcache/stored_block.cc kernels/cpu/ops.cc kernels/cpu/quant.cc kernels/cpu/attention.cc
+// clang-format on
 // Fuzz target for the context cache's on-disk KV block format: any bytes must parse into a block
 // that passes Validate() and re-serializes to the same bytes, or give DataLoss; never a crash,
 // an over-read or an allocation the header merely claims. The first input byte picks whether the

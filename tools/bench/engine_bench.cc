@@ -22,8 +22,28 @@
 // read of the same bytes right after it (median of 9 pairs; 100% = as fast), per SIMD level the
 // CPU has (the baseline for the AVX-512 kernels is the AVX2 build of the same kernels, and the
 // scalar loop).
+//
+// Weight dtypes (the "dtype table", issue 20): per model and weight dtype, batch-1 decode tok/s
+// against the bandwidth roofline (bytes of weights read per token / the best read bandwidth of
+// this run: a vectorized 4-accumulator read of a 1 GiB array on all threads, best of 10), and
+// prefill tok/s of one --prefill-tokens prompt against the compute roofline (FLOPs per prompt
+// token / the measured peak of this run: a register-only loop of independent FMA chains for
+// f32/f16/bf16 weights, which run through f32 sgemm; of VNNI int8 dot products, 2 ops per
+// multiply-add, for the block formats). Rows:
+//   engine_bench --dtypes f32,bf16,q8_0,q4_0,q4_k,q6_k   the ~100M model in each dtype (HF f32
+//                                                          checkpoint converted / quantized at
+//                                                          load; default: all six, "none": no rows)
+//   engine_bench --model FILE.gguf|DIR [--model-dtypes auto,q8_0]   a given model as stored
+//                                                          ("auto") and in each dtype listed
+//   engine_bench --dtype-table-only                        only this table
+//   engine_bench --prefill-tokens N                        prompt length of the prefill column
+//   (512)
+// Before the dtype table, the quantized kernels alone (QuantKernelTable): one thread, timed in
+// thread CPU time so that a shared machine's preemption does not count, per format, SIMD path and
+// m in {1, 8, 64}, against a plain read of the same bytes.
 #include <immintrin.h>
 #include <omp.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,9 +53,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/quant.h"
 #include "kernels/cpu/spin_pool.h"
 #include "services/engine/model.h"
 #include "services/engine/tiny_model.h"
@@ -139,12 +161,121 @@ double GemvVsRead(const Model& m, int threads) {
     t0 = Clock::now();
     for (const kernels::WeightView* w : ws) {
       const float* p = static_cast<const float*>(w->data);
-      const int64_t n = w->rows * w->cols * static_cast<int64_t>(kernels::DTypeSize(w->dtype)) / 4;
+      const int64_t n = w->Bytes() / 4;
       sink = sink + PoolRead(p, n, (96 << 10) / 4, threads);
     }
     ratios.push_back(Seconds(t0, Clock::now()) / gemv);
   }
   return Median(ratios);
+}
+
+// Best-of-`passes` read bandwidth in GB/s with `threads` threads over a 1 GiB array (the decode
+// roofline's denominator: the machine at its quietest moment of this run).
+double BestBandwidth1G(int threads, int passes) {
+  static std::vector<float> buf(static_cast<size_t>(1) << 28, 1.0f);  // 1 GiB
+  const int64_t n = static_cast<int64_t>(buf.size());
+  double best = 0.0;
+  volatile float sink = 0.0f;
+  for (int rep = 0; rep < passes; ++rep) {
+    const auto t0 = Clock::now();
+    sink = sink + PoolRead(buf.data(), n, (1 << 20) / 4, threads);
+    best = std::max(best, n * 4.0 / Seconds(t0, Clock::now()) / 1e9);
+  }
+  return best;
+}
+
+// GCC 12's AVX-512 reduce intrinsics self-initialize an operand: a known -Wuninitialized false
+// positive (as in kernels/cpu/ops_fast.cc).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+// Peak arithmetic of one thread for ~`seconds`: 12 independent chains of 512-bit (or 256-bit)
+// FMAs (f32 FLOP/s) or VNNI dot products (int8 ops/s, 2 per multiply-add).
+__attribute__((target("avx512f,avx2,fma"))) double FmaPeak512(double seconds) {
+  __m512 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(1.0f + i * 1e-3f);
+  const __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+  int64_t iters = 0;
+  const auto t0 = Clock::now();
+  double secs = 0.0;
+  do {
+    for (int k = 0; k < 1000; ++k) {
+      for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], b, c);
+    }
+    iters += 1000;
+    secs = Seconds(t0, Clock::now());
+  } while (secs < seconds);
+  float sink = 0.0f;
+  for (int i = 0; i < 12; ++i) sink += _mm512_reduce_add_ps(a[i]);
+  if (sink == 12345.0f) std::printf(" ");
+  return iters * 12.0 * 16 * 2 / secs;
+}
+
+__attribute__((target("avx2,fma"))) double FmaPeak256(double seconds) {
+  __m256 a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(1.0f + i * 1e-3f);
+  const __m256 b = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+  int64_t iters = 0;
+  const auto t0 = Clock::now();
+  double secs = 0.0;
+  do {
+    for (int k = 0; k < 1000; ++k) {
+      for (int i = 0; i < 12; ++i) a[i] = _mm256_fmadd_ps(a[i], b, c);
+    }
+    iters += 1000;
+    secs = Seconds(t0, Clock::now());
+  } while (secs < seconds);
+  float out[8], sink = 0.0f;
+  for (int i = 0; i < 12; ++i) {
+    _mm256_storeu_ps(out, a[i]);
+    sink += out[0];
+  }
+  if (sink == 12345.0f) std::printf(" ");
+  return iters * 12.0 * 8 * 2 / secs;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) double VnniPeak512(double seconds) {
+  __m512i a[12];
+  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_epi32(i);
+  const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-2);
+  int64_t iters = 0;
+  const auto t0 = Clock::now();
+  double secs = 0.0;
+  do {
+    for (int k = 0; k < 1000; ++k) {
+      for (int i = 0; i < 12; ++i) a[i] = _mm512_dpbusd_epi32(a[i], u, v);
+    }
+    iters += 1000;
+    secs = Seconds(t0, Clock::now());
+  } while (secs < seconds);
+  int sink = 0;
+  for (int i = 0; i < 12; ++i) sink += _mm512_reduce_add_epi32(a[i]);
+  if (sink == 12345) std::printf(" ");
+  return iters * 12.0 * 64 * 2 / secs;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+// Machine peak over `threads` threads (each runs the loop at once on the pool), best of 3.
+double Peak(int threads, bool int8) {
+  const bool avx512 = kernels::CpuSimdLevel() == kernels::SimdLevel::kAvx512;
+  const bool vnni = avx512 && __builtin_cpu_supports("avx512vnni");
+  double best = 0.0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<double> per(static_cast<size_t>(threads));
+    kernels::ParallelFor(threads, threads, [&](int64_t t) {
+      per[t] = int8 && vnni ? VnniPeak512(0.05) : avx512 ? FmaPeak512(0.05) : FmaPeak256(0.05);
+    });
+    double sum = 0.0;
+    for (double v : per) sum += v;
+    best = std::max(best, sum);
+  }
+  return best;
 }
 
 std::vector<int32_t> Tokens(int n, int vocab, int salt) {
@@ -231,6 +362,143 @@ double PrefillRate(Model& m, int batch, int len, int reps) {
   return best;
 }
 
+// FLOPs of one prompt token of an `len`-token prefill: 2 per weight of every matrix (the LM head
+// once per prompt, not per token: it runs on the last token only) plus attention's q.k and p.v
+// over len / 2 keys on average.
+double PrefillFlopsPerToken(const Model& m, int len) {
+  const ModelConfig& c = m.config();
+  double params = 0.0;
+  for (const LayerWeights& l : m.weights().layers()) {
+    for (const kernels::WeightView* w : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+      params += static_cast<double>(w->rows) * w->cols;
+    }
+  }
+  const double head = static_cast<double>(m.weights().lm_head().rows) * c.hidden_size / len;
+  const double attn = 4.0 * c.num_layers * c.num_heads * c.head_dim * (len / 2.0);
+  return 2.0 * (params + head) + attn;
+}
+
+double ThreadCpuSeconds() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+// The quantized kernels alone, one thread, timed in thread CPU time (on a shared machine, time
+// the thread was preempted does not count; cache and memory contention still do): a 16384 x 2048
+// matrix per format (Q8_0 36 MB, Q4_0/Q4_K 19 MB, Q6_K 28 MB) against m activation rows, per SIMD
+// path; "vs read" = a plain 4-accumulator read of the same bytes right after (best of 5 each).
+std::string QuantKernelTable() {
+  const int64_t rows = 16384, cols = 2048;
+  std::string out =
+      "| format | path | m | GMAC/s | weights GB/s | plain read GB/s | GEMV time vs read |\n"
+      "|---|---|---|---|---|---|---|\n";
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  std::vector<float> row(static_cast<size_t>(cols));
+  std::vector<kernels::SimdLevel> levels;
+  for (int l = static_cast<int>(kernels::QuantSimdLevel()); l >= 1; --l) {
+    levels.push_back(static_cast<kernels::SimdLevel>(l));
+  }
+  for (kernels::DType t : {kernels::DType::kQ8_0, kernels::DType::kQ4_0, kernels::DType::kQ4_K,
+                           kernels::DType::kQ6_K}) {
+    const int64_t rb = kernels::DTypeBytes(t, cols);
+    std::vector<uint8_t> w(static_cast<size_t>(rows * rb));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (float& v : row) v = nd(rng);
+      kernels::QuantizeRef(row.data(), t, cols, w.data() + r * rb);
+    }
+    const kernels::WeightView wv{w.data(), t, rows, cols};
+    for (int m : {1, 8, 64}) {
+      std::vector<float> x(static_cast<size_t>(m * cols));
+      for (float& v : x) v = nd(rng);
+      kernels::QuantizedActs a;
+      kernels::QuantizeActs(x.data(), m, cols, kernels::ActBlock(t), &a);
+      std::vector<float> y(static_cast<size_t>(m * rows));
+      for (kernels::SimdLevel l : levels) {
+        double best = 1e9, best_read = 1e9;
+        volatile float sink = 0.0f;
+        for (int rep = 0; rep < 5; ++rep) {
+          double t0 = ThreadCpuSeconds();
+          kernels::QuantGemvRows(l, a, wv, 0, rows, y.data(), rows);
+          best = std::min(best, ThreadCpuSeconds() - t0);
+          t0 = ThreadCpuSeconds();
+          sink = sink + PoolRead(reinterpret_cast<const float*>(w.data()),
+                                 static_cast<int64_t>(w.size()) / 4, int64_t{1} << 30, 1);
+          best_read = std::min(best_read, ThreadCpuSeconds() - t0);
+        }
+        char line[256];
+        std::snprintf(line, sizeof(line), "| %s | %s | %d | %.1f | %.1f | %.1f | %.0f%% |\n",
+                      std::string(kernels::DTypeName(t)).c_str(),
+                      std::string(kernels::SimdLevelName(l)).c_str(), m,
+                      1.0 * rows * cols * m / best / 1e9, w.size() / best / 1e9,
+                      w.size() / best_read / 1e9, 100.0 * best_read / best);
+        out += line;
+      }
+    }
+  }
+  return out;
+}
+
+struct DtypeSpec {
+  std::string label;  // model name in the table
+  std::string path;   // checkpoint directory or .gguf file
+  std::string dtype;  // --weights-dtype ("auto": as stored)
+};
+
+// One row of the dtype table (see the header comment).
+std::string DtypeRow(const DtypeSpec& spec, int threads, double bw, double peak_f32,
+                     double peak_int8, int prefill_tokens, int rounds) {
+  auto wo = ParseWeightsDtype(spec.dtype);
+  if (!wo.ok())
+    return "| " + spec.label + " | " + spec.dtype + " | " + wo.status().ToString() + " |\n";
+  const auto t_load = Clock::now();
+  auto loaded = Model::Load(spec.path, &kernels::FastOps(), *wo);
+  const double load_s = Seconds(t_load, Clock::now());
+  if (!loaded.ok()) {
+    return "| " + spec.label + " | " + spec.dtype +
+           " | load failed: " + loaded.status().ToString() + " |\n";
+  }
+  Model& m = **loaded;
+  m.SetDecodeThreads(threads);
+  const double mb = m.weights().BytesReadPerToken() / 1e6;
+  const std::string dtype(kernels::DTypeName(m.weights().dtype()));
+  // Decode: rounds of as many steps as read ~256 MB of weights; best and median round.
+  const int steps = std::max(4, static_cast<int>(std::ceil(256.0 / mb)));
+  DecodeSession session(m, 1);
+  session.Steps(2);
+  std::vector<double> rates;
+  for (int r = 0; r < rounds; ++r) rates.push_back(steps / session.Steps(steps));
+  const double best = *std::max_element(rates.begin(), rates.end());
+  const double roof = bw * 1e3 / mb;
+  // Prefill: one prompt of prefill_tokens tokens in one chunk, best of 3.
+  const double pre = PrefillRate(m, 1, prefill_tokens, 3);
+  const double flops = PrefillFlopsPerToken(m, prefill_tokens);
+  const bool q = kernels::IsQuantized(m.weights().dtype());
+  const double peak = q ? peak_int8 : peak_f32;
+  char line[640];
+  std::snprintf(line, sizeof(line),
+                "| %s | %s | %.1fM | %.1f | %.1f | %.1f | %.0f | %.0f%% | %.0f | %.1f | %.0f%% "
+                "(%s) | %.1f |\n",
+                spec.label.c_str(), dtype.c_str(), m.weights().num_params() / 1e6, mb, best,
+                Median(rates), roof, 100.0 * best / roof, pre, pre * flops / 1e9,
+                100.0 * pre * flops / peak, q ? "int8" : "f32", load_s);
+  return line;
+}
+
+std::vector<std::string> SplitList(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    const size_t e = s.find(',', b);
+    const std::string item = s.substr(b, e == std::string::npos ? std::string::npos : e - b);
+    if (!item.empty()) out.push_back(item);
+    if (e == std::string::npos) break;
+    b = e + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -238,12 +506,27 @@ int main(int argc, char** argv) {
   int rounds = 25;
   std::string only;
   bool decode_only = false;
+  bool dtype_table_only = false;
+  std::string dtypes = "f32,bf16,q8_0,q4_0,q4_k,q6_k";
+  std::vector<std::string> models;
+  std::string model_dtypes = "auto";
+  int prefill_tokens = 512;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
       quick = true;
     } else if (a == "--decode-only") {
       decode_only = true;
+    } else if (a == "--dtype-table-only") {
+      dtype_table_only = true;
+    } else if (a == "--dtypes" && i + 1 < argc) {
+      dtypes = argv[++i];
+    } else if (a == "--model" && i + 1 < argc) {
+      models.push_back(argv[++i]);
+    } else if (a == "--model-dtypes" && i + 1 < argc) {
+      model_dtypes = argv[++i];
+    } else if (a == "--prefill-tokens" && i + 1 < argc) {
+      prefill_tokens = std::max(16, std::atoi(argv[++i]));
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else if (a == "--rounds" && i + 1 < argc) {
@@ -251,7 +534,9 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(
           stderr,
-          "usage: engine_bench [--quick] [--rounds N] [--only NAME/DTYPE] [--decode-only]\n");
+          "usage: engine_bench [--quick] [--rounds N] [--only NAME/DTYPE] [--decode-only] "
+          "[--dtypes LIST|none] [--model PATH]... [--model-dtypes LIST] [--prefill-tokens N] "
+          "[--dtype-table-only]\n");
       return 2;
     }
   }
@@ -278,7 +563,8 @@ int main(int argc, char** argv) {
   std::vector<Spec> specs;
   TinyModelOptions tiny;  // defaults: 4 layers, hidden 256, 8/2 heads, vocab 1024
   specs.push_back({"tiny", tiny});
-  if (!quick) {
+  if (dtype_table_only) specs.clear();
+  if (!quick && !dtype_table_only) {
     TinyModelOptions big;
     big.num_layers = 12;
     big.hidden_size = 768;
@@ -401,13 +687,60 @@ int main(int argc, char** argv) {
     std::error_code ec;
     std::filesystem::remove_all(d, ec);
   }
+  if (!dtype_table_only) {
+    std::printf(
+        "\nBatch-1 decode vs the roofline (%d rounds per row; each round = one 512 MiB probe read "
+        "with the row's thread count, then as many decode steps as read about as many weight "
+        "bytes):\n\n%s",
+        rounds, roof_table.c_str());
+  }
+
+  // The dtype table (header comment): the ~100M model in each dtype, then the --model rows.
+  std::vector<DtypeSpec> dspecs;
+  if (!quick && dtypes != "none") {
+    TinyModelOptions big;
+    big.num_layers = 12;
+    big.hidden_size = 768;
+    big.num_heads = 12;
+    big.num_kv_heads = 4;
+    big.intermediate_size = 2048;
+    big.vocab_size = 16000;
+    const std::string d = dir + "/dtype-table";
+    CHECK_OK(WriteTinyModel(big, {}, d));
+    for (const std::string& t : SplitList(dtypes)) dspecs.push_back({"100M", d, t});
+  }
+  for (const std::string& path : models) {
+    const std::string label = std::filesystem::path(path).filename().string();
+    for (const std::string& t : SplitList(model_dtypes)) dspecs.push_back({label, path, t});
+  }
+  if (!dspecs.empty()) {
+    std::printf(
+        "\nQuantized kernels alone (one thread, thread CPU time, best of 5; see QuantKernelTable):"
+        "\n\n%s",
+        QuantKernelTable().c_str());
+    const double bw = BestBandwidth1G(threads, 10);
+    const double peak_f32 = Peak(threads, false), peak_int8 = Peak(threads, true);
+    std::printf(
+        "\nWeight dtypes, %d threads: best read bandwidth %.1f GB/s (1 GiB, best of 10); peak "
+        "%.0f GFLOP/s f32 FMA, %.0f GOP/s int8 VNNI (register-only loops, best of 3); quantized "
+        "kernels: %s; prefill of %d tokens in one chunk (best of 3); decode: %d rounds, best and "
+        "median\n\n"
+        "| model | dtype | params | MB read/token | decode b1 tok/s (best) | (median) | roofline "
+        "tok/s | best %% of roofline | prefill tok/s | prefill GFLOP/s | %% of peak | load s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        threads, bw, peak_f32 / 1e9, peak_int8 / 1e9,
+        std::string(kernels::SimdLevelName(kernels::QuantSimdLevel())).c_str(), prefill_tokens,
+        std::max(3, rounds / 5));
+    std::fflush(stdout);
+    for (const DtypeSpec& spec : dspecs) {
+      std::printf("%s", DtypeRow(spec, threads, bw, peak_f32, peak_int8, prefill_tokens,
+                                 std::max(3, rounds / 5))
+                            .c_str());
+      std::fflush(stdout);
+    }
+  }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
-  std::printf(
-      "\nBatch-1 decode vs the roofline (%d rounds per row; each round = one 512 MiB probe read "
-      "with the row's thread count, then as many decode steps as read about as many weight "
-      "bytes):\n\n%s",
-      rounds, roof_table.c_str());
   std::printf("\nload average at the end: %s\n", ragserve::bench::LoadAvg().c_str());
   return 0;
 }

@@ -30,7 +30,7 @@ int Fail(const std::string& msg) {
 
 int main(int argc, char** argv) {
   using namespace ragserve::engine;
-  std::string model_dir, prompt, prompt_ids, ops_name = "fast";
+  std::string model_dir, prompt, prompt_ids, ops_name = "fast", weights_dtype;
   GenerateOptions go;
   go.stop.max_tokens = 32;
   bool ignore_eos = false, step_logits = false, add_bos = false;
@@ -52,6 +52,9 @@ int main(int argc, char** argv) {
   app.add_flag("--ignore-eos", ignore_eos, "Do not stop on EOS");
   app.add_option("--chunk", go.prefill_chunk, "Prefill chunk size (0: whole prompt)");
   app.add_flag("--step-logits", step_logits, "Print the logits of every generated step");
+  app.add_option("--weights-dtype", weights_dtype,
+                 "Weight matrices after load: auto (as stored) | f32 | f16 | bf16 | q8_0 | q4_0 | "
+                 "q4_k | q6_k");
   app.add_option("--ops", ops_name, "Kernel backend: fast | ref")
       ->check(CLI::IsMember({"fast", "ref"}));
   CLI11_PARSE(app, argc, argv);
@@ -60,7 +63,9 @@ int main(int argc, char** argv) {
 
   const ragserve::kernels::Ops* ops =
       ops_name == "ref" ? &ragserve::kernels::RefOps() : &ragserve::kernels::FastOps();
-  auto model = Model::Load(model_dir, ops);
+  auto wopts = ParseWeightsDtype(weights_dtype);
+  if (!wopts.ok()) return Fail(wopts.status().ToString());
+  auto model = Model::Load(model_dir, ops, *wopts);
   if (!model.ok()) return Fail(model.status().ToString());
   std::unique_ptr<Tokenizer> tok;
   const bool gguf = IsGgufModelPath(model_dir);

@@ -1,0 +1,112 @@
+// GGUF block-quantized weights on the CPU: the block formats, their reference (de)quantizers, and
+// the integer GEMV/GEMM that FastOps runs on weights kept in these blocks (memory-mapped straight
+// from a .gguf file, or quantized at load from an f32/bf16 checkpoint).
+//
+// Block layouts (little-endian; "f16" is an IEEE half), as ggml defines them:
+//   Q8_0  32 values, 34 bytes: f16 d; i8 q[32].                 x = q * d
+//   Q4_0  32 values, 18 bytes: f16 d; u8 qs[16].                x[j] = ((qs[j] & 15) - 8) * d,
+//                                                                x[j+16] = ((qs[j] >> 4) - 8) * d
+//   Q4_K 256 values, 144 bytes: f16 d, dmin; u8 scales[12] (8 pairs of 6-bit scale/min);
+//         u8 qs[128]. Sub-block s (32 values): x = (d * sc_s) * q - dmin * m_s, q a nibble
+//         (low nibbles of 32 bytes, then their high nibbles, per 64 values).
+//   Q6_K 256 values, 210 bytes: u8 ql[128] (low 4 bits); u8 qh[64] (high 2 bits); i8 scales[16];
+//         f16 d. x = (d * scale_16) * (q - 32), q a 6-bit value.
+//
+// The dot products (what llama.cpp's vec_dot does, in integers): the activations are quantized
+// per block to int8 with one f32 scale (QuantizeActs: blocks of 32 for Q8_0/Q4_0, of 256 for the
+// k-quants, d_a = max|x| / 127, q = round(x / d_a)), then per weight block the integer sum of
+// q_w * q_a is exact in int32 and scaled once:
+//   Q8_0: sum += float(Σ q_w q_a) * (d_w * d_a)
+//   Q4_0: sum += float(Σ nibble q_a - 8 Σ q_a) * (d_w * d_a)
+//   Q4_K: sum += (d_w d_a) * float(Σ_s sc_s Σ nibble q_a) - (dmin_w d_a) * float(Σ_s m_s Σ q_a)
+//   Q6_K: sum += (d_w d_a) * float(Σ_g scale_g (Σ q6 q_a - 32 Σ q_a))
+// The integer parts are identical on every instruction-set path; only the order in which the
+// scaled f32 terms are added differs (QuantMatMul vs QuantMatMulRef: float reordering only; with
+// power-of-two scales and small sums the results are bit-identical, which the tests use).
+// Against the exact product with the dequantized weights, the error is the activation rounding:
+// |y - w.x| <= Σ_j |w_j| * d_a(j) / 2 (plus f32 rounding).
+//
+// Paths: scalar (the reference), AVX2 (vpmaddubsw + vpmaddwd: u8 x s8 pairs, which cannot
+// saturate here since |q_a| <= 127 and the unsigned operand is <= 128), AVX-512 VNNI (vpdpbusd,
+// unsigned weights x signed activations; Q8_0's signed weights go through |w| and sign(w) * a;
+// the k-quants' sub-block scales multiplied in by vpdpwssd). Chosen at run time: QuantSimdLevel().
+// AVX-VNNI (the 256-bit form of CPUs without AVX-512) is not used yet: they take the AVX2 path.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+
+namespace ragserve::kernels {
+
+// Dequantizes n values (a multiple of the block) of block format t: bit-exact to the format's
+// definition (each product and difference rounded on its own in f32).
+void DequantizeRef(const void* src, DType t, int64_t n, float* dst);
+// Quantizes n values (a multiple of the block) into block format t with ggml's reference
+// quantizer (quantize_row_*_ref).
+void QuantizeRef(const float* x, DType t, int64_t n, void* dst);
+
+// Activations of m rows quantized for one block size (32 or 256), as the dot products read them.
+struct QuantizedActs {
+  int64_t m = 0, cols = 0;
+  int block = 32;
+  int64_t ldq = 0;            // bytes between rows of q (cols rounded up to 64)
+  std::vector<int8_t> q;      // [m, ldq], 64-byte aligned rows (data() + pad)
+  std::vector<float> d;       // [m, cols / block]: the scales d_a
+  std::vector<int32_t> lsum;  // [m, cols / 4]: sums of 4 consecutive q
+  std::vector<int32_t> s32;   // [m, cols / 32]: sums of 32 consecutive q
+  // What the AVX-512 kernels start from / multiply in (same integers, other widths):
+  std::vector<int32_t> loff;  // block 32: [m, cols / 4]: -8 * lsum (Q4_0's nibble offset)
+  // Block 32, for Q8_0 / Q4_0 four blocks at a time: per group of 128 values (cols / 128 of them;
+  // the rest is only in q) the first 16 values of each of the 4 blocks, then their last 16; loffp:
+  // [m, cols / 128 * 16] the matching -8 x sums (lane j: block j / 4, values 4 (j % 4) .. + 3
+  // of both halves).
+  std::vector<int8_t> qp;  // [m, ldq], same alignment as q (qpoff)
+  std::vector<int32_t> loffp;
+  size_t qpoff = 0;
+  const int8_t* Qp(int64_t i) const { return qp.data() + qpoff + i * ldq; }
+  std::vector<int16_t> s16;   // block 256: [m, cols / 16]: sums of 16 consecutive q (Q6_K)
+  std::vector<int16_t> s32w;  // block 256: [m, cols / 32]: s32 as int16 (Q4_K's mins)
+  size_t qoff = 0;            // q row 0 starts at q.data() + qoff (64-byte aligned)
+  const int8_t* Q(int64_t i) const { return q.data() + qoff + i * ldq; }
+};
+
+// Quantizes x [m, cols] per block of `block` values (cols a multiple of it) into *out (resized):
+// d_a = max|x| / 127, q = x * (127 / max|x|) rounded to nearest, ties to even (AVX-512 when the
+// CPU has it, else scalar: the same values either way).
+void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedActs* out);
+
+// The activation block size that a weight format's dot product takes: 32 or 256.
+int ActBlock(DType t);
+
+// Instruction sets of the quantized kernels: kAvx512 needs AVX-512 F/BW/VL and VNNI, kAvx2
+// needs AVX2 (no VNNI). The level in use is min(FastOpsSimdLevel(), what this CPU has).
+SimdLevel QuantSimdLevel();
+
+// y[i * ldy + r] = row r of w . activation row i, for rows [r0, r1) and every activation row, on
+// the given path (a level this CPU supports, see QuantSimdLevel). One thread; a's block must be
+// ActBlock(w.dtype).
+void QuantGemvRows(SimdLevel level, const QuantizedActs& a, const WeightView& w, int64_t r0,
+                   int64_t r1, float* y, int64_t ldy);
+// The scalar reference of QuantGemvRows (the formulas above, blocks added in order).
+void QuantMatMulRef(const QuantizedActs& a, const WeightView& w, float* y, int64_t ldy);
+
+// FastOps' entry: ys[k][m, ws[k].rows] = x[m, cols] . ws[k]^T for block-quantized ws (every cols
+// equal): the activations are quantized once per block size, then the rows of every matrix are
+// split into tasks on `threads` threads of the spin pool (decode: ~96 KiB of weights per task;
+// prefill, m > kGemvMaxRows: 16 weight rows per task, each reused from cache across all the m
+// tokens in tiles of 8 on AVX-512, 4 on AVX2).
+void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* ws,
+                 float* const* ys, int threads);
+
+namespace internal {
+// One activation row of QuantizeActs: q[cols], d[cols / block], lsum[cols / 4]. The AVX-512 form
+// (needs AVX-512 F/BW) writes the same values as the scalar one (tested).
+void QuantizeActRowScalar(const float* x, int64_t cols, int block, int8_t* q, float* d,
+                          int32_t* lsum);
+void QuantizeActRowAvx512(const float* x, int64_t cols, int block, int8_t* q, float* d,
+                          int32_t* lsum);
+}  // namespace internal
+
+}  // namespace ragserve::kernels
