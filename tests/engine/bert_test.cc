@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "services/engine/safetensors.h"
 #include "services/engine/tiny_bert.h"
 #include "tests/engine/engine_test_util.h"

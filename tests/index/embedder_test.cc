@@ -1,9 +1,15 @@
-// HashingEmbedder: deterministic signed feature hashing (services/index/embedder.h).
+// HashingEmbedder: deterministic signed feature hashing; ModelEmbedder: BERT checkpoints
+// (services/index/embedder.h).
 #include "services/index/embedder.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "services/engine/tiny_bert.h"
 
 namespace ragserve::collection {
 namespace {
@@ -50,6 +56,74 @@ TEST(HashingEmbedderTest, DeterministicUnitNormAndSimilarTextsAreCloser) {
   for (int j = 0; j < 256; ++j) EXPECT_EQ(v[j], 0.0f);
   EXPECT_EQ(HashingEmbedder::Create(0).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(MakeEmbedder("bert", 8).status().code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ragserve::collection
+
+// ModelEmbedder: "model:<dir>" runs a BERT encoder (services/engine/bert.h) from a checkpoint.
+namespace ragserve::collection {
+namespace {
+
+class ModelEmbedderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (std::filesystem::temp_directory_path() /
+            ("rs_model_embedder_" + std::to_string(::getpid())))
+               .string();
+    ASSERT_TRUE(engine::WriteTinyBert(engine::TinyBertOptions{}, dir_).ok());
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string dir_;
+};
+
+TEST_F(ModelEmbedderTest, EmbedsUnitVectorsOfTheModelsHiddenSize) {
+  auto e = MakeEmbedder("model:" + dir_, 32);
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_EQ((*e)->dim(), 32);
+  std::vector<float> v(3 * 32);
+  ASSERT_TRUE((*e)->Embed({"the river bridge", "   ", "the island light"}, v.data()).ok());
+  std::vector<float> a(v.begin(), v.begin() + 32), blank(v.begin() + 32, v.begin() + 64),
+      c(v.begin() + 64, v.end());
+  EXPECT_NEAR(Dot(a, a), 1.0f, 1e-5);
+  EXPECT_NEAR(Dot(c, c), 1.0f, 1e-5);
+  EXPECT_LT(Dot(a, c), 0.999f);
+  // A text without tokens embeds to zeros (the collection then rejects it as a query).
+  EXPECT_EQ(Dot(blank, blank), 0.0f);
+  // Same name, same model: a second embedder gives the same vectors.
+  auto e2 = MakeEmbedder("model:" + dir_, 32);
+  ASSERT_TRUE(e2.ok());
+  std::vector<float> again(32);
+  ASSERT_TRUE((*e2)->Embed({"the river bridge"}, again.data()).ok());
+  EXPECT_EQ(again, a);
+}
+
+TEST_F(ModelEmbedderTest, WrongDimensionOrBadCheckpointIsInvalidArgument) {
+  auto wrong = MakeEmbedder("model:" + dir_, 64);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(wrong.status().message().find("produces 32-dimensional vectors"), std::string::npos)
+      << wrong.status().ToString();
+  auto missing = MakeEmbedder("model:" + dir_ + "/nope", 32);
+  EXPECT_EQ(missing.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.status().message().find("not a directory"), std::string::npos);
+  std::ofstream(dir_ + "/config.json") << "{\"model_type\": \"bert\"}";
+  auto bad = MakeEmbedder("model:" + dir_ + "?pooling=cls", 32);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("config.json"), std::string::npos);
+}
+
+TEST(ModelEmbedderNameTest, ParsesOptions) {
+  auto s = ParseModelEmbedderName("model:data/models/embedder?pooling=cls&max_length=64");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->dir, "data/models/embedder");
+  EXPECT_EQ(s->pooling, "cls");
+  EXPECT_EQ(s->max_length, 64);
+  EXPECT_EQ(ParseModelEmbedderName("model:/m").value().pooling, "");
+  for (const char* bad : {"model:", "model:/m?pooling=max", "model:/m?x=1", "model:/m?pooling",
+                          "model:/m?max_length=1", "model:/m?max_length=abc", "hashing"}) {
+    EXPECT_EQ(ParseModelEmbedderName(bad).status().code(), StatusCode::kInvalidArgument) << bad;
+  }
 }
 
 }  // namespace

@@ -14,7 +14,7 @@ Data (all generated here, nothing downloaded), question -> gold passage pairs:
 Objective: in-batch negatives InfoNCE (symmetric, temperature 0.05) between the question and the
 passage embeddings. Deterministic for a seed (one torch thread).
 
-Usage (12 CPU-minutes of one core for training, plus data generation; see docs/EMBEDDER.md):
+Usage (3 CPU-minutes of one core for training, plus data generation; see docs/EMBEDDER.md):
   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 nice -n 10 /usr/bin/python3 \
       tools/train-embedder/train_embedder.py --out data/models/embedder
 """
@@ -186,12 +186,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=20261205)
-    ap.add_argument("--cpu-minutes", type=float, default=12.0,
+    ap.add_argument("--corpus-passages", type=int, default=6000)
+    ap.add_argument("--paraphrase-pairs", type=int, default=15000)
+    ap.add_argument("--cpu-minutes", type=float, default=3.0,
                     help="training budget in CPU time of this process (the machine is shared)")
-    ap.add_argument("--minutes", type=float, default=75.0, help="training wall-clock cap")
+    ap.add_argument("--minutes", type=float, default=45.0, help="training wall-clock cap")
     ap.add_argument("--max-steps", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=4096)
@@ -205,8 +207,8 @@ def main():
     t0 = time.time()
 
     excluded = eval_combos(5, 400) | eval_combos(6, 400)
-    corpus = corpus_pairs(args.seed, 12000)
-    paras = paraphrase_pairs(args.seed + 2, 30000, excluded)
+    corpus = corpus_pairs(args.seed, args.corpus_passages)
+    paras = paraphrase_pairs(args.seed + 2, args.paraphrase_pairs, excluded)
     dev_c = corpus_pairs(args.seed + 100, 200)
     dev_p = paraphrase_pairs(args.seed + 102, 300, excluded)
     vocab = wordpiece.build_vocab([t for pr in corpus + paras for t in pr], args.vocab)
