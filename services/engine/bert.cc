@@ -50,11 +50,11 @@ class TensorTable {
                            : (t.shape.size() == 2 && t.shape[0] == rows && t.shape[1] == cols);
     if (!ok) {
       std::string got;
-      for (size_t i = 0; i < t.shape.size(); ++i) got += (i ? ", " : "") + std::to_string(t.shape[i]);
-      return InvalidArgument(StrCat(path_, ": tensor \"", full, "\" has shape [", got,
-                                    "], expected ",
-                                    vector ? StrCat("[", cols, "]")
-                                           : StrCat("[", rows, ", ", cols, "]")));
+      for (size_t i = 0; i < t.shape.size(); ++i)
+        got += (i ? ", " : "") + std::to_string(t.shape[i]);
+      return InvalidArgument(
+          StrCat(path_, ": tensor \"", full, "\" has shape [", got, "], expected ",
+                 vector ? StrCat("[", cols, "]") : StrCat("[", rows, ", ", cols, "]")));
     }
     return WeightView{f_.Data(t), t.dtype, vector ? 1 : rows, cols};
   }
@@ -253,8 +253,8 @@ void BertEncoder::Forward(const std::vector<const std::vector<int32_t>*>& seqs,
 Status BertEncoder::EncodeIds(const std::vector<std::vector<int32_t>>& seqs, float* out) const {
   for (size_t i = 0; i < seqs.size(); ++i) {
     RS_CHECK_ARG(!seqs[i].empty() && static_cast<int>(seqs[i].size()) <= max_length_,
-                 "BERT encoder: sequence ", i, " has ", seqs[i].size(),
-                 " tokens, expected 1..", max_length_);
+                 "BERT encoder: sequence ", i, " has ", seqs[i].size(), " tokens, expected 1..",
+                 max_length_);
     for (int32_t id : seqs[i]) {
       RS_CHECK_ARG(id >= 0 && id < config_.vocab_size, "BERT encoder: sequence ", i,
                    " has token id ", id, " outside [0, ", config_.vocab_size, ")");

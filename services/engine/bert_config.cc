@@ -47,8 +47,8 @@ StatusOr<BertConfig> ParseBertConfig(std::string_view json_text) {
   try {
     const std::string type = GetString(j, "model_type", "bert");
     if (type != "bert") {
-      return InvalidArgument(StrCat("config.json: model_type \"", type,
-                                    "\" is not a BERT encoder (supported: bert)"));
+      return InvalidArgument(
+          StrCat("config.json: model_type \"", type, "\" is not a BERT encoder (supported: bert)"));
     }
     const std::string act = GetString(j, "hidden_act", "gelu");
     if (act != "gelu") {
@@ -78,9 +78,8 @@ StatusOr<BertConfig> ParseBertConfig(std::string_view json_text) {
     if (eps != j.end() && !eps->is_null()) {
       if (!eps->is_number() || !std::isfinite(eps->get<double>()) || eps->get<double>() <= 0 ||
           eps->get<double>() > 1) {
-        return InvalidArgument(
-            StrCat("config.json: \"layer_norm_eps\" must be a number in (0, 1], got ",
-                   eps->dump()));
+        return InvalidArgument(StrCat(
+            "config.json: \"layer_norm_eps\" must be a number in (0, 1], got ", eps->dump()));
       }
       c.layer_norm_eps = eps->get<double>();
     }
@@ -106,9 +105,8 @@ StatusOr<Pooling> ParsePoolingConfig(std::string_view json_text) {
     return it != j.end() && it->is_boolean() && it->get<bool>();
   };
   const bool cls = flag("pooling_mode_cls_token"), mean = flag("pooling_mode_mean_tokens");
-  for (const char* other :
-       {"pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
-        "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"}) {
+  for (const char* other : {"pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
+                            "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken"}) {
     if (flag(other)) {
       return InvalidArgument(StrCat("1_Pooling/config.json: ", other,
                                     " is not supported (supported: cls_token, mean_tokens)"));

@@ -22,9 +22,9 @@ struct BertConfig {
   double layer_norm_eps = 1e-12;
 };
 
-// Parses config.json. Checks: model_type "bert" (or absent, or a BERT-layout family: "bert",
-// "roberta" is rejected since its positions are offset), hidden_act "gelu" (erf), position
-// embedding type "absolute", every size in range (hidden <= 16384, layers <= 256, heads divide
+// Parses config.json. Checks: model_type "bert" or absent (RoBERTa-style models, whose positions
+// are offset by the padding id, are rejected), hidden_act "gelu" (erf), position embedding type
+// "absolute", every size in range (hidden <= 16384, layers <= 256, heads divide
 // hidden, vocab <= 2^24, max positions <= 65536, intermediate <= 131072, type vocab 1..1024).
 // InvalidArgument naming the bad key. Never throws or crashes.
 StatusOr<BertConfig> ParseBertConfig(std::string_view json_text);

@@ -63,15 +63,20 @@ Status WriteTinyBert(const TinyBertOptions& o, const std::string& dir) {
                                    {"layer_norm_eps", 1e-12}};
   RS_RETURN_IF_ERROR(WriteText((fs::path(dir) / "config.json").string(), config.dump(2)));
 
-  nlohmann::ordered_json tok = {
-      {"version", "1.0"},
-      {"normalizer",
-       {{"type", "BertNormalizer"}, {"clean_text", true}, {"handle_chinese_chars", true},
-        {"strip_accents", nullptr}, {"lowercase", true}}},
-      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
-      {"model",
-       {{"type", "WordPiece"}, {"unk_token", "[UNK]"}, {"continuing_subword_prefix", "##"},
-        {"max_input_chars_per_word", 100}, {"vocab", vocab}}}};
+  nlohmann::ordered_json tok = {{"version", "1.0"},
+                                {"normalizer",
+                                 {{"type", "BertNormalizer"},
+                                  {"clean_text", true},
+                                  {"handle_chinese_chars", true},
+                                  {"strip_accents", nullptr},
+                                  {"lowercase", true}}},
+                                {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+                                {"model",
+                                 {{"type", "WordPiece"},
+                                  {"unk_token", "[UNK]"},
+                                  {"continuing_subword_prefix", "##"},
+                                  {"max_input_chars_per_word", 100},
+                                  {"vocab", vocab}}}};
   RS_RETURN_IF_ERROR(WriteText((fs::path(dir) / "tokenizer.json").string(), tok.dump()));
 
   if (!o.pooling_file.empty()) {
@@ -79,8 +84,8 @@ Status WriteTinyBert(const TinyBertOptions& o, const std::string& dir) {
     nlohmann::json pool = {{"word_embedding_dimension", o.hidden_size},
                            {"pooling_mode_cls_token", o.pooling_file == "cls"},
                            {"pooling_mode_mean_tokens", o.pooling_file == "mean"}};
-    RS_RETURN_IF_ERROR(WriteText((fs::path(dir) / "1_Pooling" / "config.json").string(),
-                                 pool.dump()));
+    RS_RETURN_IF_ERROR(
+        WriteText((fs::path(dir) / "1_Pooling" / "config.json").string(), pool.dump()));
   }
 
   std::mt19937_64 rng(o.seed);

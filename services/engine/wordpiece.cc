@@ -140,10 +140,9 @@ StatusOr<std::unique_ptr<WordPieceTokenizer>> WordPieceTokenizer::FromJson(
     }
     auto type = model->find("type");
     if (type == model->end() || !type->is_string() || *type != "WordPiece") {
-      return InvalidArgument(
-          StrCat("tokenizer.json: model type is ",
-                 type == model->end() ? std::string("missing") : type->dump(),
-                 ", a BERT encoder needs \"WordPiece\""));
+      return InvalidArgument(StrCat("tokenizer.json: model type is ",
+                                    type == model->end() ? std::string("missing") : type->dump(),
+                                    ", a BERT encoder needs \"WordPiece\""));
     }
     auto vocab = model->find("vocab");
     if (vocab == model->end() || !vocab->is_object() || vocab->empty()) {
@@ -252,8 +251,7 @@ std::vector<std::string> WordPieceTokenizer::Words(std::string_view text) const 
     utf8proc_int32_t buf[32];
     for (int32_t cp : norm) {
       int last = 0;
-      const utf8proc_ssize_t n =
-          utf8proc_decompose_char(cp, buf, 32, UTF8PROC_DECOMPOSE, &last);
+      const utf8proc_ssize_t n = utf8proc_decompose_char(cp, buf, 32, UTF8PROC_DECOMPOSE, &last);
       if (n < 0 || n > 32) {
         stripped.push_back(cp);
         continue;

@@ -120,8 +120,8 @@ StatusOr<ModelEmbedderSpec> ParseModelEmbedderName(std::string_view name) {
     } else if (key == "max_length") {
       int v = 0;
       for (char ch : value) {
-        RS_CHECK_ARG(ch >= '0' && ch <= '9' && v < 1000000, "embedder '", name,
-                     "': max_length '", value, "' is not a number");
+        RS_CHECK_ARG(ch >= '0' && ch <= '9' && v < 1000000, "embedder '", name, "': max_length '",
+                     value, "' is not a number");
         v = v * 10 + (ch - '0');
       }
       RS_CHECK_ARG(v >= 2, "embedder '", name, "': max_length must be >= 2, got '", value, "'");

@@ -41,17 +41,16 @@ TEST(BertConfigTest, RejectsBadValuesNamingTheKey) {
   struct Case {
     std::string key, value, expect;
   };
-  for (const Case& c : std::vector<Case>{{"hidden_size", "30", "multiple of num_attention_heads"},
-                                         {"hidden_act", "\"relu\"", "hidden_act"},
-                                         {"model_type", "\"llama\"", "model_type"},
-                                         {"vocab_size", "-3", "vocab_size"},
-                                         {"num_hidden_layers", "100000", "num_hidden_layers"},
-                                         {"intermediate_size", "\"64\"", "intermediate_size"},
-                                         {"layer_norm_eps", "-1", "layer_norm_eps"},
-                                         {"max_position_embeddings", "1e30",
-                                          "max_position_embeddings"},
-                                         {"position_embedding_type", "\"relative_key\"",
-                                          "position_embedding_type"}}) {
+  for (const Case& c : std::vector<Case>{
+           {"hidden_size", "30", "multiple of num_attention_heads"},
+           {"hidden_act", "\"relu\"", "hidden_act"},
+           {"model_type", "\"llama\"", "model_type"},
+           {"vocab_size", "-3", "vocab_size"},
+           {"num_hidden_layers", "100000", "num_hidden_layers"},
+           {"intermediate_size", "\"64\"", "intermediate_size"},
+           {"layer_norm_eps", "-1", "layer_norm_eps"},
+           {"max_position_embeddings", "1e30", "max_position_embeddings"},
+           {"position_embedding_type", "\"relative_key\"", "position_embedding_type"}}) {
     auto r = ParseBertConfig(WithKey(c.key, c.value));
     ASSERT_FALSE(r.ok()) << c.key << "=" << c.value;
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
@@ -64,14 +63,14 @@ TEST(BertConfigTest, RejectsBadValuesNamingTheKey) {
 
 TEST(BertConfigTest, PoolingConfig) {
   EXPECT_EQ(*ParsePoolingConfig(R"({"pooling_mode_cls_token": true})"), Pooling::kCls);
-  EXPECT_EQ(*ParsePoolingConfig(
-                R"({"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true})"),
-            Pooling::kMean);
+  EXPECT_EQ(
+      *ParsePoolingConfig(R"({"pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true})"),
+      Pooling::kMean);
   EXPECT_FALSE(ParsePoolingConfig(R"({"pooling_mode_max_tokens": true})").ok());
   EXPECT_FALSE(ParsePoolingConfig(R"({})").ok());
-  EXPECT_FALSE(ParsePoolingConfig(
-                   R"({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true})")
-                   .ok());
+  EXPECT_FALSE(
+      ParsePoolingConfig(R"({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true})")
+          .ok());
   EXPECT_FALSE(ParsePoolingName("max").ok());
 }
 
@@ -202,18 +201,18 @@ TEST_F(BertEncoderTest, LongTextsAreTruncatedToMaxLength) {
 void RewriteWeights(const std::string& dir, const std::string& drop, const std::string& reshape) {
   std::vector<TensorToWrite> out;
   {
-  auto f = OpenSafetensors(dir + "/model.safetensors");
-  ASSERT_TRUE(f.ok());
-  for (const auto& [name, t] : f->header.tensors) {
-    if (name == drop) continue;
-    TensorToWrite w{name, t.dtype, t.shape, {}};
-    const auto* p = static_cast<const uint8_t*>(f->Data(t));
-    w.bytes.assign(p, p + (t.end - t.begin));
-    if (name == reshape) {  // same bytes, transposed shape
-      std::swap(w.shape[0], w.shape[1]);
+    auto f = OpenSafetensors(dir + "/model.safetensors");
+    ASSERT_TRUE(f.ok());
+    for (const auto& [name, t] : f->header.tensors) {
+      if (name == drop) continue;
+      TensorToWrite w{name, t.dtype, t.shape, {}};
+      const auto* p = static_cast<const uint8_t*>(f->Data(t));
+      w.bytes.assign(p, p + (t.end - t.begin));
+      if (name == reshape) {  // same bytes, transposed shape
+        std::swap(w.shape[0], w.shape[1]);
+      }
+      out.push_back(std::move(w));
     }
-    out.push_back(std::move(w));
-  }
   }  // unmapped before the file is overwritten
   ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", out).ok());
 }

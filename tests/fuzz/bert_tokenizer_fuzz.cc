@@ -50,9 +50,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   switch (data[0] % 4) {
     case 0: {
       auto c = ragserve::engine::ParseBertConfig(text);
-      if (c.ok() && (c->num_heads < 1 || c->head_dim * c->num_heads != c->hidden_size ||
-                     c->vocab_size < 1 || c->num_layers < 1 || c->max_position_embeddings < 2 ||
-                     !(c->layer_norm_eps > 0))) {
+      if (c.ok() &&
+          (c->num_heads < 1 || c->head_dim * c->num_heads != c->hidden_size || c->vocab_size < 1 ||
+           c->num_layers < 1 || c->max_position_embeddings < 2 || !(c->layer_norm_eps > 0))) {
         std::abort();
       }
       break;

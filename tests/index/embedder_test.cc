@@ -123,8 +123,7 @@ TEST_F(ModelEmbedderTest, CollectionCreateChecksTheModelDimension) {
     auto bad = store->Create({.name = "m", .dim = 64, .embedder = "model:" + dir_});
     ASSERT_FALSE(bad.ok());
     EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_NE(bad.status().message().find("create the collection with dim 32"),
-              std::string::npos)
+    EXPECT_NE(bad.status().message().find("create the collection with dim 32"), std::string::npos)
         << bad.status().ToString();
     auto c = store->Create({.name = "m", .dim = 32, .embedder = "model:" + dir_});
     ASSERT_TRUE(c.ok()) << c.status().ToString();

@@ -205,9 +205,9 @@ int main(int argc, char** argv) {
     return c;
   };
   if (need_hashing) {
-    hashing_c = load(
-        Must(store->Create({.name = "bench", .dim = dim, .index_kind = index_kind}), "create"),
-        &load_s);
+    hashing_c =
+        load(Must(store->Create({.name = "bench", .dim = dim, .index_kind = index_kind}), "create"),
+             &load_s);
   }
   if (need_model) {
     model_c = load(Must(store->Create({.name = "bench_model",
