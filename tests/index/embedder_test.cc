@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
+#include "nlohmann/json.hpp"
 #include "services/engine/tiny_bert.h"
 #include "services/index/collection.h"
 
@@ -140,6 +143,56 @@ TEST_F(ModelEmbedderTest, CollectionCreateChecksTheModelDimension) {
     EXPECT_EQ((*c)->Search({{.text = "  "}}, o).status().code(), StatusCode::kInvalidArgument);
   }
   std::filesystem::remove_all(db);
+}
+
+// The embedder shipped in data/models/embedder (docs/EMBEDDER.md) loads through "model:<dir>" and
+// ranks the gold passage of the demo questions (whose names it never saw in training) in its top
+// 5 for at least 90% of them, where the hashing embedder of the same dimension does worse.
+TEST(ShippedEmbedderTest, FindsTheDemoCorpusAnswers) {
+  const char* src = std::getenv("RAGSERVE_SOURCE_DIR");
+  const std::string root = src != nullptr ? src : ".";
+  auto e = MakeEmbedder("model:" + root + "/data/models/embedder", 64);
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  auto read = [](const std::string& path, const char* a, const char* b) {
+    std::vector<std::pair<std::string, std::string>> out;
+    std::ifstream f(path);
+    for (std::string line; std::getline(f, line);) {
+      if (line.empty()) continue;
+      auto j = nlohmann::json::parse(line);
+      out.emplace_back(j.at(a).get<std::string>(), j.at(b).get<std::string>());
+    }
+    return out;
+  };
+  const auto passages = read(root + "/data/corpus/passages.jsonl", "id", "text");
+  const auto questions =
+      read(root + "/data/corpus/questions.jsonl", "question", "answer_passage_id");
+  ASSERT_EQ(passages.size(), 400u);
+  ASSERT_GE(questions.size(), 20u);
+  auto hit5 = [&](const Embedder& emb) {
+    const int d = emb.dim();
+    std::vector<std::string> pt, qt;
+    for (const auto& p : passages) pt.push_back(p.second);
+    for (const auto& q : questions) qt.push_back(q.first);
+    std::vector<float> pv(pt.size() * d), qv(qt.size() * d);
+    EXPECT_TRUE(emb.Embed(pt, pv.data()).ok());
+    EXPECT_TRUE(emb.Embed(qt, qv.data()).ok());
+    int hits = 0;
+    for (size_t i = 0; i < questions.size(); ++i) {
+      std::vector<std::pair<float, size_t>> scored;
+      for (size_t p = 0; p < passages.size(); ++p) {
+        float s = 0;
+        for (int j = 0; j < d; ++j) s += qv[i * d + j] * pv[p * d + j];
+        scored.emplace_back(-s, p);
+      }
+      std::partial_sort(scored.begin(), scored.begin() + 5, scored.end());
+      for (int r = 0; r < 5; ++r) hits += passages[scored[r].second].first == questions[i].second;
+    }
+    return static_cast<double>(hits) / static_cast<double>(questions.size());
+  };
+  const double model = hit5(**e);
+  const double hashing = hit5(*HashingEmbedder::Create(64).value());
+  EXPECT_GE(model, 0.9);
+  EXPECT_GT(model, hashing);
 }
 
 TEST(ModelEmbedderNameTest, ParsesOptions) {
