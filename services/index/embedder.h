@@ -2,6 +2,8 @@
 //
 // HashingEmbedder is the deterministic default that needs no model: signed feature hashing of
 // normalized words and word bigrams with sublinear term frequency, L2-normalized.
+// ModelEmbedder runs a BERT-family encoder from a Hugging Face checkpoint directory on the CPU
+// (services/engine/bert.h), named "model:<dir>" in a collection spec.
 #pragma once
 
 #include <memory>
@@ -10,6 +12,10 @@
 #include <vector>
 
 #include "services/common/status.h"
+
+namespace ragserve::engine {
+class BertEncoder;
+}
 
 namespace ragserve::collection {
 
@@ -42,8 +48,33 @@ class HashingEmbedder final : public Embedder {
   const int dim_;
 };
 
-// The embedder named by a collection setting ("" or "hashing") for dimension `dim`.
-// InvalidArgument naming an unknown embedder.
+// A BERT-family encoder (services/engine/bert.h) as an embedder: dim() is the model's hidden size,
+// vectors are pooled as the checkpoint says (1_Pooling/config.json, else the name's option, else
+// mean) and L2-normalized; a text without any token (empty, only spaces) embeds to zeros.
+class ModelEmbedder final : public Embedder {
+ public:
+  explicit ModelEmbedder(std::shared_ptr<const engine::BertEncoder> encoder);
+  int dim() const override;
+  Status Embed(const std::vector<std::string>& texts, float* out) const override;
+
+ private:
+  std::shared_ptr<const engine::BertEncoder> encoder_;
+};
+
+// "model:<dir>[?pooling=mean|cls][&max_length=N]" split into its parts. <dir> is a checkpoint
+// directory (relative paths resolve against the service's working directory); pooling overrides
+// the checkpoint's 1_Pooling/config.json; max_length caps the tokens per text.
+struct ModelEmbedderSpec {
+  std::string dir;
+  std::string pooling;  // "" (the checkpoint's), "mean" or "cls"
+  int max_length = 0;   // 0: the model's
+};
+StatusOr<ModelEmbedderSpec> ParseModelEmbedderName(std::string_view name);
+
+// The embedder named by a collection setting for dimension `dim`: "" or "hashing", or
+// "model:<dir>..." (loaded once per name and shared by the collections naming it).
+// InvalidArgument naming an unknown embedder, a checkpoint that does not load (with the loader's
+// message), or a dim different from the model's hidden size.
 StatusOr<std::unique_ptr<Embedder>> MakeEmbedder(std::string_view name, int dim);
 
 }  // namespace ragserve::collection

@@ -2,6 +2,7 @@
 //
 //   retrieval_bench --passages P.jsonl --questions Q.jsonl [--distractors D.jsonl --total N]
 //                   [--dim 256] [--index flat] [--methods hashing,bm25,hybrid,hybrid-weighted]
+//                   [--model DIR --dense-weight 0.5]
 //
 // Loads the passages (and distractor passages up to --total) into an in-process collection
 // (services/index/collection.h, hashing embedder), asks every question ({"question",
@@ -11,7 +12,11 @@
 //   bm25             the BM25 index (k1 1.2, b 0.75)
 //   hybrid           both, reciprocal rank fusion (k 60, 50 candidates each)
 //   hybrid-weighted  both, 0.5 x min-max normalised dense + 0.5 x BM25
-// Dense rows of a trained embedder come with issue 22 item 3 (model:<dir> embedders).
+//   dense            dense: the BERT encoder of --model (a second collection, embedder
+//                    "model:DIR", dim = the model's hidden size) + the vector index
+//   dense-hybrid     --model's dense + BM25, weighted: --dense-weight x dense + the rest x BM25
+//   dense-hybrid-rrf --model's dense + BM25, reciprocal rank fusion (k 60)
+// A collection is loaded only when a method needs it (bm25 uses the hashing one if it is loaded).
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -26,6 +31,7 @@
 #include <vector>
 
 #include "index/vector_io.h"
+#include "services/engine/bert_config.h"
 #include "services/index/collection.h"
 #include "tools/bench/bench_util.h"
 
@@ -75,11 +81,21 @@ int64_t Load(Collection* c, const std::string& path, int64_t limit, int64_t have
   return have;
 }
 
-SearchOptions MethodOptions(const std::string& method) {
+bool IsModelMethod(const std::string& m) { return m.rfind("dense", 0) == 0; }
+
+SearchOptions MethodOptions(const std::string& method, double dense_weight) {
   SearchOptions o;
   o.k = 10;
   o.include_text = false;
-  if (method == "hashing") {
+  if (method == "dense") {
+    o.retrieval = "dense";
+  } else if (method == "dense-hybrid") {
+    o.retrieval = "hybrid";
+    o.fusion = ragserve::collection::FusionSpec{.method = "weighted", .dense_weight = dense_weight};
+  } else if (method == "dense-hybrid-rrf") {
+    o.retrieval = "hybrid";
+    o.fusion = ragserve::collection::FusionSpec{.method = "rrf"};
+  } else if (method == "hashing") {
     o.retrieval = "dense";
   } else if (method == "bm25") {
     o.retrieval = "bm25";
@@ -93,10 +109,11 @@ SearchOptions MethodOptions(const std::string& method) {
   return o;
 }
 
-Row Measure(const Collection& c, const std::vector<Question>& qs, const std::string& method) {
+Row Measure(const Collection& c, const std::vector<Question>& qs, const std::string& method,
+            double dense_weight) {
   Row r;
   r.method = method;
-  const SearchOptions o = MethodOptions(method);
+  const SearchOptions o = MethodOptions(method, dense_weight);
   std::vector<double> ms;
   for (const Question& q : qs) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -146,33 +163,80 @@ int main(int argc, char** argv) {
   app.add_option("--methods", methods, "Comma-separated methods")->capture_default_str();
   app.add_option("--label", label, "Name of the set in the table")->capture_default_str();
   app.add_option("--json", json_out, "Also write the rows as JSON here");
+  std::string model;
+  double dense_weight = 0.5;
+  app.add_option("--model", model, "BERT encoder directory for the dense* methods");
+  app.add_option("--dense-weight", dense_weight, "dense-hybrid: weight of the dense list")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  const auto method_list = Split(methods);
+  bool need_model = false, need_hashing = false;
+  for (const auto& m : method_list) {
+    need_model |= IsModelMethod(m);
+    need_hashing |= !IsModelMethod(m) && m != "bm25";
+  }
+  if (need_model && model.empty()) {
+    std::fprintf(stderr, "retrieval_bench: dense* methods need --model DIR\n");
+    return 2;
+  }
+  need_hashing |= !need_model;  // bm25 alone runs on the hashing collection
+  int model_dim = 0;
+  if (need_model) {
+    std::ifstream f(model + "/config.json");
+    std::stringstream text;
+    text << f.rdbuf();
+    model_dim = Must(ragserve::engine::ParseBertConfig(text.str()), "model config").hidden_size;
+  }
 
   const std::string dir =
       (std::filesystem::temp_directory_path() / ("retrieval_bench_" + std::to_string(getpid())))
           .string();
   std::filesystem::remove_all(dir);
   auto store = Must(ragserve::collection::CollectionStore::Open(dir), "open store");
-  auto c = Must(store->Create({.name = "bench", .dim = dim, .index_kind = index_kind}), "create");
-  const auto t0 = std::chrono::steady_clock::now();
-  int64_t n = Load(c.get(), passages, INT64_MAX, 0);
-  if (!distractors.empty() && total > n) n = Load(c.get(), distractors, total, n);
-  const double load_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::shared_ptr<Collection> hashing_c, model_c;
+  int64_t n = 0;
+  double load_s = 0, model_load_s = 0;
+  auto load = [&](std::shared_ptr<Collection> c, double* seconds) {
+    const auto t0 = std::chrono::steady_clock::now();
+    int64_t have = Load(c.get(), passages, INT64_MAX, 0);
+    if (!distractors.empty() && total > have) have = Load(c.get(), distractors, total, have);
+    *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    n = have;
+    return c;
+  };
+  if (need_hashing) {
+    hashing_c =
+        load(Must(store->Create({.name = "bench", .dim = dim, .index_kind = index_kind}), "create"),
+             &load_s);
+  }
+  if (need_model) {
+    model_c = load(Must(store->Create({.name = "bench_model",
+                                       .dim = model_dim,
+                                       .index_kind = index_kind,
+                                       .embedder = "model:" + model}),
+                        "create model collection"),
+                   &model_load_s);
+  }
   const auto qs = ReadQuestions(questions);
 
   std::printf("## retrieval_bench\n\nmachine: %s, %d cpus, load %s\ncommand:",
               ragserve::bench::CpuModel().c_str(), ragserve::bench::CpuCount(),
               ragserve::bench::LoadAvg().c_str());
   for (int i = 0; i < argc; ++i) std::printf(" %s", argv[i]);
-  std::printf(
-      "\n%s: %lld passages (loaded and indexed in %.1f s), %zu questions, %s index, dim %d\n\n",
-      label.c_str(), static_cast<long long>(n), load_s, qs.size(), index_kind.c_str(), dim);
+  std::printf("\n%s: %lld passages, %zu questions, %s index", label.c_str(),
+              static_cast<long long>(n), qs.size(), index_kind.c_str());
+  if (hashing_c) std::printf("; hashing dim %d (loaded and indexed in %.1f s)", dim, load_s);
+  if (model_c) {
+    std::printf("; model %s dim %d, dense-weight %.2f (loaded and indexed in %.1f s)",
+                model.c_str(), model_dim, dense_weight, model_load_s);
+  }
+  std::printf("\n\n");
   std::printf("| set | passages | method | hit@1 | hit@5 | MRR@10 | p50 ms | p95 ms |\n");
   std::printf("|---|---:|---|---:|---:|---:|---:|---:|\n");
   nlohmann::json rows = nlohmann::json::array();
-  for (const auto& m : Split(methods)) {
-    const Row r = Measure(*c, qs, m);
+  for (const auto& m : method_list) {
+    const Collection& c = IsModelMethod(m) || !hashing_c ? *model_c : *hashing_c;
+    const Row r = Measure(c, qs, m, dense_weight);
     std::printf("| %s | %lld | %s | %.3f | %.3f | %.3f | %.2f | %.2f |\n", label.c_str(),
                 static_cast<long long>(n), r.method.c_str(), r.hit1, r.hit5, r.mrr, r.p50_ms,
                 r.p95_ms);
@@ -187,7 +251,8 @@ int main(int argc, char** argv) {
                     {"p95_ms", r.p95_ms}});
   }
   if (!json_out.empty()) std::ofstream(json_out) << rows.dump(2) << "\n";
-  c.reset();
+  hashing_c.reset();
+  model_c.reset();
   store.reset();
   std::filesystem::remove_all(dir);
   return 0;

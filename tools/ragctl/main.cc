@@ -186,6 +186,7 @@ struct IngestOptions {
   std::string index = "hnsw";
   std::string metric = "cosine";
   std::string retrieval = "hybrid";
+  std::string embedder = "hashing";
   int batch = 64;
   bool pre_encode = false;
   int chunk_tokens = 200;  // 0 = one passage per document
@@ -425,7 +426,7 @@ ragserve::v1::IngestRequest FirstIngestRequest(const IngestOptions& o) {
                        : o.index == "ivf_flat" ? ragserve::v1::INDEX_KIND_IVF_FLAT
                        : o.index == "ivf_pq"   ? ragserve::v1::INDEX_KIND_IVF_PQ
                                                : ragserve::v1::INDEX_KIND_HNSW);
-  spec->set_embedder("hashing");
+  spec->set_embedder(o.embedder);
   spec->set_retrieval(RetrievalProto(o.retrieval));
   return first;
 }
@@ -611,6 +612,10 @@ int main(int argc, char** argv) {
   ing->add_option("--dimension", io.dimension, "Embedding dimension (with --create)")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
+  ing->add_option("--embedder", io.embedder,
+                  "hashing | model:<dir> (a BERT checkpoint directory on the index service's "
+                  "machine; --dimension must be its hidden size) (with --create)")
+      ->capture_default_str();
   ing->add_option("--index", io.index, "flat | hnsw | ivf_flat | ivf_pq (with --create)")
       ->capture_default_str()
       ->check(CLI::IsMember({"flat", "hnsw", "ivf_flat", "ivf_pq"}));
