@@ -315,12 +315,26 @@ def plot(log_path, png_path):
     ax.set_ylabel("cross-entropy (nats)")
     ax.set_yscale("log")
     ev = [(int(r["step"]), float(r["dev_em"])) for r in rows if r["dev_em"]]
+    held = [(int(r["step"]), float(r["dev_em_heldout"])) for r in rows
+            if r.get("dev_em_heldout")]
     if ev:
         ax2 = ax.twinx()
-        ax2.plot([s for s, _ in ev], [e for _, e in ev], "k.-", label="dev exact match (4 passages)")
+        ax2.plot([s for s, _ in ev], [e for _, e in ev], "k.-",
+                 label="dev exact match (4 passages, training phrasings)")
+        if held:
+            ax2.plot([s for s, _ in held], [e for _, e in held], "r.--",
+                     label="dev exact match (4 passages, held-out phrasing)")
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("dev exact match")
-        ax2.legend(loc="center right")
+        ax2.legend(loc="center right", fontsize=8)
+    last = None
+    for r in rows:  # curriculum phase changes
+        ph = r.get("phase")
+        if ph and last is not None and ph != last:
+            ax.axvline(int(r["step"]), color="grey", ls=":", lw=0.8)
+            ax.text(int(r["step"]), ax.get_ylim()[1], " phase %s" % ph, va="top", fontsize=8,
+                    color="grey")
+        last = ph
     ax.legend(loc="upper right")
     ax.set_title("reader training (tools/train-model/train.py)")
     fig.tight_layout()
@@ -501,5 +515,13 @@ def main():
                                                           time.time() - t0))
 
 
+def plot_main(argv):
+    """train.py --plot-only LOG PNG: the loss curve of a finished (or running) run."""
+    plot(argv[0], argv[1])
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--plot-only"]:
+        plot_main(sys.argv[2:])
+    else:
+        main()
