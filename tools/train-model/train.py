@@ -365,6 +365,11 @@ def main():
     ap.add_argument("--question-weight", type=float, default=0.5)
     ap.add_argument("--passages", default="", help="LO,HI: fixed passages per row (no curriculum)")
     ap.add_argument("--questions", type=int, default=4, help="question segments with --passages")
+    ap.add_argument("--hard-prob", type=float, default=-1,
+                    help="with --passages: share of rows with same-kind distractors (default: "
+                         "the phase's)")
+    ap.add_argument("--const-lr", type=float, default=0,
+                    help="a constant learning rate instead of the schedule (a continuation)")
     ap.add_argument("--span", type=int, default=9000, help="position span of gapped rows")
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--tokenizer-passages", type=int, default=6000)
@@ -438,11 +443,12 @@ def main():
             st = PHASES[phase]
         if args.passages:  # a fixed stage instead of the curriculum (a later phase of a run)
             lo, hi = (int(x) for x in args.passages.split(","))
-            st = Stage((lo, hi), args.questions, st.gap_prob, st.hard_prob, 3072)
+            st = Stage((lo, hi), args.questions, st.gap_prob,
+                       st.hard_prob if args.hard_prob < 0 else args.hard_prob, 3072)
         budget = args.tokens_per_step or st.tokens or 3072
         rs, ntok = batch(rows, st, budget)
         ids, pos, tgt, w_ans, w_q, w_lm, mask = collate(rs)
-        lr = lr_at(step, frac, args)
+        lr = args.const_lr or lr_at(step, frac, args)
         for g in opt.param_groups:
             g["lr"] = lr
         logits = model(ids, pos, mask)
