@@ -106,14 +106,27 @@ def check_tokenizer(args, enc, tmpl, path):
 # ---- data --------------------------------------------------------------------------------------
 
 class Stage:
-    def __init__(self, passages, questions, gap_prob, hard_prob):
+    def __init__(self, passages, questions, gap_prob, hard_prob, tokens=0):
         self.passages = passages        # (min, max) passages per context
         self.questions = questions      # question segments per row
         self.gap_prob = gap_prob        # rows whose passages are spread over up to --span positions
         self.hard_prob = hard_prob      # rows whose distractors share the gold passages' kind
+        self.tokens = tokens            # tokens per step (0: --tokens-per-step)
+
+
+# The curriculum: a phase ends when its dev exact match reaches its bar (PHASE_BAR, on PHASE_DEV_K
+# passages, training phrasings), or at the latest at its share of the run (--phase-caps), so the
+# long-context phase always gets its part. Phase 0 (one or two passages, small steps) is where
+# the copying circuit has to appear; everything later builds on it (docs/MODEL.md).
+PHASES = [Stage((1, 2), 4, 0.0, 0.0, 1024),
+          Stage((2, 5), 6, 0.1, 0.3, 2048),
+          Stage((3, 8), 8, 0.35, 0.4, 3072)]
+PHASE_DEV_K = [2, 4, 4]
+PHASE_BAR = [0.9, 0.85, 2.0]  # the last phase runs to the end
 
 
 def stage_at(frac):
+    """The fixed-fraction curriculum of the first run (kept for --curriculum fixed)."""
     if frac < 0.12:
         return Stage((1, 2), 4, 0.0, 0.0)
     if frac < 0.40:
@@ -271,11 +284,18 @@ def exact_match(model, enc, tmpl, items, bs=8):
 
 # ---- training ----------------------------------------------------------------------------------
 
-def lr_at(step, args):
+def progress(step, tokens, args):
+    """Fraction of the run done: by tokens with --tokens (steps differ in size by phase), else by
+    steps."""
+    if args.tokens:
+        return tokens / args.tokens
+    return step / args.steps
+
+
+def lr_at(step, frac, args):
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    f = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, f))))
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 def plot(log_path, png_path):
@@ -295,12 +315,26 @@ def plot(log_path, png_path):
     ax.set_ylabel("cross-entropy (nats)")
     ax.set_yscale("log")
     ev = [(int(r["step"]), float(r["dev_em"])) for r in rows if r["dev_em"]]
+    held = [(int(r["step"]), float(r["dev_em_heldout"])) for r in rows
+            if r.get("dev_em_heldout")]
     if ev:
         ax2 = ax.twinx()
-        ax2.plot([s for s, _ in ev], [e for _, e in ev], "k.-", label="dev exact match (4 passages)")
+        ax2.plot([s for s, _ in ev], [e for _, e in ev], "k.-",
+                 label="dev exact match (4 passages, training phrasings)")
+        if held:
+            ax2.plot([s for s, _ in held], [e for _, e in held], "r.--",
+                     label="dev exact match (4 passages, held-out phrasing)")
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("dev exact match")
-        ax2.legend(loc="center right")
+        ax2.legend(loc="center right", fontsize=8)
+    last = None
+    for r in rows:  # curriculum phase changes
+        ph = r.get("phase")
+        if ph and last is not None and ph != last:
+            ax.axvline(int(r["step"]), color="grey", ls=":", lw=0.8)
+            ax.text(int(r["step"]), ax.get_ylim()[1], " phase %s" % ph, va="top", fontsize=8,
+                    color="grey")
+        last = ph
     ax.legend(loc="upper right")
     ax.set_title("reader training (tools/train-model/train.py)")
     fig.tight_layout()
@@ -315,14 +349,27 @@ def main():
     ap.add_argument("--seed", type=int, default=20261205)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest when other work shares the cores)")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--tokens-per-step", type=int, default=3072)
+    ap.add_argument("--steps", type=int, default=2000,
+                    help="run length in steps (ignored with --tokens)")
+    ap.add_argument("--tokens", type=float, default=0,
+                    help="run length in training tokens (the learning-rate schedule and the "
+                         "phase caps follow it)")
+    ap.add_argument("--curriculum", default="adaptive", choices=["adaptive", "fixed"])
+    ap.add_argument("--phase-caps", default="0.35,0.65",
+                    help="latest end of phases 0 and 1, as fractions of the run")
+    ap.add_argument("--tokens-per-step", type=int, default=0,
+                    help="tokens per step (0: the phase's, 1,024-3,072; 3,072 with --passages)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--lm-weight", type=float, default=0.25)
     ap.add_argument("--question-weight", type=float, default=0.5)
     ap.add_argument("--passages", default="", help="LO,HI: fixed passages per row (no curriculum)")
     ap.add_argument("--questions", type=int, default=4, help="question segments with --passages")
+    ap.add_argument("--hard-prob", type=float, default=-1,
+                    help="with --passages: share of rows with same-kind distractors (default: "
+                         "the phase's)")
+    ap.add_argument("--const-lr", type=float, default=0,
+                    help="a constant learning rate instead of the schedule (a continuation)")
     ap.add_argument("--span", type=int, default=9000, help="position span of gapped rows")
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--tokenizer-passages", type=int, default=6000)
@@ -332,7 +379,9 @@ def main():
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--intermediate", type=int, default=704)
     ap.add_argument("--rope-theta", type=float, default=100000.0)
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--start-phase", type=int, default=0,
+                    help="curriculum phase of a fresh run (probes of later phases)")
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--dev-items", type=int, default=64)
     ap.add_argument("--plot", default="", help="write the loss curve PNG here at the end")
@@ -355,36 +404,53 @@ def main():
     print("model: %d parameters, vocab %d" % (n_params, enc.vocab_size))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     rows = Rows(args, enc, tmpl)
-    dev = ragdata.eval_items(ragdata.DEV_SEED, args.dev_items, 4, phrasing="train")
+
+    dev_k = {k: ragdata.eval_items(ragdata.DEV_SEED, args.dev_items, k, phrasing="train")
+             for k in set(PHASE_DEV_K)}
+    dev_held = ragdata.eval_items(ragdata.DEV_SEED, args.dev_items, 4, phrasing="heldout")
+    caps = [float(x) for x in args.phase_caps.split(",")] + [2.0]
 
     ckpt = os.path.join(args.work, "checkpoint.pt")
     log_path = os.path.join(args.work, "train_log.csv")
-    step, elapsed = 0, 0.0
+    step, elapsed, tokens_seen, phase, phase_log = 0, 0.0, 0, args.start_phase, []
     if os.path.exists(ckpt):
         state = torch.load(ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, elapsed = state["step"], state["elapsed"]
+        tokens_seen = state.get("tokens", 0)
+        phase, phase_log = state.get("phase", 0), state.get("phase_log", [])
         rows.stream.rng.setstate(state["stream_rng"])
         rows.stream.names.used = state["names_used"]
         rows.rng.setstate(state["rows_rng"])
         torch.set_rng_state(state["torch_rng"])
-        print("resumed at step %d (%.0f s trained)" % (step, elapsed))
+        print("resumed at step %d (%.0f s trained, phase %d)" % (step, elapsed, phase))
     else:
         with open(log_path, "w") as f:
-            f.write("step,seconds,tokens,lr,answer_loss,lm_loss,dev_em\n")
+            f.write("step,seconds,tokens,lr,answer_loss,lm_loss,dev_em,phase,phase_dev_em,"
+                    "dev_em_heldout\n")
+
+    def done():
+        return tokens_seen >= args.tokens if args.tokens else step >= args.steps
 
     t0 = time.time() - elapsed
-    tokens_total = 0
-    while step < args.steps:
-        st = stage_at(step / args.steps)
+    tokens_run = 0
+    while not done():
+        frac = progress(step, tokens_seen, args)
+        if args.curriculum == "fixed":
+            st = stage_at(frac)
+        else:
+            st = PHASES[phase]
         if args.passages:  # a fixed stage instead of the curriculum (a later phase of a run)
             lo, hi = (int(x) for x in args.passages.split(","))
-            st = Stage((lo, hi), args.questions, st.gap_prob, st.hard_prob)
-        rs, ntok = batch(rows, st, args.tokens_per_step)
+            st = Stage((lo, hi), args.questions, st.gap_prob,
+                       st.hard_prob if args.hard_prob < 0 else args.hard_prob, 3072)
+        budget = args.tokens_per_step or st.tokens or 3072
+        rs, ntok = batch(rows, st, budget)
         ids, pos, tgt, w_ans, w_q, w_lm, mask = collate(rs)
+        lr = args.const_lr or lr_at(step, frac, args)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args)
+            g["lr"] = lr
         logits = model(ids, pos, mask)
         ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.view(-1).clamp(min=0),
                              reduction="none").view(tgt.shape)
@@ -397,29 +463,57 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        tokens_total += ntok
-        dev_em = ""
-        if step % args.eval_every == 0 or step == args.steps:
-            dev_em = "%.4f" % exact_match(model, enc, tmpl, dev)
+        tokens_run += ntok
+        tokens_seen += ntok
+        dev_em = phase_em = held_em = ""
+        # Early phases check their own dev score four times as often (it decides their end); the
+        # 4-passage dev score (training and held-out phrasings) is logged every --eval-every.
+        full = step % args.eval_every == 0 or done()
+        check = phase < len(PHASES) - 1 and args.curriculum == "adaptive" and \
+            step % max(1, args.eval_every // 4) == 0
+        if full or check:
+            frac = progress(step, tokens_seen, args)
+            k = PHASE_DEV_K[phase]
+            em4 = exact_match(model, enc, tmpl, dev_k[4]) if full or k == 4 else None
+            if full:
+                dev_em = "%.4f" % em4
+                held_em = "%.4f" % exact_match(model, enc, tmpl, dev_held)
+            em = em4 if k == 4 else exact_match(model, enc, tmpl, dev_k[k])
+            phase_em = "%.4f" % em
             export(model, args.out, tok_path, enc.bos_id, enc.eos_id)  # the latest, for evals
+            if args.curriculum == "adaptive" and phase < len(PHASES) - 1 and (
+                    em >= PHASE_BAR[phase] or frac >= caps[phase]):
+                why = "dev %.3f >= %.2f" % (em, PHASE_BAR[phase]) if em >= PHASE_BAR[phase] \
+                    else "cap %.2f of the run" % caps[phase]
+                phase_log.append({"phase": phase + 1, "step": step, "tokens": tokens_seen,
+                                  "why": why})
+                print("curriculum: phase %d -> %d at step %d (%s)" % (phase, phase + 1, step,
+                                                                        why), flush=True)
+                phase += 1
         now = time.time() - t0
         with open(log_path, "a") as f:
-            f.write("%d,%.1f,%d,%.6f,%.4f,%.4f,%s\n" % (step, now, ntok, lr_at(step - 1, args),
-                                                     ans.item(), lm.item(), dev_em))
+            f.write("%d,%.1f,%d,%.6f,%.4f,%.4f,%s,%d,%s,%s\n" % (
+                step, now, ntok, lr, ans.item(), lm.item(), dev_em, phase, phase_em, held_em))
         if step % 10 == 0 or dev_em:
-            print("step %d  %.0fs  %.0f tok/s  answer %.3f  question %.3f  lm %.3f  passages %s %s" % (
-                step, now, tokens_total / max(1e-9, now - elapsed), ans.item(), qs.item(),
-                lm.item(), st.passages, ("dev_em " + dev_em) if dev_em else ""), flush=True)
-        if step % args.ckpt_every == 0 or step == args.steps:
+            print("step %d  %.0fs  %.2fM tok  %.0f tok/s  lr %.2e  answer %.3f  question %.3f  "
+                  "lm %.3f  phase %d %s%s%s" % (
+                      step, now, tokens_seen / 1e6, tokens_run / max(1e-9, now - elapsed), lr,
+                      ans.item(), qs.item(), lm.item(), phase,
+                      ("dev_em " + dev_em) if dev_em else "",
+                      (" phase_em " + phase_em) if phase_em else "",
+                      (" heldout_em " + held_em) if held_em else ""), flush=True)
+        if step % args.ckpt_every == 0 or done():
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "elapsed": now, "stream_rng": rows.stream.rng.getstate(),
+                        "elapsed": now, "tokens": tokens_seen, "phase": phase,
+                        "phase_log": phase_log, "stream_rng": rows.stream.rng.getstate(),
                         "names_used": rows.stream.names.used, "rows_rng": rows.rng.getstate(),
                         "torch_rng": torch.get_rng_state(), "args": vars(args)}, ckpt + ".tmp")
             os.replace(ckpt + ".tmp", ckpt)
     export(model, args.out, tok_path, enc.bos_id, enc.eos_id)
     with open(os.path.join(args.out, "training.json"), "w") as f:
         json.dump({"command": " ".join(sys.argv), "args": vars(args), "parameters": n_params,
-                   "steps": step, "seconds": round(time.time() - t0, 1)}, f, indent=2)
+                   "steps": step, "tokens": tokens_seen, "curriculum": phase_log,
+                   "seconds": round(time.time() - t0, 1)}, f, indent=2)
         f.write("\n")
     if args.plot:
         plot(log_path, args.plot)
@@ -427,5 +521,13 @@ def main():
                                                           time.time() - t0))
 
 
+def plot_main(argv):
+    """train.py --plot-only LOG PNG: the loss curve of a finished (or running) run."""
+    plot(argv[0], argv[1])
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--plot-only"]:
+        plot_main(sys.argv[2:])
+    else:
+        main()
