@@ -16,7 +16,11 @@
 #include <optional>
 #include <string>
 
-#include "CLI/CLI.hpp"
+// CLI11 is declared only: its header costs ~4 s of compile per unit, and most units that need
+// ServerConfig never touch the parser. Units that do include <CLI/CLI.hpp> themselves.
+namespace CLI {
+class App;
+}  // namespace CLI
 
 namespace ragserve {
 

@@ -1,4 +1,5 @@
 // ragserve-ctxcache: APE parallel encoding and the passage KV cache (RAM + RocksDB)
+#include <CLI/CLI.hpp>
 #include <memory>
 
 #include "services/common/server.h"

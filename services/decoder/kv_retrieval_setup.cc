@@ -1,6 +1,7 @@
 #include "services/decoder/kv_retrieval_setup.h"
 
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <atomic>
 #include <memory>

@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <string>
 
-#include "CLI/CLI.hpp"
 #include "services/common/config.h"
 #include "services/common/status.h"
 #include "services/decoder/generator.h"

@@ -1,4 +1,5 @@
 // ragserve-decoder: a decode worker (model runtime, continuous batching)
+#include <CLI/CLI.hpp>
 #include <memory>
 
 #include "services/common/server.h"

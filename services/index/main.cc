@@ -1,4 +1,6 @@
 // ragserve-index: vector collections (HNSW, IVF, flat) with documents in RocksDB.
+#include <CLI/CLI.hpp>
+
 #include "services/common/logging.h"
 #include "services/common/server.h"
 #include "services/index/collection.h"

@@ -1,4 +1,6 @@
 // ragserve-kvr: RetrievalAttention KV retrieval over a CPU-memory KV cache (KvRetrievalService).
+#include <CLI/CLI.hpp>
+
 #include "services/common/logging.h"
 #include "services/common/server.h"
 #include "services/kvr/kv_retrieval.h"

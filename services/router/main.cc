@@ -1,4 +1,5 @@
 // ragserve-router: the public RagService (query, ingest, collection admin)
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <memory>
 #include <string>
