@@ -3,6 +3,7 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <sstream>
@@ -32,8 +33,14 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
   // Cluster peers restart (rollouts, kill -9): reconnect within a couple of seconds instead of
   // gRPC's default backoff, which grows to two minutes.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, opts.min_reconnect_backoff_ms);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, opts.min_reconnect_backoff_ms);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, opts.max_reconnect_backoff_ms);
+  // Despite its name, gRPC (1.51 subchannel.cc) reads GRPC_ARG_MIN_RECONNECT_BACKOFF_MS only as
+  // the minimum *connect timeout*: an attempt's deadline is max(now + this, next backoff time).
+  // It used to be set to the 100 ms first backoff, so a handshake slower than ~100 ms (a loaded
+  // machine, a peer still starting) failed ("connection attempt timed out before receiving
+  // SETTINGS frame", "tcp handshaker shutdown"), the channel went to TRANSIENT_FAILURE and every
+  // call on it failed with UNAVAILABLE until the next attempt.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, opts.connect_timeout_ms);
   if (opts.keepalive_time_ms > 0) {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, opts.keepalive_time_ms);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, opts.keepalive_timeout_ms);
@@ -62,6 +69,40 @@ StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address,
     creds = grpc::InsecureChannelCredentials();
   }
   return grpc::CreateCustomChannel(address, creds, args);
+}
+
+StatusOr<std::unique_ptr<PeerChannel>> PeerChannel::Create(const std::string& address,
+                                                           const ChannelOptions& opts) {
+  RS_ASSIGN_OR_RETURN(auto channel, MakeChannel(address, opts));
+  channel->GetState(/*try_to_connect=*/true);  // the first call need not wait for the handshake
+  return std::unique_ptr<PeerChannel>(
+      new PeerChannel(address, std::move(channel), opts.first_connect_wait_ms));
+}
+
+PeerChannel::PeerChannel(std::string address, std::shared_ptr<grpc::Channel> channel,
+                         int first_wait_ms)
+    : address_(std::move(address)),
+      channel_(std::move(channel)),
+      first_connect_wait_ms_(first_wait_ms) {}
+
+bool PeerChannel::AwaitFirstConnection(std::chrono::system_clock::time_point deadline,
+                                       const std::function<bool()>& caller_gone) {
+  if (connected_once_.load(std::memory_order_acquire)) return true;
+  // Never connected: the peer may be starting (connections refused, the channel backing off
+  // between attempts) or its first handshake is slow. WaitForConnected asks the channel to
+  // connect and follows it through its attempts; in short slices, so a caller that gave up
+  // (cancelled, server shutting down) does not hold its thread.
+  using SysClock = std::chrono::system_clock;
+  const auto now = SysClock::now();
+  auto until = now + std::chrono::milliseconds(first_connect_wait_ms_);
+  if (deadline != SysClock::time_point::max()) until = std::min(until, now + (deadline - now) / 2);
+  bool ready = channel_->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY;
+  while (!ready && SysClock::now() < until && !(caller_gone && caller_gone())) {
+    ready = channel_->WaitForConnected(
+        std::min(until, SysClock::now() + std::chrono::milliseconds(100)));
+  }
+  if (ready) connected_once_.store(true, std::memory_order_release);
+  return ready;
 }
 
 Status CheckHealth(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,

@@ -28,11 +28,13 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   copts.tls_ca = svc->opts_.downstream_tls_ca;
   copts.tls_client_cert = server->config().tls_client_cert;
   copts.tls_client_key = server->config().tls_client_key;
-  RS_ASSIGN_OR_RETURN(auto channel, MakeChannel(svc->opts_.index_addr, copts));
-  svc->index_ = v1::IndexService::NewStub(channel);
+  // The index and the context cache are single peers (PeerChannel: calls wait for them while
+  // they start); decode workers are many, and the pool fails over between them instead.
+  RS_ASSIGN_OR_RETURN(svc->index_peer_, PeerChannel::Create(svc->opts_.index_addr, copts));
+  svc->index_ = v1::IndexService::NewStub(svc->index_peer_->channel());
   if (!svc->opts_.ctxcache_addr.empty()) {
-    RS_ASSIGN_OR_RETURN(auto cc, MakeChannel(svc->opts_.ctxcache_addr, copts));
-    svc->ctxcache_ = v1::ContextCacheService::NewStub(cc);
+    RS_ASSIGN_OR_RETURN(svc->ctxcache_peer_, PeerChannel::Create(svc->opts_.ctxcache_addr, copts));
+    svc->ctxcache_ = v1::ContextCacheService::NewStub(svc->ctxcache_peer_->channel());
   }
   RS_ASSIGN_OR_RETURN(svc->policy_, ParsePolicy(svc->opts_.policy));
   RS_CHECK_ARG(svc->opts_.max_attempts >= 1, "--max-attempts must be >= 1");
@@ -73,13 +75,20 @@ std::string NewRequestIdPrefix() {
 RouterService::RouterService(ServiceServer* server, RouterOptions opts)
     : server_(server), opts_(std::move(opts)), request_prefix_(NewRequestIdPrefix()) {}
 
+std::unique_ptr<grpc::ClientContext> RouterService::DownstreamContext(
+    const grpc::CallbackServerContext& ctx, PeerChannel* peer) const {
+  peer->AwaitFirstConnection(ctx.deadline(), [&ctx] { return ctx.IsCancelled(); });
+  auto cctx = grpc::ClientContext::FromCallbackServerContext(ctx);
+  AttachToken(cctx.get(), opts_.downstream_token);
+  return cctx;
+}
+
 template <typename Req, typename Resp, typename Method>
 grpc::ServerUnaryReactor* RouterService::ForwardToIndex(grpc::CallbackServerContext* ctx,
                                                         const Req* req, Resp* resp, Method method,
                                                         const char* what) {
   return ServeUnary(ctx, server_, req, [this, ctx, req, resp, method, what] {
-    auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
-    AttachToken(cctx.get(), opts_.downstream_token);
+    auto cctx = DownstreamContext(*ctx, index_peer_.get());
     const grpc::Status st = ((*index_).*method)(cctx.get(), *req, resp);
     if (st.ok()) return OkStatus();
     Status s = FromGrpcStatus(st);
@@ -301,8 +310,7 @@ Status RouterService::Search(grpc::CallbackServerContext* ctx, const v1::QueryRe
   sreq.set_k(req.top_k() > 0 ? req.top_k() : opts_.default_top_k);
   *sreq.mutable_filter() = req.filter();
   sreq.set_include_text(true);
-  auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx);
-  AttachToken(cctx.get(), opts_.downstream_token);
+  auto cctx = DownstreamContext(*ctx, index_peer_.get());
   const grpc::Status gst = index_->Search(cctx.get(), sreq, found);
   if (gst.ok()) return OkStatus();
   Status s = FromGrpcStatus(gst);
@@ -509,8 +517,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
         RS_CHECK_ARG(msg_.create_spec().name() == collection_, "create_spec.name '",
                      msg_.create_spec().name(), "' differs from collection '", collection_, "'");
         RS_RETURN_IF_ERROR(svc_->CheckMayCreate(*ctx_));
-        auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx_);
-        AttachToken(cctx.get(), svc_->opts_.downstream_token);
+        auto cctx = svc_->DownstreamContext(*ctx_, svc_->index_peer_.get());
         v1::CreateCollectionRequest creq;
         *creq.mutable_spec() = msg_.create_spec();
         v1::CreateCollectionResponse cresp;
@@ -519,8 +526,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
           return Annotate(FromGrpcStatus(st), "create collection");
         }
       }
-      upsert_ctx_ = grpc::ClientContext::FromCallbackServerContext(*ctx_);
-      AttachToken(upsert_ctx_.get(), svc_->opts_.downstream_token);
+      upsert_ctx_ = svc_->DownstreamContext(*ctx_, svc_->index_peer_.get());
       writer_ = svc_->index_->Upsert(upsert_ctx_.get(), &upsert_resp_);
     } else {
       RS_CHECK_ARG(msg_.collection().empty() || msg_.collection() == collection_,
@@ -554,8 +560,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
         p->set_text(docs[j].text());
       }
       if (req.passages_size() == 0) continue;
-      auto cctx = grpc::ClientContext::FromCallbackServerContext(*ctx_);
-      AttachToken(cctx.get(), svc_->opts_.downstream_token);
+      auto cctx = svc_->DownstreamContext(*ctx_, svc_->ctxcache_peer_.get());
       v1::EncodeResponse resp;
       const grpc::Status st = svc_->ctxcache_->Encode(cctx.get(), req, &resp);
       if (!st.ok()) return Annotate(FromGrpcStatus(st), "pre-encode in the context cache");

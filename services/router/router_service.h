@@ -14,6 +14,7 @@
 #include "ragserve/v1/ctxcache.grpc.pb.h"
 #include "ragserve/v1/index.grpc.pb.h"
 #include "ragserve/v1/rag.grpc.pb.h"
+#include "services/common/client.h"
 #include "services/common/executor.h"
 #include "services/common/server.h"
 #include "services/common/stream_outbox.h"
@@ -108,13 +109,20 @@ class RouterService final : public v1::RagService::CallbackService {
   template <typename Req, typename Resp, typename Method>
   grpc::ServerUnaryReactor* ForwardToIndex(grpc::CallbackServerContext* ctx, const Req* req,
                                            Resp* resp, Method method, const char* what);
+  // The context of a call to the index or context cache made for the client call `ctx`: the
+  // client's deadline and cancellation propagate, the internal token is attached. While `peer`
+  // has never been reached, first waits for it (PeerChannel: it may still be starting).
+  std::unique_ptr<grpc::ClientContext> DownstreamContext(const grpc::CallbackServerContext& ctx,
+                                                         PeerChannel* peer) const;
   // Ingest's create_spec creates a collection: OK for the admin credential (or auth off),
   // PermissionDenied otherwise (Ingest itself also accepts the public credential).
   Status CheckMayCreate(const grpc::ServerContextBase& ctx) const;
 
   ServiceServer* server_;
   RouterOptions opts_;
+  std::unique_ptr<PeerChannel> index_peer_;
   std::unique_ptr<v1::IndexService::Stub> index_;
+  std::unique_ptr<PeerChannel> ctxcache_peer_;               // null without --ctxcache-addr
   std::unique_ptr<v1::ContextCacheService::Stub> ctxcache_;  // null without --ctxcache-addr
   Policy policy_ = Policy::kCacheAware;
   std::unique_ptr<WorkerPool> pool_;
