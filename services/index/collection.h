@@ -46,6 +46,9 @@
 
 namespace rocksdb {
 class DB;
+class Env;
+class FileSystem;
+class WriteBatch;
 }
 
 namespace ragserve::collection {
@@ -274,9 +277,11 @@ class Collection {
 // All collections under one data directory (RocksDB at <dir>/db, index files in <dir>/indexes).
 class CollectionStore {
  public:
-  // Opens (creating if needed) the store and every collection in it.
+  // Opens (creating if needed) the store and every collection in it. `env` (tests: a file
+  // system that fails on demand) is RocksDB's default when null; it must outlive the store.
   static StatusOr<std::unique_ptr<CollectionStore>> Open(const std::string& data_dir,
-                                                         StoreLimits limits = {})
+                                                         StoreLimits limits = {},
+                                                         rocksdb::Env* env = nullptr)
       ABSL_NO_THREAD_SAFETY_ANALYSIS;  // fills a store no other thread sees yet
   // Checkpoints every collection, then closes the DB.
   ~CollectionStore();
@@ -298,12 +303,17 @@ class CollectionStore {
   friend class Collection;
   CollectionStore(std::string dir, StoreLimits limits);
   rocksdb::DB* db() const { return db_.get(); }
+  // Writes `batch` durably (sync). A full disk is ResourceExhausted, and the first write after
+  // space is freed (1 MiB) succeeds again, without a restart (RocksDB is resumed).
+  Status WriteSync(rocksdb::WriteBatch* batch, std::string_view what);
   std::string IndexDir() const { return dir_ + "/indexes"; }
   // Deletes a collection's records and index files (under its write_mu_) and marks it dropped.
   Status DeleteCollectionData(const std::string& name, Collection* c);
 
   const std::string dir_;
   const StoreLimits limits_;
+  std::shared_ptr<rocksdb::FileSystem> base_fs_;  // the real one (free space)
+  std::unique_ptr<rocksdb::Env> env_;  // the DB's (NoFreeSpaceQueryFs); outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   // Held across Create's write, never while waiting for a collection's write_mu_.
   mutable Mutex mu_;
