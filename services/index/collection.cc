@@ -110,21 +110,6 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
 // write) instead of polling every 5 s until the free space reaches its reserve, the largest write
 // buffer (64 MiB by default): a nearly full disk stayed read-only after space was freed (found by
 // tools/chaos, diskfull:index).
-// Free space CollectionStore::WriteSync waits for before it resumes RocksDB after a full disk.
-constexpr uint64_t kResumeFreeBytes = uint64_t{1} << 20;
-
-class NoFreeSpaceQueryFs : public rocksdb::FileSystemWrapper {
- public:
-  explicit NoFreeSpaceQueryFs(std::shared_ptr<rocksdb::FileSystem> base)
-      : FileSystemWrapper(std::move(base)) {}
-  static const char* kClassName() { return "RagserveNoFreeSpaceQueryFs"; }
-  const char* Name() const override { return kClassName(); }
-  rocksdb::IOStatus GetFreeSpace(const std::string&, const rocksdb::IOOptions&, uint64_t*,
-                                 rocksdb::IODebugContext*) override {
-    return rocksdb::IOStatus::NotSupported("ragserve-index resumes after a full disk itself");
-  }
-};
-
 rocksdb::WriteOptions SyncWrite() {
   rocksdb::WriteOptions w;
   w.sync = true;  // an acknowledged write survives kill -9 and power loss
@@ -959,10 +944,7 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
   auto store = std::unique_ptr<CollectionStore>(new CollectionStore(data_dir, limits));
   rocksdb::Options opts;
   opts.create_if_missing = true;
-  store->base_fs_ = (env != nullptr ? env : rocksdb::Env::Default())->GetFileSystem();
-  store->env_ =
-      rocksdb::NewCompositeEnv(std::make_shared<NoFreeSpaceQueryFs>(store->base_fs_));
-  opts.env = store->env_.get();
+  if (env != nullptr) opts.env = env;
   rocksdb::DB* db = nullptr;
   RS_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(opts, data_dir + "/db", &db),
                                StrCat("index store: opening ", data_dir, "/db")));
@@ -1002,27 +984,11 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
 }
 
 Status CollectionStore::WriteSync(rocksdb::WriteBatch* batch, std::string_view what) {
-  rocksdb::Status s = db_->Write(SyncWrite(), batch);
-  if (s.ok() || !(s.IsIOError() || s.IsNoSpace())) return FromRocks(s, what);
-  // A failed write leaves RocksDB refusing writes (a background error) until it is resumed;
-  // resuming flushes the memtable. A resume that fails (the disk still full) leaves the DB
-  // stopped for good, so resume only once the data dir has room again. Nothing was acknowledged
-  // for the failed write, so writing the batch again is safe.
-  uint64_t free_bytes = 0;
-  const bool room = base_fs_->GetFreeSpace(dir_ + "/db", rocksdb::IOOptions(), &free_bytes,
-                                           nullptr)
-                        .ok() &&
-                    free_bytes >= kResumeFreeBytes;
-  rocksdb::Status resumed = rocksdb::Status::NoSpace();
-  if (room) {
-    resumed = db_->Resume();
-    if (resumed.ok()) return FromRocks(db_->Write(SyncWrite(), batch), what);
-  }
-  if (s.IsNoSpace() || resumed.IsNoSpace()) {
-    return ResourceExhausted(StrCat(what, ": disk full (writes resume once ", kResumeFreeBytes >> 20,
-                                    " MiB are free): ", s.ToString()));
-  }
-  return FromRocks(s, what);
+  // A full disk is ResourceExhausted (FromRocks). RocksDB then refuses writes until it resumes by
+  // itself: it polls every 5 s until the free space reaches its reserve (the largest write
+  // buffer, 64 MiB). Resuming it here sooner was tried and made RocksDB abort (an assertion in
+  // WritableFileWriter after a failed WAL write): see docs/RELIABILITY.md, chaos findings.
+  return FromRocks(db_->Write(SyncWrite(), batch), what);
 }
 
 CollectionStore::CollectionStore(std::string dir, StoreLimits limits)

@@ -47,9 +47,8 @@
 namespace rocksdb {
 class DB;
 class Env;
-class FileSystem;
 class WriteBatch;
-}
+}  // namespace rocksdb
 
 namespace ragserve::collection {
 
@@ -303,8 +302,8 @@ class CollectionStore {
   friend class Collection;
   CollectionStore(std::string dir, StoreLimits limits);
   rocksdb::DB* db() const { return db_.get(); }
-  // Writes `batch` durably (sync). A full disk is ResourceExhausted, and the first write after
-  // space is freed (1 MiB) succeeds again, without a restart (RocksDB is resumed).
+  // Writes `batch` durably (sync); a full disk is ResourceExhausted (RocksDB takes writes again
+  // once the free space reaches its write buffer, polled every 5 s).
   Status WriteSync(rocksdb::WriteBatch* batch, std::string_view what);
   std::string IndexDir() const { return dir_ + "/indexes"; }
   // Deletes a collection's records and index files (under its write_mu_) and marks it dropped.
@@ -312,8 +311,6 @@ class CollectionStore {
 
   const std::string dir_;
   const StoreLimits limits_;
-  std::shared_ptr<rocksdb::FileSystem> base_fs_;  // the real one (free space)
-  std::unique_ptr<rocksdb::Env> env_;  // the DB's (NoFreeSpaceQueryFs); outlives db_
   std::unique_ptr<rocksdb::DB> db_;
   // Held across Create's write, never while waiting for a collection's write_mu_.
   mutable Mutex mu_;

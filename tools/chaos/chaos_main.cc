@@ -79,17 +79,18 @@ struct Options {
   double qps = 4;
   int max_tokens = 16;
   int questions = 12;
-  double ingest_rate = 2;  // batches per second
-  int ingest_docs = 4;     // documents per batch
+  int sequential_every = 4;  // every Nth round of the questions is sent sequential (KV retrieval)
+  double ingest_rate = 2;    // batches per second
+  int ingest_docs = 4;       // documents per batch
   double query_timeout_s = 20;
   double retry_s = 30;  // a query retries UNAVAILABLE / RESOURCE_EXHAUSTED this long
   double baseline_s = 8;
   double settle_s = 3;
-  double down_s = 1;         // kill -9 -> restart
-  double window_s = 3;       // recovery: a window this long of clean, fast answers
+  double down_s = 1;          // kill -9 -> restart
+  double window_s = 3;        // recovery: a window this long of clean, fast answers
   double recover_max_s = 90;  // give up waiting for recovery (a failed fault)
-  double grace_s = 5;        // failures accepted this long after recovery
-  double latency_ok_s = 0;   // recovery: answers at most this slow (0 = from the reference)
+  double grace_s = 5;         // failures accepted this long after recovery
+  double latency_ok_s = 0;    // recovery: answers at most this slow (0 = from the reference)
   int link_delay_ms = 150;
   int link_jitter_ms = 30;
   double link_loss_pct = 5;
@@ -163,9 +164,9 @@ class Cluster {
     std::vector<std::string> argv;
     if (!s.ns.empty()) argv = {"ip", "netns", "exec", s.ns};
     argv.push_back(StrCat(o_.bin_dir, "/", s.binary));
-    for (const std::string& a : std::vector<std::string>{
-             "--host", s.host, "--port", std::to_string(s.port), "--metrics-port", "0",
-             "--ready-file", ready}) {
+    for (const std::string& a :
+         std::vector<std::string>{"--host", s.host, "--port", std::to_string(s.port),
+                                  "--metrics-port", "0", "--ready-file", ready}) {
       argv.push_back(a);
     }
     argv.insert(argv.end(), s.args.begin(), s.args.end());
@@ -281,6 +282,8 @@ struct Attempt {
 struct QueryRecord {
   int id = 0;
   int question = 0;
+  bool ape = true;  // passages from the context cache (APE); else sequential, with KV retrieval
+  bool not_sent = false;  // still queued when the load stopped (an overloaded run): not counted
   double sched = 0;
   double end = -1;  // < 0: still running
   bool ok = false;
@@ -310,11 +313,12 @@ struct Fault {
 
 class Records {
  public:
-  int AddQuery(int question, double sched) {
+  int AddQuery(int question, bool ape, double sched) {
     MutexLock l(mu_);
     QueryRecord r;
     r.id = static_cast<int>(queries_.size());
     r.question = question;
+    r.ape = ape;
     r.sched = sched;
     queries_.push_back(r);
     return r.id;
@@ -330,6 +334,10 @@ class Records {
   QueryRecord Query(int id) {
     MutexLock l(mu_);
     return queries_[id];
+  }
+  void MarkNotSent(int id) {
+    MutexLock l(mu_);
+    queries_[id].not_sent = true;
   }
   void AddBatch(IngestBatch b) {
     MutexLock l(mu_);
@@ -361,15 +369,16 @@ class QueryLoad {
       : o_(o), router_(std::move(router)), questions_(std::move(questions)), rec_(rec) {}
 
   // One query with retries, synchronously (the reference answers are taken this way).
-  QueryRecord Run(int question, double sched) {
+  QueryRecord Run(int question, bool ape, double sched) {
     QueryRecord r;
     r.question = question;
+    r.ape = ape;
     r.sched = sched;
     loadgen::LoadOptions lo;
     lo.collection = "docs";
     lo.max_tokens = o_.max_tokens;
     lo.top_k = 4;
-    lo.use_context_cache = true;
+    lo.use_context_cache = ape;
     lo.timeout_s = o_.query_timeout_s;
     for (int attempt = 0;; ++attempt) {
       const double start = Now();
@@ -405,6 +414,9 @@ class QueryLoad {
     if (scheduler_.joinable()) scheduler_.join();
     {
       MutexLock l(mu_);
+      // Queries still queued (the cluster fell behind the offered rate) are not sent.
+      for (int id : pending_) rec_->MarkNotSent(id);
+      pending_.clear();
       done_ = true;
       cv_.notify_all();
     }
@@ -418,8 +430,10 @@ class QueryLoad {
       const double sched = t_start + i / o_.qps;
       std::this_thread::sleep_until(At(sched));
       if (stop_) break;
-      const int q = i % static_cast<int>(questions_.size());
-      const int id = rec_->AddQuery(q, sched);
+      // Every question both ways: APE (passage KV from the context cache) and sequential
+      // (a long prompt whose KV lives in ragserve-kvr: KV retrieval).
+      const int n = static_cast<int>(questions_.size());
+      const int id = rec_->AddQuery(i % n, (i / n) % o_.sequential_every != 1, sched);
       MutexLock l(mu_);
       pending_.push_back(id);
       cv_.notify_one();
@@ -431,15 +445,14 @@ class QueryLoad {
       int id;
       {
         MutexLock l(mu_);
-        l.Wait(cv_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return done_ || !pending_.empty();
-        });
+        l.Wait(cv_,
+               [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_ || !pending_.empty(); });
         if (pending_.empty()) return;
         id = pending_.front();
         pending_.pop_front();
       }
       const QueryRecord base = rec_->Query(id);  // question and schedule
-      QueryRecord r = Run(base.question, base.sched);
+      QueryRecord r = Run(base.question, base.ape, base.sched);
       r.id = id;
       rec_->FinishQuery(id, std::move(r));
     }
@@ -460,9 +473,9 @@ class QueryLoad {
 
 // ---- Load: ingest ------------------------------------------------------------------------------
 
-const char* const kWords[] = {"amber", "basalt", "cedar",  "delta", "ember", "fjord",
-                              "garnet", "harbor", "iris",   "juniper", "kelp", "lagoon",
-                              "marble", "nectar", "obsidian", "pebble", "quartz", "reed"};
+const char* const kWords[] = {"amber",  "basalt", "cedar",    "delta",   "ember",  "fjord",
+                              "garnet", "harbor", "iris",     "juniper", "kelp",   "lagoon",
+                              "marble", "nectar", "obsidian", "pebble",  "quartz", "reed"};
 
 // One Ingest call of `b` through the router; the status.
 grpc::Status IngestOnce(v1::RagService::Stub* stub, const IngestBatch& b, double timeout_s) {
@@ -525,8 +538,7 @@ class IngestLoad {
           break;
         }
         b.failed.push_back(Attempt{
-            start, Now(),
-            std::string(StatusCodeName(static_cast<StatusCode>(st.error_code()))),
+            start, Now(), std::string(StatusCodeName(static_cast<StatusCode>(st.error_code()))),
             st.error_message()});
         // After the schedule ends a batch still gets its retries: an unacknowledged batch is
         // allowed, but one given up early would hide a slow recovery.
@@ -612,7 +624,7 @@ std::vector<std::string> Split(const std::string& s, char sep) {
 const char* const kFullSchedule =
     "kill:index,kill:kvr,kill:ctxcache,kill:dec1,kill:router,stop:index:10,stop:dec0:20,"
     "stop:kvr:5,stop:ctxcache:8,link:dec1:15,diskfull:index:10,diskfull:ctxcache:10";
-const char* const kShortSchedule = "kill:dec1,stop:index:3,kill:router,diskfull:index:4";
+const char* const kShortSchedule = "kill:dec1,stop:index:3,kill:router,kill:kvr";
 
 StatusOr<std::vector<Fault>> ParseSchedule(std::string spec) {
   if (spec == "full") spec = kFullSchedule;
@@ -631,11 +643,11 @@ StatusOr<std::vector<Fault>> ParseSchedule(std::string spec) {
                  "fault '", item, "': kind must be kill, stop, link or diskfull");
     RS_CHECK_ARG(ServiceIndex(f.target) >= 0, "fault '", item, "': unknown service '", f.target,
                  "' (index, kvr, ctxcache, dec0, dec1, router)");
-    RS_CHECK_ARG(f.kind != "link" || f.target == "dec1",
-                 "fault '", item, "': the degraded link is dec1's (the router reaches it through "
+    RS_CHECK_ARG(f.kind != "link" || f.target == "dec1", "fault '", item,
+                 "': the degraded link is dec1's (the router reaches it through "
                  "the delay proxy)");
-    RS_CHECK_ARG(f.kind != "diskfull" || f.target == "index" || f.target == "ctxcache",
-                 "fault '", item, "': diskfull targets index or ctxcache (their data dirs)");
+    RS_CHECK_ARG(f.kind != "diskfull" || f.target == "index" || f.target == "ctxcache", "fault '",
+                 item, "': diskfull targets index or ctxcache (their data dirs)");
     f.seconds = parts.size() == 3 ? std::stod(parts[2]) : (f.kind == "kill" ? 0 : 5);
     out.push_back(f);
   }
@@ -713,8 +725,8 @@ class ChaosRun {
       svcs[s.name] = s;
     }
     // The router reaches dec1 through the delay proxy (the degraded link of `link:dec1`).
-    auto proxy = DelayProxy::Start(SelfHost(), 0, cluster_.Get("dec1").host,
-                                   cluster_.Get("dec1").port);
+    auto proxy =
+        DelayProxy::Start(SelfHost(), 0, cluster_.Get("dec1").host, cluster_.Get("dec1").port);
     if (!proxy.ok()) {
       Log(proxy.status().ToString());
       return 2;
@@ -723,21 +735,16 @@ class ChaosRun {
     const std::string model = fs::absolute(o_.model).string();
     cluster_.Get("index").args = {"--data-dir", o_.work_dir + "/index-data"};
     cluster_.Get("kvr").args = {"--memory-limit-gib", "1"};
-    cluster_.Get("ctxcache").args = {"--model", model, "--data-dir",
-                                     o_.work_dir + "/ctxcache-data", "--ram-mb", "32"};
+    cluster_.Get("ctxcache").args = {
+        "--model", model, "--data-dir", o_.work_dir + "/ctxcache-data", "--ram-mb", "32"};
     for (const char* d : {"dec0", "dec1"}) {
-      cluster_.Get(d).args = {"--model",        model,
-                              "--worker-id",    d,
-                              "--ctxcache-addr", cluster_.Addr("ctxcache"),
-                              "--kv-retrieval", "remote",
-                              "--kvr-addr",     cluster_.Addr("kvr"),
-                              "--kvr-index-kind", "exact",
-                              "--kv-retrieval-min-tokens", "64",
-                              // Small static part: most of a ~600-token prompt is attended
-                              // through kvr's retrieval, so a kvr fault matters.
-                              "--kvr-sink-tokens", "16",
-                              "--kvr-window-tokens", "64",
-                              "--kv-budget-mb", "256"};
+      cluster_.Get(d).args = {
+          "--model", model, "--worker-id", d, "--ctxcache-addr", cluster_.Addr("ctxcache"),
+          "--kv-retrieval", "remote", "--kvr-addr", cluster_.Addr("kvr"), "--kvr-index-kind",
+          "exact", "--kv-retrieval-min-tokens", "64",
+          // Small static part: most of a ~600-token prompt is attended
+          // through kvr's retrieval, so a kvr fault matters.
+          "--kvr-sink-tokens", "16", "--kvr-window-tokens", "64", "--kv-budget-mb", "256"};
     }
     cluster_.Get("router").args = {
         "--index-addr",    cluster_.Addr("index"),
@@ -767,17 +774,19 @@ class ChaosRun {
     // The fault-free reference: every question once, alone, on the healthy cluster.
     QueryLoad ref(o_, router_, questions_, &records_);
     for (int q = 0; q < static_cast<int>(questions_.size()); ++q) {
-      QueryRecord r = ref.Run(q, Now());
-      if (!r.ok || !r.failed.empty()) {
-        Log(StrCat("reference query ", q, " failed: ", r.code,
-                   r.failed.empty() ? "" : " " + r.failed.back().message));
-        return 2;
+      for (const bool ape : {false, true}) {  // reference_[2 * q + ape]
+        QueryRecord r = ref.Run(q, ape, Now());
+        if (!r.ok || !r.failed.empty()) {
+          Log(StrCat("reference query ", q, " failed: ", r.code,
+                     r.failed.empty() ? "" : " " + r.failed.back().message));
+          return 2;
+        }
+        reference_.push_back(r.tokens);
+        ref_latency_.push_back(r.latency);
       }
-      reference_.push_back(r.tokens);
-      ref_latency_.push_back(r.latency);
     }
-    Log(StrCat("reference answers: ", reference_.size(), " questions, ", o_.max_tokens,
-               " greedy tokens each"));
+    Log(StrCat("reference answers: ", questions_.size(), " questions x (APE, sequential), ",
+               o_.max_tokens, " greedy tokens each"));
     mem_.Start();
     return 0;
   }
@@ -831,9 +840,23 @@ class ChaosRun {
   }
 
   // Recovered at the scheduled time of the first query after `after` that opens a window of
-  // window_s in which every query was answered at the first attempt and in time; -1 if none yet.
+  // window_s in which every query was answered at the first attempt and in time, and not before
+  // an ingest batch sent after `after` was acknowledged at its first attempt; -1 if not yet.
   double RecoveredAt(double after, double latency_ok) {
-    const auto qs = records_.Queries();
+    double ingest_ok = -1;
+    for (const auto& b : records_.Batches()) {
+      if (b.first >= after && b.acked_at >= 0 && b.failed.empty()) {
+        ingest_ok = b.first;
+        break;
+      }
+    }
+    if (ingest_ok < 0) return -1;
+    const double q = QueriesRecoveredAt(after, latency_ok);
+    return q < 0 ? -1 : std::max(q, ingest_ok);
+  }
+
+  double QueriesRecoveredAt(double after, double latency_ok) {
+    auto qs = records_.Queries();
     const int need = std::max(2, static_cast<int>(std::floor(o_.qps * o_.window_s * 0.9)));
     for (size_t i = 0; i < qs.size(); ++i) {
       if (qs[i].sched < after) continue;
@@ -900,15 +923,15 @@ class ChaosRun {
     const std::string host = o_.netns_tag + "-dec1";
     const std::string veth = StrCat(o_.netns_tag, "-v", ServiceIndex("dec1"));  // tools/chaos
     const auto threshold = static_cast<uint64_t>(o_.link_loss_pct / 100.0 * 4294967296.0);
-    const std::string prog =
-        StrCat("bpf bytecode '4,32 0 0 4294963256,53 1 0 ", threshold, ",6 0 0 2,6 0 0 4294967295' da");
+    const std::string prog = StrCat("bpf bytecode '4,32 0 0 4294963256,53 1 0 ", threshold,
+                                    ",6 0 0 2,6 0 0 4294967295' da");
     bool ok = true;
     for (const auto& [ns, dev] :
          std::vector<std::pair<std::string, std::string>>{{sw, veth}, {host, "eth0"}}) {
       if (on) {
         ok = ok && RunCmd(Tc(ns, StrCat("qdisc add dev ", dev, " root handle 1: htb"))) == 0 &&
-             RunCmd(Tc(ns, StrCat("filter add dev ", dev, " parent 1: protocol all prio 1 ",
-                                  prog))) == 0;
+             RunCmd(Tc(
+                 ns, StrCat("filter add dev ", dev, " parent 1: protocol all prio 1 ", prog))) == 0;
       } else {
         RunCmd(Tc(ns, StrCat("qdisc del dev ", dev, " root")));
       }
@@ -1022,8 +1045,8 @@ class ChaosRun {
   bool InWindow(double t, int phase) const {
     if (phase < 0) return false;
     const Fault& f = faults_[phase];
-    const double until = (f.recovered >= 0 ? std::max(f.recovered, f.clear) : f.phase_end) +
-                         o_.grace_s;
+    const double until =
+        (f.recovered >= 0 ? std::max(f.recovered, f.clear) : f.phase_end) + o_.grace_s;
     return t >= f.start && t <= until;
   }
 
@@ -1085,7 +1108,10 @@ class ChaosRun {
       lost_by_phase_[PhaseOf(acked[bare].second) + 1]++;
     }
     // 2. Answers: every successful greedy answer equals the fault-free reference, token for token.
-    queries_ = records_.Queries();
+    queries_.clear();
+    for (auto& q : records_.Queries()) {
+      if (!q.not_sent) queries_.push_back(std::move(q));
+    }
     if (corrupt_one_answer_) {
       for (auto& q : queries_) {
         if (q.ok && !q.tokens.empty()) {
@@ -1098,12 +1124,13 @@ class ChaosRun {
     corrupted_by_phase_.assign(faults_.size() + 1, 0);
     for (const auto& q : queries_) {
       if (!q.ok) continue;
-      if (q.tokens != reference_[q.question]) {
+      if (q.tokens != reference_[2 * q.question + (q.ape ? 1 : 0)]) {
         ++v.corrupted;
         corrupted_by_phase_[PhaseOf(q.end) + 1]++;
         if (v.corrupted <= 5) {
-          v.problems.push_back(StrCat("query ", q.id, " (question ", q.question, ", ",
-                                      q.router_retries, " router failovers): answer differs from "
+          v.problems.push_back(StrCat("query ", q.id, " (question ", q.question,
+                                      q.ape ? " APE, " : " sequential, ", q.router_retries,
+                                      " router failovers): answer differs from "
                                       "the reference"));
         }
       }
@@ -1114,18 +1141,18 @@ class ChaosRun {
       auto& g = grouped[what];
       if (g.first++ == 0) g.second = example;
     };
-    auto phase_name = [this](int p) {
-      return p < 0 ? std::string("baseline") : faults_[p].spec;
-    };
+    auto phase_name = [this](int p) { return p < 0 ? std::string("baseline") : faults_[p].spec; };
     for (const auto& q : queries_) {
       for (const auto& a : q.failed) {
         const int p = PhaseOf(a.end);
         if (!CleanStatus(a.code)) {
-          note(StrCat(phase_name(p), ": query attempts ended ", a.code, " (not a documented "
+          note(StrCat(phase_name(p), ": query attempts ended ", a.code,
+                      " (not a documented "
                       "fault status)"),
                StrCat("query ", q.id, ": ", a.message));
         } else if (!InWindow(a.end, p)) {
-          note(StrCat(phase_name(p), ": query attempts ended ", a.code, " outside the fault "
+          note(StrCat(phase_name(p), ": query attempts ended ", a.code,
+                      " outside the fault "
                       "window"),
                StrCat("query ", q.id, " at ", Fixed(a.end, 1), " s: ", a.message));
         }
@@ -1136,11 +1163,13 @@ class ChaosRun {
       for (const auto& a : b.failed) {
         const int p = PhaseOf(a.end);
         if (!CleanStatus(a.code)) {
-          note(StrCat(phase_name(p), ": ingest attempts ended ", a.code, " (not a documented "
+          note(StrCat(phase_name(p), ": ingest attempts ended ", a.code,
+                      " (not a documented "
                       "fault status)"),
                StrCat("batch ", b.batch, ": ", a.message));
         } else if (!InWindow(a.end, p)) {
-          note(StrCat(phase_name(p), ": ingest attempts ended ", a.code, " outside the fault "
+          note(StrCat(phase_name(p), ": ingest attempts ended ", a.code,
+                      " outside the fault "
                       "window"),
                StrCat("batch ", b.batch, " at ", Fixed(a.end, 1), " s: ", a.message));
         }
@@ -1208,8 +1237,7 @@ class ChaosRun {
           if (PhaseOf(a.end) == p) ++ingest_failed;
         }
       }
-      std::string name = "baseline (no fault)", window = Fixed(baseline_end_, 1),
-                  recovery = "-";
+      std::string name = "baseline (no fault)", window = Fixed(baseline_end_, 1), recovery = "-";
       const int64_t* hwm = baseline_hwm_;
       if (p >= 0) {
         const Fault& f = faults_[p];
@@ -1218,10 +1246,10 @@ class ChaosRun {
         recovery = f.recovered < 0 ? "**none**" : Fixed(std::max(0.0, f.recovered - f.clear), 1);
         hwm = f.hwm_kb;
       }
-      os << "| " << name << " | " << window << " | " << n << " | " << Codes(attempt_codes)
-         << " | " << Codes(final_codes) << " | " << recovery << " | " << acked << " / "
-         << ingest_failed << " | " << lost_by_phase_[p + 1] << " | " << corrupted_by_phase_[p + 1]
-         << " | " << Hwm(hwm) << " |\n";
+      os << "| " << name << " | " << window << " | " << n << " | " << Codes(attempt_codes) << " | "
+         << Codes(final_codes) << " | " << recovery << " | " << acked << " / " << ingest_failed
+         << " | " << lost_by_phase_[p + 1] << " | " << corrupted_by_phase_[p + 1] << " | "
+         << Hwm(hwm) << " |\n";
       nlohmann::json j = {{"phase", name},
                           {"queries", n},
                           {"attempts_failed", attempt_codes},
@@ -1234,9 +1262,10 @@ class ChaosRun {
       for (auto& x : j["vmhwm_mib"]) x = (x.get<int64_t>() + 512) / 1024;
       if (p >= 0) {
         j["window_s"] = faults_[p].clear - faults_[p].start;
-        j["recovery_s"] = faults_[p].recovered < 0
-                              ? nlohmann::json(nullptr)
-                              : nlohmann::json(std::max(0.0, faults_[p].recovered - faults_[p].clear));
+        j["recovery_s"] =
+            faults_[p].recovered < 0
+                ? nlohmann::json(nullptr)
+                : nlohmann::json(std::max(0.0, faults_[p].recovered - faults_[p].clear));
       }
       jphases.push_back(j);
     }
@@ -1245,7 +1274,8 @@ class ChaosRun {
       ++total;
       if (q.ok) ++ok;
     }
-    os << "\n" << total << " queries (" << ok << " answered), " << acked_
+    os << "\n"
+       << total << " queries (" << ok << " answered), " << acked_
        << " acknowledged documents checked by id: " << v.lost << " lost; " << v.corrupted
        << " answers differ from the fault-free reference; run " << Fixed(end_, 0) << " s.\n";
     for (const auto& p : v.problems) os << "PROBLEM: " << p << "\n";
@@ -1257,12 +1287,12 @@ class ChaosRun {
     std::printf("%s", os.str().c_str());
     std::fflush(stdout);
     if (!o_.json_out.empty()) {
-      nlohmann::json j = {{"phases", jphases},       {"queries", total},
-                          {"answered", ok},          {"acked_documents", acked_},
-                          {"lost", v.lost},          {"corrupted", v.corrupted},
-                          {"problems", v.problems},  {"pass", pass},
-                          {"qps", o_.qps},           {"ingest_rate", o_.ingest_rate},
-                          {"faults", o_.faults},     {"netns", netns()}};
+      nlohmann::json j = {{"phases", jphases},      {"queries", total},
+                          {"answered", ok},         {"acked_documents", acked_},
+                          {"lost", v.lost},         {"corrupted", v.corrupted},
+                          {"problems", v.problems}, {"pass", pass},
+                          {"qps", o_.qps},          {"ingest_rate", o_.ingest_rate},
+                          {"faults", o_.faults},    {"netns", netns()}};
       std::ofstream(o_.json_out) << j.dump(2) << "\n";
     }
     return pass ? 0 : 1;
@@ -1275,9 +1305,10 @@ class ChaosRun {
     corrupt_one_answer_ = true;
     const Verdict v = Check();
     const bool detected = v.lost == clean.lost + 1 && v.corrupted == clean.corrupted + 1;
-    std::printf("self-test of the checks: injected 1 lost write and 1 garbled answer; detected "
-                "%d lost, %d differing: %s\n",
-                v.lost, v.corrupted, detected ? "PASS" : "FAIL");
+    std::printf(
+        "self-test of the checks: injected 1 lost write and 1 garbled answer; detected "
+        "%d lost, %d differing: %s\n",
+        v.lost, v.corrupted, detected ? "PASS" : "FAIL");
     return detected ? 0 : 1;
   }
 
@@ -1313,9 +1344,10 @@ class ChaosRun {
 
 int main(int argc, char** argv) {
   using ragserve::chaos::Options;
-  CLI::App app("chaos-driver: faults under load against the whole ragserve cluster (run it "
-               "through tools/chaos)",
-               "chaos-driver");
+  CLI::App app(
+      "chaos-driver: faults under load against the whole ragserve cluster (run it "
+      "through tools/chaos)",
+      "chaos-driver");
   Options o;
   app.add_option("--bin", o.bin_dir, "Directory of the ragserve binaries")->required();
   app.add_option("--source", o.source_dir, "Repository root (data/corpus)")->required();
@@ -1332,6 +1364,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-tokens", o.max_tokens, "Greedy answer tokens")->capture_default_str();
   app.add_option("--questions", o.questions, "Distinct questions (data/corpus/questions.jsonl)")
       ->capture_default_str();
+  app.add_option("--sequential-every", o.sequential_every,
+                 "Every Nth round of the questions is asked without the context cache "
+                 "(sequential prefill, KV in ragserve-kvr); the others use APE")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1000));
   app.add_option("--ingest-rate", o.ingest_rate, "Ingest batches per second")
       ->capture_default_str();
   app.add_option("--ingest-docs", o.ingest_docs, "Documents per ingest batch")
