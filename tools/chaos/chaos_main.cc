@@ -623,7 +623,7 @@ std::vector<std::string> Split(const std::string& s, char sep) {
 
 const char* const kFullSchedule =
     "kill:index,kill:kvr,kill:ctxcache,kill:dec1,kill:router,stop:index:10,stop:dec0:20,"
-    "stop:kvr:5,stop:ctxcache:8,link:dec1:15,diskfull:index:10,diskfull:ctxcache:10";
+    "stop:kvr:5,stop:ctxcache:8,link:dec1:15,diskfull:ctxcache:10,diskfull:index:10";
 const char* const kShortSchedule = "kill:dec1,stop:index:3,kill:router,kill:kvr";
 
 StatusOr<std::vector<Fault>> ParseSchedule(std::string spec) {
