@@ -1,6 +1,8 @@
 #include "services/index/collection.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
@@ -98,9 +100,16 @@ Status DecodeDoc(std::string_view v, DocRecord* r) {
 Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.ok()) return OkStatus();
   if (s.IsNotFound()) return NotFound(StrCat(what, ": ", s.ToString()));
+  // A full disk is a resource running out, not a bug: the caller may retry once space is freed.
+  if (s.IsNoSpace()) return ResourceExhausted(StrCat(what, ": disk full: ", s.ToString()));
   return Internal(StrCat(what, ": ", s.ToString()));
 }
 
+// RocksDB's file system, except that it cannot tell how much space is free. RocksDB then leaves
+// the recovery from a full disk to CollectionStore::WriteSync (which resumes the DB on the next
+// write) instead of polling every 5 s until the free space reaches its reserve, the largest write
+// buffer (64 MiB by default): a nearly full disk stayed read-only after space was freed (found by
+// tools/chaos, diskfull:index).
 rocksdb::WriteOptions SyncWrite() {
   rocksdb::WriteOptions w;
   w.sync = true;  // an acknowledged write survives kill -9 and power loss
@@ -483,7 +492,7 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
     order.push_back(i);
   }
   batch.Put(Key('N', cid_), Be64(seq));
-  RS_RETURN_IF_ERROR(FromRocks(store_->db()->Write(SyncWrite(), &batch), "upsert: write"));
+  RS_RETURN_IF_ERROR(store_->WriteSync(&batch, "upsert: write"));
   next_seq_ = seq;
   std::shared_ptr<VectorIndex> idx;
   {
@@ -561,7 +570,7 @@ StatusOr<int64_t> Collection::Delete(const std::vector<std::string>& ids,
   }
   if (gone.empty()) return int64_t{0};
   batch.Put(Key('N', cid_), Be64(seq));
-  RS_RETURN_IF_ERROR(FromRocks(store_->db()->Write(SyncWrite(), &batch), "delete: write"));
+  RS_RETURN_IF_ERROR(store_->WriteSync(&batch, "delete: write"));
   next_seq_ = seq;
   std::shared_ptr<VectorIndex> idx;
   {
@@ -913,7 +922,7 @@ Status Collection::Checkpoint() {
   batch.Put(Key('I', cid_),
             nlohmann::json{{"seq", next_seq_}, {"file", file}, {"bm25", bm25_file}}.dump());
   batch.DeleteRange(Key('T', cid_), Key('T', cid_ + 1));  // every tombstone is older than seq
-  RS_RETURN_IF_ERROR(FromRocks(db->Write(SyncWrite(), &batch), "checkpoint: write"));
+  RS_RETURN_IF_ERROR(store_->WriteSync(&batch, "checkpoint: write"));
   if (!old.file.empty() && old.file != file) fs::remove(dir + old.file, ec);
   if (!old.bm25_file.empty() && old.bm25_file != bm25_file) fs::remove(dir + old.bm25_file, ec);
   return OkStatus();
@@ -922,7 +931,8 @@ Status Collection::Checkpoint() {
 // ---- CollectionStore --------------------------------------------------------------------------
 
 StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::string& data_dir,
-                                                                 StoreLimits limits) {
+                                                                 StoreLimits limits,
+                                                                 rocksdb::Env* env) {
   RS_CHECK_ARG(!data_dir.empty(), "index store: empty data dir");
   RS_CHECK_ARG(limits.max_docs_per_upsert >= 1,
                "index store: max documents per upsert must be >= 1");
@@ -934,6 +944,7 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
   auto store = std::unique_ptr<CollectionStore>(new CollectionStore(data_dir, limits));
   rocksdb::Options opts;
   opts.create_if_missing = true;
+  if (env != nullptr) opts.env = env;
   rocksdb::DB* db = nullptr;
   RS_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(opts, data_dir + "/db", &db),
                                StrCat("index store: opening ", data_dir, "/db")));
@@ -970,6 +981,14 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
     store->collections_[spec.name] = std::move(c);
   }
   return store;
+}
+
+Status CollectionStore::WriteSync(rocksdb::WriteBatch* batch, std::string_view what) {
+  // A full disk is ResourceExhausted (FromRocks). RocksDB then refuses writes until it resumes by
+  // itself: it polls every 5 s until the free space reaches its reserve (the largest write
+  // buffer, 64 MiB). Resuming it here sooner was tried and made RocksDB abort (an assertion in
+  // WritableFileWriter after a failed WAL write): see docs/RELIABILITY.md, chaos findings.
+  return FromRocks(db_->Write(SyncWrite(), batch), what);
 }
 
 CollectionStore::CollectionStore(std::string dir, StoreLimits limits)
@@ -1014,7 +1033,7 @@ StatusOr<std::shared_ptr<Collection>> CollectionStore::Create(const CollectionSp
   rocksdb::WriteBatch batch;
   batch.Put("C" + spec.name, SpecJson(cid, spec));
   batch.Put("G", Be64(cid + 1));
-  RS_RETURN_IF_ERROR(FromRocks(db_->Write(SyncWrite(), &batch), "create collection: write"));
+  RS_RETURN_IF_ERROR(WriteSync(&batch, "create collection: write"));
   next_cid_ = cid + 1;
   auto c = std::shared_ptr<Collection>(
       new Collection(this, cid, spec, std::move(ispec), std::move(emb)));
@@ -1050,7 +1069,7 @@ Status CollectionStore::DeleteCollectionData(const std::string& name, Collection
   for (char tag : {'D', 'T'}) batch.DeleteRange(Key(tag, cid), Key(tag, cid + 1));
   batch.Delete(Key('N', cid));
   batch.Delete(Key('I', cid));
-  RS_RETURN_IF_ERROR(FromRocks(db_->Write(SyncWrite(), &batch), "drop collection: write"));
+  RS_RETURN_IF_ERROR(WriteSync(&batch, "drop collection: write"));
   c->dropped_ = true;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(IndexDir(), ec)) {

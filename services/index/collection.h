@@ -46,7 +46,9 @@
 
 namespace rocksdb {
 class DB;
-}
+class Env;
+class WriteBatch;
+}  // namespace rocksdb
 
 namespace ragserve::collection {
 
@@ -274,9 +276,11 @@ class Collection {
 // All collections under one data directory (RocksDB at <dir>/db, index files in <dir>/indexes).
 class CollectionStore {
  public:
-  // Opens (creating if needed) the store and every collection in it.
+  // Opens (creating if needed) the store and every collection in it. `env` (tests: a file
+  // system that fails on demand) is RocksDB's default when null; it must outlive the store.
   static StatusOr<std::unique_ptr<CollectionStore>> Open(const std::string& data_dir,
-                                                         StoreLimits limits = {})
+                                                         StoreLimits limits = {},
+                                                         rocksdb::Env* env = nullptr)
       ABSL_NO_THREAD_SAFETY_ANALYSIS;  // fills a store no other thread sees yet
   // Checkpoints every collection, then closes the DB.
   ~CollectionStore();
@@ -298,6 +302,9 @@ class CollectionStore {
   friend class Collection;
   CollectionStore(std::string dir, StoreLimits limits);
   rocksdb::DB* db() const { return db_.get(); }
+  // Writes `batch` durably (sync); a full disk is ResourceExhausted (RocksDB takes writes again
+  // once the free space reaches its write buffer, polled every 5 s).
+  Status WriteSync(rocksdb::WriteBatch* batch, std::string_view what);
   std::string IndexDir() const { return dir_ + "/indexes"; }
   // Deletes a collection's records and index files (under its write_mu_) and marks it dropped.
   Status DeleteCollectionData(const std::string& name, Collection* c);

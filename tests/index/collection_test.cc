@@ -2,6 +2,8 @@
 #include "services/index/collection.h"
 
 #include <gtest/gtest.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -217,6 +219,113 @@ TEST(CollectionTest, AcknowledgedWritesSurviveACrashAndACleanReopen) {
     ASSERT_EQ(found.size(), 1u);
     EXPECT_EQ(found[0].text, "replaced");
   }
+  fs::remove_all(dir);
+}
+
+// A file system whose writes fail with ENOSPC while `full` is set, as RocksDB's posix file
+// system reports a full disk (IOStatus::NoSpace, retryable).
+class FullDiskFs : public rocksdb::FileSystemWrapper {
+ public:
+  explicit FullDiskFs(std::shared_ptr<rocksdb::FileSystem> base)
+      : FileSystemWrapper(std::move(base)) {}
+  static const char* kClassName() { return "FullDiskFs"; }
+  const char* Name() const override { return kClassName(); }
+
+  rocksdb::IOStatus NewWritableFile(const std::string& f, const rocksdb::FileOptions& o,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* r,
+                                    rocksdb::IODebugContext* dbg) override {
+    if (full) return NoSpace();
+    std::unique_ptr<rocksdb::FSWritableFile> base;
+    rocksdb::IOStatus s = target()->NewWritableFile(f, o, &base, dbg);
+    if (s.ok()) r->reset(new File(std::move(base), this));
+    return s;
+  }
+
+  // No space while full, 1 GiB once space is back.
+  rocksdb::IOStatus GetFreeSpace(const std::string&, const rocksdb::IOOptions&, uint64_t* free,
+                                 rocksdb::IODebugContext*) override {
+    *free = full ? 0 : uint64_t{1} << 30;
+    return rocksdb::IOStatus::OK();
+  }
+
+  static rocksdb::IOStatus NoSpace() {
+    rocksdb::IOStatus s = rocksdb::IOStatus::NoSpace("No space left on device");
+    s.SetRetryable(true);
+    return s;
+  }
+
+  std::atomic<bool> full{false};
+
+ private:
+  class File : public rocksdb::FSWritableFileOwnerWrapper {
+   public:
+    File(std::unique_ptr<rocksdb::FSWritableFile> f, FullDiskFs* fs)
+        : FSWritableFileOwnerWrapper(std::move(f)), fs_(fs) {}
+    rocksdb::IOStatus Append(const rocksdb::Slice& d, const rocksdb::IOOptions& o,
+                             rocksdb::IODebugContext* dbg) override {
+      return fs_->full ? NoSpace() : target()->Append(d, o, dbg);
+    }
+    rocksdb::IOStatus Append(const rocksdb::Slice& d, const rocksdb::IOOptions& o,
+                             const rocksdb::DataVerificationInfo& v,
+                             rocksdb::IODebugContext* dbg) override {
+      return fs_->full ? NoSpace() : target()->Append(d, o, v, dbg);
+    }
+    rocksdb::IOStatus Sync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* dbg) override {
+      return fs_->full ? NoSpace() : target()->Sync(o, dbg);
+    }
+    rocksdb::IOStatus Fsync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* dbg) override {
+      return fs_->full ? NoSpace() : target()->Fsync(o, dbg);
+    }
+
+   private:
+    FullDiskFs* fs_;
+  };
+};
+
+// Found by tools/chaos (diskfull:index): a full data disk made Upsert fail with INTERNAL (now
+// RESOURCE_EXHAUSTED); writes resume without a restart once there is room again (RocksDB's own
+// recovery, which needs free space >= its write buffer: on a nearly full disk it does not resume,
+// an open finding in docs/RELIABILITY.md).
+TEST(CollectionTest, FullDiskIsResourceExhaustedAndWritesResumeOnceSpaceIsBack) {
+  const auto dir = FreshDir("fulldisk");
+  constexpr int kDim = 8;
+  auto disk = std::make_shared<FullDiskFs>(rocksdb::FileSystem::Default());
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(disk);
+  {
+    auto store = CollectionStore::Open(dir, {}, env.get()).value();
+    auto c = store->Create({.name = "f", .dim = kDim, .metric = Metric::kL2}).value();
+    ASSERT_TRUE(c->Upsert(VectorDocs(50, kDim, 1, "a")).ok());
+    disk->full = true;
+    for (int i = 0; i < 3; ++i) {
+      auto r = c->Upsert(VectorDocs(10, kDim, 2, "b"));
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted) << r.status().ToString();
+      EXPECT_NE(r.status().message().find("disk full"), std::string::npos) << r.status().ToString();
+    }
+    // Space freed: writes succeed again within seconds (RocksDB polls every 5 s), no restart.
+    // (Generous bound: 30 s.)
+    disk->full = false;
+    StatusOr<int64_t> ok = c->Upsert(VectorDocs(10, kDim, 3, "c"));
+    for (int i = 0; i < 300 && !ok.ok(); ++i) {
+      EXPECT_EQ(ok.status().code(), StatusCode::kResourceExhausted) << ok.status().ToString();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      ok = c->Upsert(VectorDocs(10, kDim, 3, "c"));
+    }
+    ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+    std::vector<Document> found;
+    std::vector<std::string> missing;
+    ASSERT_TRUE(c->Get({"a0", "a49", "c0", "c9"}, &found, &missing).ok());
+    EXPECT_EQ(found.size(), 4u);
+    EXPECT_TRUE(missing.empty());
+  }
+  // Every acknowledged write is there after a reopen.
+  auto store = CollectionStore::Open(dir, {}, env.get()).value();
+  auto c = store->Get("f").value();
+  std::vector<Document> found;
+  std::vector<std::string> missing;
+  ASSERT_TRUE(c->Get({"a0", "a49", "c0", "c9"}, &found, &missing).ok());
+  EXPECT_EQ(found.size(), 4u);
+  store.reset();
   fs::remove_all(dir);
 }
 

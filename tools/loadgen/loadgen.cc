@@ -25,14 +25,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-struct Sample {
-  bool ok = false;
-  std::string code;
-  double ttft_ms = 0, tpot_ms = 0, total_ms = 0;
-  int tokens = 0;
-  int prompt_tokens = 0, cached_tokens = 0;
-  std::string worker;
-};
+using Sample = QueryOutcome;
 
 // Picks question indices: uniform, or Zipf(s) over ranks 1..n via the inverse CDF.
 class QuestionPicker {
@@ -80,7 +73,10 @@ Sample RunOne(v1::RagService::Stub* stub, const LoadOptions& o, const std::strin
     if (ev.has_delta() && !ev.delta().token_ids().empty()) {
       if (first == Clock::time_point{}) first = Clock::now();
       s.tokens += ev.delta().token_ids_size();
+      s.token_ids.insert(s.token_ids.end(), ev.delta().token_ids().begin(),
+                         ev.delta().token_ids().end());
     } else if (ev.has_stats()) {
+      s.retries = ev.stats().retries();
       s.prompt_tokens = ev.stats().prompt_tokens();
       s.cached_tokens = ev.stats().cached_prompt_tokens();
       s.worker = ev.stats().worker_id();
@@ -90,6 +86,7 @@ Sample RunOne(v1::RagService::Stub* stub, const LoadOptions& o, const std::strin
   const auto end = Clock::now();
   s.ok = st.ok();
   s.code = std::string(StatusCodeName(static_cast<StatusCode>(st.error_code())));
+  if (!st.ok()) s.message = st.error_message();
   s.total_ms = std::chrono::duration<double, std::milli>(end - scheduled).count();
   if (first != Clock::time_point{}) {
     s.ttft_ms = std::chrono::duration<double, std::milli>(first - scheduled).count();
@@ -105,6 +102,12 @@ nlohmann::json PercentilesJson(const Percentiles& p) {
 }
 
 }  // namespace
+
+QueryOutcome QueryOnce(const std::shared_ptr<grpc::Channel>& channel, const LoadOptions& o,
+                       const std::string& question, Clock::time_point scheduled) {
+  auto stub = v1::RagService::NewStub(channel);
+  return RunOne(stub.get(), o, question, scheduled);
+}
 
 Percentiles ComputePercentiles(std::vector<double> v) {
   Percentiles p;

@@ -4,12 +4,18 @@
 // with a Zipf distribution (popular questions repeat, as RAG traffic does).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "services/common/status.h"
+
+namespace grpc {
+class Channel;
+}  // namespace grpc
 
 namespace ragserve::loadgen {
 
@@ -56,5 +62,23 @@ StatusOr<std::vector<std::string>> ReadQuestions(const std::string& path);
 StatusOr<LoadReport> RunLoad(const LoadOptions& opts);
 
 Percentiles ComputePercentiles(std::vector<double> v);
+
+// One Query call as RunLoad sends it (greedy unless the options say otherwise: temperature 0,
+// ignore_eos, o.max_tokens), with what came back: the answer's token ids in order, the status and
+// timings measured from `scheduled`. Used by tools/chaos, which compares answers token by token.
+struct QueryOutcome {
+  bool ok = false;
+  std::string code;     // gRPC code name ("OK", "UNAVAILABLE", ...)
+  std::string message;  // the status message when not OK
+  double ttft_ms = 0, tpot_ms = 0, total_ms = 0;
+  int tokens = 0;
+  std::vector<int32_t> token_ids;
+  int prompt_tokens = 0, cached_tokens = 0;
+  int retries = 0;  // router failovers to another worker (QueryStats.retries)
+  std::string worker;
+};
+QueryOutcome QueryOnce(const std::shared_ptr<grpc::Channel>& channel, const LoadOptions& o,
+                       const std::string& question,
+                       std::chrono::steady_clock::time_point scheduled);
 
 }  // namespace ragserve::loadgen
