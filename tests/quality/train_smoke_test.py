@@ -8,6 +8,7 @@ when python3-torch is not installed.
 Usage: train_smoke_test.py --bin-dir BUILD/bin --source-dir REPO
 """
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -56,7 +57,8 @@ def main():
                 raise SystemExit("FAILED: the export has no %s" % f)
         with open(os.path.join(tmp, "w", "train_log.csv")) as f:
             log = f.read().splitlines()
-        if len(log) != 4 or not log[2].split(",")[-1]:
+        rows = list(csv.DictReader(log))
+        if len(rows) != 3 or not rows[1]["dev_em"] or not rows[1]["dev_em_heldout"]:
             raise SystemExit("FAILED: train_log.csv should have a header and 3 steps with a dev "
                              "exact match at step 2:\n" + "\n".join(log))
         # The engine loads the export (same loader as any HF checkpoint) and generates.
@@ -78,8 +80,8 @@ def main():
         # (a long prompt evaluated in chunks of queries).
         os.makedirs(os.path.join(tmp, "w2"))
         shutil.copy(os.path.join(tmp, "w", "tokenizer.json"), os.path.join(tmp, "w2"))
-        out2 = train(src, bin_dir, tmp, 2, ["--start-phase", "2", "--long-prob", "1",
-                                            "--needle-k", "24", "--needle-items", "2"], "2")
+        out2 = train(src, bin_dir, tmp, 2, ["--recipe", "3", "--start-phase", "2", "--long-prob",
+                                            "1", "--needle-k", "24", "--needle-items", "2"], "2")
         if " long " not in out2 or "needle_em" not in out2:
             raise SystemExit("FAILED: the last phase made no long row or no needle check")
     finally:

@@ -3,19 +3,21 @@
 retrieved passages, on the CPU with Debian's python3-torch, deterministically from a seed.
 
   /usr/bin/python3 tools/train-model/train.py --tokenize-bin build/bin/ragserve-tokenize \\
-      --out data/models/reader-4m --work .train-work
+      --out data/models/reader --work .train-work --tokens 6.5e6
 
 Steps: (1) train a byte-level BPE tokenizer with the project's own trainer (ragserve-tokenize)
 on generated training passages and questions; (2) train the model on generated RAG reading with a
-curriculum (one passage -> a few -> many, with position gaps so the question sees passages
-thousands of positions away); (3) export config.json + model.safetensors + tokenizer.json in the
-Hugging Face layout, the loss log (CSV) and a loss-curve plot.
+curriculum (one to three passages, mostly of one kind -> a few -> many, with position gaps so the
+question sees passages thousands of positions away, and long rows of dozens of passages);
+(3) export config.json + model.safetensors + tokenizer.json in the Hugging Face layout, the loss
+log (CSV) and a loss-curve plot.
 
 Each training row is one context (BOS + prefix + passages) followed by several question/answer
 segments. A segment attends to the whole context and to itself but not to the other segments, and
 every segment starts at the position right after the context: each row trains several independent
 questions for the price of one context. The loss is the answer tokens' cross-entropy (answer +
-EOS) plus a small language-model loss on the passage tokens. Checkpoints (--work) make a run
+EOS, weight --answer-weight) plus the question tokens' (--question-weight) and a small
+language-model loss on the passage tokens (--lm-weight). Checkpoints (--work) make a run
 resumable; a resumed run continues the same data stream and reaches the same weights.
 See docs/MODEL.md for the recipe, the measured curve and the evaluation.
 """
@@ -120,20 +122,36 @@ class Stage:
         self.long_questions = long_questions  # in chunks: see Rows.long_row)
 
 
-# The curriculum: a phase ends when its dev exact match reaches its bar (PHASE_BAR, on PHASE_DEV_K
-# passages, training phrasings) both with distractors of random kinds and with distractors of the
-# gold passage's kind, or at the latest at its share of the run (--phase-caps), so the
-# long-context phase always gets its part. Phase 0 (one to three passages, small steps) is where
-# the copying circuit has to appear, and most of its rows hold passages of one kind, so that it
-# learns to bind the question's name to its passage, not its kind (the second run learned kind
-# matching first and never unlearned it: docs/MODEL.md). The last phase mixes long rows (dozens
-# of passages, 2-8K tokens) into the steps, for the long-prompt needle.
-PHASES = [Stage((1, 3), 4, 0.0, 0.9, 1024),
-          Stage((2, 6), 6, 0.1, 0.6, 2048),
-          Stage((3, 8), 8, 0.3, 0.5, 3072, long_prob=0.3, long_passages=(20, 72),
-                long_questions=16)]
+# The curriculum (--recipe): a phase ends when its dev exact match reaches its bar ("bar", on
+# PHASE_DEV_K passages, training phrasings; with "bar_same_kind" both with distractors of random
+# kinds and with distractors of the gold passage's kind), or at the latest at its share of the run
+# (--phase-caps), so the long-context phase always gets its part. Phase 0 (few passages, small
+# steps) is where the copying circuit has to appear; everything later builds on it.
+#   "2": the second run, which made the shipped weights (docs/MODEL.md): phase 0 of one or two
+#        passages of random kinds; same-kind distractors from phase 1 on.
+#   "3": the third run (docs/MODEL.md, not shipped): most multi-passage rows of phase 0 hold
+#        passages of one kind, so that it learns to bind the question's name to its passage, not
+#        its kind (the second run learned kind matching first and never unlearned it); answer
+#        loss weight 3; 8 heads of 32; the last phase mixes long rows (dozens of passages, 2-8K
+#        tokens) into the steps, for the long-prompt needle.
+# "defaults" fill the options left unset on the command line.
+RECIPES = {
+    "2": {"phases": [Stage((1, 2), 4, 0.0, 0.0, 1024),
+                     Stage((2, 5), 6, 0.1, 0.3, 2048),
+                     Stage((3, 8), 8, 0.35, 0.4, 3072)],
+          "bar": [0.9, 0.85, 2.0], "bar_same_kind": False,
+          "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
+                       "check_every": 50, "needle_k": 0}},
+    "3": {"phases": [Stage((1, 3), 4, 0.0, 0.9, 1024),
+                     Stage((2, 6), 6, 0.1, 0.6, 2048),
+                     Stage((3, 8), 8, 0.3, 0.5, 3072, long_prob=0.3, long_passages=(20, 72),
+                           long_questions=16)],
+          "bar": [0.85, 0.8, 2.0], "bar_same_kind": True,
+          "defaults": {"heads": 8, "kv_heads": 4, "answer_weight": 3.0, "eval_every": 400,
+                       "check_every": 100, "needle_k": 40}},
+}
+DEFAULT_RECIPE = "2"  # the shipped weights'
 PHASE_DEV_K = [2, 4, 4]
-PHASE_BAR = [0.85, 0.8, 2.0]  # the last phase runs to the end
 
 
 def stage_at(frac):
@@ -447,9 +465,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--lm-weight", type=float, default=0.25)
     ap.add_argument("--question-weight", type=float, default=0.5)
-    ap.add_argument("--answer-weight", type=float, default=3.0,
-                    help="weight of the answer tokens' loss (the question's is --question-weight, "
-                         "the passages' --lm-weight)")
+    ap.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                    help="curriculum and the defaults of the options marked (recipe); see RECIPES")
+    ap.add_argument("--answer-weight", type=float,
+                    help="(recipe) weight of the answer tokens' loss (the question's is "
+                         "--question-weight, the passages' --lm-weight)")
     ap.add_argument("--long-prob", type=float, default=-1,
                     help="share of the steps made of one long row (default: the phase's)")
     ap.add_argument("--chunk-tokens", type=int, default=1024,
@@ -467,25 +487,30 @@ def main():
     ap.add_argument("--tokenizer-passages", type=int, default=6000)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--heads", type=int, help="(recipe)")
+    ap.add_argument("--kv-heads", type=int, help="(recipe)")
     ap.add_argument("--intermediate", type=int, default=704)
     ap.add_argument("--rope-theta", type=float, default=100000.0)
-    ap.add_argument("--eval-every", type=int, default=400)
+    ap.add_argument("--eval-every", type=int, help="(recipe) steps between full dev evaluations")
     ap.add_argument("--start-phase", type=int, default=0,
                     help="curriculum phase of a fresh run (probes of later phases)")
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--dev-items", type=int, default=64)
-    ap.add_argument("--check-every", type=int, default=100,
-                    help="steps between the phase-bar checks of the early phases")
-    ap.add_argument("--needle-k", type=int, default=40,
-                    help="passages of the needle dev check (last phase; 0: none)")
+    ap.add_argument("--check-every", type=int,
+                    help="(recipe) steps between the phase-bar checks of the early phases")
+    ap.add_argument("--needle-k", type=int,
+                    help="(recipe) passages of the needle dev check (last phase; 0: none)")
     ap.add_argument("--needle-items", type=int, default=6)
     ap.add_argument("--needle-every", type=int, default=1200,
                     help="steps between needle dev checks in the last phase (and at the end; a "
                          "multiple of --eval-every; one 4K-token prompt costs ~10 s here)")
     ap.add_argument("--plot", default="", help="write the loss curve PNG here at the end")
     args = ap.parse_args()
+    recipe = RECIPES[args.recipe]
+    for k, v in recipe["defaults"].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    PHASES, PHASE_BAR = recipe["phases"], recipe["bar"]
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -554,8 +579,9 @@ def main():
         if args.long_prob >= 0:
             st = copy.copy(st)
             st.long_prob = args.long_prob
-            if not st.long_questions:
-                st.long_passages, st.long_questions = PHASES[-1].long_passages, 16
+            if not st.long_questions:  # a phase without long rows: recipe 3's
+                long = RECIPES["3"]["phases"][-1]
+                st.long_passages, st.long_questions = long.long_passages, long.long_questions
         budget = args.tokens_per_step or st.tokens or 3072
         (ids, pos, tgt, w_ans, w_q, w_lm, mask), blocks, ntok = batch(rows, st, budget)
         lr = args.const_lr or lr_at(step, frac, args)
@@ -587,23 +613,30 @@ def main():
             frac = progress(step, tokens_seen, args)
             k = PHASE_DEV_K[phase]
             em4 = exact_match(model, enc, tmpl, dev_k[4]) if full or k == 4 else None
-            same4 = exact_match(model, enc, tmpl, dev_same[4]) if full or k == 4 else None
+            same_bar = recipe["bar_same_kind"]  # else the same-kind score is only logged
+            same4 = exact_match(model, enc, tmpl, dev_same[4]) \
+                if full or (k == 4 and same_bar) else None
             if full:
                 dev_em = "%.4f" % em4
                 same_em = "%.4f" % same4
                 held_em = "%.4f" % exact_match(model, enc, tmpl, dev_held)
             em = em4 if k == 4 else exact_match(model, enc, tmpl, dev_k[k])
-            sem = same4 if k == 4 else exact_match(model, enc, tmpl, dev_same[k])
-            phase_em, phase_same = "%.4f" % em, "%.4f" % sem
+            sem = same4 if k == 4 else \
+                exact_match(model, enc, tmpl, dev_same[k]) if same_bar else None
+            phase_em = "%.4f" % em
+            phase_same = "%.4f" % sem if sem is not None else ""
             if dev_needle and phase == len(PHASES) - 1 and (
                     step % args.needle_every == 0 or done()):
                 needle_em = "%.4f" % exact_match(model, enc, tmpl, dev_needle)
             export(model, args.out, tok_path, enc.bos_id, enc.eos_id)  # the latest, for evals
             bar = PHASE_BAR[phase] if phase < len(PHASES) else 2.0
+            score = min(em, sem) if same_bar else em
             if args.curriculum == "adaptive" and phase < len(PHASES) - 1 and (
-                    min(em, sem) >= bar or frac >= caps[phase]):
-                why = "dev %.3f, same kind %.3f >= %.2f" % (em, sem, bar) if min(em, sem) >= bar \
-                    else "cap %.2f of the run" % caps[phase]
+                    score >= bar or frac >= caps[phase]):
+                why = "cap %.2f of the run" % caps[phase]
+                if score >= bar:
+                    why = "dev %.3f%s >= %.2f" % (
+                        em, ", same kind %.3f" % sem if same_bar else "", bar)
                 phase_log.append({"phase": phase + 1, "step": step, "tokens": tokens_seen,
                                   "why": why})
                 print("curriculum: phase %d -> %d at step %d (%s)" % (phase, phase + 1, step,
