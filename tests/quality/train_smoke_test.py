@@ -8,6 +8,7 @@ when python3-torch is not installed.
 Usage: train_smoke_test.py --bin-dir BUILD/bin --source-dir REPO
 """
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -19,13 +20,13 @@ import time
 PY = "/usr/bin/python3"
 
 
-def train(src, bin_dir, tmp, steps):
+def train(src, bin_dir, tmp, steps, extra=(), name=""):
     cmd = [PY, os.path.join(src, "tools", "train-model", "train.py"), "--steps", str(steps),
            "--tokenizer-passages", "200", "--dev-items", "4", "--eval-every", "2",
            "--ckpt-every", "2", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads",
            "1", "--intermediate", "64", "--tokens-per-step", "512", "--out",
-           os.path.join(tmp, "m"), "--work", os.path.join(tmp, "w"), "--tokenize-bin",
-           os.path.join(bin_dir, "ragserve-tokenize")]
+           os.path.join(tmp, "m" + name), "--work", os.path.join(tmp, "w" + name),
+           "--tokenize-bin", os.path.join(bin_dir, "ragserve-tokenize")] + list(extra)
     print("$ " + " ".join(cmd), flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=src)
     sys.stdout.write(r.stdout)
@@ -56,7 +57,8 @@ def main():
                 raise SystemExit("FAILED: the export has no %s" % f)
         with open(os.path.join(tmp, "w", "train_log.csv")) as f:
             log = f.read().splitlines()
-        if len(log) != 4 or not log[2].split(",")[-1]:
+        rows = list(csv.DictReader(log))
+        if len(rows) != 3 or not rows[1]["dev_em"] or not rows[1]["dev_em_heldout"]:
             raise SystemExit("FAILED: train_log.csv should have a header and 3 steps with a dev "
                              "exact match at step 2:\n" + "\n".join(log))
         # The engine loads the export (same loader as any HF checkpoint) and generates.
@@ -74,6 +76,14 @@ def main():
         out4 = train(src, bin_dir, tmp, 4)
         if "resumed at step 3" not in out4:
             raise SystemExit("FAILED: the rerun did not resume from the step-3 checkpoint")
+        # The last phase: long rows (attention in blocks) on every step, and the needle dev check
+        # (a long prompt evaluated in chunks of queries).
+        os.makedirs(os.path.join(tmp, "w2"))
+        shutil.copy(os.path.join(tmp, "w", "tokenizer.json"), os.path.join(tmp, "w2"))
+        out2 = train(src, bin_dir, tmp, 2, ["--recipe", "3", "--start-phase", "2", "--long-prob",
+                                            "1", "--needle-k", "24", "--needle-items", "2"], "2")
+        if " long " not in out2 or "needle_em" not in out2:
+            raise SystemExit("FAILED: the last phase made no long row or no needle check")
     finally:
         if args.keep:
             print("kept " + tmp)

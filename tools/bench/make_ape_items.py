@@ -24,6 +24,9 @@ def main():
     ap.add_argument("--same-topic", type=int, default=0,
                     help="distractors of the gold passage's kind (the hard case: same template, "
                          "other names and numbers)")
+    ap.add_argument("--spread", action="store_true",
+                    help="gold positions spread evenly over 0..k-1 (by default item i's gold is at "
+                         "i mod k, so with n < k only the first n positions are measured)")
     ap.add_argument("--root", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                    "..", ".."),
                     help="repository root holding tools/train-model/ragdata.py")
@@ -35,7 +38,7 @@ def main():
 
     seed = ragdata.DEV_SEED if a.split == "dev" else ragdata.EVAL_SEED
     for it in ragdata.eval_items(seed, a.n, a.k, phrasing=a.phrasing,
-                                 same_topic_distractors=a.same_topic):
+                                 same_topic_distractors=a.same_topic, spread=a.spread):
         print(json.dumps({"passages": it["passages"], "question": it["question"],
                           "answer": it["answer"], "gold": it["gold"]}, ensure_ascii=False))
 

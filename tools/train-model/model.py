@@ -76,6 +76,43 @@ def rotate_half(x):
     return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
 
 
+class Block:
+    """Queries [q_lo, q_hi) of one row attend to the keys at `keys` (a LongTensor of positions in
+    the row, or None for keys [0, k_hi)) with an additive bias [q_hi - q_lo, len(keys)] (0 or
+    -inf). A row cut into blocks costs the sum of the blocks' sizes, not T x T: long training rows
+    (passages attend to the prefix and their chunk, questions to everything) and long evaluation
+    prompts (causal attention in chunks of queries) stay linear in memory."""
+
+    def __init__(self, q_lo, q_hi, keys, bias, k_hi=0):
+        self.q_lo, self.q_hi, self.keys, self.bias, self.k_hi = q_lo, q_hi, keys, bias, k_hi
+
+
+def attend_blocks(q, k, v, blocks):
+    """q: [H, T, hd], k/v: [H, T, hd] (kv already repeated to H), blocks covering the queries in
+    order -> [H, T, hd]."""
+    outs = []
+    for bl in blocks:
+        if bl.keys is None:
+            kk, vv = k[:, :bl.k_hi], v[:, :bl.k_hi]
+        else:
+            kk, vv = k.index_select(1, bl.keys), v.index_select(1, bl.keys)
+        s = torch.baddbmm(bl.bias.unsqueeze(0), q[:, bl.q_lo:bl.q_hi], kk.transpose(-1, -2))
+        outs.append(torch.bmm(torch.softmax(s, dim=-1), vv))
+    return torch.cat(outs, dim=1)
+
+
+def causal_blocks(T, chunk=1024):
+    """Plain causal attention over T tokens as blocks of `chunk` queries (evaluation of long
+    prompts: [H, chunk, T] scores instead of [H, T, T])."""
+    out = []
+    for lo in range(0, T, chunk):
+        hi = min(T, lo + chunk)
+        bias = torch.zeros(hi - lo, hi)
+        bias[:, lo:] = torch.full((hi - lo, hi - lo), float("-inf")).triu(1)
+        out.append(Block(lo, hi, None, bias, k_hi=hi))
+    return out
+
+
 class Layer(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -91,7 +128,7 @@ class Layer(nn.Module):
         self.up_proj = nn.Linear(c.hidden, c.intermediate, bias=False)
         self.down_proj = nn.Linear(c.intermediate, c.hidden, bias=False)
 
-    def forward(self, x, cos, sin, bias):
+    def forward(self, x, cos, sin, bias, blocks=None):
         c = self.c
         B, T, _ = x.shape
         hd = c.head_dim
@@ -105,14 +142,17 @@ class Layer(nn.Module):
         g = c.heads // c.kv_heads
         k = k.repeat_interleave(g, dim=1)
         v = v.repeat_interleave(g, dim=1)
-        # One row at a time: the [heads, T, T] scores of a row stay small enough for the allocator
-        # to reuse; whole-batch [B, heads, T, T] temporaries made a training step ~3x slower here
-        # (fresh pages for every large tensor; measured on the 2-core VM).
-        rows = []
-        for b in range(B):
-            s = torch.baddbmm(bias[b], q[b], k[b].transpose(-1, -2))
-            rows.append(torch.bmm(torch.softmax(s, dim=-1), v[b]))
-        a = torch.stack(rows)
+        if blocks is not None:
+            a = attend_blocks(q[0], k[0], v[0], blocks).unsqueeze(0)
+        else:
+            # One row at a time: the [heads, T, T] scores of a row stay small enough for the
+            # allocator to reuse; whole-batch [B, heads, T, T] temporaries made a training step
+            # ~3x slower here (fresh pages for every large tensor; measured on the 2-core VM).
+            rows = []
+            for b in range(B):
+                s = torch.baddbmm(bias[b], q[b], k[b].transpose(-1, -2))
+                rows.append(torch.bmm(torch.softmax(s, dim=-1), v[b]))
+            a = torch.stack(rows)
         x = x + self.o_proj(a.transpose(1, 2).reshape(B, T, c.heads * hd))
         h = self.post_attention_layernorm(x)
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
@@ -137,14 +177,17 @@ class Reader(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, ids, pos, mask):
-        """ids, pos: [B, T] int64; mask: [B, T, T] bool (True = may attend). -> logits [B, T, V]"""
+    def forward(self, ids, pos, mask, blocks=None):
+        """ids, pos: [B, T] int64; mask: [B, T, T] bool (True = may attend), or blocks (a list of
+        Block covering the queries of a single row, B = 1; mask None). -> logits [B, T, V]"""
         x = self.embed_tokens(ids)
         cos, sin = rope_tables(pos, self.c.head_dim, self.c.rope_theta)
-        bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))
-        bias = bias.unsqueeze(1)  # [B, 1, T, T]: row b's bias broadcasts over the heads
+        bias = None
+        if blocks is None:
+            bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))
+            bias = bias.unsqueeze(1)  # [B, 1, T, T]: row b's bias broadcasts over the heads
         for layer in self.layers:
-            x = layer(x, cos, sin, bias)
+            x = layer(x, cos, sin, bias, blocks)
         x = self.norm(x)
         w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return x @ w.t()

@@ -108,10 +108,12 @@ class PassageStream:
         return {"text": text, "topic": meta["topic"], "name": meta["name"], "facts": facts}
 
 
-def eval_items(seed, n_items, k, phrasing="heldout", same_topic_distractors=0):
+def eval_items(seed, n_items, k, phrasing="heldout", same_topic_distractors=0, spread=False):
     """Held-out evaluation items: gold passage among k-1 distractors, gold position cycling
     through 0..k-1 so every position is measured equally. phrasing: "heldout" (never trained),
-    "canonical" (the corpus's own question) or "train" (a training phrasing)."""
+    "canonical" (the corpus's own question) or "train" (a training phrasing). With fewer items
+    than passages the cycle only reaches positions 0..n_items-1; spread=True places item i's gold
+    at i * k // n_items instead (evenly over the whole prompt: the needle)."""
     stream = PassageStream(seed, split="eval")
     rng = random.Random(seed + 1)
     items = []
@@ -120,7 +122,7 @@ def eval_items(seed, n_items, k, phrasing="heldout", same_topic_distractors=0):
         distract = [stream.next(gold["topic"]) for _ in range(min(same_topic_distractors, k - 1))]
         distract += [stream.next() for _ in range(k - 1 - len(distract))]
         rng.shuffle(distract)
-        pos = i % k
+        pos = i * k // n_items if spread else i % k
         passages = distract[:pos] + [gold] + distract[pos:]
         phrasings, answer = gold["facts"][0] if i % 2 == 0 else rng.choice(gold["facts"])
         if phrasing == "heldout":

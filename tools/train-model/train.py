@@ -3,23 +3,26 @@
 retrieved passages, on the CPU with Debian's python3-torch, deterministically from a seed.
 
   /usr/bin/python3 tools/train-model/train.py --tokenize-bin build/bin/ragserve-tokenize \\
-      --out data/models/reader-4m --work .train-work
+      --out data/models/reader --work .train-work --tokens 6.5e6
 
 Steps: (1) train a byte-level BPE tokenizer with the project's own trainer (ragserve-tokenize)
 on generated training passages and questions; (2) train the model on generated RAG reading with a
-curriculum (one passage -> a few -> many, with position gaps so the question sees passages
-thousands of positions away); (3) export config.json + model.safetensors + tokenizer.json in the
-Hugging Face layout, the loss log (CSV) and a loss-curve plot.
+curriculum (one to three passages, mostly of one kind -> a few -> many, with position gaps so the
+question sees passages thousands of positions away, and long rows of dozens of passages);
+(3) export config.json + model.safetensors + tokenizer.json in the Hugging Face layout, the loss
+log (CSV) and a loss-curve plot.
 
 Each training row is one context (BOS + prefix + passages) followed by several question/answer
 segments. A segment attends to the whole context and to itself but not to the other segments, and
 every segment starts at the position right after the context: each row trains several independent
 questions for the price of one context. The loss is the answer tokens' cross-entropy (answer +
-EOS) plus a small language-model loss on the passage tokens. Checkpoints (--work) make a run
+EOS, weight --answer-weight) plus the question tokens' (--question-weight) and a small
+language-model loss on the passage tokens (--lm-weight). Checkpoints (--work) make a run
 resumable; a resumed run continues the same data stream and reaches the same weights.
 See docs/MODEL.md for the recipe, the measured curve and the evaluation.
 """
 import argparse
+import copy
 import csv
 import json
 import math
@@ -42,6 +45,7 @@ sys.path.insert(0, HERE)
 # The byte-level BPE oracle of the tokenizer tests: the one Python encoder of the project.
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "reference"))
 import ragdata  # noqa: E402
+import model as model_lib  # noqa: E402
 from model import Config, Reader, export  # noqa: E402
 from tokenizer_ref import RefTokenizer  # noqa: E402
 
@@ -106,23 +110,48 @@ def check_tokenizer(args, enc, tmpl, path):
 # ---- data --------------------------------------------------------------------------------------
 
 class Stage:
-    def __init__(self, passages, questions, gap_prob, hard_prob, tokens=0):
+    def __init__(self, passages, questions, gap_prob, hard_prob, tokens=0, long_prob=0.0,
+                 long_passages=(0, 0), long_questions=0):
         self.passages = passages        # (min, max) passages per context
         self.questions = questions      # question segments per row
         self.gap_prob = gap_prob        # rows whose passages are spread over up to --span positions
         self.hard_prob = hard_prob      # rows whose distractors share the gold passages' kind
         self.tokens = tokens            # tokens per step (0: --tokens-per-step)
+        self.long_prob = long_prob      # steps made of one long row (long_passages passages,
+        self.long_passages = long_passages  # 2-8K tokens, long_questions questions; attention
+        self.long_questions = long_questions  # in chunks: see Rows.long_row)
 
 
-# The curriculum: a phase ends when its dev exact match reaches its bar (PHASE_BAR, on PHASE_DEV_K
-# passages, training phrasings), or at the latest at its share of the run (--phase-caps), so the
-# long-context phase always gets its part. Phase 0 (one or two passages, small steps) is where
-# the copying circuit has to appear; everything later builds on it (docs/MODEL.md).
-PHASES = [Stage((1, 2), 4, 0.0, 0.0, 1024),
-          Stage((2, 5), 6, 0.1, 0.3, 2048),
-          Stage((3, 8), 8, 0.35, 0.4, 3072)]
+# The curriculum (--recipe): a phase ends when its dev exact match reaches its bar ("bar", on
+# PHASE_DEV_K passages, training phrasings; with "bar_same_kind" both with distractors of random
+# kinds and with distractors of the gold passage's kind), or at the latest at its share of the run
+# (--phase-caps), so the long-context phase always gets its part. Phase 0 (few passages, small
+# steps) is where the copying circuit has to appear; everything later builds on it.
+#   "2": the second run, which made the shipped weights (docs/MODEL.md): phase 0 of one or two
+#        passages of random kinds; same-kind distractors from phase 1 on.
+#   "3": the third run (docs/MODEL.md, not shipped): most multi-passage rows of phase 0 hold
+#        passages of one kind, so that it learns to bind the question's name to its passage, not
+#        its kind (the second run learned kind matching first and never unlearned it); answer
+#        loss weight 3; 8 heads of 32; the last phase mixes long rows (dozens of passages, 2-8K
+#        tokens) into the steps, for the long-prompt needle.
+# "defaults" fill the options left unset on the command line.
+RECIPES = {
+    "2": {"phases": [Stage((1, 2), 4, 0.0, 0.0, 1024),
+                     Stage((2, 5), 6, 0.1, 0.3, 2048),
+                     Stage((3, 8), 8, 0.35, 0.4, 3072)],
+          "bar": [0.9, 0.85, 2.0], "bar_same_kind": False,
+          "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
+                       "check_every": 50, "needle_k": 0}},
+    "3": {"phases": [Stage((1, 3), 4, 0.0, 0.9, 1024),
+                     Stage((2, 6), 6, 0.1, 0.6, 2048),
+                     Stage((3, 8), 8, 0.3, 0.5, 3072, long_prob=0.3, long_passages=(20, 72),
+                           long_questions=16)],
+          "bar": [0.85, 0.8, 2.0], "bar_same_kind": True,
+          "defaults": {"heads": 8, "kv_heads": 4, "answer_weight": 3.0, "eval_every": 400,
+                       "check_every": 100, "needle_k": 40}},
+}
+DEFAULT_RECIPE = "2"  # the shipped weights'
 PHASE_DEV_K = [2, 4, 4]
-PHASE_BAR = [0.9, 0.85, 2.0]  # the last phase runs to the end
 
 
 def stage_at(frac):
@@ -156,23 +185,71 @@ class Rows:
             return out
         return [self.stream.next() for _ in range(n)]
 
-    def row(self, st):
-        """-> (ids, pos, targets, weights, segments) for one context + question segments."""
+    def long_row(self, st):
+        """One long row: BOS + prefix + dozens of passages of random kinds (about as many of each
+        kind as a retrieval would bring) + st.long_questions questions. Attention in blocks (the
+        engine's prompt is dense, but T x T scores of 2-8K tokens would cost more than the rest
+        of the step): the prefix is causal; the passages attend to the prefix and causally to the
+        passages of their chunk (--chunk-tokens, about as far back as the dense rows reach); every
+        question attends to the whole context and itself. So the questions learn to find one
+        passage among thousands of tokens at the cost of short rows."""
+        n = self.rng.randint(*st.long_passages)
+        ps = [self.stream.next() for _ in range(n)]
+        r = self.row(st, ps, st.long_questions, gapped=False)
+        return r + (self.blocks(r, len(self.head)),)
+
+    def blocks(self, r, head_len):
+        ids, _, _, _, ctx_len, segments, spans = r
+        T = len(ids)
+        inf = float("-inf")
+        out = [model_lib.Block(0, head_len, None,
+                               torch.full((head_len, head_len), inf).triu(1), k_hi=head_len)]
+        chunk = []  # passage spans of the current chunk
+
+        def flush():
+            lo, hi = chunk[0][0], chunk[-1][1]
+            n = hi - lo
+            keys = torch.cat([torch.arange(head_len), torch.arange(lo, hi)])
+            bias = torch.zeros(n, head_len + n)
+            bias[:, head_len:] = torch.full((n, n), inf).triu(1)
+            out.append(model_lib.Block(lo, hi, keys, bias))
+            chunk.clear()
+
+        for a, b in spans:
+            if chunk and b - chunk[0][0] > self.args.chunk_tokens:
+                flush()
+            chunk.append((a, b))
+        if chunk:
+            flush()
+        bias = torch.full((T - ctx_len, T), inf)
+        bias[:, :ctx_len] = 0
+        for s0, L in segments:
+            q = s0 - ctx_len
+            bias[q:q + L, s0:s0 + L] = torch.full((L, L), inf).triu(1)
+        out.append(model_lib.Block(ctx_len, T, None, bias, k_hi=T))
+        return out
+
+    def row(self, st, ps=None, questions=0, gapped=True):
+        """-> (ids, pos, targets, weights, ctx_len, segments, passage spans) for one context +
+        question segments."""
         rng, enc = self.rng, self.enc
-        ps = self.passages(st)
+        ps = ps or self.passages(st)
+        questions = questions or st.questions
         ids = list(self.head)
         pos = list(range(len(ids)))
         tgt_w = [0.0] * len(ids)
         p_ids = [enc.encode(self.tmpl.passage(p["text"])) for p in ps]
         ctx_len = len(ids) + sum(len(x) for x in p_ids)
         gaps = [0] * len(ps)
-        if rng.random() < st.gap_prob:
+        if gapped and rng.random() < st.gap_prob:
             room = max(0, self.args.span - ctx_len - 64)
             cuts = sorted(rng.randint(0, room) for _ in range(len(ps)))
             gaps = [b - a for a, b in zip([0] + cuts[:-1], cuts)]
         p = len(ids)
+        spans = []
         for x, g in zip(p_ids, gaps):
             p += g
+            spans.append((len(ids), len(ids) + len(x)))
             ids += x
             pos += range(p, p + len(x))
             tgt_w += [self.args.lm_weight] * len(x)
@@ -183,7 +260,7 @@ class Rows:
         # Question segments: pick (passage, fact) pairs, distinct passages first.
         order = list(range(len(ps)))
         rng.shuffle(order)
-        picks = [order[i % len(order)] for i in range(st.questions)]
+        picks = [order[i % len(order)] for i in range(questions)]
         segments = []
         for k, pi in enumerate(picks):
             facts = ps[pi]["facts"]
@@ -202,11 +279,11 @@ class Rows:
             targets += t
             weights += w
             segments.append((start, len(seg)))
-        return ids, pos, targets, weights, ctx_len, segments
+        return ids, pos, targets, weights, ctx_len, segments, spans
 
 
-def collate(rows):
-    """Pads rows into tensors with the segment attention masks."""
+def collate(rows, with_mask=True):
+    """Pads rows into tensors with the segment attention masks (mask None without with_mask)."""
     T = max(len(r[0]) for r in rows)
     B = len(rows)
     ids = torch.zeros(B, T, dtype=torch.long)
@@ -215,9 +292,9 @@ def collate(rows):
     w_ans = torch.zeros(B, T)
     w_q = torch.zeros(B, T)
     w_lm = torch.zeros(B, T)
-    mask = torch.zeros(B, T, T, dtype=torch.bool)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    for b, (i, p, t, w, ctx_len, segs) in enumerate(rows):
+    mask = torch.zeros(B, T, T, dtype=torch.bool) if with_mask else None
+    causal = torch.ones(T, T, dtype=torch.bool).tril() if with_mask else None
+    for b, (i, p, t, w, ctx_len, segs) in enumerate(r[:6] for r in rows):
         n = len(i)
         ids[b, :n] = torch.tensor(i)
         pos[b, :n] = torch.tensor(p)
@@ -226,6 +303,8 @@ def collate(rows):
         w_ans[b, :n] = (wt == -1).float()
         w_q[b, :n] = (wt == -2).float()
         w_lm[b, :n] = (wt > 0).float()
+        if not with_mask:
+            continue
         mask[b, :ctx_len, :ctx_len] = causal[:ctx_len, :ctx_len]
         for s, L in segs:
             mask[b, s:s + L, :ctx_len] = True
@@ -236,12 +315,18 @@ def collate(rows):
 
 
 def batch(rows_gen, st, budget):
+    """-> (tensors, blocks or None, tokens) of one step: rows up to the token budget, or one long
+    row (a share st.long_prob of the steps)."""
+    if st.long_prob > 0 and rows_gen.rng.random() < st.long_prob:
+        r = rows_gen.long_row(st)
+        ids, pos, tgt, w_ans, w_q, w_lm, _ = collate([r[:7]], with_mask=False)
+        return (ids, pos, tgt, w_ans, w_q, w_lm, None), r[7], len(r[0])
     rows, tokens = [], 0
     while tokens < budget:
         r = rows_gen.row(st)
         rows.append(r)
         tokens += len(r[0])
-    return rows, tokens
+    return collate(rows), None, tokens
 
 
 # ---- evaluation (teacher-forced exact match == greedy exact match) ------------------------------
@@ -257,9 +342,20 @@ def prompt_ids(enc, tmpl, item):
 def exact_match(model, enc, tmpl, items, bs=8):
     """Fraction of items whose greedy answer is exactly ' <answer>' + EOS: greedy decoding
     reproduces the answer iff the argmax is right at every answer position given the right
-    prefix, so one teacher-forced forward per item decides it."""
+    prefix, so one teacher-forced forward per item decides it. Prompts longer than 2,048 tokens
+    (the needle) go one at a time, with causal attention in chunks of queries."""
     model.eval()
     good = 0
+    long_items = [it for it in items if len(it["passages"]) > 16]
+    items = [it for it in items if len(it["passages"]) <= 16]
+    for it in long_items:
+        pr = prompt_ids(enc, tmpl, it)
+        a = enc.encode(" " + it["answer"]) + [enc.eos_id]
+        seq = pr + a
+        ids = torch.tensor([seq])
+        pos = torch.arange(len(seq)).unsqueeze(0)
+        pred = model(ids, pos, None, model_lib.causal_blocks(len(seq))).argmax(-1)
+        good += pred[0, len(pr) - 1:len(pr) - 1 + len(a)].tolist() == a
     for i in range(0, len(items), bs):
         chunk = items[i:i + bs]
         rows = []
@@ -279,7 +375,7 @@ def exact_match(model, enc, tmpl, items, bs=8):
             got = pred[b, len(p) - 1:len(p) - 1 + len(a)].tolist()
             good += got == a
     model.train()
-    return good / len(items)
+    return good / (len(items) + len(long_items))
 
 
 # ---- training ----------------------------------------------------------------------------------
@@ -324,6 +420,12 @@ def plot(log_path, png_path):
         if held:
             ax2.plot([s for s, _ in held], [e for _, e in held], "r.--",
                      label="dev exact match (4 passages, held-out phrasing)")
+        for col, style, label in (
+                ("dev_em_same", "b.-", "dev exact match (4 passages of one kind)"),
+                ("needle_em", "gs-", "needle dev (gold among dozens of passages)")):
+            pts = [(int(r["step"]), float(r[col])) for r in rows if r.get(col)]
+            if pts:
+                ax2.plot([s for s, _ in pts], [e for _, e in pts], style, label=label, ms=3)
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("dev exact match")
         ax2.legend(loc="center right", fontsize=8)
@@ -363,6 +465,16 @@ def main():
     ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--lm-weight", type=float, default=0.25)
     ap.add_argument("--question-weight", type=float, default=0.5)
+    ap.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                    help="curriculum and the defaults of the options marked (recipe); see RECIPES")
+    ap.add_argument("--answer-weight", type=float,
+                    help="(recipe) weight of the answer tokens' loss (the question's is "
+                         "--question-weight, the passages' --lm-weight)")
+    ap.add_argument("--long-prob", type=float, default=-1,
+                    help="share of the steps made of one long row (default: the phase's)")
+    ap.add_argument("--chunk-tokens", type=int, default=1024,
+                    help="long rows: passages attend to the passages of their chunk of about "
+                         "this many tokens")
     ap.add_argument("--passages", default="", help="LO,HI: fixed passages per row (no curriculum)")
     ap.add_argument("--questions", type=int, default=4, help="question segments with --passages")
     ap.add_argument("--hard-prob", type=float, default=-1,
@@ -375,17 +487,30 @@ def main():
     ap.add_argument("--tokenizer-passages", type=int, default=6000)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--heads", type=int, help="(recipe)")
+    ap.add_argument("--kv-heads", type=int, help="(recipe)")
     ap.add_argument("--intermediate", type=int, default=704)
     ap.add_argument("--rope-theta", type=float, default=100000.0)
-    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, help="(recipe) steps between full dev evaluations")
     ap.add_argument("--start-phase", type=int, default=0,
                     help="curriculum phase of a fresh run (probes of later phases)")
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--dev-items", type=int, default=64)
+    ap.add_argument("--check-every", type=int,
+                    help="(recipe) steps between the phase-bar checks of the early phases")
+    ap.add_argument("--needle-k", type=int,
+                    help="(recipe) passages of the needle dev check (last phase; 0: none)")
+    ap.add_argument("--needle-items", type=int, default=6)
+    ap.add_argument("--needle-every", type=int, default=1200,
+                    help="steps between needle dev checks in the last phase (and at the end; a "
+                         "multiple of --eval-every; one 4K-token prompt costs ~10 s here)")
     ap.add_argument("--plot", default="", help="write the loss curve PNG here at the end")
     args = ap.parse_args()
+    recipe = RECIPES[args.recipe]
+    for k, v in recipe["defaults"].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    PHASES, PHASE_BAR = recipe["phases"], recipe["bar"]
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -407,6 +532,12 @@ def main():
 
     dev_k = {k: ragdata.eval_items(ragdata.DEV_SEED, args.dev_items, k, phrasing="train")
              for k in set(PHASE_DEV_K)}
+    # Same-kind dev: every distractor of the gold passage's kind (what retrieval brings).
+    dev_same = {k: ragdata.eval_items(ragdata.DEV_SEED + 1, args.dev_items, k, phrasing="train",
+                                      same_topic_distractors=k - 1)
+                for k in set(PHASE_DEV_K)}
+    dev_needle = ragdata.eval_items(ragdata.DEV_SEED + 2, args.needle_items, args.needle_k,
+                                    phrasing="canonical", spread=True) if args.needle_k else []
     dev_held = ragdata.eval_items(ragdata.DEV_SEED, args.dev_items, 4, phrasing="heldout")
     caps = [float(x) for x in args.phase_caps.split(",")] + [2.0]
 
@@ -428,7 +559,7 @@ def main():
     else:
         with open(log_path, "w") as f:
             f.write("step,seconds,tokens,lr,answer_loss,lm_loss,dev_em,phase,phase_dev_em,"
-                    "dev_em_heldout\n")
+                    "dev_em_heldout,dev_em_same,phase_dev_same,needle_em\n")
 
     def done():
         return tokens_seen >= args.tokens if args.tokens else step >= args.steps
@@ -445,19 +576,24 @@ def main():
             lo, hi = (int(x) for x in args.passages.split(","))
             st = Stage((lo, hi), args.questions, st.gap_prob,
                        st.hard_prob if args.hard_prob < 0 else args.hard_prob, 3072)
+        if args.long_prob >= 0:
+            st = copy.copy(st)
+            st.long_prob = args.long_prob
+            if not st.long_questions:  # a phase without long rows: recipe 3's
+                long = RECIPES["3"]["phases"][-1]
+                st.long_passages, st.long_questions = long.long_passages, long.long_questions
         budget = args.tokens_per_step or st.tokens or 3072
-        rs, ntok = batch(rows, st, budget)
-        ids, pos, tgt, w_ans, w_q, w_lm, mask = collate(rs)
+        (ids, pos, tgt, w_ans, w_q, w_lm, mask), blocks, ntok = batch(rows, st, budget)
         lr = args.const_lr or lr_at(step, frac, args)
         for g in opt.param_groups:
             g["lr"] = lr
-        logits = model(ids, pos, mask)
+        logits = model(ids, pos, mask, blocks)
         ce = F.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.view(-1).clamp(min=0),
                              reduction="none").view(tgt.shape)
         ans = (ce * w_ans).sum() / w_ans.sum().clamp(min=1)
         qs = (ce * w_q).sum() / w_q.sum().clamp(min=1)
         lm = (ce * w_lm).sum() / w_lm.sum().clamp(min=1e-6)
-        loss = ans + args.question_weight * qs + args.lm_weight * lm
+        loss = args.answer_weight * ans + args.question_weight * qs + args.lm_weight * lm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -465,26 +601,42 @@ def main():
         step += 1
         tokens_run += ntok
         tokens_seen += ntok
-        dev_em = phase_em = held_em = ""
-        # Early phases check their own dev score four times as often (it decides their end); the
-        # 4-passage dev score (training and held-out phrasings) is logged every --eval-every.
+        dev_em = phase_em = held_em = same_em = phase_same = needle_em = ""
+        # Early phases check their own dev scores (random-kind and same-kind distractors) every
+        # --check-every steps (they decide their end); the 4-passage dev scores (training and
+        # held-out phrasings, same-kind) are logged every --eval-every, the needle every
+        # --needle-every steps of the last phase.
         full = step % args.eval_every == 0 or done()
         check = phase < len(PHASES) - 1 and args.curriculum == "adaptive" and \
-            step % max(1, args.eval_every // 4) == 0
+            step % max(1, args.check_every) == 0
         if full or check:
             frac = progress(step, tokens_seen, args)
             k = PHASE_DEV_K[phase]
             em4 = exact_match(model, enc, tmpl, dev_k[4]) if full or k == 4 else None
+            same_bar = recipe["bar_same_kind"]  # else the same-kind score is only logged
+            same4 = exact_match(model, enc, tmpl, dev_same[4]) \
+                if full or (k == 4 and same_bar) else None
             if full:
                 dev_em = "%.4f" % em4
+                same_em = "%.4f" % same4
                 held_em = "%.4f" % exact_match(model, enc, tmpl, dev_held)
             em = em4 if k == 4 else exact_match(model, enc, tmpl, dev_k[k])
+            sem = same4 if k == 4 else \
+                exact_match(model, enc, tmpl, dev_same[k]) if same_bar else None
             phase_em = "%.4f" % em
+            phase_same = "%.4f" % sem if sem is not None else ""
+            if dev_needle and phase == len(PHASES) - 1 and (
+                    step % args.needle_every == 0 or done()):
+                needle_em = "%.4f" % exact_match(model, enc, tmpl, dev_needle)
             export(model, args.out, tok_path, enc.bos_id, enc.eos_id)  # the latest, for evals
+            bar = PHASE_BAR[phase] if phase < len(PHASES) else 2.0
+            score = min(em, sem) if same_bar else em
             if args.curriculum == "adaptive" and phase < len(PHASES) - 1 and (
-                    em >= PHASE_BAR[phase] or frac >= caps[phase]):
-                why = "dev %.3f >= %.2f" % (em, PHASE_BAR[phase]) if em >= PHASE_BAR[phase] \
-                    else "cap %.2f of the run" % caps[phase]
+                    score >= bar or frac >= caps[phase]):
+                why = "cap %.2f of the run" % caps[phase]
+                if score >= bar:
+                    why = "dev %.3f%s >= %.2f" % (
+                        em, ", same kind %.3f" % sem if same_bar else "", bar)
                 phase_log.append({"phase": phase + 1, "step": step, "tokens": tokens_seen,
                                   "why": why})
                 print("curriculum: phase %d -> %d at step %d (%s)" % (phase, phase + 1, step,
@@ -492,16 +644,21 @@ def main():
                 phase += 1
         now = time.time() - t0
         with open(log_path, "a") as f:
-            f.write("%d,%.1f,%d,%.6f,%.4f,%.4f,%s,%d,%s,%s\n" % (
-                step, now, ntok, lr, ans.item(), lm.item(), dev_em, phase, phase_em, held_em))
-        if step % 10 == 0 or dev_em:
+            f.write("%d,%.1f,%d,%.6f,%.4f,%.4f,%s,%d,%s,%s,%s,%s,%s\n" % (
+                step, now, ntok, lr, ans.item(), lm.item(), dev_em, phase, phase_em, held_em,
+                same_em, phase_same, needle_em))
+        if step % 10 == 0 or dev_em or phase_em:
             print("step %d  %.0fs  %.2fM tok  %.0f tok/s  lr %.2e  answer %.3f  question %.3f  "
-                  "lm %.3f  phase %d %s%s%s" % (
+                  "lm %.3f  phase %d%s%s%s%s%s%s%s" % (
                       step, now, tokens_seen / 1e6, tokens_run / max(1e-9, now - elapsed), lr,
                       ans.item(), qs.item(), lm.item(), phase,
-                      ("dev_em " + dev_em) if dev_em else "",
+                      " long" if blocks else "",
+                      (" dev_em " + dev_em) if dev_em else "",
+                      (" same_em " + same_em) if same_em else "",
+                      (" heldout_em " + held_em) if held_em else "",
                       (" phase_em " + phase_em) if phase_em else "",
-                      (" heldout_em " + held_em) if held_em else ""), flush=True)
+                      (" phase_same " + phase_same) if phase_same else "",
+                      (" needle_em " + needle_em) if needle_em else ""), flush=True)
         if step % args.ckpt_every == 0 or done():
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "elapsed": now, "tokens": tokens_seen, "phase": phase,
