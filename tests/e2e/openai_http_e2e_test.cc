@@ -133,6 +133,17 @@ class OpenAiHttpE2eTest : public ::testing::Test {
     return sp;
   }
 
+  // Reads `read()` up to 200 times, `period` apart, until it returns `want`; the last value read.
+  template <typename Read>
+  static auto PollUntil(Read read, decltype(read()) want, std::chrono::milliseconds period) {
+    auto got = read();
+    for (int i = 0; i < 200 && got != want; ++i) {
+      std::this_thread::sleep_for(period);
+      got = read();
+    }
+    return got;
+  }
+
   static int Active() {
     auto ch = MakeChannel(cluster_->Get("decoder0")->addr());
     auto stub = v1::DecoderService::NewStub(*ch);
@@ -294,27 +305,14 @@ TEST_F(OpenAiHttpE2eTest, ClientThatDisconnectsMidStreamFreesTheSequence) {
   // GetLoad and the running gauge are snapshots the decoder refreshes at the end of each decode
   // step, after that step's tokens went out: the first tokens can reach the client before the
   // snapshot counts their sequence (seen on a loaded machine: 0 right after two content chunks).
-  int active_now = Active();
-  for (int i = 0; i < 200 && active_now != 1; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    active_now = Active();
-  }
-  ASSERT_EQ(active_now, 1) << "the decoder should be generating the 3000-token answer";
-  double running_now = RunningMetric();
-  for (int i = 0; i < 200 && running_now != 1; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    running_now = RunningMetric();
-  }
-  EXPECT_EQ(running_now, 1);
+  ASSERT_EQ(PollUntil(Active, 1, std::chrono::milliseconds(10)), 1)
+      << "the decoder should be generating the 3000-token answer";
+  EXPECT_EQ(PollUntil(RunningMetric, 1.0, std::chrono::milliseconds(10)), 1);
   const int cancelled_before = CancelledGenerates();
   ASSERT_GE(cancelled_before, 0);
   close(fd);
-  int active = -1;
-  for (int i = 0; i < 200 && active != 0; ++i) {
-    active = Active();
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  EXPECT_EQ(active, 0) << "the decoder kept generating after the HTTP client went away";
+  EXPECT_EQ(PollUntil(Active, 0, std::chrono::milliseconds(25)), 0)
+      << "the decoder kept generating after the HTTP client went away";
   EXPECT_EQ(RunningMetric(), 0) << "ragserve_num_requests_running";
   // Freed by cancellation, not by finishing the answer: its Generate call ended CANCELLED.
   EXPECT_EQ(CancelledGenerates(), cancelled_before + 1);
