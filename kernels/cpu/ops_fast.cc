@@ -17,6 +17,7 @@
 #include "kernels/cpu/blas_util.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/simd_sum.h"
 #include "kernels/cpu/spin_pool.h"
 
 // OpenBLAS's thread count (a weak reference: absent when another BLAS is linked).
@@ -129,14 +130,7 @@ struct Avx2Vec {
   RS_AVX2_TARGET static F Load(const float* p) { return _mm256_loadu_ps(p); }
   RS_AVX2_TARGET static F Fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   RS_AVX2_TARGET static F Add(F a, F b) { return _mm256_add_ps(a, b); }
-  RS_AVX2_TARGET static float Sum(F v) {
-    const __m128 lo = _mm256_castps256_ps128(v);
-    const __m128 hi = _mm256_extractf128_ps(v, 1);
-    __m128 s = _mm_add_ps(lo, hi);
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
+  RS_AVX2_TARGET static float Sum(F v) { return internal::HorizontalSum256(v); }
   // Weights [c, c + 2 * kW) of a row as two vectors: f32/f16 in order, bf16 even | odd columns.
   template <DType T>
   RS_AVX2_TARGET static void LoadW(const char* wr, int64_t c, F& a, F& b) {
@@ -176,12 +170,8 @@ struct Avx512Vec {
   RS_AVX512_TARGET static F Fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   RS_AVX512_TARGET static F Add(F a, F b) { return _mm512_add_ps(a, b); }
   RS_AVX512_TARGET static float Sum(F v) {
-    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    const __m128 lo = _mm256_castps256_ps128(h);
-    __m128 s = _mm_add_ps(lo, _mm256_extractf128_ps(h, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    return internal::HorizontalSum256(
+        _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
   }
   template <DType T>
   RS_AVX512_TARGET static void LoadW(const char* wr, int64_t c, F& a, F& b) {

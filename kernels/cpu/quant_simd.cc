@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/simd_sum.h"
 #include "kernels/cpu/spin_pool.h"
 
 namespace ragserve::kernels {
@@ -379,15 +380,6 @@ RS_Q_AVX512 void Q6KRows512(const QuantizedActs& a, int64_t i0, const WeightView
 
 // ---------------------------------------------------------------- AVX2
 
-RS_Q_AVX2 inline float Hsum256(__m256 v) {
-  const __m128 lo = _mm256_castps256_ps128(v);
-  const __m128 hi = _mm256_extractf128_ps(v, 1);
-  __m128 s = _mm_add_ps(lo, hi);
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 RS_Q_AVX2 inline float H256(const uint8_t* p) { return _cvtsh_ss(Bits16(p)); }
 
 // Lane sums of 4 u8 x s8 products (what vpdpbusd computes), from vpmaddubsw + vpmaddwd.
@@ -442,7 +434,7 @@ RS_Q_AVX2 void Q32Rows256(DType t, const QuantizedActs& a, int64_t i0, const Wei
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), sc, acc[i]);
       }
     }
-    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum256(acc[i]);
+    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = internal::HorizontalSum256(acc[i]);
   }
 }
 
@@ -499,7 +491,8 @@ RS_Q_AVX2 void Q4KRows256(const QuantizedActs& a, int64_t i0, const WeightView& 
         corr[i] += (dmin * da[i][b]) * static_cast<float>(i2);
       }
     }
-    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum256(acc[i]) - corr[i];
+    for (int i = 0; i < M; ++i)
+      y[(i0 + i) * ldy + r] = internal::HorizontalSum256(acc[i]) - corr[i];
   }
 }
 
@@ -562,7 +555,7 @@ RS_Q_AVX2 void Q6KRows256(const QuantizedActs& a, int64_t i0, const WeightView& 
         acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(d * da[i][b]), acc[i]);
       }
     }
-    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = Hsum256(acc[i]);
+    for (int i = 0; i < M; ++i) y[(i0 + i) * ldy + r] = internal::HorizontalSum256(acc[i]);
   }
 }
 

@@ -4,32 +4,12 @@
 #include <exception>
 
 #include "nlohmann/json.hpp"
+#include "services/engine/config_json.h"
 
 namespace ragserve::engine {
 namespace {
 
 using nlohmann::json;
-
-StatusOr<int> GetInt(const json& j, const char* key, bool required, int def, int64_t min_value,
-                     int64_t max_value) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) {
-    if (required) return InvalidArgument(StrCat("config.json: missing \"", key, "\""));
-    return def;
-  }
-  if (!it->is_number_integer()) {
-    return InvalidArgument(
-        StrCat("config.json: \"", key, "\" must be an integer, got ", it->dump()));
-  }
-  const int64_t v = it->is_number_unsigned() && it->get<uint64_t>() > uint64_t{INT64_MAX}
-                        ? INT64_MAX
-                        : it->get<int64_t>();
-  if (v < min_value || v > max_value) {
-    return InvalidArgument(StrCat("config.json: \"", key, "\" out of range [", min_value, ", ",
-                                  max_value, "]: ", it->dump()));
-  }
-  return static_cast<int>(v);
-}
 
 std::string GetString(const json& j, const char* key, const std::string& def) {
   auto it = j.find(key);
@@ -61,14 +41,15 @@ StatusOr<BertConfig> ParseBertConfig(std::string_view json_text) {
                                     "\" is not supported (supported: absolute)"));
     }
     BertConfig c;
-    RS_ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", true, 0, 1, int64_t{1} << 24));
-    RS_ASSIGN_OR_RETURN(c.hidden_size, GetInt(j, "hidden_size", true, 0, 1, 16384));
-    RS_ASSIGN_OR_RETURN(c.num_layers, GetInt(j, "num_hidden_layers", true, 0, 1, 256));
-    RS_ASSIGN_OR_RETURN(c.num_heads, GetInt(j, "num_attention_heads", true, 0, 1, 1024));
-    RS_ASSIGN_OR_RETURN(c.intermediate_size, GetInt(j, "intermediate_size", true, 0, 1, 131072));
+    RS_ASSIGN_OR_RETURN(c.vocab_size, GetConfigInt(j, "vocab_size", true, 0, 1, int64_t{1} << 24));
+    RS_ASSIGN_OR_RETURN(c.hidden_size, GetConfigInt(j, "hidden_size", true, 0, 1, 16384));
+    RS_ASSIGN_OR_RETURN(c.num_layers, GetConfigInt(j, "num_hidden_layers", true, 0, 1, 256));
+    RS_ASSIGN_OR_RETURN(c.num_heads, GetConfigInt(j, "num_attention_heads", true, 0, 1, 1024));
+    RS_ASSIGN_OR_RETURN(c.intermediate_size,
+                        GetConfigInt(j, "intermediate_size", true, 0, 1, 131072));
     RS_ASSIGN_OR_RETURN(c.max_position_embeddings,
-                        GetInt(j, "max_position_embeddings", true, 0, 2, 65536));
-    RS_ASSIGN_OR_RETURN(c.type_vocab_size, GetInt(j, "type_vocab_size", false, 2, 1, 1024));
+                        GetConfigInt(j, "max_position_embeddings", true, 0, 2, 65536));
+    RS_ASSIGN_OR_RETURN(c.type_vocab_size, GetConfigInt(j, "type_vocab_size", false, 2, 1, 1024));
     if (c.hidden_size % c.num_heads != 0) {
       return InvalidArgument(StrCat("config.json: hidden_size ", c.hidden_size,
                                     " is not a multiple of num_attention_heads ", c.num_heads));

@@ -5,31 +5,12 @@
 #include <sstream>
 
 #include "nlohmann/json.hpp"
+#include "services/engine/config_json.h"
 
 namespace ragserve::engine {
 namespace {
 
 using nlohmann::json;
-
-// Sizes are capped well above any real checkpoint so that a hostile config cannot make the
-// loader allocate per-layer or per-dimension tables of absurd size before the weights are checked.
-StatusOr<int> GetInt(const json& j, const char* key, bool required, int def, int min_value,
-                     int64_t max_value = int64_t{1} << 30) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) {
-    if (required) return InvalidArgument(StrCat("config.json: missing \"", key, "\""));
-    return def;
-  }
-  if (!it->is_number_integer()) {
-    return InvalidArgument(
-        StrCat("config.json: \"", key, "\" must be an integer, got ", it->dump()));
-  }
-  const int64_t v = it->get<int64_t>();
-  if (v < min_value || v > max_value) {
-    return InvalidArgument(StrCat("config.json: \"", key, "\" out of range: ", v));
-  }
-  return static_cast<int>(v);
-}
 
 StatusOr<double> GetNum(const json& j, const char* key, double def) {
   auto it = j.find(key);
@@ -69,25 +50,26 @@ StatusOr<ModelConfig> ParseJson(const json& j) {
     return InvalidArgument(
         StrCat("config.json: unsupported hidden_act ", act->dump(), " (only silu)"));
   }
-  RS_ASSIGN_OR_RETURN(c.vocab_size, GetInt(j, "vocab_size", true, 0, 1, 1 << 24));
-  RS_ASSIGN_OR_RETURN(c.hidden_size, GetInt(j, "hidden_size", true, 0, 1, 1 << 20));
-  RS_ASSIGN_OR_RETURN(c.intermediate_size, GetInt(j, "intermediate_size", true, 0, 1, 1 << 22));
-  RS_ASSIGN_OR_RETURN(c.num_layers, GetInt(j, "num_hidden_layers", true, 0, 1, 4096));
-  RS_ASSIGN_OR_RETURN(c.num_heads, GetInt(j, "num_attention_heads", true, 0, 1, 4096));
+  RS_ASSIGN_OR_RETURN(c.vocab_size, GetConfigInt(j, "vocab_size", true, 0, 1, 1 << 24));
+  RS_ASSIGN_OR_RETURN(c.hidden_size, GetConfigInt(j, "hidden_size", true, 0, 1, 1 << 20));
+  RS_ASSIGN_OR_RETURN(c.intermediate_size,
+                      GetConfigInt(j, "intermediate_size", true, 0, 1, 1 << 22));
+  RS_ASSIGN_OR_RETURN(c.num_layers, GetConfigInt(j, "num_hidden_layers", true, 0, 1, 4096));
+  RS_ASSIGN_OR_RETURN(c.num_heads, GetConfigInt(j, "num_attention_heads", true, 0, 1, 4096));
   RS_ASSIGN_OR_RETURN(c.num_kv_heads,
-                      GetInt(j, "num_key_value_heads", false, c.num_heads, 1, 4096));
+                      GetConfigInt(j, "num_key_value_heads", false, c.num_heads, 1, 4096));
   if (c.num_heads % c.num_kv_heads != 0) {
     return InvalidArgument(StrCat("config.json: num_attention_heads ", c.num_heads,
                                   " is not a multiple of num_key_value_heads ", c.num_kv_heads));
   }
   const int default_hd = c.hidden_size / c.num_heads;
-  RS_ASSIGN_OR_RETURN(c.head_dim, GetInt(j, "head_dim", false, default_hd, 2, 4096));
+  RS_ASSIGN_OR_RETURN(c.head_dim, GetConfigInt(j, "head_dim", false, default_hd, 2, 4096));
   if (c.head_dim < 2 || c.head_dim % 2 != 0) {
     return InvalidArgument(StrCat("config.json: head_dim must be even and >= 2, got ", c.head_dim,
                                   " (hidden_size ", c.hidden_size, " / heads ", c.num_heads, ")"));
   }
   RS_ASSIGN_OR_RETURN(c.max_position_embeddings,
-                      GetInt(j, "max_position_embeddings", false, 4096, 1));
+                      GetConfigInt(j, "max_position_embeddings", false, 4096, 1));
   RS_ASSIGN_OR_RETURN(double eps, GetNum(j, "rms_norm_eps", 1e-6));
   if (eps <= 0) return InvalidArgument(StrCat("config.json: rms_norm_eps must be > 0, got ", eps));
   c.rms_norm_eps = static_cast<float>(eps);
@@ -103,7 +85,7 @@ StatusOr<ModelConfig> ParseJson(const json& j) {
     c.qkv_bias = c.o_bias = ab;
   }
   if (c.model_type == "mistral") {
-    RS_ASSIGN_OR_RETURN(c.sliding_window, GetInt(j, "sliding_window", false, 0, 0));
+    RS_ASSIGN_OR_RETURN(c.sliding_window, GetConfigInt(j, "sliding_window", false, 0, 0));
   }
   auto rs = j.find("rope_scaling");
   if (rs != j.end() && !rs->is_null()) {
@@ -128,7 +110,7 @@ StatusOr<ModelConfig> ParseJson(const json& j) {
       RS_ASSIGN_OR_RETURN(c.rope_low_freq_factor, GetNum(*rs, "low_freq_factor", 1.0));
       RS_ASSIGN_OR_RETURN(c.rope_high_freq_factor, GetNum(*rs, "high_freq_factor", 4.0));
       RS_ASSIGN_OR_RETURN(c.rope_original_max_position,
-                          GetInt(*rs, "original_max_position_embeddings", false, 8192, 1));
+                          GetConfigInt(*rs, "original_max_position_embeddings", false, 8192, 1));
       if (c.rope_high_freq_factor <= c.rope_low_freq_factor) {
         return InvalidArgument(StrCat("config.json: rope_scaling high_freq_factor ",
                                       c.rope_high_freq_factor, " must exceed low_freq_factor ",

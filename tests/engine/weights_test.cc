@@ -168,7 +168,7 @@ TEST(ConfigTest, RejectsUnknownModelTypesAndBadFieldsByName) {
       {"{not json", "not valid JSON"},
       {R"({"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
           "num_hidden_layers":1000000000,"num_attention_heads":2})",
-       "\"num_hidden_layers\" out of range: 1000000000"},
+       "\"num_hidden_layers\" out of range [1, 4096]: 1000000000"},
   };
   for (const auto& [text, needle] : cases) {
     auto c = ParseModelConfig(text);
