@@ -98,13 +98,13 @@ StatusOr<WeightView> GgufTaker::Take(const std::string& name, const std::vector<
   const int64_t rows = shape.size() == 2 ? shape[0] : 1;
   const int64_t cols = shape.size() == 2 ? shape[1] : shape[0];
   const kernels::DType stored = EngineDType(static_cast<GgmlType>(t->type));
-  // What the tensor becomes (WeightsLoadOptions::weights_dtype): matrices as asked, except that
-  // quantized ones keep their format when asked for another quantized one; vectors as stored, but
-  // never block-quantized (the norm and bias ops take plain dtypes).
+  // What the tensor becomes (WeightsLoadOptions::weights_dtype): matrices as asked (MatrixDType),
+  // except that quantized ones keep their format when asked for another quantized one; vectors as
+  // stored, but never block-quantized (the norm and bias ops take plain dtypes).
   kernels::DType want = stored;
   if (shape.size() == 2 && opts_.weights_dtype &&
       !(kernels::IsQuantized(stored) && kernels::IsQuantized(*opts_.weights_dtype))) {
-    want = *opts_.weights_dtype;
+    want = MatrixDType(*opts_.weights_dtype, cols);
   }
   if (shape.size() != 2 && kernels::IsQuantized(stored)) want = kernels::DType::kF32;
   WeightView w;

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "nlohmann/json.hpp"
+#include "services/common/logging.h"
 #include "services/engine/gguf_model.h"
 
 namespace ragserve::engine {
@@ -62,6 +63,39 @@ int64_t ModelWeights::BytesReadPerToken() const {
   return total;
 }
 
+namespace {
+
+// One line per load when k-quant matrices fell back to Q8_0 (MatrixDType), so an operator who
+// asked for q4_k knows why the model is larger than expected.
+void LogDTypeFallbacks(const ModelWeights& mw, const WeightsLoadOptions& options,
+                       const std::string& model_path) {
+  if (!options.weights_dtype) return;
+  const kernels::DType want = *options.weights_dtype;
+  int fallbacks = 0, matrices = 0;
+  for (const LayerWeights& l : mw.layers()) {
+    for (const WeightView* w : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+      ++matrices;
+      if (MatrixDType(want, w->cols) != want) ++fallbacks;
+    }
+  }
+  if (fallbacks > 0) {
+    RS_LOG(info,
+           "{}: {} of {} layer matrices stored as Q8_0: their columns are not whole {} blocks",
+           model_path, fallbacks, matrices, kernels::DTypeName(want));
+  }
+}
+
+}  // namespace
+
+kernels::DType MatrixDType(kernels::DType want, int64_t cols) {
+  if (cols % kernels::DTypeBlockValues(want) == 0) return want;
+  const bool k_quant = want == kernels::DType::kQ4_K || want == kernels::DType::kQ6_K;
+  if (k_quant && cols % kernels::DTypeBlockValues(kernels::DType::kQ8_0) == 0) {
+    return kernels::DType::kQ8_0;
+  }
+  return want;
+}
+
 StatusOr<WeightsLoadOptions> ParseWeightsDtype(const std::string& name) {
   WeightsLoadOptions o;
   if (name.empty() || name == "auto") return o;
@@ -99,8 +133,11 @@ StatusOr<WeightView> ModelWeights::ConvertMatrix(const std::string& name, const 
 
 StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& model_path,
                                                            const WeightsLoadOptions& options) {
-  if (IsGgufModelPath(model_path)) return LoadGguf(model_path, options);
-  return LoadSafetensors(model_path, options);
+  RS_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> mw, IsGgufModelPath(model_path)
+                                                            ? LoadGguf(model_path, options)
+                                                            : LoadSafetensors(model_path, options));
+  LogDTypeFallbacks(*mw, options, model_path);
+  return mw;
 }
 
 StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
@@ -194,7 +231,8 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
     w.rows = shape.size() == 2 ? shape[0] : 1;
     w.cols = shape.size() == 2 ? shape[1] : shape[0];
     if (shape.size() == 2 && options.weights_dtype && *options.weights_dtype != w.dtype) {
-      RS_ASSIGN_OR_RETURN(w, self->ConvertMatrix(name, w, *options.weights_dtype));
+      RS_ASSIGN_OR_RETURN(
+          w, self->ConvertMatrix(name, w, MatrixDType(*options.weights_dtype, w.cols)));
       converted[name] = w.dtype;
     }
     return w;

@@ -1,6 +1,7 @@
 // Weights quantized (or converted) at load (WeightsLoadOptions::weights_dtype, --weights-dtype):
 // every matrix equals the reference quantizer's output for the checkpoint's values, vectors stay
-// f32, fingerprints tell the dtypes apart, matrices that are not whole blocks are refused by name,
+// f32, fingerprints tell the dtypes apart, k-quant matrices that are not whole 256-value blocks
+// fall back to Q8_0, matrices that are not whole 32-value blocks are refused by name,
 // a device backend refuses block formats, and a quantized model's forward pass stays within the
 // activation-rounding error of the same weights run through the dequantizing reference backend.
 #include <gtest/gtest.h>
@@ -90,20 +91,49 @@ TEST(QuantizedWeightsTest, SafetensorsQuantizedAtLoadEqualReferenceQuantizerPerR
   }
 }
 
-TEST(QuantizedWeightsTest, MatrixThatIsNotWholeBlocksIsRefusedByName) {
+TEST(QuantizedWeightsTest, MatrixThatIsNotWholeKQuantBlocksFallsBackToQ8_0) {
   TempDir dir;
   TinyModelOptions o = QuantOptions();
   o.intermediate_size = 320;  // down_proj has 320 columns: whole Q8_0 blocks, not Q4_K ones
   ASSERT_TRUE(WriteTinyModel(o, {}, dir.path()).ok());
-  EXPECT_TRUE(ModelWeights::Load(dir.path(), As(DType::kQ8_0)).ok());
-  auto w = ModelWeights::Load(dir.path(), As(DType::kQ4_K));
-  ASSERT_FALSE(w.ok());
-  EXPECT_EQ(w.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(w.status().message().find("model.layers.0.mlp.down_proj.weight"), std::string::npos)
-      << w.status().message();
-  EXPECT_NE(w.status().message().find("not a multiple of the Q4_K block (256 values)"),
-            std::string::npos)
-      << w.status().message();
+  auto f32 = ModelWeights::Load(dir.path());
+  ASSERT_TRUE(f32.ok()) << f32.status().ToString();
+  for (DType t : {DType::kQ4_K, DType::kQ6_K}) {
+    SCOPED_TRACE(std::string(kernels::DTypeName(t)));
+    auto q = ModelWeights::Load(dir.path(), As(t));
+    ASSERT_TRUE(q.ok()) << q.status().ToString();
+    const auto want = Matrices(**f32);
+    const auto got = Matrices(**q);
+    for (size_t k = 0; k < want.size(); ++k) {
+      const WeightView& a = *want[k].second;
+      const WeightView& b = *got[k].second;
+      const bool down = got[k].first.find("down") != std::string::npos;
+      ASSERT_EQ(b.dtype, down ? DType::kQ8_0 : t) << got[k].first;
+      EXPECT_EQ(MatrixDType(t, b.cols), b.dtype) << got[k].first;
+      std::vector<uint8_t> row(static_cast<size_t>(b.RowBytes()));
+      for (int64_t r = 0; r < a.rows; ++r) {
+        kernels::ConvertFromF32(static_cast<const float*>(a.Row(r)), b.dtype, a.cols, row.data());
+        ASSERT_EQ(std::memcmp(row.data(), b.Row(r), row.size()), 0) << got[k].first << " row " << r;
+      }
+    }
+  }
+}
+
+TEST(QuantizedWeightsTest, MatrixThatIsNotWholeBlocksIsRefusedByName) {
+  TempDir dir;
+  TinyModelOptions o = QuantOptions();
+  o.intermediate_size = 300;  // down_proj has 300 columns: not whole 32-value blocks
+  ASSERT_TRUE(WriteTinyModel(o, {}, dir.path()).ok());
+  EXPECT_TRUE(ModelWeights::Load(dir.path(), As(DType::kBF16)).ok());
+  for (auto [t, message] : {std::pair{DType::kQ8_0, "not a multiple of the Q8_0 block (32 values)"},
+                            {DType::kQ4_K, "not a multiple of the Q4_K block (256 values)"}}) {
+    auto w = ModelWeights::Load(dir.path(), As(t));
+    ASSERT_FALSE(w.ok());
+    EXPECT_EQ(w.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(w.status().message().find("model.layers.0.mlp.down_proj.weight"), std::string::npos)
+        << w.status().message();
+    EXPECT_NE(w.status().message().find(message), std::string::npos) << w.status().message();
+  }
 }
 
 TEST(QuantizedWeightsTest, ParseWeightsDtypeAcceptsTheFlagsSpellings) {
