@@ -445,7 +445,7 @@ def check_reader_quantized(bin_dir, source_dir):
         print("skip reader quantized at load: no data/models/reader or corpus")
         return
     texts = [json.loads(l)["text"] for l in open(corpus)][:6]
-    for wtype in ("q8_0", "q4_0"):
+    for wtype in ("q8_0", "q4_0", "q4_k", "q6_k"):
         same = total = prefix = 0
         for t in texts:
             cmd = [os.path.join(bin_dir, "ragserve-generate"), "--model", reader, "--prompt",

@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "services/common/logging.h"
 #include "services/engine/generate.h"
 #include "services/engine/gguf_model.h"
 
@@ -58,6 +59,8 @@ int main(int argc, char** argv) {
   app.add_option("--ops", ops_name, "Kernel backend: fast | ref")
       ->check(CLI::IsMember({"fast", "ref"}));
   CLI11_PARSE(app, argc, argv);
+  // Library log lines (a fallback dtype, a tokenizer warning) go to stderr: stdout is the JSON.
+  if (auto st = ragserve::InitLogging("generate", "info"); !st.ok()) return Fail(st.ToString());
   go.keep_step_logits = step_logits;
   if (ignore_eos) go.stop.eos_ids = {-1};
 

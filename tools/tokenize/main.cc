@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "services/common/logging.h"
 #include "services/engine/bpe_trainer.h"
 #include "services/engine/gguf_model.h"
 #include "services/engine/tokenizer.h"
@@ -64,6 +65,8 @@ int main(int argc, char** argv) {
   decode->add_option("--tokenizer", tok_path, "tokenizer.json or a .gguf model")->required();
   decode->add_flag("--keep-special", keep_special, "Print special tokens too");
   CLI11_PARSE(app, argc, argv);
+  // Library log lines (a fallback dtype, a tokenizer warning) go to stderr: stdout is the JSON.
+  if (auto st = ragserve::InitLogging("tokenize", "info"); !st.ok()) return Fail(st.ToString());
 
   if (train->parsed()) {
     std::ifstream in(corpus);
