@@ -67,18 +67,20 @@ StatusOr<const GgufTensorInfo*> GgufTaker::Find(const std::string& name,
   if (!CanDequantizeGgml(t->type)) {
     return InvalidArgument(StrCat("gguf: tensor \"", name, "\" has type ", GgmlTypeName(t->type),
                                   ", not supported (supported: F32, F16, BF16, Q8_0, Q4_0, "
-                                  "Q4_K, Q6_K)"));
+                                  "Q5_0, Q4_K, Q6_K)"));
   }
   return t;
 }
 
-// The engine dtype of a GGUF tensor type CanDequantizeGgml accepts.
+// The engine dtype of a GGUF tensor type CanDequantizeGgml accepts. Q5_0 has no kernels of its
+// own: its blocks are rewritten, exactly, as Q8_0 blocks (RepackQ5_0ToQ8_0).
 kernels::DType EngineDType(GgmlType t) {
   switch (t) {
     case GgmlType::kF16:
       return kernels::DType::kF16;
     case GgmlType::kBF16:
       return kernels::DType::kBF16;
+    case GgmlType::kQ5_0:
     case GgmlType::kQ8_0:
       return kernels::DType::kQ8_0;
     case GgmlType::kQ4_0:
@@ -108,7 +110,7 @@ StatusOr<WeightView> GgufTaker::Take(const std::string& name, const std::vector<
   }
   if (shape.size() != 2 && kernels::IsQuantized(stored)) want = kernels::DType::kF32;
   WeightView w;
-  if (want == stored && rope_hd == 0) {
+  if (want == stored && rope_hd == 0 && t->type != static_cast<uint32_t>(GgmlType::kQ5_0)) {
     w = WeightView{f_.Data(*t), stored, rows, cols};
   } else {
     RS_ASSIGN_OR_RETURN(w, Decode(name, *t, want, rows, cols, rope_hd));
@@ -138,6 +140,11 @@ StatusOr<WeightView> GgufTaker::Decode(const std::string& name, const GgufTensor
     RS_RETURN_IF_ERROR(DequantizeGgml(t.type, f_.Data(t), cols, all.data()));
     for (int64_t i = 0; i < cols; ++i) tmp[i] = all[GgufRopeRow(i, rope_hd)];
     kernels::ConvertFromF32(tmp.data(), out, cols, buf.data());
+  } else if (out == kernels::DType::kQ8_0 && t.type == static_cast<uint32_t>(GgmlType::kQ5_0)) {
+    for (int64_t r = 0; r < rows; ++r) {  // Q5_0 -> Q8_0, row by row (rows maybe reordered)
+      const int64_t src = rope_hd > 0 ? GgufRopeRow(r, rope_hd) : r;
+      RepackQ5_0ToQ8_0(f_.Data(t) + src * row_bytes, cols / 32, buf.data() + r * w.RowBytes());
+    }
   } else if (out == EngineDType(static_cast<GgmlType>(t.type))) {
     // Same format, rows reordered (q/k of a quantized file): whole rows of blocks move as they are.
     for (int64_t r = 0; r < rows; ++r) {

@@ -30,7 +30,7 @@ struct WeightsLoadOptions {
   // The dtype of the weight matrices (embedding, LM head, every layer's projections) after load.
   // Unset (the default): as stored. GGUF block-quantized tensors (Q8_0, Q4_0, Q4_K, Q6_K) then
   // stay in their blocks, memory-mapped (q/k rows reordered into a copy), and FastOps runs its
-  // integer kernels on them (kernels/cpu/quant.h).
+  // integer kernels on them (kernels/cpu/quant.h); Q5_0 blocks are rewritten exactly as Q8_0.
   // F32 / F16 / BF16: quantized GGUF matrices are dequantized to it at load (bit-exact decode,
   // then rounded), and f32/f16/bf16 matrices (safetensors or GGUF) converted to it.
   // Q8_0 / Q4_0 / Q4_K / Q6_K: f32/f16/bf16 matrices are quantized to it at load with

@@ -286,6 +286,28 @@ TEST(GgufQuants, Q8_0AndQ4_0DecodeAsTheFormatDefines) {
   }
 }
 
+TEST(GgufQuants, Q5_0DecodesAsTheFormatDefinesAndRepacksExactlyIntoQ8_0) {
+  // qh sets the fifth bit of values 3, 16 and 31; qs[j] = j | (15 - j) << 4.
+  Bytes q5;
+  Put(&q5, Half(0.75f));
+  Put<uint32_t>(&q5, (1u << 3) | (1u << 16) | (1u << 31));
+  for (int j = 0; j < 16; ++j) q5.push_back(static_cast<uint8_t>(j | ((15 - j) << 4)));
+  std::vector<float> y(32);
+  ASSERT_TRUE(DequantizeGgml(static_cast<uint32_t>(GgmlType::kQ5_0), q5.data(), 32, y.data()).ok());
+  for (int j = 0; j < 16; ++j) {
+    const int lo = j | (j == 3 ? 16 : 0), hi = (15 - j) | (j == 0 || j == 15 ? 16 : 0);
+    EXPECT_EQ(y[j], 0.75f * static_cast<float>(lo - 16)) << j;
+    EXPECT_EQ(y[j + 16], 0.75f * static_cast<float>(hi - 16)) << j + 16;
+  }
+  Bytes q8(34);
+  RepackQ5_0ToQ8_0(q5.data(), 1, q8.data());
+  std::vector<float> z(32);
+  ASSERT_TRUE(DequantizeGgml(static_cast<uint32_t>(GgmlType::kQ8_0), q8.data(), 32, z.data()).ok());
+  EXPECT_EQ(z, y);
+  EXPECT_EQ(static_cast<int8_t>(q8[2 + 3]), 3);    // 3 | 16 - 16
+  EXPECT_EQ(static_cast<int8_t>(q8[2 + 1]), -15);  // 1 - 16
+}
+
 TEST(GgufQuants, Q4_KUsesSixBitScalesAndMins) {
   // Sub-block s has scale s + 1 and min 2 * s (s >= 4 exercise the split high bits); q = l % 16.
   uint8_t sc[8], mn[8];
