@@ -291,16 +291,17 @@ def tokenizer_kv(tok_json):
             ("tokenizer.ggml.add_bos_token", BOOL, True)]
 
 
-def convert(hf_dir, out, wtype, arch_override=None, extra=()):
-    """Writes hf_dir as a GGUF with matrices in `wtype`; returns the expected HF-order tensors
-    (what the engine must load) as float32 / float16 arrays."""
+def convert(hf_dir, out, wtype, arch_override=None, extra=(), alignment=64):
+    """Writes hf_dir as a GGUF with matrices in `wtype` (tensor data aligned to `alignment`,
+    declared in general.alignment); returns the expected HF-order tensors (what the engine must
+    load) as float32 / float16 arrays."""
     cfg = json.load(open(os.path.join(hf_dir, "config.json")))
     arch = arch_override or cfg["model_type"]
     hf = {k: np.array(v) for k, v in read_safetensors(os.path.join(hf_dir, "model.safetensors")).items()}
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     permute = cfg["model_type"] != "qwen2"
     a = arch + "."
-    kv = [("general.architecture", STRING, arch), ("general.alignment", U32, 64),
+    kv = [("general.architecture", STRING, arch), ("general.alignment", U32, alignment),
           (a + "block_count", U32, cfg["num_hidden_layers"]),
           (a + "context_length", U32, cfg["max_position_embeddings"]),
           (a + "embedding_length", U32, cfg["hidden_size"]),
@@ -332,7 +333,7 @@ def convert(hf_dir, out, wtype, arch_override=None, extra=()):
             assert err < QUANT_ERR[ttype], "%s %s: relative error %.3f" % (name, ttype, err)
         expected[name] = rope_unpermute(back, heads_of) if perm else back
         tensors.append((g, ttype, list(reversed(w.shape)), data))
-    write_gguf(out, kv, tensors + list(extra), alignment=64)
+    write_gguf(out, kv, tensors + list(extra), alignment=alignment)
     return expected
 
 
