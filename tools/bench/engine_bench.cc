@@ -38,11 +38,19 @@
 //   engine_bench --dtype-table-only                        only this table
 //   engine_bench --prefill-tokens N                        prompt length of the prefill column
 //   (512)
+//   engine_bench --model FILE.gguf --llamacpp-ref build/bin/ragserve-llamacpp-ref
+//       --llamacpp-lib tests/engine/llamacpp/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
+//                        after the table, llama.cpp on each --model .gguf as stored, in the same
+//                        run and with the same thread count (tests/engine/llamacpp_ref.cc
+//                        "bench": one prompt of --prefill-tokens in one batch; greedy decode
+//                        steps after a 16-token prompt, as many per round as ragserve's rows,
+//                        best round), and the ratios ragserve / llama.cpp
 // Before the dtype table, the quantized kernels alone (QuantKernelTable): one thread, timed in
 // thread CPU time so that a shared machine's preemption does not count, per format, SIMD path and
 // m in {1, 8, 64}, against a plain read of the same bytes.
 #include <immintrin.h>
 #include <omp.h>
+#include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,6 +64,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/spin_pool.h"
@@ -446,9 +456,15 @@ struct DtypeSpec {
   std::string dtype;  // --weights-dtype ("auto": as stored)
 };
 
+// What a dtype-table row measured (for the llama.cpp comparison).
+struct DtypeResult {
+  double decode_best = 0, prefill = 0;
+  int steps = 0;  // decode steps per round
+};
+
 // One row of the dtype table (see the header comment).
 std::string DtypeRow(const DtypeSpec& spec, int threads, double bw, double peak_f32,
-                     double peak_int8, int prefill_tokens, int rounds) {
+                     double peak_int8, int prefill_tokens, int rounds, DtypeResult* res) {
   auto wo = ParseWeightsDtype(spec.dtype);
   if (!wo.ok())
     return "| " + spec.label + " | " + spec.dtype + " | " + wo.status().ToString() + " |\n";
@@ -476,6 +492,7 @@ std::string DtypeRow(const DtypeSpec& spec, int threads, double bw, double peak_
   const double flops = PrefillFlopsPerToken(m, prefill_tokens);
   const bool q = kernels::IsQuantized(m.weights().dtype());
   const double peak = q ? peak_int8 : peak_f32;
+  *res = DtypeResult{best, pre, steps};
   char line[640];
   std::snprintf(line, sizeof(line),
                 "| %s | %s | %.1fM | %.1f | %.1f | %.1f | %.0f | %.0f%% | %.0f | %.1f | %.0f%% "
@@ -484,6 +501,28 @@ std::string DtypeRow(const DtypeSpec& spec, int threads, double bw, double peak_
                 Median(rates), roof, 100.0 * best / roof, pre, pre * flops / 1e9,
                 100.0 * pre * flops / peak, q ? "int8" : "f32", load_s);
   return line;
+}
+
+// llama.cpp's prefill and decode tok/s on `path` (ragserve-llamacpp-ref bench; see the header
+// comment), or an error text.
+std::string LlamaCppRow(const std::string& tool, const std::string& lib, const std::string& path,
+                        int threads, int prefill_tokens, int steps, int rounds, double* prefill,
+                        double* decode) {
+  const std::string cmd = "'" + tool + "' --lib '" + lib + "' --threads " +
+                          std::to_string(threads) + " bench '" + path + "' --prompt-tokens " +
+                          std::to_string(prefill_tokens) + " --decode-tokens " +
+                          std::to_string(steps) + " --reps " + std::to_string(rounds);
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return "popen failed";
+  std::string out;
+  char buf[512];
+  while (std::fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+  if (pclose(p) != 0) return "llama.cpp bench failed: " + cmd;
+  auto j = nlohmann::json::parse(out, nullptr, false);
+  if (j.is_discarded() || !j.contains("decode_tok_s")) return "unreadable output: " + out;
+  *prefill = j["prefill_tok_s"].get<double>();
+  *decode = j["decode_tok_s"].get<double>();
+  return "";
 }
 
 std::vector<std::string> SplitList(const std::string& s) {
@@ -511,6 +550,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> models;
   std::string model_dtypes = "auto";
   int prefill_tokens = 512;
+  std::string llamacpp_ref, llamacpp_lib;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
@@ -527,6 +567,10 @@ int main(int argc, char** argv) {
       model_dtypes = argv[++i];
     } else if (a == "--prefill-tokens" && i + 1 < argc) {
       prefill_tokens = std::max(16, std::atoi(argv[++i]));
+    } else if (a == "--llamacpp-ref" && i + 1 < argc) {
+      llamacpp_ref = argv[++i];
+    } else if (a == "--llamacpp-lib" && i + 1 < argc) {
+      llamacpp_lib = argv[++i];
     } else if (a == "--only" && i + 1 < argc) {
       only = argv[++i];
     } else if (a == "--rounds" && i + 1 < argc) {
@@ -536,7 +580,7 @@ int main(int argc, char** argv) {
           stderr,
           "usage: engine_bench [--quick] [--rounds N] [--only NAME/DTYPE] [--decode-only] "
           "[--dtypes LIST|none] [--model PATH]... [--model-dtypes LIST] [--prefill-tokens N] "
-          "[--dtype-table-only]\n");
+          "[--dtype-table-only] [--llamacpp-ref TOOL --llamacpp-lib DIR]\n");
       return 2;
     }
   }
@@ -732,11 +776,39 @@ int main(int argc, char** argv) {
         std::string(kernels::SimdLevelName(kernels::QuantSimdLevel())).c_str(), prefill_tokens,
         std::max(3, rounds / 5));
     std::fflush(stdout);
+    std::string vs_llamacpp;
     for (const DtypeSpec& spec : dspecs) {
-      std::printf("%s", DtypeRow(spec, threads, bw, peak_f32, peak_int8, prefill_tokens,
-                                 std::max(3, rounds / 5))
-                            .c_str());
+      DtypeResult r;
+      const int dtype_rounds = std::max(3, rounds / 5);
+      std::printf("%s",
+                  DtypeRow(spec, threads, bw, peak_f32, peak_int8, prefill_tokens, dtype_rounds, &r)
+                      .c_str());
       std::fflush(stdout);
+      const bool gguf = spec.path.size() > 5 && spec.path.substr(spec.path.size() - 5) == ".gguf";
+      if (llamacpp_ref.empty() || !gguf || spec.dtype != "auto" || r.steps == 0) continue;
+      double pre = 0, dec = 0;
+      const std::string err = LlamaCppRow(llamacpp_ref, llamacpp_lib, spec.path, threads,
+                                          prefill_tokens, r.steps, dtype_rounds, &pre, &dec);
+      char line[512];
+      if (err.empty()) {
+        std::snprintf(line, sizeof(line), "| %s | %d | %.1f | %.1f | %.2f | %.0f | %.0f | %.2f |\n",
+                      spec.label.c_str(), threads, r.decode_best, dec, r.decode_best / dec,
+                      r.prefill, pre, r.prefill / pre);
+      } else {
+        std::snprintf(line, sizeof(line), "| %s | %d | %s |\n", spec.label.c_str(), threads,
+                      err.c_str());
+      }
+      vs_llamacpp += line;
+    }
+    if (!vs_llamacpp.empty()) {
+      std::printf(
+          "\nThe same GGUF files on llama.cpp (%s bench, this run, same threads; decode: best "
+          "round of as many steps as ragserve's row; prefill: %d tokens in one batch, best of "
+          "the same number of rounds)\n\n"
+          "| model | threads | ragserve decode tok/s | llama.cpp decode tok/s | ragserve / "
+          "llama.cpp | ragserve prefill tok/s | llama.cpp prefill tok/s | ragserve / llama.cpp "
+          "|\n|---|---|---|---|---|---|---|---|\n%s",
+          llamacpp_ref.c_str(), prefill_tokens, vs_llamacpp.c_str());
     }
   }
   std::error_code ec;
