@@ -5,18 +5,17 @@
 // code.
 //
 // The parameter structs are version-dependent. They are never declared here: each is an opaque,
-// 8-aligned buffer larger than the library's struct (x86-64 SysV passes and returns structs of
-// more than 16 bytes in memory, so the callee reads/writes only its own size from the start of
-// ours), filled by the library's *_default_params(), and only fields that have kept their offset
-// since those structs exist are written:
+// 16-aligned 512-byte buffer, larger than the library's struct (x86-64 SysV passes and returns
+// structs of more than 16 bytes in memory, so the callee reads / writes only its own size from
+// the start of ours), filled by the library's *_default_params(), and only fields that have kept
+// their offset since those structs exist are written:
 //   llama_model_quantize_params: int32 nthread @0, enum llama_ftype ftype @4
 //   llama_context_params:        uint32 n_ctx @0, n_batch @4, n_ubatch @8
-// (the sizes of this version, 64 / 80 / 160 bytes, read from the machine code of the
-// *_default_params functions; LlamaCpp::Load checks that each writes no more than our buffer
-// holds, with a sentinel fill). Threads are set
-// with llama_set_n_threads, not through the struct. llama_batch is declared: its layout has been
-// the same since it exists. The tool checks the quantize layout end to end: the test reads the
-// tensor types of each quantized file.
+// (the sizes of this version, 64 / 80 / 160 bytes, were read from the machine code of the
+// *_default_params functions; LlamaCpp::Load checks with a sentinel fill that each writes at most
+// half of our buffer). Threads are set with llama_set_n_threads, not through the struct.
+// llama_batch is declared: its layout has been the same since it exists. The quantize layout is
+// checked end to end: the test reads back each quantized file's file type and tensor types.
 #pragma once
 
 #include <cstddef>
