@@ -37,7 +37,7 @@ class GgufTaker {
   // Tensor `name` as the HF shape `shape` ([rows, cols] or [n]); rope_hd > 0 reorders its rows
   // (heads of rope_hd rows) from llama.cpp's rotary order.
   StatusOr<WeightView> Take(const std::string& name, const std::vector<int64_t>& shape,
-                            int64_t rope_hd = 0);
+                            int64_t rope_hd = 0, MatrixRole role = MatrixRole::kLayer);
   const std::set<std::string>& used() const { return used_; }
   const std::vector<TensorInfo>& infos() const { return infos_; }
 
@@ -95,7 +95,7 @@ kernels::DType EngineDType(GgmlType t) {
 }
 
 StatusOr<WeightView> GgufTaker::Take(const std::string& name, const std::vector<int64_t>& shape,
-                                     int64_t rope_hd) {
+                                     int64_t rope_hd, MatrixRole role) {
   RS_ASSIGN_OR_RETURN(const GgufTensorInfo* t, Find(name, shape));
   const int64_t rows = shape.size() == 2 ? shape[0] : 1;
   const int64_t cols = shape.size() == 2 ? shape[1] : shape[0];
@@ -106,7 +106,7 @@ StatusOr<WeightView> GgufTaker::Take(const std::string& name, const std::vector<
   kernels::DType want = stored;
   if (shape.size() == 2 && opts_.weights_dtype &&
       !(kernels::IsQuantized(stored) && kernels::IsQuantized(*opts_.weights_dtype))) {
-    want = MatrixDType(*opts_.weights_dtype, cols);
+    want = MatrixDType(*opts_.weights_dtype, cols, role);
   }
   if (shape.size() != 2 && kernels::IsQuantized(stored)) want = kernels::DType::kF32;
   WeightView w;
@@ -218,12 +218,13 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadGguf(const std::string
     RS_RETURN_IF_ERROR(TakeRopeFactors(*mw->gguf_, &c));
     GgufTaker g(*mw->gguf_, options, &mw->owned_);
     const int64_t H = c.hidden_size, V = c.vocab_size;
-    RS_ASSIGN_OR_RETURN(mw->embed_, g.Take("token_embd.weight", {V, H}));
+    const MatrixRole embed_role = c.tie_word_embeddings ? MatrixRole::kOutput : MatrixRole::kLayer;
+    RS_ASSIGN_OR_RETURN(mw->embed_, g.Take("token_embd.weight", {V, H}, 0, embed_role));
     RS_ASSIGN_OR_RETURN(mw->final_norm_, g.Take("output_norm.weight", {H}));
     if (c.tie_word_embeddings) {
       mw->lm_head_ = mw->embed_;
     } else {
-      RS_ASSIGN_OR_RETURN(mw->lm_head_, g.Take("output.weight", {V, H}));
+      RS_ASSIGN_OR_RETURN(mw->lm_head_, g.Take("output.weight", {V, H}, 0, MatrixRole::kOutput));
     }
     mw->layers_.resize(static_cast<size_t>(c.num_layers));
     for (int i = 0; i < c.num_layers; ++i) RS_RETURN_IF_ERROR(TakeLayer(g, c, i, &mw->layers_[i]));

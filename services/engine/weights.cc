@@ -65,29 +65,41 @@ int64_t ModelWeights::BytesReadPerToken() const {
 
 namespace {
 
-// One line per load when k-quant matrices fell back to Q8_0 (MatrixDType), so an operator who
-// asked for q4_k knows why the model is larger than expected.
-void LogDTypeFallbacks(const ModelWeights& mw, const WeightsLoadOptions& options,
-                       const std::string& model_path) {
+// One line per load when matrices are not in the dtype asked for (MatrixDType: the LM head of a
+// 4-bit format, k-quant matrices that are not whole blocks; GGUF blocks kept as stored), so an
+// operator who asked for q4_k knows why the model is larger than expected.
+void LogDTypeExceptions(const ModelWeights& mw, const WeightsLoadOptions& options,
+                        const std::string& model_path) {
   if (!options.weights_dtype) return;
   const kernels::DType want = *options.weights_dtype;
-  int fallbacks = 0, matrices = 0;
+  std::map<std::string, int> other;  // dtype -> layer matrices stored in it
+  int matrices = 0;
   for (const LayerWeights& l : mw.layers()) {
     for (const WeightView* w : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
       ++matrices;
-      if (MatrixDType(want, w->cols) != want) ++fallbacks;
+      if (w->dtype != want) ++other[std::string(kernels::DTypeName(w->dtype))];
     }
   }
-  if (fallbacks > 0) {
-    RS_LOG(info,
-           "{}: {} of {} layer matrices stored as Q8_0: their columns are not whole {} blocks",
-           model_path, fallbacks, matrices, kernels::DTypeName(want));
+  std::string what;
+  if (mw.lm_head().dtype != want) {
+    what = StrCat("the LM head as ", kernels::DTypeName(mw.lm_head().dtype));
+  }
+  for (const auto& [dtype, n] : other) {
+    what += StrCat(what.empty() ? "" : ", ", n, " of ", matrices, " layer matrices as ", dtype);
+  }
+  if (!what.empty()) {
+    RS_LOG(info, "{}: weights dtype {} asked; stored otherwise: {}", model_path,
+           kernels::DTypeName(want), what);
   }
 }
 
 }  // namespace
 
-kernels::DType MatrixDType(kernels::DType want, int64_t cols) {
+kernels::DType MatrixDType(kernels::DType want, int64_t cols, MatrixRole role) {
+  if (role == MatrixRole::kOutput &&
+      (want == kernels::DType::kQ4_0 || want == kernels::DType::kQ4_K)) {
+    want = kernels::DType::kQ6_K;
+  }
   if (cols % kernels::DTypeBlockValues(want) == 0) return want;
   const bool k_quant = want == kernels::DType::kQ4_K || want == kernels::DType::kQ6_K;
   if (k_quant && cols % kernels::DTypeBlockValues(kernels::DType::kQ8_0) == 0) {
@@ -136,7 +148,7 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& mo
   RS_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> mw, IsGgufModelPath(model_path)
                                                             ? LoadGguf(model_path, options)
                                                             : LoadSafetensors(model_path, options));
-  LogDTypeFallbacks(*mw, options, model_path);
+  LogDTypeExceptions(*mw, options, model_path);
   return mw;
 }
 
@@ -213,7 +225,8 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
   std::set<std::string> used;
   std::map<std::string, kernels::DType> converted;  // tensor -> dtype after load (fingerprint)
   ModelWeights* self = mw.get();
-  auto take = [&](const std::string& name, std::vector<int64_t> shape) -> StatusOr<WeightView> {
+  auto take = [&](const std::string& name, std::vector<int64_t> shape,
+                  MatrixRole role = MatrixRole::kLayer) -> StatusOr<WeightView> {
     auto it = all.find(name);
     if (it == all.end()) return InvalidArgument(StrCat("missing tensor \"", name, "\""));
     const TensorInfo& t = *it->second.info;
@@ -232,19 +245,21 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
     w.cols = shape.size() == 2 ? shape[1] : shape[0];
     if (shape.size() == 2 && options.weights_dtype && *options.weights_dtype != w.dtype) {
       RS_ASSIGN_OR_RETURN(
-          w, self->ConvertMatrix(name, w, MatrixDType(*options.weights_dtype, w.cols)));
+          w, self->ConvertMatrix(name, w, MatrixDType(*options.weights_dtype, w.cols, role)));
       converted[name] = w.dtype;
     }
     return w;
   };
   const int64_t H = c.hidden_size, V = c.vocab_size, I = c.intermediate_size;
   const int64_t QD = int64_t{c.num_heads} * c.head_dim, KD = int64_t{c.num_kv_heads} * c.head_dim;
-  RS_ASSIGN_OR_RETURN(mw->embed_, take("model.embed_tokens.weight", {V, H}));
+  const bool tied = c.tie_word_embeddings && !all.count("lm_head.weight");
+  RS_ASSIGN_OR_RETURN(mw->embed_, take("model.embed_tokens.weight", {V, H},
+                                       tied ? MatrixRole::kOutput : MatrixRole::kLayer));
   RS_ASSIGN_OR_RETURN(mw->final_norm_, take("model.norm.weight", {H}));
-  if (c.tie_word_embeddings && !all.count("lm_head.weight")) {
+  if (tied) {
     mw->lm_head_ = mw->embed_;
   } else {
-    RS_ASSIGN_OR_RETURN(mw->lm_head_, take("lm_head.weight", {V, H}));
+    RS_ASSIGN_OR_RETURN(mw->lm_head_, take("lm_head.weight", {V, H}, MatrixRole::kOutput));
   }
   mw->layers_.resize(static_cast<size_t>(c.num_layers));
   for (int i = 0; i < c.num_layers; ++i) {

@@ -34,20 +34,26 @@ struct WeightsLoadOptions {
   // F32 / F16 / BF16: quantized GGUF matrices are dequantized to it at load (bit-exact decode,
   // then rounded), and f32/f16/bf16 matrices (safetensors or GGUF) converted to it.
   // Q8_0 / Q4_0 / Q4_K / Q6_K: f32/f16/bf16 matrices are quantized to it at load with
-  // kernels::QuantizeRef (MatrixDType: a matrix whose columns are not whole k-quant blocks becomes
-  // Q8_0; one that is not whole 32-value blocks is InvalidArgument naming the tensor); GGUF
-  // tensors that are already quantized keep their format.
+  // kernels::QuantizeRef (MatrixDType: the LM head of a 4-bit format is Q6_K; a matrix whose
+  // columns are not whole k-quant blocks becomes Q8_0; one that is not whole 32-value blocks is
+  // InvalidArgument naming the tensor); GGUF tensors that are already quantized keep their format.
   // Vectors (norms, biases) stay as stored (f32 when a GGUF file stores one quantized). The
   // fingerprint covers the dtypes after load, so KV made with other weights is never mixed in.
   std::optional<kernels::DType> weights_dtype;
 };
 
+// Which weight matrix is converted: the LM head (or the embedding tied to it, which serves as
+// the LM head) is the one whose quantization error shows most in the output.
+enum class MatrixRole { kLayer, kOutput };
+
 // The dtype a weight matrix of `cols` columns is stored in when `want` is asked: `want` when the
-// columns are whole blocks of it. A k-quant (Q4_K, Q6_K: 256-value blocks) asked for a matrix
-// that is whole 32-value blocks gives Q8_0 instead: at least the precision asked for, as
-// llama.cpp's quantizer falls back for such tensors (the shipped reader's 704-wide down_proj).
-// Otherwise `want`, which the loader then refuses, naming the tensor.
-kernels::DType MatrixDType(kernels::DType want, int64_t cols);
+// columns are whole blocks of it, except that the LM head (kOutput) asked as a 4-bit format (Q4_0,
+// Q4_K) is stored as Q6_K, as llama.cpp's quantizer does (the shipped reader's greedy agreement
+// with f32 at q4_0: 59% with a Q4_0 head, ~85% with a Q6_K one). A k-quant (Q4_K, Q6_K:
+// 256-value blocks) asked for a matrix that is whole 32-value blocks gives Q8_0 instead: at least
+// the precision asked for, as llama.cpp's quantizer falls back for such tensors (the shipped
+// reader's 704-wide down_proj). Otherwise `want`, which the loader then refuses, naming the tensor.
+kernels::DType MatrixDType(kernels::DType want, int64_t cols, MatrixRole role = MatrixRole::kLayer);
 
 // "--weights-dtype" values: "" or "auto" (unset), f32, f16, bf16, q8_0, q4_0, q4_k, q6_k (any
 // case). InvalidArgument listing them otherwise.

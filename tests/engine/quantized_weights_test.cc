@@ -1,9 +1,10 @@
 // Weights quantized (or converted) at load (WeightsLoadOptions::weights_dtype, --weights-dtype):
 // every matrix equals the reference quantizer's output for the checkpoint's values, vectors stay
-// f32, fingerprints tell the dtypes apart, k-quant matrices that are not whole 256-value blocks
-// fall back to Q8_0, matrices that are not whole 32-value blocks are refused by name,
-// a device backend refuses block formats, and a quantized model's forward pass stays within the
-// activation-rounding error of the same weights run through the dequantizing reference backend.
+// f32, the LM head of a 4-bit format is Q6_K, fingerprints tell the dtypes apart, k-quant matrices
+// that are not whole 256-value blocks fall back to Q8_0, matrices that are not whole 32-value
+// blocks are refused by name, a device backend refuses block formats, and a quantized model's
+// forward pass stays within the activation-rounding error of the same weights run through the
+// dequantizing reference backend.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -72,22 +73,42 @@ TEST(QuantizedWeightsTest, SafetensorsQuantizedAtLoadEqualReferenceQuantizerPerR
     EXPECT_EQ((*q)->dtype(), t);
     EXPECT_TRUE(fingerprints.insert((*q)->fingerprint()).second) << "fingerprint reused";
     EXPECT_LT((*q)->BytesReadPerToken(), (*f32)->BytesReadPerToken());
+    // The LM head of a 4-bit format is kept at Q6_K (as llama.cpp's quantizer does).
+    const bool four_bit = t == DType::kQ4_0 || t == DType::kQ4_K;
     const auto want = Matrices(**f32);
     const auto got = Matrices(**q);
     for (size_t k = 0; k < want.size(); ++k) {
       const WeightView& a = *want[k].second;
       const WeightView& b = *got[k].second;
-      ASSERT_EQ(b.dtype, t) << got[k].first;
+      const DType expected = got[k].first == "lm_head" && four_bit ? DType::kQ6_K : t;
+      ASSERT_EQ(b.dtype, expected) << got[k].first;
       ASSERT_EQ(b.rows, a.rows);
       ASSERT_EQ(b.cols, a.cols);
       std::vector<uint8_t> row(static_cast<size_t>(b.RowBytes()));
       for (int64_t r = 0; r < a.rows; ++r) {
-        kernels::ConvertFromF32(static_cast<const float*>(a.Row(r)), t, a.cols, row.data());
+        kernels::ConvertFromF32(static_cast<const float*>(a.Row(r)), expected, a.cols, row.data());
         ASSERT_EQ(std::memcmp(row.data(), b.Row(r), row.size()), 0) << got[k].first << " row " << r;
       }
     }
     EXPECT_EQ((*q)->final_norm().dtype, DType::kF32);
     EXPECT_EQ((*q)->layers()[0].input_norm.dtype, DType::kF32);
+  }
+}
+
+TEST(QuantizedWeightsTest, TiedEmbeddingServesAsTheLmHeadAndKeepsItsDType) {
+  TempDir dir;
+  TinyModelOptions o = QuantOptions();
+  o.tie_word_embeddings = true;
+  ASSERT_TRUE(WriteTinyModel(o, {}, dir.path()).ok());
+  for (auto [t, head] : {std::pair{DType::kQ4_0, DType::kQ6_K},
+                         {DType::kQ4_K, DType::kQ6_K},
+                         {DType::kQ8_0, DType::kQ8_0}}) {
+    SCOPED_TRACE(std::string(kernels::DTypeName(t)));
+    auto q = ModelWeights::Load(dir.path(), As(t));
+    ASSERT_TRUE(q.ok()) << q.status().ToString();
+    EXPECT_EQ((*q)->embed().dtype, head);
+    EXPECT_EQ((*q)->lm_head().data, (*q)->embed().data);
+    EXPECT_EQ((*q)->layers()[0].q.dtype, t);
   }
 }
 
@@ -108,8 +129,11 @@ TEST(QuantizedWeightsTest, MatrixThatIsNotWholeKQuantBlocksFallsBackToQ8_0) {
       const WeightView& a = *want[k].second;
       const WeightView& b = *got[k].second;
       const bool down = got[k].first.find("down") != std::string::npos;
-      ASSERT_EQ(b.dtype, down ? DType::kQ8_0 : t) << got[k].first;
-      EXPECT_EQ(MatrixDType(t, b.cols), b.dtype) << got[k].first;
+      const DType head = t == DType::kQ4_K ? DType::kQ6_K : t;
+      ASSERT_EQ(b.dtype, down                        ? DType::kQ8_0
+                         : got[k].first == "lm_head" ? head
+                                                     : t)
+          << got[k].first;
       std::vector<uint8_t> row(static_cast<size_t>(b.RowBytes()));
       for (int64_t r = 0; r < a.rows; ++r) {
         kernels::ConvertFromF32(static_cast<const float*>(a.Row(r)), b.dtype, a.cols, row.data());
