@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "tests/index/test_data.h"
+#include "tests/support/full_disk_fs.h"
 
 namespace ragserve::collection {
 namespace {
@@ -222,67 +223,6 @@ TEST(CollectionTest, AcknowledgedWritesSurviveACrashAndACleanReopen) {
   fs::remove_all(dir);
 }
 
-// A file system whose writes fail with ENOSPC while `full` is set, as RocksDB's posix file
-// system reports a full disk (IOStatus::NoSpace, retryable).
-class FullDiskFs : public rocksdb::FileSystemWrapper {
- public:
-  explicit FullDiskFs(std::shared_ptr<rocksdb::FileSystem> base)
-      : FileSystemWrapper(std::move(base)) {}
-  static const char* kClassName() { return "FullDiskFs"; }
-  const char* Name() const override { return kClassName(); }
-
-  rocksdb::IOStatus NewWritableFile(const std::string& f, const rocksdb::FileOptions& o,
-                                    std::unique_ptr<rocksdb::FSWritableFile>* r,
-                                    rocksdb::IODebugContext* dbg) override {
-    if (full) return NoSpace();
-    std::unique_ptr<rocksdb::FSWritableFile> base;
-    rocksdb::IOStatus s = target()->NewWritableFile(f, o, &base, dbg);
-    if (s.ok()) r->reset(new File(std::move(base), this));
-    return s;
-  }
-
-  // No space while full, `free_when_not_full` once space is back.
-  rocksdb::IOStatus GetFreeSpace(const std::string&, const rocksdb::IOOptions&, uint64_t* free,
-                                 rocksdb::IODebugContext*) override {
-    *free = full ? 0 : free_when_not_full.load();
-    return rocksdb::IOStatus::OK();
-  }
-
-  static rocksdb::IOStatus NoSpace() {
-    rocksdb::IOStatus s = rocksdb::IOStatus::NoSpace("No space left on device");
-    s.SetRetryable(true);
-    return s;
-  }
-
-  std::atomic<bool> full{false};
-  std::atomic<uint64_t> free_when_not_full{uint64_t{1} << 30};
-
- private:
-  class File : public rocksdb::FSWritableFileOwnerWrapper {
-   public:
-    File(std::unique_ptr<rocksdb::FSWritableFile> f, FullDiskFs* fs)
-        : FSWritableFileOwnerWrapper(std::move(f)), fs_(fs) {}
-    rocksdb::IOStatus Append(const rocksdb::Slice& d, const rocksdb::IOOptions& o,
-                             rocksdb::IODebugContext* dbg) override {
-      return fs_->full ? NoSpace() : target()->Append(d, o, dbg);
-    }
-    rocksdb::IOStatus Append(const rocksdb::Slice& d, const rocksdb::IOOptions& o,
-                             const rocksdb::DataVerificationInfo& v,
-                             rocksdb::IODebugContext* dbg) override {
-      return fs_->full ? NoSpace() : target()->Append(d, o, v, dbg);
-    }
-    rocksdb::IOStatus Sync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* dbg) override {
-      return fs_->full ? NoSpace() : target()->Sync(o, dbg);
-    }
-    rocksdb::IOStatus Fsync(const rocksdb::IOOptions& o, rocksdb::IODebugContext* dbg) override {
-      return fs_->full ? NoSpace() : target()->Fsync(o, dbg);
-    }
-
-   private:
-    FullDiskFs* fs_;
-  };
-};
-
 // Found by tools/chaos (diskfull:index): a full data disk made Upsert fail with INTERNAL (now
 // RESOURCE_EXHAUSTED, C1); once there is room again the very next write succeeds, without a
 // restart, whether the disk frees plenty (1 GiB) or only a little: 8 MiB is below RocksDB's own
@@ -294,7 +234,7 @@ class FullDiskTest : public ::testing::TestWithParam<uint64_t> {};
 TEST_P(FullDiskTest, IsResourceExhaustedAndTheNextWriteOnceSpaceIsBackSucceeds) {
   const auto dir = FreshDir("fulldisk");
   constexpr int kDim = 8;
-  auto disk = std::make_shared<FullDiskFs>(rocksdb::FileSystem::Default());
+  auto disk = std::make_shared<testing::FullDiskFs>(rocksdb::FileSystem::Default());
   disk->free_when_not_full = GetParam();
   std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(disk);
   const std::vector<std::string> acked = {"a0", "a49", "c0", "c9", "d0", "d9"};
