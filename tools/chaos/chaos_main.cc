@@ -37,6 +37,7 @@
 #include <thread>
 #include <vector>
 
+#include "ragserve/v1/decoder.grpc.pb.h"
 #include "ragserve/v1/index.grpc.pb.h"
 #include "ragserve/v1/rag.grpc.pb.h"
 #include "services/common/client.h"
@@ -904,6 +905,28 @@ class ChaosRun {
     return std::max(2.0, 4 * worst + 1.0);
   }
 
+  // Waits (at most 10 s) until decoder `name` reports a running sequence, so that a stop:decN
+  // fault catches an answer mid-stream (C4) rather than an idle decoder. A decoder's load is
+  // refreshed after a decode step, when its tokens went out.
+  void WaitUntilStreaming(const std::string& name) {
+    auto ch = MakeChannel(cluster_.Addr(name));
+    if (!ch.ok()) return;
+    auto stub = v1::DecoderService::NewStub(*ch);
+    const double until = Now() + 10;
+    while (Now() < until && !g_interrupted) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      v1::LoadRequest req;
+      v1::LoadReport load;
+      if (stub->GetLoad(&ctx, req, &load).ok() && load.active_sequences() > 0) {
+        Log(StrCat(name, ": ", load.active_sequences(), " sequence(s) streaming; stopping it"));
+        return;
+      }
+      SleepS(0.02);
+    }
+    Log(StrCat(name, ": no sequence streaming within 10 s; stopping it anyway"));
+  }
+
   // Bytes of the files under `dir`, the filler excluded.
   static uint64_t DirBytes(const std::string& dir) {
     uint64_t bytes = 0;
@@ -988,6 +1011,7 @@ class ChaosRun {
       mem_.SetPid(t, cluster_.Get(t).pid);
       f.ready = Now();
     } else if (f.kind == "stop") {
+      if (t == "dec0" || t == "dec1") WaitUntilStreaming(t);
       cluster_.Signal(t, SIGSTOP);
       SleepS(f.seconds);
       cluster_.Signal(t, SIGCONT);
