@@ -310,9 +310,10 @@ class CollectionStore {
   Status WriteSync(rocksdb::WriteBatch* batch, std::string_view what);
   // When a write failed since the last open: if the data disk has room for the WAL to be
   // replayed (its size + 1 MiB), closes the DB and opens it again (what a restart does: RocksDB
-  // stops taking writes after a failed WAL write and, on its own, resumes only once 64 MiB are
-  // free; DB::Resume asserts in Debian's build, docs/RELIABILITY.md C2/C3). Waits for every
-  // DbRef to be released. ResourceExhausted while the disk is still too full; if the reopen
+  // stops taking writes after a failed WAL write and, on its own, resumes only once the free
+  // space reaches its reserve, up to the 64 MiB write buffer, polled every 5 s; DB::Resume
+  // asserts in Debian's build, docs/RELIABILITY.md C2/C3). At most one reopen a second. Waits for
+  // every DbRef to be released. ResourceExhausted while the disk is still too full; if the reopen
   // itself fails the DB is opened read-only (reads keep working) and the next write tries again.
   Status ReopenAfterWriteError();
   std::string IndexDir() const { return dir_ + "/indexes"; }
