@@ -4,6 +4,7 @@
 #include <rocksdb/env.h>
 #include <rocksdb/options.h>
 
+#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <filesystem>
@@ -109,6 +110,13 @@ Status RocksDiskStore::ReopenAfterWriteError() {
     return ResourceExhausted(StrCat("ctxcache disk tier: disk full: ", free_bytes, " bytes free, ",
                                     need, " needed to take writes again"));
   }
+  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+  if (now_ms - last_reopen_ms_ < 1000) {
+    return ResourceExhausted("ctxcache disk tier: writes failed again right after a reopen");
+  }
+  last_reopen_ms_ = now_ms;
   RS_LOG(warn, "ctxcache disk tier: a write failed earlier; reopening {} ({} bytes free)", dir_,
          free_bytes);
   db_->Close().PermitUncheckedError();

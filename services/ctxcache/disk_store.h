@@ -81,7 +81,8 @@ class RocksDiskStore final : public DiskStore {
   // Writes the batch; a failed write marks the database for a reopen.
   Status Write(bool no_wal, rocksdb::WriteBatch* batch, std::string_view what);
   // After a failed write: closes and reopens the database when the disk has room (1 MiB plus
-  // one write buffer); ResourceExhausted while it has not.
+  // one write buffer); ResourceExhausted while it has not, and within a second of the last
+  // reopen.
   Status ReopenAfterWriteError();
 
   const std::string dir_;
@@ -91,6 +92,8 @@ class RocksDiskStore final : public DiskStore {
   mutable SharedMutex db_mu_;
   std::unique_ptr<rocksdb::DB> db_ ABSL_GUARDED_BY(db_mu_);
   std::atomic<bool> needs_reopen_{false};
+  // Reopens are at most one a second while the disk looks free but writes still fail.
+  std::atomic<int64_t> last_reopen_ms_{0};
 };
 
 }  // namespace ragserve::ctxcache
