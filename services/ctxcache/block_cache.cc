@@ -107,7 +107,9 @@ StatusOr<std::unique_ptr<BlockCache>> BlockCache::Open(const BlockCacheOptions& 
   RS_CHECK_ARG(options.ram_limit_bytes >= 0, "ctxcache ram_limit_bytes ", options.ram_limit_bytes,
                " is negative");
   if (disk == nullptr && !options.disk_dir.empty()) {
-    RS_ASSIGN_OR_RETURN(disk, RocksDiskStore::Open(options.disk_dir));
+    RS_ASSIGN_OR_RETURN(
+        disk, RocksDiskStore::Open(options.disk_dir,
+                                   {.write_buffer_bytes = options.disk_write_buffer_bytes}));
   }
   std::unique_ptr<BlockCache> cache(new BlockCache(options, std::move(disk)));
   if (cache->disk_ != nullptr && options.async_disk_writes) {

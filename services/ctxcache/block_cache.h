@@ -55,9 +55,10 @@ enum class CacheSource { kRam, kDisk, kInflight, kComputed, kRemote };
 struct BlockCacheOptions {
   int64_t ram_limit_bytes = int64_t{1} << 30;  // RAM tier budget (>= 0; 0 keeps nothing in RAM)
   std::string disk_dir;                        // RocksDB directory; empty = no disk tier
-  DType store_dtype = DType::kF32;             // storage dtype of computed blocks
-  MetricsRegistry* metrics = nullptr;          // nullptr = MetricsRegistry::Default()
-  bool async_disk_writes = true;               // false: GetOrCompute writes before returning
+  int64_t disk_write_buffer_bytes = int64_t{8} << 20;  // RocksDiskStoreOptions::write_buffer_bytes
+  DType store_dtype = DType::kF32;                     // storage dtype of computed blocks
+  MetricsRegistry* metrics = nullptr;                  // nullptr = MetricsRegistry::Default()
+  bool async_disk_writes = true;  // false: GetOrCompute writes before returning
   int64_t max_pending_write_bytes = int64_t{256} << 20;
 };
 

@@ -34,6 +34,7 @@ StatusOr<std::unique_ptr<ContextCacheService>> ContextCacheService::Create(
   BlockCacheOptions copts;
   copts.ram_limit_bytes = svc->opts_.ram_bytes;
   copts.disk_dir = svc->opts_.data_dir;
+  copts.disk_write_buffer_bytes = svc->opts_.disk_write_buffer_bytes;
   copts.store_dtype = dtype;
   std::error_code ec;
   std::filesystem::create_directories(svc->opts_.data_dir, ec);

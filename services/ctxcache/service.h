@@ -18,6 +18,8 @@ struct ContextCacheOptions {
   std::string weights_dtype;
   std::string data_dir = "ctxcache-data";  // RocksDB disk tier
   int64_t ram_bytes = int64_t{1} << 30;    // RAM tier
+  // The disk tier's RocksDB memtable: blocks reach the disk each time it fills.
+  int64_t disk_write_buffer_bytes = int64_t{8} << 20;
   std::string dtype = "f32";               // stored dtype: f32 | f16 | bf16
   std::string prefix;                      // APE shared prefix (default: the RAG instruction)
   int64_t chunk_bytes = int64_t{1} << 20;  // Get: bytes of KV per message

@@ -6,7 +6,11 @@
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <shared_mutex>
@@ -21,6 +25,24 @@ namespace ragserve::collection {
 namespace fs = std::filesystem;
 using index::Metric;
 using index::VectorIndex;
+using DbLock = ReaderMutexLock<index::internal::RwMutex>;
+
+class ABSL_SCOPED_LOCKABLE CollectionStore::DbRef {
+ public:
+  explicit DbRef(const CollectionStore& s)
+      ABSL_SHARED_LOCK_FUNCTION(s.db_mu_) ABSL_NO_THREAD_SAFETY_ANALYSIS
+      : mu_(s.db_mu_),
+        db_((mu_.lock_shared(), s.db_.get())) {}
+  ~DbRef() ABSL_UNLOCK_FUNCTION() { mu_.unlock_shared(); }
+  DbRef(const DbRef&) = delete;
+  DbRef& operator=(const DbRef&) = delete;
+  rocksdb::DB* operator->() const { return db_; }
+  rocksdb::DB* get() const { return db_; }
+
+ private:
+  index::internal::RwMutex& mu_;
+  rocksdb::DB* const db_;
+};
 
 namespace {
 
@@ -105,11 +127,6 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   return Internal(StrCat(what, ": ", s.ToString()));
 }
 
-// RocksDB's file system, except that it cannot tell how much space is free. RocksDB then leaves
-// the recovery from a full disk to CollectionStore::WriteSync (which resumes the DB on the next
-// write) instead of polling every 5 s until the free space reaches its reserve, the largest write
-// buffer (64 MiB by default): a nearly full disk stayed read-only after space was freed (found by
-// tools/chaos, diskfull:index).
 rocksdb::WriteOptions SyncWrite() {
   rocksdb::WriteOptions w;
   w.sync = true;  // an acknowledged write survives kill -9 and power loss
@@ -125,6 +142,39 @@ Status ScanPrefix(rocksdb::DB* db, const std::string& prefix, Fn&& fn) {
                           std::string_view(it->value().data(), it->value().size())));
   }
   return FromRocks(it->status(), "index store: scan");
+}
+
+// RocksDB's info log, sent to ours (warnings and errors) instead of a LOG file on the data disk:
+// on a full disk the LOG file's writer failed too, and the next line logged to it aborted the
+// process (an assertion of Debian's RocksDB build after a failed write, tools/chaos C3).
+class InfoLog : public rocksdb::Logger {
+ public:
+  InfoLog() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    char line[1024];
+    std::vsnprintf(line, sizeof(line), format, ap);
+    RS_LOG(warn, "index store: rocksdb: {}", line);
+  }
+};
+
+// Bytes of the write-ahead logs in `db_dir`: what a reopen replays and flushes to a table file.
+uint64_t WalBytes(const std::string& db_dir) {
+  uint64_t bytes = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(db_dir, ec)) {
+    if (e.path().extension() == ".log") bytes += e.file_size(ec);
+  }
+  return bytes;
+}
+
+// Room a reopen needs besides the WAL (a new MANIFEST, OPTIONS file and WAL).
+constexpr uint64_t kReopenMarginBytes = uint64_t{1} << 20;
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 bool IsIvf(const std::string& kind) { return kind == "ivf_flat" || kind == "ivf_pq"; }
@@ -239,16 +289,19 @@ Status Collection::RebuildFromDbLocked(const index::IndexSpec& ispec,
                                        std::shared_ptr<VectorIndex>* out) {
   std::vector<float> x;
   std::vector<int64_t> labels;
-  RS_RETURN_IF_ERROR(ScanPrefix(store_->db(), Key('D', cid_), [&](auto, std::string_view v) {
-    DocRecord r;
-    RS_RETURN_IF_ERROR(DecodeDoc(v, &r));
-    if (static_cast<int>(r.vector.size()) != spec_.dim) {
-      return DataLoss(StrCat("index store: document vector of dim ", r.vector.size()));
-    }
-    x.insert(x.end(), r.vector.begin(), r.vector.end());
-    labels.push_back(static_cast<int64_t>(r.label));
-    return OkStatus();
-  }));
+  {
+    CollectionStore::DbRef db(*store_);
+    RS_RETURN_IF_ERROR(ScanPrefix(db.get(), Key('D', cid_), [&](auto, std::string_view v) {
+      DocRecord r;
+      RS_RETURN_IF_ERROR(DecodeDoc(v, &r));
+      if (static_cast<int>(r.vector.size()) != spec_.dim) {
+        return DataLoss(StrCat("index store: document vector of dim ", r.vector.size()));
+      }
+      x.insert(x.end(), r.vector.begin(), r.vector.end());
+      labels.push_back(static_cast<int64_t>(r.label));
+      return OkStatus();
+    }));
+  }
   const int64_t n = static_cast<int64_t>(labels.size());
   index::IndexSpec use = ispec;
   if (IsIvf(ispec.kind) && n < IvfTrainingMinimum(ispec)) use.kind = "flat";
@@ -319,7 +372,8 @@ std::shared_ptr<index::Bm25Index> Collection::LoadBm25(const std::string& file) 
 
 Status Collection::RebuildBm25FromDbLocked(std::shared_ptr<index::Bm25Index>* out) {
   RS_ASSIGN_OR_RETURN(auto built, index::Bm25Index::Create(spec_.bm25));
-  RS_RETURN_IF_ERROR(ScanPrefix(store_->db(), Key('D', cid_), [&](auto, std::string_view v) {
+  CollectionStore::DbRef db(*store_);
+  RS_RETURN_IF_ERROR(ScanPrefix(db.get(), Key('D', cid_), [&](auto, std::string_view v) {
     DocRecord r;
     RS_RETURN_IF_ERROR(DecodeDoc(v, &r));
     const auto label = static_cast<int64_t>(r.label);
@@ -333,39 +387,44 @@ Status Collection::RebuildBm25FromDbLocked(std::shared_ptr<index::Bm25Index>* ou
 
 Status Collection::Open() {
   MutexLock w(write_mu_);
-  rocksdb::DB* db = store_->db();
-  std::string v;
-  auto s = db->Get(rocksdb::ReadOptions(), Key('N', cid_), &v);
-  if (s.ok() && v.size() == 8) next_seq_ = ReadBe64(v);
-  const CheckpointRecord ckpt = ReadCheckpointRecord(db, Key('I', cid_), spec_.name);
+  CheckpointRecord ckpt;
+  RecentDocs recent;          // documents written after the checkpoint: caught up below
+  std::vector<int64_t> gone;  // labels removed after the checkpoint
+  {
+    CollectionStore::DbRef db(*store_);
+    std::string v;
+    auto s = db->Get(rocksdb::ReadOptions(), Key('N', cid_), &v);
+    if (s.ok() && v.size() == 8) next_seq_ = ReadBe64(v);
+    ckpt = ReadCheckpointRecord(db.get(), Key('I', cid_), spec_.name);
+    // Documents -> label maps.
+    RS_RETURN_IF_ERROR(
+        ScanPrefix(db.get(), Key('D', cid_), [&](std::string_view k, std::string_view val) {
+          DocRecord r;
+          RS_RETURN_IF_ERROR(DecodeDoc(val, &r));
+          Entry e;
+          e.doc_id.assign(k.substr(5));
+          e.metadata = nlohmann::json::parse(r.metadata_json, nullptr, false);
+          if (e.metadata.is_discarded()) e.metadata = nlohmann::json::object();
+          const auto label = static_cast<int64_t>(r.label);
+          label_of_[e.doc_id] = label;
+          by_label_.emplace(label, std::move(e));
+          if (r.label >= ckpt.seq) {
+            recent.labels.push_back(label);
+            recent.x.insert(recent.x.end(), r.vector.begin(), r.vector.end());
+            recent.texts.push_back(std::move(r.text));
+          }
+          return OkStatus();
+        }));
+    RS_RETURN_IF_ERROR(
+        ScanPrefix(db.get(), Key('T', cid_), [&](std::string_view k, std::string_view val) {
+          if (ReadBe64(k.substr(5)) >= ckpt.seq && val.size() == 8) {
+            gone.push_back(static_cast<int64_t>(ReadBe64(val)));
+          }
+          return OkStatus();
+        }));
+  }
   std::shared_ptr<VectorIndex> idx = LoadVectorIndex(ckpt.file);
   std::shared_ptr<index::Bm25Index> bm25 = LoadBm25(ckpt.bm25_file);
-  // Documents -> label maps; those written after the checkpoint are caught up below.
-  RecentDocs recent;
-  RS_RETURN_IF_ERROR(ScanPrefix(db, Key('D', cid_), [&](std::string_view k, std::string_view val) {
-    DocRecord r;
-    RS_RETURN_IF_ERROR(DecodeDoc(val, &r));
-    Entry e;
-    e.doc_id.assign(k.substr(5));
-    e.metadata = nlohmann::json::parse(r.metadata_json, nullptr, false);
-    if (e.metadata.is_discarded()) e.metadata = nlohmann::json::object();
-    const auto label = static_cast<int64_t>(r.label);
-    label_of_[e.doc_id] = label;
-    by_label_.emplace(label, std::move(e));
-    if (r.label >= ckpt.seq) {
-      recent.labels.push_back(label);
-      recent.x.insert(recent.x.end(), r.vector.begin(), r.vector.end());
-      recent.texts.push_back(std::move(r.text));
-    }
-    return OkStatus();
-  }));
-  std::vector<int64_t> gone;  // labels removed after the checkpoint
-  RS_RETURN_IF_ERROR(ScanPrefix(db, Key('T', cid_), [&](std::string_view k, std::string_view val) {
-    if (ReadBe64(k.substr(5)) >= ckpt.seq && val.size() == 8) {
-      gone.push_back(static_cast<int64_t>(ReadBe64(val)));
-    }
-    return OkStatus();
-  }));
   if (idx != nullptr) RS_RETURN_IF_ERROR(CatchUpVectorIndex(ckpt.file, recent, gone, &idx));
   if (bm25 != nullptr) {
     std::vector<std::string_view> texts(recent.texts.begin(), recent.texts.end());
@@ -795,12 +854,12 @@ Status Collection::FillTexts(std::vector<std::vector<Hit>>* results) const {
     }
   }
   if (bytes > limit) return AnswerTooLarge("search", spec_.name, limit);
+  CollectionStore::DbRef db(*store_);
   for (auto& hits : *results) {
     for (Hit& h : hits) {
       std::string v;
       DocRecord r;
-      if (store_->db()->Get(rocksdb::ReadOptions(), Key('D', cid_, h.id), &v).ok() &&
-          DecodeDoc(v, &r).ok()) {
+      if (db->Get(rocksdb::ReadOptions(), Key('D', cid_, h.id), &v).ok() && DecodeDoc(v, &r).ok()) {
         bytes += static_cast<int64_t>(r.text.size());
         if (bytes > limit) return AnswerTooLarge("search", spec_.name, limit);
         h.text = std::move(r.text);
@@ -816,11 +875,12 @@ Status Collection::Get(const std::vector<std::string>& ids, std::vector<Document
   missing->clear();
   const int64_t limit = store_->limits().max_response_bytes;
   int64_t bytes = 0;
+  CollectionStore::DbRef db(*store_);
   for (const auto& id : ids) {
     bytes += kPerResultOverhead + static_cast<int64_t>(id.size());
     if (bytes > limit) return AnswerTooLarge("get", spec_.name, limit);
     std::string v;
-    auto s = store_->db()->Get(rocksdb::ReadOptions(), Key('D', cid_, id), &v);
+    auto s = db->Get(rocksdb::ReadOptions(), Key('D', cid_, id), &v);
     if (s.IsNotFound()) {
       missing->push_back(id);
       continue;
@@ -855,8 +915,11 @@ CollectionInfo Collection::Info() const {
   const std::string lo = Key('D', cid_), hi = Key('D', cid_ + 1);
   rocksdb::Range r(lo, hi);
   uint64_t bytes = 0;
-  store_->db()->GetApproximateSizes(rocksdb::SizeApproximationOptions{.include_memtables = true},
-                                    store_->db()->DefaultColumnFamily(), &r, 1, &bytes);
+  {
+    CollectionStore::DbRef db(*store_);
+    db->GetApproximateSizes(rocksdb::SizeApproximationOptions{.include_memtables = true},
+                            db->DefaultColumnFamily(), &r, 1, &bytes);
+  }
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(store_->IndexDir(), ec)) {
     if (e.path().filename().string().starts_with(std::to_string(cid_) + "-")) {
@@ -886,8 +949,9 @@ Status Collection::Rebuild(const std::string& kind, const std::string& params_js
   CollectionSpec nspec = spec_;
   nspec.index_kind = ns.kind;
   nspec.params_json = index::IndexParamsJson(ns);
-  s = FromRocks(store_->db()->Put(SyncWrite(), "C" + nspec.name, SpecJson(cid_, nspec)),
-                "rebuild: write spec");
+  rocksdb::WriteBatch spec_batch;
+  spec_batch.Put("C" + nspec.name, SpecJson(cid_, nspec));
+  s = store_->WriteSync(&spec_batch, "rebuild: write spec");
   if (s.ok()) {
     WriterMutexLock st(state_mu_);
     index_ = std::move(built);
@@ -901,11 +965,14 @@ Status Collection::Rebuild(const std::string& kind, const std::string& params_js
 Status Collection::Checkpoint() {
   MutexLock w(write_mu_);
   if (dropped_) return OkStatus();
-  rocksdb::DB* db = store_->db();
   const std::string file = StrCat(cid_, "-", next_seq_, ".idx");
   const std::string bm25_file = StrCat(cid_, "-", next_seq_, ".bm25");
   const std::string dir = store_->IndexDir() + "/";
-  const CheckpointRecord old = ReadCheckpointRecord(db, Key('I', cid_), spec_.name);
+  CheckpointRecord old;
+  {
+    CollectionStore::DbRef db(*store_);
+    old = ReadCheckpointRecord(db.get(), Key('I', cid_), spec_.name);
+  }
   std::error_code ec;
   if (old.file == file && old.bm25_file == bm25_file && fs::exists(dir + file, ec) &&
       fs::exists(dir + bm25_file, ec)) {
@@ -942,9 +1009,12 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
   fs::create_directories(data_dir + "/indexes", ec);
   if (ec) return Internal(StrCat("index store: cannot create ", data_dir, ": ", ec.message()));
   auto store = std::unique_ptr<CollectionStore>(new CollectionStore(data_dir, limits));
-  rocksdb::Options opts;
+  store->env_ = env != nullptr ? env : rocksdb::Env::Default();
+  store->db_options_ = std::make_unique<rocksdb::Options>();
+  rocksdb::Options& opts = *store->db_options_;
   opts.create_if_missing = true;
-  if (env != nullptr) opts.env = env;
+  opts.env = store->env_;
+  opts.info_log = std::make_shared<InfoLog>();
   rocksdb::DB* db = nullptr;
   RS_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(opts, data_dir + "/db", &db),
                                StrCat("index store: opening ", data_dir, "/db")));
@@ -984,11 +1054,61 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
 }
 
 Status CollectionStore::WriteSync(rocksdb::WriteBatch* batch, std::string_view what) {
-  // A full disk is ResourceExhausted (FromRocks). RocksDB then refuses writes until it resumes by
-  // itself: it polls every 5 s until the free space reaches its reserve (the largest write
-  // buffer, 64 MiB). Resuming it here sooner was tried and made RocksDB abort (an assertion in
-  // WritableFileWriter after a failed WAL write): see docs/RELIABILITY.md, chaos findings.
-  return FromRocks(db_->Write(SyncWrite(), batch), what);
+  RS_RETURN_IF_ERROR(Annotate(ReopenAfterWriteError(), what));
+  rocksdb::Status s;
+  {
+    DbRef db(*this);
+    s = db->Write(SyncWrite(), batch);
+  }
+  // A failed WAL write (full disk: NoSpace is an IOError) stops RocksDB's writes until it is
+  // resumed; the next write reopens it once there is room (ReopenAfterWriteError).
+  if (s.IsIOError()) needs_reopen_ = true;
+  return FromRocks(s, what);  // a full disk is ResourceExhausted
+}
+
+Status CollectionStore::ReopenAfterWriteError() {
+  if (!needs_reopen_) return OkStatus();
+  WriterMutexLock<index::internal::RwMutex> lock(db_mu_);
+  if (!needs_reopen_) return OkStatus();  // another writer reopened it meanwhile
+  const std::string db_dir = dir_ + "/db";
+  uint64_t free_bytes = 0;
+  const uint64_t need = WalBytes(db_dir) + kReopenMarginBytes;
+  if (env_->GetFreeSpace(db_dir, &free_bytes).ok() && free_bytes < need) {
+    return ResourceExhausted(StrCat("index store: disk full: ", free_bytes, " bytes free, ", need,
+                                    " needed to take writes again"));
+  }
+  const int64_t now = NowMs();
+  if (now - last_reopen_ms_ < 1000) {
+    return ResourceExhausted("index store: writes failed again right after a reopen (disk full?)");
+  }
+  last_reopen_ms_ = now;
+  // Close and open again, as a restart would: the WAL (every acknowledged write) is replayed.
+  // Every DbRef is released (db_mu_ is held exclusively), so no call sees the closed DB.
+  RS_LOG(warn, "index store: a write failed earlier; reopening {} ({} bytes free)", db_dir,
+         free_bytes);
+  rocksdb::Status closed = db_->Close();
+  if (!closed.ok()) RS_LOG(warn, "index store: close before reopen: {}", closed.ToString());
+  db_.reset();
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(*db_options_, db_dir, &db);
+  if (s.ok()) {
+    db_.reset(db);
+    needs_reopen_ = false;
+    RS_LOG(warn, "index store: reopened {}; taking writes again", db_dir);
+    return OkStatus();
+  }
+  // No room after all (the disk filled up again): serve reads from a read-only open (it writes
+  // nothing) until the next write finds room.
+  RS_LOG(error, "index store: reopening {} failed ({}); opening it read-only", db_dir,
+         s.ToString());
+  rocksdb::Status ro = rocksdb::DB::OpenForReadOnly(*db_options_, db_dir, &db);
+  if (!ro.ok()) {
+    RS_LOG(critical, "index store: cannot open {} even read-only ({}); exiting", db_dir,
+           ro.ToString());
+    std::abort();  // nothing could serve a call; a restart retries the open
+  }
+  db_.reset(db);
+  return FromRocks(s, "index store: reopening after a failed write");
 }
 
 CollectionStore::CollectionStore(std::string dir, StoreLimits limits)
@@ -998,6 +1118,7 @@ CollectionStore::~CollectionStore() {
   Status s = CheckpointAll();
   if (!s.ok()) RS_LOG(warn, "index store: checkpoint at close failed: {}", s.ToString());
   collections_.clear();
+  WriterMutexLock<index::internal::RwMutex> lock(db_mu_);
   db_.reset();
 }
 

@@ -47,6 +47,7 @@
 namespace rocksdb {
 class DB;
 class Env;
+struct Options;
 class WriteBatch;
 }  // namespace rocksdb
 
@@ -301,17 +302,37 @@ class CollectionStore {
  private:
   friend class Collection;
   CollectionStore(std::string dir, StoreLimits limits);
-  rocksdb::DB* db() const { return db_.get(); }
-  // Writes `batch` durably (sync); a full disk is ResourceExhausted (RocksDB takes writes again
-  // once the free space reaches its write buffer, polled every 5 s).
+  // A use of db_: holds db_mu_ shared for its scope (defined in the .cc).
+  class DbRef;
+  // Writes `batch` durably (sync). A full disk is ResourceExhausted; after a failed write (full
+  // disk, or any I/O error) the next write first reopens the DB once the disk has room again
+  // (ReopenAfterWriteError), so writes resume without a restart.
   Status WriteSync(rocksdb::WriteBatch* batch, std::string_view what);
+  // When a write failed since the last open: if the data disk has room for the WAL to be
+  // replayed (its size + 1 MiB), closes the DB and opens it again (what a restart does: RocksDB
+  // stops taking writes after a failed WAL write and, on its own, resumes only once the free
+  // space reaches its reserve, up to the 64 MiB write buffer, polled every 5 s; DB::Resume
+  // asserts in Debian's build, docs/RELIABILITY.md C2/C3). At most one reopen a second. Waits for
+  // every DbRef to be released. ResourceExhausted while the disk is still too full; if the reopen
+  // itself fails the DB is opened read-only (reads keep working) and the next write tries again.
+  Status ReopenAfterWriteError();
   std::string IndexDir() const { return dir_ + "/indexes"; }
   // Deletes a collection's records and index files (under its write_mu_) and marks it dropped.
   Status DeleteCollectionData(const std::string& name, Collection* c);
 
   const std::string dir_;
   const StoreLimits limits_;
-  std::unique_ptr<rocksdb::DB> db_;
+  rocksdb::Env* env_ = nullptr;                   // set by Open, never changes
+  std::unique_ptr<rocksdb::Options> db_options_;  // set by Open, never changes
+  // db_mu_ guards db_: shared by every use (DbRef: one call or one scan, never nested, never
+  // while waiting for a collection lock), exclusive to close and reopen it. Writer-preferring,
+  // so a reopen is not starved by searches.
+  mutable index::internal::RwMutex db_mu_;
+  std::unique_ptr<rocksdb::DB> db_ ABSL_GUARDED_BY(db_mu_);
+  // A write failed (full disk, I/O error): the next write reopens the DB first.
+  std::atomic<bool> needs_reopen_{false};
+  // Reopen attempts are at most one per second while the disk looks free but writes still fail.
+  std::atomic<int64_t> last_reopen_ms_{0};
   // Held across Create's write, never while waiting for a collection's write_mu_.
   mutable Mutex mu_;
   std::map<std::string, std::shared_ptr<Collection>> collections_ ABSL_GUARDED_BY(mu_);

@@ -86,6 +86,22 @@ int main(int argc, char** argv) {
                    "no deadline); then it fails over")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
+    app.add_option("--worker-idle-timeout", opts.worker_idle_timeout_s,
+                   "Seconds a decode worker's answer stream may send nothing after its first "
+                   "message; then the worker counts as failed and the query moves to another "
+                   "(0 = off)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 86400.0));
+    app.add_option("--index-timeout", opts.index_timeout_s,
+                   "Seconds an index call (search, admin, ingest's create) may take within the "
+                   "client's deadline; then UNAVAILABLE (0 = the client's deadline only)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 86400.0));
+    app.add_option("--ctxcache-timeout", opts.ctxcache_timeout_s,
+                   "Seconds a context cache call (Ingest pre_encode) may take within the "
+                   "client's deadline; then UNAVAILABLE (0 = the client's deadline only)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 86400.0));
     app.add_option("--worker-keepalive", opts.worker_keepalive_s,
                    "Seconds between keepalive pings to decode workers during calls (0 = off)")
         ->capture_default_str()

@@ -42,6 +42,13 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
                "--default-top-k must be in 1..64");
   RS_CHECK_ARG(svc->opts_.workers.call_timeout_s > 0, "--worker-timeout must be > 0");
   RS_CHECK_ARG(svc->opts_.max_ingest_docs >= 1, "--max-ingest-docs must be >= 1");
+  RS_CHECK_ARG(svc->opts_.worker_idle_timeout_s >= 0, "--worker-idle-timeout must be >= 0");
+  RS_CHECK_ARG(svc->opts_.index_timeout_s >= 0 && svc->opts_.ctxcache_timeout_s >= 0,
+               "--index-timeout and --ctxcache-timeout must be >= 0");
+  if (svc->opts_.worker_idle_timeout_s > 0) {
+    svc->stall_watchdog_ = std::make_unique<StallWatchdog>(
+        std::chrono::milliseconds(static_cast<int64_t>(svc->opts_.worker_idle_timeout_s * 1000)));
+  }
   WorkerPoolOptions wopts = svc->opts_.workers;
   wopts.token = svc->opts_.downstream_token;
   wopts.channel = copts;
@@ -76,11 +83,37 @@ RouterService::RouterService(ServiceServer* server, RouterOptions opts)
     : server_(server), opts_(std::move(opts)), request_prefix_(NewRequestIdPrefix()) {}
 
 std::unique_ptr<grpc::ClientContext> RouterService::DownstreamContext(
-    const grpc::CallbackServerContext& ctx, PeerChannel* peer) const {
-  peer->AwaitFirstConnection(ctx.deadline(), [&ctx] { return ctx.IsCancelled(); });
-  auto cctx = grpc::ClientContext::FromCallbackServerContext(ctx);
+    const grpc::CallbackServerContext& ctx, PeerChannel* peer, double timeout_s) const {
+  auto deadline = ctx.deadline();
+  if (timeout_s > 0) {
+    deadline =
+        std::min(deadline, std::chrono::system_clock::now() +
+                               std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  }
+  peer->AwaitFirstConnection(deadline, [&ctx] { return ctx.IsCancelled(); });
+  // The client's cancellation propagates; the deadline is set here (the earlier one).
+  auto cctx = grpc::ClientContext::FromCallbackServerContext(
+      ctx, grpc::PropagationOptions().disable_deadline_propagation());
+  cctx->set_deadline(deadline);
   AttachToken(cctx.get(), opts_.downstream_token);
   return cctx;
+}
+
+Status RouterService::PeerError(const grpc::CallbackServerContext& ctx, const grpc::Status& st,
+                                std::string_view what, std::string_view service,
+                                const std::string& addr, double timeout_s,
+                                std::string_view flag) const {
+  Status s = FromGrpcStatus(st);
+  if (s.code() == StatusCode::kUnavailable) {
+    return Unavailable(StrCat(what, ": ", service, " at ", addr, " unavailable: ", s.message()));
+  }
+  if (s.code() == StatusCode::kDeadlineExceeded && !CallerDone(ctx)) {
+    // The router's timeout ended the call, not the client's deadline: the peer is hung (or too
+    // slow); the client may retry.
+    return Unavailable(StrCat(what, ": ", service, " at ", addr, " did not answer within ",
+                              timeout_s, " s (router ", flag, ")"));
+  }
+  return Annotate(s, what);
 }
 
 template <typename Req, typename Resp, typename Method>
@@ -88,16 +121,15 @@ grpc::ServerUnaryReactor* RouterService::ForwardToIndex(grpc::CallbackServerCont
                                                         const Req* req, Resp* resp, Method method,
                                                         const char* what) {
   return ServeUnary(ctx, server_, req, [this, ctx, req, resp, method, what] {
-    auto cctx = DownstreamContext(*ctx, index_peer_.get());
+    auto cctx = DownstreamContext(*ctx, index_peer_.get(), opts_.index_timeout_s);
     const grpc::Status st = ((*index_).*method)(cctx.get(), *req, resp);
     if (st.ok()) return OkStatus();
-    Status s = FromGrpcStatus(st);
     // Errors about the request keep their code; a missing index service says where it looked.
-    if (s.code() == StatusCode::kUnavailable) {
-      return Unavailable(
-          StrCat(what, ": index service at ", opts_.index_addr, " unavailable: ", s.message()));
+    const Status s = FromGrpcStatus(st);
+    if (s.code() != StatusCode::kUnavailable && s.code() != StatusCode::kDeadlineExceeded) {
+      return s;
     }
-    return s;
+    return IndexError(*ctx, st, what);
   });
 }
 
@@ -310,14 +342,10 @@ Status RouterService::Search(grpc::CallbackServerContext* ctx, const v1::QueryRe
   sreq.set_k(req.top_k() > 0 ? req.top_k() : opts_.default_top_k);
   *sreq.mutable_filter() = req.filter();
   sreq.set_include_text(true);
-  auto cctx = DownstreamContext(*ctx, index_peer_.get());
+  auto cctx = DownstreamContext(*ctx, index_peer_.get(), opts_.index_timeout_s);
   const grpc::Status gst = index_->Search(cctx.get(), sreq, found);
   if (gst.ok()) return OkStatus();
-  Status s = FromGrpcStatus(gst);
-  return s.code() == StatusCode::kUnavailable
-             ? Unavailable(
-                   StrCat("index service at ", opts_.index_addr, " unavailable: ", s.message()))
-             : Annotate(s, "search");
+  return IndexError(*ctx, gst, "search");
 }
 
 v1::GenerateRequest RouterService::MakeGenerateRequest(const v1::QueryRequest& req) {
@@ -424,8 +452,13 @@ grpc::Status RouterService::StreamAnswer(grpc::CallbackServerContext* ctx, Worke
       std::chrono::milliseconds(static_cast<int64_t>(pool_->options().call_timeout_s * 1000));
   cctx->set_deadline(std::min(ctx->deadline(), cap));
   auto reader = worker.stub()->Generate(cctx.get(), *greq);
+  // A worker that stops sending mid-answer (hung, SIGSTOPped: its connection stays open) is
+  // cancelled after worker_idle_timeout_s of silence and treated as a failed worker.
+  std::unique_ptr<StallWatchdog::Watch> watch;
+  if (stall_watchdog_) watch = stall_watchdog_->Start(cctx.get());
   v1::GenerateEvent ev;
   while (reader->Read(&ev)) {
+    if (watch) watch->Touch();
     if (ev.has_delta()) {
       if (!answer->first && !ev.delta().token_ids().empty()) {
         answer->first = true;
@@ -444,7 +477,13 @@ grpc::Status RouterService::StreamAnswer(grpc::CallbackServerContext* ctx, Worke
       answer->have_stats = true;
     }
   }
-  return reader->Finish();
+  grpc::Status st = reader->Finish();
+  if (watch && watch->fired() && !st.ok() && !CallerDone(*ctx)) {
+    st = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      StrCat("worker sent nothing for ", opts_.worker_idle_timeout_s,
+                             " s mid-answer (router --worker-idle-timeout)"));
+  }
+  return st;
 }
 
 v1::QueryEvent RouterService::StatsEvent(Clock::time_point t0, double search_ms,
@@ -517,16 +556,18 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
         RS_CHECK_ARG(msg_.create_spec().name() == collection_, "create_spec.name '",
                      msg_.create_spec().name(), "' differs from collection '", collection_, "'");
         RS_RETURN_IF_ERROR(svc_->CheckMayCreate(*ctx_));
-        auto cctx = svc_->DownstreamContext(*ctx_, svc_->index_peer_.get());
+        auto cctx =
+            svc_->DownstreamContext(*ctx_, svc_->index_peer_.get(), svc_->opts_.index_timeout_s);
         v1::CreateCollectionRequest creq;
         *creq.mutable_spec() = msg_.create_spec();
         v1::CreateCollectionResponse cresp;
         const grpc::Status st = svc_->index_->CreateCollection(cctx.get(), creq, &cresp);
         if (!st.ok() && st.error_code() != grpc::StatusCode::ALREADY_EXISTS) {
-          return Annotate(FromGrpcStatus(st), "create collection");
+          return svc_->IndexError(*ctx_, st, "create collection");
         }
       }
-      upsert_ctx_ = svc_->DownstreamContext(*ctx_, svc_->index_peer_.get());
+      // A stream as long as the client's: no router timeout (0).
+      upsert_ctx_ = svc_->DownstreamContext(*ctx_, svc_->index_peer_.get(), 0);
       writer_ = svc_->index_->Upsert(upsert_ctx_.get(), &upsert_resp_);
     } else {
       RS_CHECK_ARG(msg_.collection().empty() || msg_.collection() == collection_,
@@ -560,10 +601,14 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
         p->set_text(docs[j].text());
       }
       if (req.passages_size() == 0) continue;
-      auto cctx = svc_->DownstreamContext(*ctx_, svc_->ctxcache_peer_.get());
+      auto cctx = svc_->DownstreamContext(*ctx_, svc_->ctxcache_peer_.get(),
+                                          svc_->opts_.ctxcache_timeout_s);
       v1::EncodeResponse resp;
       const grpc::Status st = svc_->ctxcache_->Encode(cctx.get(), req, &resp);
-      if (!st.ok()) return Annotate(FromGrpcStatus(st), "pre-encode in the context cache");
+      if (!st.ok()) {
+        return svc_->PeerError(*ctx_, st, "pre-encode", "context cache", svc_->opts_.ctxcache_addr,
+                               svc_->opts_.ctxcache_timeout_s, "--ctxcache-timeout");
+      }
       pre_encoded_ += resp.results_size();
     }
     return OkStatus();

@@ -19,6 +19,7 @@
 #include "services/common/server.h"
 #include "services/common/stream_outbox.h"
 #include "services/router/router_metrics.h"
+#include "services/router/stall_watchdog.h"
 #include "services/router/worker_pool.h"
 
 namespace ragserve::router {
@@ -37,6 +38,14 @@ struct RouterOptions {
   int query_queue = 256;                       // queries waiting; beyond: RESOURCE_EXHAUSTED
   int max_ingest_docs = 10000;                 // documents per Ingest message; beyond: INVALID_ARG
   double worker_keepalive_s = 30;              // keepalive pings to workers during calls (0 = off)
+  // A worker's answer stream that sends nothing for this long after its first message is a
+  // failed worker: the query moves to another (resume_token_ids). 0 = off.
+  double worker_idle_timeout_s = 20;
+  // Longest an index call (search, admin, ingest's create) may take, within the client's
+  // deadline: a hung index is UNAVAILABLE after this instead of holding the query until the
+  // client's deadline (or forever without one). Not applied to the Upsert stream of an Ingest.
+  double index_timeout_s = 30;
+  double ctxcache_timeout_s = 120;  // the same for context cache calls (Ingest pre_encode)
   std::string served_model_name = "ragserve";  // model_name label of the serving metrics
 };
 
@@ -112,8 +121,19 @@ class RouterService final : public v1::RagService::CallbackService {
   // The context of a call to the index or context cache made for the client call `ctx`: the
   // client's deadline and cancellation propagate, the internal token is attached. While `peer`
   // has never been reached, first waits for it (PeerChannel: it may still be starting).
+  // The call's deadline is the earlier of the client's and now + timeout_s (0 = the client's).
   std::unique_ptr<grpc::ClientContext> DownstreamContext(const grpc::CallbackServerContext& ctx,
-                                                         PeerChannel* peer) const;
+                                                         PeerChannel* peer, double timeout_s) const;
+  // How a failed index or context cache call reads to the client: UNAVAILABLE names the peer,
+  // and so does a call that the router's own timeout (not the client's deadline) ended.
+  Status PeerError(const grpc::CallbackServerContext& ctx, const grpc::Status& st,
+                   std::string_view what, std::string_view service, const std::string& addr,
+                   double timeout_s, std::string_view flag) const;
+  Status IndexError(const grpc::CallbackServerContext& ctx, const grpc::Status& st,
+                    std::string_view what) const {
+    return PeerError(ctx, st, what, "index service", opts_.index_addr, opts_.index_timeout_s,
+                     "--index-timeout");
+  }
   // Ingest's create_spec creates a collection: OK for the admin credential (or auth off),
   // PermissionDenied otherwise (Ingest itself also accepts the public credential).
   Status CheckMayCreate(const grpc::ServerContextBase& ctx) const;
@@ -126,6 +146,7 @@ class RouterService final : public v1::RagService::CallbackService {
   std::unique_ptr<v1::ContextCacheService::Stub> ctxcache_;  // null without --ctxcache-addr
   Policy policy_ = Policy::kCacheAware;
   std::unique_ptr<WorkerPool> pool_;
+  std::unique_ptr<StallWatchdog> stall_watchdog_;  // null when worker_idle_timeout_s is 0
   std::unique_ptr<BoundedExecutor> query_executor_;
   std::unique_ptr<RouterMetrics> metrics_;  // reads query_executor_: declared after it
   const std::string request_prefix_;

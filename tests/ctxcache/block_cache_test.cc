@@ -4,6 +4,7 @@
 // clear error, metrics are exported.
 #include "services/ctxcache/block_cache.h"
 
+#include <rocksdb/env.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -18,6 +19,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/support/full_disk_fs.h"
 
 namespace ragserve::ctxcache {
 namespace {
@@ -452,6 +454,41 @@ TEST(BlockCacheTest, DiskFaultsDegradeToRecomputingNeverToWrongData) {
   EXPECT_EQ(src, CacheSource::kComputed);
   EXPECT_EQ((*cache)->Stats().corrupt, 1);
   EXPECT_EQ(calls.load(), 3);
+}
+
+// Found by tools/chaos (diskfull:ctxcache, C6): RocksDiskStore on a full disk. Once a memtable
+// cannot be flushed RocksDB refuses every write; they must fail with ResourceExhausted (not
+// INTERNAL), reads keep working, and the first write once the disk has room again succeeds
+// (the store reopens the database) instead of waiting for RocksDB's own 5 s poll or a restart.
+TEST(RocksDiskStoreTest, AFullDiskIsResourceExhaustedAndTheNextPutOnceSpaceIsBackSucceeds) {
+  TempDir dir;
+  auto disk = std::make_shared<testing::FullDiskFs>(rocksdb::FileSystem::Default());
+  disk->free_when_not_full = uint64_t{8} << 20;
+  std::unique_ptr<rocksdb::Env> env = rocksdb::NewCompositeEnv(disk);
+  auto store = RocksDiskStore::Open(dir.path() + "/db",
+                                    {.write_buffer_bytes = int64_t{64} << 10, .env = env.get()})
+                   .value();
+  const std::string block(100 << 10, 'k');  // larger than the write buffer: each Put flushes
+  ASSERT_TRUE(store->Put("a", block).ok());
+  ASSERT_TRUE(store->Put("b", block).ok());
+  disk->full = true;
+  Status failed;
+  for (int i = 0; i < 200 && failed.ok(); ++i) failed = store->Put(StrCat("full", i), block);
+  ASSERT_FALSE(failed.ok()) << "no Put failed on the full disk";
+  EXPECT_EQ(failed.code(), StatusCode::kResourceExhausted) << failed.ToString();
+  auto a = store->Get("a");
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_TRUE(a->has_value());
+  EXPECT_EQ(**a, block);
+  disk->full = false;
+  const Status again = store->Put("c", block);  // at once
+  EXPECT_TRUE(again.ok()) << again.ToString();
+  auto c = store->Get("c");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->has_value());
+  // Entries whose memtable could not be flushed may be gone (no WAL: a cache recomputes them);
+  // reading them is not an error.
+  EXPECT_TRUE(store->Get("b").ok());
 }
 
 TEST(BlockCacheTest, BlocksWaitingForASlowDiskAreServedAndWrittenBeforeShutdown) {

@@ -35,11 +35,13 @@ double SecondsSince(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// A decode worker: healthy GetLoad with a set load; Generate either answers one token at once or
-// (hang) accepts the call and never answers until the caller gives up. Records request ids.
+// A decode worker: healthy GetLoad with a set load; Generate either answers one token at once,
+// (hang) accepts the call and never answers until the caller gives up, or (stall) sends one
+// token and then nothing until the caller gives up, as a decoder stopped mid-answer. Records
+// request ids and the resume_token_ids of the last request.
 class FakeDecoder final : public v1::DecoderService::Service {
  public:
-  FakeDecoder(bool hang, int active) : hang_(hang) {
+  FakeDecoder(bool hang, int active, bool stall = false) : hang_(hang), stall_(stall) {
     load_.set_active_sequences(active);
     grpc::ServerBuilder b;
     b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
@@ -57,9 +59,16 @@ class FakeDecoder final : public v1::DecoderService::Service {
     {
       std::lock_guard<std::mutex> lock(mu_);
       ids_.push_back(req->request_id());
+      resume_.assign(req->resume_token_ids().begin(), req->resume_token_ids().end());
     }
     ++calls_;
-    if (hang_) {
+    if (stall_) {
+      v1::GenerateEvent first;
+      first.mutable_delta()->add_token_ids(7);
+      first.mutable_delta()->set_text("ok");
+      writer->Write(first);
+    }
+    if (hang_ || stall_) {
       while (!ctx->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
       return grpc::Status(grpc::StatusCode::CANCELLED, "caller gave up");
     }
@@ -75,16 +84,26 @@ class FakeDecoder final : public v1::DecoderService::Service {
     std::lock_guard<std::mutex> lock(mu_);
     return ids_;
   }
+  std::vector<int32_t> last_resume_token_ids() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return resume_;
+  }
 
  private:
   const bool hang_;
+  const bool stall_;
   v1::LoadReport load_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
   std::atomic<int> calls_{0};
   std::mutex mu_;
   std::vector<std::string> ids_;
+  std::vector<int32_t> resume_;
 };
+
+// The router flags under test (0 turns a feature off: the tests below then fail).
+constexpr char kWorkerIdleTimeout[] = "1";
+constexpr char kIndexTimeout[] = "1";
 
 v1::Document Doc(const std::string& id, const std::string& text, int dim = 0) {
   v1::Document d;
@@ -116,6 +135,7 @@ class RouterHardeningE2eTest : public ::testing::Test {
     cluster_ = new testing::Cluster(dir);
     hang_ = new FakeDecoder(/*hang=*/true, /*active=*/0);
     good_ = new FakeDecoder(/*hang=*/false, /*active=*/10);  // least_load tries hang_ first
+    stall_ = new FakeDecoder(/*hang=*/false, /*active=*/0, /*stall=*/true);
     std::string err;
     ASSERT_TRUE(cluster_->Start("index", "index", {"--data-dir", dir + "/index-data"}, &err))
         << err;
@@ -128,6 +148,20 @@ class RouterHardeningE2eTest : public ::testing::Test {
           &err))
           << err;
     }
+    // Only the idle timeout can rescue a query from stall_: the worker timeout is 300 s.
+    ASSERT_TRUE(
+        cluster_->Start("router", "router-idle",
+                        {"--index-addr", cluster_->Get("index")->addr(), "--decoders",
+                         stall_->address() + "," + good_->address(), "--policy", "least_load",
+                         "--poll-interval", "0.2", "--max-attempts", "2", "--worker-timeout", "300",
+                         "--worker-idle-timeout", kWorkerIdleTimeout},
+                        &err))
+        << err;
+    ASSERT_TRUE(cluster_->Start("router", "router-index-timeout",
+                                {"--index-addr", cluster_->Get("index")->addr(), "--decoders",
+                                 good_->address(), "--index-timeout", kIndexTimeout},
+                                &err))
+        << err;
     router_ = Stub("router").release();
     // A small corpus for the query tests.
     auto ctx = Ctx();
@@ -146,6 +180,7 @@ class RouterHardeningE2eTest : public ::testing::Test {
     delete cluster_;
     delete hang_;
     delete good_;
+    delete stall_;
   }
 
   static std::unique_ptr<v1::RagService::Stub> Stub(const std::string& name) {
@@ -178,12 +213,12 @@ class RouterHardeningE2eTest : public ::testing::Test {
   }
 
   static QueryResult Ask(v1::RagService::Stub* stub, const std::string& question,
-                         double deadline_s = 30) {
+                         double deadline_s = 30, int max_tokens = 1) {
     v1::QueryRequest req;
     req.set_collection("kb");
     req.set_question(question);
     req.set_top_k(2);
-    req.mutable_sampling()->set_max_tokens(1);
+    req.mutable_sampling()->set_max_tokens(max_tokens);
     auto ctx = Ctx(deadline_s);
     auto reader = stub->Query(ctx.get(), req);
     QueryResult r;
@@ -200,12 +235,14 @@ class RouterHardeningE2eTest : public ::testing::Test {
   static v1::RagService::Stub* router_;
   static FakeDecoder* hang_;
   static FakeDecoder* good_;
+  static FakeDecoder* stall_;
 };
 
 testing::Cluster* RouterHardeningE2eTest::cluster_ = nullptr;
 v1::RagService::Stub* RouterHardeningE2eTest::router_ = nullptr;
 FakeDecoder* RouterHardeningE2eTest::hang_ = nullptr;
 FakeDecoder* RouterHardeningE2eTest::good_ = nullptr;
+FakeDecoder* RouterHardeningE2eTest::stall_ = nullptr;
 
 // Issue 17 #1: the index rejects message 1; the router used to Finish its index stream twice
 // when message 2 arrived and die of a gRPC API-misuse abort.
@@ -300,6 +337,43 @@ TEST_F(RouterHardeningE2eTest, RequestIdsDifferAcrossRouterReplicas) {
     EXPECT_EQ(id.find(cluster_->Get("router")->addr()), std::string::npos) << id;
     EXPECT_EQ(id.find("0.0.0.0"), std::string::npos) << id;
   }
+}
+
+// Issue 23 chaos C4: a worker that sent a token and then stops (hung, SIGSTOPped) used to hold
+// the query until the client's deadline (20 s here; keepalive and --worker-timeout are far
+// longer). After --worker-idle-timeout of silence the router fails the query over to the other
+// worker, which resumes after the token already sent; the client sees one answer.
+TEST_F(RouterHardeningE2eTest, WorkerThatStopsMidAnswerFailsOverAfterTheIdleTimeout) {
+  auto stub = Stub("router-idle");
+  const int stall_calls = stall_->calls();
+  QueryResult r = Ask(stub.get(), "How long is the Nawerk River?", /*deadline_s=*/20,
+                      /*max_tokens=*/2);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_code() << " " << r.status.error_message();
+  EXPECT_EQ(stall_->calls(), stall_calls + 1) << "the stalling worker was not tried first";
+  EXPECT_EQ(r.tokens, 2);  // 7 from the stalled worker, 7 from the one that took over
+  EXPECT_EQ(r.stats.retries(), 1);
+  EXPECT_EQ(good_->last_resume_token_ids(), std::vector<int32_t>{7});
+}
+
+// Issue 23 chaos C5: the router's calls to a hung index (SIGSTOP: its connection stays open)
+// end after --index-timeout with UNAVAILABLE naming the index, within the client's longer
+// deadline (they used to wait for it and end DEADLINE_EXCEEDED); after SIGCONT they work again.
+TEST_F(RouterHardeningE2eTest, HungIndexIsUnavailableAfterTheIndexTimeout) {
+  auto stub = Stub("router-index-timeout");
+  ASSERT_TRUE(Ask(stub.get(), "Nawerk River").status.ok());  // connected to the index
+  testing::ClusterService* index = cluster_->Get("index");
+  index->proc->Signal(SIGSTOP);
+  QueryResult r = Ask(stub.get(), "How long is the Nawerk River?", /*deadline_s=*/20);
+  auto ctx = Ctx(20);
+  v1::ListCollectionsRequest lreq;
+  v1::ListCollectionsResponse lresp;
+  const grpc::Status list = stub->ListCollections(ctx.get(), lreq, &lresp);
+  index->proc->Signal(SIGCONT);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
+  EXPECT_NE(r.status.error_message().find("did not answer within"), std::string::npos)
+      << r.status.error_message();
+  EXPECT_EQ(list.error_code(), grpc::StatusCode::UNAVAILABLE) << list.error_message();
+  EXPECT_TRUE(Ask(stub.get(), "Nawerk River").status.ok());
 }
 
 }  // namespace

@@ -37,6 +37,7 @@
 #include <thread>
 #include <vector>
 
+#include "ragserve/v1/decoder.grpc.pb.h"
 #include "ragserve/v1/index.grpc.pb.h"
 #include "ragserve/v1/rag.grpc.pb.h"
 #include "services/common/client.h"
@@ -82,6 +83,7 @@ struct Options {
   int sequential_every = 4;  // every Nth round of the questions is sent sequential (KV retrieval)
   double ingest_rate = 2;    // batches per second
   int ingest_docs = 4;       // documents per batch
+  bool ingest_pre_encode = true;  // ingest also encodes the documents in the context cache
   double query_timeout_s = 20;
   double retry_s = 30;  // a query retries UNAVAILABLE / RESOURCE_EXHAUSTED this long
   double baseline_s = 8;
@@ -478,7 +480,8 @@ const char* const kWords[] = {"amber",  "basalt", "cedar",    "delta",   "ember"
                               "marble", "nectar", "obsidian", "pebble",  "quartz", "reed"};
 
 // One Ingest call of `b` through the router; the status.
-grpc::Status IngestOnce(v1::RagService::Stub* stub, const IngestBatch& b, double timeout_s) {
+grpc::Status IngestOnce(v1::RagService::Stub* stub, const IngestBatch& b, double timeout_s,
+                        bool pre_encode) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
@@ -486,6 +489,7 @@ grpc::Status IngestOnce(v1::RagService::Stub* stub, const IngestBatch& b, double
   auto w = stub->Ingest(&ctx, &resp);
   v1::IngestRequest req;
   req.set_collection("chaos");
+  req.set_pre_encode(pre_encode);
   for (size_t i = 0; i < b.ids.size(); ++i) {
     auto* d = req.add_documents();
     d->set_id(b.ids[i]);
@@ -532,7 +536,8 @@ class IngestLoad {
       }
       while (!g_interrupted) {
         const double start = Now();
-        const grpc::Status st = IngestOnce(stub_.get(), b, o_.query_timeout_s);
+        const grpc::Status st =
+            IngestOnce(stub_.get(), b, o_.query_timeout_s, o_.ingest_pre_encode);
         if (st.ok()) {
           b.acked_at = Now();
           break;
@@ -735,8 +740,17 @@ class ChaosRun {
     const std::string model = fs::absolute(o_.model).string();
     cluster_.Get("index").args = {"--data-dir", o_.work_dir + "/index-data"};
     cluster_.Get("kvr").args = {"--memory-limit-gib", "1"};
-    cluster_.Get("ctxcache").args = {
-        "--model", model, "--data-dir", o_.work_dir + "/ctxcache-data", "--ram-mb", "32"};
+    // A small RAM tier and memtable: passages are read back from the disk tier, and the blocks
+    // the ingest pre-encodes reach the disk every few seconds (with RocksDB's 64 MiB memtable
+    // the disk tier wrote nothing during a run and diskfull:ctxcache tested nothing: C6).
+    cluster_.Get("ctxcache").args = {"--model",
+                                     model,
+                                     "--data-dir",
+                                     o_.work_dir + "/ctxcache-data",
+                                     "--ram-mb",
+                                     "4",
+                                     "--disk-write-buffer-mb",
+                                     "1"};
     for (const char* d : {"dec0", "dec1"}) {
       cluster_.Get(d).args = {
           "--model", model, "--worker-id", d, "--ctxcache-addr", cluster_.Addr("ctxcache"),
@@ -747,10 +761,13 @@ class ChaosRun {
           "--kvr-sink-tokens", "16", "--kvr-window-tokens", "64", "--kv-budget-mb", "256"};
     }
     cluster_.Get("router").args = {
-        "--index-addr",    cluster_.Addr("index"),
-        "--decoders",      StrCat(cluster_.Addr("dec0"), ",", SelfHost(), ":", proxy_->port()),
-        "--ctxcache-addr", cluster_.Addr("ctxcache"),
-        "--poll-interval", "0.2"};
+        "--index-addr", cluster_.Addr("index"), "--decoders",
+        StrCat(cluster_.Addr("dec0"), ",", SelfHost(), ":", proxy_->port()), "--ctxcache-addr",
+        cluster_.Addr("ctxcache"), "--poll-interval", "0.2",
+        // Shorter than the client's 20 s deadline, so that a hung index, context cache or
+        // decoder (stop:*) fails an attempt (which the client retries, or the router fails
+        // over) instead of holding it for the whole deadline (C4, C5).
+        "--index-timeout", "5", "--ctxcache-timeout", "5", "--worker-idle-timeout", "5"};
     for (const char* name : kServices) {
       Log(StrCat("starting ", name, " at ", cluster_.Addr(name)));
       if (!cluster_.Start(name)) return 2;
@@ -888,6 +905,48 @@ class ChaosRun {
     return std::max(2.0, 4 * worst + 1.0);
   }
 
+  // Waits (at most 10 s) until decoder `name` reports a running sequence, so that a stop:decN
+  // fault catches an answer mid-stream (C4) rather than an idle decoder. A decoder's load is
+  // refreshed after a decode step, when its tokens went out.
+  void WaitUntilStreaming(const std::string& name) {
+    auto ch = MakeChannel(cluster_.Addr(name));
+    if (!ch.ok()) return;
+    auto stub = v1::DecoderService::NewStub(*ch);
+    const double until = Now() + 10;
+    while (Now() < until && !g_interrupted) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      v1::LoadRequest req;
+      v1::LoadReport load;
+      if (stub->GetLoad(&ctx, req, &load).ok() && load.active_sequences() > 0) {
+        Log(StrCat(name, ": ", load.active_sequences(), " sequence(s) streaming; stopping it"));
+        return;
+      }
+      SleepS(0.02);
+    }
+    Log(StrCat(name, ": no sequence streaming within 10 s; stopping it anyway"));
+  }
+
+  // Bytes of the files under `dir`, the filler excluded.
+  static uint64_t DirBytes(const std::string& dir) {
+    uint64_t bytes = 0;
+    std::error_code ec;
+    for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
+      if (e.is_regular_file(ec) && e.path().filename() != "chaos-filler") {
+        bytes += e.file_size(ec);
+      }
+    }
+    return bytes;
+  }
+
+  // Lines of a service's log (all its incarnations) that contain `what`.
+  int CountLogLines(const std::string& service, const std::string& what) const {
+    std::ifstream f(StrCat(o_.work_dir, "/logs/", service, ".log"));
+    int n = 0;
+    for (std::string line; std::getline(f, line);) n += line.find(what) != std::string::npos;
+    return n;
+  }
+
   bool Fill(const std::string& dir, bool on) {
     const std::string filler = dir + "/chaos-filler";
     if (!on) {
@@ -952,6 +1011,7 @@ class ChaosRun {
       mem_.SetPid(t, cluster_.Get(t).pid);
       f.ready = Now();
     } else if (f.kind == "stop") {
+      if (t == "dec0" || t == "dec1") WaitUntilStreaming(t);
       cluster_.Signal(t, SIGSTOP);
       SleepS(f.seconds);
       cluster_.Signal(t, SIGCONT);
@@ -966,10 +1026,16 @@ class ChaosRun {
       f.clear = Now();
     } else if (f.kind == "diskfull") {
       const std::string dir = o_.work_dir + "/" + t + "-data";
+      Log(StrCat("diskfull:", t, ": the data dir holds ", DirBytes(dir) >> 10,
+                 " KiB before the fill"));
+      const int errors_before = CountLogLines(t, "No space left");
       Fill(dir, true);
       SleepS(f.seconds);
       Fill(dir, false);
       f.clear = Now();
+      // Shows the fault reached the service: its writes failed on the full disk.
+      Log(StrCat("diskfull:", t, ": ", CountLogLines(t, "No space left") - errors_before,
+                 " log lines of ", t, " say 'No space left' during the fill"));
     }
   }
 
@@ -1370,6 +1436,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(2, 1000));
   app.add_option("--ingest-rate", o.ingest_rate, "Ingest batches per second")
+      ->capture_default_str();
+  app.add_option("--ingest-pre-encode", o.ingest_pre_encode,
+                 "Ingest with pre_encode: the context cache encodes (and stores) every batch")
       ->capture_default_str();
   app.add_option("--ingest-docs", o.ingest_docs, "Documents per ingest batch")
       ->capture_default_str();
