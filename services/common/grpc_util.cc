@@ -41,9 +41,9 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceSe
   const int64_t bytes = req == nullptr ? 0 : static_cast<int64_t>(req->ByteSizeLong());
   Status submitted = server->executor().Submit(
       [ctx, reactor, fn = std::move(fn)] {
-        if (SecondsLeft(*ctx) <= 0) {
-          reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                       "deadline expired while the call was queued"));
+        // A call whose caller left while it was queued is not run (under a flood: most of them).
+        if (Status waiting = CallerStillWaiting(*ctx); !waiting.ok()) {
+          reactor->Finish(ToGrpcStatus(Annotate(waiting, "not run")));
           return;
         }
         reactor->Finish(ToGrpcStatus(CallCatchingExceptions("call handler", fn)));

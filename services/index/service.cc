@@ -66,7 +66,7 @@ std::vector<Document> DocsFromProto(const google::protobuf::RepeatedPtrField<v1:
 class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
  public:
   UpsertReactor(IndexGrpcService* svc, grpc::CallbackServerContext* ctx, v1::UpsertResponse* resp)
-      : svc_(svc), resp_(resp) {
+      : svc_(svc), ctx_(ctx), resp_(resp) {
     if (grpc::Status st = PrecheckCall(ctx, svc->server()->auth()); !st.ok()) {
       Finish(st);
       return;
@@ -87,6 +87,12 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
     // The message is held (and counted against the request memory budget) until applied.
     Status submitted = svc_->server()->executor().Submit(
         [this] {
+          // A message queued for a caller that has left is not applied (under a flood most
+          // queued messages are such: applying them kept the index busy long after it).
+          if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
+            Finish(ToGrpcStatus(Annotate(st, "upsert not applied")));
+            return;
+          }
           if (Status st = Apply(); !st.ok()) {
             Finish(ToGrpcStatus(st));
             return;
@@ -120,6 +126,7 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
   }
 
   IndexGrpcService* svc_;
+  grpc::CallbackServerContext* ctx_;
   v1::UpsertResponse* resp_;
   v1::UpsertRequest msg_;
   std::shared_ptr<Collection> collection_;

@@ -103,8 +103,13 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
     const int64_t bytes = ok ? static_cast<int64_t>(msg_.ByteSizeLong()) : 0;
     Status submitted = svc_->server()->executor().Submit(
         [this, ok] {
-          Status st = CallCatchingExceptions("CreateSequence",
-                                             [this, ok] { return ok ? Apply() : Complete(); });
+          // Nothing is stored or built for a caller that has left (under a flood: most of the
+          // queued messages); what it created is released below.
+          Status st = CallerStillWaiting(*ctx_);
+          if (st.ok()) {
+            st = CallCatchingExceptions("CreateSequence",
+                                        [this, ok] { return ok ? Apply() : Complete(); });
+          }
           if (!st.ok()) {
             if (created_) (void)svc_->kvr()->Release(id_);
             Finish(ToGrpcStatus(st));

@@ -294,7 +294,8 @@ Status RouterService::CheckQuery(const grpc::CallbackServerContext& ctx,
   RS_CHECK_ARG(req.vector_size() <= 65536, "vector has ", req.vector_size(),
                " components; the limit is 65536");
   RS_CHECK_ARG(req.sampling().max_tokens() >= 0, "sampling.max_tokens must be >= 0");
-  if (SecondsLeft(ctx) <= 0) return DeadlineExceeded("deadline expired before the query ran");
+  // A query queued for a caller that has left is not run.
+  RS_RETURN_IF_ERROR(Annotate(CallerStillWaiting(ctx), "query not run"));
   return OkStatus();
 }
 
@@ -492,6 +493,12 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     const int64_t bytes = ok ? static_cast<int64_t>(msg_.ByteSizeLong()) : 0;
     Status submitted = svc_->server_->executor().Submit(
         [this, ok] {
+          // A message queued for a caller that has left is not forwarded (after a flood the
+          // router kept writing abandoned messages to a busy index, blocking its executor).
+          if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
+            Abort(Annotate(st, "ingest not forwarded"));
+            return;
+          }
           if (!ok) {
             Complete();
             return;
