@@ -161,6 +161,7 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const S
 ServiceServer::ServiceServer(ServerConfig cfg) : cfg_(std::move(cfg)), auth_(TokensOf(cfg_)) {
   executor_ = std::make_unique<BoundedExecutor>(cfg_.executor_threads, cfg_.executor_queue,
                                                 int64_t{cfg_.executor_queue_mb} << 20);
+  light_executor_ = std::make_unique<BoundedExecutor>(kLightThreads, kLightQueue);
 }
 
 ServiceServer::~ServiceServer() { Shutdown(); }
@@ -315,7 +316,9 @@ void ServiceServer::Shutdown() {
     server_->Wait();
   }
   executor_->Shutdown();
+  light_executor_->Shutdown();
   executor_->WaitIdle(cfg_.drain_seconds);
+  light_executor_->WaitIdle(cfg_.drain_seconds);
   if (metrics_http_) metrics_http_->Stop();
   metrics()
       .GetGauge("ragserve_up", "1 while the service is serving", {{"service", cfg_.service}})

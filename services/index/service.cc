@@ -302,7 +302,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::DropCollection(grpc::CallbackServerC
 grpc::ServerUnaryReactor* IndexGrpcService::ListCollections(grpc::CallbackServerContext* ctx,
                                                             const v1::ListCollectionsRequest* req,
                                                             v1::ListCollectionsResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, resp]() -> Status {
+  return ServeCheapUnary(ctx, server_, req, [this, resp]() -> Status {
     for (const auto& c : store_->List()) InfoToProto(c->Info(), resp->add_collections());
     return OkStatus();
   });
@@ -410,7 +410,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::GetDocuments(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* IndexGrpcService::Stats(grpc::CallbackServerContext* ctx,
                                                   const v1::StatsRequest* req,
                                                   v1::StatsResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeCheapUnary(ctx, server_, req, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
     InfoToProto(c->Info(), resp->mutable_info());
     return OkStatus();

@@ -244,7 +244,7 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Release(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Stats(grpc::CallbackServerContext* ctx,
                                                         const v1::KvrStatsRequest* req,
                                                         v1::KvrStatsResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, resp]() -> Status {
+  return ServeCheapUnary(ctx, server_, req, [this, resp]() -> Status {
     kvr_->ExpireIdle();
     const KvRetrievalStats st = kvr_->Stats();
     MetricsRegistry::Default()

@@ -86,8 +86,9 @@ std::unique_ptr<grpc::ClientContext> RouterService::DownstreamContext(
 template <typename Req, typename Resp, typename Method>
 grpc::ServerUnaryReactor* RouterService::ForwardToIndex(grpc::CallbackServerContext* ctx,
                                                         const Req* req, Resp* resp, Method method,
-                                                        const char* what) {
-  return ServeUnary(ctx, server_, req, [this, ctx, req, resp, method, what] {
+                                                        const char* what, bool cheap) {
+  auto serve = cheap ? ServeCheapUnary : ServeUnary;
+  return serve(ctx, server_, req, [this, ctx, req, resp, method, what] {
     auto cctx = DownstreamContext(*ctx, index_peer_.get());
     const grpc::Status st = ((*index_).*method)(cctx.get(), *req, resp);
     if (st.ok()) return OkStatus();
@@ -126,13 +127,13 @@ grpc::ServerUnaryReactor* RouterService::ListCollections(grpc::CallbackServerCon
                                                          const v1::ListCollectionsRequest* req,
                                                          v1::ListCollectionsResponse* resp) {
   return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::ListCollections,
-                        "list collections");
+                        "list collections", /*cheap=*/true);
 }
 
 grpc::ServerUnaryReactor* RouterService::Stats(grpc::CallbackServerContext* ctx,
                                                const v1::StatsRequest* req,
                                                v1::StatsResponse* resp) {
-  return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::Stats, "stats");
+  return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::Stats, "stats", /*cheap=*/true);
 }
 
 grpc::ServerUnaryReactor* RouterService::Delete(grpc::CallbackServerContext* ctx,

@@ -1,6 +1,7 @@
 // The index service in process (ServiceServer + IndexGrpcService, one executor thread held by a
 // test task) under the overload rules of docs/RELIABILITY.md "Floods": an Upsert message queued
-// for a caller that has left is not applied.
+// for a caller that has left is not applied, and the cheap calls (ListCollections, Stats) are
+// answered while the executor is busy.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -112,6 +113,31 @@ TEST_F(IndexOverloadTest, UpsertMessageQueuedForACallerThatLeftIsNotApplied) {
   auto kb = store_->Get("kb");
   ASSERT_TRUE(kb.ok());
   EXPECT_EQ((*kb)->Info().num_documents, 0) << "the abandoned message was applied";
+}
+
+// ListCollections and Stats (what probes and the router ask for) run on the lane of cheap calls:
+// answered while the executor is held (before: queued behind it until their deadline).
+TEST_F(IndexOverloadTest, ListCollectionsAndStatsAnswerWhileTheExecutorIsBusy) {
+  ASSERT_NO_FATAL_FAILURE(BlockExecutor());
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(20));
+    v1::ListCollectionsResponse resp;
+    const grpc::Status st = stub_->ListCollections(&ctx, v1::ListCollectionsRequest(), &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(resp.collections_size(), 1);
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(20));
+    v1::StatsRequest req;
+    req.set_collection("kb");
+    v1::StatsResponse resp;
+    const grpc::Status st = stub_->Stats(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(resp.info().spec().name(), "kb");
+  }
+  EXPECT_EQ(server_->executor().queued(), 0) << "a cheap call waited on the main executor";
 }
 
 }  // namespace
