@@ -3,10 +3,11 @@
 // ServiceServer wires: gRPC health (grpc.health.v1) and reflection, max message sizes, optional
 // TLS (mutual with --tls-client-ca), bearer-token auth with three credentials (auth.h; handlers
 // call PrecheckCall first, which checks the call's method against auth_policy.cc), a bounded
-// executor for slow work and a small lane for cheap calls, request metrics (count + latency per
-// method and code) served with everything else on a separate /metrics HTTP port, and graceful
-// shutdown: health turns NOT_SERVING, new calls are refused, in-flight calls get drain_seconds to
-// finish.
+// executor for slow work and a small lane for cheap calls, a gRPC ResourceQuota
+// (--grpc-memory-mb: what the transport may hold before handlers run), request metrics (count +
+// latency per method and code) served with everything else on a separate /metrics HTTP port, and
+// graceful shutdown: health turns NOT_SERVING, new calls are refused, in-flight calls get
+// drain_seconds to finish.
 //
 // RunServiceMain is the whole main() of a service binary: flags (+ RAGSERVE_* env), logging,
 // start, wait for SIGTERM/SIGINT, graceful stop, exit code.
