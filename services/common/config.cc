@@ -72,6 +72,12 @@ void AddServerFlags(CLI::App& app, ServerConfig* cfg) {
                  "RESOURCE_EXHAUSTED (0 = no limit)")
       ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
+  app.add_option("--grpc-memory-mb", cfg->grpc_memory_mb,
+                 "MiB gRPC may hold for this server's connections (received, not yet handled "
+                 "messages, transport buffers); near it senders wait, past it streams end "
+                 "RESOURCE_EXHAUSTED (0 = no bound)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   app.add_option("--drain-seconds", cfg->drain_seconds,
                  "Seconds in-flight RPCs get to finish on SIGTERM")
       ->check(CLI::Range(0.0, 3600.0))

@@ -51,6 +51,11 @@ struct ServerConfig {
   // MiB of request messages that queued and running executor work may hold (a request larger
   // than this still runs when nothing else is held); beyond -> RESOURCE_EXHAUSTED. 0 = no limit.
   int executor_queue_mb = 256;
+  // MiB the gRPC transport may hold for this server's connections (a grpc::ResourceQuota):
+  // bytes received and not yet handed to a handler, read and write buffers. Near it gRPC
+  // shrinks flow-control windows (senders wait), past it cancels streams (RESOURCE_EXHAUSTED
+  // "Buffers full"). 0 = gRPC's default (no bound).
+  int grpc_memory_mb = 256;
   double drain_seconds = 5.0;  // Graceful shutdown: in-flight RPCs get this long to finish.
   std::string ready_file;      // When set, {"grpc_port":..,"metrics_port":..,"pid":..} is
                                // written here (atomically) once the server is serving.

@@ -30,20 +30,24 @@ grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& aut
   return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
-                                     const google::protobuf::MessageLite* req,
-                                     std::function<Status()> fn) {
+namespace {
+
+// ServeUnary on `executor`.
+grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, grpc::CallbackServerContext* ctx,
+                                       ServiceServer* server,
+                                       const google::protobuf::MessageLite* req,
+                                       std::function<Status()> fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   if (grpc::Status st = PrecheckCall(ctx, server->auth()); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
   const int64_t bytes = req == nullptr ? 0 : static_cast<int64_t>(req->ByteSizeLong());
-  Status submitted = server->executor().Submit(
+  Status submitted = executor.Submit(
       [ctx, reactor, fn = std::move(fn)] {
-        if (SecondsLeft(*ctx) <= 0) {
-          reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                       "deadline expired while the call was queued"));
+        // A call whose caller left while it was queued is not run (under a flood: most of them).
+        if (Status waiting = CallerStillWaiting(*ctx); !waiting.ok()) {
+          reactor->Finish(ToGrpcStatus(Annotate(waiting, "not run")));
           return;
         }
         reactor->Finish(ToGrpcStatus(CallCatchingExceptions("call handler", fn)));
@@ -51,6 +55,20 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceSe
       bytes);
   if (!submitted.ok()) reactor->Finish(ToGrpcStatus(submitted));
   return reactor;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                     const google::protobuf::MessageLite* req,
+                                     std::function<Status()> fn) {
+  return ServeUnaryOn(server->executor(), ctx, server, req, std::move(fn));
+}
+
+grpc::ServerUnaryReactor* ServeCheapUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                          const google::protobuf::MessageLite* req,
+                                          std::function<Status()> fn) {
+  return ServeUnaryOn(server->light_executor(), ctx, server, req, std::move(fn));
 }
 
 grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, ServiceServer* server,

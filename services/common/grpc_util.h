@@ -36,6 +36,15 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceSe
                                      const google::protobuf::MessageLite* req,
                                      std::function<Status()> fn);
 
+// ServeUnary on the server's lane of cheap calls (ServiceServer::light_executor()), so the call
+// is answered while a flood keeps the main executor busy: for load reports, stats and listings
+// (in memory, bounded, no I/O). One exception: the router forwards ListCollections and Stats to
+// the index, which answers them on its own lane (a lane thread waits one round trip, at most
+// the caller's deadline). RESOURCE_EXHAUSTED when the lane's queue is full.
+grpc::ServerUnaryReactor* ServeCheapUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
+                                          const google::protobuf::MessageLite* req,
+                                          std::function<Status()> fn);
+
 // The same checks, then `fn` runs on the calling gRPC thread: only for work that is bounded, in
 // memory and short (tens to hundreds of microseconds, e.g. one ANN query), where the two thread
 // hand-offs of the executor path would cost more than the work itself. Anything that can block

@@ -4,6 +4,7 @@
 #include <google/protobuf/descriptor.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 #include <grpcpp/support/server_interceptor.h>
@@ -65,6 +66,9 @@ Status CheckPortFree(const std::string& host, int port) {
   freeaddrinfo(res);
   return status;
 }
+
+// Threads gRPC may run synchronous handlers on (reflection); ResourceQuota::SetMaxThreads.
+constexpr int kMaxSyncThreads = 16;
 
 // Calls that have arrived and not yet been destroyed, across all servers in the process.
 std::atomic<int64_t> g_calls_in_flight{0};
@@ -161,6 +165,7 @@ StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const S
 ServiceServer::ServiceServer(ServerConfig cfg) : cfg_(std::move(cfg)), auth_(TokensOf(cfg_)) {
   executor_ = std::make_unique<BoundedExecutor>(cfg_.executor_threads, cfg_.executor_queue,
                                                 int64_t{cfg_.executor_queue_mb} << 20);
+  light_executor_ = std::make_unique<BoundedExecutor>(kLightThreads, kLightQueue);
 }
 
 ServiceServer::~ServiceServer() { Shutdown(); }
@@ -194,6 +199,15 @@ Status ServiceServer::Start() {
   builder.AddListeningPort(listen, creds, &grpc_port_);
   builder.SetMaxReceiveMessageSize(cfg_.max_message_mb * 1024 * 1024);
   builder.SetMaxSendMessageSize(cfg_.max_message_mb * 1024 * 1024);
+  // Bounds what gRPC holds before a handler sees a request: without it a flood of message-sized
+  // requests is buffered by the transport without limit (docs/RELIABILITY.md "Floods"). The
+  // thread limit applies to synchronous handlers only (reflection); ours are callbacks.
+  grpc::ResourceQuota quota("ragserve-" + cfg_.service);
+  if (cfg_.grpc_memory_mb > 0) {
+    quota.Resize(static_cast<size_t>(cfg_.grpc_memory_mb) << 20);
+    quota.SetMaxThreads(kMaxSyncThreads);
+    builder.SetResourceQuota(quota);
+  }
   for (auto& [svc, name] : services_) builder.RegisterService(svc);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
   factories.push_back(std::make_unique<MetricsInterceptorFactory>());
@@ -315,7 +329,9 @@ void ServiceServer::Shutdown() {
     server_->Wait();
   }
   executor_->Shutdown();
+  light_executor_->Shutdown();
   executor_->WaitIdle(cfg_.drain_seconds);
+  light_executor_->WaitIdle(cfg_.drain_seconds);
   if (metrics_http_) metrics_http_->Stop();
   metrics()
       .GetGauge("ragserve_up", "1 while the service is serving", {{"service", cfg_.service}})

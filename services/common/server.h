@@ -3,9 +3,11 @@
 // ServiceServer wires: gRPC health (grpc.health.v1) and reflection, max message sizes, optional
 // TLS (mutual with --tls-client-ca), bearer-token auth with three credentials (auth.h; handlers
 // call PrecheckCall first, which checks the call's method against auth_policy.cc), a bounded
-// executor for slow work, request metrics (count + latency per method and code) served with
-// everything else on a separate /metrics HTTP port, and graceful shutdown: health turns
-// NOT_SERVING, new calls are refused, in-flight calls get drain_seconds to finish.
+// executor for slow work and a small lane for cheap calls, a gRPC ResourceQuota
+// (--grpc-memory-mb: what the transport may hold before handlers run), request metrics (count +
+// latency per method and code) served with everything else on a separate /metrics HTTP port, and
+// graceful shutdown: health turns NOT_SERVING, new calls are refused, in-flight calls get
+// drain_seconds to finish.
 //
 // RunServiceMain is the whole main() of a service binary: flags (+ RAGSERVE_* env), logging,
 // start, wait for SIGTERM/SIGINT, graceful stop, exit code.
@@ -45,7 +47,7 @@ class ServiceServer {
   Status Start();
 
   // Graceful stop (idempotent): NOT_SERVING, then gRPC shutdown with the drain deadline, then
-  // the executor drains, then /metrics stops.
+  // the executors drain, then /metrics stops.
   void Shutdown();
 
   // Blocks until Shutdown() was called or (in a binary, see RunServiceMain) a SIGTERM/SIGINT
@@ -59,6 +61,12 @@ class ServiceServer {
   const ServerConfig& config() const { return cfg_; }
   const TokenAuth& auth() const { return auth_; }
   BoundedExecutor& executor() { return *executor_; }
+  // The lane of cheap calls (load reports, stats, listings: bounded, in-memory, no I/O), apart
+  // from executor() so they are answered while a flood keeps executor() busy: kLightThreads
+  // threads, kLightQueue queued calls, no byte budget (their requests are small).
+  BoundedExecutor& light_executor() { return *light_executor_; }
+  static constexpr int kLightThreads = 2;
+  static constexpr int kLightQueue = 256;
   MetricsRegistry& metrics() { return MetricsRegistry::Default(); }
   // "127.0.0.1:50051": where clients reach this server.
   std::string address() const;
@@ -72,6 +80,7 @@ class ServiceServer {
   ServerConfig cfg_;
   TokenAuth auth_;
   std::unique_ptr<BoundedExecutor> executor_;
+  std::unique_ptr<BoundedExecutor> light_executor_;
   std::vector<std::pair<grpc::Service*, std::string>> services_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;

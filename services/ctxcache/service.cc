@@ -249,7 +249,7 @@ grpc::ServerUnaryReactor* ContextCacheService::Evict(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ContextCacheService::Stats(grpc::CallbackServerContext* ctx,
                                                      const v1::CtxStatsRequest* req,
                                                      v1::CtxStatsResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, resp] {
+  return ServeCheapUnary(ctx, server_, req, [this, resp] {
     const BlockCacheStats s = cache_->Stats();
     resp->set_ram_entries(s.ram_entries);
     resp->set_ram_bytes(s.ram_bytes);

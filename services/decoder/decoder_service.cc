@@ -506,7 +506,7 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* DecoderService::Generate(
 grpc::ServerUnaryReactor* DecoderService::GetLoad(grpc::CallbackServerContext* ctx,
                                                   const v1::LoadRequest* req,
                                                   v1::LoadReport* resp) {
-  return ServeUnary(ctx, server_, req, [this, resp] {
+  return ServeCheapUnary(ctx, server_, req, [this, resp] {
     resp->set_worker_id(worker_id());
     resp->set_device("cpu");
     if (!generator_) return OkStatus();

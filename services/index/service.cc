@@ -66,7 +66,7 @@ std::vector<Document> DocsFromProto(const google::protobuf::RepeatedPtrField<v1:
 class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
  public:
   UpsertReactor(IndexGrpcService* svc, grpc::CallbackServerContext* ctx, v1::UpsertResponse* resp)
-      : svc_(svc), resp_(resp) {
+      : svc_(svc), ctx_(ctx), resp_(resp) {
     if (grpc::Status st = PrecheckCall(ctx, svc->server()->auth()); !st.ok()) {
       Finish(st);
       return;
@@ -87,6 +87,12 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
     // The message is held (and counted against the request memory budget) until applied.
     Status submitted = svc_->server()->executor().Submit(
         [this] {
+          // A message queued for a caller that has left is not applied (under a flood most
+          // queued messages are such: applying them kept the index busy long after it).
+          if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
+            Finish(ToGrpcStatus(Annotate(st, "upsert not applied")));
+            return;
+          }
           if (Status st = Apply(); !st.ok()) {
             Finish(ToGrpcStatus(st));
             return;
@@ -120,6 +126,7 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
   }
 
   IndexGrpcService* svc_;
+  grpc::CallbackServerContext* ctx_;
   v1::UpsertResponse* resp_;
   v1::UpsertRequest msg_;
   std::shared_ptr<Collection> collection_;
@@ -295,7 +302,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::DropCollection(grpc::CallbackServerC
 grpc::ServerUnaryReactor* IndexGrpcService::ListCollections(grpc::CallbackServerContext* ctx,
                                                             const v1::ListCollectionsRequest* req,
                                                             v1::ListCollectionsResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, resp]() -> Status {
+  return ServeCheapUnary(ctx, server_, req, [this, resp]() -> Status {
     for (const auto& c : store_->List()) InfoToProto(c->Info(), resp->add_collections());
     return OkStatus();
   });
@@ -403,7 +410,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::GetDocuments(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* IndexGrpcService::Stats(grpc::CallbackServerContext* ctx,
                                                   const v1::StatsRequest* req,
                                                   v1::StatsResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeCheapUnary(ctx, server_, req, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
     InfoToProto(c->Info(), resp->mutable_info());
     return OkStatus();

@@ -103,8 +103,13 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
     const int64_t bytes = ok ? static_cast<int64_t>(msg_.ByteSizeLong()) : 0;
     Status submitted = svc_->server()->executor().Submit(
         [this, ok] {
-          Status st = CallCatchingExceptions("CreateSequence",
-                                             [this, ok] { return ok ? Apply() : Complete(); });
+          // Nothing is stored or built for a caller that has left (under a flood: most of the
+          // queued messages); what it created is released below.
+          Status st = CallerStillWaiting(*ctx_);
+          if (st.ok()) {
+            st = CallCatchingExceptions("CreateSequence",
+                                        [this, ok] { return ok ? Apply() : Complete(); });
+          }
           if (!st.ok()) {
             if (created_) (void)svc_->kvr()->Release(id_);
             Finish(ToGrpcStatus(st));
@@ -239,7 +244,7 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Release(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Stats(grpc::CallbackServerContext* ctx,
                                                         const v1::KvrStatsRequest* req,
                                                         v1::KvrStatsResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, resp]() -> Status {
+  return ServeCheapUnary(ctx, server_, req, [this, resp]() -> Status {
     kvr_->ExpireIdle();
     const KvRetrievalStats st = kvr_->Stats();
     MetricsRegistry::Default()

@@ -119,8 +119,9 @@ Status RouterService::PeerError(const grpc::CallbackServerContext& ctx, const gr
 template <typename Req, typename Resp, typename Method>
 grpc::ServerUnaryReactor* RouterService::ForwardToIndex(grpc::CallbackServerContext* ctx,
                                                         const Req* req, Resp* resp, Method method,
-                                                        const char* what) {
-  return ServeUnary(ctx, server_, req, [this, ctx, req, resp, method, what] {
+                                                        const char* what, bool cheap) {
+  auto serve = cheap ? ServeCheapUnary : ServeUnary;
+  return serve(ctx, server_, req, [this, ctx, req, resp, method, what] {
     auto cctx = DownstreamContext(*ctx, index_peer_.get(), opts_.index_timeout_s);
     const grpc::Status st = ((*index_).*method)(cctx.get(), *req, resp);
     if (st.ok()) return OkStatus();
@@ -158,13 +159,13 @@ grpc::ServerUnaryReactor* RouterService::ListCollections(grpc::CallbackServerCon
                                                          const v1::ListCollectionsRequest* req,
                                                          v1::ListCollectionsResponse* resp) {
   return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::ListCollections,
-                        "list collections");
+                        "list collections", /*cheap=*/true);
 }
 
 grpc::ServerUnaryReactor* RouterService::Stats(grpc::CallbackServerContext* ctx,
                                                const v1::StatsRequest* req,
                                                v1::StatsResponse* resp) {
-  return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::Stats, "stats");
+  return ForwardToIndex(ctx, req, resp, &v1::IndexService::Stub::Stats, "stats", /*cheap=*/true);
 }
 
 grpc::ServerUnaryReactor* RouterService::Delete(grpc::CallbackServerContext* ctx,
@@ -326,7 +327,8 @@ Status RouterService::CheckQuery(const grpc::CallbackServerContext& ctx,
   RS_CHECK_ARG(req.vector_size() <= 65536, "vector has ", req.vector_size(),
                " components; the limit is 65536");
   RS_CHECK_ARG(req.sampling().max_tokens() >= 0, "sampling.max_tokens must be >= 0");
-  if (SecondsLeft(ctx) <= 0) return DeadlineExceeded("deadline expired before the query ran");
+  // A query queued for a caller that has left is not run.
+  RS_RETURN_IF_ERROR(Annotate(CallerStillWaiting(ctx), "query not run"));
   return OkStatus();
 }
 
@@ -531,6 +533,12 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     const int64_t bytes = ok ? static_cast<int64_t>(msg_.ByteSizeLong()) : 0;
     Status submitted = svc_->server_->executor().Submit(
         [this, ok] {
+          // A message queued for a caller that has left is not forwarded (after a flood the
+          // router kept writing abandoned messages to a busy index, blocking its executor).
+          if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
+            Abort(Annotate(st, "ingest not forwarded"));
+            return;
+          }
           if (!ok) {
             Complete();
             return;

@@ -114,10 +114,13 @@ class RouterService final : public v1::RagService::CallbackService {
                             Answer* answer);
   static v1::QueryEvent StatsEvent(Clock::time_point t0, double search_ms, const Answer& answer);
 
-  // Runs `call` against the index service with the caller's deadline and cancellation.
+  // Runs `call` against the index service with the caller's deadline and cancellation. With
+  // `cheap` (ListCollections, Stats: the index answers them on its own lane of cheap calls) on
+  // the server's lane of cheap calls, so they are answered while ingest floods the executor.
   template <typename Req, typename Resp, typename Method>
   grpc::ServerUnaryReactor* ForwardToIndex(grpc::CallbackServerContext* ctx, const Req* req,
-                                           Resp* resp, Method method, const char* what);
+                                           Resp* resp, Method method, const char* what,
+                                           bool cheap = false);
   // The context of a call to the index or context cache made for the client call `ctx`: the
   // client's deadline and cancellation propagate, the internal token is attached. While `peer`
   // has never been reached, first waits for it (PeerChannel: it may still be starting).

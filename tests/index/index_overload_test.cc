@@ -1,0 +1,144 @@
+// The index service in process (ServiceServer + IndexGrpcService, one executor thread held by a
+// test task) under the overload rules of docs/RELIABILITY.md "Floods": an Upsert message queued
+// for a caller that has left is not applied, and the cheap calls (ListCollections, Stats) are
+// answered while the executor is busy.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "ragserve/v1/index.grpc.pb.h"
+#include "services/common/server.h"
+#include "services/index/collection.h"
+#include "services/index/service.h"
+#include "tests/support/process.h"
+
+namespace ragserve::collection {
+namespace {
+
+using Clock = std::chrono::system_clock;
+
+class IndexOverloadTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::MakeTempDir("rs_index_overload");
+    auto store = CollectionStore::Open(dir_ + "/data");
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    store_ = std::move(*store);
+    ServerConfig cfg;
+    cfg.service = "index";
+    cfg.metrics_port = -1;
+    cfg.executor_threads = 1;
+    server_ = std::make_unique<ServiceServer>(cfg);
+    service_ = std::make_unique<IndexGrpcService>(server_.get(), store_.get());
+    server_->AddService(service_.get(), "ragserve.v1.IndexService");
+    ASSERT_TRUE(server_->Start().ok());
+    stub_ = v1::IndexService::NewStub(
+        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+    v1::CreateCollectionRequest req;
+    req.mutable_spec()->set_name("kb");
+    req.mutable_spec()->set_dimension(16);
+    req.mutable_spec()->set_index_kind(v1::INDEX_KIND_FLAT);
+    v1::CreateCollectionResponse resp;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub_->CreateCollection(&ctx, req, &resp).ok());
+  }
+
+  void TearDown() override {
+    ReleaseExecutor();
+    server_->Shutdown();
+    service_.reset();
+    store_.reset();
+  }
+
+  // Occupies the executor's only thread until ReleaseExecutor(); returns once the task runs.
+  void BlockExecutor() {
+    ASSERT_TRUE(server_->executor().Submit([gate = gate_] { gate.wait(); }).ok());
+    while (server_->executor().queued() > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  void ReleaseExecutor() {
+    if (!released_) open_.set_value();
+    released_ = true;
+  }
+  // Waits (up to 60 s, a bound for a broken build) until `n` tasks wait on the executor.
+  bool WaitQueued(int n) {
+    for (int i = 0; i < 12000 && server_->executor().queued() < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return server_->executor().queued() >= n;
+  }
+
+  std::string dir_;
+  std::unique_ptr<CollectionStore> store_;
+  std::unique_ptr<ServiceServer> server_;
+  std::unique_ptr<IndexGrpcService> service_;
+  std::unique_ptr<v1::IndexService::Stub> stub_;
+  std::promise<void> open_;
+  std::shared_future<void> gate_ = open_.get_future().share();
+  bool released_ = false;
+};
+
+// Under a flood most queued Upsert messages belong to callers whose deadline has passed; applying
+// them anyway kept the index busy (and the router, which forwards to it, unanswered) for tens of
+// seconds after the flood. Here the message is queued behind a busy executor, its caller's
+// deadline passes, then the executor frees up: the message must not be written.
+TEST_F(IndexOverloadTest, UpsertMessageQueuedForACallerThatLeftIsNotApplied) {
+  ASSERT_NO_FATAL_FAILURE(BlockExecutor());
+  const auto t0 = Clock::now();
+  const auto deadline = t0 + std::chrono::seconds(2);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(deadline);
+  v1::UpsertResponse resp;
+  auto writer = stub_->Upsert(&ctx, &resp);
+  v1::UpsertRequest msg;
+  msg.set_collection("kb");
+  auto* d = msg.add_documents();
+  d->set_id("abandoned");
+  d->set_text("a document whose caller has gone");
+  ASSERT_TRUE(writer->Write(msg));
+  ASSERT_TRUE(WaitQueued(1));
+  ASSERT_LT(Clock::now(), deadline) << "the message was queued after its deadline: no test";
+  EXPECT_EQ(writer->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The server's deadline is its arrival time plus the timeout sent, so it passes before
+  // deadline + (deadline - t0) (arrival was before `deadline`, the timeout at most deadline - t0).
+  std::this_thread::sleep_until(deadline + (deadline - t0) + std::chrono::milliseconds(100));
+  ReleaseExecutor();
+  ASSERT_TRUE(server_->executor().WaitIdle(60));
+  auto kb = store_->Get("kb");
+  ASSERT_TRUE(kb.ok());
+  EXPECT_EQ((*kb)->Info().num_documents, 0) << "the abandoned message was applied";
+}
+
+// ListCollections and Stats (what probes and the router ask for) run on the lane of cheap calls:
+// answered while the executor is held (before: queued behind it until their deadline).
+TEST_F(IndexOverloadTest, ListCollectionsAndStatsAnswerWhileTheExecutorIsBusy) {
+  ASSERT_NO_FATAL_FAILURE(BlockExecutor());
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(20));
+    v1::ListCollectionsResponse resp;
+    const grpc::Status st = stub_->ListCollections(&ctx, v1::ListCollectionsRequest(), &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(resp.collections_size(), 1);
+  }
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(20));
+    v1::StatsRequest req;
+    req.set_collection("kb");
+    v1::StatsResponse resp;
+    const grpc::Status st = stub_->Stats(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(resp.info().spec().name(), "kb");
+  }
+  EXPECT_EQ(server_->executor().queued(), 0) << "a cheap call waited on the main executor";
+}
+
+}  // namespace
+}  // namespace ragserve::collection
