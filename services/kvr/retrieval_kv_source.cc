@@ -98,19 +98,27 @@ void PendingKv::Clear(int layer) {
   n_[layer] = 0;
 }
 
-StatusOr<int64_t> PendingKv::Flush(KvrSequence* seq) {
+StatusOr<int64_t> PendingKv::Flush(KvrSequence* seq, int64_t max_append_bytes) {
   const int64_t n = n_[0];
   if (n == 0) return int64_t{0};
-  std::vector<const float*> ks, vs;
   for (size_t l = 0; l < n_.size(); ++l) {
     if (n_[l] != n) {
       return Internal(StrCat("layer ", l, " holds ", n_[l], " pending tokens, layer 0 ", n,
                              " (an incomplete forward step)"));
     }
-    ks.push_back(k_[l].data());
-    vs.push_back(v_[l].data());
   }
-  RS_RETURN_IF_ERROR(seq->Append(n, ks, vs));
+  // A decode step holds one token; the switch after a background build all those decoded
+  // meanwhile: sent in slices that keep a remote store's messages well under gRPC's limit.
+  const int64_t token_bytes = int64_t{2} * row_ * static_cast<int64_t>(sizeof(float) * n_.size());
+  const int64_t slice = std::max<int64_t>(1, max_append_bytes / token_bytes);
+  std::vector<const float*> ks(n_.size()), vs(n_.size());
+  for (int64_t t = 0; t < n; t += slice) {
+    for (size_t l = 0; l < n_.size(); ++l) {
+      ks[l] = k_[l].data() + t * row_;
+      vs[l] = v_[l].data() + t * row_;
+    }
+    RS_RETURN_IF_ERROR(seq->Append(std::min(slice, n - t), ks, vs));
+  }
   for (size_t l = 0; l < n_.size(); ++l) Clear(static_cast<int>(l));
   return n;
 }

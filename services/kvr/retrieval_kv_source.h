@@ -13,9 +13,9 @@
 //            loop) thread. Meanwhile the sequence keeps decoding with exact full attention over
 //            the local cache (prompt + the tokens decoded since), and the new tokens' K/V are
 //            also kept for the store. The first Append of the first step after the build
-//            finished switches to decode: the tokens decoded meanwhile go to the store in one
-//            Append and the local cache is freed. Without an executor the build runs inline at
-//            the end of prefill (the step waits for it) and there is no building phase.
+//            finished switches to decode: the tokens decoded meanwhile go to the store (Appends
+//            of at most 8 MB) and the local cache is freed. Without an executor the build runs
+//            inline at the end of prefill (the step waits for it) and there is no building phase.
 //   decode   the new tokens' K/V are held locally ("pending") for the step: each query attends
 //            the stored tokens through the store's hybrid attention (sinks + window exact,
 //            top_k retrieved from the middle, merged by LSE) and the pending tokens exactly
@@ -142,9 +142,11 @@ class PendingKv {
   const float* k(int layer) const { return k_[layer].data(); }
   const float* v(int layer) const { return v_[layer].data(); }
   void Clear(int layer);
-  // Sends every layer's tokens to `seq` in one Append and clears them; returns how many tokens
-  // (per layer) went. Internal error when the layers hold different counts (a step cut short).
-  StatusOr<int64_t> Flush(KvrSequence* seq);
+  // Sends every layer's tokens to `seq` (one Append, or slices of at most kMaxAppendBytes of
+  // K/V each) and clears them; returns how many tokens (per layer) went. Internal error when the
+  // layers hold different counts (a step cut short).
+  static constexpr int64_t kMaxAppendBytes = int64_t{8} << 20;
+  StatusOr<int64_t> Flush(KvrSequence* seq, int64_t max_append_bytes = kMaxAppendBytes);
 
  private:
   int64_t row_;

@@ -375,6 +375,50 @@ TEST_F(RetrievalKvSourceTest, ABuildErrorOnTheExecutorEndsOnlyThatSequence) {
   EXPECT_EQ(kvr.Stats().sequences, 0);
 }
 
+// Records the Appends a PendingKv flush makes: n and the first key value of each layer.
+class RecordingSequence final : public KvrSequence {
+ public:
+  Status AddPrefill(int, int64_t, const float*, const float*, const float*) override {
+    return OkStatus();
+  }
+  StatusOr<double> FinishPrefill() override { return 0.0; }
+  Status Append(int64_t n, const std::vector<const float*>& k,
+                const std::vector<const float*>& v) override {
+    appends.push_back({n, k[0][0], k[1][0], v[1][0]});
+    return OkStatus();
+  }
+  Status Attend(int, int64_t, const float*, const AttendOptions&, float*, float*,
+                int64_t*) override {
+    return OkStatus();
+  }
+  Status Release() override { return OkStatus(); }
+  std::vector<std::vector<float>> appends;  // {n, k[0][0], k[1][0], v[1][0]}
+};
+
+TEST(PendingKvTest, AFlushLargerThanTheMessageBoundGoesInSlicesInTokenOrder) {
+  const int64_t row = 4;
+  internal::PendingKv pending(2, row);
+  for (int layer = 0; layer < 2; ++layer) {
+    auto [k, v] = pending.Extend(layer, 5, /*replace=*/false);
+    for (int64_t t = 0; t < 5; ++t) {
+      for (int64_t i = 0; i < row; ++i) {
+        k[t * row + i] = static_cast<float>(100 * layer + t);
+        v[t * row + i] = static_cast<float>(-100 * layer - t);
+      }
+    }
+  }
+  RecordingSequence seq;
+  // Two tokens of every layer's K and V per Append: 2 tokens x 2 layers x 2 x row floats.
+  const auto n = pending.Flush(&seq, 2 * 2 * 2 * row * sizeof(float));
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 5);
+  const std::vector<std::vector<float>> expected = {
+      {2, 0, 100, -100}, {2, 2, 102, -102}, {1, 4, 104, -104}};
+  EXPECT_EQ(seq.appends, expected);
+  EXPECT_EQ(pending.count(0), 0);
+  EXPECT_EQ(pending.count(1), 0);
+}
+
 TEST_F(RetrievalKvSourceTest, BadOptionsAreRejected) {
   KvRetrieval kvr;
   LocalKvrClient client(&kvr);
