@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <unordered_map>
 
+#include "kernels/cpu/attention.h"
+
 namespace ragserve::index::internal {
 
 Status CheckAddArgs(int64_t n, const float* x, const int64_t* ids, int dim) {
@@ -108,6 +110,7 @@ namespace {
 
 constexpr int64_t kQueryBlock = 256;
 constexpr int64_t kRowBlock = 8192;
+constexpr int64_t kScanQueries = 16;  // up to this many queries: kernels::KeyScores, not sgemm
 
 // Offers the scores of rows [r0, r0 + nr) (scores[i * nr + j] for query i) to the tops.
 void OfferBlock(const ExactRows& rows, bool l2, const float* q_norms, int64_t r0, int64_t nr,
@@ -145,9 +148,16 @@ void ExactTopK(const ExactRows& rows, Metric metric, int64_t nq, const float* q,
     for (int64_t r0 = 0; r0 < rows.rows; r0 += kRowBlock) {
       const int64_t nr = std::min(kRowBlock, rows.rows - r0);
       // scores[qn, nr] = q[q0:q0+qn] * x[r0:r0+nr]^T
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(qn),
-                  static_cast<int>(nr), d, 1.0f, q + q0 * d, d, rows.x + r0 * d, d, 0.0f,
-                  scores.data(), static_cast<int>(nr));
+      if (qn <= kScanQueries) {
+        // A few queries (a decode step's heads): one pass over the rows at memory bandwidth;
+        // sgemm would pack (copy) every row block first.
+        kernels::KeyScores(q + q0 * d, static_cast<int>(qn), rows.x + r0 * d, d, nr, d, 1.0f,
+                           scores.data());
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(qn),
+                    static_cast<int>(nr), d, 1.0f, q + q0 * d, d, rows.x + r0 * d, d, 0.0f,
+                    scores.data(), static_cast<int>(nr));
+      }
       OfferBlock(rows, l2, q_norms.data() + (l2 ? q0 : 0), r0, nr, scores.data(), filter, &tops);
     }
     for (int64_t i = 0; i < qn; ++i) {

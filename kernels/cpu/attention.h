@@ -17,9 +17,23 @@ namespace ragserve::kernels {
 // n == 0 writes o = 0 and lse = -inf. Plain reference version (no SIMD, no threads).
 void AttentionPartialRef(const float* q, int h, const float* k, int64_t ldk, const float* v,
                          int64_t ldv, int64_t n, int d, float scale, float* o, float* lse);
-// Same contract, vectorized; tested against AttentionPartialRef.
+// Same contract, at memory bandwidth for long n (AVX2/FMA when the CPU has it and d % 8 == 0,
+// else a plain loop): K and V are each read once for all h heads (scores of every head from one
+// read of a key row, then the weighted sum of V rows); tested against AttentionPartialRef.
 void AttentionPartial(const float* q, int h, const float* k, int64_t ldk, const float* v,
                       int64_t ldv, int64_t n, int d, float scale, float* o, float* lse);
+
+// Split-K AttentionPartial on `threads` threads (spin_pool.h): the n keys in one range per
+// thread, the partials merged exactly (MergePartial). For one kv head of a long context, where
+// threads over heads would leave cores idle. threads <= 1 or short n: AttentionPartial.
+void AttentionPartialParallel(const float* q, int h, const float* k, int64_t ldk, const float* v,
+                              int64_t ldv, int64_t n, int d, float scale, float* o, float* lse,
+                              int threads);
+
+// The scores s[hh * n + j] = scale * q_hh . k_j of h query heads q: [h, d] against n keys
+// (row stride ldk), every key row read once for all heads (the exact key scan of retrieval).
+void KeyScores(const float* q, int h, const float* k, int64_t ldk, int64_t n, int d, float scale,
+               float* s);
 
 // Same contract over the m keys k[idx[i]] / v[idx[i]] (a gathered subset, e.g. retrieved keys).
 void AttentionPartialGather(const float* q, int h, const float* k, int64_t ldk, const float* v,

@@ -18,6 +18,29 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 }  // namespace
 
+void AttentionPartialParallel(const float* q, int h, const float* k, int64_t ldk, const float* v,
+                              int64_t ldv, int64_t n, int d, float scale, float* o, float* lse,
+                              int threads) {
+  constexpr int64_t kMinKeys = 4096;  // per thread: below, a fork/join costs more than it saves
+  const int parts = static_cast<int>(std::min<int64_t>(std::max(1, threads), n / kMinKeys));
+  if (parts <= 1) {
+    AttentionPartial(q, h, k, ldk, v, ldv, n, d, scale, o, lse);
+    return;
+  }
+  const int64_t hd = int64_t{h} * d;
+  std::vector<float> po(static_cast<size_t>(parts) * hd), pl(static_cast<size_t>(parts) * h);
+  ParallelFor(parts, parts, [&](int64_t t) {
+    const int64_t a = n * t / parts, b = n * (t + 1) / parts;
+    AttentionPartial(q, h, k + a * ldk, ldk, v + a * ldv, ldv, b - a, d, scale, po.data() + t * hd,
+                     pl.data() + t * h);
+  });
+  std::copy(po.begin(), po.begin() + hd, o);
+  std::copy(pl.begin(), pl.begin() + h, lse);
+  for (int t = 1; t < parts; ++t) {
+    MergePartial(o, lse, po.data() + t * hd, pl.data() + t * h, h, d);
+  }
+}
+
 void AttentionTiled(const float* q, int n, int heads, int kv_heads, int d, const float* k,
                     const float* v, int64_t len, bool causal, int64_t window, float scale, float* o,
                     float* lse, int threads) {

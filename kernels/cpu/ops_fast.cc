@@ -386,6 +386,8 @@ class FastOpsImpl final : public Ops {
   }
 
  private:
+  // Keys per cache below which a decode task is not split across threads.
+  static constexpr int64_t kSplitKeysMinLen = 8192;
   // Tiles pay off once a block of queries shares its keys; decode-sized steps stay per row.
   void Sequence(const float* q, int n, int heads, int kv_heads, int d, const float* k,
                 const float* v, int64_t len, bool causal, int64_t window, float scale, float* o,
@@ -394,7 +396,25 @@ class FastOpsImpl final : public Ops {
       AttentionTiled(q, n, heads, kv_heads, d, k, v, len, causal, window, scale, o, lse, threads);
       return;
     }
-    ParallelFor(threads, int64_t{n} * kv_heads, [&](int64_t t) {
+    const int64_t tasks = int64_t{n} * kv_heads;
+    if (tasks < threads && len >= kSplitKeysMinLen) {
+      // Fewer (query, kv head) tasks than threads over a long cache (one kv head, a decode
+      // step): each task's keys are split across the threads instead (AttentionPartialParallel).
+      const int group = heads / kv_heads;
+      const int64_t row = int64_t{kv_heads} * d;
+      for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t i = t / kv_heads;
+        const int kvh = static_cast<int>(t % kv_heads);
+        const int64_t end = causal ? len - n + i + 1 : len;
+        const int64_t start = causal && window > 0 ? std::max<int64_t>(0, end - window) : 0;
+        const int64_t head0 = i * heads + int64_t{kvh} * group;
+        AttentionPartialParallel(q + head0 * d, group, k + start * row + int64_t{kvh} * d, row,
+                                 v + start * row + int64_t{kvh} * d, row, end - start, d, scale,
+                                 o + head0 * d, lse + head0, threads);
+      }
+      return;
+    }
+    ParallelFor(threads, tasks, [&](int64_t t) {
       AttentionRow(*this, q, n, heads, kv_heads, d, k, v, len, causal, window, scale, o, lse, t);
     });
   }

@@ -314,6 +314,7 @@ bool Generator::Step() {
       Finish(s, s->retrieval->status(), "error");
     } else {
       Advance(s, batch.counts[i], logits, i);
+      if (s->retrieval && !s->done) TrimRetrievalReservation(s);
     }
   }
   RetireFinished();
@@ -510,6 +511,21 @@ void Generator::Advance(Seq* s, int64_t forwarded, const std::vector<float>& log
   }
 }
 
+void Generator::TrimRetrievalReservation(Seq* s) {
+  // Once decoding through the store, the local cache is gone: the sequence keeps at most
+  // `bound` tokens of the worker's KV memory.
+  const int64_t bound = s->retrieval->local_kv_tokens_bound();
+  if (bound < 0) return;
+  int64_t tokens = bound;
+  if (model_->ops().memory() == kernels::MemorySpace::kDevice) {
+    tokens += 3 * kernels::cuda::KvPageGeometry{}.page_size;  // as ReserveKvTokens
+  }
+  const int64_t bytes = KvBytes(tokens);
+  if (bytes >= s->reserved_bytes) return;
+  reserved_kv_bytes_ -= s->reserved_bytes - bytes;
+  s->reserved_bytes = bytes;
+}
+
 void Generator::RetireFinished() {
   MutexLock lock(mu_);
   for (auto& s : active_) {
@@ -534,7 +550,8 @@ void Generator::UpdateLoad() {
   int64_t used = 0;
   int retrieval = 0;
   for (const auto& s : active_) {
-    used += KvBytes(static_cast<int64_t>(s->in_cache));
+    used +=
+        KvBytes(s->retrieval ? s->retrieval->local_kv_tokens() : static_cast<int64_t>(s->in_cache));
     retrieval += s->retrieval != nullptr;
   }
   load_.kv_bytes_used = used;

@@ -53,8 +53,11 @@ struct GeneratorOptions {
   // for sliding-window models). The source is made on the loop thread outside every lock; its
   // error, or a later error of the source (status() after a step), fails only that request
   // with that status. The source's store sequence is released when the request finishes, is
-  // cancelled or fails, before on_done. The worker's KV budget is still reserved for the
-  // sequence (its prefill runs through a local cache).
+  // cancelled or fails, before on_done (during a key index build on the source's build
+  // executor: once the build returns, by the build task). The sequence reserves the worker's
+  // KV budget like any other (prompt + max_tokens) while its local cache exists (prefill and
+  // a background index build, during which it decodes exactly); once it decodes through the
+  // store only what it keeps locally stays reserved (the step's token; on a GPU sinks + window).
   RetrievalSourceFactory kv_retrieval;
   // With a model on a device backend (decoder --device cuda) every sequence's KV is in GPU pages
   // from one pool of kv_budget_bytes (made on first use): plain sequences in pages of this
@@ -156,6 +159,9 @@ class Generator {
   // After a successful forward: `forwarded` more tokens of s are cached; once its prompt is in,
   // samples the next token from logits row `row`, emits it and finishes s on a stop condition.
   void Advance(Seq* s, int64_t forwarded, const std::vector<float>& logits, size_t row);
+  // A retrieval sequence that decodes through the store gives back the KV reservation of the
+  // local cache it no longer has.
+  void TrimRetrievalReservation(Seq* s);
   // Finished sequences leave the active set and return their KV reservation.
   void RetireFinished();
   void Finish(Seq* s, const Status& st, const std::string& reason);

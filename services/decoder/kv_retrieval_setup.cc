@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "services/common/client.h"
+#include "services/common/executor.h"
 #include "services/common/logging.h"
 #include "services/kvr/device_retrieval_source.h"
 #include "services/kvr/kvr_client_grpc.h"
@@ -57,6 +58,11 @@ void AddKvRetrievalFlags(CLI::App& app, KvRetrievalFlags* f) {
                  "The store releases a sequence idle this long (a lost worker's leftovers)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  app.add_option("--kvr-build-threads", f->build_threads,
+                 "Threads that build prompts' key indexes off the decode loop (a sequence decodes "
+                 "with exact attention until its index is built); 0 = build on the loop thread")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
   app.add_option("--kvr-memory-mb", f->memory_mb,
                  "K/V memory of the in-process store (--kv-retrieval local)")
       ->capture_default_str()
@@ -83,8 +89,23 @@ StatusOr<RetrievalSourceFactory> MakeKvRetrievalFactory(const KvRetrievalFlags& 
   ro.index_kind = static_cast<int>(kind);
   ro.ttl_ms = f.ttl_s * 1000;
 
-  std::shared_ptr<kvr::KvRetrieval> store;  // local mode: owned by the factory
-  std::shared_ptr<kvr::KvrClient> client;
+  // Owned by the factory. Members are destroyed in reverse order: the build pool is joined
+  // (a running build finishes; an abandoned sequence is released) before the client and the
+  // store go.
+  struct Backend {
+    std::shared_ptr<kvr::KvRetrieval> store;  // local mode
+    std::shared_ptr<kvr::KvrClient> client;
+    std::unique_ptr<BoundedExecutor> builds;  // null: builds run on the loop thread
+  };
+  auto backend = std::make_shared<Backend>();
+  std::shared_ptr<kvr::KvRetrieval>& store = backend->store;
+  std::shared_ptr<kvr::KvrClient>& client = backend->client;
+  RS_CHECK_ARG(f.build_threads >= 0, "--kvr-build-threads must be >= 0, got ", f.build_threads);
+  if (f.build_threads > 0) {
+    // Every active sequence may wait for a build; a refused task builds inline.
+    backend->builds = std::make_unique<BoundedExecutor>(f.build_threads, /*queue_capacity=*/256);
+    ro.build_executor = backend->builds.get();
+  }
   if (f.mode == "local") {
     RS_CHECK_ARG(f.memory_mb >= 1, "--kvr-memory-mb must be >= 1, got ", f.memory_mb);
     kvr::KvRetrievalOptions ko;
@@ -123,7 +144,7 @@ StatusOr<RetrievalSourceFactory> MakeKvRetrievalFactory(const KvRetrievalFlags& 
   auto counter = std::make_shared<std::atomic<uint64_t>>(0);
   const int64_t min_tokens = f.min_tokens;
   return RetrievalSourceFactory(
-      [store, client, ro, prefix, counter, min_tokens](
+      [backend, ro, prefix, counter, min_tokens](
           const engine::KvGeometry& g, const std::string& request_id, int64_t prefill_tokens,
           const DeviceKvTarget* device) -> StatusOr<std::unique_ptr<kvr::RetrievalSource>> {
         if (prefill_tokens < min_tokens) return std::unique_ptr<kvr::RetrievalSource>();
@@ -132,11 +153,13 @@ StatusOr<RetrievalSourceFactory> MakeKvRetrievalFactory(const KvRetrievalFlags& 
         const std::string id = StrCat(prefix, counter->fetch_add(1), "/", request_id);
         if (device != nullptr) {
           // GPU model: sinks + window in GPU pages, the middle in the store (hybrid layout).
-          RS_ASSIGN_OR_RETURN(auto src, kvr::DeviceRetrievalKvSource::Create(
-                                            client.get(), id, g, o, device->pool, device->ops));
+          RS_ASSIGN_OR_RETURN(auto src,
+                              kvr::DeviceRetrievalKvSource::Create(backend->client.get(), id, g, o,
+                                                                   device->pool, device->ops));
           return std::unique_ptr<kvr::RetrievalSource>(std::move(src));
         }
-        RS_ASSIGN_OR_RETURN(auto src, kvr::RetrievalKvSource::Create(client.get(), id, g, o));
+        RS_ASSIGN_OR_RETURN(auto src,
+                            kvr::RetrievalKvSource::Create(backend->client.get(), id, g, o));
         return std::unique_ptr<kvr::RetrievalSource>(std::move(src));
       });
 }

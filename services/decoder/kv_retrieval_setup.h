@@ -33,6 +33,7 @@ struct KvRetrievalFlags {
   int64_t prefill_timeout_ms = 3600000;        // remote: deadline of a whole prompt prefill stream
   int64_t ttl_s = 600;       // store-side idle release (safety net for a lost worker)
   int64_t memory_mb = 8192;  // local: K/V memory limit of the in-process store
+  int build_threads = 1;     // key index builds off the decode loop; 0 = on the loop thread
 };
 
 // --kv-retrieval, --kvr-addr, --kv-retrieval-min-tokens, --kvr-top-k, ...

@@ -49,6 +49,16 @@ Status DeviceRetrievalKvSource::Release() {
   return RetrievalSource::Release();
 }
 
+int64_t DeviceRetrievalKvSource::local_kv_tokens() const {
+  if (gpu_ == nullptr) return 0;
+  return gpu_->length(0) - cpu_only_tokens();
+}
+
+int64_t DeviceRetrievalKvSource::local_kv_tokens_bound() const {
+  // Decode keeps sinks + window + the step's token on the GPU (plus partly filled pages).
+  return decoding() ? sinks_ + window_ + 1 : -1;
+}
+
 void DeviceRetrievalKvSource::EvictMiddle() {
   const int64_t end = stored_ - window_;
   if (end <= std::max(sinks_, evicted_end_)) return;
@@ -63,7 +73,16 @@ Status DeviceRetrievalKvSource::Append(int layer, const float* k, const float* v
     Fail(bad);
     return OkStatus();
   }
-  if (decoding_ && layer == 0) {
+  if (phase_ == Phase::kBuilding && layer == 0) {
+    // A step starts: switch to the built indexes when the build is done (the tokens decoded
+    // meanwhile are flushed below).
+    StatusOr<bool> built = PollBuild();
+    if (!built.ok()) {
+      Fail(built.status());
+      return OkStatus();
+    }
+  }
+  if (decoding() && layer == 0) {
     // The previous step's tokens (every layer) go to the store before this step attends; the
     // GPU pages they pushed into the store's middle are given back.
     Status st = FlushPending();
@@ -78,9 +97,10 @@ Status DeviceRetrievalKvSource::Append(int layer, const float* k, const float* v
     Fail(st);
     return OkStatus();
   }
-  // Prefill: sent with this layer's queries in Attend; decode: at the next step's first Append.
+  // Prefill: sent with this layer's queries in Attend; building: at the switch to decode; decode:
+  // at the next step's first Append.
   const size_t bytes = static_cast<size_t>(n * g_.kv_row()) * sizeof(float);
-  auto [pk, pv] = pending_.Extend(layer, n, /*replace=*/!decoding_);
+  auto [pk, pv] = pending_.Extend(layer, n, /*replace=*/phase_ == Phase::kPrefill);
   ops_->CopyToHost(pk, k, bytes);
   ops_->CopyToHost(pv, v, bytes);
   return OkStatus();
@@ -90,8 +110,19 @@ Status DeviceRetrievalKvSource::Attend(int layer, const float* q, int n, float s
                                        float* lse) {
   Status st = CheckAttend(layer, q, n);
   if (st.ok()) {
-    st = decoding_ ? DecodeAttend(layer, q, n, scale, o, lse)
-                   : PrefillAttend(layer, q, n, scale, o, lse);
+    switch (phase_) {
+      case Phase::kPrefill:
+        st = PrefillAttend(layer, q, n, scale, o, lse);
+        break;
+      case Phase::kBuilding:
+        // Exact full attention over the GPU pages (prompt + the tokens decoded since).
+        st = gpu_->Attend(layer, q, n, g_.num_heads, scale, o, lse);
+        if (layer == 0) stats_.build_tokens += n;
+        break;
+      case Phase::kDecoding:
+        st = DecodeAttend(layer, q, n, scale, o, lse);
+        break;
+    }
   }
   if (!st.ok()) {
     Fail(st);
@@ -117,9 +148,8 @@ Status DeviceRetrievalKvSource::PrefillAttend(int layer, const float* q, int n, 
   pending_.Clear(layer);
   if (layer == g_.num_layers - 1 && gpu_->length(layer) >= options_.prefill_tokens) {
     stored_ = gpu_->length(layer);
-    RS_ASSIGN_OR_RETURN(stats_.build_ms, seq_->FinishPrefill());
-    decoding_ = true;
-    EvictMiddle();
+    RS_RETURN_IF_ERROR(StartBuild());
+    if (decoding()) EvictMiddle();  // inline build; otherwise at the switch to decode
   }
   return OkStatus();
 }

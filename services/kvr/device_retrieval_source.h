@@ -11,7 +11,10 @@
 //            K/V and queries are copied to the store (the queries build the attention-aware key
 //            index). After the step that completes the prompt the store builds its indexes and
 //            the GPU pages of the middle [S, n - W) go back to the pool. (The whole prompt is in
-//            GPU memory during prefill: exact prefill attention needs it.)
+//            GPU memory during prefill: exact prefill attention needs it.) With a build executor
+//            the build runs there and the sequence decodes with exact attention over its GPU
+//            pages until it is done (retrieval_kv_source.h); the middle's pages go back at the
+//            switch to decode.
 //   decode   a new token's K/V go to GPU pages now and to the store at the next step's first
 //            Append (all layers at once). With n tokens stored, the store's middle is
 //            [S, max(S, n - W)); the GPU attends everything else exactly, so with top_k covering
@@ -48,6 +51,8 @@ class DeviceRetrievalKvSource final : public RetrievalSource {
 
   // Also gives the GPU pages back.
   Status Release() override;
+  int64_t local_kv_tokens() const override;
+  int64_t local_kv_tokens_bound() const override;
   // GPU bytes held by this sequence's pages (sinks + window + pages not yet evicted).
   int64_t gpu_bytes() const { return gpu_ ? gpu_->bytes() : 0; }
   // Tokens whose KV is in the store only (the middle moved off the GPU).

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "kernels/cpu/attention.h"
+#include "services/common/logging.h"
 
 namespace ragserve::kvr {
 namespace {
@@ -97,19 +98,27 @@ void PendingKv::Clear(int layer) {
   n_[layer] = 0;
 }
 
-StatusOr<int64_t> PendingKv::Flush(KvrSequence* seq) {
+StatusOr<int64_t> PendingKv::Flush(KvrSequence* seq, int64_t max_append_bytes) {
   const int64_t n = n_[0];
   if (n == 0) return int64_t{0};
-  std::vector<const float*> ks, vs;
   for (size_t l = 0; l < n_.size(); ++l) {
     if (n_[l] != n) {
       return Internal(StrCat("layer ", l, " holds ", n_[l], " pending tokens, layer 0 ", n,
                              " (an incomplete forward step)"));
     }
-    ks.push_back(k_[l].data());
-    vs.push_back(v_[l].data());
   }
-  RS_RETURN_IF_ERROR(seq->Append(n, ks, vs));
+  // A decode step holds one token; the switch after a background build all those decoded
+  // meanwhile: sent in slices that keep a remote store's messages well under gRPC's limit.
+  const int64_t token_bytes = int64_t{2} * row_ * static_cast<int64_t>(sizeof(float) * n_.size());
+  const int64_t slice = std::max<int64_t>(1, max_append_bytes / token_bytes);
+  std::vector<const float*> ks(n_.size()), vs(n_.size());
+  for (int64_t t = 0; t < n; t += slice) {
+    for (size_t l = 0; l < n_.size(); ++l) {
+      ks[l] = k_[l].data() + t * row_;
+      vs[l] = v_[l].data() + t * row_;
+    }
+    RS_RETURN_IF_ERROR(seq->Append(std::min(slice, n - t), ks, vs));
+  }
   for (size_t l = 0; l < n_.size(); ++l) Clear(static_cast<int>(l));
   return n;
 }
@@ -137,10 +146,75 @@ RetrievalSource::RetrievalSource(std::string id, const engine::KvGeometry& g,
       seq_(std::move(seq)),
       pending_(g.num_layers, g.kv_row()) {}
 
+RetrievalSource::~RetrievalSource() { (void)RetrievalSource::Release(); }
+
 Status RetrievalSource::Release() {
   if (seq_ == nullptr) return OkStatus();
+  if (build_ != nullptr) {
+    MutexLock lock(build_->mu);
+    if (!build_->done) {
+      // FinishPrefill is running on the executor: the task releases the sequence when it returns.
+      build_->abandoned = std::move(seq_);
+      return OkStatus();
+    }
+  }
+  build_.reset();
   std::unique_ptr<KvrSequence> seq = std::move(seq_);
   return Annotate(seq->Release(), StrCat("kv retrieval: release of sequence '", id_, "'"));
+}
+
+Status RetrievalSource::StartBuild() {
+  if (options_.build_executor != nullptr) {
+    auto state = std::make_shared<BuildState>();
+    KvrSequence* seq = seq_.get();  // owned by the source, or by `state` once abandoned
+    std::string id = id_;
+    const Status queued = options_.build_executor->Submit([state, seq, id] {
+      double ms = 0;
+      const Status st = CallCatchingExceptions("key index build", [&]() -> Status {
+        RS_ASSIGN_OR_RETURN(ms, seq->FinishPrefill());
+        return OkStatus();
+      });
+      std::unique_ptr<KvrSequence> abandoned;
+      {
+        MutexLock lock(state->mu);
+        state->done = true;
+        state->status = st;
+        state->ms = ms;
+        abandoned = std::move(state->abandoned);
+      }
+      if (abandoned != nullptr) {
+        // The source was released during the build: the result is discarded.
+        if (Status rel = abandoned->Release(); !rel.ok()) {
+          RS_LOG(warn, "kv retrieval: release of sequence '{}' after its build: {}", id,
+                 rel.ToString());
+        }
+      }
+    });
+    if (queued.ok()) {
+      build_ = std::move(state);
+      phase_ = Phase::kBuilding;
+      return OkStatus();
+    }
+    RS_LOG(warn, "kv retrieval: sequence '{}': index build runs inline ({})", id_,
+           queued.ToString());
+  }
+  RS_ASSIGN_OR_RETURN(stats_.build_ms, seq_->FinishPrefill());
+  phase_ = Phase::kDecoding;
+  return OkStatus();
+}
+
+StatusOr<bool> RetrievalSource::PollBuild() {
+  Status st;
+  {
+    MutexLock lock(build_->mu);
+    if (!build_->done) return false;
+    st = build_->status;
+    stats_.build_ms = build_->ms;
+  }
+  build_.reset();
+  RS_RETURN_IF_ERROR(st);
+  phase_ = Phase::kDecoding;
+  return true;
 }
 
 void RetrievalSource::Fail(const Status& st) {
@@ -162,7 +236,7 @@ Status RetrievalSource::CheckAttend(int layer, const float* q, int n) const {
   }
   if (seq_ == nullptr) return FailedPrecondition("Attend after Release");
   const int64_t m = pending_.count(layer);
-  if (decoding_ ? n > m : n != m) {
+  if (phase_ != Phase::kPrefill ? n > m : n != m) {
     return InvalidArgument(
         StrCat("Attend of ", n, " queries after an Append of ", m, " tokens in layer ", layer));
   }
@@ -192,6 +266,16 @@ Status RetrievalKvSource::Release() {
   return RetrievalSource::Release();
 }
 
+int64_t RetrievalKvSource::local_kv_tokens() const {
+  if (prefill_cache_ != nullptr) return prefill_cache_->length();
+  return pending_.count(0);
+}
+
+int64_t RetrievalKvSource::local_kv_tokens_bound() const {
+  // Decode holds one step's tokens (one per step after the prompt) until the next step.
+  return decoding() ? 1 : -1;
+}
+
 Status RetrievalKvSource::Append(int layer, const float* k, const float* v, int n,
                                  const int32_t* positions) {
   if (!status_.ok()) return OkStatus();
@@ -199,15 +283,25 @@ Status RetrievalKvSource::Append(int layer, const float* k, const float* v, int 
     Fail(bad);
     return OkStatus();
   }
+  if (phase_ == Phase::kBuilding && layer == 0) {
+    // A step starts: switch to the built indexes when the build is done.
+    StatusOr<bool> built = PollBuild();
+    if (!built.ok()) {
+      Fail(built.status());
+      return OkStatus();
+    }
+    if (*built) prefill_cache_.reset();  // the tokens decoded meanwhile are flushed below
+  }
   const int64_t row = g_.kv_row();
-  if (!decoding_) {
+  if (phase_ != Phase::kDecoding) {
     Status st = prefill_cache_->Append(layer, k, v, n, positions);
     if (!st.ok()) {
       Fail(st);
       return OkStatus();
     }
-    // Sent to the store with this layer's queries in Attend.
-    auto [pk, pv] = pending_.Extend(layer, n, /*replace=*/true);
+    // Prefill: sent to the store with this layer's queries in Attend. Building: kept for the
+    // store until the switch to decode.
+    auto [pk, pv] = pending_.Extend(layer, n, /*replace=*/phase_ == Phase::kPrefill);
     std::copy(k, k + n * row, pk);
     std::copy(v, v + n * row, pv);
     return OkStatus();
@@ -231,8 +325,19 @@ Status RetrievalKvSource::Attend(int layer, const float* q, int n, float scale, 
   const int64_t qd = int64_t{g_.num_heads} * g_.head_dim;
   Status st = CheckAttend(layer, q, n);
   if (st.ok()) {
-    st = decoding_ ? DecodeAttend(layer, q, n, scale, o, lse)
-                   : PrefillAttend(layer, q, n, scale, o, lse);
+    switch (phase_) {
+      case Phase::kPrefill:
+        st = PrefillAttend(layer, q, n, scale, o, lse);
+        break;
+      case Phase::kBuilding:
+        // Exact full attention over the prompt and the tokens decoded since.
+        st = prefill_cache_->Attend(layer, q, n, scale, o, lse);
+        if (layer == 0) stats_.build_tokens += n;
+        break;
+      case Phase::kDecoding:
+        st = DecodeAttend(layer, q, n, scale, o, lse);
+        break;
+    }
   }
   if (!st.ok()) {
     Fail(st);
@@ -250,9 +355,9 @@ Status RetrievalKvSource::PrefillAttend(int layer, const float* q, int n, float 
   pending_.Clear(layer);
   if (layer == g_.num_layers - 1 && prefill_cache_->length(layer) >= options_.prefill_tokens) {
     stored_ = prefill_cache_->length(layer);
-    RS_ASSIGN_OR_RETURN(stats_.build_ms, seq_->FinishPrefill());
-    prefill_cache_.reset();  // the store holds the prompt from here on
-    decoding_ = true;
+    RS_RETURN_IF_ERROR(StartBuild());
+    // Inline build: the store holds the prompt from here on.
+    if (decoding()) prefill_cache_.reset();
   }
   return OkStatus();
 }

@@ -90,10 +90,16 @@ class KvRetrievalDecoderTest : public ::testing::Test {
         << testing::ReadFileOrEmpty(s->log);
   }
 
-  // A decoder with the index settings every test shares; `extra` adds or overrides flags.
+  // A decoder with the index settings every test shares; `extra` adds or overrides flags. The
+  // index is built on the loop thread (--kvr-build-threads 0): with a background build these
+  // short answers would end before the switch to the store, decoding exactly over the local
+  // cache, and the tests here are about the store's path (the background build is tested in
+  // async_index_build_test.cc).
   void StartDecoder(const std::vector<std::string>& extra, Service** s) {
     std::vector<std::string> args = {"--model",
                                      *dir_ + "/model",
+                                     "--kvr-build-threads",
+                                     "0",
                                      "--kv-retrieval-min-tokens",
                                      "1000",
                                      "--kvr-sink-tokens",

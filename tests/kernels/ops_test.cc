@@ -305,6 +305,77 @@ TEST(OpsTest, TiledCausalAndBlockAttentionMatchThePerRowReference) {
   }
 }
 
+// The bandwidth kernels (one read of K and of V for all heads of a group, split-K over threads,
+// the exact key scan) against the f64 reference: shapes on and off the SIMD paths (d % 16, heads
+// not a multiple of 4, key counts around the 8-key and block edges, strided rows, long n where
+// the float sums and the vectorized exp accumulate error).
+TEST(OpsTest, BandwidthAttentionKernelsMatchTheReferenceOnEdgeAndLongShapes) {
+  struct Shape {
+    int h, d;
+    int64_t n, ld;
+  };
+  const Shape shapes[] = {{1, 16, 1, 16},      {4, 128, 7, 128},   {4, 128, 9, 131},
+                          {3, 64, 255, 64},    {5, 32, 257, 40},   {7, 48, 1000, 48},
+                          {8, 128, 4099, 256}, {2, 96, 20000, 96}, {4, 128, 40000, 128}};
+  uint32_t seed = 90;
+  for (const Shape& sh : shapes) {
+    SCOPED_TRACE(::testing::Message()
+                 << "h=" << sh.h << " d=" << sh.d << " n=" << sh.n << " ld=" << sh.ld);
+    const std::vector<float> q = Rand(int64_t{sh.h} * sh.d, ++seed, -2.0f, 2.0f);
+    const std::vector<float> k = Rand(sh.n * sh.ld, ++seed, -2.0f, 2.0f);
+    const std::vector<float> v = Rand(sh.n * sh.ld, ++seed);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(sh.d));
+    std::vector<float> ro(q.size()), rl(sh.h), o(q.size()), l(sh.h), po(q.size()), pl(sh.h);
+    AttentionPartialRef(q.data(), sh.h, k.data(), sh.ld, v.data(), sh.ld, sh.n, sh.d, scale,
+                        ro.data(), rl.data());
+    AttentionPartial(q.data(), sh.h, k.data(), sh.ld, v.data(), sh.ld, sh.n, sh.d, scale, o.data(),
+                     l.data());
+    AttentionPartialParallel(q.data(), sh.h, k.data(), sh.ld, v.data(), sh.ld, sh.n, sh.d, scale,
+                             po.data(), pl.data(), 2);
+    for (size_t i = 0; i < o.size(); ++i) {
+      ASSERT_NEAR(o[i], ro[i], 2e-5) << "o at " << i;
+      ASSERT_NEAR(po[i], ro[i], 2e-5) << "split-K o at " << i;
+    }
+    for (int i = 0; i < sh.h; ++i) {
+      ASSERT_NEAR(l[i], rl[i], 2e-5 * (1.0f + std::abs(rl[i]))) << "lse at " << i;
+      ASSERT_NEAR(pl[i], rl[i], 2e-5 * (1.0f + std::abs(rl[i]))) << "split-K lse at " << i;
+    }
+    // The exact key scan's scores.
+    std::vector<float> sc(static_cast<size_t>(sh.h) * sh.n);
+    KeyScores(q.data(), sh.h, k.data(), sh.ld, sh.n, sh.d, scale, sc.data());
+    for (int hh = 0; hh < sh.h; ++hh) {
+      for (int64_t j = 0; j < sh.n; ++j) {
+        double dot = 0;
+        for (int c = 0; c < sh.d; ++c) {
+          dot += static_cast<double>(q[hh * sh.d + c]) * k[j * sh.ld + c];
+        }
+        ASSERT_NEAR(sc[hh * sh.n + j], scale * dot, 2e-5 * (1.0 + std::abs(scale * dot)))
+            << "score of head " << hh << " key " << j;
+      }
+    }
+  }
+}
+
+TEST(OpsTest, DecodeAttentionOverALongCacheOfOneKvHeadMatchesTheReference) {
+  // One kv head and one query row: FastOps splits the keys across the threads.
+  const int heads = 4, kv_heads = 1, d = 64;
+  const int64_t len = 20000;
+  const std::vector<float> q = Rand(heads * d, 70, -2.0f, 2.0f);
+  const std::vector<float> k = Rand(len * d, 71, -2.0f, 2.0f), v = Rand(len * d, 72);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  for (int64_t window : {int64_t{0}, int64_t{9000}}) {
+    std::vector<float> o(q.size()), lse(heads), ro(q.size()), rlse(heads);
+    FastOps().CausalAttention(q.data(), 1, heads, kv_heads, d, k.data(), v.data(), len, window,
+                              scale, o.data(), lse.data(), 2);
+    RefOps().CausalAttention(q.data(), 1, heads, kv_heads, d, k.data(), v.data(), len, window,
+                             scale, ro.data(), rlse.data(), 1);
+    for (size_t i = 0; i < o.size(); ++i) ASSERT_NEAR(o[i], ro[i], 2e-5) << "window " << window;
+    for (int i = 0; i < heads; ++i) {
+      ASSERT_NEAR(lse[i], rlse[i], 2e-5 * (1.0f + std::abs(rlse[i]))) << "window " << window;
+    }
+  }
+}
+
 TEST(OpsTest, MergingPartialsOverASplitEqualsAttentionOverAllKeys) {
   const int h = 3, d = 16;
   const int64_t n = 40;

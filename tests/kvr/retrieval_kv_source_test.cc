@@ -5,16 +5,20 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <future>
 #include <random>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "services/common/executor.h"
 #include "services/engine/model.h"
 #include "services/engine/sampling.h"
 #include "services/kvr/retrieval_kv_source.h"
 #include "tests/engine/engine_test_util.h"
+#include "tests/kvr/latched_kvr_client.h"
 
 namespace ragserve::kvr {
 namespace {
@@ -246,6 +250,173 @@ TEST_F(RetrievalKvSourceTest, ReleaseFreesTheStoreMemoryMidPrefillAndAfterDecode
   }  // a's destructor releases it
   EXPECT_EQ(kvr.Stats().sequences, 0);
   EXPECT_EQ(kvr.Stats().bytes_used, 0);
+}
+
+TEST_F(RetrievalKvSourceTest, ABuildOnTheExecutorDecodesExactlyMeanwhileThenSwitchesToTheStore) {
+  KvRetrievalOptions ko;
+  ko.defaults.sink_tokens = 8;
+  ko.defaults.window_tokens = 32;
+  ko.defaults.index_kind = KeyIndexKind::kExact;
+  KvRetrieval kvr(ko);
+  LocalKvrClient local(&kvr);
+  testing::LatchedKvrClient latched(&local);
+  BoundedExecutor builds(1, 4);  // declared after the store: joined before it goes
+  const std::vector<int32_t> prompt = RandomTokens(300, 512, 9);
+  RetrievalSourceOptions ro;
+  ro.prefill_tokens = static_cast<int64_t>(prompt.size());
+  ro.attend.top_k = 1 << 20;  // covers the middle: decode equals full attention
+  ro.build_executor = &builds;
+  auto full = model_->NewKvCache();
+  std::vector<float> lf, lr;
+  ASSERT_TRUE(model_->Prefill(prompt, 0, full.get(), 64, &lf).ok());
+  auto src = RetrievalKvSource::Create(&latched, "seq", model_->geometry(), ro);
+  ASSERT_TRUE(src.ok()) << src.status().ToString();
+  ASSERT_TRUE(model_->Prefill(prompt, 0, src->get(), 64, &lr).ok());
+  EXPECT_TRUE((*src)->building());
+  EXPECT_FALSE((*src)->decoding());
+  ASSERT_TRUE(latched.WaitForBuildsStarted(1, 60));
+  float max_diff = 0;
+  int agree = 0;
+  auto step = [&](int i) {
+    const int32_t tok = engine::ArgMax(lf);
+    agree += engine::ArgMax(lr) == tok;
+    const auto pos = static_cast<int32_t>(prompt.size()) + i;
+    ASSERT_TRUE(DecodeStep(*model_, full.get(), tok, pos, &lf).ok());
+    ASSERT_TRUE(DecodeStep(*model_, src->get(), tok, pos, &lr).ok());
+    ASSERT_TRUE((*src)->status().ok()) << (*src)->status().ToString();
+    max_diff = std::max(max_diff, MaxAbsDiff(lf, lr));
+  };
+  // The build cannot return: decode goes on over the local cache, the store is not called.
+  for (int i = 0; i < 6; ++i) step(i);
+  EXPECT_TRUE((*src)->building());
+  EXPECT_EQ((*src)->local_kv_tokens(), 306);
+  EXPECT_EQ((*src)->local_kv_tokens_bound(), -1);
+  EXPECT_EQ((*src)->stats().decode_attends, 0);
+  EXPECT_EQ(kvr.NumTokens("seq", 0).value(), 300);
+  EXPECT_LT(max_diff, 1e-5f);  // the same exact attention as the plain cache
+  latched.Open();
+  ASSERT_TRUE(builds.WaitIdle(60));
+  // The next step switches: the 6 tokens decoded meanwhile reach the store in one Append, the
+  // local cache is freed, and decode goes through the store.
+  for (int i = 6; i < 16; ++i) step(i);
+  EXPECT_TRUE((*src)->decoding());
+  EXPECT_EQ(kvr.NumTokens("seq", 0).value(), 315);  // the last token is still pending
+  EXPECT_EQ((*src)->local_kv_tokens(), 1);
+  EXPECT_EQ((*src)->local_kv_tokens_bound(), 1);
+  EXPECT_EQ((*src)->stats().build_tokens, 6);
+  EXPECT_EQ((*src)->stats().decode_attends, 10 * 2);
+  EXPECT_EQ((*src)->stats().appends, 10);
+  EXPECT_LT(max_diff, 1e-4f);
+  EXPECT_EQ(agree, 16);
+  EXPECT_EQ(latched.overlaps(), 0);
+}
+
+TEST_F(RetrievalKvSourceTest, DestroyingTheSourceDuringTheBuildLetsTheBuildReleaseTheSequence) {
+  KvRetrieval kvr;
+  LocalKvrClient local(&kvr);
+  testing::LatchedKvrClient latched(&local);
+  BoundedExecutor builds(1, 4);
+  const std::vector<int32_t> prompt = RandomTokens(200, 512, 10);
+  RetrievalSourceOptions ro;
+  ro.prefill_tokens = static_cast<int64_t>(prompt.size());
+  ro.build_executor = &builds;
+  auto src = RetrievalKvSource::Create(&latched, "seq", model_->geometry(), ro);
+  ASSERT_TRUE(src.ok());
+  std::vector<float> logits;
+  ASSERT_TRUE(model_->Prefill(prompt, 0, src->get(), 0, &logits).ok());
+  ASSERT_TRUE(latched.WaitForBuildsStarted(1, 60));
+  // Release (by the destructor) must not wait for the build nor call the sequence during it.
+  auto released = std::async(std::launch::async, [&] { src->reset(); });
+  const bool returned = released.wait_for(std::chrono::seconds(60)) == std::future_status::ready;
+  const int64_t seqs_during_build = kvr.Stats().sequences;
+  latched.Open();
+  ASSERT_TRUE(returned);
+  EXPECT_EQ(seqs_during_build, 1);  // the build task holds it
+  ASSERT_TRUE(builds.WaitIdle(60));
+  EXPECT_EQ(latched.builds_finished(), 1);
+  EXPECT_EQ(kvr.Stats().sequences, 0);
+  EXPECT_EQ(kvr.Stats().bytes_used, 0);
+  EXPECT_EQ(latched.overlaps(), 0);
+}
+
+TEST_F(RetrievalKvSourceTest, ABuildErrorOnTheExecutorEndsOnlyThatSequence) {
+  KvRetrieval kvr;
+  LocalKvrClient local(&kvr);
+  testing::LatchedKvrClient latched(&local);
+  latched.FailBuilds(Internal("injected build failure"));
+  latched.Open();
+  BoundedExecutor builds(1, 4);
+  const std::vector<int32_t> prompt = RandomTokens(120, 512, 11);
+  RetrievalSourceOptions ro;
+  ro.prefill_tokens = static_cast<int64_t>(prompt.size());
+  ro.build_executor = &builds;
+  auto src = RetrievalKvSource::Create(&latched, "bad", model_->geometry(), ro);
+  ASSERT_TRUE(src.ok());
+  std::vector<float> logits;
+  ASSERT_TRUE(model_->Prefill(prompt, 0, src->get(), 0, &logits).ok());
+  ASSERT_TRUE(builds.WaitIdle(60));
+  EXPECT_TRUE((*src)->status().ok());  // noticed at the next step
+  // The next step: a healthy sequence in the same batch is unaffected.
+  auto other = model_->NewKvCache();
+  auto alone = model_->NewKvCache();
+  const int32_t t = 7, t2 = 9;
+  std::vector<engine::SequenceStep> b = {
+      {std::span<const int32_t>(&t, 1), static_cast<int32_t>(prompt.size()), src->get()},
+      {std::span<const int32_t>(&t2, 1), 0, other.get()}};
+  std::vector<float> batch_logits, alone_logits;
+  ASSERT_TRUE(model_->Forward(b, engine::LogitsMode::kLast, &batch_logits).ok());
+  ASSERT_TRUE(DecodeStep(*model_, alone.get(), t2, 0, &alone_logits).ok());
+  const std::vector<float> row(batch_logits.begin() + 512, batch_logits.end());
+  EXPECT_LT(MaxAbsDiff(row, alone_logits), 1e-4f);
+  EXPECT_EQ((*src)->status().code(), StatusCode::kInternal);
+  EXPECT_NE((*src)->status().message().find("injected build failure"), std::string::npos);
+  EXPECT_NE((*src)->status().message().find("'bad'"), std::string::npos);
+  EXPECT_TRUE((*src)->Release().ok());
+  EXPECT_EQ(kvr.Stats().sequences, 0);
+}
+
+// Records the Appends a PendingKv flush makes: n and the first key value of each layer.
+class RecordingSequence final : public KvrSequence {
+ public:
+  Status AddPrefill(int, int64_t, const float*, const float*, const float*) override {
+    return OkStatus();
+  }
+  StatusOr<double> FinishPrefill() override { return 0.0; }
+  Status Append(int64_t n, const std::vector<const float*>& k,
+                const std::vector<const float*>& v) override {
+    appends.push_back({n, k[0][0], k[1][0], v[1][0]});
+    return OkStatus();
+  }
+  Status Attend(int, int64_t, const float*, const AttendOptions&, float*, float*,
+                int64_t*) override {
+    return OkStatus();
+  }
+  Status Release() override { return OkStatus(); }
+  std::vector<std::vector<float>> appends;  // {n, k[0][0], k[1][0], v[1][0]}
+};
+
+TEST(PendingKvTest, AFlushLargerThanTheMessageBoundGoesInSlicesInTokenOrder) {
+  const int64_t row = 4;
+  internal::PendingKv pending(2, row);
+  for (int layer = 0; layer < 2; ++layer) {
+    auto [k, v] = pending.Extend(layer, 5, /*replace=*/false);
+    for (int64_t t = 0; t < 5; ++t) {
+      for (int64_t i = 0; i < row; ++i) {
+        k[t * row + i] = static_cast<float>(100 * layer + t);
+        v[t * row + i] = static_cast<float>(-100 * layer - t);
+      }
+    }
+  }
+  RecordingSequence seq;
+  // Two tokens of every layer's K and V per Append: 2 tokens x 2 layers x 2 x row floats.
+  const auto n = pending.Flush(&seq, 2 * 2 * 2 * row * sizeof(float));
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 5);
+  const std::vector<std::vector<float>> expected = {
+      {2, 0, 100, -100}, {2, 2, 102, -102}, {1, 4, 104, -104}};
+  EXPECT_EQ(seq.appends, expected);
+  EXPECT_EQ(pending.count(0), 0);
+  EXPECT_EQ(pending.count(1), 0);
 }
 
 TEST_F(RetrievalKvSourceTest, BadOptionsAreRejected) {

@@ -758,7 +758,10 @@ class ChaosRun {
           "exact", "--kv-retrieval-min-tokens", "64",
           // Small static part: most of a ~600-token prompt is attended
           // through kvr's retrieval, so a kvr fault matters.
-          "--kvr-sink-tokens", "16", "--kvr-window-tokens", "64", "--kv-budget-mb", "256"};
+          "--kvr-sink-tokens", "16", "--kvr-window-tokens", "64", "--kv-budget-mb", "256",
+          // Index built on the loop thread: with a background build a short answer can end
+          // before it switches to kvr (decoding exactly meanwhile) and miss the fault.
+          "--kvr-build-threads", "0"};
     }
     cluster_.Get("router").args = {
         "--index-addr", cluster_.Addr("index"), "--decoders",
