@@ -255,7 +255,8 @@ def load_hf(model, model_dir):
     have = model.c.hf(want.get("bos_token_id"), want.get("eos_token_id"))
     diff = {k: (want.get(k), v) for k, v in have.items() if want.get(k) != v}
     if diff:
-        raise SystemExit("%s: config differs from the model's (file, model): %s" % (model_dir, diff))
+        raise SystemExit("%s: config differs from the model's (file, model): %s"
+                         % (model_dir, diff))
     tensors = read_safetensors(os.path.join(model_dir, "model.safetensors"))
     params = model.hf_state()
     if set(tensors) != set(params):
