@@ -84,6 +84,21 @@ def main():
                                             "1", "--needle-k", "24", "--needle-items", "2"], "2")
         if " long " not in out2 or "needle_em" not in out2:
             raise SystemExit("FAILED: the last phase made no long row or no needle check")
+        # A continuation (--recipe 4 --init-from): zero steps export the loaded weights
+        # unchanged (the load is exact), two steps train on from them with the same tokenizer.
+        m4 = os.path.join(tmp, "m4")
+        init = ["--recipe", "4", "--init-from", m]
+        out4 = train(src, bin_dir, tmp, 0, init, "4")
+        if "initialized from" not in out4:
+            raise SystemExit("FAILED: --init-from did not load the model")
+        for f in ("model.safetensors", "tokenizer.json"):
+            with open(os.path.join(m, f), "rb") as a, open(os.path.join(m4, f), "rb") as b:
+                if a.read() != b.read():
+                    raise SystemExit("FAILED: --init-from with 0 steps changed %s" % f)
+        shutil.rmtree(os.path.join(tmp, "w4"))
+        out4 = train(src, bin_dir, tmp, 2, init, "4")
+        if "step 2 " not in out4 or "dev_em" not in out4:
+            raise SystemExit("FAILED: the continuation did not train and evaluate 2 steps")
     finally:
         if args.keep:
             print("kept " + tmp)

@@ -230,6 +230,45 @@ def write_safetensors(path, tensors):
     os.replace(tmp, path)
 
 
+def read_safetensors(path):
+    """{name: float32 tensor} of a safetensors file written by write_safetensors (F32 only)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        if h["dtype"] != "F32":
+            raise SystemExit("%s: %s is %s, only F32 is read" % (path, name, h["dtype"]))
+        a, b = h["data_offsets"]
+        out[name] = torch.frombuffer(bytearray(data[a:b]), dtype=torch.float32).view(h["shape"])
+    return out
+
+
+def load_hf(model, model_dir):
+    """Loads config.json + model.safetensors of an exported model (export below) into `model`,
+    whose Config must match the file's: the start of a continuation run (train.py --init-from)."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        want = json.load(f)
+    have = model.c.hf(want.get("bos_token_id"), want.get("eos_token_id"))
+    diff = {k: (want.get(k), v) for k, v in have.items() if want.get(k) != v}
+    if diff:
+        raise SystemExit("%s: config differs from the model's (file, model): %s"
+                         % (model_dir, diff))
+    tensors = read_safetensors(os.path.join(model_dir, "model.safetensors"))
+    params = model.hf_state()
+    if set(tensors) != set(params):
+        raise SystemExit("%s: tensors differ: %s" % (model_dir, sorted(set(tensors) ^ set(params))))
+    with torch.no_grad():
+        for name, p in params.items():
+            if tuple(tensors[name].shape) != tuple(p.shape):
+                raise SystemExit("%s: %s has shape %s, the model %s" % (
+                    model_dir, name, list(tensors[name].shape), list(p.shape)))
+            p.copy_(tensors[name])
+
+
 def export(model, out_dir, tokenizer_json, bos_id, eos_id):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:

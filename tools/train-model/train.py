@@ -10,7 +10,8 @@ on generated training passages and questions; (2) train the model on generated R
 curriculum (one to three passages, mostly of one kind -> a few -> many, with position gaps so the
 question sees passages thousands of positions away, and long rows of dozens of passages);
 (3) export config.json + model.safetensors + tokenizer.json in the Hugging Face layout, the loss
-log (CSV) and a loss-curve plot.
+log (CSV) and a loss-curve plot. A continuation (--recipe 4 --init-from DIR) skips (1) and starts
+(2) from an exported model's weights and tokenizer instead of random weights.
 
 Each training row is one context (BOS + prefix + passages) followed by several question/answer
 segments. A segment attends to the whole context and to itself but not to the other segments, and
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -111,11 +113,12 @@ def check_tokenizer(args, enc, tmpl, path):
 
 class Stage:
     def __init__(self, passages, questions, gap_prob, hard_prob, tokens=0, long_prob=0.0,
-                 long_passages=(0, 0), long_questions=0):
+                 long_passages=(0, 0), long_questions=0, hard_all=False):
         self.passages = passages        # (min, max) passages per context
         self.questions = questions      # question segments per row
         self.gap_prob = gap_prob        # rows whose passages are spread over up to --span positions
         self.hard_prob = hard_prob      # rows whose distractors share the gold passages' kind
+        self.hard_all = hard_all        # in those rows every passage is of that kind (else 2..n)
         self.tokens = tokens            # tokens per step (0: --tokens-per-step)
         self.long_prob = long_prob      # steps made of one long row (long_passages passages,
         self.long_passages = long_passages  # 2-8K tokens, long_questions questions; attention
@@ -134,6 +137,11 @@ class Stage:
 #        its kind (the second run learned kind matching first and never unlearned it); answer
 #        loss weight 3; 8 heads of 32; the last phase mixes long rows (dozens of passages, 2-8K
 #        tokens) into the steps, for the long-prompt needle.
+#   "4": a continuation (--init-from a recipe-2 model; docs/MODEL.md): one phase of 2-6 passages
+#        in which 75% of the rows hold passages of one kind only (four rivers: only the name
+#        tells the gold passage apart), the rest rows of random kinds as in recipe 2, at a lower
+#        learning rate; answer weight 1 and 4 heads as recipe 2. It teaches the shipped reader to
+#        bind the question's name to its passage without forgetting what it reads.
 # "defaults" fill the options left unset on the command line.
 RECIPES = {
     "2": {"phases": [Stage((1, 2), 4, 0.0, 0.0, 1024),
@@ -141,14 +149,18 @@ RECIPES = {
                      Stage((3, 8), 8, 0.35, 0.4, 3072)],
           "bar": [0.9, 0.85, 2.0], "bar_same_kind": False,
           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
-                       "check_every": 50, "needle_k": 0}},
+                       "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
     "3": {"phases": [Stage((1, 3), 4, 0.0, 0.9, 1024),
                      Stage((2, 6), 6, 0.1, 0.6, 2048),
                      Stage((3, 8), 8, 0.3, 0.5, 3072, long_prob=0.3, long_passages=(20, 72),
                            long_questions=16)],
           "bar": [0.85, 0.8, 2.0], "bar_same_kind": True,
           "defaults": {"heads": 8, "kv_heads": 4, "answer_weight": 3.0, "eval_every": 400,
-                       "check_every": 100, "needle_k": 40}},
+                       "check_every": 100, "needle_k": 40, "lr": 2e-3, "warmup": 60}},
+    "4": {"phases": [Stage((2, 6), 6, 0.2, 0.75, 2048, hard_all=True)],
+          "bar": [2.0], "bar_same_kind": False, "init_from": True,
+          "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 150,
+                       "check_every": 50, "needle_k": 0, "lr": 1e-3, "warmup": 30}},
 }
 DEFAULT_RECIPE = "2"  # the shipped weights'
 PHASE_DEV_K = [2, 4, 4]
@@ -178,7 +190,7 @@ class Rows:
         n = self.rng.randint(*st.passages)
         if self.rng.random() < st.hard_prob and n > 1:
             topic = self.rng.choice(ragdata.TOPICS)
-            same = self.rng.randint(2, n)
+            same = n if st.hard_all else self.rng.randint(2, n)
             out = [self.stream.next(topic) for _ in range(same)]
             out += [self.stream.next() for _ in range(n - same)]
             self.rng.shuffle(out)
@@ -461,8 +473,12 @@ def main():
                     help="latest end of phases 0 and 1, as fractions of the run")
     ap.add_argument("--tokens-per-step", type=int, default=0,
                     help="tokens per step (0: the phase's, 1,024-3,072; 3,072 with --passages)")
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--warmup", type=int, default=60)
+    ap.add_argument("--lr", type=float, help="(recipe) peak learning rate")
+    ap.add_argument("--warmup", type=int, help="(recipe) warm-up steps")
+    ap.add_argument("--init-from", default="",
+                    help="a continuation: start from this exported model (config.json, "
+                         "model.safetensors; its tokenizer.json becomes the run's) instead of "
+                         "random weights; the optimizer starts fresh")
     ap.add_argument("--lm-weight", type=float, default=0.25)
     ap.add_argument("--question-weight", type=float, default=0.5)
     ap.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
@@ -511,12 +527,16 @@ def main():
         if getattr(args, k) is None:
             setattr(args, k, v)
     PHASES, PHASE_BAR = recipe["phases"], recipe["bar"]
+    if recipe.get("init_from") and not args.init_from:
+        ap.error("--recipe %s continues a trained model: give --init-from DIR" % args.recipe)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
     tmpl = ragdata.Template()
     tok_path = os.path.join(args.work, "tokenizer.json")
+    if args.init_from and not os.path.exists(tok_path):  # the ids the weights were trained on
+        shutil.copyfile(os.path.join(args.init_from, "tokenizer.json"), tok_path)
     if not os.path.exists(tok_path):
         train_tokenizer(args, tmpl, tok_path)
     enc = Encoder(tok_path)
@@ -557,6 +577,12 @@ def main():
         torch.set_rng_state(state["torch_rng"])
         print("resumed at step %d (%.0f s trained, phase %d)" % (step, elapsed, phase))
     else:
+        if args.init_from:
+            model_lib.load_hf(model, args.init_from)
+            print("initialized from %s: dev_em %.4f same_em %.4f heldout_em %.4f (4 passages)" % (
+                args.init_from, exact_match(model, enc, tmpl, dev_k[4]),
+                exact_match(model, enc, tmpl, dev_same[4]),
+                exact_match(model, enc, tmpl, dev_held)), flush=True)
         with open(log_path, "w") as f:
             f.write("step,seconds,tokens,lr,answer_loss,lm_loss,dev_em,phase,phase_dev_em,"
                     "dev_em_heldout,dev_em_same,phase_dev_same,needle_em\n")
