@@ -16,10 +16,13 @@
 namespace ragserve {
 namespace {
 
-// One call of grpc.health.v1.Health/Check with `request` (serialized), 60 s deadline.
-grpc::Status Call(grpc::GenericStub& stub, const grpc::ByteBuffer& request) {
+// One call of grpc.health.v1.Health/Check with `request` (serialized), 60 s deadline;
+// `wait_for_ready`: wait for a connection instead of failing on a broken one.
+grpc::Status Call(grpc::GenericStub& stub, const grpc::ByteBuffer& request,
+                  bool wait_for_ready = false) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  ctx.set_wait_for_ready(wait_for_ready);
   grpc::ByteBuffer response;
   grpc::Status st;
   bool done = false;
@@ -37,10 +40,15 @@ grpc::Status Call(grpc::GenericStub& stub, const grpc::ByteBuffer& request) {
   return st;
 }
 
+struct BigRequestOutcome {
+  grpc::Status big;    // the 32 MiB request
+  grpc::Status plain;  // the plain health check after it, on a new channel
+};
+
 // Sends a health check naming a 32 MiB service to a server with --grpc-memory-mb
-// `grpc_memory_mb`, then a plain one; returns the first call's code and whether the second
-// was answered OK (the server lives on).
-std::pair<grpc::StatusCode, bool> HealthCheckOfABigRequest(int grpc_memory_mb) {
+// `grpc_memory_mb`, then a plain one on a new channel (the quota may have closed the first
+// connection; what matters is that the server lives on and answers).
+BigRequestOutcome HealthCheckOfABigRequest(int grpc_memory_mb) {
   ServerConfig cfg;
   cfg.service = "quota-test";
   cfg.metrics_port = -1;
@@ -61,11 +69,18 @@ std::pair<grpc::StatusCode, bool> HealthCheckOfABigRequest(int grpc_memory_mb) {
   req += std::string(n, 's');
   grpc::Slice slice(req);
   grpc::ByteBuffer send(&slice, 1);
-  const grpc::Status big = Call(stub, send);
+  BigRequestOutcome out;
+  out.big = Call(stub, send);
+  grpc::GenericStub fresh(
+      grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args));
   grpc::Slice empty("");
-  const grpc::Status plain = Call(stub, grpc::ByteBuffer(&empty, 1));
+  out.plain = Call(fresh, grpc::ByteBuffer(&empty, 1), /*wait_for_ready=*/true);
   server.Shutdown();
-  return {big.error_code(), plain.ok()};
+  return out;
+}
+
+std::string Describe(const grpc::Status& s) {
+  return std::to_string(s.error_code()) + " " + s.error_message();
 }
 
 // Without a quota (0: what every server was before --grpc-memory-mb) the request reaches the
@@ -73,13 +88,15 @@ std::pair<grpc::StatusCode, bool> HealthCheckOfABigRequest(int grpc_memory_mb) {
 // cannot hold the 32 MiB request and ends the call RESOURCE_EXHAUSTED before any handler runs.
 // Either way the server answers the next call.
 TEST(GrpcQuotaTest, ARequestLargerThanTheQuotaIsResourceExhaustedBeforeAnyHandler) {
-  const auto [unbounded, unbounded_next_ok] = HealthCheckOfABigRequest(0);
-  EXPECT_NE(unbounded, grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(unbounded, grpc::StatusCode::OK);
-  EXPECT_TRUE(unbounded_next_ok);
-  const auto [bounded, bounded_next_ok] = HealthCheckOfABigRequest(4);
-  EXPECT_EQ(bounded, grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_TRUE(bounded_next_ok);
+  const BigRequestOutcome unbounded = HealthCheckOfABigRequest(0);
+  EXPECT_NE(unbounded.big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << Describe(unbounded.big);
+  EXPECT_NE(unbounded.big.error_code(), grpc::StatusCode::OK);
+  EXPECT_TRUE(unbounded.plain.ok()) << Describe(unbounded.plain);
+  const BigRequestOutcome bounded = HealthCheckOfABigRequest(4);
+  EXPECT_EQ(bounded.big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << Describe(bounded.big);
+  EXPECT_TRUE(bounded.plain.ok()) << Describe(bounded.plain);
 }
 
 }  // namespace
