@@ -110,6 +110,14 @@ int main(int argc, char** argv) {
                    "Documents per Ingest message; beyond: INVALID_ARGUMENT")
         ->capture_default_str()
         ->check(CLI::Range(1, 1 << 24));
+    app.add_option("--ingest-chunk-tokens", opts.ingest_chunk_tokens,
+                   "Ingest cuts longer documents into passages of this many words (0 = off)")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 100000));
+    app.add_option("--ingest-chunk-overlap", opts.ingest_chunk_overlap,
+                   "Words shared by consecutive passages of a cut document")
+        ->capture_default_str()
+        ->check(CLI::Range(0, 99999));
     app.add_option("--query-queue", opts.query_queue,
                    "Queries waiting for a thread before RESOURCE_EXHAUSTED")
         ->capture_default_str()

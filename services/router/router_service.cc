@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "services/common/logging.h"
 #include "services/common/metrics.h"
 #include "services/common/wire.h"
+#include "services/router/ingest_chunking.h"
 
 namespace ragserve::router {
 
@@ -48,6 +50,11 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   if (svc->opts_.worker_idle_timeout_s > 0) {
     svc->stall_watchdog_ = std::make_unique<StallWatchdog>(
         std::chrono::milliseconds(static_cast<int64_t>(svc->opts_.worker_idle_timeout_s * 1000)));
+  }
+  if (svc->opts_.ingest_chunk_tokens != 0) {
+    RS_RETURN_IF_ERROR(Annotate(chunking::ValidateChunkOptions({svc->opts_.ingest_chunk_tokens,
+                                                                svc->opts_.ingest_chunk_overlap}),
+                                "--ingest-chunk-tokens / --ingest-chunk-overlap"));
   }
   WorkerPoolOptions wopts = svc->opts_.workers;
   wopts.token = svc->opts_.downstream_token;
@@ -590,11 +597,36 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     RS_CHECK_ARG(msg_.documents_size() <= svc_->opts_.max_ingest_docs, "IngestRequest holds ",
                  msg_.documents_size(), " documents; the limit per message is ",
                  svc_->opts_.max_ingest_docs, " (router --max-ingest-docs)");
+    const int chunk_tokens = svc_->opts_.ingest_chunk_tokens;
+    if (chunk_tokens == 0) return Write(msg_.documents(), /*split=*/false);
+    google::protobuf::RepeatedPtrField<v1::Document> passages;
+    ChunkDocuments(msg_.documents(), {chunk_tokens, svc_->opts_.ingest_chunk_overlap}, &passages);
+    if (passages.size() == msg_.documents_size()) return Write(msg_.documents(), false);
+    return Write(passages, /*split=*/true);
+  }
+
+  // Sends documents to the index and pre-encodes them if asked: in one upsert, or with `split`
+  // (a message whose documents were cut into passages, which may be more documents and bytes than
+  // the message that brought them) in upserts of at most --max-ingest-docs documents and at most
+  // that message's size (which fit the gRPC message limit).
+  Status Write(const google::protobuf::RepeatedPtrField<v1::Document>& docs, bool split) {
+    const size_t max_bytes = split ? msg_.ByteSizeLong() : SIZE_MAX;
     v1::UpsertRequest u;
     u.set_collection(collection_);
-    *u.mutable_documents() = msg_.documents();
+    size_t bytes = u.ByteSizeLong();
+    for (const v1::Document& d : docs) {
+      const size_t size = d.ByteSizeLong() + 8;  // + the field's tag and length
+      if (split && u.documents_size() > 0 &&
+          (u.documents_size() == svc_->opts_.max_ingest_docs || bytes + size > max_bytes)) {
+        if (!writer_->Write(u)) return FinishUpsert("index upsert");
+        u.clear_documents();
+        bytes = u.ByteSizeLong();
+      }
+      *u.add_documents() = d;
+      bytes += size;
+    }
     if (!writer_->Write(u)) return FinishUpsert("index upsert");
-    if (pre_encode_) RS_RETURN_IF_ERROR(PreEncode(msg_.documents()));
+    if (pre_encode_) RS_RETURN_IF_ERROR(PreEncode(docs));
     return OkStatus();
   }
 

@@ -37,6 +37,10 @@ struct RouterOptions {
   int query_threads = 16;                      // queries orchestrated at once
   int query_queue = 256;                       // queries waiting; beyond: RESOURCE_EXHAUSTED
   int max_ingest_docs = 10000;                 // documents per Ingest message; beyond: INVALID_ARG
+  // Ingest cuts a document longer than one passage into passages of this many words overlapping
+  // by ingest_chunk_overlap (ragctl ingest's defaults; 0 = store every document whole).
+  int ingest_chunk_tokens = 200;
+  int ingest_chunk_overlap = 32;
   double worker_keepalive_s = 30;              // keepalive pings to workers during calls (0 = off)
   // A worker's answer stream that sends nothing for this long after its first message is a
   // failed worker: the query moves to another (resume_token_ids). 0 = off.

@@ -498,6 +498,33 @@ TEST_F(RagE2eTest, RetrievalModesQueryByVectorAndDeleteThroughTheRouter) {
   ASSERT_TRUE(a.status.ok());
   ASSERT_EQ(a.passages.size(), 1u);
   EXPECT_EQ(a.passages[0].id(), "note");
+  // A whole long document sent to Ingest is cut by the router (--ingest-chunk-tokens 200,
+  // overlap 32): 450 words make passages of words 0-199, 168-367 and 336-449.
+  std::string guide;
+  for (int i = 0; i < 450; ++i) {
+    guide += (i ? " " : "") + (i == 420 ? "Zelvantine" : "w" + std::to_string(i));
+  }
+  v1::IngestResponse gresp2;
+  auto gctx = Ctx();
+  auto gwriter = router_->Ingest(gctx.get(), &gresp2);
+  v1::IngestRequest greq2;
+  greq2.set_collection("chunked");
+  greq2.add_documents()->set_id("guide");
+  greq2.mutable_documents(0)->set_text(guide);
+  ASSERT_TRUE(gwriter->Write(greq2));
+  gwriter->WritesDone();
+  ASSERT_TRUE(gwriter->Finish().ok());
+  EXPECT_EQ(gresp2.ingested(), 3);
+  v1::QueryRequest zel = Question("Zelvantine", 1);
+  zel.set_collection("chunked");
+  zel.set_retrieval(v1::RETRIEVAL_MODE_BM25);
+  a = Ask(zel);
+  ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+  ASSERT_EQ(a.passages.size(), 1u);
+  EXPECT_EQ(a.passages[0].id(), "guide#2");
+  EXPECT_EQ(a.passages[0].document_id(), "guide");
+  EXPECT_EQ(a.passages[0].chunk_index(), 2);
+  EXPECT_EQ(a.passages[0].offset(), static_cast<int64_t>(guide.find("w336")));
   del.set_collection("no-such-collection");
   EXPECT_EQ(router_->Delete(Ctx().get(), del, &dresp).error_code(), grpc::StatusCode::NOT_FOUND);
 }

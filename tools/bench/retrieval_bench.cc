@@ -2,7 +2,7 @@
 //
 //   retrieval_bench --passages P.jsonl --questions Q.jsonl [--distractors D.jsonl --total N]
 //                   [--dim 256] [--index flat] [--methods hashing,bm25,hybrid,hybrid-weighted]
-//                   [--model DIR --dense-weight 0.5]
+//                   [--model DIR --dense-weight 0.5] [--split dev|test]
 //
 // Loads the passages (and distractor passages up to --total) into an in-process collection
 // (services/index/collection.h, hashing embedder), asks every question ({"question",
@@ -52,12 +52,15 @@ struct Row {
   double hit1 = 0, hit5 = 0, mrr = 0, p50_ms = 0, p95_ms = 0;
 };
 
-std::vector<Question> ReadQuestions(const std::string& path) {
+// Reads the questions of a JSONL file; with a non-empty `split`, only the lines whose "split"
+// field equals it (data/eval/paraphrase-handwritten.jsonl has "dev" and "test").
+std::vector<Question> ReadQuestions(const std::string& path, const std::string& split) {
   std::ifstream f(path);
   std::vector<Question> out;
   for (std::string line; std::getline(f, line);) {
     if (line.empty()) continue;
     auto j = nlohmann::json::parse(line);
+    if (!split.empty() && j.value("split", "") != split) continue;
     out.push_back(
         {j.at("question").get<std::string>(), j.at("answer_passage_id").get<std::string>()});
   }
@@ -163,6 +166,8 @@ int main(int argc, char** argv) {
   app.add_option("--methods", methods, "Comma-separated methods")->capture_default_str();
   app.add_option("--label", label, "Name of the set in the table")->capture_default_str();
   app.add_option("--json", json_out, "Also write the rows as JSON here");
+  std::string split;
+  app.add_option("--split", split, "Only the questions whose \"split\" field is this (dev, test)");
   std::string model;
   double dense_weight = 0.5;
   app.add_option("--model", model, "BERT encoder directory for the dense* methods");
@@ -180,6 +185,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   need_hashing |= !need_model;  // bm25 alone runs on the hashing collection
+  const auto qs = ReadQuestions(questions, split);
+  if (qs.empty()) {
+    std::fprintf(stderr, "retrieval_bench: no questions in %s (split '%s')\n", questions.c_str(),
+                 split.c_str());
+    return 2;
+  }
   int model_dim = 0;
   if (need_model) {
     std::ifstream f(model + "/config.json");
@@ -217,7 +228,6 @@ int main(int argc, char** argv) {
                         "create model collection"),
                    &model_load_s);
   }
-  const auto qs = ReadQuestions(questions);
 
   std::printf("## retrieval_bench\n\nmachine: %s, %d cpus, load %s\ncommand:",
               ragserve::bench::CpuModel().c_str(), ragserve::bench::CpuCount(),

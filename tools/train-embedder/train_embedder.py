@@ -11,6 +11,9 @@ Data (all generated here, nothing downloaded), question -> gold passage pairs:
   * paraphrase kind: passages and questions of tools/make-paraphrase-set/make_paraphrase_set.py's
     generator (fresh seed) whose concept combination is in neither the benchmark set (seed 5,
     400 passages) nor the fusion dev set (seed 6, 400 passages).
+With --recipe 2 the paraphrase kind is replaced by general-language pairs (lexicon.py: WordNet
+synonyms and glosses of the passages' words, reworded corpus questions, numbers in words), so
+nothing of the paraphrase generator is trained on (docs/EMBEDDER.md, "Recipe 2"; not shipped).
 Objective: in-batch negatives InfoNCE (symmetric, temperature 0.05) between the question and the
 passage embeddings. Deterministic for a seed (one torch thread).
 
@@ -36,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tools", "train-model"))
+import lexicon  # noqa: E402
 import wordpiece  # noqa: E402
 import ragdata  # noqa: E402
 
@@ -188,6 +192,12 @@ def main():
     ap.add_argument("--seed", type=int, default=20261205)
     ap.add_argument("--corpus-passages", type=int, default=6000)
     ap.add_argument("--paraphrase-pairs", type=int, default=15000)
+    ap.add_argument("--recipe", type=int, default=1, choices=(1, 2),
+                    help="1: corpus + paraphrase-generator pairs (the shipped run of 2026-12-05); "
+                         "2: corpus + general-language pairs (lexicon.py: WordNet, numbers), "
+                         "nothing from the paraphrase generator")
+    ap.add_argument("--lexicon-pairs", type=int, default=10000, help="recipe 2: WordNet pairs")
+    ap.add_argument("--number-pairs", type=int, default=5000, help="recipe 2: number pairs")
     ap.add_argument("--cpu-minutes", type=float, default=3.0,
                     help="training budget in CPU time of this process (the machine is shared)")
     ap.add_argument("--minutes", type=float, default=45.0, help="training wall-clock cap")
@@ -208,12 +218,22 @@ def main():
 
     excluded = eval_combos(5, 400) | eval_combos(6, 400)
     corpus = corpus_pairs(args.seed, args.corpus_passages)
-    paras = paraphrase_pairs(args.seed + 2, args.paraphrase_pairs, excluded)
+    if args.recipe == 1:
+        paras = paraphrase_pairs(args.seed + 2, args.paraphrase_pairs, excluded)
+    else:
+        # The second half of each batch: corpus questions reworded with WordNet synonyms, WordNet
+        # synonym and gloss pairs of the passages' words, and numbers in words (lexicon.py).
+        lex = lexicon.Lexicon([p for _, p in corpus])
+        lrng = random.Random(args.seed + 4)
+        paras = [(lex.reword(q, lrng), p) for q, p in corpus]
+        paras += [lex.pair(lrng) for _ in range(args.lexicon_pairs)]
+        paras += [lexicon.number_pair(lrng) for _ in range(args.number_pairs)]
     dev_c = corpus_pairs(args.seed + 100, 200)
-    dev_p = paraphrase_pairs(args.seed + 102, 300, excluded)
+    dev_p = paraphrase_pairs(args.seed + 102, 300, excluded)  # evaluation only
     vocab = wordpiece.build_vocab([t for pr in corpus + paras for t in pr], args.vocab)
     tok = wordpiece.WordPiece(vocab)
-    print(f"data: {len(corpus)} corpus pairs, {len(paras)} paraphrase pairs, vocab {len(vocab)} "
+    print(f"data: {len(corpus)} corpus pairs, {len(paras)} "
+          f"{'paraphrase' if args.recipe == 1 else 'general-language'} pairs, vocab {len(vocab)} "
           f"({time.time() - t0:.0f}s)", flush=True)
 
     # Token ids once, up front (the pure-Python tokenizer would otherwise cost as much as a step).
@@ -289,7 +309,8 @@ def main():
         json.dump({"command": " ".join(sys.argv), "args": vars(args), "steps": step,
                    "wall_s": round(time.time() - t0), "cpu_s": round(time.process_time()),
                    "torch": torch.__version__,
-                   "pairs": {"corpus": len(corpus), "paraphrase": len(paras)},
+                   "pairs": {"corpus": len(corpus),
+                             "paraphrase" if args.recipe == 1 else "general": len(paras)},
                    "final": final, "log": log}, f, indent=1)
         f.write("\n")
     print(f"wrote {args.out} after {step} steps, {time.time() - t0:.0f}s", flush=True)
