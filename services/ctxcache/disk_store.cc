@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "services/common/logging.h"
+#include "services/common/rocksdb_log.h"
 
 namespace ragserve::ctxcache {
 namespace {
@@ -26,20 +27,6 @@ rocksdb::Slice ToSlice(std::string_view s) { return rocksdb::Slice(s.data(), s.s
 std::string ValueKey(std::string_view key) { return StrCat("v", key); }
 std::string MarkerKey(std::string_view key) { return StrCat("m", key); }
 
-// RocksDB's info log, sent to ours (warnings and errors) instead of a LOG file on the data disk:
-// on a full disk the LOG file's writer fails too and the next line logged to it aborts the
-// process (an assertion in Debian's RocksDB build; found by tools/chaos on the index, C3).
-class InfoLog : public rocksdb::Logger {
- public:
-  InfoLog() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
-  using rocksdb::Logger::Logv;
-  void Logv(const char* format, va_list ap) override {
-    char line[1024];
-    std::vsnprintf(line, sizeof(line), format, ap);
-    RS_LOG(warn, "ctxcache disk tier: rocksdb: {}", line);
-  }
-};
-
 rocksdb::Options DbOptions(const RocksDiskStoreOptions& options) {
   rocksdb::Options o;
   o.create_if_missing = true;
@@ -48,7 +35,7 @@ rocksdb::Options DbOptions(const RocksDiskStoreOptions& options) {
   o.min_blob_size = 4096;
   o.max_open_files = 256;
   o.write_buffer_size = static_cast<size_t>(options.write_buffer_bytes);
-  o.info_log = std::make_shared<InfoLog>();
+  o.info_log = std::make_shared<RocksInfoLog>("ctxcache disk tier");
   if (options.env != nullptr) o.env = options.env;
   return o;
 }

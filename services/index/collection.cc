@@ -18,6 +18,7 @@
 
 #include "index/text_tokenizer.h"
 #include "services/common/logging.h"
+#include "services/common/rocksdb_log.h"
 #include "services/index/retrieval.h"
 
 namespace ragserve::collection {
@@ -143,20 +144,6 @@ Status ScanPrefix(rocksdb::DB* db, const std::string& prefix, Fn&& fn) {
   }
   return FromRocks(it->status(), "index store: scan");
 }
-
-// RocksDB's info log, sent to ours (warnings and errors) instead of a LOG file on the data disk:
-// on a full disk the LOG file's writer failed too, and the next line logged to it aborted the
-// process (an assertion of Debian's RocksDB build after a failed write, tools/chaos C3).
-class InfoLog : public rocksdb::Logger {
- public:
-  InfoLog() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
-  using rocksdb::Logger::Logv;
-  void Logv(const char* format, va_list ap) override {
-    char line[1024];
-    std::vsnprintf(line, sizeof(line), format, ap);
-    RS_LOG(warn, "index store: rocksdb: {}", line);
-  }
-};
 
 // Bytes of the write-ahead logs in `db_dir`: what a reopen replays and flushes to a table file.
 uint64_t WalBytes(const std::string& db_dir) {
@@ -1014,7 +1001,7 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
   rocksdb::Options& opts = *store->db_options_;
   opts.create_if_missing = true;
   opts.env = store->env_;
-  opts.info_log = std::make_shared<InfoLog>();
+  opts.info_log = std::make_shared<RocksInfoLog>("index store");
   rocksdb::DB* db = nullptr;
   RS_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(opts, data_dir + "/db", &db),
                                StrCat("index store: opening ", data_dir, "/db")));

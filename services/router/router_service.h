@@ -41,7 +41,7 @@ struct RouterOptions {
   // by ingest_chunk_overlap (ragctl ingest's defaults; 0 = store every document whole).
   int ingest_chunk_tokens = 200;
   int ingest_chunk_overlap = 32;
-  double worker_keepalive_s = 30;              // keepalive pings to workers during calls (0 = off)
+  double worker_keepalive_s = 30;  // keepalive pings to workers during calls (0 = off)
   // A worker's answer stream that sends nothing for this long after its first message is a
   // failed worker: the query moves to another (resume_token_ids). 0 = off.
   double worker_idle_timeout_s = 20;
