@@ -1,5 +1,5 @@
 // clang-format off
-// FUZZ_SOURCES: index/attention_aware.cc index/index_util.cc index/index_file.cc index/vector_index.cc services/common/status.cc services/common/logging.cc
+// FUZZ_SOURCES: index/attention_aware.cc index/index_util.cc kernels/cpu/attention.cc index/index_file.cc index/vector_index.cc services/common/status.cc services/common/logging.cc
 // clang-format on
 // Fuzzes AttentionAwareIndex::Load (the key index of the KV retrieval store) past the file
 // checksum: the input is [dim: u16 LE][payload: parameters, keys, ids, tombstones, entry points,

@@ -1,5 +1,5 @@
 // clang-format off
-// FUZZ_SOURCES: index/hnsw.cc index/hnsw_graph.cc index/index_util.cc index/index_file.cc index/vector_index.cc services/common/status.cc services/common/logging.cc
+// FUZZ_SOURCES: index/hnsw.cc index/hnsw_graph.cc index/index_util.cc kernels/cpu/attention.cc index/index_file.cc index/vector_index.cc services/common/status.cc services/common/logging.cc
 // clang-format on
 // Fuzzes HnswIndex::Load past the file checksum: the input is [metric + 3 * format: 1 byte]
 // [dim: u16 LE][payload: ragserve's parameter block + hnswlib's saveIndex body], wrapped into a
