@@ -4,13 +4,9 @@
 #include <rocksdb/env.h>
 #include <rocksdb/options.h>
 
-#include <chrono>
-#include <cstdarg>
-#include <cstdio>
 #include <filesystem>
 
-#include "services/common/logging.h"
-#include "services/common/rocksdb_log.h"
+#include "services/common/rocksdb_util.h"
 
 namespace ragserve::ctxcache {
 namespace {
@@ -90,43 +86,11 @@ Status RocksDiskStore::ReopenAfterWriteError() {
   if (!needs_reopen_) return OkStatus();
   WriterMutexLock<SharedMutex> lock(db_mu_);
   if (!needs_reopen_) return OkStatus();
-  rocksdb::Env* env = options_.env != nullptr ? options_.env : rocksdb::Env::Default();
-  uint64_t free_bytes = 0;
-  const uint64_t need = ReopenNeedBytes(options_);
-  if (env->GetFreeSpace(dir_, &free_bytes).ok() && free_bytes < need) {
-    return ResourceExhausted(StrCat("ctxcache disk tier: disk full: ", free_bytes, " bytes free, ",
-                                    need, " needed to take writes again"));
-  }
-  const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                             std::chrono::steady_clock::now().time_since_epoch())
-                             .count();
-  if (now_ms - last_reopen_ms_ < 1000) {
-    return ResourceExhausted("ctxcache disk tier: writes failed again right after a reopen");
-  }
-  last_reopen_ms_ = now_ms;
-  RS_LOG(warn, "ctxcache disk tier: a write failed earlier; reopening {} ({} bytes free)", dir_,
-         free_bytes);
-  db_->Close().PermitUncheckedError();
-  db_.reset();
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(DbOptions(options_), dir_, &raw);
-  if (s.ok()) {
-    db_.reset(raw);
-    needs_reopen_ = false;
-    RS_LOG(warn, "ctxcache disk tier: reopened {}", dir_);
-    return OkStatus();
-  }
-  // Still no room: serve reads from a read-only open until the next Put finds room.
-  RS_LOG(error, "ctxcache disk tier: reopening {} failed ({}); read-only until a write succeeds",
-         dir_, s.ToString());
-  rocksdb::Status ro = rocksdb::DB::OpenForReadOnly(DbOptions(options_), dir_, &raw);
-  if (!ro.ok()) {
-    RS_LOG(critical, "ctxcache disk tier: cannot open {} even read-only ({}); exiting", dir_,
-           ro.ToString());
-    std::abort();  // a restart retries the open
-  }
-  db_.reset(raw);
-  return FromRocks(s, "ctxcache disk tier: reopening after a failed write");
+  RS_RETURN_IF_ERROR(ReopenAfterFailedWrite(DbOptions(options_), dir_, ReopenNeedBytes(options_),
+                                            "ctxcache disk tier", &FromRocks, &last_reopen_ms_,
+                                            &db_));
+  needs_reopen_ = false;
+  return OkStatus();
 }
 
 Status RocksDiskStore::Put(std::string_view key, std::string_view value) {

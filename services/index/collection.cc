@@ -6,11 +6,7 @@
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <cstdarg>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <shared_mutex>
@@ -18,7 +14,7 @@
 
 #include "index/text_tokenizer.h"
 #include "services/common/logging.h"
-#include "services/common/rocksdb_log.h"
+#include "services/common/rocksdb_util.h"
 #include "services/index/retrieval.h"
 
 namespace ragserve::collection {
@@ -157,12 +153,6 @@ uint64_t WalBytes(const std::string& db_dir) {
 
 // Room a reopen needs besides the WAL (a new MANIFEST, OPTIONS file and WAL).
 constexpr uint64_t kReopenMarginBytes = uint64_t{1} << 20;
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 bool IsIvf(const std::string& kind) { return kind == "ivf_flat" || kind == "ivf_pq"; }
 
@@ -996,11 +986,10 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
   fs::create_directories(data_dir + "/indexes", ec);
   if (ec) return Internal(StrCat("index store: cannot create ", data_dir, ": ", ec.message()));
   auto store = std::unique_ptr<CollectionStore>(new CollectionStore(data_dir, limits));
-  store->env_ = env != nullptr ? env : rocksdb::Env::Default();
   store->db_options_ = std::make_unique<rocksdb::Options>();
   rocksdb::Options& opts = *store->db_options_;
   opts.create_if_missing = true;
-  opts.env = store->env_;
+  opts.env = env != nullptr ? env : rocksdb::Env::Default();
   opts.info_log = std::make_shared<RocksInfoLog>("index store");
   rocksdb::DB* db = nullptr;
   RS_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(opts, data_dir + "/db", &db),
@@ -1057,45 +1046,13 @@ Status CollectionStore::ReopenAfterWriteError() {
   if (!needs_reopen_) return OkStatus();
   WriterMutexLock<index::internal::RwMutex> lock(db_mu_);
   if (!needs_reopen_) return OkStatus();  // another writer reopened it meanwhile
-  const std::string db_dir = dir_ + "/db";
-  uint64_t free_bytes = 0;
-  const uint64_t need = WalBytes(db_dir) + kReopenMarginBytes;
-  if (env_->GetFreeSpace(db_dir, &free_bytes).ok() && free_bytes < need) {
-    return ResourceExhausted(StrCat("index store: disk full: ", free_bytes, " bytes free, ", need,
-                                    " needed to take writes again"));
-  }
-  const int64_t now = NowMs();
-  if (now - last_reopen_ms_ < 1000) {
-    return ResourceExhausted("index store: writes failed again right after a reopen (disk full?)");
-  }
-  last_reopen_ms_ = now;
-  // Close and open again, as a restart would: the WAL (every acknowledged write) is replayed.
   // Every DbRef is released (db_mu_ is held exclusively), so no call sees the closed DB.
-  RS_LOG(warn, "index store: a write failed earlier; reopening {} ({} bytes free)", db_dir,
-         free_bytes);
-  rocksdb::Status closed = db_->Close();
-  if (!closed.ok()) RS_LOG(warn, "index store: close before reopen: {}", closed.ToString());
-  db_.reset();
-  rocksdb::DB* db = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(*db_options_, db_dir, &db);
-  if (s.ok()) {
-    db_.reset(db);
-    needs_reopen_ = false;
-    RS_LOG(warn, "index store: reopened {}; taking writes again", db_dir);
-    return OkStatus();
-  }
-  // No room after all (the disk filled up again): serve reads from a read-only open (it writes
-  // nothing) until the next write finds room.
-  RS_LOG(error, "index store: reopening {} failed ({}); opening it read-only", db_dir,
-         s.ToString());
-  rocksdb::Status ro = rocksdb::DB::OpenForReadOnly(*db_options_, db_dir, &db);
-  if (!ro.ok()) {
-    RS_LOG(critical, "index store: cannot open {} even read-only ({}); exiting", db_dir,
-           ro.ToString());
-    std::abort();  // nothing could serve a call; a restart retries the open
-  }
-  db_.reset(db);
-  return FromRocks(s, "index store: reopening after a failed write");
+  const std::string db_dir = dir_ + "/db";
+  RS_RETURN_IF_ERROR(ReopenAfterFailedWrite(*db_options_, db_dir,
+                                            WalBytes(db_dir) + kReopenMarginBytes, "index store",
+                                            &FromRocks, &last_reopen_ms_, &db_));
+  needs_reopen_ = false;
+  return OkStatus();
 }
 
 CollectionStore::CollectionStore(std::string dir, StoreLimits limits)

@@ -308,13 +308,9 @@ class CollectionStore {
   // disk, or any I/O error) the next write first reopens the DB once the disk has room again
   // (ReopenAfterWriteError), so writes resume without a restart.
   Status WriteSync(rocksdb::WriteBatch* batch, std::string_view what);
-  // When a write failed since the last open: if the data disk has room for the WAL to be
-  // replayed (its size + 1 MiB), closes the DB and opens it again (what a restart does: RocksDB
-  // stops taking writes after a failed WAL write and, on its own, resumes only once the free
-  // space reaches its reserve, up to the 64 MiB write buffer, polled every 5 s; DB::Resume
-  // asserts in Debian's build, docs/RELIABILITY.md C2/C3). At most one reopen a second. Waits for
-  // every DbRef to be released. ResourceExhausted while the disk is still too full; if the reopen
-  // itself fails the DB is opened read-only (reads keep working) and the next write tries again.
+  // When a write failed since the last open: ReopenAfterFailedWrite (services/common/
+  // rocksdb_util.h) once the data disk has room for the WAL to be replayed (its size + 1 MiB).
+  // Waits for every DbRef to be released.
   Status ReopenAfterWriteError();
   std::string IndexDir() const { return dir_ + "/indexes"; }
   // Deletes a collection's records and index files (under its write_mu_) and marks it dropped.
@@ -322,7 +318,6 @@ class CollectionStore {
 
   const std::string dir_;
   const StoreLimits limits_;
-  rocksdb::Env* env_ = nullptr;                   // set by Open, never changes
   std::unique_ptr<rocksdb::Options> db_options_;  // set by Open, never changes
   // db_mu_ guards db_: shared by every use (DbRef: one call or one scan, never nested, never
   // while waiting for a collection lock), exclusive to close and reopen it. Writer-preferring,
