@@ -4,6 +4,11 @@
 
 #include <cstdio>
 #include <cstring>
+#include <string>
+#include <utility>
+
+#include "ragserve/v1/index.pb.h"
+#include "services/common/chunker.h"
 
 namespace ragserve::wire {
 
@@ -82,6 +87,18 @@ std::string PassageKey(std::string_view passage_text) {
       hex, sizeof(hex), "%016llx",
       static_cast<unsigned long long>(XXH3_64bits(passage_text.data(), passage_text.size())));
   return hex;
+}
+
+v1::Document ChunkDocument(const std::string& document_id, const std::string& metadata_json,
+                           chunking::Chunk c) {
+  v1::Document d;
+  d.set_id(document_id + "#" + std::to_string(c.index));
+  d.set_text(std::move(c.text));
+  d.set_metadata_json(metadata_json);
+  d.set_document_id(document_id);
+  d.set_chunk_index(c.index);
+  d.set_offset(c.offset);
+  return d;
 }
 
 }  // namespace ragserve::wire

@@ -1,7 +1,8 @@
-// Wire helpers shared by services and their clients: the Tensor codec of the internal protos and
-// the passage keys that decoders report and routers match. A service or client includes this
-// instead of another service's headers, so each binary links only what it uses (this file's
-// library, ragserve_wire, needs only the generated protobuf messages and xxHash).
+// Wire helpers shared by services and their clients: the Tensor codec of the internal protos, the
+// passage keys that decoders report and routers match, and the documents of a chunked document. A
+// service or client includes this instead of another service's headers, so each binary links only
+// what it uses (this file's library, ragserve_wire, needs only the generated protobuf messages and
+// xxHash).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,13 @@
 
 #include "ragserve/v1/common.pb.h"
 #include "services/common/status.h"
+
+namespace ragserve::v1 {
+class Document;  // ragserve/v1/index.pb.h
+}  // namespace ragserve::v1
+namespace ragserve::chunking {
+struct Chunk;  // services/common/chunker.h
+}  // namespace ragserve::chunking
 
 namespace ragserve::wire {
 
@@ -32,5 +40,11 @@ void FloatsToTensor(const float* x, const std::vector<int64_t>& shape, v1::Tenso
 // the passages resident in their KV cache this way (LoadReport.cached_passage_keys) and
 // cache-aware routers look them up by it.
 std::string PassageKey(std::string_view passage_text);
+
+// Passage `c` of a document `document_id` cut into several (ragctl ingest and the router's Ingest
+// alike): id "<document_id>#<chunk index>", the document's metadata, document_id, chunk_index and
+// byte offset set, so every retrieved passage names where it came from.
+v1::Document ChunkDocument(const std::string& document_id, const std::string& metadata_json,
+                           chunking::Chunk c);
 
 }  // namespace ragserve::wire

@@ -4,6 +4,8 @@
 #include <utility>
 #include <vector>
 
+#include "services/common/wire.h"
+
 namespace ragserve::router {
 
 void ChunkDocuments(const google::protobuf::RepeatedPtrField<v1::Document>& docs,
@@ -21,15 +23,8 @@ void ChunkDocuments(const google::protobuf::RepeatedPtrField<v1::Document>& docs
       *out->Add() = d;
       continue;
     }
-    for (chunking::Chunk& c : chunks) {
-      v1::Document* p = out->Add();
-      p->set_id(d.id() + "#" + std::to_string(c.index));
-      p->set_text(std::move(c.text));
-      p->set_metadata_json(d.metadata_json());
-      p->set_document_id(d.id());
-      p->set_chunk_index(c.index);
-      p->set_offset(c.offset);
-    }
+    for (chunking::Chunk& c : chunks)
+      *out->Add() = wire::ChunkDocument(d.id(), d.metadata_json(), std::move(c));
   }
 }
 

@@ -36,6 +36,7 @@
 #include "services/common/chunker.h"
 #include "services/common/client.h"
 #include "services/common/grpc_status.h"
+#include "services/common/wire.h"
 
 namespace {
 
@@ -314,15 +315,11 @@ class DocumentSender {
 
  private:
   bool Put(ragserve::chunking::Chunk c, bool part) {
+    if (part) return out_->Add(ragserve::wire::ChunkDocument(id_, meta_, std::move(c)));
     ragserve::v1::Document d;
-    d.set_id(part ? id_ + "#" + std::to_string(c.index) : id_);
+    d.set_id(id_);
     d.set_text(std::move(c.text));
     d.set_metadata_json(meta_);
-    if (part) {
-      d.set_document_id(id_);
-      d.set_chunk_index(c.index);
-      d.set_offset(c.offset);
-    }
     return out_->Add(std::move(d));
   }
   IngestStream* out_;
