@@ -336,7 +336,7 @@ TEST_F(KvRetrievalDecoderTest, AStalledStoreFailsItsSequencesFastWithUnavailable
     readers.push_back(stub->Generate(ctxs.back().get(), Raw(*prompt_, 2000)));
   }
   for (auto& r : readers) ASSERT_TRUE(r->Read(&ev));  // all three decode through the store
-  kvr->proc->Signal(SIGSTOP);
+  ASSERT_TRUE(kvr->proc->Stop());
   const auto t0 = std::chrono::steady_clock::now();
   for (auto& r : readers) {
     while (r->Read(&ev)) {

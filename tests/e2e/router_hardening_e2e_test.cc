@@ -362,7 +362,7 @@ TEST_F(RouterHardeningE2eTest, HungIndexIsUnavailableAfterTheIndexTimeout) {
   auto stub = Stub("router-index-timeout");
   ASSERT_TRUE(Ask(stub.get(), "Nawerk River").status.ok());  // connected to the index
   testing::ClusterService* index = cluster_->Get("index");
-  index->proc->Signal(SIGSTOP);
+  ASSERT_TRUE(index->proc->Stop());
   QueryResult r = Ask(stub.get(), "How long is the Nawerk River?", /*deadline_s=*/20);
   auto ctx = Ctx(20);
   v1::ListCollectionsRequest lreq;

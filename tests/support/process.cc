@@ -143,6 +143,24 @@ void Process::Signal(int sig) {
   if (pid_ > 0 && !reaped_) kill(pid_, sig);
 }
 
+bool Process::Stop(double timeout_s) {
+  if (pid_ <= 0 || reaped_) return false;
+  kill(pid_, SIGSTOP);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  for (;;) {
+    int status = 0;
+    const pid_t r = waitpid(pid_, &status, WNOHANG | WUNTRACED);
+    if (r == pid_ && WIFSTOPPED(status)) return true;
+    if (r == pid_) {  // it exited instead
+      status_ = status;
+      reaped_ = true;
+      return false;
+    }
+    if (r < 0 || std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 bool Process::Wait(double timeout_s, int* exit_code) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   while (!reaped_) {

@@ -34,6 +34,10 @@ class Process {
              const std::string& cwd = "");
   // Sends a signal.
   void Signal(int sig);
+  // Sends SIGSTOP and waits up to timeout_s until the child has stopped (every thread: waitpid
+  // with WUNTRACED), so a call made afterwards meets a hung process, not one still answering.
+  // False if it did not stop in time (or is not running). SIGCONT resumes it.
+  bool Stop(double timeout_s = 10);
   // Waits up to timeout_s for exit; returns true if exited, with its exit code (or 128+signal).
   bool Wait(double timeout_s, int* exit_code);
   bool running();
