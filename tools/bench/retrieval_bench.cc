@@ -3,6 +3,7 @@
 //   retrieval_bench --passages P.jsonl --questions Q.jsonl [--distractors D.jsonl --total N]
 //                   [--dim 256] [--index flat] [--methods hashing,bm25,hybrid,hybrid-weighted]
 //                   [--model DIR --dense-weight 0.5] [--split dev|test]
+//                   [--style name|description]
 //
 // Loads the passages (and distractor passages up to --total) into an in-process collection
 // (services/index/collection.h, hashing embedder), asks every question ({"question",
@@ -16,6 +17,8 @@
 //                    "model:DIR", dim = the model's hidden size) + the vector index
 //   dense-hybrid     --model's dense + BM25, weighted: --dense-weight x dense + the rest x BM25
 //   dense-hybrid-rrf --model's dense + BM25, reciprocal rank fusion (k 60)
+//   dense-hybrid@W   dense-hybrid with dense weight W instead of --dense-weight (a dev sweep
+//                    in one load: --methods dense-hybrid@0.3,dense-hybrid@0.5,...)
 // A collection is loaded only when a method needs it (bm25 uses the hashing one if it is loaded).
 #include <unistd.h>
 
@@ -52,15 +55,18 @@ struct Row {
   double hit1 = 0, hit5 = 0, mrr = 0, p50_ms = 0, p95_ms = 0;
 };
 
-// Reads the questions of a JSONL file; with a non-empty `split`, only the lines whose "split"
-// field equals it (data/eval/paraphrase-handwritten.jsonl has "dev" and "test").
-std::vector<Question> ReadQuestions(const std::string& path, const std::string& split) {
+// Reads the questions of a JSONL file; with a non-empty `split` (`style`), only the lines whose
+// "split" ("style") field equals it (data/eval/paraphrase-handwritten.jsonl has "dev" and "test",
+// "name" and "description").
+std::vector<Question> ReadQuestions(const std::string& path, const std::string& split,
+                                    const std::string& style) {
   std::ifstream f(path);
   std::vector<Question> out;
   for (std::string line; std::getline(f, line);) {
     if (line.empty()) continue;
     auto j = nlohmann::json::parse(line);
     if (!split.empty() && j.value("split", "") != split) continue;
+    if (!style.empty() && j.value("style", "") != style) continue;
     out.push_back(
         {j.at("question").get<std::string>(), j.at("answer_passage_id").get<std::string>()});
   }
@@ -95,6 +101,10 @@ SearchOptions MethodOptions(const std::string& method, double dense_weight) {
   } else if (method == "dense-hybrid") {
     o.retrieval = "hybrid";
     o.fusion = ragserve::collection::FusionSpec{.method = "weighted", .dense_weight = dense_weight};
+  } else if (method.rfind("dense-hybrid@", 0) == 0) {
+    o.retrieval = "hybrid";
+    o.fusion = ragserve::collection::FusionSpec{
+        .method = "weighted", .dense_weight = std::stod(method.substr(method.find('@') + 1))};
   } else if (method == "dense-hybrid-rrf") {
     o.retrieval = "hybrid";
     o.fusion = ragserve::collection::FusionSpec{.method = "rrf"};
@@ -168,6 +178,9 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_out, "Also write the rows as JSON here");
   std::string split;
   app.add_option("--split", split, "Only the questions whose \"split\" field is this (dev, test)");
+  std::string style;
+  app.add_option("--style", style,
+                 "Only the questions whose \"style\" field is this (name, description)");
   std::string model;
   double dense_weight = 0.5;
   app.add_option("--model", model, "BERT encoder directory for the dense* methods");
@@ -185,10 +198,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   need_hashing |= !need_model;  // bm25 alone runs on the hashing collection
-  const auto qs = ReadQuestions(questions, split);
+  const auto qs = ReadQuestions(questions, split, style);
   if (qs.empty()) {
-    std::fprintf(stderr, "retrieval_bench: no questions in %s (split '%s')\n", questions.c_str(),
-                 split.c_str());
+    std::fprintf(stderr, "retrieval_bench: no questions in %s (split '%s', style '%s')\n",
+                 questions.c_str(), split.c_str(), style.c_str());
     return 2;
   }
   int model_dim = 0;

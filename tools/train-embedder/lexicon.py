@@ -151,3 +151,143 @@ class Lexicon:
             alts = self.alternatives.get(w.lower())
             return rng.choice(alts) if alts and rng.random() < p else w
         return WORD.sub(swap, question)
+
+
+# --- Recipe 3: descriptions by attributes, more ways to say a number ------------------------
+
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December"]
+ORDINAL = ["zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+           "ninth", "tenth", "eleventh", "twelfth"]
+SMALL_NAMES = {12: ["a dozen"], 6: ["half a dozen"], 2: ["a pair of", "a couple of"],
+               20: ["a score of"], 24: ["two dozen"]}
+APPROX = ["about", "roughly", "around", "nearly", "some", "close to", "just under", "just over",
+          "approximately"]
+
+
+def words_plain(n):
+    """words(n) without the British "and" ("three hundred eighty-nine")."""
+    return words(n).replace(" and ", " ")
+
+
+def say_number(n, rng):
+    """One way to say the count or measure n in words (exact or, for n >= 100, approximate)."""
+    r = rng.random()
+    if n in SMALL_NAMES and r < 0.3:
+        return rng.choice(SMALL_NAMES[n])
+    if n >= 100 and r < 0.35:
+        step = rng.choice([10, 50, 100]) if n < 1000 else rng.choice([50, 100, 500])
+        near = int(round(n / step)) * step
+        if near > 0:
+            return f"{rng.choice(APPROX)} {words(near) if rng.random() < 0.6 else words_plain(near)}"
+    if 1100 <= n < 2000 and n % 100 and rng.random() < 0.2:  # "nineteen hundred and nine"
+        return words(n // 100) + " hundred and " + words(n % 100)
+    return words(n) if rng.random() < 0.6 else words_plain(n)
+
+
+def say_year(year, rng):
+    """A way to say when `year` was: its decade (early / mid / late), century or the year."""
+    decade, century, part = year // 10 * 10, year // 100 + 1, year % 100
+    when = "early" if part < 34 else rng.choice(["middle of the", "mid"]) if part < 67 else "late"
+    d = year % 10
+    options = [f"the {decade}s", f"the {ORDINAL_CENTURY[century]} century",
+               f"the {when} {ORDINAL_CENTURY[century]} century".replace("mid ", "mid-")]
+    if d < 4:
+        options.append(f"the early {decade}s")
+    elif d > 6:
+        options.append(f"the late {decade}s")
+    else:
+        options.append(f"the mid-{decade}s")
+    options.append("the " + words(decade // 100) + " " +
+                   (words(decade % 100) + "s" if decade % 100 >= 20 else
+                    "hundreds" if decade % 100 == 0 else words(decade % 100) + "s")
+                   .replace("ys", "ies"))
+    return rng.choice(options)
+
+
+def calendar_pair(rng):
+    """(the n-th month, its name) and the like: general calendar knowledge."""
+    m = rng.randrange(12)
+    return rng.choice([f"the {ORDINAL[m + 1]} month", f"the {ORDINAL[m + 1]} month of the year",
+                       f"month {words(m + 1)}"]), f"in {MONTHS[m]}"
+
+
+NUM = re.compile(r"\b\d+\b")
+
+
+def say_numbers(text, rng, years):
+    """text with each number said in words; numbers in `years` said as a time."""
+    def swap(m):
+        n = int(m.group(0))
+        if n in years:
+            return say_year(n, rng) if rng.random() < 0.85 else m.group(0)
+        return say_number(n, rng) if rng.random() < 0.9 else m.group(0)
+    return NUM.sub(swap, text)
+
+
+def attribute_windows(text, answers, name, width=(3, 2)):
+    """For each sentence stating some of the answers, the words from a few before the first to a
+    few after the last (the name's words removed, lower case): what the passage says about those
+    facts, e.g. "it is 389 kilometres long, and"."""
+    out = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        spans = [(sentence.find(a), sentence.find(a) + len(a)) for a in answers if a in sentence]
+        if not spans:
+            continue
+        lo, hi = min(s for s, _ in spans), max(e for _, e in spans)
+        before = sentence[:lo].split()[-width[0]:]
+        after = sentence[hi:].split()[:width[1]]
+        # No names: the subject's, or another's (a maker, a keeper); month names stay.
+        words_ = [w for w in before + [sentence[lo:hi]] + after
+                  if w.strip(",.") not in name.split() and
+                  (not w[:1].isupper() or w.strip(",.") in MONTHS)]
+        out.append(" ".join(words_).strip(" ,.;").lower())
+    return out
+
+
+QUESTION_HEADS = ["Which {h}", "What {h}", "Name the {h} that", "The {h} which", "Find the {h}",
+                  "{h}:", "a {h}", "Which is the {h} that", "I am looking for a {h}"]
+CONNECT = [" and ", ", ", " and also ", "; ", " with "]
+
+
+def describe(passage, head, rng, lex):
+    """A question picking out a passage by its facts, with no name: the subject's kind (`head`,
+    maybe a WordNet synonym), two of the facts in the passage's words around them, numbers in
+    words or as decades, some words swapped for synonyms. Built from the passage alone."""
+    facts = [ans for _, ans in passage["facts"]]
+    years = {int(a) for a in facts if a.isdigit() and 1000 <= int(a) < 2000 and
+             any(w in passage["text"] for w in (f"in {a}",))}
+    attrs = [a for a in facts if not a[:1].isupper() or a in MONTHS]
+    windows = attribute_windows(passage["text"], attrs, passage["name"])
+    windows = [re.sub(r"\b(%s)\b" % "|".join(m.lower() for m in MONTHS),
+                      lambda m: m.group(0).capitalize(), w) for w in windows]
+    rng.shuffle(windows)
+    windows = windows[:rng.choice([1, 2, 2, 2])]
+    body = rng.choice(CONNECT).join(windows)
+    q = rng.choice(QUESTION_HEADS).format(h=head) + " " + body
+    for m, month in enumerate(MONTHS):
+        if month in q and rng.random() < 0.4:
+            q = q.replace(month, rng.choice([f"the {ORDINAL[m + 1]} month", month]))
+    q = say_numbers(q, rng, years)
+    q = lex.reword(q, rng, p=0.4)
+    return q + ("?" if rng.random() < 0.6 else "")
+
+
+def head_noun(passage):
+    """What kind of thing the passage is about, in its own words (the subject's common noun)."""
+    topic, name = passage["topic"], passage["name"]
+    if topic in ("invention", "species"):
+        return name.split()[-1]  # "Haedryx pump", "Giafael lizard"
+    if topic == "person":
+        return next(a for _, a in passage["facts"] if a.islower())  # the trade
+    return {"island": "island", "town": "market town", "river": "river", "ship": "sailing ship",
+            "mountain": "mountain", "festival": "festival", "bridge": "bridge"}.get(topic, topic)
+
+
+def attribute_signature(topic, text):
+    """(topic, the numbers and lower-case attribute words of the passage's first three
+    sentences): two passages with the same signature state the same facts under other names."""
+    head = " ".join(re.split(r"(?<=[.!?])\s+", text)[:3])
+    # Lower-case words only: names (the subject's, a keeper's, a town's) are capitalised.
+    return topic, tuple(NUM.findall(head)), tuple(sorted(
+        w for w in set(WORD.findall(head)) if (w[0].islower() or w in MONTHS) and w not in STOP))

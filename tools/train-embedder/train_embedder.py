@@ -84,6 +84,29 @@ def paraphrase_pairs(seed, n, excluded):
     return pairs
 
 
+def description_pairs(seed, n_passages, lex, rng):
+    """Recipe 3: {topic: [(a description of a passage by its facts, the passage)]} over fresh
+    training-stream passages, leaving out any passage whose facts (attribute_signature) are those
+    of a demo-corpus passage, so no evaluation passage's facts are described in training."""
+    demo = set()
+    with open(os.path.join(ROOT, "data", "corpus", "passages.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            p = json.loads(line)
+            demo.add(lexicon.attribute_signature(p["metadata"]["topic"], p["text"]))
+    stream = ragdata.PassageStream(seed, split="train")
+    out, skipped = {}, 0
+    for _ in range(n_passages):
+        p = stream.next()
+        if lexicon.attribute_signature(p["topic"], p["text"]) in demo:
+            skipped += 1
+            continue
+        out.setdefault(p["topic"], []).append(
+            (lexicon.describe(p, lexicon.head_noun(p), rng, lex), p["text"]))
+    print(f"description pairs: {n_passages - skipped}, {skipped} passages left out for stating "
+          "a demo passage's facts", flush=True)
+    return out
+
+
 class Bert(torch.nn.Module):
     """Hugging Face BertModel's forward (post-LayerNorm, erf GELU, absolute positions)."""
 
@@ -192,12 +215,16 @@ def main():
     ap.add_argument("--seed", type=int, default=20261205)
     ap.add_argument("--corpus-passages", type=int, default=6000)
     ap.add_argument("--paraphrase-pairs", type=int, default=15000)
-    ap.add_argument("--recipe", type=int, default=1, choices=(1, 2),
+    ap.add_argument("--recipe", type=int, default=1, choices=(1, 2, 3),
                     help="1: corpus + paraphrase-generator pairs (the shipped run of 2026-12-05); "
                          "2: corpus + general-language pairs (lexicon.py: WordNet, numbers), "
-                         "nothing from the paraphrase generator")
+                         "nothing from the paraphrase generator; 3: recipe 2 + descriptions by "
+                         "attributes of other passages (same-kind batches) and calendar pairs")
     ap.add_argument("--lexicon-pairs", type=int, default=10000, help="recipe 2: WordNet pairs")
     ap.add_argument("--number-pairs", type=int, default=5000, help="recipe 2: number pairs")
+    ap.add_argument("--description-passages", type=int, default=8000,
+                    help="recipe 3: passages described by their facts")
+    ap.add_argument("--calendar-pairs", type=int, default=1000, help="recipe 3: month pairs")
     ap.add_argument("--cpu-minutes", type=float, default=3.0,
                     help="training budget in CPU time of this process (the machine is shared)")
     ap.add_argument("--minutes", type=float, default=45.0, help="training wall-clock cap")
@@ -228,9 +255,20 @@ def main():
         paras = [(lex.reword(q, lrng), p) for q, p in corpus]
         paras += [lex.pair(lrng) for _ in range(args.lexicon_pairs)]
         paras += [lexicon.number_pair(lrng) for _ in range(args.number_pairs)]
+    descs = {}  # recipe 3: topic -> [(description, passage)]
+    if args.recipe == 3:
+        paras += [lexicon.calendar_pair(lrng) for _ in range(args.calendar_pairs)]
+        descs = description_pairs(args.seed + 5, args.description_passages, lex, lrng)
     dev_c = corpus_pairs(args.seed + 100, 200)
     dev_p = paraphrase_pairs(args.seed + 102, 300, excluded)  # evaluation only
-    vocab = wordpiece.build_vocab([t for pr in corpus + paras for t in pr], args.vocab)
+    dev_d = []  # recipe 3: descriptions of 200 other passages, for the log only
+    if args.recipe == 3:
+        dev_d = [pr for prs in description_pairs(args.seed + 105, 200, lex,
+                                                 random.Random(args.seed + 106)).values()
+                 for pr in prs]
+    all_descs = [pr for topic in sorted(descs) for pr in descs[topic]]
+    vocab = wordpiece.build_vocab([t for pr in corpus + paras + all_descs for t in pr],
+                                  args.vocab)
     tok = wordpiece.WordPiece(vocab)
     print(f"data: {len(corpus)} corpus pairs, {len(paras)} "
           f"{'paraphrase' if args.recipe == 1 else 'general-language'} pairs, vocab {len(vocab)} "
@@ -239,6 +277,8 @@ def main():
     # Token ids once, up front (the pure-Python tokenizer would otherwise cost as much as a step).
     corpus_ids = [(tok.encode(q, args.max_len), tok.encode(p, args.max_len)) for q, p in corpus]
     paras_ids = [(tok.encode(q, args.max_len), tok.encode(p, args.max_len)) for q, p in paras]
+    desc_ids = {topic: [(tok.encode(q, args.max_len), tok.encode(p, args.max_len))
+                        for q, p in descs[topic]] for topic in sorted(descs)}
     print(f"tokenized ({time.time() - t0:.0f}s)", flush=True)
 
     model = Bert(len(vocab), args.hidden, args.layers, args.heads, 4 * args.hidden,
@@ -264,8 +304,17 @@ def main():
         lr = args.lr * min(1.0, (step + 1) / 50) * max(0.05, 1.0 - frac)
         for g in opt.param_groups:
             g["lr"] = lr
-        half = args.batch // 2
-        batch = rng.sample(corpus_ids, half) + rng.sample(paras_ids, args.batch - half)
+        if desc_ids:
+            # Thirds; the descriptions come from two kinds of passage, so a question's negatives
+            # include passages of its own kind that differ only in their facts.
+            third = args.batch // 3
+            batch = rng.sample(corpus_ids, third) + rng.sample(paras_ids, third)
+            rest = args.batch - 2 * third
+            a, b = rng.sample(sorted(desc_ids), 2)
+            batch += rng.sample(desc_ids[a], rest // 2) + rng.sample(desc_ids[b], rest - rest // 2)
+        else:
+            half = args.batch // 2
+            batch = rng.sample(corpus_ids, half) + rng.sample(paras_ids, args.batch - half)
         q = model(*pad([b[0] for b in batch]))
         p = model(*pad([b[1] for b in batch]))
         logits = q @ p.T / args.temperature
@@ -283,11 +332,15 @@ def main():
             if step % 200 == 0:
                 msg["dev_hit1_corpus"] = evaluate(model, tok, dev_c, args.max_len)
                 msg["dev_hit1_paraphrase"] = evaluate(model, tok, dev_p, args.max_len)
+                if dev_d:
+                    msg["dev_hit1_description"] = evaluate(model, tok, dev_d, args.max_len)
             print(json.dumps(msg), flush=True)
             log.append(msg)
 
     final = {"dev_hit1_corpus": evaluate(model, tok, dev_c, args.max_len),
              "dev_hit1_paraphrase": evaluate(model, tok, dev_p, args.max_len)}
+    if dev_d:
+        final["dev_hit1_description"] = evaluate(model, tok, dev_d, args.max_len)
     print(json.dumps(final), flush=True)
     os.makedirs(os.path.join(args.out, "1_Pooling"), exist_ok=True)
     config = {"architectures": ["BertModel"], "model_type": "bert",
@@ -314,7 +367,8 @@ def main():
                    "wall_s": round(time.time() - t0), "cpu_s": round(time.process_time()),
                    "torch": torch.__version__,
                    "pairs": {"corpus": len(corpus),
-                             "paraphrase" if args.recipe == 1 else "general": len(paras)},
+                             "paraphrase" if args.recipe == 1 else "general": len(paras),
+                             "description": len(all_descs)},
                    "final": final, "log": log}, f, indent=1)
         f.write("\n")
     print(f"wrote {args.out} after {step} steps, {time.time() - t0:.0f}s", flush=True)
