@@ -3,7 +3,7 @@
 //   retrieval_bench --passages P.jsonl --questions Q.jsonl [--distractors D.jsonl --total N]
 //                   [--dim 256] [--index flat] [--methods hashing,bm25,hybrid,hybrid-weighted]
 //                   [--model DIR --dense-weight 0.5] [--split dev|test]
-//                   [--style name|description]
+//                   [--style name|description] [--by-style]
 //
 // Loads the passages (and distractor passages up to --total) into an in-process collection
 // (services/index/collection.h, hashing embedder), asks every question ({"question",
@@ -48,6 +48,7 @@ using ragserve::collection::SearchOptions;
 struct Question {
   std::string text;
   std::string gold;
+  std::string style;  // the "style" field, empty when there is none
 };
 
 struct Row {
@@ -67,8 +68,8 @@ std::vector<Question> ReadQuestions(const std::string& path, const std::string& 
     auto j = nlohmann::json::parse(line);
     if (!split.empty() && j.value("split", "") != split) continue;
     if (!style.empty() && j.value("style", "") != style) continue;
-    out.push_back(
-        {j.at("question").get<std::string>(), j.at("answer_passage_id").get<std::string>()});
+    out.push_back({j.at("question").get<std::string>(),
+                   j.at("answer_passage_id").get<std::string>(), j.value("style", "")});
   }
   return out;
 }
@@ -181,6 +182,9 @@ int main(int argc, char** argv) {
   std::string style;
   app.add_option("--style", style,
                  "Only the questions whose \"style\" field is this (name, description)");
+  bool by_style = false;
+  app.add_flag("--by-style", by_style,
+               "Also rows per \"style\" of question (set label \"<label> <style>\"), same load");
   std::string model;
   double dense_weight = 0.5;
   app.add_option("--model", model, "BERT encoder directory for the dense* methods");
@@ -257,21 +261,33 @@ int main(int argc, char** argv) {
   std::printf("| set | passages | method | hit@1 | hit@5 | MRR@10 | p50 ms | p95 ms |\n");
   std::printf("|---|---:|---|---:|---:|---:|---:|---:|\n");
   nlohmann::json rows = nlohmann::json::array();
-  for (const auto& m : method_list) {
-    const Collection& c = IsModelMethod(m) || !hashing_c ? *model_c : *hashing_c;
-    const Row r = Measure(c, qs, m, dense_weight);
-    std::printf("| %s | %lld | %s | %.3f | %.3f | %.3f | %.2f | %.2f |\n", label.c_str(),
-                static_cast<long long>(n), r.method.c_str(), r.hit1, r.hit5, r.mrr, r.p50_ms,
-                r.p95_ms);
-    std::fflush(stdout);
-    rows.push_back({{"set", label},
-                    {"passages", n},
-                    {"method", r.method},
-                    {"hit1", r.hit1},
-                    {"hit5", r.hit5},
-                    {"mrr", r.mrr},
-                    {"p50_ms", r.p50_ms},
-                    {"p95_ms", r.p95_ms}});
+  std::vector<std::pair<std::string, std::vector<Question>>> sets = {{label, qs}};
+  if (by_style) {
+    for (const Question& q : qs) {
+      const std::string set = label + " " + q.style;
+      auto it =
+          std::find_if(sets.begin() + 1, sets.end(), [&](const auto& s) { return s.first == set; });
+      if (it == sets.end()) it = sets.insert(sets.end(), {set, {}});
+      it->second.push_back(q);
+    }
+  }
+  for (const auto& [set, set_qs] : sets) {
+    for (const auto& m : method_list) {
+      const Collection& c = IsModelMethod(m) || !hashing_c ? *model_c : *hashing_c;
+      const Row r = Measure(c, set_qs, m, dense_weight);
+      std::printf("| %s | %lld | %s | %.3f | %.3f | %.3f | %.2f | %.2f |\n", set.c_str(),
+                  static_cast<long long>(n), r.method.c_str(), r.hit1, r.hit5, r.mrr, r.p50_ms,
+                  r.p95_ms);
+      std::fflush(stdout);
+      rows.push_back({{"set", set},
+                      {"passages", n},
+                      {"method", r.method},
+                      {"hit1", r.hit1},
+                      {"hit5", r.hit5},
+                      {"mrr", r.mrr},
+                      {"p50_ms", r.p50_ms},
+                      {"p95_ms", r.p95_ms}});
+    }
   }
   if (!json_out.empty()) std::ofstream(json_out) << rows.dump(2) << "\n";
   hashing_c.reset();
