@@ -179,7 +179,9 @@ def say_number(n, rng):
         step = rng.choice([10, 50, 100]) if n < 1000 else rng.choice([50, 100, 500])
         near = int(round(n / step)) * step
         if near > 0:
-            return f"{rng.choice(APPROX)} {words(near) if rng.random() < 0.6 else words_plain(near)}"
+            approx = rng.choice(APPROX)  # before rng.random(): the shipped run's draw order
+            said = words(near) if rng.random() < 0.6 else words_plain(near)
+            return f"{approx} {said}"
     if 1100 <= n < 2000 and n % 100 and rng.random() < 0.2:  # "nineteen hundred and nine"
         return words(n // 100) + " hundred and " + words(n % 100)
     return words(n) if rng.random() < 0.6 else words_plain(n)

@@ -13,13 +13,18 @@ Data (all generated here, nothing downloaded), question -> gold passage pairs:
     400 passages) nor the fusion dev set (seed 6, 400 passages).
 With --recipe 2 the paraphrase kind is replaced by general-language pairs (lexicon.py: WordNet
 synonyms and glosses of the passages' words, reworded corpus questions, numbers in words), so
-nothing of the paraphrase generator is trained on (docs/EMBEDDER.md, "Recipe 2"; not shipped).
+nothing of the paraphrase generator is trained on (docs/EMBEDDER.md, "Recipe 2"). --recipe 3 (the
+shipped model, docs/EMBEDDER.md "Recipe 3") adds descriptions of other training-stream passages by
+their facts, without names, in batches of two kinds (passages stating a demo-corpus passage's
+facts left out), and calendar pairs.
 Objective: in-batch negatives InfoNCE (symmetric, temperature 0.05) between the question and the
 passage embeddings. Deterministic for a seed (one torch thread).
 
-Usage (3 CPU-minutes of one core for training, plus data generation; see docs/EMBEDDER.md):
+Usage (the shipped model's command, about 12 CPU-minutes of one core plus data generation; see
+docs/EMBEDDER.md):
   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 nice -n 10 /usr/bin/python3 \
-      tools/train-embedder/train_embedder.py --out data/models/embedder
+      tools/train-embedder/train_embedder.py --recipe 3 --hidden 64 --max-steps 3000 \
+      --cpu-minutes 40 --minutes 60 --out /tmp/emb/out
 """
 import argparse
 import importlib.util
