@@ -36,6 +36,17 @@ BoundedExecutor::~BoundedExecutor() {
   for (auto& t : workers_) t.join();
 }
 
+Status BoundedExecutor::CheckBudget(int64_t bytes) const {
+  if (byte_budget_ > 0 && bytes > 0 && bytes_held_ > 0 && bytes > byte_budget_ - bytes_held_) {
+    return ResourceExhausted(StrCat("request memory budget: ", bytes_held_,
+                                    " bytes of requests are queued, running or being read,"
+                                    " this one needs ",
+                                    bytes, "; the limit is ", byte_budget_,
+                                    " (--executor-queue-mb); retry later"));
+  }
+  return OkStatus();
+}
+
 Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes) {
   bytes = std::max<int64_t>(bytes, 0);
   {
@@ -44,17 +55,26 @@ Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes) {
     if (static_cast<int>(queue_.size()) >= capacity_) {
       return ResourceExhausted(StrCat("work queue is full (", capacity_, " tasks waiting)"));
     }
-    if (byte_budget_ > 0 && bytes > 0 && bytes_held_ > 0 && bytes > byte_budget_ - bytes_held_) {
-      return ResourceExhausted(StrCat("request memory budget: ", bytes_held_,
-                                      " bytes of requests are queued or running, this one holds ",
-                                      bytes, "; the limit is ", byte_budget_,
-                                      " (--executor-queue-mb); retry later"));
-    }
+    RS_RETURN_IF_ERROR(CheckBudget(bytes));
     bytes_held_ += bytes;
     queue_.push_back(Task{std::move(task), bytes});
   }
   cv_.notify_one();
   return OkStatus();
+}
+
+Status BoundedExecutor::Reserve(int64_t bytes) {
+  bytes = std::max<int64_t>(bytes, 0);
+  MutexLock lock(mu_);
+  if (stopping_) return Unavailable("executor is shutting down");
+  RS_RETURN_IF_ERROR(CheckBudget(bytes));
+  bytes_held_ += bytes;
+  return OkStatus();
+}
+
+void BoundedExecutor::Unreserve(int64_t bytes) {
+  MutexLock lock(mu_);
+  bytes_held_ -= std::max<int64_t>(bytes, 0);
 }
 
 void BoundedExecutor::Shutdown() {

@@ -36,6 +36,11 @@ class BoundedExecutor {
   // counted (uncaught_exceptions()); the worker lives on. Tasks that answer a call run their work
   // through CallCatchingExceptions so the caller hears about it.
   Status Submit(std::function<void()> task, int64_t bytes = 0);
+  // Takes `bytes` of the byte budget for requests that have not arrived yet (a client stream's
+  // messages before they are read), under Submit's rule: ResourceExhausted when they would pass
+  // the budget (admitted when nothing else is held). Held until Unreserve.
+  Status Reserve(int64_t bytes);
+  void Unreserve(int64_t bytes);
   // Stops accepting tasks; queued tasks still run. Returns immediately; the destructor joins.
   void Shutdown();
   // Blocks until the queue is empty and no task is running, or `timeout_s` passed; true if idle.
@@ -44,7 +49,7 @@ class BoundedExecutor {
   int threads() const { return static_cast<int>(workers_.size()); }
   int queued() const;
   int capacity() const { return capacity_; }
-  // Bytes held by queued and running tasks now, and the budget (0 = none).
+  // Bytes held by queued and running tasks and by reservations now, and the budget (0 = none).
   int64_t bytes_held() const;
   int64_t byte_budget() const { return byte_budget_; }
   // Exceptions that escaped tasks so far (each one a bug: tasks should not throw).
@@ -52,6 +57,8 @@ class BoundedExecutor {
 
  private:
   void WorkerLoop();
+  // ResourceExhausted when `bytes` more would pass the budget (see the constructor).
+  Status CheckBudget(int64_t bytes) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   struct Task {
     std::function<void()> fn;
@@ -64,7 +71,7 @@ class BoundedExecutor {
   std::condition_variable cv_;       // signals workers: a task arrived or shutdown
   std::condition_variable idle_cv_;  // signals WaitIdle: a task finished
   std::deque<Task> queue_ ABSL_GUARDED_BY(mu_);
-  int64_t bytes_held_ ABSL_GUARDED_BY(mu_) = 0;  // queued + running tasks' bytes
+  int64_t bytes_held_ ABSL_GUARDED_BY(mu_) = 0;  // queued + running tasks' bytes + reservations
   int running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t uncaught_ ABSL_GUARDED_BY(mu_) = 0;

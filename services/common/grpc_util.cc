@@ -80,4 +80,29 @@ grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, Ser
   return reactor;
 }
 
+StreamReadBudget::StreamReadBudget(ServiceServer* server)
+    : executor_(server->executor()),
+      message_bytes_(int64_t{server->config().max_message_mb} << 20) {}
+
+StreamReadBudget::~StreamReadBudget() { Release(); }
+
+Status StreamReadBudget::Reserve() {
+  if (reserved_ > 0) return OkStatus();
+  if (Status st = executor_.Reserve(message_bytes_); !st.ok()) {
+    return Annotate(st, StrCat("no room to read a stream message of up to ", message_bytes_,
+                               " bytes (--max-message-mb)"));
+  }
+  reserved_ = message_bytes_;
+  return OkStatus();
+}
+
+Status StreamReadBudget::Submit(std::function<void()> task) {
+  return executor_.Submit(std::move(task));
+}
+
+void StreamReadBudget::Release() {
+  executor_.Unreserve(reserved_);
+  reserved_ = 0;
+}
+
 }  // namespace ragserve

@@ -54,4 +54,39 @@ grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, Ser
                                            const google::protobuf::MessageLite* req,
                                            std::function<Status()> fn);
 
+// The request memory budget of a client-streaming reactor (index Upsert, kvr CreateSequence,
+// router Ingest). gRPC reads a message as soon as a read is started, whatever the executor
+// holds, so a flood of streams was read in full and refused only afterwards, or (near the
+// transport's quota, --grpc-memory-mb) kept its senders waiting on flow control until their
+// deadline. So before its first read a stream reserves the largest message the server accepts
+// (--max-message-mb) on the executor's byte budget (--executor-queue-mb) and holds it until it
+// ends; its messages, read and applied one at a time, live within it. When the budget is full
+// the call ends RESOURCE_EXHAUSTED before anything is read. The price: about budget / max
+// message streams run at once (one always can), however small their messages; a caller that
+// opens a stream and sends nothing holds its reservation until it leaves.
+// Not thread-safe: one read or task at a time, as a reactor runs them.
+class StreamReadBudget {
+ public:
+  explicit StreamReadBudget(ServiceServer* server);
+  ~StreamReadBudget();  // Gives back the reservation if still held.
+  StreamReadBudget(const StreamReadBudget&) = delete;
+  StreamReadBudget& operator=(const StreamReadBudget&) = delete;
+
+  // Before each StartRead: reserves one message of the largest size unless held already.
+  // ResourceExhausted (naming the flags) when the budget cannot take it: finish the call with it
+  // instead of reading.
+  Status Reserve();
+  // Queues `task` (applying the message read, or ending the stream) on the server's executor;
+  // the message's bytes are within the reservation. ResourceExhausted when the queue is full.
+  Status Submit(std::function<void()> task);
+  // Gives back the reservation (once the last message is applied, before the call is finished,
+  // so a caller that has its answer finds the budget as its call left it).
+  void Release();
+
+ private:
+  BoundedExecutor& executor_;
+  const int64_t message_bytes_;
+  int64_t reserved_ = 0;
+};
+
 }  // namespace ragserve

@@ -71,11 +71,12 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
       Finish(st);
       return;
     }
-    StartRead(&msg_);
+    ReadNext();
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
+      budget_.Release();
       if (collection_ == nullptr) {
         Finish(ToGrpcStatus(InvalidArgument("no UpsertRequest naming a collection was received")));
       } else {
@@ -84,28 +85,35 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
       }
       return;
     }
-    // The message is held (and counted against the request memory budget) until applied.
-    Status submitted = svc_->server()->executor().Submit(
-        [this] {
-          // A message queued for a caller that has left is not applied (under a flood most
-          // queued messages are such: applying them kept the index busy long after it).
-          if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
-            Finish(ToGrpcStatus(Annotate(st, "upsert not applied")));
-            return;
-          }
-          if (Status st = Apply(); !st.ok()) {
-            Finish(ToGrpcStatus(st));
-            return;
-          }
-          StartRead(&msg_);
-        },
-        static_cast<int64_t>(msg_.ByteSizeLong()));
+    // The message is held until applied, within the stream's reservation (StreamReadBudget).
+    Status submitted = budget_.Submit([this] {
+      // A message queued for a caller that has left is not applied (under a flood most
+      // queued messages are such: applying them kept the index busy long after it).
+      if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
+        Finish(ToGrpcStatus(Annotate(st, "upsert not applied")));
+        return;
+      }
+      if (Status st = Apply(); !st.ok()) {
+        Finish(ToGrpcStatus(st));
+        return;
+      }
+      ReadNext();
+    });
     if (!submitted.ok()) Finish(ToGrpcStatus(submitted));
   }
 
   void OnDone() override { delete this; }
 
  private:
+  // Reads the next message once the request memory budget can hold one (StreamReadBudget).
+  void ReadNext() {
+    if (Status st = budget_.Reserve(); !st.ok()) {
+      Finish(ToGrpcStatus(Annotate(st, "upsert message not read")));
+      return;
+    }
+    StartRead(&msg_);
+  }
+
   Status Apply() {
     if (collection_ == nullptr) {
       RS_CHECK_ARG(!msg_.collection().empty(), "the first UpsertRequest must name the collection");
@@ -129,6 +137,7 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
   grpc::CallbackServerContext* ctx_;
   v1::UpsertResponse* resp_;
   v1::UpsertRequest msg_;
+  StreamReadBudget budget_{svc_->server()};
   std::shared_ptr<Collection> collection_;
   int64_t upserted_ = 0;
 };

@@ -95,33 +95,32 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
       Finish(st);
       return;
     }
-    StartRead(&msg_);
+    ReadNext();
   }
 
   void OnReadDone(bool ok) override {
-    // The message is held (and counted against the request memory budget) until applied.
-    const int64_t bytes = ok ? static_cast<int64_t>(msg_.ByteSizeLong()) : 0;
-    Status submitted = svc_->server()->executor().Submit(
-        [this, ok] {
-          // Nothing is stored or built for a caller that has left (under a flood: most of the
-          // queued messages); what it created is released below.
-          Status st = CallerStillWaiting(*ctx_);
-          if (st.ok()) {
-            st = CallCatchingExceptions("CreateSequence",
-                                        [this, ok] { return ok ? Apply() : Complete(); });
-          }
-          if (!st.ok()) {
-            if (created_) (void)svc_->kvr()->Release(id_);
-            Finish(ToGrpcStatus(st));
-            return;
-          }
-          if (ok) {
-            StartRead(&msg_);
-          } else {
-            Finish(grpc::Status::OK);
-          }
-        },
-        bytes);
+    // The message is held until applied, within the stream's reservation (StreamReadBudget);
+    // after the last one the index build holds no request.
+    if (!ok) budget_.Release();
+    Status submitted = budget_.Submit([this, ok] {
+      // Nothing is stored or built for a caller that has left (under a flood: most of the
+      // queued messages); what it created is released below.
+      Status st = CallerStillWaiting(*ctx_);
+      if (st.ok()) {
+        st = CallCatchingExceptions("CreateSequence",
+                                    [this, ok] { return ok ? Apply() : Complete(); });
+      }
+      if (!st.ok()) {
+        if (created_) (void)svc_->kvr()->Release(id_);
+        Finish(ToGrpcStatus(st));
+        return;
+      }
+      if (ok) {
+        ReadNext();
+      } else {
+        Finish(grpc::Status::OK);
+      }
+    });
     if (!submitted.ok()) {
       if (created_) (void)svc_->kvr()->Release(id_);
       Finish(ToGrpcStatus(submitted));
@@ -131,6 +130,16 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
   void OnDone() override { delete this; }
 
  private:
+  // Reads the next message once the request memory budget can hold one (StreamReadBudget).
+  void ReadNext() {
+    if (Status st = budget_.Reserve(); !st.ok()) {
+      if (created_) (void)svc_->kvr()->Release(id_);
+      Finish(ToGrpcStatus(Annotate(st, "sequence chunk not read")));
+      return;
+    }
+    StartRead(&msg_);
+  }
+
   Status Apply() {
     if (!created_) {
       RS_CHECK_ARG(msg_.has_spec(), "the first CreateSequenceRequest must carry the spec");
@@ -166,6 +175,7 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
   grpc::CallbackServerContext* ctx_;
   v1::CreateSequenceResponse* resp_;
   v1::CreateSequenceRequest msg_;
+  StreamReadBudget budget_{svc_->server()};
   bool created_ = false;
   std::string id_;
   SequenceConfig cfg_;

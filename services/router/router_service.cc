@@ -532,37 +532,44 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
       Finish(st);
       return;
     }
-    StartRead(&msg_);
+    ReadNext();
   }
 
   void OnReadDone(bool ok) override {
-    // The message is held (and counted against the request memory budget) until forwarded.
-    const int64_t bytes = ok ? static_cast<int64_t>(msg_.ByteSizeLong()) : 0;
-    Status submitted = svc_->server_->executor().Submit(
-        [this, ok] {
-          // A message queued for a caller that has left is not forwarded (after a flood the
-          // router kept writing abandoned messages to a busy index, blocking its executor).
-          if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
-            Abort(Annotate(st, "ingest not forwarded"));
-            return;
-          }
-          if (!ok) {
-            Complete();
-            return;
-          }
-          if (Status st = Forward(); !st.ok()) {
-            Abort(st);
-            return;
-          }
-          StartRead(&msg_);
-        },
-        bytes);
+    // The message is held until forwarded, within the stream's reservation (StreamReadBudget).
+    if (!ok) budget_.Release();
+    Status submitted = budget_.Submit([this, ok] {
+      // A message queued for a caller that has left is not forwarded (after a flood the
+      // router kept writing abandoned messages to a busy index, blocking its executor).
+      if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
+        Abort(Annotate(st, "ingest not forwarded"));
+        return;
+      }
+      if (!ok) {
+        Complete();
+        return;
+      }
+      if (Status st = Forward(); !st.ok()) {
+        Abort(st);
+        return;
+      }
+      ReadNext();
+    });
     if (!submitted.ok()) Abort(submitted);
   }
 
   void OnDone() override { delete this; }
 
  private:
+  // Reads the next message once the request memory budget can hold one (StreamReadBudget).
+  void ReadNext() {
+    if (Status st = budget_.Reserve(); !st.ok()) {
+      Abort(Annotate(st, "ingest message not read"));
+      return;
+    }
+    StartRead(&msg_);
+  }
+
   Status Forward() {
     if (collection_.empty()) {
       RS_CHECK_ARG(!msg_.collection().empty(), "the first IngestRequest must name the collection");
@@ -695,6 +702,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
   grpc::CallbackServerContext* ctx_;
   v1::IngestResponse* resp_;
   v1::IngestRequest msg_;
+  StreamReadBudget budget_{svc_->server_};
   std::string collection_;
   bool pre_encode_ = false;
   int64_t pre_encoded_ = 0;

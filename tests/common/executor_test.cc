@@ -111,6 +111,30 @@ TEST(ExecutorTest, ByteBudgetRefusesPastItAndReturnsBytesAfterEachTask) {
   EXPECT_TRUE(ex.Submit([] {}, 100).ok());
 }
 
+// A client stream reserves its messages before they are read (StreamReadBudget): reservations
+// count against the byte budget like queued requests, under the same rules.
+TEST(ExecutorTest, ReservationsCountAgainstTheByteBudgetUntilGivenBack) {
+  BoundedExecutor ex(1, 100, /*byte_budget=*/100);
+  ASSERT_TRUE(ex.Reserve(60).ok());
+  EXPECT_EQ(ex.bytes_held(), 60);
+  const Status over = ex.Reserve(60);
+  EXPECT_EQ(over.code(), StatusCode::kResourceExhausted) << over.ToString();
+  EXPECT_NE(over.message().find("--executor-queue-mb"), std::string::npos) << over.ToString();
+  EXPECT_EQ(ex.Submit([] {}, 41).code(), StatusCode::kResourceExhausted);
+  ASSERT_TRUE(ex.Reserve(40).ok());
+  EXPECT_EQ(ex.bytes_held(), 100);
+  EXPECT_TRUE(ex.Submit([] {}, 0).ok());  // within a reservation a task holds nothing more
+  ex.Unreserve(60);
+  EXPECT_TRUE(ex.Submit([] {}, 60).ok());
+  ASSERT_TRUE(ex.WaitIdle(30));
+  EXPECT_EQ(ex.bytes_held(), 40);
+  ex.Unreserve(40);
+  // Alone, a reservation over the whole budget is admitted (as a task is).
+  ASSERT_TRUE(ex.Reserve(500).ok());
+  ex.Unreserve(500);
+  EXPECT_EQ(ex.bytes_held(), 0);
+}
+
 TEST(ExecutorTest, AThrowingTaskIsCountedAndTheWorkersLiveOn) {
   BoundedExecutor ex(1, 100);
   std::atomic<int> ran{0};

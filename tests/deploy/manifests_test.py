@@ -8,6 +8,8 @@ schemas (deploy/validate), lint with yamllint, then for every ragserve container
     to a temporary directory and the repository's corpus;
   - its --port / --metrics-port (/ --http-port) match the declared container ports and the gRPC
     probes;
+  - the memory its flags allow (stores, request budgets, gRPC quota) leaves room under its
+    container's memory limit;
 every Service's targetPort must name or number a port of the pods it selects; the auth Secret
 is required and wired as secret_refs.py checks; every
 HorizontalPodAutoscaler targets a workload of the overlay and scales on metrics something serves
@@ -95,6 +97,52 @@ def map_paths(arg, tmp):
     return arg
 
 
+# MiB each service may hold by its flags (stores and request budgets), as (flag, default MiB,
+# MiB per unit of the flag): the defaults of services/*/main.cc and services/common/config.h.
+MEMORY_FLAGS = {
+    "ragserve-kvr": [("--memory-limit-gib", 8 * 1024, 1024)],
+    "ragserve-ctxcache": [("--ram-mb", 1024, 1)],
+    "ragserve-decoder": [("--kv-budget-mb", 4096, 1), ("--passage-cache-mb", 1024, 1)],
+}
+# Every service: what queued and running requests (the router has a second such budget for its
+# queries) and the gRPC transport may hold.
+REQUEST_FLAGS = [("--executor-queue-mb", 256, 1), ("--grpc-memory-mb", 256, 1)]
+# Left for the binary, a model's weights, index data and transient copies of requests beyond
+# the flags' accounting (docs/RELIABILITY.md "Floods": what each service's limit is made of).
+MEMORY_ROOM_MIB = 512
+
+
+def quantity_mib(q):
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024, "K": 1e3 / 2**20,
+             "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    for u, f in units.items():
+        if q.endswith(u):
+            return float(q[:-len(u)]) * f
+    return float(q) / 2**20
+
+
+def check_memory(where, binary, args, env, c):
+    """The memory a service's flags allow, plus MEMORY_ROOM_MIB, fits its container's limit."""
+    limit = c.get("resources", {}).get("limits", {}).get("memory")
+    if limit is None:
+        fail(f"{where}: {binary} has no memory limit")
+        return
+    total, parts = 0.0, []
+    flags = MEMORY_FLAGS.get(binary, []) + REQUEST_FLAGS
+    if binary == "ragserve-router":
+        flags = flags + [REQUEST_FLAGS[0]]  # the query queue's budget of the same size
+    for flag, default, per_unit in flags:
+        value = flag_value(args, flag)
+        if value is None:
+            value = env.get("RAGSERVE_" + flag[2:].upper().replace("-", "_"))
+        mib = default if value is None else float(value) * per_unit
+        total += mib
+        parts.append(f"{flag} {mib:.0f}")
+    if total + MEMORY_ROOM_MIB > quantity_mib(limit):
+        fail(f"{where}: its flags allow {total:.0f} MiB ({', '.join(parts)}); with "
+             f"{MEMORY_ROOM_MIB} MiB of room that passes its memory limit {limit}")
+
+
 def check_container(where, c, configmaps, tmp, ran_tools):
     if not c.get("image", "").startswith("ragserve"):
         return
@@ -114,6 +162,7 @@ def check_container(where, c, configmaps, tmp, ran_tools):
         r = run([binary] + args + ["--check-flags"], env=env)
         if r.returncode != 0:
             fail(f"{where}: {cmd[0]} rejects its manifest args {args}: {r.stdout}{r.stderr}")
+        check_memory(where, cmd[0], args, env, c)
         ports = {p["containerPort"]: p.get("name", "") for p in c.get("ports", [])}
         port, mport = flag_value(args, "--port"), flag_value(args, "--metrics-port")
         if port is None or int(port) not in ports or not ports[int(port)].endswith("grpc"):

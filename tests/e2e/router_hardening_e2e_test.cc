@@ -162,6 +162,13 @@ class RouterHardeningE2eTest : public ::testing::Test {
                                  good_->address(), "--index-timeout", kIndexTimeout},
                                 &err))
         << err;
+    // A request memory budget of one largest message: one Ingest stream fills it (F7).
+    ASSERT_TRUE(
+        cluster_->Start("router", "router-small-budget",
+                        {"--index-addr", cluster_->Get("index")->addr(), "--decoders",
+                         good_->address(), "--executor-queue-mb", "1", "--max-message-mb", "1"},
+                        &err))
+        << err;
     router_ = Stub("router").release();
     // A small corpus for the query tests.
     auto ctx = Ctx();
@@ -286,6 +293,60 @@ TEST_F(RouterHardeningE2eTest, IndexKilledMidIngestIsUnavailableAndRouterLives) 
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   EXPECT_TRUE(again.ok()) << again.error_message();
+}
+
+// docs/RELIABILITY.md "Floods" F7: an Ingest stream reserves one --max-message-mb of
+// --executor-queue-mb before its first read and holds it to its end. With a budget of one
+// message, a second stream is refused RESOURCE_EXHAUSTED before it is read (before: it was read
+// and forwarded like the first, however many streams a flood opened), and once the first has
+// ended an Ingest goes through again.
+TEST_F(RouterHardeningE2eTest, IngestStreamIsRefusedBeforeItIsReadWhenTheBudgetIsFull) {
+  auto router = Stub("router-small-budget");
+  auto first_ctx = Ctx();
+  v1::IngestResponse first_resp;
+  auto first = router->Ingest(first_ctx.get(), &first_resp);
+  v1::IngestRequest create = Create("budget");
+  *create.add_documents() = Doc("one", "the stream that holds the budget", kDim);
+  ASSERT_TRUE(first->Write(create));
+  // Once its collection exists the first message was read, so the stream's reservation (taken
+  // before that read, held for the next one) is in place. Up to 30 s: a bound for a broken build.
+  bool created = false;
+  for (int i = 0; i < 300 && !created; ++i) {
+    auto ctx = Ctx(5);
+    v1::ListCollectionsResponse list;
+    if (router->ListCollections(ctx.get(), v1::ListCollectionsRequest(), &list).ok()) {
+      for (const auto& c : list.collections()) created |= c.spec().name() == "budget";
+    }
+    if (!created) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(created) << testing::ReadFileOrEmpty(cluster_->Get("router-small-budget")->log);
+
+  v1::IngestRequest more;
+  more.set_collection("budget");
+  *more.add_documents() = Doc("two", "a stream past the budget", kDim);
+  {
+    auto ctx = Ctx();
+    v1::IngestResponse resp;
+    auto second = router->Ingest(ctx.get(), &resp);
+    (void)second->Write(more);  // fails once the call has been refused
+    second->WritesDone();
+    const grpc::Status st = second->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("--executor-queue-mb"), std::string::npos)
+        << st.error_message();
+  }
+
+  ASSERT_TRUE(first->WritesDone());
+  const grpc::Status first_st = first->Finish();
+  ASSERT_TRUE(first_st.ok()) << first_st.error_message();
+  auto ctx = Ctx();
+  v1::IngestResponse resp;
+  auto again = router->Ingest(ctx.get(), &resp);
+  *more.mutable_documents(0) = Doc("three", "a stream after the first ended", kDim);
+  ASSERT_TRUE(again->Write(more));
+  again->WritesDone();
+  const grpc::Status st = again->Finish();
+  EXPECT_TRUE(st.ok()) << st.error_message();
 }
 
 // Issue 17 #3 (router side): documents per Ingest message are bounded before they are copied.

@@ -1,7 +1,8 @@
 // The index service in process (ServiceServer + IndexGrpcService, one executor thread held by a
 // test task) under the overload rules of docs/RELIABILITY.md "Floods": an Upsert message queued
-// for a caller that has left is not applied, and the cheap calls (ListCollections, Stats) are
-// answered while the executor is busy.
+// for a caller that has left is not applied, the cheap calls (ListCollections, Stats) are
+// answered while the executor is busy, and an Upsert stream is refused before it is read when
+// the request memory budget is full.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -33,6 +34,9 @@ class IndexOverloadTest : public ::testing::Test {
     cfg.service = "index";
     cfg.metrics_port = -1;
     cfg.executor_threads = 1;
+    // A budget of one largest message (1 MiB): one Upsert stream waiting for a message fills it.
+    cfg.max_message_mb = 1;
+    cfg.executor_queue_mb = 1;
     server_ = std::make_unique<ServiceServer>(cfg);
     service_ = std::make_unique<IndexGrpcService>(server_.get(), store_.get());
     server_->AddService(service_.get(), "ragserve.v1.IndexService");
@@ -65,6 +69,13 @@ class IndexOverloadTest : public ::testing::Test {
   void ReleaseExecutor() {
     if (!released_) open_.set_value();
     released_ = true;
+  }
+  // Waits (up to 60 s, a bound for a broken build) until the executor's budget holds `bytes`.
+  bool WaitBytesHeld(int64_t bytes) {
+    for (int i = 0; i < 12000 && server_->executor().bytes_held() < bytes; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return server_->executor().bytes_held() >= bytes;
   }
   // Waits (up to 60 s, a bound for a broken build) until `n` tasks wait on the executor.
   bool WaitQueued(int n) {
@@ -113,6 +124,52 @@ TEST_F(IndexOverloadTest, UpsertMessageQueuedForACallerThatLeftIsNotApplied) {
   auto kb = store_->Get("kb");
   ASSERT_TRUE(kb.ok());
   EXPECT_EQ((*kb)->Info().num_documents, 0) << "the abandoned message was applied";
+}
+
+// Under a flood of message-sized Upsert streams every stream's message was read (gRPC reads once
+// a read is started) and refused only afterwards, or its sender waited on flow control until its
+// deadline. Now a stream reads only when the request memory budget can hold a message of the
+// largest size: with the budget taken by one stream waiting for its message, a second stream is
+// refused RESOURCE_EXHAUSTED at once (before: it waited for a message it was never sent, until
+// its deadline), and once the first has finished an Upsert goes through again.
+TEST_F(IndexOverloadTest, UpsertStreamIsRefusedBeforeItIsReadWhenTheBudgetIsFull) {
+  grpc::ClientContext first_ctx;
+  first_ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
+  v1::UpsertResponse first_resp;
+  auto first = stub_->Upsert(&first_ctx, &first_resp);
+  EXPECT_TRUE(WaitBytesHeld(int64_t{1} << 20)) << "the first stream reserved nothing";
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+  v1::UpsertResponse resp;
+  auto refused = stub_->Upsert(&ctx, &resp);
+  const grpc::Status st = refused->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_NE(st.error_message().find("--executor-queue-mb"), std::string::npos)
+      << st.error_message();
+
+  v1::UpsertRequest msg;
+  msg.set_collection("kb");
+  auto* d = msg.add_documents();
+  d->set_id("kept");
+  d->set_text("a document of the stream that was admitted");
+  d->mutable_vector()->Resize(16, 0.25f);
+  ASSERT_TRUE(first->Write(msg));
+  ASSERT_TRUE(first->WritesDone());
+  const grpc::Status first_st = first->Finish();
+  ASSERT_TRUE(first_st.ok()) << first_st.error_message();
+  EXPECT_EQ(first_resp.upserted(), 1);
+
+  grpc::ClientContext again_ctx;
+  again_ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
+  v1::UpsertResponse again_resp;
+  auto again = stub_->Upsert(&again_ctx, &again_resp);
+  d->set_id("after");
+  ASSERT_TRUE(again->Write(msg));
+  ASSERT_TRUE(again->WritesDone());
+  const grpc::Status again_st = again->Finish();
+  EXPECT_TRUE(again_st.ok()) << again_st.error_message();
+  EXPECT_EQ(server_->executor().bytes_held(), 0);
 }
 
 // ListCollections and Stats (what probes and the router ask for) run on the lane of cheap calls:
