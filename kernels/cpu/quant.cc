@@ -348,6 +348,29 @@ void QuantizeRef(const float* x, DType t, int64_t n, void* dst) {
   }
 }
 
+int64_t PackedQ4_0Bytes(const WeightView& w) {
+  static const bool vnni =
+      CpuSimdLevel() == SimdLevel::kAvx512 && __builtin_cpu_supports("avx512vnni");
+  if (!vnni || w.dtype != DType::kQ4_0) return 0;
+  const int64_t groups = (w.rows + kQ4PackRows - 1) / kQ4PackRows;
+  return groups * kQ4PackRows * w.RowBytes();
+}
+
+void PackQ4_0(const WeightView& w, void* dst) {
+  const int64_t nb = w.cols / kQK;
+  auto* out = static_cast<uint8_t*>(dst);
+  for (int64_t r0 = 0; r0 < w.rows; r0 += kQ4PackRows) {
+    for (int64_t b = 0; b < nb; ++b, out += kQ4PackRows * 18) {
+      std::memset(out, 0, kQ4PackRows * 18);  // padding rows: scale 0
+      for (int64_t r = 0; r < std::min(kQ4PackRows, w.rows - r0); ++r) {
+        const uint8_t* blk = static_cast<const uint8_t*>(w.Row(r0 + r)) + b * 18;
+        std::memcpy(out + 2 * r, blk, 2);
+        for (int c = 0; c < 4; ++c) std::memcpy(out + 32 + 64 * c + 4 * r, blk + 2 + 4 * c, 4);
+      }
+    }
+  }
+}
+
 int ActBlock(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0 ? 32 : 256; }
 
 void internal::QuantizeActRowScalar(const float* x, int64_t cols, int block, int8_t* q, float* d,

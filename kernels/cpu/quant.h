@@ -26,6 +26,12 @@
 // Against the exact product with the dequantized weights, the error is the activation rounding:
 // |y - w.x| <= Σ_j |w_j| * d_a(j) / 2 (plus f32 rounding).
 //
+// Q4_0 repacked (PackQ4_0): with AVX-512 VNNI, Q4_0 matrices run from a copy made at load, rows
+// interleaved 16 at a time so that one vpdpbusd multiplies 4 values of each of 16 rows (one int32
+// lane per row) by 4 activations of one token broadcast: the 16 lanes are 16 outputs, the
+// unpacked weight register serves every token of a tile, and each block's int32 sums are scaled
+// with one f32 multiply-add per token for 16 rows at once (llama.cpp's interleaved-row GEMM).
+//
 // Paths: scalar (the reference), AVX2 (vpmaddubsw + vpmaddwd: u8 x s8 pairs, which cannot
 // saturate here since |q_a| <= 127 and the unsigned operand is <= 128), AVX-512 VNNI (vpdpbusd,
 // unsigned weights x signed activations; Q8_0's signed weights go through |w| and sign(w) * a;
@@ -58,6 +64,7 @@ struct QuantizedActs {
   std::vector<int32_t> s32;   // [m, cols / 32]: sums of 32 consecutive q
   // What the AVX-512 kernels start from / multiply in (same integers, other widths):
   std::vector<int32_t> loff;  // block 32: [m, cols / 4]: -8 * lsum (Q4_0's nibble offset)
+  std::vector<int32_t> boff;  // block 32: [m, cols / 32]: -8 * s32 (the same, per block)
   // Block 32, for Q8_0 / Q4_0 four blocks at a time: per group of 128 values (cols / 128 of them;
   // the rest is only in q) the first 16 values of each of the 4 blocks, then their last 16; loffp:
   // [m, cols / 128 * 16] the matching -8 x sums (lane j: block j / 4, values 4 (j % 4) .. + 3
@@ -71,6 +78,19 @@ struct QuantizedActs {
   size_t qoff = 0;            // q row 0 starts at q.data() + qoff (64-byte aligned)
   const int8_t* Q(int64_t i) const { return q.data() + qoff + i * ldq; }
 };
+
+// The packed form of a Q4_0 matrix: groups of kQ4PackRows rows (the last group padded with zero
+// rows: scale 0), one group after the other; within a group, per 32-value block, 288 bytes: the
+// 16 rows' f16 scales d, then four 64-byte chunks, chunk c holding row r's qs bytes 4c .. 4c + 3
+// at bytes 4r .. 4r + 3. So chunk c & 15 is, in int32 lane r, the 4 unsigned nibbles of row r's
+// values 4c .. 4c + 3, and (chunk c >> 4) & 15 those of values 16 + 4c .. 16 + 4c + 3. Same size
+// as the blocks (18 bytes per 32 values) plus the padding rows.
+inline constexpr int64_t kQ4PackRows = 16;
+// Bytes of w's packed form: 0 unless w is Q4_0 and this CPU has the kernels that read it (AVX-512
+// VNNI): then the loader makes one (PackQ4_0) and sets w.packed.
+int64_t PackedQ4_0Bytes(const WeightView& w);
+// Writes w's packed form (PackedQ4_0Bytes(w) bytes) to dst.
+void PackQ4_0(const WeightView& w, void* dst);
 
 // Quantizes x [m, cols] per block of `block` values (cols a multiple of it) into *out (resized):
 // d_a = max|x| / 127, q = x * (127 / max|x|) rounded to nearest, ties to even (AVX-512 when the
@@ -86,7 +106,7 @@ SimdLevel QuantSimdLevel();
 
 // y[i * ldy + r] = row r of w . activation row i, for rows [r0, r1) and every activation row, on
 // the given path (a level this CPU supports, see QuantSimdLevel). One thread; a's block must be
-// ActBlock(w.dtype).
+// ActBlock(w.dtype). AVX-512 reads w.packed when it is set and r0 is a multiple of kQ4PackRows.
 void QuantGemvRows(SimdLevel level, const QuantizedActs& a, const WeightView& w, int64_t r0,
                    int64_t r1, float* y, int64_t ldy);
 // The scalar reference of QuantGemvRows (the formulas above, blocks added in order).

@@ -14,7 +14,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/quant.h"
@@ -238,6 +240,65 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
       }
       y[(i0 + i) * ldy + r] = s;
     }
+  }
+}
+
+inline int32_t Load32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Q4_0 from its packed form (PackQ4_0): rows [r0, r1) (r0 a multiple of kQ4PackRows, so a group
+// boundary) against activation rows i0 .. i0 + T - 1. Per group of 16 rows and block, the four
+// chunks are unpacked once into 8 registers of unsigned nibbles (int32 lane r: 4 values of row r);
+// then each token's block is 8 vpdpbusd against its 4-value groups broadcast, starting from -8 x
+// its block sum (the nibbles' offset), and one multiply-add of the int32 sums by d_w (16 rows)
+// x d_a into the token's accumulator, whose lanes are the 16 outputs.
+template <int T>
+RS_Q_AVX512 void Q4_0PackedRows512(const QuantizedActs& a, int64_t i0, const WeightView& w,
+                                   int64_t r0, int64_t r1, float* y, int64_t ldy) {
+  constexpr int64_t kGroupBlock = kQ4PackRows * 18;  // bytes per group and block
+  const int64_t nb = w.cols / 32;
+  const int8_t* aq[T];
+  const float* ad[T];
+  const int32_t* ao[T];
+  for (int t = 0; t < T; ++t) {
+    aq[t] = a.Q(i0 + t);
+    ad[t] = a.d.data() + (i0 + t) * nb;
+    ao[t] = a.boff.data() + (i0 + t) * nb;
+  }
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int64_t g = r0; g < r1; g += kQ4PackRows) {
+    const uint8_t* gp = static_cast<const uint8_t*>(w.packed) + g * nb * 18;
+    __m512 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* p = gp + b * kGroupBlock;
+      for (int64_t off = 0; off < kGroupBlock; off += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch + off, _MM_HINT_T0);
+      }
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      __m512i lo[4], hi[4];
+      for (int c = 0; c < 4; ++c) {
+        const __m512i v = _mm512_loadu_si512(p + 32 + 64 * c);
+        lo[c] = _mm512_and_si512(v, low4);
+        hi[c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      }
+      for (int t = 0; t < T; ++t) {
+        const int8_t* q = aq[t] + b * 32;
+        __m512i s = _mm512_set1_epi32(ao[t][b]);
+        for (int c = 0; c < 4; ++c)
+          s = _mm512_dpbusd_epi32(s, lo[c], _mm512_set1_epi32(Load32(q + 4 * c)));
+        for (int c = 0; c < 4; ++c) {
+          s = _mm512_dpbusd_epi32(s, hi[c], _mm512_set1_epi32(Load32(q + 16 + 4 * c)));
+        }
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(ad[t][b])),
+                                 acc[t]);
+      }
+    }
+    const auto rows = static_cast<__mmask16>((1u << std::min(kQ4PackRows, r1 - g)) - 1);
+    for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g, rows, acc[t]);
   }
 }
 
@@ -612,6 +673,17 @@ namespace {
 // Activation rows per kernel call (a prefill tile): every decoded weight vector serves this many
 // (AVX-512: 32 registers hold 8 rows' accumulators; AVX2's 16 hold 4).
 constexpr int kTile512 = 8, kTile256 = 4;
+// Tokens per tile of the packed Q4_0 kernel: 16 accumulators + 8 unpacked weight registers.
+constexpr int kTilePacked = 16;
+
+// Q4_0PackedRows512<1 .. kTilePacked>, indexed by the tile's token count - 1.
+using RowsFn = void (*)(const QuantizedActs&, int64_t, const WeightView&, int64_t, int64_t, float*,
+                        int64_t);
+template <int... T>
+constexpr std::array<RowsFn, sizeof...(T)> PackedKernels(std::integer_sequence<int, T...>) {
+  return {&Q4_0PackedRows512<T + 1>...};
+}
+constexpr auto kPackedKernels = PackedKernels(std::make_integer_sequence<int, kTilePacked>());
 
 template <int M>
 void Rows512(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0, int64_t r1,
@@ -649,6 +721,7 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
   a.lsum.resize(static_cast<size_t>(m * cols / 4));
   a.s32.resize(static_cast<size_t>(m * cols / 32));
   a.loff.resize(block == 32 ? static_cast<size_t>(m * cols / 4) : 0);
+  a.boff.resize(block == 32 ? static_cast<size_t>(m * nb) : 0);
   a.qp.resize(block == 32 ? a.q.size() : 0);
   a.qpoff = block == 32 ? (64 - reinterpret_cast<uintptr_t>(a.qp.data()) % 64) % 64 : 0;
   a.loffp.resize(block == 32 ? static_cast<size_t>(m * (cols / 128) * 16) : 0);
@@ -674,6 +747,7 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
     }
     if (block == 32) {
       for (int64_t c = 0; c < cols / 4; ++c) a.loff[i * (cols / 4) + c] = -8 * ls[c];
+      for (int64_t c = 0; c < nb; ++c) a.boff[i * nb + c] = -8 * a.s32[i * nb + c];
       int8_t* qp = a.qp.data() + a.qpoff + i * a.ldq;
       int32_t* lp = a.loffp.data() + i * (cols / 128 * 16);
       for (int64_t g = 0; g < cols / 128; ++g) {
@@ -709,6 +783,12 @@ void QuantGemvRows(SimdLevel level, const QuantizedActs& a, const WeightView& w,
                    int64_t r1, float* y, int64_t ldy) {
   if (level == SimdLevel::kScalar) {
     internal::QuantGemvRowsScalar(a, w, r0, r1, y, ldy);
+    return;
+  }
+  if (level == SimdLevel::kAvx512 && w.packed != nullptr && r0 % kQ4PackRows == 0) {
+    for (int64_t i0 = 0; i0 < a.m; i0 += kTilePacked) {
+      kPackedKernels[std::min<int64_t>(kTilePacked, a.m - i0) - 1](a, i0, w, r0, r1, y, ldy);
+    }
     return;
   }
   const int tile = level == SimdLevel::kAvx512 ? kTile512 : kTile256;
