@@ -64,7 +64,6 @@ struct QuantizedActs {
   std::vector<int32_t> s32;   // [m, cols / 32]: sums of 32 consecutive q
   // What the AVX-512 kernels start from / multiply in (same integers, other widths):
   std::vector<int32_t> loff;  // block 32: [m, cols / 4]: -8 * lsum (Q4_0's nibble offset)
-  std::vector<int32_t> boff;  // block 32: [m, cols / 32]: -8 * s32 (the same, per block)
   // Block 32, for Q8_0 / Q4_0 four blocks at a time: per group of 128 values (cols / 128 of them;
   // the rest is only in q) the first 16 values of each of the 4 blocks, then their last 16; loffp:
   // [m, cols / 128 * 16] the matching -8 x sums (lane j: block j / 4, values 4 (j % 4) .. + 3
@@ -73,6 +72,13 @@ struct QuantizedActs {
   std::vector<int32_t> loffp;
   size_t qpoff = 0;
   const int8_t* Qp(int64_t i) const { return qp.data() + qpoff + i * ldq; }
+  // Block 32, for the packed Q4_0 kernel: the rows in tiles of kQ4PackTokens (the last one
+  // shorter: n rows), per tile and block the n rows' 32 values (row after row), then their d_a
+  // (f32), then their -8 x block sums (int32): 40 bytes per row and block, so that a kernel
+  // reaches every operand of a tile's block at a fixed offset from one address.
+  std::vector<uint8_t> tiled;
+  // The tile of rows i0 .. (i0 a multiple of kQ4PackTokens).
+  const uint8_t* Tile(int64_t i0) const { return tiled.data() + i0 * (cols / 32) * 40; }
   std::vector<int16_t> s16;   // block 256: [m, cols / 16]: sums of 16 consecutive q (Q6_K)
   std::vector<int16_t> s32w;  // block 256: [m, cols / 32]: s32 as int16 (Q4_K's mins)
   size_t qoff = 0;            // q row 0 starts at q.data() + qoff (64-byte aligned)
@@ -86,6 +92,8 @@ struct QuantizedActs {
 // values 4c .. 4c + 3, and (chunk c >> 4) & 15 those of values 16 + 4c .. 16 + 4c + 3. Same size
 // as the blocks (18 bytes per 32 values) plus the padding rows.
 inline constexpr int64_t kQ4PackRows = 16;
+// Tokens per tile of the kernel that reads it (QuantizedActs::tiled).
+inline constexpr int64_t kQ4PackTokens = 16;
 // Bytes of w's packed form: 0 unless w is Q4_0 and this CPU has the kernels that read it (AVX-512
 // VNNI): then the loader makes one (PackQ4_0) and sets w.packed.
 int64_t PackedQ4_0Bytes(const WeightView& w);

@@ -250,28 +250,24 @@ inline int32_t Load32(const int8_t* p) {
 }
 
 // Q4_0 from its packed form (PackQ4_0): rows [r0, r1) (r0 a multiple of kQ4PackRows, so a group
-// boundary) against activation rows i0 .. i0 + T - 1. Per group of 16 rows and block, the four
-// chunks are unpacked once into 8 registers of unsigned nibbles (int32 lane r: 4 values of row r);
-// then each token's block is 8 vpdpbusd against its 4-value groups broadcast, starting from -8 x
-// its block sum (the nibbles' offset), and one multiply-add of the int32 sums by d_w (16 rows)
-// x d_a into the token's accumulator, whose lanes are the 16 outputs.
+// boundary) against the T activation rows of the tile at i0 (QuantizedActs::tiled). Per group of
+// 16 rows and block, the four chunks are unpacked once into 8 registers of unsigned nibbles (int32
+// lane r: 4 values of row r); then each token's block is 8 vpdpbusd against its 4-value groups
+// broadcast, starting from -8 x its block sum (the nibbles' offset), and one multiply-add of the
+// int32 sums by d_w (16 rows) x d_a into the token's accumulator, whose lanes are the 16 outputs.
+// Every activation operand is at a fixed offset from the tile's block (broadcast from memory).
 template <int T>
 RS_Q_AVX512 void Q4_0PackedRows512(const QuantizedActs& a, int64_t i0, const WeightView& w,
                                    int64_t r0, int64_t r1, float* y, int64_t ldy) {
-  constexpr int64_t kGroupBlock = kQ4PackRows * 18;  // bytes per group and block
+  constexpr int64_t kGroupBlock = kQ4PackRows * 18;  // weight bytes per group and block
+  constexpr int64_t kTileBlock = T * 40;             // activation bytes per tile and block
   const int64_t nb = w.cols / 32;
-  const int8_t* aq[T];
-  const float* ad[T];
-  const int32_t* ao[T];
-  for (int t = 0; t < T; ++t) {
-    aq[t] = a.Q(i0 + t);
-    ad[t] = a.d.data() + (i0 + t) * nb;
-    ao[t] = a.boff.data() + (i0 + t) * nb;
-  }
+  const uint8_t* tile = a.Tile(i0);
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   for (int64_t g = r0; g < r1; g += kQ4PackRows) {
     const uint8_t* gp = static_cast<const uint8_t*>(w.packed) + g * nb * 18;
     __m512 acc[T];
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* p = gp + b * kGroupBlock;
@@ -280,24 +276,41 @@ RS_Q_AVX512 void Q4_0PackedRows512(const QuantizedActs& a, int64_t i0, const Wei
       }
       const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
       __m512i lo[4], hi[4];
+#pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
         const __m512i v = _mm512_loadu_si512(p + 32 + 64 * c);
         lo[c] = _mm512_and_si512(v, low4);
         hi[c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
       }
+      const uint8_t* ab = tile + b * kTileBlock;
+      const auto* ad = reinterpret_cast<const float*>(ab + T * 32);
+      const auto* ao = reinterpret_cast<const int32_t*>(ab + T * 36);
+#pragma GCC unroll 16
       for (int t = 0; t < T; ++t) {
-        const int8_t* q = aq[t] + b * 32;
-        __m512i s = _mm512_set1_epi32(ao[t][b]);
-        for (int c = 0; c < 4; ++c)
-          s = _mm512_dpbusd_epi32(s, lo[c], _mm512_set1_epi32(Load32(q + 4 * c)));
+        const int8_t* q = reinterpret_cast<const int8_t*>(ab) + 32 * t;
+        // Few tokens (decode) leave too little independent work to hide a chain of 8 dependent
+        // vpdpbusd: the low and high halves then sum in two chains.
+        __m512i s = _mm512_set1_epi32(ao[t]), s2 = _mm512_setzero_si512();
+#pragma GCC unroll 4
         for (int c = 0; c < 4; ++c) {
-          s = _mm512_dpbusd_epi32(s, hi[c], _mm512_set1_epi32(Load32(q + 16 + 4 * c)));
+          s = _mm512_dpbusd_epi32(s, lo[c], _mm512_set1_epi32(Load32(q + 4 * c)));
         }
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(ad[t][b])),
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          const __m512i x = _mm512_set1_epi32(Load32(q + 16 + 4 * c));
+          if constexpr (T < 4) {
+            s2 = _mm512_dpbusd_epi32(s2, hi[c], x);
+          } else {
+            s = _mm512_dpbusd_epi32(s, hi[c], x);
+          }
+        }
+        if constexpr (T < 4) s = _mm512_add_epi32(s, s2);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(ad[t])),
                                  acc[t]);
       }
     }
     const auto rows = static_cast<__mmask16>((1u << std::min(kQ4PackRows, r1 - g)) - 1);
+#pragma GCC unroll 16
     for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g, rows, acc[t]);
   }
 }
@@ -674,7 +687,7 @@ namespace {
 // (AVX-512: 32 registers hold 8 rows' accumulators; AVX2's 16 hold 4).
 constexpr int kTile512 = 8, kTile256 = 4;
 // Tokens per tile of the packed Q4_0 kernel: 16 accumulators + 8 unpacked weight registers.
-constexpr int kTilePacked = 16;
+constexpr int kTilePacked = kQ4PackTokens;
 
 // Q4_0PackedRows512<1 .. kTilePacked>, indexed by the tile's token count - 1.
 using RowsFn = void (*)(const QuantizedActs&, int64_t, const WeightView&, int64_t, int64_t, float*,
@@ -721,7 +734,7 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
   a.lsum.resize(static_cast<size_t>(m * cols / 4));
   a.s32.resize(static_cast<size_t>(m * cols / 32));
   a.loff.resize(block == 32 ? static_cast<size_t>(m * cols / 4) : 0);
-  a.boff.resize(block == 32 ? static_cast<size_t>(m * nb) : 0);
+  a.tiled.resize(block == 32 ? static_cast<size_t>(m * nb * 40) : 0);
   a.qp.resize(block == 32 ? a.q.size() : 0);
   a.qpoff = block == 32 ? (64 - reinterpret_cast<uintptr_t>(a.qp.data()) % 64) % 64 : 0;
   a.loffp.resize(block == 32 ? static_cast<size_t>(m * (cols / 128) * 16) : 0);
@@ -747,7 +760,16 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
     }
     if (block == 32) {
       for (int64_t c = 0; c < cols / 4; ++c) a.loff[i * (cols / 4) + c] = -8 * ls[c];
-      for (int64_t c = 0; c < nb; ++c) a.boff[i * nb + c] = -8 * a.s32[i * nb + c];
+      // Row i in its tile (QuantizedActs::tiled): tile i / 16 of n rows, row i % 16 of it.
+      const int64_t t0 = i / kQ4PackTokens * kQ4PackTokens, n = std::min(kQ4PackTokens, m - t0);
+      uint8_t* tile = a.tiled.data() + t0 * nb * 40;
+      for (int64_t c = 0; c < nb; ++c) {
+        uint8_t* tb = tile + c * n * 40;
+        const int32_t off = -8 * a.s32[i * nb + c];
+        std::memcpy(tb + (i - t0) * 32, q + c * 32, 32);
+        std::memcpy(tb + n * 32 + (i - t0) * 4, &a.d[i * nb + c], 4);
+        std::memcpy(tb + n * 36 + (i - t0) * 4, &off, 4);
+      }
       int8_t* qp = a.qp.data() + a.qpoff + i * a.ldq;
       int32_t* lp = a.loffp.data() + i * (cols / 128 * 16);
       for (int64_t g = 0; g < cols / 128; ++g) {
