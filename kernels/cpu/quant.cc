@@ -357,15 +357,18 @@ int64_t PackedQ4_0Bytes(const WeightView& w) {
 }
 
 void PackQ4_0(const WeightView& w, void* dst) {
-  const int64_t nb = w.cols / kQK;
+  const int64_t nb = w.cols / kQK, rb = w.RowBytes(), group = nb * kQ4PackRows * 18;
+  const auto* src = static_cast<const uint8_t*>(w.data);
   auto* out = static_cast<uint8_t*>(dst);
-  for (int64_t r0 = 0; r0 < w.rows; r0 += kQ4PackRows) {
-    for (int64_t b = 0; b < nb; ++b, out += kQ4PackRows * 18) {
-      std::memset(out, 0, kQ4PackRows * 18);  // padding rows: scale 0
-      for (int64_t r = 0; r < std::min(kQ4PackRows, w.rows - r0); ++r) {
-        const uint8_t* blk = static_cast<const uint8_t*>(w.Row(r0 + r)) + b * 18;
-        std::memcpy(out + 2 * r, blk, 2);
-        for (int c = 0; c < 4; ++c) std::memcpy(out + 32 + 64 * c + 4 * r, blk + 2 + 4 * c, 4);
+  for (int64_t r0 = 0; r0 < w.rows; r0 += kQ4PackRows, out += group) {
+    const int64_t n = std::min(kQ4PackRows, w.rows - r0);
+    if (n < kQ4PackRows) std::memset(out, 0, static_cast<size_t>(group));  // padding: scale 0
+    for (int64_t r = 0; r < n; ++r) {  // each source row read once, in order
+      const uint8_t* blk = src + (r0 + r) * rb;
+      for (int64_t b = 0; b < nb; ++b, blk += 18) {
+        uint8_t* o = out + b * kQ4PackRows * 18;
+        std::memcpy(o + 2 * r, blk, 2);
+        for (int c = 0; c < 4; ++c) std::memcpy(o + 32 + 64 * c + 4 * r, blk + 2 + 4 * c, 4);
       }
     }
   }

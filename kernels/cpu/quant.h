@@ -124,7 +124,7 @@ void QuantMatMulRef(const QuantizedActs& a, const WeightView& w, float* y, int64
 // equal): the activations are quantized once per block size, then the rows of every matrix are
 // split into tasks on `threads` threads of the spin pool (decode: ~96 KiB of weights per task;
 // prefill, m > kGemvMaxRows: 16 weight rows per task, each reused from cache across all the m
-// tokens in tiles of 8 on AVX-512, 4 on AVX2).
+// tokens in tiles of 8 on AVX-512, 4 on AVX2, 16 for packed Q4_0).
 void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* ws,
                  float* const* ys, int threads);
 

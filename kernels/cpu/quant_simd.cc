@@ -10,7 +10,9 @@
 // (int32), exactly the integers the scalar reference sums. Q8_0/Q4_0 blocks scale their lane
 // sums in f32 right away (scale vector = d_w per block x d_a per block, broadcast over the block's
 // lanes); the k-quants multiply lane sums by their 6/8-bit sub-block scales in
-// int32 and scale once per 256-value super-block.
+// int32 and scale once per 256-value super-block. Packed Q4_0 (PackQ4_0) turns this around: 16
+// weight rows per register (a lane each) against one token's broadcast activations, up to 16
+// tokens per unpacked block.
 #include <immintrin.h>
 
 #include <algorithm>
