@@ -158,12 +158,12 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& mo
 void ModelWeights::PackForKernels() {
   if (const char* env = std::getenv("RAGSERVE_NO_REPACK"); env != nullptr && env[0] == '1') return;
   auto pack = [&](WeightView* w) {
-    const int64_t bytes = kernels::PackedQ4_0Bytes(*w);
+    const int64_t bytes = kernels::PackedBytes(*w);
     if (bytes == 0) return;
     // 64-byte aligned: the kernel's loads of a group's block then never split a cache line.
     std::vector<uint8_t>& buf = owned_.emplace_back(static_cast<size_t>(bytes + 64));
     uint8_t* p = buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
-    kernels::PackQ4_0(*w, p);
+    kernels::PackWeights(*w, p);
     w->packed = p;
   };
   pack(&lm_head_);

@@ -5,7 +5,7 @@
 //  * FastOps (quantized activations, integer dots) against RefOps (dequantize-then-f64) within
 //    the activation-rounding bound sum_j |w_j| * d_a(j) / 2;
 //  * the quantizers' round trip within a per-format error bound.
-// Shapes: rows not a multiple of the 16-row task (and of Q4_0's packed 16-row groups) or the
+// Shapes: rows not a multiple of the 16-row task (and of the packed 16-row groups) or the
 // 4-token tile, odd block counts (the AVX-512 two-block step's tail), decode m <= 8 and prefill
 // m > 8 (the packed kernel's 16-token tile, whole and with a remainder). Seeded random inputs.
 #include "kernels/cpu/quant.h"
@@ -48,14 +48,14 @@ Quantized Quantize(const std::vector<float>& f, DType t, int64_t rows, int64_t c
   return q;
 }
 
-// w with its packed form set (PackQ4_0) when this CPU's kernels read one for w's format.
+// w with its packed form set (PackWeights) when this CPU's kernels read one for w's format.
 Quantized WithPacked(const Quantized& w) {
   Quantized p;
   p.view = w.view;
-  const int64_t n = PackedQ4_0Bytes(w.view);
+  const int64_t n = PackedBytes(w.view);
   if (n == 0) return p;
   p.bytes.resize(static_cast<size_t>(n));
-  PackQ4_0(w.view, p.bytes.data());
+  PackWeights(w.view, p.bytes.data());
   p.view.packed = p.bytes.data();
   return p;
 }

@@ -419,11 +419,12 @@ std::string QuantKernelTable() {
       kernels::QuantizeRef(row.data(), t, cols, w.data() + r * rb);
     }
     const kernels::WeightView wv{w.data(), t, rows, cols};
-    // Q4_0 also from its packed form (PackQ4_0), on the AVX-512 path, where this CPU has it.
-    std::vector<uint8_t> packed(static_cast<size_t>(kernels::PackedQ4_0Bytes(wv)));
+    // Q4_0 / Q8_0 also from the packed form (PackWeights), on the AVX-512 path, where this CPU
+    // has it.
+    std::vector<uint8_t> packed(static_cast<size_t>(kernels::PackedBytes(wv)));
     kernels::WeightView pv = wv;
     if (!packed.empty()) {
-      kernels::PackQ4_0(wv, packed.data());
+      kernels::PackWeights(wv, packed.data());
       pv.packed = packed.data();
     }
     for (int m : {1, 8, 64}) {
