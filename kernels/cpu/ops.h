@@ -82,6 +82,9 @@ struct WeightView {
   DType dtype = DType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;
+  // Optional: the same matrix in a kernel's own layout, made at load (Q4_0 / Q8_0: PackWeights in
+  // kernels/cpu/quant.h); kernels that have no use for it read `data`.
+  const void* packed = nullptr;
   // Bytes of one row.
   int64_t RowBytes() const { return DTypeBytes(dtype, cols); }
   // Bytes of the whole matrix.

@@ -348,6 +348,40 @@ void QuantizeRef(const float* x, DType t, int64_t n, void* dst) {
   }
 }
 
+int64_t PackedBytes(const WeightView& w) {
+  static const bool vnni =
+      CpuSimdLevel() == SimdLevel::kAvx512 && __builtin_cpu_supports("avx512vnni");
+  if (!vnni || (w.dtype != DType::kQ4_0 && w.dtype != DType::kQ8_0)) return 0;
+  const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
+  return groups * kPackRows * w.RowBytes();
+}
+
+void PackWeights(const WeightView& w, void* dst) {
+  const bool q8 = w.dtype == DType::kQ8_0;
+  const int64_t bb = q8 ? 34 : 18, nb = w.cols / kQK, rb = w.RowBytes();
+  const int64_t group = nb * kPackRows * bb;
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  auto* out = static_cast<uint8_t*>(dst);
+  for (int64_t r0 = 0; r0 < w.rows; r0 += kPackRows, out += group) {
+    const int64_t n = std::min(kPackRows, w.rows - r0);
+    if (n < kPackRows) std::memset(out, 0, static_cast<size_t>(group));  // padding: scale 0
+    for (int64_t r = 0; r < n; ++r) {  // each source row read once, in order
+      const uint8_t* blk = src + (r0 + r) * rb;
+      for (int64_t b = 0; b < nb; ++b, blk += bb) {
+        uint8_t* o = out + b * kPackRows * bb;
+        std::memcpy(o + 2 * r, blk, 2);
+        for (int c = 0; c < (q8 ? 8 : 4); ++c) {
+          uint8_t* chunk = o + 32 + 64 * c + 4 * r;
+          std::memcpy(chunk, blk + 2 + 4 * c, 4);
+          if (q8) {
+            for (int j = 0; j < 4; ++j) chunk[j] ^= 0x80;  // q + 128
+          }
+        }
+      }
+    }
+  }
+}
+
 int ActBlock(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0 ? 32 : 256; }
 
 void internal::QuantizeActRowScalar(const float* x, int64_t cols, int block, int8_t* q, float* d,

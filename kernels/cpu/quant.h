@@ -26,6 +26,14 @@
 // Against the exact product with the dequantized weights, the error is the activation rounding:
 // |y - w.x| <= Σ_j |w_j| * d_a(j) / 2 (plus f32 rounding).
 //
+// Q4_0 and Q8_0 repacked (PackWeights): with AVX-512 VNNI they run from a copy made at load, rows
+// interleaved 16 at a time so that one vpdpbusd multiplies 4 values of each of 16 rows (one int32
+// lane per row, unsigned: Q4_0's nibbles, Q8_0's q + 128) by 4 activations of one token
+// broadcast: the 16 lanes are 16 outputs, a weight register serves every token of a tile, the
+// offset (-8 or -128 x the block's activation sum) starts the sum, and each block's int32 sums
+// are scaled with one f32 multiply-add per token for 16 rows at once (llama.cpp's interleaved-row
+// GEMM).
+//
 // Paths: scalar (the reference), AVX2 (vpmaddubsw + vpmaddwd: u8 x s8 pairs, which cannot
 // saturate here since |q_a| <= 127 and the unsigned operand is <= 128), AVX-512 VNNI (vpdpbusd,
 // unsigned weights x signed activations; Q8_0's signed weights go through |w| and sign(w) * a;
@@ -66,11 +74,36 @@ struct QuantizedActs {
   std::vector<int32_t> loffp;
   size_t qpoff = 0;
   const int8_t* Qp(int64_t i) const { return qp.data() + qpoff + i * ldq; }
+  // Block 32, for the packed kernels: the rows in tiles of kPackTokens (the last one
+  // shorter: n rows), per tile and block the n rows' 32 values (row after row), then their d_a
+  // (f32), then their -8 x block sums (int32): 40 bytes per row and block, so that a kernel
+  // reaches every operand of a tile's block at a fixed offset from one address.
+  std::vector<uint8_t> tiled;
+  // The tile of rows i0 .. (i0 a multiple of kPackTokens).
+  const uint8_t* Tile(int64_t i0) const { return tiled.data() + i0 * (cols / 32) * 40; }
   std::vector<int16_t> s16;   // block 256: [m, cols / 16]: sums of 16 consecutive q (Q6_K)
   std::vector<int16_t> s32w;  // block 256: [m, cols / 32]: s32 as int16 (Q4_K's mins)
   size_t qoff = 0;            // q row 0 starts at q.data() + qoff (64-byte aligned)
   const int8_t* Q(int64_t i) const { return q.data() + qoff + i * ldq; }
 };
+
+// The packed form of a Q4_0 / Q8_0 matrix: groups of kPackRows rows (the last group padded with
+// zero rows: scale 0), one group after the other; within a group, per 32-value block, 16 x the
+// block's bytes: the 16 rows' f16 scales d, then 64-byte chunks of 4 bytes per row (row r at bytes
+// 4r .. 4r + 3):
+//   Q4_0: 4 chunks, chunk c = row r's qs bytes 4c .. 4c + 3. So chunk c & 15 is, in int32 lane r,
+//         the 4 unsigned nibbles of row r's values 4c .. 4c + 3, and (chunk c >> 4) & 15 those of
+//         values 16 + 4c .. 16 + 4c + 3.
+//   Q8_0: 8 chunks, chunk c = row r's values 4c .. 4c + 3 as q + 128 (unsigned).
+// Same size as the blocks plus the padding rows.
+inline constexpr int64_t kPackRows = 16;
+// Tokens per tile of the kernels that read it (QuantizedActs::tiled).
+inline constexpr int64_t kPackTokens = 16;
+// Bytes of w's packed form: 0 unless w is Q4_0 or Q8_0 and this CPU has the kernels that read it
+// (AVX-512 VNNI): then the loader makes one (PackWeights) and sets w.packed.
+int64_t PackedBytes(const WeightView& w);
+// Writes w's packed form (PackedBytes(w) bytes) to dst.
+void PackWeights(const WeightView& w, void* dst);
 
 // Quantizes x [m, cols] per block of `block` values (cols a multiple of it) into *out (resized):
 // d_a = max|x| / 127, q = x * (127 / max|x|) rounded to nearest, ties to even (AVX-512 when the
@@ -86,7 +119,7 @@ SimdLevel QuantSimdLevel();
 
 // y[i * ldy + r] = row r of w . activation row i, for rows [r0, r1) and every activation row, on
 // the given path (a level this CPU supports, see QuantSimdLevel). One thread; a's block must be
-// ActBlock(w.dtype).
+// ActBlock(w.dtype). AVX-512 reads w.packed when it is set and r0 is a multiple of kPackRows.
 void QuantGemvRows(SimdLevel level, const QuantizedActs& a, const WeightView& w, int64_t r0,
                    int64_t r1, float* y, int64_t ldy);
 // The scalar reference of QuantGemvRows (the formulas above, blocks added in order).
@@ -96,7 +129,7 @@ void QuantMatMulRef(const QuantizedActs& a, const WeightView& w, float* y, int64
 // equal): the activations are quantized once per block size, then the rows of every matrix are
 // split into tasks on `threads` threads of the spin pool (decode: ~96 KiB of weights per task;
 // prefill, m > kGemvMaxRows: 16 weight rows per task, each reused from cache across all the m
-// tokens in tiles of 8 on AVX-512, 4 on AVX2).
+// tokens in tiles of 8 on AVX-512, 4 on AVX2, 16 for packed Q4_0 / Q8_0).
 void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* ws,
                  float* const* ys, int threads);
 

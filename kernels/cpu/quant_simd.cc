@@ -10,11 +10,15 @@
 // (int32), exactly the integers the scalar reference sums. Q8_0/Q4_0 blocks scale their lane
 // sums in f32 right away (scale vector = d_w per block x d_a per block, broadcast over the block's
 // lanes); the k-quants multiply lane sums by their 6/8-bit sub-block scales in
-// int32 and scale once per 256-value super-block.
+// int32 and scale once per 256-value super-block. Packed Q4_0 / Q8_0 (PackWeights) turn this
+// around: 16 weight rows per register (a lane each) against one token's broadcast activations, up
+// to 16 tokens per unpacked block.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/quant.h"
@@ -238,6 +242,85 @@ RS_Q_AVX512 void Q32Rows512(DType t, const QuantizedActs& a, int64_t i0, const W
       }
       y[(i0 + i) * ldy + r] = s;
     }
+  }
+}
+
+inline int32_t Load32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Q4_0 / Q8_0 (F) from the packed form (PackWeights): rows [r0, r1) (r0 a multiple of kPackRows,
+// so a group boundary) against the T activation rows of the tile at i0 (QuantizedActs::tiled). Per
+// group of 16 rows and block, the weights go once into 8 registers of unsigned bytes, wq[j] holding
+// (int32 lane r) row r's values 4j .. 4j + 3 (Q4_0: unpacked from its 4 chunks; Q8_0: its 8
+// chunks as loaded); then each token's block is 8 vpdpbusd against its 4-value groups broadcast,
+// starting from the offset (Q4_0: -8, Q8_0: -128 x the block's activation sum), and one
+// multiply-add of the int32 sums by d_w (16 rows) x d_a into the token's accumulator, whose lanes
+// are the 16 outputs. Every activation operand is at a fixed offset from the tile's block.
+template <DType F, int T>
+RS_Q_AVX512 void PackedRows512(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0,
+                               int64_t r1, float* y, int64_t ldy) {
+  constexpr bool kQ8 = F == DType::kQ8_0;
+  constexpr int64_t kBlockBytes = kQ8 ? 34 : 18;
+  constexpr int64_t kGroupBlock = kPackRows * kBlockBytes;  // weight bytes per group and block
+  constexpr int64_t kTileBlock = T * 40;                    // activation bytes per tile and block
+  const int64_t nb = w.cols / 32;
+  const uint8_t* tile = a.Tile(i0);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  for (int64_t g = r0; g < r1; g += kPackRows) {
+    const uint8_t* gp = static_cast<const uint8_t*>(w.packed) + g * nb * kBlockBytes;
+    __m512 acc[T];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* p = gp + b * kGroupBlock;
+      for (int64_t off = 0; off < kGroupBlock; off += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetch + off, _MM_HINT_T0);
+      }
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+      __m512i wq[8];
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        if constexpr (kQ8) {
+          wq[c] = _mm512_loadu_si512(p + 32 + 64 * c);
+          wq[c + 4] = _mm512_loadu_si512(p + 32 + 64 * (c + 4));
+        } else {
+          const __m512i v = _mm512_loadu_si512(p + 32 + 64 * c);
+          wq[c] = _mm512_and_si512(v, low4);
+          wq[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        }
+      }
+      const uint8_t* ab = tile + b * kTileBlock;
+      const auto* ad = reinterpret_cast<const float*>(ab + T * 32);
+      const auto* ao = reinterpret_cast<const int32_t*>(ab + T * 36);
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        const int8_t* q = reinterpret_cast<const int8_t*>(ab) + 32 * t;
+        // ao holds -8 x the block sum; Q8_0's offset is 16 times that.
+        __m512i s = _mm512_set1_epi32(ao[t]);
+        if constexpr (kQ8) s = _mm512_slli_epi32(s, 4);
+        // Few tokens (decode) leave too little independent work to hide a chain of 8 dependent
+        // vpdpbusd: values 0-15 and 16-31 then sum in two chains.
+        __m512i s2 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) {
+          const __m512i x = _mm512_set1_epi32(Load32(q + 4 * j));
+          if (T < 4 && j >= 4) {
+            s2 = _mm512_dpbusd_epi32(s2, wq[j], x);
+          } else {
+            s = _mm512_dpbusd_epi32(s, wq[j], x);
+          }
+        }
+        if constexpr (T < 4) s = _mm512_add_epi32(s, s2);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(ad[t])),
+                                 acc[t]);
+      }
+    }
+    const auto rows = static_cast<__mmask16>((1u << std::min(kPackRows, r1 - g)) - 1);
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g, rows, acc[t]);
   }
 }
 
@@ -612,6 +695,20 @@ namespace {
 // Activation rows per kernel call (a prefill tile): every decoded weight vector serves this many
 // (AVX-512: 32 registers hold 8 rows' accumulators; AVX2's 16 hold 4).
 constexpr int kTile512 = 8, kTile256 = 4;
+// Tokens per tile of the packed kernels: 16 accumulators + 8 weight registers.
+constexpr int kTilePacked = kPackTokens;
+
+// PackedRows512<F, 1 .. kTilePacked>, indexed by the tile's token count - 1.
+using RowsFn = void (*)(const QuantizedActs&, int64_t, const WeightView&, int64_t, int64_t, float*,
+                        int64_t);
+template <DType F, int... T>
+constexpr std::array<RowsFn, sizeof...(T)> PackedKernels(std::integer_sequence<int, T...>) {
+  return {&PackedRows512<F, T + 1>...};
+}
+constexpr auto kPackedQ4_0 =
+    PackedKernels<DType::kQ4_0>(std::make_integer_sequence<int, kTilePacked>());
+constexpr auto kPackedQ8_0 =
+    PackedKernels<DType::kQ8_0>(std::make_integer_sequence<int, kTilePacked>());
 
 template <int M>
 void Rows512(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0, int64_t r1,
@@ -649,6 +746,7 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
   a.lsum.resize(static_cast<size_t>(m * cols / 4));
   a.s32.resize(static_cast<size_t>(m * cols / 32));
   a.loff.resize(block == 32 ? static_cast<size_t>(m * cols / 4) : 0);
+  a.tiled.resize(block == 32 ? static_cast<size_t>(m * nb * 40) : 0);
   a.qp.resize(block == 32 ? a.q.size() : 0);
   a.qpoff = block == 32 ? (64 - reinterpret_cast<uintptr_t>(a.qp.data()) % 64) % 64 : 0;
   a.loffp.resize(block == 32 ? static_cast<size_t>(m * (cols / 128) * 16) : 0);
@@ -674,6 +772,16 @@ void QuantizeActs(const float* x, int64_t m, int64_t cols, int block, QuantizedA
     }
     if (block == 32) {
       for (int64_t c = 0; c < cols / 4; ++c) a.loff[i * (cols / 4) + c] = -8 * ls[c];
+      // Row i in its tile (QuantizedActs::tiled): tile i / 16 of n rows, row i % 16 of it.
+      const int64_t t0 = i / kPackTokens * kPackTokens, n = std::min(kPackTokens, m - t0);
+      uint8_t* tile = a.tiled.data() + t0 * nb * 40;
+      for (int64_t c = 0; c < nb; ++c) {
+        uint8_t* tb = tile + c * n * 40;
+        const int32_t off = -8 * a.s32[i * nb + c];
+        std::memcpy(tb + (i - t0) * 32, q + c * 32, 32);
+        std::memcpy(tb + n * 32 + (i - t0) * 4, &a.d[i * nb + c], 4);
+        std::memcpy(tb + n * 36 + (i - t0) * 4, &off, 4);
+      }
       int8_t* qp = a.qp.data() + a.qpoff + i * a.ldq;
       int32_t* lp = a.loffp.data() + i * (cols / 128 * 16);
       for (int64_t g = 0; g < cols / 128; ++g) {
@@ -709,6 +817,13 @@ void QuantGemvRows(SimdLevel level, const QuantizedActs& a, const WeightView& w,
                    int64_t r1, float* y, int64_t ldy) {
   if (level == SimdLevel::kScalar) {
     internal::QuantGemvRowsScalar(a, w, r0, r1, y, ldy);
+    return;
+  }
+  if (level == SimdLevel::kAvx512 && w.packed != nullptr && r0 % kPackRows == 0) {
+    const auto& kernels = w.dtype == DType::kQ8_0 ? kPackedQ8_0 : kPackedQ4_0;
+    for (int64_t i0 = 0; i0 < a.m; i0 += kTilePacked) {
+      kernels[std::min<int64_t>(kTilePacked, a.m - i0) - 1](a, i0, w, r0, r1, y, ldy);
+    }
     return;
   }
   const int tile = level == SimdLevel::kAvx512 ? kTile512 : kTile256;

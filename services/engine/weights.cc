@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
 
+#include "kernels/cpu/quant.h"
 #include "nlohmann/json.hpp"
 #include "services/common/logging.h"
 #include "services/engine/gguf_model.h"
@@ -149,7 +151,25 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::string& mo
                                                             ? LoadGguf(model_path, options)
                                                             : LoadSafetensors(model_path, options));
   LogDTypeExceptions(*mw, options, model_path);
+  mw->PackForKernels();
   return mw;
+}
+
+void ModelWeights::PackForKernels() {
+  if (const char* env = std::getenv("RAGSERVE_NO_REPACK"); env != nullptr && env[0] == '1') return;
+  auto pack = [&](WeightView* w) {
+    const int64_t bytes = kernels::PackedBytes(*w);
+    if (bytes == 0) return;
+    // 64-byte aligned: the kernel's loads of a group's block then never split a cache line.
+    std::vector<uint8_t>& buf = owned_.emplace_back(static_cast<size_t>(bytes + 64));
+    uint8_t* p = buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
+    kernels::PackWeights(*w, p);
+    w->packed = p;
+  };
+  pack(&lm_head_);
+  for (LayerWeights& l : layers_) {
+    for (WeightView* w : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) pack(w);
+  }
 }
 
 StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(

@@ -94,6 +94,12 @@ class ModelWeights {
                                      kernels::DType to);
   // gguf_weights.cc: q/k rows are put back from llama.cpp's rotary order into the HF order the
   // forward pass expects; quantized tensors are decoded into owned_.
+  // Sets `packed` on the matrices that the CPU kernels read in a layout of their own (Q4_0 and
+  // Q8_0 with AVX-512 VNNI: kernels::PackWeights), copies kept in owned_ (as many bytes as those
+  // matrices).
+  // RAGSERVE_NO_REPACK=1 in the environment skips it (the kernels then read the blocks; for A/B
+  // benchmarks).
+  void PackForKernels();
   static StatusOr<std::unique_ptr<ModelWeights>> LoadGguf(const std::string& path,
                                                           const WeightsLoadOptions& options);
   ModelConfig config_;

@@ -4,10 +4,11 @@
 // that are not whole 256-value blocks fall back to Q8_0, matrices that are not whole 32-value
 // blocks are refused by name, a device backend refuses block formats, and a quantized model's
 // forward pass stays within the activation-rounding error of the same weights run through the
-// dequantizing reference backend.
+// dequantizing reference backend; Q4_0 repacked at load gives the logits of its blocks.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 #include <vector>
@@ -266,6 +267,46 @@ TEST(QuantizedWeightsTest, QuantizedModelTracksTheDequantizingReferenceBackend) 
     std::printf("%s: max |fast - ref logit| %.3g of max |logit| %.3g (%.2f%%)\n",
                 std::string(kernels::DTypeName(t)).c_str(), worst, scale, 100 * worst / scale);
     EXPECT_LT(worst, 0.03 * scale);
+  }
+}
+
+TEST(QuantizedWeightsTest, RepackedAtLoadGivesTheLogitsOfTheBlocks) {
+  // With AVX-512 VNNI the loader repacks every Q4_0 / Q8_0 matrix (kernels::PackWeights) and
+  // FastOps reads that copy, prefill and decode; RAGSERVE_NO_REPACK=1 keeps the blocks alone. The
+  // same integer sums either way, added in another order: the logits agree to f32 rounding.
+  TempDir dir;
+  ASSERT_TRUE(WriteTinyModel(QuantOptions(), {}, dir.path()).ok());
+  for (DType t : {DType::kQ4_0, DType::kQ8_0}) {
+    SCOPED_TRACE(std::string(kernels::DTypeName(t)));
+    auto packed = ModelWeights::Load(dir.path(), As(t));
+    ASSERT_EQ(setenv("RAGSERVE_NO_REPACK", "1", 1), 0);
+    auto blocks = ModelWeights::Load(dir.path(), As(t));
+    unsetenv("RAGSERVE_NO_REPACK");
+    ASSERT_TRUE(packed.ok() && blocks.ok());
+    bool any = false;
+    for (auto [name, w] : Matrices(**packed)) {
+      if (name == "embed") continue;  // the embedding op reads rows of the blocks
+      EXPECT_EQ(w->packed != nullptr, kernels::PackedBytes(*w) > 0) << name;
+      any = any || w->packed != nullptr;
+    }
+    for (auto [name, w] : Matrices(**blocks)) EXPECT_EQ(w->packed, nullptr) << name;
+    if (!any) GTEST_SKIP() << "no AVX-512 VNNI on this CPU: nothing is repacked";
+    auto mp =
+        Model::Create(std::shared_ptr<const ModelWeights>(std::move(*packed)), &kernels::FastOps());
+    auto mb =
+        Model::Create(std::shared_ptr<const ModelWeights>(std::move(*blocks)), &kernels::FastOps());
+    ASSERT_TRUE(mp.ok() && mb.ok());
+    std::vector<int32_t> tokens;
+    const auto lb = PrefillAndDecode(**mb, &tokens);
+    const auto lp = PrefillAndDecode(**mp, &tokens);
+    ASSERT_EQ(lp.size(), lb.size());
+    for (size_t s = 0; s < lp.size(); ++s) {
+      double scale = 0.0;
+      for (float v : lb[s]) scale = std::max(scale, std::abs(double{v}));
+      for (size_t j = 0; j < lp[s].size(); ++j) {
+        ASSERT_NEAR(lp[s][j], lb[s][j], 1e-4 * scale) << "step " << s << " logit " << j;
+      }
+    }
   }
 }
 

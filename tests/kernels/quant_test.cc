@@ -5,8 +5,9 @@
 //  * FastOps (quantized activations, integer dots) against RefOps (dequantize-then-f64) within
 //    the activation-rounding bound sum_j |w_j| * d_a(j) / 2;
 //  * the quantizers' round trip within a per-format error bound.
-// Shapes: rows not a multiple of the 16-row task or the 4-token tile, odd block counts (the
-// AVX-512 two-block step's tail), decode m <= 8 and prefill m > 8. Seeded random inputs.
+// Shapes: rows not a multiple of the 16-row task (and of the packed 16-row groups) or the
+// 4-token tile, odd block counts (the AVX-512 two-block step's tail), decode m <= 8 and prefill
+// m > 8 (the packed kernel's 16-token tile, whole and with a remainder). Seeded random inputs.
 #include "kernels/cpu/quant.h"
 
 #include <algorithm>
@@ -45,6 +46,25 @@ Quantized Quantize(const std::vector<float>& f, DType t, int64_t rows, int64_t c
   }
   q.view = {q.bytes.data(), t, rows, cols};
   return q;
+}
+
+// w with its packed form set (PackWeights) when this CPU's kernels read one for w's format.
+Quantized WithPacked(const Quantized& w) {
+  Quantized p;
+  p.view = w.view;
+  const int64_t n = PackedBytes(w.view);
+  if (n == 0) return p;
+  p.bytes.resize(static_cast<size_t>(n));
+  PackWeights(w.view, p.bytes.data());
+  p.view.packed = p.bytes.data();
+  return p;
+}
+
+// The views of w that a path runs: the blocks, and the packed form where there is one.
+std::vector<WeightView> Views(const Quantized& w, const Quantized& packed) {
+  std::vector<WeightView> v = {w.view};
+  if (packed.view.packed != nullptr) v.push_back(packed.view);
+  return v;
 }
 
 // Random block bytes whose f16 scales are powers of two (and Q6_K scales small), so every f32
@@ -115,7 +135,9 @@ TEST(QuantKernelTest, EveryPathEqualsScalarReferenceBitForBitWhenSumsAreExact) {
   for (DType t : kFormats) {
     for (const Shape& s : Shapes(t)) {
       const Quantized w = RandomExactBlocks(t, s.rows, s.cols, 7 + cases);
-      for (int64_t m : {1, 2, 3, 4, 5, 8, 13}) {
+      const Quantized packed = WithPacked(w);
+      // 16 and 35: the packed kernel's whole tile of 16 tokens and a tile plus a remainder.
+      for (int64_t m : {1, 2, 3, 4, 5, 8, 13, 16, 35}) {
         const std::vector<float> x = ExactActs(m, s.cols, ActBlock(t), 100 + cases);
         QuantizedActs a;
         QuantizeActs(x.data(), m, s.cols, ActBlock(t), &a);
@@ -133,11 +155,20 @@ TEST(QuantKernelTest, EveryPathEqualsScalarReferenceBitForBitWhenSumsAreExact) {
           }
         }
         for (SimdLevel level : Levels()) {
-          std::vector<float> got(static_cast<size_t>(m * s.rows), -1.0f);
-          QuantGemvRows(level, a, w.view, 0, s.rows, got.data(), s.rows);
-          for (size_t k = 0; k < got.size(); ++k) {
-            ASSERT_EQ(got[k], want[k]) << DTypeName(t) << " " << SimdLevelName(level) << " m=" << m
-                                       << " [" << s.rows << "," << s.cols << "] at " << k;
+          for (const WeightView& v : Views(w, packed)) {
+            std::vector<float> got(static_cast<size_t>(m * s.rows), -1.0f);
+            QuantGemvRows(level, a, v, 0, s.rows, got.data(), s.rows);
+            // Rows from the second 16-row group on (a task that does not start at row 0).
+            std::vector<float> tail(got.size(), -1.0f);
+            if (s.rows > 16) QuantGemvRows(level, a, v, 16, s.rows, tail.data(), s.rows);
+            for (size_t k = 0; k < got.size(); ++k) {
+              ASSERT_EQ(got[k], want[k])
+                  << DTypeName(t) << " " << SimdLevelName(level) << (v.packed ? " packed" : "")
+                  << " m=" << m << " [" << s.rows << "," << s.cols << "] at " << k;
+              if (static_cast<int64_t>(k) % s.rows >= 16) {
+                ASSERT_EQ(tail[k], want[k]) << DTypeName(t) << " rows from 16, at " << k;
+              }
+            }
           }
         }
         ++cases;
@@ -153,24 +184,28 @@ TEST(QuantKernelTest, EveryPathMatchesScalarReferenceOnRandomWeights) {
     for (const Shape& s : Shapes(t)) {
       const std::vector<float> wf = Gauss(s.rows * s.cols, 11 + cases, 0.05f);
       const Quantized w = Quantize(wf, t, s.rows, s.cols);
-      for (int64_t m : {1, 4, 7, 9}) {
+      const Quantized packed = WithPacked(w);
+      for (int64_t m : {1, 4, 7, 9, 21}) {
         const std::vector<float> x = Gauss(m * s.cols, 300 + cases);
         QuantizedActs a;
         QuantizeActs(x.data(), m, s.cols, ActBlock(t), &a);
         std::vector<float> want(static_cast<size_t>(m * s.rows));
         QuantMatMulRef(a, w.view, want.data(), s.rows);
         for (SimdLevel level : Levels()) {
-          std::vector<float> got(static_cast<size_t>(m * s.rows));
-          QuantGemvRows(level, a, w.view, 0, s.rows, got.data(), s.rows);
-          for (int64_t i = 0; i < m; ++i) {
-            for (int64_t r = 0; r < s.rows; ++r) {
-              // Float reordering only: relative to the sum of |w| |x|.
-              double mag = 0.0;
-              for (int64_t c = 0; c < s.cols; ++c) {
-                mag += std::abs(double{wf[r * s.cols + c]} * x[i * s.cols + c]);
+          for (const WeightView& v : Views(w, packed)) {
+            std::vector<float> got(static_cast<size_t>(m * s.rows));
+            QuantGemvRows(level, a, v, 0, s.rows, got.data(), s.rows);
+            for (int64_t i = 0; i < m; ++i) {
+              for (int64_t r = 0; r < s.rows; ++r) {
+                // Float reordering only: relative to the sum of |w| |x|.
+                double mag = 0.0;
+                for (int64_t c = 0; c < s.cols; ++c) {
+                  mag += std::abs(double{wf[r * s.cols + c]} * x[i * s.cols + c]);
+                }
+                ASSERT_NEAR(got[i * s.rows + r], want[i * s.rows + r], 1e-5 * mag + 1e-6)
+                    << DTypeName(t) << " " << SimdLevelName(level) << (v.packed ? " packed" : "")
+                    << " m=" << m << " r=" << r;
               }
-              ASSERT_NEAR(got[i * s.rows + r], want[i * s.rows + r], 1e-5 * mag + 1e-6)
-                  << DTypeName(t) << " " << SimdLevelName(level) << " m=" << m << " r=" << r;
             }
           }
         }
@@ -187,10 +222,12 @@ TEST(QuantKernelTest, FastOpsMatMulWithinActivationRoundingOfDequantizedReferenc
     for (const Shape& s : {Shape{17, 3 * DTypeBlockValues(t)}, Shape{40, 2 * DTypeBlockValues(t)},
                            Shape{300, 4 * DTypeBlockValues(t)}}) {
       const Quantized w = Quantize(Gauss(s.rows * s.cols, 5, 0.05f), t, s.rows, s.cols);
+      // FastOps on the packed form where this CPU has one (what the loader gives it).
+      const Quantized packed = WithPacked(w);
       for (int64_t m : {1, 3, 8, 9, 37}) {  // GEMV and the prefill path
         const std::vector<float> x = Gauss(m * s.cols, 77 + m);
         std::vector<float> fast(static_cast<size_t>(m * s.rows)), ref(fast.size());
-        FastOps().MatMul(x.data(), m, w.view, nullptr, fast.data());
+        FastOps().MatMul(x.data(), m, packed.view, nullptr, fast.data());
         RefOps().MatMul(x.data(), m, w.view, nullptr, ref.data());
         QuantizedActs a;
         QuantizeActs(x.data(), m, s.cols, ActBlock(t), &a);
