@@ -226,12 +226,9 @@ int main(int argc, char** argv) {
     out = {{"version", api.version != nullptr ? api.version() : ""},
            {"system_info", api.print_system_info()}};
   } else if (quantize->parsed()) {
-    const std::vector<std::pair<std::string, int>> types = {{"q8_0", kFtypeQ8_0},
-                                                            {"q4_0", kFtypeQ4_0},
-                                                            {"q4_k_m", kFtypeQ4_K_M},
-                                                            {"q6_k", kFtypeQ6_K},
-                                                            {"bf16", kFtypeBF16},
-                                                            {"f32", kFtypeAllF32}};
+    const std::vector<std::pair<std::string, int>> types = {
+        {"q8_0", kFtypeQ8_0}, {"q4_0", kFtypeQ4_0}, {"q4_k_m", kFtypeQ4_K_M},
+        {"q6_k", kFtypeQ6_K}, {"bf16", kFtypeBF16}, {"f32", kFtypeAllF32}};
     auto it = std::find_if(types.begin(), types.end(), [&](auto& t) { return t.first == type; });
     if (it == types.end()) return Fail("unknown type '" + type + "'");
     Params qp;

@@ -62,7 +62,8 @@ TEST(TinyModelTest, SameSeedSameBytesOtherSeedOtherWeights) {
   EXPECT_GT(a.size(), 100000u);
   EXPECT_EQ(a, ReadFileOrEmpty(dir.path() + "/b/model.safetensors"));
   EXPECT_NE(a, ReadFileOrEmpty(dir.path() + "/c/model.safetensors"));
-  EXPECT_EQ(ReadFileOrEmpty(dir.path() + "/a/config.json"), ReadFileOrEmpty(dir.path() + "/c/config.json"));
+  EXPECT_EQ(ReadFileOrEmpty(dir.path() + "/a/config.json"),
+            ReadFileOrEmpty(dir.path() + "/c/config.json"));
 }
 
 TEST(TinyModelTest, RejectsInconsistentSizesByName) {

@@ -20,8 +20,8 @@ namespace ragserve::index::testing {
 
 // <temp dir>/rs_<name>_<pid>, removed if it exists (not created).
 inline std::string FreshDir(const std::string& name) {
-  const auto p = std::filesystem::temp_directory_path() /
-                 ("rs_" + name + "_" + std::to_string(::getpid()));
+  const auto p =
+      std::filesystem::temp_directory_path() / ("rs_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(p);
   return p.string();
 }

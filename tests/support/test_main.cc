@@ -64,8 +64,7 @@ bool MatchesFilter(std::string_view filter, std::string_view name) {
   const size_t dash = filter.find('-');
   const std::string_view positive = filter.substr(0, dash);
   const bool included = positive.empty() || MatchesAny(positive, name);
-  return included &&
-         (dash == std::string_view::npos || !MatchesAny(filter.substr(dash + 1), name));
+  return included && (dash == std::string_view::npos || !MatchesAny(filter.substr(dash + 1), name));
 }
 
 bool DefinedIn(const testing::TestInfo& test, const std::string& source) {
