@@ -93,8 +93,10 @@ class SlowHandshakePort {
       std::this_thread::sleep_for(delay_);
       const int conn = accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (conn < 0) continue;
-      grpc::AddInsecureChannelFromFd(server_, conn);  // the server owns it now
+      // Counted first: the call this connection serves can finish (and the test read the count)
+      // before this thread runs again after the handover.
       ++handed_over_;
+      grpc::AddInsecureChannelFromFd(server_, conn);  // the server owns it now
     }
   }
 
