@@ -60,12 +60,12 @@ class BreakableOps final : public kernels::Ops {
   static const kernels::Ops& fast() { return kernels::FastOps(); }
 };
 
-struct Outcome {
+struct JobOutcome {
   Status status;
   GenerateStats result;
 };
 
-std::unique_ptr<GenerateJob> Job(const std::string& id, std::promise<Outcome>* done,
+std::unique_ptr<GenerateJob> Job(const std::string& id, std::promise<JobOutcome>* done,
                                  std::promise<void>* first_token) {
   auto job = std::make_unique<GenerateJob>();
   job->request_id = id;
@@ -101,7 +101,7 @@ TEST_F(DeviceFailureTest, ADeadBackendFailsEveryRequestWithUnavailableAndRefuses
     ++failures;
   };
   Generator gen(model_.get(), nullptr, go);
-  std::promise<Outcome> a_done, b_done;
+  std::promise<JobOutcome> a_done, b_done;
   std::promise<void> a_first;
   ASSERT_TRUE(gen.Submit(Job("a", &a_done, &a_first)).ok());
   ASSERT_TRUE(gen.Submit(Job("b", &b_done, nullptr)).ok());
@@ -111,12 +111,12 @@ TEST_F(DeviceFailureTest, ADeadBackendFailsEveryRequestWithUnavailableAndRefuses
   for (auto* p : {&a_done, &b_done}) {
     auto f = p->get_future();
     ASSERT_EQ(f.wait_for(std::chrono::seconds(30)), std::future_status::ready);
-    const Outcome out = f.get();
+    const JobOutcome out = f.get();
     EXPECT_EQ(out.status.code(), StatusCode::kUnavailable) << out.status.ToString();
     EXPECT_NE(out.status.message().find("device context lost"), std::string::npos)
         << out.status.ToString();
   }
-  std::promise<Outcome> c_done;
+  std::promise<JobOutcome> c_done;
   const Status c = gen.Submit(Job("c", &c_done, nullptr));
   EXPECT_EQ(c.code(), StatusCode::kUnavailable) << c.ToString();
   EXPECT_EQ(failures.load(), 1);
@@ -129,7 +129,7 @@ TEST_F(DeviceFailureTest, AFailedStepOnAHealthyBackendFailsOnlyThatBatch) {
   GeneratorOptions go;
   go.on_device_failure = [&](const Status&) { ++failures; };
   Generator gen(model_.get(), nullptr, go);
-  std::promise<Outcome> a_done;
+  std::promise<JobOutcome> a_done;
   std::promise<void> a_first;
   ASSERT_TRUE(gen.Submit(Job("a", &a_done, &a_first)).ok());
   ASSERT_EQ(a_first.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
@@ -139,13 +139,13 @@ TEST_F(DeviceFailureTest, AFailedStepOnAHealthyBackendFailsOnlyThatBatch) {
   EXPECT_EQ(fa.get().status.code(), StatusCode::kInternal);
   ops_.fail_step = false;
   // The worker still serves.
-  std::promise<Outcome> b_done;
+  std::promise<JobOutcome> b_done;
   auto job = Job("b", &b_done, nullptr);
   job->stop.max_tokens = 3;
   ASSERT_TRUE(gen.Submit(std::move(job)).ok());
   auto fb = b_done.get_future();
   ASSERT_EQ(fb.wait_for(std::chrono::seconds(30)), std::future_status::ready);
-  const Outcome b = fb.get();
+  const JobOutcome b = fb.get();
   EXPECT_TRUE(b.status.ok()) << b.status.ToString();
   EXPECT_EQ(b.result.generated_tokens, 3);
   EXPECT_EQ(failures.load(), 0);

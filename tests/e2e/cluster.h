@@ -4,6 +4,7 @@
 
 #include <signal.h>
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -14,6 +15,14 @@
 #include "tests/support/process.h"
 
 namespace ragserve::testing {
+
+// A client context whose deadline is `seconds` from now.
+inline std::unique_ptr<grpc::ClientContext> Ctx(double seconds = 60) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+  return ctx;
+}
 
 struct ClusterService {
   std::string name;

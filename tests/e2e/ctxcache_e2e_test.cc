@@ -20,12 +20,7 @@
 namespace ragserve {
 namespace {
 
-std::unique_ptr<grpc::ClientContext> Ctx(double seconds = 60) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
-  return ctx;
-}
+using testing::Ctx;
 
 const char* const kDocs[] = {
     "The Quillmoor ferry leaves the north pier at seven and returns by noon.",

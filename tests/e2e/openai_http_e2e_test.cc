@@ -37,7 +37,7 @@ constexpr char kQuestion[] = "How long is the Nawerk River in kilometres?";
 constexpr int kMaxTokens = 12;
 constexpr int kTopK = 2;
 
-std::unique_ptr<grpc::ClientContext> Ctx(const char* token = kToken) {
+std::unique_ptr<grpc::ClientContext> AuthorizedCtx(const char* token = kToken) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
   ctx->AddMetadata("authorization", std::string("Bearer ") + token);
@@ -88,7 +88,7 @@ class OpenAiHttpE2eTest : public ::testing::Test {
   // The first 60 passages of the sample corpus into collection "docs".
   static void Ingest() {
     std::ifstream f(testing::SourceDir() + "/data/corpus/passages.jsonl");
-    auto ctx = Ctx(kAdmin);  // it creates the collection
+    auto ctx = AuthorizedCtx(kAdmin);  // it creates the collection
     v1::IngestResponse resp;
     auto writer = router_->Ingest(ctx.get(), &resp);
     v1::IngestRequest req;
@@ -115,7 +115,7 @@ class OpenAiHttpE2eTest : public ::testing::Test {
     std::vector<std::string> ids;
   };
   static Answer Query(const v1::QueryRequest& req) {
-    auto ctx = Ctx();
+    auto ctx = AuthorizedCtx();
     auto reader = router_->Query(ctx.get(), req);
     Answer a;
     v1::QueryEvent ev;
@@ -147,7 +147,7 @@ class OpenAiHttpE2eTest : public ::testing::Test {
   static int Active() {
     auto ch = MakeChannel(cluster_->Get("decoder0")->addr());
     auto stub = v1::DecoderService::NewStub(*ch);
-    auto ctx = Ctx(kInternal);
+    auto ctx = AuthorizedCtx(kInternal);
     v1::LoadReport load;
     if (!stub->GetLoad(ctx.get(), v1::LoadRequest(), &load).ok()) return -1;
     return load.active_sequences();

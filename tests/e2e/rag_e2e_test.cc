@@ -31,12 +31,7 @@ struct Answer {
   int deltas = 0;
 };
 
-std::unique_ptr<grpc::ClientContext> Ctx(double seconds = 60) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
-  return ctx;
-}
+using testing::Ctx;
 
 class RagE2eTest : public ::testing::Test {
  protected:

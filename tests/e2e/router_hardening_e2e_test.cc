@@ -24,12 +24,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr int kDim = 16;
 
-std::unique_ptr<grpc::ClientContext> Ctx(double seconds = 30) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
-  return ctx;
-}
+using testing::Ctx;
 
 double SecondsSince(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -171,7 +166,7 @@ class RouterHardeningE2eTest : public ::testing::Test {
         << err;
     router_ = Stub("router").release();
     // A small corpus for the query tests.
-    auto ctx = Ctx();
+    auto ctx = Ctx(30);
     v1::IngestResponse resp;
     auto writer = router_->Ingest(ctx.get(), &resp);
     v1::IngestRequest req = Create("kb");
@@ -199,7 +194,7 @@ class RouterHardeningE2eTest : public ::testing::Test {
   // before the router forwards the next) and returns how the Ingest ended.
   static grpc::Status Ingest(const std::vector<v1::IngestRequest>& msgs,
                              const std::function<void(int)>& after_write = {}) {
-    auto ctx = Ctx();
+    auto ctx = Ctx(30);
     v1::IngestResponse resp;
     auto writer = router_->Ingest(ctx.get(), &resp);
     for (size_t i = 0; i < msgs.size(); ++i) {

@@ -25,12 +25,7 @@ namespace {
 constexpr char kDecoderModel[] = "model_name=\"model\"";    // the tiny model's folder name
 constexpr char kRouterModel[] = "model_name=\"tiny-rag\"";  // from the router's config file
 
-std::unique_ptr<grpc::ClientContext> Ctx(double seconds = 60) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->set_deadline(std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
-  return ctx;
-}
+using testing::Ctx;
 
 // The value of one series ("name{labels}") in an exposition; -1 when absent.
 double Sample(const std::string& text, const std::string& series) {

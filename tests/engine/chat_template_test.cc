@@ -13,16 +13,14 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/support/process.h"
 
 namespace ragserve::engine {
 namespace {
 
 using Json = nlohmann::ordered_json;
 
-std::string SourceDir() {
-  const char* src = std::getenv("RAGSERVE_SOURCE_DIR");
-  return src != nullptr ? src : ".";
-}
+using ragserve::testing::SourceDir;
 
 Json Msgs(std::initializer_list<std::pair<const char*, const char*>> turns) {
   Json m = Json::array();

@@ -35,6 +35,7 @@ constexpr int kFtypeQ4_0 = 2;
 constexpr int kFtypeQ8_0 = 7;
 constexpr int kFtypeQ4_K_M = 15;
 constexpr int kFtypeQ6_K = 18;
+constexpr int kFtypeBF16 = 32;
 
 // An opaque parameter struct (see the header comment).
 struct alignas(16) Params {

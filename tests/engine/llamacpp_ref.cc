@@ -5,7 +5,7 @@
 // linux-x64, installed by tools/setup-deps; see llamacpp_api.h), so the build never needs it.
 //
 //   ragserve-llamacpp-ref --lib LIBDIR info
-//   ragserve-llamacpp-ref --lib LIBDIR quantize IN.gguf OUT.gguf q8_0|q4_0|q4_k_m|q6_k|f32
+//   ragserve-llamacpp-ref --lib LIBDIR quantize IN.gguf OUT.gguf q8_0|q4_0|q4_k_m|q6_k|bf16|f32
 //   ragserve-llamacpp-ref --lib LIBDIR tokenize MODEL.gguf < texts.jsonl   (one JSON string per
 //       line in, one id array per line out; special tokens written in the text are matched, no
 //       BOS added: llama_tokenize(add_special=false, parse_special=true))
@@ -200,7 +200,7 @@ int main(int argc, char** argv) {
   auto* quantize = app.add_subcommand("quantize", "llama_model_quantize IN -> OUT");
   quantize->add_option("in", in_path)->required();
   quantize->add_option("out", out_path)->required();
-  quantize->add_option("type", type, "q8_0 | q4_0 | q4_k_m | q6_k | f32")->required();
+  quantize->add_option("type", type, "q8_0 | q4_0 | q4_k_m | q6_k | bf16 | f32")->required();
   auto* tokenize = app.add_subcommand("tokenize", "JSON strings per line -> id arrays");
   tokenize->add_option("model", model)->required();
   auto* logits = app.add_subcommand("logits", "Logits of every position of --ids");
@@ -226,11 +226,9 @@ int main(int argc, char** argv) {
     out = {{"version", api.version != nullptr ? api.version() : ""},
            {"system_info", api.print_system_info()}};
   } else if (quantize->parsed()) {
-    const std::vector<std::pair<std::string, int>> types = {{"q8_0", kFtypeQ8_0},
-                                                            {"q4_0", kFtypeQ4_0},
-                                                            {"q4_k_m", kFtypeQ4_K_M},
-                                                            {"q6_k", kFtypeQ6_K},
-                                                            {"f32", kFtypeAllF32}};
+    const std::vector<std::pair<std::string, int>> types = {
+        {"q8_0", kFtypeQ8_0}, {"q4_0", kFtypeQ4_0}, {"q4_k_m", kFtypeQ4_K_M},
+        {"q6_k", kFtypeQ6_K}, {"bf16", kFtypeBF16}, {"f32", kFtypeAllF32}};
     auto it = std::find_if(types.begin(), types.end(), [&](auto& t) { return t.first == type; });
     if (it == types.end()) return Fail("unknown type '" + type + "'");
     Params qp;

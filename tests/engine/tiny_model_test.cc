@@ -8,14 +8,12 @@
 #include "services/engine/generate.h"
 #include "services/engine/tokenizer.h"
 #include "tests/engine/engine_test_util.h"
+#include "tests/support/process.h"
 
 namespace ragserve::engine {
 namespace {
 
-std::string ReadFile(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
+using ragserve::testing::ReadFileOrEmpty;
 
 std::string CorpusPath() {
   const char* src = std::getenv("RAGSERVE_SOURCE_DIR");
@@ -60,11 +58,12 @@ TEST(TinyModelTest, SameSeedSameBytesOtherSeedOtherWeights) {
   ASSERT_TRUE(WriteTinyModel(o, {}, dir.path() + "/b").ok());
   o.seed = 6;
   ASSERT_TRUE(WriteTinyModel(o, {}, dir.path() + "/c").ok());
-  const std::string a = ReadFile(dir.path() + "/a/model.safetensors");
+  const std::string a = ReadFileOrEmpty(dir.path() + "/a/model.safetensors");
   EXPECT_GT(a.size(), 100000u);
-  EXPECT_EQ(a, ReadFile(dir.path() + "/b/model.safetensors"));
-  EXPECT_NE(a, ReadFile(dir.path() + "/c/model.safetensors"));
-  EXPECT_EQ(ReadFile(dir.path() + "/a/config.json"), ReadFile(dir.path() + "/c/config.json"));
+  EXPECT_EQ(a, ReadFileOrEmpty(dir.path() + "/b/model.safetensors"));
+  EXPECT_NE(a, ReadFileOrEmpty(dir.path() + "/c/model.safetensors"));
+  EXPECT_EQ(ReadFileOrEmpty(dir.path() + "/a/config.json"),
+            ReadFileOrEmpty(dir.path() + "/c/config.json"));
 }
 
 TEST(TinyModelTest, RejectsInconsistentSizesByName) {

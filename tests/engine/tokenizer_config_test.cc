@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "gtest/gtest.h"
+#include "tests/support/process.h"
 
 namespace ragserve::engine {
 namespace {
@@ -18,17 +19,8 @@ namespace {
 namespace fs = std::filesystem;
 using Json = nlohmann::ordered_json;
 
-std::string SourceDir() {
-  const char* src = std::getenv("RAGSERVE_SOURCE_DIR");
-  return src != nullptr ? src : ".";
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using ragserve::testing::ReadFileOrEmpty;
+using ragserve::testing::SourceDir;
 
 void WriteFile(const fs::path& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
@@ -52,14 +44,14 @@ class ModelDir {
 
 TEST(TokenizerConfigTest, ReadsTheRealConfigsOfTheVerifiedModels) {
   const std::string dir = SourceDir() + "/tests/engine/chat_templates/";
-  auto llama = ParseTokenizerConfig(ReadFile(dir + "llama3-instruct.json"));
+  auto llama = ParseTokenizerConfig(ReadFileOrEmpty(dir + "llama3-instruct.json"));
   ASSERT_TRUE(llama.ok()) << llama.status().ToString();
   EXPECT_EQ(llama->bos_token, "<|begin_of_text|>");
   EXPECT_EQ(llama->eos_token, "<|eot_id|>");
   EXPECT_EQ(llama->chat_template.rfind("{% set loop_messages = messages %}", 0), 0u);
   EXPECT_TRUE(llama->named_chat_templates.empty());
 
-  auto qwen = ParseTokenizerConfig(ReadFile(dir + "qwen2.5-instruct.json"));
+  auto qwen = ParseTokenizerConfig(ReadFileOrEmpty(dir + "qwen2.5-instruct.json"));
   ASSERT_TRUE(qwen.ok()) << qwen.status().ToString();
   EXPECT_EQ(qwen->bos_token, "");  // null in Qwen's config
   EXPECT_EQ(qwen->eos_token, "<|im_end|>");

@@ -15,16 +15,14 @@
 #include "gtest/gtest.h"
 #include "services/engine/bpe_trainer.h"
 #include "services/engine/tiny_model.h"
+#include "tests/support/process.h"
 
 namespace ragserve::engine {
 namespace {
 
 using json = nlohmann::json;
 
-std::string SourceDir() {
-  const char* src = std::getenv("RAGSERVE_SOURCE_DIR");
-  return src != nullptr ? src : ".";
-}
+using ragserve::testing::SourceDir;
 
 const std::vector<std::string>& CorpusTexts() {
   static const std::vector<std::string> texts = [] {

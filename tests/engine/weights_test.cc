@@ -11,17 +11,16 @@
 #include "services/engine/config.h"
 #include "services/engine/safetensors.h"
 #include "tests/engine/engine_test_util.h"
+#include "tests/support/process.h"
 
 namespace ragserve::engine {
 namespace {
 
+using ragserve::testing::ReadFileOrEmpty;
+
 using testing::SmallOptions;
 using testing::TempDir;
 
-std::string ReadFile(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 void WriteFile(const std::string& p, const std::string& s) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
   out << s;
@@ -225,13 +224,13 @@ TEST_F(LoadTest, MissingDirectoryAndMissingWeightsAreNotFound) {
 }
 
 TEST_F(LoadTest, TruncatedFileIsDataLossNamingTheTensor) {
-  const std::string bytes = ReadFile(model_ + "/model.safetensors");
+  const std::string bytes = ReadFileOrEmpty(model_ + "/model.safetensors");
   WriteFile(model_ + "/model.safetensors", bytes.substr(0, bytes.size() - 100));
   ExpectError(StatusCode::kDataLoss, "\"model.norm.weight\" ends at byte");  // last in the file
 }
 
 TEST_F(LoadTest, OversizedHeaderLengthIsRejected) {
-  std::string bytes = ReadFile(model_ + "/model.safetensors");
+  std::string bytes = ReadFileOrEmpty(model_ + "/model.safetensors");
   bytes[6] = 0x7f;
   WriteFile(model_ + "/model.safetensors", bytes);
   ExpectError(StatusCode::kInvalidArgument, "exceeds the limit");
@@ -260,7 +259,7 @@ TEST_F(LoadTest, MissingAndExtraTensorsAreNamed) {
 }
 
 TEST_F(LoadTest, UnsupportedDtypeNamesTheTensor) {
-  std::string bytes = ReadFile(model_ + "/model.safetensors");
+  std::string bytes = ReadFileOrEmpty(model_ + "/model.safetensors");
   const size_t entry = bytes.find("\"model.norm.weight\":{");
   ASSERT_NE(entry, std::string::npos);
   const size_t at = bytes.find("\"dtype\":\"F32\"", entry);
@@ -271,7 +270,7 @@ TEST_F(LoadTest, UnsupportedDtypeNamesTheTensor) {
 }
 
 TEST_F(LoadTest, UnknownModelTypeIsRejected) {
-  std::string cfg = ReadFile(model_ + "/config.json");
+  std::string cfg = ReadFileOrEmpty(model_ + "/config.json");
   const size_t at = cfg.find("\"llama\"");
   ASSERT_NE(at, std::string::npos);
   cfg.replace(at, 7, "\"falcon\"");

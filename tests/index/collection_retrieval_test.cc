@@ -8,17 +8,14 @@
 #include <set>
 
 #include "services/index/collection.h"
+#include "tests/index/test_data.h"
 
 namespace ragserve::collection {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string FreshDir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("rs_retr_" + tag + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  return p.string();
-}
+using index::testing::FreshDir;
 
 std::vector<std::string> Ids(const std::vector<Hit>& hits) {
   std::vector<std::string> ids;
@@ -53,7 +50,7 @@ StatusOr<std::vector<Hit>> One(const Collection& c, Query q, SearchOptions o) {
 }
 
 TEST(CollectionRetrievalTest, HybridIsTheDefaultAndBm25FindsTheRareWord) {
-  auto store = CollectionStore::Open(FreshDir("modes")).value();
+  auto store = CollectionStore::Open(FreshDir("retr_modes")).value();
   auto c = store->Create({.name = "docs", .dim = 64}).value();
   EXPECT_EQ(c->spec().retrieval, "hybrid");
   ASSERT_TRUE(c->Upsert(Corpus()).ok());
@@ -71,7 +68,7 @@ TEST(CollectionRetrievalTest, HybridIsTheDefaultAndBm25FindsTheRareWord) {
 }
 
 TEST(CollectionRetrievalTest, WeightedFusionAtTheExtremesIsEachSingleMethod) {
-  auto store = CollectionStore::Open(FreshDir("weighted")).value();
+  auto store = CollectionStore::Open(FreshDir("retr_weighted")).value();
   auto c = store->Create({.name = "docs", .dim = 64}).value();
   ASSERT_TRUE(c->Upsert(Corpus()).ok());
   for (const char* q : {"the island ferry", "keeper of the tower", "river valley spring"}) {
@@ -98,7 +95,7 @@ TEST(CollectionRetrievalTest, WeightedFusionAtTheExtremesIsEachSingleMethod) {
 }
 
 TEST(CollectionRetrievalTest, RangeAndAnyOfFiltersApplyToEveryMode) {
-  auto store = CollectionStore::Open(FreshDir("filters")).value();
+  auto store = CollectionStore::Open(FreshDir("retr_filters")).value();
   auto c = store->Create({.name = "docs", .dim = 64}).value();
   ASSERT_TRUE(c->Upsert(Corpus()).ok());
   for (const char* mode : {"dense", "bm25", "hybrid"}) {
@@ -122,7 +119,7 @@ TEST(CollectionRetrievalTest, RangeAndAnyOfFiltersApplyToEveryMode) {
 }
 
 TEST(CollectionRetrievalTest, BadQueriesAreInvalidArgument) {
-  auto store = CollectionStore::Open(FreshDir("bad")).value();
+  auto store = CollectionStore::Open(FreshDir("retr_bad")).value();
   auto c = store->Create({.name = "docs", .dim = 8}).value();
   ASSERT_TRUE(c->Upsert(Corpus()).ok());
   auto code = [&](Query q, SearchOptions o) { return One(*c, std::move(q), o).status().code(); };
@@ -149,7 +146,7 @@ TEST(CollectionRetrievalTest, BadQueriesAreInvalidArgument) {
 }
 
 TEST(CollectionRetrievalTest, PassagesCarryTheirDocumentAndDeleteByDocumentRemovesThemAll) {
-  auto store = CollectionStore::Open(FreshDir("passages")).value();
+  auto store = CollectionStore::Open(FreshDir("retr_passages")).value();
   auto c = store->Create({.name = "docs", .dim = 64}).value();
   std::vector<Document> docs = Corpus();
   for (int i = 0; i < 3; ++i) {
@@ -182,7 +179,7 @@ TEST(CollectionRetrievalTest, PassagesCarryTheirDocumentAndDeleteByDocumentRemov
 }
 
 TEST(CollectionRetrievalTest, Bm25SurvivesReopenCatchesUpAndRebuildsAMissingFile) {
-  const auto dir = FreshDir("durable");
+  const auto dir = FreshDir("retr_durable");
   auto bm25_hits = [](const Collection& c, const std::string& q) {
     return One(c, {.text = q}, {.k = 8, .retrieval = "bm25"}).value();
   };

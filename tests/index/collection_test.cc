@@ -22,11 +22,7 @@ namespace {
 namespace fs = std::filesystem;
 using index::Metric;
 
-std::string FreshDir(const std::string& tag) {
-  auto p = fs::temp_directory_path() / ("rs_coll_" + tag + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  return p.string();
-}
+using index::testing::FreshDir;
 
 std::vector<Document> VectorDocs(int64_t n, int dim, uint64_t seed, const std::string& prefix) {
   const auto x = index::testing::ClusteredData(n, dim, 8, seed);
@@ -42,7 +38,7 @@ std::vector<Document> VectorDocs(int64_t n, int dim, uint64_t seed, const std::s
 }
 
 TEST(CollectionTest, TextUpsertSearchReplaceDeleteAndFilter) {
-  const auto dir = FreshDir("text");
+  const auto dir = FreshDir("coll_text");
   auto store = CollectionStore::Open(dir).value();
   auto c = store->Create({.name = "docs", .dim = 64, .metric = Metric::kCosine}).value();
   std::vector<Document> docs = {
@@ -90,7 +86,7 @@ TEST(CollectionTest, TextUpsertSearchReplaceDeleteAndFilter) {
 }
 
 TEST(CollectionTest, BadInputIsRejectedAndChangesNothing) {
-  const auto dir = FreshDir("bad");
+  const auto dir = FreshDir("coll_bad");
   auto store = CollectionStore::Open(dir).value();
   auto c =
       store->Create({.name = "v", .dim = 4, .metric = Metric::kL2, .index_kind = "flat"}).value();
@@ -131,7 +127,7 @@ TEST(CollectionTest, BadInputIsRejectedAndChangesNothing) {
 // gigabytes (1,024 queries x 10,000 hits x the texts) that the gRPC send limit then refuses: it
 // is refused with ResourceExhausted as soon as it passes max_response_bytes, before it is built.
 TEST(CollectionTest, AnswersOverTheResponseLimitAreResourceExhausted) {
-  const auto dir = FreshDir("answer_limit");
+  const auto dir = FreshDir("coll_answer_limit");
   StoreLimits limits;
   limits.max_response_bytes = 64 << 10;
   auto store = CollectionStore::Open(dir, limits).value();
@@ -172,7 +168,7 @@ TEST(CollectionTest, AnswersOverTheResponseLimitAreResourceExhausted) {
 // Writes documents in a child process that then dies without any shutdown (no checkpoint,
 // no destructors): everything the child saw acknowledged must be there after reopening.
 TEST(CollectionTest, AcknowledgedWritesSurviveACrashAndACleanReopen) {
-  const auto dir = FreshDir("crash");
+  const auto dir = FreshDir("coll_crash");
   constexpr int kDim = 16;
   {
     auto store = CollectionStore::Open(dir).value();
@@ -232,7 +228,7 @@ TEST(CollectionTest, AcknowledgedWritesSurviveACrashAndACleanReopen) {
 class FullDiskTest : public ::testing::TestWithParam<uint64_t> {};
 
 TEST_P(FullDiskTest, IsResourceExhaustedAndTheNextWriteOnceSpaceIsBackSucceeds) {
-  const auto dir = FreshDir("fulldisk");
+  const auto dir = FreshDir("coll_fulldisk");
   constexpr int kDim = 8;
   auto disk = std::make_shared<testing::FullDiskFs>(rocksdb::FileSystem::Default());
   disk->free_when_not_full = GetParam();
@@ -303,7 +299,7 @@ INSTANTIATE_TEST_SUITE_P(FreeAfterwards, FullDiskTest,
                          });
 
 TEST(CollectionTest, CorruptIndexFileIsRebuiltFromTheStore) {
-  const auto dir = FreshDir("corrupt");
+  const auto dir = FreshDir("coll_corrupt");
   constexpr int kDim = 8;
   {
     auto store = CollectionStore::Open(dir).value();
@@ -327,7 +323,7 @@ TEST(CollectionTest, CorruptIndexFileIsRebuiltFromTheStore) {
 }
 
 TEST(CollectionTest, IvfTrainsOnceEnoughVectorsAndRebuildKeepsSearchesWorking) {
-  const auto dir = FreshDir("ivf");
+  const auto dir = FreshDir("coll_ivf");
   constexpr int kDim = 16;
   auto store = CollectionStore::Open(dir).value();
   auto c = store
@@ -377,7 +373,7 @@ TEST(CollectionTest, IvfTrainsOnceEnoughVectorsAndRebuildKeepsSearchesWorking) {
 }
 
 TEST(CollectionTest, ConcurrentSearchAndUpsertSeeOnlyCompleteDocuments) {
-  const auto dir = FreshDir("conc");
+  const auto dir = FreshDir("coll_conc");
   constexpr int kDim = 8;
   auto store = CollectionStore::Open(dir).value();
   auto c = store->Create({.name = "c", .dim = kDim, .metric = Metric::kL2}).value();
@@ -413,7 +409,7 @@ TEST(CollectionTest, ConcurrentSearchAndUpsertSeeOnlyCompleteDocuments) {
 // Issue 17 #11: Drop waits for a running Rebuild of its collection; it used to wait holding the
 // store lock, so every Get (every Search and Upsert) on every other collection stalled with it.
 TEST(CollectionTest, DropDuringRebuildDoesNotBlockOtherCollections) {
-  const auto dir = FreshDir("droprebuild");
+  const auto dir = FreshDir("coll_droprebuild");
   auto store = CollectionStore::Open(dir).value();
   auto big = store->Create({.name = "big", .dim = 32, .index_kind = "flat"}).value();
   ASSERT_TRUE(big->Upsert(VectorDocs(10000, 32, 5, "b")).ok());  // 10000 per call at most

@@ -2,17 +2,29 @@
 // brute-force oracle written independently of FlatIndex (double accumulation, full sort).
 #pragma once
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "index/vector_index.h"
 
 namespace ragserve::index::testing {
+
+// <temp dir>/rs_<name>_<pid>, removed if it exists (not created).
+inline std::string FreshDir(const std::string& name) {
+  const auto p =
+      std::filesystem::temp_directory_path() / ("rs_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(p);
+  return p.string();
+}
 
 // n points around `clusters` centers (centers ~ N(0,1), points = center + N(0, spread^2)).
 inline std::vector<float> ClusteredData(int64_t n, int dim, int clusters, uint64_t seed,

@@ -22,14 +22,6 @@
 namespace ragserve::kvr {
 namespace {
 
-std::vector<float> RandomVec(size_t n, uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n01;
-  std::vector<float> v(n);
-  for (auto& x : v) x = scale * n01(rng);
-  return v;
-}
-
 double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   double m = 0;
   for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]));
@@ -43,7 +35,7 @@ void Fill(KvStore* store, const std::string& seq, int64_t n, int heads, int d, K
                   ->CreateSequence(
                       seq, {.num_layers = 1, .num_kv_heads = heads, .head_dim = d, .dtype = dtype})
                   .ok());
-  auto k = RandomVec(n * heads * d, seed), v = RandomVec(n * heads * d, seed + 1);
+  auto k = RandomNormal(n * heads * d, seed), v = RandomNormal(n * heads * d, seed + 1);
   ASSERT_TRUE(store->Append(seq, 0, n, k.data(), v.data()).ok());
 }
 
@@ -60,9 +52,9 @@ TEST(HybridAttentionTest, TopKCoveringEveryKeyEqualsFullAttention) {
       opt.window_tokens = 64;
       opt.index_kind = kind;
       HybridAttention ha(&store, opt);
-      auto pq = RandomVec(n * h * d, 5);
+      auto pq = RandomNormal(n * h * d, 5);
       ASSERT_TRUE(ha.BuildIndex("s", 0, 1, n, h, pq.data()).ok());
-      auto q = RandomVec(h * d, 9, 0.5f);
+      auto q = RandomNormal(h * d, 9, 0.5f);
       std::vector<float> o(h * d), lse(h), of(h * d), lf(h);
       AttendStats st;
       ASSERT_TRUE(ha.Attend("s", 0, 1, q.data(), h, d, {.top_k = static_cast<int>(n)}, o.data(),
@@ -122,12 +114,12 @@ TEST(HybridAttentionTest, ExactIndexTopKEqualsStaticPlusUnionOfPerHeadTopK) {
   const int d = 16, h = 3, top_k = 10;
   const int64_t n = 400, S = 8, W = 32;
   ASSERT_TRUE(store.CreateSequence("s", {.num_layers = 1, .num_kv_heads = 1, .head_dim = d}).ok());
-  auto k = RandomVec(n * d, 21), v = RandomVec(n * d, 22);
+  auto k = RandomNormal(n * d, 21), v = RandomNormal(n * d, 22);
   ASSERT_TRUE(store.Append("s", 0, n, k.data(), v.data()).ok());
   HybridAttention ha(&store,
                      {.sink_tokens = S, .window_tokens = W, .index_kind = KeyIndexKind::kExact});
   ASSERT_TRUE(ha.BuildIndex("s", 0, 0, 0, h, nullptr).ok());
-  auto q = RandomVec(h * d, 23);
+  auto q = RandomNormal(h * d, 23);
   std::vector<float> o(h * d), lse(h);
   AttendStats st;
   ASSERT_TRUE(
@@ -198,22 +190,22 @@ TEST(HybridAttentionTest, TokensLeavingTheWindowAreInsertedAndRetrievable) {
     const int64_t n = 600, S = 4, W = 16;
     ASSERT_TRUE(
         store.CreateSequence("s", {.num_layers = 1, .num_kv_heads = 1, .head_dim = d}).ok());
-    auto k = RandomVec(n * d, 31), v = RandomVec(n * d, 32);
+    auto k = RandomNormal(n * d, 31), v = RandomNormal(n * d, 32);
     ASSERT_TRUE(store.Append("s", 0, n, k.data(), v.data()).ok());
     HybridAttention ha(&store, {.sink_tokens = S, .window_tokens = W, .index_kind = kind});
-    auto pq = RandomVec(n * h * d, 33);
+    auto pq = RandomNormal(n * h * d, 33);
     ASSERT_TRUE(ha.BuildIndex("s", 0, 0, n, h, pq.data()).ok());
     // Decode 40 tokens; token 610 has a key far larger than any other.
     for (int64_t t = n; t < n + 40; ++t) {
-      auto kt = RandomVec(d, 100 + t, t == 610 ? 30.0f : 1.0f), vt = RandomVec(d, 200 + t);
+      auto kt = RandomNormal(d, 100 + t, t == 610 ? 30.0f : 1.0f), vt = RandomNormal(d, 200 + t);
       ASSERT_TRUE(store.Append("s", 0, 1, kt.data(), vt.data()).ok());
       std::vector<float> o(h * d), lse(h);
-      auto q = RandomVec(h * d, 300 + t);
+      auto q = RandomNormal(h * d, 300 + t);
       ASSERT_TRUE(ha.Attend("s", 0, 0, q.data(), h, d, {.top_k = 8}, o.data(), lse.data()).ok())
           << KeyIndexKindName(kind);
     }
     // 640 tokens: the middle is [4, 624), so token 610 has left the window and is indexed.
-    auto big = RandomVec(d, 100 + 610, 30.0f);
+    auto big = RandomNormal(d, 100 + 610, 30.0f);
     std::vector<float> q(h * d);
     for (int j = 0; j < h; ++j) std::copy(big.begin(), big.end(), q.begin() + j * d);
     std::vector<int64_t> ids(h * 8);
@@ -278,7 +270,7 @@ TEST(HybridAttentionTest, BadInputIsAClearErrorAndChangesNothing) {
   Fill(&store, "s", 100, 1, d, KvDtype::kF32, 41);
   HybridAttention ha(
       &store, {.sink_tokens = 4, .window_tokens = 8, .index_kind = KeyIndexKind::kAttentionAware});
-  auto q = RandomVec(h * d, 42);
+  auto q = RandomNormal(h * d, 42);
   std::vector<float> o(h * d), lse(h);
   auto attend = [&](const std::string& seq, int head_dim, int top_k, const float* qq) {
     return ha.Attend(seq, 0, 0, qq, h, head_dim, {.top_k = top_k}, o.data(), lse.data());
@@ -301,7 +293,7 @@ TEST(HybridAttentionTest, BadInputIsAClearErrorAndChangesNothing) {
   EXPECT_EQ(ha.Attend("s", 0, 3, q.data(), h, d, {.top_k = 5}, o.data(), lse.data()).code(),
             StatusCode::kInvalidArgument);
   // After release: FailedPrecondition, and the store's bytes are back to zero.
-  auto pq = RandomVec(100 * h * d, 43);
+  auto pq = RandomNormal(100 * h * d, 43);
   ASSERT_TRUE(ha.BuildIndex("s", 0, 0, 100, h, pq.data()).ok());
   EXPECT_TRUE(attend("s", d, 5, q.data()).ok());
   ASSERT_TRUE(store.Release("s").ok());

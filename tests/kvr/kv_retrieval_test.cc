@@ -9,19 +9,13 @@
 #include <random>
 #include <vector>
 
+#include "tests/support/kvr_synthetic.h"
+
 namespace ragserve::kvr {
 namespace {
 
 constexpr int kKv = 2, kHq = 8, kD = 16;
 constexpr int64_t kN = 1200;
-
-std::vector<float> RandomVec(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n01;
-  std::vector<float> v(n);
-  for (auto& x : v) x = n01(rng);
-  return v;
-}
 
 SequenceConfig Config(KeyIndexKind kind) {
   SequenceConfig c;
@@ -42,8 +36,8 @@ KvRetrievalOptions SmallBuild() {
 // Creates "s" with kN tokens, prefill queries streamed in chunks of `chunk` tokens.
 void Fill(KvRetrieval* kvr, int64_t chunk, KeyIndexKind kind) {
   ASSERT_TRUE(kvr->Create("s", Config(kind)).ok());
-  auto k = RandomVec(kN * kKv * kD, 1), v = RandomVec(kN * kKv * kD, 2);
-  auto q = RandomVec(kN * kHq * kD, 3);
+  auto k = RandomNormal(kN * kKv * kD, 1), v = RandomNormal(kN * kKv * kD, 2);
+  auto q = RandomNormal(kN * kHq * kD, 3);
   ASSERT_TRUE(kvr->AppendKv("s", 0, kN, k.data(), v.data()).ok());
   for (int64_t t = 0; t < kN; t += chunk) {
     const int64_t n = std::min(chunk, kN - t);
@@ -56,7 +50,7 @@ TEST(KvRetrievalTest, PrefillQuerySamplingDoesNotDependOnChunking) {
   KvRetrieval a(SmallBuild()), b(SmallBuild());
   Fill(&a, kN, KeyIndexKind::kAttentionAware);
   Fill(&b, 7, KeyIndexKind::kAttentionAware);
-  auto q = RandomVec(kHq * kD, 9);
+  auto q = RandomNormal(kHq * kD, 9);
   auto ra = a.Attend("s", 0, q.data(), q.size(), {.top_k = 20});
   auto rb = b.Attend("s", 0, q.data(), q.size(), {.top_k = 20});
   ASSERT_TRUE(ra.ok() && rb.ok()) << ra.status().ToString();
@@ -73,7 +67,7 @@ TEST(KvRetrievalTest, QueryHeadsUseTheirGqaKvHead) {
   // i / 4 (checked by moving a query head's vector to another group and seeing it change).
   KvRetrieval kvr;
   Fill(&kvr, 100, KeyIndexKind::kExact);
-  auto q = RandomVec(kHq * kD, 11);
+  auto q = RandomNormal(kHq * kD, 11);
   auto r = kvr.Attend("s", 0, q.data(), q.size(), {.top_k = static_cast<int>(kN)});
   ASSERT_TRUE(r.ok());
   auto q2 = q;
@@ -124,8 +118,8 @@ TEST(KvRetrievalTest, BadConfigNamesTheField) {
 // kN tokens of K/V and prefill queries in sequence "s" (no FinishPrefill).
 void FillNoBuild(KvRetrieval* kvr, KeyIndexKind kind) {
   ASSERT_TRUE(kvr->Create("s", Config(kind)).ok());
-  auto k = RandomVec(kN * kKv * kD, 1), v = RandomVec(kN * kKv * kD, 2);
-  auto q = RandomVec(kN * kHq * kD, 3);
+  auto k = RandomNormal(kN * kKv * kD, 1), v = RandomNormal(kN * kKv * kD, 2);
+  auto q = RandomNormal(kN * kHq * kD, 3);
   ASSERT_TRUE(kvr->AppendKv("s", 0, kN, k.data(), v.data()).ok());
   ASSERT_TRUE(kvr->AddPrefillQueries("s", 0, kN, q.data()).ok());
 }
@@ -146,9 +140,9 @@ TEST(KvRetrievalTest, KeyIndexMemoryIsChargedAndFreedWithTheSequence) {
     EXPECT_EQ(kvr.Stats().bytes_used, kv_bytes(kN) + index_bytes);
     // Decoding pushes tokens out of the window into the index: its charge grows with it.
     const int64_t more = 1024;
-    auto k = RandomVec(more * kKv * kD, 4), v = RandomVec(more * kKv * kD, 5);
+    auto k = RandomNormal(more * kKv * kD, 4), v = RandomNormal(more * kKv * kD, 5);
     ASSERT_TRUE(kvr.AppendKv("s", 0, more, k.data(), v.data()).ok());
-    auto q = RandomVec(kHq * kD, 6);
+    auto q = RandomNormal(kHq * kD, 6);
     ASSERT_TRUE(kvr.Attend("s", 0, q.data(), q.size(), {.top_k = 10}).ok());
     const int64_t total = kvr.SequenceBytes("s").value();
     EXPECT_GT(total - kv_bytes(kN + more), index_bytes);

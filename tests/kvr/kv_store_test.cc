@@ -7,16 +7,10 @@
 #include <random>
 #include <vector>
 
+#include "tests/support/kvr_synthetic.h"
+
 namespace ragserve::kvr {
 namespace {
-
-std::vector<float> RandomVec(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n01;
-  std::vector<float> v(n);
-  for (auto& x : v) x = n01(rng);
-  return v;
-}
 
 // Reads (layer, head) back as f32 k and v rows.
 void ReadHead(const KvStore& store, const std::string& seq, int layer, int head,
@@ -39,8 +33,8 @@ TEST(KvStoreTest, AppendedChunksReadBackPerHeadInOrder) {
   std::vector<float> all_k, all_v;
   int64_t total = 0;
   for (int chunk : {5, 1, 300}) {
-    auto k = RandomVec(static_cast<size_t>(chunk) * H * d, 10 + chunk);
-    auto v = RandomVec(static_cast<size_t>(chunk) * H * d, 20 + chunk);
+    auto k = RandomNormal(static_cast<size_t>(chunk) * H * d, 10 + chunk);
+    auto v = RandomNormal(static_cast<size_t>(chunk) * H * d, 20 + chunk);
     ASSERT_TRUE(store.Append("s", 1, chunk, k.data(), v.data()).ok());
     all_k.insert(all_k.end(), k.begin(), k.end());
     all_v.insert(all_v.end(), v.begin(), v.end());
@@ -72,7 +66,7 @@ TEST(KvStoreTest, F16StorageRoundsWithinHalfPrecisionAndHalvesBytes) {
               "a", {.num_layers = 1, .num_kv_heads = 1, .head_dim = d, .dtype = KvDtype::kF16})
           .ok());
   ASSERT_TRUE(store.CreateSequence("b", {.num_layers = 1, .num_kv_heads = 1, .head_dim = d}).ok());
-  auto k = RandomVec(n * d, 1), v = RandomVec(n * d, 2);
+  auto k = RandomNormal(n * d, 1), v = RandomNormal(n * d, 2);
   ASSERT_TRUE(store.Append("a", 0, n, k.data(), v.data()).ok());
   const int64_t bytes_a = store.bytes_used();
   ASSERT_TRUE(store.Append("b", 0, n, k.data(), v.data()).ok());
@@ -96,7 +90,7 @@ TEST(KvStoreTest, OverMemoryLimitIsResourceExhaustedAndStoresNothing) {
   opt.memory_limit_bytes = 8 * 4 * 2 * 4 * 3;  // three chunks of 8 tokens, d=4, f32, K+V
   KvStore store(opt);
   ASSERT_TRUE(store.CreateSequence("s", {.num_layers = 1, .num_kv_heads = 1, .head_dim = 4}).ok());
-  auto k = RandomVec(100 * 4, 3), v = RandomVec(100 * 4, 4);
+  auto k = RandomNormal(100 * 4, 3), v = RandomNormal(100 * 4, 4);
   ASSERT_TRUE(store.Append("s", 0, 20, k.data(), v.data()).ok());
   const int64_t before = store.bytes_used();
   const Status s = store.Append("s", 0, 10, k.data(), v.data());
@@ -116,7 +110,7 @@ TEST(KvStoreTest, OverMemoryLimitIsResourceExhaustedAndStoresNothing) {
 TEST(KvStoreTest, NonFiniteAppendIsRejectedAndStoresNothing) {
   KvStore store;
   ASSERT_TRUE(store.CreateSequence("s", {.num_layers = 1, .num_kv_heads = 2, .head_dim = 4}).ok());
-  auto k = RandomVec(3 * 2 * 4, 5), v = RandomVec(3 * 2 * 4, 6);
+  auto k = RandomNormal(3 * 2 * 4, 5), v = RandomNormal(3 * 2 * 4, 6);
   k[13] = std::numeric_limits<float>::quiet_NaN();
   Status s = store.Append("s", 0, 3, k.data(), v.data());
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);

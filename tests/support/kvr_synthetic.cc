@@ -79,6 +79,14 @@ void Sample(const Gaussian& g, int64_t n, int d, std::mt19937_64& rng, float* ou
 
 }  // namespace
 
+std::vector<float> RandomNormal(size_t n, uint64_t seed, float scale) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> n01;
+  std::vector<float> v(n);
+  for (auto& x : v) x = scale * n01(rng);
+  return v;
+}
+
 void ApplyRope(float* x, int d, int64_t pos, float theta) {
   const int half = d / 2;
   for (int i = 0; i < half; ++i) {

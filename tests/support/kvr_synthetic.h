@@ -59,6 +59,9 @@ struct SyntheticWorkload {
 // salient_fraction outside [0, 1].
 StatusOr<SyntheticWorkload> GenerateWorkload(const SyntheticParams& p);
 
+// n independent N(0, scale^2) values from a std::mt19937_64 seeded with `seed`.
+std::vector<float> RandomNormal(size_t n, uint64_t seed, float scale = 1.0f);
+
 // Rotates x[d] in place by RoPE at position pos (pairs (i, i + d/2), freq theta^(-2i/d)).
 void ApplyRope(float* x, int d, int64_t pos, float theta);
 
