@@ -27,8 +27,12 @@ Status CallCatchingExceptions(const char* what, const std::function<Status()>& f
 BoundedExecutor::BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget)
     : capacity_(queue_capacity), byte_budget_(byte_budget) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  {
+    MutexLock lock(mu_);
+    started_.assign(threads, Clock::time_point::max());
+  }
   workers_.reserve(threads);
-  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  for (int i = 0; i < threads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
 }
 
 BoundedExecutor::~BoundedExecutor() {
@@ -47,15 +51,42 @@ Status BoundedExecutor::CheckBudget(int64_t bytes) const {
   return OkStatus();
 }
 
-Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes) {
+double BoundedExecutor::ExpectedWaitLocked(Clock::time_point now) const {
+  Clock::time_point youngest = Clock::time_point::min();
+  for (const Clock::time_point& t : started_) {
+    if (t == Clock::time_point::max()) return 0;  // a worker is free
+    youngest = std::max(youngest, t);
+  }
+  const double task_s =
+      std::max(mean_task_s_, std::chrono::duration<double>(now - youngest).count());
+  return static_cast<double>(queue_.size()) / static_cast<double>(started_.size()) * task_s;
+}
+
+double BoundedExecutor::ExpectedWaitSeconds() const {
+  MutexLock lock(mu_);
+  return ExpectedWaitLocked(Clock::now());
+}
+
+Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes, double seconds_left) {
   bytes = std::max<int64_t>(bytes, 0);
   {
     MutexLock lock(mu_);
     if (stopping_) return Unavailable("executor is shutting down");
     if (static_cast<int>(queue_.size()) >= capacity_) {
-      return ResourceExhausted(StrCat("work queue is full (", capacity_, " tasks waiting)"));
+      return ResourceExhausted(StrCat("work queue is full (", capacity_,
+                                      " tasks waiting, --executor-queue); retry later"));
     }
     RS_RETURN_IF_ERROR(CheckBudget(bytes));
+    if (seconds_left < kNoDeadline) {
+      const double wait_s = ExpectedWaitLocked(Clock::now());
+      if (wait_s > seconds_left) {
+        return ResourceExhausted(StrCat(
+            "overloaded: ", queue_.size(), " tasks are queued ahead of this call on ",
+            started_.size(), " threads, about ", static_cast<int64_t>(wait_s * 1000),
+            " ms of waiting, and its deadline is in ", static_cast<int64_t>(seconds_left * 1000),
+            " ms; retry later or with a longer deadline (--executor-threads sets the threads)"));
+      }
+    }
     bytes_held_ += bytes;
     queue_.push_back(Task{std::move(task), bytes});
   }
@@ -107,7 +138,7 @@ int64_t BoundedExecutor::uncaught_exceptions() const {
   return uncaught_;
 }
 
-void BoundedExecutor::WorkerLoop() {
+void BoundedExecutor::WorkerLoop(int worker) {
   for (;;) {
     Task task;
     {
@@ -119,6 +150,7 @@ void BoundedExecutor::WorkerLoop() {
       task = std::move(queue_.front());
       queue_.pop_front();
       ++running_;
+      started_[worker] = Clock::now();
     }
     const Status st = CallCatchingExceptions("executor task", [&task] {
       task.fn();
@@ -128,6 +160,10 @@ void BoundedExecutor::WorkerLoop() {
     task.fn = nullptr;  // frees what the task captured before its bytes are returned
     {
       MutexLock lock(mu_);
+      // Weight 1/8: about the last eight tasks' run times.
+      const double took_s = std::chrono::duration<double>(Clock::now() - started_[worker]).count();
+      mean_task_s_ += (took_s - mean_task_s_) / 8;
+      started_[worker] = Clock::time_point::max();
       --running_;
       bytes_held_ -= task.bytes;
       if (!st.ok()) ++uncaught_;

@@ -3,9 +3,11 @@
 // Thread safety: all methods may be called from any thread.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -30,12 +32,16 @@ class BoundedExecutor {
   BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget = 0);
   ~BoundedExecutor();  // Shutdown(), then join.
 
+  static constexpr double kNoDeadline = std::numeric_limits<double>::infinity();
+
   // Queues `task`, which holds `bytes` (of request it keeps alive) until it has run;
-  // ResourceExhausted when the queue is full or the bytes would pass the byte budget (nothing is
-  // queued then), Unavailable after Shutdown(). An exception escaping a task is logged and
-  // counted (uncaught_exceptions()); the worker lives on. Tasks that answer a call run their work
-  // through CallCatchingExceptions so the caller hears about it.
-  Status Submit(std::function<void()> task, int64_t bytes = 0);
+  // ResourceExhausted when the queue is full, the bytes would pass the byte budget, or the task
+  // would wait in the queue longer than `seconds_left` (its caller's deadline; see
+  // ExpectedWaitSeconds): nothing is queued then. Unavailable after Shutdown(). An exception
+  // escaping a task is logged and counted (uncaught_exceptions()); the worker lives on. Tasks
+  // that answer a call run their work through CallCatchingExceptions so the caller hears about
+  // it.
+  Status Submit(std::function<void()> task, int64_t bytes = 0, double seconds_left = kNoDeadline);
   // Takes `bytes` of the byte budget for requests that have not arrived yet (a client stream's
   // messages before they are read), under Submit's rule: ResourceExhausted when they would pass
   // the budget (admitted when nothing else is held). Held until Unreserve.
@@ -45,6 +51,14 @@ class BoundedExecutor {
   void Shutdown();
   // Blocks until the queue is empty and no task is running, or `timeout_s` passed; true if idle.
   bool WaitIdle(double timeout_s);
+
+  // How long a task submitted now would wait before it starts, estimated low so that a call
+  // refused on it would almost surely have reached its deadline in the queue: 0 while a worker
+  // is free; else (tasks queued ahead / threads) x the time a task takes, the larger of an
+  // average of recent tasks' run times (EWMA) and the time the youngest running task has run so
+  // far (a flood of slow work is known before its first task ends). It leaves out what the
+  // running tasks still need and the task's own run time.
+  double ExpectedWaitSeconds() const;
 
   int threads() const { return static_cast<int>(workers_.size()); }
   int queued() const;
@@ -56,9 +70,12 @@ class BoundedExecutor {
   int64_t uncaught_exceptions() const;
 
  private:
-  void WorkerLoop();
+  using Clock = std::chrono::steady_clock;
+
+  void WorkerLoop(int worker);
   // ResourceExhausted when `bytes` more would pass the budget (see the constructor).
   Status CheckBudget(int64_t bytes) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  double ExpectedWaitLocked(Clock::time_point now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   struct Task {
     std::function<void()> fn;
@@ -75,6 +92,9 @@ class BoundedExecutor {
   int running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t uncaught_ ABSL_GUARDED_BY(mu_) = 0;
+  // When each worker's task started (Clock::time_point::max() while it is idle).
+  std::vector<Clock::time_point> started_ ABSL_GUARDED_BY(mu_);
+  double mean_task_s_ ABSL_GUARDED_BY(mu_) = 0;  // EWMA of the run times of finished tasks
   std::vector<std::thread> workers_;
 };
 

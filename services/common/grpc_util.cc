@@ -32,9 +32,10 @@ grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& aut
 
 namespace {
 
-// ServeUnary on `executor`.
-grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, grpc::CallbackServerContext* ctx,
-                                       ServiceServer* server,
+// ServeUnary on `executor`; with `deadline_admission`, refused when the queue would hold the call
+// past its deadline (BoundedExecutor::ExpectedWaitSeconds).
+grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, bool deadline_admission,
+                                       grpc::CallbackServerContext* ctx, ServiceServer* server,
                                        const google::protobuf::MessageLite* req,
                                        std::function<Status()> fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
@@ -52,7 +53,7 @@ grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, grpc::Callback
         }
         reactor->Finish(ToGrpcStatus(CallCatchingExceptions("call handler", fn)));
       },
-      bytes);
+      bytes, deadline_admission ? SecondsLeft(*ctx) : BoundedExecutor::kNoDeadline);
   if (!submitted.ok()) reactor->Finish(ToGrpcStatus(submitted));
   return reactor;
 }
@@ -62,13 +63,15 @@ grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, grpc::Callback
 grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                      const google::protobuf::MessageLite* req,
                                      std::function<Status()> fn) {
-  return ServeUnaryOn(server->executor(), ctx, server, req, std::move(fn));
+  return ServeUnaryOn(server->executor(), /*deadline_admission=*/true, ctx, server, req,
+                      std::move(fn));
 }
 
 grpc::ServerUnaryReactor* ServeCheapUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                           const google::protobuf::MessageLite* req,
                                           std::function<Status()> fn) {
-  return ServeUnaryOn(server->light_executor(), ctx, server, req, std::move(fn));
+  return ServeUnaryOn(server->light_executor(), /*deadline_admission=*/false, ctx, server, req,
+                      std::move(fn));
 }
 
 grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, ServiceServer* server,

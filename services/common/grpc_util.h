@@ -29,8 +29,11 @@ double SecondsLeft(const grpc::ServerContextBase& ctx);
 Status CallerStillWaiting(const grpc::ServerContextBase& ctx);
 
 // Runs `fn` on `server`'s executor and finishes the returned reactor with its status.
-// A full executor queue, or a request whose bytes would pass the executor's request memory
-// budget (--executor-queue-mb), gives RESOURCE_EXHAUSTED; `fn` is not run when a precheck fails.
+// A full executor queue (--executor-queue), a request whose bytes would pass the executor's
+// request memory budget (--executor-queue-mb), or a caller whose deadline comes before the
+// queue's expected wait (BoundedExecutor::ExpectedWaitSeconds: work that would time out queued)
+// gives RESOURCE_EXHAUSTED at once; `fn` is not run when a precheck fails, nor when its caller's
+// deadline passed or it cancelled while the call was queued (DEADLINE_EXCEEDED / CANCELLED).
 // `req` is the call's request (its size is what the queued call holds).
 grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                      const google::protobuf::MessageLite* req,
@@ -40,7 +43,8 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceSe
 // is answered while a flood keeps the main executor busy: for load reports, stats and listings
 // (in memory, bounded, no I/O). One exception: the router forwards ListCollections and Stats to
 // the index, which answers them on its own lane (a lane thread waits one round trip, at most
-// the caller's deadline). RESOURCE_EXHAUSTED when the lane's queue is full.
+// the caller's deadline). RESOURCE_EXHAUSTED when the lane's queue is full (never on the
+// caller's deadline: the lane's calls are short).
 grpc::ServerUnaryReactor* ServeCheapUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                           const google::protobuf::MessageLite* req,
                                           std::function<Status()> fn);

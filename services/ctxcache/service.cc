@@ -192,22 +192,28 @@ grpc::ServerWriteReactor<v1::GetResponse>* ContextCacheService::Get(
     r->Finish(st);
     return r;
   }
-  // The lookup may read the disk tier: on the executor.
-  Status submitted = server_->executor().Submit([this, req, r] {
-    std::shared_ptr<const StoredBlock> block;
-    const Status st = CallCatchingExceptions("Get", [&]() -> Status {
-      RS_RETURN_IF_ERROR(CheckModel(req->model()));
-      RS_ASSIGN_OR_RETURN(KeyId id, KeyId::FromHex(req->key().hex()));
-      RS_ASSIGN_OR_RETURN(block, cache_->Get(id));
-      // The key already binds the model; this also holds for a cache without a model.
-      if (!req->model().hex().empty() && block->fingerprint != req->model().hex()) {
-        return FailedPrecondition(StrCat("entry ", id.Hex(), " was made by model ",
-                                         block->fingerprint, ", not ", req->model().hex()));
-      }
-      return OkStatus();
-    });
-    r->Begin(st, std::move(block));
-  });
+  // The lookup may read the disk tier: on the executor (refused when the queue would hold it past
+  // its caller's deadline; not run when its caller left while it was queued).
+  Status submitted = server_->executor().Submit(
+      [this, ctx, req, r] {
+        std::shared_ptr<const StoredBlock> block;
+        const Status st = CallCatchingExceptions("Get", [&]() -> Status {
+          if (Status waiting = CallerStillWaiting(*ctx); !waiting.ok()) {
+            return Annotate(waiting, "not run");
+          }
+          RS_RETURN_IF_ERROR(CheckModel(req->model()));
+          RS_ASSIGN_OR_RETURN(KeyId id, KeyId::FromHex(req->key().hex()));
+          RS_ASSIGN_OR_RETURN(block, cache_->Get(id));
+          // The key already binds the model; this also holds for a cache without a model.
+          if (!req->model().hex().empty() && block->fingerprint != req->model().hex()) {
+            return FailedPrecondition(StrCat("entry ", id.Hex(), " was made by model ",
+                                             block->fingerprint, ", not ", req->model().hex()));
+          }
+          return OkStatus();
+        });
+        r->Begin(st, std::move(block));
+      },
+      /*bytes=*/0, SecondsLeft(*ctx));
   if (!submitted.ok()) r->Finish(ToGrpcStatus(submitted));
   return r;
 }

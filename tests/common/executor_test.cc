@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace ragserve {
@@ -145,6 +148,89 @@ TEST(ExecutorTest, AThrowingTaskIsCountedAndTheWorkersLiveOn) {
   ASSERT_TRUE(ex.WaitIdle(30));
   EXPECT_EQ(ran.load(), 10);
   EXPECT_EQ(ex.uncaught_exceptions(), 3);
+}
+
+// Holds all of an executor's workers until Open(); Hold returns once they run.
+class Gate {
+ public:
+  void Hold(BoundedExecutor& ex) {
+    for (int i = 0; i < ex.threads(); ++i) ASSERT_TRUE(ex.Submit([f = open_] { f.wait(); }).ok());
+    while (ex.queued() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  void Open() {
+    if (!opened_) promise_.set_value();
+    opened_ = true;
+  }
+  ~Gate() { Open(); }
+
+ private:
+  std::promise<void> promise_;
+  std::shared_future<void> open_ = promise_.get_future().share();
+  bool opened_ = false;
+};
+
+// Under a flood of slow calls, queued work waited until its caller's deadline and then was
+// dropped (DEADLINE_EXCEEDED after the whole wait). Now a task whose deadline comes before the
+// queue's expected wait is refused at once, RESOURCE_EXHAUSTED naming the flag, and nothing is
+// queued; with a long deadline, or none, it is admitted. Bounds: the running task has run at
+// least 300 ms, so four queued tasks ahead on one thread are at least 1.2 s of expected wait.
+TEST(ExecutorTest, ADeadlineShorterThanTheQueueWaitIsRefusedAtOnce) {
+  BoundedExecutor ex(1, 100);
+  Gate gate;
+  ASSERT_NO_FATAL_FAILURE(gate.Hold(ex));
+  std::atomic<int> ran{0};
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(ex.Submit([&ran] { ++ran; }).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_GE(ex.ExpectedWaitSeconds(), 1.2);
+
+  const Status refused = ex.Submit([&ran] { ++ran; }, 0, /*seconds_left=*/0.5);
+  EXPECT_EQ(refused.code(), StatusCode::kResourceExhausted) << refused.ToString();
+  EXPECT_NE(refused.message().find("--executor-threads"), std::string::npos) << refused.ToString();
+  EXPECT_EQ(ex.queued(), 4);
+
+  EXPECT_TRUE(ex.Submit([&ran] { ++ran; }, 0, /*seconds_left=*/3600).ok());
+  EXPECT_TRUE(ex.Submit([&ran] { ++ran; }).ok());  // no deadline: only the queue bounds apply
+  gate.Open();
+  ASSERT_TRUE(ex.WaitIdle(30));
+  EXPECT_EQ(ran.load(), 6);
+}
+
+// Normal traffic is never refused on its deadline: while a worker is free, or while no task is
+// queued ahead, the expected wait is 0 and any deadline is admitted.
+TEST(ExecutorTest, NoTaskQueuedAheadAdmitsAnyDeadline) {
+  BoundedExecutor ex(2, 100);
+  EXPECT_EQ(ex.ExpectedWaitSeconds(), 0);
+  std::atomic<int> ran{0};
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(ex.Submit([&ran] { ++ran; }, 0, /*seconds_left=*/1e-6).ok());
+    ASSERT_TRUE(ex.WaitIdle(30));
+  }
+  Gate gate;
+  ASSERT_NO_FATAL_FAILURE(gate.Hold(ex));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(ex.ExpectedWaitSeconds(), 0);  // every worker busy, but nothing queued ahead
+  EXPECT_TRUE(ex.Submit([&ran] { ++ran; }, 0, /*seconds_left=*/1e-6).ok());
+  gate.Open();
+  ASSERT_TRUE(ex.WaitIdle(30));
+  EXPECT_EQ(ran.load(), 21);
+}
+
+// The estimate remembers how long finished tasks took: after eight 50 ms tasks, ten tasks queued
+// behind a task that has only just started are still a wait (the average is at least 50 ms x
+// (1 - (7/8)^8) = 32.8 ms: ten of them 0.33 s), and a 0.1 s deadline is refused.
+TEST(ExecutorTest, TheWaitEstimateRemembersRecentTaskTimes) {
+  BoundedExecutor ex(1, 100);
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_TRUE(ex.Submit([] { std::this_thread::sleep_for(std::chrono::milliseconds(50)); }).ok());
+  }
+  ASSERT_TRUE(ex.WaitIdle(30));
+  Gate gate;
+  ASSERT_NO_FATAL_FAILURE(gate.Hold(ex));
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(ex.Submit([] {}).ok());
+  EXPECT_GE(ex.ExpectedWaitSeconds(), 0.3);
+  EXPECT_EQ(ex.Submit([] {}, 0, /*seconds_left=*/0.1).code(), StatusCode::kResourceExhausted);
+  gate.Open();
+  ASSERT_TRUE(ex.WaitIdle(30));
 }
 
 TEST(ExecutorTest, ExceptionsAtATaskBoundaryBecomeStatuses) {

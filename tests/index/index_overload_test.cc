@@ -1,8 +1,9 @@
 // The index service in process (ServiceServer + IndexGrpcService, one executor thread held by a
 // test task) under the overload rules of docs/RELIABILITY.md "Floods": an Upsert message queued
 // for a caller that has left is not applied, the cheap calls (ListCollections, Stats) are
-// answered while the executor is busy, and an Upsert stream is refused before it is read when
-// the request memory budget is full.
+// answered while the executor is busy, an Upsert stream is refused before it is read when
+// the request memory budget is full, and a unary call whose deadline comes before the queue's
+// expected wait is refused at once.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -195,6 +196,50 @@ TEST_F(IndexOverloadTest, ListCollectionsAndStatsAnswerWhileTheExecutorIsBusy) {
     EXPECT_EQ(resp.info().spec().name(), "kb");
   }
   EXPECT_EQ(server_->executor().queued(), 0) << "a cheap call waited on the main executor";
+}
+
+// Under a flood of unary calls each was queued whatever its deadline and, behind seconds-long
+// work, ended DEADLINE_EXCEEDED when its caller gave up. Now a call whose deadline comes before
+// the queue's expected wait is refused RESOURCE_EXHAUSTED at once, naming the flag, and a call
+// with a deadline long enough is admitted and answered; cheap calls still answer. Bounds: the
+// running task has run at least 500 ms and eight tasks are queued ahead on one thread: at least 4 s
+// of expected wait against a 2 s deadline (before: DEADLINE_EXCEEDED after 2 s).
+TEST_F(IndexOverloadTest, UnaryCallThatWouldTimeOutQueuedIsRefusedAtOnce) {
+  ASSERT_NO_FATAL_FAILURE(BlockExecutor());
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(server_->executor().Submit([] {}).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  v1::GetDocumentsRequest req;
+  req.set_collection("kb");
+  req.add_ids("x");
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(2));
+    v1::GetDocumentsResponse resp;
+    const grpc::Status st = stub_->GetDocuments(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("--executor-threads"), std::string::npos)
+        << st.error_message();
+  }
+  EXPECT_EQ(server_->executor().queued(), 8) << "the refused call was queued";
+  {
+    // The lane of cheap calls is not subject to the main queue's wait, even with a short deadline.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(2));
+    v1::ListCollectionsResponse resp;
+    const grpc::Status st = stub_->ListCollections(&ctx, v1::ListCollectionsRequest(), &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  }
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
+  v1::GetDocumentsResponse resp;
+  auto admitted =
+      std::async(std::launch::async, [&] { return stub_->GetDocuments(&ctx, req, &resp); });
+  ASSERT_TRUE(WaitQueued(9));
+  ReleaseExecutor();
+  const grpc::Status st = admitted.get();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.missing_ids_size(), 1);
 }
 
 }  // namespace
