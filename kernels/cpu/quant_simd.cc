@@ -36,6 +36,8 @@ namespace {
 #define RS_Q_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define RS_Q_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define RS_Q_BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
 
 // How far ahead in the weight stream to prefetch (as the f32/bf16 GEMVs do).
 constexpr int64_t kPrefetch = 1024;
@@ -321,6 +323,70 @@ RS_Q_AVX512 void PackedRows512(const QuantizedActs& a, int64_t i0, const WeightV
     const auto rows = static_cast<__mmask16>((1u << std::min(kPackRows, r1 - g)) - 1);
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g, rows, acc[t]);
+  }
+}
+
+// BF16 (packed, Bf16PackedMatMul): rows [r0, r1) (r0 a multiple of kPackRows) against the T
+// tokens of the tile `tile` ([pair][T] int32: each token's bf16 pair). Per group of 16 rows and
+// pair, one weight load and T vdpbf16ps with the token's pair broadcast; fewer than 8 tokens (too
+// few independent chains to hide the latency) sum even and odd pairs apart.
+template <int T>
+RS_Q_BF16 void PackedBf16Rows512(const uint32_t* tile, const WeightView& w, int64_t r0, int64_t r1,
+                                 int64_t i0, float* y, int64_t ldy) {
+  constexpr int kChains = T < 8 ? 2 : 1;
+  const int64_t pairs = w.cols / 2;
+  for (int64_t g = r0; g < r1; g += kPackRows) {
+    const uint8_t* gp = static_cast<const uint8_t*>(w.packed) + g * w.cols * 2;
+    __m512 acc[kChains][T];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      for (int c = 0; c < kChains; ++c) acc[c][t] = _mm512_setzero_ps();
+    }
+    int64_t p = 0;
+    for (; p + kChains <= pairs; p += kChains) {
+      _mm_prefetch(reinterpret_cast<const char*>(gp + 64 * p) + kPrefetch, _MM_HINT_T0);
+#pragma GCC unroll 2
+      for (int c = 0; c < kChains; ++c) {
+        const __m512bh wv = (__m512bh)_mm512_loadu_si512(gp + 64 * (p + c));
+        const uint32_t* a = tile + (p + c) * T;
+#pragma GCC unroll 16
+        for (int t = 0; t < T; ++t) {
+          acc[c][t] = _mm512_dpbf16_ps(acc[c][t], wv, (__m512bh)_mm512_set1_epi32(a[t]));
+        }
+      }
+    }
+    for (; p < pairs; ++p) {  // an odd last pair of two chains
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(gp + 64 * p);
+#pragma GCC unroll 16
+      for (int t = 0; t < T; ++t) {
+        acc[0][t] = _mm512_dpbf16_ps(acc[0][t], wv, (__m512bh)_mm512_set1_epi32(tile[p * T + t]));
+      }
+    }
+    const auto rows = static_cast<__mmask16>((1u << std::min(kPackRows, r1 - g)) - 1);
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      __m512 v = acc[0][t];
+      if constexpr (kChains == 2) v = _mm512_add_ps(v, acc[1][t]);
+      _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g, rows, v);
+    }
+  }
+}
+
+// Token i's activations rounded to bf16 (nearest, ties to even) into its tile (PackedBf16Rows512's
+// layout: tile of n tokens, token k of it): pair p at tile[p * n + k].
+RS_Q_BF16 void Bf16TileRow(const float* x, int64_t cols, uint32_t* tile, int64_t n, int64_t k) {
+  int64_t c = 0;
+  alignas(64) uint32_t pr[16];
+  for (; c + 32 <= cols; c += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + c + 16), _mm512_loadu_ps(x + c));
+    _mm512_store_si512(pr, (__m512i)v);
+    for (int j = 0; j < 16; ++j) tile[(c / 2 + j) * n + k] = pr[j];
+  }
+  for (; c < cols; c += 2) {  // the tail: the same rounding one value at a time
+    const __m128bh v = _mm_cvtneps_pbh(_mm_setr_ps(x[c], x[c + 1], 0.0f, 0.0f));
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    tile[(c / 2) * n + k] = u;
   }
 }
 
@@ -710,6 +776,15 @@ constexpr auto kPackedQ4_0 =
 constexpr auto kPackedQ8_0 =
     PackedKernels<DType::kQ8_0>(std::make_integer_sequence<int, kTilePacked>());
 
+// PackedBf16Rows512<1 .. kTilePacked>, indexed by the tile's token count - 1.
+using Bf16RowsFn = void (*)(const uint32_t*, const WeightView&, int64_t, int64_t, int64_t, float*,
+                            int64_t);
+template <int... T>
+constexpr std::array<Bf16RowsFn, sizeof...(T)> Bf16Kernels(std::integer_sequence<int, T...>) {
+  return {&PackedBf16Rows512<T + 1>...};
+}
+constexpr auto kPackedBf16 = Bf16Kernels(std::make_integer_sequence<int, kTilePacked>());
+
 template <int M>
 void Rows512(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0, int64_t r1,
              float* y, int64_t ldy) {
@@ -897,6 +972,33 @@ void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* 
     const WeightView& w = *ws[tk.mat];
     QuantGemvRows(level, ActBlock(w.dtype) == 32 ? *act32 : *act256, w, tk.r0, tk.r1, ys[tk.mat],
                   w.rows);
+  });
+}
+
+bool Bf16PackedAvailable() {
+  static const bool bf16 = __builtin_cpu_supports("avx512bf16");
+  return bf16 && FastOpsSimdLevel() == SimdLevel::kAvx512;
+}
+
+void Bf16PackedMatMul(const float* x, int64_t m, const WeightView& w, float* y, int threads) {
+  if (m <= 0 || w.rows <= 0) return;
+  const int64_t cols = w.cols;
+  thread_local std::vector<uint32_t> acts;
+  acts.resize(static_cast<size_t>(m * (cols / 2)));
+  uint32_t* tiles = acts.data();
+  const bool parallel = m * w.rows * cols >= (int64_t{1} << 22);
+  // Tile t0 (n tokens) at tiles + t0 * cols / 2.
+  ParallelFor(parallel ? threads : 1, m, [&](int64_t i) {
+    const int64_t t0 = i / kTilePacked * kTilePacked, n = std::min<int64_t>(kTilePacked, m - t0);
+    Bf16TileRow(x + i * cols, cols, tiles + t0 * (cols / 2), n, i - t0);
+  });
+  const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
+  ParallelFor(parallel ? threads : 1, groups, [&](int64_t g) {
+    const int64_t r0 = g * kPackRows, r1 = std::min(w.rows, r0 + kPackRows);
+    for (int64_t i0 = 0; i0 < m; i0 += kTilePacked) {
+      const int64_t n = std::min<int64_t>(kTilePacked, m - i0);
+      kPackedBf16[n - 1](tiles + i0 * (cols / 2), w, r0, r1, i0, y, w.rows);
+    }
   });
 }
 
