@@ -522,7 +522,7 @@ class FastOpsImpl final : public Ops {
   // BF16 weights packed at load (AVX-512 BF16) skip the widening: Bf16PackedMatMul.
   static void Gemm(const float* x, int64_t m, const WeightView& w, float* y) {
     if (w.dtype == DType::kBF16 && w.packed != nullptr && Bf16PackedAvailable()) {
-      Bf16PackedMatMul(x, m, w, y, FastOpsThreads());
+      Bf16PackedMatMul(x, m, w, y, FastOpsThreads(), Bf16ActsFromEnv());
       return;
     }
     internal::SingleThreadedBlas();

@@ -108,17 +108,27 @@ int64_t PackedBytes(const WeightView& w);
 // Writes w's packed form (PackedBytes(w) bytes) to dst.
 void PackWeights(const WeightView& w, void* dst);
 
+// How Bf16PackedMatMul feeds the f32 activations to vdpbf16ps (bf16 x bf16 products, exact in
+// f32, summed in f32):
+//   kSplit (default): each activation as two bf16 parts, h = bf16(x) and l = bf16(x - h) (x - h
+//     is exact in f32), two vdpbf16ps per pair: |x - h - l| <= 2^-16 |x|, so
+//       |y - w.x| <= 2^-16 S + (2 cols + 1) 2^-24 (1 + 2^-7) S,  S = sum_j |w_j x_j|
+//     (near an f32 GEMM: whole-model logits stay within the f32 references' tolerances);
+//   kRounded (RAGSERVE_BF16_ACTS=1): x rounded to bf16 once, as llama.cpp does (twice the speed):
+//       |y - w.x| <= 2^-8 S + (cols + 1) 2^-24 (1 + 2^-7) S.
+// Both plus 2^-125 sum_j |w_j| (vdpbf16ps treats denormal inputs as zero). bf16 rounding is to
+// nearest, ties to even (vcvtne2ps2bf16).
+enum class Bf16Acts { kSplit, kRounded };
+// kRounded when RAGSERVE_BF16_ACTS=1 is in the environment (read once), else kSplit.
+Bf16Acts Bf16ActsFromEnv();
 // Prefill of a packed BF16 matrix (AVX-512 BF16; w.packed set): y[m, w.rows] = x[m, cols] . w^T on
-// `threads` threads of the spin pool. The activations are rounded to bf16 once (nearest, ties to
-// even: vcvtne2ps2bf16), laid out per tile of kPackTokens tokens as [pair p][token] int32 (the
-// token's values 2p, 2p + 1), and each group of 16 weight rows meets every tile: per pair one
-// 64-byte weight load serves the tile's tokens, one vdpbf16ps each (16 rows x 2 values into the
-// token's f32 accumulator, whose lanes are the 16 outputs). Tasks: 16 weight rows each.
-// Error: the bf16 x bf16 products are exact in f32 and summed in f32, so against the exact
-// w . x (w the stored bf16 values) the error is the activations' rounding plus f32 summation:
-//   |y - w.x| <= 2^-8 Σ_j |w_j x_j| + (cols / 2 + 1) 2^-24 Σ_j |w_j x_j| (+ 2^-126 Σ_j |w_j|:
-// vdpbf16ps treats denormal inputs and results as zero).
-void Bf16PackedMatMul(const float* x, int64_t m, const WeightView& w, float* y, int threads);
+// `threads` threads of the spin pool. The activations are converted once (Bf16Acts), laid out per
+// tile of kPackTokens tokens as [pair p][part][token] int32 (the token's values 2p, 2p + 1), and
+// each group of 16 weight rows meets every tile: per pair one 64-byte weight load serves the
+// tile's tokens, one vdpbf16ps per token and part (16 rows x 2 values into the token's f32
+// accumulator, whose lanes are the 16 outputs). Tasks: 16 weight rows each.
+void Bf16PackedMatMul(const float* x, int64_t m, const WeightView& w, float* y, int threads,
+                      Bf16Acts acts);
 // Whether Bf16PackedMatMul runs on this CPU at the current FastOps level (AVX-512 with BF16).
 bool Bf16PackedAvailable();
 
