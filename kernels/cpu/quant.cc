@@ -368,9 +368,11 @@ void PackWeights(const WeightView& w, void* dst) {
     for (int64_t r0 = 0; r0 < w.rows; r0 += kPackRows, out += group) {
       const int64_t n = std::min(kPackRows, w.rows - r0);
       if (n < kPackRows) std::memset(out, 0, static_cast<size_t>(group));  // padding: zero rows
-      for (int64_t r = 0; r < n; ++r) {
-        const auto* row = static_cast<const uint8_t*>(w.Row(r0 + r));
-        for (int64_t p = 0; p < pairs; ++p) std::memcpy(out + 64 * p + 4 * r, row + 4 * p, 4);
+      // Written in order, the group's rows read side by side (16 sequential streams).
+      const auto* rows = static_cast<const uint8_t*>(w.Row(r0));
+      const int64_t rb = w.cols * 2;
+      for (int64_t p = 0; p < pairs; ++p) {
+        for (int64_t r = 0; r < n; ++r) std::memcpy(out + 64 * p + 4 * r, rows + r * rb + 4 * p, 4);
       }
     }
     return;
