@@ -376,42 +376,48 @@ RS_Q_BF16 void PackedBf16Rows512(const uint32_t* tile, const WeightView& w, int6
   }
 }
 
-// Token i's activations into its tile (PackedBf16Rows512's layout: tile of n tokens, token k of
-// it): pair p's part j at tile[(p * S + j) * n + k]; part 0 = bf16(x) (nearest, ties to even),
-// part 1 (S = 2) = bf16(x - part 0).
+// The activations of a tile of n tokens (rows of x, `cols` apart) into PackedBf16Rows512's layout:
+// token k's pair p, part j at tile[(p * S + j) * n + k]; part 0 = bf16(x) (nearest, ties to even),
+// part 1 (S = 2) = bf16(x - part 0). 32 columns of every token at a time, so that the writes stay
+// within a few cache lines.
 template <int S>
-RS_Q_BF16 void Bf16TileRow(const float* x, int64_t cols, uint32_t* tile, int64_t n, int64_t k) {
+RS_Q_BF16 void Bf16Tile(const float* xt, int64_t cols, uint32_t* tile, int64_t n) {
   alignas(64) uint32_t pr[S][16];
   for (int64_t c = 0; c < cols; c += 32) {
-    const int64_t left = std::min<int64_t>(32, cols - c);  // even: whole pairs
-    const __mmask16 lo = static_cast<__mmask16>((1u << std::min<int64_t>(16, left)) - 1);
-    const __mmask16 hi = static_cast<__mmask16>(left > 16 ? (1u << (left - 16)) - 1 : 0);
-    const __m512 a = _mm512_maskz_loadu_ps(lo, x + c), b = _mm512_maskz_loadu_ps(hi, x + c + 16);
-    const __m512bh h = _mm512_cvtne2ps_pbh(b, a);
-    _mm512_store_si512(pr[0], (__m512i)h);
-    if constexpr (S == 2) {
-      // The parts back in f32: bf16 bits in the high half of each value.
-      const __m512i hb = (__m512i)h;
-      const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(hb, 16));
-      const __m512 hh = _mm512_castsi512_ps(_mm512_and_si512(hb, _mm512_set1_epi32(-65536)));
-      // ha / hh: pairs' even / odd values; a / b hold values 0-15 / 16-31 in order, so the
-      // remainders go through the same pack as the values.
-      const __m512i even =
-          _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-      const __m512i odd =
-          _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-      const __m512 xe = _mm512_permutex2var_ps(a, even, b), xo = _mm512_permutex2var_ps(a, odd, b);
-      const __m512 re = _mm512_sub_ps(xe, ha), ro = _mm512_sub_ps(xo, hh);
-      // Interleave the remainders back to value order, then round them.
-      const __m512i lo16 = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-      const __m512i hi16 =
-          _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
-      const __m512 r0 = _mm512_permutex2var_ps(re, lo16, ro),
-                   r1 = _mm512_permutex2var_ps(re, hi16, ro);
-      _mm512_store_si512(pr[1], (__m512i)_mm512_cvtne2ps_pbh(r1, r0));
-    }
-    for (int64_t j = 0; j < left / 2; ++j) {
-      for (int s = 0; s < S; ++s) tile[((c / 2 + j) * S + s) * n + k] = pr[s][j];
+    for (int64_t k = 0; k < n; ++k) {
+      const float* x = xt + k * cols;
+      const int64_t left = std::min<int64_t>(32, cols - c);  // even: whole pairs
+      const __mmask16 lo = static_cast<__mmask16>((1u << std::min<int64_t>(16, left)) - 1);
+      const __mmask16 hi = static_cast<__mmask16>(left > 16 ? (1u << (left - 16)) - 1 : 0);
+      const __m512 a = _mm512_maskz_loadu_ps(lo, x + c), b = _mm512_maskz_loadu_ps(hi, x + c + 16);
+      const __m512bh h = _mm512_cvtne2ps_pbh(b, a);
+      _mm512_store_si512(pr[0], (__m512i)h);
+      if constexpr (S == 2) {
+        // The parts back in f32: bf16 bits in the high half of each value.
+        const __m512i hb = (__m512i)h;
+        const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(hb, 16));
+        const __m512 hh = _mm512_castsi512_ps(_mm512_and_si512(hb, _mm512_set1_epi32(-65536)));
+        // ha / hh: pairs' even / odd values; a / b hold values 0-15 / 16-31 in order, so the
+        // remainders go through the same pack as the values.
+        const __m512i even =
+            _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        const __m512i odd =
+            _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        const __m512 xe = _mm512_permutex2var_ps(a, even, b),
+                     xo = _mm512_permutex2var_ps(a, odd, b);
+        const __m512 re = _mm512_sub_ps(xe, ha), ro = _mm512_sub_ps(xo, hh);
+        // Interleave the remainders back to value order, then round them.
+        const __m512i lo16 =
+            _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m512i hi16 =
+            _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+        const __m512 r0 = _mm512_permutex2var_ps(re, lo16, ro),
+                     r1 = _mm512_permutex2var_ps(re, hi16, ro);
+        _mm512_store_si512(pr[1], (__m512i)_mm512_cvtne2ps_pbh(r1, r0));
+      }
+      for (int64_t j = 0; j < left / 2; ++j) {
+        for (int s = 0; s < S; ++s) tile[((c / 2 + j) * S + s) * n + k] = pr[s][j];
+      }
     }
   }
 }
@@ -1025,14 +1031,14 @@ void Bf16PackedMatMul(const float* x, int64_t m, const WeightView& w, float* y, 
   acts.resize(static_cast<size_t>(m * (cols / 2) * parts));
   uint32_t* tiles = acts.data();
   const bool parallel = m * w.rows * cols >= (int64_t{1} << 22);
-  // Tile t0 (n tokens) at tiles + t0 * cols / 2 * parts.
-  ParallelFor(parallel ? threads : 1, m, [&](int64_t i) {
-    const int64_t t0 = i / kTilePacked * kTilePacked, n = std::min<int64_t>(kTilePacked, m - t0);
+  // Tile t (n tokens from token 16 t) at tiles + 16 t * cols / 2 * parts.
+  ParallelFor(parallel ? threads : 1, (m + kTilePacked - 1) / kTilePacked, [&](int64_t t) {
+    const int64_t t0 = t * kTilePacked, n = std::min<int64_t>(kTilePacked, m - t0);
     uint32_t* tile = tiles + t0 * (cols / 2) * parts;
     if (split) {
-      Bf16TileRow<2>(x + i * cols, cols, tile, n, i - t0);
+      Bf16Tile<2>(x + t0 * cols, cols, tile, n);
     } else {
-      Bf16TileRow<1>(x + i * cols, cols, tile, n, i - t0);
+      Bf16Tile<1>(x + t0 * cols, cols, tile, n);
     }
   });
   const auto& kernels = split ? kPackedBf16x2 : kPackedBf16;
