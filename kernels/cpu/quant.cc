@@ -349,14 +349,34 @@ void QuantizeRef(const float* x, DType t, int64_t n, void* dst) {
 }
 
 int64_t PackedBytes(const WeightView& w) {
-  static const bool vnni =
-      CpuSimdLevel() == SimdLevel::kAvx512 && __builtin_cpu_supports("avx512vnni");
-  if (!vnni || (w.dtype != DType::kQ4_0 && w.dtype != DType::kQ8_0)) return 0;
+  static const bool avx512 = CpuSimdLevel() == SimdLevel::kAvx512;
+  static const bool vnni = avx512 && __builtin_cpu_supports("avx512vnni");
+  static const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+  const bool packs = w.dtype == DType::kQ4_0 || w.dtype == DType::kQ8_0
+                         ? vnni
+                         : w.dtype == DType::kBF16 && bf16 && w.cols % 2 == 0;
+  if (!packs) return 0;
   const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
   return groups * kPackRows * w.RowBytes();
 }
 
 void PackWeights(const WeightView& w, void* dst) {
+  if (w.dtype == DType::kBF16) {
+    // Per group, chunk p (64 bytes) = each row's values 2p, 2p + 1 (4 bytes at 4r).
+    const int64_t pairs = w.cols / 2, group = kPackRows * w.cols * 2;
+    auto* out = static_cast<uint8_t*>(dst);
+    for (int64_t r0 = 0; r0 < w.rows; r0 += kPackRows, out += group) {
+      const int64_t n = std::min(kPackRows, w.rows - r0);
+      if (n < kPackRows) std::memset(out, 0, static_cast<size_t>(group));  // padding: zero rows
+      // Written in order, the group's rows read side by side (16 sequential streams).
+      const auto* rows = static_cast<const uint8_t*>(w.Row(r0));
+      const int64_t rb = w.cols * 2;
+      for (int64_t p = 0; p < pairs; ++p) {
+        for (int64_t r = 0; r < n; ++r) std::memcpy(out + 64 * p + 4 * r, rows + r * rb + 4 * p, 4);
+      }
+    }
+    return;
+  }
   const bool q8 = w.dtype == DType::kQ8_0;
   const int64_t bb = q8 ? 34 : 18, nb = w.cols / kQK, rb = w.RowBytes();
   const int64_t group = nb * kPackRows * bb;

@@ -95,15 +95,42 @@ struct QuantizedActs {
 //         the 4 unsigned nibbles of row r's values 4c .. 4c + 3, and (chunk c >> 4) & 15 those of
 //         values 16 + 4c .. 16 + 4c + 3.
 //   Q8_0: 8 chunks, chunk c = row r's values 4c .. 4c + 3 as q + 128 (unsigned).
-// Same size as the blocks plus the padding rows.
+// BF16 (an even number of columns) has no blocks: a group is cols / 2 chunks of 64 bytes, chunk p
+// = row r's values 2p, 2p + 1 (one bf16 pair per int32 lane r: the operand of vdpbf16ps).
+// Same size as the matrix plus the padding rows (zero).
 inline constexpr int64_t kPackRows = 16;
 // Tokens per tile of the kernels that read it (QuantizedActs::tiled).
 inline constexpr int64_t kPackTokens = 16;
-// Bytes of w's packed form: 0 unless w is Q4_0 or Q8_0 and this CPU has the kernels that read it
-// (AVX-512 VNNI): then the loader makes one (PackWeights) and sets w.packed.
+// Bytes of w's packed form: 0 unless this CPU has the kernels that read it for w's format (Q4_0,
+// Q8_0: AVX-512 VNNI; BF16 with even cols: AVX-512 BF16): then the loader makes one (PackWeights)
+// and sets w.packed.
 int64_t PackedBytes(const WeightView& w);
 // Writes w's packed form (PackedBytes(w) bytes) to dst.
 void PackWeights(const WeightView& w, void* dst);
+
+// How Bf16PackedMatMul feeds the f32 activations to vdpbf16ps (bf16 x bf16 products, exact in
+// f32, summed in f32):
+//   kSplit (default): each activation as two bf16 parts, h = bf16(x) and l = bf16(x - h) (x - h
+//     is exact in f32), two vdpbf16ps per pair: |x - h - l| <= 2^-16 |x|, so
+//       |y - w.x| <= 2^-16 S + (2 cols + 1) 2^-24 (1 + 2^-7) S,  S = sum_j |w_j x_j|
+//     (near an f32 GEMM: whole-model logits stay within the f32 references' tolerances);
+//   kRounded (RAGSERVE_BF16_ACTS=1): x rounded to bf16 once, as llama.cpp does (twice the speed):
+//       |y - w.x| <= 2^-8 S + (cols + 1) 2^-24 (1 + 2^-7) S.
+// Both plus 2^-125 sum_j |w_j| (vdpbf16ps treats denormal inputs as zero). bf16 rounding is to
+// nearest, ties to even (vcvtne2ps2bf16).
+enum class Bf16Acts { kSplit, kRounded };
+// kRounded when RAGSERVE_BF16_ACTS=1 is in the environment (read once), else kSplit.
+Bf16Acts Bf16ActsFromEnv();
+// Prefill of a packed BF16 matrix (AVX-512 BF16; w.packed set): y[m, w.rows] = x[m, cols] . w^T on
+// `threads` threads of the spin pool. The activations are converted once (Bf16Acts), laid out per
+// tile of kPackTokens tokens as [pair p][part][token] int32 (the token's values 2p, 2p + 1), and
+// each group of 16 weight rows meets every tile: per pair one 64-byte weight load serves the
+// tile's tokens, one vdpbf16ps per token and part (16 rows x 2 values into the token's f32
+// accumulator, whose lanes are the 16 outputs). Tasks: 16 weight rows each.
+void Bf16PackedMatMul(const float* x, int64_t m, const WeightView& w, float* y, int threads,
+                      Bf16Acts acts);
+// Whether Bf16PackedMatMul runs on this CPU at the current FastOps level (AVX-512 with BF16).
+bool Bf16PackedAvailable();
 
 // Quantizes x [m, cols] per block of `block` values (cols a multiple of it) into *out (resized):
 // d_a = max|x| / 127, q = x * (127 / max|x|) rounded to nearest, ties to even (AVX-512 when the

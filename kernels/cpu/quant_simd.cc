@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -36,6 +37,8 @@ namespace {
 #define RS_Q_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define RS_Q_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define RS_Q_BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
 
 // How far ahead in the weight stream to prefetch (as the f32/bf16 GEMVs do).
 constexpr int64_t kPrefetch = 1024;
@@ -321,6 +324,101 @@ RS_Q_AVX512 void PackedRows512(const QuantizedActs& a, int64_t i0, const WeightV
     const auto rows = static_cast<__mmask16>((1u << std::min(kPackRows, r1 - g)) - 1);
 #pragma GCC unroll 16
     for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g, rows, acc[t]);
+  }
+}
+
+// BF16 (packed, Bf16PackedMatMul): rows [r0, r1) (r0 a multiple of kPackRows) against the T
+// tokens of the tile `tile` ([pair][S][T] int32: each token's bf16 pair, S parts of it: S = 1 the
+// activations rounded to bf16, S = 2 that and the rounded remainder). Per group of 16 rows and
+// pair, one weight load and S x T vdpbf16ps with the token's pair broadcast; fewer than 8 tokens
+// (too few independent chains to hide the latency) sum even and odd pairs apart.
+// One pair of PackedBf16Rows512: the 16 rows' weights wp against the T tokens' S parts at a.
+template <int S, int T>
+RS_Q_BF16 inline __attribute__((always_inline)) void Bf16Step(__m512* acc, const uint8_t* wp,
+                                                              const uint32_t* a) {
+  const __m512bh wv = (__m512bh)_mm512_loadu_si512(wp);
+#pragma GCC unroll 16
+  for (int t = 0; t < T; ++t) {
+#pragma GCC unroll 2
+    for (int k = 0; k < S; ++k) {
+      acc[t] = _mm512_dpbf16_ps(acc[t], wv, (__m512bh)_mm512_set1_epi32(a[k * T + t]));
+    }
+  }
+}
+
+template <int S, int T>
+RS_Q_BF16 void PackedBf16Rows512(const uint32_t* tile, const WeightView& w, int64_t r0, int64_t r1,
+                                 int64_t i0, float* y, int64_t ldy) {
+  constexpr int kChains = T < 8 ? 2 : 1;
+  const int64_t pairs = w.cols / 2;
+  for (int64_t g = r0; g < r1; g += kPackRows) {
+    const uint8_t* gp = static_cast<const uint8_t*>(w.packed) + g * w.cols * 2;
+    __m512 acc[kChains][T];
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      for (int c = 0; c < kChains; ++c) acc[c][t] = _mm512_setzero_ps();
+    }
+    int64_t p = 0;
+    for (; p + kChains <= pairs; p += kChains) {
+      _mm_prefetch(reinterpret_cast<const char*>(gp + 64 * p) + kPrefetch, _MM_HINT_T0);
+#pragma GCC unroll 2
+      for (int c = 0; c < kChains; ++c)
+        Bf16Step<S, T>(acc[c], gp + 64 * (p + c), tile + (p + c) * S * T);
+    }
+    for (; p < pairs; ++p) Bf16Step<S, T>(acc[0], gp + 64 * p, tile + p * S * T);  // odd last pair
+    const auto rows = static_cast<__mmask16>((1u << std::min(kPackRows, r1 - g)) - 1);
+#pragma GCC unroll 16
+    for (int t = 0; t < T; ++t) {
+      __m512 v = acc[0][t];
+      if constexpr (kChains == 2) v = _mm512_add_ps(v, acc[1][t]);
+      _mm512_mask_storeu_ps(y + (i0 + t) * ldy + g, rows, v);
+    }
+  }
+}
+
+// The activations of a tile of n tokens (rows of x, `cols` apart) into PackedBf16Rows512's layout:
+// token k's pair p, part j at tile[(p * S + j) * n + k]; part 0 = bf16(x) (nearest, ties to even),
+// part 1 (S = 2) = bf16(x - part 0). 32 columns of every token at a time, so that the writes stay
+// within a few cache lines.
+template <int S>
+RS_Q_BF16 void Bf16Tile(const float* xt, int64_t cols, uint32_t* tile, int64_t n) {
+  alignas(64) uint32_t pr[S][16];
+  for (int64_t c = 0; c < cols; c += 32) {
+    for (int64_t k = 0; k < n; ++k) {
+      const float* x = xt + k * cols;
+      const int64_t left = std::min<int64_t>(32, cols - c);  // even: whole pairs
+      const __mmask16 lo = static_cast<__mmask16>((1u << std::min<int64_t>(16, left)) - 1);
+      const __mmask16 hi = static_cast<__mmask16>(left > 16 ? (1u << (left - 16)) - 1 : 0);
+      const __m512 a = _mm512_maskz_loadu_ps(lo, x + c), b = _mm512_maskz_loadu_ps(hi, x + c + 16);
+      const __m512bh h = _mm512_cvtne2ps_pbh(b, a);
+      _mm512_store_si512(pr[0], (__m512i)h);
+      if constexpr (S == 2) {
+        // The parts back in f32: bf16 bits in the high half of each value.
+        const __m512i hb = (__m512i)h;
+        const __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(hb, 16));
+        const __m512 hh = _mm512_castsi512_ps(_mm512_and_si512(hb, _mm512_set1_epi32(-65536)));
+        // ha / hh: pairs' even / odd values; a / b hold values 0-15 / 16-31 in order, so the
+        // remainders go through the same pack as the values.
+        const __m512i even =
+            _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        const __m512i odd =
+            _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+        const __m512 xe = _mm512_permutex2var_ps(a, even, b),
+                     xo = _mm512_permutex2var_ps(a, odd, b);
+        const __m512 re = _mm512_sub_ps(xe, ha), ro = _mm512_sub_ps(xo, hh);
+        // Interleave the remainders back to value order, then round them.
+        const __m512i lo16 =
+            _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m512i hi16 =
+            _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+        const __m512 r0 = _mm512_permutex2var_ps(re, lo16, ro),
+                     r1 = _mm512_permutex2var_ps(re, hi16, ro);
+        _mm512_store_si512(pr[1], (__m512i)_mm512_cvtne2ps_pbh(r1, r0));
+      }
+      for (int64_t j = 0; j < left / 2; ++j) {
+        for (int s = 0; s < S; ++s) tile[((c / 2 + j) * S + s) * n + k] = pr[s][j];
+      }
+    }
   }
 }
 
@@ -710,6 +808,16 @@ constexpr auto kPackedQ4_0 =
 constexpr auto kPackedQ8_0 =
     PackedKernels<DType::kQ8_0>(std::make_integer_sequence<int, kTilePacked>());
 
+// PackedBf16Rows512<S, 1 .. kTilePacked>, indexed by the tile's token count - 1.
+using Bf16RowsFn = void (*)(const uint32_t*, const WeightView&, int64_t, int64_t, int64_t, float*,
+                            int64_t);
+template <int S, int... T>
+constexpr std::array<Bf16RowsFn, sizeof...(T)> Bf16Kernels(std::integer_sequence<int, T...>) {
+  return {&PackedBf16Rows512<S, T + 1>...};
+}
+constexpr auto kPackedBf16 = Bf16Kernels<1>(std::make_integer_sequence<int, kTilePacked>());
+constexpr auto kPackedBf16x2 = Bf16Kernels<2>(std::make_integer_sequence<int, kTilePacked>());
+
 template <int M>
 void Rows512(const QuantizedActs& a, int64_t i0, const WeightView& w, int64_t r0, int64_t r1,
              float* y, int64_t ldy) {
@@ -897,6 +1005,50 @@ void QuantMatMul(const float* x, int64_t m, int count, const WeightView* const* 
     const WeightView& w = *ws[tk.mat];
     QuantGemvRows(level, ActBlock(w.dtype) == 32 ? *act32 : *act256, w, tk.r0, tk.r1, ys[tk.mat],
                   w.rows);
+  });
+}
+
+bool Bf16PackedAvailable() {
+  static const bool bf16 = __builtin_cpu_supports("avx512bf16");
+  return bf16 && FastOpsSimdLevel() == SimdLevel::kAvx512;
+}
+
+Bf16Acts Bf16ActsFromEnv() {
+  static const Bf16Acts mode = [] {
+    const char* env = std::getenv("RAGSERVE_BF16_ACTS");
+    return env != nullptr && env[0] == '1' ? Bf16Acts::kRounded : Bf16Acts::kSplit;
+  }();
+  return mode;
+}
+
+void Bf16PackedMatMul(const float* x, int64_t m, const WeightView& w, float* y, int threads,
+                      Bf16Acts acts_mode) {
+  if (m <= 0 || w.rows <= 0) return;
+  const bool split = acts_mode == Bf16Acts::kSplit;
+  const int parts = split ? 2 : 1;
+  const int64_t cols = w.cols;
+  thread_local std::vector<uint32_t> acts;
+  acts.resize(static_cast<size_t>(m * (cols / 2) * parts));
+  uint32_t* tiles = acts.data();
+  const bool parallel = m * w.rows * cols >= (int64_t{1} << 22);
+  // Tile t (n tokens from token 16 t) at tiles + 16 t * cols / 2 * parts.
+  ParallelFor(parallel ? threads : 1, (m + kTilePacked - 1) / kTilePacked, [&](int64_t t) {
+    const int64_t t0 = t * kTilePacked, n = std::min<int64_t>(kTilePacked, m - t0);
+    uint32_t* tile = tiles + t0 * (cols / 2) * parts;
+    if (split) {
+      Bf16Tile<2>(x + t0 * cols, cols, tile, n);
+    } else {
+      Bf16Tile<1>(x + t0 * cols, cols, tile, n);
+    }
+  });
+  const auto& kernels = split ? kPackedBf16x2 : kPackedBf16;
+  const int64_t groups = (w.rows + kPackRows - 1) / kPackRows;
+  ParallelFor(parallel ? threads : 1, groups, [&](int64_t g) {
+    const int64_t r0 = g * kPackRows, r1 = std::min(w.rows, r0 + kPackRows);
+    for (int64_t i0 = 0; i0 < m; i0 += kTilePacked) {
+      const int64_t n = std::min<int64_t>(kTilePacked, m - i0);
+      kernels[n - 1](tiles + i0 * (cols / 2) * parts, w, r0, r1, i0, y, w.rows);
+    }
   });
 }
 

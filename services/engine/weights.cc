@@ -166,7 +166,9 @@ void ModelWeights::PackForKernels() {
     kernels::PackWeights(*w, p);
     w->packed = p;
   };
-  pack(&lm_head_);
+  // A bf16 LM head is left alone: the packed kernel serves prefill-sized inputs only, and the
+  // head mostly sees a row per sequence (LogitsMode::kLast): its copy would be memory for nothing.
+  if (lm_head_.dtype != kernels::DType::kBF16) pack(&lm_head_);
   for (LayerWeights& l : layers_) {
     for (WeightView* w : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) pack(w);
   }

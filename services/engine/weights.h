@@ -95,8 +95,8 @@ class ModelWeights {
   // gguf_weights.cc: q/k rows are put back from llama.cpp's rotary order into the HF order the
   // forward pass expects; quantized tensors are decoded into owned_.
   // Sets `packed` on the matrices that the CPU kernels read in a layout of their own (Q4_0 and
-  // Q8_0 with AVX-512 VNNI: kernels::PackWeights), copies kept in owned_ (as many bytes as those
-  // matrices).
+  // Q8_0 with AVX-512 VNNI, BF16 layer matrices with AVX-512 BF16: kernels::PackWeights), copies
+  // kept in owned_ (as many bytes as those matrices).
   // RAGSERVE_NO_REPACK=1 in the environment skips it (the kernels then read the blocks; for A/B
   // benchmarks).
   void PackForKernels();

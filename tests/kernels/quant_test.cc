@@ -254,6 +254,124 @@ TEST(QuantKernelTest, FastOpsMatMulWithinActivationRoundingOfDequantizedReferenc
   }
 }
 
+// BF16 packed (AVX-512 BF16: PackedBytes > 0): the layout, and Bf16PackedMatMul in both
+// activation modes against the exact f64 product within their bounds (quant.h, Bf16Acts;
+// S = sum_j |w_j x_j|):
+//   kSplit:   |y - w.x| <= 2^-16 S + (2 cols + 1) 2^-24 (1 + 2^-7) S,
+//   kRounded: |y - w.x| <= 2^-8 S + (cols + 1) 2^-24 (1 + 2^-7) S, and against the f64 product
+//             with x rounded to bf16 within the f32-summation part alone;
+// FastOps' prefill (the loader's packed view) runs kSplit unless RAGSERVE_BF16_ACTS=1.
+struct Bf16Matrix {
+  std::vector<uint16_t> w;
+  std::vector<uint8_t> packed;
+  WeightView view;
+};
+
+Bf16Matrix MakeBf16(int64_t rows, int64_t cols, uint32_t seed) {
+  Bf16Matrix b;
+  const std::vector<float> f = Gauss(rows * cols, seed, 0.05f);
+  b.w.resize(f.size());
+  ConvertFromF32(f.data(), DType::kBF16, rows * cols, b.w.data());
+  b.view = {b.w.data(), DType::kBF16, rows, cols};
+  b.packed.resize(static_cast<size_t>(PackedBytes(b.view)));
+  if (!b.packed.empty()) {
+    PackWeights(b.view, b.packed.data());
+    b.view.packed = b.packed.data();
+  }
+  return b;
+}
+
+TEST(QuantKernelTest, Bf16PackedLayoutInterleavesPairsOf16Rows) {
+  const Bf16Matrix b = MakeBf16(21, 6, 3);
+  if (b.view.packed == nullptr) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  ASSERT_EQ(PackedBytes(b.view), 32 * 6 * 2);  // 2 groups of 16 rows
+  const auto* p = static_cast<const uint16_t*>(b.view.packed);
+  for (int64_t g = 0; g < 2; ++g) {
+    for (int64_t pair = 0; pair < 3; ++pair) {
+      for (int64_t r = 0; r < 16; ++r) {
+        for (int64_t e = 0; e < 2; ++e) {
+          const int64_t row = g * 16 + r;
+          const uint16_t want = row < 21 ? b.w[row * 6 + 2 * pair + e] : 0;
+          ASSERT_EQ(p[g * 16 * 6 + pair * 32 + 2 * r + e], want) << g << " " << pair << " " << r;
+        }
+      }
+    }
+  }
+  const WeightView odd = {b.w.data(), DType::kBF16, 2, 5};
+  EXPECT_EQ(PackedBytes(odd), 0);  // odd cols: no pairs, the f32 GEMM serves it
+}
+
+TEST(QuantKernelTest, Bf16PackedFormIsIgnoredBelowAvx512) {
+  // Capped below AVX-512 (SetFastOpsMaxSimd), a packed bf16 view runs the sgemm of the rows it
+  // also carries: the same result as the view without its packed form.
+  const Bf16Matrix b = MakeBf16(40, 64, 5);
+  if (b.view.packed == nullptr) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  WeightView plain = b.view;
+  plain.packed = nullptr;
+  const int64_t m = 20;
+  const std::vector<float> x = Gauss(m * 64, 8);
+  std::vector<float> y(static_cast<size_t>(m * 40)), want(y.size());
+  SetFastOpsMaxSimd(SimdLevel::kAvx2);
+  FastOps().MatMul(x.data(), m, b.view, nullptr, y.data());
+  FastOps().MatMul(x.data(), m, plain, nullptr, want.data());
+  SetFastOpsMaxSimd(SimdLevel::kAvx512);
+  EXPECT_EQ(std::memcmp(y.data(), want.data(), y.size() * sizeof(float)), 0);
+}
+
+TEST(QuantKernelTest, Bf16PackedPrefillWithinItsErrorBound) {
+  for (Bf16Acts mode : {Bf16Acts::kSplit, Bf16Acts::kRounded}) {
+    const bool split = mode == Bf16Acts::kSplit;
+    double worst = 0.0, worst_sum = 0.0;
+    for (const Shape& s : {Shape{17, 64}, Shape{40, 70}, Shape{300, 96}, Shape{16, 2}}) {
+      const Bf16Matrix b = MakeBf16(s.rows, s.cols, 11);
+      if (b.view.packed == nullptr) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+      for (int64_t m : {9, 16, 37}) {  // the prefill path: tiles of 16 tokens, whole and partial
+        const std::vector<float> x = Gauss(m * s.cols, 91 + m);
+        std::vector<float> y(static_cast<size_t>(m * s.rows)), y1(y.size());
+        Bf16PackedMatMul(x.data(), m, b.view, y.data(), 2, mode);
+        Bf16PackedMatMul(x.data(), m, b.view, y1.data(), 1, mode);
+        ASSERT_EQ(std::memcmp(y.data(), y1.data(), y.size() * sizeof(float)), 0)
+            << "threads change the result";
+        if (split && Bf16ActsFromEnv() == Bf16Acts::kSplit) {
+          FastOps().MatMul(x.data(), m, b.view, nullptr, y1.data());
+          ASSERT_EQ(std::memcmp(y.data(), y1.data(), y.size() * sizeof(float)), 0)
+              << "FastOps' prefill is not the kSplit kernel";
+        }
+        std::vector<uint16_t> xb(x.size());
+        ConvertFromF32(x.data(), DType::kBF16, m * s.cols, xb.data());
+        for (int64_t r = 0; r < s.rows; ++r) {
+          for (int64_t i = 0; i < m; ++i) {
+            double exact = 0.0, rounded = 0.0, mag = 0.0, wsum = 0.0;
+            for (int64_t c = 0; c < s.cols; ++c) {
+              const double w = Bf16ToF32(b.w[r * s.cols + c]);
+              exact += w * x[i * s.cols + c];
+              rounded += w * Bf16ToF32(xb[i * s.cols + c]);
+              mag += std::abs(w * x[i * s.cols + c]);
+              wsum += std::abs(w);
+            }
+            const double sum_bound =
+                ((split ? 2 : 1) * s.cols + 1) * std::ldexp(mag, -24) * (1 + std::ldexp(1.0, -7)) +
+                std::ldexp(wsum, -125);
+            const double bound = std::ldexp(mag, split ? -16 : -8) + sum_bound;
+            const double got = y[i * s.rows + r];
+            ASSERT_LE(std::abs(got - exact), bound)
+                << (split ? "split" : "rounded") << " m=" << m << " r=" << r << " i=" << i;
+            worst = std::max(worst, std::abs(got - exact) / bound);
+            if (!split) {
+              ASSERT_LE(std::abs(got - rounded), sum_bound) << "m=" << m << " r=" << r;
+              worst_sum = std::max(worst_sum, std::abs(got - rounded) / sum_bound);
+            }
+          }
+        }
+      }
+    }
+    std::printf("bf16 packed %s: worst |y - w.x| = %.2f of the bound", split ? "split" : "rounded",
+                worst);
+    if (!split) std::printf(", |y - w.bf16(x)| = %.2f of the f32-summation bound", worst_sum);
+    std::printf("\n");
+  }
+}
+
 TEST(QuantKernelTest, MatMulSharedOfQuantizedMatricesEqualsMatMulEach) {
   const int64_t cols = 512;
   const Quantized a = Quantize(Gauss(40 * cols, 1, 0.05f), DType::kQ4_K, 40, cols);
