@@ -1,6 +1,8 @@
 // Dtype conversions and the plain reference backend (RefOps).
 #include "kernels/cpu/ops.h"
 
+#include <cpuid.h>
+
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -329,11 +331,45 @@ class RefOpsImpl final : public Ops {
   }
 };
 
+// F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c").
+bool HasF16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
+}
+
+SimdLevel DetectSimd() {
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
+  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return SimdLevel::kAvx512;
+  }
+  return avx2 ? SimdLevel::kAvx2 : SimdLevel::kScalar;
+}
+
 }  // namespace
 
 const Ops& RefOps() {
   static const RefOpsImpl ops;
   return ops;
+}
+
+// Here rather than beside the fast kernels: the reference library (and every fuzz target that
+// links quant.cc, whose repacking asks for it) needs it without them.
+SimdLevel CpuSimdLevel() {
+  static const SimdLevel v = DetectSimd();
+  return v;
+}
+
+std::string_view SimdLevelName(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kScalar:
+      return "scalar";
+    case SimdLevel::kAvx2:
+      return "avx2";
+    case SimdLevel::kAvx512:
+      return "avx512";
+  }
+  return "?";
 }
 
 }  // namespace ragserve::kernels

@@ -4,7 +4,6 @@
 // fallback, OpenBLAS sgemm for prefill (BF16 packed at load on CPUs with AVX-512 BF16: the
 // vdpbf16ps kernel of quant.h's Bf16PackedMatMul).
 #include <cblas.h>
-#include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
 
@@ -37,21 +36,6 @@ void internal::SingleThreadedBlas() {
 namespace {
 
 thread_local int t_threads = 0;  // SetFastOpsThreads
-
-// F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c").
-bool HasF16c() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  return __get_cpuid(1, &a, &b, &c, &d) != 0 && (c & bit_F16C) != 0;
-}
-
-SimdLevel DetectSimd() {
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
-  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    return SimdLevel::kAvx512;
-  }
-  return avx2 ? SimdLevel::kAvx2 : SimdLevel::kScalar;
-}
 
 std::atomic<bool> g_gemv_openmp{false};  // SetFastOpsGemvOpenMp
 
@@ -549,11 +533,6 @@ class FastOpsImpl final : public Ops {
 
 }  // namespace
 
-SimdLevel CpuSimdLevel() {
-  static const SimdLevel v = DetectSimd();
-  return v;
-}
-
 SimdLevel FastOpsSimdLevel() {
   return static_cast<SimdLevel>(
       std::min(static_cast<int>(CpuSimdLevel()), g_max_simd.load(std::memory_order_relaxed)));
@@ -561,18 +540,6 @@ SimdLevel FastOpsSimdLevel() {
 
 void SetFastOpsMaxSimd(SimdLevel level) {
   g_max_simd.store(static_cast<int>(level), std::memory_order_relaxed);
-}
-
-std::string_view SimdLevelName(SimdLevel level) {
-  switch (level) {
-    case SimdLevel::kScalar:
-      return "scalar";
-    case SimdLevel::kAvx2:
-      return "avx2";
-    case SimdLevel::kAvx512:
-      return "avx512";
-  }
-  return "?";
 }
 
 void SetFastOpsGemvOpenMp(bool on) { g_gemv_openmp.store(on, std::memory_order_relaxed); }
