@@ -5,6 +5,7 @@
 #include <exception>
 #include <new>
 #include <stdexcept>
+#include <utility>
 
 #include "services/common/logging.h"
 
@@ -24,8 +25,9 @@ Status CallCatchingExceptions(const char* what, const std::function<Status()>& f
   }
 }
 
-BoundedExecutor::BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget)
-    : capacity_(queue_capacity), byte_budget_(byte_budget) {
+BoundedExecutor::BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget,
+                                 FlagNames flags)
+    : capacity_(queue_capacity), byte_budget_(byte_budget), flags_(std::move(flags)) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   {
     MutexLock lock(mu_);
@@ -45,8 +47,8 @@ Status BoundedExecutor::CheckBudget(int64_t bytes) const {
     return ResourceExhausted(StrCat("request memory budget: ", bytes_held_,
                                     " bytes of requests are queued, running or being read,"
                                     " this one needs ",
-                                    bytes, "; the limit is ", byte_budget_,
-                                    " (--executor-queue-mb); retry later"));
+                                    bytes, "; the limit is ", byte_budget_, " (", flags_.bytes,
+                                    "); retry later"));
   }
   return OkStatus();
 }
@@ -73,8 +75,8 @@ Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes, double
     MutexLock lock(mu_);
     if (stopping_) return Unavailable("executor is shutting down");
     if (static_cast<int>(queue_.size()) >= capacity_) {
-      return ResourceExhausted(StrCat("work queue is full (", capacity_,
-                                      " tasks waiting, --executor-queue); retry later"));
+      return ResourceExhausted(StrCat("work queue is full (", capacity_, " tasks waiting, ",
+                                      flags_.queue, "); retry later"));
     }
     RS_RETURN_IF_ERROR(CheckBudget(bytes));
     if (seconds_left < kNoDeadline) {
@@ -84,7 +86,7 @@ Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes, double
             "overloaded: ", queue_.size(), " tasks are queued ahead of this call on ",
             started_.size(), " threads, about ", static_cast<int64_t>(wait_s * 1000),
             " ms of waiting, and its deadline is in ", static_cast<int64_t>(seconds_left * 1000),
-            " ms; retry later or with a longer deadline (--executor-threads sets the threads)"));
+            " ms; retry later or with a longer deadline (", flags_.threads, " sets the threads)"));
       }
     }
     bytes_held_ += bytes;
@@ -101,6 +103,11 @@ Status BoundedExecutor::Reserve(int64_t bytes) {
   RS_RETURN_IF_ERROR(CheckBudget(bytes));
   bytes_held_ += bytes;
   return OkStatus();
+}
+
+void BoundedExecutor::Charge(int64_t bytes) {
+  MutexLock lock(mu_);
+  bytes_held_ += std::max<int64_t>(bytes, 0);
 }
 
 void BoundedExecutor::Unreserve(int64_t bytes) {
@@ -120,7 +127,12 @@ bool BoundedExecutor::WaitIdle(double timeout_s) {
   MutexLock lock(mu_);
   return lock.WaitFor(
       idle_cv_, std::chrono::duration<double>(timeout_s),
-      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && running_ == 0; });
+      [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && AllIdleLocked(); });
+}
+
+bool BoundedExecutor::AllIdleLocked() const {
+  return std::all_of(started_.begin(), started_.end(),
+                     [](Clock::time_point t) { return t == Clock::time_point::max(); });
 }
 
 int BoundedExecutor::queued() const {
@@ -149,7 +161,6 @@ void BoundedExecutor::WorkerLoop(int worker) {
       if (queue_.empty()) return;  // stopping and drained
       task = std::move(queue_.front());
       queue_.pop_front();
-      ++running_;
       started_[worker] = Clock::now();
     }
     const Status st = CallCatchingExceptions("executor task", [&task] {
@@ -164,7 +175,6 @@ void BoundedExecutor::WorkerLoop(int worker) {
       const double took_s = std::chrono::duration<double>(Clock::now() - started_[worker]).count();
       mean_task_s_ += (took_s - mean_task_s_) / 8;
       started_[worker] = Clock::time_point::max();
-      --running_;
       bytes_held_ -= task.bytes;
       if (!st.ok()) ++uncaught_;
     }

@@ -8,6 +8,7 @@
 #include <deque>
 #include <functional>
 #include <limits>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -22,6 +23,13 @@ namespace ragserve {
 // throw; no exception crosses into gRPC or the executor).
 Status CallCatchingExceptions(const char* what, const std::function<Status()>& fn);
 
+// The options that size a BoundedExecutor, as its refusals name them.
+struct ExecutorFlagNames {
+  std::string threads = "--executor-threads";
+  std::string queue = "--executor-queue";
+  std::string bytes = "--executor-queue-mb";
+};
+
 class BoundedExecutor {
  public:
   // `threads` workers (0 = hardware concurrency) and at most `queue_capacity` waiting tasks.
@@ -29,7 +37,10 @@ class BoundedExecutor {
   // bounded too: queued and running tasks hold at most byte_budget bytes, except that one task
   // is always admitted when no other holds any (so a request larger than the budget still runs,
   // alone).
-  BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget = 0);
+  // `flags` names the options that set these, quoted in the refusals' messages.
+  using FlagNames = ExecutorFlagNames;
+  BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget = 0,
+                  FlagNames flags = FlagNames());
   ~BoundedExecutor();  // Shutdown(), then join.
 
   static constexpr double kNoDeadline = std::numeric_limits<double>::infinity();
@@ -47,6 +58,9 @@ class BoundedExecutor {
   // the budget (admitted when nothing else is held). Held until Unreserve.
   Status Reserve(int64_t bytes);
   void Unreserve(int64_t bytes);
+  // Takes `bytes` of the budget without a check, for memory that exists already (a call's answer
+  // waiting to be sent); given back by Unreserve. Later tasks and reservations see it.
+  void Charge(int64_t bytes);
   // Stops accepting tasks; queued tasks still run. Returns immediately; the destructor joins.
   void Shutdown();
   // Blocks until the queue is empty and no task is running, or `timeout_s` passed; true if idle.
@@ -82,17 +96,20 @@ class BoundedExecutor {
     int64_t bytes = 0;
   };
 
+  bool AllIdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const int capacity_;
   const int64_t byte_budget_;
+  const FlagNames flags_;
   mutable Mutex mu_;
   std::condition_variable cv_;       // signals workers: a task arrived or shutdown
   std::condition_variable idle_cv_;  // signals WaitIdle: a task finished
   std::deque<Task> queue_ ABSL_GUARDED_BY(mu_);
   int64_t bytes_held_ ABSL_GUARDED_BY(mu_) = 0;  // queued + running tasks' bytes + reservations
-  int running_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t uncaught_ ABSL_GUARDED_BY(mu_) = 0;
-  // When each worker's task started (Clock::time_point::max() while it is idle).
+  // When each worker's task started (Clock::time_point::max() while it is idle): also which
+  // workers are running a task.
   std::vector<Clock::time_point> started_ ABSL_GUARDED_BY(mu_);
   double mean_task_s_ ABSL_GUARDED_BY(mu_) = 0;  // EWMA of the run times of finished tasks
   std::vector<std::thread> workers_;

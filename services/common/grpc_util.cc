@@ -32,26 +32,59 @@ grpc::Status PrecheckCall(grpc::CallbackServerContext* ctx, const TokenAuth& aut
 
 namespace {
 
+// HTTP/2's initial flow-control window: an answer this small is sent without waiting for its
+// reader.
+constexpr int64_t kSentWithoutWaitingBytes = 64 * 1024;
+
+// A unary reactor that holds bytes of its executor's budget until the call is over (OnDone):
+// the request and answer live until the answer is sent, which for a big answer to a slow reader
+// is long after the task that made it returned its bytes.
+class BudgetedUnaryReactor : public grpc::ServerUnaryReactor {
+ public:
+  explicit BudgetedUnaryReactor(BoundedExecutor& executor) : executor_(executor) {}
+  // Takes `bytes` more (never refused: they are allocated already), given back in OnDone.
+  void Hold(int64_t bytes) {
+    executor_.Charge(bytes);
+    held_ += bytes;
+  }
+  void OnDone() override {
+    executor_.Unreserve(held_);
+    delete this;
+  }
+
+ private:
+  BoundedExecutor& executor_;
+  int64_t held_ = 0;  // written by the task before Finish, read in OnDone after it
+};
+
 // ServeUnary on `executor`; with `deadline_admission`, refused when the queue would hold the call
 // past its deadline (BoundedExecutor::ExpectedWaitSeconds).
 grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, bool deadline_admission,
                                        grpc::CallbackServerContext* ctx, ServiceServer* server,
                                        const google::protobuf::MessageLite* req,
+                                       const google::protobuf::MessageLite* resp,
                                        std::function<Status()> fn) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto* reactor = new BudgetedUnaryReactor(executor);
   if (grpc::Status st = PrecheckCall(ctx, server->auth()); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
   const int64_t bytes = req == nullptr ? 0 : static_cast<int64_t>(req->ByteSizeLong());
   Status submitted = executor.Submit(
-      [ctx, reactor, fn = std::move(fn)] {
+      [ctx, reactor, bytes, resp, fn = std::move(fn)] {
         // A call whose caller left while it was queued is not run (under a flood: most of them).
         if (Status waiting = CallerStillWaiting(*ctx); !waiting.ok()) {
           reactor->Finish(ToGrpcStatus(Annotate(waiting, "not run")));
           return;
         }
-        reactor->Finish(ToGrpcStatus(CallCatchingExceptions("call handler", fn)));
+        const Status st = CallCatchingExceptions("call handler", fn);
+        // From here to the end of the call the request and the answer are held by the reactor
+        // (the task's own hold on the request ends when it returns). Small calls are not: their
+        // answer fits the caller's first flow-control window, so it is sent at once.
+        const int64_t answer =
+            st.ok() && resp != nullptr ? static_cast<int64_t>(resp->ByteSizeLong()) : 0;
+        if (bytes + answer > kSentWithoutWaitingBytes) reactor->Hold(bytes + answer);
+        reactor->Finish(ToGrpcStatus(st));
       },
       bytes, deadline_admission ? SecondsLeft(*ctx) : BoundedExecutor::kNoDeadline);
   if (!submitted.ok()) reactor->Finish(ToGrpcStatus(submitted));
@@ -62,20 +95,23 @@ grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, bool deadline_
 
 grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                      const google::protobuf::MessageLite* req,
+                                     const google::protobuf::MessageLite* resp,
                                      std::function<Status()> fn) {
-  return ServeUnaryOn(server->executor(), /*deadline_admission=*/true, ctx, server, req,
+  return ServeUnaryOn(server->executor(), /*deadline_admission=*/true, ctx, server, req, resp,
                       std::move(fn));
 }
 
 grpc::ServerUnaryReactor* ServeCheapUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                           const google::protobuf::MessageLite* req,
+                                          const google::protobuf::MessageLite* resp,
                                           std::function<Status()> fn) {
   return ServeUnaryOn(server->light_executor(), /*deadline_admission=*/false, ctx, server, req,
-                      std::move(fn));
+                      resp, std::move(fn));
 }
 
 grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                            const google::protobuf::MessageLite* /*req*/,
+                                           const google::protobuf::MessageLite* /*resp*/,
                                            std::function<Status()> fn) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   grpc::Status st = PrecheckCall(ctx, server->auth());

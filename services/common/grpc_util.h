@@ -34,9 +34,13 @@ Status CallerStillWaiting(const grpc::ServerContextBase& ctx);
 // queue's expected wait (BoundedExecutor::ExpectedWaitSeconds: work that would time out queued)
 // gives RESOURCE_EXHAUSTED at once; `fn` is not run when a precheck fails, nor when its caller's
 // deadline passed or it cancelled while the call was queued (DEADLINE_EXCEEDED / CANCELLED).
-// `req` is the call's request (its size is what the queued call holds).
+// `req` and `resp` are the call's request and answer: the request's size is what the call holds
+// of the executor's byte budget while queued and running, and the request and the answer
+// together from the end of `fn` until the answer is sent (the call is done), so answers waiting
+// for slow readers count against the budget too.
 grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                      const google::protobuf::MessageLite* req,
+                                     const google::protobuf::MessageLite* resp,
                                      std::function<Status()> fn);
 
 // ServeUnary on the server's lane of cheap calls (ServiceServer::light_executor()), so the call
@@ -47,15 +51,17 @@ grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceSe
 // caller's deadline: the lane's calls are short).
 grpc::ServerUnaryReactor* ServeCheapUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                           const google::protobuf::MessageLite* req,
+                                          const google::protobuf::MessageLite* resp,
                                           std::function<Status()> fn);
 
 // The same checks, then `fn` runs on the calling gRPC thread: only for work that is bounded, in
 // memory and short (tens to hundreds of microseconds, e.g. one ANN query), where the two thread
 // hand-offs of the executor path would cost more than the work itself. Anything that can block
 // or run long (I/O, batches, model compute) goes through ServeUnary.
-// (`req` is unused; the signature matches ServeUnary's so a handler can pick either.)
+// (`req` and `resp` are unused; the signature matches ServeUnary's so a handler can pick either.)
 grpc::ServerUnaryReactor* ServeUnaryInline(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                            const google::protobuf::MessageLite* req,
+                                           const google::protobuf::MessageLite* resp,
                                            std::function<Status()> fn);
 
 // The request memory budget of a client-streaming reactor (index Upsert, kvr CreateSequence,

@@ -76,7 +76,7 @@ Status ContextCacheService::CheckModel(const v1::ModelFingerprint& fp) const {
 grpc::ServerUnaryReactor* ContextCacheService::Encode(grpc::CallbackServerContext* ctx,
                                                       const v1::EncodeRequest* req,
                                                       v1::EncodeResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, ctx, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, ctx, req, resp]() -> Status {
     if (!ape_) return FailedPrecondition("this context cache has no model loaded (--model)");
     RS_RETURN_IF_ERROR(CheckModel(req->model()));
     RS_CHECK_ARG(req->passages_size() >= 1 && req->passages_size() <= kMaxPassagesPerEncode,
@@ -221,7 +221,7 @@ grpc::ServerWriteReactor<v1::GetResponse>* ContextCacheService::Get(
 grpc::ServerUnaryReactor* ContextCacheService::Has(grpc::CallbackServerContext* ctx,
                                                    const v1::HasRequest* req,
                                                    v1::HasResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_RETURN_IF_ERROR(CheckModel(req->model()));
     RS_CHECK_ARG(req->keys_size() <= 4096, "at most 4096 keys per Has");
     for (const auto& k : req->keys()) {
@@ -235,7 +235,7 @@ grpc::ServerUnaryReactor* ContextCacheService::Has(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* ContextCacheService::Evict(grpc::CallbackServerContext* ctx,
                                                      const v1::EvictRequest* req,
                                                      v1::EvictResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_CHECK_ARG(req->all() || req->keys_size() > 0, "give keys, or all = true");
     RS_CHECK_ARG(!(req->all() && req->keys_size() > 0), "keys and all = true are exclusive");
     if (req->all()) {
@@ -255,7 +255,7 @@ grpc::ServerUnaryReactor* ContextCacheService::Evict(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* ContextCacheService::Stats(grpc::CallbackServerContext* ctx,
                                                      const v1::CtxStatsRequest* req,
                                                      v1::CtxStatsResponse* resp) {
-  return ServeCheapUnary(ctx, server_, req, [this, resp] {
+  return ServeCheapUnary(ctx, server_, req, resp, [this, resp] {
     const BlockCacheStats s = cache_->Stats();
     resp->set_ram_entries(s.ram_entries);
     resp->set_ram_bytes(s.ram_bytes);

@@ -506,7 +506,7 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* DecoderService::Generate(
 grpc::ServerUnaryReactor* DecoderService::GetLoad(grpc::CallbackServerContext* ctx,
                                                   const v1::LoadRequest* req,
                                                   v1::LoadReport* resp) {
-  return ServeCheapUnary(ctx, server_, req, [this, resp] {
+  return ServeCheapUnary(ctx, server_, req, resp, [this, resp] {
     resp->set_worker_id(worker_id());
     resp->set_device("cpu");
     if (!generator_) return OkStatus();
@@ -526,7 +526,7 @@ grpc::ServerUnaryReactor* DecoderService::GetLoad(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* DecoderService::Cancel(grpc::CallbackServerContext* ctx,
                                                  const v1::CancelRequest* req,
                                                  v1::CancelResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp] {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp] {
     RS_CHECK_ARG(!req->request_id().empty(), "request_id must not be empty");
     resp->set_found(generator_ && generator_->Cancel(req->request_id()));
     return OkStatus();

@@ -291,7 +291,7 @@ void InfoToProto(const CollectionInfo& info, v1::CollectionInfo* out) {
 grpc::ServerUnaryReactor* IndexGrpcService::CreateCollection(grpc::CallbackServerContext* ctx,
                                                              const v1::CreateCollectionRequest* req,
                                                              v1::CreateCollectionResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto spec, SpecFromProto(req->spec()));
     RS_ASSIGN_OR_RETURN(auto c, store_->Create(spec));
     InfoToProto(c->Info(), resp->mutable_info());
@@ -302,7 +302,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::CreateCollection(grpc::CallbackServe
 grpc::ServerUnaryReactor* IndexGrpcService::DropCollection(grpc::CallbackServerContext* ctx,
                                                            const v1::DropCollectionRequest* req,
                                                            v1::DropCollectionResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req]() -> Status {
     RS_CHECK_ARG(!req->name().empty(), "collection name is empty");
     return store_->Drop(req->name());
   });
@@ -311,7 +311,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::DropCollection(grpc::CallbackServerC
 grpc::ServerUnaryReactor* IndexGrpcService::ListCollections(grpc::CallbackServerContext* ctx,
                                                             const v1::ListCollectionsRequest* req,
                                                             v1::ListCollectionsResponse* resp) {
-  return ServeCheapUnary(ctx, server_, req, [this, resp]() -> Status {
+  return ServeCheapUnary(ctx, server_, req, resp, [this, resp]() -> Status {
     for (const auto& c : store_->List()) InfoToProto(c->Info(), resp->add_collections());
     return OkStatus();
   });
@@ -325,7 +325,7 @@ grpc::ServerReadReactor<v1::UpsertRequest>* IndexGrpcService::Upsert(
 grpc::ServerUnaryReactor* IndexGrpcService::Delete(grpc::CallbackServerContext* ctx,
                                                    const v1::DeleteRequest* req,
                                                    v1::DeleteResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
     RS_ASSIGN_OR_RETURN(int64_t n,
                         c->Delete({req->ids().begin(), req->ids().end()},
@@ -338,7 +338,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::Delete(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* IndexGrpcService::Embed(grpc::CallbackServerContext* ctx,
                                                   const v1::EmbedRequest* req,
                                                   v1::EmbedResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_CHECK_ARG(req->texts_size() >= 1 && req->texts_size() <= kMaxEmbedTexts,
                  "texts must hold 1..", kMaxEmbedTexts, " texts, got ", req->texts_size());
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
@@ -368,7 +368,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::Search(grpc::CallbackServerContext* 
                      req->nprobe() <= 256 && req->filter().equals().empty() &&
                      req->filter().ranges().empty() && req->filter().any_of().empty();
   auto serve = small ? ServeUnaryInline : ServeUnary;
-  return serve(ctx, server_, req, [this, req, resp]() -> Status {
+  return serve(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
     std::vector<Query> queries;
     queries.reserve(req->queries_size());
@@ -399,7 +399,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::Search(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* IndexGrpcService::GetDocuments(grpc::CallbackServerContext* ctx,
                                                          const v1::GetDocumentsRequest* req,
                                                          v1::GetDocumentsResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
     std::vector<Document> found;
     std::vector<std::string> missing;
@@ -419,7 +419,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::GetDocuments(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* IndexGrpcService::Stats(grpc::CallbackServerContext* ctx,
                                                   const v1::StatsRequest* req,
                                                   v1::StatsResponse* resp) {
-  return ServeCheapUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeCheapUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
     InfoToProto(c->Info(), resp->mutable_info());
     return OkStatus();
@@ -429,7 +429,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::Stats(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* IndexGrpcService::Rebuild(grpc::CallbackServerContext* ctx,
                                                     const v1::RebuildRequest* req,
                                                     v1::RebuildResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
     std::string kind;
     if (req->index_kind() != v1::INDEX_KIND_UNSPECIFIED) {

@@ -191,7 +191,7 @@ grpc::ServerReadReactor<v1::CreateSequenceRequest>* KvRetrievalGrpcService::Crea
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Append(grpc::CallbackServerContext* ctx,
                                                          const v1::AppendRequest* req,
                                                          v1::AppendResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     // The sequence's shape comes from the store (the config of Create is not kept here).
     RS_ASSIGN_OR_RETURN(auto info, kvr_->Describe(req->sequence_id()));
     for (const auto& c : req->chunks()) {
@@ -210,7 +210,7 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Append(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Attend(grpc::CallbackServerContext* ctx,
                                                          const v1::AttendRequest* req,
                                                          v1::AttendResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto info, kvr_->Describe(req->sequence_id()));
     const int64_t hq = info.num_q_heads, d = info.kv.head_dim;
     AttendOptions opt;
@@ -244,7 +244,7 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Attend(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Release(grpc::CallbackServerContext* ctx,
                                                           const v1::ReleaseRequest* req,
                                                           v1::ReleaseResponse* resp) {
-  return ServeUnary(ctx, server_, req, [this, req, resp]() -> Status {
+  return ServeUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(const int64_t bytes, kvr_->Release(req->sequence_id()));
     resp->set_bytes_freed(bytes);
     return OkStatus();
@@ -254,7 +254,7 @@ grpc::ServerUnaryReactor* KvRetrievalGrpcService::Release(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* KvRetrievalGrpcService::Stats(grpc::CallbackServerContext* ctx,
                                                         const v1::KvrStatsRequest* req,
                                                         v1::KvrStatsResponse* resp) {
-  return ServeCheapUnary(ctx, server_, req, [this, resp]() -> Status {
+  return ServeCheapUnary(ctx, server_, req, resp, [this, resp]() -> Status {
     kvr_->ExpireIdle();
     const KvRetrievalStats st = kvr_->Stats();
     MetricsRegistry::Default()

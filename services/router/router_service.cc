@@ -62,9 +62,10 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   wopts.channel.keepalive_time_ms = static_cast<int>(svc->opts_.worker_keepalive_s * 1000);
   RS_ASSIGN_OR_RETURN(svc->pool_, WorkerPool::Create(std::move(wopts)));
   // Queries get the server's request memory budget (--executor-queue-mb) of their own.
-  svc->query_executor_ =
-      std::make_unique<BoundedExecutor>(svc->opts_.query_threads, svc->opts_.query_queue,
-                                        int64_t{server->config().executor_queue_mb} << 20);
+  svc->query_executor_ = std::make_unique<BoundedExecutor>(
+      svc->opts_.query_threads, svc->opts_.query_queue,
+      int64_t{server->config().executor_queue_mb} << 20,
+      BoundedExecutor::FlagNames{"--query-threads", "--query-queue", "--executor-queue-mb"});
   svc->metrics_ = std::make_unique<RouterMetrics>(
       &MetricsRegistry::Default(), svc->opts_.served_model_name, svc->query_executor_.get());
   return svc;
@@ -128,7 +129,7 @@ grpc::ServerUnaryReactor* RouterService::ForwardToIndex(grpc::CallbackServerCont
                                                         const Req* req, Resp* resp, Method method,
                                                         const char* what, bool cheap) {
   auto serve = cheap ? ServeCheapUnary : ServeUnary;
-  return serve(ctx, server_, req, [this, ctx, req, resp, method, what] {
+  return serve(ctx, server_, req, resp, [this, ctx, req, resp, method, what] {
     auto cctx = DownstreamContext(*ctx, index_peer_.get(), opts_.index_timeout_s);
     const grpc::Status st = ((*index_).*method)(cctx.get(), *req, resp);
     if (st.ok()) return OkStatus();

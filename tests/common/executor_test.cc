@@ -195,6 +195,27 @@ TEST(ExecutorTest, ADeadlineShorterThanTheQueueWaitIsRefusedAtOnce) {
   EXPECT_EQ(ran.load(), 6);
 }
 
+// An executor set by other options (the router's query queue: --query-threads, --query-queue)
+// names those in its refusals, so an operator raises the right limit.
+TEST(ExecutorTest, RefusalsNameTheFlagsThatSetTheExecutor) {
+  BoundedExecutor ex(1, 1, /*byte_budget=*/100,
+                     BoundedExecutor::FlagNames{"--query-threads", "--query-queue", "--budget-mb"});
+  Gate gate;
+  ASSERT_NO_FATAL_FAILURE(gate.Hold(ex));
+  ASSERT_TRUE(ex.Submit([] {}).ok());  // the one queue slot
+  const Status full = ex.Submit([] {});
+  EXPECT_EQ(full.code(), StatusCode::kResourceExhausted) << full.ToString();
+  EXPECT_NE(full.message().find("--query-queue"), std::string::npos) << full.ToString();
+  EXPECT_EQ(full.message().find("--executor-queue"), std::string::npos) << full.ToString();
+  const Status bytes = ex.Reserve(200);
+  ASSERT_TRUE(bytes.ok()) << bytes.ToString();  // nothing else holds bytes: admitted alone
+  const Status over = ex.Reserve(1);
+  EXPECT_NE(over.message().find("--budget-mb"), std::string::npos) << over.ToString();
+  ex.Unreserve(200);
+  gate.Open();
+  ASSERT_TRUE(ex.WaitIdle(30));
+}
+
 // Normal traffic is never refused on its deadline: while a worker is free, or while no task is
 // queued ahead, the expected wait is 0 and any deadline is admitted.
 TEST(ExecutorTest, NoTaskQueuedAheadAdmitsAnyDeadline) {

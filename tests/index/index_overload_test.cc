@@ -3,7 +3,8 @@
 // for a caller that has left is not applied, the cheap calls (ListCollections, Stats) are
 // answered while the executor is busy, an Upsert stream is refused before it is read when
 // the request memory budget is full, and a unary call whose deadline comes before the queue's
-// expected wait is refused at once.
+// expected wait is refused at once, and an answer waiting for a slow reader holds its bytes of
+// the budget until it is sent.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -240,6 +241,84 @@ TEST_F(IndexOverloadTest, UnaryCallThatWouldTimeOutQueuedIsRefusedAtOnce) {
   const grpc::Status st = admitted.get();
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(resp.missing_ids_size(), 1);
+}
+
+// A big answer to a caller that does not read it stays in the server (the HTTP/2 window of the
+// caller is not opened) long after the task that made it returned: under a flood of such calls
+// the budget was empty while the answers filled the memory. The call holds its request and
+// answer until it is done, and gives them back then. The caller here starts the call and does
+// not ask for the answer (no Finish: its transport grants no window for it).
+TEST_F(IndexOverloadTest, AnAnswerWaitingForItsReaderHoldsItsBytesUntilSent) {
+  constexpr int kTextBytes = 600 * 1024;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
+    v1::UpsertResponse resp;
+    auto writer = stub_->Upsert(&ctx, &resp);
+    v1::UpsertRequest msg;
+    msg.set_collection("kb");
+    auto* d = msg.add_documents();
+    d->set_id("big");
+    d->set_text(std::string(kTextBytes, 'x'));
+    d->mutable_vector()->Resize(16, 0.25f);
+    writer->Write(msg);
+    writer->WritesDone();
+    const grpc::Status st = writer->Finish();
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  ASSERT_EQ(server_->executor().bytes_held(), 0);
+
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
+  v1::GetDocumentsRequest req;
+  req.set_collection("kb");
+  req.add_ids("big");
+  // A small window that does not grow (no bandwidth probing): the answer cannot all be sent.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 * 1024);
+  auto channel =
+      grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(), args);
+  ASSERT_TRUE(channel->WaitForConnected(Clock::now() + std::chrono::seconds(60)));
+  auto reader = v1::IndexService::NewStub(channel);
+  auto call = reader->PrepareAsyncGetDocuments(&ctx, req, &cq);
+  call->StartCall();
+  call->ReadInitialMetadata(reinterpret_cast<void*>(2));  // sends the request (Finish not yet)
+  // The caller's transport runs while its queue is polled (only the initial metadata is asked
+  // for).
+  void* tag = nullptr;
+  bool ok = false;
+  auto poll = [&](int ms) {
+    for (int i = 0; i < ms / 5; ++i) {
+      if (cq.AsyncNext(&tag, &ok, Clock::now() + std::chrono::milliseconds(5)) ==
+              grpc::CompletionQueue::GOT_EVENT &&
+          tag != reinterpret_cast<void*>(2)) {
+        ADD_FAILURE() << "an event before the answer was asked for";
+      }
+      if (server_->executor().bytes_held() >= kTextBytes) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(poll(60000)) << "held: " << server_->executor().bytes_held();
+  poll(200);
+  EXPECT_GE(server_->executor().bytes_held(), kTextBytes) << "given back before it was sent";
+  EXPECT_EQ(server_->executor().queued(), 0);
+
+  v1::GetDocumentsResponse resp;
+  grpc::Status st;
+  call->Finish(&resp, &st, reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.documents_size(), 1);
+  EXPECT_EQ(resp.documents(0).text().size(), static_cast<size_t>(kTextBytes));
+  for (int i = 0; i < 12000 && server_->executor().bytes_held() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(server_->executor().bytes_held(), 0);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
 }
 
 }  // namespace
