@@ -108,6 +108,23 @@ int64_t HnswIndex::memory_bytes() const {
   return graph_->memory_bytes();
 }
 
+int64_t HnswIndex::memory_bytes_to_add(int64_t n) const {
+  if (n <= 0) return 0;
+  ReaderMutexLock lock(mu_);
+  const uint64_t needed = uint64_t{graph_->used()} + static_cast<uint64_t>(n);
+  const uint64_t cap = std::max<uint64_t>(graph_->capacity(), 1);
+  uint64_t new_cap = cap;
+  while (new_cap < needed) new_cap *= 2;  // Reserve's doubling; needed < 2^63, so no overflow
+  const int64_t upper = graph_->upper_level_bytes() / std::max(1, params_.M - 1) + 1;
+  int64_t slots = 0, levels = 0, bytes = 0;
+  if (__builtin_mul_overflow(static_cast<int64_t>(new_cap - graph_->capacity()),
+                             graph_->slot_bytes(), &slots) ||
+      __builtin_mul_overflow(n, upper, &levels) || __builtin_add_overflow(slots, levels, &bytes)) {
+    return INT64_MAX;
+  }
+  return bytes;
+}
+
 Status HnswIndex::Reserve(int64_t fresh) {
   const size_t needed = graph_->used() + fresh;
   if (needed <= graph_->capacity()) return OkStatus();
