@@ -126,6 +126,14 @@ TEST(IndexMemoryLimitTest, UpsertFloodIsResourceExhaustedAtTheLimitWithEveryMess
   EXPECT_EQ(info.num_documents, acknowledged.load());
   EXPECT_EQ(info.num_vectors, acknowledged.load());
   EXPECT_LE(store->MemoryBytes(), kLimit);
+  {
+    v1::StatsRequest req;
+    req.set_collection("flood");
+    v1::StatsResponse resp;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Stats(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.info().memory_bytes(), store->MemoryBytes());
+  }
   // The process grew by the collections (~1.1x the estimate,
   // tests/index/collection_memory_test.cc), RocksDB's memtable (up to 64 MiB), the flood's messages
   // in flight and the allocator's slack; without the limit it would grow until the 100 messages
