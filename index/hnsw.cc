@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <mutex>
 
 #include "index/internal/hnsw_graph.h"
@@ -115,11 +116,17 @@ int64_t HnswIndex::memory_bytes_to_add(int64_t n) const {
   const uint64_t cap = std::max<uint64_t>(graph_->capacity(), 1);
   uint64_t new_cap = cap;
   while (new_cap < needed) new_cap *= 2;  // Reserve's doubling; needed < 2^63, so no overflow
-  const int64_t upper = graph_->upper_level_bytes() / std::max(1, params_.M - 1) + 1;
-  int64_t slots = 0, levels = 0, bytes = 0;
-  if (__builtin_mul_overflow(static_cast<int64_t>(new_cap - graph_->capacity()),
+  // Upper levels: each element has level >= l with probability M^-l, so n elements hold
+  // n / (M - 1) of them on average; the bound adds 4 standard deviations and 8 levels, so that a
+  // small batch whose few elements draw high levels stays under it too.
+  const double mean = static_cast<double>(n) / std::max(1, params_.M - 1);
+  const double levels = std::ceil(mean + 4 * std::sqrt(mean) + 8);
+  const double upper = levels * static_cast<double>(graph_->upper_level_bytes());
+  int64_t slots = 0, bytes = 0;
+  if (upper >= 0x1p62 ||
+      __builtin_mul_overflow(static_cast<int64_t>(new_cap - graph_->capacity()),
                              graph_->slot_bytes(), &slots) ||
-      __builtin_mul_overflow(n, upper, &levels) || __builtin_add_overflow(slots, levels, &bytes)) {
+      __builtin_add_overflow(slots, static_cast<int64_t>(upper), &bytes)) {
     return INT64_MAX;
   }
   return bytes;
