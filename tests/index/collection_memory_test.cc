@@ -187,16 +187,16 @@ TEST(CollectionMemoryTest, EachIndexKindsGrowthEstimateBoundsItsRealGrowth) {
   const int dim = 24;
   for (const char* kind : {"flat", "hnsw", "ivf_flat", "ivf_pq"}) {
     SCOPED_TRACE(kind);
-    const std::string params = std::string(kind) == "ivf_pq"     ? R"({"nlist": 16, "pq_nbits": 6})"
+    const std::string params = std::string(kind) == "ivf_pq"     ? R"({"nlist": 16, "pq_nbits": 4})"
                                : std::string(kind) == "ivf_flat" ? R"({"nlist": 16})"
                                : std::string(kind) == "hnsw"     ? R"({"ef_construction": 40})"
                                                                  : "{}";
     auto spec = index::MakeIndexSpec(kind, Metric::kL2, dim, params).value();
     auto idx = index::CreateIndex(spec).value();
-    const auto x = index::testing::ClusteredData(3000, dim, 8, 7);
-    if (idx->needs_training()) ASSERT_TRUE(idx->train(3000, x.data()).ok());
+    const auto x = index::testing::ClusteredData(2000, dim, 8, 7);
+    if (idx->needs_training()) ASSERT_TRUE(idx->train(1000, x.data()).ok());
     int64_t next = 0;
-    for (int64_t n : {1, 7, 100, 500, 1000, 1392}) {
+    for (int64_t n : {1, 7, 100, 500, 1392}) {
       const int64_t before = idx->memory_bytes();
       const int64_t bound = idx->memory_bytes_to_add(n);
       const auto ids = index::testing::Iota(n, next);
