@@ -14,6 +14,20 @@ using internal::Reader;
 
 namespace {
 constexpr uint32_t kPayloadVersion = 1;
+// memory_bytes() per vocabulary term besides its text (held twice: term_text_ and the key of
+// term_ids_) and its elements of term_text_, df_ and postings_ (counted by capacity): term_ids_'s
+// node (next, key string, id, hash; malloc-rounded) and bucket.
+constexpr int64_t kTermMapBytes = 64 + 8;
+// Per label: slot_of_'s node (next + key + slot, malloc-rounded) and bucket.
+constexpr int64_t kLabelBytes = 32 + 8;
+
+// At most how many elements an array of capacity `cap` holding `size` allocates beyond `cap`
+// to hold `add` more: std::vector's growth (doubling per push_back, max(2 * cap, size + add) per
+// resize) ends below 2 * (size + add).
+int64_t GrowthElements(int64_t size, int64_t cap, int64_t add) {
+  if (size + add <= cap) return 0;
+  return 2 * (size + add) - cap;
+}
 }  // namespace
 
 Status ValidateBm25Params(const Bm25Params& p) {
@@ -34,6 +48,7 @@ uint32_t Bm25Index::TermId(const std::string& term) {
     term_text_.push_back(term);
     df_.push_back(0);
     postings_.emplace_back();
+    term_bytes_ += static_cast<int64_t>(term.size());
   }
   return it->second;
 }
@@ -41,6 +56,7 @@ uint32_t Bm25Index::TermId(const std::string& term) {
 void Bm25Index::RemoveSlotLocked(uint32_t slot) {
   Slot& s = slots_[slot];
   for (uint32_t t : s.terms) --df_[t];
+  slot_terms_ -= static_cast<int64_t>(s.terms.capacity());
   total_length_ -= s.length;
   slot_of_.erase(s.label);
   s.label = -1;
@@ -61,8 +77,12 @@ void Bm25Index::AddLocked(int64_t label, const std::vector<std::string>& terms) 
   for (const auto& [term, count] : tf) {
     s.terms.push_back(term);
     ++df_[term];
-    postings_[term].push_back(Posting{slot, count});
+    std::vector<Posting>& list = postings_[term];
+    const size_t cap = list.capacity();
+    list.push_back(Posting{slot, count});
+    posting_capacity_ += static_cast<int64_t>(list.capacity() - cap);
   }
+  slot_terms_ += static_cast<int64_t>(s.terms.capacity());
   total_length_ += s.length;
   slots_.push_back(std::move(s));
   slot_of_[label] = slot;
@@ -90,15 +110,69 @@ void Bm25Index::MaybeCompactLocked() {
   }
   slots_ = std::move(live);
   dead_slots_ = 0;
+  RecountLocked();
+}
+
+void Bm25Index::RecountLocked() {
+  posting_capacity_ = slot_terms_ = term_bytes_ = 0;
+  for (const auto& list : postings_) posting_capacity_ += static_cast<int64_t>(list.capacity());
+  for (const Slot& s : slots_) slot_terms_ += static_cast<int64_t>(s.terms.capacity());
+  for (const auto& t : term_text_) term_bytes_ += static_cast<int64_t>(t.size());
 }
 
 void Bm25Index::Add(int64_t n, const int64_t* labels, const std::string_view* texts) {
   // Tokenize outside the lock: it is most of the work.
   std::vector<std::vector<std::string>> terms(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) terms[i] = LexicalTerms(texts[i]);
+  AddTerms(n, labels, terms.data());
+}
+
+void Bm25Index::AddTerms(int64_t n, const int64_t* labels, const std::vector<std::string>* terms) {
   WriterMutexLock l(mu_);
   for (int64_t i = 0; i < n; ++i) AddLocked(labels[i], terms[i]);
   MaybeCompactLocked();
+}
+
+int64_t Bm25Index::AddBytes(int64_t n, const std::vector<std::string>* terms) const {
+  // Per distinct term of the batch: the documents holding it (one posting each).
+  std::unordered_map<std::string_view, int64_t> docs_with;
+  int64_t slots = 0, slot_terms = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (terms[i].empty()) continue;  // not indexed
+    ++slots;
+    std::unordered_set<std::string_view> distinct(terms[i].begin(), terms[i].end());
+    slot_terms += static_cast<int64_t>(distinct.size());
+    for (std::string_view t : distinct) ++docs_with[t];
+  }
+  ReaderMutexLock l(mu_);
+  // Every count below is at most the batch's bytes or the index's sizes (< 2^40), so the sums of
+  // products of them by small constants stay far from overflowing int64.
+  int64_t bytes = slots * kLabelBytes + slot_terms * static_cast<int64_t>(sizeof(uint32_t));
+  bytes += GrowthElements(static_cast<int64_t>(slots_.size()),
+                          static_cast<int64_t>(slots_.capacity()), slots) *
+           static_cast<int64_t>(sizeof(Slot));
+  int64_t new_terms = 0;
+  for (const auto& [term, count] : docs_with) {
+    auto it = term_ids_.find(std::string(term));
+    if (it == term_ids_.end()) {
+      ++new_terms;
+      bytes += kTermMapBytes + 2 * static_cast<int64_t>(term.size()) +
+               GrowthElements(0, 0, count) * static_cast<int64_t>(sizeof(Posting));
+      continue;
+    }
+    const auto& list = postings_[it->second];
+    bytes += GrowthElements(static_cast<int64_t>(list.size()),
+                            static_cast<int64_t>(list.capacity()), count) *
+             static_cast<int64_t>(sizeof(Posting));
+  }
+  const auto vocab = static_cast<int64_t>(term_text_.size());
+  bytes += GrowthElements(vocab, static_cast<int64_t>(term_text_.capacity()), new_terms) *
+               static_cast<int64_t>(sizeof(std::string)) +
+           GrowthElements(vocab, static_cast<int64_t>(df_.capacity()), new_terms) *
+               static_cast<int64_t>(sizeof(uint32_t)) +
+           GrowthElements(vocab, static_cast<int64_t>(postings_.capacity()), new_terms) *
+               static_cast<int64_t>(sizeof(std::vector<Posting>));
+  return bytes;
 }
 
 int64_t Bm25Index::Remove(int64_t n, const int64_t* labels) {
@@ -185,13 +259,13 @@ int64_t Bm25Index::num_terms() const {
 
 int64_t Bm25Index::memory_bytes() const {
   ReaderMutexLock l(mu_);
-  int64_t bytes = 0;
-  for (const auto& list : postings_)
-    bytes += static_cast<int64_t>(list.capacity() * sizeof(Posting));
-  for (const auto& s : slots_) bytes += sizeof(Slot) + s.terms.capacity() * sizeof(uint32_t);
-  for (const auto& t : term_text_) bytes += static_cast<int64_t>(t.capacity() + 48);
-  bytes += static_cast<int64_t>(slot_of_.size() * 32 + df_.size() * 4);
-  return bytes;
+  const auto terms = static_cast<int64_t>(term_text_.size());
+  const auto arrays =
+      term_text_.capacity() * sizeof(std::string) + df_.capacity() * sizeof(uint32_t) +
+      postings_.capacity() * sizeof(std::vector<Posting>) + slots_.capacity() * sizeof(Slot);
+  return posting_capacity_ * static_cast<int64_t>(sizeof(Posting)) + static_cast<int64_t>(arrays) +
+         slot_terms_ * static_cast<int64_t>(sizeof(uint32_t)) + terms * kTermMapBytes +
+         2 * term_bytes_ + static_cast<int64_t>(slot_of_.size()) * kLabelBytes;
 }
 
 // Payload: u32 version | f64 k1 | f64 b | u64 documents, each (i64 label, u32 length) |
@@ -262,6 +336,7 @@ StatusOr<std::unique_ptr<Bm25Index>> Bm25Index::Load(const std::string& path) {
     }
     const uint32_t id = idx->TermId(std::string(text, len));
     if (id != t) return bad("duplicate term");
+    idx->postings_[id].reserve(df);  // df <= remaining / 12 (checked above)
     for (uint32_t j = 0; j < df; ++j) {
       int64_t label = 0;
       uint32_t tf = 0;
@@ -275,6 +350,7 @@ StatusOr<std::unique_ptr<Bm25Index>> Bm25Index::Load(const std::string& path) {
     idx->df_[id] = df;
   }
   if (r.remaining() != 0) return bad("trailing bytes");
+  idx->RecountLocked();
   return idx;
 }
 

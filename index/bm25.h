@@ -44,6 +44,12 @@ class Bm25Index {
 
   // Adds n documents; a label already present is replaced.
   void Add(int64_t n, const int64_t* labels, const std::string_view* texts);
+  // Add() of documents already tokenized: terms[i] = LexicalTerms(text of document i).
+  void AddTerms(int64_t n, const int64_t* labels, const std::vector<std::string>* terms);
+  // At most how much memory_bytes() grows when AddTerms(n, labels, terms) adds n labels that are
+  // not present: their slots and postings, the terms new to the vocabulary, and the arrays that
+  // pass their capacity (doubling). Allocates only a map of the batch's distinct terms.
+  int64_t AddBytes(int64_t n, const std::vector<std::string>* terms) const;
   // Removes the labels that are present; returns how many were.
   int64_t Remove(int64_t n, const int64_t* labels);
   // For each of the n query texts, the k best documents: labels[i*k + j] and scores[i*k + j],
@@ -55,9 +61,11 @@ class Bm25Index {
   Status Save(const std::string& path) const;
 
   const Bm25Params& params() const { return params_; }
-  int64_t size() const;          // documents
-  int64_t num_terms() const;     // distinct terms with df > 0
-  int64_t memory_bytes() const;  // approximate
+  int64_t size() const;       // documents
+  int64_t num_terms() const;  // distinct terms with df > 0
+  // Bytes held (allocated arrays, map entries, term texts; an estimate for the hash maps), in
+  // O(1): kept up to date by every write.
+  int64_t memory_bytes() const;
 
  private:
   struct Posting {
@@ -74,6 +82,8 @@ class Bm25Index {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveSlotLocked(uint32_t slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeCompactLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Recomputes the byte counters below from the arrays (after a load or a compaction).
+  void RecountLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t TermId(const std::string& term) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SearchOne(const std::string& query, int k, const std::function<bool(int64_t)>* filter,
                  std::vector<double>* acc, float* scores, int64_t* labels) const
@@ -89,6 +99,11 @@ class Bm25Index {
   std::unordered_map<int64_t, uint32_t> slot_of_ ABSL_GUARDED_BY(mu_);
   int64_t total_length_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t dead_slots_ ABSL_GUARDED_BY(mu_) = 0;
+  // For memory_bytes(): postings allocated (capacity, every list), term ids held by the slots,
+  // bytes of the term texts.
+  int64_t posting_capacity_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t slot_terms_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t term_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace ragserve::index

@@ -24,6 +24,24 @@ int64_t FlatIndex::memory_bytes() const {
                               ids_.capacity() * sizeof(int64_t) + row_of_.size() * 32);
 }
 
+int64_t FlatIndex::memory_bytes_to_add(int64_t n) const {
+  if (n <= 0) return 0;
+  ReaderMutexLock lock(mu_);
+  const int64_t rows = static_cast<int64_t>(ids_.size());
+  const int64_t cap = static_cast<int64_t>(ids_.capacity());
+  if (n > INT64_MAX / 4 - rows) return INT64_MAX;
+  // data_ and norms_ grow with ids_ (vector growth: at most to 2x the rows needed).
+  const int64_t grown = rows + n > cap ? 2 * (rows + n) - cap : 0;
+  const int64_t per_row = int64_t{dim_} * static_cast<int64_t>(sizeof(float)) +
+                          static_cast<int64_t>(sizeof(float) + sizeof(int64_t));
+  int64_t arrays = 0, map = 0, bytes = 0;
+  if (__builtin_mul_overflow(grown, per_row, &arrays) || __builtin_mul_overflow(n, 32, &map) ||
+      __builtin_add_overflow(arrays, map, &bytes)) {
+    return INT64_MAX;
+  }
+  return bytes;
+}
+
 Status FlatIndex::add(int64_t n, const float* x, const int64_t* ids) {
   RS_RETURN_IF_ERROR(internal::CheckAddArgs(n, x, ids, dim_));
   if (n == 0) return OkStatus();

@@ -34,6 +34,9 @@ class FlatIndex final : public VectorIndex {
   std::string_view kind() const override { return "flat"; }
   // Bytes held by vectors, norms and ids (approximate).
   int64_t memory_bytes() const override;
+  // The rows n new ids take, with the arrays' growth when they pass their capacity (their
+  // capacity at most doubles, to no less than the rows needed).
+  int64_t memory_bytes_to_add(int64_t n) const override;
   Status add(int64_t n, const float* x, const int64_t* ids) override;
   // Exact top-k; params.filter is honored exactly (rows failing it are skipped).
   Status search(int64_t n, const float* q, int k, float* distances, int64_t* ids,

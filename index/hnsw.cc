@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <mutex>
 
 #include "index/internal/hnsw_graph.h"
@@ -106,6 +107,29 @@ int64_t HnswIndex::capacity() const {
 int64_t HnswIndex::memory_bytes() const {
   ReaderMutexLock lock(mu_);
   return graph_->memory_bytes();
+}
+
+int64_t HnswIndex::memory_bytes_to_add(int64_t n) const {
+  if (n <= 0) return 0;
+  ReaderMutexLock lock(mu_);
+  const uint64_t needed = uint64_t{graph_->used()} + static_cast<uint64_t>(n);
+  const uint64_t cap = std::max<uint64_t>(graph_->capacity(), 1);
+  uint64_t new_cap = cap;
+  while (new_cap < needed) new_cap *= 2;  // Reserve's doubling; needed < 2^63, so no overflow
+  // Upper levels: each element has level >= l with probability M^-l, so n elements hold
+  // n / (M - 1) of them on average; the bound adds 4 standard deviations and 8 levels, so that a
+  // small batch whose few elements draw high levels stays under it too.
+  const double mean = static_cast<double>(n) / std::max(1, params_.M - 1);
+  const double levels = std::ceil(mean + 4 * std::sqrt(mean) + 8);
+  const double upper = levels * static_cast<double>(graph_->upper_level_bytes());
+  int64_t slots = 0, bytes = 0;
+  if (upper >= 0x1p62 ||
+      __builtin_mul_overflow(static_cast<int64_t>(new_cap - graph_->capacity()),
+                             graph_->slot_bytes(), &slots) ||
+      __builtin_add_overflow(slots, static_cast<int64_t>(upper), &bytes)) {
+    return INT64_MAX;
+  }
+  return bytes;
 }
 
 Status HnswIndex::Reserve(int64_t fresh) {

@@ -58,6 +58,9 @@ class HnswIndex final : public VectorIndex {
   int64_t size() const override;
   std::string_view kind() const override { return "hnsw"; }
   int64_t memory_bytes() const override;
+  // The slots the doubling in add() would allocate, plus a bound on n elements' upper levels
+  // (an element has 1 / (M - 1) of them on average; the bound adds 4 standard deviations).
+  int64_t memory_bytes_to_add(int64_t n) const override;
   Status add(int64_t n, const float* x, const int64_t* ids) override;
   Status search(int64_t n, const float* q, int k, float* distances, int64_t* ids,
                 const SearchParams& params = {}) const override;

@@ -3,6 +3,7 @@
 
 #include <hnswlib/hnswlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -12,6 +13,7 @@
 
 #include "index/internal/index_file.h"
 #include "index/internal/index_util.h"
+#include "services/common/mutex.h"
 
 namespace ragserve::index::internal {
 namespace {
@@ -179,6 +181,11 @@ struct HnswGraph::Impl {
   std::unique_ptr<hnswlib::SpaceInterface<float>> base;
   std::unique_ptr<CountingSpace> counting;  // set when counting distances
   std::unique_ptr<hnswlib::HierarchicalNSW<float>> hnsw;
+  // memory_bytes() sums the upper levels of the elements once: elements are never taken out of
+  // an hnswlib graph (only marked deleted), so the sum of elements [0, levels_counted) holds.
+  Mutex levels_mu;
+  size_t levels_counted ABSL_GUARDED_BY(levels_mu) = 0;
+  size_t upper_levels ABSL_GUARDED_BY(levels_mu) = 0;
   hnswlib::SpaceInterface<float>* space() const {
     return counting != nullptr ? static_cast<hnswlib::SpaceInterface<float>*>(counting.get())
                                : base.get();
@@ -255,11 +262,24 @@ size_t HnswGraph::deleted() const { return impl_->hnsw->num_deleted_; }
 
 int64_t HnswGraph::memory_bytes() const {
   const auto& h = *impl_->hnsw;
-  size_t bytes = h.max_elements_ * (h.size_data_per_element_ + sizeof(void*) + 64);
-  for (size_t i = 0; i < h.cur_element_count; ++i) {
-    bytes += h.element_levels_[i] * h.size_links_per_element_;
+  size_t upper = 0;
+  {
+    MutexLock l(impl_->levels_mu);
+    for (size_t i = impl_->levels_counted; i < h.cur_element_count; ++i) {
+      impl_->upper_levels += h.element_levels_[i];
+    }
+    impl_->levels_counted = std::max<size_t>(impl_->levels_counted, h.cur_element_count);
+    upper = impl_->upper_levels;
   }
-  return static_cast<int64_t>(bytes);
+  return static_cast<int64_t>(h.max_elements_ * slot_bytes() + upper * h.size_links_per_element_);
+}
+
+int64_t HnswGraph::slot_bytes() const {
+  return static_cast<int64_t>(impl_->hnsw->size_data_per_element_ + sizeof(void*) + 64);
+}
+
+int64_t HnswGraph::upper_level_bytes() const {
+  return static_cast<int64_t>(impl_->hnsw->size_links_per_element_);
 }
 
 HnswGraph::Label HnswGraph::Find(int64_t label) const {

@@ -99,6 +99,21 @@ int64_t IvfIndex::memory_bytes() const {
       present_.size() * 32);
 }
 
+int64_t IvfIndex::memory_bytes_to_add(int64_t n) const {
+  if (n <= 0) return 0;
+  int64_t per_vector = 0;
+  {
+    ReaderMutexLock lock(mu_);
+    if (ivf_ != nullptr) {
+      per_vector = 2 * static_cast<int64_t>(ivf_->code_size + sizeof(idx_t)) + 32;
+    }
+  }
+  if (per_vector == 0) return VectorIndex::memory_bytes_to_add(n);
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(n, per_vector, &bytes)) return INT64_MAX;
+  return bytes;
+}
+
 Status IvfIndex::train(int64_t n, const float* x) {
   RS_RETURN_IF_ERROR(internal::CheckTrainArgs(n, x, dim_, "ivf"));
   WriterMutexLock lock(mu_);

@@ -68,6 +68,9 @@ class IvfIndex final : public VectorIndex {
   Status train(int64_t n, const float* x) override;
   Status save(const std::string& path) const override;
   int64_t memory_bytes() const override;
+  // Trained: n codes and ids, twice over (each inverted list's arrays grow by doubling), and the
+  // live-id set's entries; untrained: VectorIndex's default.
+  int64_t memory_bytes_to_add(int64_t n) const override;
 
   // Parameters with the automatic values resolved once trained (nlist, nprobe, pq_m).
   IvfParams params() const;

@@ -1,6 +1,7 @@
 #include "index/vector_index.h"
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 namespace ragserve::index {
@@ -33,6 +34,14 @@ Status CheckFinite(int64_t n, int dim, const float* x, std::string_view what) {
     }
   }
   return OkStatus();
+}
+
+int64_t VectorIndex::memory_bytes_to_add(int64_t n) const {
+  const int64_t per_vector = int64_t{dim()} * static_cast<int64_t>(sizeof(float)) + 64;
+  int64_t bytes = 0;
+  if (n <= 0) return 0;
+  if (__builtin_mul_overflow(n, per_vector, &bytes)) return INT64_MAX;
+  return bytes;
 }
 
 }  // namespace ragserve::index

@@ -77,6 +77,10 @@ class VectorIndex {
   // Bytes of memory the index holds (vectors, ids, graph or lists; allocated capacity,
   // approximate for library-owned structures). The KV retrieval store charges it to a sequence.
   virtual int64_t memory_bytes() const = 0;
+  // At most how much memory_bytes() grows when n ids that are not present are added (n >= 0):
+  // an estimate from sizes that allocates nothing, for admission control before an add().
+  // Default: n * (dim * 4 + 64); indexes whose growth differs override it.
+  virtual int64_t memory_bytes_to_add(int64_t n) const;
 
   // Adds n vectors x[n*dim] with ids[n] (ids >= 0). An id that is already present is replaced.
   virtual Status add(int64_t n, const float* x, const int64_t* ids) = 0;

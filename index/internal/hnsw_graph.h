@@ -58,8 +58,12 @@ class HnswGraph {
   size_t capacity() const;
   size_t used() const;
   size_t deleted() const;
-  // Bytes of the level-0 block, per-element overhead and the upper-level link lists.
+  // Bytes of the level-0 block, per-element overhead and the upper-level link lists
+  // (amortised O(1): each element's levels are summed once).
   int64_t memory_bytes() const;
+  // Bytes memory_bytes() counts per allocated slot, and per upper level of an element.
+  int64_t slot_bytes() const;
+  int64_t upper_level_bytes() const;
 
   Label Find(int64_t label) const;
   // Grows to `capacity` slots.

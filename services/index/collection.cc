@@ -203,6 +203,53 @@ Status ParseMetadata(const std::string& text, std::string_view id, nlohmann::jso
   return OkStatus();
 }
 
+// ---- Memory estimate of the per-document maps (Collection::MemoryBytes) ------------------------
+// glibc malloc: a chunk is the request + 8 bytes of header, rounded up to 16, at least 32.
+int64_t Malloced(int64_t n) { return std::max<int64_t>(32, (n + 8 + 15) / 16 * 16); }
+// The heap bytes of a std::string of `len` bytes (none within the 15-byte small buffer).
+int64_t StringHeap(size_t len) { return len <= 15 ? 0 : Malloced(static_cast<int64_t>(len) + 1); }
+
+// Bytes a parsed JSON value holds beyond its own 16 bytes: nlohmann allocates an object as a
+// std::map (a node per member: links, key, value), an array as a std::vector of values and a
+// string as a std::string. Recursion is at most kMaxJsonDepth deep (checked on the text).
+int64_t JsonHeap(const nlohmann::json& j) {
+  int64_t bytes = 0;
+  switch (j.type()) {
+    case nlohmann::json::value_t::object:
+      bytes = Malloced(sizeof(nlohmann::json::object_t));
+      for (const auto& [key, value] : j.get_ref<const nlohmann::json::object_t&>()) {
+        bytes += Malloced(32 + sizeof(std::string) + sizeof(nlohmann::json)) +
+                 StringHeap(key.size()) + JsonHeap(value);
+      }
+      return bytes;
+    case nlohmann::json::value_t::array: {
+      const auto& a = j.get_ref<const nlohmann::json::array_t&>();
+      bytes = Malloced(sizeof(nlohmann::json::array_t));
+      if (a.capacity() > 0) {
+        bytes += Malloced(static_cast<int64_t>(a.capacity() * sizeof(nlohmann::json)));
+      }
+      for (const auto& v : a) bytes += JsonHeap(v);
+      return bytes;
+    }
+    case nlohmann::json::value_t::string:
+      return Malloced(sizeof(std::string)) + StringHeap(j.get_ref<const std::string&>().size());
+    case nlohmann::json::value_t::binary:
+      return Malloced(sizeof(nlohmann::json::binary_t)) +
+             static_cast<int64_t>(j.get_ref<const nlohmann::json::binary_t&>().size());
+    default:
+      return 0;  // numbers, booleans and null live in the 16 bytes
+  }
+}
+
+// The bytes one document takes in Collection::by_label_ and label_of_: the two hash nodes (with
+// a bucket each, doubled for the table's growth), the id held twice and the parsed metadata.
+int64_t EntryBytes(const std::string& id, const nlohmann::json& metadata) {
+  constexpr int64_t kByLabelNode = 8 + 8 + 32 + 16 + 8;  // next, label, doc_id, metadata, bytes
+  constexpr int64_t kLabelOfNode = 8 + 32 + 8 + 8;       // next, id, label, cached hash
+  return Malloced(kByLabelNode) + Malloced(kLabelOfNode) + 2 * 16 + 2 * StringHeap(id.size()) +
+         JsonHeap(metadata);
+}
+
 // Records where a passage sits in its source document (Document::document_id) in its metadata.
 Status AddPassageLocation(const Document& d, nlohmann::json* meta) {
   if (d.document_id.empty()) return OkStatus();
@@ -382,6 +429,8 @@ Status Collection::Open() {
           e.doc_id.assign(k.substr(5));
           e.metadata = nlohmann::json::parse(r.metadata_json, nullptr, false);
           if (e.metadata.is_discarded()) e.metadata = nlohmann::json::object();
+          e.bytes = EntryBytes(e.doc_id, e.metadata);
+          entry_bytes_ += e.bytes;
           const auto label = static_cast<int64_t>(r.label);
           label_of_[e.doc_id] = label;
           by_label_.emplace(label, std::move(e));
@@ -415,7 +464,25 @@ Status Collection::Open() {
     WriterMutexLock st(state_mu_);
     index_ = std::move(idx);
   }
-  return MaybeTrainIvfLocked();
+  Status s = MaybeTrainIvfLocked();
+  RecountMemory();
+  return s;
+}
+
+void Collection::RecountMemory() {
+  std::shared_ptr<VectorIndex> idx;
+  {
+    ReaderMutexLock st(state_mu_);
+    idx = index_;
+  }
+  int64_t bytes = entry_bytes_.load();
+  if (idx != nullptr && __builtin_add_overflow(bytes, idx->memory_bytes(), &bytes)) {
+    bytes = INT64_MAX;
+  }
+  if (bm25_ != nullptr && __builtin_add_overflow(bytes, bm25_->memory_bytes(), &bytes)) {
+    bytes = INT64_MAX;
+  }
+  memory_bytes_ = bytes;
 }
 
 Status Collection::CatchUpVectorIndex(const std::string& file, const RecentDocs& recent,
@@ -505,16 +572,51 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
   // Within a batch the last document with an id wins.
   std::unordered_map<std::string, size_t> last;
   for (size_t i = 0; i < docs.size(); ++i) last[docs[i].id] = i;
+  std::vector<size_t> order;  // the documents written, in batch order
+  for (size_t i = 0; i < docs.size(); ++i) {
+    if (last[docs[i].id] == i) order.push_back(i);
+  }
+  // Tokenized here, outside the lock, for both the memory estimate and the BM25 index.
+  std::vector<std::vector<std::string>> terms(order.size());
+  std::vector<int64_t> entry_bytes(order.size());
+  int64_t new_entry_bytes = 0;
+  for (size_t t = 0; t < order.size(); ++t) {
+    terms[t] = index::LexicalTerms(docs[order[t]].text);
+    entry_bytes[t] = EntryBytes(docs[order[t]].id, metas[order[t]]);
+    new_entry_bytes += entry_bytes[t];  // each < 2^40 (message bytes x a small factor)
+  }
 
   MutexLock w(write_mu_);
   if (dropped_) return NotFound(StrCat("collection '", spec_.name, "' was dropped"));
+  std::shared_ptr<VectorIndex> idx;
+  {
+    ReaderMutexLock st(state_mu_);
+    idx = index_;
+  }
+  // Admission: what the vector index, the BM25 index and the maps grow by at most (a replaced
+  // document's old entries are given back only after the write).
+  const auto n_new = static_cast<int64_t>(order.size());
+  int64_t grow = new_entry_bytes;
+  if (__builtin_add_overflow(grow, idx->memory_bytes_to_add(n_new), &grow) ||
+      __builtin_add_overflow(grow, bm25_->AddBytes(n_new, terms.data()), &grow)) {
+    grow = INT64_MAX;
+  }
+  RS_RETURN_IF_ERROR(store_->ReserveMemory(
+      grow, StrCat("upsert of ", n_new, " documents into '", spec_.name, "'")));
+  // Until the write is applied and counted (RecountMemory), its growth stays reserved.
+  struct Reservation {
+    Collection* c;
+    int64_t bytes;
+    ~Reservation() {
+      c->RecountMemory();
+      c->store_->ReleaseMemory(bytes);
+    }
+  } reservation{this, grow};
   rocksdb::WriteBatch batch;
   std::vector<int64_t> labels, old_labels;
   std::vector<float> x;
-  std::vector<size_t> order;
   uint64_t seq = next_seq_;
-  for (size_t i = 0; i < docs.size(); ++i) {
-    if (last[docs[i].id] != i) continue;
+  for (size_t i : order) {
     const Document& d = docs[i];
     const uint64_t label = seq++;
     batch.Put(Key('D', cid_, d.id), EncodeDoc(label, d, metas[i].dump()));
@@ -525,35 +627,32 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
     }
     labels.push_back(static_cast<int64_t>(label));
     x.insert(x.end(), d.vector.begin(), d.vector.end());
-    order.push_back(i);
   }
   batch.Put(Key('N', cid_), Be64(seq));
   RS_RETURN_IF_ERROR(store_->WriteSync(&batch, "upsert: write"));
   next_seq_ = seq;
-  std::shared_ptr<VectorIndex> idx;
-  {
-    ReaderMutexLock st(state_mu_);
-    idx = index_;
-  }
   Status ist = idx->add(static_cast<int64_t>(labels.size()), x.data(), labels.data());
   {
     WriterMutexLock st(state_mu_);
-    for (int64_t ol : old_labels) by_label_.erase(ol);
+    for (int64_t ol : old_labels) {
+      auto it = by_label_.find(ol);
+      if (it == by_label_.end()) continue;
+      entry_bytes_ -= it->second.bytes;
+      by_label_.erase(it);
+    }
     for (size_t t = 0; t < order.size(); ++t) {
       Document& d = docs[order[t]];
       label_of_[d.id] = labels[t];
-      by_label_[labels[t]] = Entry{d.id, std::move(metas[order[t]])};
+      by_label_[labels[t]] = Entry{d.id, std::move(metas[order[t]]), entry_bytes[t]};
     }
+    entry_bytes_ += new_entry_bytes;
   }
   if (!old_labels.empty()) {
     auto r = idx->remove(static_cast<int64_t>(old_labels.size()), old_labels.data());
     if (!r.ok() && ist.ok()) ist = r.status();
     bm25_->Remove(static_cast<int64_t>(old_labels.size()), old_labels.data());
   }
-  std::vector<std::string_view> texts;
-  texts.reserve(order.size());
-  for (size_t i : order) texts.push_back(docs[i].text);
-  bm25_->Add(static_cast<int64_t>(labels.size()), labels.data(), texts.data());
+  bm25_->AddTerms(static_cast<int64_t>(labels.size()), labels.data(), terms.data());
   if (!ist.ok()) {
     // The documents are durable; the derived index is repaired by rebuilding it.
     RS_LOG(error, "collection {}: index update failed ({}); rebuilding", spec_.name,
@@ -612,13 +711,18 @@ StatusOr<int64_t> Collection::Delete(const std::vector<std::string>& ids,
   {
     WriterMutexLock st(state_mu_);
     for (size_t i = 0; i < gone.size(); ++i) {
-      by_label_.erase(gone[i]);
+      if (auto it = by_label_.find(gone[i]); it != by_label_.end()) {
+        entry_bytes_ -= it->second.bytes;
+        by_label_.erase(it);
+      }
       label_of_.erase(gone_order[i]);
     }
     idx = index_;
   }
   bm25_->Remove(static_cast<int64_t>(gone.size()), gone.data());
-  RS_RETURN_IF_ERROR(idx->remove(static_cast<int64_t>(gone.size()), gone.data()).status());
+  Status removed = idx->remove(static_cast<int64_t>(gone.size()), gone.data()).status();
+  RecountMemory();
+  RS_RETURN_IF_ERROR(removed);
   return static_cast<int64_t>(gone.size());
 }
 
@@ -889,6 +993,7 @@ CollectionInfo Collection::Info() const {
   info.rebuilding = rebuilding_.load();
   info.lexical_documents = bm25_->size();
   info.lexical_bytes = bm25_->memory_bytes();
+  info.memory_bytes = MemoryBytes();
   const std::string lo = Key('D', cid_), hi = Key('D', cid_ + 1);
   rocksdb::Range r(lo, hi);
   uint64_t bytes = 0;
@@ -935,6 +1040,7 @@ Status Collection::Rebuild(const std::string& kind, const std::string& params_js
     spec_ = nspec;
     ispec_ = ns;
   }
+  RecountMemory();
   rebuilding_ = false;
   return s;
 }
@@ -982,6 +1088,8 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
                "index store: max documents per upsert must be >= 1");
   RS_CHECK_ARG(limits.max_embed_batch_bytes >= 1,
                "index store: embedding batch limit must be >= 1");
+  RS_CHECK_ARG(limits.max_memory_bytes >= 1, "index store: memory limit must be >= 1 byte, got ",
+               limits.max_memory_bytes);
   std::error_code ec;
   fs::create_directories(data_dir + "/indexes", ec);
   if (ec) return Internal(StrCat("index store: cannot create ", data_dir, ": ", ec.message()));
@@ -1027,6 +1135,50 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
     store->collections_[spec.name] = std::move(c);
   }
   return store;
+}
+
+int64_t CollectionStore::MemoryBytes() const {
+  int64_t total = 0;
+  for (const auto& c : List()) {
+    if (__builtin_add_overflow(total, c->MemoryBytes(), &total)) return INT64_MAX;
+  }
+  return total;
+}
+
+int64_t CollectionStore::DbMemoryBytes() const {
+  DbRef db(*this);
+  uint64_t total = 0;
+  for (const char* p : {"rocksdb.cur-size-all-mem-tables", "rocksdb.block-cache-usage",
+                        "rocksdb.estimate-table-readers-mem"}) {
+    uint64_t v = 0;
+    if (db->GetIntProperty(p, &v)) total += v;
+  }
+  return static_cast<int64_t>(std::min<uint64_t>(total, INT64_MAX));
+}
+
+Status CollectionStore::ReserveMemory(int64_t bytes, std::string_view what) {
+  MutexLock l(memory_mu_);
+  const int64_t held = MemoryBytes();
+  const int64_t limit = limits_.max_memory_bytes;
+  int64_t after = 0;
+  if (__builtin_add_overflow(held, reserved_bytes_, &after) ||
+      __builtin_add_overflow(after, bytes, &after) || after > limit) {
+    constexpr int64_t kMiB = int64_t{1} << 20;
+    return ResourceExhausted(StrCat(
+        what, ": it needs up to ", bytes, " bytes more of memory, and the collections hold ", held,
+        " bytes (", held / kMiB, " MiB) with ", reserved_bytes_,
+        " more admitted for writes in progress: that passes the index's memory limit of ", limit,
+        " bytes (--memory-limit-mb=", limit / kMiB,
+        "). Nothing of it was written; delete documents or drop collections (deleted vectors of "
+        "an HNSW collection are freed by a Rebuild), or raise --memory-limit-mb"));
+  }
+  reserved_bytes_ += bytes;
+  return OkStatus();
+}
+
+void CollectionStore::ReleaseMemory(int64_t bytes) {
+  MutexLock l(memory_mu_);
+  reserved_bytes_ -= bytes;
 }
 
 Status CollectionStore::WriteSync(rocksdb::WriteBatch* batch, std::string_view what) {

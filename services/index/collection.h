@@ -118,6 +118,12 @@ struct StoreLimits {
   // (--max-message-mb). A larger answer could not be sent anyway; it is refused with
   // ResourceExhausted as soon as the texts read pass this, before the rest is read and copied.
   int64_t max_response_bytes = int64_t{64} << 20;
+  // Bytes the collections may hold in memory, all together (--memory-limit-mb): vector indexes,
+  // BM25 indexes and the per-document maps (Collection::MemoryBytes). An Upsert message whose
+  // estimated growth would pass it is refused with ResourceExhausted before any of it is
+  // written. Not counted: RocksDB's own caches and memtables, transient copies of requests, and
+  // the second index a Rebuild or an IVF training builds beside the one serving.
+  int64_t max_memory_bytes = int64_t{4096} << 20;
 };
 
 // Numeric bounds on a metadata field (unset = open); the field must be a JSON number.
@@ -160,7 +166,8 @@ struct CollectionInfo {
   bool rebuilding = false;
   int64_t lexical_documents = 0;  // documents in the BM25 index
   int64_t lexical_bytes = 0;
-  std::string active_kind;  // kind serving searches now ("flat" while an IVF awaits training)
+  int64_t memory_bytes = 0;  // Collection::MemoryBytes()
+  std::string active_kind;   // kind serving searches now ("flat" while an IVF awaits training)
 };
 
 // Vectors an IVF collection must hold before its IVF index is trained.
@@ -176,8 +183,9 @@ class Collection {
 
   // Inserts or replaces (by id) the documents, durably, then indexes them. Validates the whole
   // batch first (empty or over max_docs_per_upsert, ids, dimension, NaN/Inf, metadata JSON and
-  // its depth; ResourceExhausted when the texts to embed exceed max_embed_batch_bytes): on error
-  // nothing changes. Returns the number written.
+  // its depth; ResourceExhausted when the texts to embed exceed max_embed_batch_bytes, or when
+  // the growth it would bring the collections' memory past max_memory_bytes): on error nothing
+  // changes. Returns the number written.
   StatusOr<int64_t> Upsert(std::vector<Document> docs);
   // Deletes the ids and every passage whose document_id is in document_ids (unknown ids are
   // ignored) from the store, the vector index and the BM25 index; returns the number deleted.
@@ -200,6 +208,10 @@ class Collection {
   Status Get(const std::vector<std::string>& ids, std::vector<Document>* found,
              std::vector<std::string>* missing) const;
   CollectionInfo Info() const;
+  // Estimated bytes the collection holds in memory, in O(1): its vector index and BM25 index
+  // (their memory_bytes(): allocated capacity, deleted HNSW nodes included) and its
+  // per-document maps (ids, labels, parsed metadata), as of its last write.
+  int64_t MemoryBytes() const { return memory_bytes_.load(); }
   // Rebuilds the index with a new kind/params ("" kind = keep); searches continue meanwhile.
   Status Rebuild(const std::string& kind, const std::string& params_json);
   // Saves the index file and prunes the tombstones it covers.
@@ -210,6 +222,7 @@ class Collection {
   struct Entry {
     std::string doc_id;
     nlohmann::json metadata;  // parsed once: the filter runs inside the search loop
+    int64_t bytes = 0;        // its share of entry_bytes_ (EntryBytes)
   };
   // A hit list of one retriever: (label, score), best first.
   using Ranked = std::vector<std::pair<int64_t, float>>;
@@ -272,6 +285,12 @@ class Collection {
   std::unordered_map<int64_t, Entry> by_label_;        // see spec_
   std::unordered_map<std::string, int64_t> label_of_;  // see spec_
   std::atomic<bool> rebuilding_{false};
+  // Sum of Entry::bytes over by_label_ (written with write_mu_ and state_mu_ held).
+  std::atomic<int64_t> entry_bytes_{0};
+  // MemoryBytes(): recomputed by RecountMemory at the end of every write (under write_mu_), so
+  // the store sums it without waiting for an index's lock.
+  std::atomic<int64_t> memory_bytes_{0};
+  void RecountMemory();
 };
 
 // All collections under one data directory (RocksDB at <dir>/db, index files in <dir>/indexes).
@@ -298,9 +317,20 @@ class CollectionStore {
   Status CheckpointAll();
   const std::string& data_dir() const { return dir_; }
   const StoreLimits& limits() const { return limits_; }
+  // Sum of the collections' MemoryBytes() (O(collections)).
+  int64_t MemoryBytes() const;
+  // Bytes RocksDB itself holds in memory (memtables, block cache, table readers: its own
+  // estimates); bounded by its options, not part of MemoryBytes() nor of max_memory_bytes.
+  int64_t DbMemoryBytes() const;
 
  private:
   friend class Collection;
+  // Admits `bytes` more collection memory: ResourceExhausted naming the limit when the
+  // collections' memory, the reservations of the writes in flight and `bytes` pass
+  // max_memory_bytes; else reserves them until ReleaseMemory (once the write is applied, its
+  // growth shows in MemoryBytes). `what` names the write.
+  Status ReserveMemory(int64_t bytes, std::string_view what);
+  void ReleaseMemory(int64_t bytes);
   CollectionStore(std::string dir, StoreLimits limits);
   // A use of db_: holds db_mu_ shared for its scope (defined in the .cc).
   class DbRef;
@@ -333,6 +363,10 @@ class CollectionStore {
   std::map<std::string, std::shared_ptr<Collection>> collections_ ABSL_GUARDED_BY(mu_);
   std::set<std::string> dropping_ ABSL_GUARDED_BY(mu_);  // names whose Drop deletes their data
   uint32_t next_cid_ ABSL_GUARDED_BY(mu_) = 1;
+  // Serializes admissions, so concurrent writes to different collections cannot together pass
+  // max_memory_bytes; held only while summing (never across a write).
+  Mutex memory_mu_;
+  int64_t reserved_bytes_ ABSL_GUARDED_BY(memory_mu_) = 0;  // admitted, not yet applied
 };
 
 // Validates a collection name ([A-Za-z0-9_.-]{1,128}); InvalidArgument naming it.

@@ -4,6 +4,7 @@
 
 #include "services/common/grpc_status.h"
 #include "services/common/grpc_util.h"
+#include "services/common/metrics.h"
 #include "services/index/retrieval.h"
 
 namespace ragserve::collection {
@@ -42,6 +43,18 @@ v1::Metric MetricProto(index::Metric m) {
     default:
       return v1::METRIC_COSINE;
   }
+}
+
+// ragserve_index_memory_bytes / _limit_bytes: the collections' memory estimate and its limit
+// (--memory-limit-mb), set after the writes that change it and on Stats.
+void UpdateMemoryGauges(const CollectionStore& store) {
+  auto& r = MetricsRegistry::Default();
+  r.GetGauge("ragserve_index_memory_bytes",
+             "Estimated bytes the collections hold in memory (vector and BM25 indexes, maps)")
+      .Set(static_cast<double>(store.MemoryBytes()));
+  r.GetGauge("ragserve_index_memory_limit_bytes",
+             "Bytes the collections may hold in memory (--memory-limit-mb)")
+      .Set(static_cast<double>(store.limits().max_memory_bytes));
 }
 
 StatusOr<std::shared_ptr<Collection>> Find(CollectionStore* store, const std::string& name) {
@@ -128,8 +141,10 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
     const int64_t max_docs = svc_->store()->limits().max_docs_per_upsert;
     RS_CHECK_ARG(msg_.documents_size() <= max_docs, "UpsertRequest holds ", msg_.documents_size(),
                  " documents; the limit per message is ", max_docs, " (--max-upsert-docs)");
-    RS_ASSIGN_OR_RETURN(int64_t n, collection_->Upsert(DocsFromProto(msg_.documents())));
-    upserted_ += n;
+    auto n = collection_->Upsert(DocsFromProto(msg_.documents()));
+    UpdateMemoryGauges(*svc_->store());
+    RS_RETURN_IF_ERROR(n.status());
+    upserted_ += *n;
     return OkStatus();
   }
 
@@ -286,6 +301,7 @@ void InfoToProto(const CollectionInfo& info, v1::CollectionInfo* out) {
   out->set_rebuilding(info.rebuilding);
   out->set_lexical_documents(info.lexical_documents);
   out->set_lexical_bytes(info.lexical_bytes);
+  out->set_memory_bytes(info.memory_bytes);
 }
 
 grpc::ServerUnaryReactor* IndexGrpcService::CreateCollection(grpc::CallbackServerContext* ctx,
@@ -304,7 +320,9 @@ grpc::ServerUnaryReactor* IndexGrpcService::DropCollection(grpc::CallbackServerC
                                                            v1::DropCollectionResponse* resp) {
   return ServeUnary(ctx, server_, req, resp, [this, req]() -> Status {
     RS_CHECK_ARG(!req->name().empty(), "collection name is empty");
-    return store_->Drop(req->name());
+    Status s = store_->Drop(req->name());
+    UpdateMemoryGauges(*store_);
+    return s;
   });
 }
 
@@ -330,6 +348,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::Delete(grpc::CallbackServerContext* 
     RS_ASSIGN_OR_RETURN(int64_t n,
                         c->Delete({req->ids().begin(), req->ids().end()},
                                   {req->document_ids().begin(), req->document_ids().end()}));
+    UpdateMemoryGauges(*store_);
     resp->set_deleted(n);
     return OkStatus();
   });
@@ -422,6 +441,7 @@ grpc::ServerUnaryReactor* IndexGrpcService::Stats(grpc::CallbackServerContext* c
   return ServeCheapUnary(ctx, server_, req, resp, [this, req, resp]() -> Status {
     RS_ASSIGN_OR_RETURN(auto c, Find(store_, req->collection()));
     InfoToProto(c->Info(), resp->mutable_info());
+    UpdateMemoryGauges(*store_);
     return OkStatus();
   });
 }

@@ -101,14 +101,15 @@ def map_paths(arg, tmp):
 # MiB per unit of the flag): the defaults of services/*/main.cc and services/common/config.h.
 MEMORY_FLAGS = {
     "ragserve-kvr": [("--memory-limit-gib", 8 * 1024, 1024)],
+    "ragserve-index": [("--memory-limit-mb", 4096, 1)],
     "ragserve-ctxcache": [("--ram-mb", 1024, 1)],
     "ragserve-decoder": [("--kv-budget-mb", 4096, 1), ("--passage-cache-mb", 1024, 1)],
 }
 # Every service: what queued and running requests (the router has a second such budget for its
 # queries) and the gRPC transport may hold.
 REQUEST_FLAGS = [("--executor-queue-mb", 256, 1), ("--grpc-memory-mb", 256, 1)]
-# Left for the binary, a model's weights, index data and transient copies of requests beyond
-# the flags' accounting (docs/RELIABILITY.md "Floods": what each service's limit is made of).
+# Left for the binary, a model's weights, what the index holds beyond its collections' estimate
+# (RocksDB's caches) and transient copies of requests beyond the flags' accounting (docs/RELIABILITY.md "Floods": what each service's limit is made of).
 MEMORY_ROOM_MIB = 512
 
 

@@ -475,11 +475,13 @@ int Stats(const Common& c, const std::string& collection) {
   const auto& i = r.info();
   std::printf(
       "collection %s: dimension %d, %lld documents, %lld vectors, index %lld KiB, "
-      "BM25 %lld documents %lld KiB, retrieval %s, disk %lld KiB%s\n",
+      "BM25 %lld documents %lld KiB, memory %lld KiB (--memory-limit-mb counts it), retrieval %s, "
+      "disk %lld KiB%s\n",
       i.spec().name().c_str(), i.spec().dimension(), static_cast<long long>(i.num_documents()),
       static_cast<long long>(i.num_vectors()), static_cast<long long>(i.index_bytes() >> 10),
       static_cast<long long>(i.lexical_documents()),
       static_cast<long long>(i.lexical_bytes() >> 10),
+      static_cast<long long>(i.memory_bytes() >> 10),
       i.spec().retrieval() == ragserve::v1::RETRIEVAL_MODE_DENSE  ? "dense"
       : i.spec().retrieval() == ragserve::v1::RETRIEVAL_MODE_BM25 ? "bm25"
                                                                   : "hybrid",
