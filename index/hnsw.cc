@@ -152,19 +152,39 @@ Status HnswIndex::add(int64_t n, const float* x, const int64_t* ids) {
   x = internal::MetricInput(metric_, n, dim_, x, &normalized);
   const std::vector<int64_t> order = internal::LastOccurrences(n, ids);
   WriterMutexLock lock(mu_);
-  int64_t fresh = 0, revived = 0;
+  std::vector<int64_t> present, fresh;  // rows of labels in the graph (live or deleted), new ones
+  int64_t revived = 0;
   for (int64_t i : order) {
     const HnswGraph::Label l = graph_->Find(ids[i]);
-    fresh += l == HnswGraph::Label::kAbsent ? 1 : 0;
+    (l == HnswGraph::Label::kAbsent ? fresh : present).push_back(i);
     revived += l == HnswGraph::Label::kDeleted ? 1 : 0;
   }
-  RS_RETURN_IF_ERROR(Reserve(fresh));
+  // New labels take the slots of deleted elements first: hnswlib 0.6.2 inserts a new element
+  // safely only into a graph without deleted ones (HnswGraph::Add), so a new slot is used only
+  // once none is left.
+  const int64_t reusable = static_cast<int64_t>(graph_->deleted()) - revived;
+  const int64_t reused = std::min<int64_t>(static_cast<int64_t>(fresh.size()), reusable);
+  RS_RETURN_IF_ERROR(Reserve(static_cast<int64_t>(fresh.size()) - reused));
   // Distinct labels may be inserted concurrently (hnswlib locks per node).
-  const int64_t m = static_cast<int64_t>(order.size());
-  HnswGraph* graph = graph_.get();  // the insert lambda runs under this lock
-  RS_RETURN_IF_ERROR(ParallelFor(
-      m, 256, 16, "insert", [&](int64_t j) { graph->Add(x + order[j] * dim_, ids[order[j]]); }));
-  live_ += fresh + revived;
+  HnswGraph* graph = graph_.get();  // the insert lambdas run under this lock
+  RS_RETURN_IF_ERROR(
+      ParallelFor(static_cast<int64_t>(present.size()), 256, 16, "update",
+                  [&](int64_t j) { graph->Add(x + present[j] * dim_, ids[present[j]]); }));
+  const std::vector<int64_t> slots = graph_->DeletedSlots(static_cast<size_t>(reused));
+  if (static_cast<int64_t>(slots.size()) != reused) {
+    return Internal(StrCat("hnsw: ", reused, " deleted slots expected, found ", slots.size()));
+  }
+  RS_RETURN_IF_ERROR(ParallelFor(reused, 256, 16, "reuse", [&](int64_t j) {
+    graph->Reuse(slots[j], x + fresh[j] * dim_, ids[fresh[j]]);
+  }));
+  const int64_t added = static_cast<int64_t>(fresh.size()) - reused;
+  if (added > 0 && graph_->deleted() != 0) {
+    return Internal(StrCat("hnsw: ", graph_->deleted(), " deleted elements left before inserting"));
+  }
+  RS_RETURN_IF_ERROR(ParallelFor(added, 256, 16, "insert", [&](int64_t j) {
+    graph->Add(x + fresh[reused + j] * dim_, ids[fresh[reused + j]]);
+  }));
+  live_ += static_cast<int64_t>(fresh.size()) + revived;
   return OkStatus();
 }
 

@@ -186,6 +186,9 @@ struct HnswGraph::Impl {
   Mutex levels_mu;
   size_t levels_counted ABSL_GUARDED_BY(levels_mu) = 0;
   size_t upper_levels ABSL_GUARDED_BY(levels_mu) = 0;
+  // hnswlib 0.6.2 counts deleted elements (num_deleted_) without a lock: concurrent revivals
+  // clear their marks under this one.
+  Mutex marks_mu;
   hnswlib::SpaceInterface<float>* space() const {
     return counting != nullptr ? static_cast<hnswlib::SpaceInterface<float>*>(counting.get())
                                : base.get();
@@ -292,7 +295,43 @@ HnswGraph::Label HnswGraph::Find(int64_t label) const {
 void HnswGraph::Resize(size_t capacity) { impl_->hnsw->resizeIndex(capacity); }
 
 void HnswGraph::Add(const float* x, int64_t label) {
-  impl_->hnsw->addPoint(x, static_cast<hnswlib::labeltype>(label));
+  auto& h = *impl_->hnsw;
+  const auto it = h.label_lookup_.find(static_cast<hnswlib::labeltype>(label));
+  if (it != h.label_lookup_.end() && h.isMarkedDeleted(it->second)) {
+    MutexLock l(impl_->marks_mu);
+    h.unmarkDeletedInternal(it->second);  // then addPoint replaces its vector (updatePoint)
+  }
+  h.addPoint(x, static_cast<hnswlib::labeltype>(label));
+}
+
+std::vector<int64_t> HnswGraph::DeletedSlots(size_t max) const {
+  const auto& h = *impl_->hnsw;
+  std::vector<int64_t> slots;
+  for (size_t i = 0; i < h.cur_element_count && slots.size() < max; ++i) {
+    if (h.isMarkedDeleted(static_cast<hnswlib::tableint>(i))) {
+      slots.push_back(static_cast<int64_t>(i));
+    }
+  }
+  return slots;
+}
+
+void HnswGraph::Reuse(int64_t slot, const float* x, int64_t label) {
+  auto& h = *impl_->hnsw;
+  const auto id = static_cast<hnswlib::tableint>(slot);
+  {
+    std::unique_lock<std::mutex> names(h.cur_element_count_guard_);
+    h.label_lookup_.erase(h.getExternalLabel(id));
+    h.label_lookup_[static_cast<hnswlib::labeltype>(label)] = id;
+    h.setExternalLabel(id, static_cast<hnswlib::labeltype>(label));
+  }
+  {
+    MutexLock l(impl_->marks_mu);
+    h.unmarkDeletedInternal(id);
+  }
+  std::unique_lock<std::mutex> update(
+      h.link_list_update_locks_[id &
+                                (hnswlib::HierarchicalNSW<float>::max_update_element_locks - 1)]);
+  h.updatePoint(x, id, 1.0);
 }
 
 void HnswGraph::MarkDeleted(int64_t label) {

@@ -3,10 +3,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -151,6 +153,71 @@ TEST(HnswTest, ReplaceChurnKeepsRecallAgainstExactOverLiveVectors) {
   std::set<int64_t> alive(label_of.begin(), label_of.end());
   for (int64_t id : ia) EXPECT_TRUE(alive.count(id)) << "replaced label " << id << " returned";
   EXPECT_GE(RecallAtK(it, ia, kQ, kK, kK), 0.9);
+}
+
+// hnswlib 0.6.2 inserts a new element by searching from the entry point's neighbourhood and
+// reads before a buffer when that search finds only deleted elements (the long rpc_fuzz run: an
+// ASan heap-buffer-overflow in mutuallyConnectNewElement on an Upsert after fuzzed Deletes). New
+// labels now take deleted elements' slots first, so the graph has no deleted element whenever a
+// new one is inserted: the capacity does not grow while deleted slots are free (before: 100 ->
+// 200 here), and churn that deletes most of the graph between batches (under ASan: the
+// overflow) keeps every live vector its own nearest hit and never returns a deleted label.
+TEST(HnswTest, NewLabelsTakeDeletedSlotsAndHeavyDeletionChurnStaysSearchable) {
+  constexpr int kDim = 8;
+  {
+    const auto x = ClusteredData(160, kDim, 4, 5);
+    auto hnsw = HnswIndex::Create(kDim, Metric::kL2, {.M = 4, .initial_capacity = 100}).value();
+    const auto ids = Iota(100);
+    ASSERT_TRUE(hnsw->add(100, x.data(), ids.data()).ok());
+    std::vector<int64_t> gone(ids.begin(), ids.begin() + 60);
+    ASSERT_EQ(hnsw->remove(60, gone.data()).value(), 60);
+    std::vector<int64_t> fresh;
+    for (int64_t i = 0; i < 60; ++i) fresh.push_back(1000 + i);
+    ASSERT_TRUE(hnsw->add(60, x.data() + 100 * kDim, fresh.data()).ok());
+    EXPECT_EQ(hnsw->capacity(), 100);
+    EXPECT_EQ(hnsw->size(), 100);
+    std::vector<float> d(1);
+    std::vector<int64_t> got(1);
+    for (int64_t i = 0; i < 60; ++i) {
+      ASSERT_TRUE(hnsw->search(1, x.data() + (100 + i) * kDim, 1, d.data(), got.data()).ok());
+      EXPECT_EQ(got[0], 1000 + i);
+    }
+  }
+  const auto x = ClusteredData(4000, kDim, 6, 31);
+  auto hnsw =
+      HnswIndex::Create(kDim, Metric::kL2,
+                        {.M = 4, .ef_construction = 16, .ef_search = 64, .initial_capacity = 8})
+          .value();
+  std::mt19937_64 rng(7);
+  std::vector<int64_t> live;  // labels; label l holds row l of x
+  int64_t next = 0;
+  for (int round = 0; round < 40 && next + 100 <= 4000; ++round) {
+    const int64_t batch = 1 + static_cast<int64_t>(rng() % 100);
+    std::vector<int64_t> add(batch);
+    for (auto& l : add) l = next++;
+    ASSERT_TRUE(hnsw->add(batch, x.data() + add[0] * kDim, add.data()).ok()) << round;
+    live.insert(live.end(), add.begin(), add.end());
+    std::shuffle(live.begin(), live.end(), rng);
+    const size_t keep = round % 5 == 4 ? 0 : live.size() / 8;  // often everything goes
+    std::vector<int64_t> gone(live.begin() + keep, live.end());
+    ASSERT_EQ(hnsw->remove(gone.size(), gone.data()).value(), static_cast<int64_t>(gone.size()));
+    live.resize(keep);
+  }
+  std::vector<int64_t> last(60);  // the last round deleted everything: a batch into that
+  for (auto& l : last) l = next++;
+  ASSERT_TRUE(hnsw->add(60, x.data() + last[0] * kDim, last.data()).ok());
+  live.insert(live.end(), last.begin(), last.end());
+  ASSERT_EQ(hnsw->size(), static_cast<int64_t>(live.size()));
+  EXPECT_LE(hnsw->capacity(), 128);  // at most ~100 live at a time: slots were reused
+  std::vector<float> d(1);
+  std::vector<int64_t> got(1);
+  int found = 0;
+  for (int64_t l : live) {
+    ASSERT_TRUE(hnsw->search(1, x.data() + l * kDim, 1, d.data(), got.data()).ok());
+    found += got[0] == l ? 1 : 0;
+    EXPECT_TRUE(std::find(live.begin(), live.end(), got[0]) != live.end()) << got[0];
+  }
+  EXPECT_GE(found, static_cast<int>(live.size()) * 95 / 100);
 }
 
 TEST(HnswTest, FilteredSearchReturnsOnlyAllowedIdsAndFillsK) {
