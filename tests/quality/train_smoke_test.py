@@ -2,8 +2,9 @@
 """Smoke run of the reader training program (tools/train-model/train.py): a few steps of a tiny
 model from scratch (tokenizer, curriculum, dev evaluation, checkpoint, HF export), then the
 exported model must load in the engine and generate (ragserve-generate), and a rerun with more
-steps must resume from the checkpoint. Training for real stays out of CI. Exit 77 (skipped)
-when python3-torch is not installed.
+steps must resume from the checkpoint; then a few steps of the other recipes (the last phase
+of recipe 3, the continuations of recipes 4 and 5). Training for real stays out of CI. Exit 77
+(skipped) when python3-torch is not installed.
 
 Usage: train_smoke_test.py --bin-dir BUILD/bin --source-dir REPO
 """
@@ -99,6 +100,11 @@ def main():
         out4 = train(src, bin_dir, tmp, 2, init, "4")
         if "step 2 " not in out4 or "dev_em" not in out4:
             raise SystemExit("FAILED: the continuation did not train and evaluate 2 steps")
+        # --recipe 5: the same continuation with the extra training phrasings (checked against
+        # the held-out ones before the first step).
+        out5 = train(src, bin_dir, tmp, 2, ["--recipe", "5", "--init-from", m], "5")
+        if "step 2 " not in out5 or "dev_em" not in out5:
+            raise SystemExit("FAILED: --recipe 5 did not train and evaluate 2 steps")
     finally:
         if args.keep:
             print("kept " + tmp)

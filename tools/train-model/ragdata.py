@@ -139,3 +139,214 @@ def eval_items(seed, n_items, k, phrasing="heldout", same_topic_distractors=0, s
 # Held-out evaluation (tools/eval) and the dev split (monitoring, APE T/S tuning).
 EVAL_SEED = 900001
 DEV_SEED = 900101
+
+
+# ---- extra training phrasings (recipe 5) -------------------------------------------------------
+# More training wordings per fact, written for the fifth run: the held-out phrasing (the makers'
+# last) trailed the trained ones by 5-9 points on the evaluation split. They are added in the
+# training rows only (Rows with extra phrasings); make_corpus.py, the dev and the evaluation items
+# are unchanged. None may equal a held-out phrasing, nor share a run of four words with any
+# held-out phrasing that no maker's training phrasing already has (check_extra_phrasings), so the
+# held-out column keeps measuring wordings the model never saw.
+_PERSON = re.compile(r"^(.+?) was an? (\w+) from the town of ")
+
+
+def _subject(p):
+    """The fields the extra phrasings are written from: the passage's name (+ the person's
+    trade)."""
+    f = {"n": p["name"]}
+    if p["topic"] == "person":
+        m = _PERSON.match(p["text"])
+        f["t"] = m.group(2) if m else "person"
+    return f
+
+
+EXTRA = {
+    "island": [
+        ["What colour has the lighthouse on {n} Island been painted?",
+         "Which colour was chosen for the lighthouse on {n} Island?",
+         "Say what colour the {n} Island lighthouse is.",
+         "What paint colour does the lighthouse on {n} Island have?",
+         "Do you know what colour the lighthouse on {n} Island is?",
+         "How is the lighthouse on {n} Island coloured?"],
+        ["What year did they build the lighthouse on {n} Island?",
+         "In which year was the {n} Island lighthouse built?",
+         "Give the year the lighthouse on {n} Island was built.",
+         "When was the {n} Island lighthouse constructed?",
+         "Which year saw the lighthouse on {n} Island built?",
+         "Do you know when the lighthouse on {n} Island was built?"],
+        ["Which person kept the lighthouse on {n} Island longest?",
+         "Who was keeper of the {n} Island lighthouse for the longest time?",
+         "Give the name of the longest-serving keeper of the {n} Island lighthouse.",
+         "Do you know who kept the lighthouse on {n} Island the longest?",
+         "Who had the longest service as keeper of the {n} Island lighthouse?",
+         "Which keeper of the {n} Island lighthouse served the longest?"],
+    ],
+    "person": [
+        ["Which year was {n} born in?",
+         "In which year was {n} born?",
+         "Give the year of birth of the {t} {n}.",
+         "What was the birth year of {n}?",
+         "Do you know when {n} was born?",
+         "When was the {t} {n} born?"],
+        ["Which town did the {t} {n} come from?",
+         "What was the home town of {n}?",
+         "Where was the {t} {n} from?",
+         "Give the town {n} came from.",
+         "{n} came from what town?",
+         "Do you know which town {n} was from?"],
+        ["What trade did {n} follow?",
+         "What kind of work did {n} do?",
+         "Which trade did {n} practise?",
+         "What was {n} by trade?",
+         "Give the trade of {n}.",
+         "Do you know what {n} worked as?"],
+    ],
+    "invention": [
+        ["Which year was the {n} first demonstrated?",
+         "When did the first demonstration of the {n} take place?",
+         "Give the year the {n} was first demonstrated.",
+         "The {n} was first demonstrated when?",
+         "In what year was the {n} first demonstrated?",
+         "Do you know when the {n} was first demonstrated?"],
+        ["Who demonstrated the {n} first?",
+         "Who made the prototype of the {n}?",
+         "Which inventor first demonstrated the {n}?",
+         "Give the name of the person who first demonstrated the {n}.",
+         "By whom was the {n} first demonstrated?",
+         "Do you know who built the {n}?"],
+        ["What task was the {n} designed for?",
+         "What was the {n} used for?",
+         "What did the {n} do?",
+         "Give the purpose of the {n}.",
+         "The {n} was designed for what?",
+         "Do you know what the {n} was for?"],
+    ],
+    "species": [
+        ["What colour stripe does the {n} have?",
+         "Which colour is the stripe along the back of the {n}?",
+         "Give the stripe colour of the {n}.",
+         "What is the stripe colour of the {n}?",
+         "Do you know the colour of the stripe of the {n}?",
+         "The stripe on the back of the {n} is what colour?"],
+        ["Where can the {n} be found?",
+         "What is the habitat of the {n}?",
+         "In which habitat is the {n} found?",
+         "Where does one find the {n}?",
+         "Give the habitat of the {n}.",
+         "The {n} lives where?"],
+    ],
+    "town": [
+        ["In which year was {n} founded?",
+         "When was the market town of {n} founded?",
+         "Give the year {n} was founded.",
+         "What year did traders found {n}?",
+         "Which year was the town of {n} founded in?",
+         "Do you know when {n} was founded?"],
+        ["What material is used for the square in {n}?",
+         "What is the market square of {n} paved with?",
+         "With what is the square of {n} paved?",
+         "Give the material of the square in {n}.",
+         "Which material was the square of {n} paved with?",
+         "What paves the square of {n}?"],
+    ],
+    "river": [
+        ["What length does the {n} River have?",
+         "How many km long is the {n} River?",
+         "How long is the {n} River?",
+         "What is the {n} River's length in kilometres?",
+         "Over how many kilometres does the {n} River flow?",
+         "Do you know how long the {n} River is?",
+         "The {n} River has a length of how many kilometres?"],
+    ],
+    "ship": [
+        ["How many masts did the {n} carry?",
+         "What was the number of masts on the {n}?",
+         "Give the number of masts the ship {n} carried.",
+         "The ship {n} had how many masts?",
+         "Do you know how many masts the {n} had?",
+         "With how many masts was the {n} rigged?"],
+        ["In which year was the {n} launched?",
+         "What year was the ship {n} launched?",
+         "Give the year the sailing ship {n} was launched.",
+         "When was the sailing ship {n} launched?",
+         "Which year saw the launch of the {n}?",
+         "The sailing ship {n} was launched when?"],
+    ],
+    "mountain": [
+        ["What height is Mount {n}, in metres?",
+         "How tall is Mount {n}?",
+         "How many metres does Mount {n} rise above sea level?",
+         "To what height does Mount {n} rise?",
+         "Mount {n} reaches how many metres?",
+         "Do you know how high Mount {n} is?",
+         "How high does the summit of Mount {n} reach?"],
+    ],
+    "festival": [
+        ["How many days is the {n} Festival?",
+         "For how long does the {n} Festival last?",
+         "What is the length of the {n} Festival in days?",
+         "Give the number of days the {n} Festival lasts.",
+         "The {n} Festival goes on for how many days?",
+         "Do you know how many days the {n} Festival lasts?"],
+        ["Which month is the {n} Festival held in?",
+         "In what month does the {n} Festival happen?",
+         "When in the year is the {n} Festival held?",
+         "Give the month of the {n} Festival.",
+         "What month does the {n} Festival fall in?",
+         "Do you know in which month the {n} Festival is held?"],
+    ],
+    "bridge": [
+        ["How many arches has the {n} Bridge?",
+         "What is the number of arches of the {n} Bridge?",
+         "Give the number of arches of the {n} Bridge.",
+         "Do you know how many arches the {n} Bridge has?",
+         "The {n} Bridge stands on how many arches?",
+         "Across how many arches does the {n} Bridge span the river?"],
+        ["What material was used for the arches of the {n} Bridge?",
+         "Which material are the arches of the {n} Bridge made of?",
+         "What is the {n} Bridge made of?",
+         "Give the material of the {n} Bridge.",
+         "What are the arches of the {n} Bridge built from?",
+         "Do you know what the {n} Bridge is built from?"],
+    ],
+}
+
+
+def extra_phrasings(p):
+    """The extra training phrasings of passage p, one list per fact (aligned with p["facts"])."""
+    f = _subject(p)
+    return [[s.format(**f) for s in fact] for fact in EXTRA[p["topic"]]]
+
+
+def _grams(text, subject, n=4):
+    words = text.replace(subject, "<S>").split()
+    return {" ".join(words[i:i + n]).lower() for i in range(len(words) - n + 1)}
+
+
+def check_extra_phrasings(n_passages=200, seed=12345):
+    """-> list of problems: an extra phrasing equal to a held-out one, or sharing a four-word run
+    (the subject's name masked) with any held-out phrasing when no training phrasing has it."""
+    stream = PassageStream(seed, "train")
+    held, trained, extras = set(), set(), []
+    for _ in range(n_passages):
+        p = stream.next()
+        subject = p["name"]
+        for (phr, _), ex in zip(p["facts"], extra_phrasings(p)):
+            held |= _grams(phr[-1], subject)
+            for q in phr[:-1]:
+                trained |= _grams(q, subject)
+            extras += [(q, phr[-1], subject) for q in ex]
+    bad = []
+    for q, h, subject in extras:
+        if q == h:
+            bad.append("equals the held-out phrasing: %r" % q)
+        leak = (_grams(q, subject) & held) - trained
+        if leak:
+            bad.append("%r shares %s with a held-out phrasing" % (q, sorted(leak)))
+    return sorted(set(bad))
+
+
+# Prefixes put before some training questions (recipe 5): the question may come with words
+# around it that say nothing about the fact.
+WRAPPERS = ["Please answer: ", "Quick question: ", "One question: "]
