@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "nlohmann/json.hpp"
 #include "services/engine/gguf_model.h"
@@ -40,6 +42,8 @@ class GgufTaker {
                             int64_t rope_hd = 0, MatrixRole role = MatrixRole::kLayer);
   const std::set<std::string>& used() const { return used_; }
   const std::vector<TensorInfo>& infos() const { return infos_; }
+  // The file bytes each of infos() was read from.
+  const std::vector<std::pair<const uint8_t*, uint64_t>>& sources() const { return sources_; }
 
  private:
   StatusOr<const GgufTensorInfo*> Find(const std::string& name,
@@ -53,6 +57,7 @@ class GgufTaker {
   std::vector<std::vector<uint8_t>>* owned_;
   std::set<std::string> used_;
   std::vector<TensorInfo> infos_;  // what the fingerprint hashes
+  std::vector<std::pair<const uint8_t*, uint64_t>> sources_;
 };
 
 StatusOr<const GgufTensorInfo*> GgufTaker::Find(const std::string& name,
@@ -117,6 +122,7 @@ StatusOr<WeightView> GgufTaker::Take(const std::string& name, const std::vector<
   }
   used_.insert(name);
   infos_.push_back(TensorInfo{StrCat(name, ":", GgmlTypeName(t->type)), w.dtype, shape, 0, 0});
+  sources_.push_back({f_.Data(*t), t->bytes});
   return w;
 }
 
@@ -234,9 +240,10 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadGguf(const std::string
                                       " with ", c.num_layers, " layers"));
       }
     }
-    std::vector<const TensorInfo*> infos;
-    for (const TensorInfo& t : g.infos()) {
-      infos.push_back(&t);
+    std::vector<FingerprintedTensor> infos;
+    for (size_t i = 0; i < g.infos().size(); ++i) {
+      const TensorInfo& t = g.infos()[i];
+      infos.push_back({&t, g.sources()[i].first, g.sources()[i].second});
       mw->num_params_ += t.numel();
     }
     if (!c.rope_freq_factors.empty()) {  // the factors change the model: fingerprint them

@@ -33,18 +33,42 @@ bool IsIgnorable(const std::string& name) {
 
 }  // namespace
 
+namespace {
+
+// XXH64 of the bytes, or for more than 256 KiB of 64 samples of 4 KiB spread over them (the
+// first and the last included) and the size: reads at most 256 KiB of a mapped tensor.
+uint64_t SampledDigest(const uint8_t* data, uint64_t bytes) {
+  constexpr uint64_t kChunk = 4096, kChunks = 64;
+  if (bytes <= kChunk * kChunks) return XXH64(data, bytes, 0);
+  uint64_t digests[kChunks + 1];
+  for (uint64_t i = 0; i < kChunks; ++i) {
+    digests[i] = XXH64(data + i * ((bytes - kChunk) / (kChunks - 1)), kChunk, i);
+  }
+  digests[kChunks] = bytes;
+  return XXH64(digests, sizeof(digests), 0);
+}
+
+}  // namespace
+
 std::string ComputeFingerprint(const ModelConfig& config,
-                               const std::vector<const TensorInfo*>& tensors) {
-  std::vector<const TensorInfo*> sorted = tensors;
+                               const std::vector<FingerprintedTensor>& tensors) {
+  std::vector<const FingerprintedTensor*> sorted;
+  for (const FingerprintedTensor& t : tensors) sorted.push_back(&t);
   std::sort(sorted.begin(), sorted.end(),
-            [](const TensorInfo* a, const TensorInfo* b) { return a->name < b->name; });
+            [](const FingerprintedTensor* a, const FingerprintedTensor* b) {
+              return a->info->name < b->info->name;
+            });
   std::string text = config.canonical_json;
   text.push_back('\n');
-  for (const TensorInfo* t : sorted) {
-    text += t->name;
+  for (const FingerprintedTensor* t : sorted) {
+    text += t->info->name;
     text.push_back(':');
-    text += kernels::DTypeName(t->dtype);
-    for (int64_t d : t->shape) text += StrCat(",", d);
+    text += kernels::DTypeName(t->info->dtype);
+    for (int64_t d : t->info->shape) text += StrCat(",", d);
+    char digest[18];
+    std::snprintf(digest, sizeof(digest), ":%016llx",
+                  static_cast<unsigned long long>(SampledDigest(t->data, t->bytes)));
+    text += digest;
     text.push_back('\n');
   }
   const uint64_t h = XXH64(text.data(), text.size(), 0);
@@ -304,7 +328,7 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
     RS_ASSIGN_OR_RETURN(l.up, take(LayerName(i, "mlp.up_proj.weight"), {I, H}));
     RS_ASSIGN_OR_RETURN(l.down, take(LayerName(i, "mlp.down_proj.weight"), {H, I}));
   }
-  std::vector<const TensorInfo*> infos;
+  std::vector<FingerprintedTensor> infos;
   std::vector<TensorInfo> retyped;  // headers of converted tensors, with their new dtype
   retyped.reserve(converted.size());
   for (const auto& [name, loc] : all) {
@@ -312,12 +336,14 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::LoadSafetensors(
       return InvalidArgument(StrCat("unexpected tensor \"", name, "\" for model_type ",
                                     c.model_type, " with ", c.num_layers, " layers"));
     }
+    const auto* data = static_cast<const uint8_t*>(loc.file->Data(*loc.info));
+    const uint64_t bytes = loc.info->end - loc.info->begin;
     if (auto it = converted.find(name); it != converted.end()) {
       retyped.push_back(*loc.info);
       retyped.back().dtype = it->second;
-      infos.push_back(&retyped.back());
+      infos.push_back({&retyped.back(), data, bytes});
     } else {
-      infos.push_back(loc.info);
+      infos.push_back({loc.info, data, bytes});
     }
     mw->num_params_ += loc.info->numel();
   }

@@ -112,8 +112,17 @@ class ModelWeights {
   int64_t num_params_ = 0;
 };
 
-// Fingerprint of a config and a set of tensor headers (name, dtype, shape), as ModelWeights uses.
+// A tensor as the fingerprint sees it: its header as loaded and the bytes it was read from.
+struct FingerprintedTensor {
+  const TensorInfo* info;
+  const uint8_t* data;
+  uint64_t bytes;
+};
+// Fingerprint of a config and a set of tensors, as ModelWeights uses: their headers (name, dtype,
+// shape) and a digest of their bytes (all of a tensor up to 256 KiB, else 64 spread samples of
+// 4 KiB and the size), so weights retrained under the same config get another fingerprint and
+// KV made with the old ones is not mixed in.
 std::string ComputeFingerprint(const ModelConfig& config,
-                               const std::vector<const TensorInfo*>& tensors);
+                               const std::vector<FingerprintedTensor>& tensors);
 
 }  // namespace ragserve::engine

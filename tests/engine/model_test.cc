@@ -337,6 +337,19 @@ TEST(ModelTest, FingerprintIsStableAndChangesWithTheWeightsHeader) {
   EXPECT_NE(a->fingerprint(), d->fingerprint());
 }
 
+// Weights retrained under the same config and tensor shapes (a new reader, shipped in place) get
+// another fingerprint, so KV the old weights made (the context cache's stored blocks) is refused
+// rather than mixed in. Before, only the config and the tensor headers were hashed: equal here.
+TEST(ModelTest, FingerprintChangesWithTheWeightsValues) {
+  TempDir dir;
+  TinyModelOptions o = SmallOptions();
+  auto a = MakeModel(dir, o, "a");
+  o.seed = o.seed + 1;
+  auto e = MakeModel(dir, o, "e");
+  ASSERT_TRUE(a && e);
+  EXPECT_NE(a->fingerprint(), e->fingerprint());
+}
+
 TEST(ModelTest, BytesReadPerTokenCountsEveryMatrixOnce) {
   TempDir dir;
   const TinyModelOptions o = SmallOptions();
