@@ -110,8 +110,10 @@ int64_t HnswIndex::memory_bytes() const {
 }
 
 int64_t HnswIndex::memory_bytes_to_add(int64_t n) const {
-  if (n <= 0) return 0;
   ReaderMutexLock lock(mu_);
+  // add() puts new labels into deleted elements' slots first: at most n - deleted new elements.
+  n -= std::min<int64_t>(n, static_cast<int64_t>(graph_->deleted()));
+  if (n <= 0) return 0;
   const uint64_t needed = uint64_t{graph_->used()} + static_cast<uint64_t>(n);
   const uint64_t cap = std::max<uint64_t>(graph_->capacity(), 1);
   uint64_t new_cap = cap;

@@ -171,6 +171,8 @@ TEST(HnswTest, NewLabelsTakeDeletedSlotsAndHeavyDeletionChurnStaysSearchable) {
     ASSERT_TRUE(hnsw->add(100, x.data(), ids.data()).ok());
     std::vector<int64_t> gone(ids.begin(), ids.begin() + 60);
     ASSERT_EQ(hnsw->remove(60, gone.data()).value(), 60);
+    EXPECT_EQ(hnsw->memory_bytes_to_add(60), 0);  // the admission estimate counts the reuse too
+    EXPECT_GT(hnsw->memory_bytes_to_add(61), 0);
     std::vector<int64_t> fresh;
     for (int64_t i = 0; i < 60; ++i) fresh.push_back(1000 + i);
     ASSERT_TRUE(hnsw->add(60, x.data() + 100 * kDim, fresh.data()).ok());
