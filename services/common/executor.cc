@@ -26,7 +26,7 @@ Status CallCatchingExceptions(const char* what, const std::function<Status()>& f
 }
 
 BoundedExecutor::BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget,
-                                 FlagNames flags)
+                                 ExecutorFlagNames flags)
     : capacity_(queue_capacity), byte_budget_(byte_budget), flags_(std::move(flags)) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   {

@@ -38,9 +38,8 @@ class BoundedExecutor {
   // is always admitted when no other holds any (so a request larger than the budget still runs,
   // alone).
   // `flags` names the options that set these, quoted in the refusals' messages.
-  using FlagNames = ExecutorFlagNames;
   BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget = 0,
-                  FlagNames flags = FlagNames());
+                  ExecutorFlagNames flags = ExecutorFlagNames());
   ~BoundedExecutor();  // Shutdown(), then join.
 
   static constexpr double kNoDeadline = std::numeric_limits<double>::infinity();
@@ -100,7 +99,7 @@ class BoundedExecutor {
 
   const int capacity_;
   const int64_t byte_budget_;
-  const FlagNames flags_;
+  const ExecutorFlagNames flags_;
   mutable Mutex mu_;
   std::condition_variable cv_;       // signals workers: a task arrived or shutdown
   std::condition_variable idle_cv_;  // signals WaitIdle: a task finished

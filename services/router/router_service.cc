@@ -65,7 +65,7 @@ StatusOr<std::unique_ptr<RouterService>> RouterService::Create(ServiceServer* se
   svc->query_executor_ = std::make_unique<BoundedExecutor>(
       svc->opts_.query_threads, svc->opts_.query_queue,
       int64_t{server->config().executor_queue_mb} << 20,
-      BoundedExecutor::FlagNames{"--query-threads", "--query-queue", "--executor-queue-mb"});
+      ExecutorFlagNames{"--query-threads", "--query-queue", "--executor-queue-mb"});
   svc->metrics_ = std::make_unique<RouterMetrics>(
       &MetricsRegistry::Default(), svc->opts_.served_model_name, svc->query_executor_.get());
   return svc;

@@ -199,7 +199,7 @@ TEST(ExecutorTest, ADeadlineShorterThanTheQueueWaitIsRefusedAtOnce) {
 // names those in its refusals, so an operator raises the right limit.
 TEST(ExecutorTest, RefusalsNameTheFlagsThatSetTheExecutor) {
   BoundedExecutor ex(1, 1, /*byte_budget=*/100,
-                     BoundedExecutor::FlagNames{"--query-threads", "--query-queue", "--budget-mb"});
+                     ExecutorFlagNames{"--query-threads", "--query-queue", "--budget-mb"});
   Gate gate;
   ASSERT_NO_FATAL_FAILURE(gate.Hold(ex));
   ASSERT_TRUE(ex.Submit([] {}).ok());  // the one queue slot
