@@ -204,6 +204,11 @@ Status ParseMetadata(const std::string& text, std::string_view id, nlohmann::jso
 }
 
 // ---- Memory estimate of the per-document maps (Collection::MemoryBytes) ------------------------
+// a + b for byte counts (>= 0): INT64_MAX when the sum does not fit.
+int64_t SaturatingAdd(int64_t a, int64_t b) {
+  int64_t sum = 0;
+  return __builtin_add_overflow(a, b, &sum) ? INT64_MAX : sum;
+}
 // glibc malloc: a chunk is the request + 8 bytes of header, rounded up to 16, at least 32.
 int64_t Malloced(int64_t n) { return std::max<int64_t>(32, (n + 8 + 15) / 16 * 16); }
 // The heap bytes of a std::string of `len` bytes (none within the 15-byte small buffer).
@@ -476,12 +481,8 @@ void Collection::RecountMemory() {
     idx = index_;
   }
   int64_t bytes = entry_bytes_.load();
-  if (idx != nullptr && __builtin_add_overflow(bytes, idx->memory_bytes(), &bytes)) {
-    bytes = INT64_MAX;
-  }
-  if (bm25_ != nullptr && __builtin_add_overflow(bytes, bm25_->memory_bytes(), &bytes)) {
-    bytes = INT64_MAX;
-  }
+  if (idx != nullptr) bytes = SaturatingAdd(bytes, idx->memory_bytes());
+  if (bm25_ != nullptr) bytes = SaturatingAdd(bytes, bm25_->memory_bytes());
   memory_bytes_ = bytes;
 }
 
@@ -596,11 +597,9 @@ StatusOr<int64_t> Collection::Upsert(std::vector<Document> docs) {
   // Admission: what the vector index, the BM25 index and the maps grow by at most (a replaced
   // document's old entries are given back only after the write).
   const auto n_new = static_cast<int64_t>(order.size());
-  int64_t grow = new_entry_bytes;
-  if (__builtin_add_overflow(grow, idx->memory_bytes_to_add(n_new), &grow) ||
-      __builtin_add_overflow(grow, bm25_->AddBytes(n_new, terms.data()), &grow)) {
-    grow = INT64_MAX;
-  }
+  const int64_t grow =
+      SaturatingAdd(SaturatingAdd(new_entry_bytes, idx->memory_bytes_to_add(n_new)),
+                    bm25_->AddBytes(n_new, terms.data()));
   RS_RETURN_IF_ERROR(store_->ReserveMemory(
       grow, StrCat("upsert of ", n_new, " documents into '", spec_.name, "'")));
   // Until the write is applied and counted (RecountMemory), its growth stays reserved.
@@ -1139,9 +1138,7 @@ StatusOr<std::unique_ptr<CollectionStore>> CollectionStore::Open(const std::stri
 
 int64_t CollectionStore::MemoryBytes() const {
   int64_t total = 0;
-  for (const auto& c : List()) {
-    if (__builtin_add_overflow(total, c->MemoryBytes(), &total)) return INT64_MAX;
-  }
+  for (const auto& c : List()) total = SaturatingAdd(total, c->MemoryBytes());
   return total;
 }
 
