@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <unordered_set>
 
 #include "index/internal/index_file.h"
@@ -296,12 +297,20 @@ void HnswGraph::Resize(size_t capacity) { impl_->hnsw->resizeIndex(capacity); }
 
 void HnswGraph::Add(const float* x, int64_t label) {
   auto& h = *impl_->hnsw;
-  const auto it = h.label_lookup_.find(static_cast<hnswlib::labeltype>(label));
-  if (it != h.label_lookup_.end() && h.isMarkedDeleted(it->second)) {
-    MutexLock l(impl_->marks_mu);
-    h.unmarkDeletedInternal(it->second);  // then addPoint replaces its vector (updatePoint)
+  const auto name = static_cast<hnswlib::labeltype>(label);
+  std::optional<hnswlib::tableint> deleted;
+  {
+    // Concurrent Adds of new labels insert into label_lookup_ (addPoint, under this mutex): an
+    // unlocked find could read the map while it rehashes.
+    std::unique_lock<std::mutex> names(h.cur_element_count_guard_);
+    const auto it = h.label_lookup_.find(name);
+    if (it != h.label_lookup_.end() && h.isMarkedDeleted(it->second)) deleted = it->second;
   }
-  h.addPoint(x, static_cast<hnswlib::labeltype>(label));
+  if (deleted.has_value()) {
+    MutexLock l(impl_->marks_mu);
+    h.unmarkDeletedInternal(*deleted);  // then addPoint replaces its vector (updatePoint)
+  }
+  h.addPoint(x, name);
 }
 
 std::vector<int64_t> HnswGraph::DeletedSlots(size_t max) const {

@@ -222,6 +222,34 @@ TEST(HnswTest, NewLabelsTakeDeletedSlotsAndHeavyDeletionChurnStaysSearchable) {
   EXPECT_GE(found, static_cast<int>(live.size()) * 95 / 100);
 }
 
+// One add() of many new labels inserts them on an OpenMP team: each insert looks its label up in
+// hnswlib's label map while the others add to it (and rehash it). The lookup once ran without
+// hnswlib's lock: a race (under TSan: a report on every run of this test; in a plain build a
+// rare segfault, seen once in index_collection_memory_test). With revivals and replacements mixed
+// in, every label ends up live and findable.
+TEST(HnswTest, ParallelInsertsOfNewLabelsWhileTheLabelMapGrowsKeepEveryLabel) {
+  constexpr int kDim = 2;
+  constexpr int64_t kFirst = 3000, kSecond = 40000;
+  const auto x = ClusteredData(kFirst + kSecond, kDim, 8, 41);
+  auto hnsw = HnswIndex::Create(kDim, Metric::kL2, {.M = 4, .ef_construction = 8}).value();
+  const auto first = Iota(kFirst);
+  ASSERT_TRUE(hnsw->add(kFirst, x.data(), first.data()).ok());
+  const auto gone = Iota(kFirst / 2);
+  ASSERT_EQ(hnsw->remove(kFirst / 2, gone.data()).value(), kFirst / 2);
+  // One message: the deleted half revived, the live half replaced, kSecond new labels.
+  const auto all = Iota(kFirst + kSecond);
+  ASSERT_TRUE(hnsw->add(kFirst + kSecond, x.data(), all.data()).ok());
+  EXPECT_EQ(hnsw->size(), kFirst + kSecond);
+  std::vector<float> d(1);
+  std::vector<int64_t> got(1);
+  int found = 0;
+  for (int64_t i = 0; i < kFirst + kSecond; i += 97) {
+    ASSERT_TRUE(hnsw->search(1, x.data() + i * kDim, 1, d.data(), got.data()).ok());
+    found += d[0] == 0.0f ? 1 : 0;  // its own vector (or an identical one) is the nearest
+  }
+  EXPECT_GE(found, (kFirst + kSecond) / 97 * 95 / 100);
+}
+
 TEST(HnswTest, FilteredSearchReturnsOnlyAllowedIdsAndFillsK) {
   constexpr int64_t kN = 5000;
   constexpr int kDim = 16, kK = 10;
