@@ -1,5 +1,8 @@
 #include "services/common/grpc_util.h"
 
+#include <google/protobuf/message.h>
+
+#include <algorithm>
 #include <limits>
 
 #include "services/common/executor.h"
@@ -36,6 +39,18 @@ namespace {
 // reader.
 constexpr int64_t kSentWithoutWaitingBytes = 64 * 1024;
 
+// What a parsed message holds in memory. A message of many small sub-messages holds several
+// times its wire size (each sub-message, repeated field and string is an allocation of its own:
+// a 200,000-item Attend request ~5x), so a budget in wire bytes admitted several times its bytes
+// of such calls. Full messages are measured by protobuf (SpaceUsedLong, a walk like
+// ByteSizeLong's); small ones (`wire`: m.ByteSizeLong()), and lite ones, count their wire size.
+int64_t MemoryBytes(const google::protobuf::MessageLite& m, int64_t wire) {
+  if (wire < kSentWithoutWaitingBytes) return wire;
+  const auto* full = dynamic_cast<const google::protobuf::Message*>(&m);
+  if (full == nullptr) return wire;
+  return std::max(wire, static_cast<int64_t>(full->SpaceUsedLong()));
+}
+
 // A unary reactor that holds bytes of its executor's budget until the call is over (OnDone):
 // the request and answer live until the answer is sent, which for a big answer to a slow reader
 // is long after the task that made it returned its bytes.
@@ -69,7 +84,8 @@ grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, bool deadline_
     reactor->Finish(st);
     return reactor;
   }
-  const int64_t bytes = req == nullptr ? 0 : static_cast<int64_t>(req->ByteSizeLong());
+  const int64_t bytes =
+      req == nullptr ? 0 : MemoryBytes(*req, static_cast<int64_t>(req->ByteSizeLong()));
   Status submitted = executor.Submit(
       [ctx, reactor, bytes, resp, fn = std::move(fn)] {
         // A call whose caller left while it was queued is not run (under a flood: most of them).
@@ -78,11 +94,13 @@ grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, bool deadline_
           return;
         }
         const Status st = CallCatchingExceptions("call handler", fn);
-        // From here to the end of the call the request and the answer are held by the reactor
-        // (the task's own hold on the request ends when it returns). Small calls are not: their
-        // answer fits the caller's first flow-control window, so it is sent at once.
-        const int64_t answer =
+        // From here to the end of the call the request and the answer (the message and its
+        // serialized copy in the transport) are held by the reactor (the task's own hold on the
+        // request ends when it returns). Small calls are not: their answer fits the caller's
+        // first flow-control window, so it is sent at once.
+        const int64_t wire =
             st.ok() && resp != nullptr ? static_cast<int64_t>(resp->ByteSizeLong()) : 0;
+        const int64_t answer = wire == 0 ? 0 : MemoryBytes(*resp, wire) + wire;
         if (bytes + answer > kSentWithoutWaitingBytes) reactor->Hold(bytes + answer);
         reactor->Finish(ToGrpcStatus(st));
       },
@@ -133,6 +151,13 @@ Status StreamReadBudget::Reserve() {
   }
   reserved_ = message_bytes_;
   return OkStatus();
+}
+
+void StreamReadBudget::Account(const google::protobuf::MessageLite& msg) {
+  const int64_t held = MemoryBytes(msg, static_cast<int64_t>(msg.ByteSizeLong()));
+  if (held <= reserved_) return;
+  executor_.Charge(held - reserved_);
+  reserved_ = held;
 }
 
 Status StreamReadBudget::Submit(std::function<void()> task) {

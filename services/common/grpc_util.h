@@ -86,6 +86,10 @@ class StreamReadBudget {
   // ResourceExhausted (naming the flags) when the budget cannot take it: finish the call with it
   // instead of reading.
   Status Reserve();
+  // After a message is read: what it holds in memory beyond the reservation is charged too
+  // (never refused: it is allocated already), until Release. A message of many small parts
+  // holds several times its wire size, which the reservation is.
+  void Account(const google::protobuf::MessageLite& msg);
   // Queues `task` (applying the message read, or ending the stream) on the server's executor;
   // the message's bytes are within the reservation. ResourceExhausted when the queue is full.
   Status Submit(std::function<void()> task);

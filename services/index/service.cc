@@ -99,6 +99,7 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
       return;
     }
     // The message is held until applied, within the stream's reservation (StreamReadBudget).
+    budget_.Account(msg_);
     Status submitted = budget_.Submit([this] {
       // A message queued for a caller that has left is not applied (under a flood most
       // queued messages are such: applying them kept the index busy long after it).

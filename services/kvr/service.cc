@@ -101,6 +101,7 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
   void OnReadDone(bool ok) override {
     // The message is held until applied, within the stream's reservation (StreamReadBudget);
     // after the last one the index build holds no request.
+    if (ok) budget_.Account(msg_);
     if (!ok) budget_.Release();
     Status submitted = budget_.Submit([this, ok] {
       // Nothing is stored or built for a caller that has left (under a flood: most of the

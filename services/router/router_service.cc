@@ -538,6 +538,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
 
   void OnReadDone(bool ok) override {
     // The message is held until forwarded, within the stream's reservation (StreamReadBudget).
+    if (ok) budget_.Account(msg_);
     if (!ok) budget_.Release();
     Status submitted = budget_.Submit([this, ok] {
       // A message queued for a caller that has left is not forwarded (after a flood the

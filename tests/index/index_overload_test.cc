@@ -8,7 +8,10 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -253,11 +256,72 @@ TEST_F(IndexOverloadTest, UnaryCallThatWouldTimeOutQueuedIsRefusedAtOnce) {
   ASSERT_EQ(resp.missing_ids_size(), 1);
 }
 
+// A GetDocuments call whose caller does not read the answer: it asks only for the initial
+// metadata (no Finish), on a channel with a 16 KiB window that does not grow (no bandwidth
+// probing), so an answer over 16 KiB stays in the server until Finish.
+class UnreadAnswer {
+ public:
+  UnreadAnswer(const std::string& address, const v1::GetDocumentsRequest& req) {
+    ctx_.set_deadline(Clock::now() + std::chrono::seconds(60));
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 * 1024);
+    channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    connected_ = channel_->WaitForConnected(Clock::now() + std::chrono::seconds(60));
+    stub_ = v1::IndexService::NewStub(channel_);
+    call_ = stub_->PrepareAsyncGetDocuments(&ctx_, req, &cq_);
+    call_->StartCall();
+    call_->ReadInitialMetadata(kMetadataTag);  // sends the request
+  }
+  ~UnreadAnswer() {
+    cq_.Shutdown();
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+  bool connected() const { return connected_; }
+  // Runs the caller's transport (polls its queue) for up to `ms` or until `done()`; any event
+  // but the initial metadata is a failure (the answer was not asked for).
+  bool PollUntil(int ms, const std::function<bool()>& done) {
+    void* tag = nullptr;
+    bool ok = false;
+    for (int i = 0; i < ms / 5; ++i) {
+      if (cq_.AsyncNext(&tag, &ok, Clock::now() + std::chrono::milliseconds(5)) ==
+              grpc::CompletionQueue::GOT_EVENT &&
+          tag != kMetadataTag) {
+        ADD_FAILURE() << "an event before the answer was asked for";
+      }
+      if (done()) return true;
+    }
+    return false;
+  }
+  // Reads the answer.
+  grpc::Status Finish(v1::GetDocumentsResponse* resp) {
+    grpc::Status st;
+    call_->Finish(resp, &st, kFinishTag);
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq_.Next(&tag, &ok) && tag != kFinishTag) {
+    }
+    return st;
+  }
+
+ private:
+  static inline void* const kMetadataTag = reinterpret_cast<void*>(2);
+  static inline void* const kFinishTag = reinterpret_cast<void*>(1);
+  grpc::CompletionQueue cq_;
+  grpc::ClientContext ctx_;
+  std::shared_ptr<grpc::Channel> channel_;
+  bool connected_ = false;
+  std::unique_ptr<v1::IndexService::Stub> stub_;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<v1::GetDocumentsResponse>> call_;
+};
+
 // A big answer to a caller that does not read it stays in the server (the HTTP/2 window of the
 // caller is not opened) long after the task that made it returned: under a flood of such calls
 // the budget was empty while the answers filled the memory. The call holds its request and
-// answer until it is done, and gives them back then. The caller here starts the call and does
-// not ask for the answer (no Finish: its transport grants no window for it).
+// answer until it is done, and gives them back then.
 TEST_F(IndexOverloadTest, AnAnswerWaitingForItsReaderHoldsItsBytesUntilSent) {
   constexpr int kTextBytes = 600 * 1024;
   {
@@ -278,54 +342,77 @@ TEST_F(IndexOverloadTest, AnAnswerWaitingForItsReaderHoldsItsBytesUntilSent) {
   }
   ASSERT_TRUE(WaitBudgetEmpty());
 
-  grpc::CompletionQueue cq;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
   v1::GetDocumentsRequest req;
   req.set_collection("kb");
   req.add_ids("big");
-  // A small window that does not grow (no bandwidth probing): the answer cannot all be sent.
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 * 1024);
-  auto channel =
-      grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(), args);
-  ASSERT_TRUE(channel->WaitForConnected(Clock::now() + std::chrono::seconds(60)));
-  auto reader = v1::IndexService::NewStub(channel);
-  auto call = reader->PrepareAsyncGetDocuments(&ctx, req, &cq);
-  call->StartCall();
-  call->ReadInitialMetadata(reinterpret_cast<void*>(2));  // sends the request (Finish not yet)
-  // The caller's transport runs while its queue is polled (only the initial metadata is asked
-  // for).
-  void* tag = nullptr;
-  bool ok = false;
-  auto poll = [&](int ms) {
-    for (int i = 0; i < ms / 5; ++i) {
-      if (cq.AsyncNext(&tag, &ok, Clock::now() + std::chrono::milliseconds(5)) ==
-              grpc::CompletionQueue::GOT_EVENT &&
-          tag != reinterpret_cast<void*>(2)) {
-        ADD_FAILURE() << "an event before the answer was asked for";
-      }
-      if (server_->executor().bytes_held() >= kTextBytes) return true;
-    }
-    return false;
-  };
-  EXPECT_TRUE(poll(60000)) << "held: " << server_->executor().bytes_held();
-  poll(200);
+  UnreadAnswer call(server_->address(), req);
+  ASSERT_TRUE(call.connected());
+  auto held = [&] { return server_->executor().bytes_held() >= kTextBytes; };
+  EXPECT_TRUE(call.PollUntil(60000, held)) << "held: " << server_->executor().bytes_held();
+  call.PollUntil(200, [] { return false; });
   EXPECT_GE(server_->executor().bytes_held(), kTextBytes) << "given back before it was sent";
   EXPECT_EQ(server_->executor().queued(), 0);
 
   v1::GetDocumentsResponse resp;
-  grpc::Status st;
-  call->Finish(&resp, &st, reinterpret_cast<void*>(1));
-  ASSERT_TRUE(cq.Next(&tag, &ok));
+  const grpc::Status st = call.Finish(&resp);
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(resp.documents_size(), 1);
   EXPECT_EQ(resp.documents(0).text().size(), static_cast<size_t>(kTextBytes));
   EXPECT_TRUE(WaitBudgetEmpty()) << "held: " << server_->executor().bytes_held();
-  cq.Shutdown();
-  while (cq.Next(&tag, &ok)) {
+}
+
+// An answer of many small documents holds several times its wire size in memory (each document,
+// string and repeated field is an allocation of its own); the budget counted wire bytes, so a
+// flood of such calls (kvr's 200,000-item Attends: ~5x) held far more than it admitted. The call
+// holds what the answer really takes: the message and its serialized copy.
+TEST_F(IndexOverloadTest, AnAnswerOfManySmallDocumentsHoldsItsMemoryNotItsWireSize) {
+  constexpr int kDocs = 4000;
+  v1::GetDocumentsRequest req;
+  req.set_collection("kb");
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
+    v1::UpsertResponse resp;
+    auto writer = stub_->Upsert(&ctx, &resp);
+    v1::UpsertRequest msg;
+    msg.set_collection("kb");
+    for (int i = 0; i < kDocs; ++i) {
+      auto* d = msg.add_documents();
+      d->set_id("d" + std::to_string(i));
+      d->set_text("w" + std::to_string(i));
+      d->set_metadata_json(R"({"k": 1})");
+      d->mutable_vector()->Resize(16, 0.25f);
+      req.add_ids(d->id());
+    }
+    writer->Write(msg);
+    writer->WritesDone();
+    const grpc::Status st = writer->Finish();
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(resp.upserted(), kDocs);
   }
+  ASSERT_TRUE(WaitBudgetEmpty());
+
+  UnreadAnswer call(server_->address(), req);
+  ASSERT_TRUE(call.connected());
+  int64_t peak = 0;
+  call.PollUntil(3000, [&] {
+    peak = std::max(peak, server_->executor().bytes_held());
+    return false;
+  });
+  v1::GetDocumentsResponse resp;
+  const grpc::Status st = call.Finish(&resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(resp.documents_size(), kDocs);
+  const auto wire = static_cast<int64_t>(req.ByteSizeLong() + resp.ByteSizeLong());
+  ASSERT_GT(static_cast<int64_t>(resp.ByteSizeLong()), 64 * 1024) << "sent without waiting";
+  std::printf("wire %lld bytes (request + answer), held at most %lld (%.2fx)\n",
+              static_cast<long long>(wire), static_cast<long long>(peak),
+              static_cast<double>(peak) / static_cast<double>(wire));
+  // Counted in wire bytes the peak was `wire` (its serialized copy uncounted: 2 * wire with it);
+  // the answer object alone holds about twice its wire size.
+  EXPECT_GE(peak, 3 * wire) << "wire " << wire;
+  EXPECT_LE(peak, 12 * wire) << "wire " << wire;
+  EXPECT_TRUE(WaitBudgetEmpty()) << "held: " << server_->executor().bytes_held();
 }
 
 }  // namespace
