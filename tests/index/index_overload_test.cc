@@ -85,6 +85,16 @@ class IndexOverloadTest : public ::testing::Test {
     }
     return server_->executor().bytes_held() >= bytes;
   }
+  // An Upsert stream of the one message `msg` into "kb".
+  grpc::Status UpsertOneMessage(v1::UpsertRequest msg, v1::UpsertResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
+    auto writer = stub_->Upsert(&ctx, resp);
+    msg.set_collection("kb");
+    writer->Write(msg);
+    writer->WritesDone();
+    return writer->Finish();
+  }
   // Waits (up to 60 s, a bound for a broken build) until the executor's budget holds nothing.
   bool WaitBudgetEmpty() {
     for (int i = 0; i < 12000 && server_->executor().bytes_held() > 0; ++i) {
@@ -325,19 +335,13 @@ class UnreadAnswer {
 TEST_F(IndexOverloadTest, AnAnswerWaitingForItsReaderHoldsItsBytesUntilSent) {
   constexpr int kTextBytes = 600 * 1024;
   {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
-    v1::UpsertResponse resp;
-    auto writer = stub_->Upsert(&ctx, &resp);
     v1::UpsertRequest msg;
-    msg.set_collection("kb");
     auto* d = msg.add_documents();
     d->set_id("big");
     d->set_text(std::string(kTextBytes, 'x'));
     d->mutable_vector()->Resize(16, 0.25f);
-    writer->Write(msg);
-    writer->WritesDone();
-    const grpc::Status st = writer->Finish();
+    v1::UpsertResponse resp;
+    const grpc::Status st = UpsertOneMessage(msg, &resp);
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
   ASSERT_TRUE(WaitBudgetEmpty());
@@ -370,12 +374,7 @@ TEST_F(IndexOverloadTest, AnAnswerOfManySmallDocumentsHoldsItsMemoryNotItsWireSi
   v1::GetDocumentsRequest req;
   req.set_collection("kb");
   {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
-    v1::UpsertResponse resp;
-    auto writer = stub_->Upsert(&ctx, &resp);
     v1::UpsertRequest msg;
-    msg.set_collection("kb");
     for (int i = 0; i < kDocs; ++i) {
       auto* d = msg.add_documents();
       d->set_id("d" + std::to_string(i));
@@ -384,9 +383,8 @@ TEST_F(IndexOverloadTest, AnAnswerOfManySmallDocumentsHoldsItsMemoryNotItsWireSi
       d->mutable_vector()->Resize(16, 0.25f);
       req.add_ids(d->id());
     }
-    writer->Write(msg);
-    writer->WritesDone();
-    const grpc::Status st = writer->Finish();
+    v1::UpsertResponse resp;
+    const grpc::Status st = UpsertOneMessage(msg, &resp);
     ASSERT_TRUE(st.ok()) << st.error_message();
     ASSERT_EQ(resp.upserted(), kDocs);
   }
