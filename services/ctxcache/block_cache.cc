@@ -83,11 +83,11 @@ void BlockCache::WriterLoop() {
     auto it = pending_.find(id);
     if (it == pending_.end()) continue;  // evicted, or an older duplicate already written
     std::shared_ptr<const StoredBlock> block = it->second;
-    ++writing_;
+    writing_ = id;
     lock.Unlock();
     WriteDisk(id, *block);
     lock.Lock();
-    --writing_;
+    writing_.reset();
     if (auto p = pending_.find(id); p != pending_.end() && p->second == block) {
       pending_bytes_ -= block->ByteSize();
       pending_.erase(p);
@@ -98,8 +98,9 @@ void BlockCache::WriterLoop() {
 
 void BlockCache::Flush() {
   MutexLock lock(wmu_);
-  lock.Wait(idle_cv_,
-            [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wmu_) { return queue_.empty() && writing_ == 0; });
+  lock.Wait(idle_cv_, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wmu_) {
+    return queue_.empty() && !writing_.has_value();
+  });
 }
 
 StatusOr<std::unique_ptr<BlockCache>> BlockCache::Open(const BlockCacheOptions& options,
@@ -337,6 +338,11 @@ int BlockCache::Evict(const KeyId& id, bool include_disk) {
         pending_.erase(it);
         was_pending = true;
       }
+      // A write of this block already under way would land after the delete below and bring
+      // the entry back: wait for it (the writer takes no other write of it once it left pending_).
+      lock.Wait(idle_cv_, [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(wmu_) {
+        return !(writing_.has_value() && *writing_ == id);
+      });
     }
     StatusOr<bool> contains = disk_->Contains(id.view());
     const bool on_disk = !contains.ok() || *contains;  // when unsure, delete anyway

@@ -35,6 +35,7 @@
 #include <future>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -148,7 +149,8 @@ class BlockCache {
   std::unordered_map<KeyId, std::shared_ptr<const StoredBlock>, KeyIdHash> pending_
       ABSL_GUARDED_BY(wmu_);
   int64_t pending_bytes_ ABSL_GUARDED_BY(wmu_) = 0;
-  int writing_ ABSL_GUARDED_BY(wmu_) = 0;  // writes in progress
+  // The block the writer (one thread) is writing now, outside wmu_.
+  std::optional<KeyId> writing_ ABSL_GUARDED_BY(wmu_);
   bool stop_ ABSL_GUARDED_BY(wmu_) = false;
   std::thread writer_;
 

@@ -523,6 +523,38 @@ TEST(BlockCacheTest, BlocksWaitingForASlowDiskAreServedAndWrittenBeforeShutdown)
   EXPECT_EQ(written.size(), 2u);
 }
 
+// An Evict that comes while its block is being written to disk waits for that write and then
+// deletes the entry. It used to delete first and let the write land after it, so the evicted
+// entry came back from disk (ctxcache_service_test's EvictAndBadInputGetClearErrors failed that
+// way once on a fresh clone: Get found the evicted entry).
+TEST(BlockCacheTest, EvictDuringTheBlocksDiskWriteRemovesItForGood) {
+  MetricsRegistry reg;
+  auto store = std::make_unique<FaultyStore>();
+  FaultyStore* fs = store.get();
+  fs->hold = true;
+  BlockCacheOptions o;
+  o.metrics = &reg;
+  auto cache = BlockCache::Open(o, std::move(store));
+  ASSERT_TRUE(cache.ok());
+  std::atomic<int> calls{0};
+  ASSERT_TRUE((*cache)->GetOrCompute(Key("a"), Counting("a", &calls)).ok());
+  {
+    std::unique_lock<std::mutex> l(fs->mu);  // the writer is inside Put("a")
+    fs->cv.wait(l, [&] { return fs->puts_started >= 1; });
+  }
+  // The write goes on after a while (before the fix Evict had returned by then).
+  std::thread disk([fs] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    fs->Release();
+  });
+  EXPECT_GE((*cache)->Evict(Key("a").id(), /*include_disk=*/true), 1);
+  disk.join();
+  (*cache)->Flush();
+  EXPECT_TRUE(fs->data.empty()) << "the evicted block was written back";
+  EXPECT_FALSE((*cache)->Get(Key("a").id()).ok());
+  EXPECT_EQ(calls.load(), 1);
+}
+
 TEST(BlockCacheTest, FlushWritesEveryPendingBlock) {
   MetricsRegistry reg;
   auto store = std::make_unique<FaultyStore>();
