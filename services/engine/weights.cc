@@ -31,10 +31,6 @@ bool IsIgnorable(const std::string& name) {
   return name.ends_with("self_attn.rotary_emb.inv_freq");
 }
 
-}  // namespace
-
-namespace {
-
 // XXH64 of the bytes, or for more than 256 KiB of 64 samples of 4 KiB spread over them (the
 // first and the last included) and the size: reads at most 256 KiB of a mapped tensor.
 uint64_t SampledDigest(const uint8_t* data, uint64_t bytes) {
