@@ -162,8 +162,8 @@ Status HnswIndex::add(int64_t n, const float* x, const int64_t* ids) {
     revived += l == HnswGraph::Label::kDeleted ? 1 : 0;
   }
   // New labels take the slots of deleted elements first: hnswlib 0.6.2 inserts a new element
-  // safely only into a graph without deleted ones (HnswGraph::Add), so a new slot is used only
-  // once none is left.
+  // safely only into a graph without deleted ones (HnswGraph::Insert), so a new slot is used
+  // only once none is left.
   const int64_t reusable = static_cast<int64_t>(graph_->deleted()) - revived;
   const int64_t reused = std::min<int64_t>(static_cast<int64_t>(fresh.size()), reusable);
   RS_RETURN_IF_ERROR(Reserve(static_cast<int64_t>(fresh.size()) - reused));
@@ -171,7 +171,7 @@ Status HnswIndex::add(int64_t n, const float* x, const int64_t* ids) {
   HnswGraph* graph = graph_.get();  // the insert lambdas run under this lock
   RS_RETURN_IF_ERROR(
       ParallelFor(static_cast<int64_t>(present.size()), 256, 16, "update",
-                  [&](int64_t j) { graph->Add(x + present[j] * dim_, ids[present[j]]); }));
+                  [&](int64_t j) { graph->Replace(x + present[j] * dim_, ids[present[j]]); }));
   const std::vector<int64_t> slots = graph_->DeletedSlots(static_cast<size_t>(reused));
   if (static_cast<int64_t>(slots.size()) != reused) {
     return Internal(StrCat("hnsw: ", reused, " deleted slots expected, found ", slots.size()));
@@ -184,7 +184,7 @@ Status HnswIndex::add(int64_t n, const float* x, const int64_t* ids) {
     return Internal(StrCat("hnsw: ", graph_->deleted(), " deleted elements left before inserting"));
   }
   RS_RETURN_IF_ERROR(ParallelFor(added, 256, 16, "insert", [&](int64_t j) {
-    graph->Add(x + fresh[reused + j] * dim_, ids[fresh[reused + j]]);
+    graph->Insert(x + fresh[reused + j] * dim_, ids[fresh[reused + j]]);
   }));
   live_ += static_cast<int64_t>(fresh.size()) + revived;
   return OkStatus();

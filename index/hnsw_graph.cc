@@ -295,13 +295,17 @@ HnswGraph::Label HnswGraph::Find(int64_t label) const {
 
 void HnswGraph::Resize(size_t capacity) { impl_->hnsw->resizeIndex(capacity); }
 
-void HnswGraph::Add(const float* x, int64_t label) {
+void HnswGraph::Insert(const float* x, int64_t label) {
+  impl_->hnsw->addPoint(x, static_cast<hnswlib::labeltype>(label));
+}
+
+void HnswGraph::Replace(const float* x, int64_t label) {
   auto& h = *impl_->hnsw;
   const auto name = static_cast<hnswlib::labeltype>(label);
   std::optional<hnswlib::tableint> deleted;
   {
-    // Concurrent Adds of new labels insert into label_lookup_ (addPoint, under this mutex): an
-    // unlocked find could read the map while it rehashes.
+    // Under hnswlib's label lock, as its own lookups: the map must not be read while another
+    // thread adds to it (and rehashes it).
     std::unique_lock<std::mutex> names(h.cur_element_count_guard_);
     const auto it = h.label_lookup_.find(name);
     if (it != h.label_lookup_.end() && h.isMarkedDeleted(it->second)) deleted = it->second;

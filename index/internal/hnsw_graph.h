@@ -68,16 +68,17 @@ class HnswGraph {
   Label Find(int64_t label) const;
   // Grows to `capacity` slots.
   void Resize(size_t capacity);
-  // Inserts x under `label`, or replaces the vector of an existing label (reviving a deleted
-  // one). Needs a free slot for a new label, and no deleted element in the graph for a new
-  // label (hnswlib 0.6.2 reads before a buffer when an insertion's search finds only deleted
+  // Inserts x under `label`, absent from the graph. Needs a free slot and no deleted element in
+  // the graph (hnswlib 0.6.2 reads before a buffer when an insertion's search finds only deleted
   // elements): put new labels in deleted slots first (Reuse).
-  void Add(const float* x, int64_t label);
+  void Insert(const float* x, int64_t label);
+  // Replaces the vector of `label`, in the graph live or deleted (reviving it).
+  void Replace(const float* x, int64_t label);
   // Up to `max` slots holding deleted elements (a scan of the slots).
   std::vector<int64_t> DeletedSlots(size_t max) const;
   // Gives the deleted element in `slot` the new `label` (absent from the graph) and vector x,
   // repairing its links as a replaced vector's (hnswlib's updatePoint, which guards the case
-  // that Add of a new element does not). May run concurrently with Add() and Reuse() of other
+  // that Insert does not). May run concurrently with Insert(), Replace() and Reuse() of other
   // labels and slots.
   void Reuse(int64_t slot, const float* x, int64_t label);
   // Marks a live label deleted: it stays a graph node and is never returned.

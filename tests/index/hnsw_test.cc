@@ -222,11 +222,11 @@ TEST(HnswTest, NewLabelsTakeDeletedSlotsAndHeavyDeletionChurnStaysSearchable) {
   EXPECT_GE(found, static_cast<int>(live.size()) * 95 / 100);
 }
 
-// One add() of many new labels inserts them on an OpenMP team: each insert looks its label up in
-// hnswlib's label map while the others add to it (and rehash it). The lookup once ran without
-// hnswlib's lock: a race (under TSan: a report on every run of this test; in a plain build a
-// rare segfault, seen once in index_collection_memory_test). With revivals and replacements mixed
-// in, every label ends up live and findable.
+// One add() of many new labels inserts them on an OpenMP team while hnswlib's label map grows
+// (and rehashes). An insert once looked its label up in that map without hnswlib's lock: a race
+// (under TSan: a report on every run of this test; in a plain build a rare segfault, seen once
+// in index_collection_memory_test). With revivals and replacements mixed in, every label ends
+// up live and findable.
 TEST(HnswTest, ParallelInsertsOfNewLabelsWhileTheLabelMapGrowsKeepEveryLabel) {
   constexpr int kDim = 2;
   constexpr int64_t kFirst = 3000, kSecond = 40000;

@@ -249,7 +249,7 @@ void IndexBench::RunHnsw() {
   raw_hnsw_ = std::make_unique<HnswGraph>(
       HnswGraph::Options{.dim = dim, .M = 16, .ef_construction = 200, .seed = 100}, n);
 #pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t i = 0; i < n; ++i) raw_hnsw_->Add(x_.data() + i * dim, i);
+  for (int64_t i = 0; i < n; ++i) raw_hnsw_->Insert(x_.data() + i * dim, i);
   const double rb = Since(t);
   builds_.push_back(StrCat("| hnsw M=16 efC=200 | ", hb, " s | ", rb, " s | ",
                            hnsw_->memory_bytes() / 1048576.0, " MiB | ",
