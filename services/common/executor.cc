@@ -35,11 +35,13 @@ BoundedExecutor::BoundedExecutor(int threads, int queue_capacity, int64_t byte_b
   }
   workers_.reserve(threads);
   for (int i = 0; i < threads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  shedder_ = std::thread([this] { ShedLoop(); });
 }
 
 BoundedExecutor::~BoundedExecutor() {
   Shutdown();
   for (auto& t : workers_) t.join();
+  shedder_.join();
 }
 
 Status BoundedExecutor::CheckBudget(int64_t bytes) const {
@@ -53,7 +55,7 @@ Status BoundedExecutor::CheckBudget(int64_t bytes) const {
   return OkStatus();
 }
 
-double BoundedExecutor::ExpectedWaitLocked(Clock::time_point now) const {
+double BoundedExecutor::ExpectedWaitLocked(Clock::time_point now, size_t ahead) const {
   Clock::time_point youngest = Clock::time_point::min();
   for (const Clock::time_point& t : started_) {
     if (t == Clock::time_point::max()) return 0;  // a worker is free
@@ -61,16 +63,26 @@ double BoundedExecutor::ExpectedWaitLocked(Clock::time_point now) const {
   }
   const double task_s =
       std::max(mean_task_s_, std::chrono::duration<double>(now - youngest).count());
-  return static_cast<double>(queue_.size()) / static_cast<double>(started_.size()) * task_s;
+  return static_cast<double>(ahead) / static_cast<double>(started_.size()) * task_s;
 }
 
 double BoundedExecutor::ExpectedWaitSeconds() const {
   MutexLock lock(mu_);
-  return ExpectedWaitLocked(Clock::now());
+  return ExpectedWaitLocked(Clock::now(), queue_.size());
 }
 
-Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes, double seconds_left) {
+Status BoundedExecutor::Overloaded(size_t ahead, double wait_s, double seconds_left) const {
+  return ResourceExhausted(StrCat(
+      "overloaded: ", ahead, " tasks are queued ahead of this call on ", started_.size(),
+      " threads, about ", static_cast<int64_t>(wait_s * 1000),
+      " ms of waiting, and its deadline is in ", static_cast<int64_t>(seconds_left * 1000),
+      " ms; retry later or with a longer deadline (", flags_.threads, " sets the threads)"));
+}
+
+Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes, double seconds_left,
+                               ShedFn shed) {
   bytes = std::max<int64_t>(bytes, 0);
+  bool sheddable = false;
   {
     MutexLock lock(mu_);
     if (stopping_) return Unavailable("executor is shutting down");
@@ -79,21 +91,72 @@ Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes, double
                                       flags_.queue, "); retry later"));
     }
     RS_RETURN_IF_ERROR(CheckBudget(bytes));
+    const Clock::time_point now = Clock::now();
+    Task t{std::move(task), bytes};
+    sheddable = shed != nullptr && seconds_left < kNoDeadline;
     if (seconds_left < kNoDeadline) {
-      const double wait_s = ExpectedWaitLocked(Clock::now());
-      if (wait_s > seconds_left) {
-        return ResourceExhausted(StrCat(
-            "overloaded: ", queue_.size(), " tasks are queued ahead of this call on ",
-            started_.size(), " threads, about ", static_cast<int64_t>(wait_s * 1000),
-            " ms of waiting, and its deadline is in ", static_cast<int64_t>(seconds_left * 1000),
-            " ms; retry later or with a longer deadline (", flags_.threads, " sets the threads)"));
+      const double wait_s = ExpectedWaitLocked(now, queue_.size());
+      if (wait_s > seconds_left) return Overloaded(queue_.size(), wait_s, seconds_left);
+      if (sheddable) {
+        t.deadline = now + std::chrono::duration_cast<Clock::duration>(
+                               std::chrono::duration<double>(std::max(seconds_left, 0.0)));
+        t.shed = std::move(shed);
+        ++sheddable_;
       }
     }
     bytes_held_ += bytes;
-    queue_.push_back(Task{std::move(task), bytes});
+    queue_.push_back(std::move(t));
   }
   cv_.notify_one();
+  if (sheddable) shed_cv_.notify_one();
   return OkStatus();
+}
+
+void BoundedExecutor::ShedLocked(Clock::time_point now,
+                                 std::vector<std::pair<ShedFn, Status>>* out) {
+  std::deque<Task> kept;
+  for (Task& t : queue_) {
+    if (t.shed != nullptr) {
+      const double left = std::chrono::duration<double>(t.deadline - now).count();
+      const double wait_s = ExpectedWaitLocked(now, kept.size());
+      if (left <= 0 || wait_s > left) {
+        out->emplace_back(std::move(t.shed),
+                          left <= 0 ? DeadlineExceeded("its deadline passed while it was queued")
+                                    : Overloaded(kept.size(), wait_s, left));
+        bytes_held_ -= t.bytes;
+        --sheddable_;
+        continue;
+      }
+    }
+    kept.push_back(std::move(t));
+  }
+  queue_.swap(kept);
+}
+
+void BoundedExecutor::ShedLoop() {
+  const auto interval = std::chrono::duration<double>(kShedIntervalSeconds);
+  for (;;) {
+    std::vector<std::pair<ShedFn, Status>> shed;
+    {
+      MutexLock lock(mu_);
+      lock.Wait(shed_cv_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || sheddable_ > 0;
+      });
+      if (stopping_) return;  // queued tasks still run (Shutdown)
+      lock.WaitFor(shed_cv_, interval,
+                   [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
+      if (stopping_) return;
+      ShedLocked(Clock::now(), &shed);
+    }
+    if (!shed.empty()) idle_cv_.notify_all();
+    for (auto& [fn, status] : shed) {
+      const Status st = CallCatchingExceptions("shed task", [&fn, &status] {
+        fn(status);
+        return OkStatus();
+      });
+      if (!st.ok()) RS_LOG(error, "{}", st.ToString());
+    }
+  }
 }
 
 Status BoundedExecutor::Reserve(int64_t bytes) {
@@ -121,6 +184,7 @@ void BoundedExecutor::Shutdown() {
     stopping_ = true;
   }
   cv_.notify_all();
+  shed_cv_.notify_all();
 }
 
 bool BoundedExecutor::WaitIdle(double timeout_s) {
@@ -161,6 +225,7 @@ void BoundedExecutor::WorkerLoop(int worker) {
       if (queue_.empty()) return;  // stopping and drained
       task = std::move(queue_.front());
       queue_.pop_front();
+      if (task.shed != nullptr) --sheddable_;
       started_[worker] = Clock::now();
     }
     const Status st = CallCatchingExceptions("executor task", [&task] {
@@ -173,7 +238,8 @@ void BoundedExecutor::WorkerLoop(int worker) {
       MutexLock lock(mu_);
       // Weight 1/8: about the last eight tasks' run times.
       const double took_s = std::chrono::duration<double>(Clock::now() - started_[worker]).count();
-      mean_task_s_ += (took_s - mean_task_s_) / 8;
+      mean_task_s_ = measured_ ? mean_task_s_ + (took_s - mean_task_s_) / 8 : took_s;
+      measured_ = true;
       started_[worker] = Clock::time_point::max();
       bytes_held_ -= task.bytes;
       if (!st.ok()) ++uncaught_;

@@ -44,6 +44,10 @@ class BoundedExecutor {
 
   static constexpr double kNoDeadline = std::numeric_limits<double>::infinity();
 
+  // Called instead of a task that was dropped from the queue, with the reason (off the executor's
+  // lock, on its shedding thread).
+  using ShedFn = std::function<void(const Status&)>;
+
   // Queues `task`, which holds `bytes` (of request it keeps alive) until it has run;
   // ResourceExhausted when the queue is full, the bytes would pass the byte budget, or the task
   // would wait in the queue longer than `seconds_left` (its caller's deadline; see
@@ -51,7 +55,15 @@ class BoundedExecutor {
   // escaping a task is logged and counted (uncaught_exceptions()); the worker lives on. Tasks
   // that answer a call run their work through CallCatchingExceptions so the caller hears about
   // it.
-  Status Submit(std::function<void()> task, int64_t bytes = 0, double seconds_left = kNoDeadline);
+  // With `shed` and a deadline, the task is also dropped while queued, and `shed` called with
+  // ResourceExhausted instead, as soon as the queue ahead of it is expected to outlast its
+  // deadline (the estimate of Submit's refusal, re-checked every kShedIntervalSeconds against
+  // how long the running tasks have run: admitted when nothing had been measured, a call of a
+  // flood of slow work is answered when its wait becomes known, not at its deadline), or when
+  // its deadline has passed.
+  Status Submit(std::function<void()> task, int64_t bytes = 0, double seconds_left = kNoDeadline,
+                ShedFn shed = nullptr);
+  static constexpr double kShedIntervalSeconds = 0.1;
   // Takes `bytes` of the byte budget for requests that have not arrived yet (a client stream's
   // messages before they are read), under Submit's rule: ResourceExhausted when they would pass
   // the budget (admitted when nothing else is held). Held until Unreserve.
@@ -68,7 +80,7 @@ class BoundedExecutor {
   // How long a task submitted now would wait before it starts, estimated low so that a call
   // refused on it would almost surely have reached its deadline in the queue: 0 while a worker
   // is free; else (tasks queued ahead / threads) x the time a task takes, the larger of an
-  // average of recent tasks' run times (EWMA) and the time the youngest running task has run so
+  // average of recent tasks' run times (an EWMA from the first finished task's) and the time the youngest running task has run so
   // far (a flood of slow work is known before its first task ends). It leaves out what the
   // running tasks still need and the task's own run time.
   double ExpectedWaitSeconds() const;
@@ -86,13 +98,25 @@ class BoundedExecutor {
   using Clock = std::chrono::steady_clock;
 
   void WorkerLoop(int worker);
+  // Every kShedIntervalSeconds while sheddable tasks are queued: drops those ShedLocked picks.
+  void ShedLoop();
   // ResourceExhausted when `bytes` more would pass the budget (see the constructor).
   Status CheckBudget(int64_t bytes) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  double ExpectedWaitLocked(Clock::time_point now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The wait of a task with `ahead` tasks queued before it (see ExpectedWaitSeconds).
+  double ExpectedWaitLocked(Clock::time_point now, size_t ahead) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes from the queue the sheddable tasks whose expected wait passes their deadline (or
+  // whose deadline passed); their shed functions and statuses go to `out`.
+  void ShedLocked(Clock::time_point now, std::vector<std::pair<ShedFn, Status>>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The refusal of a call whose wait (`ahead` tasks queued before it) passes its deadline.
+  Status Overloaded(size_t ahead, double wait_s, double seconds_left) const;
 
   struct Task {
     std::function<void()> fn;
     int64_t bytes = 0;
+    Clock::time_point deadline = Clock::time_point::max();
+    ShedFn shed;  // set: the task may be dropped while queued (Submit)
   };
 
   bool AllIdleLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -103,6 +127,7 @@ class BoundedExecutor {
   mutable Mutex mu_;
   std::condition_variable cv_;       // signals workers: a task arrived or shutdown
   std::condition_variable idle_cv_;  // signals WaitIdle: a task finished
+  std::condition_variable shed_cv_;  // signals ShedLoop: a sheddable task arrived or shutdown
   std::deque<Task> queue_ ABSL_GUARDED_BY(mu_);
   int64_t bytes_held_ ABSL_GUARDED_BY(mu_) = 0;  // queued + running tasks' bytes + reservations
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -111,7 +136,10 @@ class BoundedExecutor {
   // workers are running a task.
   std::vector<Clock::time_point> started_ ABSL_GUARDED_BY(mu_);
   double mean_task_s_ ABSL_GUARDED_BY(mu_) = 0;  // EWMA of the run times of finished tasks
+  bool measured_ ABSL_GUARDED_BY(mu_) = false;   // a task has finished (the EWMA's first sample)
+  int sheddable_ ABSL_GUARDED_BY(mu_) = 0;       // queued tasks with a shed function
   std::vector<std::thread> workers_;
+  std::thread shedder_;
 };
 
 }  // namespace ragserve

@@ -73,7 +73,8 @@ class BudgetedUnaryReactor : public grpc::ServerUnaryReactor {
 };
 
 // ServeUnary on `executor`; with `deadline_admission`, refused when the queue would hold the call
-// past its deadline (BoundedExecutor::ExpectedWaitSeconds).
+// past its deadline (BoundedExecutor::ExpectedWaitSeconds), and dropped from the queue with
+// RESOURCE_EXHAUSTED as soon as its wait is known to pass it (BoundedExecutor::Submit's shed).
 grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, bool deadline_admission,
                                        grpc::CallbackServerContext* ctx, ServiceServer* server,
                                        const google::protobuf::MessageLite* req,
@@ -104,7 +105,9 @@ grpc::ServerUnaryReactor* ServeUnaryOn(BoundedExecutor& executor, bool deadline_
         if (bytes + answer > kSentWithoutWaitingBytes) reactor->Hold(bytes + answer);
         reactor->Finish(ToGrpcStatus(st));
       },
-      bytes, deadline_admission ? SecondsLeft(*ctx) : BoundedExecutor::kNoDeadline);
+      bytes, deadline_admission ? SecondsLeft(*ctx) : BoundedExecutor::kNoDeadline,
+      // Dropped from the queue when its wait turns out to pass its deadline: answered at once.
+      [reactor](const Status& shed) { reactor->Finish(ToGrpcStatus(shed)); });
   if (!submitted.ok()) reactor->Finish(ToGrpcStatus(submitted));
   return reactor;
 }

@@ -32,7 +32,8 @@ Status CallerStillWaiting(const grpc::ServerContextBase& ctx);
 // A full executor queue (--executor-queue), a request whose bytes would pass the executor's
 // request memory budget (--executor-queue-mb), or a caller whose deadline comes before the
 // queue's expected wait (BoundedExecutor::ExpectedWaitSeconds: work that would time out queued)
-// gives RESOURCE_EXHAUSTED at once; `fn` is not run when a precheck fails, nor when its caller's
+// gives RESOURCE_EXHAUSTED at once, and so does a queued call as soon as the wait ahead of it is
+// known to pass its deadline (re-checked every 100 ms; BoundedExecutor::Submit); `fn` is not run when a precheck fails, nor when its caller's
 // deadline passed or it cancelled while the call was queued (DEADLINE_EXCEEDED / CANCELLED).
 // `req` and `resp` are the call's request and answer: the request's size is what the call holds
 // of the executor's byte budget while queued and running, and the request and the answer

@@ -193,7 +193,7 @@ grpc::ServerWriteReactor<v1::GetResponse>* ContextCacheService::Get(
     return r;
   }
   // The lookup may read the disk tier: on the executor (refused when the queue would hold it past
-  // its caller's deadline; not run when its caller left while it was queued).
+  // its caller's deadline, also while queued; not run when its caller left while it was queued).
   Status submitted = server_->executor().Submit(
       [this, ctx, req, r] {
         std::shared_ptr<const StoredBlock> block;
@@ -213,7 +213,8 @@ grpc::ServerWriteReactor<v1::GetResponse>* ContextCacheService::Get(
         });
         r->Begin(st, std::move(block));
       },
-      /*bytes=*/0, SecondsLeft(*ctx));
+      /*bytes=*/0, SecondsLeft(*ctx),
+      [r](const Status& shed) { r->Finish(ToGrpcStatus(shed)); });
   if (!submitted.ok()) r->Finish(ToGrpcStatus(submitted));
   return r;
 }

@@ -237,8 +237,8 @@ TEST(ExecutorTest, NoTaskQueuedAheadAdmitsAnyDeadline) {
 }
 
 // The estimate remembers how long finished tasks took: after eight 50 ms tasks, ten tasks queued
-// behind a task that has only just started are still a wait (the average is at least 50 ms x
-// (1 - (7/8)^8) = 32.8 ms: ten of them 0.33 s), and a 0.1 s deadline is refused.
+// behind a task that has only just started are still a wait (the average starts at the first
+// task's time and stays at least 50 ms: ten of them 0.5 s), and a 0.1 s deadline is refused.
 TEST(ExecutorTest, TheWaitEstimateRemembersRecentTaskTimes) {
   BoundedExecutor ex(1, 100);
   for (int i = 0; i < 8; ++i) {
@@ -252,6 +252,64 @@ TEST(ExecutorTest, TheWaitEstimateRemembersRecentTaskTimes) {
   EXPECT_EQ(ex.Submit([] {}, 0, /*seconds_left=*/0.1).code(), StatusCode::kResourceExhausted);
   gate.Open();
   ASSERT_TRUE(ex.WaitIdle(30));
+}
+
+// A flood's first calls were admitted before any task had been measured (the expected wait was
+// 0) and then waited out their whole deadline queued behind slow work: DEADLINE_EXCEEDED. A
+// queued call is now dropped with RESOURCE_EXHAUSTED, its shed function called and its bytes
+// given back, as soon as the running tasks' age shows the queue ahead of it outlasts its
+// deadline; a call first in the queue waits (nothing is known to be ahead of it), and tasks
+// without a shed function or a deadline are never dropped. Here the running task's age t makes
+// the second queued call's wait t on one thread: dropped once t > 4 s - t, about 2 s in.
+TEST(ExecutorTest, AQueuedCallWhoseWaitOutlastsItsDeadlineIsShedBeforeIt) {
+  BoundedExecutor ex(1, 100, /*byte_budget=*/1 << 20);
+  Gate gate;
+  ASSERT_NO_FATAL_FAILURE(gate.Hold(ex));
+  std::atomic<int> ran{0};
+  std::promise<Status> shed_second;
+  std::atomic<int> shed_others{0};
+  ASSERT_TRUE(ex.Submit([&ran] { ++ran; }, 10, /*seconds_left=*/60,
+                        [&shed_others](const Status&) { ++shed_others; })
+                  .ok());
+  ASSERT_TRUE(ex.Submit([&ran] { ++ran; }, 1000, /*seconds_left=*/4,
+                        [&shed_second](const Status& st) { shed_second.set_value(st); })
+                  .ok());
+  ASSERT_TRUE(ex.Submit([&ran] { ++ran; }, 0, /*seconds_left=*/2).ok());  // no shed function
+  ASSERT_TRUE(ex.Submit([&ran] { ++ran; }).ok());                         // no deadline
+  EXPECT_EQ(ex.bytes_held(), 1010);
+
+  std::future<Status> shed = shed_second.get_future();
+  ASSERT_EQ(shed.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  const Status st = shed.get();
+  EXPECT_EQ(st.code(), StatusCode::kResourceExhausted) << st.ToString();
+  EXPECT_NE(st.message().find("--executor-threads"), std::string::npos) << st.ToString();
+  EXPECT_EQ(ex.queued(), 3);
+  EXPECT_EQ(ex.bytes_held(), 10);
+  gate.Open();
+  ASSERT_TRUE(ex.WaitIdle(30));
+  EXPECT_EQ(ran.load(), 3);
+  EXPECT_EQ(shed_others.load(), 0);
+}
+
+// A queued call whose deadline passed (its caller has gone) is dropped too, freeing its place and
+// bytes for callers that still wait, even first in the queue.
+TEST(ExecutorTest, AQueuedCallWhoseDeadlinePassedIsDropped) {
+  BoundedExecutor ex(1, 100, /*byte_budget=*/1 << 20);
+  Gate gate;
+  ASSERT_NO_FATAL_FAILURE(gate.Hold(ex));
+  std::promise<Status> dropped;
+  std::atomic<bool> ran{false};
+  ASSERT_TRUE(ex.Submit([&ran] { ran = true; }, 500, /*seconds_left=*/0.05,
+                        [&dropped](const Status& st) { dropped.set_value(st); })
+                  .ok());
+  std::future<Status> f = dropped.get_future();
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_EQ(f.get().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(ex.queued(), 0);
+  EXPECT_EQ(ex.bytes_held(), 0);
+  gate.Open();
+  ASSERT_TRUE(ex.WaitIdle(30));
+  EXPECT_FALSE(ran.load());
 }
 
 TEST(ExecutorTest, ExceptionsAtATaskBoundaryBecomeStatuses) {
