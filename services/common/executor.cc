@@ -72,11 +72,11 @@ double BoundedExecutor::ExpectedWaitSeconds() const {
 }
 
 Status BoundedExecutor::Overloaded(size_t ahead, double wait_s, double seconds_left) const {
-  return ResourceExhausted(StrCat(
-      "overloaded: ", ahead, " tasks are queued ahead of this call on ", started_.size(),
-      " threads, about ", static_cast<int64_t>(wait_s * 1000),
-      " ms of waiting, and its deadline is in ", static_cast<int64_t>(seconds_left * 1000),
-      " ms; retry later or with a longer deadline (", flags_.threads, " sets the threads)"));
+  return ResourceExhausted(
+      StrCat("overloaded: ", ahead, " tasks are queued ahead of this call on ", started_.size(),
+             " threads, about ", static_cast<int64_t>(wait_s * 1000),
+             " ms of waiting, and its deadline is in ", static_cast<int64_t>(seconds_left * 1000),
+             " ms; retry later or with a longer deadline (", flags_.threads, " sets the threads)"));
 }
 
 Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes, double seconds_left,

@@ -80,9 +80,9 @@ class BoundedExecutor {
   // How long a task submitted now would wait before it starts, estimated low so that a call
   // refused on it would almost surely have reached its deadline in the queue: 0 while a worker
   // is free; else (tasks queued ahead / threads) x the time a task takes, the larger of an
-  // average of recent tasks' run times (an EWMA from the first finished task's) and the time the youngest running task has run so
-  // far (a flood of slow work is known before its first task ends). It leaves out what the
-  // running tasks still need and the task's own run time.
+  // average of recent tasks' run times (an EWMA from the first finished task's) and the time the
+  // youngest running task has run so far (a flood of slow work is known before its first task
+  // ends). It leaves out what the running tasks still need and the task's own run time.
   double ExpectedWaitSeconds() const;
 
   int threads() const { return static_cast<int>(workers_.size()); }

@@ -163,8 +163,9 @@ void StreamReadBudget::Account(const google::protobuf::MessageLite& msg) {
   reserved_ = held;
 }
 
-Status StreamReadBudget::Submit(std::function<void()> task) {
-  return executor_.Submit(std::move(task));
+Status StreamReadBudget::Submit(std::function<void()> task, const grpc::ServerContextBase& ctx,
+                                BoundedExecutor::ShedFn shed) {
+  return executor_.Submit(std::move(task), /*bytes=*/0, SecondsLeft(ctx), std::move(shed));
 }
 
 void StreamReadBudget::Release() {

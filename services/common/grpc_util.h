@@ -33,12 +33,12 @@ Status CallerStillWaiting(const grpc::ServerContextBase& ctx);
 // request memory budget (--executor-queue-mb), or a caller whose deadline comes before the
 // queue's expected wait (BoundedExecutor::ExpectedWaitSeconds: work that would time out queued)
 // gives RESOURCE_EXHAUSTED at once, and so does a queued call as soon as the wait ahead of it is
-// known to pass its deadline (re-checked every 100 ms; BoundedExecutor::Submit); `fn` is not run when a precheck fails, nor when its caller's
-// deadline passed or it cancelled while the call was queued (DEADLINE_EXCEEDED / CANCELLED).
-// `req` and `resp` are the call's request and answer: the request's size is what the call holds
-// of the executor's byte budget while queued and running, and the request and the answer
-// together from the end of `fn` until the answer is sent (the call is done), so answers waiting
-// for slow readers count against the budget too.
+// known to pass its deadline (re-checked every 100 ms; BoundedExecutor::Submit); `fn` is not run
+// when a precheck fails, nor when its caller's deadline passed or it cancelled while the call was
+// queued (DEADLINE_EXCEEDED / CANCELLED). `req` and `resp` are the call's request and answer: the
+// request's size is what the call holds of the executor's byte budget while queued and running, and
+// the request and the answer together from the end of `fn` until the answer is sent (the call is
+// done), so answers waiting for slow readers count against the budget too.
 grpc::ServerUnaryReactor* ServeUnary(grpc::CallbackServerContext* ctx, ServiceServer* server,
                                      const google::protobuf::MessageLite* req,
                                      const google::protobuf::MessageLite* resp,
@@ -92,8 +92,12 @@ class StreamReadBudget {
   // holds several times its wire size, which the reservation is.
   void Account(const google::protobuf::MessageLite& msg);
   // Queues `task` (applying the message read, or ending the stream) on the server's executor;
-  // the message's bytes are within the reservation. ResourceExhausted when the queue is full.
-  Status Submit(std::function<void()> task);
+  // the message's bytes are within the reservation. ResourceExhausted when the queue is full or
+  // would hold the message past the caller's deadline (`ctx`), and `shed` is called instead of
+  // the task when that turns out while it is queued (BoundedExecutor::Submit): finish the call
+  // with the status there. Messages applied before stay applied.
+  Status Submit(std::function<void()> task, const grpc::ServerContextBase& ctx,
+                BoundedExecutor::ShedFn shed);
   // Gives back the reservation (once the last message is applied, before the call is finished,
   // so a caller that has its answer finds the budget as its call left it).
   void Release();

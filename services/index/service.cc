@@ -100,19 +100,22 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
     }
     // The message is held until applied, within the stream's reservation (StreamReadBudget).
     budget_.Account(msg_);
-    Status submitted = budget_.Submit([this] {
-      // A message queued for a caller that has left is not applied (under a flood most
-      // queued messages are such: applying them kept the index busy long after it).
-      if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
-        Finish(ToGrpcStatus(Annotate(st, "upsert not applied")));
-        return;
-      }
-      if (Status st = Apply(); !st.ok()) {
-        Finish(ToGrpcStatus(st));
-        return;
-      }
-      ReadNext();
-    });
+    Status submitted = budget_.Submit(
+        [this] {
+          // A message queued for a caller that has left is not applied (under a flood most
+          // queued messages are such: applying them kept the index busy long after it).
+          if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
+            Finish(ToGrpcStatus(Annotate(st, "upsert not applied")));
+            return;
+          }
+          if (Status st = Apply(); !st.ok()) {
+            Finish(ToGrpcStatus(st));
+            return;
+          }
+          ReadNext();
+        },
+        *ctx_,
+        [this](const Status& shed) { Finish(ToGrpcStatus(Annotate(shed, "upsert not applied"))); });
     if (!submitted.ok()) Finish(ToGrpcStatus(submitted));
   }
 

@@ -103,29 +103,34 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
     // after the last one the index build holds no request.
     if (ok) budget_.Account(msg_);
     if (!ok) budget_.Release();
-    Status submitted = budget_.Submit([this, ok] {
-      // Nothing is stored or built for a caller that has left (under a flood: most of the
-      // queued messages); what it created is released below.
-      Status st = CallerStillWaiting(*ctx_);
-      if (st.ok()) {
-        st = CallCatchingExceptions("CreateSequence",
-                                    [this, ok] { return ok ? Apply() : Complete(); });
-      }
-      if (!st.ok()) {
-        if (created_) (void)svc_->kvr()->Release(id_);
-        Finish(ToGrpcStatus(st));
-        return;
-      }
-      if (ok) {
-        ReadNext();
-      } else {
-        Finish(grpc::Status::OK);
-      }
-    });
-    if (!submitted.ok()) {
-      if (created_) (void)svc_->kvr()->Release(id_);
-      Finish(ToGrpcStatus(submitted));
-    }
+    Status submitted = budget_.Submit(
+        [this, ok] {
+          // Nothing is stored or built for a caller that has left (under a flood: most of the
+          // queued messages); what it created is released below.
+          Status st = CallerStillWaiting(*ctx_);
+          if (st.ok()) {
+            st = CallCatchingExceptions("CreateSequence",
+                                        [this, ok] { return ok ? Apply() : Complete(); });
+          }
+          if (!st.ok()) {
+            if (created_) (void)svc_->kvr()->Release(id_);
+            Finish(ToGrpcStatus(st));
+            return;
+          }
+          if (ok) {
+            ReadNext();
+          } else {
+            Finish(grpc::Status::OK);
+          }
+        },
+        *ctx_, [this](const Status& shed) { Fail(shed); });
+    if (!submitted.ok()) Fail(submitted);
+  }
+
+  // Ends the call with `st`, releasing what it created.
+  void Fail(const Status& st) {
+    if (created_) (void)svc_->kvr()->Release(id_);
+    Finish(ToGrpcStatus(st));
   }
 
   void OnDone() override { delete this; }

@@ -540,23 +540,25 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
     // The message is held until forwarded, within the stream's reservation (StreamReadBudget).
     if (ok) budget_.Account(msg_);
     if (!ok) budget_.Release();
-    Status submitted = budget_.Submit([this, ok] {
-      // A message queued for a caller that has left is not forwarded (after a flood the
-      // router kept writing abandoned messages to a busy index, blocking its executor).
-      if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
-        Abort(Annotate(st, "ingest not forwarded"));
-        return;
-      }
-      if (!ok) {
-        Complete();
-        return;
-      }
-      if (Status st = Forward(); !st.ok()) {
-        Abort(st);
-        return;
-      }
-      ReadNext();
-    });
+    Status submitted = budget_.Submit(
+        [this, ok] {
+          // A message queued for a caller that has left is not forwarded (after a flood the
+          // router kept writing abandoned messages to a busy index, blocking its executor).
+          if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
+            Abort(Annotate(st, "ingest not forwarded"));
+            return;
+          }
+          if (!ok) {
+            Complete();
+            return;
+          }
+          if (Status st = Forward(); !st.ok()) {
+            Abort(st);
+            return;
+          }
+          ReadNext();
+        },
+        *ctx_, [this](const Status& shed) { Abort(Annotate(shed, "ingest not forwarded")); });
     if (!submitted.ok()) Abort(submitted);
   }
 

@@ -86,9 +86,10 @@ class IndexOverloadTest : public ::testing::Test {
     return server_->executor().bytes_held() >= bytes;
   }
   // An Upsert stream of the one message `msg` into "kb".
-  grpc::Status UpsertOneMessage(v1::UpsertRequest msg, v1::UpsertResponse* resp) {
+  grpc::Status UpsertOneMessage(v1::UpsertRequest msg, v1::UpsertResponse* resp,
+                                std::chrono::seconds deadline = std::chrono::seconds(60)) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(Clock::now() + std::chrono::seconds(60));
+    ctx.set_deadline(Clock::now() + deadline);
     auto writer = stub_->Upsert(&ctx, resp);
     msg.set_collection("kb");
     writer->Write(msg);
@@ -264,6 +265,34 @@ TEST_F(IndexOverloadTest, UnaryCallThatWouldTimeOutQueuedIsRefusedAtOnce) {
   const grpc::Status st = admitted.get();
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(resp.missing_ids_size(), 1);
+}
+
+// A stream message queued behind slow work waited until its caller's deadline: the Upsert ended
+// DEADLINE_EXCEEDED (under a flood, every caller of the router's Ingest streams). Now the message
+// is shed while queued as soon as the wait ahead of it passes the deadline: RESOURCE_EXHAUSTED
+// before it, naming the flag, and nothing applied. Bounds: one task queued ahead on one thread,
+// behind a task whose age t grows from ~0: shed once t > 4 s - t, about 2 s in.
+TEST_F(IndexOverloadTest, UpsertMessageQueuedPastItsDeadlineIsShedBeforeIt) {
+  ASSERT_NO_FATAL_FAILURE(BlockExecutor());
+  ASSERT_TRUE(server_->executor().Submit([] {}).ok());
+  v1::UpsertRequest msg;
+  auto* d = msg.add_documents();
+  d->set_id("late");
+  d->set_text("a document queued past its caller's deadline");
+  d->mutable_vector()->Resize(16, 0.25f);
+  v1::UpsertResponse resp;
+  const grpc::Status st = UpsertOneMessage(msg, &resp, std::chrono::seconds(4));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_NE(st.error_message().find("--executor-threads"), std::string::npos) << st.error_message();
+  ReleaseExecutor();
+  ASSERT_TRUE(server_->executor().WaitIdle(60));
+  v1::GetDocumentsRequest req;
+  req.set_collection("kb");
+  req.add_ids("late");
+  grpc::ClientContext ctx;
+  v1::GetDocumentsResponse got;
+  ASSERT_TRUE(stub_->GetDocuments(&ctx, req, &got).ok());
+  EXPECT_EQ(got.missing_ids_size(), 1) << "the shed message was applied";
 }
 
 // A GetDocuments call whose caller does not read the answer: it asks only for the initial
