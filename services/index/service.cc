@@ -105,23 +105,29 @@ class UpsertReactor final : public grpc::ServerReadReactor<v1::UpsertRequest> {
           // A message queued for a caller that has left is not applied (under a flood most
           // queued messages are such: applying them kept the index busy long after it).
           if (Status st = CallerStillWaiting(*ctx_); !st.ok()) {
-            Finish(ToGrpcStatus(Annotate(st, "upsert not applied")));
+            Fail(Annotate(st, "upsert not applied"));
             return;
           }
           if (Status st = Apply(); !st.ok()) {
-            Finish(ToGrpcStatus(st));
+            Fail(st);
             return;
           }
           ReadNext();
         },
-        *ctx_,
-        [this](const Status& shed) { Finish(ToGrpcStatus(Annotate(shed, "upsert not applied"))); });
-    if (!submitted.ok()) Finish(ToGrpcStatus(submitted));
+        *ctx_, [this](const Status& shed) { Fail(Annotate(shed, "upsert not applied")); });
+    if (!submitted.ok()) Fail(submitted);
   }
 
   void OnDone() override { delete this; }
 
  private:
+  // Ends the call with `st`; its reservation is given back first, so a caller that has its
+  // answer finds the budget as its call left it.
+  void Fail(const Status& st) {
+    budget_.Release();
+    Finish(ToGrpcStatus(st));
+  }
+
   // Reads the next message once the request memory budget can hold one (StreamReadBudget).
   void ReadNext() {
     if (Status st = budget_.Reserve(); !st.ok()) {

@@ -113,8 +113,7 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
                                         [this, ok] { return ok ? Apply() : Complete(); });
           }
           if (!st.ok()) {
-            if (created_) (void)svc_->kvr()->Release(id_);
-            Finish(ToGrpcStatus(st));
+            Fail(st);
             return;
           }
           if (ok) {
@@ -127,9 +126,11 @@ class CreateReactor final : public grpc::ServerReadReactor<v1::CreateSequenceReq
     if (!submitted.ok()) Fail(submitted);
   }
 
-  // Ends the call with `st`, releasing what it created.
+  // Ends the call with `st`, releasing what it created and its reservation (before the answer,
+  // so a caller that has it finds the budget as its call left it).
   void Fail(const Status& st) {
     if (created_) (void)svc_->kvr()->Release(id_);
+    budget_.Release();
     Finish(ToGrpcStatus(st));
   }
 

@@ -699,6 +699,7 @@ class IngestReactor final : public grpc::ServerReadReactor<v1::IngestRequest> {
       upsert_ctx_->TryCancel();
       (void)FinishUpsert("index upsert");  // the reason to report is st
     }
+    budget_.Release();  // before the answer: the caller finds the budget as its call left it
     Finish(ToGrpcStatus(st));
   }
 

@@ -291,7 +291,8 @@ TEST_F(IndexOverloadTest, UpsertMessageQueuedPastItsDeadlineIsShedBeforeIt) {
   req.add_ids("late");
   grpc::ClientContext ctx;
   v1::GetDocumentsResponse got;
-  ASSERT_TRUE(stub_->GetDocuments(&ctx, req, &got).ok());
+  const grpc::Status get = stub_->GetDocuments(&ctx, req, &got);
+  ASSERT_TRUE(get.ok()) << get.error_message();
   EXPECT_EQ(got.missing_ids_size(), 1) << "the shed message was applied";
 }
 
