@@ -1,5 +1,6 @@
 #include "services/decoder/decoder_service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <deque>
@@ -91,12 +92,18 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
     // Preparing the job may encode passages (a prefill): off the gRPC thread. The reactor (and
     // ctx, req) live until the outbox finishes the call, which only this task or the generator's
     // on_done does.
-    Status submitted = svc->server()->executor().Submit([this, req] { Start(*req); },
-                                                        static_cast<int64_t>(req->ByteSizeLong()));
-    if (!submitted.ok()) {
-      metrics_->OnDone(submitted, GenerateStats{});
-      outbox_->Close(ToGrpcStatus(submitted));
-    }
+    // Refused, or dropped while queued, when the queue ahead would hold it past its deadline
+    // (BoundedExecutor::Submit).
+    Status submitted = svc->server()->executor().Submit(
+        [this, req] { Start(*req); }, static_cast<int64_t>(req->ByteSizeLong()), SecondsLeft(*ctx),
+        [this](const Status& shed) { Refuse(shed); });
+    if (!submitted.ok()) Refuse(submitted);
+  }
+
+  // Ends a call the generator never took.
+  void Refuse(const Status& st) {
+    metrics_->OnDone(st, GenerateStats{});
+    outbox_->Close(ToGrpcStatus(st));
   }
 
   // Runs on the executor. Once the job is submitted the generator may finish it and the reactor
@@ -156,6 +163,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     AttachCallbacks(job.get(), context_ms, metrics);
     if (ctx_->IsCancelled()) return Cancelled("the client cancelled the call");
+    if (const double left = SecondsLeft(*ctx_); left < BoundedExecutor::kNoDeadline) {
+      job->deadline = std::chrono::steady_clock::now() +
+                      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                          std::chrono::duration<double>(std::max(left, 0.0)));
+    }
     const std::string id = job->request_id;
     std::shared_ptr<CallState> call = call_;  // `this` may be deleted once Submit succeeds
     RS_RETURN_IF_ERROR(call->generator->Submit(std::move(job)));

@@ -162,12 +162,59 @@ StatusOr<std::unique_ptr<Generator::Seq>> Generator::NewSeq(std::unique_ptr<Gene
   return seq;
 }
 
+namespace {
+Status QueueOutlastsDeadline(size_t ahead, double wait_s, double left_s) {
+  return ResourceExhausted(StrCat(
+      "overloaded: ", ahead, " requests are queued ahead of this one, about ",
+      static_cast<int64_t>(wait_s * 1000), " ms of waiting for a slot, and its deadline is in ",
+      static_cast<int64_t>(left_s * 1000),
+      " ms; retry later or with a longer deadline (--max-active sets the slots)"));
+}
+}  // namespace
+
+double Generator::QueueWaitSecondsLocked(Clock::time_point now, size_t ahead) const {
+  if (load_.active < opts_.max_active) return 0;  // a slot is free (as of the last step)
+  const double slot_s =
+      std::max(mean_slot_s_, std::chrono::duration<double>(now - last_admit_).count());
+  return static_cast<double>(ahead) / opts_.max_active * slot_s;
+}
+
+std::vector<std::pair<std::unique_ptr<Generator::Seq>, Status>> Generator::TakeLateLocked(
+    Clock::time_point now) {
+  std::vector<std::pair<std::unique_ptr<Seq>, Status>> late;
+  std::deque<std::unique_ptr<Seq>> kept;
+  for (auto& s : queue_) {
+    if (s->job->deadline != Clock::time_point::max()) {
+      const double left = std::chrono::duration<double>(s->job->deadline - now).count();
+      const double wait = QueueWaitSecondsLocked(now, kept.size());
+      if (left <= 0) {
+        late.emplace_back(std::move(s),
+                          DeadlineExceeded("its deadline passed while it was queued"));
+        continue;
+      }
+      if (wait > left) {
+        late.emplace_back(std::move(s), QueueOutlastsDeadline(kept.size(), wait, left));
+        continue;
+      }
+    }
+    kept.push_back(std::move(s));
+  }
+  queue_.swap(kept);
+  return late;
+}
+
 Status Generator::Enqueue(std::unique_ptr<Seq> seq) {
   MutexLock lock(mu_);
   if (stopping_) return Unavailable("decoder is shutting down");
   if (!device_failure_.ok()) return device_failure_;
   if (static_cast<int>(queue_.size()) >= opts_.max_queue) {
     return ResourceExhausted(StrCat("admission queue full (", opts_.max_queue, " requests)"));
+  }
+  if (seq->job->deadline != Clock::time_point::max()) {
+    const auto now = Clock::now();
+    const double left = std::chrono::duration<double>(seq->job->deadline - now).count();
+    const double wait = QueueWaitSecondsLocked(now, queue_.size());
+    if (wait > left) return QueueOutlastsDeadline(queue_.size(), wait, left);
   }
   // An id must be unique among live requests, queued or generating: Cancel ends whichever
   // holds it.
@@ -258,6 +305,13 @@ void Generator::Finish(Seq* s, const Status& st, const std::string& reason) {
     r.decode_ms = MsSince(s->t_first, now);
   }
   r.total_ms = MsSince(s->t_submit, now);
+  if (s->t_admit != Clock::time_point{}) {
+    // Weight 1/8 (about the last eight requests), from the first one's time.
+    const double slot_s = std::chrono::duration<double>(now - s->t_admit).count();
+    MutexLock lock(mu_);
+    mean_slot_s_ = measured_ ? mean_slot_s_ + (slot_s - mean_slot_s_) / 8 : slot_s;
+    measured_ = true;
+  }
   if (st.ok() && reason != "stop") {
     // Text held back (an incomplete UTF-8 sequence or a possible stop-string prefix) is final now.
     std::string rest = s->stop->Flush();
@@ -327,11 +381,13 @@ bool Generator::Step() {
 std::vector<Generator::Seq*> Generator::AdmitAndCancel() {
   // Under the lock; the cancelled requests' callbacks run after it is released.
   std::vector<std::unique_ptr<Seq>> cancelled;
+  std::vector<std::pair<std::unique_ptr<Seq>, Status>> late;
   std::vector<Seq*> admitted;
   {
     MutexLock lock(mu_);
     cancelled = TakeCancelledLocked();
     admitted = AdmitQueuedLocked();
+    late = TakeLateLocked(Clock::now());
   }
   for (auto& s : cancelled) {
     if (s->kv) reserved_kv_bytes_ -= s->reserved_bytes;
@@ -339,6 +395,7 @@ std::vector<Generator::Seq*> Generator::AdmitAndCancel() {
     MutexLock lock(mu_);
     live_ids_.erase(s->job->request_id);
   }
+  for (auto& [s, st] : late) Finish(s.get(), st, "error");  // never admitted: no KV, no id
   return admitted;
 }
 
@@ -371,6 +428,7 @@ std::vector<Generator::Seq*> Generator::AdmitQueuedLocked() {
     auto s = std::move(queue_.front());
     queue_.pop_front();
     s->t_admit = Clock::now();
+    last_admit_ = s->t_admit;
     s->kv = model_->NewKvCache();
     if (s->job->ape) {
       s->ape = std::make_unique<engine::ApeKvSource>(

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -100,6 +101,10 @@ struct GenerateJob {
   engine::SamplingParams sampling;
   engine::StopCriteria stop;
   std::optional<ApeContext> ape;  // when set, `prompt` follows these blocks
+  // The caller's deadline: a job whose wait in the admission queue is expected to pass it is
+  // refused (or, once queued, finished) RESOURCE_EXHAUSTED; one still queued at it ends
+  // DEADLINE_EXCEEDED. max(): none.
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   // New tokens and their final text (may be empty while a UTF-8 sequence or possible stop string
   // is held back).
   std::function<void(const std::vector<int32_t>& ids, const std::string& text)> on_delta;
@@ -126,8 +131,10 @@ class Generator {
 
   // Validates and queues a job. InvalidArgument: empty prompt, a token outside the vocabulary,
   // prompt + resume + max_tokens over the model's context, bad sampling params;
-  // ResourceExhausted: queue full or the job's KV can never fit the budget; Unavailable after
-  // Shutdown. On error no callback is called.
+  // ResourceExhausted: queue full, the job's KV can never fit the budget, or requests queued
+  // ahead of it are expected to hold it past its deadline (QueueWaitSeconds); Unavailable after
+  // Shutdown. On error no callback is called. A queued job whose expected wait comes to pass its
+  // deadline (re-checked every step) ends ResourceExhausted through on_done.
   Status Submit(std::unique_ptr<GenerateJob> job);
   // Cancels a queued or active job (its on_done gets Cancelled). False if unknown.
   bool Cancel(const std::string& request_id);
@@ -136,6 +143,7 @@ class Generator {
   void Shutdown();
 
  private:
+  using Clock = std::chrono::steady_clock;
   struct Seq;
   struct Batch;
   void Loop();
@@ -146,6 +154,16 @@ class Generator {
   std::vector<Seq*> AdmitAndCancel();
   std::vector<std::unique_ptr<Seq>> TakeCancelledLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<Seq*> AdmitQueuedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The queued jobs that cannot start before their deadline (below), taken out of the queue with
+  // the status to finish them with.
+  std::vector<std::pair<std::unique_ptr<Seq>, Status>> TakeLateLocked(Clock::time_point now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How long a job with `ahead` jobs queued before it waits to start, estimated low (as
+  // BoundedExecutor::ExpectedWaitSeconds): 0 while a slot is free; else ahead / max_active x
+  // the time a request holds a slot (the larger of an EWMA of finished requests' and the time
+  // since the last admission).
+  double QueueWaitSecondsLocked(Clock::time_point now, size_t ahead) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // On a device backend: GPU pages (or the uploaded APE context) for the admitted sequences;
   // returns the pool they came from (empty on a CPU backend or when the pool failed).
   DeviceKvTarget AttachDeviceKv(const std::vector<Seq*>& admitted);
@@ -195,6 +213,9 @@ class Generator {
   std::vector<std::unique_ptr<Seq>> active_;    // loop thread only
   int64_t reserved_kv_bytes_ = 0;               // written by the loop thread only
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  double mean_slot_s_ ABSL_GUARDED_BY(mu_) = 0;  // EWMA of admitted requests' time in a slot
+  bool measured_ ABSL_GUARDED_BY(mu_) = false;   // a request has left its slot
+  Clock::time_point last_admit_ ABSL_GUARDED_BY(mu_);
   std::thread loop_;
 };
 

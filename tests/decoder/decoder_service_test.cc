@@ -237,6 +237,45 @@ TEST_F(DecoderServiceTest, FullQueueIsResourceExhausted) {
   }
 }
 
+// Under a flood, requests waited in the admission queue behind long generations until their
+// deadline: DEADLINE_EXCEEDED after the whole wait. Now a queued request whose wait for a slot
+// (requests ahead / slots x how long a request holds one, at least the running one's age so
+// far) passes its deadline ends RESOURCE_EXHAUSTED before it, naming the flag; the request first
+// in the queue waits (nothing is known to be ahead of it) and runs. Bounds: a 4,000-token answer
+// holds the one slot for seconds; the third request has one queued ahead and a 2 s deadline, so
+// it is dropped about 1 s in.
+TEST_F(DecoderServiceTest, AQueuedRequestThatCannotStartBeforeItsDeadlineIsResourceExhausted) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-active", "1", "--max-queue", "8"}));
+  grpc::ClientContext running;
+  running.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto first = stub_->Generate(&running, Raw("A long answer please", 4000));
+  v1::GenerateEvent ev;
+  ASSERT_TRUE(first->Read(&ev));  // generating: the slot is taken
+  grpc::ClientContext waiting;
+  waiting.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto second = stub_->Generate(&waiting, Raw("Next in line", 3));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // keep arrival order
+
+  grpc::ClientContext late;
+  late.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  auto third = stub_->Generate(&late, Raw("Too late", 3));
+  while (third->Read(&ev)) {
+  }
+  const grpc::Status st = third->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+  EXPECT_NE(st.error_message().find("--max-active"), std::string::npos) << st.error_message();
+
+  running.TryCancel();
+  while (first->Read(&ev)) {
+  }
+  first->Finish();
+  int tokens = 0;
+  while (second->Read(&ev)) tokens += ev.has_delta() ? ev.delta().token_ids_size() : 0;
+  const grpc::Status next = second->Finish();
+  EXPECT_TRUE(next.ok()) << next.error_message();
+  EXPECT_EQ(tokens, 3);
+}
+
 TEST_F(DecoderServiceTest, LoadReportsModelAndSlots) {
   ASSERT_NO_FATAL_FAILURE(Start({"--max-active", "3"}));
   grpc::ClientContext ctx;
