@@ -105,6 +105,11 @@ def main():
         out5 = train(src, bin_dir, tmp, 2, ["--recipe", "5", "--init-from", m], "5")
         if "step 2 " not in out5 or "dev_em" not in out5:
             raise SystemExit("FAILED: --recipe 5 did not train and evaluate 2 steps")
+        # --recipe 7: binding drills and name-from-value questions (recipe 6's) in the rows, and
+        # the drill dev score.
+        out7 = train(src, bin_dir, tmp, 2, ["--recipe", "7", "--init-from", m], "7")
+        if "step 2 " not in out7 or "drill dev exact match" not in out7:
+            raise SystemExit("FAILED: --recipe 7 did not train and evaluate 2 steps")
     finally:
         if args.keep:
             print("kept " + tmp)

@@ -350,3 +350,83 @@ def check_extra_phrasings(n_passages=200, seed=12345):
 # Prefixes put before some training questions (recipe 5): the question may come with words
 # around it that say nothing about the fact.
 WRAPPERS = ["Please answer: ", "Quick question: ", "One question: "]
+
+
+# ---- name-from-value questions (recipe 6) ------------------------------------------------------
+# The reverse of a fact question: given a value, name the passage it is in. Generic wordings (no
+# held-out phrasing asks for a name from a value, so none can leak).
+REVERSE = ["Which name goes with {a}?", "Whose passage says {a}?", "{a} belongs to which name?",
+           "Name the one with {a}.", "What is the name that has {a}?"]
+
+
+def unique_value(texts, i, value):
+    """True when value occurs in texts[i] only (once asked for, its passage is unambiguous)."""
+    return all((value in t) == (j == i) for j, t in enumerate(texts))
+
+
+def reverse_question(rng, p, value):
+    """-> (question, answer): the name of passage p from one of its values."""
+    return rng.choice(REVERSE).format(a=value), p["name"]
+
+
+# ---- binding drills (recipe 7) -----------------------------------------------------------------
+# Short synthetic "passages" of one fact each, all of one shape in a row (say, eight names each
+# with a number): only the name tells them apart, and the names are made of the same syllables as
+# the passages' names. A question asks for a name's value, or (reverse_question) for the name of a
+# value. The shipped reader could not copy a name it had not seen (0% on name-from-value
+# questions: docs/MODEL.md) and its loss on a question's name tokens after the first was ~1 nat
+# with the passage in context: no working induction (copy-what-followed-this-token) circuit, which
+# binding a question's name to its passage needs. These rows exercise exactly that, densely.
+DRILL_SHAPES = [
+    ("number", lambda r: str(r.randint(10, 9999)),
+     ["{n}'s number is {v}.", "The number of {n} is {v}.", "{n} was given the number {v}.",
+      "{n} holds number {v}."],
+     ["What is {n}'s number?", "Which number does {n} have?", "What number was {n} given?",
+      "Tell me the number of {n}."]),
+    ("colour", lambda r: r.choice(mc.COLOURS),
+     ["{n}'s colour is {v}.", "The colour of {n} is {v}.", "{n} was painted {v}.",
+      "{n} wears {v}."],
+     ["What is {n}'s colour?", "Which colour does {n} have?", "What colour was {n} painted?",
+      "Tell me the colour of {n}."]),
+    ("month", lambda r: r.choice(mc.MONTHS),
+     ["{n}'s month is {v}.", "The month of {n} is {v}.", "{n} was born in {v}.",
+      "{n} belongs to {v}."],
+     ["What is {n}'s month?", "Which month does {n} have?", "In which month was {n} born?",
+      "Tell me the month of {n}."]),
+]
+_DRILL_KINDS = ["plain", "person", "place", "island", "surname"]
+
+
+def drill_passages(rng, names, n):
+    """n one-fact passages of one shape, distinct names (names: a Names of the split) and values;
+    each as a passage dict (text, name, facts with the last phrasing held out)."""
+    shape, value, texts, questions = rng.choice(DRILL_SHAPES)
+    n = min(n, {"colour": len(mc.COLOURS), "month": len(mc.MONTHS)}.get(shape, n))
+    out, seen = [], set()
+    while len(out) < n:
+        v = value(rng)
+        if v in seen:
+            continue
+        seen.add(v)
+        name = names.make(rng.choice(_DRILL_KINDS))
+        if rng.random() < 0.3:
+            name += " " + names.make("surname")
+        text = rng.choice(texts).format(n=name, v=v)
+        out.append({"text": text, "topic": "drill", "name": name,
+                    "facts": [([q.format(n=name) for q in questions], v)]})
+    return out
+
+
+def drill_items(seed, n_items, k):
+    """Evaluation drills: k one-fact passages of evaluation names, gold at every position in turn,
+    asked with a training phrasing."""
+    stream = PassageStream(seed, split="eval")
+    rng = random.Random(seed + 1)
+    items = []
+    for i in range(n_items):
+        ps = drill_passages(rng, stream.names, k)
+        gold = ps[i % k]
+        phrasings, answer = gold["facts"][0]
+        items.append({"passages": [p["text"] for p in ps], "gold": i % k,
+                      "question": rng.choice(phrasings[:-1]), "answer": answer, "topic": "drill"})
+    return items

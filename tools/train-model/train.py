@@ -113,7 +113,8 @@ def check_tokenizer(args, enc, tmpl, path):
 
 class Stage:
     def __init__(self, passages, questions, gap_prob, hard_prob, tokens=0, long_prob=0.0,
-                 long_passages=(0, 0), long_questions=0, hard_all=False):
+                 long_passages=(0, 0), long_questions=0, hard_all=False, drill_prob=0.0,
+                 drill_passages=(4, 16)):
         self.passages = passages        # (min, max) passages per context
         self.questions = questions      # question segments per row
         self.gap_prob = gap_prob        # rows whose passages are spread over up to --span positions
@@ -123,6 +124,8 @@ class Stage:
         self.long_prob = long_prob      # steps made of one long row (long_passages passages,
         self.long_passages = long_passages  # 2-8K tokens, long_questions questions; attention
         self.long_questions = long_questions  # in chunks: see Rows.long_row)
+        self.drill_prob = drill_prob    # rows of one-fact binding drills (ragdata.drill_passages)
+        self.drill_passages = drill_passages
 
 
 # The curriculum (--recipe): a phase ends when its dev exact match reaches its bar ("bar", on
@@ -151,6 +154,19 @@ class Stage:
 #        fact is asked in two or three wordings per row and a token of context pays for twice
 #        the answers), 40% of the rows of one kind (recipe 4: 75%), a lower learning rate than
 #        recipe 4 (3e-4; it was run short on a machine shared with a fuzz run: docs/MODEL.md).
+#   "6": a continuation (--init-from the shipped model) for name binding from the other side:
+#        30% of the questions ask for the name from a value ("Which name goes with 1,434 km?",
+#        answer: the passage's name; only values found in one passage of the row). To answer,
+#        the tokens around a value must know the name of their passage: the feature a forward
+#        question needs at the value (its passage's name) and that same-kind rows alone did not
+#        build (recipe 4). 2-4 passages, 60% of the rows of one kind, recipe 5's wordings.
+#   "7": a continuation for the induction circuit under binding: half the rows are drills of
+#        4-16 one-fact passages of one shape ("Kelimanay's number is 4821.": only the name tells
+#        them apart; ragdata.drill_passages), asked forward and (30%) reverse; the other half
+#        recipe 6's rows. Learning rate 1e-3: a circuit the model does not have yet.
+#   "8": a probe from scratch (not a reader to ship): does binding appear when drills are there
+#        from the first step, before kind matching is learned? 60% drill rows of 2-8 one-fact
+#        passages, the rest 1-3 passages of one kind (50%) or random kinds, 8 questions per row.
 # "defaults" fill the options left unset on the command line.
 RECIPES = {
     "2": {"phases": [Stage((1, 2), 4, 0.0, 0.0, 1024),
@@ -175,6 +191,21 @@ RECIPES = {
           "extra_phrasings": True, "wrap_prob": 0.1,
           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 150,
                        "check_every": 50, "needle_k": 0, "lr": 3e-4, "warmup": 30}},
+    "6": {"phases": [Stage((2, 4), 10, 0.1, 0.6, 2048, hard_all=True)],
+          "bar": [2.0], "bar_same_kind": False, "init_from": True,
+          "extra_phrasings": True, "wrap_prob": 0.1, "reverse_prob": 0.3,
+          "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 100,
+                       "check_every": 50, "needle_k": 0, "lr": 5e-4, "warmup": 30}},
+    "7": {"phases": [Stage((2, 6), 10, 0.1, 0.6, 2048, hard_all=True, drill_prob=0.5)],
+          "bar": [2.0], "bar_same_kind": False, "init_from": True,
+          "extra_phrasings": True, "wrap_prob": 0.1, "reverse_prob": 0.3,
+          "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 100,
+                       "check_every": 50, "needle_k": 0, "lr": 1e-3, "warmup": 30}},
+    "8": {"phases": [Stage((1, 3), 8, 0.0, 0.5, 1024, hard_all=True, drill_prob=0.6,
+                           drill_passages=(2, 8))],
+          "bar": [2.0], "bar_same_kind": False,
+          "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
+                       "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
 }
 DEFAULT_RECIPE = "2"  # the shipped weights'
 PHASE_DEV_K = [2, 4, 4]
@@ -192,8 +223,9 @@ def stage_at(frac):
 class Rows:
     """Builds training rows from an endless passage stream."""
 
-    def __init__(self, args, enc, tmpl, extra_phrasings=False, wrap_prob=0.0):
+    def __init__(self, args, enc, tmpl, extra_phrasings=False, wrap_prob=0.0, reverse_prob=0.0):
         self.args = args
+        self.reverse_prob = reverse_prob        # recipe 6: share of name-from-value questions
         self.extra_phrasings = extra_phrasings  # recipe 5: ragdata.EXTRA's wordings too
         self.wrap_prob = wrap_prob              # recipe 5: share of questions with a prefix
         self.enc = enc
@@ -203,6 +235,9 @@ class Rows:
         self.head = [enc.bos_id] + enc.encode(tmpl.prefix)
 
     def passages(self, st):
+        if st.drill_prob and self.rng.random() < st.drill_prob:
+            n = self.rng.randint(*st.drill_passages)
+            return ragdata.drill_passages(self.rng, self.stream.names, n)
         n = self.rng.randint(*st.passages)
         if self.rng.random() < st.hard_prob and n > 1:
             topic = self.rng.choice(ragdata.TOPICS)
@@ -290,11 +325,16 @@ class Rows:
         rng.shuffle(order)
         picks = [order[i % len(order)] for i in range(questions)]
         segments = []
+        texts = [p["text"] for p in ps]
         for k, pi in enumerate(picks):
             facts = ps[pi]["facts"]
             fi = (k // len(order) + rng.randrange(len(facts))) % len(facts)
             phrasings, answer = facts[fi]
-            if self.extra_phrasings:  # never phrasings[-1]: held out
+            reverse = self.reverse_prob and rng.random() < self.reverse_prob and \
+                ragdata.unique_value(texts, pi, answer)
+            if reverse:
+                text, answer = ragdata.reverse_question(rng, ps[pi], answer)
+            elif self.extra_phrasings and ps[pi]["topic"] in ragdata.EXTRA:  # not [-1]: held out
                 text = rng.choice(phrasings[:-1] + ragdata.extra_phrasings(ps[pi])[fi])
                 if rng.random() < self.wrap_prob:
                     text = rng.choice(ragdata.WRAPPERS) + text
@@ -575,7 +615,7 @@ def main():
     print("model: %d parameters, vocab %d" % (n_params, enc.vocab_size))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     rows = Rows(args, enc, tmpl, recipe.get("extra_phrasings", False),
-                recipe.get("wrap_prob", 0.0))
+                recipe.get("wrap_prob", 0.0), recipe.get("reverse_prob", 0.0))
     if rows.extra_phrasings:
         bad = ragdata.check_extra_phrasings()
         if bad:
@@ -590,6 +630,8 @@ def main():
     dev_needle = ragdata.eval_items(ragdata.DEV_SEED + 2, args.needle_items, args.needle_k,
                                     phrasing="canonical", spread=True) if args.needle_k else []
     dev_held = ragdata.eval_items(ragdata.DEV_SEED, args.dev_items, 4, phrasing="heldout")
+    dev_drill = ragdata.drill_items(ragdata.DEV_SEED + 3, args.dev_items, 8) \
+        if any(p.drill_prob for p in PHASES) else []
     caps = [float(x) for x in args.phase_caps.split(",")] + [2.0]
 
     ckpt = os.path.join(args.work, "checkpoint.pt")
@@ -683,6 +725,9 @@ def main():
                 exact_match(model, enc, tmpl, dev_same[k]) if same_bar else None
             phase_em = "%.4f" % em
             phase_same = "%.4f" % sem if sem is not None else ""
+            if full and dev_drill:
+                print("drill dev exact match (8 one-fact passages of one shape): %.4f" %
+                      exact_match(model, enc, tmpl, dev_drill), flush=True)
             if dev_needle and phase == len(PHASES) - 1 and (
                     step % args.needle_every == 0 or done()):
                 needle_em = "%.4f" % exact_match(model, enc, tmpl, dev_needle)
