@@ -149,9 +149,9 @@ void BoundedExecutor::ShedLoop() {
       ShedLocked(Clock::now(), &shed);
     }
     if (!shed.empty()) idle_cv_.notify_all();
-    for (auto& [fn, status] : shed) {
-      const Status st = CallCatchingExceptions("shed task", [&fn, &status] {
-        fn(status);
+    for (auto& item : shed) {
+      const Status st = CallCatchingExceptions("shed task", [&item] {
+        item.first(item.second);
         return OkStatus();
       });
       if (!st.ok()) RS_LOG(error, "{}", st.ToString());

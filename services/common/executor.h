@@ -110,7 +110,8 @@ class BoundedExecutor {
   void ShedLocked(Clock::time_point now, std::vector<std::pair<ShedFn, Status>>* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The refusal of a call whose wait (`ahead` tasks queued before it) passes its deadline.
-  Status Overloaded(size_t ahead, double wait_s, double seconds_left) const;
+  Status Overloaded(size_t ahead, double wait_s, double seconds_left) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   struct Task {
     std::function<void()> fn;

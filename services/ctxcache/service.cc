@@ -213,8 +213,7 @@ grpc::ServerWriteReactor<v1::GetResponse>* ContextCacheService::Get(
         });
         r->Begin(st, std::move(block));
       },
-      /*bytes=*/0, SecondsLeft(*ctx),
-      [r](const Status& shed) { r->Finish(ToGrpcStatus(shed)); });
+      /*bytes=*/0, SecondsLeft(*ctx), [r](const Status& shed) { r->Finish(ToGrpcStatus(shed)); });
   if (!submitted.ok()) r->Finish(ToGrpcStatus(submitted));
   return r;
 }
