@@ -110,6 +110,12 @@ def main():
         out7 = train(src, bin_dir, tmp, 2, ["--recipe", "7", "--init-from", m], "7")
         if "step 2 " not in out7 or "drill dev exact match" not in out7:
             raise SystemExit("FAILED: --recipe 7 did not train and evaluate 2 steps")
+        # --recipe 9 (a probe from scratch): name lists to continue, and their dev score.
+        os.makedirs(os.path.join(tmp, "w9"))
+        shutil.copy(os.path.join(tmp, "w", "tokenizer.json"), os.path.join(tmp, "w9"))
+        out9 = train(src, bin_dir, tmp, 2, ["--recipe", "9"], "9")
+        if "step 2 " not in out9 or "repeat dev exact match" not in out9:
+            raise SystemExit("FAILED: --recipe 9 did not train and evaluate 2 steps")
     finally:
         if args.keep:
             print("kept " + tmp)

@@ -430,3 +430,36 @@ def drill_items(seed, n_items, k):
         items.append({"passages": [p["text"] for p in ps], "gold": i % k,
                       "question": rng.choice(phrasings[:-1]), "answer": answer, "topic": "drill"})
     return items
+
+
+# ---- induction warm-up (recipe 9 probe) --------------------------------------------------------
+# Lists of names; a question gives a list's first name and asks for the rest: each answer token is
+# the token that followed the current one in that list, the pattern an induction head computes,
+# over the same syllable pieces the passages' names are made of.
+REPEAT_QUESTIONS = ["Repeat the list that begins with {n}.", "Which names follow {n}?",
+                    "Continue the list after {n}.", "Say the rest of the list of {n}."]
+
+
+def repeat_passages(rng, names, n_lists, length=(3, 6)):
+    """n_lists lists of names (names: a Names of the split), each a passage dict whose one fact is
+    (questions, the names after the first, comma-separated)."""
+    out = []
+    for _ in range(n_lists):
+        ns = [names.make(rng.choice(_DRILL_KINDS)) for _ in range(rng.randint(*length))]
+        out.append({"text": "List: " + ", ".join(ns) + ".", "topic": "repeat", "name": ns[0],
+                    "facts": [([q.format(n=ns[0]) for q in REPEAT_QUESTIONS], ", ".join(ns[1:]))]})
+    return out
+
+
+def repeat_items(seed, n_items, k):
+    """Evaluation lists: k lists of evaluation names, each item asking for the rest of one."""
+    stream = PassageStream(seed, split="eval")
+    rng = random.Random(seed + 1)
+    items = []
+    for i in range(n_items):
+        ps = repeat_passages(rng, stream.names, k)
+        gold = ps[i % k]
+        phrasings, answer = gold["facts"][0]
+        items.append({"passages": [p["text"] for p in ps], "gold": i % k,
+                      "question": rng.choice(phrasings[:-1]), "answer": answer, "topic": "repeat"})
+    return items

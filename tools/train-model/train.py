@@ -114,7 +114,7 @@ def check_tokenizer(args, enc, tmpl, path):
 class Stage:
     def __init__(self, passages, questions, gap_prob, hard_prob, tokens=0, long_prob=0.0,
                  long_passages=(0, 0), long_questions=0, hard_all=False, drill_prob=0.0,
-                 drill_passages=(4, 16)):
+                 drill_passages=(4, 16), repeat_prob=0.0):
         self.passages = passages        # (min, max) passages per context
         self.questions = questions      # question segments per row
         self.gap_prob = gap_prob        # rows whose passages are spread over up to --span positions
@@ -126,6 +126,7 @@ class Stage:
         self.long_questions = long_questions  # in chunks: see Rows.long_row)
         self.drill_prob = drill_prob    # rows of one-fact binding drills (ragdata.drill_passages)
         self.drill_passages = drill_passages
+        self.repeat_prob = repeat_prob  # rows of name lists to continue (ragdata.repeat_passages)
 
 
 # The curriculum (--recipe): a phase ends when its dev exact match reaches its bar ("bar", on
@@ -167,6 +168,9 @@ class Stage:
 #   "8": a probe from scratch (not a reader to ship): does binding appear when drills are there
 #        from the first step, before kind matching is learned? 60% drill rows of 2-8 one-fact
 #        passages, the rest 1-3 passages of one kind (50%) or random kinds, 8 questions per row.
+#   "9": a probe from scratch: an induction warm-up. Half the rows are 1-4 lists of names and
+#        ask for the rest of the list that begins with a given name (each answer token is what
+#        followed the current one in that list: the induction pattern), 30% of the rest drills.
 # "defaults" fill the options left unset on the command line.
 RECIPES = {
     "2": {"phases": [Stage((1, 2), 4, 0.0, 0.0, 1024),
@@ -206,6 +210,11 @@ RECIPES = {
           "bar": [2.0], "bar_same_kind": False,
           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
                        "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
+    "9": {"phases": [Stage((1, 3), 6, 0.0, 0.5, 1024, hard_all=True, drill_prob=0.3,
+                           drill_passages=(2, 8), repeat_prob=0.5)],
+          "bar": [2.0], "bar_same_kind": False,
+          "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
+                       "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
 }
 DEFAULT_RECIPE = "2"  # the shipped weights'
 PHASE_DEV_K = [2, 4, 4]
@@ -235,6 +244,8 @@ class Rows:
         self.head = [enc.bos_id] + enc.encode(tmpl.prefix)
 
     def passages(self, st):
+        if st.repeat_prob and self.rng.random() < st.repeat_prob:
+            return ragdata.repeat_passages(self.rng, self.stream.names, self.rng.randint(1, 4))
         if st.drill_prob and self.rng.random() < st.drill_prob:
             n = self.rng.randint(*st.drill_passages)
             return ragdata.drill_passages(self.rng, self.stream.names, n)
@@ -632,6 +643,8 @@ def main():
     dev_held = ragdata.eval_items(ragdata.DEV_SEED, args.dev_items, 4, phrasing="heldout")
     dev_drill = ragdata.drill_items(ragdata.DEV_SEED + 3, args.dev_items, 8) \
         if any(p.drill_prob for p in PHASES) else []
+    dev_repeat = ragdata.repeat_items(ragdata.DEV_SEED + 4, args.dev_items, 3) \
+        if any(p.repeat_prob for p in PHASES) else []
     caps = [float(x) for x in args.phase_caps.split(",")] + [2.0]
 
     ckpt = os.path.join(args.work, "checkpoint.pt")
@@ -725,6 +738,9 @@ def main():
                 exact_match(model, enc, tmpl, dev_same[k]) if same_bar else None
             phase_em = "%.4f" % em
             phase_same = "%.4f" % sem if sem is not None else ""
+            if full and dev_repeat:
+                print("repeat dev exact match (the rest of one of 3 name lists): %.4f" %
+                      exact_match(model, enc, tmpl, dev_repeat), flush=True)
             if full and dev_drill:
                 print("drill dev exact match (8 one-fact passages of one shape): %.4f" %
                       exact_match(model, enc, tmpl, dev_drill), flush=True)
