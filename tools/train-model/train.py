@@ -171,6 +171,7 @@ class Stage:
 #   "9": a probe from scratch: an induction warm-up. Half the rows are 1-4 lists of names and
 #        ask for the rest of the list that begins with a given name (each answer token is what
 #        followed the current one in that list: the induction pattern), 30% of the rest drills.
+#   "10": recipe 9's name lists alone (every row): does induction form when nothing competes?
 # "defaults" fill the options left unset on the command line.
 RECIPES = {
     "2": {"phases": [Stage((1, 2), 4, 0.0, 0.0, 1024),
@@ -215,6 +216,10 @@ RECIPES = {
           "bar": [2.0], "bar_same_kind": False,
           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
                        "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
+    "10": {"phases": [Stage((1, 3), 6, 0.0, 0.0, 1024, repeat_prob=1.0)],
+           "bar": [2.0], "bar_same_kind": False,
+           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
+                        "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
 }
 DEFAULT_RECIPE = "2"  # the shipped weights'
 PHASE_DEV_K = [2, 4, 4]
