@@ -25,6 +25,22 @@ Status CallCatchingExceptions(const char* what, const std::function<Status()>& f
   }
 }
 
+std::chrono::steady_clock::time_point SteadyDeadlineIn(double seconds_left) {
+  using Clock = std::chrono::steady_clock;
+  if (seconds_left >= BoundedExecutor::kNoDeadline) return Clock::time_point::max();
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                            std::chrono::duration<double>(std::max(seconds_left, 0.0)));
+}
+
+void ServiceTimeEstimate::Record(double seconds) {
+  mean_s_ = measured_ ? mean_s_ + (seconds - mean_s_) / 8 : seconds;
+  measured_ = true;
+}
+
+double ServiceTimeEstimate::WaitSeconds(size_t ahead, int servers, double youngest_s) const {
+  return static_cast<double>(ahead) / static_cast<double>(servers) * std::max(mean_s_, youngest_s);
+}
+
 BoundedExecutor::BoundedExecutor(int threads, int queue_capacity, int64_t byte_budget,
                                  ExecutorFlagNames flags)
     : capacity_(queue_capacity), byte_budget_(byte_budget), flags_(std::move(flags)) {
@@ -61,9 +77,8 @@ double BoundedExecutor::ExpectedWaitLocked(Clock::time_point now, size_t ahead) 
     if (t == Clock::time_point::max()) return 0;  // a worker is free
     youngest = std::max(youngest, t);
   }
-  const double task_s =
-      std::max(mean_task_s_, std::chrono::duration<double>(now - youngest).count());
-  return static_cast<double>(ahead) / static_cast<double>(started_.size()) * task_s;
+  return task_time_.WaitSeconds(ahead, static_cast<int>(started_.size()),
+                                std::chrono::duration<double>(now - youngest).count());
 }
 
 double BoundedExecutor::ExpectedWaitSeconds() const {
@@ -91,15 +106,13 @@ Status BoundedExecutor::Submit(std::function<void()> task, int64_t bytes, double
                                       flags_.queue, "); retry later"));
     }
     RS_RETURN_IF_ERROR(CheckBudget(bytes));
-    const Clock::time_point now = Clock::now();
     Task t{std::move(task), bytes};
     sheddable = shed != nullptr && seconds_left < kNoDeadline;
     if (seconds_left < kNoDeadline) {
-      const double wait_s = ExpectedWaitLocked(now, queue_.size());
+      const double wait_s = ExpectedWaitLocked(Clock::now(), queue_.size());
       if (wait_s > seconds_left) return Overloaded(queue_.size(), wait_s, seconds_left);
       if (sheddable) {
-        t.deadline = now + std::chrono::duration_cast<Clock::duration>(
-                               std::chrono::duration<double>(std::max(seconds_left, 0.0)));
+        t.deadline = SteadyDeadlineIn(seconds_left);
         t.shed = std::move(shed);
         ++sheddable_;
       }
@@ -236,10 +249,7 @@ void BoundedExecutor::WorkerLoop(int worker) {
     task.fn = nullptr;  // frees what the task captured before its bytes are returned
     {
       MutexLock lock(mu_);
-      // Weight 1/8: about the last eight tasks' run times.
-      const double took_s = std::chrono::duration<double>(Clock::now() - started_[worker]).count();
-      mean_task_s_ = measured_ ? mean_task_s_ + (took_s - mean_task_s_) / 8 : took_s;
-      measured_ = true;
+      task_time_.Record(std::chrono::duration<double>(Clock::now() - started_[worker]).count());
       started_[worker] = Clock::time_point::max();
       bytes_held_ -= task.bytes;
       if (!st.ok()) ++uncaught_;

@@ -23,6 +23,28 @@ namespace ragserve {
 // throw; no exception crosses into gRPC or the executor).
 Status CallCatchingExceptions(const char* what, const std::function<Status()>& fn);
 
+// The caller's deadline `seconds_left` from now (steady clock; max() for an infinite one, now for
+// one already past).
+std::chrono::steady_clock::time_point SteadyDeadlineIn(double seconds_left);
+
+// How long queued work waits for one of several servers (executor threads, decoder slots), for
+// deadline admission: an EWMA (weight 1/8, about the last eight items) of the time finished items
+// held a server, starting at the first one's. Not thread-safe: used under its owner's lock.
+class ServiceTimeEstimate {
+ public:
+  // An item left its server after `seconds`.
+  void Record(double seconds);
+  // The wait of an item with `ahead` items queued before it while all `servers` are busy, the
+  // most recently started one for `youngest_s` so far; estimated low: ahead / servers x the
+  // larger of the average and youngest_s (a flood of slow work is known before its first item
+  // ends). It leaves out what the busy servers still need and the item's own time.
+  double WaitSeconds(size_t ahead, int servers, double youngest_s) const;
+
+ private:
+  double mean_s_ = 0;
+  bool measured_ = false;
+};
+
 // The options that size a BoundedExecutor, as its refusals name them.
 struct ExecutorFlagNames {
   std::string threads = "--executor-threads";
@@ -136,9 +158,8 @@ class BoundedExecutor {
   // When each worker's task started (Clock::time_point::max() while it is idle): also which
   // workers are running a task.
   std::vector<Clock::time_point> started_ ABSL_GUARDED_BY(mu_);
-  double mean_task_s_ ABSL_GUARDED_BY(mu_) = 0;  // EWMA of the run times of finished tasks
-  bool measured_ ABSL_GUARDED_BY(mu_) = false;   // a task has finished (the EWMA's first sample)
-  int sheddable_ ABSL_GUARDED_BY(mu_) = 0;       // queued tasks with a shed function
+  ServiceTimeEstimate task_time_ ABSL_GUARDED_BY(mu_);  // run times of finished tasks
+  int sheddable_ ABSL_GUARDED_BY(mu_) = 0;              // queued tasks with a shed function
   std::vector<std::thread> workers_;
   std::thread shedder_;
 };

@@ -163,11 +163,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateEvent>
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     AttachCallbacks(job.get(), context_ms, metrics);
     if (ctx_->IsCancelled()) return Cancelled("the client cancelled the call");
-    if (const double left = SecondsLeft(*ctx_); left < BoundedExecutor::kNoDeadline) {
-      job->deadline = std::chrono::steady_clock::now() +
-                      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                          std::chrono::duration<double>(std::max(left, 0.0)));
-    }
+    job->deadline = SteadyDeadlineIn(SecondsLeft(*ctx_));
     const std::string id = job->request_id;
     std::shared_ptr<CallState> call = call_;  // `this` may be deleted once Submit succeeds
     RS_RETURN_IF_ERROR(call->generator->Submit(std::move(job)));

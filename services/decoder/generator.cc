@@ -174,9 +174,8 @@ Status QueueOutlastsDeadline(size_t ahead, double wait_s, double left_s) {
 
 double Generator::QueueWaitSecondsLocked(Clock::time_point now, size_t ahead) const {
   if (load_.active < opts_.max_active) return 0;  // a slot is free (as of the last step)
-  const double slot_s =
-      std::max(mean_slot_s_, std::chrono::duration<double>(now - last_admit_).count());
-  return static_cast<double>(ahead) / opts_.max_active * slot_s;
+  return slot_time_.WaitSeconds(ahead, opts_.max_active,
+                                std::chrono::duration<double>(now - last_admit_).count());
 }
 
 std::vector<std::pair<std::unique_ptr<Generator::Seq>, Status>> Generator::TakeLateLocked(
@@ -306,11 +305,8 @@ void Generator::Finish(Seq* s, const Status& st, const std::string& reason) {
   }
   r.total_ms = MsSince(s->t_submit, now);
   if (s->t_admit != Clock::time_point{}) {
-    // Weight 1/8 (about the last eight requests), from the first one's time.
-    const double slot_s = std::chrono::duration<double>(now - s->t_admit).count();
     MutexLock lock(mu_);
-    mean_slot_s_ = measured_ ? mean_slot_s_ + (slot_s - mean_slot_s_) / 8 : slot_s;
-    measured_ = true;
+    slot_time_.Record(std::chrono::duration<double>(now - s->t_admit).count());
   }
   if (st.ok() && reason != "stop") {
     // Text held back (an incomplete UTF-8 sequence or a possible stop-string prefix) is final now.

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "kernels/cuda/paged_kv.h"
+#include "services/common/executor.h"
 #include "services/common/mutex.h"
 #include "services/common/status.h"
 #include "services/engine/model.h"
@@ -158,10 +159,8 @@ class Generator {
   // the status to finish them with.
   std::vector<std::pair<std::unique_ptr<Seq>, Status>> TakeLateLocked(Clock::time_point now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // How long a job with `ahead` jobs queued before it waits to start, estimated low (as
-  // BoundedExecutor::ExpectedWaitSeconds): 0 while a slot is free; else ahead / max_active x
-  // the time a request holds a slot (the larger of an EWMA of finished requests' and the time
-  // since the last admission).
+  // How long a job with `ahead` jobs queued before it waits to start, estimated low: 0 while a
+  // slot is free; else ServiceTimeEstimate's, the last admission being the youngest.
   double QueueWaitSecondsLocked(Clock::time_point now, size_t ahead) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // On a device backend: GPU pages (or the uploaded APE context) for the admitted sequences;
@@ -213,8 +212,7 @@ class Generator {
   std::vector<std::unique_ptr<Seq>> active_;    // loop thread only
   int64_t reserved_kv_bytes_ = 0;               // written by the loop thread only
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
-  double mean_slot_s_ ABSL_GUARDED_BY(mu_) = 0;  // EWMA of admitted requests' time in a slot
-  bool measured_ ABSL_GUARDED_BY(mu_) = false;   // a request has left its slot
+  ServiceTimeEstimate slot_time_ ABSL_GUARDED_BY(mu_);  // admitted requests' time in a slot
   Clock::time_point last_admit_ ABSL_GUARDED_BY(mu_);
   std::thread loop_;
 };

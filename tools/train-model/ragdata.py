@@ -417,19 +417,25 @@ def drill_passages(rng, names, n):
     return out
 
 
-def drill_items(seed, n_items, k):
-    """Evaluation drills: k one-fact passages of evaluation names, gold at every position in turn,
-    asked with a training phrasing."""
+def synthetic_items(make_passages, seed, n_items, k):
+    """Evaluation items of synthetic passages: make_passages(rng, names, k) with evaluation names,
+    gold at every position in turn, asked with a training phrasing of its one fact."""
     stream = PassageStream(seed, split="eval")
     rng = random.Random(seed + 1)
     items = []
     for i in range(n_items):
-        ps = drill_passages(rng, stream.names, k)
+        ps = make_passages(rng, stream.names, k)
         gold = ps[i % k]
         phrasings, answer = gold["facts"][0]
         items.append({"passages": [p["text"] for p in ps], "gold": i % k,
-                      "question": rng.choice(phrasings[:-1]), "answer": answer, "topic": "drill"})
+                      "question": rng.choice(phrasings[:-1]), "answer": answer,
+                      "topic": gold["topic"]})
     return items
+
+
+def drill_items(seed, n_items, k):
+    """Evaluation drills: k one-fact passages of evaluation names (synthetic_items)."""
+    return synthetic_items(drill_passages, seed, n_items, k)
 
 
 # ---- induction warm-up (recipe 9 probe) --------------------------------------------------------
@@ -452,14 +458,6 @@ def repeat_passages(rng, names, n_lists, length=(3, 6)):
 
 
 def repeat_items(seed, n_items, k):
-    """Evaluation lists: k lists of evaluation names, each item asking for the rest of one."""
-    stream = PassageStream(seed, split="eval")
-    rng = random.Random(seed + 1)
-    items = []
-    for i in range(n_items):
-        ps = repeat_passages(rng, stream.names, k)
-        gold = ps[i % k]
-        phrasings, answer = gold["facts"][0]
-        items.append({"passages": [p["text"] for p in ps], "gold": i % k,
-                      "question": rng.choice(phrasings[:-1]), "answer": answer, "topic": "repeat"})
-    return items
+    """Evaluation lists: k lists of evaluation names, each item asking for the rest of one
+    (synthetic_items)."""
+    return synthetic_items(repeat_passages, seed, n_items, k)
