@@ -116,6 +116,34 @@ def main():
         out9 = train(src, bin_dir, tmp, 2, ["--recipe", "9"], "9")
         if "step 2 " not in out9 or "repeat dev exact match" not in out9:
             raise SystemExit("FAILED: --recipe 9 did not train and evaluate 2 steps")
+        # --recipe 13 (a probe from scratch): random tokens said twice, the copy loss logged.
+        os.makedirs(os.path.join(tmp, "w13"))
+        shutil.copy(os.path.join(tmp, "w", "tokenizer.json"), os.path.join(tmp, "w13"))
+        out13 = train(src, bin_dir, tmp, 2, ["--recipe", "13"], "13")
+        if "step 2 " not in out13 or " copy " not in out13:
+            raise SystemExit("FAILED: --recipe 13 did not train 2 steps of copy rows")
+        # --recipe 14: its own tokenizer, trained with generated names in its text (4,096 ids),
+        # so a name is a few pieces, not a spelling.
+        train(src, bin_dir, tmp, 2, ["--recipe", "14", "--tokenizer-names", "20000"], "14")
+        with open(os.path.join(tmp, "m14", "config.json")) as f:
+            vocab = json.load(f)["vocab_size"]
+        sys.path.insert(0, os.path.join(src, "tools", "train-model"))
+        import train as train_lib  # noqa: E402
+        enc = train_lib.Encoder(os.path.join(tmp, "m14", "tokenizer.json"))
+        pieces = len(enc.encode(" Kelimanay Dreilum"))
+        if vocab != 4096 or pieces > 6:
+            raise SystemExit("FAILED: recipe 14's tokenizer has %d ids and spells two names in %d "
+                             "pieces (want 4,096 and <= 6)" % (vocab, pieces))
+        print("recipe 14's tokenizer: %d ids, two names in %d pieces" % (vocab, pieces))
+        # The induction probe: a few steps on random tokens said twice.
+        r = subprocess.run([PY, os.path.join(src, "tools", "train-model", "induction_probe.py"),
+                            "--steps", "25", "--hidden", "32", "--layers", "2", "--heads", "2",
+                            "--kv-heads", "1", "--sup-ind", "1", "--sup-prev", "--prev-task",
+                            "0.25"], capture_output=True, text=True)
+        sys.stdout.write(r.stdout)
+        if r.returncode != 0 or "step 25  repeat" not in r.stdout:
+            sys.stdout.write(r.stderr)
+            raise SystemExit("FAILED: induction_probe.py did not run 25 steps")
     finally:
         if args.keep:
             print("kept " + tmp)

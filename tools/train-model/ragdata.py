@@ -394,7 +394,7 @@ DRILL_SHAPES = [
      ["What is {n}'s month?", "Which month does {n} have?", "In which month was {n} born?",
       "Tell me the month of {n}."]),
 ]
-_DRILL_KINDS = ["plain", "person", "place", "island", "surname"]
+NAME_KINDS = ["plain", "person", "place", "island", "surname"]
 
 
 def drill_passages(rng, names, n):
@@ -408,7 +408,7 @@ def drill_passages(rng, names, n):
         if v in seen:
             continue
         seen.add(v)
-        name = names.make(rng.choice(_DRILL_KINDS))
+        name = names.make(rng.choice(NAME_KINDS))
         if rng.random() < 0.3:
             name += " " + names.make("surname")
         text = rng.choice(texts).format(n=name, v=v)
@@ -451,7 +451,7 @@ def repeat_passages(rng, names, n_lists, length=(3, 6)):
     (questions, the names after the first, comma-separated)."""
     out = []
     for _ in range(n_lists):
-        ns = [names.make(rng.choice(_DRILL_KINDS)) for _ in range(rng.randint(*length))]
+        ns = [names.make(rng.choice(NAME_KINDS)) for _ in range(rng.randint(*length))]
         out.append({"text": "List: " + ", ".join(ns) + ".", "topic": "repeat", "name": ns[0],
                     "facts": [([q.format(n=ns[0]) for q in REPEAT_QUESTIONS], ", ".join(ns[1:]))]})
     return out

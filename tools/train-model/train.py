@@ -85,6 +85,12 @@ def train_tokenizer(args, tmpl, path):
             phrasings, ans = rng.choice(p["facts"])
             q = tmpl.question(rng.choice(phrasings[:-1])) + " " + ans
             f.write(json.dumps({"text": q}) + "\n")
+        # Names are made of a few dozen syllables (make_corpus.Names); without lists of them in
+        # the tokenizer's text, BPE spends its merges on the passages' English and spells a
+        # name in ~6 pieces, mostly single letters, which no small model matches (MODEL.md).
+        for _ in range(args.tokenizer_names // 10):
+            names = [stream.names.make(rng.choice(ragdata.NAME_KINDS)) for _ in range(10)]
+            f.write(json.dumps({"text": ", ".join(names) + "."}) + "\n")
     cmd = [args.tokenize_bin, "train", "--corpus", corpus, "--vocab-size", str(args.vocab),
            "--out", path]
     for s in SPECIALS:
@@ -114,7 +120,7 @@ def check_tokenizer(args, enc, tmpl, path):
 class Stage:
     def __init__(self, passages, questions, gap_prob, hard_prob, tokens=0, long_prob=0.0,
                  long_passages=(0, 0), long_questions=0, hard_all=False, drill_prob=0.0,
-                 drill_passages=(4, 16), repeat_prob=0.0):
+                 drill_passages=(4, 16), repeat_prob=0.0, copy_prob=0.0, copy_len=(24, 96)):
         self.passages = passages        # (min, max) passages per context
         self.questions = questions      # question segments per row
         self.gap_prob = gap_prob        # rows whose passages are spread over up to --span positions
@@ -127,6 +133,8 @@ class Stage:
         self.drill_prob = drill_prob    # rows of one-fact binding drills (ragdata.drill_passages)
         self.drill_passages = drill_passages
         self.repeat_prob = repeat_prob  # rows of name lists to continue (ragdata.repeat_passages)
+        self.copy_prob = copy_prob      # rows of random tokens said twice (Rows.copy_row)
+        self.copy_len = copy_len
 
 
 # The curriculum (--recipe): a phase ends when its dev exact match reaches its bar ("bar", on
@@ -172,11 +180,20 @@ class Stage:
 #        ask for the rest of the list that begins with a given name (each answer token is what
 #        followed the current one in that list: the induction pattern), 30% of the rest drills.
 #   "10": recipe 9's name lists alone (every row): does induction form when nothing competes?
+#   "11": recipe 10 with 30% copy rows (random tokens said twice, Rows.copy_row: the plain
+#        induction task), a probe from scratch.
+#   "12": recipe 7's continuation with 20% copy rows (does the shipped reader form induction?).
+#   "13": copy rows alone, a probe from scratch (tools/train-model/induction_probe.py is the
+#        cheaper tool for such probes).
+#   "14": recipe 2 exactly, with one change: its tokenizer (4,096 ids) is trained with 60,000
+#        generated names in its text, so a name is ~3 pieces with a distinctive first one, not
+#        ~6 pieces of which half are single letters (docs/MODEL.md, "The ninth session's probes").
 # "defaults" fill the options left unset on the command line.
+RECIPES_2_PHASES = [Stage((1, 2), 4, 0.0, 0.0, 1024),
+                    Stage((2, 5), 6, 0.1, 0.3, 2048),
+                    Stage((3, 8), 8, 0.35, 0.4, 3072)]
 RECIPES = {
-    "2": {"phases": [Stage((1, 2), 4, 0.0, 0.0, 1024),
-                     Stage((2, 5), 6, 0.1, 0.3, 2048),
-                     Stage((3, 8), 8, 0.35, 0.4, 3072)],
+    "2": {"phases": RECIPES_2_PHASES,
           "bar": [0.9, 0.85, 2.0], "bar_same_kind": False,
           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
                        "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
@@ -220,6 +237,25 @@ RECIPES = {
            "bar": [2.0], "bar_same_kind": False,
            "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
                         "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
+    "11": {"phases": [Stage((1, 3), 6, 0.0, 0.0, 1024, repeat_prob=1.0, copy_prob=0.3)],
+           "bar": [2.0], "bar_same_kind": False,
+           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
+                        "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
+    "13": {"phases": [Stage((1, 3), 6, 0.0, 0.0, 1024, copy_prob=1.0)],
+           "bar": [2.0], "bar_same_kind": False,
+           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 400,
+                        "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60}},
+    "14": {"phases": RECIPES_2_PHASES,
+           "bar": [0.9, 0.85, 2.0], "bar_same_kind": False,
+           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 200,
+                        "check_every": 50, "needle_k": 0, "lr": 2e-3, "warmup": 60,
+                        "vocab": 4096, "tokenizer_names": 60000}},
+    "12": {"phases": [Stage((2, 6), 10, 0.1, 0.6, 2048, hard_all=True, drill_prob=0.5,
+                            copy_prob=0.2)],
+           "bar": [2.0], "bar_same_kind": False, "init_from": True,
+           "extra_phrasings": True, "wrap_prob": 0.1, "reverse_prob": 0.3,
+           "defaults": {"heads": 4, "kv_heads": 2, "answer_weight": 1.0, "eval_every": 100,
+                        "check_every": 50, "needle_k": 0, "lr": 1e-3, "warmup": 30}},
 }
 DEFAULT_RECIPE = "2"  # the shipped weights'
 PHASE_DEV_K = [2, 4, 4]
@@ -263,6 +299,18 @@ class Rows:
             self.rng.shuffle(out)
             return out
         return [self.stream.next() for _ in range(n)]
+
+    def copy_row(self, st):
+        """BOS + n random tokens + the same n tokens again, trained on the repeat only: the
+        plain induction task (each token of the repeat is what followed its previous token the
+        first time), on which this model forms an induction head within ~200 steps (the name
+        lists of recipes 9 and 10 did not make it form within ~2,000). Weight code -3."""
+        n = self.rng.randint(*st.copy_len)
+        x = [self.rng.randrange(2, self.enc.vocab_size) for _ in range(n)]
+        ids = [self.enc.bos_id] + x + x
+        targets = ids[1:] + [-1]
+        weights = [0.0] * (n + 1) + [-3.0] * (n - 1) + [0.0]
+        return ids, list(range(len(ids))), targets, weights, n + 1, [(n + 1, n)], []
 
     def long_row(self, st):
         """One long row: BOS + prefix + dozens of passages of random kinds (about as many of each
@@ -312,6 +360,8 @@ class Rows:
         """-> (ids, pos, targets, weights, ctx_len, segments, passage spans) for one context +
         question segments."""
         rng, enc = self.rng, self.enc
+        if ps is None and st.copy_prob and rng.random() < st.copy_prob:
+            return self.copy_row(st)
         ps = ps or self.passages(st)
         questions = questions or st.questions
         ids = list(self.head)
@@ -383,6 +433,7 @@ def collate(rows, with_mask=True):
     w_ans = torch.zeros(B, T)
     w_q = torch.zeros(B, T)
     w_lm = torch.zeros(B, T)
+    w_copy = torch.zeros(B, T)
     mask = torch.zeros(B, T, T, dtype=torch.bool) if with_mask else None
     causal = torch.ones(T, T, dtype=torch.bool).tril() if with_mask else None
     for b, (i, p, t, w, ctx_len, segs) in enumerate(r[:6] for r in rows):
@@ -394,6 +445,7 @@ def collate(rows, with_mask=True):
         w_ans[b, :n] = (wt == -1).float()
         w_q[b, :n] = (wt == -2).float()
         w_lm[b, :n] = (wt > 0).float()
+        w_copy[b, :n] = (wt == -3).float()
         if not with_mask:
             continue
         mask[b, :ctx_len, :ctx_len] = causal[:ctx_len, :ctx_len]
@@ -402,7 +454,7 @@ def collate(rows, with_mask=True):
             mask[b, s:s + L, s:s + L] = causal[:L, :L]
         idx = torch.arange(n, T)
         mask[b, idx, idx] = True  # padding attends to itself only
-    return ids, pos, tgt, w_ans, w_q, w_lm, mask
+    return ids, pos, tgt, w_ans, w_q, w_lm, w_copy, mask
 
 
 def batch(rows_gen, st, budget):
@@ -410,8 +462,8 @@ def batch(rows_gen, st, budget):
     row (a share st.long_prob of the steps)."""
     if st.long_prob > 0 and rows_gen.rng.random() < st.long_prob:
         r = rows_gen.long_row(st)
-        ids, pos, tgt, w_ans, w_q, w_lm, _ = collate([r[:7]], with_mask=False)
-        return (ids, pos, tgt, w_ans, w_q, w_lm, None), r[7], len(r[0])
+        ids, pos, tgt, w_ans, w_q, w_lm, w_copy, _ = collate([r[:7]], with_mask=False)
+        return (ids, pos, tgt, w_ans, w_q, w_lm, w_copy, None), r[7], len(r[0])
     rows, tokens = [], 0
     while tokens < budget:
         r = rows_gen.row(st)
@@ -581,8 +633,10 @@ def main():
     ap.add_argument("--const-lr", type=float, default=0,
                     help="a constant learning rate instead of the schedule (a continuation)")
     ap.add_argument("--span", type=int, default=9000, help="position span of gapped rows")
-    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--vocab", type=int, help="(recipe) tokenizer vocabulary; 1,024 by default")
     ap.add_argument("--tokenizer-passages", type=int, default=6000)
+    ap.add_argument("--tokenizer-names", type=int,
+                    help="(recipe) generated names added to the tokenizer's training text")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, help="(recipe)")
@@ -608,6 +662,10 @@ def main():
     for k, v in recipe["defaults"].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.tokenizer_names is None:
+        args.tokenizer_names = 0
+    if args.vocab is None:
+        args.vocab = 1024
     PHASES, PHASE_BAR = recipe["phases"], recipe["bar"]
     if recipe.get("init_from") and not args.init_from:
         ap.error("--recipe %s continues a trained model: give --init-from DIR" % args.recipe)
@@ -701,7 +759,7 @@ def main():
                 long = RECIPES["3"]["phases"][-1]
                 st.long_passages, st.long_questions = long.long_passages, long.long_questions
         budget = args.tokens_per_step or st.tokens or 3072
-        (ids, pos, tgt, w_ans, w_q, w_lm, mask), blocks, ntok = batch(rows, st, budget)
+        (ids, pos, tgt, w_ans, w_q, w_lm, w_copy, mask), blocks, ntok = batch(rows, st, budget)
         lr = args.const_lr or lr_at(step, frac, args)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -711,7 +769,8 @@ def main():
         ans = (ce * w_ans).sum() / w_ans.sum().clamp(min=1)
         qs = (ce * w_q).sum() / w_q.sum().clamp(min=1)
         lm = (ce * w_lm).sum() / w_lm.sum().clamp(min=1e-6)
-        loss = args.answer_weight * ans + args.question_weight * qs + args.lm_weight * lm
+        cp = (ce * w_copy).sum() / w_copy.sum().clamp(min=1)
+        loss = args.answer_weight * (ans + cp) + args.question_weight * qs + args.lm_weight * lm
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -773,9 +832,10 @@ def main():
                 same_em, phase_same, needle_em))
         if step % 10 == 0 or dev_em or phase_em:
             print("step %d  %.0fs  %.2fM tok  %.0f tok/s  lr %.2e  answer %.3f  question %.3f  "
-                  "lm %.3f  phase %d%s%s%s%s%s%s%s" % (
+                  "lm %.3f%s  phase %d%s%s%s%s%s%s%s" % (
                       step, now, tokens_seen / 1e6, tokens_run / max(1e-9, now - elapsed), lr,
-                      ans.item(), qs.item(), lm.item(), phase,
+                      ans.item(), qs.item(), lm.item(),
+                      "  copy %.3f" % cp.item() if w_copy.sum() > 0 else "", phase,
                       " long" if blocks else "",
                       (" dev_em " + dev_em) if dev_em else "",
                       (" same_em " + same_em) if same_em else "",

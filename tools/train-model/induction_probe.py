@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""A cheap probe of the induction circuit on the reader's architecture (model.Reader): random
+tokens said twice, loss on the repeat only; each token of the repeat is what followed its previous
+token the first time, the pattern an induction head computes. One step of 16 rows takes ~0.4 s on
+one core, so a setting can be tried in minutes (docs/MODEL.md, "The ninth session's probes").
+
+  --fixed-len        every row has the same length: then the task is solved by a positional head
+                     (attend to the token `half` places back), which is *not* induction; that is
+                     why this form "learns" within ~150 steps and the variable one does not
+  --prev-task P      a share P of the rows asks for the previous token instead (marker id 1 first):
+                     a previous-token head forms within ~200 steps
+  --sup-ind L        add the cross-entropy of layer L's head 0 attention against the induction
+                     target (the token after the previous occurrence) to the loss
+  --sup-prev         the same for layer 0's head 0 against the previous token
+  --alphabet A       random tokens drawn from A ids only (names are built from a small pool)
+
+Prints, every 25 steps, the repeat's loss (ln(alphabet) = no induction; near 0 = induction) and
+the supervised attention's loss.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import model as model_lib  # noqa: E402
+
+CAPTURED = {}
+
+
+def layer_forward(self, x, cos, sin, bias, blocks=None):
+    """model.Layer.forward (dense path) that also keeps head 0's log-attention when the layer has
+    a `capture` name."""
+    c = self.c
+    B, T, _ = x.shape
+    hd = c.head_dim
+    h = self.input_layernorm(x)
+    q = self.q_proj(h).view(B, T, c.heads, hd).transpose(1, 2)
+    k = self.k_proj(h).view(B, T, c.kv_heads, hd).transpose(1, 2)
+    v = self.v_proj(h).view(B, T, c.kv_heads, hd).transpose(1, 2)
+    cs, sn = cos.unsqueeze(1), sin.unsqueeze(1)
+    q = (q * cs + model_lib.rotate_half(q) * sn) * (1.0 / math.sqrt(hd))
+    k = k * cs + model_lib.rotate_half(k) * sn
+    g = c.heads // c.kv_heads
+    k = k.repeat_interleave(g, dim=1)
+    v = v.repeat_interleave(g, dim=1)
+    s = q @ k.transpose(-1, -2) + bias
+    name = getattr(self, "capture", None)
+    if name:
+        CAPTURED[name] = torch.log_softmax(s[:, 0], -1)
+    a = torch.softmax(s, -1) @ v
+    x = x + self.o_proj(a.transpose(1, 2).reshape(B, T, c.heads * hd))
+    h = self.post_attention_layernorm(x)
+    return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--alphabet", type=int, default=0, help="0: the whole vocabulary but 0 and 1")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--half", type=int, default=48, help="mean length of the first copy")
+    ap.add_argument("--fixed-len", action="store_true")
+    ap.add_argument("--prev-task", type=float, default=0.0)
+    ap.add_argument("--sup-ind", type=int, default=-1)
+    ap.add_argument("--sup-prev", action="store_true")
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)
+    model_lib.Layer.forward = layer_forward
+    V = args.vocab
+    hi = 2 + (args.alphabet or V - 2)
+    cfg = model_lib.Config(V, args.hidden, args.layers, args.heads, args.kv_heads,
+                           int(args.hidden * 2.75))
+    model = model_lib.Reader(cfg)
+    if args.sup_ind >= 0:
+        model.layers[args.sup_ind].capture = "ind"
+    if args.sup_prev:
+        model.layers[0].capture = "prev"
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, step / 60)
+        n = args.half if args.fixed_len else \
+            int(torch.randint(args.half // 3, args.half * 4 // 3 + 1, ()))
+        T = 2 * n
+        n_prev = int(args.batch * args.prev_task)
+        n_copy = args.batch - n_prev
+        x = torch.randint(2, hi, (n_copy, n))
+        ids = torch.cat([x, x], 1)
+        tgt = torch.full((args.batch, T), -100, dtype=torch.long)
+        tgt[:n_copy, n:T - 1] = ids[:, n + 1:]
+        if n_prev:  # marker 1, then random tokens; target at i: the token at i - 1
+            y = torch.cat([torch.ones(n_prev, 1, dtype=torch.long),
+                           torch.randint(2, hi, (n_prev, T - 1))], 1)
+            ids = torch.cat([ids, y], 0)
+            tgt[n_copy:, 2:] = y[:, 1:-1]
+        mask = torch.ones(T, T, dtype=torch.bool).tril().unsqueeze(0).expand(args.batch, T, T)
+        pos = torch.arange(T).unsqueeze(0).expand(args.batch, T)
+        logits = model(ids, pos, mask)
+        ce = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), reduction="none",
+                             ignore_index=-100).view(tgt.shape)
+        copy = ce[:n_copy, n:T - 1].mean()
+        loss = copy
+        prev = ce[n_copy:, 2:].mean() if n_prev else torch.zeros(())
+        loss = loss + prev
+        sup = torch.zeros(())
+        if args.sup_ind >= 0:  # query n + j (x[j]) -> key j + 1 (what followed x[j])
+            qi = torch.arange(n, T - 1)
+            sup = sup - CAPTURED["ind"][:n_copy, qi, qi - n + 1].mean()
+        if args.sup_prev:
+            pi = torch.arange(1, T)
+            sup = sup - CAPTURED["prev"][:, pi, pi - 1].mean()
+        loss = loss + sup
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0:
+            print("step %d  repeat %.3f  previous-token task %.3f  supervised attention %.3f  "
+                  "%.0f s" % (step, copy.item(), prev.item(), sup.item(), time.time() - t0),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
