@@ -29,7 +29,7 @@ std::vector<const engine::KvBlock*> PassageBlocks(const ApeContext& ape) {
 struct Generator::Seq {
   std::unique_ptr<GenerateJob> job;
   std::vector<int32_t> tokens;  // prompt + resume + generated
-  int64_t to_prefill = 0;       // prompt + resume
+  int64_t to_prefill = 0;       // prompt + resume, or the prompt only (NewSeq: replayed resume)
   int64_t in_cache = 0;         // tokens already in the KV cache
   int32_t pos0 = 0;             // rotary position of tokens[0] (after APE context blocks)
   std::unique_ptr<engine::KvCache> kv;
@@ -154,7 +154,12 @@ StatusOr<std::unique_ptr<Generator::Seq>> Generator::NewSeq(std::unique_ptr<Gene
   seq->sampler->SkipDraws(static_cast<int64_t>(job->resume.size()));
   seq->tokens = job->prompt;
   seq->tokens.insert(seq->tokens.end(), job->resume.begin(), job->resume.end());
-  seq->to_prefill = static_cast<int64_t>(seq->tokens.size());
+  // Under KV retrieval the failed worker computed the resumed tokens' K/V in decode steps, with
+  // the approximate attention of the store; a prefill would compute them exactly and the answer
+  // would go on differently. So they are replayed as decode steps that sample nothing (Advance)
+  // after a prefill of the prompt alone, the same steps the failed worker ran.
+  const bool replay = opts_.kv_retrieval != nullptr && !job->ape;
+  seq->to_prefill = static_cast<int64_t>(replay ? job->prompt.size() : seq->tokens.size());
   seq->pos0 = static_cast<int32_t>(job->ape ? job->ape->start_pos : 0);
   seq->reserved_bytes = KvBytes(kv_tokens);
   seq->t_submit = Clock::now();
@@ -284,7 +289,7 @@ void Generator::Finish(Seq* s, const Status& st, const std::string& reason) {
   s->done = true;
   const auto now = Clock::now();
   GenerateStats r;
-  r.prompt_tokens = static_cast<int>(s->to_prefill);
+  r.prompt_tokens = static_cast<int>(s->job->prompt.size() + s->job->resume.size());
   if (s->job->ape) {
     r.prompt_tokens += s->job->ape->context_tokens;
     r.cached_prompt_tokens = s->job->ape->cached_tokens;
@@ -500,7 +505,7 @@ Generator::Batch Generator::BuildBatch() {
       n = std::min<int64_t>(budget, s->to_prefill - s->in_cache);
       budget -= static_cast<int>(n);
     } else {
-      n = 1;  // the last sampled token, not in the cache yet
+      n = 1;  // the last sampled (or next replayed) token, not in the cache yet
     }
     engine::SequenceStep step;
     step.tokens = std::span<const int32_t>(s->tokens.data() + s->in_cache, n);
@@ -534,6 +539,7 @@ void Generator::Advance(Seq* s, int64_t forwarded, const std::vector<float>& log
   if (s->in_cache < s->to_prefill) return;  // more prompt to prefill
   const auto now = Clock::now();
   if (s->t_prefilled == Clock::time_point{}) s->t_prefilled = now;
+  if (s->in_cache < static_cast<int64_t>(s->tokens.size())) return;  // replaying the resume
   const int vocab = model_->config().vocab_size;
   const std::span<const float> row_logits(logits.data() + row * vocab, vocab);
   const int32_t token = s->sampler->Sample(row_logits, s->tokens);

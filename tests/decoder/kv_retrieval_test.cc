@@ -242,6 +242,30 @@ TEST_F(KvRetrievalDecoderTest, TopKCoveringEveryKeyEqualsThePlainKvCache) {
   EXPECT_EQ(WaitForNoSequences(*kvr), 0);
 }
 
+// A worker that fails over mid-answer hands the tokens it sent to the next one
+// (resume_token_ids). Under retrieval attention those tokens' K/V were computed with the
+// approximate attention of decode steps; a prefill of prompt + resume would compute them exactly
+// and the answer would go on differently (the chaos run's "answer differs" after a failover
+// during kill:kvr). The next worker replays them as decode steps, so the answer continues as the
+// uninterrupted one.
+TEST_F(KvRetrievalDecoderTest, AResumedAnswerContinuesAsTheUninterruptedOne) {
+  Service* dec;
+  ASSERT_NO_FATAL_FAILURE(StartDecoder({"--kv-retrieval", "local"}, &dec));
+  const int n = 24;
+  const Generated full = Run(*dec, Raw(*prompt_, n));
+  ASSERT_TRUE(full.status.ok()) << full.status.error_message();
+  ASSERT_EQ(full.ids.size(), static_cast<size_t>(n));
+  for (int k : {1, 9, 23}) {
+    v1::GenerateRequest req = Raw(*prompt_, n);
+    req.mutable_resume_token_ids()->Assign(full.ids.begin(), full.ids.begin() + k);
+    const Generated rest = Run(*dec, req);
+    ASSERT_TRUE(rest.status.ok()) << rest.status.error_message();
+    EXPECT_EQ(rest.ids, std::vector<int32_t>(full.ids.begin() + k, full.ids.end()))
+        << "resumed after " << k << " tokens";
+    EXPECT_EQ(rest.stats.prompt_tokens(), prompt_tokens_ + k);
+  }
+}
+
 TEST_F(KvRetrievalDecoderTest, ClientCancelReleasesTheStoreSequence) {
   Service *kvr, *remote;
   ASSERT_NO_FATAL_FAILURE(StartKvr(&kvr));
