@@ -18,7 +18,6 @@ Prints, every 25 steps, the repeat's loss (ln(alphabet) = no induction; near 0 =
 the supervised attention's loss.
 """
 import argparse
-import math
 import os
 import sys
 import time
@@ -29,33 +28,14 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model as model_lib  # noqa: E402
 
-CAPTURED = {}
-
-
-def layer_forward(self, x, cos, sin, bias, blocks=None):
-    """model.Layer.forward (dense path) that also keeps head 0's log-attention when the layer has
-    a `capture` name."""
-    c = self.c
-    B, T, _ = x.shape
-    hd = c.head_dim
-    h = self.input_layernorm(x)
-    q = self.q_proj(h).view(B, T, c.heads, hd).transpose(1, 2)
-    k = self.k_proj(h).view(B, T, c.kv_heads, hd).transpose(1, 2)
-    v = self.v_proj(h).view(B, T, c.kv_heads, hd).transpose(1, 2)
-    cs, sn = cos.unsqueeze(1), sin.unsqueeze(1)
-    q = (q * cs + model_lib.rotate_half(q) * sn) * (1.0 / math.sqrt(hd))
-    k = k * cs + model_lib.rotate_half(k) * sn
-    g = c.heads // c.kv_heads
-    k = k.repeat_interleave(g, dim=1)
-    v = v.repeat_interleave(g, dim=1)
-    s = q @ k.transpose(-1, -2) + bias
-    name = getattr(self, "capture", None)
-    if name:
-        CAPTURED[name] = torch.log_softmax(s[:, 0], -1)
-    a = torch.softmax(s, -1) @ v
-    x = x + self.o_proj(a.transpose(1, 2).reshape(B, T, c.heads * hd))
-    h = self.post_attention_layernorm(x)
-    return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+def capture_head0(captured, name):
+    """A model.Layer scores hook that keeps head 0's log-attention of every row in
+    captured[name] ([B, T, T] once the forward is done)."""
+    def hook(row, scores):
+        if row == 0:
+            captured[name] = []
+        captured[name].append(torch.log_softmax(scores[0], -1))
+    return hook
 
 
 def main():
@@ -78,16 +58,16 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
-    model_lib.Layer.forward = layer_forward
     V = args.vocab
     hi = 2 + (args.alphabet or V - 2)
     cfg = model_lib.Config(V, args.hidden, args.layers, args.heads, args.kv_heads,
                            int(args.hidden * 2.75))
     model = model_lib.Reader(cfg)
+    captured = {}
     if args.sup_ind >= 0:
-        model.layers[args.sup_ind].capture = "ind"
+        model.layers[args.sup_ind].scores_hook = capture_head0(captured, "ind")
     if args.sup_prev:
-        model.layers[0].capture = "prev"
+        model.layers[0].scores_hook = capture_head0(captured, "prev")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     t0 = time.time()
     for step in range(1, args.steps + 1):
@@ -119,10 +99,10 @@ def main():
         sup = torch.zeros(())
         if args.sup_ind >= 0:  # query n + j (x[j]) -> key j + 1 (what followed x[j])
             qi = torch.arange(n, T - 1)
-            sup = sup - CAPTURED["ind"][:n_copy, qi, qi - n + 1].mean()
+            sup = sup - torch.stack(captured["ind"])[:n_copy, qi, qi - n + 1].mean()
         if args.sup_prev:
             pi = torch.arange(1, T)
-            sup = sup - CAPTURED["prev"][:, pi, pi - 1].mean()
+            sup = sup - torch.stack(captured["prev"])[:, pi, pi - 1].mean()
         loss = loss + sup
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -127,6 +127,7 @@ class Layer(nn.Module):
         self.gate_proj = nn.Linear(c.hidden, c.intermediate, bias=False)
         self.up_proj = nn.Linear(c.hidden, c.intermediate, bias=False)
         self.down_proj = nn.Linear(c.intermediate, c.hidden, bias=False)
+        self.scores_hook = None  # probes: called with (row, pre-softmax scores [heads, T, T])
 
     def forward(self, x, cos, sin, bias, blocks=None):
         c = self.c
@@ -151,6 +152,8 @@ class Layer(nn.Module):
             rows = []
             for b in range(B):
                 s = torch.baddbmm(bias[b], q[b], k[b].transpose(-1, -2))
+                if self.scores_hook is not None:
+                    self.scores_hook(b, s)
                 rows.append(torch.bmm(torch.softmax(s, dim=-1), v[b]))
             a = torch.stack(rows)
         x = x + self.o_proj(a.transpose(1, 2).reshape(B, T, c.heads * hd))
