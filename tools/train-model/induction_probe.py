@@ -13,6 +13,7 @@ one core, so a setting can be tried in minutes (docs/MODEL.md, "The ninth sessio
                      target (the token after the previous occurrence) to the loss
   --sup-prev         the same for layer 0's head 0 against the previous token
   --alphabet A       random tokens drawn from A ids only (names are built from a small pool)
+  --qk-init S        query/key projections start S times larger; --weight-decay W (0.05)
 
 Prints, every 25 steps, the repeat's loss (ln(alphabet) = no induction; near 0 = induction) and
 the supervised attention's loss.
@@ -53,6 +54,9 @@ def main():
     ap.add_argument("--prev-task", type=float, default=0.0)
     ap.add_argument("--sup-ind", type=int, default=-1)
     ap.add_argument("--sup-prev", action="store_true")
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--qk-init", type=float, default=1.0,
+                    help="scale of the query and key projections' initial weights")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -63,12 +67,16 @@ def main():
     cfg = model_lib.Config(V, args.hidden, args.layers, args.heads, args.kv_heads,
                            int(args.hidden * 2.75))
     model = model_lib.Reader(cfg)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.q_proj.weight.mul_(args.qk_init)
+            layer.k_proj.weight.mul_(args.qk_init)
     captured = {}
     if args.sup_ind >= 0:
         model.layers[args.sup_ind].scores_hook = capture_head0(captured, "ind")
     if args.sup_prev:
         model.layers[0].scores_hook = capture_head0(captured, "prev")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     t0 = time.time()
     for step in range(1, args.steps + 1):
         for g in opt.param_groups:
