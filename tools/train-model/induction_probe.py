@@ -29,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import model as model_lib  # noqa: E402
 
+
 def capture_head0(captured, name):
     """A model.Layer scores hook that keeps head 0's log-attention of every row in
     captured[name] ([B, T, T] once the forward is done)."""
@@ -60,6 +61,8 @@ def main():
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.sup_prev and args.sup_ind == 0:
+        ap.error("--sup-ind 0 and --sup-prev would supervise the same head")
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     V = args.vocab
@@ -76,7 +79,8 @@ def main():
         model.layers[args.sup_ind].scores_hook = capture_head0(captured, "ind")
     if args.sup_prev:
         model.layers[0].scores_hook = capture_head0(captured, "prev")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95),
+                            weight_decay=args.weight_decay)
     t0 = time.time()
     for step in range(1, args.steps + 1):
         for g in opt.param_groups:
@@ -101,9 +105,7 @@ def main():
         ce = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), reduction="none",
                              ignore_index=-100).view(tgt.shape)
         copy = ce[:n_copy, n:T - 1].mean()
-        loss = copy
         prev = ce[n_copy:, 2:].mean() if n_prev else torch.zeros(())
-        loss = loss + prev
         sup = torch.zeros(())
         if args.sup_ind >= 0:  # query n + j (x[j]) -> key j + 1 (what followed x[j])
             qi = torch.arange(n, T - 1)
@@ -111,7 +113,7 @@ def main():
         if args.sup_prev:
             pi = torch.arange(1, T)
             sup = sup - torch.stack(captured["prev"])[:, pi, pi - 1].mean()
-        loss = loss + sup
+        loss = copy + prev + sup
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
